@@ -1,0 +1,39 @@
+# bake: build, test and demo on a fresh Debian machine. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+# Debian packages the tests need: shellcheck lints every rendered script.
+APT_PACKAGES := shellcheck
+
+.PHONY: all build test fmt lint deps userdata
+
+all: build
+
+## deps: install the Debian packages and cargo tools the tests need (fast when present)
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s "$$p" >/dev/null 2>&1 || echo "$$p"; done); \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
+
+## build: the bake binary (target/debug/bake)
+build:
+	$(CARGO) build --locked
+
+## fmt: format the code
+fmt:
+	$(CARGO) fmt --all
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+## test: lint, then every test
+test: deps lint
+	$(CARGO) nextest run --locked --no-fail-fast
+
+## userdata: regenerate userdata/ from examples/ (commit the result)
+userdata:
+	BAKE_UPDATE_USERDATA=1 $(CARGO) nextest run --locked -E 'test(committed_userdata)'

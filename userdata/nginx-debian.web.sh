@@ -1,0 +1,134 @@
+#!/bin/bash
+# User data for image web, rendered by bake 0.1.0 from template nginx (debian).
+set -Eeuo pipefail
+exec > >(tee -a /var/log/bake-userdata.log) 2>&1
+trap 'echo "bake: user data failed at line $LINENO: $BASH_COMMAND" >&2' ERR
+echo "bake: user data started at $(date -u +%FT%TZ)"
+
+# retry TRIES CMD...: runs CMD until it succeeds, at most TRIES times.
+# Mirrors and downloads flake; waits grow 2s, 4s, 8s... capped at 30s so a retry never stalls a bake.
+retry() {
+  local tries=$1 n=1 delay=2
+  shift
+  until "$@"; do
+    if ((n >= tries)); then
+      echo "bake: giving up after $n tries: $*" >&2
+      return 1
+    fi
+    echo "bake: try $n of $tries failed: $*; again in ${delay}s" >&2
+    sleep "$delay"
+    n=$((n + 1))
+    delay=$((delay * 2 > 30 ? 30 : delay * 2))
+  done
+}
+
+# fetch URL FILE: downloads URL to FILE, failing on HTTP errors.
+fetch() {
+  retry 5 curl --fail --silent --show-error --location --connect-timeout 10 --max-time 600 --output "$2" "$1"
+}
+export DEBIAN_FRONTEND=noninteractive
+pkg_lists_fresh=0
+
+# pkg_install PACKAGE...: installs packages with apt, refreshing the lists once.
+pkg_install() {
+  if ((pkg_lists_fresh == 0)); then
+    retry 5 apt-get update
+    pkg_lists_fresh=1
+  fi
+  retry 5 apt-get install -y --no-install-recommends "$@"
+}
+BAKE_DOCROOT=/var/www/html
+page_title='AWS Immersion Day'
+page_message='Nginx in front of a Python app, baked by bake.'
+pkg_install nginx python3-flask gunicorn
+rm -f /etc/nginx/sites-enabled/default
+web_user=www-data
+install -d -m 0755 "$BAKE_DOCROOT"
+# The app: it shows the page's title and message, and which instance answered.
+install -d -m 0755 /opt/bake-app /etc/bake-app
+printf '%s' "$page_title" >/etc/bake-app/title
+printf '%s' "$page_message" >/etc/bake-app/message
+cat >/opt/bake-app/app.py <<'PY'
+"""The page behind nginx: title, message, and the instance that served it."""
+import html
+import pathlib
+import socket
+import urllib.request
+
+from flask import Flask
+
+app = Flask(__name__)
+CONF = pathlib.Path("/etc/bake-app")
+IMDS = "http://169.254.169.254/latest"
+
+
+def instance_id():
+    try:
+        put = urllib.request.Request(
+            IMDS + "/api/token",
+            method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
+        )
+        token = urllib.request.urlopen(put, timeout=1).read().decode()
+        get = urllib.request.Request(
+            IMDS + "/meta-data/instance-id",
+            headers={"X-aws-ec2-metadata-token": token},
+        )
+        return urllib.request.urlopen(get, timeout=1).read().decode()
+    except OSError:
+        return socket.gethostname()
+
+
+@app.route("/")
+def index():
+    title = html.escape((CONF / "title").read_text())
+    message = html.escape((CONF / "message").read_text())
+    where = html.escape(instance_id())
+    return (
+        f"<!doctype html>\n<title>{title}</title>\n<h1>{title}</h1>\n"
+        f"<p>{message}</p>\n<p>Served by {where}</p>\n"
+    )
+PY
+gunicorn=/usr/bin/gunicorn
+cat >/etc/systemd/system/bake-app.service <<UNIT
+[Unit]
+Description=bake sample app (gunicorn)
+After=network.target
+
+[Service]
+User=$web_user
+WorkingDirectory=/opt/bake-app
+ExecStart=$gunicorn --bind 127.0.0.1:8000 --workers 2 app:app
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl daemon-reload
+systemctl enable --now bake-app
+cat >/etc/nginx/conf.d/bake.conf <<'NGINX'
+server {
+    listen 80 default_server;
+    root /var/www/html;
+    index index.html;
+    # Files first (the health page), everything else from the app.
+    location / {
+        try_files $uri @app;
+    }
+    location @app {
+        proxy_pass http://127.0.0.1:8000;
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+    }
+}
+NGINX
+chown -R "$web_user:$web_user" "$BAKE_DOCROOT"
+systemctl enable nginx
+systemctl restart nginx
+
+# The very last step: the health page and the readiness marker, so both prove the script finished.
+install -d -m 0755 "$(dirname /var/lib/bake/ready)"
+printf '%s\n' ae827c3f7b88f83389ce6a4fd1c45758288db711189a3e571af3b0e6fbec5c82 >/var/lib/bake/ready.tmp
+mv /var/lib/bake/ready.tmp /var/lib/bake/ready
+echo "bake: user data finished at $(date -u +%FT%TZ)"
