@@ -24,6 +24,14 @@ pub struct Cli {
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Text)]
     pub output: Format,
 
+    /// The AWS profile (standard credential chain otherwise).
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+
+    /// The AWS region; else AWS_REGION, the profile's region, then `region` in the config.
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -42,4 +50,37 @@ pub enum Command {
     /// Check the config, its templates and the references in them, rendering every image.
     /// Makes no AWS call.
     Validate,
+    /// Bake verified golden AMIs: launch a builder, wait for HTTP health, verify through SSM,
+    /// create the AMI, terminate the builder. Prints the AMI id.
+    Ami {
+        /// Image names from the config; several are baked at once.
+        #[arg(required_unless_present = "all")]
+        images: Vec<String>,
+        /// Bake every image in the config.
+        #[arg(long, conflicts_with = "images")]
+        all: bool,
+        /// Bake even when an AMI with the same inputs exists.
+        #[arg(long)]
+        force: bool,
+        /// On failure leave the builder running to look at it (remove it later with `bake gc`).
+        #[arg(long)]
+        keep_on_failure: bool,
+        /// What's-my-IP service for `allow_cidr = "auto"`; it answers with one IPv4 address.
+        #[arg(
+            long,
+            env = "BAKE_CHECKIP_URL",
+            default_value = "https://checkip.amazonaws.com"
+        )]
+        checkip_url: String,
+    },
+    /// Delete what killed runs left behind (found by their bake:run-id tag): instances, security
+    /// groups, unfinished images and unused snapshots older than the TTL.
+    Gc {
+        /// Only what is older than this.
+        #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// List what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }

@@ -81,12 +81,19 @@ pub enum Os {
     Debian,
 }
 
-impl fmt::Display for Os {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Os {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Os::Al2023 => "al2023",
             Os::Debian => "debian",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Os {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -2,9 +2,13 @@
 //!
 //! The binary is a thin wrapper around [`run`]; each module owns one part of the work.
 
+pub mod ami;
+pub mod aws;
 pub mod cli;
 pub mod config;
+pub mod janitor;
 pub mod output;
+pub mod poll;
 pub mod render;
 
 use serde::Serialize;
@@ -21,29 +25,229 @@ pub enum Error {
     #[error(transparent)]
     Render(#[from] render::Error),
     /// Several problems found by `bake validate`.
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    #[error("{}", join(.0))]
     Invalid(Vec<Error>),
+    #[error(transparent)]
+    Aws(#[from] aws::Error),
+    /// Images that failed to bake (the others are reported on stdout).
+    #[error("{}", join(.0))]
+    Ami(Vec<ami::Error>),
+    #[error(transparent)]
+    Cleanup(#[from] janitor::Error),
+    #[error("interrupted by {}; cleaned up what this run created", if *.0 == 130 { "SIGINT" } else { "SIGTERM" })]
+    Interrupted(u8),
     #[error("cannot write the result: {0}")]
     Output(#[from] std::io::Error),
 }
 
+fn join<E: ToString>(errors: &[E]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl Error {
-    /// The process exit code: 2 for bad usage or config, 1 for a failed run.
+    /// The process exit code: 2 for bad usage or config, 1 for a failed run, 128 + signal when
+    /// interrupted.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::Render(_) | Error::Invalid(_) => 2,
-            Error::Output(_) => 1,
+            Error::Config(_) | Error::Render(_) | Error::Invalid(_) | Error::Aws(_) => 2,
+            Error::Ami(errors) => errors.iter().map(ami::Error::exit_code).max().unwrap_or(1),
+            Error::Interrupted(code) => *code,
+            Error::Cleanup(_) | Error::Output(_) => 1,
         }
     }
 }
 
 /// Runs one command line.
 pub fn run(cli: Cli) -> Result<(), Error> {
-    let config = Config::load(&cli.config)?;
-    match &cli.command {
-        Command::Render { image } => render_image(&cli, &config, image),
-        Command::Validate => validate(&cli, &config),
+    let config = match (&cli.command, cli.config.exists()) {
+        // gc works from tags alone; the config only contributes a default region.
+        (Command::Gc { .. }, false) => None,
+        _ => Some(Config::load(&cli.config)?),
+    };
+    match (&cli.command, config) {
+        (Command::Render { image }, Some(config)) => render_image(&cli, &config, image),
+        (Command::Validate, Some(config)) => validate(&cli, &config),
+        (
+            Command::Ami {
+                images,
+                all,
+                force,
+                keep_on_failure,
+                checkip_url,
+            },
+            Some(config),
+        ) => {
+            let names = if *all {
+                config.image.keys().cloned().collect()
+            } else {
+                images.clone()
+            };
+            let options = ami::Options {
+                force: *force,
+                keep_on_failure: *keep_on_failure,
+            };
+            runtime().block_on(bake_images(&cli, &config, &names, &options, checkip_url))
+        }
+        (Command::Gc { ttl, dry_run }, config) => {
+            runtime().block_on(gc(&cli, config.as_ref(), *ttl, *dry_run))
+        }
+        (_, None) => unreachable!("only gc runs without a config"),
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
+}
+
+fn target(cli: &Cli, config: Option<&Config>) -> aws::Target {
+    aws::Target {
+        profile: cli.profile.clone(),
+        region: cli.region.clone(),
+        config_region: config.and_then(|c| c.region.clone()),
+    }
+}
+
+/// Resolves when the process gets SIGINT (130) or SIGTERM (143).
+async fn interrupted() -> u8 {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => 130,
+        _ = term.recv() => 143,
+    }
+}
+
+async fn bake_images(
+    cli: &Cli,
+    config: &Config,
+    names: &[String],
+    options: &ami::Options,
+    checkip_url: &str,
+) -> Result<(), Error> {
+    for name in names {
+        config.image(name)?;
+    }
+    let clients = aws::Clients::load(&target(cli, Some(config))).await?;
+    let renderer = Renderer::new(config);
+    // Every image is checked before anything is created for any of them.
+    let plans = futures_util::future::join_all(names.iter().map(|name| {
+        ami::preflight::plan(
+            &clients,
+            config,
+            &renderer,
+            name,
+            &config.image[name],
+            checkip_url,
+        )
+    }))
+    .await;
+    let mut failed = Vec::new();
+    let mut ready = Vec::new();
+    for (name, plan) in names.iter().zip(plans) {
+        match plan {
+            Ok(plan) => ready.push(plan),
+            Err(e) => failed.push(ami::Error {
+                image: name.clone(),
+                step: e.into(),
+            }),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(Error::Ami(failed));
+    }
+    let multi = indicatif::MultiProgress::new();
+    let janitors: Vec<janitor::Janitor> = ready
+        .iter()
+        .map(|_| janitor::Janitor::new(clients.clone(), janitor::new_run_id()))
+        .collect();
+    let clients = &clients;
+    let work =
+        futures_util::future::join_all(ready.iter().zip(&janitors).map(|(plan, janitor)| {
+            let progress = output::Progress::new(&multi, &plan.image);
+            let image = &config.image[&plan.image];
+            async move { ami::bake(clients, image, plan, options, janitor, &progress).await }
+        }));
+    let outcome = tokio::select! {
+        results = work => Ok(results),
+        signal = interrupted() => Err(signal),
+    };
+    let results = match outcome {
+        Ok(results) => results,
+        Err(signal) => {
+            output::note("interrupted: cleaning up what this run created");
+            let cleaned =
+                futures_util::future::join_all(janitors.iter().map(janitor::Janitor::clean)).await;
+            for e in cleaned.into_iter().filter_map(Result::err) {
+                output::note(&format!("error: {e}"));
+            }
+            return Err(Error::Interrupted(signal));
+        }
+    };
+    let mut baked = Vec::new();
+    for (plan, result) in ready.iter().zip(results) {
+        match result {
+            Ok(b) => baked.push(b),
+            Err(step) => failed.push(ami::Error {
+                image: plan.image.clone(),
+                step,
+            }),
+        }
+    }
+    let text: String = match baked.as_slice() {
+        [one] if names.len() == 1 => format!("{}\n", one.ami_id),
+        many => many
+            .iter()
+            .map(|b| format!("{} {}\n", b.image, b.ami_id))
+            .collect(),
+    };
+    let errors: Vec<serde_json::Value> = failed
+        .iter()
+        .map(|e| serde_json::json!({ "image": e.image, "error": e.step.to_string() }))
+        .collect();
+    output::result(
+        cli.output,
+        &text,
+        &serde_json::json!({ "images": baked, "errors": errors }),
+    )?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Ami(failed))
+    }
+}
+
+async fn gc(
+    cli: &Cli,
+    config: Option<&Config>,
+    ttl: std::time::Duration,
+    dry_run: bool,
+) -> Result<(), Error> {
+    let clients = aws::Clients::load(&target(cli, config)).await?;
+    let cutoff = std::time::SystemTime::now() - ttl;
+    let found = janitor::find(
+        &clients,
+        &janitor::Scope::LeftBefore(cutoff),
+        &Default::default(),
+    )
+    .await?;
+    if !dry_run {
+        janitor::delete(&clients, &found).await?;
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    let text: String = found.iter().map(|r| format!("{verb} {r}\n")).collect();
+    output::result(
+        cli.output,
+        &text,
+        &serde_json::json!({ "region": clients.region, "dry_run": dry_run, "resources": found }),
+    )?;
+    Ok(())
 }
 
 /// What `render` and `validate` report about one image.

@@ -30,3 +30,60 @@ pub fn result<T: Serialize>(format: Format, text: &str, json: &T) -> std::io::Re
 pub fn note(message: &str) {
     eprintln!("{message}");
 }
+
+/// One image's progress on stderr: a spinner on a terminal, one line per step otherwise.
+#[derive(Clone)]
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+    prefix: String,
+}
+
+impl Progress {
+    /// A spinner for `prefix` (an image name) under `multi`.
+    pub fn new(multi: &indicatif::MultiProgress, prefix: &str) -> Progress {
+        let bar = multi.add(indicatif::ProgressBar::new_spinner());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]")
+                .expect("valid progress template"),
+        );
+        bar.set_prefix(prefix.to_owned());
+        // A tick every 100 ms keeps the spinner and elapsed time moving between updates.
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        Progress {
+            bar,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// A new step; logged as a line when stderr is not a terminal.
+    pub fn step(&self, message: impl Into<String>) {
+        let message = message.into();
+        if self.bar.is_hidden() {
+            eprintln!("{}: {message}", self.prefix);
+        }
+        self.bar.set_message(message);
+    }
+
+    /// The latest observation within a step (last HTTP answer, state); not logged as a line.
+    pub fn detail(&self, step: &str, seen: &str) {
+        self.bar.set_message(format!("{step} (last: {seen})"));
+    }
+
+    /// Ends the spinner with a final line.
+    pub fn finish(&self, message: impl Into<String>) {
+        let message = message.into();
+        if self.bar.is_hidden() {
+            eprintln!("{}: {message}", self.prefix);
+        }
+        self.bar.finish_with_message(message);
+    }
+
+    /// A note that must stay visible above the spinners.
+    pub fn println(&self, message: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("{}: {message}", self.prefix);
+        } else {
+            self.bar.println(format!("{}: {message}", self.prefix));
+        }
+    }
+}

@@ -16,6 +16,8 @@ pub const USER_DATA_LIMIT: usize = 16 * 1024;
 
 /// Where the rendered script writes the digest as its very last step.
 pub const READY_MARKER: &str = "/var/lib/bake/ready";
+/// Where the rendered script reports the line that failed.
+pub const FAILED_MARKER: &str = "/var/lib/bake/failed";
 
 /// The templates that ship inside the binary, by loader name.
 const BUILTIN: &[(&str, &str)] = &[
@@ -88,6 +90,8 @@ struct Context<'a> {
     digest: &'a str,
     /// Path of the readiness marker.
     ready_marker: &'static str,
+    /// Path of the failure marker.
+    failed_marker: &'static str,
     /// bake's version, for the log line at the top.
     bake_version: &'static str,
 }
@@ -187,6 +191,7 @@ impl Renderer {
             health: &image.health,
             digest: "",
             ready_marker: READY_MARKER,
+            failed_marker: FAILED_MARKER,
             bake_version: env!("CARGO_PKG_VERSION"),
         };
         // Two passes: the script holds its own digest, so the digest covers the script without it.

@@ -2,7 +2,14 @@
 # User data for image web, rendered by bake 0.1.0 from template lamp (al2023).
 set -Eeuo pipefail
 exec > >(tee -a /var/log/bake-userdata.log) 2>&1
-trap 'echo "bake: user data failed at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+# On any failure: say where, and leave a marker so verification reports it at once.
+bake_failed() {
+  echo "bake: user data failed at line $1: $2" >&2
+  install -d -m 0755 "$(dirname /var/lib/bake/failed)"
+  printf 'line %s: %s\n' "$1" "$2" >/var/lib/bake/failed
+}
+trap 'bake_failed "$LINENO" "$BASH_COMMAND"' ERR
 echo "bake: user data started at $(date -u +%FT%TZ)"
 
 # retry TRIES CMD...: runs CMD until it succeeds, at most TRIES times.
@@ -52,6 +59,6 @@ chown -R "$web_user:$web_user" "$BAKE_DOCROOT"
 
 # The very last step: the health page and the readiness marker, so both prove the script finished.
 install -d -m 0755 "$(dirname /var/lib/bake/ready)"
-printf '%s\n' 71383b0c9ad7a4e22fd77bc06aaa7203c1d98f9989b88f6c3837dd18aa19a603 >/var/lib/bake/ready.tmp
+printf '%s\n' f9413f47f434a30672ce927e4333ee5fee69c94f816a02610a504e26e0308b1c >/var/lib/bake/ready.tmp
 mv /var/lib/bake/ready.tmp /var/lib/bake/ready
 echo "bake: user data finished at $(date -u +%FT%TZ)"

@@ -2,7 +2,14 @@
 # User data for image web, rendered by bake 0.1.0 from template nginx (debian).
 set -Eeuo pipefail
 exec > >(tee -a /var/log/bake-userdata.log) 2>&1
-trap 'echo "bake: user data failed at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+# On any failure: say where, and leave a marker so verification reports it at once.
+bake_failed() {
+  echo "bake: user data failed at line $1: $2" >&2
+  install -d -m 0755 "$(dirname /var/lib/bake/failed)"
+  printf 'line %s: %s\n' "$1" "$2" >/var/lib/bake/failed
+}
+trap 'bake_failed "$LINENO" "$BASH_COMMAND"' ERR
 echo "bake: user data started at $(date -u +%FT%TZ)"
 
 # retry TRIES CMD...: runs CMD until it succeeds, at most TRIES times.
@@ -129,6 +136,6 @@ systemctl restart nginx
 
 # The very last step: the health page and the readiness marker, so both prove the script finished.
 install -d -m 0755 "$(dirname /var/lib/bake/ready)"
-printf '%s\n' ae827c3f7b88f83389ce6a4fd1c45758288db711189a3e571af3b0e6fbec5c82 >/var/lib/bake/ready.tmp
+printf '%s\n' 7b6c49f7421b94309975f57f085afe4119a5f559583968ad9b4d2e73dcc9b356 >/var/lib/bake/ready.tmp
 mv /var/lib/bake/ready.tmp /var/lib/bake/ready
 echo "bake: user data finished at $(date -u +%FT%TZ)"

@@ -1,0 +1,273 @@
+//! Waiting for the builder: running with a public address, healthy over HTTP, and Online in SSM.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::InstanceStateName;
+use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
+use tokio::time::Instant;
+
+use crate::aws::{self, Clients};
+use crate::config::Health;
+use crate::output::Progress;
+use crate::poll::{self, Check, PollError, Schedule};
+
+/// pending → running takes 5–20 s on EC2; first look after 2 s, then every second, growing
+/// slowly to 3 s, so the change is seen within about a second without many calls.
+const RUNNING_SCHEDULE: Schedule = Schedule {
+    first: Duration::from_secs(2),
+    interval: Duration::from_secs(1),
+    factor: 1.1,
+    cap: Duration::from_secs(3),
+};
+/// A new instance that is not running after 10 minutes never will be.
+const RUNNING_TIMEOUT: Duration = Duration::from_secs(600);
+/// HTTP probes cost no API calls: every second, so health is seen at most a second late.
+const HTTP_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(1));
+/// One probe may take this long before it counts as "timeout" (a booting server accepts slowly).
+const HTTP_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The SSM agent registers 10–60 s after boot; every 2 s growing to 5 s.
+const SSM_SCHEDULE: Schedule = Schedule {
+    first: Duration::from_secs(1),
+    interval: Duration::from_secs(2),
+    factor: 1.2,
+    cap: Duration::from_secs(5),
+};
+
+/// Why the builder did not become ready.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("builder {instance_id} in {region} stopped booting: {state}")]
+    Died {
+        instance_id: String,
+        region: String,
+        state: String,
+    },
+    #[error("builder {instance_id} in {region} has no public address; the subnet must assign one")]
+    NoPublicIp { instance_id: String, region: String },
+    #[error("builder {instance_id} in {region} was not running within {waited:?}: {last}")]
+    NotRunning {
+        instance_id: String,
+        region: String,
+        waited: Duration,
+        last: String,
+    },
+    #[error(
+        "builder {instance_id} was not healthy at {url} within {waited:?}; last answer: {last}. \
+         Its user data log is /var/log/bake-userdata.log"
+    )]
+    Unhealthy {
+        instance_id: String,
+        url: String,
+        waited: Duration,
+        last: String,
+    },
+    #[error(
+        "builder {instance_id} in {region} did not come Online in SSM within {waited:?} ({last}); \
+         does its instance profile have AmazonSSMManagedInstanceCore and the subnet a way to reach SSM?"
+    )]
+    SsmOffline {
+        instance_id: String,
+        region: String,
+        waited: Duration,
+        last: String,
+    },
+    #[error("cannot {action} in {region}: {message}")]
+    Api {
+        region: String,
+        action: String,
+        message: String,
+    },
+}
+
+/// Waits for the builder to run; returns its public IP.
+pub async fn running(
+    clients: &Clients,
+    instance_id: &str,
+    progress: &Progress,
+) -> Result<String, Error> {
+    let step = "waiting for the builder to run";
+    progress.step(format!("{step}: {instance_id}"));
+    let result = poll::until(
+        Instant::now() + RUNNING_TIMEOUT,
+        RUNNING_SCHEDULE,
+        |seen| progress.detail(step, seen),
+        || async {
+            let out = match clients
+                .ec2
+                .describe_instances()
+                .instance_ids(instance_id)
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                // Right after RunInstances the id may not be visible yet (eventual consistency).
+                Err(e) if aws::code(&e) == Some("InvalidInstanceID.NotFound") => {
+                    return Check::Pending("not visible yet".into());
+                }
+                Err(e) => return Check::Failed(Err(aws::describe(&e))),
+            };
+            let Some(instance) = out.reservations().iter().flat_map(|r| r.instances()).next()
+            else {
+                return Check::Pending("not visible yet".into());
+            };
+            let state = instance.state().and_then(|s| s.name()).cloned();
+            match state {
+                Some(InstanceStateName::Running) => {
+                    Check::Ready(instance.public_ip_address().map(str::to_owned))
+                }
+                Some(InstanceStateName::Pending) | None => Check::Pending("pending".into()),
+                Some(other) => {
+                    let reason = instance
+                        .state_reason()
+                        .and_then(|r| r.message())
+                        .unwrap_or("no reason given");
+                    Check::Failed(Ok(format!("{} ({reason})", other.as_str())))
+                }
+            }
+        },
+    )
+    .await;
+    match result {
+        Ok(Some(ip)) => Ok(ip),
+        Ok(None) => Err(Error::NoPublicIp {
+            instance_id: instance_id.to_owned(),
+            region: clients.region.clone(),
+        }),
+        Err(PollError::Failed(Ok(state))) => Err(Error::Died {
+            instance_id: instance_id.to_owned(),
+            region: clients.region.clone(),
+            state,
+        }),
+        Err(PollError::Failed(Err(message))) => Err(Error::Api {
+            region: clients.region.clone(),
+            action: format!("describe builder {instance_id}"),
+            message,
+        }),
+        Err(PollError::TimedOut { last }) => Err(Error::NotRunning {
+            instance_id: instance_id.to_owned(),
+            region: clients.region.clone(),
+            waited: RUNNING_TIMEOUT,
+            last,
+        }),
+    }
+}
+
+/// Waits until `http://IP:PORT/PATH` answers the expected status (and body).
+pub async fn http(
+    instance_id: &str,
+    ip: &str,
+    health: &Health,
+    deadline: Instant,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let url = format!("http://{ip}:{}{}", health.port, health.path.get_ref());
+    let step = format!("waiting for health at {url}");
+    progress.step(step.clone());
+    let client = reqwest::Client::builder()
+        .timeout(HTTP_PROBE_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTP client without TLS options builds");
+    let started = Instant::now();
+    let result = poll::until(
+        deadline,
+        HTTP_SCHEDULE,
+        |seen| progress.detail(&step, seen),
+        || async { probe(&client, &url, health).await },
+    )
+    .await;
+    result.map_err(|e| {
+        let last = match e {
+            PollError::TimedOut { last } => last,
+            PollError::Failed(never) => never,
+        };
+        Error::Unhealthy {
+            instance_id: instance_id.to_owned(),
+            url: url.clone(),
+            waited: started.elapsed(),
+            last,
+        }
+    })
+}
+
+/// One health probe, described the way a person reads it: "refused", "timeout", "502", ...
+async fn probe(client: &reqwest::Client, url: &str, health: &Health) -> Check<(), String> {
+    let response = match client.get(url).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => return Check::Pending("timeout".into()),
+        Err(e) if e.is_connect() => return Check::Pending("connection refused".into()),
+        Err(e) => return Check::Pending(e.to_string()),
+    };
+    let status = response.status();
+    if status.as_u16() != health.expect_status {
+        return Check::Pending(format!("HTTP {status}"));
+    }
+    let Some(expected) = &health.expect_body else {
+        return Check::Ready(());
+    };
+    match response.text().await {
+        Ok(body) if body.contains(expected.as_str()) => Check::Ready(()),
+        Ok(body) => Check::Pending(format!(
+            "HTTP {status} but the body lacks {expected:?} ({} bytes)",
+            body.len()
+        )),
+        Err(e) => Check::Pending(format!("HTTP {status}, body unreadable: {e}")),
+    }
+}
+
+/// Waits until the builder's SSM agent reports Online.
+pub async fn ssm_online(
+    clients: &Clients,
+    instance_id: &str,
+    deadline: Instant,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let result = poll::until(
+        deadline,
+        SSM_SCHEDULE,
+        |_| {},
+        || async {
+            let out = clients
+                .ssm
+                .describe_instance_information()
+                .filters(
+                    InstanceInformationStringFilter::builder()
+                        .key("InstanceIds")
+                        .values(instance_id)
+                        .build()
+                        .expect("key and values are set"),
+                )
+                .send()
+                .await;
+            match out {
+                Ok(out) => match out.instance_information_list().first() {
+                    Some(info) if info.ping_status() == Some(&PingStatus::Online) => {
+                        Check::Ready(())
+                    }
+                    Some(info) => Check::Pending(
+                        info.ping_status()
+                            .map_or("unknown", |s| s.as_str())
+                            .to_owned(),
+                    ),
+                    None => Check::Pending("not registered".into()),
+                },
+                Err(e) => Check::Failed(aws::describe(&e)),
+            }
+        },
+    )
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(PollError::Failed(message)) => Err(Error::Api {
+            region: clients.region.clone(),
+            action: format!("describe SSM instance information of {instance_id}"),
+            message,
+        }),
+        Err(PollError::TimedOut { last }) => Err(Error::SsmOffline {
+            instance_id: instance_id.to_owned(),
+            region: clients.region.clone(),
+            waited: started.elapsed(),
+            last,
+        }),
+    }
+}

@@ -1,0 +1,231 @@
+//! Image: find an AMI already baked from the same inputs, or create one from the builder and
+//! wait until it is available.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_ec2::types::{Filter, Image, ImageState, ResourceType, Tag};
+use tokio::time::Instant;
+
+use super::launch::tagged;
+use super::preflight::Plan;
+use crate::aws::{self, Clients};
+use crate::janitor::{Janitor, Resource, tag};
+use crate::output::Progress;
+use crate::poll::{self, Check, PollError, Schedule};
+
+/// The tag holding the base AMI an image was baked from.
+pub const TAG_BASE_AMI: &str = "bake:base-ami";
+/// A small root volume's image is available in 1–5 minutes; an hour means it is stuck.
+const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Snapshots take a minute or more: first look after 5 s, then every second growing to 10 s.
+const AVAILABLE_SCHEDULE: Schedule = Schedule {
+    first: Duration::from_secs(5),
+    interval: Duration::from_secs(1),
+    factor: 1.15,
+    cap: Duration::from_secs(10),
+};
+/// How many `-2`, `-3`, ... suffixes to try when the name is taken.
+const NAME_SUFFIXES: u32 = 99;
+
+/// Why the image could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("AMI {ami_id} in {region} failed: {reason}")]
+    Failed {
+        ami_id: String,
+        region: String,
+        reason: String,
+    },
+    #[error("AMI {ami_id} in {region} did not become available within {waited:?}: state {last}")]
+    TimedOut {
+        ami_id: String,
+        region: String,
+        waited: Duration,
+        last: String,
+    },
+    #[error("no free AMI name in {region}: {name} and {NAME_SUFFIXES} suffixed names are taken")]
+    NameTaken { name: String, region: String },
+    #[error("cannot {action} in {region}: {message}")]
+    Api {
+        region: String,
+        action: String,
+        message: String,
+    },
+}
+
+/// An available AMI of this account baked from the same inputs and base image, newest first.
+pub async fn existing(clients: &Clients, plan: &Plan) -> Result<Option<Image>, Error> {
+    let out = clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(filter(
+            &format!("tag:{}", tag::DIGEST),
+            &plan.rendered.digest,
+        ))
+        .filters(filter(&format!("tag:{TAG_BASE_AMI}"), &plan.base.id))
+        .filters(filter("state", "available"))
+        .send()
+        .await
+        .map_err(|e| {
+            api(
+                clients,
+                "look for an AMI with the same digest",
+                aws::describe(&e),
+            )
+        })?;
+    Ok(out
+        .images
+        .unwrap_or_default()
+        .into_iter()
+        .max_by(|a, b| a.creation_date().cmp(&b.creation_date())))
+}
+
+/// Creates the AMI from the builder, tags it and its snapshots, and waits until it is available.
+#[allow(clippy::too_many_arguments)]
+pub async fn create(
+    clients: &Clients,
+    plan: &Plan,
+    instance_id: &str,
+    name: &str,
+    no_reboot: bool,
+    tags: &[Tag],
+    janitor: &Janitor,
+    progress: &Progress,
+) -> Result<String, Error> {
+    let name = free_name(clients, name).await?;
+    progress.step(format!("creating image {name}"));
+    let mut all = tags.to_vec();
+    all.extend(image_tags(plan));
+    let created = clients
+        .ec2
+        .create_image()
+        .instance_id(instance_id)
+        .name(&name)
+        .description(format!(
+            "bake image {} from {} ({})",
+            plan.image, plan.base.name, plan.base.id
+        ))
+        .no_reboot(no_reboot)
+        .tag_specifications(tagged(ResourceType::Image, &all, &name))
+        .tag_specifications(tagged(ResourceType::Snapshot, &all, &name))
+        .send()
+        .await
+        .map_err(|e| {
+            api(
+                clients,
+                &format!("create image from {instance_id}"),
+                aws::describe(&e),
+            )
+        })?;
+    let ami_id = created.image_id().unwrap_or_default().to_owned();
+    janitor.record(Resource::Image(ami_id.clone()));
+    let step = format!("waiting for {ami_id} to be available");
+    progress.step(step.clone());
+    let started = Instant::now();
+    let result = poll::until(
+        started + AVAILABLE_TIMEOUT,
+        AVAILABLE_SCHEDULE,
+        |seen| progress.detail(&step, seen),
+        || async {
+            let out = clients
+                .ec2
+                .describe_images()
+                .image_ids(&ami_id)
+                .send()
+                .await;
+            let image = match out {
+                Ok(out) => out.images.unwrap_or_default().into_iter().next(),
+                Err(e) if aws::code(&e) == Some("InvalidAMIID.NotFound") => None,
+                Err(e) => return Check::Failed(Err(aws::describe(&e))),
+            };
+            let Some(image) = image else {
+                return Check::Pending("not visible yet".into());
+            };
+            for snapshot in image
+                .block_device_mappings()
+                .iter()
+                .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+            {
+                janitor.record(Resource::Snapshot(snapshot.to_owned()));
+            }
+            match image.state() {
+                Some(ImageState::Available) => Check::Ready(()),
+                Some(ImageState::Pending) | None => Check::Pending("pending".into()),
+                Some(state) => {
+                    let reason = image
+                        .state_reason()
+                        .and_then(|r| r.message())
+                        .unwrap_or("no reason given");
+                    Check::Failed(Ok(format!("state {} ({reason})", state.as_str())))
+                }
+            }
+        },
+    )
+    .await;
+    match result {
+        Ok(()) => Ok(ami_id),
+        Err(PollError::Failed(Ok(reason))) => Err(Error::Failed {
+            ami_id,
+            region: clients.region.clone(),
+            reason,
+        }),
+        Err(PollError::Failed(Err(message))) => {
+            Err(api(clients, &format!("describe {ami_id}"), message))
+        }
+        Err(PollError::TimedOut { last }) => Err(Error::TimedOut {
+            ami_id,
+            region: clients.region.clone(),
+            waited: AVAILABLE_TIMEOUT,
+            last,
+        }),
+    }
+}
+
+/// `name`, or `name-2`, `name-3`, ... when this account already has an image called that.
+async fn free_name(clients: &Clients, name: &str) -> Result<String, Error> {
+    let out = clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(filter("name", &format!("{name}*")))
+        .send()
+        .await
+        .map_err(|e| api(clients, "list AMI names", aws::describe(&e)))?;
+    let taken: Vec<&str> = out.images().iter().filter_map(|i| i.name()).collect();
+    std::iter::once(name.to_owned())
+        .chain((2..=NAME_SUFFIXES + 1).map(|n| format!("{name}-{n}")))
+        .find(|candidate| !taken.contains(&candidate.as_str()))
+        .ok_or_else(|| Error::NameTaken {
+            name: name.to_owned(),
+            region: clients.region.clone(),
+        })
+}
+
+/// What an image says about where it came from.
+fn image_tags(plan: &Plan) -> Vec<Tag> {
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    [
+        (TAG_BASE_AMI, plan.base.id.as_str()),
+        ("bake:base-name", plan.base.name.as_str()),
+        ("bake:template", plan.template.as_str()),
+        ("bake:os", plan.os.as_str()),
+        ("bake:version", env!("CARGO_PKG_VERSION")),
+        ("bake:baked-at", now.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+    .collect()
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+fn api(clients: &Clients, action: &str, message: String) -> Error {
+    Error::Api {
+        region: clients.region.clone(),
+        action: action.to_owned(),
+        message,
+    }
+}

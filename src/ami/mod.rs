@@ -1,0 +1,194 @@
+//! `bake ami`: preflight, launch, health, verify and image for one or more images at once, with
+//! the builder cleaned up on every exit.
+
+pub mod health;
+pub mod image;
+pub mod launch;
+pub mod preflight;
+pub mod verify;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::aws::Clients;
+use crate::config::Image;
+use crate::janitor::{self, Janitor};
+use crate::output::Progress;
+use preflight::Plan;
+
+/// Verification waits for the user data to finish, then runs the commands; 10 minutes unless
+/// the config says otherwise.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How `bake ami` behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bake even when an AMI with the same digest exists.
+    pub force: bool,
+    /// Leave the builder running after a failure, for debugging.
+    pub keep_on_failure: bool,
+}
+
+/// The result of baking one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baked {
+    pub image: String,
+    pub ami_id: String,
+    pub ami_name: String,
+    pub digest: String,
+    pub base_ami: String,
+    pub region: String,
+    /// True when an AMI with the same inputs existed and nothing was launched.
+    pub skipped: bool,
+    pub seconds: f64,
+}
+
+/// A failed step of one image's bake.
+#[derive(Debug, thiserror::Error)]
+pub enum Step {
+    #[error(transparent)]
+    Preflight(#[from] preflight::Error),
+    #[error(transparent)]
+    Launch(#[from] launch::Error),
+    #[error(transparent)]
+    Health(#[from] health::Error),
+    #[error(transparent)]
+    Verify(#[from] verify::Error),
+    #[error(transparent)]
+    Image(#[from] image::Error),
+    #[error("{0}")]
+    Cleanup(#[from] janitor::Error),
+    #[error("{failure}\nand cleaning up after it failed too: {cleanup}")]
+    CleanupAfter {
+        failure: Box<Step>,
+        cleanup: janitor::Error,
+    },
+}
+
+/// One image's failure.
+#[derive(Debug, thiserror::Error)]
+#[error("image {image}: {step}")]
+pub struct Error {
+    pub image: String,
+    pub step: Step,
+}
+
+impl Error {
+    /// 2 for a problem found before anything was created, 1 for a failed bake.
+    pub fn exit_code(&self) -> u8 {
+        match &self.step {
+            Step::Preflight(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
+}
+
+/// Bakes one planned image: skip when already baked, else build it; the janitor cleans up the
+/// builder on success and everything on failure.
+pub async fn bake(
+    clients: &Clients,
+    image: &Image,
+    plan: &Plan,
+    options: &Options,
+    janitor: &Janitor,
+    progress: &Progress,
+) -> Result<Baked, Step> {
+    let started = Instant::now();
+    let done = |ami_id: String, ami_name: String, skipped: bool| Baked {
+        image: plan.image.clone(),
+        ami_id,
+        ami_name,
+        digest: plan.rendered.digest.clone(),
+        base_ami: plan.base.id.clone(),
+        region: clients.region.clone(),
+        skipped,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if !options.force {
+        if let Some(found) = image::existing(clients, plan).await? {
+            let id = found.image_id().unwrap_or_default().to_owned();
+            progress.finish(format!(
+                "already baked as {id} (same digest; --force bakes anew)"
+            ));
+            return Ok(done(id, found.name().unwrap_or_default().to_owned(), true));
+        }
+    }
+    let built = build(clients, image, plan, janitor, progress).await;
+    match built {
+        Ok(ami_id) => {
+            janitor.keep(&ami_id);
+            progress.step("terminating the builder");
+            janitor.clean().await?;
+            progress.finish(format!("baked {ami_id} ({})", plan.ami_name));
+            Ok(done(ami_id, plan.ami_name.clone(), false))
+        }
+        Err(failure) if options.keep_on_failure => {
+            progress.finish(format!(
+                "failed; kept the builder (run id {}): reach it with \
+                 `aws ssm start-session --target <instance id>`, remove it with \
+                 `bake gc --ttl 0s`",
+                janitor.run_id()
+            ));
+            Err(failure)
+        }
+        Err(failure) => {
+            progress.step("failed; cleaning up");
+            match janitor.clean().await {
+                Ok(removed) => {
+                    let list: Vec<String> = removed.iter().map(ToString::to_string).collect();
+                    progress.finish(format!("failed; removed {}", list.join(", ")));
+                    Err(failure)
+                }
+                Err(cleanup) => Err(Step::CleanupAfter {
+                    failure: Box::new(failure),
+                    cleanup,
+                }),
+            }
+        }
+    }
+}
+
+/// Launch, wait, verify and image; returns the new AMI id.
+async fn build(
+    clients: &Clients,
+    image: &Image,
+    plan: &Plan,
+    janitor: &Janitor,
+    progress: &Progress,
+) -> Result<String, Step> {
+    let tags = janitor::run_tags(janitor.run_id(), &plan.image, &plan.rendered.digest);
+    progress.step("launching the builder");
+    let group = launch::security_group(clients, plan, image.health.port, &tags, janitor).await?;
+    let instance_id =
+        launch::instance(clients, plan, &image.builder, &group, &tags, janitor).await?;
+    let ip = health::running(clients, &instance_id, progress).await?;
+    let deadline = Instant::now() + image.health.timeout.0;
+    tokio::try_join!(
+        health::http(&instance_id, &ip, &image.health, deadline, progress),
+        health::ssm_online(clients, &instance_id, deadline),
+    )?;
+    let timeout = image.verify.timeout.map_or(VERIFY_TIMEOUT, |t| t.0);
+    verify::run(
+        clients,
+        &instance_id,
+        &plan.rendered.digest,
+        &image.verify.commands,
+        timeout,
+        progress,
+    )
+    .await?;
+    let ami = image::create(
+        clients,
+        plan,
+        &instance_id,
+        &plan.ami_name,
+        image.no_reboot,
+        &tags,
+        janitor,
+        progress,
+    )
+    .await?;
+    Ok(ami)
+}

@@ -1,0 +1,177 @@
+//! Polling until a deadline, with capped, jittered backoff and terminal states.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+
+/// When to look again: first after `first`, then every `interval`, growing by `factor` up to `cap`.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub first: Duration,
+    pub interval: Duration,
+    pub factor: f64,
+    pub cap: Duration,
+}
+
+impl Schedule {
+    /// A fixed interval, first check at once.
+    pub const fn every(interval: Duration) -> Schedule {
+        Schedule {
+            first: Duration::ZERO,
+            interval,
+            factor: 1.0,
+            cap: interval,
+        }
+    }
+}
+
+/// What one look found.
+#[derive(Debug)]
+pub enum Check<T, E> {
+    /// The wait is over.
+    Ready(T),
+    /// Not yet; the text says what was seen (for progress and the timeout message).
+    Pending(String),
+    /// A terminal state: waiting longer cannot help.
+    Failed(E),
+}
+
+/// Why a poll ended without a result.
+#[derive(Debug)]
+pub enum PollError<E> {
+    /// The deadline passed; holds the last thing seen.
+    TimedOut {
+        last: String,
+    },
+    Failed(E),
+}
+
+/// Calls `check` on the schedule until it is ready, fails, or `deadline` passes.
+/// `seen` is told each pending observation (for progress bars).
+pub async fn until<T, E, F, Fut>(
+    deadline: Instant,
+    schedule: Schedule,
+    mut seen: impl FnMut(&str),
+    mut check: F,
+) -> Result<T, PollError<E>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Check<T, E>>,
+{
+    let mut wait = schedule.first;
+    let mut interval = schedule.interval;
+    loop {
+        let now = Instant::now();
+        if now + wait > deadline {
+            // Look once more at the deadline itself rather than give up early.
+            sleep(deadline.saturating_duration_since(now)).await;
+            return match check().await {
+                Check::Ready(v) => Ok(v),
+                Check::Failed(e) => Err(PollError::Failed(e)),
+                Check::Pending(s) => Err(PollError::TimedOut { last: s }),
+            };
+        }
+        sleep(jitter(wait)).await;
+        match check().await {
+            Check::Ready(v) => return Ok(v),
+            Check::Failed(e) => return Err(PollError::Failed(e)),
+            Check::Pending(s) => seen(&s),
+        }
+        wait = interval;
+        interval = interval.mul_f64(schedule.factor).min(schedule.cap);
+    }
+}
+
+/// ±10% so that many bakes started together do not poll in lockstep.
+fn jitter(d: Duration) -> Duration {
+    if d.is_zero() {
+        return d;
+    }
+    let r = std::collections::hash_map::RandomState::new();
+    let x = std::hash::BuildHasher::hash_one(&r, 0u8) % 2001;
+    d.mul_f64(0.9 + x as f64 / 10_000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_after_some_pending_looks() {
+        let calls = Cell::new(0);
+        let start = Instant::now();
+        let got: Result<u32, PollError<()>> = until(
+            start + Duration::from_secs(60),
+            Schedule::every(Duration::from_secs(1)),
+            |_| {},
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    if n < 4 {
+                        Check::Pending(format!("look {n}"))
+                    } else {
+                        Check::Ready(n)
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(got.unwrap(), 4);
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(2700) && elapsed <= Duration::from_millis(3300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn times_out_at_the_deadline_with_the_last_observation() {
+        let start = Instant::now();
+        let got: Result<(), PollError<()>> = until(
+            start + Duration::from_secs(10),
+            Schedule {
+                first: Duration::from_secs(1),
+                interval: Duration::from_secs(1),
+                factor: 2.0,
+                cap: Duration::from_secs(4),
+            },
+            |_| {},
+            || async { Check::Pending("502 Bad Gateway".into()) },
+        )
+        .await;
+        match got {
+            Err(PollError::TimedOut { last }) => assert_eq!(last, "502 Bad Gateway"),
+            other => panic!("{other:?}"),
+        }
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_secs(10) && elapsed < Duration::from_secs(11));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_terminal_state_ends_the_wait_at_once() {
+        let calls = Cell::new(0);
+        let got: Result<(), PollError<&str>> = until(
+            Instant::now() + Duration::from_secs(600),
+            Schedule::every(Duration::from_secs(5)),
+            |_| {},
+            || {
+                calls.set(calls.get() + 1);
+                async { Check::Failed("failed") }
+            },
+        )
+        .await;
+        assert!(matches!(got, Err(PollError::Failed("failed"))));
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(10));
+            assert!(
+                j >= Duration::from_secs(9) && j <= Duration::from_secs(11),
+                "{j:?}"
+            );
+        }
+    }
+}
