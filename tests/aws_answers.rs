@@ -1,0 +1,301 @@
+//! AWS answers the lab cannot produce, replayed with aws-smithy-mocks: an image that fails,
+//! a security group held by a lingering network interface, an instance profile still propagating.
+
+use aws_sdk_ec2::error::ErrorMetadata;
+use aws_sdk_ec2::operation::create_image::CreateImageOutput;
+use aws_sdk_ec2::operation::delete_security_group::{
+    DeleteSecurityGroupError, DeleteSecurityGroupOutput,
+};
+use aws_sdk_ec2::operation::delete_snapshot::DeleteSnapshotOutput;
+use aws_sdk_ec2::operation::deregister_image::DeregisterImageOutput;
+use aws_sdk_ec2::operation::describe_images::DescribeImagesOutput;
+use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+use aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput;
+use aws_sdk_ec2::operation::describe_snapshots::DescribeSnapshotsOutput;
+use aws_sdk_ec2::operation::run_instances::{RunInstancesError, RunInstancesOutput};
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Image, ImageState, Instance, Snapshot, StateReason,
+};
+use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
+
+use bake::ami::preflight::{BaseAmi, Plan, Subnet};
+use bake::ami::{image, launch};
+use bake::aws::Clients;
+use bake::config::{Builder, Os, ResourceRef, Volume};
+use bake::janitor::{self, Janitor};
+use bake::output::Progress;
+use bake::render::Rendered;
+
+/// A client of `$sdk` answered by `rules` (this SDK version predates `mock_client!`'s defaults).
+macro_rules! mocked {
+    ($sdk:ident, $rules:expr) => {{
+        let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+        for rule in $rules {
+            interceptor = interceptor.with_rule(rule);
+        }
+        $sdk::Client::from_conf(
+            $sdk::Config::builder()
+                .with_test_defaults()
+                .region($sdk::config::Region::new("ap-northeast-2"))
+                .http_client(create_mock_http_client())
+                .interceptor(interceptor)
+                .build(),
+        )
+    }};
+}
+
+fn clients(ec2_rules: &[&Rule]) -> Clients {
+    Clients {
+        ec2: mocked!(aws_sdk_ec2, ec2_rules),
+        ssm: mocked!(aws_sdk_ssm, &[] as &[&Rule]),
+        iam: mocked!(aws_sdk_iam, &[] as &[&Rule]),
+        region: "ap-northeast-2".into(),
+    }
+}
+
+fn plan() -> Plan {
+    Plan {
+        image: "web".into(),
+        template: "nginx".into(),
+        os: Os::Debian,
+        base: BaseAmi {
+            id: "ami-base".into(),
+            name: "debian-12-amd64-20261101-1".into(),
+            root_device: "/dev/xvda".into(),
+        },
+        subnet: Subnet {
+            id: "subnet-a".into(),
+            vpc_id: "vpc-lab".into(),
+        },
+        instance_profile: "SSMInstanceProfile".into(),
+        allow_cidr: "198.51.100.7/32".into(),
+        rendered: Rendered {
+            script: "#!/bin/bash\n".into(),
+            payload: b"#!/bin/bash\n".to_vec(),
+            compressed: false,
+            digest: "d".repeat(64),
+        },
+        ami_name: "web-20261122-dddddddddddd".into(),
+    }
+}
+
+fn progress() -> Progress {
+    Progress::new(
+        &indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
+        "web",
+    )
+}
+
+fn failed_image() -> Image {
+    Image::builder()
+        .image_id("ami-new")
+        .state(ImageState::Failed)
+        .state_reason(
+            StateReason::builder()
+                .code("Client.InternalError")
+                .message("snapshot creation failed")
+                .build(),
+        )
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name("/dev/xvda")
+                .ebs(EbsBlockDevice::builder().snapshot_id("snap-new").build())
+                .build(),
+        )
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_image_is_deregistered_and_its_snapshots_deleted() {
+    let names = mock!(aws_sdk_ec2::Client::describe_images)
+        .match_requests(|r| r.image_ids().is_empty())
+        .then_output(|| {
+            DescribeImagesOutput::builder()
+                .images(failed_image())
+                .build()
+        });
+    let create = mock!(aws_sdk_ec2::Client::create_image)
+        .then_output(|| CreateImageOutput::builder().image_id("ami-new").build());
+    let watch = mock!(aws_sdk_ec2::Client::describe_images)
+        .match_requests(|r| r.image_ids() == ["ami-new"])
+        .then_output(|| {
+            DescribeImagesOutput::builder()
+                .images(failed_image())
+                .build()
+        });
+    let instances = mock!(aws_sdk_ec2::Client::describe_instances)
+        .then_output(|| DescribeInstancesOutput::builder().build());
+    let groups = mock!(aws_sdk_ec2::Client::describe_security_groups)
+        .then_output(|| DescribeSecurityGroupsOutput::builder().build());
+    let snapshots = mock!(aws_sdk_ec2::Client::describe_snapshots).then_output(|| {
+        DescribeSnapshotsOutput::builder()
+            .snapshots(Snapshot::builder().snapshot_id("snap-new").build())
+            .build()
+    });
+    let deregister = mock!(aws_sdk_ec2::Client::deregister_image)
+        .match_requests(|r| r.image_id() == Some("ami-new"))
+        .then_output(|| DeregisterImageOutput::builder().build());
+    let delete_snapshot = mock!(aws_sdk_ec2::Client::delete_snapshot)
+        .match_requests(|r| r.snapshot_id() == Some("snap-new"))
+        .then_output(|| DeleteSnapshotOutput::builder().build());
+    let clients = clients(&[
+        &watch,
+        &names,
+        &create,
+        &instances,
+        &groups,
+        &snapshots,
+        &deregister,
+        &delete_snapshot,
+    ]);
+    let janitor = Janitor::new(clients.clone(), "run-1".into());
+    let plan = plan();
+    let err = image::create(
+        &clients,
+        &plan,
+        "i-builder",
+        &plan.ami_name,
+        false,
+        &[],
+        &janitor,
+        &progress(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "AMI ami-new in ap-northeast-2 failed: state failed (snapshot creation failed)"
+    );
+    assert_eq!(watch.num_calls(), 1, "a failed state ends the wait at once");
+    let removed = janitor.clean().await.unwrap();
+    assert_eq!(deregister.num_calls(), 1);
+    assert_eq!(delete_snapshot.num_calls(), 1);
+    assert_eq!(
+        removed,
+        vec![
+            janitor::Resource::Image("ami-new".into()),
+            janitor::Resource::Snapshot("snap-new".into())
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn security_group_delete_is_retried_through_dependency_violation() {
+    let violation = || {
+        DeleteSecurityGroupError::generic(
+            ErrorMetadata::builder()
+                .code("DependencyViolation")
+                .message("resource sg-1 has a dependent object")
+                .build(),
+        )
+    };
+    let delete = mock!(aws_sdk_ec2::Client::delete_security_group)
+        .sequence()
+        .error(violation)
+        .times(3)
+        .output(|| DeleteSecurityGroupOutput::builder().build())
+        .build();
+    let clients = clients(&[&delete]);
+    let started = tokio::time::Instant::now();
+    janitor::delete_security_group(&clients, "sg-1")
+        .await
+        .unwrap();
+    assert_eq!(delete.num_calls(), 4);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(5),
+        "retries wait between tries"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn security_group_delete_gives_up_on_other_errors_at_once() {
+    let delete = mock!(aws_sdk_ec2::Client::delete_security_group).then_error(|| {
+        DeleteSecurityGroupError::generic(
+            ErrorMetadata::builder()
+                .code("UnauthorizedOperation")
+                .message("no")
+                .build(),
+        )
+    });
+    let clients = clients(&[&delete]);
+    let err = janitor::delete_security_group(&clients, "sg-1")
+        .await
+        .unwrap_err();
+    assert_eq!(delete.num_calls(), 1);
+    assert!(err.to_string().contains("UnauthorizedOperation"), "{err}");
+}
+
+fn builder() -> Builder {
+    Builder {
+        instance_type: "t3.micro".into(),
+        subnet: toml::Spanned::new(
+            0..0,
+            ResourceRef {
+                id: Some("subnet-a".into()),
+                tag: Default::default(),
+            },
+        ),
+        instance_profile: "SSMInstanceProfile".into(),
+        allow_cidr: toml::Spanned::new(0..0, "auto".into()),
+        volume: Volume::default(),
+    }
+}
+
+fn profile_not_ready() -> RunInstancesError {
+    RunInstancesError::generic(
+        ErrorMetadata::builder()
+            .code("InvalidParameterValue")
+            .message("Value (SSMInstanceProfile) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name")
+            .build(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn launch_waits_while_a_new_instance_profile_propagates() {
+    let run = mock!(aws_sdk_ec2::Client::run_instances)
+        .match_requests(|r| {
+            r.metadata_options()
+                .and_then(|m| m.http_tokens())
+                .map(|t| t.as_str())
+                == Some("required")
+                && r.block_device_mappings()[0]
+                    .ebs()
+                    .and_then(|e| e.encrypted())
+                    == Some(true)
+        })
+        .sequence()
+        .error(profile_not_ready)
+        .times(2)
+        .output(|| {
+            RunInstancesOutput::builder()
+                .instances(Instance::builder().instance_id("i-builder").build())
+                .build()
+        })
+        .build();
+    let clients = clients(&[&run]);
+    let janitor = Janitor::new(clients.clone(), "run-1".into());
+    let id = launch::instance(&clients, &plan(), &builder(), "sg-1", &[], &janitor)
+        .await
+        .unwrap();
+    assert_eq!(id, "i-builder");
+    assert_eq!(run.num_calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn launch_fails_at_once_on_other_invalid_parameters() {
+    let run = mock!(aws_sdk_ec2::Client::run_instances).then_error(|| {
+        RunInstancesError::generic(
+            ErrorMetadata::builder()
+                .code("InvalidParameterValue")
+                .message("Invalid value 't3.mega' for InstanceType")
+                .build(),
+        )
+    });
+    let clients = clients(&[&run]);
+    let janitor = Janitor::new(clients.clone(), "run-1".into());
+    let err = launch::instance(&clients, &plan(), &builder(), "sg-1", &[], &janitor)
+        .await
+        .unwrap_err();
+    assert_eq!(run.num_calls(), 1);
+    assert!(err.to_string().contains("t3.mega"), "{err}");
+}
