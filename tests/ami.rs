@@ -1,0 +1,361 @@
+//! `bake ami` and `bake gc` against the lab: real instances, real HTTP, real SSM commands.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, InstanceStateName};
+use support::{Lab, Scratch, quick_config, repo, signal};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+async fn tag(lab: &Lab, ami: &str, key: &str) -> Option<String> {
+    let out = lab
+        .ec2
+        .describe_images()
+        .image_ids(ami)
+        .send()
+        .await
+        .unwrap();
+    let image = out.images().first().expect("the AMI exists");
+    image
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+        .map(str::to_owned)
+}
+
+/// Launches an instance from `ami` without user data and returns its id and public IP.
+async fn launch_from(lab: &Lab, ami: &str) -> (String, String) {
+    let subnet = lab
+        .ec2
+        .describe_subnets()
+        .filters(
+            Filter::builder()
+                .name("tag:Name")
+                .values("Public subnet A")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .subnets()[0]
+        .subnet_id()
+        .unwrap()
+        .to_owned();
+    let run = lab
+        .ec2
+        .run_instances()
+        .image_id(ami)
+        .instance_type("t3.micro".into())
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(subnet)
+        .send()
+        .await
+        .unwrap();
+    let id = run.instances()[0].instance_id().unwrap().to_owned();
+    // An instance boots in seconds in the lab; two minutes means it never will.
+    for _ in 0..240 {
+        let out = lab
+            .ec2
+            .describe_instances()
+            .instance_ids(&id)
+            .send()
+            .await
+            .unwrap();
+        let instance = &out.reservations()[0].instances()[0];
+        if instance.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running) {
+            let ip = instance
+                .public_ip_address()
+                .expect("a public IP in a public subnet");
+            return (id, ip.to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{id} from {ami} did not run within two minutes");
+}
+
+/// GETs the page at `ip`, retrying until it contains `want` (bounded by `limit`).
+async fn page(ip: &str, want: &str, limit: Duration) -> String {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("http://{ip}/")).send().await {
+            last = r.text().await.unwrap_or_default();
+            if last.contains(want) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("http://{ip}/ never showed {want:?}; last: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_example_bakes_once_and_the_ami_serves_the_page() {
+    let lab = Lab::start().await;
+    let example = repo().join("examples/nginx-debian.toml");
+    let example = example.to_str().unwrap();
+    let out = lab.run_bake(&["-c", example, "ami", "web"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ami = stdout(&out);
+    assert!(ami.starts_with("ami-"), "{ami}");
+
+    let render = lab
+        .run_bake(&["-c", example, "-o", "json", "render", "web"])
+        .await;
+    let rendered: serde_json::Value = serde_json::from_slice(&render.stdout).unwrap();
+    assert_eq!(
+        tag(&lab, &ami, "bake:digest").await.as_deref(),
+        rendered["digest"].as_str()
+    );
+    let state = lab
+        .ec2
+        .describe_images()
+        .image_ids(&ami)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(state.images()[0].state().unwrap().as_str(), "available");
+    lab.assert_nothing_left(&[&ami], &[]).await;
+
+    let (instance, ip) = launch_from(&lab, &ami).await;
+    let body = page(&ip, "AWS Immersion Day", Duration::from_secs(60)).await;
+    assert!(
+        body.contains(&instance),
+        "the app names the instance that served it: {body}"
+    );
+
+    // The same inputs again: nothing is launched, the same AMI is printed.
+    let launches = lab.calls("RunInstances").await;
+    let again = lab.run_bake(&["-c", example, "ami", "web"]).await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(stdout(&again), ami);
+    assert_eq!(
+        lab.calls("RunInstances").await,
+        launches,
+        "no builder for known inputs"
+    );
+
+    // One var changed: a new bake, a new AMI.
+    let dir = tempfile::tempdir().unwrap();
+    let changed = dir.path().join("bake.toml");
+    let text = std::fs::read_to_string(example).unwrap();
+    std::fs::write(&changed, text.replace("baked by bake.", "baked again.")).unwrap();
+    let rebaked = lab
+        .run_bake(&["-c", changed.to_str().unwrap(), "ami", "web"])
+        .await;
+    assert!(rebaked.status.success(), "{}", stderr(&rebaked));
+    assert_ne!(stdout(&rebaked), ami);
+    assert_eq!(lab.calls("RunInstances").await, launches + 1);
+    lab.assert_nothing_left(&[&ami, &stdout(&rebaked)], &[&instance])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn builder_that_never_serves_fails_at_the_health_deadline_and_leaves_nothing() {
+    let lab = Lab::start().await;
+    let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"15s\"", ""));
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("was not healthy at http://100.64."), "{err}");
+    assert!(err.contains("last answer: connection refused"), "{err}");
+    assert!(stdout(&out).is_empty());
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_verify_command_fails_with_its_output_and_leaves_nothing() {
+    let lab = Lab::start().await;
+    let scratch = Scratch::new(&quick_config(
+        "body = \"hello\"",
+        "expect_body = \"hello\"",
+        "commands = [\"test -s /srv/www/index.html\", \"echo checking; echo broken >&2; exit 1\"]",
+    ));
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("verify command `echo checking; echo broken >&2; exit 1` on builder i-"),
+        "{err}"
+    );
+    assert!(
+        err.contains("exited 1") && err.contains("checking") && err.contains("broken"),
+        "{err}"
+    );
+    assert_eq!(lab.calls("CreateImage").await, 0);
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+/// Starts `bake ami` in the background, waits for `ready`, sends `sig`, and returns its exit.
+async fn interrupt_when<F, Fut>(
+    lab: &Lab,
+    scratch: &Scratch,
+    sig: &str,
+    what: &str,
+    ready: F,
+) -> std::process::Output
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let child = lab
+        .bake(&["-c", &scratch.config(), "ami", "quick"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lab.wait_for(what, Duration::from_secs(120), ready).await;
+    signal(child.id(), sig);
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_during_the_health_wait_cleans_up_and_exits_130() {
+    let lab = Lab::start().await;
+    let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"10m\"", ""));
+    let out = interrupt_when(&lab, &scratch, "INT", "the builder to run", || async {
+        lab.events()
+            .await
+            .iter()
+            .any(|e| e["event"] == "instance_running")
+    })
+    .await;
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted by SIGINT"),
+        "{}",
+        stderr(&out)
+    );
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_during_the_image_wait_removes_the_partial_image_and_exits_130() {
+    let lab = Lab::start().await;
+    // The image stays pending long enough to be interrupted.
+    lab.control("latency", serde_json::json!({ "image_available": 120 }))
+        .await;
+    let scratch = Scratch::new(&quick_config("", "", ""));
+    let out = interrupt_when(&lab, &scratch, "INT", "CreateImage", || async {
+        lab.calls("CreateImage").await > 0
+    })
+    .await;
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_cleans_up_and_exits_143() {
+    let lab = Lab::start().await;
+    let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"10m\"", ""));
+    let out = interrupt_when(&lab, &scratch, "TERM", "the builder launch", || async {
+        lab.calls("RunInstances").await > 0
+    })
+    .await;
+    assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_leaves_resources_that_gc_removes() {
+    let lab = Lab::start().await;
+    let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"10m\"", ""));
+    let out = interrupt_when(&lab, &scratch, "KILL", "the builder to run", || async {
+        lab.events()
+            .await
+            .iter()
+            .any(|e| e["event"] == "instance_running")
+    })
+    .await;
+    assert_eq!(out.status.code(), None, "killed by a signal");
+    assert_eq!(
+        lab.containers().await.len(),
+        1,
+        "a killed bake leaves its builder"
+    );
+
+    let dry = lab
+        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s", "--dry-run"])
+        .await;
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(
+        stdout(&dry).contains("would delete instance i-"),
+        "{}",
+        stdout(&dry)
+    );
+    assert!(
+        stdout(&dry).contains("would delete security group sg-"),
+        "{}",
+        stdout(&dry)
+    );
+    assert_eq!(lab.containers().await.len(), 1, "a dry run deletes nothing");
+
+    let young = lab
+        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "2h"])
+        .await;
+    assert!(
+        young.status.success() && stdout(&young).is_empty(),
+        "{}",
+        stdout(&young)
+    );
+
+    let gc = lab
+        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+        .await;
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bake_succeeds_through_throttling_and_503s() {
+    let lab = Lab::start().await;
+    lab.control(
+        "faults",
+        serde_json::json!({ "rules": [
+            { "rate": 0.2, "kind": "throttle" },
+            { "rate": 0.02, "kind": "5xx" },
+        ], "seed": 7 }),
+    )
+    .await;
+    let scratch = Scratch::new(&quick_config(
+        "body = \"through the storm\"",
+        "expect_body = \"storm\"",
+        "commands = [\"true\"]",
+    ));
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let faulted = lab
+        .requests()
+        .await
+        .iter()
+        .filter(|r| r["fault"] == true)
+        .count();
+    assert!(faulted > 0, "faults were injected");
+    let ami = stdout(&out);
+    lab.control("faults", serde_json::json!({ "rate": 0 }))
+        .await;
+    lab.assert_nothing_left(&[&ami], &[]).await;
+}

@@ -1,0 +1,350 @@
+//! The lab from Rust tests: start one, use its control endpoints, run bake against it, and check
+//! that nothing is left behind.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::Filter;
+
+/// The lab's region: the workshops' network lives there.
+pub const REGION: &str = "ap-northeast-2";
+/// A cold lab may build its base image first (about a minute); 5 minutes is a broken lab.
+const START_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One running lab, stopped (and cleaned by its launcher) on drop.
+pub struct Lab {
+    child: Child,
+    pub endpoint: String,
+    pub ec2: aws_sdk_ec2::Client,
+    http: reqwest::Client,
+}
+
+impl Lab {
+    /// Starts a lab with security groups enforced, as on AWS.
+    pub async fn start() -> Lab {
+        let python = std::env::var("LAB_PYTHON").expect(
+            "LAB_PYTHON is not set: run the lab tests through `make test`, which builds the lab's \
+             venv and base image",
+        );
+        let mut child = Command::new(python)
+            .arg(repo().join("tests/lab/launcher.py"))
+            .args(["--port", "0", "--enforce-security-groups"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the lab launcher starts");
+        let stdout = child.stdout.take().unwrap();
+        let reading = tokio::task::spawn_blocking(move || {
+            for line in BufReader::new(stdout).lines() {
+                let line = line.ok()?;
+                if let Some(url) = line.strip_prefix("AWS_ENDPOINT_URL=") {
+                    return Some(url.trim().to_owned());
+                }
+            }
+            None
+        });
+        let endpoint = match tokio::time::timeout(START_TIMEOUT, reading).await {
+            Ok(Ok(Some(url))) => url,
+            other => {
+                let _ = child.kill();
+                panic!("the lab did not start: {other:?}");
+            }
+        };
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&endpoint)
+            .region(aws_config::Region::new(REGION))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "test", "test", None, None, "lab",
+            ))
+            .load()
+            .await;
+        Lab {
+            child,
+            endpoint,
+            ec2: aws_sdk_ec2::Client::new(&sdk),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// POSTs JSON to a control endpoint (`latency`, `faults`, `reset`).
+    pub async fn control(&self, name: &str, body: serde_json::Value) {
+        let response = self
+            .http
+            .post(format!("{}/_lab/{name}", self.endpoint))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{name}: {}",
+            response.status()
+        );
+    }
+
+    /// GETs a control endpoint's text.
+    pub async fn get(&self, name: &str) -> String {
+        self.http
+            .get(format!("{}/_lab/{name}", self.endpoint))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The API calls logged since reset, as JSON objects.
+    pub async fn requests(&self) -> Vec<serde_json::Value> {
+        json_lines(&self.get("requests").await)
+    }
+
+    /// The transitions the lab reached, as JSON objects.
+    pub async fn events(&self) -> Vec<serde_json::Value> {
+        json_lines(&self.get("events").await)
+    }
+
+    /// Live containers (instances) in the lab.
+    pub async fn containers(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.get("containers").await).unwrap()
+    }
+
+    /// How many times `action` was called since reset.
+    pub async fn calls(&self, action: &str) -> usize {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| r["action"] == action)
+            .count()
+    }
+
+    /// A `bake` command line aimed at this lab, with no AWS settings from the machine.
+    pub fn bake(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bake"));
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_REGION", REGION)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env(
+                "BAKE_CHECKIP_URL",
+                format!("{}/_lab/checkip", self.endpoint),
+            )
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs bake to the end, off the async runtime.
+    pub async fn run_bake(&self, args: &[&str]) -> Output {
+        let mut command = self.bake(args);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// Asserts no builder, security group, image or snapshot of any bake run is left, apart from
+    /// the AMIs in `kept`, and no container runs but those of `instances_kept`.
+    pub async fn assert_nothing_left(&self, kept: &[&str], instances_kept: &[&str]) {
+        let tagged = Filter::builder()
+            .name("tag-key")
+            .values("bake:run-id")
+            .build();
+        let live: Vec<String> = self
+            .ec2
+            .describe_instances()
+            .filters(tagged.clone())
+            .send()
+            .await
+            .unwrap()
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.state().and_then(|s| s.name()).map(|s| s.as_str()) != Some("terminated"))
+            .map(|i| format!("{} {:?}", i.instance_id().unwrap(), i.state()))
+            .collect();
+        assert!(live.is_empty(), "builders left: {live:?}");
+        let groups: Vec<String> = self
+            .ec2
+            .describe_security_groups()
+            .filters(tagged.clone())
+            .send()
+            .await
+            .unwrap()
+            .security_groups()
+            .iter()
+            .map(|g| g.group_id().unwrap().to_owned())
+            .collect();
+        assert!(groups.is_empty(), "security groups left: {groups:?}");
+        let images = self
+            .ec2
+            .describe_images()
+            .owners("self")
+            .send()
+            .await
+            .unwrap();
+        let images: Vec<&str> = images
+            .images()
+            .iter()
+            .filter_map(|i| i.image_id())
+            .filter(|id| !kept.contains(id))
+            .collect();
+        assert!(images.is_empty(), "images left: {images:?}");
+        let snapshots = self
+            .ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(tagged)
+            .send()
+            .await
+            .unwrap();
+        let kept_snapshots = self.snapshots_of(kept).await;
+        let orphans: Vec<&str> = snapshots
+            .snapshots()
+            .iter()
+            .filter_map(|s| s.snapshot_id())
+            .filter(|id| !kept_snapshots.iter().any(|k| k == id))
+            .collect();
+        assert!(orphans.is_empty(), "snapshots left: {orphans:?}");
+        let containers: Vec<String> = self
+            .containers()
+            .await
+            .iter()
+            .map(|c| c["instance_id"].as_str().unwrap_or_default().to_owned())
+            .filter(|id| !instances_kept.contains(&id.as_str()))
+            .collect();
+        assert!(containers.is_empty(), "containers left: {containers:?}");
+    }
+
+    async fn snapshots_of(&self, images: &[&str]) -> Vec<String> {
+        if images.is_empty() {
+            return Vec::new();
+        }
+        let out = self
+            .ec2
+            .describe_images()
+            .set_image_ids(Some(images.iter().map(|s| (*s).to_owned()).collect()))
+            .send()
+            .await
+            .unwrap();
+        out.images()
+            .iter()
+            .flat_map(|i| i.block_device_mappings())
+            .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits until `check` holds, polling every 200 ms for at most `limit`.
+    pub async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("{what} did not happen within {limit:?}");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        signal(self.child.id(), "TERM");
+        // The launcher removes its containers and namespaces, then exits; give it a minute.
+        for _ in 0..600 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal (`INT`, `TERM`, `KILL`) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A scratch config directory holding `bake.toml` and the test templates.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new(config: &str) -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bake.toml"), config).unwrap();
+        let templates = dir.path().join("templates");
+        std::fs::create_dir_all(&templates).unwrap();
+        std::fs::copy(
+            repo().join("tests/fixtures/templates/quick.sh.j2"),
+            templates.join("quick.sh.j2"),
+        )
+        .unwrap();
+        Scratch { dir }
+    }
+
+    pub fn config(&self) -> String {
+        self.dir.path().join("bake.toml").display().to_string()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A config for the quick template on the lab's Debian AMI in the workshops' public subnet.
+pub fn quick_config(vars: &str, health: &str, verify: &str) -> String {
+    format!(
+        r#"templates_dir = "templates"
+
+[image.quick]
+base = {{ ssm = "/aws/service/debian/release/bookworm/latest/amd64" }}
+template = "quick"
+os = "debian"
+vars = {{ {vars} }}
+
+[image.quick.builder]
+subnet = {{ tag = {{ Name = "Public subnet A" }} }}
+instance_profile = "SSMInstanceProfile"
+
+[image.quick.health]
+{health}
+
+[image.quick.verify]
+{verify}
+"#
+    )
+}
