@@ -105,6 +105,11 @@ def debian_ami(ssm):
     return ssm.get_parameter(Name="/aws/service/debian/release/bookworm/latest/amd64")["Parameter"]["Value"]
 
 
+def container(lab, instance_id: str) -> dict | None:
+    """The lab's view of an instance's container (None once it is gone)."""
+    return next((c for c in lab.get_json("/_lab/containers") if c["instance_id"] == instance_id), None)
+
+
 def subnet_id(ec2, name: str) -> str:
     return ec2.describe_subnets(Filters=[{"Name": "tag:Name", "Values": [name]}])["Subnets"][0]["SubnetId"]
 

@@ -4,15 +4,11 @@ import subprocess
 
 import pytest
 
-from conftest import describe, launch, run_command, subnet_id, wait_for, wait_state
+from conftest import container, describe, launch, run_command, subnet_id, wait_for, wait_state
 
 
 def netns_names() -> str:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-
-
-def container(lab, instance_id: str) -> dict | None:
-    return next((c for c in lab.get_json("/_lab/containers") if c["instance_id"] == instance_id), None)
 
 
 USER_DATA = """#!/bin/sh

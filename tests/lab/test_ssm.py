@@ -5,8 +5,9 @@ from conftest import launch, run_command, wait_for, wait_state
 
 
 def online(ssm, instance_id: str) -> bool:
-    rows = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])
-    return any(r["PingStatus"] == "Online" for r in rows["InstanceInformationList"])
+    rows = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [instance_id]},
+                                                      {"Key": "PingStatus", "Values": ["Online"]}])
+    return [r["InstanceId"] for r in rows["InstanceInformationList"]] == [instance_id]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,10 @@ def test_commands_return_output_and_exit_code(ssm, managed):
 def test_command_status_goes_pending_in_progress_then_done(lab, ssm, managed):
     lab.post("/_lab/latency", {"command": 1})
     try:
-        cid = ssm.send_command(InstanceIds=[managed[0]], DocumentName="AWS-RunShellScript",
-                               Parameters={"commands": ["sleep 2"]})["Command"]["CommandId"]
+        sent = ssm.send_command(InstanceIds=[managed[0]], DocumentName="AWS-RunShellScript",
+                                Parameters={"commands": ["sleep 2"]})["Command"]
+        cid = sent["CommandId"]
+        assert sent["Status"] == "Pending"
         seen = []
 
         def status():

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import describe, http_get, launch, run_command, wait_for, wait_state
+from conftest import container, describe, http_get, launch, run_command, wait_for, wait_state
 
 USER_DATA = """#!/bin/bash
 set -euo pipefail
@@ -39,12 +39,14 @@ def workshop_flow(lab, ec2, ssm, debian_ami) -> None:
     failed = run_command(ssm, builder, ["systemctl is-active nginx", "exit 3"])
     assert (failed["Status"], failed["ResponseCode"], failed["StandardOutputContent"]) == ("Failed", 3, "active\n")
 
+    pid = container(lab, builder)["leader_pid"]
     image = ec2.create_image(InstanceId=builder, Name=f"web-{builder}", TagSpecifications=[
         {"ResourceType": "image", "Tags": [{"Key": "bake:run", "Value": builder}]},
         {"ResourceType": "snapshot", "Tags": [{"Key": "bake:run", "Value": builder}]}])["ImageId"]
     assert ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "pending"
     ami = wait_for("image available", lambda: (i := ec2.describe_images(ImageIds=[image])["Images"][0])["State"]
                    == "available" and i, 60)
+    assert container(lab, builder)["leader_pid"] not in (None, pid)  # NoReboot false: rebooted for the copy
     snapshot = ami["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     tags = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["Tags"]
     assert tags == [{"Key": "bake:run", "Value": builder}]
@@ -93,8 +95,10 @@ def test_copied_image_boots_in_the_other_region(lab, ec2, ssm, debian_ami):
     wait_for("user data", lambda: run_command(ssm, builder, ["cat /root/marker"])["Status"] == "Success"
              if ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [builder]}])[
                  "InstanceInformationList"] else False, 30, 0.5)
+    pid = container(lab, builder)["leader_pid"]
     image = ec2.create_image(InstanceId=builder, Name="copy-src", NoReboot=True)["ImageId"]
     wait_for("image", lambda: ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "available", 60)
+    assert container(lab, builder)["leader_pid"] == pid
     ec2.terminate_instances(InstanceIds=[builder])
     us_ec2, us_ssm = lab.client("ec2", "us-east-1"), lab.client("ssm", "us-east-1")
     copy = us_ec2.copy_image(SourceImageId=image, SourceRegion="ap-northeast-2", Name="copy-dst")["ImageId"]
@@ -109,3 +113,19 @@ def test_copied_image_boots_in_the_other_region(lab, ec2, ssm, debian_ami):
     finally:
         us_ec2.terminate_instances(InstanceIds=[iid])
         wait_state(us_ec2, iid, "terminated")
+
+
+def test_new_instances_reuse_the_apt_cache(lab, ec2, ssm, debian_ami):
+    """Package lists and .debs live in the lab cache, so a second install downloads nothing."""
+    iids = []
+    try:
+        for _ in range(2):
+            iids.append(launch(ec2, debian_ami))
+            wait_state(ec2, iids[-1], "running")
+            wait_for("online", lambda: ssm.describe_instance_information(
+                Filters=[{"Key": "InstanceIds", "Values": [iids[-1]]}])["InstanceInformationList"], 30)
+            result = run_command(ssm, iids[-1], ["apt-get update -qq", "apt-get install -y tree"], timeout=120)
+            assert result["Status"] == "Success", result["StandardErrorContent"]
+        assert "Need to get 0 B" in result["StandardOutputContent"]
+    finally:
+        ec2.terminate_instances(InstanceIds=iids)

@@ -1,4 +1,5 @@
 """Patches to moto's EC2 and SSM classes that hand instances, images and commands to the lab."""
+import datetime
 import threading
 import time
 
@@ -148,13 +149,24 @@ def _patch_ssm(lab: Lab) -> None:
                                     if unmanaged else "No instances to run the command on")
         command.invocations = [ssm.pending_invocation(command, i) for i in command.instance_ids]
         command.target_count = len(command.invocations)
-        ssm._refresh_command_status(command)
-        for invocation in command.invocations:
-            lab.background(f"command {command.command_id} {invocation['InstanceId']}",
-                           ssm.run_invocation, lab, command, invocation, sent_at)
+        ssm.refresh_command_status(command)
+        _request.deliver = lambda: [lab.background(f"command {command.command_id} {inv['InstanceId']}",
+                                                   ssm.run_invocation, lab, command, inv, sent_at)
+                                    for inv in command.invocations]
         return command
 
     backend_cls.send_command = send_command
+    send_command_response = SimpleSystemManagerResponse.send_command
+
+    def send_command_then_deliver(self):
+        """Deliver to the agents only once the response is built, so SendCommand answers Pending as SSM does."""
+        _request.deliver = None
+        result = send_command_response(self)
+        if _request.deliver:
+            _request.deliver()
+        return result
+
+    SimpleSystemManagerResponse.send_command = send_command_then_deliver
 
     def list_command_invocations(self):
         command_id = self._get_param("CommandId")
@@ -168,23 +180,23 @@ def _patch_ssm(lab: Lab) -> None:
         return ActionResult({"CommandInvocations": rows})
 
     def describe_instance_information(self):
-        wanted = set()
+        filters: dict[str, set] = {}
         for f in self._get_param("InstanceInformationFilterList", []) or []:
-            if f.get("key") == "InstanceIds":
-                wanted.update(f.get("valueSet", []))
+            filters.setdefault(f.get("key"), set()).update(f.get("valueSet", []))
         for f in self._get_param("Filters", []) or []:
-            if f.get("Key") == "InstanceIds":
-                wanted.update(f.get("Values", []))
+            filters.setdefault(f.get("Key"), set()).update(f.get("Values", []))
         rows = []
         for inst in list(lab.instances.values()):
-            if inst.region != self.region or (wanted and inst.id not in wanted):
-                continue
             online = lab.ssm_online(inst)
-            if not online and not inst.was_online:
+            ping = "Online" if online else "ConnectionLost"
+            if (inst.region != self.region or (not online and not inst.was_online)
+                    or inst.id not in filters.get("InstanceIds", {inst.id})
+                    or ping not in filters.get("PingStatus", {ping})):
                 continue
             rows.append({
-                "InstanceId": inst.id, "PingStatus": "Online" if online else "ConnectionLost",
-                "LastPingDateTime": time.time(), "AgentVersion": "3.3.0.0", "IsLatestVersion": True,
+                "InstanceId": inst.id, "PingStatus": ping,
+                "LastPingDateTime": datetime.datetime.now(datetime.timezone.utc),
+                "AgentVersion": "3.3.0.0", "IsLatestVersion": True,
                 "PlatformType": "Linux", "PlatformName": "Debian GNU/Linux", "PlatformVersion": "12",
                 "ResourceType": "EC2Instance", "IPAddress": inst.private_ip,
                 "ComputerName": inst.container.hostname,

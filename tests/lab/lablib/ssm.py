@@ -25,7 +25,7 @@ def pending_invocation(command, instance_id: str) -> dict:
     }
 
 
-def _refresh_command_status(command) -> None:
+def refresh_command_status(command) -> None:
     """A command's status summarises its invocations the way SSM does."""
     states = [i["Status"] for i in command.invocations]
     done = [s for s in states if s in ("Success", "Failed", "TimedOut", "Cancelled")]
@@ -48,7 +48,7 @@ def run_invocation(lab: Lab, command, invocation: dict, sent_at: float) -> None:
     inst = lab.instances.get(invocation["InstanceId"])
     started = time.time()
     invocation.update(Status="InProgress", StatusDetails="InProgress", ExecutionStartDateTime=_iso(started))
-    _refresh_command_status(command)
+    refresh_command_status(command)
     params = command.parameters or {}
     script = "\n".join(params.get("commands", [])) + "\n"
     timeout = float((params.get("executionTimeout") or [DEFAULT_EXECUTION_TIMEOUT])[0])
@@ -72,7 +72,7 @@ def run_invocation(lab: Lab, command, invocation: dict, sent_at: float) -> None:
     invocation.update(Status=status, StatusDetails=details, ResponseCode=code,
                       StandardOutputContent=out[:SSM_OUTPUT_LIMIT], StandardErrorContent=err[:SSM_OUTPUT_LIMIT],
                       ExecutionEndDateTime=_iso(ended), ExecutionElapsedTime=_elapsed(ended - started))
-    _refresh_command_status(command)
+    refresh_command_status(command)
     lab.event("command_finished", command_id=command.command_id, instance_id=invocation["InstanceId"],
               status=status, response_code=code)
 
