@@ -95,6 +95,8 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: pick a free one)")
     parser.add_argument("--state-dir", help="where instance roots and baked layers go (default: $LAB_CACHE/labs)")
     parser.add_argument("--cache", default=str(image.cache_dir()), help="the lab cache (image, apt, venv)")
+    parser.add_argument("--enforce-security-groups", action="store_true",
+                        help="apply instances' security-group ingress rules (also POST /_lab/security-groups)")
     parser.add_argument("--cleanup-stale", action="store_true", help="remove what dead labs left behind, then exit")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
@@ -122,7 +124,7 @@ def main() -> int:
         from lablib.service import LabService
         lab_net = net.LabNet(reg.index)
         lab_net.up()
-        service = LabService(lab_net, state_dir, cache, base)
+        service = LabService(lab_net, state_dir, cache, base, args.enforce_security_groups)
         lab = service.lab
         server = service.serve(args.port)
         service.bootstrap()

@@ -85,7 +85,7 @@ class Faults:
 
 
 class ControlApp:
-    """Wraps moto's WSGI app; `lab_api` supplies reset/containers/events/latency/checkip."""
+    """Wraps moto's WSGI app; `lab_api` (the LabService) answers the control endpoints."""
 
     def __init__(self, moto_app, lab_api):
         self.moto_app = moto_app
@@ -164,6 +164,10 @@ class ControlApp:
             return 200, self.faults.config
         if name == "faults":
             return 200, self.faults.config
+        if (method, name) == ("POST", "security-groups"):
+            return 200, api.set_security_groups(body)
+        if name == "security-groups":
+            return 200, api.security_groups()
         if name == "checkip":
             return 200, api.checkip() + "\n"
         if name == "requests":

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import imds, rootfs
+from . import imds, rootfs, secgroups, sh
 from .container import Container
 from .net import LabNet
 
@@ -65,6 +65,8 @@ class Lab:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.imds = imds.MetadataService(net.router_ns, self._imds_view)
+        self.enforce_security_groups = False
+        self._sg_lock = threading.Lock()
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def event(self, kind: str, **fields) -> None:
@@ -133,6 +135,7 @@ class Lab:
                 return
             set_state(inst.model, "running")
             inst.running_at = time.time()
+            self.sync_security_groups()
             self.event("instance_running", instance_id=inst.id, region=inst.region,
                        private_ip=inst.private_ip, public_ip=inst.public_ip)
         if self.has_profile(inst):
@@ -218,6 +221,14 @@ class Lab:
         self.layers.release(inst.layers, inst.id)
         with self._lock:
             self.instances.pop(inst.id, None)
+        self.sync_security_groups()
+
+    def sync_security_groups(self) -> None:
+        """Make the router's filter match the running instances' ingress rules (or remove it when not enforced)."""
+        with self._sg_lock:
+            running = [i for i in list(self.instances.values()) if i.running_at is not None]
+            script = secgroups.ruleset(running) if self.enforce_security_groups else secgroups.disabled()
+            sh.in_ns(self.net.router_ns, "nft", "-f", "-", input=script)
 
     def destroy_all(self) -> None:
         """Remove every container now (reset and shutdown); waits for in-flight transitions first."""

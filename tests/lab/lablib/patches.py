@@ -112,6 +112,12 @@ def _patch_ec2(lab: Lab) -> None:
     def after_delete_snapshot(backend, snapshot, snapshot_id, *a, **kw):
         lab.snapshot_deleted(backend.region_name, snapshot_id)
 
+    def after_rule_change(backend, *a, **kw):
+        lab.sync_security_groups()
+
+    for name in ("authorize_security_group_ingress", "revoke_security_group_ingress",
+                 "modify_instance_security_groups", "delete_security_group"):
+        _wrap(EC2Backend, name, after_rule_change)
     _wrap(EC2Backend, "copy_image", after_copy)
     _wrap(EC2Backend, "deregister_image", after_deregister)
     _wrap(EC2Backend, "delete_snapshot", after_delete_snapshot)

@@ -16,9 +16,11 @@ log = logging.getLogger("lab")
 
 
 class LabService:
-    def __init__(self, lab_net: LabNet, state_dir: Path, cache: Path, base_image: Path):
+    def __init__(self, lab_net: LabNet, state_dir: Path, cache: Path, base_image: Path, enforce_sg: bool):
         self.base_image = base_image
+        self.enforce_sg = enforce_sg
         self.lab = Lab(lab_net, state_dir, cache, base_image / "rootfs")
+        self.lab.enforce_security_groups = enforce_sg
         patches.install(self.lab)
         self.app = ControlApp(DomainDispatcherApplication(create_backend_app), self)
         self.endpoint = ""
@@ -49,6 +51,7 @@ class LabService:
             moto_api_backend.reset()
             self.lab.events.clear()
             self.lab.latency = dict(DEFAULT_LATENCY)
+            self.set_security_groups({"enforce": self.enforce_sg})
             self.bootstrap()
 
     @property
@@ -65,6 +68,14 @@ class LabService:
                 raise ValueError(f"latency {key} must not be negative")
             self.lab.latency[key] = float(value)
         return self.lab.latency
+
+    def set_security_groups(self, body: dict) -> dict:
+        self.lab.enforce_security_groups = bool(body["enforce"])
+        self.lab.sync_security_groups()
+        return self.security_groups()
+
+    def security_groups(self) -> dict:
+        return {"enforce": self.lab.enforce_security_groups}
 
     def checkip(self) -> str:
         return self.lab.net.host_addr
