@@ -17,25 +17,12 @@ REGION = "ap-northeast-2"
 START_TIMEOUT = 300  # a first start may build the base image (about a minute here) before serving
 
 
-class LabProcess:
-    """A launcher subprocess and what a test needs to talk to it."""
+class LabClient:
+    """Talks to a running lab: SDK clients and the control endpoints."""
 
-    def __init__(self, extra_args=()):
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "launcher.py"), "--port", "0", *extra_args],
-                                     stdout=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        line = ""
-        while time.monotonic() < deadline and not line.startswith("AWS_ENDPOINT_URL="):
-            line = self.proc.stdout.readline()
-            if not line and self.proc.poll() is not None:
-                raise RuntimeError(f"lab exited with {self.proc.returncode} before it was ready")
-        self.endpoint = line.strip().split("=", 1)[1]
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
         self.info = self.get_json("/_lab/info")
-
-    def stop(self, sig=signal.SIGTERM, timeout=120) -> int:
-        """Stop the launcher; 120 s covers tearing down every container it still runs."""
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
 
     def client(self, service: str, region: str = REGION, retries: dict | None = None):
         config = Config(retries=retries or {"mode": "standard", "max_attempts": 3})
@@ -56,6 +43,26 @@ class LabProcess:
 
     def post(self, path: str, body: dict | None = None):
         return json.loads(self.request(path, body if body is not None else {}, "POST"))
+
+
+class LabProcess(LabClient):
+    """A launcher subprocess on a free port."""
+
+    def __init__(self, extra_args=()):
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "launcher.py"), "--port", "0", *extra_args],
+                                     stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        line = ""
+        while time.monotonic() < deadline and not line.startswith("AWS_ENDPOINT_URL="):
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                raise RuntimeError(f"lab exited with {self.proc.returncode} before it was ready")
+        super().__init__(line.strip().split("=", 1)[1])
+
+    def stop(self, sig=signal.SIGTERM, timeout=120) -> int:
+        """Stop the launcher; 120 s covers tearing down every container it still runs."""
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
 
 
 def wait_for(what: str, fn, timeout: float, interval: float = 0.25):
@@ -143,3 +150,25 @@ def run_command(ssm, instance_id: str, commands: list[str], timeout: float = 60,
         inv = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
         return inv if inv["Status"] not in ("Pending", "InProgress", "Delayed") else None
     return wait_for(f"command {command_id}", done, timeout)
+
+
+def launch_running(lab) -> str:
+    """An instance of the Debian AMI in the given lab, waited for until running."""
+    ec2, ssm = lab.client("ec2"), lab.client("ssm")
+    ami = ssm.get_parameter(Name="/aws/service/debian/release/bookworm/latest/amd64")["Parameter"]["Value"]
+    iid = launch(ec2, ami, profile=False)
+    wait_state(ec2, iid, "running")
+    return iid
+
+
+def leftovers(index: int, state_dir: str) -> dict:
+    """Everything of lab `index` visible on the host."""
+    netns = [l.split()[0] for l in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+             .stdout.splitlines() if l.startswith(f"bakelab{index}-")]
+    links = subprocess.run(["ip", "-o", "link", "show", f"bl{index}h"], capture_output=True, text=True).stdout
+    nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    mounts = [l for l in Path("/proc/mounts").read_text().splitlines() if state_dir in l]
+    nspawn = subprocess.run(["pgrep", "-f", f"systemd-nspawn.*{state_dir}/"], capture_output=True, text=True).stdout
+    found = {"netns": netns, "link": links.strip(), "nft": f"table ip bakelab{index}" in nft.splitlines(),
+             "mounts": mounts, "state_dir": Path(state_dir).exists(), "nspawn": nspawn.split()}
+    return {k: v for k, v in found.items() if v}

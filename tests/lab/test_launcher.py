@@ -2,31 +2,13 @@
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import HERE, LabProcess, launch, wait_state
-
-
-def leftovers(index: int, state_dir: str) -> dict:
-    """Everything of lab `index` visible on the host."""
-    netns = [l.split()[0] for l in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-             .stdout.splitlines() if l.startswith(f"bakelab{index}-")]
-    links = subprocess.run(["ip", "-o", "link", "show", f"bl{index}h"], capture_output=True, text=True).stdout
-    nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-    mounts = [l for l in Path("/proc/mounts").read_text().splitlines() if state_dir in l]
-    nspawn = subprocess.run(["pgrep", "-f", f"systemd-nspawn.*{state_dir}/"], capture_output=True, text=True).stdout
-    found = {"netns": netns, "link": links.strip(), "nft": f"table ip bakelab{index}" in nft.splitlines(),
-             "mounts": mounts, "state_dir": Path(state_dir).exists(), "nspawn": nspawn.split()}
-    return {k: v for k, v in found.items() if v}
+from conftest import HERE, LabProcess, launch_running, leftovers
 
 
 def running_lab_with_instance() -> tuple[LabProcess, str]:
     other = LabProcess()
-    ec2, ssm = other.client("ec2"), other.client("ssm")
-    ami = ssm.get_parameter(Name="/aws/service/debian/release/bookworm/latest/amd64")["Parameter"]["Value"]
-    iid = launch(ec2, ami, profile=False)
-    wait_state(ec2, iid, "running")
-    return other, iid
+    return other, launch_running(other)
 
 
 def test_a_second_lab_runs_apart_and_sigterm_removes_all_it_made(lab):

@@ -36,6 +36,7 @@ class Instance:
     public_ip: str | None = None
     running_at: float | None = None
     was_online: bool = False
+    gone: bool = False  # set once its container, namespace and root are removed; late transitions then do nothing
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -63,7 +64,6 @@ class Lab:
         self.instances: dict[str, Instance] = {}
         self.events: list[dict] = []
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
         self.imds = imds.MetadataService(net.router_ns, self._imds_view)
         self.enforce_security_groups = False
         self._sg_lock = threading.Lock()
@@ -81,15 +81,7 @@ class Lab:
             except Exception as e:  # noqa: BLE001 - reported, the lab keeps serving
                 log.exception("%s failed", name)
                 self.event("error", what=name, error=str(e))
-        t = threading.Thread(target=body, name=name, daemon=True)
-        with self._lock:
-            self._threads = [x for x in self._threads if x.is_alive()] + [t]
-        t.start()
-
-    def wait_background(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for t in list(self._threads):
-            t.join(max(0.0, deadline - time.monotonic()))
+        threading.Thread(target=body, name=name, daemon=True).start()
 
     def sleep_until(self, start: float, transition: str) -> None:
         """Sleep so that at least the configured latency of a transition has passed since start."""
@@ -124,6 +116,8 @@ class Lab:
 
     def _boot(self, inst: Instance, started: float, first: bool) -> None:
         with inst.lock:
+            if inst.gone:
+                return
             if first:
                 self.net.attach(inst.id, inst.cidr, inst.private_ip)
             inst.overlay.mount()
@@ -174,6 +168,8 @@ class Lab:
 
     def _stop(self, inst: Instance) -> None:
         with inst.lock:
+            if inst.gone:
+                return
             inst.running_at = None
             inst.container.stop()
             self._unmap_public(inst)
@@ -195,6 +191,8 @@ class Lab:
 
     def _restart(self, inst: Instance) -> None:
         with inst.lock:
+            if inst.gone or not inst.container.alive:
+                return
             inst.container.stop()
             inst.container.start()
             inst.container.wait_booted()
@@ -209,11 +207,14 @@ class Lab:
     def _terminate(self, inst: Instance) -> None:
         with inst.lock:
             inst.running_at = None
-            self._destroy(inst)
+            if not inst.gone:
+                self._destroy(inst)
             set_state(inst.model, "terminated")
             self.event("instance_terminated", instance_id=inst.id, region=inst.region)
 
     def _destroy(self, inst: Instance) -> None:
+        inst.gone = True
+        inst.running_at = None
         inst.container.stop()
         self._unmap_public(inst)
         self.net.detach(inst.id)
@@ -231,11 +232,11 @@ class Lab:
             sh.in_ns(self.net.router_ns, "nft", "-f", "-", input=script)
 
     def destroy_all(self) -> None:
-        """Remove every container now (reset and shutdown); waits for in-flight transitions first."""
-        self.wait_background(120)  # a boot or bake in flight finishes within this; then it is torn down
+        """Remove every container (reset and shutdown), each once its in-flight transition has finished."""
         for inst in list(self.instances.values()):
             with inst.lock:
-                self._destroy(inst)
+                if not inst.gone:
+                    self._destroy(inst)
 
     # ---- images ------------------------------------------------------------------------------
     def create_image(self, ami, instance_id: str, region: str, no_reboot: bool) -> None:
@@ -246,11 +247,16 @@ class Lab:
 
     def _bake(self, ami, inst: Instance, region: str, no_reboot: bool, started: float) -> None:
         with inst.lock:
-            reboot = not no_reboot and inst.container.alive
-            if reboot:
-                inst.container.stop()
+            reboot = not no_reboot and inst.container.alive and not inst.gone
             try:
+                if inst.gone:
+                    raise RuntimeError(f"instance {inst.id} was terminated before its image was taken")
+                if reboot:
+                    inst.container.stop()
                 layer = self.layers.capture(inst.overlay.upper)
+            except Exception:
+                ami.state = "failed"
+                raise
             finally:
                 if reboot:
                     inst.container.start()
@@ -258,19 +264,17 @@ class Lab:
         layers = inst.layers + [layer]
         self.layers.register(region, ami.id, layers)
         self.layers.hold(layers, ami.ebs_snapshot.id)
-        self.sleep_until(started, "image_available")
-        if ami.state == "pending":
-            ami.state = "available"
-            self.event("image_available", image_id=ami.id, region=region)
+        self._available(ami, region, started)
 
     def copy_image(self, src_region: str, src_id: str, dst_region: str, ami) -> None:
         layers = self.layers.layers_of(src_region, src_id)
         self.layers.register(dst_region, ami.id, layers)
         self.layers.hold(layers, ami.ebs_snapshot.id)
         ami.state = "pending"
-        self.background(f"copy image {ami.id}", self._copy_done, ami, dst_region, time.time())
+        self.background(f"copy image {ami.id}", self._available, ami, dst_region, time.time())
 
-    def _copy_done(self, ami, region: str, started: float) -> None:
+    def _available(self, ami, region: str, started: float) -> None:
+        """An AMI whose tree is stored becomes available once its latency has passed (unless deregistered)."""
         self.sleep_until(started, "image_available")
         if ami.state == "pending":
             ami.state = "available"
