@@ -89,7 +89,7 @@ def test_workshop_flow_survives_30_percent_throttling(lab, debian_ami):
     assert all(r["status"] == (503 if r["service"] == "ec2" else 400) for r in throttled)
 
 
-def test_copied_image_boots_in_the_other_region(lab, ec2, ssm, debian_ami):
+def test_copied_image_boots_in_the_other_region_and_runs_new_user_data(lab, ec2, ssm, debian_ami):
     builder = launch(ec2, debian_ami, UserData="#!/bin/sh\necho copied > /root/marker\n")
     wait_state(ec2, builder, "running")
     wait_for("user data", lambda: run_command(ssm, builder, ["cat /root/marker"])["Status"] == "Success"
@@ -103,13 +103,16 @@ def test_copied_image_boots_in_the_other_region(lab, ec2, ssm, debian_ami):
     us_ec2, us_ssm = lab.client("ec2", "us-east-1"), lab.client("ssm", "us-east-1")
     copy = us_ec2.copy_image(SourceImageId=image, SourceRegion="ap-northeast-2", Name="copy-dst")["ImageId"]
     wait_for("copy", lambda: us_ec2.describe_images(ImageIds=[copy])["Images"][0]["State"] == "available", 60)
-    iid = us_ec2.run_instances(ImageId=copy, MinCount=1, MaxCount=1,
-                               IamInstanceProfile={"Name": "SSMInstanceProfile"})["Instances"][0]["InstanceId"]
+    iid = us_ec2.run_instances(ImageId=copy, MinCount=1, MaxCount=1, IamInstanceProfile={"Name": "SSMInstanceProfile"},
+                               UserData="#!/bin/sh\necho again > /root/again\n")["Instances"][0]["InstanceId"]
     try:
         wait_state(us_ec2, iid, "running")
         assert describe(us_ec2, iid)["Placement"]["AvailabilityZone"].startswith("us-east-1")
         wait_for("online", lambda: us_ssm.describe_instance_information()["InstanceInformationList"], 30)
-        assert run_command(us_ssm, iid, ["cat /root/marker"])["StandardOutputContent"] == "copied\n"
+        # The baked file system is there, and user data given again runs on the new instance.
+        result = wait_for("new user data", lambda: (r := run_command(us_ssm, iid, ["cat /root/marker /root/again"]))
+                          ["Status"] == "Success" and r, 30, 0.5)
+        assert result["StandardOutputContent"] == "copied\nagain\n"
     finally:
         us_ec2.terminate_instances(InstanceIds=[iid])
         wait_state(us_ec2, iid, "terminated")

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moto.ec2.models.instances import StateReason
+
 from . import imds, rootfs, secgroups, sh
 from .container import Container
 from .net import LabNet
@@ -115,6 +117,19 @@ class Lab:
         self.background(f"launch {model.id}", self._boot, inst, started, True)
 
     def _boot(self, inst: Instance, started: float, first: bool) -> None:
+        try:
+            self._boot_container(inst, started, first)
+        except Exception as e:
+            # As EC2 does with an instance that cannot start: it ends terminated, with the reason.
+            with inst.lock:
+                if not inst.gone:
+                    self._destroy(inst)
+            set_state(inst.model, "terminated")
+            inst.model.state_reason = StateReason(f"Server.InternalError: {e}", "Server.InternalError")
+            self.event("instance_terminated", instance_id=inst.id, region=inst.region, reason=str(e))
+            raise
+
+    def _boot_container(self, inst: Instance, started: float, first: bool) -> None:
         with inst.lock:
             if inst.gone:
                 return
