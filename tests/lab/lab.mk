@@ -5,7 +5,8 @@ LAB_DIR := tests/lab
 LAB_STATE ?= .lab
 LAB_PORT ?= 0
 LAB_APT_PACKAGES := debootstrap systemd-container nftables iproute2 python3-venv util-linux curl
-LAB_VENV ?= $(LAB_CACHE)/venv-$(shell sha256sum $(LAB_DIR)/requirements.txt | cut -c1-12)
+LAB_REQ_HASH := $(shell sha256sum $(LAB_DIR)/requirements.txt | cut -c1-12)
+LAB_VENV ?= $(LAB_CACHE)/venv-$(LAB_REQ_HASH)
 LAB_PYTHON ?= $(LAB_VENV)/bin/python
 export LAB_CACHE LAB_PYTHON
 

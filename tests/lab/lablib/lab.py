@@ -22,7 +22,6 @@ DEFAULT_LATENCY = {
     "ssm_online": 2.0,        # the SSM agent registers a moment after boot on EC2
     "command": 0.0,           # pickup delay of a sent command (Pending -> InProgress)
 }
-SSM_OUTPUT_LIMIT = 24000  # characters of stdout/stderr that GetCommandInvocation returns, as SSM does
 
 
 @dataclass
@@ -57,6 +56,8 @@ def set_state(model, name: str) -> None:
 
 
 class Lab:
+    """Everything the lab keeps beside moto's models; moto's patched backends call into it."""
+
     def __init__(self, net: LabNet, state_dir: Path, cache: Path, base_rootfs: Path):
         self.net = net
         self.state_dir = state_dir
@@ -305,7 +306,7 @@ class Lab:
         if inst is None:
             return None
         m = inst.model
-        user_data = base64.b64decode(m.user_data._encoded_string) if m.user_data else b""
+        user_data = base64.b64decode(m.user_data.as_bytes()) if m.user_data else b""
         assoc = m.ec2_backend.iam_instance_profile_associations.get(m.id)
         profile = assoc.iam_instance_profile if assoc else None
         return imds.InstanceView(

@@ -169,8 +169,8 @@ table ip lab {{
             f"add element ip lab priv2pub {{ {private_ip} : {public_ip} }}\n"))
 
     def unmap_public(self, public_ip: str, private_ip: str) -> None:
-        sh.in_ns(self.router_ns, "nft", "delete", "element", "ip", "lab", "pub2priv", f"{{ {public_ip} }}", check=False)
-        sh.in_ns(self.router_ns, "nft", "delete", "element", "ip", "lab", "priv2pub", f"{{ {private_ip} }}", check=False)
+        for table_map, key in (("pub2priv", public_ip), ("priv2pub", private_ip)):
+            sh.in_ns(self.router_ns, "nft", "delete", "element", "ip", "lab", table_map, f"{{ {key} }}", check=False)
         self.release_public_ip(public_ip)
 
     def detach(self, instance_id: str) -> None:

@@ -2,9 +2,11 @@
 import datetime
 import time
 
-from .lab import SSM_OUTPUT_LIMIT, Lab
+from .lab import Lab
 
 DEFAULT_EXECUTION_TIMEOUT = 3600  # AWS-RunShellScript's documented default executionTimeout, seconds
+SSM_OUTPUT_LIMIT = 24000  # characters of stdout/stderr that GetCommandInvocation returns, as SSM does
+PLUGIN_OUTPUT_LIMIT = 2500  # characters of a plugin's Output in ListCommandInvocations, as SSM does
 
 
 def _iso(t: float) -> str:
@@ -89,7 +91,7 @@ def list_invocation(command, inv: dict, details: bool) -> dict:
     if details:
         plugin = {"Name": "aws:runShellScript", "Status": inv["Status"], "StatusDetails": inv["StatusDetails"],
                   "ResponseCode": inv["ResponseCode"],
-                  "Output": (inv["StandardOutputContent"] + inv["StandardErrorContent"])[:2500],
+                  "Output": (inv["StandardOutputContent"] + inv["StandardErrorContent"])[:PLUGIN_OUTPUT_LIMIT],
                   "StandardOutputUrl": "", "StandardErrorUrl": ""}
         for key, field in (("ResponseStartDateTime", "ExecutionStartDateTime"),
                            ("ResponseFinishDateTime", "ExecutionEndDateTime")):
