@@ -1,0 +1,174 @@
+"""Pytest fixtures for the lab's own tests: one lab per session, clients, and bounded waiting helpers."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+HERE = Path(__file__).resolve().parent
+REGION = "ap-northeast-2"
+START_TIMEOUT = 300  # a first start may build the base image (about a minute here) before serving
+
+
+class LabClient:
+    """Talks to a running lab: SDK clients and the control endpoints."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self.info = self.get_json("/_lab/info")
+
+    def client(self, service: str, region: str = REGION, retries: dict | None = None):
+        config = Config(retries=retries or {"mode": "standard", "max_attempts": 3})
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=region, config=config,
+                            aws_access_key_id="AKIDLABTEST", aws_secret_access_key="secret")
+
+    def request(self, path: str, body=None, method=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.endpoint + path, data=data, method=method or ("POST" if data else "GET"))
+        with urllib.request.urlopen(req, timeout=120) as resp:  # reset tears containers down: allow 120 s
+            return resp.read().decode()
+
+    def get_json(self, path: str):
+        return json.loads(self.request(path))
+
+    def get_lines(self, path: str) -> list[dict]:
+        return [json.loads(line) for line in self.request(path).splitlines() if line]
+
+    def post(self, path: str, body: dict | None = None):
+        return json.loads(self.request(path, body if body is not None else {}, "POST"))
+
+
+class LabProcess(LabClient):
+    """A launcher subprocess on a free port."""
+
+    def __init__(self, extra_args=()):
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "launcher.py"), "--port", "0", *extra_args],
+                                     stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        line = ""
+        while time.monotonic() < deadline and not line.startswith("AWS_ENDPOINT_URL="):
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                raise RuntimeError(f"lab exited with {self.proc.returncode} before it was ready")
+        super().__init__(line.strip().split("=", 1)[1])
+
+    def stop(self, sig=signal.SIGTERM, timeout=120) -> int:
+        """Stop the launcher; 120 s covers tearing down every container it still runs."""
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def wait_for(what: str, fn, timeout: float, interval: float = 0.25):
+    """Poll fn until it returns something truthy; fail the test with `what` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_get(url: str, timeout: float = 3) -> tuple[int, str] | None:
+    """GET url; None while nothing answers (connection refused, timeout)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="session")
+def lab():
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (namespaces, mounts, nftables)")
+    proc = LabProcess()
+    yield proc
+    assert proc.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def ec2(lab):
+    return lab.client("ec2")
+
+
+@pytest.fixture(scope="session")
+def ssm(lab):
+    return lab.client("ssm")
+
+
+@pytest.fixture(scope="session")
+def debian_ami(ssm):
+    return ssm.get_parameter(Name="/aws/service/debian/release/bookworm/latest/amd64")["Parameter"]["Value"]
+
+
+def container(lab, instance_id: str) -> dict | None:
+    """The lab's view of an instance's container (None once it is gone)."""
+    return next((c for c in lab.get_json("/_lab/containers") if c["instance_id"] == instance_id), None)
+
+
+def subnet_id(ec2, name: str) -> str:
+    return ec2.describe_subnets(Filters=[{"Name": "tag:Name", "Values": [name]}])["Subnets"][0]["SubnetId"]
+
+
+def describe(ec2, instance_id: str) -> dict:
+    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+
+
+def wait_state(ec2, instance_id: str, state: str, timeout: float = 60) -> dict:
+    """Wait for an instance state; 60 s default is far above a container's ~1 s boot or stop."""
+    return wait_for(f"{instance_id} {state}",
+                    lambda: (d := describe(ec2, instance_id))["State"]["Name"] == state and d, timeout)
+
+
+def launch(ec2, image_id: str, subnet: str = "Public subnet A", profile: bool = True, **kwargs) -> str:
+    if profile:
+        kwargs["IamInstanceProfile"] = {"Name": "SSMInstanceProfile"}
+    if subnet:
+        kwargs["SubnetId"] = subnet_id(ec2, subnet)
+    resp = ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, InstanceType="t3.micro", **kwargs)
+    return resp["Instances"][0]["InstanceId"]
+
+
+def run_command(ssm, instance_id: str, commands: list[str], timeout: float = 60, **params) -> dict:
+    """Send AWS-RunShellScript and wait for its terminal status (60 s default: test commands are short)."""
+    parameters = {"commands": commands, **{k: [str(v)] for k, v in params.items()}}
+    command_id = ssm.send_command(InstanceIds=[instance_id], DocumentName="AWS-RunShellScript",
+                                  Parameters=parameters)["Command"]["CommandId"]
+
+    def done():
+        inv = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+        return inv if inv["Status"] not in ("Pending", "InProgress", "Delayed") else None
+    return wait_for(f"command {command_id}", done, timeout)
+
+
+def launch_running(lab) -> str:
+    """An instance of the Debian AMI in the given lab, waited for until running."""
+    ec2, ssm = lab.client("ec2"), lab.client("ssm")
+    ami = ssm.get_parameter(Name="/aws/service/debian/release/bookworm/latest/amd64")["Parameter"]["Value"]
+    iid = launch(ec2, ami, profile=False)
+    wait_state(ec2, iid, "running")
+    return iid
+
+
+def leftovers(index: int, state_dir: str) -> dict:
+    """Everything of lab `index` visible on the host."""
+    netns = [l.split()[0] for l in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+             .stdout.splitlines() if l.startswith(f"bakelab{index}-")]
+    links = subprocess.run(["ip", "-o", "link", "show", f"bl{index}h"], capture_output=True, text=True).stdout
+    nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    mounts = [l for l in Path("/proc/mounts").read_text().splitlines() if state_dir in l]
+    nspawn = subprocess.run(["pgrep", "-f", f"systemd-nspawn.*{state_dir}/"], capture_output=True, text=True).stdout
+    found = {"netns": netns, "link": links.strip(), "nft": f"table ip bakelab{index}" in nft.splitlines(),
+             "mounts": mounts, "state_dir": Path(state_dir).exists(), "nspawn": nspawn.split()}
+    return {k: v for k, v in found.items() if v}

@@ -1,0 +1,63 @@
+"""The lab's base image: where its cached root file system lives and how it is built (atomically)."""
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RECIPE_DIR = Path(__file__).resolve().parent / "image"
+DEFAULT_CACHE = "/var/cache/bake-lab"
+
+
+def recipe_hash() -> str:
+    """Hash of every file of the recipe, so any change to it makes a new image."""
+    h = hashlib.sha256()
+    for path in sorted(RECIPE_DIR.iterdir()):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LAB_CACHE") or DEFAULT_CACHE)
+
+
+def image_dir(cache: Path) -> Path:
+    """Directory holding the built image: rootfs/ plus its build metadata."""
+    return cache / "images" / f"debian-12-{recipe_hash()}"
+
+
+def build(cache: Path) -> Path:
+    """Build the image unless its cached copy exists; a killed build leaves only a temp dir."""
+    final = image_dir(cache)
+    if (final / "rootfs").is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "rootfs").mkdir(parents=True)
+    started = time.time()
+    subprocess.run([str(RECIPE_DIR / "build-rootfs.sh"), str(tmp / "rootfs")], check=True)
+    (tmp / "built").write_text(time.strftime("%Y%m%d", time.gmtime()) + "\n")
+    os.rename(tmp, final)
+    print(f"lab image built in {time.time() - started:.0f}s: {final}", file=sys.stderr)
+    for stale in final.parent.glob(".tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", choices=["build", "path"])
+    parser.add_argument("--cache", default=str(cache_dir()))
+    args = parser.parse_args()
+    cache = Path(args.cache)
+    print(build(cache) if args.command == "build" else image_dir(cache))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+# The lab (tests/lab): a local AWS for bake's tests, benchmarks and demo. Include from the repo root.
+
+LAB_CACHE ?= /var/cache/bake-lab
+LAB_DIR := tests/lab
+LAB_STATE ?= .lab
+LAB_PORT ?= 0
+LAB_APT_PACKAGES := debootstrap systemd-container nftables iproute2 python3-venv util-linux curl
+LAB_REQ_HASH := $(shell sha256sum $(LAB_DIR)/requirements.txt | cut -c1-12)
+LAB_VENV ?= $(LAB_CACHE)/venv-$(LAB_REQ_HASH)
+LAB_PYTHON ?= $(LAB_VENV)/bin/python
+export LAB_CACHE LAB_PYTHON
+
+.PHONY: lab-apt lab-deps lab-image lab-up lab-down lab-test
+
+lab-deps: lab-apt $(LAB_VENV)/.complete
+
+# Installs only what dpkg says is missing, so it costs a few dpkg-query calls when all is there.
+lab-apt:
+	@missing=""; for p in $(LAB_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "lab: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The venv is complete only once pip succeeded (the marker), so a killed install is redone.
+$(LAB_VENV)/.complete: $(LAB_DIR)/requirements.txt | lab-apt
+	@rm -rf $(LAB_VENV) && mkdir -p $(LAB_CACHE)
+	/usr/bin/python3 -m venv $(LAB_VENV)
+	$(LAB_VENV)/bin/pip install -q --disable-pip-version-check -r $(LAB_DIR)/requirements.txt
+	@touch $@
+
+lab-image: lab-deps
+	@$(LAB_PYTHON) $(LAB_DIR)/image.py build --cache $(LAB_CACHE) >/dev/null
+
+# Waits up to 120 s (600 x 0.2 s) for the endpoint line: startup takes ~5 s, or ~70 s if it builds the image.
+lab-up: lab-image
+	@mkdir -p $(LAB_STATE)
+	@if [ -f $(LAB_STATE)/pid ] && grep -qs launcher.py /proc/$$(cat $(LAB_STATE)/pid)/cmdline; then \
+	  tail -n 1 $(LAB_STATE)/endpoint; exit 0; fi; \
+	rm -f $(LAB_STATE)/endpoint; \
+	setsid $(LAB_PYTHON) $(LAB_DIR)/launcher.py --port $(LAB_PORT) >$(LAB_STATE)/endpoint 2>$(LAB_STATE)/lab.log </dev/null & \
+	echo $$! > $(LAB_STATE)/pid; \
+	for i in $$(seq 1 600); do \
+	  grep -q '^AWS_ENDPOINT_URL=' $(LAB_STATE)/endpoint 2>/dev/null && break; \
+	  kill -0 $$(cat $(LAB_STATE)/pid) 2>/dev/null || break; \
+	  sleep 0.2; \
+	done; \
+	if ! grep -q '^AWS_ENDPOINT_URL=' $(LAB_STATE)/endpoint; then \
+	  echo "lab: failed to start (log: $(LAB_STATE)/lab.log)" >&2; tail -n 20 $(LAB_STATE)/lab.log >&2; exit 1; fi; \
+	tail -n 1 $(LAB_STATE)/endpoint
+
+# Stops the lab started by lab-up if its pid is still a launcher (waiting up to 60 s, 600 x 0.1 s, for its containers to power off),
+# then removes what any dead lab left behind (a SIGKILLed one too).
+lab-down:
+	@if [ -f $(LAB_STATE)/pid ]; then \
+	  pid=$$(cat $(LAB_STATE)/pid); \
+	  if grep -qs launcher.py /proc/$$pid/cmdline && kill -TERM $$pid 2>/dev/null; then \
+	    for i in $$(seq 1 600); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+	  fi; \
+	  rm -f $(LAB_STATE)/pid $(LAB_STATE)/endpoint; \
+	fi
+	@if [ -x $(LAB_PYTHON) ]; then $(LAB_PYTHON) $(LAB_DIR)/launcher.py --cleanup-stale; fi
+
+lab-test: lab-image
+	$(LAB_PYTHON) -m pytest -p no:cacheprovider $(LAB_DIR) $(LAB_TEST_ARGS)

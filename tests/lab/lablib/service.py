@@ -1,0 +1,90 @@
+"""The lab as a service: moto's app behind the control layer on one port, with reset and bootstrap."""
+import logging
+import threading
+from pathlib import Path
+
+from moto.moto_api._internal.models import moto_api_backend
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+from . import bootstrap, patches
+from .control import ControlApp
+from .lab import DEFAULT_LATENCY, Lab
+from .net import LabNet
+
+log = logging.getLogger("lab")
+
+
+class LabService:
+    def __init__(self, lab_net: LabNet, state_dir: Path, cache: Path, base_image: Path, enforce_sg: bool):
+        self.base_image = base_image
+        self.enforce_sg = enforce_sg
+        self.lab = Lab(lab_net, state_dir, cache, base_image / "rootfs")
+        self.lab.enforce_security_groups = enforce_sg
+        patches.install(self.lab)
+        self.app = ControlApp(DomainDispatcherApplication(create_backend_app), self)
+        self.endpoint = ""
+        self.images: dict[str, str] = {}
+        self._reset_lock = threading.Lock()
+
+    def serve(self, port: int):
+        server = make_server("127.0.0.1", port, self.app, threaded=True, request_handler=MotoRequestHandler)
+        self.endpoint = f"http://127.0.0.1:{server.server_port}"
+        threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+        self.lab.imds.start()
+        return server
+
+    def bootstrap(self) -> None:
+        built = (self.base_image / "built").read_text().strip()
+        build_number = int(self.base_image.name.rsplit("-", 1)[-1][:4], 16) % 10000
+        self.images = bootstrap.debian_images(built, build_number)
+        for region, ami in self.images.items():
+            self.lab.layers.register(region, ami, [self.lab.layers.base])
+        self.network = bootstrap.workshop_network(self.endpoint)
+        bootstrap.ssm_instance_profile(self.endpoint)
+
+    # ---- what the control endpoints call -------------------------------------------------------
+    def reset(self) -> None:
+        with self._reset_lock:
+            self.lab.destroy_all()
+            self.lab.layers.clear()
+            moto_api_backend.reset()
+            self.lab.events.clear()
+            self.lab.latency = dict(DEFAULT_LATENCY)
+            self.set_security_groups({"enforce": self.enforce_sg})
+            self.bootstrap()
+
+    @property
+    def latency(self) -> dict:
+        return self.lab.latency
+
+    @property
+    def events(self) -> list:
+        return self.lab.events
+
+    def set_latency(self, body: dict) -> dict:
+        for key, value in body.items():
+            if float(value) < 0:
+                raise ValueError(f"latency {key} must not be negative")
+            self.lab.latency[key] = float(value)
+        return self.lab.latency
+
+    def set_security_groups(self, body: dict) -> dict:
+        self.lab.enforce_security_groups = bool(body["enforce"])
+        self.lab.sync_security_groups()
+        return self.security_groups()
+
+    def security_groups(self) -> dict:
+        return {"enforce": self.lab.enforce_security_groups}
+
+    def checkip(self) -> str:
+        return self.lab.net.host_addr
+
+    def containers(self) -> list:
+        return self.lab.containers()
+
+    def info(self) -> dict:
+        n = self.lab.net
+        return {"index": n.index, "public_range": str(n.public_net), "checkip": n.host_addr,
+                "router_ns": n.router_ns, "state_dir": str(self.lab.state_dir), "debian_images": self.images,
+                "network": self.network}

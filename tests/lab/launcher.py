@@ -1,0 +1,148 @@
+"""The lab's launcher: moto's server on 127.0.0.1 with real instances, patched in; cleans up all it made on exit."""
+import argparse
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import image  # noqa: E402
+from lablib import net, rootfs  # noqa: E402
+
+log = logging.getLogger("lab")
+MAX_LABS = 250  # lab indexes 1..250 map to 100.64.<k>.0/24 and 100.127.<k>.0/30
+
+
+class Registration:
+    """A lab's entry under /run/bake-lab/<k>: held by flock while the lab lives, so leftovers are recognisable."""
+
+    def __init__(self, index: int, fd: int):
+        self.index = index
+        self.fd = fd
+        self.dir = net.RUN_DIR / str(index)
+
+    @staticmethod
+    def try_take(index: int) -> "Registration | None":
+        d = net.RUN_DIR / str(index)
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return Registration(index, fd)
+
+    def state_dir(self) -> Path | None:
+        f = self.dir / "state_dir"
+        return Path(f.read_text()) if f.exists() else None
+
+    def release(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.close(self.fd)
+
+
+def remove_lab_leftovers(index: int, state_dir: Path | None) -> None:
+    """Remove what lab `index` made: processes in its namespaces, mounts, copies, namespaces, links, nft."""
+    net.teardown(index)
+    if state_dir is not None:
+        # Killed container processes release their overlay within moments; umount falls back to lazy.
+        time.sleep(0.5)
+        rootfs.unmount_all_under(state_dir)
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def cleanup_stale() -> int:
+    """Clean every lab whose launcher is gone (its lock is free); live labs are left alone."""
+    cleaned = 0
+    if not net.RUN_DIR.exists():
+        return 0
+    for d in sorted(net.RUN_DIR.iterdir()):
+        if not d.name.isdigit():
+            continue
+        reg = Registration.try_take(int(d.name))
+        if reg is None:
+            continue
+        remove_lab_leftovers(reg.index, reg.state_dir())
+        reg.release()
+        cleaned += 1
+    if cleaned:
+        print(f"lab: removed the leftovers of {cleaned} stale lab(s)", file=sys.stderr)
+    return cleaned
+
+
+def take_index() -> Registration:
+    for index in range(1, MAX_LABS + 1):
+        reg = Registration.try_take(index)
+        if reg is None:
+            continue
+        if reg.state_dir() is not None or net.lab_namespaces(index):
+            remove_lab_leftovers(index, reg.state_dir())  # a dead lab's leftovers: ours to clear now
+        if net.LabNet.index_is_free(index):
+            return reg
+        reg.release()
+    raise SystemExit("lab: no free lab index (are 250 labs running?)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: pick a free one)")
+    parser.add_argument("--state-dir", help="where instance roots and baked layers go (default: $LAB_CACHE/labs)")
+    parser.add_argument("--cache", default=str(image.cache_dir()), help="the lab cache (image, apt, venv)")
+    parser.add_argument("--enforce-security-groups", action="store_true",
+                        help="apply instances' security-group ingress rules (also POST /_lab/security-groups)")
+    parser.add_argument("--cleanup-stale", action="store_true", help="remove what dead labs left behind, then exit")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(threadName)s: %(message)s")
+    if args.cleanup_stale:
+        cleanup_stale()
+        return 0
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # AmazonSSMManagedInstanceCore must exist for the workshops' role; moto loads AWS managed policies on request.
+    os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
+    cache = Path(args.cache)
+    base = image.build(cache)
+    reg = take_index()
+    state_dir = Path(args.state_dir or cache / "labs").resolve() / f"lab{reg.index}"
+    (reg.dir / "state_dir").write_text(str(state_dir))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = None
+    lab = None
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        from lablib.service import LabService
+        lab_net = net.LabNet(reg.index)
+        lab_net.up()
+        service = LabService(lab_net, state_dir, cache, base, args.enforce_security_groups)
+        lab = service.lab
+        server = service.serve(args.port)
+        service.bootstrap()
+        if not stop.is_set():
+            print(f"AWS_ENDPOINT_URL=http://127.0.0.1:{server.server_port}", flush=True)
+            log.info("lab %d ready: state in %s, public range %s", reg.index, state_dir, lab_net.public_net)
+        stop.wait()
+        log.info("lab %d stopping", reg.index)
+    finally:
+        if server is not None:
+            server.shutdown()
+        if lab is not None:
+            lab.imds.stop()
+            lab.destroy_all()
+        remove_lab_leftovers(reg.index, state_dir)
+        reg.release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The bake flow end to end, as the workshops do it by hand: nginx by user data, SSM checks, AMI, relaunch."""
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import container, describe, http_get, launch, run_command, wait_for, wait_state
+
+USER_DATA = """#!/bin/bash
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y nginx
+TOKEN=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)
+ID=$(curl -s -H "X-aws-ec2-metadata-token: $TOKEN" http://169.254.169.254/latest/meta-data/instance-id)
+echo "<h1>Immersion Day web server $ID</h1>" > /var/www/html/index.html
+echo "user data ran on $ID" >> /root/user-data-runs
+"""
+PAGE_TIMEOUT = 60  # the issue's bar: the page is served within 60 s of RunInstances (apt debs are cached)
+
+
+def stored_layers(lab) -> list[str]:
+    return sorted(p.name for p in (Path(lab.info["state_dir"]) / "layers").iterdir() if not p.name.startswith("."))
+
+
+def workshop_flow(lab, ec2, ssm, debian_ami) -> None:
+    builder = launch(ec2, debian_ami, UserData=USER_DATA, MetadataOptions={"HttpTokens": "required"})
+    started = time.monotonic()
+    ip = wait_state(ec2, builder, "running")["PublicIpAddress"]
+    page = wait_for("the page", lambda: (r := http_get(f"http://{ip}/")) and "Immersion Day" in r[1] and r,
+                    PAGE_TIMEOUT, 0.5)
+    assert time.monotonic() - started < PAGE_TIMEOUT
+    assert page[1] == f"<h1>Immersion Day web server {builder}</h1>\n"
+
+    wait_for("agent online", lambda: ssm.describe_instance_information(
+        Filters=[{"Key": "InstanceIds", "Values": [builder]}])["InstanceInformationList"], 30)
+    cat = run_command(ssm, builder, ["cat /var/www/html/index.html"])
+    assert (cat["Status"], cat["StandardOutputContent"]) == ("Success", page[1])
+    failed = run_command(ssm, builder, ["systemctl is-active nginx", "exit 3"])
+    assert (failed["Status"], failed["ResponseCode"], failed["StandardOutputContent"]) == ("Failed", 3, "active\n")
+
+    pid = container(lab, builder)["leader_pid"]
+    image = ec2.create_image(InstanceId=builder, Name=f"web-{builder}", TagSpecifications=[
+        {"ResourceType": "image", "Tags": [{"Key": "bake:run", "Value": builder}]},
+        {"ResourceType": "snapshot", "Tags": [{"Key": "bake:run", "Value": builder}]}])["ImageId"]
+    assert ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "pending"
+    ami = wait_for("image available", lambda: (i := ec2.describe_images(ImageIds=[image])["Images"][0])["State"]
+                   == "available" and i, 60)
+    assert container(lab, builder)["leader_pid"] not in (None, pid)  # NoReboot false: rebooted for the copy
+    snapshot = ami["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    tags = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["Tags"]
+    assert tags == [{"Key": "bake:run", "Value": builder}]
+    ec2.terminate_instances(InstanceIds=[builder])
+    wait_state(ec2, builder, "terminated")
+
+    clone = launch(ec2, image, subnet="Public subnet C")
+    clone_ip = wait_state(ec2, clone, "running")["PublicIpAddress"]
+    assert wait_for("baked page", lambda: http_get(f"http://{clone_ip}/"), 30) == (200, page[1])
+    wait_for("clone agent online", lambda: ssm.describe_instance_information(
+        Filters=[{"Key": "InstanceIds", "Values": [clone]}])["InstanceInformationList"], 30)
+    runs = run_command(ssm, clone, ["cat /root/user-data-runs"])["StandardOutputContent"]
+    assert runs == f"user data ran on {builder}\n"
+    ec2.terminate_instances(InstanceIds=[clone])
+    wait_state(ec2, clone, "terminated")
+    assert not any(c["instance_id"] in (builder, clone) for c in lab.get_json("/_lab/containers"))
+    ec2.deregister_image(ImageId=image)
+    ec2.delete_snapshot(SnapshotId=snapshot)
+
+
+def test_workshop_flow_bakes_a_web_server_ami(lab, ec2, ssm, debian_ami):
+    before = stored_layers(lab)
+    workshop_flow(lab, ec2, ssm, debian_ami)
+    assert stored_layers(lab) == before
+
+
+def test_workshop_flow_survives_30_percent_throttling(lab, debian_ami):
+    retries = {"mode": "standard", "max_attempts": 10}
+    ec2, ssm = lab.client("ec2", retries=retries), lab.client("ssm", retries=retries)
+    since = time.time()
+    lab.post("/_lab/faults", {"rate": 0.3, "kind": "throttle", "seed": 3})
+    try:
+        workshop_flow(lab, ec2, ssm, debian_ami)
+    finally:
+        lab.post("/_lab/faults", {"rate": 0})
+    rows = [r for r in lab.get_lines("/_lab/requests") if r["time"] >= since]
+    throttled = [r for r in rows if r["fault"]]
+    assert {r["service"] for r in throttled} == {"ec2", "ssm"}
+    assert 0.15 < len(throttled) / len(rows) < 0.45
+    assert all(r["status"] == (503 if r["service"] == "ec2" else 400) for r in throttled)
+
+
+def test_copied_image_boots_in_the_other_region_and_runs_new_user_data(lab, ec2, ssm, debian_ami):
+    builder = launch(ec2, debian_ami, UserData="#!/bin/sh\necho copied > /root/marker\n")
+    wait_state(ec2, builder, "running")
+    wait_for("user data", lambda: run_command(ssm, builder, ["cat /root/marker"])["Status"] == "Success"
+             if ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [builder]}])[
+                 "InstanceInformationList"] else False, 30, 0.5)
+    pid = container(lab, builder)["leader_pid"]
+    image = ec2.create_image(InstanceId=builder, Name="copy-src", NoReboot=True)["ImageId"]
+    wait_for("image", lambda: ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "available", 60)
+    assert container(lab, builder)["leader_pid"] == pid
+    ec2.terminate_instances(InstanceIds=[builder])
+    us_ec2, us_ssm = lab.client("ec2", "us-east-1"), lab.client("ssm", "us-east-1")
+    copy = us_ec2.copy_image(SourceImageId=image, SourceRegion="ap-northeast-2", Name="copy-dst")["ImageId"]
+    wait_for("copy", lambda: us_ec2.describe_images(ImageIds=[copy])["Images"][0]["State"] == "available", 60)
+    iid = us_ec2.run_instances(ImageId=copy, MinCount=1, MaxCount=1, IamInstanceProfile={"Name": "SSMInstanceProfile"},
+                               UserData="#!/bin/sh\necho again > /root/again\n")["Instances"][0]["InstanceId"]
+    try:
+        wait_state(us_ec2, iid, "running")
+        assert describe(us_ec2, iid)["Placement"]["AvailabilityZone"].startswith("us-east-1")
+        wait_for("online", lambda: us_ssm.describe_instance_information()["InstanceInformationList"], 30)
+        # The baked file system is there, and user data given again runs on the new instance.
+        result = wait_for("new user data", lambda: (r := run_command(us_ssm, iid, ["cat /root/marker /root/again"]))
+                          ["Status"] == "Success" and r, 30, 0.5)
+        assert result["StandardOutputContent"] == "copied\nagain\n"
+    finally:
+        us_ec2.terminate_instances(InstanceIds=[iid])
+        wait_state(us_ec2, iid, "terminated")
+
+
+def test_new_instances_reuse_the_apt_cache(lab, ec2, ssm, debian_ami):
+    """Package lists and .debs live in the lab cache, so a second install downloads nothing."""
+    iids = []
+    try:
+        for _ in range(2):
+            iids.append(launch(ec2, debian_ami))
+            wait_state(ec2, iids[-1], "running")
+            wait_for("online", lambda: ssm.describe_instance_information(
+                Filters=[{"Key": "InstanceIds", "Values": [iids[-1]]}])["InstanceInformationList"], 30)
+            result = run_command(ssm, iids[-1], ["apt-get update -qq", "apt-get install -y tree"], timeout=120)
+            assert result["Status"] == "Success", result["StandardErrorContent"]
+        assert "Need to get 0 B" in result["StandardOutputContent"]
+    finally:
+        ec2.terminate_instances(InstanceIds=iids)
