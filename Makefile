@@ -5,6 +5,9 @@ CARGO ?= cargo
 # Debian packages the tests need: shellcheck lints every rendered script.
 APT_PACKAGES := shellcheck
 
+# The lab: lab-deps, lab-image, lab-up, lab-down, lab-test; exports LAB_PYTHON for the tests.
+include tests/lab/lab.mk
+
 .PHONY: all build test fmt lint deps userdata
 
 all: build
@@ -30,9 +33,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## test: lint, then every test
-test: deps lint
+## test: lint, then every test: Rust (unit, CLI, lab) and the lab's own suite
+test: deps lint lab-image
 	$(CARGO) nextest run --locked --no-fail-fast
+	$(MAKE) --no-print-directory lab-test
 
 ## userdata: regenerate userdata/ from examples/ (commit the result)
 userdata:

@@ -152,9 +152,10 @@ impl Janitor {
     /// Deletes everything this run created except what was kept; returns what it deleted.
     pub async fn clean(&self) -> Result<Vec<Resource>, Error> {
         let kept = self.kept.lock().expect("kept lock").clone();
-        let mut found = find(&self.clients, &Scope::Run(self.run_id.clone()), &kept).await?;
+        let (mut found, in_use) =
+            find_with_uses(&self.clients, &Scope::Run(self.run_id.clone()), &kept).await?;
         found.extend(self.ledger.lock().expect("ledger lock").iter().cloned());
-        found.retain(|r| !kept.contains(id_of(r)));
+        found.retain(|r| !kept.contains(id_of(r)) && !in_use.contains(id_of(r)));
         found.sort();
         found.dedup();
         delete(&self.clients, &found).await?;
@@ -187,6 +188,15 @@ pub async fn find(
     scope: &Scope,
     keep: &BTreeSet<String>,
 ) -> Result<Vec<Resource>, Error> {
+    Ok(find_with_uses(clients, scope, keep).await?.0)
+}
+
+/// What `find` finds, and the snapshots that images being kept still use.
+async fn find_with_uses(
+    clients: &Clients,
+    scope: &Scope,
+    keep: &BTreeSet<String>,
+) -> Result<(Vec<Resource>, BTreeSet<String>), Error> {
     let filter = match scope {
         Scope::Run(id) => Filter::builder()
             .name(format!("tag:{}", tag::RUN_ID))
@@ -315,7 +325,7 @@ pub async fn find(
     }
     found.sort();
     found.dedup();
-    Ok(found)
+    Ok((found, in_use))
 }
 
 /// Deletes resources in dependency order: instances (and waits for them), images, snapshots,

@@ -165,6 +165,9 @@ impl Renderer {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         let template = match self.env.get_template(&file) {
             Ok(t) if known_name => t,
+            Err(e) if e.kind() != ErrorKind::TemplateNotFound => {
+                return Err(self.template_error(&e, name));
+            }
             Ok(_) | Err(_) => {
                 let at = config.source.locate(image.template.span().start);
                 return Err(Error::MissingTemplate {

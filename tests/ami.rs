@@ -33,9 +33,10 @@ async fn tag(lab: &Lab, ami: &str, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Launches an instance from `ami` without user data and returns its id and public IP.
+/// Launches an instance from `ami` without user data, reachable on port 80 from this runner,
+/// and returns its id and public IP.
 async fn launch_from(lab: &Lab, ami: &str) -> (String, String) {
-    let subnet = lab
+    let subnets = lab
         .ec2
         .describe_subnets()
         .filters(
@@ -46,11 +47,31 @@ async fn launch_from(lab: &Lab, ami: &str) -> (String, String) {
         )
         .send()
         .await
+        .unwrap();
+    let subnet = &subnets.subnets()[0];
+    let group = lab
+        .ec2
+        .create_security_group()
+        .group_name("page-check")
+        .description("HTTP from the test runner")
+        .vpc_id(subnet.vpc_id().unwrap())
+        .send()
+        .await
         .unwrap()
-        .subnets()[0]
-        .subnet_id()
+        .group_id()
         .unwrap()
         .to_owned();
+    let runner = lab.get("checkip").await;
+    lab.ec2
+        .authorize_security_group_ingress()
+        .group_id(&group)
+        .ip_protocol("tcp")
+        .from_port(80)
+        .to_port(80)
+        .cidr_ip(format!("{}/32", runner.trim()))
+        .send()
+        .await
+        .unwrap();
     let run = lab
         .ec2
         .run_instances()
@@ -58,7 +79,8 @@ async fn launch_from(lab: &Lab, ami: &str) -> (String, String) {
         .instance_type("t3.micro".into())
         .min_count(1)
         .max_count(1)
-        .subnet_id(subnet)
+        .subnet_id(subnet.subnet_id().unwrap())
+        .security_group_ids(group)
         .send()
         .await
         .unwrap();

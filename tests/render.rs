@@ -335,6 +335,16 @@ fn undefined_variable_in_a_user_template_names_that_file() {
 }
 
 #[test]
+fn template_syntax_error_exits_2_naming_file_and_line() {
+    let scratch = Scratch::new(&config_with("template = \"probe\""))
+        .template("probe.sh.j2", "#!/bin/bash\n\necho \"${#list[@]}\"\n");
+    let msg = fails_with_2(&scratch, "render");
+    let file = scratch.path().join("templates/probe.sh.j2");
+    assert!(msg.contains(&format!("{}:4:", file.display())), "{msg}");
+    assert!(msg.contains("comment"), "{msg}");
+}
+
+#[test]
 fn secret_looking_var_exits_2_pointing_at_parameter_store() {
     let scratch = Scratch::new(&config_with(
         "template = \"nginx\"\nvars = { db_password = \"hunter2\" }",
