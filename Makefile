@@ -8,7 +8,7 @@ APT_PACKAGES := shellcheck
 # The lab: lab-deps, lab-image, lab-up, lab-down, lab-test; exports LAB_PYTHON for the tests.
 include tests/lab/lab.mk
 
-.PHONY: all build test fmt lint deps userdata
+.PHONY: all build demo test fmt lint deps userdata
 
 all: build
 
@@ -23,6 +23,11 @@ deps:
 ## build: the bake binary (target/debug/bake)
 build:
 	$(CARGO) build --locked
+
+## demo: bring up the lab, bake the Debian nginx example, boot the AMI, print its page
+demo: build lab-image
+	@endpoint=$$($(MAKE) --no-print-directory -s lab-up | tail -n 1 | cut -d= -f2-); \
+	$(LAB_PYTHON) demo/demo.py "$$endpoint"
 
 ## fmt: format the code
 fmt:
