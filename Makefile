@@ -8,7 +8,7 @@ APT_PACKAGES := shellcheck
 # The lab: lab-deps, lab-image, lab-up, lab-down, lab-test; exports LAB_PYTHON for the tests.
 include tests/lab/lab.mk
 
-.PHONY: all build demo test fmt lint deps userdata
+.PHONY: all build demo bench test fmt lint deps userdata
 
 all: build
 
@@ -28,6 +28,10 @@ build:
 demo: build lab-image
 	@endpoint=$$($(MAKE) --no-print-directory -s lab-up | tail -n 1 | cut -d= -f2-); \
 	$(LAB_PYTHON) demo/demo.py "$$endpoint"
+
+## bench: bake against Packer in the lab; writes bench/results.json and prints a table
+bench: build lab-image
+	$(LAB_PYTHON) bench/run.py
 
 ## fmt: format the code
 fmt:

@@ -139,3 +139,19 @@ def test_reset_removes_containers_and_rebuilds_the_lab(lab, ec2, debian_ami):
     assert subnet_id(ec2, "Public subnet A")
     assert lab.client("iam").get_instance_profile(InstanceProfileName="SSMInstanceProfile")
     assert iid not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_several_fault_rules_apply_together(lab):
+    lab.post("/_lab/faults", {"rules": [{"rate": 1.0, "kind": "throttle", "services": ["ssm"]},
+                                        {"rate": 1.0, "kind": "5xx", "services": ["ec2"]}]})
+    since = time.time()
+    no_retry = {"mode": "standard", "max_attempts": 1}
+    try:
+        with pytest.raises(botocore.exceptions.ClientError):
+            lab.client("ssm", retries=no_retry).describe_instance_information()
+        with pytest.raises(botocore.exceptions.ClientError):
+            lab.client("ec2", retries=no_retry).describe_vpcs()
+    finally:
+        lab.post("/_lab/faults", {"rate": 0})
+    kinds = {r["service"]: r["fault_kind"] for r in lab.get_lines("/_lab/requests") if r["time"] >= since}
+    assert kinds == {"ssm": "throttle", "ec2": "5xx"}

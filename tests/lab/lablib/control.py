@@ -62,26 +62,42 @@ def fault_response(req: dict, kind: str) -> tuple[str, list, bytes]:
 
 
 class Faults:
+    """Injected faults: one rule (`{"rate", "kind", "services", "actions"}`) or several
+    (`{"rules": [...]}`); a request gets the first rule whose filters match and whose dice hit."""
+
     def __init__(self):
         self.config = {"rate": 0.0}
+        self.rules: list[dict] = []
         self.rng = random.Random()
 
-    def set(self, config: dict) -> None:
+    @staticmethod
+    def _rule(config: dict) -> dict:
         rate = float(config.get("rate", 0))
         kind = config.get("kind", "throttle")
         if not 0 <= rate <= 1 or kind not in ("throttle", "5xx"):
             raise ValueError("rate must be within [0, 1] and kind one of throttle, 5xx")
-        self.config = {"rate": rate, "kind": kind, "services": list(config.get("services") or []),
-                       "actions": list(config.get("actions") or [])}
+        return {"rate": rate, "kind": kind, "services": list(config.get("services") or []),
+                "actions": list(config.get("actions") or [])}
+
+    def set(self, config: dict) -> None:
+        if "rules" in config:
+            rules = [self._rule(r) for r in config["rules"]]
+            self.config = {"rules": rules}
+        else:
+            rules = [self._rule(config)]
+            self.config = rules[0]
+        self.rules = [r for r in rules if r["rate"] > 0]
         self.rng = random.Random(config.get("seed"))
 
     def pick(self, req: dict) -> str | None:
-        c = self.config
-        if c["rate"] <= 0 or (c["services"] and req["service"] not in c["services"]):
-            return None
-        if c["actions"] and req["action"] not in c["actions"]:
-            return None
-        return c["kind"] if self.rng.random() < c["rate"] else None
+        for c in self.rules:
+            if c["services"] and req["service"] not in c["services"]:
+                continue
+            if c["actions"] and req["action"] not in c["actions"]:
+                continue
+            if self.rng.random() < c["rate"]:
+                return c["kind"]
+        return None
 
 
 class ControlApp:
