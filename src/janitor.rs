@@ -144,6 +144,11 @@ impl Janitor {
         self.ledger.lock().expect("ledger lock").push(resource);
     }
 
+    /// What the ledger holds so far.
+    pub fn recorded(&self) -> Vec<Resource> {
+        self.ledger.lock().expect("ledger lock").clone()
+    }
+
     /// Marks a resource (the finished AMI and its snapshots) as the result, never to be cleaned.
     pub fn keep(&self, id: &str) {
         self.kept.lock().expect("kept lock").insert(id.to_owned());

@@ -381,3 +381,21 @@ async fn bake_succeeds_through_throttling_and_503s() {
         .await;
     lab.assert_nothing_left(&[&ami], &[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_on_failure_leaves_the_builder_and_says_how_to_reach_it() {
+    let lab = Lab::start().await;
+    let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"10s\"", ""));
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "quick", "--keep-on-failure"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let containers = lab.containers().await;
+    assert_eq!(containers.len(), 1, "the builder is kept");
+    let builder = containers[0]["instance_id"].as_str().unwrap();
+    let reach = format!("aws ssm start-session --target {builder}");
+    assert!(stderr(&out).contains(&reach), "{}", stderr(&out));
+    let gc = lab.run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"]).await;
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    lab.assert_nothing_left(&[], &[]).await;
+}

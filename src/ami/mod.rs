@@ -125,10 +125,17 @@ pub async fn bake(
             Ok(done(ami_id, plan.ami_name.clone(), false))
         }
         Err(failure) if options.keep_on_failure => {
+            let kept: Vec<String> = janitor.recorded().iter().map(ToString::to_string).collect();
+            let builder = janitor.recorded().into_iter().find_map(|r| match r {
+                janitor::Resource::Instance(id) => Some(id),
+                _ => None,
+            });
+            let reach = builder.map_or(String::new(), |id| {
+                format!("; reach the builder with `aws ssm start-session --target {id}`")
+            });
             progress.finish(format!(
-                "failed; kept the builder (run id {}): reach it with \
-                 `aws ssm start-session --target <instance id>`, remove it with \
-                 `bake gc --ttl 0s`",
+                "failed; kept {} (run id {}){reach}; `bake gc --ttl 0s` removes them",
+                kept.join(", "),
                 janitor.run_id()
             ));
             Err(failure)
