@@ -9,7 +9,7 @@ from pathlib import Path
 
 from moto.ec2.models.instances import StateReason
 
-from . import imds, rootfs, secgroups, sh
+from . import aptproxy, imds, rootfs, secgroups, sh
 from .container import Container
 from .net import LabNet
 
@@ -61,13 +61,13 @@ class Lab:
     def __init__(self, net: LabNet, state_dir: Path, cache: Path, base_rootfs: Path):
         self.net = net
         self.state_dir = state_dir
-        self.cache = cache
         self.layers = rootfs.LayerStore(state_dir, base_rootfs)
         self.latency = dict(DEFAULT_LATENCY)
         self.instances: dict[str, Instance] = {}
         self.events: list[dict] = []
         self._lock = threading.Lock()
         self.imds = imds.MetadataService(net.router_ns, self._imds_view)
+        self.apt = aptproxy.AptProxy(net.router_ns, cache / "apt-proxy")
         self.enforce_security_groups = False
         self._sg_lock = threading.Lock()
 
@@ -106,10 +106,7 @@ class Lab:
         home.mkdir(parents=True, exist_ok=True)
         overlay = rootfs.Overlay(home, layers)
         hostname = "ip-" + nic.private_ip_address.replace(".", "-")
-        apt = self.cache / "apt"
-        container = Container(model.id, overlay.merged, self.net.instance_ns(model.id), hostname,
-                              [(apt / "archives", "/var/cache/apt/archives"), (apt / "lists", "/var/lib/apt/lists")],
-                              home / "console.log")
+        container = Container(model.id, overlay.merged, self.net.instance_ns(model.id), hostname, home / "console.log")
         inst = Instance(model, region, layers, nic.private_ip_address, cidr, overlay, container)
         self.layers.hold(layers, model.id)
         with self._lock:
