@@ -1,6 +1,7 @@
 """Instances are real containers: addresses, state transitions, user data as cloud-init runs it, metadata."""
 import gzip
 import subprocess
+import time
 
 import pytest
 
@@ -29,8 +30,10 @@ def public_instance(lab, ec2, debian_ami):
 
 def test_instance_goes_pending_then_running_with_its_container(lab, ec2, public_instance):
     d = wait_state(ec2, public_instance, "running")
+    observed = time.time()
     events = [e for e in lab.get_lines("/_lab/events")
               if e["event"] == "instance_running" and e["instance_id"] == public_instance]
+    assert len(events) == 1 and events[0]["time"] <= observed  # recorded before the API could show it
     c = container(lab, public_instance)
     assert c["container"] is True and c["leader_pid"] > 0
     assert d["PrivateIpAddress"] == c["private_ip"] and d["PublicIpAddress"] == c["public_ip"]
