@@ -1,4 +1,5 @@
 """Pytest fixtures for the lab's own tests: one lab per session, clients, and bounded waiting helpers."""
+import fcntl
 import json
 import os
 import signal
@@ -15,6 +16,12 @@ from botocore.config import Config
 HERE = Path(__file__).resolve().parent
 REGION = "ap-northeast-2"
 START_TIMEOUT = 300  # a first start may build the base image (about a minute here) before serving
+# How long tests wait for the lab, each far above what it takes here (2 cores, warm caches):
+BOOT_WAIT = 60       # a container boots (or powers off) in about a second
+AGENT_WAIT = 30      # the agent is Online ssm_online (2 s by default) after running
+USER_DATA_WAIT = 60  # short user data finishes within seconds of boot, a cached apt install within ~20 s
+IMAGE_WAIT = 60      # a bake copies the upper dir (~100 MB: about a second) and waits image_available (1 s)
+COMMAND_WAIT = 60    # the tests' commands take at most a few seconds (a cached apt install)
 
 
 class LabClient:
@@ -125,8 +132,8 @@ def describe(ec2, instance_id: str) -> dict:
     return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
 
 
-def wait_state(ec2, instance_id: str, state: str, timeout: float = 60) -> dict:
-    """Wait for an instance state; 60 s default is far above a container's ~1 s boot or stop."""
+def wait_state(ec2, instance_id: str, state: str, timeout: float = BOOT_WAIT) -> dict:
+    """Wait for an instance state and return the instance's description."""
     return wait_for(f"{instance_id} {state}",
                     lambda: (d := describe(ec2, instance_id))["State"]["Name"] == state and d, timeout)
 
@@ -140,8 +147,8 @@ def launch(ec2, image_id: str, subnet: str = "Public subnet A", profile: bool = 
     return resp["Instances"][0]["InstanceId"]
 
 
-def run_command(ssm, instance_id: str, commands: list[str], timeout: float = 60, **params) -> dict:
-    """Send AWS-RunShellScript and wait for its terminal status (60 s default: test commands are short)."""
+def run_command(ssm, instance_id: str, commands: list[str], timeout: float = COMMAND_WAIT, **params) -> dict:
+    """Send AWS-RunShellScript and wait for its terminal status."""
     parameters = {"commands": commands, **{k: [str(v)] for k, v in params.items()}}
     command_id = ssm.send_command(InstanceIds=[instance_id], DocumentName="AWS-RunShellScript",
                                   Parameters=parameters)["Command"]["CommandId"]
@@ -161,14 +168,48 @@ def launch_running(lab) -> str:
     return iid
 
 
-def leftovers(index: int, state_dir: str) -> dict:
-    """Everything of lab `index` visible on the host."""
-    netns = [l.split()[0] for l in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-             .stdout.splitlines() if l.startswith(f"bakelab{index}-")]
-    links = subprocess.run(["ip", "-o", "link", "show", f"bl{index}h"], capture_output=True, text=True).stdout
-    nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+def index_taken(index: int) -> bool:
+    """Whether a live lab holds index `index` now (its launcher keeps an flock on the registration)."""
+    lock = Path(f"/run/bake-lab/{index}/lock")
+    if not lock.exists():
+        return False
+    with open(lock) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def leftovers(index: int, state_dir: str, instance_ids: list[str]) -> dict:
+    """What a lab left on the host: its instances' namespaces, mounts, state dir and containers, and,
+    unless another lab has taken its index since (labs run in parallel here), its router, link and nft table."""
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     mounts = [l for l in Path("/proc/mounts").read_text().splitlines() if state_dir in l]
     nspawn = subprocess.run(["pgrep", "-f", f"systemd-nspawn.*{state_dir}/"], capture_output=True, text=True).stdout
-    found = {"netns": netns, "link": links.strip(), "nft": f"table ip bakelab{index}" in nft.splitlines(),
-             "mounts": mounts, "state_dir": Path(state_dir).exists(), "nspawn": nspawn.split()}
+    found = {"instance netns": [i for i in instance_ids if f"bakelab{index}-{i}" in netns], "mounts": mounts,
+             "state_dir": Path(state_dir).exists(), "nspawn": nspawn.split()}
+    if not index_taken(index):
+        links = subprocess.run(["ip", "-o", "link", "show", f"bl{index}h"], capture_output=True, text=True).stdout
+        nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+        found.update({"router netns": f"bakelab{index}-r" in netns.split(), "link": links.strip(),
+                      "nft": f"table ip bakelab{index}" in nft.splitlines()})
     return {k: v for k, v in found.items() if v}
+
+
+def wait_online(ssm, instance_id: str) -> None:
+    wait_for(f"{instance_id} Online in SSM", lambda: ssm.describe_instance_information(
+        Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])["InstanceInformationList"], AGENT_WAIT)
+
+
+def wait_image(ec2, image_id: str) -> dict:
+    return wait_for(f"{image_id} available", lambda: (i := ec2.describe_images(ImageIds=[image_id])["Images"][0])
+                    ["State"] == "available" and i, IMAGE_WAIT)
+
+
+def run_until_success(ssm, instance_id: str, commands: list[str], what: str) -> dict:
+    """Run commands until they succeed (e.g. until user data has made what they read); returns the invocation."""
+    wait_online(ssm, instance_id)
+    return wait_for(what, lambda: (r := run_command(ssm, instance_id, commands))["Status"] == "Success" and r,
+                    USER_DATA_WAIT, 0.5)

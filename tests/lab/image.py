@@ -1,5 +1,6 @@
 """The lab's base image: where its cached root file system lives and how it is built (atomically)."""
 import argparse
+import fcntl
 import hashlib
 import os
 import shutil
@@ -35,18 +36,23 @@ def build(cache: Path) -> Path:
     if (final / "rootfs").is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    with open(final.parent / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent labs and checkouts build one image, once
+        if (final / "rootfs").is_dir():
+            return final
+        return _build_locked(final)
+
+
+def _build_locked(final: Path) -> Path:
+    for stale in final.parent.glob(".tmp-*"):  # a killed build's leftovers (we hold the build lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f".tmp-{final.name}"
     (tmp / "rootfs").mkdir(parents=True)
     started = time.time()
     subprocess.run([str(RECIPE_DIR / "build-rootfs.sh"), str(tmp / "rootfs")], check=True)
     (tmp / "built").write_text(time.strftime("%Y%m%d", time.gmtime()) + "\n")
     os.rename(tmp, final)
     print(f"lab image built in {time.time() - started:.0f}s: {final}", file=sys.stderr)
-    for stale in final.parent.glob(".tmp-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(stale, ignore_errors=True)
     return final
 
 

@@ -11,6 +11,7 @@ LAB_PYTHON ?= $(LAB_VENV)/bin/python
 export LAB_CACHE LAB_PYTHON
 
 .PHONY: lab-apt lab-deps lab-image lab-up lab-down lab-test
+LAB_INCLUDER_GOAL := $(.DEFAULT_GOAL)
 
 lab-deps: lab-apt $(LAB_VENV)/.complete
 
@@ -24,12 +25,18 @@ lab-apt:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The venv is complete only once pip succeeded (the marker), so a killed install is redone.
-$(LAB_VENV)/.complete: $(LAB_DIR)/requirements.txt | lab-apt
-	@rm -rf $(LAB_VENV) && mkdir -p $(LAB_CACHE)
-	/usr/bin/python3 -m venv $(LAB_VENV)
-	$(LAB_VENV)/bin/pip install -q --disable-pip-version-check -r $(LAB_DIR)/requirements.txt
-	@touch $@
+# The venv's path is keyed by the pins' content, so the marker needs no file prerequisite (checkouts with
+# the same pins share it whatever their mtimes). It exists only once pip succeeded, so a killed install
+# is redone; the flock makes concurrent checkouts build it once.
+$(LAB_VENV)/.complete: | lab-apt
+	@mkdir -p $(LAB_CACHE)
+	@flock $(LAB_CACHE)/.venv.lock sh -ec '\
+	  [ -f $@ ] && exit 0; \
+	  rm -rf $(LAB_VENV); \
+	  echo "lab: creating $(LAB_VENV)"; \
+	  /usr/bin/python3 -m venv $(LAB_VENV); \
+	  $(LAB_VENV)/bin/pip install -q --disable-pip-version-check -r $(LAB_DIR)/requirements.txt; \
+	  touch $@'
 
 lab-image: lab-deps
 	@$(LAB_PYTHON) $(LAB_DIR)/image.py build --cache $(LAB_CACHE) >/dev/null
@@ -65,3 +72,6 @@ lab-down:
 
 lab-test: lab-image
 	$(LAB_PYTHON) -m pytest -p no:cacheprovider $(LAB_DIR) $(LAB_TEST_ARGS)
+
+# Including this file must not change the includer's default goal.
+.DEFAULT_GOAL := $(LAB_INCLUDER_GOAL)

@@ -112,7 +112,8 @@ def main() -> int:
     cache = Path(args.cache)
     base = image.build(cache)
     reg = take_index()
-    state_dir = Path(args.state_dir or cache / "labs").resolve() / f"lab{reg.index}"
+    # The pid keeps a state dir apart from a later lab that reuses the index (tests check leftovers by path).
+    state_dir = Path(args.state_dir or cache / "labs").resolve() / f"lab{reg.index}-{os.getpid()}"
     (reg.dir / "state_dir").write_text(str(state_dir))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -138,6 +139,7 @@ def main() -> int:
             server.shutdown()
         if lab is not None:
             lab.imds.stop()
+            lab.apt.stop()
             lab.destroy_all()
         remove_lab_leftovers(reg.index, state_dir)
         reg.release()

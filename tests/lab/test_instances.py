@@ -1,10 +1,12 @@
 """Instances are real containers: addresses, state transitions, user data as cloud-init runs it, metadata."""
 import gzip
 import subprocess
+import time
 
 import pytest
 
-from conftest import container, describe, launch, run_command, subnet_id, wait_for, wait_state
+from conftest import (BOOT_WAIT, container, describe, launch, run_command, run_until_success, subnet_id, wait_for,
+                      wait_online, wait_state)
 
 
 def netns_names() -> str:
@@ -27,10 +29,11 @@ def public_instance(lab, ec2, debian_ami):
 
 
 def test_instance_goes_pending_then_running_with_its_container(lab, ec2, public_instance):
-    events = wait_for("running event", lambda: [e for e in lab.get_lines("/_lab/events")
-                                                if e["event"] == "instance_running"
-                                                and e["instance_id"] == public_instance], 60)
     d = wait_state(ec2, public_instance, "running")
+    observed = time.time()
+    events = [e for e in lab.get_lines("/_lab/events")
+              if e["event"] == "instance_running" and e["instance_id"] == public_instance]
+    assert len(events) == 1 and events[0]["time"] <= observed  # recorded before the API could show it
     c = container(lab, public_instance)
     assert c["container"] is True and c["leader_pid"] > 0
     assert d["PrivateIpAddress"] == c["private_ip"] and d["PublicIpAddress"] == c["public_ip"]
@@ -55,17 +58,16 @@ def test_private_subnet_instance_has_no_public_ip_unless_asked(lab, ec2, debian_
 
 def test_user_data_runs_once_with_cloud_init_output(lab, ec2, ssm, public_instance):
     wait_state(ec2, public_instance, "running")
-    log = "/var/log/cloud-init-output.log"
-    wait_for("ssm online", lambda: ssm.describe_instance_information(
-        Filters=[{"Key": "InstanceIds", "Values": [public_instance]}])["InstanceInformationList"], 30)
-    out = wait_for("user data finished", lambda: "finished" in (
-        o := run_command(ssm, public_instance, [f"cat {log}"])["StandardOutputContent"]) and o, 30, 0.5)
+    out = run_until_success(ssm, public_instance, ["grep -q finished /var/log/cloud-init-output.log",
+                                                   "cat /var/log/cloud-init-output.log"],
+                            "user data finished")["StandardOutputContent"]
     assert "user data ran as root" in out and "to-stderr" in out
     pid = container(lab, public_instance)["leader_pid"]
     ec2.reboot_instances(InstanceIds=[public_instance])
-    wait_for("rebooted container", lambda: container(lab, public_instance)["leader_pid"] not in (None, pid), 60)
-    result = wait_for("SSM agent back", lambda: (r := run_command(ssm, public_instance, [
-        "cat /root/user-data-runs; systemctl is-active lab-init"]))["Status"] == "Success" and r, 60, 1)
+    wait_for("rebooted container", lambda: container(lab, public_instance)["leader_pid"] not in (None, pid),
+             BOOT_WAIT)
+    result = run_until_success(ssm, public_instance, ["cat /root/user-data-runs; systemctl is-active lab-init"],
+                               "agent back after the reboot")
     assert result["StandardOutputContent"] == "ran\nactive\n"
 
 
@@ -74,10 +76,7 @@ def test_gzipped_user_data_is_unpacked(lab, ec2, ssm, debian_ami):
     iid = launch(ec2, debian_ami, UserData=gzip.compress(script))  # boto3 base64-encodes it, as the API wants
     try:
         wait_state(ec2, iid, "running")
-        wait_for("ssm online", lambda: ssm.describe_instance_information(
-            Filters=[{"Key": "InstanceIds", "Values": [iid]}])["InstanceInformationList"], 30)
-        result = wait_for("user data", lambda: (r := run_command(ssm, iid, ["cat /root/gz"]))["Status"] == "Success"
-                          and r, 30, 0.5)
+        result = run_until_success(ssm, iid, ["cat /root/gz"], "gzipped user data")
         assert result["StandardOutputContent"] == "gz-ok\n"
     finally:
         ec2.terminate_instances(InstanceIds=[iid])
@@ -88,8 +87,7 @@ def test_metadata_requires_a_token_when_http_tokens_required(lab, ec2, ssm, debi
                  MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"})
     try:
         wait_state(ec2, iid, "running")
-        wait_for("ssm online", lambda: ssm.describe_instance_information(
-            Filters=[{"Key": "InstanceIds", "Values": [iid]}])["InstanceInformationList"], 30)
+        wait_online(ssm, iid)
         imds = "http://169.254.169.254/latest"
         out = run_command(ssm, iid, [
             f"curl -s -o /dev/null -w '%{{http_code}}\\n' {imds}/meta-data/instance-id",

@@ -17,17 +17,18 @@ def test_a_second_lab_runs_apart_and_sigterm_removes_all_it_made(lab):
     assert other.info["public_range"] != lab.info["public_range"]
     assert other.get_json("/_lab/containers")[0]["instance_id"] == iid
     assert all(c["instance_id"] != iid for c in lab.get_json("/_lab/containers"))
-    assert leftovers(other.info["index"], other.info["state_dir"])["netns"]
+    assert leftovers(other.info["index"], other.info["state_dir"], [iid])["instance netns"]
     assert other.stop(signal.SIGTERM) == 0
-    assert leftovers(other.info["index"], other.info["state_dir"]) == {}
+    assert leftovers(other.info["index"], other.info["state_dir"], [iid]) == {}
     assert lab.client("ec2").describe_vpcs()["Vpcs"]  # the session's lab is untouched
 
 
 def test_cleanup_stale_removes_a_killed_labs_leftovers_only(lab):
-    other, _ = running_lab_with_instance()
+    other, iid = running_lab_with_instance()
+    mine = launch_running(lab)
     other.stop(signal.SIGKILL)
-    assert leftovers(other.info["index"], other.info["state_dir"])
+    assert leftovers(other.info["index"], other.info["state_dir"], [iid])["nspawn"]
     subprocess.run([sys.executable, str(HERE / "launcher.py"), "--cleanup-stale"], check=True, timeout=120)
-    assert leftovers(other.info["index"], other.info["state_dir"]) == {}
-    assert leftovers(lab.info["index"], lab.info["state_dir"])["netns"]
-    assert lab.client("ec2").describe_vpcs()["Vpcs"]
+    assert leftovers(other.info["index"], other.info["state_dir"], [iid]) == {}
+    assert leftovers(lab.info["index"], lab.info["state_dir"], [mine])["instance netns"] == [mine]
+    lab.client("ec2").terminate_instances(InstanceIds=[mine])

@@ -23,8 +23,8 @@ def test_lab_up_then_lab_down_leaves_nothing(tmp_path):
     assert make("lab-up", state).strip().splitlines()[-1] == last  # already up: same lab
     lab = LabClient(last.split("=", 1)[1])
     info = lab.info
-    launch_running(lab)
-    assert leftovers(info["index"], info["state_dir"])["netns"]
+    iid = launch_running(lab)
+    assert leftovers(info["index"], info["state_dir"], [iid])["instance netns"]
     make("lab-down", state)
-    assert leftovers(info["index"], info["state_dir"]) == {}
+    assert leftovers(info["index"], info["state_dir"], [iid]) == {}
     assert not (tmp_path / "state" / "pid").exists()

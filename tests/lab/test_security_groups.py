@@ -1,7 +1,7 @@
 """Security-group enforcement (opt-in): ingress rules decide what reaches an instance from the runner."""
 import pytest
 
-from conftest import http_get, launch, run_command, wait_for, wait_state
+from conftest import http_get, launch, run_until_success, wait_state
 
 NGINX = "#!/bin/sh\napt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx\n"
 
@@ -19,9 +19,7 @@ def test_ingress_rules_open_and_close_the_port(lab, ec2, ssm, debian_ami, enforc
     iid = launch(ec2, debian_ami, UserData=NGINX, SecurityGroupIds=[sg])
     try:
         ip = wait_state(ec2, iid, "running")["PublicIpAddress"]
-        wait_for("nginx installed", lambda: ssm.describe_instance_information(
-            Filters=[{"Key": "InstanceIds", "Values": [iid]}])["InstanceInformationList"] and run_command(
-            ssm, iid, ["systemctl is-active nginx"])["Status"] == "Success", 90, 1)
+        run_until_success(ssm, iid, ["systemctl is-active nginx"], "nginx installed by user data")
         assert http_get(f"http://{ip}/", timeout=1) is None
         mine = lab.request("/_lab/checkip").strip() + "/32"
         rule = [{"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": mine}]}]

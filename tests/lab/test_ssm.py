@@ -1,7 +1,7 @@
 """SSM through the lab's agent: Online only with a profile, commands really run with status, code and output."""
 import pytest
 
-from conftest import launch, run_command, wait_for, wait_state
+from conftest import AGENT_WAIT, COMMAND_WAIT, launch, run_command, wait_for, wait_state
 
 
 def online(ssm, instance_id: str) -> bool:
@@ -17,7 +17,7 @@ def managed(ec2, ssm, debian_ami):
            launch(ec2, debian_ami, profile=False)]
     for iid in ids:
         wait_state(ec2, iid, "running")
-    wait_for("agents online", lambda: online(ssm, ids[0]) and online(ssm, ids[1]), 30)
+    wait_for("agents online", lambda: online(ssm, ids[0]) and online(ssm, ids[1]), AGENT_WAIT)
     yield ids
     ec2.terminate_instances(InstanceIds=ids)
     for iid in ids:
@@ -30,7 +30,7 @@ def test_only_instances_with_a_profile_come_online_after_the_agent_delay(lab, ec
         with_profile, without = launch(ec2, debian_ami), launch(ec2, debian_ami, profile=False)
         wait_state(ec2, with_profile, "running")
         assert not online(ssm, with_profile)
-        wait_for("agent online", lambda: online(ssm, with_profile), 30)
+        wait_for("agent online", lambda: online(ssm, with_profile), AGENT_WAIT)
         wait_state(ec2, without, "running")
         assert not online(ssm, without)
         events = {e["instance_id"]: e for e in lab.get_lines("/_lab/events")}
@@ -63,7 +63,7 @@ def test_command_status_goes_pending_in_progress_then_done(lab, ssm, managed):
             if not seen or seen[-1] != s:
                 seen.append(s)
             return s == "Success"
-        wait_for("command done", status, 30, 0.1)
+        wait_for("command done", status, COMMAND_WAIT, 0.1)
         assert seen == ["Pending", "InProgress", "Success"]
     finally:
         lab.post("/_lab/latency", {"command": 0})
@@ -82,7 +82,7 @@ def test_output_is_truncated_at_24000_characters(ssm, managed):
 def test_only_the_named_instances_run_a_command(ssm, managed):
     cid = ssm.send_command(InstanceIds=[managed[1]], DocumentName="AWS-RunShellScript",
                            Parameters={"commands": ["hostname -I"]})["Command"]["CommandId"]
-    wait_for("done", lambda: ssm.list_commands(CommandId=cid)["Commands"][0]["Status"] == "Success", 30)
+    wait_for("done", lambda: ssm.list_commands(CommandId=cid)["Commands"][0]["Status"] == "Success", COMMAND_WAIT)
     invocations = ssm.list_command_invocations(CommandId=cid, Details=True)["CommandInvocations"]
     assert [i["InstanceId"] for i in invocations] == [managed[1]]
     plugin = invocations[0]["CommandPlugins"][0]

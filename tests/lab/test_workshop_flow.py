@@ -2,9 +2,9 @@
 import time
 from pathlib import Path
 
-import pytest
 
-from conftest import container, describe, http_get, launch, run_command, wait_for, wait_state
+from conftest import (BOOT_WAIT, container, describe, http_get, launch, run_command, run_until_success, wait_for,
+                      wait_image, wait_online, wait_state)
 
 USER_DATA = """#!/bin/bash
 set -euo pipefail
@@ -32,8 +32,7 @@ def workshop_flow(lab, ec2, ssm, debian_ami) -> None:
     assert time.monotonic() - started < PAGE_TIMEOUT
     assert page[1] == f"<h1>Immersion Day web server {builder}</h1>\n"
 
-    wait_for("agent online", lambda: ssm.describe_instance_information(
-        Filters=[{"Key": "InstanceIds", "Values": [builder]}])["InstanceInformationList"], 30)
+    wait_online(ssm, builder)
     cat = run_command(ssm, builder, ["cat /var/www/html/index.html"])
     assert (cat["Status"], cat["StandardOutputContent"]) == ("Success", page[1])
     failed = run_command(ssm, builder, ["systemctl is-active nginx", "exit 3"])
@@ -44,8 +43,7 @@ def workshop_flow(lab, ec2, ssm, debian_ami) -> None:
         {"ResourceType": "image", "Tags": [{"Key": "bake:run", "Value": builder}]},
         {"ResourceType": "snapshot", "Tags": [{"Key": "bake:run", "Value": builder}]}])["ImageId"]
     assert ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "pending"
-    ami = wait_for("image available", lambda: (i := ec2.describe_images(ImageIds=[image])["Images"][0])["State"]
-                   == "available" and i, 60)
+    ami = wait_image(ec2, image)
     assert container(lab, builder)["leader_pid"] not in (None, pid)  # NoReboot false: rebooted for the copy
     snapshot = ami["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     tags = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["Tags"]
@@ -55,9 +53,8 @@ def workshop_flow(lab, ec2, ssm, debian_ami) -> None:
 
     clone = launch(ec2, image, subnet="Public subnet C")
     clone_ip = wait_state(ec2, clone, "running")["PublicIpAddress"]
-    assert wait_for("baked page", lambda: http_get(f"http://{clone_ip}/"), 30) == (200, page[1])
-    wait_for("clone agent online", lambda: ssm.describe_instance_information(
-        Filters=[{"Key": "InstanceIds", "Values": [clone]}])["InstanceInformationList"], 30)
+    assert wait_for("baked page", lambda: http_get(f"http://{clone_ip}/"), BOOT_WAIT) == (200, page[1])
+    wait_online(ssm, clone)
     runs = run_command(ssm, clone, ["cat /root/user-data-runs"])["StandardOutputContent"]
     assert runs == f"user data ran on {builder}\n"
     ec2.terminate_instances(InstanceIds=[clone])
@@ -92,26 +89,22 @@ def test_workshop_flow_survives_30_percent_throttling(lab, debian_ami):
 def test_copied_image_boots_in_the_other_region_and_runs_new_user_data(lab, ec2, ssm, debian_ami):
     builder = launch(ec2, debian_ami, UserData="#!/bin/sh\necho copied > /root/marker\n")
     wait_state(ec2, builder, "running")
-    wait_for("user data", lambda: run_command(ssm, builder, ["cat /root/marker"])["Status"] == "Success"
-             if ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [builder]}])[
-                 "InstanceInformationList"] else False, 30, 0.5)
+    run_until_success(ssm, builder, ["cat /root/marker"], "user data")
     pid = container(lab, builder)["leader_pid"]
     image = ec2.create_image(InstanceId=builder, Name="copy-src", NoReboot=True)["ImageId"]
-    wait_for("image", lambda: ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "available", 60)
+    wait_image(ec2, image)
     assert container(lab, builder)["leader_pid"] == pid
     ec2.terminate_instances(InstanceIds=[builder])
     us_ec2, us_ssm = lab.client("ec2", "us-east-1"), lab.client("ssm", "us-east-1")
     copy = us_ec2.copy_image(SourceImageId=image, SourceRegion="ap-northeast-2", Name="copy-dst")["ImageId"]
-    wait_for("copy", lambda: us_ec2.describe_images(ImageIds=[copy])["Images"][0]["State"] == "available", 60)
+    wait_image(us_ec2, copy)
     iid = us_ec2.run_instances(ImageId=copy, MinCount=1, MaxCount=1, IamInstanceProfile={"Name": "SSMInstanceProfile"},
                                UserData="#!/bin/sh\necho again > /root/again\n")["Instances"][0]["InstanceId"]
     try:
         wait_state(us_ec2, iid, "running")
         assert describe(us_ec2, iid)["Placement"]["AvailabilityZone"].startswith("us-east-1")
-        wait_for("online", lambda: us_ssm.describe_instance_information()["InstanceInformationList"], 30)
         # The baked file system is there, and user data given again runs on the new instance.
-        result = wait_for("new user data", lambda: (r := run_command(us_ssm, iid, ["cat /root/marker /root/again"]))
-                          ["Status"] == "Success" and r, 30, 0.5)
+        result = run_until_success(us_ssm, iid, ["cat /root/marker /root/again"], "new user data")
         assert result["StandardOutputContent"] == "copied\nagain\n"
     finally:
         us_ec2.terminate_instances(InstanceIds=[iid])
@@ -119,16 +112,19 @@ def test_copied_image_boots_in_the_other_region_and_runs_new_user_data(lab, ec2,
 
 
 def test_new_instances_reuse_the_apt_cache(lab, ec2, ssm, debian_ami):
-    """Package lists and .debs live in the lab cache, so a second install downloads nothing."""
+    """Packages and by-hash lists come through the lab's proxy: a second instance's install fetches nothing new."""
     iids = []
     try:
         for _ in range(2):
+            before = lab.get_json("/_lab/info")["apt_proxy"]
             iids.append(launch(ec2, debian_ami))
             wait_state(ec2, iids[-1], "running")
-            wait_for("online", lambda: ssm.describe_instance_information(
-                Filters=[{"Key": "InstanceIds", "Values": [iids[-1]]}])["InstanceInformationList"], 30)
-            result = run_command(ssm, iids[-1], ["apt-get update -qq", "apt-get install -y tree"], timeout=120)
+            wait_online(ssm, iids[-1])
+            result = run_command(ssm, iids[-1], ["apt-get update -qq", "apt-get install -y tree", "tree --version"],
+                                 timeout=120)
             assert result["Status"] == "Success", result["StandardErrorContent"]
-        assert "Need to get 0 B" in result["StandardOutputContent"]
+        after = lab.get_json("/_lab/info")["apt_proxy"]
+        assert after["mirror_fetches"] == before["mirror_fetches"]
+        assert after["hits"] > before["hits"]
     finally:
         ec2.terminate_instances(InstanceIds=iids)

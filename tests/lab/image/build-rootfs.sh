@@ -12,6 +12,8 @@ deb http://deb.debian.org/debian bookworm main
 deb http://deb.debian.org/debian bookworm-updates main
 deb http://deb.debian.org/debian-security bookworm-security main
 SRC
+# Instances fetch packages through the lab's caching proxy (beside the metadata service).
+echo 'Acquire::http::Proxy "http://169.254.169.254:3142";' > "$dest/etc/apt/apt.conf.d/00lab-proxy"
 install -m 0755 "$here/lab-init" "$dest/usr/local/sbin/lab-init"
 install -m 0644 "$here/lab-init.service" "$dest/etc/systemd/system/lab-init.service"
 ln -sf /etc/systemd/system/lab-init.service "$dest/etc/systemd/system/multi-user.target.wants/lab-init.service"

@@ -6,7 +6,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import sh
 
 log = logging.getLogger("lab")
 
@@ -21,13 +20,11 @@ SHELL_ENV = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 
 class Container:
-    def __init__(self, name: str, rootfs: Path, netns: str, hostname: str, binds: list[tuple[Path, str]],
-                 console_log: Path):
+    def __init__(self, name: str, rootfs: Path, netns: str, hostname: str, console_log: Path):
         self.name = name
         self.rootfs = rootfs
         self.netns = netns
         self.hostname = hostname
-        self.binds = binds
         self.console_log = console_log
         self.proc: subprocess.Popen | None = None
 
@@ -36,9 +33,6 @@ class Container:
                 f"--directory={self.rootfs}", f"--network-namespace-path=/run/netns/{self.netns}",
                 f"--machine={self.name}", f"--hostname={self.hostname}",
                 "--resolv-conf=copy-host", "--timezone=off", "--link-journal=no", "--console=passive"]
-        for host_dir, inside in self.binds:
-            host_dir.mkdir(parents=True, exist_ok=True)
-            argv.append(f"--bind={host_dir}:{inside}")
         out = open(self.console_log, "ab")
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from moto.ec2.models.instances import StateReason
 
-from . import imds, rootfs, secgroups, sh
+from . import aptproxy, imds, rootfs, secgroups, sh
 from .container import Container
 from .net import LabNet
 
@@ -61,20 +61,21 @@ class Lab:
     def __init__(self, net: LabNet, state_dir: Path, cache: Path, base_rootfs: Path):
         self.net = net
         self.state_dir = state_dir
-        self.cache = cache
         self.layers = rootfs.LayerStore(state_dir, base_rootfs)
         self.latency = dict(DEFAULT_LATENCY)
         self.instances: dict[str, Instance] = {}
         self.events: list[dict] = []
         self._lock = threading.Lock()
         self.imds = imds.MetadataService(net.router_ns, self._imds_view)
+        self.apt = aptproxy.AptProxy(net.router_ns, cache / "apt-proxy")
         self.enforce_security_groups = False
         self._sg_lock = threading.Lock()
 
     # ---- bookkeeping -------------------------------------------------------------------------
-    def event(self, kind: str, **fields) -> None:
+    def event(self, kind: str, at: float | None = None, **fields) -> None:
+        """Record a transition; callers record it before the API can show it, so a client's lag is never negative."""
         with self._lock:
-            self.events.append({"time": time.time(), "event": kind, **fields})
+            self.events.append({"time": at or time.time(), "event": kind, **fields})
 
     def background(self, name: str, fn, *args) -> None:
         """Run fn in a thread; a failure is logged and recorded as an event, never lost."""
@@ -106,10 +107,7 @@ class Lab:
         home.mkdir(parents=True, exist_ok=True)
         overlay = rootfs.Overlay(home, layers)
         hostname = "ip-" + nic.private_ip_address.replace(".", "-")
-        apt = self.cache / "apt"
-        container = Container(model.id, overlay.merged, self.net.instance_ns(model.id), hostname,
-                              [(apt / "archives", "/var/cache/apt/archives"), (apt / "lists", "/var/lib/apt/lists")],
-                              home / "console.log")
+        container = Container(model.id, overlay.merged, self.net.instance_ns(model.id), hostname, home / "console.log")
         inst = Instance(model, region, layers, nic.private_ip_address, cidr, overlay, container)
         self.layers.hold(layers, model.id)
         with self._lock:
@@ -125,9 +123,9 @@ class Lab:
             with inst.lock:
                 if not inst.gone:
                     self._destroy(inst)
-            set_state(inst.model, "terminated")
-            inst.model.state_reason = StateReason(f"Server.InternalError: {e}", "Server.InternalError")
             self.event("instance_terminated", instance_id=inst.id, region=inst.region, reason=str(e))
+            inst.model.state_reason = StateReason(f"Server.InternalError: {e}", "Server.InternalError")
+            set_state(inst.model, "terminated")
             raise
 
     def _boot_container(self, inst: Instance, started: float, first: bool) -> None:
@@ -143,11 +141,11 @@ class Lab:
             self.sleep_until(started, "instance_running")
             if inst.state != "pending":
                 return
-            set_state(inst.model, "running")
             inst.running_at = time.time()
             self.sync_security_groups()
             self.event("instance_running", instance_id=inst.id, region=inst.region,
                        private_ip=inst.private_ip, public_ip=inst.public_ip)
+            set_state(inst.model, "running")
         if self.has_profile(inst):
             self.background(f"ssm agent {inst.id}", self._agent_online, inst, inst.running_at)
 
@@ -155,7 +153,9 @@ class Lab:
         self.sleep_until(running_at, "ssm_online")
         if inst.running_at == running_at and inst.state == "running":
             inst.was_online = True
-            self.event("ssm_online", instance_id=inst.id, region=inst.region)
+            # Online shows from running_at + latency on (see ssm_online), so that is when it happened.
+            self.event("ssm_online", at=running_at + float(self.latency["ssm_online"]), instance_id=inst.id,
+                       region=inst.region)
 
     def _map_public(self, inst: Instance) -> None:
         public = inst.model.nics[0].public_ip
@@ -190,8 +190,8 @@ class Lab:
             inst.container.stop()
             self._unmap_public(inst)
             if inst.state == "stopping":
-                set_state(inst.model, "stopped")
                 self.event("instance_stopped", instance_id=inst.id, region=inst.region)
+                set_state(inst.model, "stopped")
 
     def start(self, instance_id: str) -> None:
         inst = self.instances.get(instance_id)
@@ -225,8 +225,8 @@ class Lab:
             inst.running_at = None
             if not inst.gone:
                 self._destroy(inst)
-            set_state(inst.model, "terminated")
             self.event("instance_terminated", instance_id=inst.id, region=inst.region)
+            set_state(inst.model, "terminated")
 
     def _destroy(self, inst: Instance) -> None:
         inst.gone = True
@@ -293,8 +293,8 @@ class Lab:
         """An AMI whose tree is stored becomes available once its latency has passed (unless deregistered)."""
         self.sleep_until(started, "image_available")
         if ami.state == "pending":
-            ami.state = "available"
             self.event("image_available", image_id=ami.id, region=region)
+            ami.state = "available"
 
     def snapshot_deleted(self, region: str, snapshot_id: str) -> None:
         """DeleteSnapshot frees the stored tree once no AMI snapshot or instance uses it."""

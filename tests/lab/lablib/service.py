@@ -32,6 +32,7 @@ class LabService:
         self.endpoint = f"http://127.0.0.1:{server.server_port}"
         threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
         self.lab.imds.start()
+        self.lab.apt.start()
         return server
 
     def bootstrap(self) -> None:
@@ -87,4 +88,4 @@ class LabService:
         n = self.lab.net
         return {"index": n.index, "public_range": str(n.public_net), "checkip": n.host_addr,
                 "router_ns": n.router_ns, "state_dir": str(self.lab.state_dir), "debian_images": self.images,
-                "network": self.network}
+                "network": self.network, "apt_proxy": dict(self.lab.apt.stats)}

@@ -71,12 +71,12 @@ def run_invocation(lab: Lab, command, invocation: dict, sent_at: float) -> None:
     else:
         status, details = "Failed", "Failed"
         err += f"failed to run commands: exit status {code}\n"
+    lab.event("command_finished", command_id=command.command_id, instance_id=invocation["InstanceId"],
+              status=status, response_code=code)
     invocation.update(Status=status, StatusDetails=details, ResponseCode=code,
                       StandardOutputContent=out[:SSM_OUTPUT_LIMIT], StandardErrorContent=err[:SSM_OUTPUT_LIMIT],
                       ExecutionEndDateTime=_iso(ended), ExecutionElapsedTime=_elapsed(ended - started))
     refresh_command_status(command)
-    lab.event("command_finished", command_id=command.command_id, instance_id=invocation["InstanceId"],
-              status=status, response_code=code)
 
 
 def list_invocation(command, inv: dict, details: bool) -> dict:
