@@ -395,7 +395,9 @@ async fn keep_on_failure_leaves_the_builder_and_says_how_to_reach_it() {
     let builder = containers[0]["instance_id"].as_str().unwrap();
     let reach = format!("aws ssm start-session --target {builder}");
     assert!(stderr(&out).contains(&reach), "{}", stderr(&out));
-    let gc = lab.run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"]).await;
+    let gc = lab
+        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+        .await;
     assert!(gc.status.success(), "{}", stderr(&gc));
     lab.assert_nothing_left(&[], &[]).await;
 }
