@@ -105,7 +105,7 @@ pub struct Builder {
     pub instance_type: String,
     pub subnet: Spanned<ResourceRef>,
     /// Instance profile with AmazonSSMManagedInstanceCore, for the verification commands.
-    pub instance_profile: String,
+    pub instance_profile: Spanned<String>,
     /// Who may reach the health port: `auto` (this runner's address /32) or a CIDR.
     #[serde(default = "default_allow_cidr")]
     pub allow_cidr: Spanned<String>,

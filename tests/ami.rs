@@ -401,3 +401,56 @@ async fn keep_on_failure_leaves_the_builder_and_says_how_to_reach_it() {
     assert!(gc.status.success(), "{}", stderr(&gc));
     lab.assert_nothing_left(&[], &[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preflight_problems_exit_2_at_their_line_and_create_nothing() {
+    let lab = Lab::start().await;
+    let cases = [
+        (
+            "Public subnet A",
+            "Public subnet Z",
+            "builder.subnet",
+            "no such subnet",
+        ),
+        (
+            "Public subnet A",
+            "Private subnet A",
+            "builder.subnet",
+            "no route to an internet gateway",
+        ),
+        (
+            "\"SSMInstanceProfile\"",
+            "\"WebProfile\"",
+            "builder.instance_profile",
+            "does not exist",
+        ),
+        (
+            "bookworm/latest",
+            "bookworm/oldest",
+            "base",
+            "no such parameter",
+        ),
+    ];
+    for (from, to, field, expected) in cases {
+        let config = quick_config("", "", "").replacen(from, to, 1);
+        let line = config.lines().position(|l| l.contains(to)).unwrap() + 1;
+        let scratch = Scratch::new(&config);
+        let out = lab
+            .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+            .await;
+        assert_eq!(out.status.code(), Some(2), "{to}: {}", stderr(&out));
+        let err = stderr(&out);
+        let at = format!("{}:{line}:", scratch.config());
+        assert!(
+            err.contains(&at) && err.contains(field) && err.contains(expected),
+            "{err}"
+        );
+    }
+    for action in ["CreateSecurityGroup", "RunInstances", "CreateImage"] {
+        assert_eq!(
+            lab.calls(action).await,
+            0,
+            "{action} before preflight passed"
+        );
+    }
+}

@@ -235,7 +235,7 @@ fn builder() -> Builder {
                 tag: Default::default(),
             },
         ),
-        instance_profile: "SSMInstanceProfile".into(),
+        instance_profile: toml::Spanned::new(0..0, "SSMInstanceProfile".into()),
         allow_cidr: toml::Spanned::new(0..0, "auto".into()),
         volume: Volume::default(),
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_ec2::types::{Filter, ImageState};
 
 use crate::aws::{self, Clients};
-use crate::config::{BaseImage, Config, Image, Os, ResourceRef};
+use crate::config::{BaseImage, Config, Image, Location, Os, ResourceRef};
 use crate::render::{self, Rendered, Renderer};
 
 /// A what's-my-IP lookup answers in well under a second; 10 s means the service is down.
@@ -50,6 +50,13 @@ pub struct Subnet {
 pub enum Error {
     #[error(transparent)]
     Render(#[from] render::Error),
+    /// A problem with a reference in the config, at its place in the file.
+    #[error("{at}: {field}: {source}")]
+    At {
+        at: Location,
+        field: String,
+        source: Box<Error>,
+    },
     #[error("base image {reference} in {region}: {detail}")]
     Base {
         reference: String,
@@ -92,6 +99,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Api { .. } => 1,
+            Error::At { source, .. } => source.exit_code(),
             _ => 2,
         }
     }
@@ -108,13 +116,48 @@ pub async fn plan(
 ) -> Result<Plan, Error> {
     let rendered = renderer.render(config, name, image)?;
     let ami_name = renderer.ami_name(config, name, image, &rendered.digest, SystemTime::now())?;
+    // Problems with a reference point at it in the config; failed calls stay as they are.
+    let at = |span: std::ops::Range<usize>, field: &str| {
+        let at = config.source.locate(span.start);
+        let field = format!("image.{name}.{field}");
+        move |e: Error| match e {
+            Error::Api { .. } => e,
+            other => Error::At {
+                at,
+                field,
+                source: Box::new(other),
+            },
+        }
+    };
+    let builder = &image.builder;
     let (base, subnet, profile, allow_cidr) = tokio::try_join!(
-        resolve_base(clients, image.base.get_ref()),
-        resolve_subnet(clients, image.builder.subnet.get_ref()),
-        check_profile(clients, &image.builder.instance_profile),
-        allow_cidr(image.builder.allow_cidr.get_ref(), checkip_url),
+        async {
+            resolve_base(clients, image.base.get_ref())
+                .await
+                .map_err(at(image.base.span(), "base"))
+        },
+        async {
+            resolve_subnet(clients, builder.subnet.get_ref())
+                .await
+                .map_err(at(builder.subnet.span(), "builder.subnet"))
+        },
+        async {
+            check_profile(clients, builder.instance_profile.get_ref())
+                .await
+                .map_err(at(
+                    builder.instance_profile.span(),
+                    "builder.instance_profile",
+                ))
+        },
+        async {
+            allow_cidr(builder.allow_cidr.get_ref(), checkip_url)
+                .await
+                .map_err(at(builder.allow_cidr.span(), "builder.allow_cidr"))
+        },
     )?;
-    check_public(clients, &subnet).await?;
+    check_public(clients, &subnet)
+        .await
+        .map_err(at(builder.subnet.span(), "builder.subnet"))?;
     Ok(Plan {
         image: name.to_owned(),
         template: image.template.get_ref().clone(),
