@@ -68,6 +68,26 @@ impl Clients {
     }
 }
 
+impl Clients {
+    /// A failed call, described for the person reading the error.
+    pub fn failed(&self, action: impl Into<String>, message: impl Into<String>) -> CallError {
+        CallError {
+            action: action.into(),
+            region: self.region.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An AWS call that failed: what bake was doing, where, and what AWS answered.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} in {region}: {message}")]
+pub struct CallError {
+    pub action: String,
+    pub region: String,
+    pub message: String,
+}
+
 /// Why the AWS clients could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::{Filter, ImageState, InstanceStateName, Tag};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::aws::{self, Clients};
+use crate::aws::{self, CallError, Clients};
 use crate::poll::{self, Check, PollError, Schedule};
 
 /// Tag keys bake puts on what it creates.
@@ -70,12 +70,8 @@ impl std::fmt::Display for Resource {
 /// Why cleanup could not finish; what is left is listed so a person can act.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cleanup in {region}: cannot {action}: {message}")]
-    Api {
-        region: String,
-        action: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Api(#[from] CallError),
     #[error(
         "cleanup in {region}: {resource} still exists after {waited:?} ({last}); \
          remove it by hand or run `bake gc` later"
@@ -222,11 +218,6 @@ async fn find_with_uses(
         // Without a creation time, only a run-scoped cleanup may delete it.
         (Some(_), None) => false,
     };
-    let api = |action: &str, message: String| Error::Api {
-        region: clients.region.clone(),
-        action: action.to_owned(),
-        message,
-    };
     let mut found = Vec::new();
 
     let reservations = clients
@@ -249,7 +240,8 @@ async fn find_with_uses(
         .collect::<Vec<_>>()
         .await;
     for reservation in reservations {
-        let reservation = reservation.map_err(|e| api("list instances", aws::describe(&e)))?;
+        let reservation =
+            reservation.map_err(|e| clients.failed("list instances", aws::describe(&e)))?;
         for instance in reservation.instances() {
             let launched = instance
                 .launch_time()
@@ -266,7 +258,7 @@ async fn find_with_uses(
         .filters(filter.clone())
         .send()
         .await
-        .map_err(|e| api("list security groups", aws::describe(&e)))?;
+        .map_err(|e| clients.failed("list security groups", aws::describe(&e)))?;
     for group in groups.security_groups() {
         let created = group
             .tags()
@@ -286,7 +278,7 @@ async fn find_with_uses(
         .filters(filter.clone())
         .send()
         .await
-        .map_err(|e| api("list images", aws::describe(&e)))?;
+        .map_err(|e| clients.failed("list images", aws::describe(&e)))?;
     let mut in_use = BTreeSet::new();
     for image in images.images() {
         let created = image
@@ -316,7 +308,7 @@ async fn find_with_uses(
         .filters(filter)
         .send()
         .await
-        .map_err(|e| api("list snapshots", aws::describe(&e)))?;
+        .map_err(|e| clients.failed("list snapshots", aws::describe(&e)))?;
     for snapshot in snapshots.snapshots() {
         let started = snapshot
             .start_time()
@@ -336,12 +328,6 @@ async fn find_with_uses(
 /// Deletes resources in dependency order: instances (and waits for them), images, snapshots,
 /// then security groups.
 pub async fn delete(clients: &Clients, resources: &[Resource]) -> Result<(), Error> {
-    let region = &clients.region;
-    let api = |action: String, message: String| Error::Api {
-        region: region.clone(),
-        action,
-        message,
-    };
     let instances: Vec<String> = resources
         .iter()
         .filter_map(|r| match r {
@@ -360,10 +346,12 @@ pub async fn delete(clients: &Clients, resources: &[Resource]) -> Result<(), Err
             Ok(_) => {}
             Err(e) if aws::code(&e) == Some("InvalidInstanceID.NotFound") => {}
             Err(e) => {
-                return Err(api(
-                    format!("terminate {}", instances.join(", ")),
-                    aws::describe(&e),
-                ));
+                return Err(clients
+                    .failed(
+                        format!("terminate {}", instances.join(", ")),
+                        aws::describe(&e),
+                    )
+                    .into());
             }
         }
         wait_terminated(clients, &instances).await?;
@@ -373,7 +361,11 @@ pub async fn delete(clients: &Clients, resources: &[Resource]) -> Result<(), Err
             match clients.ec2.deregister_image().image_id(id).send().await {
                 Ok(_) => {}
                 Err(e) if aws::code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => {}
-                Err(e) => return Err(api(format!("deregister image {id}"), aws::describe(&e))),
+                Err(e) => {
+                    return Err(clients
+                        .failed(format!("deregister image {id}"), aws::describe(&e))
+                        .into());
+                }
             }
         }
     }
@@ -382,7 +374,11 @@ pub async fn delete(clients: &Clients, resources: &[Resource]) -> Result<(), Err
             match clients.ec2.delete_snapshot().snapshot_id(id).send().await {
                 Ok(_) => {}
                 Err(e) if aws::code(&e) == Some("InvalidSnapshot.NotFound") => {}
-                Err(e) => return Err(api(format!("delete snapshot {id}"), aws::describe(&e))),
+                Err(e) => {
+                    return Err(clients
+                        .failed(format!("delete snapshot {id}"), aws::describe(&e))
+                        .into());
+                }
             }
         }
     }
@@ -436,11 +432,9 @@ async fn wait_terminated(clients: &Clients, ids: &[String]) -> Result<(), Error>
     .await;
     match result {
         Ok(()) => Ok(()),
-        Err(PollError::Failed(message)) => Err(Error::Api {
-            region: clients.region.clone(),
-            action: format!("watch {} terminate", ids.join(", ")),
-            message,
-        }),
+        Err(PollError::Failed(message)) => Err(Error::Api(
+            clients.failed(format!("watch {} terminate", ids.join(", ")), message),
+        )),
         Err(PollError::TimedOut { last }) => Err(Error::Stuck {
             region: clients.region.clone(),
             resource: Resource::Instance(ids.join(", ")),
@@ -477,11 +471,9 @@ pub async fn delete_security_group(clients: &Clients, id: &str) -> Result<(), Er
     .await;
     match result {
         Ok(()) => Ok(()),
-        Err(PollError::Failed(message)) => Err(Error::Api {
-            region: clients.region.clone(),
-            action: format!("delete security group {id}"),
-            message,
-        }),
+        Err(PollError::Failed(message)) => Err(Error::Api(
+            clients.failed(format!("delete security group {id}"), message),
+        )),
         Err(PollError::TimedOut { last }) => Err(Error::Stuck {
             region: clients.region.clone(),
             resource: Resource::SecurityGroup(id.to_owned()),

@@ -6,7 +6,7 @@ use aws_sdk_ec2::types::InstanceStateName;
 use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
 use tokio::time::Instant;
 
-use crate::aws::{self, Clients};
+use crate::aws::{self, CallError, Clients};
 use crate::config::Health;
 use crate::output::Progress;
 use crate::poll::{self, Check, PollError, Schedule};
@@ -71,12 +71,8 @@ pub enum Error {
         waited: Duration,
         last: String,
     },
-    #[error("cannot {action} in {region}: {message}")]
-    Api {
-        region: String,
-        action: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Api(#[from] CallError),
 }
 
 /// Waits for the builder to run; returns its public IP.
@@ -138,11 +134,9 @@ pub async fn running(
             region: clients.region.clone(),
             state,
         }),
-        Err(PollError::Failed(Err(message))) => Err(Error::Api {
-            region: clients.region.clone(),
-            action: format!("describe builder {instance_id}"),
-            message,
-        }),
+        Err(PollError::Failed(Err(message))) => Err(Error::Api(
+            clients.failed(format!("describe builder {instance_id}"), message),
+        )),
         Err(PollError::TimedOut { last }) => Err(Error::NotRunning {
             instance_id: instance_id.to_owned(),
             region: clients.region.clone(),
@@ -258,11 +252,10 @@ pub async fn ssm_online(
     .await;
     match result {
         Ok(()) => Ok(()),
-        Err(PollError::Failed(message)) => Err(Error::Api {
-            region: clients.region.clone(),
-            action: format!("describe SSM instance information of {instance_id}"),
+        Err(PollError::Failed(message)) => Err(Error::Api(clients.failed(
+            format!("describe SSM instance information of {instance_id}"),
             message,
-        }),
+        ))),
         Err(PollError::TimedOut { last }) => Err(Error::SsmOffline {
             instance_id: instance_id.to_owned(),
             region: clients.region.clone(),

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::launch::tagged;
 use super::preflight::Plan;
-use crate::aws::{self, Clients};
+use crate::aws::{self, CallError, Clients};
 use crate::janitor::{Janitor, Resource, tag};
 use crate::output::Progress;
 use crate::poll::{self, Check, PollError, Schedule};
@@ -45,12 +45,8 @@ pub enum Error {
     },
     #[error("no free AMI name in {region}: {name} and {NAME_SUFFIXES} suffixed names are taken")]
     NameTaken { name: String, region: String },
-    #[error("cannot {action} in {region}: {message}")]
-    Api {
-        region: String,
-        action: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Api(#[from] CallError),
 }
 
 /// An available AMI of this account baked from the same inputs and base image, newest first.
@@ -67,13 +63,7 @@ pub async fn existing(clients: &Clients, plan: &Plan) -> Result<Option<Image>, E
         .filters(filter("state", "available"))
         .send()
         .await
-        .map_err(|e| {
-            api(
-                clients,
-                "look for an AMI with the same digest",
-                aws::describe(&e),
-            )
-        })?;
+        .map_err(|e| clients.failed("look for an AMI with the same digest", aws::describe(&e)))?;
     Ok(out
         .images
         .unwrap_or_default()
@@ -112,9 +102,8 @@ pub async fn create(
         .send()
         .await
         .map_err(|e| {
-            api(
-                clients,
-                &format!("create image from {instance_id}"),
+            clients.failed(
+                format!("create image from {instance_id}"),
                 aws::describe(&e),
             )
         })?;
@@ -171,7 +160,7 @@ pub async fn create(
             reason,
         }),
         Err(PollError::Failed(Err(message))) => {
-            Err(api(clients, &format!("describe {ami_id}"), message))
+            Err(clients.failed(format!("describe {ami_id}"), message).into())
         }
         Err(PollError::TimedOut { last }) => Err(Error::TimedOut {
             ami_id,
@@ -191,7 +180,7 @@ async fn free_name(clients: &Clients, name: &str) -> Result<String, Error> {
         .filters(filter("name", &format!("{name}*")))
         .send()
         .await
-        .map_err(|e| api(clients, "list AMI names", aws::describe(&e)))?;
+        .map_err(|e| clients.failed("list AMI names", aws::describe(&e)))?;
     let taken: Vec<&str> = out.images().iter().filter_map(|i| i.name()).collect();
     std::iter::once(name.to_owned())
         .chain((2..=NAME_SUFFIXES + 1).map(|n| format!("{name}-{n}")))
@@ -220,12 +209,4 @@ fn image_tags(plan: &Plan) -> Vec<Tag> {
 
 fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
-}
-
-fn api(clients: &Clients, action: &str, message: String) -> Error {
-    Error::Api {
-        region: clients.region.clone(),
-        action: action.to_owned(),
-        message,
-    }
 }

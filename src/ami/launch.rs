@@ -12,7 +12,7 @@ use base64::Engine as _;
 use tokio::time::Instant;
 
 use super::preflight::Plan;
-use crate::aws::{self, Clients};
+use crate::aws::{self, CallError, Clients};
 use crate::config::Builder;
 use crate::janitor::{Janitor, Resource};
 use crate::poll::{self, Check, PollError, Schedule};
@@ -31,12 +31,8 @@ const PROFILE_SCHEDULE: Schedule = Schedule {
 /// Why the builder could not be launched.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot {action} in {region}: {message}")]
-    Api {
-        region: String,
-        action: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Api(#[from] CallError),
     #[error(
         "instance profile {profile:?} was still refused by EC2 in {region} after {waited:?}: {last}"
     )]
@@ -56,11 +52,6 @@ pub async fn security_group(
     tags: &[Tag],
     janitor: &Janitor,
 ) -> Result<String, Error> {
-    let api = |action: String, e: String| Error::Api {
-        region: clients.region.clone(),
-        action,
-        message: e,
-    };
     let name = format!("bake-{}-{}", plan.image, janitor.run_id());
     let created = clients
         .ec2
@@ -74,7 +65,7 @@ pub async fn security_group(
         .tag_specifications(tagged(ResourceType::SecurityGroup, tags, &name))
         .send()
         .await
-        .map_err(|e| api(format!("create security group {name}"), aws::describe(&e)))?;
+        .map_err(|e| clients.failed(format!("create security group {name}"), aws::describe(&e)))?;
     let id = created.group_id().unwrap_or_default().to_owned();
     janitor.record(Resource::SecurityGroup(id.clone()));
     clients
@@ -96,7 +87,7 @@ pub async fn security_group(
         )
         .send()
         .await
-        .map_err(|e| api(format!("open port {port} on {id}"), aws::describe(&e)))?;
+        .map_err(|e| clients.failed(format!("open port {port} on {id}"), aws::describe(&e)))?;
     Ok(id)
 }
 
@@ -176,11 +167,10 @@ pub async fn instance(
     let out = match launched {
         Ok(out) => out,
         Err(PollError::Failed(message)) => {
-            return Err(Error::Api {
-                region: clients.region.clone(),
-                action: format!("launch the builder from {}", plan.base.id),
+            return Err(Error::Api(clients.failed(
+                format!("launch the builder from {}", plan.base.id),
                 message,
-            });
+            )));
         }
         Err(PollError::TimedOut { last }) => {
             return Err(Error::ProfileNotReady {

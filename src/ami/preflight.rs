@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::{Filter, ImageState};
 
-use crate::aws::{self, Clients};
+use crate::aws::{self, CallError, Clients};
 use crate::config::{BaseImage, Config, Image, Location, Os, ResourceRef};
 use crate::render::{self, Rendered, Renderer};
 
@@ -86,19 +86,15 @@ pub enum Error {
     )]
     CheckIp { url: String, detail: String },
     /// An AWS call failed (credentials, network, permissions).
-    #[error("preflight in {region}: cannot {action}: {message}")]
-    Api {
-        region: String,
-        action: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Api(#[from] CallError),
 }
 
 impl Error {
     /// Problems with the config's references are usage errors (2); failed calls are failures (1).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Api { .. } => 1,
+            Error::Api(_) => 1,
             Error::At { source, .. } => source.exit_code(),
             _ => 2,
         }
@@ -121,7 +117,7 @@ pub async fn plan(
         let at = config.source.locate(span.start);
         let field = format!("image.{name}.{field}");
         move |e: Error| match e {
-            Error::Api { .. } => e,
+            Error::Api(_) => e,
             other => Error::At {
                 at,
                 field,
@@ -171,14 +167,6 @@ pub async fn plan(
     })
 }
 
-fn api(clients: &Clients, action: &str, message: String) -> Error {
-    Error::Api {
-        region: clients.region.clone(),
-        action: action.to_owned(),
-        message,
-    }
-}
-
 async fn resolve_base(clients: &Clients, base: &BaseImage) -> Result<BaseAmi, Error> {
     let fail = |reference: String, detail: String| Error::Base {
         reference,
@@ -200,11 +188,9 @@ async fn resolve_base(clients: &Clients, base: &BaseImage) -> Result<BaseAmi, Er
             .await
             .map_err(|e| match aws::code(&e) {
                 Some("ParameterNotFound") => fail(reference.clone(), "no such parameter".into()),
-                _ => api(
-                    clients,
-                    &format!("read SSM parameter {parameter}"),
-                    aws::describe(&e),
-                ),
+                _ => clients
+                    .failed(format!("read SSM parameter {parameter}"), aws::describe(&e))
+                    .into(),
             })?;
         let id = value
             .parameter()
@@ -222,7 +208,11 @@ async fn resolve_base(clients: &Clients, base: &BaseImage) -> Result<BaseAmi, Er
     let images = match request.send().await {
         Ok(out) => out.images.unwrap_or_default(),
         Err(e) if aws::code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => Vec::new(),
-        Err(e) => return Err(api(clients, "describe the base image", aws::describe(&e))),
+        Err(e) => {
+            return Err(clients
+                .failed("describe the base image", aws::describe(&e))
+                .into());
+        }
     };
     // Newest first: creation dates are ISO 8601, so they sort as text.
     let newest = images
@@ -269,7 +259,7 @@ async fn resolve_subnet(clients: &Clients, subnet: &ResourceRef) -> Result<Subne
         .set_filters(Some(filters))
         .send()
         .await
-        .map_err(|e| api(clients, "describe subnets", aws::describe(&e)))?;
+        .map_err(|e| clients.failed("describe subnets", aws::describe(&e)))?;
     let fail = |detail: String| Error::Subnet {
         reference: reference.clone(),
         region: clients.region.clone(),
@@ -303,7 +293,7 @@ async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
             .send()
             .await
             .map(|out| out.route_tables.unwrap_or_default())
-            .map_err(|e| api(clients, "describe route tables", aws::describe(&e)))
+            .map_err(|e| clients.failed("describe route tables", aws::describe(&e)))
     };
     let mut found = tables(vec![
         Filter::builder()
@@ -351,11 +341,12 @@ async fn check_profile(clients: &Clients, profile: &str) -> Result<String, Error
         Err(e) if aws::code(&e) == Some("NoSuchEntity") => Err(Error::NoProfile {
             profile: profile.to_owned(),
         }),
-        Err(e) => Err(api(
-            clients,
-            &format!("read instance profile {profile}"),
-            aws::describe(&e),
-        )),
+        Err(e) => Err(clients
+            .failed(
+                format!("read instance profile {profile}"),
+                aws::describe(&e),
+            )
+            .into()),
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use aws_sdk_ssm::types::CommandInvocationStatus;
 use tokio::time::Instant;
 
-use crate::aws::{self, Clients};
+use crate::aws::{self, CallError, Clients};
 use crate::output::Progress;
 use crate::poll::{self, Check, PollError, Schedule};
 use crate::render::{FAILED_MARKER, READY_MARKER};
@@ -45,12 +45,8 @@ pub enum Error {
         waited: Duration,
         last: String,
     },
-    #[error("cannot {action} in {region}: {message}")]
-    Api {
-        region: String,
-        action: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Api(#[from] CallError),
 }
 
 /// The script SSM runs: wait for the user data to finish, check its marker holds `digest`,
@@ -104,11 +100,6 @@ pub async fn run(
 ) -> Result<(), Error> {
     let step = format!("verifying ({} commands)", commands.len());
     progress.step(step.clone());
-    let api = |action: &str, message: String| Error::Api {
-        region: clients.region.clone(),
-        action: action.to_owned(),
-        message,
-    };
     let sent = clients
         .ssm
         .send_command()
@@ -119,7 +110,7 @@ pub async fn run(
         .parameters("executionTimeout", vec![timeout.as_secs().to_string()])
         .send()
         .await
-        .map_err(|e| api("send the verify command", aws::describe(&e)))?;
+        .map_err(|e| clients.failed("send the verify command", aws::describe(&e)))?;
     let command_id = sent
         .command()
         .and_then(|c| c.command_id())
@@ -164,7 +155,9 @@ pub async fn run(
     match result {
         Ok(()) => Ok(()),
         Err(PollError::Failed(Ok(out))) => Err(failure(instance_id, commands, &out)),
-        Err(PollError::Failed(Err(message))) => Err(api("read the verify result", message)),
+        Err(PollError::Failed(Err(message))) => {
+            Err(clients.failed("read the verify result", message).into())
+        }
         Err(PollError::TimedOut { last }) => Err(Error::TimedOut {
             instance_id: instance_id.to_owned(),
             waited: started.elapsed(),
