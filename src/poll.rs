@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 
-/// When to look again: first after `first`, then every `interval`, growing by `factor` up to `cap`.
+/// When to look again: first after `first` (when the state becomes likely), then every
+/// `interval` until `dense` has passed since the wait began (the window in which the state
+/// usually arrives), then growing by `factor` up to `cap` (a slow tail costs few calls).
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
     pub first: Duration,
     pub interval: Duration,
+    pub dense: Duration,
     pub factor: f64,
     pub cap: Duration,
 }
@@ -20,6 +23,7 @@ impl Schedule {
         Schedule {
             first: Duration::ZERO,
             interval,
+            dense: Duration::ZERO,
             factor: 1.0,
             cap: interval,
         }
@@ -59,6 +63,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Check<T, E>>,
 {
+    let started = Instant::now();
     let mut wait = schedule.first;
     let mut interval = schedule.interval;
     loop {
@@ -79,18 +84,21 @@ where
             Check::Pending(s) => seen(&s),
         }
         wait = interval;
-        interval = interval.mul_f64(schedule.factor).min(schedule.cap);
+        if started.elapsed() >= schedule.dense {
+            interval = interval.mul_f64(schedule.factor).min(schedule.cap);
+        }
     }
 }
 
-/// ±10% so that many bakes started together do not poll in lockstep.
+/// Up to 15% shorter, so that bakes started together do not poll in lockstep, while a wait never
+/// exceeds its interval (the interval bounds how late a state is noticed).
 fn jitter(d: Duration) -> Duration {
     if d.is_zero() {
         return d;
     }
     let r = std::collections::hash_map::RandomState::new();
-    let x = std::hash::BuildHasher::hash_one(&r, 0u8) % 2001;
-    d.mul_f64(0.9 + x as f64 / 10_000.0)
+    let x = std::hash::BuildHasher::hash_one(&r, 0u8) % 1501;
+    d.mul_f64(1.0 - x as f64 / 10_000.0)
 }
 
 #[cfg(test)]
@@ -132,6 +140,7 @@ mod tests {
             Schedule {
                 first: Duration::from_secs(1),
                 interval: Duration::from_secs(1),
+                dense: Duration::ZERO,
                 factor: 2.0,
                 cap: Duration::from_secs(4),
             },
@@ -165,13 +174,47 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_ten_percent() {
+    fn jitter_only_shortens_by_up_to_fifteen_percent() {
         for _ in 0..100 {
             let j = jitter(Duration::from_secs(10));
             assert!(
-                j >= Duration::from_secs(9) && j <= Duration::from_secs(11),
+                j >= Duration::from_millis(8500) && j <= Duration::from_secs(10),
                 "{j:?}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn intervals_stay_dense_then_grow_to_the_cap() {
+        let start = Instant::now();
+        let times = std::cell::RefCell::new(Vec::new());
+        let _: Result<(), PollError<()>> = until(
+            start + Duration::from_secs(60),
+            Schedule {
+                first: Duration::from_secs(5),
+                interval: Duration::from_secs(1),
+                dense: Duration::from_secs(10),
+                factor: 2.0,
+                cap: Duration::from_secs(8),
+            },
+            |_| {},
+            || {
+                times.borrow_mut().push(start.elapsed());
+                async { Check::Pending("pending".into()) }
+            },
+        )
+        .await;
+        let times = times.into_inner();
+        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(times[0] <= Duration::from_secs(5), "{times:?}");
+        assert!(
+            gaps.iter().take(4).all(|g| *g <= Duration::from_secs(1)),
+            "{gaps:?}"
+        );
+        assert!(
+            gaps.iter().all(|g| *g <= Duration::from_secs(8)),
+            "{gaps:?}"
+        );
+        assert!(gaps.iter().any(|g| *g > Duration::from_secs(4)), "{gaps:?}");
     }
 }

@@ -299,3 +299,48 @@ async fn launch_fails_at_once_on_other_invalid_parameters() {
     assert_eq!(run.num_calls(), 1);
     assert!(err.to_string().contains("t3.mega"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_taken_ami_name_gets_the_next_free_suffix() {
+    let duplicate = || {
+        aws_sdk_ec2::operation::create_image::CreateImageError::generic(
+            ErrorMetadata::builder()
+                .code("InvalidAMIName.Duplicate")
+                .message("AMI name web-20261122-dddddddddddd is already in use by AMI ami-old")
+                .build(),
+        )
+    };
+    let create = mock!(aws_sdk_ec2::Client::create_image)
+        .sequence()
+        .error(duplicate)
+        .output(|| CreateImageOutput::builder().image_id("ami-new").build())
+        .build();
+    let available = mock!(aws_sdk_ec2::Client::describe_images).then_output(|| {
+        DescribeImagesOutput::builder()
+            .images(
+                Image::builder()
+                    .image_id("ami-new")
+                    .state(ImageState::Available)
+                    .build(),
+            )
+            .build()
+    });
+    let clients = clients(&[&create, &available]);
+    let janitor = Janitor::new(clients.clone(), "run-1".into());
+    let plan = plan();
+    let (id, name) = image::create(
+        &clients,
+        &plan,
+        "i-builder",
+        &plan.ami_name,
+        false,
+        &[],
+        &janitor,
+        &progress(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(id, "ami-new");
+    assert_eq!(name, format!("{}-2", plan.ami_name));
+    assert_eq!(create.num_calls(), 2);
+}

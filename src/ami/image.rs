@@ -17,12 +17,14 @@ use crate::poll::{self, Check, PollError, Schedule};
 pub const TAG_BASE_AMI: &str = "bake:base-ami";
 /// A small root volume's image is available in 1–5 minutes; an hour means it is stuck.
 const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Snapshots take a minute or more: first look after 5 s, then every second growing to 10 s.
+/// No AMI is available within 20 s of CreateImage on EC2 (the snapshot alone takes longer);
+/// then every 0.8 s to 60 s (small images and the lab), then growing to 15 s for large volumes.
 const AVAILABLE_SCHEDULE: Schedule = Schedule {
-    first: Duration::from_secs(5),
-    interval: Duration::from_secs(1),
-    factor: 1.15,
-    cap: Duration::from_secs(10),
+    first: Duration::from_secs(20),
+    interval: Duration::from_millis(800),
+    dense: Duration::from_secs(60),
+    factor: 1.25,
+    cap: Duration::from_secs(15),
 };
 /// How many `-2`, `-3`, ... suffixes to try when the name is taken.
 const NAME_SUFFIXES: u32 = 99;
@@ -72,6 +74,7 @@ pub async fn existing(clients: &Clients, plan: &Plan) -> Result<Option<Image>, E
 }
 
 /// Creates the AMI from the builder, tags it and its snapshots, and waits until it is available.
+/// Returns its id and name.
 #[allow(clippy::too_many_arguments)]
 pub async fn create(
     clients: &Clients,
@@ -82,31 +85,47 @@ pub async fn create(
     tags: &[Tag],
     janitor: &Janitor,
     progress: &Progress,
-) -> Result<String, Error> {
-    let name = free_name(clients, name).await?;
-    progress.step(format!("creating image {name}"));
+) -> Result<(String, String), Error> {
     let mut all = tags.to_vec();
     all.extend(image_tags(plan));
-    let created = clients
-        .ec2
-        .create_image()
-        .instance_id(instance_id)
-        .name(&name)
-        .description(format!(
-            "bake image {} from {} ({})",
-            plan.image, plan.base.name, plan.base.id
-        ))
-        .no_reboot(no_reboot)
-        .tag_specifications(tagged(ResourceType::Image, &all, &name))
-        .tag_specifications(tagged(ResourceType::Snapshot, &all, &name))
-        .send()
-        .await
-        .map_err(|e| {
-            clients.failed(
-                format!("create image from {instance_id}"),
-                aws::describe(&e),
-            )
-        })?;
+    // Names are unique per account and region: on a clash, try `name-2`, `name-3`, ...
+    let candidates = std::iter::once(name.to_owned())
+        .chain((2..=NAME_SUFFIXES + 1).map(|n| format!("{name}-{n}")));
+    let mut created = None;
+    for candidate in candidates {
+        progress.step(format!("creating image {candidate}"));
+        let sent = clients
+            .ec2
+            .create_image()
+            .instance_id(instance_id)
+            .name(&candidate)
+            .description(format!(
+                "bake image {} from {} ({})",
+                plan.image, plan.base.name, plan.base.id
+            ))
+            .no_reboot(no_reboot)
+            .tag_specifications(tagged(ResourceType::Image, &all, &candidate))
+            .tag_specifications(tagged(ResourceType::Snapshot, &all, &candidate))
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                created = Some((out, candidate));
+                break;
+            }
+            Err(e) if aws::code(&e) == Some("InvalidAMIName.Duplicate") => continue,
+            Err(e) => {
+                let action = format!("create image {candidate} from {instance_id}");
+                return Err(clients.failed(action, aws::describe(&e)).into());
+            }
+        }
+    }
+    let Some((created, name)) = created else {
+        return Err(Error::NameTaken {
+            name: name.to_owned(),
+            region: clients.region.clone(),
+        });
+    };
     let ami_id = created.image_id().unwrap_or_default().to_owned();
     janitor.record(Resource::Image(ami_id.clone()));
     let step = format!("waiting for {ami_id} to be available");
@@ -131,13 +150,6 @@ pub async fn create(
             let Some(image) = image else {
                 return Check::Pending("not visible yet".into());
             };
-            for snapshot in image
-                .block_device_mappings()
-                .iter()
-                .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
-            {
-                janitor.record(Resource::Snapshot(snapshot.to_owned()));
-            }
             match image.state() {
                 Some(ImageState::Available) => Check::Ready(()),
                 Some(ImageState::Pending) | None => Check::Pending("pending".into()),
@@ -153,7 +165,7 @@ pub async fn create(
     )
     .await;
     match result {
-        Ok(()) => Ok(ami_id),
+        Ok(()) => Ok((ami_id, name)),
         Err(PollError::Failed(Ok(reason))) => Err(Error::Failed {
             ami_id,
             region: clients.region.clone(),
@@ -169,26 +181,6 @@ pub async fn create(
             last,
         }),
     }
-}
-
-/// `name`, or `name-2`, `name-3`, ... when this account already has an image called that.
-async fn free_name(clients: &Clients, name: &str) -> Result<String, Error> {
-    let out = clients
-        .ec2
-        .describe_images()
-        .owners("self")
-        .filters(filter("name", &format!("{name}*")))
-        .send()
-        .await
-        .map_err(|e| clients.failed("list AMI names", aws::describe(&e)))?;
-    let taken: Vec<&str> = out.images().iter().filter_map(|i| i.name()).collect();
-    std::iter::once(name.to_owned())
-        .chain((2..=NAME_SUFFIXES + 1).map(|n| format!("{name}-{n}")))
-        .find(|candidate| !taken.contains(&candidate.as_str()))
-        .ok_or_else(|| Error::NameTaken {
-            name: name.to_owned(),
-            region: clients.region.clone(),
-        })
 }
 
 /// What an image says about where it came from.

@@ -24,6 +24,7 @@ const PROFILE_PROPAGATION: Duration = Duration::from_secs(120);
 const PROFILE_SCHEDULE: Schedule = Schedule {
     first: Duration::ZERO,
     interval: Duration::from_secs(3),
+    dense: Duration::ZERO,
     factor: 1.5,
     cap: Duration::from_secs(10),
 };

@@ -117,12 +117,12 @@ pub async fn bake(
     }
     let built = build(clients, image, plan, janitor, progress).await;
     match built {
-        Ok(ami_id) => {
+        Ok((ami_id, name)) => {
             janitor.keep(&ami_id);
             progress.step("terminating the builder");
-            janitor.clean().await?;
-            progress.finish(format!("baked {ami_id} ({})", plan.ami_name));
-            Ok(done(ami_id, plan.ami_name.clone(), false))
+            janitor.clean_recorded().await?;
+            progress.finish(format!("baked {ami_id} ({name})"));
+            Ok(done(ami_id, name, false))
         }
         Err(failure) if options.keep_on_failure => {
             let kept: Vec<String> = janitor.recorded().iter().map(ToString::to_string).collect();
@@ -157,14 +157,14 @@ pub async fn bake(
     }
 }
 
-/// Launch, wait, verify and image; returns the new AMI id.
+/// Launch, wait, verify and image; returns the new AMI's id and name.
 async fn build(
     clients: &Clients,
     image: &Image,
     plan: &Plan,
     janitor: &Janitor,
     progress: &Progress,
-) -> Result<String, Step> {
+) -> Result<(String, String), Step> {
     let tags = janitor::run_tags(janitor.run_id(), &plan.image, &plan.rendered.digest);
     progress.step("launching the builder");
     let group = launch::security_group(clients, plan, image.health.port, &tags, janitor).await?;

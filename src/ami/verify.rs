@@ -10,12 +10,13 @@ use crate::output::Progress;
 use crate::poll::{self, Check, PollError, Schedule};
 use crate::render::{FAILED_MARKER, READY_MARKER};
 
-/// A short command finishes within a few seconds of delivery; look after 1 s, then every
-/// second growing to 5 s for long ones.
+/// A short command finishes within a second or two of delivery: look after 0.8 s and every
+/// 0.8 s for half a minute, then growing to 5 s for long ones.
 const COMMAND_SCHEDULE: Schedule = Schedule {
-    first: Duration::from_secs(1),
-    interval: Duration::from_secs(1),
-    factor: 1.2,
+    first: Duration::from_millis(800),
+    interval: Duration::from_millis(800),
+    dense: Duration::from_secs(30),
+    factor: 1.3,
     cap: Duration::from_secs(5),
 };
 

@@ -1,0 +1,237 @@
+"""`make bench`: bake against Packer's amazon-ebs builder on the same job, in one lab with fixed
+latencies; prints a table and writes bench/results.json."""
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "bench" / "bake.toml"
+BAKE = ROOT / "target" / "debug" / "bake"
+RESULTS = ROOT / "bench" / "results.json"
+REGION = "ap-northeast-2"
+# What the lab waits before each transition: about the fastest EC2 shows for a small image.
+LATENCY = {"instance_running": 5, "ssm_online": 5, "image_available": 20, "command": 0}
+BAKE_RUNS = 3
+PACKER_RUNS = 2
+START_TIMEOUT = 300  # a first lab start may build its base image (about a minute)
+RUN_TIMEOUT = 600  # one bake or Packer build; each takes well under two minutes here
+PROBE_INTERVAL = 0.1  # the bench's own page probe: fine enough to time "page healthy"
+PROBE_LIMIT = 180  # the probe gives up after this long (bounded loop)
+HEALTH_VERIFY_ACTIONS = ("DescribeInstanceInformation", "SendCommand", "GetCommandInvocation")
+
+
+class Lab:
+    """A lab of the bench's own, stopped (and cleaned) by SIGTERM at the end."""
+
+    def __init__(self):
+        python = os.environ.get("LAB_PYTHON", sys.executable)
+        self.proc = subprocess.Popen([python, str(ROOT / "tests/lab/launcher.py"), "--port", "0"],
+                                     stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        line = ""
+        while time.monotonic() < deadline and not line.startswith("AWS_ENDPOINT_URL="):
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                raise SystemExit("the lab exited before it was ready")
+        self.endpoint = line.strip().split("=", 1)[1]
+        self.info = self.get_json("info")
+
+    def call(self, name, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.endpoint}/_lab/{name}", data=data,
+                                     method="POST" if data else "GET")
+        with urllib.request.urlopen(req, timeout=120) as resp:  # reset may take a while
+            return resp.read().decode()
+
+    def get_json(self, name):
+        return json.loads(self.call(name))
+
+    def lines(self, name, since, until):
+        rows = [json.loads(l) for l in self.call(name).splitlines() if l]
+        return [r for r in rows if since <= r["time"] <= until]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=120)
+
+
+def env(lab):
+    return dict(os.environ, AWS_ENDPOINT_URL=lab.endpoint, AWS_REGION=REGION,
+                AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+                BAKE_CHECKIP_URL=f"{lab.endpoint}/_lab/checkip", CHECKPOINT_DISABLE="1")
+
+
+def probe_page(lab, stop, found):
+    """Times when each builder's page first answers 200, as the bench itself sees it."""
+    deadline = time.monotonic() + PROBE_LIMIT
+    while time.monotonic() < deadline and not stop.is_set():
+        for c in json.loads(lab.call("containers")):
+            ip, iid = c.get("public_ip"), c["instance_id"]
+            if not ip or iid in found:
+                continue
+            try:
+                with urllib.request.urlopen(f"http://{ip}/", timeout=0.5) as r:
+                    if r.status == 200:
+                        found[iid] = time.time()
+            except OSError:
+                pass
+        time.sleep(PROBE_INTERVAL)
+
+
+def timed_run(lab, argv):
+    """Runs a command with the page probe alongside; returns wall time, requests and events."""
+    stop, healthy = threading.Event(), {}
+    prober = threading.Thread(target=probe_page, args=(lab, stop, healthy), daemon=True)
+    start = time.time()
+    prober.start()
+    result = subprocess.run(argv, env=env(lab), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, timeout=RUN_TIMEOUT)
+    end = time.time()
+    stop.set()
+    prober.join()
+    if result.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return {"wall": end - start, "requests": lab.lines("requests", start, end),
+            "events": lab.lines("events", start, end), "healthy": healthy, "stdout": result.stdout}
+
+
+def first_after(requests, action, t):
+    times = [r["time"] for r in requests if r["action"] == action and r["time"] >= t]
+    return min(times) - t if times else None
+
+
+def lags(run):
+    """Per wait: seconds from the lab reaching the state to bake's first call acting on it."""
+    out = {}
+    reqs, events = run["requests"], run["events"]
+    for event, action in (("instance_running", "DescribeInstances"),
+                          ("ssm_online", "DescribeInstanceInformation"),
+                          ("image_available", "DescribeImages")):
+        times = [e["time"] for e in events if e["event"] == event]
+        if times:
+            out[event] = first_after(reqs, action, times[0])
+    online = [e["time"] for e in events if e["event"] == "ssm_online"]
+    if run["healthy"] and online:
+        ready = max(min(run["healthy"].values()), online[0])
+        out["page_healthy"] = first_after(reqs, "SendCommand", ready)
+    return out
+
+
+def counts(run):
+    tally = {}
+    for r in run["requests"]:
+        tally[r["action"]] = tally.get(r["action"], 0) + 1
+    return dict(sorted(tally.items()))
+
+
+def packer_template(lab, user_data_file):
+    return {"builders": [{
+        "type": "amazon-ebs", "region": REGION,
+        "custom_endpoint_ec2": lab.endpoint, "skip_region_validation": True,
+        "skip_credential_validation": True,
+        "source_ami": lab.info["debian_images"][REGION],
+        "subnet_id": lab.info["network"]["subnets"]["Public subnet A"],
+        "associate_public_ip_address": True, "instance_type": "t3.micro",
+        "iam_instance_profile": "SSMInstanceProfile", "user_data_file": str(user_data_file),
+        "communicator": "none", "ami_name": "packer-bench-{{timestamp}}",
+    }]}
+
+
+def ensure_packer():
+    if shutil.which("packer"):
+        return
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "packer"], check=True,
+                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
+def summary(walls):
+    return {"median": statistics.median(walls), "min": min(walls), "max": max(walls)}
+
+
+def main():
+    ensure_packer()
+    lab = Lab()
+    try:
+        lab.call("latency", LATENCY)
+        bake = [str(BAKE), "-c", str(CONFIG)]
+        rendered = json.loads(subprocess.run(bake + ["-o", "json", "render", "bench1"], check=True,
+                                             stdout=subprocess.PIPE, text=True).stdout)
+        work = Path(tempfile.mkdtemp(prefix="bake-bench-"))
+        (work / "user-data.sh").write_text(rendered["user_data"])
+        (work / "packer.json").write_text(json.dumps(packer_template(lab, work / "user-data.sh")))
+
+        bake_runs = [timed_run(lab, bake + ["ami", "bench1", "--force"]) for _ in range(BAKE_RUNS)]
+        four = timed_run(lab, bake + ["ami", "bench1", "bench2", "bench3", "bench4", "--force"])
+        packer_runs = [timed_run(lab, ["packer", "build", "-machine-readable", str(work / "packer.json")])
+                       for _ in range(PACKER_RUNS)]
+        shutil.rmtree(work)
+    finally:
+        lab.stop()
+
+    bake_lags = [lags(r) for r in bake_runs]
+    worst = {k: max(l[k] for l in bake_lags if l.get(k) is not None) for k in bake_lags[0]}
+    bake_calls = [sum(counts(r).values()) for r in bake_runs]
+    hv_calls = [sum(n for a, n in counts(r).items() if a in HEALTH_VERIFY_ACTIONS) for r in bake_runs]
+    packer_calls = [sum(counts(r).values()) for r in packer_runs]
+    bake_wall = summary([r["wall"] for r in bake_runs])
+    packer_wall = summary([r["wall"] for r in packer_runs])
+    ratio = four["wall"] / bake_wall["median"]
+    checks = {
+        "detection lag <= 1 s for every wait": all(v <= 1.0 for v in worst.values()),
+        "bake wall <= Packer wall (medians)": bake_wall["median"] <= packer_wall["median"],
+        "bake calls - health/verify calls <= Packer calls":
+            max(b - h for b, h in zip(bake_calls, hv_calls)) <= min(packer_calls),
+        "wall(4) / wall(1) <= 1.3": ratio <= 1.3,
+    }
+    results = {
+        "latency": LATENCY,
+        "bake": {"runs": BAKE_RUNS, "wall": bake_wall, "calls": bake_calls,
+                 "health_verify_calls": hv_calls, "calls_by_action": counts(bake_runs[0]),
+                 "detection_lag": bake_lags, "detection_lag_worst": worst},
+        "bake_4_images": {"wall": four["wall"], "calls": sum(counts(four).values()),
+                          "wall_4_over_1": ratio},
+        "packer": {"version": subprocess.run(["packer", "version"], stdout=subprocess.PIPE,
+                                             text=True).stdout.split()[1],
+                   "runs": PACKER_RUNS, "wall": packer_wall, "calls": packer_calls,
+                   "calls_by_action": counts(packer_runs[0])},
+        "checks": checks,
+    }
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    return 0 if all(checks.values()) else 1
+
+
+def table(r):
+    b, p, f = r["bake"], r["packer"], r["bake_4_images"]
+    w = lambda s: f"{s['median']:.1f} s ({s['min']:.1f}–{s['max']:.1f})"
+    lag = b["detection_lag_worst"]
+    rows = [
+        "| | bake | Packer " + p["version"] + " |",
+        "|---|---|---|",
+        f"| wall time, median (min–max) | {w(b['wall'])} | {w(p['wall'])} |",
+        f"| API calls per bake | {max(b['calls'])} (of which health/verify {max(b['health_verify_calls'])}) | {max(p['calls'])} |",
+        f"| detection lag, worst of {b['runs']}: running / SSM online / page healthy / image available | "
+        f"{lag.get('instance_running', 0):.2f} / {lag.get('ssm_online', 0):.2f} / "
+        f"{lag.get('page_healthy', 0):.2f} / {lag.get('image_available', 0):.2f} s | – |",
+        f"| 4 images at once: wall, wall(4)/wall(1) | {f['wall']:.1f} s, {f['wall_4_over_1']:.2f} | – |",
+        "",
+        "bake calls: " + ", ".join(f"{a} {n}" for a, n in b["calls_by_action"].items()),
+        "Packer calls: " + ", ".join(f"{a} {n}" for a, n in p["calls_by_action"].items()),
+        "",
+    ] + [f"{'ok  ' if ok else 'FAIL'} {name}" for name, ok in r["checks"].items()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
