@@ -3,7 +3,6 @@ latencies; prints a table and writes bench/results.json."""
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -17,51 +16,27 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "bench" / "bake.toml"
 BAKE = ROOT / "target" / "debug" / "bake"
 RESULTS = ROOT / "bench" / "results.json"
+sys.path.insert(0, str(ROOT / "tests" / "lab"))
+from lablib.client import LabProcess  # noqa: E402 (the lab's code lives beside its tests)
 REGION = "ap-northeast-2"
 # What the lab waits before each transition: about the fastest EC2 shows for a small image.
 LATENCY = {"instance_running": 5, "ssm_online": 5, "image_available": 20, "command": 0}
 BAKE_RUNS = 3
 PACKER_RUNS = 2
-START_TIMEOUT = 300  # a first lab start may build its base image (about a minute)
 RUN_TIMEOUT = 600  # one bake or Packer build; each takes well under two minutes here
 PROBE_INTERVAL = 0.1  # the bench's own page probe: fine enough to time "page healthy"
 PROBE_LIMIT = 180  # the probe gives up after this long (bounded loop)
 HEALTH_VERIFY_ACTIONS = ("DescribeInstanceInformation", "SendCommand", "GetCommandInvocation")
 
 
-class Lab:
-    """A lab of the bench's own, stopped (and cleaned) by SIGTERM at the end."""
-
-    def __init__(self):
-        python = os.environ.get("LAB_PYTHON", sys.executable)
-        self.proc = subprocess.Popen([python, str(ROOT / "tests/lab/launcher.py"), "--port", "0"],
-                                     stdout=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        line = ""
-        while time.monotonic() < deadline and not line.startswith("AWS_ENDPOINT_URL="):
-            line = self.proc.stdout.readline()
-            if not line and self.proc.poll() is not None:
-                raise SystemExit("the lab exited before it was ready")
-        self.endpoint = line.strip().split("=", 1)[1]
-        self.info = self.get_json("info")
+class Lab(LabProcess):
+    """The bench's own lab, on a free port."""
 
     def call(self, name, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.endpoint}/_lab/{name}", data=data,
-                                     method="POST" if data else "GET")
-        with urllib.request.urlopen(req, timeout=120) as resp:  # reset may take a while
-            return resp.read().decode()
-
-    def get_json(self, name):
-        return json.loads(self.call(name))
+        return self.request(f"/_lab/{name}", body)
 
     def lines(self, name, since, until):
-        rows = [json.loads(l) for l in self.call(name).splitlines() if l]
-        return [r for r in rows if since <= r["time"] <= until]
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=120)
+        return [r for r in self.get_lines(f"/_lab/{name}") if since <= r["time"] <= until]
 
 
 def env(lab):
