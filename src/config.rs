@@ -331,16 +331,6 @@ pub enum Error {
     At { at: Location, message: String },
 }
 
-impl Error {
-    /// The error's position, when it has one.
-    pub fn location(&self) -> Option<&Location> {
-        match self {
-            Error::At { at, .. } => Some(at),
-            Error::Read { .. } | Error::UnknownImage { .. } => None,
-        }
-    }
-}
-
 /// Words in a var name that mark it as a secret, with separators removed.
 const SECRET_WORDS: &[&str] = &[
     "password",

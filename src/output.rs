@@ -77,13 +77,4 @@ impl Progress {
         }
         self.bar.finish_with_message(message);
     }
-
-    /// A note that must stay visible above the spinners.
-    pub fn println(&self, message: &str) {
-        if self.bar.is_hidden() {
-            eprintln!("{}: {message}", self.prefix);
-        } else {
-            self.bar.println(format!("{}: {message}", self.prefix));
-        }
-    }
 }
