@@ -447,38 +447,37 @@ commands = ["systemctl is-active nginx"]
         assert_eq!(digest_of(CONFIG).len(), 64);
     }
 
-    #[test]
-    fn digest_changes_with_every_input() {
-        let base = digest_of(CONFIG);
-        let changes = [
-            ("var", "message = \"from bake\"", "message = \"from cron\""),
-            ("template", "template = \"nginx\"", "template = \"lamp\""),
-            ("os", "os = \"debian\"", "os = \"al2023\""),
-            ("base", "bookworm/latest", "trixie/latest"),
-            ("instance type", "\"t3.micro\"", "\"t3.small\""),
-            (
-                "volume",
-                "instance_profile = \"SSMInstanceProfile\"",
-                "instance_profile = \"SSMInstanceProfile\"\nvolume = { size = 16, type = \"gp3\" }",
-            ),
-            ("verify", "is-active nginx", "is-enabled nginx"),
-            ("health path", "path = \"/\"", "path = \"/healthz\""),
-            (
-                "health body",
-                "expect_body = \"Hello\"",
-                "expect_body = \"Hi\"",
-            ),
-            ("health port", "path = \"/\"", "path = \"/\"\nport = 8080"),
-        ];
-        for (what, from, to) in changes {
-            let changed = CONFIG.replacen(from, to, 1);
-            assert_ne!(changed, CONFIG, "{what}: the replacement did not apply");
-            assert_ne!(
-                digest_of(&changed),
-                base,
-                "changing the {what} kept the digest"
-            );
-        }
+    /// Asserts that replacing `from` by `to` in the test config changes the image's digest.
+    fn assert_digest_changes(from: &str, to: &str) {
+        let changed = CONFIG.replacen(from, to, 1);
+        assert_ne!(changed, CONFIG, "the replacement of {from:?} did not apply");
+        assert_ne!(digest_of(&changed), digest_of(CONFIG), "{from:?} -> {to:?}");
+    }
+
+    /// One test per input that determines the image, so a failure names the input.
+    macro_rules! digest_changes_with {
+        ($($name:ident: $from:expr => $to:expr;)*) => {$(
+            #[test]
+            fn $name() {
+                assert_digest_changes($from, $to);
+            }
+        )*};
+    }
+
+    digest_changes_with! {
+        digest_changes_with_a_var: "message = \"from bake\"" => "message = \"from cron\"";
+        digest_changes_with_the_template: "template = \"nginx\"" => "template = \"lamp\"";
+        digest_changes_with_the_os: "os = \"debian\"" => "os = \"al2023\"";
+        digest_changes_with_the_base_image: "bookworm/latest" => "trixie/latest";
+        digest_changes_with_the_instance_type: "\"t3.micro\"" => "\"t3.small\"";
+        digest_changes_with_the_volume:
+            "instance_profile = \"SSMInstanceProfile\""
+            => "instance_profile = \"SSMInstanceProfile\"\nvolume = { size = 16, type = \"gp3\" }";
+        digest_changes_with_a_verify_command: "is-active nginx" => "is-enabled nginx";
+        digest_changes_with_the_health_path: "path = \"/\"" => "path = \"/healthz\"";
+        digest_changes_with_the_health_body: "expect_body = \"Hello\"" => "expect_body = \"Hi\"";
+        digest_changes_with_the_health_port: "path = \"/\"" => "path = \"/\"\nport = 8080";
+        digest_changes_with_the_expected_status: "path = \"/\"" => "path = \"/\"\nexpect_status = 204";
     }
 
     #[test]
