@@ -5,10 +5,12 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region};
 
-/// The clients a bake needs, sharing one SDK config.
+/// The clients bake needs, sharing one SDK config.
 #[derive(Clone, Debug)]
 pub struct Clients {
+    pub autoscaling: aws_sdk_autoscaling::Client,
     pub ec2: aws_sdk_ec2::Client,
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub ssm: aws_sdk_ssm::Client,
     pub iam: aws_sdk_iam::Client,
     /// The region the clients talk to, for messages.
@@ -60,7 +62,9 @@ impl Clients {
     /// Clients from an SDK config (tests pass one of their own).
     pub fn from_sdk(sdk: &aws_config::SdkConfig) -> Clients {
         Clients {
+            autoscaling: aws_sdk_autoscaling::Client::new(sdk),
             ec2: aws_sdk_ec2::Client::new(sdk),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(sdk),
             ssm: aws_sdk_ssm::Client::new(sdk),
             iam: aws_sdk_iam::Client::new(sdk),
             region: sdk.region().map_or_else(String::new, ToString::to_string),

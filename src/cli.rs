@@ -73,6 +73,17 @@ pub enum Command {
         )]
         checkip_url: String,
     },
+    /// Roll an AMI out to `[rollout.NAME]`: make sure the ALB, target group, security groups,
+    /// launch template and Auto Scaling group exist, add a launch template version with the AMI,
+    /// replace the instances with an instance refresh watched through target health, and roll
+    /// back when the new instances do not become healthy.
+    Rollout {
+        /// A rollout name from the config (`[rollout.NAME]`).
+        target: String,
+        /// The AMI to roll out; by default the newest one baked from the image's current inputs.
+        #[arg(long)]
+        ami: Option<String>,
+    },
     /// Delete what killed runs left behind (found by their bake:run-id tag): instances, security
     /// groups, unfinished images and unused snapshots older than the TTL.
     Gc {

@@ -188,11 +188,11 @@ pub struct Verify {
 pub struct Rollout {
     /// The `[image.NAME]` whose AMIs this rollout uses.
     pub image: Spanned<String>,
-    pub vpc: ResourceRef,
+    pub vpc: Spanned<ResourceRef>,
     /// Public subnets for the load balancer (two zones at least).
     pub alb_subnets: Spanned<Vec<ResourceRef>>,
     /// Subnets the Auto Scaling group launches instances in.
-    pub instance_subnets: Vec<ResourceRef>,
+    pub instance_subnets: Spanned<Vec<ResourceRef>>,
     pub launch_template: String,
     pub asg: String,
     pub alb: String,
@@ -201,9 +201,15 @@ pub struct Rollout {
     pub alb_security_group: Option<String>,
     /// The instances' security group (HTTP from the ALB's group only); default `<asg>-Inst-SG`.
     pub instance_security_group: Option<String>,
+    /// Who may reach the load balancer's listener; an internet-facing ALB serves everyone.
+    #[serde(default = "default_alb_allow_cidr")]
+    pub alb_allow_cidr: Spanned<String>,
+    /// The listener's port (HTTP).
+    #[serde(default = "default_alb_port")]
+    pub alb_port: u16,
     #[serde(default = "default_instance_type")]
     pub instance_type: String,
-    pub instance_profile: Option<String>,
+    pub instance_profile: Option<Spanned<String>>,
     pub capacity: Spanned<Capacity>,
     /// Target-tracking average CPU utilisation, percent.
     pub cpu_target: Option<Spanned<f64>>,
@@ -212,6 +218,14 @@ pub struct Rollout {
     /// Tags for the instances (e.g. `Name = "ASG-Web-Instance"`).
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+}
+
+fn default_alb_allow_cidr() -> Spanned<String> {
+    Spanned::new(0..0, "0.0.0.0/0".to_owned())
+}
+
+fn default_alb_port() -> u16 {
+    80
 }
 
 fn default_refresh() -> Spanned<Refresh> {
@@ -232,8 +246,11 @@ pub struct Capacity {
 pub struct Refresh {
     /// Percent of capacity that must stay healthy during the refresh.
     pub min_healthy: u8,
-    /// Time a new instance gets before it counts as healthy.
+    /// Time a new instance gets before it counts as healthy; also how long a new instance may
+    /// be unhealthy in the target group before the rollout is rolled back.
     pub warmup: HumanDuration,
+    /// The whole refresh must finish within this, or it is rolled back.
+    pub timeout: HumanDuration,
 }
 
 impl Default for Refresh {
@@ -242,6 +259,9 @@ impl Default for Refresh {
             min_healthy: 90,
             // AWS's default instance warmup for instance refresh is 300 s.
             warmup: HumanDuration(Duration::from_secs(300)),
+            // Two batches of new instances with a 5-minute warmup each take about 15 minutes on
+            // AWS; twice that means something is stuck.
+            timeout: HumanDuration(Duration::from_secs(30 * 60)),
         }
     }
 }
@@ -326,6 +346,12 @@ pub enum Error {
         name: String,
         known: String,
     },
+    #[error("{path}: no [rollout.{name}] table; rollouts: {known}", path = path.display())]
+    UnknownRollout {
+        path: PathBuf,
+        name: String,
+        known: String,
+    },
     /// A problem at a known place in the file.
     #[error("{at}: {message}")]
     At { at: Location, message: String },
@@ -380,6 +406,15 @@ impl Config {
             path: self.source.path.clone(),
             name: name.to_owned(),
             known: names(self.image.keys()),
+        })
+    }
+
+    /// The rollout called `name`, or an error listing the ones there are.
+    pub fn rollout(&self, name: &str) -> Result<&Rollout, Error> {
+        self.rollout.get(name).ok_or_else(|| Error::UnknownRollout {
+            path: self.source.path.clone(),
+            name: name.to_owned(),
+            known: names(self.rollout.keys()),
         })
     }
 
@@ -551,6 +586,23 @@ impl Config {
                 format!(
                     "{}: an Application Load Balancer needs subnets in two zones at least",
                     field("alb_subnets")
+                ),
+            ));
+        }
+        if rollout.instance_subnets.get_ref().is_empty() {
+            return Err(self.error_at(
+                rollout.instance_subnets.span(),
+                format!("{}: name one subnet at least", field("instance_subnets")),
+            ));
+        }
+        self.validate_ref(&rollout.vpc, &field("vpc"))?;
+        if !is_ipv4_cidr(rollout.alb_allow_cidr.get_ref()) {
+            return Err(self.error_at(
+                rollout.alb_allow_cidr.span(),
+                format!(
+                    "{}: expected an IPv4 CIDR such as \"0.0.0.0/0\", found {:?}",
+                    field("alb_allow_cidr"),
+                    rollout.alb_allow_cidr.get_ref()
                 ),
             ));
         }

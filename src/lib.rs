@@ -10,6 +10,7 @@ pub mod janitor;
 pub mod output;
 pub mod poll;
 pub mod render;
+pub mod rollout;
 
 use serde::Serialize;
 
@@ -33,6 +34,8 @@ pub enum Error {
     #[error("{}", join(.0))]
     Ami(Vec<ami::Error>),
     #[error(transparent)]
+    Rollout(Box<rollout::Error>),
+    #[error(transparent)]
     Cleanup(#[from] janitor::Error),
     #[error("interrupted by {}; cleaned up what this run created", if *.0 == 130 { "SIGINT" } else { "SIGTERM" })]
     Interrupted(u8),
@@ -55,6 +58,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Render(_) | Error::Invalid(_) | Error::Aws(_) => 2,
             Error::Ami(errors) => errors.iter().map(ami::Error::exit_code).max().unwrap_or(1),
+            Error::Rollout(e) => e.exit_code(),
             Error::Interrupted(code) => *code,
             Error::Cleanup(_) | Error::Output(_) => 1,
         }
@@ -92,6 +96,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             };
             runtime().block_on(bake_images(&cli, &config, &names, &options, checkip_url))
         }
+        (Command::Rollout { target, ami }, Some(config)) => {
+            let options = rollout::Options { ami: ami.clone() };
+            runtime().block_on(roll_out(&cli, &config, target, &options))
+        }
         (Command::Gc { ttl, dry_run }, config) => {
             runtime().block_on(gc(&cli, config.as_ref(), *ttl, *dry_run))
         }
@@ -115,7 +123,7 @@ fn target(cli: &Cli, config: Option<&Config>) -> aws::Target {
 }
 
 /// Resolves when the process gets SIGINT (130) or SIGTERM (143).
-async fn interrupted() -> u8 {
+pub(crate) async fn interrupted() -> u8 {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     tokio::select! {
@@ -221,6 +229,28 @@ async fn bake_images(
     } else {
         Err(Error::Ami(failed))
     }
+}
+
+async fn roll_out(
+    cli: &Cli,
+    config: &Config,
+    name: &str,
+    options: &rollout::Options,
+) -> Result<(), Error> {
+    let target = config.rollout(name)?;
+    let clients = aws::Clients::load(&self::target(cli, Some(config))).await?;
+    let multi = indicatif::MultiProgress::new();
+    let progress = output::Progress::new(&multi, name);
+    let rolled = rollout::run(&clients, config, name, target, options, &progress)
+        .await
+        .map_err(|step| {
+            Error::Rollout(Box::new(rollout::Error {
+                rollout: name.to_owned(),
+                step,
+            }))
+        })?;
+    output::result(cli.output, &format!("{}\n", rolled.url), &rolled)?;
+    Ok(())
 }
 
 async fn gc(

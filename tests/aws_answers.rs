@@ -46,7 +46,9 @@ macro_rules! mocked {
 
 fn clients(ec2_rules: &[&Rule]) -> Clients {
     Clients {
+        autoscaling: mocked!(aws_sdk_autoscaling, &[] as &[&Rule]),
         ec2: mocked!(aws_sdk_ec2, ec2_rules),
+        elb: mocked!(aws_sdk_elasticloadbalancingv2, &[] as &[&Rule]),
         ssm: mocked!(aws_sdk_ssm, &[] as &[&Rule]),
         iam: mocked!(aws_sdk_iam, &[] as &[&Rule]),
         region: "ap-northeast-2".into(),
@@ -66,6 +68,7 @@ fn plan() -> Plan {
         subnet: Subnet {
             id: "subnet-a".into(),
             vpc_id: "vpc-lab".into(),
+            zone: "ap-northeast-2a".into(),
         },
         instance_profile: "SSMInstanceProfile".into(),
         allow_cidr: "198.51.100.7/32".into(),

@@ -25,7 +25,7 @@ const RUNNING_TIMEOUT: Duration = Duration::from_secs(600);
 /// HTTP probes cost no API calls: every half second, so health is seen within a second.
 const HTTP_SCHEDULE: Schedule = Schedule::every(Duration::from_millis(500));
 /// One probe may take this long before it counts as "timeout" (a booting server accepts slowly).
-const HTTP_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HTTP_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The SSM agent registers 5–60 s after boot: first look at 2 s, every 0.8 s for a minute (the
 /// usual window), then growing to 5 s; these calls overlap the HTTP health wait.
 const SSM_SCHEDULE: Schedule = Schedule {
@@ -188,7 +188,11 @@ pub async fn http(
 }
 
 /// One health probe, described the way a person reads it: "refused", "timeout", "502", ...
-async fn probe(client: &reqwest::Client, url: &str, health: &Health) -> Check<(), String> {
+pub(crate) async fn probe(
+    client: &reqwest::Client,
+    url: &str,
+    health: &Health,
+) -> Check<(), String> {
     let response = match client.get(url).send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => return Check::Pending("timeout".into()),

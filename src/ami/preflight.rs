@@ -43,6 +43,8 @@ pub struct BaseAmi {
 pub struct Subnet {
     pub id: String,
     pub vpc_id: String,
+    /// Its availability zone.
+    pub zone: String,
 }
 
 /// Why a bake cannot start. Nothing has been created when one of these is returned.
@@ -63,16 +65,15 @@ pub enum Error {
         region: String,
         detail: String,
     },
-    #[error("builder subnet {reference} in {region}: {detail}")]
+    #[error("subnet {reference} in {region}: {detail}")]
     Subnet {
         reference: String,
         region: String,
         detail: String,
     },
     #[error(
-        "builder subnet {subnet} in {region} has no route to an internet gateway \
-         (0.0.0.0/0 -> igw-...); the builder must be reachable for the health check: \
-         pick a public subnet"
+        "subnet {subnet} in {region} has no route to an internet gateway \
+         (0.0.0.0/0 -> igw-...); it must be reachable from the internet: pick a public subnet"
     )]
     NotPublic { subnet: String, region: String },
     #[error(
@@ -251,7 +252,11 @@ pub fn filters(r: &ResourceRef, id_filter: &str) -> (Vec<Filter>, String) {
     }
 }
 
-async fn resolve_subnet(clients: &Clients, subnet: &ResourceRef) -> Result<Subnet, Error> {
+/// Finds the one subnet a reference names.
+pub(crate) async fn resolve_subnet(
+    clients: &Clients,
+    subnet: &ResourceRef,
+) -> Result<Subnet, Error> {
     let (filters, reference) = filters(subnet, "subnet-id");
     let found = clients
         .ec2
@@ -269,6 +274,7 @@ async fn resolve_subnet(clients: &Clients, subnet: &ResourceRef) -> Result<Subne
         [one] => Ok(Subnet {
             id: one.subnet_id().unwrap_or_default().to_owned(),
             vpc_id: one.vpc_id().unwrap_or_default().to_owned(),
+            zone: one.availability_zone().unwrap_or_default().to_owned(),
         }),
         [] => Err(fail("no such subnet".into())),
         many => Err(fail(format!(
@@ -284,7 +290,7 @@ async fn resolve_subnet(clients: &Clients, subnet: &ResourceRef) -> Result<Subne
 
 /// A public builder needs a default route to an internet gateway, in the subnet's route table or
 /// (when it has none of its own) in the VPC's main one.
-async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
+pub(crate) async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
     let tables = |filters: Vec<Filter>| async {
         clients
             .ec2
@@ -329,7 +335,8 @@ async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
     }
 }
 
-async fn check_profile(clients: &Clients, profile: &str) -> Result<String, Error> {
+/// The instance profile must exist.
+pub(crate) async fn check_profile(clients: &Clients, profile: &str) -> Result<String, Error> {
     match clients
         .iam
         .get_instance_profile()

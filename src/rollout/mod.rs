@@ -1,0 +1,240 @@
+//! `bake rollout`: make sure the stack exists, add a launch template version with the AMI, roll
+//! it out with an instance refresh watched through target health, roll back when it fails.
+
+pub mod preflight;
+pub mod refresh;
+pub mod stack;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::aws::{CallError, Clients};
+use crate::config::{Config, Rollout};
+use crate::output::Progress;
+use preflight::Plan;
+
+/// How `bake rollout` behaves.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The AMI to roll out; by default the newest one baked from the image's current inputs.
+    pub ami: Option<String>,
+}
+
+/// The result of one rollout.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolledOut {
+    pub rollout: String,
+    pub ami_id: String,
+    pub ami_name: String,
+    pub asg: String,
+    pub launch_template: String,
+    pub version: i64,
+    /// The version the group ran before (none when the group was created now).
+    pub previous_version: Option<String>,
+    /// False when the group already ran this AMI and nothing was replaced.
+    pub changed: bool,
+    /// The page, as served through the load balancer.
+    pub url: String,
+    pub region: String,
+    pub seconds: f64,
+}
+
+/// A failed step of a rollout.
+#[derive(Debug, thiserror::Error)]
+pub enum Step {
+    #[error(transparent)]
+    Preflight(#[from] preflight::Error),
+    #[error("{0}")]
+    Stack(#[from] CallError),
+    #[error("{cause}\nrolled back: {asg} runs version {to} again")]
+    RolledBack {
+        cause: refresh::Error,
+        asg: String,
+        to: String,
+    },
+    #[error("{cause}\nand the rollback failed too: {rollback}")]
+    RollbackFailed {
+        cause: refresh::Error,
+        rollback: refresh::Error,
+    },
+    #[error("{cause}\nthe group was new, so this run removed the stack it had created")]
+    FirstRolloutFailed { cause: refresh::Error },
+    #[error("{cause}\nand removing the stack this run created failed too: {cleanup}")]
+    CleanupFailed {
+        cause: refresh::Error,
+        cleanup: CallError,
+    },
+    #[error(transparent)]
+    Serving(refresh::Error),
+    #[error("interrupted by {}; {after}", if *.signal == 130 { "SIGINT" } else { "SIGTERM" })]
+    Interrupted { signal: u8, after: String },
+}
+
+/// One rollout's failure.
+#[derive(Debug, thiserror::Error)]
+#[error("rollout {rollout}: {step}")]
+pub struct Error {
+    pub rollout: String,
+    pub step: Step,
+}
+
+impl Error {
+    /// 2 for a problem found before anything changed, 128 + signal when interrupted, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match &self.step {
+            Step::Preflight(e) => e.exit_code(),
+            Step::Interrupted { signal, .. } => *signal,
+            _ => 1,
+        }
+    }
+}
+
+/// Rolls the AMI out to `[rollout.NAME]`.
+pub async fn run(
+    clients: &Clients,
+    config: &Config,
+    name: &str,
+    rollout: &Rollout,
+    options: &Options,
+    progress: &Progress,
+) -> Result<RolledOut, Step> {
+    let started = Instant::now();
+    progress.step("checking the config's references");
+    let plan = preflight::plan(clients, config, name, rollout, options.ami.as_deref()).await?;
+    progress.step(format!(
+        "making sure {} behind {} exists, with {}",
+        plan.names.asg, plan.names.alb, plan.ami.id
+    ));
+    let stack = stack::ensure(clients, &plan, rollout).await?;
+    let url = format!(
+        "http://{}{}{}",
+        stack.alb_dns,
+        match rollout.alb_port {
+            80 => String::new(),
+            port => format!(":{port}"),
+        },
+        plan.health.path.get_ref()
+    );
+    let mut refresh_id = None;
+    if !stack.unchanged {
+        let work = async {
+            if !stack.group_created {
+                let id = refresh::start(clients, &plan, &stack, rollout).await?;
+                refresh_id = Some(id);
+            }
+            refresh::watch(
+                clients,
+                &plan,
+                &stack,
+                rollout,
+                refresh_id.as_deref(),
+                progress,
+            )
+            .await
+        };
+        let outcome = tokio::select! {
+            result = work => result.map_err(Failure::Rollout),
+            signal = crate::interrupted() => Err(Failure::Signal(signal)),
+        };
+        if let Err(failure) = outcome {
+            return Err(undo(
+                clients,
+                &plan,
+                &stack,
+                rollout,
+                refresh_id.as_deref(),
+                failure,
+                progress,
+            )
+            .await);
+        }
+    }
+    refresh::serving(&plan, &url, progress)
+        .await
+        .map_err(Step::Serving)?;
+    let done = if stack.unchanged {
+        format!(
+            "{} already runs {}; serving {url}",
+            plan.names.asg, plan.ami.id
+        )
+    } else {
+        format!(
+            "{} runs {} (launch template {} version {}); serving {url}",
+            plan.names.asg, plan.ami.id, plan.names.launch_template, stack.version
+        )
+    };
+    progress.finish(done);
+    Ok(RolledOut {
+        rollout: name.to_owned(),
+        ami_id: plan.ami.id.clone(),
+        ami_name: plan.ami.name.clone(),
+        asg: plan.names.asg.clone(),
+        launch_template: plan.names.launch_template.clone(),
+        version: stack.version,
+        previous_version: stack.previous_version.clone(),
+        changed: !stack.unchanged,
+        url,
+        region: clients.region.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Why the new version did not take over.
+enum Failure {
+    Rollout(refresh::Error),
+    Signal(u8),
+}
+
+/// Puts things back after a failed or interrupted rollout: the refresh is rolled back; a group
+/// created by this run is removed with the rest of the stack this run created.
+async fn undo(
+    clients: &Clients,
+    plan: &Plan,
+    stack: &stack::Stack,
+    rollout: &Rollout,
+    refresh_id: Option<&str>,
+    failure: Failure,
+    progress: &Progress,
+) -> Step {
+    let (cause, signal) = match failure {
+        Failure::Rollout(e) => (e, None),
+        Failure::Signal(signal) => (
+            refresh::Error::Ended {
+                asg: plan.names.asg.clone(),
+                status: "interrupted".into(),
+                reason: "by a signal".into(),
+            },
+            Some(signal),
+        ),
+    };
+    let step = if stack.group_created {
+        progress.step("removing the stack this run created");
+        match stack::remove(clients, &stack.created).await {
+            Ok(()) => Step::FirstRolloutFailed { cause },
+            Err(cleanup) => Step::CleanupFailed { cause, cleanup },
+        }
+    } else if let Some(id) = refresh_id {
+        match refresh::rollback(clients, plan, stack, rollout, id, progress).await {
+            Ok(()) => Step::RolledBack {
+                cause,
+                asg: plan.names.asg.clone(),
+                to: stack
+                    .previous_version
+                    .clone()
+                    .unwrap_or_else(|| "the previous version".into()),
+            },
+            Err(rollback) => Step::RollbackFailed { cause, rollback },
+        }
+    } else {
+        Step::Serving(cause)
+    };
+    let Some(signal) = signal else {
+        return step;
+    };
+    let after = match &step {
+        Step::FirstRolloutFailed { .. } => "removed the stack this run created".to_owned(),
+        Step::RolledBack { asg, to, .. } => format!("rolled back: {asg} runs version {to} again"),
+        other => other.to_string(),
+    };
+    Step::Interrupted { signal, after }
+}

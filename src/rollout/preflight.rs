@@ -1,0 +1,288 @@
+//! Preflight: resolve and check everything a rollout needs before anything is created or changed.
+
+use aws_sdk_ec2::types::{Filter, ImageState};
+
+use crate::ami::preflight::{self as ami_preflight, Subnet, check_profile, filters};
+use crate::aws::{self, CallError, Clients};
+use crate::config::{Config, Health, Location, ResourceRef, Rollout};
+use crate::janitor::tag;
+use crate::render::{self, Renderer};
+
+/// Everything resolved for one rollout.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The `[rollout.NAME]`.
+    pub rollout: String,
+    /// The `[image.NAME]` it rolls out.
+    pub image: String,
+    pub ami: Ami,
+    pub vpc_id: String,
+    pub alb_subnets: Vec<Subnet>,
+    pub instance_subnets: Vec<Subnet>,
+    pub instance_profile: Option<String>,
+    /// The image's health check, used by the target group and for the final look through the ALB.
+    pub health: Health,
+    pub names: Names,
+}
+
+/// The AMI being rolled out.
+#[derive(Debug, Clone)]
+pub struct Ami {
+    pub id: String,
+    pub name: String,
+}
+
+/// The names of the stack's resources.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub alb: String,
+    pub alb_security_group: String,
+    pub target_group: String,
+    pub launch_template: String,
+    pub asg: String,
+    pub instance_security_group: String,
+}
+
+/// Why a rollout cannot start. Nothing has been created or changed when one of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Render(#[from] render::Error),
+    /// A problem with a reference in the config, at its place in the file.
+    #[error("{at}: {field}: {source}")]
+    At {
+        at: Location,
+        field: String,
+        source: Box<Error>,
+    },
+    /// A subnet or instance profile that does not resolve.
+    #[error(transparent)]
+    Reference(#[from] ami_preflight::Error),
+    #[error("VPC {reference} in {region}: {detail}")]
+    Vpc {
+        reference: String,
+        region: String,
+        detail: String,
+    },
+    #[error("subnet {subnet} is in {found}, not in the rollout's VPC {vpc}")]
+    WrongVpc {
+        subnet: String,
+        found: String,
+        vpc: String,
+    },
+    #[error(
+        "the load balancer's subnets are all in {zone}; an Application Load Balancer needs two \
+         availability zones"
+    )]
+    OneZone { zone: String },
+    #[error("AMI {ami_id} in {region}: {detail}")]
+    Ami {
+        ami_id: String,
+        region: String,
+        detail: String,
+    },
+    #[error(
+        "no available AMI in {region} was baked from image {image}'s current inputs (digest \
+         {digest:.12}); run `bake ami {image}` first, or pass --ami"
+    )]
+    NotBaked {
+        image: String,
+        digest: String,
+        region: String,
+    },
+    #[error(transparent)]
+    Api(#[from] CallError),
+}
+
+impl Error {
+    /// Problems with the config or the AMI are usage errors (2); failed calls are failures (1).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Api(_) => 1,
+            Error::Reference(e) => e.exit_code(),
+            Error::At { source, .. } => source.exit_code(),
+            _ => 2,
+        }
+    }
+}
+
+/// Resolves the VPC, subnets, profile and AMI of `[rollout.NAME]`.
+pub async fn plan(
+    clients: &Clients,
+    config: &Config,
+    name: &str,
+    rollout: &Rollout,
+    ami: Option<&str>,
+) -> Result<Plan, Error> {
+    let image_name = rollout.image.get_ref();
+    let image = config.image(image_name).map_err(|_| Error::NotBaked {
+        image: image_name.clone(),
+        digest: String::new(),
+        region: clients.region.clone(),
+    })?;
+    let at = |span: std::ops::Range<usize>, field: &str| {
+        let at = config.source.locate(span.start);
+        let field = format!("rollout.{name}.{field}");
+        move |e: Error| match e {
+            Error::Api(_) | Error::Reference(ami_preflight::Error::Api(_)) => e,
+            other => Error::At {
+                at,
+                field,
+                source: Box::new(other),
+            },
+        }
+    };
+    let ami = match ami {
+        Some(id) => describe_ami(clients, id).await?,
+        None => {
+            let rendered = Renderer::new(config).render(config, image_name, image)?;
+            newest_baked(clients, image_name, &rendered.digest).await?
+        }
+    };
+    let vpc_id = resolve_vpc(clients, rollout.vpc.get_ref())
+        .await
+        .map_err(at(rollout.vpc.span(), "vpc"))?;
+    let alb_subnets = subnets(clients, rollout.alb_subnets.get_ref(), &vpc_id)
+        .await
+        .map_err(at(rollout.alb_subnets.span(), "alb_subnets"))?;
+    for subnet in &alb_subnets {
+        ami_preflight::check_public(clients, subnet)
+            .await
+            .map_err(|e| at(rollout.alb_subnets.span(), "alb_subnets")(e.into()))?;
+    }
+    if alb_subnets.iter().all(|s| s.zone == alb_subnets[0].zone) {
+        return Err(at(rollout.alb_subnets.span(), "alb_subnets")(
+            Error::OneZone {
+                zone: alb_subnets[0].zone.clone(),
+            },
+        ));
+    }
+    let instance_subnets = subnets(clients, rollout.instance_subnets.get_ref(), &vpc_id)
+        .await
+        .map_err(at(rollout.instance_subnets.span(), "instance_subnets"))?;
+    let instance_profile = match &rollout.instance_profile {
+        Some(profile) => Some(
+            check_profile(clients, profile.get_ref())
+                .await
+                .map_err(|e| at(profile.span(), "instance_profile")(e.into()))?,
+        ),
+        None => None,
+    };
+    Ok(Plan {
+        rollout: name.to_owned(),
+        image: image_name.clone(),
+        ami,
+        vpc_id,
+        alb_subnets,
+        instance_subnets,
+        instance_profile,
+        health: image.health.clone(),
+        names: Names {
+            alb: rollout.alb.clone(),
+            alb_security_group: rollout
+                .alb_security_group
+                .clone()
+                .unwrap_or_else(|| format!("{}-SG", rollout.alb)),
+            target_group: rollout.target_group.clone(),
+            launch_template: rollout.launch_template.clone(),
+            asg: rollout.asg.clone(),
+            instance_security_group: rollout
+                .instance_security_group
+                .clone()
+                .unwrap_or_else(|| format!("{}-Inst-SG", rollout.asg)),
+        },
+    })
+}
+
+async fn describe_ami(clients: &Clients, id: &str) -> Result<Ami, Error> {
+    let fail = |detail: &str| Error::Ami {
+        ami_id: id.to_owned(),
+        region: clients.region.clone(),
+        detail: detail.to_owned(),
+    };
+    let images = match clients.ec2.describe_images().image_ids(id).send().await {
+        Ok(out) => out.images.unwrap_or_default(),
+        Err(e) if aws::code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => Vec::new(),
+        Err(e) => return Err(clients.failed("describe the AMI", aws::describe(&e)).into()),
+    };
+    let image = images.first().ok_or_else(|| fail("no such image"))?;
+    if image.state() != Some(&ImageState::Available) {
+        let state = image.state().map_or("unknown", |s| s.as_str());
+        return Err(fail(&format!("the image is {state}, not available")));
+    }
+    Ok(Ami {
+        id: id.to_owned(),
+        name: image.name().unwrap_or_default().to_owned(),
+    })
+}
+
+/// The newest available AMI of this account tagged with the image's current digest.
+async fn newest_baked(clients: &Clients, image: &str, digest: &str) -> Result<Ami, Error> {
+    let filter = |name: String, value: &str| Filter::builder().name(name).values(value).build();
+    let out = clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(filter(format!("tag:{}", tag::DIGEST), digest))
+        .filters(filter("state".into(), "available"))
+        .send()
+        .await
+        .map_err(|e| clients.failed("look for the baked AMI", aws::describe(&e)))?;
+    let newest = out
+        .images()
+        .iter()
+        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
+        .ok_or_else(|| Error::NotBaked {
+            image: image.to_owned(),
+            digest: digest.to_owned(),
+            region: clients.region.clone(),
+        })?;
+    Ok(Ami {
+        id: newest.image_id().unwrap_or_default().to_owned(),
+        name: newest.name().unwrap_or_default().to_owned(),
+    })
+}
+
+async fn resolve_vpc(clients: &Clients, vpc: &ResourceRef) -> Result<String, Error> {
+    let (filters, reference) = filters(vpc, "vpc-id");
+    let found = clients
+        .ec2
+        .describe_vpcs()
+        .set_filters(Some(filters))
+        .send()
+        .await
+        .map_err(|e| clients.failed("describe VPCs", aws::describe(&e)))?;
+    let fail = |detail: String| Error::Vpc {
+        reference: reference.clone(),
+        region: clients.region.clone(),
+        detail,
+    };
+    match found.vpcs() {
+        [one] => Ok(one.vpc_id().unwrap_or_default().to_owned()),
+        [] => Err(fail("no such VPC".into())),
+        many => Err(fail(format!(
+            "matches {} VPCs; make the reference unique",
+            many.len()
+        ))),
+    }
+}
+
+async fn subnets(
+    clients: &Clients,
+    refs: &[ResourceRef],
+    vpc_id: &str,
+) -> Result<Vec<Subnet>, Error> {
+    let mut found = Vec::new();
+    for r in refs {
+        let subnet = ami_preflight::resolve_subnet(clients, r).await?;
+        if subnet.vpc_id != vpc_id {
+            return Err(Error::WrongVpc {
+                subnet: subnet.id,
+                found: subnet.vpc_id,
+                vpc: vpc_id.to_owned(),
+            });
+        }
+        found.push(subnet);
+    }
+    Ok(found)
+}

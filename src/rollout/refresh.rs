@@ -1,0 +1,449 @@
+//! Rolling the new launch template version out: the instance refresh, watched through the group's
+//! instances and their target health; the rollback; the last look through the load balancer.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_autoscaling::types::{
+    DesiredConfiguration, InstanceRefreshStatus, LaunchTemplateSpecification, LifecycleState,
+    RefreshPreferences, RefreshStrategy,
+};
+use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
+use tokio::time::Instant;
+
+use super::preflight::Plan;
+use super::stack::Stack;
+use crate::aws::{self, CallError, Clients};
+use crate::config::Rollout;
+use crate::output::Progress;
+use crate::poll::{self, Check, PollError, Schedule};
+
+/// A refresh takes minutes (new instances boot, pass two health checks, warm up): a look every
+/// 2 s, growing to 10 s, sees each step soon enough without a stream of calls.
+const WATCH_SCHEDULE: Schedule = Schedule {
+    first: Duration::from_secs(2),
+    interval: Duration::from_secs(2),
+    dense: Duration::from_secs(120),
+    factor: 1.2,
+    cap: Duration::from_secs(10),
+};
+/// A new load balancer's DNS name resolves within a few minutes; the targets are healthy already.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(300);
+/// A deleted group's instances terminate within minutes.
+const GROUP_GONE_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Why the new version did not take over.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "instance {instance_id} of launch template version {version} stayed unhealthy in target \
+         group {target_group} past the warmup ({warmup:?}): {reason}"
+    )]
+    Unhealthy {
+        instance_id: String,
+        version: i64,
+        target_group: String,
+        warmup: Duration,
+        reason: String,
+    },
+    #[error("the instance refresh of {asg} ended {status}: {reason}")]
+    Ended {
+        asg: String,
+        status: String,
+        reason: String,
+    },
+    #[error("{asg} did not finish rolling out within {waited:?}; last: {last}")]
+    TimedOut {
+        asg: String,
+        waited: Duration,
+        last: String,
+    },
+    #[error("the load balancer did not serve {url} within {waited:?}; last answer: {last}")]
+    NotServing {
+        url: String,
+        waited: Duration,
+        last: String,
+    },
+    #[error(transparent)]
+    Api(#[from] CallError),
+}
+
+/// Starts an instance refresh to the new version; AWS rolls back on its own if it fails.
+pub async fn start(
+    clients: &Clients,
+    plan: &Plan,
+    stack: &Stack,
+    rollout: &Rollout,
+) -> Result<String, CallError> {
+    let refresh = rollout.refresh.get_ref();
+    let out = clients
+        .autoscaling
+        .start_instance_refresh()
+        .auto_scaling_group_name(&plan.names.asg)
+        .strategy(RefreshStrategy::Rolling)
+        .desired_configuration(
+            DesiredConfiguration::builder()
+                .launch_template(
+                    LaunchTemplateSpecification::builder()
+                        .launch_template_id(&stack.launch_template_id)
+                        .version(stack.version.to_string())
+                        .build(),
+                )
+                .build(),
+        )
+        .preferences(
+            RefreshPreferences::builder()
+                .min_healthy_percentage(refresh.min_healthy.into())
+                .instance_warmup(i32::try_from(refresh.warmup.0.as_secs()).unwrap_or(i32::MAX))
+                .skip_matching(true)
+                .auto_rollback(true)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            clients.failed(
+                format!("start an instance refresh of {}", plan.names.asg),
+                aws::describe(&e),
+            )
+        })?;
+    Ok(out.instance_refresh_id().unwrap_or_default().to_owned())
+}
+
+/// One look at the group: the refresh's status, its instances and their target health.
+struct Look {
+    refresh: Option<(InstanceRefreshStatus, i32, String)>,
+    /// Instance id → (launch template version, lifecycle state).
+    instances: Vec<(String, Option<String>, Option<LifecycleState>)>,
+    /// Target id → (state, reason and description).
+    health: HashMap<String, (TargetHealthStateEnum, String)>,
+}
+
+async fn look(
+    clients: &Clients,
+    plan: &Plan,
+    stack: &Stack,
+    refresh_id: Option<&str>,
+) -> Result<Look, String> {
+    let asg = &plan.names.asg;
+    let refresh = match refresh_id {
+        Some(id) => {
+            let out = clients
+                .autoscaling
+                .describe_instance_refreshes()
+                .auto_scaling_group_name(asg)
+                .instance_refresh_ids(id)
+                .send()
+                .await
+                .map_err(|e| aws::describe(&e))?;
+            out.instance_refreshes().first().map(|r| {
+                (
+                    r.status()
+                        .cloned()
+                        .unwrap_or(InstanceRefreshStatus::Pending),
+                    r.percentage_complete().unwrap_or(0),
+                    r.status_reason().unwrap_or_default().to_owned(),
+                )
+            })
+        }
+        None => None,
+    };
+    let groups = clients
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(asg)
+        .send()
+        .await
+        .map_err(|e| aws::describe(&e))?;
+    let instances = groups
+        .auto_scaling_groups()
+        .first()
+        .map(|g| {
+            g.instances()
+                .iter()
+                .map(|i| {
+                    (
+                        i.instance_id().unwrap_or_default().to_owned(),
+                        i.launch_template()
+                            .and_then(|t| t.version())
+                            .map(str::to_owned),
+                        i.lifecycle_state().cloned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let targets = clients
+        .elb
+        .describe_target_health()
+        .target_group_arn(&stack.target_group_arn)
+        .send()
+        .await
+        .map_err(|e| aws::describe(&e))?;
+    let health = targets
+        .target_health_descriptions()
+        .iter()
+        .filter_map(|d| {
+            let id = d.target()?.id()?.to_owned();
+            let h = d.target_health()?;
+            let reason = match (h.reason(), h.description()) {
+                (Some(r), Some(d)) => format!("{} ({d})", r.as_str()),
+                (Some(r), None) => r.as_str().to_owned(),
+                (None, Some(d)) => d.to_owned(),
+                (None, None) => String::new(),
+            };
+            Some((id, (h.state()?.clone(), reason)))
+        })
+        .collect();
+    Ok(Look {
+        refresh,
+        instances,
+        health,
+    })
+}
+
+/// Waits until the group runs `desired` healthy instances of the new version: through the
+/// refresh when there is one, else (a new group) until its first instances are healthy.
+pub async fn watch(
+    clients: &Clients,
+    plan: &Plan,
+    stack: &Stack,
+    rollout: &Rollout,
+    refresh_id: Option<&str>,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let settings = rollout.refresh.get_ref();
+    let warmup = settings.warmup.0;
+    let started = Instant::now();
+    let version = stack.version.to_string();
+    let first_seen = std::sync::Mutex::new(HashMap::<String, Instant>::new());
+    let step = match refresh_id {
+        Some(id) => format!("instance refresh {id} to version {version}"),
+        None => format!("first instances of {} (version {version})", plan.names.asg),
+    };
+    progress.step(step.clone());
+    let result = poll::until(
+        started + settings.timeout.0,
+        WATCH_SCHEDULE,
+        |seen| progress.detail(&step, seen),
+        || async {
+            let look = match look(clients, plan, stack, refresh_id).await {
+                Ok(look) => look,
+                Err(message) => {
+                    return Check::Failed(Error::Api(
+                        clients.failed(format!("watch the rollout of {}", plan.names.asg), message),
+                    ));
+                }
+            };
+            let new: Vec<&(String, Option<String>, Option<LifecycleState>)> = look
+                .instances
+                .iter()
+                .filter(|(_, v, _)| v.as_deref() == Some(version.as_str()))
+                .collect();
+            let mut healthy = 0;
+            let mut seen = first_seen.lock().expect("not poisoned");
+            for (id, _, state) in &new {
+                let since = *seen.entry(id.clone()).or_insert_with(Instant::now);
+                match look.health.get(id) {
+                    Some((TargetHealthStateEnum::Healthy, _))
+                        if state == &Some(LifecycleState::InService) =>
+                    {
+                        healthy += 1
+                    }
+                    Some((TargetHealthStateEnum::Unhealthy, reason))
+                        if since.elapsed() > warmup =>
+                    {
+                        return Check::Failed(Error::Unhealthy {
+                            instance_id: id.clone(),
+                            version: stack.version,
+                            target_group: plan.names.target_group.clone(),
+                            warmup,
+                            reason: reason.clone(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            let desired = rollout.capacity.get_ref().desired as usize;
+            let counts = format!(
+                "{healthy} of {} instances of version {version} healthy, {} in the group",
+                new.len(),
+                look.instances.len()
+            );
+            match look.refresh {
+                Some((InstanceRefreshStatus::Successful, _, _)) => Check::Ready(()),
+                Some((
+                    status @ (InstanceRefreshStatus::Failed
+                    | InstanceRefreshStatus::Cancelled
+                    | InstanceRefreshStatus::Cancelling
+                    | InstanceRefreshStatus::RollbackInProgress
+                    | InstanceRefreshStatus::RollbackFailed
+                    | InstanceRefreshStatus::RollbackSuccessful),
+                    _,
+                    reason,
+                )) => Check::Failed(Error::Ended {
+                    asg: plan.names.asg.clone(),
+                    status: status.as_str().to_owned(),
+                    reason,
+                }),
+                Some((status, percent, _)) => {
+                    Check::Pending(format!("{} {percent}%: {counts}", status.as_str()))
+                }
+                None if refresh_id.is_none() && healthy >= desired.max(1) => Check::Ready(()),
+                None => Check::Pending(counts),
+            }
+        },
+    )
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(PollError::Failed(e)) => Err(e),
+        Err(PollError::TimedOut { last }) => Err(Error::TimedOut {
+            asg: plan.names.asg.clone(),
+            waited: started.elapsed(),
+            last,
+        }),
+    }
+}
+
+/// Rolls the group back to the version it ran before: asks AWS to roll the refresh back unless it
+/// already is, then waits for the rollback to end. Returns the final status.
+pub async fn rollback(
+    clients: &Clients,
+    plan: &Plan,
+    stack: &Stack,
+    rollout: &Rollout,
+    refresh_id: &str,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let asg = &plan.names.asg;
+    let current = look(clients, plan, stack, Some(refresh_id))
+        .await
+        .map_err(|m| clients.failed(format!("describe the refresh of {asg}"), m))?;
+    let already = matches!(
+        current.refresh,
+        Some((
+            InstanceRefreshStatus::RollbackInProgress
+                | InstanceRefreshStatus::RollbackSuccessful
+                | InstanceRefreshStatus::RollbackFailed,
+            _,
+            _
+        ))
+    );
+    if !already {
+        clients
+            .autoscaling
+            .rollback_instance_refresh()
+            .auto_scaling_group_name(asg)
+            .send()
+            .await
+            .map_err(|e| clients.failed(format!("roll back {asg}"), aws::describe(&e)))?;
+    }
+    let to = stack
+        .previous_version
+        .as_deref()
+        .unwrap_or("the previous version");
+    let step = format!("rolling {asg} back to version {to}");
+    progress.step(step.clone());
+    let started = Instant::now();
+    let result = poll::until(
+        started + rollout.refresh.get_ref().timeout.0,
+        WATCH_SCHEDULE,
+        |seen| progress.detail(&step, seen),
+        || async {
+            match look(clients, plan, stack, Some(refresh_id)).await {
+                Err(message) => Check::Failed(Error::Api(
+                    clients.failed(format!("watch the rollback of {asg}"), message),
+                )),
+                Ok(Look {
+                    refresh: Some((InstanceRefreshStatus::RollbackSuccessful, _, _)),
+                    ..
+                }) => Check::Ready(()),
+                Ok(Look {
+                    refresh: Some((status, percent, reason)),
+                    ..
+                }) if status == InstanceRefreshStatus::RollbackFailed
+                    || status == InstanceRefreshStatus::Successful =>
+                {
+                    let _ = percent;
+                    Check::Failed(Error::Ended {
+                        asg: asg.clone(),
+                        status: status.as_str().to_owned(),
+                        reason,
+                    })
+                }
+                Ok(look) => Check::Pending(match look.refresh {
+                    Some((status, percent, _)) => format!("{} {percent}%", status.as_str()),
+                    None => "no refresh".into(),
+                }),
+            }
+        },
+    )
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(PollError::Failed(e)) => Err(e),
+        Err(PollError::TimedOut { last }) => Err(Error::TimedOut {
+            asg: asg.clone(),
+            waited: started.elapsed(),
+            last,
+        }),
+    }
+}
+
+/// The last look: the page through the load balancer, as a visitor gets it.
+pub async fn serving(plan: &Plan, url: &str, progress: &Progress) -> Result<(), Error> {
+    let step = format!("checking {url} through the load balancer");
+    progress.step(step.clone());
+    let client = reqwest::Client::builder()
+        .timeout(crate::ami::health::HTTP_PROBE_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTP client without TLS options builds");
+    let started = Instant::now();
+    poll::until(
+        started + SERVING_TIMEOUT,
+        Schedule::every(Duration::from_secs(1)),
+        |seen| progress.detail(&step, seen),
+        || crate::ami::health::probe(&client, url, &plan.health),
+    )
+    .await
+    .map_err(|e| Error::NotServing {
+        url: url.to_owned(),
+        waited: started.elapsed(),
+        last: match e {
+            PollError::TimedOut { last } => last,
+            PollError::Failed(never) => never,
+        },
+    })
+}
+
+/// Waits until a deleted group is gone (its instances terminated).
+pub async fn group_gone(clients: &Clients, asg: &str) -> Result<(), CallError> {
+    let result = poll::until(
+        Instant::now() + GROUP_GONE_TIMEOUT,
+        WATCH_SCHEDULE,
+        |_| {},
+        || async {
+            match clients
+                .autoscaling
+                .describe_auto_scaling_groups()
+                .auto_scaling_group_names(asg)
+                .send()
+                .await
+            {
+                Ok(out) if out.auto_scaling_groups().is_empty() => Check::Ready(()),
+                Ok(_) => Check::Pending("deleting".into()),
+                Err(e) => Check::Failed(aws::describe(&e)),
+            }
+        },
+    )
+    .await;
+    result.map_err(|e| match e {
+        PollError::Failed(message) => clients.failed(format!("delete {asg}"), message),
+        PollError::TimedOut { last } => clients.failed(
+            format!("delete {asg}"),
+            format!("still {last} after {GROUP_GONE_TIMEOUT:?}"),
+        ),
+    })
+}

@@ -1,0 +1,779 @@
+//! The stack: security groups, target group, load balancer and listener, launch template and its
+//! new version, the Auto Scaling group and its scaling policy; found by name, created when missing.
+
+use aws_sdk_autoscaling::types::{
+    LaunchTemplateSpecification, MetricType, PredefinedMetricSpecification,
+    TargetTrackingConfiguration,
+};
+use aws_sdk_ec2::types::{
+    Filter, InstanceType, IpPermission, IpRange, LaunchTemplateHttpTokensState,
+    LaunchTemplateIamInstanceProfileSpecificationRequest,
+    LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
+    LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType,
+    UserIdGroupPair,
+};
+use aws_sdk_elasticloadbalancingv2::types::{
+    Action, ActionTypeEnum, LoadBalancerSchemeEnum, LoadBalancerTypeEnum, Matcher, ProtocolEnum,
+    TargetGroupAttribute, TargetTypeEnum,
+};
+
+use super::preflight::Plan;
+use crate::aws::{self, CallError, Clients};
+use crate::config::Rollout;
+
+/// The tag naming the rollout a stack resource belongs to (never `bake:run-id`: `bake gc` must not
+/// touch the stack).
+pub const TAG_ROLLOUT: &str = "bake:rollout";
+/// Targets are checked every 10 s and change state after 2 answers: a new instance counts as
+/// healthy about 20 s after it serves, instead of the 2.5 minutes of ELB's defaults.
+const HEALTH_CHECK_INTERVAL_SECONDS: i32 = 10;
+const HEALTH_CHECK_TIMEOUT_SECONDS: i32 = 5;
+const HEALTHY_THRESHOLD: i32 = 2;
+const UNHEALTHY_THRESHOLD: i32 = 2;
+/// A replaced instance drains for 30 s (ELB's default is 300 s), plenty for short web requests.
+const DEREGISTRATION_DELAY_SECONDS: &str = "30";
+/// The name of the target-tracking policy bake keeps on the group.
+const CPU_POLICY: &str = "bake-cpu-target";
+
+/// The stack as found or made, with the launch template version to roll out.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub alb_dns: String,
+    pub target_group_arn: String,
+    pub launch_template_id: String,
+    /// The version holding the new AMI.
+    pub version: i64,
+    /// The version the group ran before (None when the group is new).
+    pub previous_version: Option<String>,
+    /// Whether the group was created by this run (its first instances are the rollout).
+    pub group_created: bool,
+    /// Whether the group already runs this AMI (no new version, no refresh).
+    pub unchanged: bool,
+    /// What this run created, in creation order.
+    pub created: Vec<Created>,
+}
+
+/// A stack resource this run created, so a failed first rollout can remove it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    SecurityGroup(String),
+    TargetGroup(String),
+    LoadBalancer(String),
+    LaunchTemplate(String),
+    AutoScalingGroup(String),
+}
+
+/// Finds or creates every resource of the stack and adds a launch template version with the AMI.
+pub async fn ensure(clients: &Clients, plan: &Plan, rollout: &Rollout) -> Result<Stack, CallError> {
+    let mut created = Vec::new();
+    let result = build(clients, plan, rollout, &mut created).await;
+    match result {
+        Ok(mut stack) => {
+            stack.created = created;
+            Ok(stack)
+        }
+        Err(e) => {
+            // Half a stack is worth nothing: remove what this run made before reporting.
+            if let Err(cleanup) = remove(clients, &created).await {
+                crate::output::note(&format!("error: {cleanup}"));
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn build(
+    clients: &Clients,
+    plan: &Plan,
+    rollout: &Rollout,
+    created: &mut Vec<Created>,
+) -> Result<Stack, CallError> {
+    let alb_sg = security_group(
+        clients,
+        plan,
+        &plan.names.alb_security_group,
+        &format!("bake {}: HTTP to the load balancer", plan.rollout),
+        rollout.alb_port,
+        Source::Cidr(rollout.alb_allow_cidr.get_ref()),
+        created,
+    )
+    .await?;
+    let instance_sg = security_group(
+        clients,
+        plan,
+        &plan.names.instance_security_group,
+        &format!(
+            "bake {}: the health port from the load balancer only",
+            plan.rollout
+        ),
+        plan.health.port,
+        Source::Group(&alb_sg),
+        created,
+    )
+    .await?;
+    let target_group_arn = target_group(clients, plan, created).await?;
+    let (alb_arn, alb_dns) = load_balancer(clients, plan, &alb_sg, created).await?;
+    listener(clients, &alb_arn, rollout.alb_port, &target_group_arn).await?;
+    let current = current_version(clients, &plan.names.asg).await?;
+    let unchanged = current
+        .as_ref()
+        .filter(|(_, _, ami)| *ami == plan.ami.id)
+        .map(|(id, version, _)| (id.clone(), *version));
+    let (launch_template_id, version) = match &unchanged {
+        Some(same) => same.clone(),
+        None => launch_template(clients, plan, rollout, &instance_sg, created).await?,
+    };
+    let (previous_version, group_created) = group(
+        clients,
+        plan,
+        rollout,
+        &launch_template_id,
+        version,
+        &target_group_arn,
+        created,
+    )
+    .await?;
+    if let Some(cpu) = &rollout.cpu_target {
+        scaling_policy(clients, &plan.names.asg, *cpu.get_ref()).await?;
+    }
+    Ok(Stack {
+        alb_dns,
+        target_group_arn,
+        launch_template_id,
+        version,
+        previous_version,
+        group_created,
+        unchanged: unchanged.is_some(),
+        created: Vec::new(),
+    })
+}
+
+/// The launch template id, version number and AMI the group runs now, when it exists and names a
+/// numbered version.
+async fn current_version(
+    clients: &Clients,
+    asg: &str,
+) -> Result<Option<(String, i64, String)>, CallError> {
+    let found = clients
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(asg)
+        .send()
+        .await
+        .map_err(|e| {
+            clients.failed(
+                format!("describe Auto Scaling group {asg}"),
+                aws::describe(&e),
+            )
+        })?;
+    let Some(spec) = found
+        .auto_scaling_groups()
+        .first()
+        .and_then(|g| g.launch_template())
+    else {
+        return Ok(None);
+    };
+    let (Some(id), Some(version)) = (
+        spec.launch_template_id(),
+        spec.version().and_then(|v| v.parse::<i64>().ok()),
+    ) else {
+        return Ok(None);
+    };
+    let out = clients
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_id(id)
+        .versions(version.to_string())
+        .send()
+        .await
+        .map_err(|e| {
+            clients.failed(
+                format!("describe version {version} of launch template {id}"),
+                aws::describe(&e),
+            )
+        })?;
+    let ami = out
+        .launch_template_versions()
+        .first()
+        .and_then(|v| v.launch_template_data())
+        .and_then(|d| d.image_id())
+        .map(str::to_owned);
+    Ok(ami.map(|ami| (id.to_owned(), version, ami)))
+}
+
+fn ec2_filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+enum Source<'a> {
+    Cidr(&'a str),
+    Group(&'a str),
+}
+
+/// A security group opening `port` to `source` only.
+async fn security_group(
+    clients: &Clients,
+    plan: &Plan,
+    name: &str,
+    description: &str,
+    port: u16,
+    source: Source<'_>,
+    created: &mut Vec<Created>,
+) -> Result<String, CallError> {
+    let found = clients
+        .ec2
+        .describe_security_groups()
+        .filters(ec2_filter("vpc-id", &plan.vpc_id))
+        .filters(ec2_filter("group-name", name))
+        .send()
+        .await
+        .map_err(|e| {
+            clients.failed(format!("describe security group {name}"), aws::describe(&e))
+        })?;
+    let id = match found.security_groups().first().and_then(|g| g.group_id()) {
+        Some(id) => id.to_owned(),
+        None => {
+            let out = clients
+                .ec2
+                .create_security_group()
+                .group_name(name)
+                .description(description)
+                .vpc_id(&plan.vpc_id)
+                .tag_specifications(ec2_tags(ResourceType::SecurityGroup, plan, name))
+                .send()
+                .await
+                .map_err(|e| {
+                    clients.failed(format!("create security group {name}"), aws::describe(&e))
+                })?;
+            let id = out.group_id().unwrap_or_default().to_owned();
+            created.push(Created::SecurityGroup(id.clone()));
+            id
+        }
+    };
+    let mut permission = IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(port.into())
+        .to_port(port.into());
+    permission = match source {
+        Source::Cidr(cidr) => permission.ip_ranges(IpRange::builder().cidr_ip(cidr).build()),
+        Source::Group(group) => {
+            permission.user_id_group_pairs(UserIdGroupPair::builder().group_id(group).build())
+        }
+    };
+    match clients
+        .ec2
+        .authorize_security_group_ingress()
+        .group_id(&id)
+        .ip_permissions(permission.build())
+        .send()
+        .await
+    {
+        Ok(_) => Ok(id),
+        Err(e) if aws::code(&e) == Some("InvalidPermission.Duplicate") => Ok(id),
+        Err(e) => Err(clients.failed(
+            format!("open port {port} in security group {name}"),
+            aws::describe(&e),
+        )),
+    }
+}
+
+fn ec2_tags(kind: ResourceType, plan: &Plan, name: &str) -> aws_sdk_ec2::types::TagSpecification {
+    aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(kind)
+        .tags(ec2_tag("Name", name))
+        .tags(ec2_tag(TAG_ROLLOUT, &plan.rollout))
+        .build()
+}
+
+fn ec2_tag(key: &str, value: &str) -> aws_sdk_ec2::types::Tag {
+    aws_sdk_ec2::types::Tag::builder()
+        .key(key)
+        .value(value)
+        .build()
+}
+
+fn elb_tag(plan: &Plan) -> aws_sdk_elasticloadbalancingv2::types::Tag {
+    aws_sdk_elasticloadbalancingv2::types::Tag::builder()
+        .key(TAG_ROLLOUT)
+        .value(&plan.rollout)
+        .build()
+}
+
+/// The target group checks the image's health path on its port.
+async fn target_group(
+    clients: &Clients,
+    plan: &Plan,
+    created: &mut Vec<Created>,
+) -> Result<String, CallError> {
+    let name = &plan.names.target_group;
+    let fail = |action: &str, message: String| clients.failed(format!("{action} {name}"), message);
+    let found = match clients
+        .elb
+        .describe_target_groups()
+        .names(name)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .target_groups()
+            .first()
+            .and_then(|g| g.target_group_arn())
+            .map(str::to_owned),
+        Err(e) if aws::code(&e) == Some("TargetGroupNotFound") => None,
+        Err(e) => return Err(fail("describe target group", aws::describe(&e))),
+    };
+    let health = &plan.health;
+    let matcher = Matcher::builder()
+        .http_code(health.expect_status.to_string())
+        .build();
+    let arn = match found {
+        Some(arn) => {
+            clients
+                .elb
+                .modify_target_group()
+                .target_group_arn(&arn)
+                .health_check_path(health.path.get_ref())
+                .health_check_port(health.port.to_string())
+                .matcher(matcher)
+                .send()
+                .await
+                .map_err(|e| fail("update the health check of target group", aws::describe(&e)))?;
+            arn
+        }
+        None => {
+            let out = clients
+                .elb
+                .create_target_group()
+                .name(name)
+                .protocol(ProtocolEnum::Http)
+                .port(health.port.into())
+                .vpc_id(&plan.vpc_id)
+                .target_type(TargetTypeEnum::Instance)
+                .health_check_path(health.path.get_ref())
+                .health_check_interval_seconds(HEALTH_CHECK_INTERVAL_SECONDS)
+                .health_check_timeout_seconds(HEALTH_CHECK_TIMEOUT_SECONDS)
+                .healthy_threshold_count(HEALTHY_THRESHOLD)
+                .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
+                .matcher(matcher)
+                .tags(elb_tag(plan))
+                .send()
+                .await
+                .map_err(|e| fail("create target group", aws::describe(&e)))?;
+            let arn = out
+                .target_groups()
+                .first()
+                .and_then(|g| g.target_group_arn())
+                .unwrap_or_default()
+                .to_owned();
+            created.push(Created::TargetGroup(arn.clone()));
+            clients
+                .elb
+                .modify_target_group_attributes()
+                .target_group_arn(&arn)
+                .attributes(
+                    TargetGroupAttribute::builder()
+                        .key("deregistration_delay.timeout_seconds")
+                        .value(DEREGISTRATION_DELAY_SECONDS)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| fail("set the deregistration delay of", aws::describe(&e)))?;
+            arn
+        }
+    };
+    Ok(arn)
+}
+
+/// An internet-facing Application Load Balancer in the public subnets. Returns its ARN and DNS name.
+async fn load_balancer(
+    clients: &Clients,
+    plan: &Plan,
+    security_group: &str,
+    created: &mut Vec<Created>,
+) -> Result<(String, String), CallError> {
+    let name = &plan.names.alb;
+    let fail = |action: &str, message: String| clients.failed(format!("{action} {name}"), message);
+    let found = match clients
+        .elb
+        .describe_load_balancers()
+        .names(name)
+        .send()
+        .await
+    {
+        Ok(out) => out.load_balancers().first().cloned(),
+        Err(e) if aws::code(&e) == Some("LoadBalancerNotFound") => None,
+        Err(e) => return Err(fail("describe load balancer", aws::describe(&e))),
+    };
+    let lb = match found {
+        Some(lb) => lb,
+        None => {
+            let out = clients
+                .elb
+                .create_load_balancer()
+                .name(name)
+                .r#type(LoadBalancerTypeEnum::Application)
+                .scheme(LoadBalancerSchemeEnum::InternetFacing)
+                .set_subnets(Some(
+                    plan.alb_subnets.iter().map(|s| s.id.clone()).collect(),
+                ))
+                .security_groups(security_group)
+                .tags(elb_tag(plan))
+                .send()
+                .await
+                .map_err(|e| fail("create load balancer", aws::describe(&e)))?;
+            let lb = out.load_balancers().first().cloned().ok_or_else(|| {
+                fail(
+                    "create load balancer",
+                    "AWS answered without the load balancer".into(),
+                )
+            })?;
+            created.push(Created::LoadBalancer(
+                lb.load_balancer_arn().unwrap_or_default().to_owned(),
+            ));
+            lb
+        }
+    };
+    Ok((
+        lb.load_balancer_arn().unwrap_or_default().to_owned(),
+        lb.dns_name().unwrap_or_default().to_owned(),
+    ))
+}
+
+/// An HTTP listener on `port` forwarding to the target group (it goes with the load balancer).
+async fn listener(
+    clients: &Clients,
+    alb_arn: &str,
+    port: u16,
+    target_group_arn: &str,
+) -> Result<(), CallError> {
+    let found = clients
+        .elb
+        .describe_listeners()
+        .load_balancer_arn(alb_arn)
+        .send()
+        .await
+        .map_err(|e| clients.failed("describe listeners", aws::describe(&e)))?;
+    if found
+        .listeners()
+        .iter()
+        .any(|l| l.port() == Some(port.into()))
+    {
+        return Ok(());
+    }
+    clients
+        .elb
+        .create_listener()
+        .load_balancer_arn(alb_arn)
+        .protocol(ProtocolEnum::Http)
+        .port(port.into())
+        .default_actions(
+            Action::builder()
+                .r#type(ActionTypeEnum::Forward)
+                .target_group_arn(target_group_arn)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            clients.failed(
+                format!("create the HTTP:{port} listener"),
+                aws::describe(&e),
+            )
+        })?;
+    Ok(())
+}
+
+/// The launch template, created or given a new version, with the AMI, IMDSv2 required and no user
+/// data (the AMI holds the server). Returns its id and the new version number.
+async fn launch_template(
+    clients: &Clients,
+    plan: &Plan,
+    rollout: &Rollout,
+    security_group: &str,
+    created: &mut Vec<Created>,
+) -> Result<(String, i64), CallError> {
+    let name = &plan.names.launch_template;
+    let fail = |action: &str, message: String| clients.failed(format!("{action} {name}"), message);
+    let mut instance_tags = LaunchTemplateTagSpecificationRequest::builder()
+        .resource_type(ResourceType::Instance)
+        .tags(ec2_tag(TAG_ROLLOUT, &plan.rollout));
+    for (k, v) in &rollout.tags {
+        instance_tags = instance_tags.tags(ec2_tag(k, v));
+    }
+    let mut data = RequestLaunchTemplateData::builder()
+        .image_id(&plan.ami.id)
+        .instance_type(InstanceType::from(rollout.instance_type.as_str()))
+        .security_group_ids(security_group)
+        .metadata_options(
+            LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                .http_tokens(LaunchTemplateHttpTokensState::Required)
+                .http_endpoint(LaunchTemplateInstanceMetadataEndpointState::Enabled)
+                .build(),
+        )
+        .tag_specifications(instance_tags.build());
+    if let Some(profile) = &plan.instance_profile {
+        data = data.iam_instance_profile(
+            LaunchTemplateIamInstanceProfileSpecificationRequest::builder()
+                .name(profile)
+                .build(),
+        );
+    }
+    let data = data.build();
+    let description = format!("bake {}: {} ({})", plan.rollout, plan.ami.id, plan.ami.name);
+    let found = match clients
+        .ec2
+        .describe_launch_templates()
+        .launch_template_names(name)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .launch_templates()
+            .first()
+            .and_then(|t| t.launch_template_id())
+            .map(str::to_owned),
+        Err(e)
+            if aws::code(&e).is_some_and(|c| {
+                c.starts_with("InvalidLaunchTemplateName")
+                    || c.starts_with("InvalidLaunchTemplateId")
+            }) =>
+        {
+            None
+        }
+        Err(e) => return Err(fail("describe launch template", aws::describe(&e))),
+    };
+    match found {
+        Some(id) => {
+            let out = clients
+                .ec2
+                .create_launch_template_version()
+                .launch_template_id(&id)
+                .version_description(description)
+                .launch_template_data(data)
+                .send()
+                .await
+                .map_err(|e| fail("add a version to launch template", aws::describe(&e)))?;
+            let version = out
+                .launch_template_version()
+                .and_then(|v| v.version_number())
+                .unwrap_or_default();
+            Ok((id, version))
+        }
+        None => {
+            let out = clients
+                .ec2
+                .create_launch_template()
+                .launch_template_name(name)
+                .version_description(description)
+                .launch_template_data(data)
+                .tag_specifications(ec2_tags(ResourceType::LaunchTemplate, plan, name))
+                .send()
+                .await
+                .map_err(|e| fail("create launch template", aws::describe(&e)))?;
+            let template = out.launch_template();
+            let id = template
+                .and_then(|t| t.launch_template_id())
+                .unwrap_or_default()
+                .to_owned();
+            created.push(Created::LaunchTemplate(id.clone()));
+            Ok((
+                id,
+                template
+                    .and_then(|t| t.latest_version_number())
+                    .unwrap_or(1),
+            ))
+        }
+    }
+}
+
+/// The Auto Scaling group, created on the new version, or updated (sizes, subnets, target group)
+/// keeping its current version: the refresh moves it. Returns the version it ran before, if any,
+/// and whether it was created now.
+async fn group(
+    clients: &Clients,
+    plan: &Plan,
+    rollout: &Rollout,
+    template_id: &str,
+    version: i64,
+    target_group_arn: &str,
+    created: &mut Vec<Created>,
+) -> Result<(Option<String>, bool), CallError> {
+    let name = &plan.names.asg;
+    let fail = |action: &str, message: String| clients.failed(format!("{action} {name}"), message);
+    let found = clients
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(name)
+        .send()
+        .await
+        .map_err(|e| fail("describe Auto Scaling group", aws::describe(&e)))?;
+    let capacity = rollout.capacity.get_ref();
+    let subnets = plan
+        .instance_subnets
+        .iter()
+        .map(|s| s.id.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let grace = i32::try_from(rollout.refresh.get_ref().warmup.0.as_secs()).unwrap_or(i32::MAX);
+    if let Some(existing) = found.auto_scaling_groups().first() {
+        let previous = existing
+            .launch_template()
+            .and_then(|t| t.version())
+            .map(str::to_owned);
+        clients
+            .autoscaling
+            .update_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .min_size(capacity.min as i32)
+            .max_size(capacity.max as i32)
+            .vpc_zone_identifier(&subnets)
+            .health_check_type("ELB")
+            .health_check_grace_period(grace)
+            .send()
+            .await
+            .map_err(|e| fail("update Auto Scaling group", aws::describe(&e)))?;
+        if !existing
+            .target_group_arns()
+            .iter()
+            .any(|a| a == target_group_arn)
+        {
+            clients
+                .autoscaling
+                .attach_load_balancer_target_groups()
+                .auto_scaling_group_name(name)
+                .target_group_arns(target_group_arn)
+                .send()
+                .await
+                .map_err(|e| fail("attach the target group to", aws::describe(&e)))?;
+        }
+        return Ok((previous, false));
+    }
+    let mut request = clients
+        .autoscaling
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(name)
+        .launch_template(
+            LaunchTemplateSpecification::builder()
+                .launch_template_id(template_id)
+                .version(version.to_string())
+                .build(),
+        )
+        .min_size(capacity.min as i32)
+        .max_size(capacity.max as i32)
+        .desired_capacity(capacity.desired as i32)
+        .vpc_zone_identifier(&subnets)
+        .target_group_arns(target_group_arn)
+        .health_check_type("ELB")
+        .health_check_grace_period(grace);
+    request = request.tags(
+        aws_sdk_autoscaling::types::Tag::builder()
+            .key(TAG_ROLLOUT)
+            .value(&plan.rollout)
+            .propagate_at_launch(false)
+            .resource_id(name)
+            .resource_type("auto-scaling-group")
+            .build(),
+    );
+    request
+        .send()
+        .await
+        .map_err(|e| fail("create Auto Scaling group", aws::describe(&e)))?;
+    created.push(Created::AutoScalingGroup(name.clone()));
+    Ok((None, true))
+}
+
+/// Target tracking on the group's average CPU.
+async fn scaling_policy(clients: &Clients, group: &str, cpu: f64) -> Result<(), CallError> {
+    clients
+        .autoscaling
+        .put_scaling_policy()
+        .auto_scaling_group_name(group)
+        .policy_name(CPU_POLICY)
+        .policy_type("TargetTrackingScaling")
+        .target_tracking_configuration(
+            TargetTrackingConfiguration::builder()
+                .predefined_metric_specification(
+                    PredefinedMetricSpecification::builder()
+                        .predefined_metric_type(MetricType::AsgAverageCpuUtilization)
+                        .build(),
+                )
+                .target_value(cpu)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            clients.failed(
+                format!("put the CPU target policy on {group}"),
+                aws::describe(&e),
+            )
+        })?;
+    Ok(())
+}
+
+/// Removes stack resources this run created, newest first, waiting where the next one depends on
+/// it (the group's instances hold the security group; the load balancer holds the target group).
+pub async fn remove(clients: &Clients, created: &[Created]) -> Result<(), CallError> {
+    for resource in created.iter().rev() {
+        match resource {
+            Created::AutoScalingGroup(name) => {
+                clients
+                    .autoscaling
+                    .delete_auto_scaling_group()
+                    .auto_scaling_group_name(name)
+                    .force_delete(true)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        clients.failed(
+                            format!("delete Auto Scaling group {name}"),
+                            aws::describe(&e),
+                        )
+                    })?;
+                super::refresh::group_gone(clients, name).await?;
+            }
+            Created::LaunchTemplate(id) => {
+                clients
+                    .ec2
+                    .delete_launch_template()
+                    .launch_template_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        clients.failed(format!("delete launch template {id}"), aws::describe(&e))
+                    })?;
+            }
+            Created::LoadBalancer(arn) => {
+                clients
+                    .elb
+                    .delete_load_balancer()
+                    .load_balancer_arn(arn)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        clients.failed(format!("delete load balancer {arn}"), aws::describe(&e))
+                    })?;
+            }
+            Created::TargetGroup(arn) => {
+                clients
+                    .elb
+                    .delete_target_group()
+                    .target_group_arn(arn)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        clients.failed(format!("delete target group {arn}"), aws::describe(&e))
+                    })?;
+            }
+            Created::SecurityGroup(id) => {
+                crate::janitor::delete_security_group(clients, id)
+                    .await
+                    .map_err(|e| {
+                        clients.failed(format!("delete security group {id}"), e.to_string())
+                    })?;
+            }
+        }
+    }
+    Ok(())
+}
