@@ -1,5 +1,6 @@
 //! AWS answers the lab cannot produce, replayed with aws-smithy-mocks: an image that fails,
-//! a security group held by a lingering network interface, an instance profile still propagating.
+//! a security group held by a lingering network interface, an instance profile still propagating,
+//! an instance refresh that AWS rolls back on its own.
 
 use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::create_image::CreateImageOutput;
@@ -18,6 +19,14 @@ use aws_sdk_ec2::types::{
 };
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
 
+use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsOutput;
+use aws_sdk_autoscaling::operation::describe_instance_refreshes::DescribeInstanceRefreshesOutput;
+use aws_sdk_autoscaling::operation::rollback_instance_refresh::RollbackInstanceRefreshOutput;
+use aws_sdk_autoscaling::types::{
+    AutoScalingGroup, InstanceRefresh, InstanceRefreshStatus, LaunchTemplateSpecification,
+    LifecycleState,
+};
+use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::DescribeTargetHealthOutput;
 use bake::ami::preflight::{BaseAmi, Plan, Subnet};
 use bake::ami::{image, launch};
 use bake::aws::Clients;
@@ -25,6 +34,8 @@ use bake::config::{Builder, Os, ResourceRef, Volume};
 use bake::janitor::{self, Janitor};
 use bake::output::Progress;
 use bake::render::Rendered;
+use bake::rollout::refresh;
+use bake::rollout::stack::Stack;
 
 /// A client of `$sdk` answered by `rules` (this SDK version predates `mock_client!`'s defaults).
 macro_rules! mocked {
@@ -45,10 +56,14 @@ macro_rules! mocked {
 }
 
 fn clients(ec2_rules: &[&Rule]) -> Clients {
+    clients_of(ec2_rules, &[], &[])
+}
+
+fn clients_of(ec2_rules: &[&Rule], autoscaling_rules: &[&Rule], elb_rules: &[&Rule]) -> Clients {
     Clients {
-        autoscaling: mocked!(aws_sdk_autoscaling, &[] as &[&Rule]),
+        autoscaling: mocked!(aws_sdk_autoscaling, autoscaling_rules),
         ec2: mocked!(aws_sdk_ec2, ec2_rules),
-        elb: mocked!(aws_sdk_elasticloadbalancingv2, &[] as &[&Rule]),
+        elb: mocked!(aws_sdk_elasticloadbalancingv2, elb_rules),
         ssm: mocked!(aws_sdk_ssm, &[] as &[&Rule]),
         iam: mocked!(aws_sdk_iam, &[] as &[&Rule]),
         region: "ap-northeast-2".into(),
@@ -346,4 +361,176 @@ async fn a_taken_ami_name_gets_the_next_free_suffix() {
     assert_eq!(id, "ami-new");
     assert_eq!(name, format!("{}-2", plan.ami_name));
     assert_eq!(create.num_calls(), 2);
+}
+
+/// A rollout's plan and stack as preflight and the stack step would leave them.
+fn rollout_parts() -> (bake::config::Config, bake::rollout::preflight::Plan, Stack) {
+    let text = r#"
+[image.web]
+base = { id = "ami-base" }
+template = "nginx"
+os = "debian"
+[image.web.builder]
+subnet = { id = "subnet-a" }
+instance_profile = "SSMInstanceProfile"
+
+[rollout.web]
+image = "web"
+vpc = { id = "vpc-lab" }
+alb_subnets = [{ id = "subnet-a" }, { id = "subnet-c" }]
+instance_subnets = [{ id = "subnet-pa" }]
+launch_template = "Web"
+asg = "Web-ASG"
+alb = "Web-ALB"
+target_group = "Web-TG"
+capacity = { min = 2, desired = 2, max = 4 }
+refresh = { min_healthy = 50, warmup = "60s", timeout = "30m" }
+"#;
+    let config =
+        bake::config::Config::parse(std::path::Path::new("bake.toml"), text.to_owned()).unwrap();
+    let subnet = |id: &str, zone: &str| Subnet {
+        id: id.into(),
+        vpc_id: "vpc-lab".into(),
+        zone: zone.into(),
+    };
+    let plan = bake::rollout::preflight::Plan {
+        rollout: "web".into(),
+        image: "web".into(),
+        ami: bake::rollout::preflight::Ami {
+            id: "ami-new".into(),
+            name: "web-2".into(),
+        },
+        vpc_id: "vpc-lab".into(),
+        alb_subnets: vec![subnet("subnet-a", "a"), subnet("subnet-c", "c")],
+        instance_subnets: vec![subnet("subnet-pa", "a")],
+        instance_profile: None,
+        health: config.image["web"].health.clone(),
+        names: bake::rollout::preflight::Names {
+            alb: "Web-ALB".into(),
+            alb_security_group: "Web-ALB-SG".into(),
+            target_group: "Web-TG".into(),
+            launch_template: "Web".into(),
+            asg: "Web-ASG".into(),
+            instance_security_group: "Web-ASG-Inst-SG".into(),
+        },
+    };
+    let stack = Stack {
+        alb_dns: "web-alb.example".into(),
+        target_group_arn: "arn:tg".into(),
+        launch_template_id: "lt-1".into(),
+        version: 2,
+        previous_version: Some("1".into()),
+        group_created: false,
+        unchanged: false,
+        created: Vec::new(),
+    };
+    (config, plan, stack)
+}
+
+fn refreshes(status: InstanceRefreshStatus) -> DescribeInstanceRefreshesOutput {
+    DescribeInstanceRefreshesOutput::builder()
+        .instance_refreshes(
+            InstanceRefresh::builder()
+                .instance_refresh_id("refresh-1")
+                .status(status)
+                .status_reason("an instance failed its health checks")
+                .build(),
+        )
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_aws_rolls_back_itself_is_waited_for_and_not_rolled_back_twice() {
+    let describe = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .sequence()
+        .output(|| refreshes(InstanceRefreshStatus::InProgress))
+        .times(2)
+        .output(|| refreshes(InstanceRefreshStatus::RollbackInProgress))
+        .times(3)
+        .output(|| refreshes(InstanceRefreshStatus::RollbackSuccessful))
+        .build();
+    let group =
+        mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups).then_output(|| {
+            DescribeAutoScalingGroupsOutput::builder()
+                .auto_scaling_groups(
+                    AutoScalingGroup::builder()
+                        .auto_scaling_group_name("Web-ASG")
+                        .instances(
+                            aws_sdk_autoscaling::types::Instance::builder()
+                                .instance_id("i-old")
+                                .lifecycle_state(LifecycleState::InService)
+                                .launch_template(
+                                    LaunchTemplateSpecification::builder()
+                                        .launch_template_id("lt-1")
+                                        .version("1")
+                                        .build(),
+                                )
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        });
+    let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh)
+        .then_output(|| RollbackInstanceRefreshOutput::builder().build());
+    let health = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_target_health)
+        .then_output(|| DescribeTargetHealthOutput::builder().build());
+    let clients = clients_of(&[], &[&describe, &group, &rollback], &[&health]);
+    let (config, plan, stack) = rollout_parts();
+    let rollout = &config.rollout["web"];
+    let err = refresh::watch(
+        &clients,
+        &plan,
+        &stack,
+        rollout,
+        Some("refresh-1"),
+        &progress(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the instance refresh of Web-ASG ended RollbackInProgress: an instance failed its health \
+         checks"
+    );
+    refresh::rollback(&clients, &plan, &stack, rollout, "refresh-1", &progress())
+        .await
+        .unwrap();
+    assert_eq!(rollback.num_calls(), 0, "AWS was rolling back already");
+    assert_eq!(describe.num_calls(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_that_ends_failed_without_rolling_back_is_rolled_back_by_bake() {
+    let describe = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .sequence()
+        .output(|| refreshes(InstanceRefreshStatus::Failed))
+        .times(2)
+        .output(|| refreshes(InstanceRefreshStatus::RollbackInProgress))
+        .output(|| refreshes(InstanceRefreshStatus::RollbackSuccessful))
+        .build();
+    let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
+        .then_output(|| DescribeAutoScalingGroupsOutput::builder().build());
+    let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh)
+        .then_output(|| RollbackInstanceRefreshOutput::builder().build());
+    let health = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_target_health)
+        .then_output(|| DescribeTargetHealthOutput::builder().build());
+    let clients = clients_of(&[], &[&describe, &group, &rollback], &[&health]);
+    let (config, plan, stack) = rollout_parts();
+    let rollout = &config.rollout["web"];
+    let err = refresh::watch(
+        &clients,
+        &plan,
+        &stack,
+        rollout,
+        Some("refresh-1"),
+        &progress(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("ended Failed"), "{err}");
+    refresh::rollback(&clients, &plan, &stack, rollout, "refresh-1", &progress())
+        .await
+        .unwrap();
+    assert_eq!(rollback.num_calls(), 1);
 }

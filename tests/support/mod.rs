@@ -24,6 +24,8 @@ pub struct Lab {
     child: Child,
     pub endpoint: String,
     pub ec2: aws_sdk_ec2::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
     http: reqwest::Client,
 }
 
@@ -70,6 +72,8 @@ impl Lab {
             child,
             endpoint,
             ec2: aws_sdk_ec2::Client::new(&sdk),
+            autoscaling: aws_sdk_autoscaling::Client::new(&sdk),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
             http: reqwest::Client::new(),
         }
     }

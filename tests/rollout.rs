@@ -1,0 +1,370 @@
+//! `bake rollout` against the lab: a real load balancer proxy, target health from real HTTP
+//! probes, instance refreshes that replace real instances.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use support::{Lab, Scratch, quick_config};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The quick image (a page served at boot by systemd) and a rollout of it shaped like the
+/// workshops' part 2: Web-ALB on the public subnets, Web-ASG on the private ones.
+fn config(body: &str) -> String {
+    let mut text = quick_config(&format!("body = {body:?}"), "", "");
+    text.push_str(
+        r#"
+[rollout.web]
+image = "quick"
+vpc = { tag = { Name = "VPC-Lab" } }
+alb_subnets = [
+  { tag = { Name = "Public subnet A" } },
+  { tag = { Name = "Public subnet C" } },
+]
+instance_subnets = [
+  { tag = { Name = "Private subnet A" } },
+  { tag = { Name = "Private subnet C" } },
+]
+launch_template = "Web"
+asg = "Web-ASG"
+alb = "Web-ALB"
+target_group = "Web-TG"
+instance_profile = "SSMInstanceProfile"
+capacity = { min = 2, desired = 2, max = 4 }
+cpu_target = 30
+refresh = { min_healthy = 50, warmup = "5s", timeout = "5m" }
+tags = { Name = "ASG-Web-Instance" }
+"#,
+    );
+    text
+}
+
+async fn bake_ami(lab: &Lab, scratch: &Scratch) -> String {
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+/// GETs `url` `n` times and returns the distinct bodies.
+async fn bodies(url: &str, n: usize) -> BTreeSet<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        let response = client.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        seen.insert(response.text().await.unwrap().trim().to_owned());
+    }
+    seen
+}
+
+/// The group's instances and the launch template version each runs.
+async fn group(lab: &Lab) -> Vec<(String, String, String)> {
+    let out = lab
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("Web-ASG")
+        .send()
+        .await
+        .unwrap();
+    out.auto_scaling_groups()[0]
+        .instances()
+        .iter()
+        .map(|i| {
+            (
+                i.instance_id().unwrap().to_owned(),
+                i.launch_template()
+                    .and_then(|t| t.version())
+                    .unwrap_or_default()
+                    .to_owned(),
+                i.availability_zone().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb() {
+    let lab = Lab::start().await;
+    let first = Scratch::new(&config("first page"));
+    let ami = bake_ami(&lab, &first).await;
+
+    let out = lab
+        .run_bake(&["-c", &first.config(), "-o", "json", "rollout", "web"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["ami_id"], ami.as_str());
+    assert_eq!(result["version"], 1);
+    let url = result["url"].as_str().unwrap().to_owned();
+    assert_eq!(
+        bodies(&url, 6).await,
+        BTreeSet::from(["first page".to_owned()])
+    );
+    let instances = group(&lab).await;
+    assert_eq!(instances.len(), 2, "{instances:?}");
+    let zones: BTreeSet<&str> = instances.iter().map(|(_, _, z)| z.as_str()).collect();
+    assert_eq!(zones.len(), 2, "spread over both zones: {instances:?}");
+
+    // The template asks for IMDSv2 and names the profile; the instances' group admits the ALB only.
+    let template = lab
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_name("Web")
+        .versions("1")
+        .send()
+        .await
+        .unwrap();
+    let data = template.launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap();
+    assert_eq!(data.image_id(), Some(ami.as_str()));
+    assert_eq!(
+        data.metadata_options()
+            .and_then(|m| m.http_tokens())
+            .map(|t| t.as_str()),
+        Some("required")
+    );
+    let groups = lab
+        .ec2
+        .describe_security_groups()
+        .group_ids(&data.security_group_ids()[0])
+        .send()
+        .await
+        .unwrap();
+    let rules = groups.security_groups()[0].ip_permissions();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert!(
+        rules[0].ip_ranges().is_empty(),
+        "no CIDR may reach the instances: {rules:?}"
+    );
+    assert_eq!(rules[0].user_id_group_pairs().len(), 1, "{rules:?}");
+
+    // The same AMI again: nothing to replace.
+    let refreshes = lab.calls("StartInstanceRefresh").await;
+    let versions = lab.calls("CreateLaunchTemplateVersion").await;
+    let again = lab
+        .run_bake(&["-c", &first.config(), "rollout", "web"])
+        .await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(stdout(&again), url);
+    assert_eq!(lab.calls("StartInstanceRefresh").await, refreshes);
+    assert_eq!(lab.calls("CreateLaunchTemplateVersion").await, versions);
+
+    // A new AMI: a new version, every instance replaced, the new page through the same ALB.
+    let second = Scratch::new(&config("second page"));
+    let ami2 = bake_ami(&lab, &second).await;
+    let out = lab
+        .run_bake(&["-c", &second.config(), "-o", "json", "rollout", "web"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["ami_id"], ami2.as_str());
+    assert_eq!(result["version"], 2);
+    assert_eq!(result["previous_version"], "1");
+    assert_eq!(result["url"], url.as_str());
+    assert_eq!(
+        bodies(&url, 6).await,
+        BTreeSet::from(["second page".to_owned()])
+    );
+    let replaced = group(&lab).await;
+    assert!(
+        replaced.iter().all(
+            |(id, version, _)| version == "2" && !instances.iter().any(|(old, _, _)| old == id)
+        ),
+        "before {instances:?}, after {replaced:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_rolls_back_when_the_new_instances_stay_unhealthy() {
+    let lab = Lab::start().await;
+    let scratch = Scratch::new(&config("good page"));
+    bake_ami(&lab, &scratch).await;
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "rollout", "web"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let url = stdout(&out);
+    let before = group(&lab).await;
+
+    // The Debian base image serves nothing on port 80.
+    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    let base = info["debian_images"]["ap-northeast-2"]
+        .as_str()
+        .expect("the lab names its Debian AMI")
+        .to_owned();
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("stayed unhealthy in target group Web-TG"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rolled back: Web-ASG runs version 1 again"),
+        "{err}"
+    );
+
+    assert_eq!(
+        bodies(&url, 6).await,
+        BTreeSet::from(["good page".to_owned()])
+    );
+    let after = group(&lab).await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after.iter().all(|(_, version, _)| version == "1"),
+        "{after:?}"
+    );
+    assert!(
+        before
+            .iter()
+            .any(|(id, _, _)| after.iter().any(|(a, _, _)| a == id)),
+        "at least one original instance kept serving: before {before:?}, after {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_first_rollout_removes_the_stack_it_created() {
+    let lab = Lab::start().await;
+    let scratch = Scratch::new(&config("page"));
+    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    let base = info["debian_images"]["ap-northeast-2"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("removed the stack it had created"), "{err}");
+
+    let groups = lab
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("Web-ASG")
+        .send()
+        .await
+        .unwrap();
+    assert!(groups.auto_scaling_groups().is_empty());
+    assert!(
+        lab.elb
+            .describe_load_balancers()
+            .names("Web-ALB")
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        lab.elb
+            .describe_target_groups()
+            .names("Web-TG")
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        lab.ec2
+            .describe_launch_templates()
+            .launch_template_names("Web")
+            .send()
+            .await
+            .is_err()
+    );
+    let named = lab
+        .ec2
+        .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag-key")
+                .values("bake:rollout")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(named.security_groups().is_empty(), "{named:?}");
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
+    let lab = Lab::start().await;
+    // Nothing baked from these inputs yet.
+    let scratch = Scratch::new(&config("never baked"));
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "rollout", "web"])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("run `bake ami quick` first"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Both load balancer subnets in one zone.
+    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    let base = info["debian_images"]["ap-northeast-2"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let one_zone = config("page").replace(
+        "{ tag = { Name = \"Public subnet C\" } },\n]",
+        "{ tag = { Name = \"Public subnet A\" } },\n]",
+    );
+    let scratch = Scratch::new(&one_zone);
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    let line = one_zone
+        .lines()
+        .position(|l| l.starts_with("alb_subnets"))
+        .unwrap()
+        + 1;
+    assert!(err.contains(&format!("bake.toml:{line}:")), "{err}");
+    assert!(err.contains("rollout.web.alb_subnets"), "{err}");
+    assert!(err.contains("two availability zones"), "{err}");
+
+    // A private subnet cannot host an internet-facing load balancer.
+    let private = config("page").replace(
+        "{ tag = { Name = \"Public subnet C\" } },\n]",
+        "{ tag = { Name = \"Private subnet C\" } },\n]",
+    );
+    let scratch = Scratch::new(&private);
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no route to an internet gateway"),
+        "{}",
+        stderr(&out)
+    );
+
+    for action in [
+        "CreateSecurityGroup",
+        "CreateTargetGroup",
+        "CreateLoadBalancer",
+        "CreateLaunchTemplate",
+        "CreateAutoScalingGroup",
+    ] {
+        assert_eq!(lab.calls(action).await, 0, "{action}");
+    }
+}
