@@ -24,7 +24,7 @@ deps:
 build:
 	$(CARGO) build --locked
 
-## demo: bring up the lab, bake the Debian nginx example, boot the AMI, print its page
+## demo: bring up the lab, bake the Debian nginx example, roll it out behind the ALB, print the page
 demo: build lab-image
 	@endpoint=$$($(MAKE) --no-print-directory -s lab-up | tail -n 1 | cut -d= -f2-); \
 	$(LAB_PYTHON) demo/demo.py "$$endpoint"
