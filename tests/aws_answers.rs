@@ -439,6 +439,32 @@ fn refreshes(status: InstanceRefreshStatus) -> DescribeInstanceRefreshesOutput {
         .build()
 }
 
+/// Watches refresh-1 until it fails, then rolls it back; returns the failure and how many times
+/// RollbackInstanceRefresh was called.
+async fn watch_then_roll_back(describe: &Rule, group: &Rule) -> (String, usize) {
+    let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh)
+        .then_output(|| RollbackInstanceRefreshOutput::builder().build());
+    let health = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_target_health)
+        .then_output(|| DescribeTargetHealthOutput::builder().build());
+    let clients = clients_of(&[], &[describe, group, &rollback], &[&health]);
+    let (config, plan, stack) = rollout_parts();
+    let rollout = &config.rollout["web"];
+    let err = refresh::watch(
+        &clients,
+        &plan,
+        &stack,
+        rollout,
+        Some("refresh-1"),
+        &progress(),
+    )
+    .await
+    .unwrap_err();
+    refresh::rollback(&clients, &plan, &stack, rollout, "refresh-1", &progress())
+        .await
+        .unwrap();
+    (err.to_string(), rollback.num_calls())
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refresh_aws_rolls_back_itself_is_waited_for_and_not_rolled_back_twice() {
     let describe = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
@@ -471,32 +497,13 @@ async fn a_refresh_aws_rolls_back_itself_is_waited_for_and_not_rolled_back_twice
                 )
                 .build()
         });
-    let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh)
-        .then_output(|| RollbackInstanceRefreshOutput::builder().build());
-    let health = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_target_health)
-        .then_output(|| DescribeTargetHealthOutput::builder().build());
-    let clients = clients_of(&[], &[&describe, &group, &rollback], &[&health]);
-    let (config, plan, stack) = rollout_parts();
-    let rollout = &config.rollout["web"];
-    let err = refresh::watch(
-        &clients,
-        &plan,
-        &stack,
-        rollout,
-        Some("refresh-1"),
-        &progress(),
-    )
-    .await
-    .unwrap_err();
+    let (err, rollbacks) = watch_then_roll_back(&describe, &group).await;
     assert_eq!(
-        err.to_string(),
+        err,
         "the instance refresh of Web-ASG ended RollbackInProgress: an instance failed its health \
          checks"
     );
-    refresh::rollback(&clients, &plan, &stack, rollout, "refresh-1", &progress())
-        .await
-        .unwrap();
-    assert_eq!(rollback.num_calls(), 0, "AWS was rolling back already");
+    assert_eq!(rollbacks, 0, "AWS was rolling back already");
     assert_eq!(describe.num_calls(), 6);
 }
 
@@ -511,26 +518,7 @@ async fn a_refresh_that_ends_failed_without_rolling_back_is_rolled_back_by_bake(
         .build();
     let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
         .then_output(|| DescribeAutoScalingGroupsOutput::builder().build());
-    let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh)
-        .then_output(|| RollbackInstanceRefreshOutput::builder().build());
-    let health = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_target_health)
-        .then_output(|| DescribeTargetHealthOutput::builder().build());
-    let clients = clients_of(&[], &[&describe, &group, &rollback], &[&health]);
-    let (config, plan, stack) = rollout_parts();
-    let rollout = &config.rollout["web"];
-    let err = refresh::watch(
-        &clients,
-        &plan,
-        &stack,
-        rollout,
-        Some("refresh-1"),
-        &progress(),
-    )
-    .await
-    .unwrap_err();
-    assert!(err.to_string().contains("ended Failed"), "{err}");
-    refresh::rollback(&clients, &plan, &stack, rollout, "refresh-1", &progress())
-        .await
-        .unwrap();
-    assert_eq!(rollback.num_calls(), 1);
+    let (err, rollbacks) = watch_then_roll_back(&describe, &group).await;
+    assert!(err.contains("ended Failed"), "{err}");
+    assert_eq!(rollbacks, 1);
 }

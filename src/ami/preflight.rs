@@ -270,21 +270,28 @@ pub(crate) async fn resolve_subnet(
         region: clients.region.clone(),
         detail,
     };
-    match found.subnets() {
-        [one] => Ok(Subnet {
-            id: one.subnet_id().unwrap_or_default().to_owned(),
-            vpc_id: one.vpc_id().unwrap_or_default().to_owned(),
-            zone: one.availability_zone().unwrap_or_default().to_owned(),
-        }),
-        [] => Err(fail("no such subnet".into())),
-        many => Err(fail(format!(
-            "matches {} subnets ({}); make the reference unique",
+    let one = exactly_one(found.subnets(), "subnet", |s| s.subnet_id()).map_err(fail)?;
+    Ok(Subnet {
+        id: one.subnet_id().unwrap_or_default().to_owned(),
+        vpc_id: one.vpc_id().unwrap_or_default().to_owned(),
+        zone: one.availability_zone().unwrap_or_default().to_owned(),
+    })
+}
+
+/// The one resource a reference matched, or what is wrong: none, or several (with their ids).
+pub(crate) fn exactly_one<'a, T>(
+    found: &'a [T],
+    kind: &str,
+    id: impl Fn(&T) -> Option<&str>,
+) -> Result<&'a T, String> {
+    match found {
+        [one] => Ok(one),
+        [] => Err(format!("no such {kind}")),
+        many => Err(format!(
+            "matches {} {kind}s ({}); make the reference unique",
             many.len(),
-            many.iter()
-                .filter_map(|s| s.subnet_id())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
+            many.iter().filter_map(id).collect::<Vec<_>>().join(", ")
+        )),
     }
 }
 

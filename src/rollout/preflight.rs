@@ -2,7 +2,7 @@
 
 use aws_sdk_ec2::types::{Filter, ImageState};
 
-use crate::ami::preflight::{self as ami_preflight, Subnet, check_profile, filters};
+use crate::ami::preflight::{self as ami_preflight, Subnet, check_profile, exactly_one, filters};
 use crate::aws::{self, CallError, Clients};
 use crate::config::{Config, Health, Location, ResourceRef, Rollout};
 use crate::janitor::tag;
@@ -257,14 +257,8 @@ async fn resolve_vpc(clients: &Clients, vpc: &ResourceRef) -> Result<String, Err
         region: clients.region.clone(),
         detail,
     };
-    match found.vpcs() {
-        [one] => Ok(one.vpc_id().unwrap_or_default().to_owned()),
-        [] => Err(fail("no such VPC".into())),
-        many => Err(fail(format!(
-            "matches {} VPCs; make the reference unique",
-            many.len()
-        ))),
-    }
+    let one = exactly_one(found.vpcs(), "VPC", |v| v.vpc_id()).map_err(fail)?;
+    Ok(one.vpc_id().unwrap_or_default().to_owned())
 }
 
 async fn subnets(
