@@ -26,7 +26,16 @@ use aws_sdk_autoscaling::types::{
     AutoScalingGroup, InstanceRefresh, InstanceRefreshStatus, LaunchTemplateSpecification,
     LifecycleState,
 };
+use aws_sdk_ec2::operation::authorize_security_group_ingress::AuthorizeSecurityGroupIngressOutput;
+use aws_sdk_ec2::operation::create_security_group::CreateSecurityGroupOutput;
+use aws_sdk_elasticloadbalancingv2::operation::create_load_balancer::CreateLoadBalancerError;
+use aws_sdk_elasticloadbalancingv2::operation::create_target_group::CreateTargetGroupOutput;
+use aws_sdk_elasticloadbalancingv2::operation::delete_target_group::DeleteTargetGroupOutput;
+use aws_sdk_elasticloadbalancingv2::operation::describe_load_balancers::DescribeLoadBalancersError;
+use aws_sdk_elasticloadbalancingv2::operation::describe_target_groups::DescribeTargetGroupsError;
 use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::DescribeTargetHealthOutput;
+use aws_sdk_elasticloadbalancingv2::operation::modify_target_group_attributes::ModifyTargetGroupAttributesOutput;
+use aws_sdk_elasticloadbalancingv2::types::TargetGroup;
 use bake::ami::preflight::{BaseAmi, Plan, Subnet};
 use bake::ami::{image, launch};
 use bake::aws::Clients;
@@ -35,7 +44,7 @@ use bake::janitor::{self, Janitor};
 use bake::output::Progress;
 use bake::render::Rendered;
 use bake::rollout::refresh;
-use bake::rollout::stack::Stack;
+use bake::rollout::stack::{self, Stack};
 
 /// A client of `$sdk` answered by `rules` (this SDK version predates `mock_client!`'s defaults).
 macro_rules! mocked {
@@ -521,4 +530,76 @@ async fn a_refresh_that_ends_failed_without_rolling_back_is_rolled_back_by_bake(
     let (err, rollbacks) = watch_then_roll_back(&describe, &group).await;
     assert!(err.contains("ended Failed"), "{err}");
     assert_eq!(rollbacks, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stack_that_fails_half_way_removes_what_this_run_created() {
+    let no_groups = mock!(aws_sdk_ec2::Client::describe_security_groups)
+        .then_output(|| DescribeSecurityGroupsOutput::builder().build());
+    let create_group = mock!(aws_sdk_ec2::Client::create_security_group)
+        .sequence()
+        .output(|| {
+            CreateSecurityGroupOutput::builder()
+                .group_id("sg-alb")
+                .build()
+        })
+        .output(|| {
+            CreateSecurityGroupOutput::builder()
+                .group_id("sg-inst")
+                .build()
+        })
+        .build();
+    let authorize = mock!(aws_sdk_ec2::Client::authorize_security_group_ingress)
+        .then_output(|| AuthorizeSecurityGroupIngressOutput::builder().build());
+    let delete_group = mock!(aws_sdk_ec2::Client::delete_security_group)
+        .then_output(|| DeleteSecurityGroupOutput::builder().build());
+    let not_found = |code: &'static str| {
+        ErrorMetadata::builder()
+            .code(code)
+            .message("not found")
+            .build()
+    };
+    let no_target_group = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_target_groups)
+        .then_error(move || DescribeTargetGroupsError::generic(not_found("TargetGroupNotFound")));
+    let create_target_group = mock!(aws_sdk_elasticloadbalancingv2::Client::create_target_group)
+        .then_output(|| {
+            CreateTargetGroupOutput::builder()
+                .target_groups(TargetGroup::builder().target_group_arn("arn:tg").build())
+                .build()
+        });
+    let attributes = mock!(aws_sdk_elasticloadbalancingv2::Client::modify_target_group_attributes)
+        .then_output(|| ModifyTargetGroupAttributesOutput::builder().build());
+    let no_balancer = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_load_balancers)
+        .then_error(move || DescribeLoadBalancersError::generic(not_found("LoadBalancerNotFound")));
+    let quota =
+        mock!(aws_sdk_elasticloadbalancingv2::Client::create_load_balancer).then_error(|| {
+            CreateLoadBalancerError::generic(
+                ErrorMetadata::builder()
+                    .code("TooManyLoadBalancers")
+                    .message("The quota for the number of load balancers has been reached")
+                    .build(),
+            )
+        });
+    let delete_target_group = mock!(aws_sdk_elasticloadbalancingv2::Client::delete_target_group)
+        .match_requests(|r| r.target_group_arn() == Some("arn:tg"))
+        .then_output(|| DeleteTargetGroupOutput::builder().build());
+    let clients = clients_of(
+        &[&no_groups, &create_group, &authorize, &delete_group],
+        &[],
+        &[
+            &no_target_group,
+            &create_target_group,
+            &attributes,
+            &no_balancer,
+            &quota,
+            &delete_target_group,
+        ],
+    );
+    let (config, plan, _) = rollout_parts();
+    let err = stack::ensure(&clients, &plan, &config.rollout["web"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("TooManyLoadBalancers"), "{err}");
+    assert_eq!(delete_target_group.num_calls(), 1);
+    assert_eq!(delete_group.num_calls(), 2, "both security groups go");
 }
