@@ -99,13 +99,33 @@ pub async fn run(
     progress: &Progress,
 ) -> Result<RolledOut, Step> {
     let started = Instant::now();
+    // Signals are taken from here on; each stage ends cleanly before one is acted on, except the
+    // refresh, which is rolled back at once.
+    let mut signal = tokio::spawn(crate::interrupted());
     progress.step("checking the config's references");
     let plan = preflight::plan(clients, config, name, rollout, options.ami.as_deref()).await?;
+    if signal.is_finished() {
+        return Err(Step::Interrupted {
+            signal: (&mut signal).await.unwrap_or(130),
+            after: "nothing was changed".into(),
+        });
+    }
     progress.step(format!(
         "making sure {} behind {} exists, with {}",
         plan.names.asg, plan.names.alb, plan.ami.id
     ));
     let stack = stack::ensure(clients, &plan, rollout).await?;
+    if signal.is_finished() {
+        let code = (&mut signal).await.unwrap_or(130);
+        let after = match stack::remove(clients, &stack.created).await {
+            Ok(()) => "removed what this run had created".to_owned(),
+            Err(e) => format!("removing what this run had created failed: {e}"),
+        };
+        return Err(Step::Interrupted {
+            signal: code,
+            after,
+        });
+    }
     let url = format!(
         "http://{}{}{}",
         stack.alb_dns,
@@ -134,7 +154,7 @@ pub async fn run(
         };
         let outcome = tokio::select! {
             result = work => result.map_err(Failure::Rollout),
-            signal = crate::interrupted() => Err(Failure::Signal(signal)),
+            code = &mut signal => Err(Failure::Signal(code.unwrap_or(130))),
         };
         if let Err(failure) = outcome {
             return Err(undo(
@@ -149,9 +169,13 @@ pub async fn run(
             .await);
         }
     }
-    refresh::serving(&plan, &url, progress)
-        .await
-        .map_err(Step::Serving)?;
+    tokio::select! {
+        served = refresh::serving(&plan, &url, progress) => served.map_err(Step::Serving)?,
+        code = &mut signal => return Err(Step::Interrupted {
+            signal: code.unwrap_or(130),
+            after: format!("{} had been rolled out; it was not yet seen through {url}", plan.ami.id),
+        }),
+    }
     let done = if stack.unchanged {
         format!(
             "{} already runs {}; serving {url}",
