@@ -84,6 +84,22 @@ pub enum Command {
         #[arg(long)]
         ami: Option<String>,
     },
+    /// Deregister old AMIs of images and delete their snapshots, keeping the newest and every
+    /// AMI still used by an instance, a launch template or an Auto Scaling group.
+    Prune {
+        /// Image names from the config.
+        #[arg(required_unless_present = "all")]
+        images: Vec<String>,
+        /// Prune every image in the config.
+        #[arg(long, conflicts_with = "images")]
+        all: bool,
+        /// How many of each image's newest AMIs to keep.
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
+        /// List what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Delete what killed runs left behind (found by their bake:run-id tag): instances, security
     /// groups, unfinished images and unused snapshots older than the TTL.
     Gc {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod janitor;
 pub mod output;
 pub mod poll;
+pub mod prune;
 pub mod render;
 pub mod rollout;
 
@@ -36,6 +37,8 @@ pub enum Error {
     #[error(transparent)]
     Rollout(Box<rollout::Error>),
     #[error(transparent)]
+    Prune(#[from] prune::Error),
+    #[error(transparent)]
     Cleanup(#[from] janitor::Error),
     #[error("interrupted by {}; cleaned up what this run created", if *.0 == 130 { "SIGINT" } else { "SIGTERM" })]
     Interrupted(u8),
@@ -60,7 +63,7 @@ impl Error {
             Error::Ami(errors) => errors.iter().map(ami::Error::exit_code).max().unwrap_or(1),
             Error::Rollout(e) => e.exit_code(),
             Error::Interrupted(code) => *code,
-            Error::Cleanup(_) | Error::Output(_) => 1,
+            Error::Cleanup(_) | Error::Prune(_) | Error::Output(_) => 1,
         }
     }
 }
@@ -99,6 +102,26 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         (Command::Rollout { target, ami }, Some(config)) => {
             let options = rollout::Options { ami: ami.clone() };
             runtime().block_on(roll_out(&cli, &config, target, &options))
+        }
+        (
+            Command::Prune {
+                images,
+                all,
+                keep,
+                dry_run,
+            },
+            Some(config),
+        ) => {
+            let names: Vec<String> = if *all {
+                config.image.keys().cloned().collect()
+            } else {
+                images.clone()
+            };
+            let options = prune::Options {
+                keep: *keep,
+                dry_run: *dry_run,
+            };
+            runtime().block_on(prune_images(&cli, &config, &names, &options))
         }
         (Command::Gc { ttl, dry_run }, config) => {
             runtime().block_on(gc(&cli, config.as_ref(), *ttl, *dry_run))
@@ -250,6 +273,44 @@ async fn roll_out(
             }))
         })?;
     output::result(cli.output, &format!("{}\n", rolled.url), &rolled)?;
+    Ok(())
+}
+
+async fn prune_images(
+    cli: &Cli,
+    config: &Config,
+    names: &[String],
+    options: &prune::Options,
+) -> Result<(), Error> {
+    for name in names {
+        config.image(name)?;
+    }
+    let clients = aws::Clients::load(&target(cli, Some(config))).await?;
+    let verb = if options.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let mut text = String::new();
+    let mut results = Vec::new();
+    for name in names {
+        let pruned = prune::prune(&clients, name, options).await?;
+        for r in &pruned.removed {
+            text.push_str(&format!("{name}: {verb} {} {}\n", r.ami_id, r.name));
+        }
+        for k in &pruned.kept {
+            text.push_str(&format!(
+                "{name}: kept {} {} ({})\n",
+                k.ami_id, k.name, k.why
+            ));
+        }
+        results.push(pruned);
+    }
+    output::result(
+        cli.output,
+        &text,
+        &serde_json::json!({ "region": clients.region, "dry_run": options.dry_run, "images": results }),
+    )?;
     Ok(())
 }
 

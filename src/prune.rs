@@ -1,0 +1,230 @@
+//! `bake prune`: deregister an image's old AMIs and delete their snapshots, keeping the newest ones
+//! and every AMI still in use by an instance, a launch template or an Auto Scaling group.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{Filter, Image};
+use serde::Serialize;
+
+use crate::aws::{self, CallError, Clients};
+use crate::janitor::{self, Resource, tag};
+
+/// How `bake prune` behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How many of the newest AMIs of each image to keep whatever else holds.
+    pub keep: usize,
+    /// List what would go, change nothing.
+    pub dry_run: bool,
+}
+
+/// What pruning one image did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pruned {
+    pub image: String,
+    pub kept: Vec<Kept>,
+    pub removed: Vec<Removed>,
+}
+
+/// An AMI that stays, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Kept {
+    pub ami_id: String,
+    pub name: String,
+    pub why: String,
+}
+
+/// An AMI that was (or, with `--dry-run`, would be) deregistered, with its snapshots.
+#[derive(Debug, Clone, Serialize)]
+pub struct Removed {
+    pub ami_id: String,
+    pub name: String,
+    pub snapshots: Vec<String>,
+}
+
+/// Why pruning stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Api(#[from] CallError),
+    #[error(transparent)]
+    Delete(#[from] janitor::Error),
+}
+
+/// Prunes the AMIs baked for `image` (tagged `bake:image`) in this account and region.
+pub async fn prune(clients: &Clients, image: &str, options: &Options) -> Result<Pruned, Error> {
+    let mut amis = baked(clients, image).await?;
+    // Newest first: creation dates are ISO 8601, so they sort as text.
+    amis.sort_by(|a, b| b.creation_date().cmp(&a.creation_date()));
+    let in_use = if amis.len() > options.keep {
+        in_use(clients).await?
+    } else {
+        BTreeMap::new()
+    };
+    let mut pruned = Pruned {
+        image: image.to_owned(),
+        kept: Vec::new(),
+        removed: Vec::new(),
+    };
+    for (n, ami) in amis.iter().enumerate() {
+        let id = ami.image_id().unwrap_or_default().to_owned();
+        let name = ami.name().unwrap_or_default().to_owned();
+        let why = if n < options.keep {
+            Some(format!("one of the newest {}", options.keep))
+        } else {
+            in_use.get(&id).cloned()
+        };
+        match why {
+            Some(why) => pruned.kept.push(Kept {
+                ami_id: id,
+                name,
+                why,
+            }),
+            None => pruned.removed.push(Removed {
+                ami_id: id,
+                name,
+                snapshots: ami
+                    .block_device_mappings()
+                    .iter()
+                    .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+                    .map(str::to_owned)
+                    .collect(),
+            }),
+        }
+    }
+    if !options.dry_run {
+        let resources: Vec<Resource> = pruned
+            .removed
+            .iter()
+            .flat_map(|r| {
+                std::iter::once(Resource::Image(r.ami_id.clone()))
+                    .chain(r.snapshots.iter().cloned().map(Resource::Snapshot))
+            })
+            .collect();
+        janitor::delete(clients, &resources).await?;
+    }
+    Ok(pruned)
+}
+
+/// This account's AMIs of `image`, in any state but those on their way out.
+async fn baked(clients: &Clients, image: &str) -> Result<Vec<Image>, CallError> {
+    let out = clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{}", tag::IMAGE))
+                .values(image)
+                .build(),
+        )
+        .filters(Filter::builder().name("state").values("available").build())
+        .send()
+        .await
+        .map_err(|e| clients.failed(format!("list the AMIs of {image}"), aws::describe(&e)))?;
+    Ok(out.images.unwrap_or_default())
+}
+
+/// AMI id → what uses it: live instances, the default and latest versions of every launch
+/// template, and the version every Auto Scaling group launches.
+async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError> {
+    let mut used = BTreeMap::new();
+    let mut pages = clients
+        .ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .values("stopping")
+                .values("stopped")
+                .build(),
+        )
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| clients.failed("list instances", aws::describe(&e)))?;
+        for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+            if let (Some(ami), Some(id)) = (instance.image_id(), instance.instance_id()) {
+                used.entry(ami.to_owned())
+                    .or_insert_with(|| format!("used by instance {id}"));
+            }
+        }
+    }
+    // (template id, version) → who refers to it.
+    let mut versions: Vec<(String, String, String)> = Vec::new();
+    let mut templates = clients
+        .ec2
+        .describe_launch_templates()
+        .into_paginator()
+        .send();
+    while let Some(page) = templates.next().await {
+        let page = page.map_err(|e| clients.failed("list launch templates", aws::describe(&e)))?;
+        for template in page.launch_templates() {
+            let (Some(id), Some(name)) = (
+                template.launch_template_id(),
+                template.launch_template_name(),
+            ) else {
+                continue;
+            };
+            for (label, version) in [
+                ("default", template.default_version_number()),
+                ("latest", template.latest_version_number()),
+            ] {
+                if let Some(version) = version {
+                    versions.push((
+                        id.to_owned(),
+                        version.to_string(),
+                        format!("the {label} version ({version}) of launch template {name}"),
+                    ));
+                }
+            }
+        }
+    }
+    let mut groups = clients
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .into_paginator()
+        .send();
+    while let Some(page) = groups.next().await {
+        let page =
+            page.map_err(|e| clients.failed("list Auto Scaling groups", aws::describe(&e)))?;
+        for group in page.auto_scaling_groups() {
+            let Some(spec) = group.launch_template() else {
+                continue;
+            };
+            if let (Some(id), Some(version)) = (spec.launch_template_id(), spec.version()) {
+                versions.push((
+                    id.to_owned(),
+                    version.to_owned(),
+                    format!(
+                        "launched by Auto Scaling group {}",
+                        group.auto_scaling_group_name().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
+    for (template, version, who) in versions {
+        let out = clients
+            .ec2
+            .describe_launch_template_versions()
+            .launch_template_id(&template)
+            .versions(&version)
+            .send()
+            .await
+            .map_err(|e| {
+                clients.failed(
+                    format!("read version {version} of launch template {template}"),
+                    aws::describe(&e),
+                )
+            })?;
+        for v in out.launch_template_versions() {
+            if let Some(ami) = v.launch_template_data().and_then(|d| d.image_id()) {
+                used.entry(ami.to_owned()).or_insert_with(|| who.clone());
+            }
+        }
+    }
+    Ok(used)
+}
