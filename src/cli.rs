@@ -100,6 +100,23 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The cron job: bake every image whose inputs changed, publish its AMI id in SSM Parameter
+    /// Store, roll it out to its rollouts, prune its old AMIs. One event per step.
+    Pipeline {
+        /// AMIs of each image to keep when pruning.
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
+        /// SSM parameter path for the AMI ids: PREFIX/IMAGE/ami-id.
+        #[arg(long, default_value = "/bake")]
+        publish_prefix: String,
+        /// What's-my-IP service for `allow_cidr = "auto"`; it answers with one IPv4 address.
+        #[arg(
+            long,
+            env = "BAKE_CHECKIP_URL",
+            default_value = "https://checkip.amazonaws.com"
+        )]
+        checkip_url: String,
+    },
     /// Delete what killed runs left behind (found by their bake:run-id tag): instances, security
     /// groups, unfinished images and unused snapshots older than the TTL.
     Gc {

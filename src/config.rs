@@ -563,13 +563,13 @@ impl Config {
                 ),
             ));
         }
-        if let Some(cpu) = &rollout.cpu_target {
-            if !(*cpu.get_ref() > 0.0 && *cpu.get_ref() <= 100.0) {
-                return Err(self.error_at(
-                    cpu.span(),
-                    format!("{}: expected a percentage in (0, 100]", field("cpu_target")),
-                ));
-            }
+        if let Some(cpu) = &rollout.cpu_target
+            && !(*cpu.get_ref() > 0.0 && *cpu.get_ref() <= 100.0)
+        {
+            return Err(self.error_at(
+                cpu.span(),
+                format!("{}: expected a percentage in (0, 100]", field("cpu_target")),
+            ));
         }
         if rollout.refresh.get_ref().min_healthy > 100 {
             return Err(self.error_at(

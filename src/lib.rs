@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod janitor;
 pub mod output;
+pub mod pipeline;
 pub mod poll;
 pub mod prune;
 pub mod render;
@@ -38,6 +39,11 @@ pub enum Error {
     Rollout(Box<rollout::Error>),
     #[error(transparent)]
     Prune(#[from] prune::Error),
+    /// Steps of `bake pipeline` that failed (each also reported as an event).
+    #[error("{}", .0.join("\n"))]
+    Pipeline(Vec<String>),
+    #[error(transparent)]
+    Lock(#[from] pipeline::LockError),
     #[error(transparent)]
     Cleanup(#[from] janitor::Error),
     #[error("interrupted by {}; cleaned up what this run created", if *.0 == 130 { "SIGINT" } else { "SIGTERM" })]
@@ -63,7 +69,11 @@ impl Error {
             Error::Ami(errors) => errors.iter().map(ami::Error::exit_code).max().unwrap_or(1),
             Error::Rollout(e) => e.exit_code(),
             Error::Interrupted(code) => *code,
-            Error::Cleanup(_) | Error::Prune(_) | Error::Output(_) => 1,
+            Error::Cleanup(_)
+            | Error::Prune(_)
+            | Error::Pipeline(_)
+            | Error::Lock(_)
+            | Error::Output(_) => 1,
         }
     }
 }
@@ -123,6 +133,24 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             };
             runtime().block_on(prune_images(&cli, &config, &names, &options))
         }
+        (
+            Command::Pipeline {
+                keep,
+                publish_prefix,
+                checkip_url,
+            },
+            Some(config),
+        ) => {
+            let options = pipeline::Options {
+                keep: *keep,
+                publish_prefix: publish_prefix.clone(),
+                checkip_url: checkip_url.clone(),
+            };
+            runtime().block_on(async {
+                let clients = aws::Clients::load(&target(&cli, Some(&config))).await?;
+                pipeline::run(&clients, &config, &options, cli.output).await
+            })
+        }
         (Command::Gc { ttl, dry_run }, config) => {
             runtime().block_on(gc(&cli, config.as_ref(), *ttl, *dry_run))
         }
@@ -166,11 +194,44 @@ async fn bake_images(
         config.image(name)?;
     }
     let clients = aws::Clients::load(&target(cli, Some(config))).await?;
+    let (baked, failed) = bake_all(&clients, config, names, options, checkip_url).await?;
+    let text: String = match baked.as_slice() {
+        [one] if names.len() == 1 => format!("{}\n", one.ami_id),
+        many => many
+            .iter()
+            .map(|b| format!("{} {}\n", b.image, b.ami_id))
+            .collect(),
+    };
+    let errors: Vec<serde_json::Value> = failed
+        .iter()
+        .map(|e| serde_json::json!({ "image": e.image, "error": e.step.to_string() }))
+        .collect();
+    output::result(
+        cli.output,
+        &text,
+        &serde_json::json!({ "images": baked, "errors": errors }),
+    )?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Ami(failed))
+    }
+}
+
+/// Bakes the named images at once, after checking all of them. A preflight problem with any
+/// image stops all (nothing is created); a signal cleans up every image's run and stops.
+pub(crate) async fn bake_all(
+    clients: &aws::Clients,
+    config: &Config,
+    names: &[String],
+    options: &ami::Options,
+    checkip_url: &str,
+) -> Result<(Vec<ami::Baked>, Vec<ami::Error>), Error> {
     let renderer = Renderer::new(config);
     // Every image is checked before anything is created for any of them.
     let plans = futures_util::future::join_all(names.iter().map(|name| {
         ami::preflight::plan(
-            &clients,
+            clients,
             config,
             &renderer,
             name,
@@ -198,7 +259,6 @@ async fn bake_images(
         .iter()
         .map(|_| janitor::Janitor::new(clients.clone(), janitor::new_run_id()))
         .collect();
-    let clients = &clients;
     let work =
         futures_util::future::join_all(ready.iter().zip(&janitors).map(|(plan, janitor)| {
             let progress = output::Progress::new(&multi, &plan.image);
@@ -231,27 +291,7 @@ async fn bake_images(
             }),
         }
     }
-    let text: String = match baked.as_slice() {
-        [one] if names.len() == 1 => format!("{}\n", one.ami_id),
-        many => many
-            .iter()
-            .map(|b| format!("{} {}\n", b.image, b.ami_id))
-            .collect(),
-    };
-    let errors: Vec<serde_json::Value> = failed
-        .iter()
-        .map(|e| serde_json::json!({ "image": e.image, "error": e.step.to_string() }))
-        .collect();
-    output::result(
-        cli.output,
-        &text,
-        &serde_json::json!({ "images": baked, "errors": errors }),
-    )?;
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Ami(failed))
-    }
+    Ok((baked, failed))
 }
 
 async fn roll_out(

@@ -106,14 +106,14 @@ pub async fn bake(
         skipped,
         seconds: started.elapsed().as_secs_f64(),
     };
-    if !options.force {
-        if let Some(found) = image::existing(clients, plan).await? {
-            let id = found.image_id().unwrap_or_default().to_owned();
-            progress.finish(format!(
-                "already baked as {id} (same digest; --force bakes anew)"
-            ));
-            return Ok(done(id, found.name().unwrap_or_default().to_owned(), true));
-        }
+    if !options.force
+        && let Some(found) = image::existing(clients, plan).await?
+    {
+        let id = found.image_id().unwrap_or_default().to_owned();
+        progress.finish(format!(
+            "already baked as {id} (same digest; --force bakes anew)"
+        ));
+        return Ok(done(id, found.name().unwrap_or_default().to_owned(), true));
     }
     let built = build(clients, image, plan, janitor, progress).await;
     match built {
