@@ -140,6 +140,7 @@ def main() -> int:
         if lab is not None:
             lab.imds.stop()
             lab.apt.stop()
+            lab.scaling.stop()
             lab.destroy_all()
         remove_lab_leftovers(reg.index, state_dir)
         reg.release()

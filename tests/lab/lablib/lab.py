@@ -21,6 +21,8 @@ DEFAULT_LATENCY = {
     "image_available": 1.0,   # an AMI is never available in the same second as CreateImage on EC2
     "ssm_online": 2.0,        # the SSM agent registers a moment after boot on EC2
     "command": 0.0,           # pickup delay of a sent command (Pending -> InProgress)
+    "health_check_interval": 1.0,      # target health probes (ELB's are 5-300 s apart; the lab is fast)
+    "refresh_instance_timeout": 60.0,  # an instance refresh fails when a new instance is not healthy by then
 }
 
 
@@ -70,6 +72,7 @@ class Lab:
         self.apt = aptproxy.AptProxy(net.router_ns, cache / "apt-proxy")
         self.enforce_security_groups = False
         self._sg_lock = threading.Lock()
+        self.scaling = None  # Auto Scaling and load balancing (lablib.scaling), set by the service
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def event(self, kind: str, at: float | None = None, **fields) -> None:
@@ -249,6 +252,8 @@ class Lab:
 
     def destroy_all(self) -> None:
         """Remove every container (reset and shutdown), each once its in-flight transition has finished."""
+        if self.scaling is not None:
+            self.scaling.clear()
         for inst in list(self.instances.values()):
             with inst.lock:
                 if not inst.gone:

@@ -7,7 +7,7 @@ from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from . import bootstrap, patches
+from . import bootstrap, patches, scaling
 from .control import ControlApp
 from .lab import DEFAULT_LATENCY, Lab
 from .net import LabNet
@@ -22,6 +22,8 @@ class LabService:
         self.lab = Lab(lab_net, state_dir, cache, base_image / "rootfs")
         self.lab.enforce_security_groups = enforce_sg
         patches.install(self.lab)
+        self.lab.scaling = scaling.Scaling(self.lab)
+        scaling.install(self.lab, self.lab.scaling)
         self.app = ControlApp(DomainDispatcherApplication(create_backend_app), self)
         self.endpoint = ""
         self.images: dict[str, str] = {}
@@ -33,6 +35,7 @@ class LabService:
         threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
         self.lab.imds.start()
         self.lab.apt.start()
+        self.lab.scaling.start()
         return server
 
     def bootstrap(self) -> None:

@@ -1,0 +1,626 @@
+"""Auto Scaling and load balancing where moto has none: group instances launched as EC2 Auto Scaling
+launches them, target health from real HTTP probes, each ALB as a reverse proxy, instance refresh."""
+import http.client
+import itertools
+import logging
+import math
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from moto.autoscaling import models as asg_models
+from moto.autoscaling.models import autoscaling_backends
+from moto.autoscaling.responses import AutoScalingResponse
+from moto.core.exceptions import ServiceException
+from moto.core.responses import ActionResult
+from moto.elbv2 import models as elb_models
+from moto.elbv2.models import elbv2_backends
+
+from . import sh
+from .net import socket_in_netns
+
+log = logging.getLogger("lab")
+
+TICK = 0.25  # how often group membership, probes and refreshes are looked at
+PROBE_TIMEOUT = 2.0  # a lab target that does not answer in 2 s is down
+ACTIVE = ("Pending", "InProgress", "Cancelling", "RollbackInProgress")
+
+
+class RefreshInProgress(ServiceException):
+    code = "InstanceRefreshInProgress"
+
+
+class ActiveRefreshNotFound(ServiceException):
+    code = "ActiveInstanceRefreshNotFound"
+
+
+@dataclass
+class Refresh:
+    """One instance refresh of a group, as DescribeInstanceRefreshes shows it."""
+    id: str
+    group: str
+    region: str
+    desired: str  # launch template version number the group moves to
+    previous: str  # the version it ran before (the rollback target)
+    min_healthy: int
+    warmup: float
+    auto_rollback: bool
+    status: str = "Pending"
+    reason: str = ""
+    start: float = field(default_factory=time.time)
+    end: float | None = None
+    total: int = 0
+    rolling_back: bool = False
+    # instance id -> when the refresh launched it (for the lab's per-instance timeout)
+    launched: dict = field(default_factory=dict)
+
+    def target(self) -> str:
+        return self.previous if self.rolling_back else self.desired
+
+    def describe(self, done: int) -> dict:
+        d = {
+            "InstanceRefreshId": self.id, "AutoScalingGroupName": self.group, "Status": self.status,
+            "StatusReason": self.reason, "StartTime": _iso(self.start),
+            "PercentageComplete": 100 if self.status == "Successful" else (
+                int(100 * done / self.total) if self.total else 0),
+            "InstancesToUpdate": max(self.total - done, 0),
+            "Preferences": {"MinHealthyPercentage": self.min_healthy, "InstanceWarmup": int(self.warmup),
+                            "AutoRollback": self.auto_rollback, "SkipMatching": True},
+        }
+        if self.end:
+            d["EndTime"] = _iso(self.end)
+        return d
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+class Proxy:
+    """One load balancer listener: an HTTP reverse proxy in the router namespace."""
+
+    def __init__(self, scaling: "Scaling", router_ns: str, address: str, port: int, lb_arn: str, region: str):
+        self.scaling, self.lb_arn, self.region = scaling, lb_arn, region
+        sock = socket_in_netns(router_ns, socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(64)
+        self.server = ThreadingHTTPServer((address, port), self._handler(), bind_and_activate=False)
+        self.server.socket.close()
+        self.server.socket = sock
+        self.server.daemon_threads = True
+        self.rr = itertools.count()
+        threading.Thread(target=self.server.serve_forever, name=f"alb {address}:{port}", daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                targets = proxy.scaling.healthy_targets(proxy.region, proxy.lb_arn, self.server.server_address[1])
+                if not targets:
+                    return self._answer(503, "503 Service Temporarily Unavailable\n")
+                ip, port = targets[next(proxy.rr) % len(targets)]
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+                headers["X-Forwarded-For"] = self.client_address[0]
+                try:
+                    sock = socket_in_netns(proxy.scaling.lab.net.router_ns, socket.AF_INET, socket.SOCK_STREAM)
+                    sock.settimeout(10)
+                    sock.connect((ip, port))
+                    upstream = http.client.HTTPConnection(ip, port, timeout=10)
+                    upstream.sock = sock
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    answer = upstream.getresponse()
+                    data = answer.read()
+                    upstream.close()
+                except OSError:
+                    return self._answer(502, "502 Bad Gateway\n")
+                self.send_response(answer.status, answer.reason)
+                for k, v in answer.getheaders():
+                    if k.lower() not in ("connection", "keep-alive", "transfer-encoding", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _answer(self, status: int, text: str):
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
+
+        return Handler
+
+
+class Scaling:
+    """The lab's Auto Scaling and load-balancing world, driven by one background loop."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.refreshes: dict[tuple[str, str], list[Refresh]] = {}  # (region, group) -> newest last
+        self.proxies: dict[tuple[str, int], Proxy] = {}  # (lb arn, port) -> proxy
+        self.addresses: dict[str, str] = {}  # lb arn -> address
+        self.probes: dict[tuple[str, str], dict] = {}  # (tg arn, target id) -> probe state
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="scaling", daemon=True)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            for proxy in self.proxies.values():
+                proxy.close()
+            self.proxies.clear()
+            for address in self.addresses.values():
+                self._release(address)
+            self.addresses.clear()
+            self.refreshes.clear()
+            self.probes.clear()
+
+    def _loop(self) -> None:
+        last_probe = 0.0
+        while not self._stop.wait(TICK):
+            try:
+                with self._lock:
+                    self._balancers()
+                    self._groups()
+                    interval = float(self.lab.latency.get("health_check_interval", 1.0))
+                    if time.time() - last_probe >= interval:
+                        last_probe = time.time()
+                        self._probe_all()
+                    self._refresh_all()
+            except Exception as e:  # noqa: BLE001 - reported, the loop goes on
+                log.exception("scaling loop")
+                self.lab.event("error", what="scaling", error=str(e))
+
+    # ---- load balancers ------------------------------------------------------------------------
+    def _address(self, arn: str) -> str:
+        if arn not in self.addresses:
+            net = self.lab.net
+            with net._lock:
+                for host in reversed(list(net.public_net.hosts())[9:]):
+                    if str(host) not in net._public_in_use:
+                        net._public_in_use.add(str(host))
+                        break
+                else:
+                    raise RuntimeError("lab public range exhausted")
+            sh.run("ip", "-n", net.router_ns, "addr", "add", f"{host}/32", "dev", "lo")
+            self.addresses[arn] = str(host)
+        return self.addresses[arn]
+
+    def _release(self, address: str) -> None:
+        sh.run("ip", "-n", self.lab.net.router_ns, "addr", "del", f"{address}/32", "dev", "lo", check=False)
+        self.lab.net.release_public_ip(address)
+
+    def assign_dns(self, lb) -> None:
+        """An ALB's DNS name is its lab address, so any HTTP client reaches it without DNS."""
+        with self._lock:
+            lb.dns_name = self._address(lb.arn)
+
+    def _balancers(self) -> None:
+        wanted = {}
+        for region, backend in _backends(elbv2_backends):
+            for lb in list(backend.load_balancers.values()):
+                if lb.type != "application":
+                    continue
+                address = self._address(lb.arn)
+                lb.dns_name = address
+                lb.state = "active"
+                for listener in list(lb.listeners.values()):
+                    if str(listener.protocol).upper() == "HTTP":
+                        wanted[(lb.arn, int(listener.port))] = (address, region)
+        for key in list(self.proxies):
+            if key not in wanted:
+                self.proxies.pop(key).close()
+        for key, (address, region) in wanted.items():
+            if key not in self.proxies:
+                self.proxies[key] = Proxy(self, self.lab.net.router_ns, address, key[1], key[0], region)
+        live = {arn for arn, _ in wanted} | {lb.arn for _, b in _backends(elbv2_backends)
+                                             for lb in b.load_balancers.values()}
+        for arn in list(self.addresses):
+            if arn not in live:
+                self._release(self.addresses.pop(arn))
+
+    def healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int]]:
+        """Addresses of the healthy targets the listener on `port` forwards to."""
+        with self._lock:
+            backend = elbv2_backends[_account()][region]
+            lb = backend.load_balancers.get(lb_arn)
+            if lb is None:
+                return []
+            found = []
+            for listener in lb.listeners.values():
+                if int(listener.port) != port:
+                    continue
+                for action in listener.default_actions:
+                    arn = action.data.get("TargetGroupArn") if hasattr(action, "data") else None
+                    tg = backend.target_groups.get(arn) if arn else None
+                    if tg is None:
+                        continue
+                    for t in tg.targets.values():
+                        state = self.probes.get((tg.arn, t["Id"]), {})
+                        inst = self.lab.instances.get(t["Id"])
+                        if state.get("state") == "healthy" and inst:
+                            found.append((inst.private_ip, int(t["Port"])))
+            return found
+
+    # ---- target health -------------------------------------------------------------------------
+    def _probe_all(self) -> None:
+        live = set()
+        for region, backend in _backends(elbv2_backends):
+            attached = {arn for lb in backend.load_balancers.values() for l in lb.listeners.values()
+                        for a in l.default_actions for arn in [getattr(a, "data", {}).get("TargetGroupArn")] if arn}
+            for tg in list(backend.target_groups.values()):
+                for t in list(tg.targets.values()):
+                    key = (tg.arn, t["Id"])
+                    live.add(key)
+                    state = self.probes.setdefault(key, {"state": "initial", "reason": "Elb.InitialHealthChecking",
+                                                         "description": "Initial health checks in progress",
+                                                         "ok": 0, "fail": 0})
+                    if tg.arn not in attached:
+                        state.update(state="unused", reason="Target.NotInUse",
+                                     description="Target group is not configured to receive traffic from the load balancer")
+                        continue
+                    self._probe(tg, t, state)
+        for key in list(self.probes):
+            if key not in live:
+                del self.probes[key]
+
+    def _probe(self, tg, target: dict, state: dict) -> None:
+        inst = self.lab.instances.get(target["Id"])
+        port = int(target["Port"]) if tg.health_check_port in (None, "traffic-port") else int(tg.health_check_port)
+        ok, why = False, "Target.Timeout"
+        desc = "Request timed out"
+        if inst is not None and inst.state == "running":
+            try:
+                sock = socket_in_netns(self.lab.net.router_ns, socket.AF_INET, socket.SOCK_STREAM)
+                sock.settimeout(PROBE_TIMEOUT)
+                sock.connect((inst.private_ip, port))
+                conn = http.client.HTTPConnection(inst.private_ip, port, timeout=PROBE_TIMEOUT)
+                conn.sock = sock
+                conn.request("GET", tg.health_check_path or "/")
+                status = conn.getresponse().status
+                conn.close()
+                ok = _matches(str(tg.matcher.get("HttpCode", "200")), status)
+                if not ok:
+                    why, desc = "Target.ResponseCodeMismatch", f"Health checks failed with these codes: [{status}]"
+            except ConnectionRefusedError:
+                why, desc = "Target.FailedHealthChecks", "Health checks failed"
+            except OSError:
+                pass
+        if ok:
+            state["ok"], state["fail"] = state["ok"] + 1, 0
+            if state["state"] != "healthy" and state["ok"] >= int(tg.healthy_threshold_count):
+                state.update(state="healthy", reason=None, description=None)
+                self.lab.event("target_healthy", target_group=tg.arn, target=target["Id"])
+        else:
+            state["fail"], state["ok"] = state["fail"] + 1, 0
+            if state["state"] != "unhealthy" and state["fail"] >= int(tg.unhealthy_threshold_count):
+                state.update(state="unhealthy", reason=why, description=desc)
+                self.lab.event("target_unhealthy", target_group=tg.arn, target=target["Id"], reason=why)
+
+    def health_for(self, tg, target_id: str):
+        state = self.probes.get((tg.arn, target_id))
+        return state
+
+    # ---- groups --------------------------------------------------------------------------------
+    def _groups(self) -> None:
+        """Registers running group instances in the group's target groups; removes the gone ones."""
+        for region, backend in _backends(autoscaling_backends):
+            elb = elbv2_backends[_account()][region]
+            for group in list(backend.autoscaling_groups.values()):
+                running = {s.instance.id for s in group.instance_states
+                           if s.instance.id in self.lab.instances and self.lab.instances[s.instance.id].state == "running"}
+                for arn in group.target_group_arns:
+                    tg = elb.target_groups.get(arn)
+                    if tg is None:
+                        continue
+                    for iid in running - set(tg.targets):
+                        tg.targets[iid] = {"Id": iid, "Port": tg.port}
+                        self.lab.event("target_registered", target_group=arn, target=iid)
+                    members = {s.instance.id for s in group.instance_states}
+                    for iid in set(tg.targets) - members:
+                        if iid in _all_group_instances():
+                            continue
+                        inst = self.lab.instances.get(iid)
+                        if inst is None or inst.state != "running":
+                            tg.targets.pop(iid, None)
+                            self.lab.event("target_removed", target_group=arn, target=iid)
+
+    def instance_healthy(self, region: str, group, iid: str) -> bool:
+        inst = self.lab.instances.get(iid)
+        if inst is None or inst.state != "running":
+            return False
+        if group.health_check_type != "ELB":
+            return True
+        elb = elbv2_backends[_account()][region]
+        for arn in group.target_group_arns:
+            if arn in elb.target_groups and self.probes.get((arn, iid), {}).get("state") != "healthy":
+                return False
+        return True
+
+    # ---- instance refresh ----------------------------------------------------------------------
+    def start_refresh(self, region: str, group, prefs: dict, desired: dict | None) -> str:
+        with self._lock:
+            key = (region, group.name)
+            if any(r.status in ACTIVE for r in self.refreshes.get(key, [])):
+                raise RefreshInProgress("An Instance Refresh is already in progress and blocks the execution of this Instance Refresh.")
+            current = _version_number(group, group.launch_template_version)
+            target = current
+            if desired and desired.get("LaunchTemplate"):
+                target = _version_number(group, desired["LaunchTemplate"].get("Version") or "$Default")
+            refresh = Refresh(
+                id=str(uuid.uuid4()), group=group.name, region=region, desired=target, previous=current,
+                min_healthy=int(prefs.get("MinHealthyPercentage", 90)),
+                warmup=float(prefs.get("InstanceWarmup") or group.health_check_grace_period or 0),
+                auto_rollback=str(prefs.get("AutoRollback", "false")).lower() == "true")
+            self.refreshes.setdefault(key, []).append(refresh)
+            self.lab.event("refresh_started", group=group.name, refresh=refresh.id, version=target)
+            return refresh.id
+
+    def rollback_refresh(self, region: str, group_name: str) -> str:
+        with self._lock:
+            active = [r for r in self.refreshes.get((region, group_name), []) if r.status in ("Pending", "InProgress")]
+            if not active:
+                raise ActiveRefreshNotFound("No in-progress instance refresh found to roll back.")
+            r = active[-1]
+            r.status, r.rolling_back, r.reason = "RollbackInProgress", True, "Rollback requested"
+            r.launched.clear()
+            self.lab.event("refresh_rollback", group=group_name, refresh=r.id)
+            return r.id
+
+    def cancel_refresh(self, region: str, group_name: str) -> str:
+        with self._lock:
+            active = [r for r in self.refreshes.get((region, group_name), []) if r.status in ACTIVE]
+            if not active:
+                raise ActiveRefreshNotFound("No in-progress or pending Instance Refresh found.")
+            r = active[-1]
+            r.status, r.end = "Cancelled", time.time()
+            return r.id
+
+    def describe_refreshes(self, region: str, group_name: str, ids: list[str]) -> list[dict]:
+        with self._lock:
+            backend = autoscaling_backends[_account()][region]
+            group = backend.autoscaling_groups.get(group_name)
+            out = []
+            for r in reversed(self.refreshes.get((region, group_name), [])):
+                if ids and r.id not in ids:
+                    continue
+                done = 0
+                if group is not None:
+                    done = sum(1 for s in group.instance_states
+                               if getattr(s.instance, "lab_lt_version", None) == r.target()
+                               and self.instance_healthy(region, group, s.instance.id))
+                out.append(r.describe(min(done, r.total)))
+            return out
+
+    def _refresh_all(self) -> None:
+        for (region, name), refreshes in self.refreshes.items():
+            backend = autoscaling_backends[_account()][region]
+            group = backend.autoscaling_groups.get(name)
+            for r in refreshes:
+                if r.status in ("Pending", "InProgress", "RollbackInProgress"):
+                    if group is None:
+                        r.status, r.end, r.reason = "Cancelled", time.time(), "the group was deleted"
+                    else:
+                        self._advance(region, group, r)
+
+    def _advance(self, region: str, group, r: Refresh) -> None:
+        if r.status == "Pending":
+            r.status = "InProgress"
+            r.total = len(group.instance_states)
+        target = r.target()
+        _set_group_version(group, target)
+        states = list(group.instance_states)
+        desired = group.desired_capacity or len(states)
+        new = [s for s in states if getattr(s.instance, "lab_lt_version", None) == target]
+        old = [s for s in states if getattr(s.instance, "lab_lt_version", None) != target]
+        now = time.time()
+        timeout = float(self.lab.latency.get("refresh_instance_timeout", 60.0))
+        ready = 0
+        for s in new:
+            iid = s.instance.id
+            launched = r.launched.setdefault(iid, now)
+            if self.instance_healthy(region, group, iid):
+                healthy_since = getattr(s.instance, "lab_healthy_since", None) or now
+                s.instance.lab_healthy_since = healthy_since
+                if now - healthy_since >= r.warmup:
+                    ready += 1
+            elif now - launched > timeout and not r.rolling_back:
+                return self._fail(region, group, r, f"instance {iid} did not become healthy within {int(timeout)} s")
+        if not old and ready >= len(new):
+            r.status, r.end = ("RollbackSuccessful" if r.rolling_back else "Successful"), now
+            if not r.rolling_back:
+                r.reason = ""
+            self.lab.event("refresh_" + r.status.lower(), group=group.name, refresh=r.id)
+            return
+        if not old:
+            return
+        # Keep MinHealthyPercentage of the desired capacity healthy: replace only what is above it.
+        healthy_old = [s for s in old if self.instance_healthy(region, group, s.instance.id)]
+        floor = math.ceil(desired * r.min_healthy / 100)
+        in_flight = len(new) - ready
+        room = healthy_old and (len(healthy_old) + ready) - floor - in_flight
+        batch = old if not healthy_old else old[:max(room, 1 if in_flight == 0 else 0)]
+        if batch:
+            ids = [s.instance.id for s in batch]
+            backend = autoscaling_backends[_account()][region]
+            backend.ec2_backend.terminate_instances(ids)
+            # As the EC2 API does after TerminateInstances: the group replaces them, ELB drains them.
+            elbv2_backends[_account()][region].notify_terminate_instances(ids)
+            backend.notify_terminate_instances(ids)
+
+    def _fail(self, region: str, group, r: Refresh, reason: str) -> None:
+        r.reason = reason
+        if r.auto_rollback:
+            r.status, r.rolling_back = "RollbackInProgress", True
+            r.launched.clear()
+            self.lab.event("refresh_rollback", group=group.name, refresh=r.id, reason=reason)
+        else:
+            r.status, r.end = "Failed", time.time()
+            self.lab.event("refresh_failed", group=group.name, refresh=r.id, reason=reason)
+
+
+def _account() -> str:
+    return "123456789012"
+
+
+def _backends(backend_dict):
+    for account in list(dict.values(backend_dict)):
+        for region, backend in list(dict.items(account)):
+            yield region, backend
+
+
+def _all_group_instances() -> set[str]:
+    return {s.instance.id for _, b in _backends(autoscaling_backends)
+            for g in b.autoscaling_groups.values() for s in g.instance_states}
+
+
+def _matches(codes: str, status: int) -> bool:
+    for part in codes.split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            if int(lo) <= status <= int(hi):
+                return True
+        elif part.strip() and int(part) == status:
+            return True
+    return False
+
+
+def _version_number(group, spec: str) -> str:
+    return str(group.ec2_launch_template.get_version(spec).number)
+
+
+def _set_group_version(group, version: str) -> None:
+    group.launch_template_version = version
+    group.provided_launch_template_version = version
+
+
+def install(lab, scaling: Scaling) -> None:
+    """Patch moto's Auto Scaling and ELBv2 to act through `scaling`."""
+    group_cls = asg_models.FakeAutoScalingGroup
+
+    def replace_instances(group, count_needed: int, propagated_tags: dict) -> None:
+        """Launch as EC2 Auto Scaling does: the group's template version, spread over its subnets."""
+        propagated_tags[asg_models.ASG_NAME_TAG] = group.name
+        propagated_tags.update(group.instance_tags)
+        ec2 = group.autoscaling_backend.ec2_backend
+        subnets = [s for s in (group.vpc_zone_identifier or "").split(",") if s]
+        version = group.ec2_launch_template.get_version(group.launch_template_version)
+        data = version.data
+        for _ in range(count_needed):
+            subnet = None
+            if subnets:
+                counts = {s: 0 for s in subnets}
+                for st in group.instance_states:
+                    if st.instance.subnet_id in counts:
+                        counts[st.instance.subnet_id] += 1
+                subnet = min(subnets, key=lambda s: counts[s])
+            kwargs = {
+                "instance_type": data.get("InstanceType") or "t3.micro", "tags": {"instance": dict(propagated_tags)},
+                "launch_template": {"LaunchTemplateId": group.ec2_launch_template.id, "Version": str(version.number)},
+                "is_instance_type_default": False, "subnet_id": subnet,
+                "security_group_ids": list(data.get("SecurityGroupIds") or []),
+                "metadata_options": data.get("MetadataOptions") or {},
+            }
+            if subnet:
+                kwargs["placement"] = ec2.get_subnet(subnet).availability_zone
+            reservation = ec2.run_instances(version.image_id, 1, data.get("UserData"), [], **kwargs)
+            for instance in reservation.instances:
+                profile = (data.get("IamInstanceProfile") or {}).get("Name")
+                if profile:
+                    ec2.associate_iam_instance_profile(instance_id=instance.id, iam_instance_profile_name=profile,
+                                                       iam_instance_profile_arn=None)
+                instance.autoscaling_group = group
+                instance.lab_lt_version = str(version.number)
+                group.instance_states.append(asg_models.InstanceState(
+                    instance, protected_from_scale_in=group.new_instances_protected_from_scale_in))
+
+    group_cls.replace_autoscaling_group_instances = replace_instances
+
+    def launch_template(state):
+        group = state.auto_scaling_group
+        if group is None or group.ec2_launch_template is None:
+            return None
+        return {"LaunchTemplateId": group.ec2_launch_template.id, "LaunchTemplateName": group.ec2_launch_template.name,
+                "Version": getattr(state.instance, "lab_lt_version", str(group.ec2_launch_template.default_version_number))}
+
+    asg_models.InstanceState.launch_template = property(launch_template)
+
+    def update_attached_target_groups(backend, group_name: str) -> None:
+        """Targets are registered once their instance runs (the scaling loop does it), as on AWS."""
+
+    asg_models.AutoScalingBackend.update_attached_target_groups = update_attached_target_groups
+
+    original_health_for = elb_models.FakeTargetGroup.health_for
+
+    def health_for(tg, target, ec2_backend):
+        status = original_health_for(tg, target, ec2_backend)
+        if status.status == "healthy":
+            state = scaling.health_for(tg, target["Id"]) or {
+                "state": "initial", "reason": "Elb.InitialHealthChecking",
+                "description": "Initial health checks in progress"}
+            status.status, status.reason, status.description = state["state"], state["reason"], state["description"]
+        return status
+
+    elb_models.FakeTargetGroup.health_for = health_for
+
+    original_create_lb = elb_models.ELBv2Backend.create_load_balancer
+
+    def create_load_balancer(backend, *args, **kwargs):
+        lb = original_create_lb(backend, *args, **kwargs)
+        if lb.type == "application":
+            scaling.assign_dns(lb)
+        return lb
+
+    elb_models.ELBv2Backend.create_load_balancer = create_load_balancer
+
+    def start_instance_refresh(self):
+        group_name = self._get_param("AutoScalingGroupName")
+        group = self.autoscaling_backend.describe_auto_scaling_groups([group_name])[0]
+        refresh_id = scaling.start_refresh(self.region, group, self._get_param("Preferences") or {},
+                                           self._get_param("DesiredConfiguration"))
+        return ActionResult({"InstanceRefreshId": refresh_id})
+
+    def describe_instance_refreshes(self):
+        found = scaling.describe_refreshes(self.region, self._get_param("AutoScalingGroupName"),
+                                           self._get_param("InstanceRefreshIds") or [])
+        return ActionResult({"InstanceRefreshes": found})
+
+    def rollback_instance_refresh(self):
+        return ActionResult({"InstanceRefreshId": scaling.rollback_refresh(
+            self.region, self._get_param("AutoScalingGroupName"))})
+
+    def cancel_instance_refresh(self):
+        return ActionResult({"InstanceRefreshId": scaling.cancel_refresh(
+            self.region, self._get_param("AutoScalingGroupName"))})
+
+    AutoScalingResponse.start_instance_refresh = start_instance_refresh
+    AutoScalingResponse.describe_instance_refreshes = describe_instance_refreshes
+    AutoScalingResponse.rollback_instance_refresh = rollback_instance_refresh
+    AutoScalingResponse.cancel_instance_refresh = cancel_instance_refresh
