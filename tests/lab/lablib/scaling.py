@@ -16,6 +16,7 @@ from moto.autoscaling.models import autoscaling_backends
 from moto.autoscaling.responses import AutoScalingResponse
 from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult
+from moto.ec2.utils import parse_user_data
 from moto.elbv2 import models as elb_models
 from moto.elbv2.models import elbv2_backends
 
@@ -377,7 +378,8 @@ class Scaling:
             refresh = Refresh(
                 id=str(uuid.uuid4()), group=group.name, region=region, desired=target, previous=current,
                 min_healthy=int(prefs.get("MinHealthyPercentage", 90)),
-                warmup=float(prefs.get("InstanceWarmup") or group.health_check_grace_period or 0),
+                warmup=float(prefs["InstanceWarmup"] if prefs.get("InstanceWarmup") is not None
+                             else group.health_check_grace_period or 0),
                 auto_rollback=str(prefs.get("AutoRollback", "false")).lower() == "true")
             self.refreshes.setdefault(key, []).append(refresh)
             self.lab.event("refresh_started", group=group.name, refresh=refresh.id, version=target)
@@ -463,6 +465,8 @@ class Scaling:
             return
         # Keep MinHealthyPercentage of the desired capacity healthy: replace only what is above it.
         healthy_old = [s for s in old if self.instance_healthy(region, group, s.instance.id)]
+        # Unhealthy instances go first: replacing them costs no capacity.
+        old.sort(key=lambda s: s in healthy_old)
         floor = math.ceil(desired * r.min_healthy / 100)
         in_flight = len(new) - ready
         room = healthy_old and (len(healthy_old) + ready) - floor - in_flight
@@ -550,7 +554,10 @@ def install(lab, scaling: Scaling) -> None:
             }
             if subnet:
                 kwargs["placement"] = ec2.get_subnet(subnet).availability_zone
-            reservation = ec2.run_instances(version.image_id, 1, data.get("UserData"), [], **kwargs)
+            user_data = data.get("UserData")
+            if isinstance(user_data, str):
+                user_data = parse_user_data(user_data)
+            reservation = ec2.run_instances(version.image_id, 1, user_data, [], **kwargs)
             for instance in reservation.instances:
                 profile = (data.get("IamInstanceProfile") or {}).get("Name")
                 if profile:
