@@ -368,3 +368,51 @@ async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
         assert_eq!(lab.calls(action).await, 0, "{action}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_during_the_refresh_rolls_back_and_exits_130() {
+    let lab = Lab::start().await;
+    let first = Scratch::new(&config("first page"));
+    bake_ami(&lab, &first).await;
+    let out = lab
+        .run_bake(&["-c", &first.config(), "rollout", "web"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let url = stdout(&out);
+
+    // A long warmup keeps the refresh going while the signal comes.
+    let second =
+        Scratch::new(&config("second page").replace("warmup = \"5s\"", "warmup = \"30s\""));
+    bake_ami(&lab, &second).await;
+    let child = lab
+        .bake(&["-c", &second.config(), "rollout", "web"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    lab.wait_for("the instance refresh", Duration::from_secs(60), || async {
+        lab.calls("StartInstanceRefresh").await > 0
+    })
+    .await;
+    support::signal(child.id(), "INT");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert!(
+        err.contains("rolled back: Web-ASG runs version 1 again"),
+        "{err}"
+    );
+    assert_eq!(lab.calls("RollbackInstanceRefresh").await, 1);
+    let after = group(&lab).await;
+    assert!(
+        after.iter().all(|(_, version, _)| version == "1"),
+        "{after:?}"
+    );
+    assert_eq!(
+        bodies(&url, 4).await,
+        BTreeSet::from(["first page".to_owned()])
+    );
+}
