@@ -28,28 +28,13 @@ async fn exists(lab: &Lab, ami: &str) -> bool {
     out.images().iter().any(|i| i.image_id() == Some(ami))
 }
 
-async fn snapshots_of(lab: &Lab, ami: &str) -> Vec<String> {
-    let out = lab
-        .ec2
-        .describe_images()
-        .image_ids(ami)
-        .send()
-        .await
-        .unwrap();
-    out.images()
-        .iter()
-        .flat_map(|i| i.block_device_mappings())
-        .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn prune_keeps_the_newest_and_those_in_use_and_removes_the_rest_with_snapshots() {
     let lab = Lab::start().await;
     let oldest = bake(&lab, "one").await;
     let middle = bake(&lab, "two").await;
     let newest = bake(&lab, "three").await;
-    let middle_snapshots = snapshots_of(&lab, &middle).await;
+    let middle_snapshots = lab.snapshots_of(&[&middle]).await;
     assert!(!middle_snapshots.is_empty());
 
     // The oldest stays in use: a launch template names it.

@@ -55,6 +55,15 @@ async fn bake_ami(lab: &Lab, scratch: &Scratch) -> String {
     stdout(&out)
 }
 
+/// Runs `bake rollout web`, which must succeed, and returns its JSON result.
+async fn roll_out(lab: &Lab, scratch: &Scratch) -> serde_json::Value {
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "-o", "json", "rollout", "web"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// GETs `url` `n` times and returns the distinct bodies.
 async fn bodies(url: &str, n: usize) -> BTreeSet<String> {
     let client = reqwest::Client::builder()
@@ -101,11 +110,7 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
     let first = Scratch::new(&config("first page"));
     let ami = bake_ami(&lab, &first).await;
 
-    let out = lab
-        .run_bake(&["-c", &first.config(), "-o", "json", "rollout", "web"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let result = roll_out(&lab, &first).await;
     assert_eq!(result["ami_id"], ami.as_str());
     assert_eq!(result["version"], 1);
     let url = result["url"].as_str().unwrap().to_owned();
@@ -166,11 +171,7 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
     // A new AMI: a new version, every instance replaced, the new page through the same ALB.
     let second = Scratch::new(&config("second page"));
     let ami2 = bake_ami(&lab, &second).await;
-    let out = lab
-        .run_bake(&["-c", &second.config(), "-o", "json", "rollout", "web"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let result = roll_out(&lab, &second).await;
     assert_eq!(result["ami_id"], ami2.as_str());
     assert_eq!(result["version"], 2);
     assert_eq!(result["previous_version"], "1");

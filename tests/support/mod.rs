@@ -234,7 +234,8 @@ impl Lab {
         assert!(containers.is_empty(), "containers left: {containers:?}");
     }
 
-    async fn snapshots_of(&self, images: &[&str]) -> Vec<String> {
+    /// The snapshots behind `images`.
+    pub async fn snapshots_of(&self, images: &[&str]) -> Vec<String> {
         if images.is_empty() {
             return Vec::new();
         }
