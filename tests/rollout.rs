@@ -194,11 +194,10 @@ async fn refresh_rolls_back_when_the_new_instances_stay_unhealthy() {
     let lab = Lab::start().await;
     let scratch = Scratch::new(&config("good page"));
     bake_ami(&lab, &scratch).await;
-    let out = lab
-        .run_bake(&["-c", &scratch.config(), "rollout", "web"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let url = stdout(&out);
+    let url = roll_out(&lab, &scratch).await["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let before = group(&lab).await;
 
     // The Debian base image serves nothing on port 80.
@@ -375,11 +374,10 @@ async fn sigint_during_the_refresh_rolls_back_and_exits_130() {
     let lab = Lab::start().await;
     let first = Scratch::new(&config("first page"));
     bake_ami(&lab, &first).await;
-    let out = lab
-        .run_bake(&["-c", &first.config(), "rollout", "web"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let url = stdout(&out);
+    let url = roll_out(&lab, &first).await["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // A long warmup keeps the refresh going while the signal comes.
     let second =
