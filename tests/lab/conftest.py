@@ -17,6 +17,25 @@ USER_DATA_WAIT = 60  # short user data finishes within seconds of boot, a cached
 IMAGE_WAIT = 60      # a bake copies the upper dir (~100 MB: about a second) and waits image_available (1 s)
 COMMAND_WAIT = 60    # the tests' commands take at most a few seconds (a cached apt install)
 
+# A page naming the instance and its version, served at boot by systemd socket activation.
+PAGE_USER_DATA = """#!/bin/bash
+set -euo pipefail
+TOKEN=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token)
+ID=$(curl -s -H "X-aws-ec2-metadata-token: $TOKEN" http://169.254.169.254/latest/meta-data/instance-id)
+mkdir -p /srv && echo "{page} $ID" > /srv/index.html
+cat >/usr/local/sbin/page <<'SH'
+#!/bin/bash
+while IFS= read -r line && [ -n "${{line%$'\\r'}}" ]; do :; done
+printf 'HTTP/1.0 200 OK\\r\\nContent-Length: %s\\r\\n\\r\\n' "$(wc -c </srv/index.html)"
+cat /srv/index.html
+SH
+chmod +x /usr/local/sbin/page
+printf '[Socket]\\nListenStream=80\\nAccept=yes\\n[Install]\\nWantedBy=sockets.target\\n' >/etc/systemd/system/page.socket
+printf '[Service]\\nExecStart=/usr/local/sbin/page\\nStandardInput=socket\\nStandardOutput=socket\\n' >/etc/systemd/system/page@.service
+systemctl daemon-reload
+systemctl enable --now page.socket
+"""
+
 
 def wait_for(what: str, fn, timeout: float, interval: float = 0.25):
     """Poll fn until it returns something truthy; fail the test with `what` after timeout seconds."""

@@ -2,26 +2,8 @@
 instance refreshes that replace real instances and roll back."""
 import base64
 
-from conftest import http_get, run_command, subnet_id, wait_for, wait_online
+from conftest import PAGE_USER_DATA as USER_DATA, http_get, run_command, subnet_id, wait_for, wait_online
 
-# A page naming the instance and its version, served at boot by systemd socket activation.
-USER_DATA = """#!/bin/bash
-set -euo pipefail
-TOKEN=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token)
-ID=$(curl -s -H "X-aws-ec2-metadata-token: $TOKEN" http://169.254.169.254/latest/meta-data/instance-id)
-mkdir -p /srv && echo "{page} $ID" > /srv/index.html
-cat >/usr/local/sbin/page <<'SH'
-#!/bin/bash
-while IFS= read -r line && [ -n "${{line%$'\\r'}}" ]; do :; done
-printf 'HTTP/1.0 200 OK\\r\\nContent-Length: %s\\r\\n\\r\\n' "$(wc -c </srv/index.html)"
-cat /srv/index.html
-SH
-chmod +x /usr/local/sbin/page
-printf '[Socket]\\nListenStream=80\\nAccept=yes\\n[Install]\\nWantedBy=sockets.target\\n' >/etc/systemd/system/page.socket
-printf '[Service]\\nExecStart=/usr/local/sbin/page\\nStandardInput=socket\\nStandardOutput=socket\\n' >/etc/systemd/system/page@.service
-systemctl daemon-reload
-systemctl enable --now page.socket
-"""
 BROKEN = "#!/bin/bash\necho 'this version serves nothing'\n"
 HEALTHY_WAIT = 90  # boot (~1 s), user data (~1 s), two 1-s probes; 90 s means broken
 REFRESH_WAIT = 180  # two batches of the above

@@ -247,7 +247,11 @@ class Lab:
         """Make the router's filter match the running instances' ingress rules (or remove it when not enforced)."""
         with self._sg_lock:
             running = [i for i in list(self.instances.values()) if i.running_at is not None]
-            script = secgroups.ruleset(running) if self.enforce_security_groups else secgroups.disabled()
+            if self.enforce_security_groups:
+                balancers = self.scaling.filtered_balancers() if self.scaling is not None else []
+                script = secgroups.ruleset(running, balancers)
+            else:
+                script = secgroups.disabled()
             sh.in_ns(self.net.router_ns, "nft", "-f", "-", input=script)
 
     def destroy_all(self) -> None:

@@ -16,11 +16,12 @@ from moto.autoscaling.models import autoscaling_backends
 from moto.autoscaling.responses import AutoScalingResponse
 from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult
+from moto.ec2.models import ec2_backends
 from moto.ec2.utils import parse_user_data
 from moto.elbv2 import models as elb_models
 from moto.elbv2.models import elbv2_backends
 
-from . import sh
+from . import secgroups, sh
 from .net import socket_in_netns
 
 log = logging.getLogger("lab")
@@ -84,7 +85,7 @@ class Proxy:
     """One load balancer listener: an HTTP reverse proxy in the router namespace."""
 
     def __init__(self, scaling: "Scaling", router_ns: str, address: str, port: int, lb_arn: str, region: str):
-        self.scaling, self.lb_arn, self.region = scaling, lb_arn, region
+        self.scaling, self.address, self.lb_arn, self.region = scaling, address, lb_arn, region
         sock = socket_in_netns(router_ns, socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, port))
@@ -120,6 +121,7 @@ class Proxy:
                 headers["X-Forwarded-For"] = self.client_address[0]
                 try:
                     sock = socket_in_netns(proxy.scaling.lab.net.router_ns, socket.AF_INET, socket.SOCK_STREAM)
+                    sock.bind((proxy.address, 0))  # from the balancer, as its security group names it
                     sock.settimeout(10)
                     sock.connect((ip, port))
                     upstream = http.client.HTTPConnection(ip, port, timeout=10)
@@ -160,6 +162,7 @@ class Scaling:
         self.proxies: dict[tuple[str, int], Proxy] = {}  # (lb arn, port) -> proxy
         self.addresses: dict[str, str] = {}  # lb arn -> address
         self.probes: dict[tuple[str, str], dict] = {}  # (tg arn, target id) -> probe state
+        self._filtered: tuple = ()  # the listeners and security groups the filter was last built from
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scaling", daemon=True)
@@ -182,6 +185,7 @@ class Scaling:
             self.addresses.clear()
             self.refreshes.clear()
             self.probes.clear()
+            self._filtered = ()
 
     def _loop(self) -> None:
         last_probe = 0.0
@@ -224,7 +228,7 @@ class Scaling:
             lb.dns_name = self._address(lb.arn)
 
     def _balancers(self) -> None:
-        wanted = {}
+        wanted, listened = {}, {}
         for region, backend in _backends(elbv2_backends):
             for lb in list(backend.load_balancers.values()):
                 if lb.type != "application":
@@ -235,6 +239,7 @@ class Scaling:
                 for listener in list(lb.listeners.values()):
                     if str(listener.protocol).upper() == "HTTP":
                         wanted[(lb.arn, int(listener.port))] = (address, region)
+                        listened[(lb.arn, int(listener.port))] = lb
         for key in list(self.proxies):
             if key not in wanted:
                 self.proxies.pop(key).close()
@@ -246,6 +251,26 @@ class Scaling:
         for arn in list(self.addresses):
             if arn not in live:
                 self._release(self.addresses.pop(arn))
+        seen = tuple(sorted((key, tuple(lb.security_groups or ())) for key, lb in listened.items()))
+        if seen != self._filtered:
+            self._filtered = seen
+            self.lab.sync_security_groups()
+
+    def filtered_balancers(self) -> list[secgroups.Balancer]:
+        """The load balancers with an HTTP listener, for the security-group filter (takes no lock:
+        the filter is rebuilt from other threads)."""
+        addresses, found = dict(self.addresses), {}
+        for (arn, port), proxy in list(self.proxies.items()):
+            found.setdefault(arn, (proxy.region, []))[1].append(port)
+        balancers = []
+        for arn, (region, ports) in found.items():
+            lb = elbv2_backends[_account()][region].load_balancers.get(arn)
+            if lb is None or arn not in addresses:
+                continue
+            ec2 = ec2_backends[_account()][region]
+            groups = [g for g in map(ec2.get_security_group_from_id, lb.security_groups or ()) if g]
+            balancers.append(secgroups.Balancer(addresses[arn], ports, groups))
+        return balancers
 
     def healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int]]:
         """Addresses of the healthy targets the listener on `port` forwards to."""
@@ -274,8 +299,10 @@ class Scaling:
     def _probe_all(self) -> None:
         live = set()
         for region, backend in _backends(elbv2_backends):
-            attached = {arn for lb in backend.load_balancers.values() for l in lb.listeners.values()
-                        for a in l.default_actions for arn in [getattr(a, "data", {}).get("TargetGroupArn")] if arn}
+            # target group -> the address of a load balancer forwarding to it, where its checks start
+            attached = {arn: self.addresses.get(lb.arn) for lb in backend.load_balancers.values()
+                        for l in lb.listeners.values() for a in l.default_actions
+                        for arn in [getattr(a, "data", {}).get("TargetGroupArn")] if arn}
             for tg in list(backend.target_groups.values()):
                 for t in list(tg.targets.values()):
                     key = (tg.arn, t["Id"])
@@ -287,12 +314,12 @@ class Scaling:
                         state.update(state="unused", reason="Target.NotInUse",
                                      description="Target group is not configured to receive traffic from the load balancer")
                         continue
-                    self._probe(tg, t, state)
+                    self._probe(tg, t, state, attached[tg.arn])
         for key in list(self.probes):
             if key not in live:
                 del self.probes[key]
 
-    def _probe(self, tg, target: dict, state: dict) -> None:
+    def _probe(self, tg, target: dict, state: dict, source: str | None) -> None:
         inst = self.lab.instances.get(target["Id"])
         port = int(target["Port"]) if tg.health_check_port in (None, "traffic-port") else int(tg.health_check_port)
         ok, why = False, "Target.Timeout"
@@ -300,6 +327,8 @@ class Scaling:
         if inst is not None and inst.state == "running":
             try:
                 sock = socket_in_netns(self.lab.net.router_ns, socket.AF_INET, socket.SOCK_STREAM)
+                if source:
+                    sock.bind((source, 0))
                 sock.settimeout(PROBE_TIMEOUT)
                 sock.connect((inst.private_ip, port))
                 conn = http.client.HTTPConnection(inst.private_ip, port, timeout=PROBE_TIMEOUT)
