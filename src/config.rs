@@ -45,6 +45,11 @@ pub struct Image {
     /// Create the image without rebooting the builder (faster, file systems may be inconsistent).
     #[serde(default)]
     pub no_reboot: bool,
+    /// Deprecate the AMI this long after it is baked (`"90d"`). A deprecated AMI no longer counts
+    /// as baked, so the next `bake ami` or `bake pipeline` bakes the image afresh (with the
+    /// packages of that day) even when its inputs did not change.
+    #[serde(default)]
+    pub deprecate_after: Option<Spanned<HumanDuration>>,
     pub builder: Builder,
     #[serde(default)]
     pub health: Health,
@@ -357,6 +362,9 @@ pub enum Error {
     At { at: Location, message: String },
 }
 
+/// EC2 refuses a deprecation time more than 10 years ahead.
+const MAX_DEPRECATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Words in a var name that mark it as a secret, with separators removed.
 const SECRET_WORDS: &[&str] = &[
     "password",
@@ -509,6 +517,18 @@ impl Config {
                 format!(
                     "{}: expected \"auto\" or an IPv4 CIDR like \"203.0.113.7/32\", found {cidr:?}",
                     field("builder.allow_cidr")
+                ),
+            ));
+        }
+        if let Some(after) = &image.deprecate_after
+            && !(Duration::from_secs(60)..=MAX_DEPRECATION).contains(&after.get_ref().0)
+        {
+            return Err(self.error_at(
+                after.span(),
+                format!(
+                    "{}: must be between 1 minute and 10 years (EC2's limit), found {}",
+                    field("deprecate_after"),
+                    humantime::format_duration(after.get_ref().0)
                 ),
             ));
         }

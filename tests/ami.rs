@@ -172,17 +172,37 @@ async fn nginx_example_bakes_once_and_the_ami_serves_the_page() {
         "no builder for known inputs"
     );
 
-    // One var changed: a new bake, a new AMI.
+    // One var changed: a new bake, a new AMI, deprecated 90 days on as the config asks.
     let dir = tempfile::tempdir().unwrap();
     let changed = dir.path().join("bake.toml");
-    let text = std::fs::read_to_string(example).unwrap();
-    std::fs::write(&changed, text.replace("baked by bake.", "baked again.")).unwrap();
+    let text = std::fs::read_to_string(example)
+        .unwrap()
+        .replace("baked by bake.", "baked again.")
+        .replace("[image.web]\n", "[image.web]\ndeprecate_after = \"90d\"\n");
+    std::fs::write(&changed, text).unwrap();
     let rebaked = lab
         .run_bake(&["-c", changed.to_str().unwrap(), "ami", "web"])
         .await;
     assert!(rebaked.status.success(), "{}", stderr(&rebaked));
     assert_ne!(stdout(&rebaked), ami);
     assert_eq!(lab.calls("RunInstances").await, launches + 1);
+    let images = lab
+        .ec2
+        .describe_images()
+        .image_ids(stdout(&rebaked))
+        .send()
+        .await
+        .unwrap();
+    let deprecation = images.images()[0]
+        .deprecation_time()
+        .expect("a deprecation time");
+    let at = humantime::parse_rfc3339_weak(deprecation.trim_end_matches('Z')).unwrap();
+    let ahead = at.duration_since(std::time::SystemTime::now()).unwrap();
+    let days_90 = Duration::from_secs(90 * 24 * 3600);
+    assert!(
+        ahead <= days_90 + Duration::from_secs(60) && ahead + Duration::from_secs(300) >= days_90,
+        "deprecated {deprecation}, {ahead:?} from now"
+    );
     lab.assert_nothing_left(&[&ami, &stdout(&rebaked)], &[&instance])
         .await;
 }

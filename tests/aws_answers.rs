@@ -1,6 +1,6 @@
 //! AWS answers the lab cannot produce, replayed with aws-smithy-mocks: an image that fails,
 //! a security group held by a lingering network interface, an instance profile still propagating,
-//! an instance refresh that AWS rolls back on its own.
+//! an instance refresh that AWS rolls back on its own, an AMI whose deprecation time has passed.
 
 use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::create_image::CreateImageOutput;
@@ -370,6 +370,55 @@ async fn a_taken_ami_name_gets_the_next_free_suffix() {
     assert_eq!(id, "ami-new");
     assert_eq!(name, format!("{}-2", plan.ami_name));
     assert_eq!(create.num_calls(), 2);
+}
+
+fn baked(id: &str, created: &str, deprecated: Option<&str>) -> Image {
+    Image::builder()
+        .image_id(id)
+        .state(ImageState::Available)
+        .creation_date(created)
+        .set_deprecation_time(deprecated.map(Into::into))
+        .build()
+}
+
+#[tokio::test]
+async fn an_ami_past_its_deprecation_time_no_longer_counts_as_baked() {
+    let found = mock!(aws_sdk_ec2::Client::describe_images)
+        .sequence()
+        .output(|| {
+            DescribeImagesOutput::builder()
+                .images(baked("ami-old", "2026-01-01T00:00:00.000Z", None))
+                .images(baked(
+                    "ami-current",
+                    "2026-03-01T00:00:00.000Z",
+                    Some("2099-01-01T00:00:00.000Z"),
+                ))
+                .images(baked(
+                    "ami-deprecated",
+                    "2026-05-01T00:00:00.000Z",
+                    Some("2026-06-01T00:00:00.000Z"),
+                ))
+                .build()
+        })
+        .output(|| {
+            DescribeImagesOutput::builder()
+                .images(baked(
+                    "ami-deprecated",
+                    "2026-05-01T00:00:00.000Z",
+                    Some("2026-06-01T00:00:00.000Z"),
+                ))
+                .build()
+        })
+        .build();
+    let clients = clients(&[&found]);
+    let newest = image::existing(&clients, &plan()).await.unwrap();
+    assert_eq!(
+        newest.and_then(|i| i.image_id).as_deref(),
+        Some("ami-current"),
+        "the newest AMI not yet deprecated"
+    );
+    let none = image::existing(&clients, &plan()).await.unwrap();
+    assert!(none.is_none(), "only a deprecated one: bake anew");
 }
 
 /// A rollout's plan and stack as preflight and the stack step would leave them.

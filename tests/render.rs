@@ -361,6 +361,21 @@ fn secret_looking_var_exits_2_pointing_at_parameter_store() {
 }
 
 #[test]
+fn deprecation_beyond_ec2s_limit_exits_2_naming_file_line_and_field() {
+    let scratch = Scratch::new(&config_with(
+        "template = \"nginx\"\ndeprecate_after = \"11years\"",
+    ));
+    let msg = fails_with_2(&scratch, "validate");
+    assert!(
+        msg.contains(&format!(
+            "{}:7:19: image.probe.deprecate_after: must be between 1 minute and 10 years",
+            scratch.config()
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
 fn oversized_user_data_exits_2_with_both_sizes() {
     // 40 KB of hex from a xorshift stream: gzip cannot bring it under 16 KB.
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;

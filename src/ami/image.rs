@@ -66,11 +66,41 @@ pub async fn existing(clients: &Clients, plan: &Plan) -> Result<Option<Image>, E
         .send()
         .await
         .map_err(|e| clients.failed("look for an AMI with the same digest", aws::describe(&e)))?;
+    let now = SystemTime::now();
     Ok(out
         .images
         .unwrap_or_default()
         .into_iter()
+        .filter(|image| !deprecated(image, now))
         .max_by(|a, b| a.creation_date().cmp(&b.creation_date())))
+}
+
+/// Whether an image's deprecation time has come (an unreadable time counts as not deprecated).
+fn deprecated(image: &Image, now: SystemTime) -> bool {
+    image
+        .deprecation_time()
+        .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
+        .is_some_and(|at| at <= now)
+}
+
+/// Deprecates the AMI `after` from now, rounded up to a whole minute as EC2 keeps it; returns
+/// the time (RFC 3339).
+pub async fn deprecate(clients: &Clients, ami_id: &str, after: Duration) -> Result<String, Error> {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        + after.as_secs();
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs.div_ceil(60) * 60);
+    clients
+        .ec2
+        .enable_image_deprecation()
+        .image_id(ami_id)
+        .deprecate_at(at.into())
+        .send()
+        .await
+        .map_err(|e| clients.failed(format!("deprecate {ami_id}"), aws::describe(&e)))?;
+    Ok(humantime::format_rfc3339_seconds(at).to_string())
 }
 
 /// Creates the AMI from the builder, tags it and its snapshots, and waits until it is available.
@@ -201,4 +231,25 @@ fn image_tags(plan: &Plan) -> Vec<Tag> {
 
 fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(deprecation: Option<&str>) -> Image {
+        Image::builder()
+            .set_deprecation_time(deprecation.map(Into::into))
+            .build()
+    }
+
+    #[test]
+    fn an_image_is_deprecated_once_its_time_has_come() {
+        let now = humantime::parse_rfc3339("2026-11-22T12:00:00Z").unwrap();
+        assert!(deprecated(&image(Some("2026-11-22T12:00:00.000Z")), now));
+        assert!(deprecated(&image(Some("2026-01-01T00:00:00Z")), now));
+        assert!(!deprecated(&image(Some("2026-11-22T12:01:00.000Z")), now));
+        assert!(!deprecated(&image(None), now));
+        assert!(!deprecated(&image(Some("soon")), now));
+    }
 }

@@ -40,6 +40,8 @@ pub struct Baked {
     pub digest: String,
     pub base_ami: String,
     pub region: String,
+    /// When the AMI is deprecated (RFC 3339), if `deprecate_after` asked for it.
+    pub deprecation_time: Option<String>,
     /// True when an AMI with the same inputs existed and nothing was launched.
     pub skipped: bool,
     pub seconds: f64,
@@ -96,13 +98,14 @@ pub async fn bake(
     progress: &Progress,
 ) -> Result<Baked, Step> {
     let started = Instant::now();
-    let done = |ami_id: String, ami_name: String, skipped: bool| Baked {
+    let done = |ami: Ami, skipped: bool| Baked {
         image: plan.image.clone(),
-        ami_id,
-        ami_name,
+        ami_id: ami.id,
+        ami_name: ami.name,
         digest: plan.rendered.digest.clone(),
         base_ami: plan.base.id.clone(),
         region: clients.region.clone(),
+        deprecation_time: ami.deprecation_time,
         skipped,
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -113,16 +116,25 @@ pub async fn bake(
         progress.finish(format!(
             "already baked as {id} (same digest; --force bakes anew)"
         ));
-        return Ok(done(id, found.name().unwrap_or_default().to_owned(), true));
+        let ami = Ami {
+            id,
+            name: found.name().unwrap_or_default().to_owned(),
+            deprecation_time: found.deprecation_time().map(str::to_owned),
+        };
+        return Ok(done(ami, true));
     }
     let built = build(clients, image, plan, janitor, progress).await;
     match built {
-        Ok((ami_id, name)) => {
-            janitor.keep(&ami_id);
+        Ok(ami) => {
+            janitor.keep(&ami.id);
             progress.step("terminating the builder");
             janitor.clean_recorded().await?;
-            progress.finish(format!("baked {ami_id} ({name})"));
-            Ok(done(ami_id, name, false))
+            let until = ami
+                .deprecation_time
+                .as_ref()
+                .map_or(String::new(), |t| format!("; deprecated from {t}"));
+            progress.finish(format!("baked {} ({}){until}", ami.id, ami.name));
+            Ok(done(ami, false))
         }
         Err(failure) if options.keep_on_failure => {
             let kept: Vec<String> = janitor.recorded().iter().map(ToString::to_string).collect();
@@ -157,14 +169,21 @@ pub async fn bake(
     }
 }
 
-/// Launch, wait, verify and image; returns the new AMI's id and name.
+/// The AMI a bake ended with.
+struct Ami {
+    id: String,
+    name: String,
+    deprecation_time: Option<String>,
+}
+
+/// Launch, wait, verify and image, then deprecate the image when the config says when.
 async fn build(
     clients: &Clients,
     image: &Image,
     plan: &Plan,
     janitor: &Janitor,
     progress: &Progress,
-) -> Result<(String, String), Step> {
+) -> Result<Ami, Step> {
     let tags = janitor::run_tags(janitor.run_id(), &plan.image, &plan.rendered.digest);
     progress.step("launching the builder");
     let group = launch::security_group(clients, plan, image.health.port, &tags, janitor).await?;
@@ -186,7 +205,7 @@ async fn build(
         progress,
     )
     .await?;
-    let ami = image::create(
+    let (id, name) = image::create(
         clients,
         plan,
         &instance_id,
@@ -197,5 +216,13 @@ async fn build(
         progress,
     )
     .await?;
-    Ok(ami)
+    let deprecation_time = match &image.deprecate_after {
+        Some(after) => Some(image::deprecate(clients, &id, after.get_ref().0).await?),
+        None => None,
+    };
+    Ok(Ami {
+        id,
+        name,
+        deprecation_time,
+    })
 }

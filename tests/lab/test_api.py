@@ -155,3 +155,14 @@ def test_several_fault_rules_apply_together(lab):
         lab.post("/_lab/faults", {"rate": 0})
     kinds = {r["service"]: r["fault_kind"] for r in lab.get_lines("/_lab/requests") if r["time"] >= since}
     assert kinds == {"ssm": "throttle", "ec2": "5xx"}
+
+
+def test_image_deprecation_is_kept_to_the_minute_and_can_be_lifted(ec2):
+    ami = ec2.register_image(Name="deprecation-check", RootDeviceName="/dev/xvda")["ImageId"]
+    try:
+        ec2.enable_image_deprecation(ImageId=ami, DeprecateAt="2031-03-04T05:06:40Z")
+        assert ec2.describe_images(ImageIds=[ami])["Images"][0]["DeprecationTime"] == "2031-03-04T05:07:00.000Z"
+        ec2.disable_image_deprecation(ImageId=ami)
+        assert "DeprecationTime" not in ec2.describe_images(ImageIds=[ami])["Images"][0]
+    finally:
+        ec2.deregister_image(ImageId=ami)

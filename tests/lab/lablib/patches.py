@@ -103,6 +103,26 @@ def _patch_ec2(lab: Lab) -> None:
 
     AmisResponse.create_image = create_image_response
 
+    def enable_image_deprecation(self):
+        # EC2 keeps whole minutes (seconds round to the nearest) and answers it as DeprecationTime.
+        ami = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]
+        at = self._get_param("DeprecateAt")  # moto parses the timestamp
+        if isinstance(at, str):
+            at = datetime.datetime.fromisoformat(at.replace("Z", "+00:00"))
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=datetime.timezone.utc)
+        at = (at + datetime.timedelta(seconds=30)).replace(second=0, microsecond=0)
+        ami.deprecation_time = at.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        return ActionResult({"Return": True})
+
+    def disable_image_deprecation(self):
+        ami = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]
+        ami.deprecation_time = None
+        return ActionResult({"Return": True})
+
+    AmisResponse.enable_image_deprecation = enable_image_deprecation
+    AmisResponse.disable_image_deprecation = disable_image_deprecation
+
     def after_copy(backend, ami, source_image_id, source_region, *a, **kw):
         lab.copy_image(source_region, source_image_id, backend.region_name, ami)
 
