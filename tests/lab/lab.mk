@@ -4,6 +4,8 @@ LAB_CACHE ?= /var/cache/bake-lab
 LAB_DIR := tests/lab
 LAB_STATE ?= .lab
 LAB_PORT ?= 0
+# Security groups are enforced as on AWS; `make lab-up LAB_FLAGS=` opens every port instead.
+LAB_FLAGS ?= --enforce-security-groups
 LAB_APT_PACKAGES := debootstrap systemd-container nftables iproute2 python3-venv util-linux curl
 LAB_REQ_HASH := $(shell sha256sum $(LAB_DIR)/requirements.txt | cut -c1-12)
 LAB_VENV ?= $(LAB_CACHE)/venv-$(LAB_REQ_HASH)
@@ -47,7 +49,7 @@ lab-up: lab-image
 	@if [ -f $(LAB_STATE)/pid ] && grep -qs launcher.py /proc/$$(cat $(LAB_STATE)/pid)/cmdline; then \
 	  tail -n 1 $(LAB_STATE)/endpoint; exit 0; fi; \
 	rm -f $(LAB_STATE)/endpoint; \
-	setsid $(LAB_PYTHON) $(LAB_DIR)/launcher.py --port $(LAB_PORT) >$(LAB_STATE)/endpoint 2>$(LAB_STATE)/lab.log </dev/null & \
+	setsid $(LAB_PYTHON) $(LAB_DIR)/launcher.py --port $(LAB_PORT) $(LAB_FLAGS) >$(LAB_STATE)/endpoint 2>$(LAB_STATE)/lab.log </dev/null & \
 	echo $$! > $(LAB_STATE)/pid; \
 	for i in $$(seq 1 600); do \
 	  grep -q '^AWS_ENDPOINT_URL=' $(LAB_STATE)/endpoint 2>/dev/null && break; \
