@@ -8,6 +8,8 @@ import time
 import uuid
 from urllib.parse import parse_qs
 
+from . import consistency
+
 INTERNAL_KEY = "LABINTERNAL"  # access key of the lab's own bootstrap calls: never faulted, never logged
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/([^/]+)/([^/]+)/")
 _QUERY_XMLNS = {
@@ -61,9 +63,17 @@ def fault_response(req: dict, kind: str) -> tuple[str, list, bytes]:
         [("Content-Type", "text/xml"), ("x-amzn-RequestId", rid)], body.encode()
 
 
+# Calls a throttle burst refuses: AWS throttles per account and region in token buckets, and the describe/get/list
+# ("non-mutating") calls share the tightest bucket.
+BURST_PREFIXES = ("Describe", "Get", "List")
+
+
 class Faults:
     """Injected faults: one rule (`{"rate", "kind", "services", "actions"}`) or several
-    (`{"rules": [...]}`); a request gets the first rule whose filters match and whose dice hit."""
+    (`{"rules": [...]}`); a request gets the first rule whose filters match and whose dice hit.
+    Kind `burst` (`{"kind": "burst", "duration": N, "every": M, "offset": O, "services": [...]}`) throttles every
+    describe/get/list call of its services for N seconds every M seconds, the first burst O seconds after it is
+    set (0 by default); it rolls no dice."""
 
     def __init__(self):
         self.config = {"rate": 0.0}
@@ -72,12 +82,27 @@ class Faults:
 
     @staticmethod
     def _rule(config: dict) -> dict:
-        rate = float(config.get("rate", 0))
         kind = config.get("kind", "throttle")
+        common = {"kind": kind, "services": list(config.get("services") or []),
+                  "actions": list(config.get("actions") or [])}
+        if kind == "burst":
+            duration, every = float(config.get("duration", 0)), float(config.get("every", 0))
+            offset = float(config.get("offset", 0))
+            if not 0 < duration <= every or offset < 0:
+                raise ValueError("a burst needs 0 < duration <= every (seconds) and offset >= 0")
+            return {**common, "rate": 1.0, "duration": duration, "every": every, "offset": offset,
+                    "since": time.time()}
+        rate = float(config.get("rate", 0))
         if not 0 <= rate <= 1 or kind not in ("throttle", "5xx"):
-            raise ValueError("rate must be within [0, 1] and kind one of throttle, 5xx")
-        return {"rate": rate, "kind": kind, "services": list(config.get("services") or []),
-                "actions": list(config.get("actions") or [])}
+            raise ValueError("rate must be within [0, 1] and kind one of throttle, 5xx, burst")
+        return {**common, "rate": rate}
+
+    @staticmethod
+    def _bursting(rule: dict, req: dict) -> bool:
+        if not req["action"].startswith(BURST_PREFIXES):
+            return False
+        elapsed = time.time() - rule["since"] - rule["offset"]
+        return elapsed >= 0 and elapsed % rule["every"] < rule["duration"]
 
     def set(self, config: dict) -> None:
         if "rules" in config:
@@ -94,6 +119,10 @@ class Faults:
             if c["services"] and req["service"] not in c["services"]:
                 continue
             if c["actions"] and req["action"] not in c["actions"]:
+                continue
+            if c["kind"] == "burst":
+                if self._bursting(c, req):
+                    return "throttle"
                 continue
             if self.rng.random() < c["rate"]:
                 return c["kind"]
@@ -114,6 +143,7 @@ class ControlApp:
         with self.lock:
             self.requests.clear()
         self.faults.set({"rate": 0})
+        self.api.lab.consistency.reset()
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -121,7 +151,9 @@ class ControlApp:
             return self._control(environ, start_response, path[len("/_lab/"):])
         req = describe_request(environ)
         if req["key"] == INTERNAL_KEY:
+            consistency.serving(None)
             return self.moto_app(environ, start_response)
+        consistency.serving(req["action"])
         started = time.time()
         fault = self.faults.pick(req)
         if fault:
@@ -138,6 +170,7 @@ class ControlApp:
         try:
             return self.moto_app(environ, recording_start)
         finally:
+            consistency.serving(None)
             self._log(req, started, seen.get("status", 500), None)
 
     def _log(self, req: dict, started: float, status: int, fault: str | None) -> None:
@@ -180,6 +213,10 @@ class ControlApp:
             return 200, self.faults.config
         if name == "faults":
             return 200, self.faults.config
+        if (method, name) == ("POST", "consistency"):
+            return 200, api.lab.consistency.set(body)
+        if name == "consistency":
+            return 200, api.lab.consistency.settings()
         if (method, name) == ("POST", "security-groups"):
             return 200, api.set_security_groups(body)
         if name == "security-groups":

@@ -11,7 +11,7 @@ from moto.ec2.responses.amis import AmisResponse
 from moto.ssm import models as ssm_models
 from moto.ssm.responses import SimpleSystemManagerResponse
 
-from . import ssm
+from . import consistency, ssm
 from .lab import Lab
 
 _request = threading.local()  # request parameters moto's backend signatures drop (CreateImage's NoReboot)
@@ -38,6 +38,7 @@ def _wrap(cls, name: str, after):
 def install(lab: Lab) -> None:
     _patch_ec2(lab)
     _patch_ssm(lab)
+    consistency.install(lab)  # last: its windows apply before (and on top of) the lab's own patches
 
 
 def _patch_ec2(lab: Lab) -> None:
