@@ -273,6 +273,22 @@ pub const INSTANCE_RELEASE: Settle = Settle {
 pub async fn settle<T, E, F, Fut>(
     settle: &Settle,
     what: &str,
+    call: F,
+) -> Result<T, SdkError<E, HttpResponse>>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+{
+    settle_until(settle, Instant::now() + settle.within, what, call).await
+}
+
+/// [`settle`] with the window's end given: for a resource created a while ago, the window ends
+/// `settle.within` after its creation, not after this call.
+pub async fn settle_until<T, E, F, Fut>(
+    settle: &Settle,
+    deadline: Instant,
+    what: &str,
     mut call: F,
 ) -> Result<T, SdkError<E, HttpResponse>>
 where
@@ -280,7 +296,6 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
 {
-    let deadline = Instant::now() + settle.within;
     let mut waits = settle.schedule.waits();
     loop {
         let err = match call().await {

@@ -3,10 +3,11 @@
 //! Everything a run creates carries the tag `bake:run-id`, so cleanup also finds what was created
 //! while a request was in flight and never reached the ledger.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{Filter, ImageState, InstanceStateName, Tag};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -70,21 +71,31 @@ impl std::fmt::Display for Resource {
     }
 }
 
-/// Why cleanup could not finish; what is left is listed so a person can act.
+/// Why cleanup could not finish; what is left is listed so a person (or `bake gc`) can act.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Api(#[from] CallError),
     #[error(
-        "cleanup in {region}: {resource} still exists after {waited:?} ({last}); \
-         remove it by hand or run `bake gc` later"
+        "cleanup in {region} left {}: {}; run `bake gc` (or the same command again) later to \
+         remove them",
+        left.len(),
+        left.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
     )]
-    Stuck {
-        region: String,
-        resource: Resource,
-        waited: Duration,
-        last: String,
-    },
+    Left { region: String, left: Vec<Left> },
+}
+
+/// A resource cleanup could not remove, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Left {
+    pub resource: Resource,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Left {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.resource, self.reason)
+    }
 }
 
 /// A new run id: UTC time and 24 random bits, e.g. `20261122t113045-9f3a1c`.
@@ -119,8 +130,12 @@ pub fn run_tags(run_id: &str, image: &str, digest: &str) -> Vec<Tag> {
 pub struct Janitor {
     clients: Clients,
     run_id: String,
-    ledger: Mutex<Vec<Resource>>,
+    ledger: Mutex<Vec<(Resource, Instant)>>,
     kept: Mutex<BTreeSet<String>>,
+    /// A RunInstances sent but not answered yet: if the run is cancelled meanwhile, cleanup sends
+    /// it again (its ClientToken makes that answer the instance the first one launched, if it did)
+    /// because the new instance is not yet listed by tag (eventual consistency).
+    launching: Mutex<Option<RunInstancesFluentBuilder>>,
 }
 
 impl Janitor {
@@ -130,6 +145,7 @@ impl Janitor {
             run_id,
             ledger: Mutex::new(Vec::new()),
             kept: Mutex::new(BTreeSet::new()),
+            launching: Mutex::new(None),
         }
     }
 
@@ -137,15 +153,41 @@ impl Janitor {
         &self.run_id
     }
 
+    /// Notes a RunInstances about to be sent (with a ClientToken); `record` of its instance ends it.
+    pub fn launching(&self, request: RunInstancesFluentBuilder) {
+        *self.launching.lock().expect("launching lock") = Some(request);
+    }
+
+    /// The launch was refused for good: nothing was started, so cleanup need not ask again.
+    pub fn launch_refused(&self) {
+        self.launching.lock().expect("launching lock").take();
+    }
+
     /// Records a resource the moment it exists.
     pub fn record(&self, resource: Resource) {
         tracing::debug!(%resource, run_id = %self.run_id, "recorded");
-        self.ledger.lock().expect("ledger lock").push(resource);
+        if matches!(resource, Resource::Instance(_)) {
+            self.launching.lock().expect("launching lock").take();
+        }
+        self.ledger
+            .lock()
+            .expect("ledger lock")
+            .push((resource, Instant::now()));
     }
 
     /// What the ledger holds so far.
     pub fn recorded(&self) -> Vec<Resource> {
-        self.ledger.lock().expect("ledger lock").clone()
+        self.born().into_keys().collect()
+    }
+
+    /// When each recorded resource was created (recorded), for the consistency windows.
+    fn born(&self) -> BTreeMap<Resource, Instant> {
+        self.ledger
+            .lock()
+            .expect("ledger lock")
+            .iter()
+            .map(|(r, at)| (r.clone(), *at))
+            .collect()
     }
 
     /// Marks a resource (the finished AMI and its snapshots) as the result, never to be cleaned.
@@ -157,11 +199,10 @@ impl Janitor {
     /// request completed, and cheaper than `clean` (no search by tag).
     pub async fn clean_recorded(&self) -> Result<Vec<Resource>, Error> {
         let kept = self.kept.lock().expect("kept lock").clone();
-        let mut found = self.recorded();
+        let born = self.born();
+        let mut found: Vec<Resource> = born.keys().cloned().collect();
         found.retain(|r| !kept.contains(id_of(r)));
-        found.sort();
-        found.dedup();
-        delete(&self.clients, &found).await?;
+        delete_born(&self.clients, &found, &born).await?;
         Ok(found)
     }
 
@@ -169,14 +210,41 @@ impl Janitor {
     /// cancelled request created; returns what it deleted.
     pub async fn clean(&self) -> Result<Vec<Resource>, Error> {
         let kept = self.kept.lock().expect("kept lock").clone();
-        let (mut found, in_use) =
-            find_with_uses(&self.clients, &Scope::Run(self.run_id.clone()), &kept).await?;
-        found.extend(self.ledger.lock().expect("ledger lock").iter().cloned());
+        let relaunched = self.launched_meanwhile().await;
+        // A failed search by tag must not stop the cleanup of what the ledger holds.
+        let (mut found, in_use, searched) =
+            match find_with_uses(&self.clients, &Scope::Run(self.run_id.clone()), &kept).await {
+                Ok((found, in_use)) => (found, in_use, Ok(())),
+                Err(e) => (Vec::new(), BTreeSet::new(), Err(e)),
+            };
+        let born = self.born();
+        found.extend(born.keys().cloned());
         found.retain(|r| !kept.contains(id_of(r)) && !in_use.contains(id_of(r)));
         found.sort();
         found.dedup();
-        delete(&self.clients, &found).await?;
+        delete_born(&self.clients, &found, &born).await?;
+        searched?;
+        relaunched?;
         Ok(found)
+    }
+
+    /// When a launch was cut short, the instance it may have started: RunInstances again with
+    /// the same ClientToken answers it (or launches it now, to be terminated with the rest).
+    async fn launched_meanwhile(&self) -> Result<(), Error> {
+        let Some(request) = self.launching.lock().expect("launching lock").take() else {
+            return Ok(());
+        };
+        let what = "ask EC2 for the builder a cancelled launch may have started";
+        let sent = aws::settle(&TRANSIENT_ONLY, what, || request.clone().send()).await;
+        match sent {
+            Ok(out) => {
+                for id in out.instances().iter().filter_map(|i| i.instance_id()) {
+                    self.record(Resource::Instance(id.to_owned()));
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.clients.failed(what, aws::describe(&e)).into()),
+        }
     }
 }
 
@@ -342,8 +410,22 @@ async fn find_with_uses(
 }
 
 /// Deletes resources in dependency order: instances (and waits for them), images, snapshots,
-/// then security groups.
+/// then security groups. Never stops at the first error: every resource is tried, what is
+/// retryable is retried within its deadline, and what is left is reported with ids.
 pub async fn delete(clients: &Clients, resources: &[Resource]) -> Result<(), Error> {
+    delete_born(clients, resources, &BTreeMap::new()).await
+}
+
+/// [`delete`], knowing when this process created some of the resources: an id created moments
+/// ago may be unknown to EC2 (eventual consistency), so its NotFound is asked again until the
+/// creation's window has passed instead of being taken as "already gone".
+async fn delete_born(
+    clients: &Clients,
+    resources: &[Resource],
+    born: &BTreeMap<Resource, Instant>,
+) -> Result<(), Error> {
+    let mut left: Vec<Left> = Vec::new();
+    let window = |r: &Resource, settle: &aws::Settle| born.get(r).map(|at| *at + settle.within);
     let instances: Vec<String> = resources
         .iter()
         .filter_map(|r| match r {
@@ -352,62 +434,174 @@ pub async fn delete(clients: &Clients, resources: &[Resource]) -> Result<(), Err
         })
         .collect();
     if !instances.is_empty() {
-        match clients
-            .ec2
-            .terminate_instances()
-            .set_instance_ids(Some(instances.clone()))
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if aws::code(&e) == Some("InvalidInstanceID.NotFound") => {}
-            Err(e) => {
-                return Err(clients
-                    .failed(
-                        format!("terminate {}", instances.join(", ")),
-                        aws::describe(&e),
-                    )
-                    .into());
+        let terminated = futures_util::future::join_all(instances.iter().map(|id| {
+            let resource = Resource::Instance(id.clone());
+            let until = window(&resource, &aws::NEW_INSTANCE);
+            async move { (id.clone(), terminate(clients, id, until).await) }
+        }))
+        .await;
+        let mut asked = Vec::new();
+        for (id, result) in terminated {
+            match result {
+                Ok(()) => asked.push(id),
+                Err(reason) => left.push(Left {
+                    resource: Resource::Instance(id),
+                    reason,
+                }),
             }
         }
-        wait_terminated(clients, &instances).await?;
+        if !asked.is_empty()
+            && let Err((alive, reason)) = wait_terminated(clients, &asked).await
+        {
+            left.extend(alive.into_iter().map(|id| Left {
+                resource: Resource::Instance(id),
+                reason: reason.clone(),
+            }));
+        }
     }
     for resource in resources {
         if let Resource::Image(id) = resource {
-            match clients.ec2.deregister_image().image_id(id).send().await {
-                Ok(_) => {}
-                Err(e) if aws::code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => {}
-                Err(e) => {
-                    return Err(clients
-                        .failed(format!("deregister image {id}"), aws::describe(&e))
-                        .into());
-                }
+            let until = window(resource, &aws::NEW_IMAGE);
+            if let Err(reason) = deregister(clients, id, until).await {
+                left.push(Left {
+                    resource: resource.clone(),
+                    reason,
+                });
             }
         }
     }
-    for resource in resources {
-        if let Resource::Snapshot(id) = resource {
-            match clients.ec2.delete_snapshot().snapshot_id(id).send().await {
-                Ok(_) => {}
-                Err(e) if aws::code(&e) == Some("InvalidSnapshot.NotFound") => {}
-                Err(e) => {
-                    return Err(clients
-                        .failed(format!("delete snapshot {id}"), aws::describe(&e))
-                        .into());
-                }
-            }
+    let snapshots = futures_util::future::join_all(resources.iter().filter_map(|r| match r {
+        Resource::Snapshot(id) => Some(async move { (r, delete_snapshot(clients, id).await) }),
+        _ => None,
+    }))
+    .await;
+    for (resource, result) in snapshots {
+        if let Err(reason) = result {
+            left.push(Left {
+                resource: resource.clone(),
+                reason,
+            });
         }
     }
+    let holders: Vec<String> = left
+        .iter()
+        .filter_map(|l| match &l.resource {
+            Resource::Instance(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
     for resource in resources {
         if let Resource::SecurityGroup(id) = resource {
-            delete_security_group(clients, id).await?;
+            if !holders.is_empty() {
+                // A live instance holds its groups: deleting them cannot succeed now.
+                left.push(Left {
+                    resource: resource.clone(),
+                    reason: format!("still used by {}", holders.join(", ")),
+                });
+                continue;
+            }
+            let until = window(resource, &aws::NEW_SECURITY_GROUP);
+            if let Err(e) = delete_group(clients, id, until).await {
+                left.push(Left {
+                    resource: resource.clone(),
+                    reason: e,
+                });
+            }
         }
     }
-    Ok(())
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Left {
+            region: clients.region.clone(),
+            left,
+        })
+    }
 }
 
-async fn wait_terminated(clients: &Clients, ids: &[String]) -> Result<(), Error> {
+/// TerminateInstances for one instance. InvalidInstanceID.NotFound right after RunInstances means
+/// EC2 does not know the id yet, not that the instance is gone: it is asked again until the
+/// window after its creation (`until`) has passed, and then reported, never taken as done. For
+/// an instance found by listing (no `until`) NotFound means it is gone already.
+async fn terminate(clients: &Clients, id: &str, until: Option<Instant>) -> Result<(), String> {
+    let what = format!("terminate {id}");
+    let call = || clients.ec2.terminate_instances().instance_ids(id).send();
+    let result = match until {
+        Some(until) => aws::settle_until(&aws::NEW_INSTANCE, until, &what, call).await,
+        None => {
+            aws::settle_until(
+                &TRANSIENT_ONLY,
+                Instant::now() + TRANSIENT_WITHIN,
+                &what,
+                call,
+            )
+            .await
+        }
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if until.is_none() && aws::code(&e) == Some("InvalidInstanceID.NotFound") => Ok(()),
+        Err(e) if aws::code(&e) == Some("InvalidInstanceID.NotFound") => Err(format!(
+            "EC2 still did not know it {:?} after it was launched ({}); it may be running",
+            aws::NEW_INSTANCE.within,
+            aws::describe(&e)
+        )),
+        Err(e) => Err(aws::describe(&e)),
+    }
+}
+
+/// DeregisterImage; NotFound for an image created moments ago is asked again within its window.
+async fn deregister(clients: &Clients, id: &str, until: Option<Instant>) -> Result<(), String> {
+    let what = format!("deregister {id}");
+    let call = || clients.ec2.deregister_image().image_id(id).send();
+    let result = match until {
+        Some(until) => aws::settle_until(&aws::NEW_IMAGE, until, &what, call).await,
+        None => {
+            aws::settle_until(
+                &TRANSIENT_ONLY,
+                Instant::now() + TRANSIENT_WITHIN,
+                &what,
+                call,
+            )
+            .await
+        }
+    };
+    match result {
+        Ok(_) => Ok(()),
+        // Unavailable: deregistered already; NotFound once the window has passed: gone.
+        Err(e) if aws::code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => Ok(()),
+        Err(e) => Err(aws::describe(&e)),
+    }
+}
+
+/// DeleteSnapshot, riding out InvalidSnapshot.InUse while a just-deregistered image releases it.
+async fn delete_snapshot(clients: &Clients, id: &str) -> Result<(), String> {
+    let result = aws::settle(&aws::SNAPSHOT_RELEASE, &format!("delete {id}"), || {
+        clients.ec2.delete_snapshot().snapshot_id(id).send()
+    })
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if aws::code(&e) == Some("InvalidSnapshot.NotFound") => Ok(()),
+        Err(e) => Err(aws::describe(&e)),
+    }
+}
+
+/// Only transient answers (throttling, 5xx, timeouts) are asked again: for calls on resources
+/// that were listed, so known to EC2.
+const TRANSIENT_ONLY: aws::Settle = aws::Settle {
+    what: "AWS to answer (throttled or unavailable)",
+    codes: &[],
+    within: TRANSIENT_WITHIN,
+    schedule: TERMINATE_SCHEDULE,
+};
+/// A throttle burst lasts seconds to a minute; 2 minutes of asking again covers it.
+const TRANSIENT_WITHIN: Duration = Duration::from_secs(120);
+
+/// Waits until the instances are terminated; on failure, the ones still alive and why.
+async fn wait_terminated(clients: &Clients, ids: &[String]) -> Result<(), (Vec<String>, String)> {
     let deadline = Instant::now() + TERMINATE_TIMEOUT;
+    let alive = std::sync::Mutex::new(ids.to_vec());
     let result = poll::until(
         deadline,
         TERMINATE_SCHEDULE,
@@ -421,47 +615,73 @@ async fn wait_terminated(clients: &Clients, ids: &[String]) -> Result<(), Error>
                 .await;
             let out = match out {
                 Ok(out) => out,
+                // Asked after a successful TerminateInstances: EC2 knew them, so NotFound
+                // means they are gone.
                 Err(e) if aws::code(&e) == Some("InvalidInstanceID.NotFound") => {
                     return Check::Ready(());
                 }
-                Err(e) => return Check::Failed(aws::describe(&e)),
+                Err(e) => return poll::unless_transient(&e, aws::describe),
             };
-            let alive: Vec<String> = out
+            let still: Vec<&aws_sdk_ec2::types::Instance> = out
                 .reservations()
                 .iter()
                 .flat_map(|r| r.instances())
                 .filter(|i| {
                     i.state().and_then(|s| s.name()) != Some(&InstanceStateName::Terminated)
                 })
-                .map(|i| {
-                    let state = i.state().and_then(|s| s.name()).map_or("?", |s| s.as_str());
-                    format!("{} {state}", i.instance_id().unwrap_or("?"))
-                })
                 .collect();
-            if alive.is_empty() {
+            *alive.lock().expect("alive lock") = still
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_owned))
+                .collect();
+            if still.is_empty() {
                 Check::Ready(())
             } else {
-                Check::Pending(alive.join(", "))
+                Check::Pending(
+                    still
+                        .iter()
+                        .map(|i| {
+                            let state =
+                                i.state().and_then(|s| s.name()).map_or("?", |s| s.as_str());
+                            format!("{} {state}", i.instance_id().unwrap_or("?"))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
             }
         },
     )
     .await;
+    let alive = alive.into_inner().expect("alive lock");
     match result {
         Ok(()) => Ok(()),
-        Err(PollError::Failed(message)) => Err(Error::Api(
-            clients.failed(format!("watch {} terminate", ids.join(", ")), message),
+        Err(PollError::Failed(message)) => {
+            Err((alive, format!("watching it terminate: {message}")))
+        }
+        Err(PollError::TimedOut { last }) => Err((
+            alive,
+            format!("not terminated after {TERMINATE_TIMEOUT:?} ({last})"),
         )),
-        Err(PollError::TimedOut { last }) => Err(Error::Stuck {
-            region: clients.region.clone(),
-            resource: Resource::Instance(ids.join(", ")),
-            waited: TERMINATE_TIMEOUT,
-            last,
-        }),
     }
 }
 
-/// Deletes a security group, retrying while AWS answers DependencyViolation.
+/// Deletes a security group, retrying while AWS answers DependencyViolation (an interface of a
+/// terminated instance or a deleted load balancer still holds it) or a transient error.
 pub async fn delete_security_group(clients: &Clients, id: &str) -> Result<(), Error> {
+    delete_group(clients, id, None)
+        .await
+        .map_err(|reason| Error::Left {
+            region: clients.region.clone(),
+            left: vec![Left {
+                resource: Resource::SecurityGroup(id.to_owned()),
+                reason,
+            }],
+        })
+}
+
+/// [`delete_security_group`]; a NotFound before `until` (the group was created moments ago) is
+/// asked again rather than taken as gone.
+async fn delete_group(clients: &Clients, id: &str, until: Option<Instant>) -> Result<(), String> {
     let deadline = Instant::now() + SG_DELETE_TIMEOUT;
     let result = poll::until(
         deadline,
@@ -477,9 +697,17 @@ pub async fn delete_security_group(clients: &Clients, id: &str) -> Result<(), Er
             {
                 Ok(_) => Check::Ready(()),
                 Err(e) => match aws::code(&e) {
-                    Some("InvalidGroup.NotFound") => Check::Ready(()),
-                    Some("DependencyViolation") => Check::Pending(aws::describe(&e)),
-                    _ => Check::Failed(aws::describe(&e)),
+                    Some(c) if aws::NEW_SECURITY_GROUP.codes.contains(&c) => {
+                        if until.is_some_and(|u| Instant::now() < u) {
+                            Check::Pending(aws::describe(&e))
+                        } else {
+                            Check::Ready(())
+                        }
+                    }
+                    Some(c) if aws::INSTANCE_RELEASE.codes.contains(&c) => {
+                        Check::Pending(aws::describe(&e))
+                    }
+                    _ => poll::unless_transient(&e, aws::describe),
                 },
             }
         },
@@ -487,15 +715,10 @@ pub async fn delete_security_group(clients: &Clients, id: &str) -> Result<(), Er
     .await;
     match result {
         Ok(()) => Ok(()),
-        Err(PollError::Failed(message)) => Err(Error::Api(
-            clients.failed(format!("delete security group {id}"), message),
+        Err(PollError::Failed(message)) => Err(message),
+        Err(PollError::TimedOut { last }) => Err(format!(
+            "still refused after {SG_DELETE_TIMEOUT:?} ({last})"
         )),
-        Err(PollError::TimedOut { last }) => Err(Error::Stuck {
-            region: clients.region.clone(),
-            resource: Resource::SecurityGroup(id.to_owned()),
-            waited: SG_DELETE_TIMEOUT,
-            last,
-        }),
     }
 }
 

@@ -60,6 +60,26 @@ pub enum Check<T, E> {
     Failed(E),
 }
 
+/// What a failed AWS call inside a wait means: a transient answer (throttling, 5xx, timeout;
+/// see [`crate::aws::transient`]) is `Pending` — the SDK's retries ran dry in a burst, and the
+/// wait's own deadline decides — while any other error is `Failed` with `failed(err)`.
+pub fn unless_transient<T, F, E>(
+    err: &aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+    failed: impl FnOnce(&aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>) -> F,
+) -> Check<T, F>
+where
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    if crate::aws::transient(err) {
+        Check::Pending(format!(
+            "{} (transient; asking again)",
+            crate::aws::describe(err)
+        ))
+    } else {
+        Check::Failed(failed(err))
+    }
+}
+
 /// Why a poll ended without a result.
 #[derive(Debug)]
 pub enum PollError<E> {

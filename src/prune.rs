@@ -1,5 +1,6 @@
 //! `bake prune`: deregister an image's old AMIs and delete their snapshots, keeping the newest ones
-//! and every AMI still in use by an instance, a launch template or an Auto Scaling group.
+//! and every AMI still in use by an instance, a launch template, an Auto Scaling group (mixed
+//! instances policies too) or published in an SSM parameter.
 
 use std::collections::BTreeMap;
 
@@ -128,7 +129,7 @@ async fn baked(clients: &Clients, image: &str) -> Result<Vec<Image>, CallError> 
 /// AMI id → what uses it: live instances, the default and latest versions of every launch
 /// template, and the version every Auto Scaling group launches.
 async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError> {
-    let mut used = BTreeMap::new();
+    let mut used = published(clients).await?;
     let mut pages = clients
         .ec2
         .describe_instances()
@@ -191,38 +192,84 @@ async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError
         let page =
             page.map_err(|e| clients.failed("list Auto Scaling groups", aws::describe(&e)))?;
         for group in page.auto_scaling_groups() {
-            let Some(spec) = group.launch_template() else {
-                continue;
-            };
-            if let (Some(id), Some(version)) = (spec.launch_template_id(), spec.version()) {
-                versions.push((
-                    id.to_owned(),
-                    version.to_owned(),
-                    format!(
-                        "launched by Auto Scaling group {}",
-                        group.auto_scaling_group_name().unwrap_or_default()
-                    ),
-                ));
+            let name = group.auto_scaling_group_name().unwrap_or_default();
+            // A group launches from its launch template, or from the one of its mixed instances
+            // policy and the overrides' own templates.
+            let mixed = group
+                .mixed_instances_policy()
+                .and_then(|p| p.launch_template());
+            let specs = group
+                .launch_template()
+                .into_iter()
+                .chain(mixed.and_then(|t| t.launch_template_specification()))
+                .chain(
+                    mixed
+                        .map(|t| t.overrides())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|o| o.launch_template_specification()),
+                );
+            for spec in specs {
+                let version = spec.version().unwrap_or("$Default");
+                let template = spec
+                    .launch_template_id()
+                    .map(|id| (true, id))
+                    .or(spec.launch_template_name().map(|n| (false, n)));
+                if let Some((by_id, template)) = template {
+                    versions.push((
+                        if by_id {
+                            template.to_owned()
+                        } else {
+                            format!("name:{template}")
+                        },
+                        version.to_owned(),
+                        format!("launched by Auto Scaling group {name}"),
+                    ));
+                }
             }
         }
     }
     for (template, version, who) in versions {
-        let out = clients
-            .ec2
-            .describe_launch_template_versions()
-            .launch_template_id(&template)
-            .versions(&version)
-            .send()
-            .await
-            .map_err(|e| {
-                clients.failed(
-                    format!("read version {version} of launch template {template}"),
-                    aws::describe(&e),
-                )
-            })?;
+        let request = clients.ec2.describe_launch_template_versions();
+        let request = match template.strip_prefix("name:") {
+            Some(name) => request.launch_template_name(name),
+            None => request.launch_template_id(&template),
+        };
+        let out = request.versions(&version).send().await.map_err(|e| {
+            clients.failed(
+                format!("read version {version} of launch template {template}"),
+                aws::describe(&e),
+            )
+        })?;
         for v in out.launch_template_versions() {
             if let Some(ami) = v.launch_template_data().and_then(|d| d.image_id()) {
                 used.entry(ami.to_owned()).or_insert_with(|| who.clone());
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// AMI id → the SSM parameter that publishes it: every parameter of this account and region
+/// whose value is an AMI id (`bake pipeline`'s `PREFIX/IMAGE/ami-id`, and any other a launch
+/// template may resolve with `resolve:ssm:`). Its history is not read: only current values hold.
+async fn published(clients: &Clients) -> Result<BTreeMap<String, String>, CallError> {
+    let mut used = BTreeMap::new();
+    let mut pages = clients
+        .ssm
+        .get_parameters_by_path()
+        .path("/")
+        .recursive(true)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| clients.failed("list SSM parameters", aws::describe(&e)))?;
+        for parameter in page.parameters() {
+            if let (Some(name), Some(value)) = (parameter.name(), parameter.value())
+                && value.starts_with("ami-")
+            {
+                used.entry(value.to_owned())
+                    .or_insert_with(|| format!("published in SSM parameter {name}"));
             }
         }
     }

@@ -103,7 +103,7 @@ pub async fn running(
                 Err(e) if aws::code(&e) == Some("InvalidInstanceID.NotFound") => {
                     return Check::Pending("not visible yet".into());
                 }
-                Err(e) => return Check::Failed(Err(aws::describe(&e))),
+                Err(e) => return poll::unless_transient(&e, |e| Err(aws::describe(e))),
             };
             let Some(instance) = out.reservations().iter().flat_map(|r| r.instances()).next()
             else {
@@ -252,7 +252,7 @@ pub async fn ssm_online(
                     ),
                     None => Check::Pending("not registered".into()),
                 },
-                Err(e) => Check::Failed(aws::describe(&e)),
+                Err(e) => poll::unless_transient(&e, aws::describe),
             }
         },
     )

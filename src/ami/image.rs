@@ -140,23 +140,31 @@ pub async fn create(
             .await;
         match sent {
             Ok(out) => {
-                created = Some((out, candidate));
+                created = Some((out.image_id().unwrap_or_default().to_owned(), candidate));
                 break;
             }
-            Err(e) if aws::code(&e) == Some("InvalidAMIName.Duplicate") => continue,
+            Err(e) if aws::code(&e) == Some("InvalidAMIName.Duplicate") => {
+                // The SDK retries a CreateImage whose answer was lost; the retry then finds the
+                // name taken by the image the first attempt made. That one is ours: use it.
+                if let Some(id) = own_image(clients, &candidate, janitor.run_id()).await? {
+                    progress.step(format!("{candidate} exists from this run as {id}"));
+                    created = Some((id, candidate));
+                    break;
+                }
+                continue;
+            }
             Err(e) => {
                 let action = format!("create image {candidate} from {instance_id}");
                 return Err(clients.failed(action, aws::describe(&e)).into());
             }
         }
     }
-    let Some((created, name)) = created else {
+    let Some((ami_id, name)) = created else {
         return Err(Error::NameTaken {
             name: name.to_owned(),
             region: clients.region.clone(),
         });
     };
-    let ami_id = created.image_id().unwrap_or_default().to_owned();
     janitor.record(Resource::Image(ami_id.clone()));
     let step = format!("waiting for {ami_id} to be available");
     progress.step(step.clone());
@@ -174,8 +182,10 @@ pub async fn create(
                 .await;
             let image = match out {
                 Ok(out) => out.images.unwrap_or_default().into_iter().next(),
+                // A new AMI is unknown to DescribeImages for a few seconds (eventual
+                // consistency); the wait's deadline bounds it.
                 Err(e) if aws::code(&e) == Some("InvalidAMIID.NotFound") => None,
-                Err(e) => return Check::Failed(Err(aws::describe(&e))),
+                Err(e) => return poll::unless_transient(&e, |e| Err(aws::describe(e))),
             };
             let Some(image) = image else {
                 return Check::Pending("not visible yet".into());
@@ -210,6 +220,47 @@ pub async fn create(
             waited: AVAILABLE_TIMEOUT,
             last,
         }),
+    }
+}
+
+/// The image of this account named `name`, if this run (tag `bake:run-id`) created it. A name
+/// that is taken by an image DescribeImages does not list yet was taken moments ago (eventual
+/// consistency): it is looked up again within the new-image window before it counts as another's.
+async fn own_image(clients: &Clients, name: &str, run_id: &str) -> Result<Option<String>, Error> {
+    let settle = aws::NEW_IMAGE;
+    let result = poll::until(
+        Instant::now() + settle.within,
+        settle.schedule,
+        |_| {},
+        || async {
+            let out = clients
+                .ec2
+                .describe_images()
+                .owners("self")
+                .filters(filter("name", name))
+                .send()
+                .await;
+            let images = match out {
+                Ok(out) => out.images.unwrap_or_default(),
+                Err(e) => return poll::unless_transient(&e, aws::describe),
+            };
+            let Some(image) = images.first() else {
+                return Check::Pending(format!("{name} is taken but not listed yet"));
+            };
+            let ours = image
+                .tags()
+                .iter()
+                .any(|t| t.key() == Some(tag::RUN_ID) && t.value() == Some(run_id));
+            Check::Ready(ours.then(|| image.image_id().unwrap_or_default().to_owned()))
+        },
+    )
+    .await;
+    match result {
+        Ok(found) => Ok(found),
+        Err(PollError::TimedOut { .. }) => Ok(None),
+        Err(PollError::Failed(message)) => Err(clients
+            .failed(format!("look up the AMI named {name}"), message)
+            .into()),
     }
 }
 

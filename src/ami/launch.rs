@@ -18,7 +18,8 @@ use crate::janitor::{Janitor, Resource};
 use crate::poll::{self, Check, PollError, Schedule};
 
 /// A freshly created instance profile is refused by RunInstances for up to ~1 minute while IAM
-/// propagates; 2 minutes covers the slow tail.
+/// propagates; 2 minutes covers the slow tail (and the new security group's window,
+/// `aws::NEW_SECURITY_GROUP`, which is as long).
 const PROFILE_PROPAGATION: Duration = Duration::from_secs(120);
 /// IAM propagation takes seconds: retry every 3 s, growing to 10 s.
 const PROFILE_SCHEDULE: Schedule = Schedule {
@@ -35,7 +36,9 @@ pub enum Error {
     #[error(transparent)]
     Api(#[from] CallError),
     #[error(
-        "instance profile {profile:?} was still refused by EC2 in {region} after {waited:?}: {last}"
+        "EC2 in {region} still refused to launch the builder after {waited:?} (instance profile \
+         {profile:?} not yet propagated, the new security group not yet known, or throttling): \
+         {last}"
     )]
     ProfileNotReady {
         profile: String,
@@ -69,7 +72,7 @@ pub async fn security_group(
         .map_err(|e| clients.failed(format!("create security group {name}"), aws::describe(&e)))?;
     let id = created.group_id().unwrap_or_default().to_owned();
     janitor.record(Resource::SecurityGroup(id.clone()));
-    clients
+    let authorize = clients
         .ec2
         .authorize_security_group_ingress()
         .group_id(&id)
@@ -85,10 +88,15 @@ pub async fn security_group(
                         .build(),
                 )
                 .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| clients.failed(format!("open port {port} on {id}"), aws::describe(&e)))?;
+        );
+    // The group was just created: EC2 may not know it for a few seconds.
+    aws::settle(
+        &aws::NEW_SECURITY_GROUP,
+        &format!("open port {port} on {id}"),
+        || authorize.clone().send(),
+    )
+    .await
+    .map_err(|e| clients.failed(format!("open port {port} on {id}"), aws::describe(&e)))?;
     Ok(id)
 }
 
@@ -151,6 +159,7 @@ pub async fn instance(
         .tag_specifications(tagged(ResourceType::Instance, tags, &name))
         .tag_specifications(tagged(ResourceType::Volume, tags, &name))
         .tag_specifications(tagged(ResourceType::NetworkInterface, tags, &name));
+    janitor.launching(request.clone());
     let deadline = Instant::now() + PROFILE_PROPAGATION;
     let launched = poll::until(
         deadline,
@@ -160,7 +169,15 @@ pub async fn instance(
             match request.clone().send().await {
                 Ok(out) => Check::Ready(out),
                 Err(e) if is_profile_propagation(&e) => Check::Pending(aws::describe(&e)),
-                Err(e) => Check::Failed(aws::describe(&e)),
+                // The builder's security group was created a moment ago: EC2 may not know it
+                // yet. The ClientToken makes asking again safe.
+                Err(e)
+                    if aws::code(&e)
+                        .is_some_and(|c| aws::NEW_SECURITY_GROUP.codes.contains(&c)) =>
+                {
+                    Check::Pending(aws::describe(&e))
+                }
+                Err(e) => poll::unless_transient(&e, aws::describe),
             }
         },
     )
@@ -168,6 +185,7 @@ pub async fn instance(
     let out = match launched {
         Ok(out) => out,
         Err(PollError::Failed(message)) => {
+            janitor.launch_refused();
             return Err(Error::Api(clients.failed(
                 format!("launch the builder from {}", plan.base.id),
                 message,
