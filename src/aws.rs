@@ -267,6 +267,16 @@ pub const INSTANCE_RELEASE: Settle = Settle {
     schedule: SETTLE_SCHEDULE,
 };
 
+/// No window of eventual consistency: only transient answers (throttling, 5xx, timeouts) are
+/// asked again. AWS throttles in bursts per account and region that can outlast the SDK's own
+/// retries; a burst lasts seconds to a minute, so 2 minutes covers it.
+pub const THROTTLE_BURST: Settle = Settle {
+    what: "the throttling to pass",
+    codes: &[],
+    within: Duration::from_secs(120),
+    schedule: SETTLE_SCHEDULE,
+};
+
 /// Calls `call` until it succeeds, fails for good, or `settle.within` passes. An answer in
 /// `settle.codes`, or a transient one (throttling, 5xx, timeout), is asked again on the settle
 /// schedule; anything else, or the last answer at the deadline, is returned as it is.

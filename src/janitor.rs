@@ -304,7 +304,7 @@ async fn find_with_uses(
     };
     let mut found = Vec::new();
 
-    let reservations = clients
+    let listing = clients
         .ec2
         .describe_instances()
         .filters(filter.clone())
@@ -317,15 +317,18 @@ async fn find_with_uses(
                         .to_vec(),
                 ))
                 .build(),
-        )
-        .into_paginator()
-        .items()
-        .send()
-        .collect::<Vec<_>>()
-        .await;
+        );
+    let reservations = aws::settle(&aws::THROTTLE_BURST, "list instances", || async {
+        let mut pages = listing.clone().into_paginator().send();
+        let mut all = Vec::new();
+        while let Some(page) = pages.next().await {
+            all.extend(page?.reservations.unwrap_or_default());
+        }
+        Ok(all)
+    })
+    .await
+    .map_err(|e| clients.failed("list instances", aws::describe(&e)))?;
     for reservation in reservations {
-        let reservation =
-            reservation.map_err(|e| clients.failed("list instances", aws::describe(&e)))?;
         for instance in reservation.instances() {
             let launched = instance
                 .launch_time()
@@ -336,13 +339,15 @@ async fn find_with_uses(
         }
     }
 
-    let groups = clients
-        .ec2
-        .describe_security_groups()
-        .filters(filter.clone())
-        .send()
-        .await
-        .map_err(|e| clients.failed("list security groups", aws::describe(&e)))?;
+    let groups = aws::settle(&aws::THROTTLE_BURST, "list security groups", || {
+        clients
+            .ec2
+            .describe_security_groups()
+            .filters(filter.clone())
+            .send()
+    })
+    .await
+    .map_err(|e| clients.failed("list security groups", aws::describe(&e)))?;
     for group in groups.security_groups() {
         let created = group
             .tags()
@@ -355,14 +360,16 @@ async fn find_with_uses(
         }
     }
 
-    let images = clients
-        .ec2
-        .describe_images()
-        .owners("self")
-        .filters(filter.clone())
-        .send()
-        .await
-        .map_err(|e| clients.failed("list images", aws::describe(&e)))?;
+    let images = aws::settle(&aws::THROTTLE_BURST, "list images", || {
+        clients
+            .ec2
+            .describe_images()
+            .owners("self")
+            .filters(filter.clone())
+            .send()
+    })
+    .await
+    .map_err(|e| clients.failed("list images", aws::describe(&e)))?;
     let mut in_use = BTreeSet::new();
     for image in images.images() {
         let created = image
@@ -385,14 +392,16 @@ async fn find_with_uses(
         }
     }
 
-    let snapshots = clients
-        .ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(filter)
-        .send()
-        .await
-        .map_err(|e| clients.failed("list snapshots", aws::describe(&e)))?;
+    let snapshots = aws::settle(&aws::THROTTLE_BURST, "list snapshots", || {
+        clients
+            .ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(filter.clone())
+            .send()
+    })
+    .await
+    .map_err(|e| clients.failed("list snapshots", aws::describe(&e)))?;
     for snapshot in snapshots.snapshots() {
         let started = snapshot
             .start_time()
@@ -587,16 +596,10 @@ async fn delete_snapshot(clients: &Clients, id: &str) -> Result<(), String> {
     }
 }
 
-/// Only transient answers (throttling, 5xx, timeouts) are asked again: for calls on resources
-/// that were listed, so known to EC2.
-const TRANSIENT_ONLY: aws::Settle = aws::Settle {
-    what: "AWS to answer (throttled or unavailable)",
-    codes: &[],
-    within: TRANSIENT_WITHIN,
-    schedule: TERMINATE_SCHEDULE,
-};
-/// A throttle burst lasts seconds to a minute; 2 minutes of asking again covers it.
-const TRANSIENT_WITHIN: Duration = Duration::from_secs(120);
+/// For calls on resources that were listed, so known to EC2: only transient answers are asked
+/// again.
+const TRANSIENT_ONLY: aws::Settle = aws::THROTTLE_BURST;
+const TRANSIENT_WITHIN: Duration = aws::THROTTLE_BURST.within;
 
 /// Waits until the instances are terminated; on failure, the ones still alive and why.
 async fn wait_terminated(clients: &Clients, ids: &[String]) -> Result<(), (Vec<String>, String)> {

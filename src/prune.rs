@@ -109,7 +109,7 @@ pub async fn prune(clients: &Clients, image: &str, options: &Options) -> Result<
 
 /// This account's AMIs of `image`, in any state but those on their way out.
 async fn baked(clients: &Clients, image: &str) -> Result<Vec<Image>, CallError> {
-    let out = clients
+    let request = clients
         .ec2
         .describe_images()
         .owners("self")
@@ -119,8 +119,8 @@ async fn baked(clients: &Clients, image: &str) -> Result<Vec<Image>, CallError> 
                 .values(image)
                 .build(),
         )
-        .filters(Filter::builder().name("state").values("available").build())
-        .send()
+        .filters(Filter::builder().name("state").values("available").build());
+    let out = aws::settle(&aws::THROTTLE_BURST, "list AMIs", || request.clone().send())
         .await
         .map_err(|e| clients.failed(format!("list the AMIs of {image}"), aws::describe(&e)))?;
     Ok(out.images.unwrap_or_default())
@@ -130,22 +130,26 @@ async fn baked(clients: &Clients, image: &str) -> Result<Vec<Image>, CallError> 
 /// template, and the version every Auto Scaling group launches.
 async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError> {
     let mut used = published(clients).await?;
-    let mut pages = clients
-        .ec2
-        .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .values("pending")
-                .values("running")
-                .values("stopping")
-                .values("stopped")
-                .build(),
-        )
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| clients.failed("list instances", aws::describe(&e)))?;
+    let listing = clients.ec2.describe_instances().filters(
+        Filter::builder()
+            .name("instance-state-name")
+            .values("pending")
+            .values("running")
+            .values("stopping")
+            .values("stopped")
+            .build(),
+    );
+    let pages = aws::settle(&aws::THROTTLE_BURST, "list instances", || async {
+        let mut pages = listing.clone().into_paginator().send();
+        let mut all = Vec::new();
+        while let Some(page) = pages.next().await {
+            all.push(page?);
+        }
+        Ok(all)
+    })
+    .await
+    .map_err(|e| clients.failed("list instances", aws::describe(&e)))?;
+    for page in pages {
         for instance in page.reservations().iter().flat_map(|r| r.instances()) {
             if let (Some(ami), Some(id)) = (instance.image_id(), instance.instance_id()) {
                 used.entry(ami.to_owned())
@@ -155,13 +159,21 @@ async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError
     }
     // (template id, version) → who refers to it.
     let mut versions: Vec<(String, String, String)> = Vec::new();
-    let mut templates = clients
-        .ec2
-        .describe_launch_templates()
-        .into_paginator()
-        .send();
-    while let Some(page) = templates.next().await {
-        let page = page.map_err(|e| clients.failed("list launch templates", aws::describe(&e)))?;
+    let templates = aws::settle(&aws::THROTTLE_BURST, "list launch templates", || async {
+        let mut pages = clients
+            .ec2
+            .describe_launch_templates()
+            .into_paginator()
+            .send();
+        let mut all = Vec::new();
+        while let Some(page) = pages.next().await {
+            all.push(page?);
+        }
+        Ok(all)
+    })
+    .await
+    .map_err(|e| clients.failed("list launch templates", aws::describe(&e)))?;
+    for page in templates {
         for template in page.launch_templates() {
             let (Some(id), Some(name)) = (
                 template.launch_template_id(),
@@ -183,14 +195,21 @@ async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError
             }
         }
     }
-    let mut groups = clients
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .into_paginator()
-        .send();
-    while let Some(page) = groups.next().await {
-        let page =
-            page.map_err(|e| clients.failed("list Auto Scaling groups", aws::describe(&e)))?;
+    let groups = aws::settle(&aws::THROTTLE_BURST, "list Auto Scaling groups", || async {
+        let mut pages = clients
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .into_paginator()
+            .send();
+        let mut all = Vec::new();
+        while let Some(page) = pages.next().await {
+            all.push(page?);
+        }
+        Ok(all)
+    })
+    .await
+    .map_err(|e| clients.failed("list Auto Scaling groups", aws::describe(&e)))?;
+    for page in groups {
         for group in page.auto_scaling_groups() {
             let name = group.auto_scaling_group_name().unwrap_or_default();
             // A group launches from its launch template, or from the one of its mixed instances
@@ -235,7 +254,13 @@ async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError
             Some(name) => request.launch_template_name(name),
             None => request.launch_template_id(&template),
         };
-        let out = request.versions(&version).send().await.map_err(|e| {
+        let request = request.versions(&version);
+        let read = aws::settle(
+            &aws::THROTTLE_BURST,
+            "read a launch template version",
+            || request.clone().send(),
+        );
+        let out = read.await.map_err(|e| {
             clients.failed(
                 format!("read version {version} of launch template {template}"),
                 aws::describe(&e),
@@ -255,15 +280,23 @@ async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError
 /// template may resolve with `resolve:ssm:`). Its history is not read: only current values hold.
 async fn published(clients: &Clients) -> Result<BTreeMap<String, String>, CallError> {
     let mut used = BTreeMap::new();
-    let mut pages = clients
-        .ssm
-        .get_parameters_by_path()
-        .path("/")
-        .recursive(true)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| clients.failed("list SSM parameters", aws::describe(&e)))?;
+    let pages = aws::settle(&aws::THROTTLE_BURST, "list SSM parameters", || async {
+        let mut pages = clients
+            .ssm
+            .get_parameters_by_path()
+            .path("/")
+            .recursive(true)
+            .into_paginator()
+            .send();
+        let mut all = Vec::new();
+        while let Some(page) = pages.next().await {
+            all.push(page?);
+        }
+        Ok(all)
+    })
+    .await
+    .map_err(|e| clients.failed("list SSM parameters", aws::describe(&e)))?;
+    for page in pages {
         for parameter in page.parameters() {
             if let (Some(name), Some(value)) = (parameter.name(), parameter.value())
                 && value.starts_with("ami-")

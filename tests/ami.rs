@@ -474,3 +474,69 @@ async fn preflight_problems_exit_2_at_their_line_and_create_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_one_second_after_run_instances_leaves_nothing_running() {
+    let lab = Lab::start().await;
+    let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"10m\"", ""));
+    let child = lab
+        .bake(&["-c", &scratch.config(), "ami", "quick"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lab.wait_for("the builder launch", Duration::from_secs(120), || async {
+        lab.calls("RunInstances").await > 0
+    })
+    .await;
+    // Inside the lab's window (3 s) in which EC2 does not know the new instance yet.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal(child.id(), "INT");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let terminates: Vec<i64> = lab
+        .requests()
+        .await
+        .iter()
+        .filter(|r| r["action"] == "TerminateInstances")
+        .map(|r| r["status"].as_i64().unwrap())
+        .collect();
+    // EC2 answered NotFound at first; bake asked again until it knew the instance.
+    assert_eq!(terminates.first(), Some(&400), "{terminates:?}");
+    assert_eq!(terminates.last(), Some(&200), "{terminates:?}");
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bake_succeeds_under_throttle_bursts_and_leaves_nothing() {
+    let lab = Lab::start().await;
+    // Every describe/get/list of these services is throttled 6 s out of every 30 s, from now.
+    lab.control(
+        "faults",
+        serde_json::json!({ "kind": "burst", "duration": 6, "every": 30,
+            "services": ["ec2", "ssm", "autoscaling", "elasticloadbalancing"] }),
+    )
+    .await;
+    let scratch = Scratch::new(&quick_config(
+        "body = \"through the bursts\"",
+        "expect_body = \"bursts\"",
+        "commands = [\"true\"]",
+    ));
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let faulted = lab
+        .requests()
+        .await
+        .iter()
+        .filter(|r| r["fault"] == true)
+        .count();
+    assert!(faulted > 0, "the bursts throttled calls");
+    let ami = stdout(&out);
+    lab.control("faults", serde_json::json!({ "rate": 0 }))
+        .await;
+    lab.assert_nothing_left(&[&ami], &[]).await;
+}

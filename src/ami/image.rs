@@ -53,7 +53,7 @@ pub enum Error {
 
 /// An available AMI of this account baked from the same inputs and base image, newest first.
 pub async fn existing(clients: &Clients, plan: &Plan) -> Result<Option<Image>, Error> {
-    let out = clients
+    let request = clients
         .ec2
         .describe_images()
         .owners("self")
@@ -62,10 +62,12 @@ pub async fn existing(clients: &Clients, plan: &Plan) -> Result<Option<Image>, E
             &plan.rendered.digest,
         ))
         .filters(filter(&format!("tag:{TAG_BASE_AMI}"), &plan.base.id))
-        .filters(filter("state", "available"))
-        .send()
-        .await
-        .map_err(|e| clients.failed("look for an AMI with the same digest", aws::describe(&e)))?;
+        .filters(filter("state", "available"));
+    let out = aws::settle(&aws::THROTTLE_BURST, "look for an AMI", || {
+        request.clone().send()
+    })
+    .await
+    .map_err(|e| clients.failed("look for an AMI with the same digest", aws::describe(&e)))?;
     let now = SystemTime::now();
     Ok(out
         .images

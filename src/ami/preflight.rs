@@ -181,18 +181,16 @@ async fn resolve_base(clients: &Clients, base: &BaseImage) -> Result<BaseAmi, Er
         request = request.image_ids(id);
     } else if let Some(parameter) = &base.ssm {
         reference = format!("ssm:{parameter}");
-        let value = clients
-            .ssm
-            .get_parameter()
-            .name(parameter)
-            .send()
-            .await
-            .map_err(|e| match aws::code(&e) {
-                Some("ParameterNotFound") => fail(reference.clone(), "no such parameter".into()),
-                _ => clients
-                    .failed(format!("read SSM parameter {parameter}"), aws::describe(&e))
-                    .into(),
-            })?;
+        let value = aws::settle(&aws::THROTTLE_BURST, "read the base parameter", || {
+            clients.ssm.get_parameter().name(parameter).send()
+        })
+        .await
+        .map_err(|e| match aws::code(&e) {
+            Some("ParameterNotFound") => fail(reference.clone(), "no such parameter".into()),
+            _ => clients
+                .failed(format!("read SSM parameter {parameter}"), aws::describe(&e))
+                .into(),
+        })?;
         let id = value
             .parameter()
             .and_then(|p| p.value())
@@ -206,7 +204,11 @@ async fn resolve_base(clients: &Clients, base: &BaseImage) -> Result<BaseAmi, Er
             .filters(Filter::builder().name("name").values(pattern).build())
             .filters(Filter::builder().name("state").values("available").build());
     }
-    let images = match request.send().await {
+    let sent = aws::settle(&aws::THROTTLE_BURST, "describe the base image", || {
+        request.clone().send()
+    })
+    .await;
+    let images = match sent {
         Ok(out) => out.images.unwrap_or_default(),
         Err(e) if aws::code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => Vec::new(),
         Err(e) => {
@@ -258,13 +260,15 @@ pub(crate) async fn resolve_subnet(
     subnet: &ResourceRef,
 ) -> Result<Subnet, Error> {
     let (filters, reference) = filters(subnet, "subnet-id");
-    let found = clients
-        .ec2
-        .describe_subnets()
-        .set_filters(Some(filters))
-        .send()
-        .await
-        .map_err(|e| clients.failed("describe subnets", aws::describe(&e)))?;
+    let found = aws::settle(&aws::THROTTLE_BURST, "describe subnets", || {
+        clients
+            .ec2
+            .describe_subnets()
+            .set_filters(Some(filters.clone()))
+            .send()
+    })
+    .await
+    .map_err(|e| clients.failed("describe subnets", aws::describe(&e)))?;
     let fail = |detail: String| Error::Subnet {
         reference: reference.clone(),
         region: clients.region.clone(),
@@ -298,15 +302,17 @@ pub(crate) fn exactly_one<'a, T>(
 /// A public builder needs a default route to an internet gateway, in the subnet's route table or
 /// (when it has none of its own) in the VPC's main one.
 pub(crate) async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
-    let tables = |filters: Vec<Filter>| async {
-        clients
-            .ec2
-            .describe_route_tables()
-            .set_filters(Some(filters))
-            .send()
-            .await
-            .map(|out| out.route_tables.unwrap_or_default())
-            .map_err(|e| clients.failed("describe route tables", aws::describe(&e)))
+    let tables = |filters: Vec<Filter>| async move {
+        aws::settle(&aws::THROTTLE_BURST, "describe route tables", || {
+            clients
+                .ec2
+                .describe_route_tables()
+                .set_filters(Some(filters.clone()))
+                .send()
+        })
+        .await
+        .map(|out| out.route_tables.unwrap_or_default())
+        .map_err(|e| clients.failed("describe route tables", aws::describe(&e)))
     };
     let mut found = tables(vec![
         Filter::builder()
@@ -344,13 +350,15 @@ pub(crate) async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(
 
 /// The instance profile must exist.
 pub(crate) async fn check_profile(clients: &Clients, profile: &str) -> Result<String, Error> {
-    match clients
-        .iam
-        .get_instance_profile()
-        .instance_profile_name(profile)
-        .send()
-        .await
-    {
+    let read = aws::settle(&aws::THROTTLE_BURST, "read the instance profile", || {
+        clients
+            .iam
+            .get_instance_profile()
+            .instance_profile_name(profile)
+            .send()
+    })
+    .await;
+    match read {
         Ok(_) => Ok(profile.to_owned()),
         Err(e) if aws::code(&e) == Some("NoSuchEntity") => Err(Error::NoProfile {
             profile: profile.to_owned(),
