@@ -207,7 +207,10 @@ async fn image_steps(
 
 /// Puts the AMI id in the parameter unless it holds it already. Returns whether it changed.
 async fn publish(clients: &Clients, parameter: &str, ami_id: &str) -> Result<bool, CallError> {
-    match clients.ssm.get_parameter().name(parameter).send().await {
+    let read = aws::settle(&aws::THROTTLE_BURST, "read the published parameter", || {
+        clients.ssm.get_parameter().name(parameter).send()
+    });
+    match read.await {
         Ok(out) if out.parameter().and_then(|p| p.value()) == Some(ami_id) => return Ok(false),
         Ok(_) => {}
         Err(e) if aws::code(&e) == Some("ParameterNotFound") => {}

@@ -211,6 +211,42 @@ mod tests {
         assert_eq!(calls.get(), 1);
     }
 
+    fn answer(
+        status: u16,
+        code: &str,
+    ) -> aws_sdk_ec2::error::SdkError<
+        aws_sdk_ec2::operation::describe_instances::DescribeInstancesError,
+        aws_sdk_ec2::config::http::HttpResponse,
+    > {
+        let meta = aws_smithy_types::error::ErrorMetadata::builder()
+            .code(code)
+            .message("m")
+            .build();
+        aws_sdk_ec2::error::SdkError::service_error(
+            aws_sdk_ec2::operation::describe_instances::DescribeInstancesError::generic(meta),
+            aws_sdk_ec2::config::http::HttpResponse::new(
+                aws_smithy_runtime_api::http::StatusCode::try_from(status).unwrap(),
+                aws_smithy_types::body::SdkBody::empty(),
+            ),
+        )
+    }
+
+    #[test]
+    fn a_throttle_inside_a_wait_is_pending_and_a_refusal_fails_it() {
+        let throttled: Check<(), String> =
+            unless_transient(&answer(503, "RequestLimitExceeded"), crate::aws::describe);
+        assert!(
+            matches!(&throttled, Check::Pending(s) if s.contains("RequestLimitExceeded")),
+            "{throttled:?}"
+        );
+        let refused: Check<(), String> =
+            unless_transient(&answer(400, "UnauthorizedOperation"), crate::aws::describe);
+        assert!(
+            matches!(&refused, Check::Failed(s) if s.starts_with("UnauthorizedOperation")),
+            "{refused:?}"
+        );
+    }
+
     #[test]
     fn jitter_only_shortens_by_up_to_fifteen_percent() {
         for _ in 0..100 {

@@ -109,3 +109,191 @@ async fn prune_keeps_the_newest_and_those_in_use_and_removes_the_rest_with_snaps
         assert!(!left.contains(&snapshot.as_str()), "{snapshot} left");
     }
 }
+
+/// The requests of one action since the lab started, as (status, time).
+async fn answers(lab: &Lab, action: &str) -> Vec<i64> {
+    lab.requests()
+        .await
+        .iter()
+        .filter(|r| r["action"] == action)
+        .map(|r| r["status"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instances_amis() {
+    let lab = Lab::start().await;
+    // Snapshots of a deregistered AMI stay InvalidSnapshot.InUse for 6 s (AWS: seconds to minutes).
+    lab.control(
+        "consistency",
+        serde_json::json!({ "windows": { "snapshot_release": 6 } }),
+    )
+    .await;
+    let published = bake(&lab, "one").await;
+    let mixed = bake(&lab, "two").await;
+    let doomed = bake(&lab, "three").await;
+    let newest = bake(&lab, "four").await;
+    let doomed_snapshots = lab.snapshots_of(&[&doomed]).await;
+    assert!(!doomed_snapshots.is_empty());
+
+    lab.ssm
+        .put_parameter()
+        .name("/bake/quick/ami-id")
+        .value(&published)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .data_type("aws:ec2:image")
+        .send()
+        .await
+        .unwrap();
+    lab.ec2
+        .create_launch_template()
+        .launch_template_name("mixed-web")
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .image_id(&mixed)
+                .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // The template's default and latest version name the newest AMI: only the group, which
+    // launches version 1, still uses the `mixed` one.
+    lab.ec2
+        .create_launch_template_version()
+        .launch_template_name("mixed-web")
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .image_id(&newest)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    lab.ec2
+        .modify_launch_template()
+        .launch_template_name("mixed-web")
+        .default_version("2")
+        .send()
+        .await
+        .unwrap();
+    let subnet = lab
+        .ec2
+        .describe_subnets()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:Name")
+                .values("Public subnet A")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .subnets()[0]
+        .subnet_id()
+        .unwrap()
+        .to_owned();
+    use aws_sdk_autoscaling::types::{
+        LaunchTemplate, LaunchTemplateOverrides, LaunchTemplateSpecification, MixedInstancesPolicy,
+    };
+    lab.autoscaling
+        .create_auto_scaling_group()
+        .auto_scaling_group_name("mixed-web")
+        .min_size(0)
+        .max_size(0)
+        .desired_capacity(0)
+        .vpc_zone_identifier(&subnet)
+        .mixed_instances_policy(
+            MixedInstancesPolicy::builder()
+                .launch_template(
+                    LaunchTemplate::builder()
+                        .launch_template_specification(
+                            LaunchTemplateSpecification::builder()
+                                .launch_template_name("mixed-web")
+                                .version("1")
+                                .build(),
+                        )
+                        .overrides(
+                            LaunchTemplateOverrides::builder()
+                                .instance_type("t3.micro")
+                                .build(),
+                        )
+                        .overrides(
+                            LaunchTemplateOverrides::builder()
+                                .instance_type("t3.small")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let config = Scratch::new(&quick_config("", "", ""));
+    let out = lab
+        .run_bake(&[
+            "-c",
+            &config.config(),
+            "-o",
+            "json",
+            "prune",
+            "quick",
+            "--keep",
+            "1",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let removed: Vec<&str> = report["images"][0]["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ami_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, [doomed.as_str()]);
+    let kept = report["images"][0]["kept"].as_array().unwrap();
+    let why = |ami: &str| {
+        kept.iter()
+            .find(|k| k["ami_id"] == ami)
+            .map(|k| k["why"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    assert!(
+        why(&published).contains("published in SSM parameter /bake/quick/ami-id"),
+        "{kept:?}"
+    );
+    assert_eq!(
+        why(&mixed),
+        "launched by Auto Scaling group mixed-web",
+        "{kept:?}"
+    );
+    assert_eq!(why(&newest), "one of the newest 1");
+
+    // EC2 refused the snapshots while the AMI released them; prune asked again until it could.
+    let deletes = answers(&lab, "DeleteSnapshot").await;
+    assert_eq!(deletes.first(), Some(&400), "{deletes:?}");
+    assert_eq!(deletes.last(), Some(&200), "{deletes:?}");
+    assert!(!exists(&lab, &doomed).await);
+    let left = lab
+        .ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap();
+    let left: Vec<&str> = left
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id())
+        .collect();
+    for snapshot in &doomed_snapshots {
+        assert!(
+            !left.contains(&snapshot.as_str()),
+            "orphan snapshot {snapshot} left"
+        );
+    }
+    for ami in [&published, &mixed, &newest] {
+        assert!(exists(&lab, ami).await, "{ami} was kept");
+    }
+}

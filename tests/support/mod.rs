@@ -26,11 +26,13 @@ pub struct Lab {
     pub ec2: aws_sdk_ec2::Client,
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
+    pub ssm: aws_sdk_ssm::Client,
     http: reqwest::Client,
 }
 
 impl Lab {
-    /// Starts a lab with security groups enforced, as on AWS.
+    /// Starts a lab with security groups enforced and eventual consistency on (the lab's
+    /// defaults), as on AWS.
     pub async fn start() -> Lab {
         let python = std::env::var("LAB_PYTHON").expect(
             "LAB_PYTHON is not set: run the lab tests through `make test`, which builds the lab's \
@@ -74,6 +76,7 @@ impl Lab {
             ec2: aws_sdk_ec2::Client::new(&sdk),
             autoscaling: aws_sdk_autoscaling::Client::new(&sdk),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
+            ssm: aws_sdk_ssm::Client::new(&sdk),
             http: reqwest::Client::new(),
         }
     }
