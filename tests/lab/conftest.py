@@ -93,21 +93,8 @@ def subnet_id(ec2, name: str) -> str:
     return ec2.describe_subnets(Filters=[{"Name": "tag:Name", "Values": [name]}])["Subnets"][0]["SubnetId"]
 
 
-# EC2 is eventually consistent: a new instance id answers InvalidInstanceID.NotFound for a few seconds (the lab's
-# `instance` consistency window, 3 s by default); 30 s is far above it.
-NEW_ID_WAIT = 30
-
-
 def describe(ec2, instance_id: str) -> dict:
-    """The instance's description, riding out the seconds in which EC2 does not know a new id yet."""
-    deadline = time.monotonic() + NEW_ID_WAIT
-    while True:
-        try:
-            return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-        except ec2.exceptions.ClientError as e:
-            if e.response["Error"]["Code"] != "InvalidInstanceID.NotFound" or time.monotonic() > deadline:
-                raise
-        time.sleep(0.5)
+    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
 
 
 def wait_state(ec2, instance_id: str, state: str, timeout: float = BOOT_WAIT) -> dict:

@@ -7,7 +7,7 @@ import pytest
 from conftest import (AGENT_WAIT, BOOT_WAIT, describe, launch, subnet_id, wait_for, wait_image, wait_online,
                       wait_state)
 
-DEFAULTS = {"instance": 3.0, "security_group": 3.0, "image": 3.0, "invocation": 2.0, "snapshot_release": 3.0,
+DEFAULTS = {"instance": 3.0, "security_group": 3.0, "image": 3.0, "invocation": 0.5, "snapshot_release": 3.0,
             "load_balancer_release": 15.0, "instance_release": 3.0}
 
 
@@ -27,7 +27,23 @@ def settled(what: str, call, *args, timeout: float = 30, **kwargs):
             return call(*args, **kwargs) or True
         except botocore.exceptions.ClientError:
             return None
-    return wait_for(what, attempt, timeout, 0.5)
+    return wait_for(what, attempt, timeout, 0.1)
+
+
+@pytest.fixture(scope="module")
+def ec2(lab):
+    """A client that sees the windows: it does not ask again on NotFound as the shared fixtures do."""
+    return lab.client("ec2", settle=False)
+
+
+@pytest.fixture(scope="module")
+def ssm(lab):
+    return lab.client("ssm", settle=False)
+
+
+@pytest.fixture(scope="module")
+def ami_id(ssm):
+    return ssm.get_parameter(Name="/aws/service/debian/release/bookworm/latest/amd64")["Parameter"]["Value"]
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +52,9 @@ def vpc_id(ec2):
 
 
 @pytest.fixture(scope="module")
-def running(ec2, debian_ami):
+def running(ec2, ami_id):
     """One running instance with the SSM profile, shared by the tests that need an instance to work on."""
-    iid = launch(ec2, debian_ami)
+    iid = launch(ec2, ami_id)
     settled(f"{iid} known", describe, ec2, iid)
     wait_state(ec2, iid, "running")
     yield iid
@@ -56,9 +72,9 @@ def test_consistency_is_on_by_default_and_tunable(lab):
         lab.post("/_lab/consistency", {"enabled": True, "windows": DEFAULTS})
 
 
-def test_terminate_right_after_run_answers_not_found_and_the_instance_keeps_running(lab, ec2, debian_ami):
+def test_terminate_right_after_run_answers_not_found_and_the_instance_keeps_running(lab, ec2, ami_id):
     tag = f"consistency-{time.time_ns()}"
-    iid = launch(ec2, debian_ami, profile=False,
+    iid = launch(ec2, ami_id, profile=False,
                  TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "lab-test", "Value": tag}]}])
     try:
         assert code_of(ec2.terminate_instances, InstanceIds=[iid]) == "InvalidInstanceID.NotFound"
@@ -78,14 +94,14 @@ def test_terminate_right_after_run_answers_not_found_and_the_instance_keeps_runn
     wait_state(ec2, iid, "terminated")
 
 
-def test_a_new_security_group_is_unknown_for_a_few_seconds(ec2, vpc_id, debian_ami):
+def test_a_new_security_group_is_unknown_for_a_few_seconds(ec2, vpc_id, ami_id):
     started = time.monotonic()
     sg = ec2.create_security_group(GroupName=f"consistency-{time.time_ns()}", Description="lab test",
                                    VpcId=vpc_id)["GroupId"]
     rule = {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "10.0.0.0/16"}]}
     assert code_of(ec2.authorize_security_group_ingress, GroupId=sg, IpPermissions=[rule]) == "InvalidGroup.NotFound"
     assert code_of(ec2.describe_security_groups, GroupIds=[sg]) == "InvalidGroup.NotFound"
-    assert code_of(ec2.run_instances, ImageId=debian_ami, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+    assert code_of(ec2.run_instances, ImageId=ami_id, MinCount=1, MaxCount=1, InstanceType="t3.micro",
                    SubnetId=subnet_id(ec2, "Public subnet A"), SecurityGroupIds=[sg]) == "InvalidGroup.NotFound"
     settled(f"authorize on {sg}", ec2.authorize_security_group_ingress, GroupId=sg, IpPermissions=[rule])
     assert time.monotonic() - started >= 2.5
@@ -97,7 +113,8 @@ def test_a_new_ami_is_unknown_to_describe_images_then_its_snapshots_stay_in_use_
     ami = ec2.create_image(InstanceId=running, Name=f"consistency-{time.time_ns()}", NoReboot=True)["ImageId"]
     assert code_of(ec2.describe_images, ImageIds=[ami]) == "InvalidAMIID.NotFound"
     assert ami not in [i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]]
-    settled(f"{ami} known", ec2.describe_images, ImageIds=[ami])
+    known = settled(f"{ami} known", ec2.describe_images, ImageIds=[ami])
+    assert known["Images"][0]["State"] == "pending"  # known before it is available, as on EC2
     image = wait_image(ec2, ami)
     snapshots = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"] if "Ebs" in m]
     assert snapshots
@@ -117,10 +134,10 @@ def test_a_new_command_invocation_does_not_exist_for_a_moment(ssm, running):
     assert got["CommandId"] == command
 
 
-def test_a_group_on_a_network_interface_cannot_be_deleted_until_its_instance_is_gone(ec2, vpc_id, debian_ami):
+def test_a_group_on_a_network_interface_cannot_be_deleted_until_its_instance_is_gone(ec2, vpc_id, ami_id):
     sg = ec2.create_security_group(GroupName=f"consistency-{time.time_ns()}", Description="lab test",
                                    VpcId=vpc_id)["GroupId"]
-    iid = settled(f"launch with {sg}", ec2.run_instances, ImageId=debian_ami, MinCount=1, MaxCount=1,
+    iid = settled(f"launch with {sg}", ec2.run_instances, ImageId=ami_id, MinCount=1, MaxCount=1,
                   InstanceType="t3.micro", SubnetId=subnet_id(ec2, "Public subnet A"),
                   SecurityGroupIds=[sg])["Instances"][0]["InstanceId"]
     settled(f"{iid} known", describe, ec2, iid)
@@ -135,7 +152,7 @@ def test_a_group_on_a_network_interface_cannot_be_deleted_until_its_instance_is_
 
 
 def test_delete_target_group_right_after_delete_load_balancer_answers_resource_in_use(lab, ec2, vpc_id):
-    elb = lab.client("elbv2")
+    elb = lab.client("elbv2", settle=False)
     name = f"cons-{time.time_ns() % 10**9}"
     sg = ec2.create_security_group(GroupName=name, Description="lab test alb", VpcId=vpc_id)["GroupId"]
     settled(f"{sg} known", ec2.describe_security_groups, GroupIds=[sg])
@@ -156,10 +173,10 @@ def test_delete_target_group_right_after_delete_load_balancer_answers_resource_i
     assert time.monotonic() - deleted >= DEFAULTS["load_balancer_release"] - 1
 
 
-def test_with_consistency_off_a_new_instance_is_known_at_once(lab, ec2, debian_ami):
+def test_with_consistency_off_a_new_instance_is_known_at_once(lab, ec2, ami_id):
     lab.post("/_lab/consistency", {"enabled": False})
     try:
-        iid = launch(ec2, debian_ami, profile=False)
+        iid = launch(ec2, ami_id, profile=False)
         assert describe(ec2, iid)["InstanceId"] == iid
         ec2.terminate_instances(InstanceIds=[iid])
     finally:
@@ -168,8 +185,8 @@ def test_with_consistency_off_a_new_instance_is_known_at_once(lab, ec2, debian_a
 
 
 def test_a_burst_throttles_every_describe_of_its_services_for_its_duration(lab):
-    ec2 = lab.client("ec2", retries={"mode": "standard", "max_attempts": 1})
-    ssm = lab.client("ssm", retries={"mode": "standard", "max_attempts": 1})
+    ec2 = lab.client("ec2", retries={"mode": "standard", "max_attempts": 1}, settle=False)
+    ssm = lab.client("ssm", retries={"mode": "standard", "max_attempts": 1}, settle=False)
     ec2.describe_vpcs()  # load the client's models before the clock matters
     duration, every = 3.0, 6.0
     before = time.monotonic()
@@ -201,11 +218,11 @@ def test_a_burst_throttles_every_describe_of_its_services_for_its_duration(lab):
         lab.post("/_lab/faults", {"rate": 0})
 
 
-def test_run_instances_again_with_the_same_client_token_answers_the_same_instance(ec2, debian_ami):
+def test_run_instances_again_with_the_same_client_token_answers_the_same_instance(ec2, ami_id):
     token = f"consistency-{time.time_ns()}"
-    first = launch(ec2, debian_ami, ClientToken=token)
-    again = launch(ec2, debian_ami, ClientToken=token)
-    other = launch(ec2, debian_ami, ClientToken=token + "-other")
+    first = launch(ec2, ami_id, ClientToken=token)
+    again = launch(ec2, ami_id, ClientToken=token)
+    other = launch(ec2, ami_id, ClientToken=token + "-other")
     try:
         assert again == first and other != first
     finally:

@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import botocore.exceptions
 from botocore.config import Config
 
 HERE = Path(__file__).resolve().parent.parent
@@ -23,10 +24,16 @@ class LabClient:
         self.endpoint = endpoint
         self.info = self.get_json("/_lab/info")
 
-    def client(self, service: str, region: str = REGION, retries: dict | None = None):
+    def client(self, service: str, region: str = REGION, retries: dict | None = None, settle: bool = True):
+        """An SDK client. With `settle` it rides out eventual consistency as AWS tells clients to: an answer
+        that a resource created moments ago does not exist yet, or one deleted moments ago is still in use, is asked
+        again (every 0.1 s, for up to 30 s)."""
         config = Config(retries=retries or {"mode": "standard", "max_attempts": 3})
-        return boto3.client(service, endpoint_url=self.endpoint, region_name=region, config=config,
-                            aws_access_key_id="AKIDLABTEST", aws_secret_access_key="secret")
+        client = boto3.client(service, endpoint_url=self.endpoint, region_name=region, config=config,
+                              aws_access_key_id="AKIDLABTEST", aws_secret_access_key="secret")
+        if settle:
+            client._make_api_call = _settling(client._make_api_call)
+        return client
 
     def request(self, path: str, body=None, method=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -42,6 +49,30 @@ class LabClient:
 
     def post(self, path: str, body: dict | None = None):
         return json.loads(self.request(path, body if body is not None else {}, "POST"))
+
+
+# The answers AWS documents as "not yet" right after a create (see FIDELITY.md, eventual consistency).
+# The answers AWS documents as "not yet" right after a create, and as "still in use" for a while after a delete
+# (see FIDELITY.md, eventual consistency and teardown lags).
+SETTLE_CODES = {"InvalidInstanceID.NotFound", "InvalidGroup.NotFound", "InvalidAMIID.NotFound",
+                "InvocationDoesNotExist", "InvalidSnapshot.InUse", "ResourceInUse", "DependencyViolation"}
+SETTLE_INTERVAL = 0.1  # short, so that a test still sees the states that follow a window (a command's Pending)
+SETTLE_WITHIN = 30  # seconds: above the lab's longest window (a load balancer's release, 15 s)
+
+
+def _settling(make_api_call):
+    """Repeat a call (each time with the SDK's full retry budget for throttling) while it answers one of
+    SETTLE_CODES, until SETTLE_WITHIN has passed."""
+    def call(operation_name, api_params):
+        deadline = time.monotonic() + SETTLE_WITHIN
+        while True:
+            try:
+                return make_api_call(operation_name, api_params)
+            except botocore.exceptions.ClientError as e:
+                if e.response.get("Error", {}).get("Code") not in SETTLE_CODES or time.monotonic() > deadline:
+                    raise
+            time.sleep(SETTLE_INTERVAL)
+    return call
 
 
 class LabProcess(LabClient):

@@ -15,12 +15,16 @@ from moto.ssm.exceptions import SSMException
 DEFAULT_WINDOWS = {
     "instance": 3.0,          # a new instance id unknown to Describe/Terminate/CreateTags, absent from tag filters
     "security_group": 3.0,    # a new group unknown to Authorize*/RunInstances/DescribeSecurityGroups/CreateTags
-    "image": 3.0,             # a new AMI unknown to DescribeImages
-    "invocation": 2.0,        # a new command's invocation answers InvocationDoesNotExist
+    "image": 3.0,             # a new AMI unknown to DescribeImages (and pending at least a moment after)
+    "invocation": 0.5,        # a new command's invocation answers InvocationDoesNotExist
     "snapshot_release": 3.0,  # a deregistered AMI's snapshots answer InvalidSnapshot.InUse
     "load_balancer_release": 15.0,  # a deleted ALB's target groups/security groups stay in use (ENIs linger)
     "instance_release": 3.0,  # a terminated instance's network interface holds its security groups
 }
+
+# On EC2 an AMI is pending for minutes, far longer than it is unknown: the lab keeps a new AMI pending at least
+# this long after its window, so a client that waited for it to be known sees it pending first.
+PENDING_AFTER_KNOWN = 2.0
 
 _request = threading.local()  # the action of the client request this thread serves (None: the lab's own call)
 
@@ -73,6 +77,8 @@ class Consistency:
             self.terminated.clear()
 
     def created(self, kind: str, resource_id: str) -> None:
+        if not self.enabled:
+            return
         with self.lock:
             self.born[resource_id] = (time.time(), kind)
 
@@ -101,6 +107,16 @@ def _ids_in(values) -> list[str]:
 def install(lab) -> None:
     """Wrap moto's backends so client calls meet the windows; the lab's own calls pass through."""
     c = lab.consistency = Consistency()
+    sleep_until = lab.sleep_until
+
+    def image_pending_while_unknown(start: float, transition: str) -> None:
+        sleep_until(start, transition)
+        if transition == "image_available" and c.enabled:
+            remaining = start + c.windows["image"] + PENDING_AFTER_KNOWN - time.time()
+            if remaining > 0:
+                time.sleep(remaining)
+
+    lab.sleep_until = image_pending_while_unknown
     _ec2_instances(lab, c)
     _ec2_groups(lab, c)
     _ec2_images(c)
