@@ -533,6 +533,8 @@ async fn delete_born(
 /// window after its creation (`until`) has passed, and then reported, never taken as done. For
 /// an instance found by listing (no `until`) NotFound means it is gone already.
 async fn terminate(clients: &Clients, id: &str, until: Option<Instant>) -> Result<(), String> {
+    // Once the window after its creation is over, EC2 has known the id: NotFound means gone.
+    let until = until.filter(|u| Instant::now() < *u);
     let what = format!("terminate {id}");
     let call = || clients.ec2.terminate_instances().instance_ids(id).send();
     let result = match until {

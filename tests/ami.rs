@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
+use bake::aws;
 use support::{Lab, Scratch, quick_config, repo, signal};
 
 fn stdout(out: &std::process::Output) -> String {
@@ -62,16 +63,21 @@ async fn launch_from(lab: &Lab, ami: &str) -> (String, String) {
         .unwrap()
         .to_owned();
     let runner = lab.get("checkip").await;
-    lab.ec2
+    // The lab is eventually consistent, as EC2: the new group and instance are unknown for a
+    // moment, ridden out as bake does.
+    let authorize = lab
+        .ec2
         .authorize_security_group_ingress()
         .group_id(&group)
         .ip_protocol("tcp")
         .from_port(80)
         .to_port(80)
-        .cidr_ip(format!("{}/32", runner.trim()))
-        .send()
-        .await
-        .unwrap();
+        .cidr_ip(format!("{}/32", runner.trim()));
+    aws::settle(&aws::NEW_SECURITY_GROUP, "authorize", || {
+        authorize.clone().send()
+    })
+    .await
+    .unwrap();
     let run = lab
         .ec2
         .run_instances()
@@ -87,13 +93,11 @@ async fn launch_from(lab: &Lab, ami: &str) -> (String, String) {
     let id = run.instances()[0].instance_id().unwrap().to_owned();
     // An instance boots in seconds in the lab; two minutes means it never will.
     for _ in 0..240 {
-        let out = lab
-            .ec2
-            .describe_instances()
-            .instance_ids(&id)
-            .send()
-            .await
-            .unwrap();
+        let out = aws::settle(&aws::NEW_INSTANCE, "describe", || {
+            lab.ec2.describe_instances().instance_ids(&id).send()
+        })
+        .await
+        .unwrap();
         let instance = &out.reservations()[0].instances()[0];
         if instance.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running) {
             let ip = instance
@@ -336,6 +340,28 @@ async fn sigkill_leaves_resources_that_gc_removes() {
         1,
         "a killed bake leaves its builder"
     );
+    // gc finds what EC2 lists by tag, and EC2 lists a new instance only after a moment
+    // (eventual consistency; seconds in the lab): wait until it does.
+    lab.wait_for(
+        "the builder listed by tag",
+        Duration::from_secs(60),
+        || async {
+            let out = lab
+                .ec2
+                .describe_instances()
+                .filters(
+                    Filter::builder()
+                        .name("tag-key")
+                        .values("bake:run-id")
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+            !out.reservations().is_empty()
+        },
+    )
+    .await;
 
     let dry = lab
         .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s", "--dry-run"])

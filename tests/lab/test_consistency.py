@@ -7,7 +7,7 @@ import pytest
 from conftest import (AGENT_WAIT, BOOT_WAIT, describe, launch, subnet_id, wait_for, wait_image, wait_online,
                       wait_state)
 
-DEFAULTS = {"instance": 3.0, "security_group": 3.0, "image": 3.0, "invocation": 0.5, "snapshot_release": 3.0,
+DEFAULTS = {"instance": 3.0, "security_group": 3.0, "image": 1.0, "invocation": 0.5, "snapshot_release": 3.0,
             "load_balancer_release": 15.0, "instance_release": 3.0}
 
 

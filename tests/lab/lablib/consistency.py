@@ -15,7 +15,7 @@ from moto.ssm.exceptions import SSMException
 DEFAULT_WINDOWS = {
     "instance": 3.0,          # a new instance id unknown to Describe/Terminate/CreateTags, absent from tag filters
     "security_group": 3.0,    # a new group unknown to Authorize*/RunInstances/DescribeSecurityGroups/CreateTags
-    "image": 3.0,             # a new AMI unknown to DescribeImages (and pending at least a moment after)
+    "image": 1.0,             # a new AMI unknown to DescribeImages (and pending at least a moment after)
     "invocation": 0.5,        # a new command's invocation answers InvocationDoesNotExist
     "snapshot_release": 3.0,  # a deregistered AMI's snapshots answer InvalidSnapshot.InUse
     "load_balancer_release": 15.0,  # a deleted ALB's target groups/security groups stay in use (ENIs linger)
@@ -24,7 +24,7 @@ DEFAULT_WINDOWS = {
 
 # On EC2 an AMI is pending for minutes, far longer than it is unknown: the lab keeps a new AMI pending at least
 # this long after its window, so a client that waited for it to be known sees it pending first.
-PENDING_AFTER_KNOWN = 2.0
+PENDING_AFTER_KNOWN = 4.0
 
 _request = threading.local()  # the action of the client request this thread serves (None: the lab's own call)
 
