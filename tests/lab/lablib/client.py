@@ -1,5 +1,6 @@
 """Talking to a lab from Python: a client for a running lab's API and control endpoints, and a
 launcher subprocess on a free port (used by the lab's tests and by the benchmark)."""
+import copy
 import json
 import signal
 import subprocess
@@ -67,7 +68,9 @@ def _settling(make_api_call):
         deadline = time.monotonic() + SETTLE_WITHIN
         while True:
             try:
-                return make_api_call(operation_name, api_params)
+                # A copy each time: botocore's handlers change the parameters in place (UserData is
+                # base64-encoded), and a repeated call must send what the caller gave.
+                return make_api_call(operation_name, copy.deepcopy(api_params))
             except botocore.exceptions.ClientError as e:
                 if e.response.get("Error", {}).get("Code") not in SETTLE_CODES or time.monotonic() > deadline:
                     raise
