@@ -8,7 +8,7 @@ from conftest import (AGENT_WAIT, BOOT_WAIT, describe, launch, subnet_id, wait_f
                       wait_state)
 
 DEFAULTS = {"instance": 3.0, "security_group": 3.0, "image": 1.0, "invocation": 0.5, "snapshot_release": 3.0,
-            "load_balancer_release": 15.0, "instance_release": 3.0}
+            "load_balancer_release": 10.0, "instance_release": 3.0}
 
 
 def code_of(call, *args, **kwargs) -> str | None:

@@ -58,7 +58,7 @@ class LabClient:
 SETTLE_CODES = {"InvalidInstanceID.NotFound", "InvalidGroup.NotFound", "InvalidAMIID.NotFound",
                 "InvocationDoesNotExist", "InvalidSnapshot.InUse", "ResourceInUse", "DependencyViolation"}
 SETTLE_INTERVAL = 0.1  # short, so that a test still sees the states that follow a window (a command's Pending)
-SETTLE_WITHIN = 30  # seconds: above the lab's longest window (a load balancer's release, 15 s)
+SETTLE_WITHIN = 30  # seconds: above the lab's longest window (a load balancer's release, 10 s)
 
 
 def _settling(make_api_call):

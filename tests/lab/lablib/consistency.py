@@ -18,7 +18,7 @@ DEFAULT_WINDOWS = {
     "image": 1.0,             # a new AMI unknown to DescribeImages (and pending at least a moment after)
     "invocation": 0.5,        # a new command's invocation answers InvocationDoesNotExist
     "snapshot_release": 3.0,  # a deregistered AMI's snapshots answer InvalidSnapshot.InUse
-    "load_balancer_release": 15.0,  # a deleted ALB's target groups/security groups stay in use (ENIs linger)
+    "load_balancer_release": 10.0,  # a deleted ALB's target groups/security groups stay in use (ENIs linger)
     "instance_release": 3.0,  # a terminated instance's network interface holds its security groups
 }
 
