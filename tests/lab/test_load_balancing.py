@@ -38,12 +38,12 @@ def refresh_ends(asg, group: str, refresh: str, states: tuple[str, ...]) -> dict
     return wait_for(f"refresh {refresh} to end", done, REFRESH_WAIT, 0.5)
 
 
-def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm, debian_ami):
+def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm, ubuntu_ami):
     elb, asg = lab.client("elbv2"), lab.client("autoscaling")
     vpc = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": ["VPC-Lab"]}])["Vpcs"][0]["VpcId"]
     sg = ec2.create_security_group(GroupName="lb-web", Description="web", VpcId=vpc)["GroupId"]
     template = ec2.create_launch_template(
-        LaunchTemplateName="lb-web", LaunchTemplateData=template_data(debian_ami, sg, USER_DATA.format(page="v1")))
+        LaunchTemplateName="lb-web", LaunchTemplateData=template_data(ubuntu_ami, sg, USER_DATA.format(page="v1")))
     template_id = template["LaunchTemplate"]["LaunchTemplateId"]
     tg = elb.create_target_group(Name="lb-web-tg", Protocol="HTTP", Port=80, VpcId=vpc, HealthCheckPath="/",
                                  HealthyThresholdCount=2, UnhealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
@@ -79,7 +79,7 @@ def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm,
 
     # A new version, rolled out by an instance refresh.
     ec2.create_launch_template_version(LaunchTemplateId=template_id,
-                                       LaunchTemplateData=template_data(debian_ami, sg, USER_DATA.format(page="v2")))
+                                       LaunchTemplateData=template_data(ubuntu_ami, sg, USER_DATA.format(page="v2")))
     refresh = asg.start_instance_refresh(
         AutoScalingGroupName="lb-web-asg", Preferences={"MinHealthyPercentage": 50, "InstanceWarmup": 0},
         DesiredConfiguration={"LaunchTemplate": {"LaunchTemplateId": template_id, "Version": "2"}})["InstanceRefreshId"]
@@ -93,7 +93,7 @@ def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm,
     # A version that serves nothing: the refresh fails and rolls itself back.
     lab.post("/_lab/latency", {"refresh_instance_timeout": 10})
     ec2.create_launch_template_version(LaunchTemplateId=template_id,
-                                       LaunchTemplateData=template_data(debian_ami, sg, BROKEN))
+                                       LaunchTemplateData=template_data(ubuntu_ami, sg, BROKEN))
     refresh = asg.start_instance_refresh(
         AutoScalingGroupName="lb-web-asg",
         Preferences={"MinHealthyPercentage": 50, "InstanceWarmup": 0, "AutoRollback": True},

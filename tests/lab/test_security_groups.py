@@ -14,10 +14,10 @@ def enforced(lab):
     lab.post("/_lab/security-groups", {"enforce": False})
 
 
-def test_ingress_rules_open_and_close_the_port(lab, ec2, ssm, debian_ami, enforced):
+def test_ingress_rules_open_and_close_the_port(lab, ec2, ssm, ubuntu_ami, enforced):
     vpc = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": ["VPC-Lab"]}])["Vpcs"][0]["VpcId"]
     sg = ec2.create_security_group(GroupName="web-sg", Description="web", VpcId=vpc)["GroupId"]
-    iid = launch(ec2, debian_ami, UserData=NGINX, SecurityGroupIds=[sg])
+    iid = launch(ec2, ubuntu_ami, UserData=NGINX, SecurityGroupIds=[sg])
     try:
         ip = wait_state(ec2, iid, "running")["PublicIpAddress"]
         run_until_success(ssm, iid, ["systemctl is-active nginx"], "nginx installed by user data")
@@ -43,7 +43,7 @@ def target_state(elb, tg: str, iid: str) -> dict | None:
 
 
 def test_only_the_balancers_group_reaches_the_instance_and_only_allowed_clients_the_balancer(
-        lab, ec2, ssm, debian_ami, enforced):
+        lab, ec2, ssm, ubuntu_ami, enforced):
     elb = lab.client("elbv2")
     vpc = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": ["VPC-Lab"]}])["Vpcs"][0]["VpcId"]
     app_sg = ec2.create_security_group(GroupName="app-sg", Description="app", VpcId=vpc)["GroupId"]
@@ -51,7 +51,7 @@ def test_only_the_balancers_group_reaches_the_instance_and_only_allowed_clients_
     mine = [{"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80,
              "IpRanges": [{"CidrIp": lab.request("/_lab/checkip").strip() + "/32"}]}]
     ec2.authorize_security_group_ingress(GroupId=alb_sg, IpPermissions=mine)
-    iid = launch(ec2, debian_ami, UserData=PAGE_USER_DATA.format(page="app"), SecurityGroupIds=[app_sg])
+    iid = launch(ec2, ubuntu_ami, UserData=PAGE_USER_DATA.format(page="app"), SecurityGroupIds=[app_sg])
     tg = elb.create_target_group(Name="sg-tg", Protocol="HTTP", Port=80, VpcId=vpc, HealthCheckPath="/",
                                  HealthyThresholdCount=2, UnhealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
     lb = elb.create_load_balancer(Name="sg-alb", SecurityGroups=[alb_sg],

@@ -11,10 +11,10 @@ def online(ssm, instance_id: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def managed(ec2, ssm, debian_ami):
+def managed(ec2, ssm, ubuntu_ami):
     """Two instances with the SSM profile, one without."""
-    ids = [launch(ec2, debian_ami), launch(ec2, debian_ami, subnet="Private subnet A"),
-           launch(ec2, debian_ami, profile=False)]
+    ids = [launch(ec2, ubuntu_ami), launch(ec2, ubuntu_ami, subnet="Private subnet A"),
+           launch(ec2, ubuntu_ami, profile=False)]
     for iid in ids:
         wait_state(ec2, iid, "running")
     wait_for("agents online", lambda: online(ssm, ids[0]) and online(ssm, ids[1]), AGENT_WAIT)
@@ -24,10 +24,10 @@ def managed(ec2, ssm, debian_ami):
         wait_state(ec2, iid, "terminated")
 
 
-def test_only_instances_with_a_profile_come_online_after_the_agent_delay(lab, ec2, ssm, debian_ami):
+def test_only_instances_with_a_profile_come_online_after_the_agent_delay(lab, ec2, ssm, ubuntu_ami):
     lab.post("/_lab/latency", {"ssm_online": 3})
     try:
-        with_profile, without = launch(ec2, debian_ami), launch(ec2, debian_ami, profile=False)
+        with_profile, without = launch(ec2, ubuntu_ami), launch(ec2, ubuntu_ami, profile=False)
         wait_state(ec2, with_profile, "running")
         assert not online(ssm, with_profile)
         wait_for("agent online", lambda: online(ssm, with_profile), AGENT_WAIT)

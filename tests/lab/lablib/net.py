@@ -3,7 +3,8 @@
 Layout (k is the lab's index, unique among the labs on this machine):
   host  --bl<k>h 100.127.k.1/30 ==veth== bl<k>r 100.127.k.2/30--  router ns "bakelab<k>-r"
   host route 100.64.k.0/24 (the lab's public addresses) via the router
-  router ns: one bridge per subnet holding the subnet's router address (.1), 169.254.169.254 on lo,
+  router ns: one bridge per subnet holding the subnet's router address (.1), 169.254.169.254 (IMDS),
+             169.254.169.253 and each VPC's base + 2 (the resolver), 100.64.k.2 (AWS's endpoints) on lo,
              DNAT public -> private, SNAT private -> public for instances with a public IP,
              masquerade for the rest (the NAT gateway); the host masquerades the lab out of its uplink.
   instance ns "bakelab<k>-<instance id>": eth0 with the private IP, default route via the subnet's .1
@@ -61,11 +62,14 @@ class LabNet:
         self.router_ns = self.n["router_ns"]
         self.public_net = ipaddress.ip_network(f"100.64.{index}.0/24")
         self.host_addr = f"100.127.{index}.1"
+        # AWS's public endpoints as instances reach them (lablib/endpoint.py): the lowest public address.
+        self.service_addr = f"100.64.{index}.2"
         self.router_addr = f"100.127.{index}.2"
         self._bridges: dict[str, str] = {}  # subnet CIDR -> bridge name
         self._veths = 0
         self._lock = threading.Lock()
         self._public_in_use: set[str] = set()
+        self._router_addrs: set[str] = set()
 
     @staticmethod
     def index_is_free(index: int) -> bool:
@@ -86,6 +90,8 @@ class LabNet:
         sh.run("ip", "-n", r, "link", "set", rt, "up")
         sh.run("ip", "-n", r, "route", "add", "default", "via", self.host_addr)
         sh.run("ip", "-n", r, "addr", "add", "169.254.169.254/32", "dev", "lo")
+        sh.run("ip", "-n", r, "addr", "add", "169.254.169.253/32", "dev", "lo")  # the VPC resolver's link-local
+        sh.run("ip", "-n", r, "addr", "add", f"{self.service_addr}/32", "dev", "lo")
         sh.run("ip", "route", "add", str(self.public_net), "via", self.router_addr)
         t = self.n["nft_table"]
         sh.run("nft", "-f", "-", input=f"""
@@ -129,6 +135,14 @@ table ip lab {{
             sh.run("ip", "-n", self.router_ns, "link", "set", name, "up")
             self._bridges[cidr] = name
         return self._bridges[cidr]
+
+    def router_address(self, address: str) -> None:
+        """Give the router an address of its own (a VPC's resolver, base + 2); idempotent."""
+        with self._lock:
+            if address in self._router_addrs:
+                return
+            self._router_addrs.add(address)
+        sh.run("ip", "-n", self.router_ns, "addr", "replace", f"{address}/32", "dev", "lo")
 
     def instance_ns(self, instance_id: str) -> str:
         return f"{self.n['prefix']}{instance_id}"

@@ -7,7 +7,7 @@ from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from . import bootstrap, patches, scaling
+from . import agent, bootstrap, endpoint, patches, scaling
 from .control import ControlApp
 from .lab import DEFAULT_LATENCY, Lab
 from .net import LabNet
@@ -21,12 +21,16 @@ class LabService:
         self.enforce_sg = enforce_sg
         self.lab = Lab(lab_net, state_dir, cache, base_image / "rootfs")
         self.lab.enforce_security_groups = enforce_sg
+        self.agent_layer = agent.preinstalled_layer(cache, base_image, self.lab.agent_deb)
+        self.lab.layers.keep(self.agent_layer)
+        bootstrap.default_vpcs_as_aws()
         patches.install(self.lab)
         self.lab.scaling = scaling.Scaling(self.lab)
         scaling.install(self.lab, self.lab.scaling)
         self.app = ControlApp(DomainDispatcherApplication(create_backend_app), self)
         self.endpoint = ""
         self.images: dict[str, str] = {}
+        self.ubuntu_images: dict[str, str] = {}
         self._reset_lock = threading.Lock()
 
     def serve(self, port: int):
@@ -36,6 +40,8 @@ class LabService:
         self.lab.imds.start()
         self.lab.apt.start()
         self.lab.scaling.start()
+        self.lab.front.start(server.server_port)
+        self.lab.agents.start()
         return server
 
     def bootstrap(self) -> None:
@@ -44,6 +50,10 @@ class LabService:
         self.images = bootstrap.debian_images(built, build_number)
         for region, ami in self.images.items():
             self.lab.layers.register(region, ami, [self.lab.layers.base])
+        self.ubuntu_images = bootstrap.ubuntu_images(built)
+        for region, ami in self.ubuntu_images.items():
+            self.lab.layers.register(region, ami, [self.lab.layers.base, self.agent_layer])
+        endpoint.publish_agent(self.lab.agent_deb, endpoint.regions())
         self.network = bootstrap.workshop_network(self.endpoint)
         bootstrap.ssm_instance_profile(self.endpoint)
 
@@ -91,4 +101,6 @@ class LabService:
         n = self.lab.net
         return {"index": n.index, "public_range": str(n.public_net), "checkip": n.host_addr,
                 "router_ns": n.router_ns, "state_dir": str(self.lab.state_dir), "debian_images": self.images,
-                "network": self.network, "apt_proxy": dict(self.lab.apt.stats)}
+                "ubuntu_images": self.ubuntu_images, "network": self.network, "apt_proxy": dict(self.lab.apt.stats),
+                "service_address": n.service_addr, "ca_pem": self.lab.authority.ca_pem().decode(),
+                "dns": dict(self.lab.dns.stats), "aws_front": dict(self.lab.front.stats)}
