@@ -185,3 +185,23 @@ def test_no_path_to_ssm_until_interface_endpoints_admit_https(lab, ec2, ssm, ubu
         ec2.disassociate_route_table(AssociationId=association)
         ec2.delete_route_table(RouteTableId=table)
         ec2.delete_subnet(SubnetId=subnet)
+
+
+def test_default_vpcs_route_to_an_internet_gateway(lab, ec2, ssm, ubuntu_ami, cleanup):
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]
+    igws = ec2.describe_internet_gateways(
+        Filters=[{"Name": "attachment.vpc-id", "Values": [vpc["VpcId"]]}])["InternetGateways"]
+    assert len(igws) == 1
+    main = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]},
+                                              {"Name": "association.main", "Values": ["true"]}])["RouteTables"][0]
+    assert {"DestinationCidrBlock": "0.0.0.0/0", "GatewayId": igws[0]["InternetGatewayId"]}.items() <= \
+        next(r for r in main["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0").items()
+    # An instance in a default subnet (public IP on launch) reaches SSM through that gateway.
+    subnet = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]},
+                                           {"Name": "default-for-az", "Values": ["true"]}])["Subnets"][0]
+    iid = launch(ec2, ubuntu_ami, subnet=None, SubnetId=subnet["SubnetId"])
+    cleanup.append(iid)
+    wait_for(f"{iid} Online", lambda: ping(ssm, iid) == "Online", AGENT_WAIT)
+    assert ssm_events(lab, iid)[0]["path"] == "internet gateway"
+    resolver = run_command(ssm, iid, ["grep nameserver /etc/resolv.conf"])["StandardOutputContent"]
+    assert resolver == "nameserver 172.31.0.2\n"
