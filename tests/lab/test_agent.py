@@ -11,7 +11,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from conftest import (AGENT_WAIT, REGION, UBUNTU_PARAMETER, USER_DATA_WAIT, container, launch, run_command,
-                      run_until_success, subnet_id, wait_for, wait_state)
+                      run_until_success, wait_for, wait_state)
 
 REGIONAL_URL = f"https://s3.{REGION}.amazonaws.com/amazon-ssm-{REGION}/latest/debian_amd64/amazon-ssm-agent.deb"
 GLOBAL_URL = "https://s3.amazonaws.com/ec2-downloads-windows/SSMAgent/latest/debian_amd64/amazon-ssm-agent.deb"

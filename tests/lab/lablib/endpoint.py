@@ -8,8 +8,6 @@ signature. Pre-signed S3 URLs made for the real endpoint therefore work from ins
 """
 import datetime
 import http.client
-import ipaddress
-import logging
 import shutil
 import socket
 import ssl
@@ -26,7 +24,6 @@ from cryptography.x509.oid import NameOID
 
 from .net import socket_in_netns
 
-log = logging.getLogger("lab")
 
 CA_NAME = "bake-lab-ca"
 AWS_DOWNLOADS_ACCOUNT = "137112412989"  # an Amazon-owned account (it publishes Amazon Linux): holds the agent's buckets
