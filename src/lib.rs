@@ -453,6 +453,13 @@ fn validate(cli: &Cli, config: &Config) -> Result<(), Error> {
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
     }
+    let warnings: Vec<String> = rendered
+        .iter()
+        .filter_map(|(name, image, r)| agent_warning(config, name, image, r))
+        .collect();
+    for warning in &warnings {
+        output::note(&format!("warning: {warning}"));
+    }
     let reports: Vec<ImageReport> = rendered
         .iter()
         .map(|(name, image, r)| ImageReport::new(name, image, r))
@@ -473,7 +480,30 @@ fn validate(cli: &Cli, config: &Config) -> Result<(), Error> {
         "config": config.source.path,
         "images": reports,
         "rollouts": config.rollout.keys().collect::<Vec<_>>(),
+        "warnings": warnings,
     });
     output::result(cli.output, &text, &json)?;
     Ok(())
+}
+
+/// Debian's AMIs ship no SSM agent (Ubuntu's and Amazon Linux's do), and bake verifies through
+/// SSM: user data for `os = "debian"` that never mentions the agent bakes a builder that never
+/// comes Online. The built-in templates install it (partials/common.sh.j2).
+fn agent_warning(
+    config: &Config,
+    name: &str,
+    image: &config::Image,
+    rendered: &Rendered,
+) -> Option<String> {
+    if image.os != config::Os::Debian || rendered.script.contains("amazon-ssm-agent") {
+        return None;
+    }
+    Some(format!(
+        "{}: image.{name}.template: template {:?} for os = \"debian\" never mentions \
+         amazon-ssm-agent; Debian's AMIs ship no SSM agent, so the builder never comes Online in \
+         SSM and verification times out. Install it in the template (include \
+         \"partials/common.sh.j2\", which does), or use an image that ships it (Ubuntu)",
+        config.source.locate(image.template.span().start),
+        image.template.get_ref()
+    ))
 }
