@@ -25,10 +25,13 @@ log = logging.getLogger("lab")
 VERSION = "3.3.0.0-lab1"  # the stand-in's version (the real agent's 3.3 line; "-lab1" marks the stand-in)
 UNITS = ("amazon-ssm-agent.service", "snap.amazon-ssm-agent.amazon-ssm-agent.service")  # deb / Ubuntu's snap
 SSM_SERVICES = ("ssm", "ssmmessages", "ec2messages")  # the endpoints the agent needs (SSM's VPC endpoint docs)
-# How often the lab asks an instance whether its agent runs: often while it does not yet (so Online
-# follows the unit by under a second), rarely once it does (a stopped agent shows ConnectionLost within
-# seconds; SSM itself takes minutes). Each check is one nsenter + systemctl (~20 ms of CPU).
+# How often the lab asks an instance whether its agent runs: often while it does not yet in the first
+# minute after boot, when user data installs it (so Online follows the unit by under a second), then
+# less often (an instance without an agent costs little); rarely once it runs (a stopped agent shows
+# ConnectionLost within seconds; SSM itself takes minutes). Each check is one nsenter + systemctl.
 POLL_WAITING = 0.5
+POLL_WAITING_LATE = 2.0
+WAITING_FAST_FOR = 60.0
 POLL_RUNNING = 3.0
 CHECK_TIMEOUT = 10  # one `systemctl is-active` inside a container answers in milliseconds
 
@@ -263,5 +266,13 @@ class AgentWatch:
                     inst.agent_since = time.time()
                 elif not active:
                     inst.agent_since = None
-                self._due[inst.id] = time.time() + (POLL_RUNNING if active else POLL_WAITING)
+                if active:
+                    interval = POLL_RUNNING
+                elif now - (inst.running_at or now) < WAITING_FAST_FOR:
+                    interval = POLL_WAITING
+                else:
+                    interval = POLL_WAITING_LATE
+                self._due[inst.id] = time.time() + interval
             self.lab.ssm_online(inst)  # records offline spells and the ssm_online event
+        for gone in set(self._due) - set(self.lab.instances):
+            self._due.pop(gone, None)
