@@ -559,5 +559,39 @@ commands = [
     let (instance, ip) = launch_from(&lab, &ami).await;
     let body = page(&ip, "mysqli loaded", Duration::from_secs(60)).await;
     assert!(body.starts_with("LAMP on Debian, PHP 8"), "{body}");
+    // The agent is enabled in the image: given a profile, the instance comes Online.
+    lab.ec2
+        .associate_iam_instance_profile()
+        .instance_id(&instance)
+        .iam_instance_profile(
+            aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+                .name("SSMInstanceProfile")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&lab.endpoint)
+        .region(aws_config::Region::new(support::REGION))
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "test", "test", None, None, "lab",
+        ))
+        .load()
+        .await;
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    // The lab registers a running agent within seconds (ssm_online 2 s); 30 s means it never will.
+    lab.wait_for(
+        "the AMI's instance Online in SSM",
+        Duration::from_secs(30),
+        || async {
+            let out = ssm.describe_instance_information().send().await.unwrap();
+            out.instance_information_list().iter().any(|i| {
+                i.instance_id() == Some(instance.as_str())
+                    && i.ping_status() == Some(&aws_sdk_ssm::types::PingStatus::Online)
+            })
+        },
+    )
+    .await;
     lab.assert_nothing_left(&[&ami], &[&instance]).await;
 }
