@@ -1,13 +1,13 @@
 """What a fresh lab holds besides moto's defaults: the workshops' network and profile, the base AMIs of two
 families (Debian's without the SSM agent, Ubuntu's with it) and default VPCs routed to the internet."""
 import datetime
+import hashlib
 import json
 
 import boto3
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import EC2Backend, ec2_backends
 from moto.ec2.models.amis import Ami
-from moto.ec2.utils import random_ami_id
 from moto.ssm.models import Parameter, ssm_backends
 
 from .control import INTERNAL_KEY
@@ -93,7 +93,9 @@ def _publish(name: str, description: str, owner: str, parameters: list[str], bui
     ids = {}
     for region in BASE_IMAGE_REGIONS:
         backend = ec2_backends[DEFAULT_ACCOUNT_ID][region]
-        ami = Ami(backend, random_ami_id(), name=name, description=description,
+        # A public AMI keeps its id: the same after a lab reset, so ids a client read before it stay valid.
+        ami_id = "ami-" + hashlib.sha256(f"{owner}/{name}/{region}".encode()).hexdigest()[:17]
+        ami = Ami(backend, ami_id, name=name, description=description,
                   owner_id=owner, public=True, architecture="x86_64", virtualization_type="hvm",
                   hypervisor="xen", root_device_type="ebs", root_device_name=root_device, region_name=region,
                   creation_date=created, boot_mode="uefi-preferred", image_location=f"{owner}/{name}")

@@ -138,11 +138,11 @@ table ip lab {{
 
     def router_address(self, address: str) -> None:
         """Give the router an address of its own (a VPC's resolver, base + 2); idempotent."""
-        with self._lock:
+        with self._lock:  # held while adding: a concurrent caller must not use the address before it exists
             if address in self._router_addrs:
                 return
+            sh.run("ip", "-n", self.router_ns, "addr", "replace", f"{address}/32", "dev", "lo")
             self._router_addrs.add(address)
-        sh.run("ip", "-n", self.router_ns, "addr", "replace", f"{address}/32", "dev", "lo")
 
     def instance_ns(self, instance_id: str) -> str:
         return f"{self.n['prefix']}{instance_id}"
