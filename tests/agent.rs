@@ -121,7 +121,7 @@ fn debian_user_data_installs_the_agent_from_the_regions_location_with_retries() 
         "meta-data/placement/region",
         "fetch \"https://s3.$region.amazonaws.com/amazon-ssm-$region/latest/debian_$arch/amazon-ssm-agent.deb\"",
         "dpkg -i \"$deb\"",
-        "systemctl enable amazon-ssm-agent.service",
+        "systemctl enable --now amazon-ssm-agent.service",
         "snap.amazon-ssm-agent.amazon-ssm-agent.service",
     ] {
         assert!(script.contains(needle), "missing {needle:?}");

@@ -47,15 +47,13 @@ pkg_install() {
 
 # The SSM agent, which bake verifies the image through. Ubuntu's AMIs ship it (as a snap); Debian's
 # do not, so it comes from AWS's download location in the instance's region (read with IMDSv2).
-# Enabled, so instances launched from the image are managed too; started without waiting, as its
-# unit is ordered after cloud-init, whose last stage is this script.
+# Enabled and started: bake's verification needs it now, instances launched from the image later.
 ssm_agent() {
   local unit token region arch deb=/tmp/amazon-ssm-agent.deb
   for unit in amazon-ssm-agent.service snap.amazon-ssm-agent.amazon-ssm-agent.service; do
     if systemctl cat "$unit" >/dev/null 2>&1; then
       echo "bake: the SSM agent is installed ($unit)"
-      systemctl enable "$unit"
-      systemctl start --no-block "$unit"
+      systemctl enable --now "$unit"
       return 0
     fi
   done
@@ -68,8 +66,7 @@ ssm_agent() {
   fetch "https://s3.$region.amazonaws.com/amazon-ssm-$region/latest/debian_$arch/amazon-ssm-agent.deb" "$deb"
   dpkg -i "$deb"
   rm -f "$deb"
-  systemctl enable amazon-ssm-agent.service
-  systemctl start --no-block amazon-ssm-agent.service
+  systemctl enable --now amazon-ssm-agent.service
 }
 ssm_agent
 BAKE_DOCROOT=/var/www/html
@@ -164,6 +161,6 @@ systemctl restart nginx
 
 # The very last step: the health page and the readiness marker, so both prove the script finished.
 install -d -m 0755 "$(dirname /var/lib/bake/ready)"
-printf '%s\n' f1495fcb6ba19417b1bc93946a86d9eb620974c0995b0e558d88bb2c3d747729 >/var/lib/bake/ready.tmp
+printf '%s\n' 08e37a5de2f76631bf681889b480866036d5e6be49c760a7b7f2ab18066da890 >/var/lib/bake/ready.tmp
 mv /var/lib/bake/ready.tmp /var/lib/bake/ready
 echo "bake: user data finished at $(date -u +%FT%TZ)"
