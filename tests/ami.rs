@@ -595,3 +595,39 @@ commands = [
     .await;
     lab.assert_nothing_left(&[&ami], &[&instance]).await;
 }
+
+/// How many requests instances sent to AWS's endpoints (the agent's download among them).
+async fn endpoint_requests(lab: &Lab) -> u64 {
+    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    info["aws_front"]["requests"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_template_downloads_the_agent_on_debian_and_uses_ubuntus_own() {
+    let lab = Lab::start().await;
+    let debian = Scratch::new(&quick_config("", "", "commands = [\"true\"]"));
+    let ubuntu = Scratch::new(&quick_config("", "", "commands = [\"true\"]").replace(
+        "/aws/service/debian/release/bookworm/latest/amd64",
+        "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id",
+    ));
+    let out = lab
+        .run_bake(&["-c", &ubuntu.config(), "ami", "quick"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        endpoint_requests(&lab).await,
+        0,
+        "Ubuntu's AMI ships the agent: nothing downloaded"
+    );
+    let ubuntu_ami = stdout(&out);
+    let out = lab
+        .run_bake(&["-c", &debian.config(), "ami", "quick"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        endpoint_requests(&lab).await >= 1,
+        "Debian's AMI has no agent: the user data fetched it from S3"
+    );
+    lab.assert_nothing_left(&[&ubuntu_ami, &stdout(&out)], &[])
+        .await;
+}
