@@ -89,6 +89,7 @@ def test_the_agent_downloads_from_both_documented_urls_through_the_vpc_resolver(
         f"getent hosts s3.{REGION}.amazonaws.com s3.amazonaws.com ssm.{REGION}.amazonaws.com",
         "getent hosts $(hostname)",
         f"curl -fsS {REGIONAL_URL} | sha256sum", f"curl -fsS {GLOBAL_URL} | sha256sum",
+        "getent ahostsv4 deb.debian.org | head -n 1",  # not AWS's: the host's resolver answers it
     ], "the agent's package from inside")["StandardOutputContent"].splitlines()
     assert out[:2] == ["# AmazonProvidedDNS (the bake lab's VPC resolver)", "nameserver 10.0.0.2"]
     assert [line.split()[0] for line in out[3:6]] == [service] * 3
@@ -99,6 +100,7 @@ def test_the_agent_downloads_from_both_documented_urls_through_the_vpc_resolver(
         aws_secret_access_key="secret").get_object(
         Bucket=f"amazon-ssm-{REGION}", Key="latest/debian_amd64/amazon-ssm-agent.deb")["Body"].read()).hexdigest()
     assert out[7].split()[0] == out[8].split()[0] == deb
+    assert out[9].split()[0] != service and lab.get_json("/_lab/info")["dns"]["forwarded"] >= 1
 
 
 def test_presigned_urls_work_from_instances_and_private_objects_do_not(lab, ec2, ssm, ubuntu_ami, cleanup):
