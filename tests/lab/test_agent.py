@@ -43,6 +43,13 @@ def unit_active(lab, instance_id: str) -> bool:
     return out.strip() == "active"
 
 
+def curl_inside(lab, instance_id: str, url: str) -> subprocess.CompletedProcess:
+    """curl url from inside the instance (its network, resolver and trust store), not through SSM."""
+    pid = container(lab, instance_id)["leader_pid"]
+    return subprocess.run(["nsenter", "-t", str(pid), "-m", "-n", "-p", "--", "curl", "-sS", "-m", "5", "-o",
+                           "/dev/null", "-w", "%{http_code}", url], capture_output=True, text=True, timeout=20)
+
+
 def ssm_events(lab, instance_id: str) -> list[dict]:
     return [e for e in lab.get_lines("/_lab/events") if e["event"] == "ssm_online" and e["instance_id"] == instance_id]
 
@@ -150,8 +157,9 @@ def test_a_stopped_agent_is_connection_lost_and_gets_no_commands(lab, ec2, ssm, 
 
 
 def test_no_path_to_ssm_until_interface_endpoints_admit_https(lab, ec2, ssm, ubuntu_ami, cleanup):
-    """An isolated subnet (no internet or NAT route) with the agent running: never Online; the ssm,
-    ssmmessages and ec2messages interface endpoints with private DNS and 443 admitted make it Online."""
+    """An isolated subnet (no internet or NAT route) with the agent running: never Online, and no AWS
+    endpoint answers it; the ssm, ssmmessages and ec2messages interface endpoints with private DNS and
+    443 admitted make it Online (S3 still needs its own endpoint: a gateway endpoint on its route table)."""
     vpc = lab.info["network"]["vpc"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.77.0/24", AvailabilityZone=REGION + "a")["Subnet"]["SubnetId"]
     table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
@@ -167,6 +175,9 @@ def test_no_path_to_ssm_until_interface_endpoints_admit_https(lab, ec2, ssm, ubu
         wait_for("the agent running", lambda: unit_active(lab, iid), AGENT_WAIT)
         time.sleep(SETTLE)
         assert ping(ssm, iid) is None and refused(ssm, iid) == "InvalidInstanceId"
+        ssm_url = f"https://ssm.{REGION}.amazonaws.com/"
+        assert curl_inside(lab, iid, ssm_url).returncode != 0, "no route to SSM's endpoint"
+        assert curl_inside(lab, iid, REGIONAL_URL).returncode != 0, "nor to S3's"
         for service in ("ssm", "ssmmessages", "ec2messages"):
             endpoints.append(ec2.create_vpc_endpoint(
                 VpcId=vpc, ServiceName=f"com.amazonaws.{REGION}.{service}", VpcEndpointType="Interface",
@@ -177,6 +188,12 @@ def test_no_path_to_ssm_until_interface_endpoints_admit_https(lab, ec2, ssm, ubu
             "IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": "10.0.0.0/16"}]}])
         wait_for(f"{iid} Online through the endpoints", lambda: ping(ssm, iid) == "Online", AGENT_WAIT)
         assert ssm_events(lab, iid)[0]["path"] == "vpc endpoints"
+        assert curl_inside(lab, iid, ssm_url).returncode == 0, "SSM's endpoint answers through the endpoint"
+        assert curl_inside(lab, iid, REGIONAL_URL).returncode != 0, "S3 still needs an endpoint of its own"
+        endpoints.append(ec2.create_vpc_endpoint(VpcId=vpc, ServiceName=f"com.amazonaws.{REGION}.s3",
+                                                 VpcEndpointType="Gateway", RouteTableIds=[table])
+                         ["VpcEndpoint"]["VpcEndpointId"])
+        assert curl_inside(lab, iid, REGIONAL_URL).stdout == "200", "S3 through its gateway endpoint"
         assert run_command(ssm, iid, ["echo reached"])["StandardOutputContent"] == "reached\n"
     finally:
         ec2.terminate_instances(InstanceIds=[iid])

@@ -205,12 +205,12 @@ def _admits_443(backend, group_ids, private_ip: str, instance_groups: set[str]) 
     return False
 
 
-def network_path(model, public_ip: str | None, private_ip: str) -> str | None:
-    """How the instance reaches SSM's endpoints, or None when it cannot."""
+def internet_path(model, public_ip: str | None) -> str | None:
+    """The instance's way to public addresses: its subnet's 0.0.0.0/0 route to an internet gateway
+    (with a public IP) or to an available NAT gateway; None when it has neither."""
     backend = model.ec2_backend
     subnet = backend.get_subnet(model.subnet_id)
-    vpc = backend.get_vpc(subnet.vpc_id)
-    table = _route_table(backend, vpc.id, subnet.id)
+    table = _route_table(backend, subnet.vpc_id, subnet.id)
     for route in (table.routes if table else []):
         if route.destination_cidr_block != "0.0.0.0/0":
             continue
@@ -218,17 +218,50 @@ def network_path(model, public_ip: str | None, private_ip: str) -> str | None:
             return "internet gateway"
         if route.nat_gateway is not None and route.nat_gateway.state == "available":
             return "nat gateway"
-    region = backend.region_name
-    groups = {g.id for g in model.security_groups}
-    endpoints = {}
-    for ep in list(getattr(backend, "vpc_end_points", {}).values()):
-        if (ep.vpc_id == vpc.id and ep.state == "available" and (ep.vpc_endpoint_type or "").lower() == "interface"
-                and ep.private_dns_enabled and vpc.enable_dns_support and vpc.enable_dns_hostnames
-                and _admits_443(backend, ep.security_group_ids, private_ip, groups)):
-            endpoints[ep.service_name] = ep.id
-    if all(f"com.amazonaws.{region}.{s}" in endpoints for s in SSM_SERVICES):
-        return "vpc endpoints"
     return None
+
+
+def endpoint_services(model, private_ip: str) -> set[str]:
+    """The AWS services (`ssm`, `s3`, ...) the instance reaches through VPC endpoints: interface endpoints
+    in its VPC with private DNS whose groups admit 443 from it, and S3 gateway endpoints on its route table."""
+    backend = model.ec2_backend
+    subnet = backend.get_subnet(model.subnet_id)
+    vpc = backend.get_vpc(subnet.vpc_id)
+    table = _route_table(backend, vpc.id, subnet.id)
+    prefix = f"com.amazonaws.{backend.region_name}."
+    groups = {g.id for g in model.security_groups}
+    services = set()
+    for ep in list(getattr(backend, "vpc_end_points", {}).values()):
+        if ep.vpc_id != vpc.id or ep.state != "available" or not ep.service_name.startswith(prefix):
+            continue
+        kind = (ep.vpc_endpoint_type or "").lower()
+        if kind == "interface" and ep.private_dns_enabled and vpc.enable_dns_support and vpc.enable_dns_hostnames \
+                and _admits_443(backend, ep.security_group_ids, private_ip, groups):
+            services.add(ep.service_name[len(prefix):])
+        elif kind == "gateway" and table is not None and table.id in (ep.route_table_ids or []):
+            services.add(ep.service_name[len(prefix):])
+    return services
+
+
+def network_path(model, public_ip: str | None, private_ip: str) -> str | None:
+    """How the instance reaches SSM's endpoints, or None when it cannot."""
+    path = internet_path(model, public_ip)
+    if path is None and set(SSM_SERVICES) <= endpoint_services(model, private_ip):
+        path = "vpc endpoints"
+    return path
+
+
+def service_of(host: str) -> str:
+    """The service an AWS endpoint name belongs to: `s3` for every S3 form, else its first label."""
+    labels = host.lower().rstrip(".").split(".")
+    if "s3" in labels or labels[0].startswith("s3-"):
+        return "s3"
+    return labels[0]
+
+
+def reaches(model, public_ip: str | None, private_ip: str, host: str) -> bool:
+    """Whether the instance can reach the AWS endpoint `host` at all (internet path or a VPC endpoint)."""
+    return internet_path(model, public_ip) is not None or service_of(host) in endpoint_services(model, private_ip)
 
 
 class AgentWatch:

@@ -100,12 +100,14 @@ class Authority:
 class AwsFront:
     """HTTPS and HTTP on the lab's service address in the router namespace, forwarded to moto."""
 
-    def __init__(self, router_ns: str, address: str, authority: Authority):
+    def __init__(self, router_ns: str, address: str, authority: Authority, reaches):
         self.upstream = ("127.0.0.1", 0)
         self.servers = []
-        self.stats = {"requests": 0}
+        self.stats = {"requests": 0, "refused": 0}
+        self.reaches = reaches  # callable (source ip, host name) -> whether that caller has a path to it
         self._lock = threading.Lock()
         context = authority.server_context()
+        context.sni_callback = self._sni
         for port, tls in ((443, True), (80, False)):
             sock = socket_in_netns(router_ns, socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -116,6 +118,18 @@ class AwsFront:
             server.socket = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False) if tls else sock
             server.daemon_threads = True
             self.servers.append(server)
+
+    def _sni(self, sock: ssl.SSLSocket, server_name: str | None, _context) -> int | None:
+        """No path to the endpoint (no internet route, no VPC endpoint): the TLS handshake fails."""
+        try:
+            source = sock.getpeername()[0]
+        except OSError:
+            return None
+        if server_name and not self.reaches(source, server_name):
+            with self._lock:
+                self.stats["refused"] += 1
+            return ssl.ALERT_DESCRIPTION_ACCESS_DENIED
+        return None
 
     def start(self, upstream_port: int) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
@@ -148,6 +162,13 @@ class AwsFront:
                 super().setup()
 
             def _forward(self):
+                host = (self.headers.get("Host") or "").split(":")[0]
+                if not isinstance(self.request, ssl.SSLSocket) and host and \
+                        not front.reaches(self.client_address[0], host):
+                    with front._lock:
+                        front.stats["refused"] += 1
+                    self.close_connection = True  # no path: nothing answers
+                    return
                 with front._lock:
                     front.stats["requests"] += 1
                 length = int(self.headers.get("Content-Length") or 0)

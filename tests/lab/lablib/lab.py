@@ -78,7 +78,7 @@ class Lab:
         # of every instance), HTTPS on the service address, and the VPC resolver that points there.
         self.authority = endpoint.Authority()
         self.trust_layer = self.authority.trust_layer(base_rootfs, state_dir / "lab-trust")
-        self.front = endpoint.AwsFront(net.router_ns, net.service_addr, self.authority)
+        self.front = endpoint.AwsFront(net.router_ns, net.service_addr, self.authority, self._reaches)
         self.dns = dns.Resolver(net.router_ns, net.service_addr, self._private_ip_of)
         self.dns.listen(dns.LINK_LOCAL)
         self.agent_deb = agent.package(cache)
@@ -176,6 +176,14 @@ class Lab:
             conf.unlink()
         conf.write_text(f"# AmazonProvidedDNS (the bake lab's VPC resolver)\nnameserver {inst.resolver}\n"
                         f"search {domain}\n")
+
+    def _reaches(self, source_ip: str, host: str) -> bool:
+        """Whether the instance at source_ip has a network path to AWS's endpoint `host`; other callers
+        (the runner, a load balancer) always do."""
+        inst = next((i for i in list(self.instances.values()) if i.private_ip == source_ip), None)
+        if inst is None:
+            return True
+        return agent.reaches(inst.model, inst.public_ip, inst.private_ip, host)
 
     def _private_ip_of(self, hostname: str) -> str | None:
         inst = next((i for i in list(self.instances.values()) if i.container.hostname == hostname), None)
