@@ -4,8 +4,9 @@ LAB_CACHE ?= /var/cache/bake-lab
 LAB_DIR := tests/lab
 LAB_STATE ?= .lab
 LAB_PORT ?= 0
-# Security groups are enforced as on AWS; `make lab-up LAB_FLAGS=` opens every port instead.
-LAB_FLAGS ?= --enforce-security-groups
+# Launcher flags of lab-up. Security groups are enforced as on AWS by default;
+# `make lab-up LAB_FLAGS=--no-enforce-security-groups` opens every port instead (and the lab says so in its events).
+LAB_FLAGS ?=
 LAB_APT_PACKAGES := debootstrap systemd-container nftables iproute2 python3-venv util-linux curl
 LAB_REQ_HASH := $(shell sha256sum $(LAB_DIR)/requirements.txt | cut -c1-12)
 LAB_VENV ?= $(LAB_CACHE)/venv-$(LAB_REQ_HASH)

@@ -11,7 +11,7 @@ from moto.ec2.responses.amis import AmisResponse
 from moto.ssm import models as ssm_models
 from moto.ssm.responses import SimpleSystemManagerResponse
 
-from . import ssm
+from . import secgroups, ssm
 from .lab import Lab
 
 _request = threading.local()  # request parameters moto's backend signatures drop (CreateImage's NoReboot)
@@ -132,12 +132,7 @@ def _patch_ec2(lab: Lab) -> None:
     def after_delete_snapshot(backend, snapshot, snapshot_id, *a, **kw):
         lab.snapshot_deleted(backend.region_name, snapshot_id)
 
-    def after_rule_change(backend, *a, **kw):
-        lab.sync_security_groups()
-
-    for name in ("authorize_security_group_ingress", "revoke_security_group_ingress",
-                 "modify_instance_security_groups", "delete_security_group"):
-        _wrap(EC2Backend, name, after_rule_change)
+    secgroups.install(lab, _wrap)
     _wrap(EC2Backend, "copy_image", after_copy)
     _wrap(EC2Backend, "deregister_image", after_deregister)
     _wrap(EC2Backend, "delete_snapshot", after_delete_snapshot)
