@@ -2,6 +2,7 @@
 stateful, between instances of one subnet too, with the traffic AWS never filters left alone; and the off
 switch, which the lab announces."""
 import socket
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -99,6 +100,22 @@ def listeners(address: str, count: int):
             s.close()
 
 
+@contextmanager
+def router_addresses(lab, addresses: list[str]):
+    """Put these addresses on the router's loopback for a test (those not there yet), so that a probe to them
+    is answered by the router's kernel: `refused` when the packet arrived, `timeout` when it was dropped."""
+    ns, added = lab.info["router_ns"], []
+    try:
+        for address in addresses:
+            if subprocess.run(["ip", "-n", ns, "addr", "add", f"{address}/32", "dev", "lo"],
+                              capture_output=True).returncode == 0:
+                added.append(address)
+        yield
+    finally:
+        for address in added:
+            subprocess.run(["ip", "-n", ns, "addr", "del", f"{address}/32", "dev", "lo"], capture_output=True)
+
+
 def probe(public_ip: str, path: str) -> str | None:
     got = http_get(f"http://{public_ip}{path}", timeout=PROBE_TIMEOUT + 3)
     return got[1] if got and got[0] == 200 else None
@@ -121,7 +138,8 @@ def test_enforcement_is_on_by_default_and_new_groups_allow_all_outbound(lab, ec2
     assert lab.get_json("/_lab/security-groups") == {"enforce": True}
     assert lab.get_json("/_lab/info")["security_groups_enforced"] is True
     group = ec2.describe_security_groups(GroupIds=[runner_group(lab, ec2, unique("defaults"))])["SecurityGroups"][0]
-    assert [(p["IpProtocol"], p["IpRanges"]) for p in group["IpPermissionsEgress"]] == [("-1", [{"CidrIp": "0.0.0.0/0"}])]
+    egress = [(p["IpProtocol"], p["IpRanges"]) for p in group["IpPermissionsEgress"]]
+    assert egress == [("-1", [{"CidrIp": "0.0.0.0/0"}])]
     default = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc_lab(ec2)]},
                                                     {"Name": "group-name", "Values": ["default"]}])["SecurityGroups"][0]
     assert [(p["IpProtocol"], [g["GroupId"] for g in p["UserIdGroupPairs"]]) for p in default["IpPermissions"]] == \
@@ -136,8 +154,13 @@ def test_egress_rules_decide_what_leaves_and_answers_always_come_back(lab, ec2, 
     try:
         # No outbound rule at all, yet the runner's requests (admitted inbound) are answered: stateful.
         ip = probe_ready(ec2, iid)
-        # Instance metadata is never filtered.
+        # Instance metadata is never filtered, nor the Amazon DNS server (VPC base + 2 and 169.254.169.253),
+        # Time Sync and the VPC router; another address on the same router is.
         assert probe(ip, "/imds") == iid
+        exempt = ["10.0.0.2", "169.254.169.253", "169.254.169.123", "10.0.10.1"]
+        with router_addresses(lab, [*exempt, "10.0.0.9"]):
+            assert {a: probe(ip, f"/tcp/{a}/9") for a in exempt} == {a: "refused" for a in exempt}
+            assert probe(ip, "/tcp/10.0.0.9/9") == "timeout"
         with listeners(runner, 2) as (allowed, other):
             assert probe(ip, f"/tcp/{runner}/{allowed}") == "timeout"
             # The apt proxy stands in for a mirror on the internet: closed without an outbound rule for it.
@@ -195,7 +218,11 @@ def test_instances_of_one_subnet_meet_only_as_their_groups_allow(lab, ec2, debia
         assert probe(ip_a, f"/tcp/{private[c]}/80") == "timeout"
         ec2.modify_instance_attribute(InstanceId=a, Groups=[sg_a, default])
         assert probe(ip_a, f"/tcp/{private[c]}/80") == "open"
-        ec2.modify_instance_attribute(InstanceId=a, Groups=[sg_a])
+        # The same change through the interface (ModifyNetworkInterfaceAttribute) takes A out again.
+        eni_a = [i for r in found for i in r["Instances"] if i["InstanceId"] == a][0]["NetworkInterfaces"][0]
+        ec2.modify_network_interface_attribute(NetworkInterfaceId=eni_a["NetworkInterfaceId"], Groups=[sg_a])
+        assert [g["GroupId"] for g in ec2.describe_instances(InstanceIds=[a])["Reservations"][0]["Instances"][0]
+                ["SecurityGroups"]] == [sg_a]
         assert probe(ip_a, f"/tcp/{private[c]}/80") == "timeout"
     finally:
         terminate(ec2, a, b, c)
@@ -236,7 +263,8 @@ def test_only_the_balancers_group_reaches_the_instance_and_only_allowed_clients_
     mine = tcp(80, IpRanges=[{"CidrIp": lab.request("/_lab/checkip").strip() + "/32"}])
     iid = launch(ec2, debian_ami, UserData=PAGE_USER_DATA.format(page="app"), SecurityGroupIds=[app_sg])
     tg = elb.create_target_group(Name="sg-tg", Protocol="HTTP", Port=80, VpcId=vpc, HealthCheckPath="/",
-                                 HealthyThresholdCount=2, UnhealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
+                                 HealthyThresholdCount=2, UnhealthyThresholdCount=2)
+    tg = tg["TargetGroups"][0]["TargetGroupArn"]
     lb = elb.create_load_balancer(Name="sg-alb", SecurityGroups=[alb_sg],
                                   Subnets=[subnet_id(ec2, "Public subnet A"),
                                            subnet_id(ec2, "Public subnet C")])["LoadBalancers"][0]

@@ -177,12 +177,13 @@ def install(lab, wrap) -> None:
                  "delete_security_group"):
         wrap(EC2Backend, name, after_rule_change)
 
-    def after_modify_instance(backend, instance, instance_id, group_ids, *a, **kw):
+    def after_modify_instance(backend, instance, *a, **kw):
         # moto keeps the interface's launch groups beside the new ones (group_set is their union).
         instance.nics[0]._group_set = list(instance.security_groups)
         lab.sync_security_groups()
 
-    def after_modify_interface(backend, result, eni_id, group_ids, *a, **kw):
+    def after_modify_interface(backend, result, *a, **kw):
+        eni_id, group_ids = (a + (None, None))[:2] if a else (kw.get("eni_id"), kw.get("group_ids"))
         eni = backend.get_network_interface(eni_id)
         instance = getattr(eni, "instance", None)
         if group_ids and instance is not None and instance.nics.get(0) is eni:
