@@ -134,7 +134,9 @@ def ruleset(instances, balancers: list[Balancer] = ()) -> str:
         lb_receives.append(f"{lb.address} : jump in_b{n}")
 
     def vmap(field: str, entries: list[str]) -> list[str]:
-        return [f"    ip {field} vmap {{ {', '.join(entries)} }}"] if entries else []
+        # One verdict per address: two instances with one address (same CIDR in two VPCs) share the first's.
+        unique = {entry.split(" : ")[0]: entry for entry in reversed(entries)}
+        return [f"    ip {field} vmap {{ {', '.join(reversed(unique.values()))} }}"] if unique else []
 
     exempt = [f"    ip daddr {{ {', '.join(exempt_addresses(instances))} }} accept",
               f"    ip daddr {IMDS} tcp dport 80 accept"]
@@ -146,7 +148,7 @@ def ruleset(instances, balancers: list[Balancer] = ()) -> str:
         apt.append(f"    ip daddr {IMDS} tcp dport {aptproxy.PORT} ip saddr "
                    f"{{ {', '.join(i.private_ip for i in instances)} }} drop")
     hooks = {
-        "forward": [*exempt, *vmap("saddr", sends), *vmap("daddr", receives + lb_receives)],
+        "forward": [*exempt, *vmap("saddr", sends), *vmap("daddr", receives)],
         "input": [*exempt, *apt, *vmap("saddr", sends), *vmap("daddr", lb_receives)],
         "output": [*vmap("saddr", lb_sends), *vmap("daddr", receives)],
     }
