@@ -142,7 +142,7 @@ class ControlApp:
 
     def _log(self, req: dict, started: float, status: int, fault: str | None) -> None:
         entry = {"time": started, "service": req["service"], "action": req["action"], "region": req["region"],
-                 "status": status, "fault": fault is not None, "fault_kind": fault,
+                 "access_key": req["key"], "status": status, "fault": fault is not None, "fault_kind": fault,
                  "duration": round(time.time() - started, 6)}
         with self.lock:
             self.requests.append(entry)
