@@ -31,8 +31,8 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Credentials with less left than this are refused at start: no command that creates something
 /// can create it and remove it again in less (a builder alone takes minutes to boot).
 const MIN_LIFETIME: Duration = Duration::from_secs(5 * 60);
-/// Variables that tell when static session credentials in the environment expire: botocore and
-/// the AWS CLI read `AWS_CREDENTIAL_EXPIRATION`; aws-vault and granted also set
+/// Variables that tell when static session credentials in the environment expire: the AWS CLI
+/// (aws/aws-cli#7398) and the JavaScript SDK read `AWS_CREDENTIAL_EXPIRATION`; aws-vault sets
 /// `AWS_SESSION_EXPIRATION`. The Rust SDK reads neither.
 const EXPIRATION_VARIABLES: &[&str] = &["AWS_CREDENTIAL_EXPIRATION", "AWS_SESSION_EXPIRATION"];
 
