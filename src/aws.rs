@@ -90,8 +90,8 @@ pub enum Error {
         value: String,
     },
     #[error(
-        "the session credentials from {from} {when}: too soon to start, as nothing this run \
-         created could be cleaned up once they expire; get new credentials and run again"
+        "the session credentials from {from} {when}: bake does not start with them, as nothing \
+         this run created could be cleaned up once they expire; get new credentials and run again"
     )]
     Expiring { from: String, when: String },
 }

@@ -226,3 +226,68 @@ async fn profile_beats_environment_keys_and_region_comes_quietly_from_profile_or
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_that_expire_during_a_run_are_renewed_when_the_provider_can() {
+    let lab = Lab::start().await;
+    let home = tempfile::tempdir().unwrap();
+    // A credential_process that hands out a new key on each call, valid for 5 seconds: less than
+    // the SDK's 10 s refresh buffer, so every request of the run needs fresh credentials.
+    let script = home.path().join("credentials.sh");
+    let count = home.path().join("count");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nn=$(( $(cat '{count}' 2>/dev/null || echo 0) + 1 ))\necho $n > '{count}'\n\
+             printf '{{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS%s\", \"SecretAccessKey\": \
+             \"secret\", \"SessionToken\": \"token\", \"Expiration\": \"%s\"}}\\n' \"$n\" \
+             \"$(date -u -d '+5 seconds' +%Y-%m-%dT%H:%M:%SZ)\"\n",
+            count = count.display()
+        ),
+    )
+    .unwrap();
+    let config = home.path().join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile renewing]\nregion = {REGION}\ncredential_process = sh {}\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let scratch = Scratch::new(&quick_config("", "", ""));
+    let before = lab.requests().await.len();
+    let mut command = lab.bake(&[
+        "-c",
+        &scratch.config(),
+        "--profile",
+        "renewing",
+        "gc",
+        "--dry-run",
+    ]);
+    command
+        .env_remove("AWS_REGION")
+        .env("HOME", home.path())
+        .env("AWS_CONFIG_FILE", &config);
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "gc printed on stderr");
+    let keys: std::collections::BTreeSet<String> = signed_since(&lab, before)
+        .await
+        .into_iter()
+        .map(|(key, region)| {
+            assert_eq!(region, REGION);
+            key
+        })
+        .collect();
+    assert!(
+        keys.iter().all(|k| k.starts_with("AKIDPROCESS")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.len() >= 2,
+        "the expiring credentials were not renewed during the run: {keys:?}"
+    );
+}
