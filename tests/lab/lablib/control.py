@@ -180,6 +180,10 @@ class ControlApp:
             return 200, self.faults.config
         if name == "faults":
             return 200, self.faults.config
+        if (method, name) == ("POST", "capacity"):
+            return 200, api.lab.scaling.set_capacity(body)
+        if name == "capacity":
+            return 200, api.lab.scaling.capacity()
         if (method, name) == ("POST", "security-groups"):
             return 200, api.set_security_groups(body)
         if name == "security-groups":
