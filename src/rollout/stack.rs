@@ -118,6 +118,8 @@ async fn build(
     let target_group_arn = target_group(clients, plan, created).await?;
     let (alb_arn, alb_dns) = load_balancer(clients, plan, &alb_sg, created).await?;
     listener(clients, &alb_arn, rollout.alb_port, &target_group_arn).await?;
+    // Before the new version exists: `$Latest` would name it.
+    pin(clients, &plan.names.asg).await?;
     let current = current_version(clients, &plan.names.asg).await?;
     let unchanged = current
         .as_ref()
@@ -155,6 +157,62 @@ async fn build(
         unchanged: unchanged.is_some(),
         created: Vec::new(),
     })
+}
+
+/// Moves a group on `$Latest` or `$Default` to the version number that names now: an instance
+/// refresh can roll back only to a numbered version ("Undo changes with a manual or auto
+/// rollback"), and the group's own spec stays the one to go back to.
+async fn pin(clients: &Clients, asg: &str) -> Result<(), CallError> {
+    let found = clients
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(asg)
+        .send()
+        .await
+        .map_err(|e| {
+            clients.failed(
+                format!("describe Auto Scaling group {asg}"),
+                aws::describe(&e),
+            )
+        })?;
+    let Some(spec) = found
+        .auto_scaling_groups()
+        .first()
+        .and_then(|g| g.launch_template())
+    else {
+        return Ok(());
+    };
+    let version = spec.version().unwrap_or("$Default");
+    let Some(id) = spec.launch_template_id() else {
+        return Ok(());
+    };
+    if version.parse::<i64>().is_ok() {
+        return Ok(());
+    }
+    let (number, _) = pinned_version(clients, id, version).await?;
+    clients
+        .autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(asg)
+        .launch_template(
+            LaunchTemplateSpecification::builder()
+                .launch_template_id(id)
+                .version(number.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            clients.failed(
+                format!("pin {asg} from {version} to launch template version {number}"),
+                aws::describe(&e),
+            )
+        })?;
+    crate::output::note(&format!(
+        "{asg} used launch template {id} version {version}; pinned it to version {number} so \
+         the refresh can roll back"
+    ));
+    Ok(())
 }
 
 /// The launch template id, version number and AMI the group runs now, when it exists and names a
@@ -605,8 +663,7 @@ struct Group {
 }
 
 /// The Auto Scaling group, created on the new version, or updated (sizes, subnets, target group)
-/// keeping its current version: the refresh moves it. A group on `$Latest` or `$Default` is
-/// pinned to the number that resolves to now, so the refresh has a version to roll back to.
+/// keeping its current version (pinned to a number by [`pin`]): the refresh moves it.
 async fn group(
     clients: &Clients,
     plan: &Plan,
@@ -646,7 +703,7 @@ async fn group(
             ),
             None => None,
         };
-        let mut update = clients
+        clients
             .autoscaling
             .update_auto_scaling_group()
             .auto_scaling_group_name(name)
@@ -654,18 +711,7 @@ async fn group(
             .max_size(capacity.max as i32)
             .vpc_zone_identifier(&subnets)
             .health_check_type("ELB")
-            .health_check_grace_period(grace);
-        if let (Some(spec), Some((number, _))) = (current, &pinned)
-            && spec.version() != Some(number.to_string().as_str())
-        {
-            update = update.launch_template(
-                LaunchTemplateSpecification::builder()
-                    .set_launch_template_id(spec.launch_template_id().map(str::to_owned))
-                    .version(number.to_string())
-                    .build(),
-            );
-        }
-        update
+            .health_check_grace_period(grace)
             .send()
             .await
             .map_err(|e| fail("update Auto Scaling group", aws::describe(&e)))?;
