@@ -485,6 +485,53 @@ async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
         stderr(&out)
     );
 
+    // Instances in a zone the load balancer has no subnet in would stay `unused`.
+    let vpcs = lab
+        .ec2
+        .describe_vpcs()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:Name")
+                .values("VPC-Lab")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let vpc = vpcs.vpcs()[0].vpc_id().unwrap().to_owned();
+    let zone_b = lab
+        .ec2
+        .create_subnet()
+        .vpc_id(vpc)
+        .cidr_block("10.0.91.0/24")
+        .availability_zone("ap-northeast-2b")
+        .send()
+        .await
+        .unwrap();
+    let zone_b = zone_b.subnet().unwrap().subnet_id().unwrap().to_owned();
+    let outside = config("page").replace(
+        "{ tag = { Name = \"Private subnet C\" } },\n]",
+        &format!("{{ id = \"{zone_b}\" }},\n]"),
+    );
+    assert_ne!(outside, config("page"));
+    let scratch = Scratch::new(&outside);
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    let line = outside
+        .lines()
+        .position(|l| l.starts_with("instance_subnets"))
+        .unwrap()
+        + 1;
+    assert!(err.contains(&format!("bake.toml:{line}:")), "{err}");
+    assert!(err.contains("rollout.web.instance_subnets"), "{err}");
+    assert!(
+        err.contains(&format!("subnet {zone_b} is in ap-northeast-2b")),
+        "{err}"
+    );
+
     for action in [
         "CreateSecurityGroup",
         "CreateTargetGroup",

@@ -9,7 +9,8 @@ from botocore.exceptions import ClientError
 from conftest import subnet_id, wait_for
 
 ACTIVITY_WAIT = 10  # the group launches within its CreateAutoScalingGroup call; activities show at once
-RETRY_WAIT = 30  # the lab retries a failed launch 10 s after the first failure (see lablib/scaling.py)
+LAUNCH_RETRY = 2  # the test's first retry delay (the lab's default is 10 s), doubling after each failure
+RETRY_WAIT = 15  # two retries of the above
 TARGET_WAIT = 15  # target states change on the 1-s probe interval
 
 
@@ -88,6 +89,7 @@ def test_a_group_that_cannot_launch_records_failed_activities_and_retries(lab, e
     lab.post("/_lab/capacity", {"unavailable": [
         {"instance_type": "t3.micro", "zone": zone_a},
         {"instance_type": "t3.micro", "zone": zone_c, "reason": "unsupported"}]})
+    lab.post("/_lab/latency", {"launch_retry": LAUNCH_RETRY})
     try:
         private = [subnet_id(ec2, "Private subnet A"), subnet_id(ec2, "Private subnet C")]
         asg.create_auto_scaling_group(AutoScalingGroupName="rules-capacity", MinSize=1, MaxSize=1, DesiredCapacity=1,
@@ -111,7 +113,7 @@ def test_a_group_that_cannot_launch_records_failed_activities_and_retries(lab, e
         started = time.monotonic()
         again = wait_for("a retried launch", lambda: len(a := failed_activities(asg, "rules-capacity")) > len(first)
                          and a, RETRY_WAIT)
-        assert time.monotonic() - started >= 5, "retried too soon"
+        assert time.monotonic() - started >= LAUNCH_RETRY - 1, "retried too soon"
         assert len(again) == 2 * len(first), again
 
         # With capacity in one zone, the next attempt launches there.
@@ -125,6 +127,7 @@ def test_a_group_that_cannot_launch_records_failed_activities_and_retries(lab, e
         assert newest["StatusCode"] == "Successful", newest
     finally:
         lab.post("/_lab/capacity", {"unavailable": []})
+        lab.post("/_lab/latency", {"launch_retry": 10})
         asg.delete_auto_scaling_group(AutoScalingGroupName="rules-capacity", ForceDelete=True)
     ec2.delete_launch_template(LaunchTemplateId=lt)
 

@@ -44,8 +44,9 @@ class ValidationError(ServiceException):
     code = "ValidationError"
 
 
-# EC2 Auto Scaling retries a failed launch with a backoff: the lab waits 10 s after the first failure,
-# doubling to 5 minutes (AWS's own retries come seconds, then minutes apart).
+# EC2 Auto Scaling retries a failed launch with a backoff: the lab waits 10 s after the first failure
+# (`/_lab/latency` key `launch_retry`), doubling to 5 minutes (AWS's retries come seconds, then
+# minutes apart).
 LAUNCH_RETRY_FIRST = 10.0
 LAUNCH_RETRY_CAP = 300.0
 # The messages EC2 gives RunInstances for these causes, as Auto Scaling quotes them in its activities.
@@ -497,7 +498,8 @@ class Scaling:
                 self.retries.pop(key, None)
                 return
             failures = self.retries.get(key, (0, 0.0))[0] + 1
-            wait = min(LAUNCH_RETRY_FIRST * 2 ** (failures - 1), LAUNCH_RETRY_CAP)
+            first = float(self.lab.latency.get("launch_retry", LAUNCH_RETRY_FIRST))
+            wait = min(first * 2 ** (failures - 1), LAUNCH_RETRY_CAP)
             self.retries[key] = (failures, time.time() + wait)
 
     def _retry_launches(self) -> None:
