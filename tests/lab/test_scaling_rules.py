@@ -163,3 +163,39 @@ def test_a_target_in_a_zone_the_load_balancer_does_not_cover_is_unused(lab, ec2,
     finally:
         ec2.terminate_instances(InstanceIds=ids)
         elb.delete_load_balancer(LoadBalancerArn=lb_arn)
+
+
+def test_a_snapshot_key_without_a_grant_for_the_auto_scaling_role_fails_the_launch(lab, ec2, debian_ami):
+    asg, kms = lab.client("autoscaling"), lab.client("kms")
+    key = kms.create_key(Description="rules-kms")["KeyMetadata"]
+    image = ec2.copy_image(SourceImageId=debian_ami, SourceRegion="ap-northeast-2", Name="rules-kms",
+                           Encrypted=True, KmsKeyId=key["Arn"])["ImageId"]
+    def available():
+        try:
+            return ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "available"
+        except ClientError as e:  # a new AMI is unknown to DescribeImages for a moment (eventual consistency)
+            if e.response["Error"]["Code"] != "InvalidAMIID.NotFound":
+                raise
+            return False
+    wait_for("the copy available", available, ACTIVITY_WAIT)
+    lt = template(ec2, "rules-kms", image)
+    lab.post("/_lab/latency", {"launch_retry": LAUNCH_RETRY})
+    try:
+        asg.create_auto_scaling_group(AutoScalingGroupName="rules-kms", MinSize=1, MaxSize=1, DesiredCapacity=1,
+                                      LaunchTemplate={"LaunchTemplateId": lt, "Version": "1"},
+                                      VPCZoneIdentifier=subnet_id(ec2, "Private subnet A"))
+        failed = wait_for("a failed launch", lambda: failed_activities(asg, "rules-kms"), ACTIVITY_WAIT)
+        assert failed[0]["StatusMessage"] == \
+            "Client.InternalError: Client error on launch. Launching EC2 instance failed.", failed
+
+        # The key's grant for the service-linked role lets the next attempt launch.
+        kms.create_grant(KeyId=key["KeyId"], Operations=["Decrypt", "GenerateDataKeyWithoutPlaintext",
+                                                         "ReEncryptFrom", "ReEncryptTo", "CreateGrant"],
+                         GranteePrincipal="arn:aws:iam::123456789012:role/aws-service-role/"
+                                          "autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling")
+        wait_for("a launch once the role has a grant", lambda: asg.describe_auto_scaling_groups(
+            AutoScalingGroupNames=["rules-kms"])["AutoScalingGroups"][0]["Instances"], RETRY_WAIT)
+    finally:
+        lab.post("/_lab/latency", {"launch_retry": 10})
+        asg.delete_auto_scaling_group(AutoScalingGroupName="rules-kms", ForceDelete=True)
+    ec2.delete_launch_template(LaunchTemplateId=lt)

@@ -18,6 +18,8 @@ from moto.autoscaling.responses import AutoScalingResponse
 from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
+from moto.ec2.responses.amis import AmisResponse
+from moto.kms.models import kms_backends
 from moto.ec2.utils import parse_user_data
 from moto.elbv2 import models as elb_models
 from moto.elbv2.models import elbv2_backends
@@ -52,6 +54,10 @@ LAUNCH_RETRY_CAP = 300.0
 # The messages EC2 gives RunInstances for these causes, as Auto Scaling quotes them in its activities.
 UNSUPPORTED = ("Your requested instance type ({type}) is not supported in your requested Availability Zone "
                "({zone}). Please retry your request by not specifying an Availability Zone or choosing {others}.")
+# EC2's answer when a volume's KMS key may not be used by the launching principal (for a group: the
+# Auto Scaling service-linked role), as Auto Scaling reports it.
+KMS_DENIED = "Client.InternalError: Client error on launch."
+AUTOSCALING_ROLE = "AWSServiceRoleForAutoScaling"
 INSUFFICIENT = ("We currently do not have sufficient {type} capacity in the Availability Zone you requested "
                 "({zone}). Our system will be working on provisioning additional capacity. You can currently "
                 "get {type} capacity by not specifying an Availability Zone in your request or choosing {others}.")
@@ -476,12 +482,15 @@ class Scaling:
         return {"unavailable": [{"instance_type": t, "zone": z, "reason": r}
                                 for (t, z), r in sorted(self.unavailable.items())]}
 
-    def launch_refusal(self, instance_type: str, zone: str | None, zones: list[str]) -> str | None:
+    def launch_refusal(self, region: str, image_id: str, instance_type: str, zone: str | None,
+                       zones: list[str]) -> str | None:
         """EC2's answer to a launch it refuses, as Auto Scaling quotes it; None when it launches."""
         if zone is not None and (instance_type, zone) in self.unavailable:
             others = ", ".join(sorted({z for z in zones if z != zone and (instance_type, z) not in self.unavailable}))
             template = UNSUPPORTED if self.unavailable[(instance_type, zone)] == "unsupported" else INSUFFICIENT
             return template.format(type=instance_type, zone=zone, others=others or "another zone")
+        if _kms_denied(region, image_id):
+            return KMS_DENIED
         return None
 
     def record(self, region: str, activity: Activity) -> None:
@@ -699,6 +708,24 @@ def _check_rollback_allowed(group, desired: dict | None) -> None:
                                   "the ImageId property. Set AutoRollback to false and try again.")
 
 
+def _kms_denied(region: str, image_id: str) -> bool:
+    """True when a snapshot of the image is encrypted with a customer managed KMS key that has no grant
+    for the Auto Scaling service-linked role ("Required AWS KMS key policy for use with encrypted
+    volumes"): EC2 then fails the group's launch with Client.InternalError. AWS managed keys
+    (aws/ebs) need no grant."""
+    ec2 = ec2_backends[_account()][region]
+    image = ec2.amis.get(image_id)
+    snapshot = getattr(image, "ebs_snapshot", None)
+    if snapshot is None or not snapshot.encrypted or not snapshot.kms_key_id:
+        return False
+    kms = kms_backends[_account()][region]
+    ref = snapshot.kms_key_id
+    key = kms.keys.get(ref.rsplit("/", 1)[-1]) or next((k for k in kms.keys.values() if k.arn == ref), None)
+    if key is None or key.key_manager != "CUSTOMER":
+        return False
+    return not any(AUTOSCALING_ROLE in g.grantee_principal for g in key.grants.values())
+
+
 def _version_number(group, spec: str) -> str:
     return str(group.ec2_launch_template.get_version(spec).number)
 
@@ -762,7 +789,7 @@ def install(lab, scaling: Scaling) -> None:
             launched = False
             for subnet in sorted(subnets, key=lambda s: counts[s]) or [None]:
                 zone = ec2.get_subnet(subnet).availability_zone if subnet else None
-                refusal = scaling.launch_refusal(instance_type, zone,
+                refusal = scaling.launch_refusal(region, version.image_id, instance_type, zone,
                                                  [ec2.get_subnet(s).availability_zone for s in subnets])
                 if refusal:
                     scaling.record(region, Activity(
@@ -850,6 +877,21 @@ def install(lab, scaling: Scaling) -> None:
             self.region, self._get_param("AutoScalingGroupName"), int(limit) if limit else None)})
 
     AutoScalingResponse.describe_scaling_activities = describe_scaling_activities
+
+    original_copy_image = AmisResponse.copy_image
+
+    def copy_image(self):
+        """CopyImage with Encrypted: the copy's snapshot is encrypted with KmsKeyId (moto drops both),
+        so a launch can meet the key's grants."""
+        result = original_copy_image(self)
+        if str(self._get_param("Encrypted")).lower() == "true":
+            ami = self.ec2_backend.amis.get(result.result["ImageId"])
+            if ami is not None and getattr(ami, "ebs_snapshot", None) is not None:
+                ami.ebs_snapshot.encrypted = True
+                ami.ebs_snapshot.kms_key_id = self._get_param("KmsKeyId") or "alias/aws/ebs"
+        return result
+
+    AmisResponse.copy_image = copy_image
     AutoScalingResponse.start_instance_refresh = start_instance_refresh
     AutoScalingResponse.describe_instance_refreshes = describe_instance_refreshes
     AutoScalingResponse.rollback_instance_refresh = rollback_instance_refresh
