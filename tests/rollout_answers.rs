@@ -349,6 +349,57 @@ async fn an_active_refresh_is_rolled_back_by_aws_where_aws_allows_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refresh_that_ends_just_before_the_rollback_call_is_restored_by_a_new_refresh() {
+    let first = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .match_requests(|r| r.instance_refresh_ids() == ["refresh-1"])
+        .then_output(|| refreshes(InstanceRefreshStatus::InProgress));
+    let restore = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .match_requests(|r| r.instance_refresh_ids() == ["refresh-2"])
+        .then_output(|| refresh_of("refresh-2", InstanceRefreshStatus::Successful));
+    let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh).then_error(|| {
+        aws_sdk_autoscaling::operation::rollback_instance_refresh::RollbackInstanceRefreshError::generic(
+            meta(
+                "ActiveInstanceRefreshNotFound",
+                "No in-progress instance refresh found to roll back.",
+            ),
+        )
+    });
+    let start = mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
+        .match_requests(|r| {
+            r.desired_configuration()
+                .and_then(|d| d.launch_template())
+                .and_then(|t| t.version())
+                == Some("1")
+        })
+        .then_output(|| {
+            StartInstanceRefreshOutput::builder()
+                .instance_refresh_id("refresh-2")
+                .build()
+        });
+    let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
+        .then_output(one_old_instance);
+    let (activities, health) = (no_activities(), no_targets());
+    let clients = clients_of(
+        &[],
+        &[&first, &restore, &rollback, &start, &group, &activities],
+        &[&health],
+    );
+    let (config, plan, stack) = rollout_parts();
+    refresh::rollback(
+        &clients,
+        &plan,
+        &stack,
+        &config.rollout["web"],
+        "refresh-1",
+        &progress(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rollback.num_calls(), 1);
+    assert_eq!(start.num_calls(), 1, "restored by a refresh to version 1");
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_active_refresh_aws_cannot_roll_back_is_cancelled_then_restored() {
     let first = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
         .match_requests(|r| r.instance_refresh_ids() == ["refresh-1"])
