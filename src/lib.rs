@@ -7,6 +7,7 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod janitor;
+pub mod limits;
 pub mod output;
 pub mod pipeline;
 pub mod poll;
