@@ -1,8 +1,10 @@
 """Name, size and format rules AWS enforces and moto does not: client tokens, tags, load balancer and target group
 names, SSM parameter names. A refused request creates nothing."""
+import boto3
 import pytest
+from botocore.config import Config
 
-from conftest import subnet_id
+from conftest import REGION, subnet_id
 
 
 def vpc_id(ec2) -> str:
@@ -109,3 +111,13 @@ def test_parameter_names_at_the_limits_are_accepted(ssm):
         ssm.put_parameter(Name=name, Value="v", Type="String")
         assert ssm.get_parameter(Name=name)["Parameter"]["Value"] == "v"
         ssm.delete_parameter(Name=name)
+
+
+def test_send_command_timeout_seconds_below_30_is_refused(lab, ssm):
+    """boto3 checks the 30 s minimum itself; without that check the lab refuses it as SSM does."""
+    raw = boto3.client("ssm", endpoint_url=lab.endpoint, region_name=REGION, aws_access_key_id="AKIDLABTEST",
+                       aws_secret_access_key="secret", config=Config(parameter_validation=False))
+    with pytest.raises(raw.exceptions.ClientError) as refused:
+        raw.send_command(InstanceIds=["i-0123456789abcdef0"], DocumentName="AWS-RunShellScript", TimeoutSeconds=5,
+                         Parameters={"commands": ["true"]})
+    assert error_code(refused) == "ValidationException" and "timeoutSeconds" in str(refused.value)
