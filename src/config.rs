@@ -362,6 +362,9 @@ pub enum Error {
     /// A problem at a known place in the file.
     #[error("{at}: {message}")]
     At { at: Location, message: String },
+    /// A command-line value the config's names cannot be combined with.
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
 }
 
 /// EC2 refuses a deprecation time more than 10 years ahead.

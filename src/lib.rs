@@ -150,6 +150,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 publish_prefix: publish_prefix.clone(),
                 checkip_url: checkip_url.clone(),
             };
+            pipeline::check(&config, &options)?;
             runtime().block_on(async {
                 let clients = aws::Clients::load(&target(&cli, Some(&config))).await?;
                 pipeline::run(&clients, &config, &options, cli.output).await

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::aws::{self, CallError, Clients};
 use crate::config::Config;
+use crate::limits;
 use crate::output::{self, Format};
 use crate::poll::{self, Check, PollError, Schedule};
 use crate::{Error, ami, prune, rollout};
@@ -57,6 +58,30 @@ pub enum LockError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// The SSM parameter an image's AMI id is published in: `<prefix>/<image>/ami-id`.
+fn parameter_name(options: &Options, image: &str) -> String {
+    format!(
+        "{}/{image}/ami-id",
+        options.publish_prefix.trim_end_matches('/')
+    )
+}
+
+/// Checks, before any AWS call, that every image's parameter name is one Parameter Store takes.
+pub fn check(config: &Config, options: &Options) -> Result<(), Error> {
+    for image in config.image.keys() {
+        let parameter = parameter_name(options, image);
+        limits::ssm_parameter_name(&parameter).map_err(|rule| {
+            Error::Config(crate::config::Error::Flag {
+                flag: "--publish-prefix",
+                message: format!(
+                    "the AMI of image {image} would be published in {parameter}: {rule}"
+                ),
+            })
+        })?;
+    }
+    Ok(())
 }
 
 /// Runs the pipeline over every image of the config. Steps of one image stop at its first
@@ -128,10 +153,7 @@ async fn image_steps(
     events: &mut Emitter,
 ) -> Result<(), Stop> {
     let image = &baked.image;
-    let parameter = format!(
-        "{}/{image}/ami-id",
-        options.publish_prefix.trim_end_matches('/')
-    );
+    let parameter = parameter_name(options, image);
     let changed = publish(clients, &parameter, &baked.ami_id)
         .await
         .map_err(|e| Stop::Failed("publish", e.to_string()))?;

@@ -173,3 +173,18 @@ fn a_base_parameter_name_aws_refuses_exits_2() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_publish_prefix_parameter_store_refuses_exits_2_before_any_call() {
+    let (_dir, _, out) = bake(
+        &config("web", NAMES),
+        &["pipeline", "--publish-prefix", "golden amis"],
+    );
+    let msg = refused(&out);
+    assert!(
+        msg.contains(
+            "--publish-prefix: the AMI of image web would be published in golden amis/web/ami-id"
+        ) && msg.contains("starts with `/`"),
+        "{msg}"
+    );
+}
