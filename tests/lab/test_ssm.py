@@ -28,6 +28,35 @@ def managed(ec2, ssm, debian_ami):
         wait_state(ec2, iid, "terminated")
 
 
+@pytest.fixture(scope="module")
+def stopped_nodes(ec2, ssm, debian_ami):
+    """Two managed nodes, stopped, each sent a command: the delivery timeout (TimeoutSeconds 30 s, the minimum, plus
+    executionTimeout 1 s) runs out while the module's other tests run, the last test checks the outcome."""
+    ids = [launch(ec2, debian_ami), launch(ec2, debian_ami)]
+    for iid in ids:
+        wait_state(ec2, iid, "running")
+    wait_for("agents online", lambda: online(ssm, ids[0]) and online(ssm, ids[1]), AGENT_WAIT)
+    ec2.stop_instances(InstanceIds=ids)
+    for iid in ids:
+        wait_state(ec2, iid, "stopped")
+    sent = time.monotonic()
+    commands = [ssm.send_command(InstanceIds=[iid], DocumentName="AWS-RunShellScript", TimeoutSeconds=30,
+                                 Parameters={"commands": ["true"], "executionTimeout": ["1"]})["Command"]["CommandId"]
+                for iid in ids]
+    yield ids, commands, sent
+    ec2.terminate_instances(InstanceIds=ids)
+
+
+def test_a_stopped_node_takes_commands_and_a_terminated_one_makes_them_undeliverable(ec2, ssm, stopped_nodes):
+    """First in this file: its fixture starts the delivery timeout the last test checks."""
+    ids, commands, _ = stopped_nodes
+    assert ssm.get_command_invocation(CommandId=commands[0], InstanceId=ids[0])["Status"] == "Pending"
+    ec2.terminate_instances(InstanceIds=[ids[1]])
+    gone = wait_for("undeliverable", lambda: (i := ssm.get_command_invocation(
+        CommandId=commands[1], InstanceId=ids[1]))["Status"] == "Failed" and i, COMMAND_WAIT)
+    assert (gone["StatusDetails"], gone["ResponseCode"]) == ("Undeliverable", -1)
+
+
 def test_only_instances_with_a_profile_come_online_after_the_agent_delay(lab, ec2, ssm, debian_ami):
     lab.post("/_lab/latency", {"ssm_online": 3})
     try:
@@ -131,36 +160,6 @@ def test_past_max_errors_the_remaining_invocations_are_terminated(ssm, managed):
     assert (command["Status"], command["ErrorCount"], command["CompletedCount"]) == ("Failed", 1, 2)
 
 
-def test_undeliverable_and_delivery_timed_out(ec2, ssm, debian_ami):
-    """A stopped managed node takes commands, which wait for its agent: past TimeoutSeconds plus the execution
-    timeout they are DeliveryTimedOut; a node terminated meanwhile makes them Undeliverable."""
-    ids = [launch(ec2, debian_ami), launch(ec2, debian_ami)]
-    try:
-        for iid in ids:
-            wait_state(ec2, iid, "running")
-        wait_for("agents online", lambda: online(ssm, ids[0]) and online(ssm, ids[1]), AGENT_WAIT)
-        ec2.stop_instances(InstanceIds=ids)
-        for iid in ids:
-            wait_state(ec2, iid, "stopped")
-        sent = time.monotonic()
-        waiting = ssm.send_command(InstanceIds=[ids[0]], DocumentName="AWS-RunShellScript", TimeoutSeconds=30,
-                                   Parameters={"commands": ["true"], "executionTimeout": ["1"]})["Command"]
-        doomed = ssm.send_command(InstanceIds=[ids[1]], DocumentName="AWS-RunShellScript",
-                                  Parameters={"commands": ["true"]})["Command"]
-        assert ssm.get_command_invocation(CommandId=waiting["CommandId"], InstanceId=ids[0])["Status"] == "Pending"
-        ec2.terminate_instances(InstanceIds=[ids[1]])
-        gone = wait_for("undeliverable", lambda: (i := ssm.get_command_invocation(
-            CommandId=doomed["CommandId"], InstanceId=ids[1]))["Status"] == "Failed" and i, COMMAND_WAIT)
-        assert (gone["StatusDetails"], gone["ResponseCode"]) == ("Undeliverable", -1)
-        late = wait_for("delivery timeout", lambda: (i := ssm.get_command_invocation(
-            CommandId=waiting["CommandId"], InstanceId=ids[0]))["Status"] == "TimedOut" and i, 31 + COMMAND_WAIT)
-        assert late["StatusDetails"] == "DeliveryTimedOut" and time.monotonic() - sent >= 30
-        command = ssm.list_commands(CommandId=waiting["CommandId"])["Commands"][0]
-        assert (command["Status"], command["StatusDetails"]) == ("TimedOut", "DeliveryTimedOut")
-    finally:
-        ec2.terminate_instances(InstanceIds=ids)
-
-
 def test_an_image_parameter_naming_a_missing_ami_is_not_updated(lab, ssm):
     # The AMI the region has now (the session's debian_ami is another after a /_lab/reset).
     debian_ami = ssm.get_parameter(Name="/aws/service/debian/release/bookworm/latest/amd64")["Parameter"]["Value"]
@@ -205,3 +204,13 @@ def test_an_instance_without_profile_cannot_be_sent_commands(ssm, managed):
     with pytest.raises(ssm.exceptions.InvalidInstanceId):
         ssm.send_command(InstanceIds=[managed[2]], DocumentName="AWS-RunShellScript",
                          Parameters={"commands": ["true"]})
+
+
+def test_a_command_never_delivered_times_out_after_timeout_seconds_plus_the_execution_timeout(ssm, stopped_nodes):
+    """Last in this file, so the 31 s delivery timeout has mostly passed during the other tests."""
+    ids, commands, sent = stopped_nodes
+    late = wait_for("delivery timeout", lambda: (i := ssm.get_command_invocation(
+        CommandId=commands[0], InstanceId=ids[0]))["Status"] == "TimedOut" and i, 31 + COMMAND_WAIT)
+    assert late["StatusDetails"] == "DeliveryTimedOut" and time.monotonic() - sent >= 30
+    command = ssm.list_commands(CommandId=commands[0])["Commands"][0]
+    assert (command["Status"], command["StatusDetails"]) == ("TimedOut", "DeliveryTimedOut")
