@@ -79,7 +79,7 @@ pub fn script(digest: &str, commands: &[String], wait: Duration) -> String {
         "work=$(mktemp -d) || exit 93".into(),
         "trap 'rm -rf \"$work\"' EXIT".into(),
         // bash runs the commands where there is one (they were written for it); sh otherwise.
-        "if command -v bash >/dev/null 2>&1; then shell=bash; else shell=sh; fi".into(),
+        "if command -v bash >/dev/null 2>&1; then shell=bash; else shell='sh'; fi".into(),
         format!("deadline=$(( $(date +%s) + {} ))", wait.as_secs()),
         "until [ -s \"$ready\" ] || [ -e \"$failed\" ]; do".into(),
         "  if [ \"$(date +%s)\" -ge \"$deadline\" ]; then".into(),
@@ -358,6 +358,34 @@ mod tests {
             .standard_output_content(stdout.chars().take(SSM_STDOUT).collect::<String>())
             .standard_error_content(stderr.chars().take(SSM_STDERR).collect::<String>())
             .build()
+    }
+
+    #[test]
+    fn script_is_posix_sh_by_shellcheck() {
+        use std::io::Write;
+        let commands = vec![
+            "systemctl is-active nginx".to_owned(),
+            "[[ -n x ]]".to_owned(),
+        ];
+        let text = script("d1g3st", &commands, Duration::from_secs(600));
+        let mut child = Command::new("shellcheck")
+            .args(["-s", "sh", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("shellcheck runs (`make deps` installs it)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{text}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 
     #[test]
