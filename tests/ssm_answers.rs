@@ -1,15 +1,23 @@
-//! Publishing an AMI id in an `aws:ec2:image` parameter, with answers replayed by
-//! aws-smithy-mocks: Parameter Store validates the value after PutParameter answers, so bake
-//! reads it back until it holds the new id, and says why when it never does.
+//! SSM answers replayed by aws-smithy-mocks: Parameter Store validates an `aws:ec2:image` value
+//! after PutParameter answers, so bake reads it back until it holds the new id (and says why when
+//! it never does); GetCommandInvocation answers InvocationDoesNotExist right after SendCommand,
+//! and throttles, which the verify wait rides out.
 
 use aws_sdk_ssm::error::ErrorMetadata;
+use aws_sdk_ssm::operation::get_command_invocation::{
+    GetCommandInvocationError, GetCommandInvocationOutput,
+};
 use aws_sdk_ssm::operation::get_parameter::{GetParameterError, GetParameterOutput};
 use aws_sdk_ssm::operation::get_parameter_history::GetParameterHistoryOutput;
 use aws_sdk_ssm::operation::put_parameter::PutParameterOutput;
-use aws_sdk_ssm::types::{Parameter, ParameterHistory};
+use aws_sdk_ssm::operation::send_command::SendCommandOutput;
+use aws_sdk_ssm::types::{Command, CommandInvocationStatus, Parameter, ParameterHistory};
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
+use bake::ami::verify;
 use bake::aws::Clients;
+use bake::output::Progress;
 use bake::pipeline;
+use std::time::Duration;
 
 const NAME: &str = "/bake/web/ami-id";
 
@@ -131,4 +139,81 @@ async fn a_parameter_that_already_holds_the_id_is_left_alone() {
     let clients = clients(&[&get, &put]);
     assert!(!pipeline::publish(&clients, NAME, "ami-new").await.unwrap());
     assert_eq!(put.num_calls(), 0);
+}
+
+fn progress() -> Progress {
+    Progress::new(
+        &indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
+        "web",
+    )
+}
+
+fn sent() -> SendCommandOutput {
+    SendCommandOutput::builder()
+        .command(Command::builder().command_id("c-1").build())
+        .build()
+}
+
+fn invocation_error(code: &'static str) -> impl Fn() -> GetCommandInvocationError {
+    move || {
+        GetCommandInvocationError::generic(ErrorMetadata::builder().code(code).message("m").build())
+    }
+}
+
+fn invocation(status: CommandInvocationStatus, details: &str) -> GetCommandInvocationOutput {
+    GetCommandInvocationOutput::builder()
+        .status(status)
+        .status_details(details)
+        .response_code(if details == "Success" { 0 } else { -1 })
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn verify_rides_out_invocation_does_not_exist_and_throttling() {
+    let send = mock!(aws_sdk_ssm::Client::send_command).then_output(sent);
+    let get = mock!(aws_sdk_ssm::Client::get_command_invocation)
+        .sequence()
+        .error(invocation_error("InvocationDoesNotExist"))
+        .times(2)
+        .output(|| invocation(CommandInvocationStatus::InProgress, "InProgress"))
+        .error(invocation_error("ThrottlingException"))
+        .output(|| invocation(CommandInvocationStatus::Success, "Success"))
+        .build();
+    let clients = clients(&[&send, &get]);
+    let commands = vec!["true".to_owned()];
+    verify::run(
+        &clients,
+        "i-1",
+        "d",
+        &commands,
+        Duration::from_secs(60),
+        &progress(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(get.num_calls(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_undeliverable_verify_command_says_so() {
+    let send = mock!(aws_sdk_ssm::Client::send_command).then_output(sent);
+    let get = mock!(aws_sdk_ssm::Client::get_command_invocation)
+        .then_output(|| invocation(CommandInvocationStatus::Failed, "Undeliverable"));
+    let clients = clients(&[&send, &get]);
+    let commands = vec!["true".to_owned()];
+    let err = verify::run(
+        &clients,
+        "i-1",
+        "d",
+        &commands,
+        Duration::from_secs(60),
+        &progress(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("verification on builder i-1 ended Failed: Undeliverable"),
+        "{err}"
+    );
 }
