@@ -80,7 +80,7 @@ def refresh_command_status(command) -> None:
         return
     max_errors = _limit(command.max_errors or "0", len(invs))
     details = [i["StatusDetails"] for i in invs]
-    if errors and len(errors) > max_errors or (errors and len(errors) == len(invs)):
+    if errors and (len(errors) > max_errors or len(errors) == len(invs)):
         worst = "ExecutionTimedOut" if all(d == "ExecutionTimedOut" for d in
                                            (e["StatusDetails"] for e in errors)) else "Failed"
         command.status, command.status_details = ("TimedOut" if worst == "ExecutionTimedOut" else "Failed"), worst
