@@ -73,8 +73,11 @@ lab-down:
 	fi
 	@if [ -x $(LAB_PYTHON) ]; then $(LAB_PYTHON) $(LAB_DIR)/launcher.py --cleanup-stale; fi
 
+# The lab's tests mostly wait on boots and AWS-like lags, so files run in parallel, each worker with a lab
+# of its own (labs take separate indexes); 3 workers keep 2 cores busy without starving the labs.
+LAB_TEST_WORKERS ?= 3
 lab-test: lab-image
-	$(LAB_PYTHON) -m pytest -p no:cacheprovider $(LAB_DIR) $(LAB_TEST_ARGS)
+	$(LAB_PYTHON) -m pytest -p no:cacheprovider -n $(LAB_TEST_WORKERS) --dist loadfile $(LAB_DIR) $(LAB_TEST_ARGS)
 
 # Including this file must not change the includer's default goal.
 .DEFAULT_GOAL := $(LAB_INCLUDER_GOAL)
