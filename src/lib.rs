@@ -7,12 +7,16 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod janitor;
+pub mod limits;
 pub mod output;
 pub mod pipeline;
 pub mod poll;
 pub mod prune;
 pub mod render;
 pub mod rollout;
+pub mod sdk;
+
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -146,6 +150,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 publish_prefix: publish_prefix.clone(),
                 checkip_url: checkip_url.clone(),
             };
+            pipeline::check(&config, &options)?;
             runtime().block_on(async {
                 let clients = aws::Clients::load(&target(&cli, Some(&config))).await?;
                 pipeline::run(&clients, &config, &options, cli.output).await
@@ -170,6 +175,54 @@ fn target(cli: &Cli, config: Option<&Config>) -> aws::Target {
         profile: cli.profile.clone(),
         region: cli.region.clone(),
         config_region: config.and_then(|c| c.region.clone()),
+        runs_for: config.map_or(HOUSEKEEPING, |c| runs_for(&cli.command, c)),
+    }
+}
+
+/// What a bake spends outside its configured timeouts at worst: the builder reaching `running`
+/// (10 min), the AMI becoming available (60 min) and the builder's termination (10 min), as the
+/// waits in `ami` bound them.
+const BAKE_FIXED: Duration = Duration::from_secs(80 * 60);
+/// A verify step without its own timeout gets `ami`'s default of 10 minutes.
+const VERIFY_DEFAULT: Duration = Duration::from_secs(10 * 60);
+/// A rollout's stack (ALB, target group, groups, launch template) and a group going away take
+/// this long at worst, on top of its refresh and a rollback refresh.
+const ROLLOUT_FIXED: Duration = Duration::from_secs(20 * 60);
+/// prune and gc: listing, deregistering and deleting with their settle windows.
+const HOUSEKEEPING: Duration = Duration::from_secs(15 * 60);
+
+/// How long `command` may run at worst, so credentials that expire sooner are caught at start.
+fn runs_for(command: &Command, config: &Config) -> Duration {
+    let bake = |name: &String| {
+        config.image.get(name).map_or(Duration::ZERO, |image| {
+            image.health.timeout.0
+                + image
+                    .verify
+                    .timeout
+                    .as_ref()
+                    .map_or(VERIFY_DEFAULT, |t| t.0)
+                + BAKE_FIXED
+        })
+    };
+    let roll = |r: &config::Rollout| 2 * r.refresh.get_ref().timeout.0 + ROLLOUT_FIXED;
+    match command {
+        Command::Render { .. } | Command::Validate => Duration::ZERO,
+        Command::Ami { images, all, .. } => {
+            let names: Vec<&String> = if *all {
+                config.image.keys().collect()
+            } else {
+                images.iter().collect()
+            };
+            // Images bake at once: the slowest one sets the time.
+            names.into_iter().map(bake).max().unwrap_or_default()
+        }
+        Command::Rollout { target, .. } => config.rollout.get(target).map_or(Duration::ZERO, roll),
+        Command::Pipeline { .. } => {
+            config.image.keys().map(bake).max().unwrap_or_default()
+                + config.rollout.values().map(roll).sum::<Duration>()
+                + HOUSEKEEPING
+        }
+        Command::Prune { .. } | Command::Gc { .. } => HOUSEKEEPING,
     }
 }
 

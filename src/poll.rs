@@ -30,6 +30,25 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The waits between looks, jittered: `first`, then `interval` while within `dense` of the
+    /// start (counted from the waits themselves), then growing by `factor` up to `cap`.
+    pub fn waits(self) -> impl Iterator<Item = Duration> {
+        let mut elapsed = Duration::ZERO;
+        let mut next = self.first;
+        let mut interval = self.interval;
+        std::iter::from_fn(move || {
+            let wait = next;
+            elapsed += wait;
+            if elapsed >= self.dense {
+                interval = interval.mul_f64(self.factor).min(self.cap);
+            }
+            next = interval;
+            Some(jitter(wait))
+        })
+    }
+}
+
 /// What one look found.
 #[derive(Debug)]
 pub enum Check<T, E> {
@@ -63,10 +82,9 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Check<T, E>>,
 {
-    let started = Instant::now();
-    let mut wait = schedule.first;
-    let mut interval = schedule.interval;
+    let mut waits = schedule.waits();
     loop {
+        let wait = waits.next().unwrap_or(schedule.cap);
         let now = Instant::now();
         if now + wait > deadline {
             // Look once more at the deadline itself rather than give up early.
@@ -77,15 +95,11 @@ where
                 Check::Pending(s) => Err(PollError::TimedOut { last: s }),
             };
         }
-        sleep(jitter(wait)).await;
+        sleep(wait).await;
         match check().await {
             Check::Ready(v) => return Ok(v),
             Check::Failed(e) => return Err(PollError::Failed(e)),
             Check::Pending(s) => seen(&s),
-        }
-        wait = interval;
-        if started.elapsed() >= schedule.dense {
-            interval = interval.mul_f64(schedule.factor).min(schedule.cap);
         }
     }
 }

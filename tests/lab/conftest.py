@@ -198,3 +198,14 @@ def run_until_success(ssm, instance_id: str, commands: list[str], what: str) -> 
             return None
         return r["Status"] == "Success" and r
     return wait_for(what, attempt, USER_DATA_WAIT, 0.5)
+
+
+def runner_group(lab, ec2, name: str, port: int = 80) -> str:
+    """A security group in VPC-Lab that admits the runner (the checkip address) on one TCP port, as a user
+    would make one to reach an instance (security groups are enforced by default, as on AWS)."""
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": ["VPC-Lab"]}])["Vpcs"][0]["VpcId"]
+    group = ec2.create_security_group(GroupName=name, Description=f"{name}: the runner on {port}", VpcId=vpc)["GroupId"]
+    runner = lab.request("/_lab/checkip").strip()
+    ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": f"{runner}/32"}]}])
+    return group

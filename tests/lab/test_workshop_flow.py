@@ -3,8 +3,8 @@ import time
 from pathlib import Path
 
 
-from conftest import (BOOT_WAIT, container, describe, http_get, launch, run_command, run_until_success, wait_for,
-                      wait_image, wait_online, wait_state)
+from conftest import (BOOT_WAIT, container, describe, http_get, launch, run_command, run_until_success,
+                      runner_group, wait_for, wait_image, wait_online, wait_state)
 
 USER_DATA = """#!/bin/bash
 set -euo pipefail
@@ -23,8 +23,10 @@ def stored_layers(lab) -> list[str]:
     return sorted(p.name for p in (Path(lab.info["state_dir"]) / "layers").iterdir() if not p.name.startswith("."))
 
 
-def workshop_flow(lab, ec2, ssm, ubuntu_ami) -> None:
-    builder = launch(ec2, ubuntu_ami, UserData=USER_DATA, MetadataOptions={"HttpTokens": "required"})
+def workshop_flow(lab, ec2, ssm, image) -> None:
+    web = runner_group(lab, ec2, f"workshop-web-{time.time_ns()}")  # the page is reached from the runner
+    builder = launch(ec2, image, UserData=USER_DATA, MetadataOptions={"HttpTokens": "required"},
+                     SecurityGroupIds=[web])
     started = time.monotonic()
     ip = wait_state(ec2, builder, "running")["PublicIpAddress"]
     page = wait_for("the page", lambda: (r := http_get(f"http://{ip}/")) and "Immersion Day" in r[1] and r,
@@ -51,7 +53,7 @@ def workshop_flow(lab, ec2, ssm, ubuntu_ami) -> None:
     ec2.terminate_instances(InstanceIds=[builder])
     wait_state(ec2, builder, "terminated")
 
-    clone = launch(ec2, image, subnet="Public subnet C")
+    clone = launch(ec2, image, subnet="Public subnet C", SecurityGroupIds=[web])
     clone_ip = wait_state(ec2, clone, "running")["PublicIpAddress"]
     assert wait_for("baked page", lambda: http_get(f"http://{clone_ip}/"), BOOT_WAIT) == (200, page[1])
     wait_online(ssm, clone)

@@ -83,7 +83,7 @@ class Lab:
         self.dns.listen(dns.LINK_LOCAL)
         self.agent_deb = agent.package(cache)
         self.agents = agent.AgentWatch(self)
-        self.enforce_security_groups = False
+        self.enforce_security_groups = True  # as on AWS; the service applies the launcher's choice
         self._sg_lock = threading.Lock()
         self._online_lock = threading.Lock()
         self.scaling = None  # Auto Scaling and load balancing (lablib.scaling), set by the service
@@ -155,13 +155,13 @@ class Lab:
             inst.overlay.mount()
             self._dhcp_dns(inst)
             self._map_public(inst)
+            self.sync_security_groups()  # its groups apply from its first packet on
             inst.container.start()
             inst.container.wait_booted()
             self.sleep_until(started, "instance_running")
             if inst.state != "pending":
                 return
             inst.running_at = time.time()
-            self.sync_security_groups()
             self.event("instance_running", instance_id=inst.id, region=inst.region,
                        private_ip=inst.private_ip, public_ip=inst.public_ip)
             set_state(inst.model, "running")
@@ -294,12 +294,13 @@ class Lab:
         self.sync_security_groups()
 
     def sync_security_groups(self) -> None:
-        """Make the router's filter match the running instances' ingress rules (or remove it when not enforced)."""
+        """Make the router's filter match the instances' and load balancers' security groups (or remove it
+        when not enforced)."""
         with self._sg_lock:
-            running = [i for i in list(self.instances.values()) if i.running_at is not None]
+            wired = [i for i in list(self.instances.values()) if not i.gone]
             if self.enforce_security_groups:
                 balancers = self.scaling.filtered_balancers() if self.scaling is not None else []
-                script = secgroups.ruleset(running, balancers)
+                script = secgroups.ruleset(wired, balancers)
             else:
                 script = secgroups.disabled()
             sh.in_ns(self.net.router_ns, "nft", "-f", "-", input=script)

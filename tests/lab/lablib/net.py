@@ -12,6 +12,7 @@ Layout (k is the lab's index, unique among the labs on this machine):
 import ctypes
 import ipaddress
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -53,6 +54,23 @@ def socket_in_netns(ns: str, family: int, kind: int) -> socket.socket:
             os.close(target)
 
 
+def filter_bridged(ns: str) -> None:
+    """Hand bridged IPv4 (two instances of one subnet) to the namespace's ip hooks and connection tracking,
+    so security groups filter it as they filter routed traffic (br_netfilter; the sysctl is per namespace)."""
+    if not _has_br_netfilter(ns):
+        if shutil.which("modprobe"):
+            sh.run("modprobe", "br_netfilter", check=False)
+        if not _has_br_netfilter(ns):
+            raise RuntimeError("the lab needs br_netfilter (CONFIG_BRIDGE_NETFILTER) to filter traffic between "
+                               "instances of one subnet: modprobe br_netfilter failed")
+    sh.in_ns(ns, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
+
+
+def _has_br_netfilter(ns: str) -> bool:
+    return sh.in_ns(ns, "sh", "-c", "test -e /proc/sys/net/bridge/bridge-nf-call-iptables && echo yes",
+                    check=False).strip() == "yes"
+
+
 class LabNet:
     """The network of one lab; every method is idempotent enough to be used from cleanup paths."""
 
@@ -83,6 +101,7 @@ class LabNet:
         sh.run("ip", "netns", "add", r)
         sh.run("ip", "-n", r, "link", "set", "lo", "up")
         sh.in_ns(r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        filter_bridged(r)
         sh.run("ip", "link", "add", h, "type", "veth", "peer", "name", rt, "netns", r)
         sh.run("ip", "addr", "add", f"{self.host_addr}/30", "dev", h)
         sh.run("ip", "link", "set", h, "up")
