@@ -148,19 +148,26 @@ def test_the_agent_family_is_published_as_canonical_does_and_online_without_user
 
 
 def test_a_stopped_agent_is_connection_lost_and_gets_no_commands(lab, ec2, ssm, ubuntu_ami, cleanup):
+    """SSM still takes a command for a managed node whose agent is gone, but nothing runs it: it stays
+    Pending (until its delivery timeout) rather than reaching the instance."""
     iid = launch(ec2, ubuntu_ami)
     cleanup.append(iid)
     wait_for(f"{iid} Online", lambda: ping(ssm, iid) == "Online", AGENT_WAIT)
     assert run_command(ssm, iid, ["systemctl stop amazon-ssm-agent"])["Status"] == "Success"
     wait_for(f"{iid} ConnectionLost", lambda: ping(ssm, iid) == "ConnectionLost", 10)
-    assert refused(ssm, iid) == "InvalidInstanceId"
+    command = ssm.send_command(InstanceIds=[iid], DocumentName="AWS-RunShellScript", TimeoutSeconds=30,
+                               Parameters={"commands": ["touch /root/ran"]})["Command"]["CommandId"]
+    time.sleep(SETTLE)
+    assert ssm.get_command_invocation(CommandId=command, InstanceId=iid)["Status"] == "Pending"
+    pid = container(lab, iid)["leader_pid"]
+    assert subprocess.run(["nsenter", "-t", str(pid), "-m", "--", "test", "-e", "/root/ran"], timeout=10).returncode == 1
 
 
 def test_no_path_to_ssm_until_interface_endpoints_admit_https(lab, ec2, ssm, ubuntu_ami, cleanup):
     """An isolated subnet (no internet or NAT route) with the agent running: never Online, and no AWS
     endpoint answers it; the ssm, ssmmessages and ec2messages interface endpoints with private DNS and
     443 admitted make it Online (S3 still needs its own endpoint: a gateway endpoint on its route table)."""
-    vpc = lab.info["network"]["vpc"]
+    vpc = lab.get_json("/_lab/info")["network"]["vpc"]  # this lab's now (a reset remakes the network)
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.77.0/24", AvailabilityZone=REGION + "a")["Subnet"]["SubnetId"]
     table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
     association = ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)["AssociationId"]
