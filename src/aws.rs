@@ -4,8 +4,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use aws_config::retry::RetryConfig;
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use tokio::time::{Instant, sleep};
@@ -25,44 +23,21 @@ pub struct Clients {
 }
 
 /// Where to connect: `--profile`, `--region`, then the config's `region`; the endpoint comes from
-/// the standard `AWS_ENDPOINT_URL` variables.
+/// the standard `AWS_ENDPOINT_URL` variables. [`crate::sdk`] builds the SDK config from it.
 #[derive(Debug, Clone, Default)]
 pub struct Target {
     pub profile: Option<String>,
     pub region: Option<String>,
     pub config_region: Option<String>,
+    /// How long the command may run at worst: credentials the SDK cannot refresh that expire
+    /// sooner get a warning at start.
+    pub runs_for: Duration,
 }
 
-/// Throttling and 5xx answers are retried by the SDK: standard mode, with more attempts than its
-/// default 3 so a burst of RequestLimitExceeded does not fail a 20-minute bake.
-const MAX_ATTEMPTS: u32 = 10;
-/// The first retry waits about this long (jittered); the SDK doubles it up to its 20 s cap.
-const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
-
 impl Clients {
-    /// Loads the SDK config with the standard credential chain and builds the clients.
+    /// Loads the SDK config (profile, region, credentials, timeouts) and builds the clients.
     pub async fn load(target: &Target) -> Result<Clients, Error> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(MAX_ATTEMPTS)
-                .with_initial_backoff(INITIAL_BACKOFF),
-        );
-        if let Some(profile) = &target.profile {
-            loader = loader.profile_name(profile);
-        }
-        if let Some(region) = &target.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        let mut sdk = loader.load().await;
-        if sdk.region().is_none() {
-            let Some(region) = &target.config_region else {
-                return Err(Error::NoRegion);
-            };
-            sdk = sdk
-                .into_builder()
-                .region(Region::new(region.clone()))
-                .build();
-        }
+        let sdk = crate::sdk::load(target).await?;
         Ok(Clients::from_sdk(&sdk))
     }
 
@@ -107,7 +82,26 @@ pub enum Error {
          at the top of the config"
     )]
     NoRegion,
+    #[error("no AWS credentials{0}")]
+    NoCredentials(String),
+    #[error("{variable} is not an RFC 3339 time (like 2026-01-31T12:00:00Z): {value:?}")]
+    BadExpiration {
+        variable: &'static str,
+        value: String,
+    },
+    #[error(
+        "the session credentials from {from} {when}: bake does not start with them, as nothing \
+         this run created could be cleaned up once they expire; get new credentials and run again"
+    )]
+    Expiring { from: String, when: String },
 }
+
+/// Codes for credentials that expired (EC2 and STS, then the JSON protocols' spelling).
+const EXPIRED_CODES: &[&str] = &["ExpiredToken", "ExpiredTokenException"];
+/// What an expired-credentials answer means for the run.
+const EXPIRED: &str = "the AWS credentials expired during the run and cannot be refreshed: \
+    whatever this run created and could not remove is tagged with its bake:run-id; get new \
+    credentials and run `bake gc` to delete it";
 
 /// The service's message for an SDK error, including its code (`InvalidParameterValue: ...`).
 pub fn describe<E, R>(err: &aws_sdk_ec2::error::SdkError<E, R>) -> String
@@ -119,10 +113,14 @@ where
     match err {
         SdkError::ServiceError(service) => {
             let e = service.err();
-            match (e.code(), e.message()) {
+            let described = match (e.code(), e.message()) {
                 (Some(code), Some(message)) => format!("{code}: {message}"),
                 (Some(code), None) => code.to_owned(),
                 _ => aws_sdk_ec2::error::DisplayErrorContext(err).to_string(),
+            };
+            match e.code() {
+                Some(code) if EXPIRED_CODES.contains(&code) => format!("{described} ({EXPIRED})"),
+                _ => described,
             }
         }
         _ => aws_sdk_ec2::error::DisplayErrorContext(err).to_string(),

@@ -24,7 +24,8 @@ pub struct Cli {
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Text)]
     pub output: Format,
 
-    /// The AWS profile (standard credential chain otherwise).
+    /// The AWS profile: its credentials win over AWS_ACCESS_KEY_ID in the environment, as in the
+    /// AWS CLI (the standard credential chain otherwise).
     #[arg(long, global = true)]
     pub profile: Option<String>,
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Spanned;
 
+use crate::limits;
+
 /// The whole config file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -360,6 +362,9 @@ pub enum Error {
     /// A problem at a known place in the file.
     #[error("{at}: {message}")]
     At { at: Location, message: String },
+    /// A command-line value the config's names cannot be combined with.
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
 }
 
 /// EC2 refuses a deprecation time more than 10 years ahead.
@@ -442,6 +447,81 @@ impl Config {
         }
         for (name, rollout) in &self.rollout {
             self.validate_rollout(name, rollout)?;
+        }
+        self.validate_names()
+    }
+
+    /// The names bake derives from the config, against the rules AWS applies to them (see
+    /// [`limits`]): the builder's client token and the published parameter from the image name,
+    /// the base image's parameter, a rollout's resource names and tags.
+    fn validate_names(&self) -> Result<(), Error> {
+        let spans: Spans = toml::from_str(&self.source.text).map_err(|e| Error::At {
+            at: self.source.locate(e.span().map_or(0, |s| s.start)),
+            message: e.message().trim_end().to_owned(),
+        })?;
+        for (key, image) in &spans.image {
+            let name = key.get_ref();
+            // RunInstances' ClientToken is `<run id>-<image>` (ami::launch).
+            let token = format!("{}-{name}", crate::janitor::new_run_id());
+            limits::client_token(&token)
+                .and_then(|()| limits::ssm_name_part(name))
+                .map_err(|rule| {
+                    self.error_at(
+                        key.span(),
+                        format!(
+                            "image.{name}: the image name goes into the builder's client token \
+                             `<run id>-{name}` and the published parameter `<prefix>/{name}/ami-id`: \
+                             {rule}; use at most {} letters, digits and _.-",
+                            limits::CLIENT_TOKEN_MAX - (token.len() - name.len())
+                        ),
+                    )
+                })?;
+            if let Some(ssm) = image.base.as_ref().and_then(|b| b.get_ref().ssm.as_ref()) {
+                limits::ssm_parameter_name(ssm.get_ref()).map_err(|rule| {
+                    self.error_at(ssm.span(), format!("image.{name}.base.ssm: {rule}"))
+                })?;
+            }
+        }
+        for (name, rollout) in &spans.rollout {
+            let field = |f: &str| format!("rollout.{name}.{f}");
+            let check = |value: &Option<Spanned<String>>,
+                         f: &str,
+                         rule: &dyn Fn(&str) -> Result<(), String>|
+             -> Result<(), Error> {
+                match value {
+                    Some(v) => rule(v.get_ref())
+                        .map_err(|r| self.error_at(v.span(), format!("{}: {r}", field(f)))),
+                    None => Ok(()),
+                }
+            };
+            check(&rollout.alb, "alb", &|n| limits::elb_name(n, true))?;
+            check(&rollout.target_group, "target_group", &|n| {
+                limits::elb_name(n, false)
+            })?;
+            check(
+                &rollout.launch_template,
+                "launch_template",
+                &limits::launch_template_name,
+            )?;
+            check(&rollout.asg, "asg", &|n| {
+                limits::group_name(n, "Auto Scaling group")
+            })?;
+            for f in ["alb_security_group", "instance_security_group"] {
+                let value = if f == "alb_security_group" {
+                    &rollout.alb_security_group
+                } else {
+                    &rollout.instance_security_group
+                };
+                check(value, f, &|n| limits::group_name(n, "security group"))?;
+            }
+            if let Some(tags) = &rollout.tags {
+                // Instances carry bake's rollout tag beside the user's.
+                limits::tags(
+                    tags.get_ref().iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    1,
+                )
+                .map_err(|rule| self.error_at(tags.span(), format!("{}: {rule}", field("tags"))))?;
+            }
         }
         Ok(())
     }
@@ -628,6 +708,37 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The places in the file of what [`Config::validate_names`] checks (serde keeps no span for map
+/// keys or plain strings in [`Config`]); everything else is ignored.
+#[derive(Deserialize)]
+struct Spans {
+    #[serde(default)]
+    image: BTreeMap<Spanned<String>, ImageSpans>,
+    #[serde(default)]
+    rollout: BTreeMap<String, RolloutSpans>,
+}
+
+#[derive(Deserialize)]
+struct ImageSpans {
+    base: Option<Spanned<BaseSpans>>,
+}
+
+#[derive(Deserialize)]
+struct BaseSpans {
+    ssm: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+struct RolloutSpans {
+    alb: Option<Spanned<String>>,
+    target_group: Option<Spanned<String>>,
+    launch_template: Option<Spanned<String>>,
+    asg: Option<Spanned<String>>,
+    alb_security_group: Option<Spanned<String>>,
+    instance_security_group: Option<Spanned<String>>,
+    tags: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 fn names<'a>(keys: impl Iterator<Item = &'a String>) -> String {

@@ -7,12 +7,16 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod janitor;
+pub mod limits;
 pub mod output;
 pub mod pipeline;
 pub mod poll;
 pub mod prune;
 pub mod render;
 pub mod rollout;
+pub mod sdk;
+
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -146,6 +150,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 publish_prefix: publish_prefix.clone(),
                 checkip_url: checkip_url.clone(),
             };
+            pipeline::check(&config, &options)?;
             runtime().block_on(async {
                 let clients = aws::Clients::load(&target(&cli, Some(&config))).await?;
                 pipeline::run(&clients, &config, &options, cli.output).await
@@ -170,6 +175,54 @@ fn target(cli: &Cli, config: Option<&Config>) -> aws::Target {
         profile: cli.profile.clone(),
         region: cli.region.clone(),
         config_region: config.and_then(|c| c.region.clone()),
+        runs_for: config.map_or(HOUSEKEEPING, |c| runs_for(&cli.command, c)),
+    }
+}
+
+/// What a bake spends outside its configured timeouts at worst: the builder reaching `running`
+/// (10 min), the AMI becoming available (60 min) and the builder's termination (10 min), as the
+/// waits in `ami` bound them.
+const BAKE_FIXED: Duration = Duration::from_secs(80 * 60);
+/// A verify step without its own timeout gets `ami`'s default of 10 minutes.
+const VERIFY_DEFAULT: Duration = Duration::from_secs(10 * 60);
+/// A rollout's stack (ALB, target group, groups, launch template) and a group going away take
+/// this long at worst, on top of its refresh and a rollback refresh.
+const ROLLOUT_FIXED: Duration = Duration::from_secs(20 * 60);
+/// prune and gc: listing, deregistering and deleting with their settle windows.
+const HOUSEKEEPING: Duration = Duration::from_secs(15 * 60);
+
+/// How long `command` may run at worst, so credentials that expire sooner are caught at start.
+fn runs_for(command: &Command, config: &Config) -> Duration {
+    let bake = |name: &String| {
+        config.image.get(name).map_or(Duration::ZERO, |image| {
+            image.health.timeout.0
+                + image
+                    .verify
+                    .timeout
+                    .as_ref()
+                    .map_or(VERIFY_DEFAULT, |t| t.0)
+                + BAKE_FIXED
+        })
+    };
+    let roll = |r: &config::Rollout| 2 * r.refresh.get_ref().timeout.0 + ROLLOUT_FIXED;
+    match command {
+        Command::Render { .. } | Command::Validate => Duration::ZERO,
+        Command::Ami { images, all, .. } => {
+            let names: Vec<&String> = if *all {
+                config.image.keys().collect()
+            } else {
+                images.iter().collect()
+            };
+            // Images bake at once: the slowest one sets the time.
+            names.into_iter().map(bake).max().unwrap_or_default()
+        }
+        Command::Rollout { target, .. } => config.rollout.get(target).map_or(Duration::ZERO, roll),
+        Command::Pipeline { .. } => {
+            config.image.keys().map(bake).max().unwrap_or_default()
+                + config.rollout.values().map(roll).sum::<Duration>()
+                + HOUSEKEEPING
+        }
+        Command::Prune { .. } | Command::Gc { .. } => HOUSEKEEPING,
     }
 }
 
@@ -453,6 +506,13 @@ fn validate(cli: &Cli, config: &Config) -> Result<(), Error> {
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
     }
+    let warnings: Vec<String> = rendered
+        .iter()
+        .filter_map(|(name, image, r)| agent_warning(config, name, image, r))
+        .collect();
+    for warning in &warnings {
+        output::note(&format!("warning: {warning}"));
+    }
     let reports: Vec<ImageReport> = rendered
         .iter()
         .map(|(name, image, r)| ImageReport::new(name, image, r))
@@ -473,7 +533,30 @@ fn validate(cli: &Cli, config: &Config) -> Result<(), Error> {
         "config": config.source.path,
         "images": reports,
         "rollouts": config.rollout.keys().collect::<Vec<_>>(),
+        "warnings": warnings,
     });
     output::result(cli.output, &text, &json)?;
     Ok(())
+}
+
+/// Debian's AMIs ship no SSM agent (Ubuntu's and Amazon Linux's do), and bake verifies through
+/// SSM: user data for `os = "debian"` that never mentions the agent bakes a builder that never
+/// comes Online. The built-in templates install it (partials/common.sh.j2).
+fn agent_warning(
+    config: &Config,
+    name: &str,
+    image: &config::Image,
+    rendered: &Rendered,
+) -> Option<String> {
+    if image.os != config::Os::Debian || rendered.script.contains("amazon-ssm-agent") {
+        return None;
+    }
+    Some(format!(
+        "{}: image.{name}.template: template {:?} for os = \"debian\" never mentions \
+         amazon-ssm-agent; Debian's AMIs ship no SSM agent, so the builder never comes Online in \
+         SSM and verification times out. Install it in the template (include \
+         \"partials/common.sh.j2\", which does), or use an image that ships it (Ubuntu)",
+        config.source.locate(image.template.span().start),
+        image.template.get_ref()
+    ))
 }

@@ -7,10 +7,14 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = bake::cli::Cli::parse();
+    // Quiet by default: warnings only, and none from the SDK's IMDS client, whose every failed
+    // attempt off EC2 is a multi-line warning (bake itself never asks IMDS for the region; the
+    // credential chain asks it last), and none per credential source that had nothing (bake says
+    // when none had credentials). -v shows them with bake's own progress.
     let level = match cli.verbose {
-        0 => "warn",
-        1 => "bake=info",
-        2 => "bake=debug",
+        0 => "warn,aws_config::imds=off,aws_config::meta::credentials::chain=error",
+        1 => "warn,bake=info",
+        2 => "warn,bake=debug",
         _ => "trace",
     };
     tracing_subscriber::fmt()

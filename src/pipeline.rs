@@ -4,15 +4,18 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_ssm::types::ParameterType;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
 use crate::aws::{self, CallError, Clients};
 use crate::config::Config;
+use crate::limits;
 use crate::output::{self, Format};
+use crate::poll::{self, Check, PollError, Schedule};
 use crate::{Error, ami, prune, rollout};
 
 /// How `bake pipeline` behaves.
@@ -55,6 +58,30 @@ pub enum LockError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// The SSM parameter an image's AMI id is published in: `<prefix>/<image>/ami-id`.
+fn parameter_name(options: &Options, image: &str) -> String {
+    format!(
+        "{}/{image}/ami-id",
+        options.publish_prefix.trim_end_matches('/')
+    )
+}
+
+/// Checks, before any AWS call, that every image's parameter name is one Parameter Store takes.
+pub fn check(config: &Config, options: &Options) -> Result<(), Error> {
+    for image in config.image.keys() {
+        let parameter = parameter_name(options, image);
+        limits::ssm_parameter_name(&parameter).map_err(|rule| {
+            Error::Config(crate::config::Error::Flag {
+                flag: "--publish-prefix",
+                message: format!(
+                    "the AMI of image {image} would be published in {parameter}: {rule}"
+                ),
+            })
+        })?;
+    }
+    Ok(())
 }
 
 /// Runs the pipeline over every image of the config. Steps of one image stop at its first
@@ -126,10 +153,7 @@ async fn image_steps(
     events: &mut Emitter,
 ) -> Result<(), Stop> {
     let image = &baked.image;
-    let parameter = format!(
-        "{}/{image}/ami-id",
-        options.publish_prefix.trim_end_matches('/')
-    );
+    let parameter = parameter_name(options, image);
     let changed = publish(clients, &parameter, &baked.ami_id)
         .await
         .map_err(|e| Stop::Failed("publish", e.to_string()))?;
@@ -205,8 +229,22 @@ async fn image_steps(
     Ok(())
 }
 
-/// Puts the AMI id in the parameter unless it holds it already. Returns whether it changed.
-async fn publish(clients: &Clients, parameter: &str, ami_id: &str) -> Result<bool, CallError> {
+/// Parameter Store validates an `aws:ec2:image` value after PutParameter has answered ("Native
+/// parameter support for Amazon Machine Image IDs"): the new version shows within seconds, or
+/// never when the AMI is refused. A minute without it means it was refused.
+const PUBLISH_SETTLE: Duration = Duration::from_secs(60);
+/// Read the parameter back after 1 s, every second for 10 s, then growing to 5 s.
+const PUBLISH_SCHEDULE: Schedule = Schedule {
+    first: Duration::from_secs(1),
+    interval: Duration::from_secs(1),
+    dense: Duration::from_secs(10),
+    factor: 1.5,
+    cap: Duration::from_secs(5),
+};
+
+/// Puts the AMI id in the parameter unless it holds it already, then reads it back until it
+/// does (the value is validated after PutParameter answers). Returns whether it changed.
+pub async fn publish(clients: &Clients, parameter: &str, ami_id: &str) -> Result<bool, CallError> {
     let read = aws::settle(&aws::THROTTLE_BURST, "read the published parameter", || {
         clients.ssm.get_parameter().name(parameter).send()
     });
@@ -220,7 +258,7 @@ async fn publish(clients: &Clients, parameter: &str, ami_id: &str) -> Result<boo
             );
         }
     }
-    clients
+    let put = clients
         .ssm
         .put_parameter()
         .name(parameter)
@@ -237,7 +275,82 @@ async fn publish(clients: &Clients, parameter: &str, ami_id: &str) -> Result<boo
                 aws::describe(&e),
             )
         })?;
-    Ok(true)
+    let version = put.version();
+    let action = || format!("publish {ami_id} in SSM parameter {parameter}");
+    let read = poll::until(
+        Instant::now() + PUBLISH_SETTLE,
+        PUBLISH_SCHEDULE,
+        |seen| tracing::debug!("{parameter}: {seen}"),
+        || async {
+            match clients.ssm.get_parameter().name(parameter).send().await {
+                Ok(out) => {
+                    let p = out.parameter();
+                    match p.and_then(|p| p.value()) {
+                        Some(v) if v == ami_id => Check::Ready(()),
+                        v => Check::Pending(format!(
+                            "it still holds {} (version {})",
+                            v.unwrap_or("nothing"),
+                            p.map_or(0, |p| p.version())
+                        )),
+                    }
+                }
+                Err(e) if aws::code(&e) == Some("ParameterNotFound") => {
+                    Check::Pending("it does not exist yet".to_owned())
+                }
+                Err(e) if aws::transient(&e) => Check::Pending(aws::describe(&e)),
+                Err(e) => Check::Failed(aws::describe(&e)),
+            }
+        },
+    )
+    .await;
+    match read {
+        Ok(()) => Ok(true),
+        Err(PollError::Failed(message)) => Err(clients.failed(
+            action(),
+            format!("reading it back after PutParameter: {message}"),
+        )),
+        Err(PollError::TimedOut { last }) => {
+            let history = history_has(clients, parameter, version).await;
+            Err(clients.failed(
+                action(),
+                format!(
+                    "PutParameter answered version {version}, but {PUBLISH_SETTLE:?} later {last}; \
+                     {history}: Parameter Store validates aws:ec2:image values after PutParameter \
+                     and drops one naming an AMI that is not available in {}",
+                    clients.region
+                ),
+            ))
+        }
+    }
+}
+
+/// What the parameter's history says about `version`, for the failure message.
+async fn history_has(clients: &Clients, parameter: &str, version: i64) -> String {
+    let mut found = false;
+    let mut token = None;
+    // Bounded: the history holds at most 100 versions, 50 a page.
+    for _ in 0..3 {
+        let page = clients
+            .ssm
+            .get_parameter_history()
+            .name(parameter)
+            .set_next_token(token.take())
+            .send()
+            .await;
+        let Ok(page) = page else {
+            return "its history could not be read".to_owned();
+        };
+        found |= page.parameters().iter().any(|p| p.version() == version);
+        token = page.next_token().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    if found {
+        format!("version {version} is in its history")
+    } else {
+        format!("its history has no version {version}")
+    }
 }
 
 fn event(

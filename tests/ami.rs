@@ -566,3 +566,160 @@ async fn bake_succeeds_under_throttle_bursts_and_leaves_nothing() {
         .await;
     lab.assert_nothing_left(&[&ami], &[]).await;
 }
+
+/// Puts a gzipped tarball holding `index.php` into the lab's S3 (through the lab endpoint, with
+/// boto3 from the lab's venv) and returns a pre-signed GET URL for AWS's real S3 endpoint, which
+/// the lab's instances resolve to the lab.
+fn presigned_app(lab: &Lab, php: &str) -> String {
+    const SCRIPT: &str = r#"
+import io, sys, tarfile, boto3
+endpoint, php = sys.argv[1], sys.argv[2].encode()
+archive = io.BytesIO()
+with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+    info = tarfile.TarInfo("index.php")
+    info.size = len(php)
+    tar.addfile(info, io.BytesIO(php))
+keys = dict(region_name="ap-northeast-2", aws_access_key_id="test", aws_secret_access_key="test")
+s3 = boto3.client("s3", endpoint_url=endpoint, **keys)
+s3.create_bucket(Bucket="bake-lamp-app", CreateBucketConfiguration={"LocationConstraint": "ap-northeast-2"})
+s3.put_object(Bucket="bake-lamp-app", Key="app/lamp.tar.gz", Body=archive.getvalue())
+print(boto3.client("s3", **keys).generate_presigned_url(
+    "get_object", Params={"Bucket": "bake-lamp-app", "Key": "app/lamp.tar.gz"}, ExpiresIn=3600))
+"#;
+    let python = std::env::var("LAB_PYTHON").expect("LAB_PYTHON is set (make test)");
+    let out = std::process::Command::new(python)
+        .args(["-c", SCRIPT, &lab.endpoint, php])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lamp_on_debian_bakes_with_its_app_from_a_presigned_url() {
+    let lab = Lab::start().await;
+    let url = presigned_app(
+        &lab,
+        "<?php echo 'LAMP on Debian, PHP ' . PHP_MAJOR_VERSION . ', mysqli ' . \
+         (extension_loaded('mysqli') ? 'loaded' : 'missing'); ?>\n",
+    );
+    assert!(
+        url.starts_with("https://bake-lamp-app.s3.") && url.contains("X-Amz-Signature="),
+        "{url}"
+    );
+    // The agent-less Debian AMI: the lamp template installs the agent, then Apache, PHP, MariaDB.
+    let config = format!(
+        r#"[image.web]
+base = {{ ssm = "/aws/service/debian/release/bookworm/latest/amd64" }}
+template = "lamp"
+os = "debian"
+vars = {{ app_url = "{url}" }}
+
+[image.web.builder]
+subnet = {{ tag = {{ Name = "Public subnet A" }} }}
+instance_profile = "SSMInstanceProfile"
+
+[image.web.health]
+expect_body = "mysqli loaded"
+timeout = "15m"
+
+[image.web.verify]
+commands = [
+  "systemctl is-active apache2 mariadb amazon-ssm-agent",
+  "mysql -N -e 'SELECT 6 * 7'",
+  "curl -fsS http://127.0.0.1/ | grep -q 'LAMP on Debian, PHP 8'",
+]
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bake.toml");
+    std::fs::write(&path, config).unwrap();
+    let path = path.to_str().unwrap();
+    let validate = lab.run_bake(&["-c", path, "validate"]).await;
+    assert_eq!(
+        stderr(&validate),
+        "",
+        "no warning for the built-in template"
+    );
+    let out = lab.run_bake(&["-c", path, "ami", "web"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ami = stdout(&out);
+    assert!(ami.starts_with("ami-"), "{ami}");
+    lab.assert_nothing_left(&[&ami], &[]).await;
+
+    // An instance of the AMI serves the PHP page at boot: Apache, PHP and MariaDB are enabled.
+    let (instance, ip) = launch_from(&lab, &ami).await;
+    let body = page(&ip, "mysqli loaded", Duration::from_secs(60)).await;
+    assert!(body.starts_with("LAMP on Debian, PHP 8"), "{body}");
+    // The agent is enabled in the image: given a profile, the instance comes Online.
+    lab.ec2
+        .associate_iam_instance_profile()
+        .instance_id(&instance)
+        .iam_instance_profile(
+            aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+                .name("SSMInstanceProfile")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&lab.endpoint)
+        .region(aws_config::Region::new(support::REGION))
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "test", "test", None, None, "lab",
+        ))
+        .load()
+        .await;
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    // The lab registers a running agent within seconds (ssm_online 2 s); 30 s means it never will.
+    lab.wait_for(
+        "the AMI's instance Online in SSM",
+        Duration::from_secs(30),
+        || async {
+            let out = ssm.describe_instance_information().send().await.unwrap();
+            out.instance_information_list().iter().any(|i| {
+                i.instance_id() == Some(instance.as_str())
+                    && i.ping_status() == Some(&aws_sdk_ssm::types::PingStatus::Online)
+            })
+        },
+    )
+    .await;
+    lab.assert_nothing_left(&[&ami], &[&instance]).await;
+}
+
+/// How many requests instances sent to AWS's endpoints (the agent's download among them).
+async fn endpoint_requests(lab: &Lab) -> u64 {
+    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    info["aws_front"]["requests"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_template_downloads_the_agent_on_debian_and_uses_ubuntus_own() {
+    let lab = Lab::start().await;
+    let debian = Scratch::new(&quick_config("", "", "commands = [\"true\"]"));
+    let ubuntu = Scratch::new(&quick_config("", "", "commands = [\"true\"]").replace(
+        "/aws/service/debian/release/bookworm/latest/amd64",
+        "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id",
+    ));
+    let out = lab
+        .run_bake(&["-c", &ubuntu.config(), "ami", "quick"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        endpoint_requests(&lab).await,
+        0,
+        "Ubuntu's AMI ships the agent: nothing downloaded"
+    );
+    let ubuntu_ami = stdout(&out);
+    let out = lab
+        .run_bake(&["-c", &debian.config(), "ami", "quick"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        endpoint_requests(&lab).await >= 1,
+        "Debian's AMI has no agent: the user data fetched it from S3"
+    );
+    lab.assert_nothing_left(&[&ubuntu_ami, &stdout(&out)], &[])
+        .await;
+}

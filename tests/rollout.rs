@@ -104,6 +104,56 @@ async fn group(lab: &Lab) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// Asserts every part of the rollout's stack is gone: group, load balancer, target group, launch
+/// template and the security groups tagged with the rollout.
+async fn assert_stack_gone(lab: &Lab) {
+    let groups = lab
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("Web-ASG")
+        .send()
+        .await
+        .unwrap();
+    assert!(groups.auto_scaling_groups().is_empty());
+    assert!(
+        lab.elb
+            .describe_load_balancers()
+            .names("Web-ALB")
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        lab.elb
+            .describe_target_groups()
+            .names("Web-TG")
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        lab.ec2
+            .describe_launch_templates()
+            .launch_template_names("Web")
+            .send()
+            .await
+            .is_err()
+    );
+    let named = lab
+        .ec2
+        .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag-key")
+                .values("bake:rollout")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(named.security_groups().is_empty(), "{named:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb() {
     let lab = Lab::start().await;
@@ -168,6 +218,22 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
     assert_eq!(lab.calls("StartInstanceRefresh").await, refreshes);
     assert_eq!(lab.calls("CreateLaunchTemplateVersion").await, versions);
 
+    // Someone moved the group to $Latest: a refresh from there could not roll back, so bake pins
+    // the group to the version it runs before adding the new one (the lab, as AWS, refuses
+    // AutoRollback on $Latest).
+    lab.autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name("Web-ASG")
+        .launch_template(
+            aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                .launch_template_name("Web")
+                .version("$Latest")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
     // A new AMI: a new version, every instance replaced, the new page through the same ALB.
     let second = Scratch::new(&config("second page"));
     let ami2 = bake_ami(&lab, &second).await;
@@ -187,6 +253,111 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
         ),
         "before {instances:?}, after {replaced:?}"
     );
+    let refreshes = lab
+        .autoscaling
+        .describe_instance_refreshes()
+        .auto_scaling_group_name("Web-ASG")
+        .send()
+        .await
+        .unwrap();
+    let newest = &refreshes.instance_refreshes()[0];
+    assert_eq!(
+        newest.preferences().and_then(|p| p.auto_rollback()),
+        Some(true),
+        "{newest:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_that_cannot_launch_ends_the_rollout_within_a_minute_with_awss_message() {
+    let lab = Lab::start().await;
+    let scratch = Scratch::new(&config("page"));
+    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    let base = info["debian_images"]["ap-northeast-2"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    lab.control(
+        "capacity",
+        serde_json::json!({"unavailable": [
+            {"instance_type": "t3.micro", "zone": "ap-northeast-2a"},
+            {"instance_type": "t3.micro", "zone": "ap-northeast-2c"},
+        ]}),
+    )
+    .await;
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
+        .await;
+    lab.control("capacity", serde_json::json!({"unavailable": []}))
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "Web-ASG cannot launch instances: We currently do not have sufficient t3.micro \
+             capacity in the Availability Zone you requested"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("removed the stack it had created"), "{err}");
+    assert_stack_gone(&lab).await;
+
+    // bake gave up (and began removing the group) within a minute of the first failed launch.
+    let first_failure = lab
+        .events()
+        .await
+        .iter()
+        .find(|e| e["event"] == "launch_failed")
+        .and_then(|e| e["time"].as_f64())
+        .expect("the lab recorded the failed launch");
+    let removal = lab
+        .requests()
+        .await
+        .iter()
+        .find(|r| r["action"] == "DeleteAutoScalingGroup")
+        .and_then(|r| r["time"].as_f64())
+        .expect("bake deleted the group");
+    assert!(
+        removal - first_failure < 60.0,
+        "{:.0} s from the first failed activity to giving up",
+        removal - first_failure
+    );
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_succeeds_under_light_throttling_and_server_errors() {
+    let lab = Lab::start().await;
+    let scratch = Scratch::new(&config("steady page"));
+    bake_ami(&lab, &scratch).await;
+    lab.control(
+        "faults",
+        serde_json::json!({"rules": [
+            {"rate": 0.1, "kind": "throttle",
+             "services": ["autoscaling", "elasticloadbalancing", "ec2"]},
+            {"rate": 0.05, "kind": "5xx",
+             "services": ["autoscaling", "elasticloadbalancing", "ec2"]},
+        ], "seed": 9}),
+    )
+    .await;
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "-o", "json", "rollout", "web"])
+        .await;
+    lab.control("faults", serde_json::json!({"rate": 0})).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let faulted = lab
+        .requests()
+        .await
+        .iter()
+        .filter(|r| r["fault"] == true)
+        .count();
+    assert!(faulted > 0, "the run met some faults");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        bodies(result["url"].as_str().unwrap(), 4).await,
+        BTreeSet::from(["steady page".to_owned()])
+    );
+    assert_eq!(lab.calls("RollbackInstanceRefresh").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,51 +425,7 @@ async fn a_failed_first_rollout_removes_the_stack_it_created() {
     let err = stderr(&out);
     assert!(err.contains("removed the stack it had created"), "{err}");
 
-    let groups = lab
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    assert!(groups.auto_scaling_groups().is_empty());
-    assert!(
-        lab.elb
-            .describe_load_balancers()
-            .names("Web-ALB")
-            .send()
-            .await
-            .is_err()
-    );
-    assert!(
-        lab.elb
-            .describe_target_groups()
-            .names("Web-TG")
-            .send()
-            .await
-            .is_err()
-    );
-    assert!(
-        lab.ec2
-            .describe_launch_templates()
-            .launch_template_names("Web")
-            .send()
-            .await
-            .is_err()
-    );
-    let named = lab
-        .ec2
-        .describe_security_groups()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag-key")
-                .values("bake:rollout")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(named.security_groups().is_empty(), "{named:?}");
+    assert_stack_gone(&lab).await;
     lab.assert_nothing_left(&[], &[]).await;
 }
 
@@ -356,6 +483,53 @@ async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
         stderr(&out).contains("no route to an internet gateway"),
         "{}",
         stderr(&out)
+    );
+
+    // Instances in a zone the load balancer has no subnet in would stay `unused`.
+    let vpcs = lab
+        .ec2
+        .describe_vpcs()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:Name")
+                .values("VPC-Lab")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let vpc = vpcs.vpcs()[0].vpc_id().unwrap().to_owned();
+    let zone_b = lab
+        .ec2
+        .create_subnet()
+        .vpc_id(vpc)
+        .cidr_block("10.0.91.0/24")
+        .availability_zone("ap-northeast-2b")
+        .send()
+        .await
+        .unwrap();
+    let zone_b = zone_b.subnet().unwrap().subnet_id().unwrap().to_owned();
+    let outside = config("page").replace(
+        "{ tag = { Name = \"Private subnet C\" } },\n]",
+        &format!("{{ id = \"{zone_b}\" }},\n]"),
+    );
+    assert_ne!(outside, config("page"));
+    let scratch = Scratch::new(&outside);
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    let line = outside
+        .lines()
+        .position(|l| l.starts_with("instance_subnets"))
+        .unwrap()
+        + 1;
+    assert!(err.contains(&format!("bake.toml:{line}:")), "{err}");
+    assert!(err.contains("rollout.web.instance_subnets"), "{err}");
+    assert!(
+        err.contains(&format!("subnet {zone_b} is in ap-northeast-2b")),
+        "{err}"
     );
 
     for action in [

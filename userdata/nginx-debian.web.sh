@@ -44,6 +44,31 @@ pkg_install() {
   fi
   retry 5 apt-get install -y --no-install-recommends "$@"
 }
+
+# The SSM agent, which bake verifies the image through. Ubuntu's AMIs ship it (as a snap); Debian's
+# do not, so it comes from AWS's download location in the instance's region (read with IMDSv2).
+# Enabled and started: bake's verification needs it now, instances launched from the image later.
+ssm_agent() {
+  local unit token region arch deb=/tmp/amazon-ssm-agent.deb
+  for unit in amazon-ssm-agent.service snap.amazon-ssm-agent.amazon-ssm-agent.service; do
+    if systemctl cat "$unit" >/dev/null 2>&1; then
+      echo "bake: the SSM agent is installed ($unit)"
+      systemctl enable --now "$unit"
+      return 0
+    fi
+  done
+  token=$(retry 5 curl --fail --silent --show-error --max-time 10 -X PUT \
+    -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)
+  region=$(retry 5 curl --fail --silent --show-error --max-time 10 \
+    -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/placement/region)
+  arch=$(dpkg --print-architecture)
+  echo "bake: installing the SSM agent for $region ($arch)"
+  fetch "https://s3.$region.amazonaws.com/amazon-ssm-$region/latest/debian_$arch/amazon-ssm-agent.deb" "$deb"
+  dpkg -i "$deb"
+  rm -f "$deb"
+  systemctl enable --now amazon-ssm-agent.service
+}
+ssm_agent
 BAKE_DOCROOT=/var/www/html
 page_title='AWS Immersion Day'
 page_message='Nginx in front of a Python app, baked by bake.'
@@ -136,6 +161,6 @@ systemctl restart nginx
 
 # The very last step: the health page and the readiness marker, so both prove the script finished.
 install -d -m 0755 "$(dirname /var/lib/bake/ready)"
-printf '%s\n' 7b6c49f7421b94309975f57f085afe4119a5f559583968ad9b4d2e73dcc9b356 >/var/lib/bake/ready.tmp
+printf '%s\n' 08e37a5de2f76631bf681889b480866036d5e6be49c760a7b7f2ab18066da890 >/var/lib/bake/ready.tmp
 mv /var/lib/bake/ready.tmp /var/lib/bake/ready
 echo "bake: user data finished at $(date -u +%FT%TZ)"

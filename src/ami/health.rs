@@ -66,7 +66,8 @@ pub enum Error {
     },
     #[error(
         "builder {instance_id} in {region} did not come Online in SSM within {waited:?} ({last}); \
-         does its instance profile have AmazonSSMManagedInstanceCore and the subnet a way to reach SSM?"
+         does it run the SSM agent (Debian's AMIs ship none: the user data must install it), does \
+         its instance profile have AmazonSSMManagedInstanceCore, and the subnet a way to reach SSM?"
     )]
     SsmOffline {
         instance_id: String,

@@ -50,43 +50,90 @@ pub enum Error {
     Api(#[from] CallError),
 }
 
-/// The script SSM runs: wait for the user data to finish, check its marker holds `digest`,
-/// then run each command, stopping at the first that fails with its exit code.
+/// SSM keeps the first 24,000 characters of a command's stdout and the first 8,000 of its stderr
+/// (GetCommandInvocation). The script's own lines stay far inside both: a step's output is kept
+/// in a file on the builder and only the failing step's last bytes are printed, after the line
+/// that names it. Of a failing step's stdout, the last this many bytes are shown: a screenful,
+/// well inside 24,000 with every step's marker before it.
+const STEP_STDOUT_TAIL: usize = 6_000;
+/// Of a failing step's (or the user data's) stderr, the last this many bytes: well inside SSM's
+/// 8,000 characters with the failure line before it.
+const STEP_STDERR_TAIL: usize = 6_000;
+/// A step's marker shows at most this much of its command: enough to recognise it; bake names the
+/// whole command from the step number.
+const MARKER_COMMAND: usize = 80;
+
+/// The script SSM runs, in POSIX sh (the agent runs it with `sh`, dash on Debian): wait until
+/// the user data has finished (or `wait` passes), check its marker holds `digest`, then run each
+/// command, stopping at the first that fails with its exit code.
+///
+/// What it prints fits SSM's output limits whatever the commands print: stdout has one marker
+/// line per step (`bake-verify: step N: ...`), stderr starts with the failure line
+/// (`bake-verify: step N failed with exit code C`); then come the failing step's last bytes of
+/// output. [`failure`] reads the step from these lines.
 pub fn script(digest: &str, commands: &[String], wait: Duration) -> String {
     let q = |s: &str| shlex::try_quote(s).map_or_else(|_| "''".into(), |c| c.into_owned());
     let mut lines = vec![
         format!("ready={} failed={}", q(READY_MARKER), q(FAILED_MARKER)),
-        format!("deadline=$((SECONDS + {}))", wait.as_secs()),
+        "log=/var/log/bake-userdata.log".into(),
+        "work=$(mktemp -d) || exit 93".into(),
+        "trap 'rm -rf \"$work\"' EXIT".into(),
+        // bash runs the commands where there is one (they were written for it); sh otherwise.
+        "if command -v bash >/dev/null 2>&1; then shell=bash; else shell='sh'; fi".into(),
+        format!("deadline=$(( $(date +%s) + {} ))", wait.as_secs()),
         "until [ -s \"$ready\" ] || [ -e \"$failed\" ]; do".into(),
-        "  if ((SECONDS >= deadline)); then".into(),
+        "  if [ \"$(date +%s)\" -ge \"$deadline\" ]; then".into(),
         "    echo \"bake-verify: user data did not finish: no $ready\" >&2".into(),
-        "    tail -n 20 /var/log/bake-userdata.log >&2".into(),
+        format!("    tail -n 20 \"$log\" 2>/dev/null | tail -c {STEP_STDERR_TAIL} >&2"),
         "    exit 90".into(),
         "  fi".into(),
         "  sleep 1".into(),
         "done".into(),
         "if [ -e \"$failed\" ]; then".into(),
-        "  echo \"bake-verify: user data failed: $(cat \"$failed\")\" >&2".into(),
-        "  tail -n 20 /var/log/bake-userdata.log >&2".into(),
+        "  echo \"bake-verify: user data failed: $(head -c 500 \"$failed\")\" >&2".into(),
+        format!("  tail -n 20 \"$log\" 2>/dev/null | tail -c {STEP_STDERR_TAIL} >&2"),
         "  exit 91".into(),
         "fi".into(),
         format!("if [ \"$(cat \"$ready\")\" != {} ]; then", q(digest)),
-        format!("  echo \"bake-verify: $ready holds $(cat \"$ready\"), expected {digest}\" >&2"),
+        format!(
+            "  echo \"bake-verify: $ready holds $(head -c 200 \"$ready\"), expected {digest}\" >&2"
+        ),
         "  exit 92".into(),
         "fi".into(),
         "echo 'bake-verify: step 0: user data finished, digest matches'".into(),
+        // step N COMMAND: runs it with its output in files; on failure prints the failure line
+        // first on stderr, then the last bytes of what it wrote, and exits with its code.
+        "step() {".into(),
+        "  n=$1; shift".into(),
+        "  \"$shell\" -c \"$1\" >\"$work/out\" 2>\"$work/err\" </dev/null".into(),
+        "  rc=$?".into(),
+        "  [ \"$rc\" -eq 0 ] && return 0".into(),
+        "  echo \"bake-verify: step $n failed with exit code $rc\" >&2".into(),
+        "  echo \"bake-verify: step $n failed with exit code $rc; its output ends:\"".into(),
+        format!("  tail -c {STEP_STDOUT_TAIL} \"$work/out\""),
+        format!("  tail -c {STEP_STDERR_TAIL} \"$work/err\" >&2"),
+        "  exit \"$rc\"".into(),
+        "}".into(),
     ];
     for (i, command) in commands.iter().enumerate() {
         let n = i + 1;
+        let shown: String = command.chars().take(MARKER_COMMAND).collect();
+        let shown = shown.replace('\n', " ");
+        let ellipsis = if command.chars().count() > MARKER_COMMAND {
+            "..."
+        } else {
+            ""
+        };
         lines.push(format!(
             "echo {}",
-            q(&format!("bake-verify: step {n}: {command}"))
+            q(&format!("bake-verify: step {n}: {shown}{ellipsis}"))
         ));
-        lines.push(format!(
-            "bash -c {} || {{ rc=$?; echo \"bake-verify: step {n} failed with exit code $rc\" >&2; exit $rc; }}",
-            q(command)
-        ));
+        lines.push(format!("step {n} {}", q(command)));
     }
+    lines.push(format!(
+        "echo 'bake-verify: all {} steps passed'",
+        commands.len()
+    ));
     lines.join("\n")
 }
 
@@ -118,47 +165,50 @@ pub async fn run(
         .unwrap_or_default()
         .to_owned();
     let started = Instant::now();
-    let result = poll::until(
-        // The command's own timeout plus a minute for delivery and reporting.
-        started + timeout + Duration::from_secs(60),
-        COMMAND_SCHEDULE,
-        |seen| progress.detail(&step, seen),
-        || async {
-            let out = clients
-                .ssm
-                .get_command_invocation()
-                .command_id(&command_id)
-                .instance_id(instance_id)
-                .send()
-                .await;
-            match out {
-                Ok(out) => match out.status() {
-                    Some(CommandInvocationStatus::Success) => Check::Ready(()),
-                    Some(
-                        CommandInvocationStatus::Pending
-                        | CommandInvocationStatus::InProgress
-                        | CommandInvocationStatus::Delayed,
-                    )
-                    | None => {
-                        Check::Pending(out.status().map_or("Pending", |s| s.as_str()).to_owned())
-                    }
-                    Some(_) => Check::Failed(Ok(out)),
-                },
-                // Just after SendCommand the invocation may not exist yet.
-                Err(e) if aws::code(&e) == Some("InvocationDoesNotExist") => {
-                    Check::Pending("not delivered yet".into())
-                }
-                Err(e) => Check::Failed(Err(aws::describe(&e))),
-            }
-        },
+    let invocation = || {
+        clients
+            .ssm
+            .get_command_invocation()
+            .command_id(&command_id)
+            .instance_id(instance_id)
+            .send()
+    };
+    // Right after SendCommand the invocation may not exist yet (InvocationDoesNotExist).
+    let first = aws::settle(
+        &aws::NEW_INVOCATION,
+        &format!("read verify command {command_id} on {instance_id}"),
+        invocation,
     )
-    .await;
+    .await
+    .map_err(|e| {
+        clients.failed(
+            format!("read verify command {command_id} on builder {instance_id}"),
+            aws::describe(&e),
+        )
+    })?;
+    let result = match classify(Ok(first)) {
+        Check::Ready(()) => Ok(()),
+        Check::Failed(out) => Err(PollError::Failed(out)),
+        Check::Pending(_) => {
+            poll::until(
+                // The command's own timeout plus a minute for delivery and reporting.
+                started + timeout + Duration::from_secs(60),
+                COMMAND_SCHEDULE,
+                |seen| progress.detail(&step, seen),
+                || async { classify(invocation().await) },
+            )
+            .await
+        }
+    };
     match result {
         Ok(()) => Ok(()),
         Err(PollError::Failed(Ok(out))) => Err(failure(instance_id, commands, &out)),
-        Err(PollError::Failed(Err(message))) => {
-            Err(clients.failed("read the verify result", message).into())
-        }
+        Err(PollError::Failed(Err(message))) => Err(clients
+            .failed(
+                format!("read verify command {command_id} on builder {instance_id}"),
+                message,
+            )
+            .into()),
         Err(PollError::TimedOut { last }) => Err(Error::TimedOut {
             instance_id: instance_id.to_owned(),
             waited: started.elapsed(),
@@ -167,28 +217,61 @@ pub async fn run(
     }
 }
 
-/// Names the failed step from the script's own step lines.
-fn failure(
-    instance_id: &str,
-    commands: &[String],
-    out: &aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput,
-) -> Error {
+type InvocationOutput = aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput;
+type InvocationError = aws_sdk_ssm::error::SdkError<
+    aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationError,
+    aws_sdk_ssm::config::http::HttpResponse,
+>;
+
+/// What one GetCommandInvocation answer means for the wait: done, still running, or over. A
+/// throttle or 5xx answer is a reason to look again, not a failure.
+fn classify(
+    answer: Result<InvocationOutput, InvocationError>,
+) -> Check<(), Result<InvocationOutput, String>> {
+    match answer {
+        Ok(out) => match out.status() {
+            Some(CommandInvocationStatus::Success) => Check::Ready(()),
+            Some(
+                CommandInvocationStatus::Pending
+                | CommandInvocationStatus::InProgress
+                | CommandInvocationStatus::Delayed
+                | CommandInvocationStatus::Cancelling,
+            )
+            | None => Check::Pending(out.status().map_or("Pending", |s| s.as_str()).to_owned()),
+            Some(_) => Check::Failed(Ok(out)),
+        },
+        Err(e) if aws::transient(&e) => {
+            Check::Pending(format!("{} (asking again)", aws::describe(&e)))
+        }
+        Err(e) => Check::Failed(Err(aws::describe(&e))),
+    }
+}
+
+/// Names the failed step: the failure line at the start of stderr, else the last step marker on
+/// stdout (a step killed by the execution timeout printed no failure line). Both survive SSM's
+/// truncation, which keeps the first characters of each stream.
+fn failure(instance_id: &str, commands: &[String], out: &InvocationOutput) -> Error {
     let stdout = out.standard_output_content().unwrap_or_default().to_owned();
     let stderr = out.standard_error_content().unwrap_or_default().to_owned();
     let status = out.status().map_or("Failed", |s| s.as_str()).to_owned();
-    if out.status() != Some(&CommandInvocationStatus::Failed) {
+    if out.status() != Some(&CommandInvocationStatus::Failed)
+        || out.status_details() == Some("Undeliverable")
+        || out.status_details() == Some("Terminated")
+    {
+        let mut detail = out.status_details().unwrap_or_default().to_owned();
+        if let Some(step) = failed_step(&stdout, &stderr)
+            && step > 0
+        {
+            let command = commands.get(step - 1).map_or("", String::as_str);
+            detail = format!("{detail} during step {step} `{command}`");
+        }
         return Error::Aborted {
             instance_id: instance_id.to_owned(),
             status,
-            detail: out.status_details().unwrap_or_default().to_owned(),
+            detail,
         };
     }
-    let step = stdout
-        .lines()
-        .rev()
-        .filter_map(|l| l.strip_prefix("bake-verify: step "))
-        .find_map(|l| l.split(':').next()?.parse::<usize>().ok())
-        .unwrap_or(0);
+    let step = failed_step(&stdout, &stderr).unwrap_or(0);
     let command = match step {
         0 => format!("readiness check of {READY_MARKER}"),
         n => commands.get(n - 1).cloned().unwrap_or_default(),
@@ -202,10 +285,45 @@ fn failure(
     }
 }
 
+/// The step the script was at when it stopped, from its own lines.
+fn failed_step(stdout: &str, stderr: &str) -> Option<usize> {
+    let number = |rest: &str| {
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse::<usize>()
+            .ok()
+    };
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("bake-verify: step "))
+        .find(|l| l.contains(" failed with exit code "))
+        .and_then(number)
+        .or_else(|| {
+            stdout
+                .lines()
+                .rev()
+                .filter_map(|l| l.strip_prefix("bake-verify: step "))
+                .find_map(number)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::process::Command;
+
+    /// GetCommandInvocation's limits: the first 24,000 characters of stdout, 8,000 of stderr.
+    const SSM_STDOUT: usize = 24_000;
+    const SSM_STDERR: usize = 8_000;
+
+    /// The shell the SSM agent runs scripts with on Debian: dash (POSIX sh, no bash features).
+    fn posix_sh() -> &'static str {
+        if Command::new("dash").arg("-c").arg("true").status().is_ok() {
+            "dash"
+        } else {
+            "sh"
+        }
+    }
 
     fn run_script(
         dir: &std::path::Path,
@@ -219,7 +337,11 @@ mod tests {
         if let Some(m) = marker {
             std::fs::write(dir.join("ready"), m).unwrap();
         }
-        let out = Command::new("bash").arg("-c").arg(text).output().unwrap();
+        let out = Command::new(posix_sh())
+            .arg("-c")
+            .arg(text)
+            .output()
+            .unwrap();
         (
             out.status.code().unwrap(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -227,17 +349,62 @@ mod tests {
         )
     }
 
+    /// What GetCommandInvocation answers for a failed run: each stream cut as SSM cuts it.
+    fn answer(code: i32, stdout: &str, stderr: &str) -> InvocationOutput {
+        InvocationOutput::builder()
+            .status(CommandInvocationStatus::Failed)
+            .status_details("Failed")
+            .response_code(code)
+            .standard_output_content(stdout.chars().take(SSM_STDOUT).collect::<String>())
+            .standard_error_content(stderr.chars().take(SSM_STDERR).collect::<String>())
+            .build()
+    }
+
+    #[test]
+    fn script_is_posix_sh_by_shellcheck() {
+        use std::io::Write;
+        let commands = vec![
+            "systemctl is-active nginx".to_owned(),
+            "[[ -n x ]]".to_owned(),
+        ];
+        let text = script("d1g3st", &commands, Duration::from_secs(600));
+        let mut child = Command::new("shellcheck")
+            .args(["-s", "sh", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("shellcheck runs (`make deps` installs it)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{text}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
     #[test]
     fn script_runs_commands_after_a_matching_marker() {
         let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ran");
         let (code, stdout, _) = run_script(
             dir.path(),
             Some("d1g3st\n"),
-            &["echo one", "echo 'two words'"],
+            &[
+                &format!("echo one > {}", file.display()),
+                &format!("echo 'two words' >> {}", file.display()),
+            ],
         );
-        assert_eq!(code, 0);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "one\ntwo words\n");
         assert!(
-            stdout.contains("one\n") && stdout.contains("two words\n"),
+            stdout.contains("bake-verify: step 2: echo 'two words'")
+                && stdout.ends_with("bake-verify: all 2 steps passed\n"),
             "{stdout}"
         );
     }
@@ -248,18 +415,30 @@ mod tests {
         let (code, stdout, stderr) = run_script(
             dir.path(),
             Some("d1g3st\n"),
-            &["true", "echo oops >&2; exit 7", "echo never"],
+            &["true", "echo said; echo oops >&2; exit 7", "echo never"],
         );
         assert_eq!(code, 7);
-        assert!(!stdout.contains("never"));
         assert!(
-            stdout.contains("bake-verify: step 2: echo oops"),
+            !stdout.contains("never") && stdout.contains("said"),
             "{stdout}"
         );
         assert!(
-            stderr.contains("oops") && stderr.contains("step 2 failed"),
+            stdout.contains("bake-verify: step 2: echo said"),
+            "{stdout}"
+        );
+        assert!(
+            stderr.starts_with("bake-verify: step 2 failed with exit code 7\n")
+                && stderr.contains("oops"),
             "{stderr}"
         );
+        assert_eq!(failed_step(&stdout, &stderr), Some(2));
+    }
+
+    #[test]
+    fn commands_run_with_bash_when_there_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, _, stderr) = run_script(dir.path(), Some("d1g3st\n"), &["[[ -n x ]]"]);
+        assert_eq!(code, 0, "{stderr}");
     }
 
     #[test]
@@ -271,10 +450,76 @@ mod tests {
     }
 
     #[test]
-    fn script_gives_up_when_the_marker_never_appears() {
+    fn script_gives_up_under_dash_when_the_marker_never_appears() {
         let dir = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
         let (code, _, stderr) = run_script(dir.path(), None, &["true"]);
         assert_eq!(code, 90);
         assert!(stderr.contains("did not finish"), "{stderr}");
+        // The 2 s deadline fires (under bash-only `$SECONDS` it never would in dash).
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_loud_step_before_the_failing_one_does_not_hide_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let commands = [
+            "head -c 30000 /dev/zero | tr '\\0' o; head -c 10000 /dev/zero | tr '\\0' e >&2",
+            "true",
+            "echo last words; exit 3",
+        ];
+        let (code, stdout, stderr) = run_script(dir.path(), Some("d1g3st\n"), &commands);
+        assert_eq!(code, 3);
+        let out = answer(code, &stdout, &stderr);
+        let owned: Vec<String> = commands.iter().map(|c| (*c).to_owned()).collect();
+        match failure("i-1", &owned, &out) {
+            Error::CommandFailed {
+                command,
+                exit_code,
+                stdout,
+                ..
+            } => {
+                assert_eq!((command.as_str(), exit_code), (commands[2], 3));
+                assert!(stdout.contains("last words"), "{stdout}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn a_failing_step_that_prints_more_than_ssm_keeps_is_still_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let commands = [
+            "true",
+            "head -c 50000 /dev/zero | tr '\\0' o; head -c 20000 /dev/zero | tr '\\0' e >&2; exit 5",
+        ];
+        let (code, stdout, stderr) = run_script(dir.path(), Some("d1g3st\n"), &commands);
+        assert_eq!(code, 5);
+        assert!(stdout.len() < SSM_STDOUT && stderr.len() < SSM_STDERR);
+        let out = answer(code, &stdout, &stderr);
+        let owned: Vec<String> = commands.iter().map(|c| (*c).to_owned()).collect();
+        match failure("i-1", &owned, &out) {
+            Error::CommandFailed { command, .. } => assert_eq!(command, commands[1]),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn a_step_cut_off_by_the_execution_timeout_is_named_from_its_marker() {
+        let out = InvocationOutput::builder()
+            .status(CommandInvocationStatus::TimedOut)
+            .status_details("ExecutionTimedOut")
+            .response_code(-1)
+            .standard_output_content(
+                "bake-verify: step 0: user data finished\nbake-verify: step 1: true\n\
+                 bake-verify: step 2: sleep 999\n",
+            )
+            .build();
+        let commands = vec!["true".to_owned(), "sleep 999".to_owned()];
+        let message = failure("i-1", &commands, &out).to_string();
+        assert!(
+            message.contains("ExecutionTimedOut during step 2 `sleep 999`"),
+            "{message}"
+        );
     }
 }

@@ -75,6 +75,16 @@ pub enum Error {
          availability zones"
     )]
     OneZone { zone: String },
+    #[error(
+        "subnet {subnet} is in {zone}, where the load balancer has no subnet (it has {covered}): \
+         its instances would stay `unused` (Target.NotInUse); add a subnet in {zone} to \
+         alb_subnets or move the instances out of it"
+    )]
+    ZoneNotCovered {
+        subnet: String,
+        zone: String,
+        covered: String,
+    },
     #[error("AMI {ami_id} in {region}: {detail}")]
     Ami {
         ami_id: String,
@@ -160,6 +170,8 @@ pub async fn plan(
     let instance_subnets = subnets(clients, rollout.instance_subnets.get_ref(), &vpc_id)
         .await
         .map_err(at(rollout.instance_subnets.span(), "instance_subnets"))?;
+    check_zones(&alb_subnets, &instance_subnets)
+        .map_err(at(rollout.instance_subnets.span(), "instance_subnets"))?;
     let instance_profile = match &rollout.instance_profile {
         Some(profile) => Some(
             check_profile(clients, profile.get_ref())
@@ -192,6 +204,25 @@ pub async fn plan(
                 .unwrap_or_else(|| format!("{}-Inst-SG", rollout.asg)),
         },
     })
+}
+
+/// Every instance subnet must be in a zone the load balancer has a subnet in: a target elsewhere
+/// gets no traffic and never turns healthy ("Availability Zones for your Application Load
+/// Balancer").
+pub fn check_zones(alb_subnets: &[Subnet], instance_subnets: &[Subnet]) -> Result<(), Error> {
+    let covered: std::collections::BTreeSet<&str> =
+        alb_subnets.iter().map(|s| s.zone.as_str()).collect();
+    match instance_subnets
+        .iter()
+        .find(|s| !covered.contains(s.zone.as_str()))
+    {
+        None => Ok(()),
+        Some(outside) => Err(Error::ZoneNotCovered {
+            subnet: outside.id.clone(),
+            zone: outside.zone.clone(),
+            covered: covered.into_iter().collect::<Vec<_>>().join(", "),
+        }),
+    }
 }
 
 async fn describe_ami(clients: &Clients, id: &str) -> Result<Ami, Error> {

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use aws_sdk_autoscaling::primitives::DateTime;
 use aws_sdk_autoscaling::types::{
     DesiredConfiguration, InstanceRefreshStatus, LaunchTemplateSpecification, LifecycleState,
-    RefreshPreferences, RefreshStrategy,
+    RefreshPreferences, RefreshStrategy, ScalingActivityStatusCode,
 };
 use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 use tokio::time::Instant;
@@ -29,6 +30,22 @@ const WATCH_SCHEDULE: Schedule = Schedule {
 };
 /// A new load balancer's DNS name resolves within a few minutes; the targets are healthy already.
 const SERVING_TIMEOUT: Duration = Duration::from_secs(300);
+/// The newest scaling activities a look reads: a failed launch is among the newest few.
+const ACTIVITIES_PER_LOOK: i32 = 20;
+/// Describes outside a poll ride out throttling and 5xx answers for as long as a refresh step may
+/// take to look at again (no eventual-consistency codes: the refresh exists).
+const TRANSIENT_ONLY: aws::Settle = aws::Settle {
+    what: "the throttling to pass",
+    codes: &[],
+    within: Duration::from_secs(120),
+    schedule: Schedule {
+        first: Duration::from_secs(1),
+        interval: Duration::from_secs(2),
+        dense: Duration::from_secs(20),
+        factor: 1.5,
+        cap: Duration::from_secs(10),
+    },
+};
 /// A deleted group's instances terminate within minutes.
 const GROUP_GONE_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -58,6 +75,16 @@ pub enum Error {
         waited: Duration,
         last: String,
     },
+    #[error(
+        "{asg} cannot launch instances: {message} (scaling activity {activity}{details}); EC2 \
+         Auto Scaling keeps retrying, so bake stopped waiting"
+    )]
+    LaunchFailed {
+        asg: String,
+        activity: String,
+        message: String,
+        details: String,
+    },
     #[error("the load balancer did not serve {url} within {waited:?}; last answer: {last}")]
     NotServing {
         url: String,
@@ -68,12 +95,33 @@ pub enum Error {
     Api(#[from] CallError),
 }
 
-/// Starts an instance refresh to the new version; AWS rolls back on its own if it fails.
+/// Starts an instance refresh to the new version. AWS rolls back on its own if it fails, where
+/// AWS allows an automatic rollback (the group on a numbered version whose image is an AMI id).
 pub async fn start(
     clients: &Clients,
     plan: &Plan,
     stack: &Stack,
     rollout: &Rollout,
+) -> Result<String, CallError> {
+    start_to(
+        clients,
+        plan,
+        stack,
+        rollout,
+        &stack.version.to_string(),
+        stack.auto_rollback,
+    )
+    .await
+}
+
+/// Starts an instance refresh of the group to `version` of the stack's launch template.
+async fn start_to(
+    clients: &Clients,
+    plan: &Plan,
+    stack: &Stack,
+    rollout: &Rollout,
+    version: &str,
+    auto_rollback: bool,
 ) -> Result<String, CallError> {
     let refresh = rollout.refresh.get_ref();
     let out = clients
@@ -86,7 +134,7 @@ pub async fn start(
                 .launch_template(
                     LaunchTemplateSpecification::builder()
                         .launch_template_id(&stack.launch_template_id)
-                        .version(stack.version.to_string())
+                        .version(version)
                         .build(),
                 )
                 .build(),
@@ -96,27 +144,52 @@ pub async fn start(
                 .min_healthy_percentage(refresh.min_healthy.into())
                 .instance_warmup(i32::try_from(refresh.warmup.0.as_secs()).unwrap_or(i32::MAX))
                 .skip_matching(true)
-                .auto_rollback(true)
+                .auto_rollback(auto_rollback)
                 .build(),
         )
         .send()
         .await
         .map_err(|e| {
             clients.failed(
-                format!("start an instance refresh of {}", plan.names.asg),
+                format!(
+                    "start an instance refresh of {} to version {version}",
+                    plan.names.asg
+                ),
                 aws::describe(&e),
             )
         })?;
     Ok(out.instance_refresh_id().unwrap_or_default().to_owned())
 }
 
-/// One look at the group: the refresh's status, its instances and their target health.
+/// One look at the group: the refresh's status, its instances and their target health, and the
+/// newest failed launch since the refresh (or the group) began.
 struct Look {
     refresh: Option<(InstanceRefreshStatus, i32, String)>,
     /// Instance id → (launch template version, lifecycle state).
     instances: Vec<(String, Option<String>, Option<LifecycleState>)>,
     /// Target id → (state, reason and description).
     health: HashMap<String, (TargetHealthStateEnum, String)>,
+    /// A failed scaling activity: (activity id, AWS's status message, its details).
+    failed_launch: Option<(String, String, String)>,
+}
+
+/// A look that did not complete: `transient` when AWS said "not now" (throttling, 5xx, a timeout),
+/// which a wait rides out; anything else ends it.
+struct LookError {
+    message: String,
+    transient: bool,
+}
+
+impl LookError {
+    fn of<E>(err: &aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>) -> Self
+    where
+        E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        LookError {
+            message: aws::describe(err),
+            transient: aws::transient(err),
+        }
+    }
 }
 
 async fn look(
@@ -124,8 +197,9 @@ async fn look(
     plan: &Plan,
     stack: &Stack,
     refresh_id: Option<&str>,
-) -> Result<Look, String> {
+) -> Result<Look, LookError> {
     let asg = &plan.names.asg;
+    let mut since: Option<DateTime> = None;
     let refresh = match refresh_id {
         Some(id) => {
             let out = clients
@@ -135,8 +209,9 @@ async fn look(
                 .instance_refresh_ids(id)
                 .send()
                 .await
-                .map_err(|e| aws::describe(&e))?;
+                .map_err(|e| LookError::of(&e))?;
             out.instance_refreshes().first().map(|r| {
+                since = r.start_time().copied();
                 (
                     r.status()
                         .cloned()
@@ -154,10 +229,12 @@ async fn look(
         .auto_scaling_group_names(asg)
         .send()
         .await
-        .map_err(|e| aws::describe(&e))?;
-    let instances = groups
-        .auto_scaling_groups()
-        .first()
+        .map_err(|e| LookError::of(&e))?;
+    let group = groups.auto_scaling_groups().first();
+    if refresh_id.is_none() {
+        since = group.and_then(|g| g.created_time()).copied();
+    }
+    let instances = group
         .map(|g| {
             g.instances()
                 .iter()
@@ -179,7 +256,7 @@ async fn look(
         .target_group_arn(&stack.target_group_arn)
         .send()
         .await
-        .map_err(|e| aws::describe(&e))?;
+        .map_err(|e| LookError::of(&e))?;
     let health = targets
         .target_health_descriptions()
         .iter()
@@ -195,15 +272,47 @@ async fn look(
             Some((id, (h.state()?.clone(), reason)))
         })
         .collect();
+    let activities = clients
+        .autoscaling
+        .describe_scaling_activities()
+        .auto_scaling_group_name(asg)
+        .max_records(ACTIVITIES_PER_LOOK)
+        .send()
+        .await
+        .map_err(|e| LookError::of(&e))?;
+    let failed_launch = activities
+        .activities()
+        .iter()
+        .filter(|a| a.status_code() == Some(&ScalingActivityStatusCode::Failed))
+        .find(|a| match (since, a.start_time()) {
+            // Activity times are whole seconds on some answers: a second's slack.
+            (Some(since), Some(at)) => at.secs() + 1 >= since.secs(),
+            _ => true,
+        })
+        .map(|a| {
+            (
+                a.activity_id().unwrap_or_default().to_owned(),
+                a.status_message()
+                    .or(a.description())
+                    .unwrap_or("no status message")
+                    .to_owned(),
+                a.details()
+                    .filter(|d| !d.is_empty() && *d != "{}")
+                    .map(|d| format!(", {d}"))
+                    .unwrap_or_default(),
+            )
+        });
     Ok(Look {
         refresh,
         instances,
         health,
+        failed_launch,
     })
 }
 
 /// Waits until the group runs `desired` healthy instances of the new version: through the
-/// refresh when there is one, else (a new group) until its first instances are healthy.
+/// refresh when there is one, else (a new group) until its first instances are healthy. A failed
+/// launch ends the wait at once with AWS's reason; throttling and 5xx answers are looked at again.
 pub async fn watch(
     clients: &Clients,
     plan: &Plan,
@@ -229,12 +338,24 @@ pub async fn watch(
         || async {
             let look = match look(clients, plan, stack, refresh_id).await {
                 Ok(look) => look,
-                Err(message) => {
-                    return Check::Failed(Error::Api(
-                        clients.failed(format!("watch the rollout of {}", plan.names.asg), message),
-                    ));
+                Err(e) if e.transient => {
+                    return Check::Pending(format!("AWS answered {}; looking again", e.message));
+                }
+                Err(e) => {
+                    return Check::Failed(Error::Api(clients.failed(
+                        format!("watch the rollout of {}", plan.names.asg),
+                        e.message,
+                    )));
                 }
             };
+            if let Some((activity, message, details)) = look.failed_launch {
+                return Check::Failed(Error::LaunchFailed {
+                    asg: plan.names.asg.clone(),
+                    activity,
+                    message,
+                    details,
+                });
+            }
             let new: Vec<&(String, Option<String>, Option<LifecycleState>)> = look
                 .instances
                 .iter()
@@ -250,9 +371,10 @@ pub async fn watch(
                     {
                         healthy += 1
                     }
-                    Some((TargetHealthStateEnum::Unhealthy, reason))
-                        if since.elapsed() > warmup =>
-                    {
+                    Some((
+                        TargetHealthStateEnum::Unhealthy | TargetHealthStateEnum::Unused,
+                        reason,
+                    )) if since.elapsed() > warmup => {
                         return Check::Failed(Error::Unhealthy {
                             instance_id: id.clone(),
                             version: stack.version,
@@ -306,8 +428,10 @@ pub async fn watch(
     }
 }
 
-/// Rolls the group back to the version it ran before: asks AWS to roll the refresh back unless it
-/// already is, then waits for the rollback to end. Returns the final status.
+/// Puts the group back on the version it ran before. Only an active refresh can be rolled back
+/// (RollbackInstanceRefresh answers ActiveInstanceRefreshNotFound otherwise), and only where AWS
+/// supports a rollback at all; in every other case bake cancels what is still running and starts
+/// a new refresh to the previous version itself. Waits until the group is back.
 pub async fn rollback(
     clients: &Clients,
     plan: &Plan,
@@ -317,55 +441,174 @@ pub async fn rollback(
     progress: &Progress,
 ) -> Result<(), Error> {
     let asg = &plan.names.asg;
-    let current = look(clients, plan, stack, Some(refresh_id))
-        .await
-        .map_err(|m| clients.failed(format!("describe the refresh of {asg}"), m))?;
-    let already = matches!(
-        current.refresh,
-        Some((
-            InstanceRefreshStatus::RollbackInProgress
-                | InstanceRefreshStatus::RollbackSuccessful
-                | InstanceRefreshStatus::RollbackFailed,
-            _,
-            _
-        ))
-    );
-    if !already {
-        clients
-            .autoscaling
-            .rollback_instance_refresh()
-            .auto_scaling_group_name(asg)
-            .send()
-            .await
-            .map_err(|e| clients.failed(format!("roll back {asg}"), aws::describe(&e)))?;
-    }
-    let to = stack
-        .previous_version
-        .as_deref()
-        .unwrap_or("the previous version");
+    let Some(to) = stack.previous_version.as_deref() else {
+        return Err(Error::Api(clients.failed(
+            format!("roll back {asg}"),
+            "the version it ran before is unknown",
+        )));
+    };
+    let status = refresh_status(clients, plan, refresh_id).await?;
     let step = format!("rolling {asg} back to version {to}");
     progress.step(step.clone());
+    use InstanceRefreshStatus as S;
+    let rolling_back = match status {
+        Some(S::RollbackInProgress | S::RollbackSuccessful | S::RollbackFailed) => true,
+        Some(S::Pending | S::InProgress) if stack.auto_rollback => {
+            match clients
+                .autoscaling
+                .rollback_instance_refresh()
+                .auto_scaling_group_name(asg)
+                .send()
+                .await
+            {
+                Ok(_) => true,
+                // It ended between the look and the call: restore by a new refresh.
+                Err(e) if aws::code(&e) == Some("ActiveInstanceRefreshNotFound") => false,
+                Err(e) => {
+                    return Err(Error::Api(
+                        clients.failed(format!("roll back {asg}"), aws::describe(&e)),
+                    ));
+                }
+            }
+        }
+        Some(S::Pending | S::InProgress | S::Cancelling) => {
+            cancel(clients, plan, stack, rollout, refresh_id, &step, progress).await?;
+            false
+        }
+        _ => false,
+    };
+    if rolling_back {
+        return wait_refresh(
+            clients,
+            plan,
+            stack,
+            rollout,
+            refresh_id,
+            S::RollbackSuccessful,
+            &step,
+            progress,
+        )
+        .await;
+    }
+    let restore = start_to(clients, plan, stack, rollout, to, false).await?;
+    wait_refresh(
+        clients,
+        plan,
+        stack,
+        rollout,
+        &restore,
+        S::Successful,
+        &step,
+        progress,
+    )
+    .await
+}
+
+/// The refresh's status, looked at again through throttling until the refresh timeout.
+async fn refresh_status(
+    clients: &Clients,
+    plan: &Plan,
+    refresh_id: &str,
+) -> Result<Option<InstanceRefreshStatus>, Error> {
+    let asg = &plan.names.asg;
+    let found = aws::settle(&TRANSIENT_ONLY, "describe the refresh", || {
+        clients
+            .autoscaling
+            .describe_instance_refreshes()
+            .auto_scaling_group_name(asg)
+            .instance_refresh_ids(refresh_id)
+            .send()
+    })
+    .await
+    .map_err(|e| clients.failed(format!("describe the refresh of {asg}"), aws::describe(&e)))?;
+    Ok(found
+        .instance_refreshes()
+        .first()
+        .and_then(|r| r.status().cloned()))
+}
+
+/// Cancels a refresh bake cannot roll back and waits until it has stopped.
+async fn cancel(
+    clients: &Clients,
+    plan: &Plan,
+    stack: &Stack,
+    rollout: &Rollout,
+    refresh_id: &str,
+    step: &str,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let asg = &plan.names.asg;
+    match clients
+        .autoscaling
+        .cancel_instance_refresh()
+        .auto_scaling_group_name(asg)
+        .send()
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if aws::code(&e) == Some("ActiveInstanceRefreshNotFound") => return Ok(()),
+        Err(e) => {
+            return Err(Error::Api(
+                clients.failed(format!("cancel the refresh of {asg}"), aws::describe(&e)),
+            ));
+        }
+    }
+    wait_refresh(
+        clients,
+        plan,
+        stack,
+        rollout,
+        refresh_id,
+        InstanceRefreshStatus::Cancelled,
+        step,
+        progress,
+    )
+    .await
+}
+
+/// Waits until refresh `refresh_id` reaches `wanted`; any other end is an error.
+#[allow(clippy::too_many_arguments)]
+async fn wait_refresh(
+    clients: &Clients,
+    plan: &Plan,
+    stack: &Stack,
+    rollout: &Rollout,
+    refresh_id: &str,
+    wanted: InstanceRefreshStatus,
+    step: &str,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let asg = &plan.names.asg;
     let started = Instant::now();
     let result = poll::until(
         started + rollout.refresh.get_ref().timeout.0,
         WATCH_SCHEDULE,
-        |seen| progress.detail(&step, seen),
+        |seen| progress.detail(step, seen),
         || async {
+            use InstanceRefreshStatus as S;
             match look(clients, plan, stack, Some(refresh_id)).await {
-                Err(message) => Check::Failed(Error::Api(
-                    clients.failed(format!("watch the rollback of {asg}"), message),
+                Err(e) if e.transient => {
+                    Check::Pending(format!("AWS answered {}; looking again", e.message))
+                }
+                Err(e) => Check::Failed(Error::Api(
+                    clients.failed(format!("watch the refresh of {asg}"), e.message),
                 )),
                 Ok(Look {
-                    refresh: Some((InstanceRefreshStatus::RollbackSuccessful, _, _)),
+                    refresh: Some((status, _, _)),
                     ..
-                }) => Check::Ready(()),
+                }) if status == wanted => Check::Ready(()),
                 Ok(Look {
-                    refresh: Some((status, percent, reason)),
+                    refresh: Some((status, _, reason)),
                     ..
-                }) if status == InstanceRefreshStatus::RollbackFailed
-                    || status == InstanceRefreshStatus::Successful =>
+                }) if matches!(
+                    status,
+                    S::Successful
+                        | S::Failed
+                        | S::Cancelled
+                        | S::RollbackFailed
+                        | S::RollbackSuccessful
+                ) =>
                 {
-                    let _ = percent;
                     Check::Failed(Error::Ended {
                         asg: asg.clone(),
                         status: status.as_str().to_owned(),
@@ -434,6 +677,7 @@ pub async fn group_gone(clients: &Clients, asg: &str) -> Result<(), CallError> {
             {
                 Ok(out) if out.auto_scaling_groups().is_empty() => Check::Ready(()),
                 Ok(_) => Check::Pending("deleting".into()),
+                Err(e) if aws::transient(&e) => Check::Pending(aws::describe(&e)),
                 Err(e) => Check::Failed(aws::describe(&e)),
             }
         },

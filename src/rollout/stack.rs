@@ -47,6 +47,10 @@ pub struct Stack {
     pub previous_version: Option<String>,
     /// Whether the group was created by this run (its first instances are the rollout).
     pub group_created: bool,
+    /// Whether AWS can roll a refresh of the group back (StartInstanceRefresh's AutoRollback,
+    /// RollbackInstanceRefresh): the group runs a numbered version whose image is an AMI id, not a
+    /// `resolve:ssm:` parameter.
+    pub auto_rollback: bool,
     /// Whether the group already runs this AMI (no new version, no refresh).
     pub unchanged: bool,
     /// What this run created, in creation order.
@@ -114,6 +118,8 @@ async fn build(
     let target_group_arn = target_group(clients, plan, created).await?;
     let (alb_arn, alb_dns) = load_balancer(clients, plan, &alb_sg, created).await?;
     listener(clients, &alb_arn, rollout.alb_port, &target_group_arn).await?;
+    // Before the new version exists: `$Latest` would name it.
+    pin(clients, &plan.names.asg).await?;
     let current = current_version(clients, &plan.names.asg).await?;
     let unchanged = current
         .as_ref()
@@ -123,7 +129,11 @@ async fn build(
         Some(same) => same.clone(),
         None => launch_template(clients, plan, rollout, &instance_sg, created).await?,
     };
-    let (previous_version, group_created) = group(
+    let Group {
+        previous_version,
+        created: group_created,
+        auto_rollback,
+    } = group(
         clients,
         plan,
         rollout,
@@ -143,9 +153,66 @@ async fn build(
         version,
         previous_version,
         group_created,
+        auto_rollback,
         unchanged: unchanged.is_some(),
         created: Vec::new(),
     })
+}
+
+/// Moves a group on `$Latest` or `$Default` to the version number that names now: an instance
+/// refresh can roll back only to a numbered version ("Undo changes with a manual or auto
+/// rollback"), and the group's own spec stays the one to go back to.
+async fn pin(clients: &Clients, asg: &str) -> Result<(), CallError> {
+    let found = clients
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(asg)
+        .send()
+        .await
+        .map_err(|e| {
+            clients.failed(
+                format!("describe Auto Scaling group {asg}"),
+                aws::describe(&e),
+            )
+        })?;
+    let Some(spec) = found
+        .auto_scaling_groups()
+        .first()
+        .and_then(|g| g.launch_template())
+    else {
+        return Ok(());
+    };
+    let version = spec.version().unwrap_or("$Default");
+    let Some(id) = spec.launch_template_id() else {
+        return Ok(());
+    };
+    if version.parse::<i64>().is_ok() {
+        return Ok(());
+    }
+    let (number, _) = pinned_version(clients, id, version).await?;
+    clients
+        .autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(asg)
+        .launch_template(
+            LaunchTemplateSpecification::builder()
+                .launch_template_id(id)
+                .version(number.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            clients.failed(
+                format!("pin {asg} from {version} to launch template version {number}"),
+                aws::describe(&e),
+            )
+        })?;
+    crate::output::note(&format!(
+        "{asg} used launch template {id} version {version}; pinned it to version {number} so \
+         the refresh can roll back"
+    ));
+    Ok(())
 }
 
 /// The launch template id, version number and AMI the group runs now, when it exists and names a
@@ -587,9 +654,16 @@ async fn launch_template(
     }
 }
 
+/// The group as [`group`] found or made it.
+struct Group {
+    /// The numbered version it ran before (None when created now).
+    previous_version: Option<String>,
+    created: bool,
+    auto_rollback: bool,
+}
+
 /// The Auto Scaling group, created on the new version, or updated (sizes, subnets, target group)
-/// keeping its current version: the refresh moves it. Returns the version it ran before, if any,
-/// and whether it was created now.
+/// keeping its current version (pinned to a number by [`pin`]): the refresh moves it.
 async fn group(
     clients: &Clients,
     plan: &Plan,
@@ -598,7 +672,7 @@ async fn group(
     version: i64,
     target_group_arn: &str,
     created: &mut Vec<Created>,
-) -> Result<(Option<String>, bool), CallError> {
+) -> Result<Group, CallError> {
     let name = &plan.names.asg;
     let fail = |action: &str, message: String| clients.failed(format!("{action} {name}"), message);
     let found = clients
@@ -617,10 +691,18 @@ async fn group(
         .join(",");
     let grace = i32::try_from(rollout.refresh.get_ref().warmup.0.as_secs()).unwrap_or(i32::MAX);
     if let Some(existing) = found.auto_scaling_groups().first() {
-        let previous = existing
-            .launch_template()
-            .and_then(|t| t.version())
-            .map(str::to_owned);
+        let current = existing.launch_template();
+        let pinned = match current.and_then(|t| t.launch_template_id()) {
+            Some(id) => Some(
+                pinned_version(
+                    clients,
+                    id,
+                    current.and_then(|t| t.version()).unwrap_or("$Default"),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         clients
             .autoscaling
             .update_auto_scaling_group()
@@ -647,7 +729,13 @@ async fn group(
                 .await
                 .map_err(|e| fail("attach the target group to", aws::describe(&e)))?;
         }
-        return Ok((previous, false));
+        return Ok(Group {
+            auto_rollback: pinned
+                .as_ref()
+                .is_some_and(|(_, image)| !image.starts_with("resolve:ssm:")),
+            previous_version: pinned.map(|(number, _)| number.to_string()),
+            created: false,
+        });
     }
     let mut request = clients
         .autoscaling
@@ -680,7 +768,47 @@ async fn group(
         .await
         .map_err(|e| fail("create Auto Scaling group", aws::describe(&e)))?;
     created.push(Created::AutoScalingGroup(name.clone()));
-    Ok((None, true))
+    Ok(Group {
+        previous_version: None,
+        created: true,
+        auto_rollback: true,
+    })
+}
+
+/// The version number `spec` (a number, `$Latest` or `$Default`) of a launch template names now,
+/// and that version's image (an AMI id, or a `resolve:ssm:` parameter).
+async fn pinned_version(
+    clients: &Clients,
+    template_id: &str,
+    spec: &str,
+) -> Result<(i64, String), CallError> {
+    let out = clients
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_id(template_id)
+        .versions(spec)
+        .send()
+        .await
+        .map_err(|e| {
+            clients.failed(
+                format!("describe version {spec} of launch template {template_id}"),
+                aws::describe(&e),
+            )
+        })?;
+    let found = out.launch_template_versions().first().ok_or_else(|| {
+        clients.failed(
+            format!("describe version {spec} of launch template {template_id}"),
+            "AWS answered without the version",
+        )
+    })?;
+    Ok((
+        found.version_number().unwrap_or_default(),
+        found
+            .launch_template_data()
+            .and_then(|d| d.image_id())
+            .unwrap_or_default()
+            .to_owned(),
+    ))
 }
 
 /// Target tracking on the group's average CPU.
@@ -713,67 +841,124 @@ async fn scaling_policy(clients: &Clients, group: &str, cpu: f64) -> Result<(), 
 }
 
 /// Removes stack resources this run created, newest first, waiting where the next one depends on
-/// it (the group's instances hold the security group; the load balancer holds the target group).
+/// it (the group's instances hold the security group; the load balancer holds the target group and
+/// its security group for a while after DeleteLoadBalancer: ResourceInUse and DependencyViolation
+/// are ridden out within [`aws::LOAD_BALANCER_RELEASE`]). It never stops at the first error: every
+/// resource is tried, and the error names each one left, with its id and AWS's answer.
 pub async fn remove(clients: &Clients, created: &[Created]) -> Result<(), CallError> {
+    let mut left = Vec::new();
     for resource in created.iter().rev() {
-        match resource {
-            Created::AutoScalingGroup(name) => {
+        if let Err(message) = remove_one(clients, resource).await {
+            left.push(format!("{resource} ({message})"));
+        }
+    }
+    if left.is_empty() {
+        return Ok(());
+    }
+    Err(clients.failed(
+        "remove the stack this run created",
+        format!(
+            "left behind (remove them by hand or re-run): {}",
+            left.join("; ")
+        ),
+    ))
+}
+
+impl std::fmt::Display for Created {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Created::SecurityGroup(id) => write!(f, "security group {id}"),
+            Created::TargetGroup(arn) => write!(f, "target group {arn}"),
+            Created::LoadBalancer(arn) => write!(f, "load balancer {arn}"),
+            Created::LaunchTemplate(id) => write!(f, "launch template {id}"),
+            Created::AutoScalingGroup(name) => write!(f, "Auto Scaling group {name}"),
+        }
+    }
+}
+
+/// Removes one resource; gone already counts as removed. Returns AWS's answer when it stays.
+async fn remove_one(clients: &Clients, resource: &Created) -> Result<(), String> {
+    let what = resource.to_string();
+    let gone = |e: Option<&str>, codes: &[&str]| e.is_some_and(|c| codes.contains(&c));
+    match resource {
+        Created::AutoScalingGroup(name) => {
+            let deleted = aws::settle(&aws::LOAD_BALANCER_RELEASE, &what, || {
                 clients
                     .autoscaling
                     .delete_auto_scaling_group()
                     .auto_scaling_group_name(name)
                     .force_delete(true)
                     .send()
-                    .await
-                    .map_err(|e| {
-                        clients.failed(
-                            format!("delete Auto Scaling group {name}"),
-                            aws::describe(&e),
-                        )
-                    })?;
-                super::refresh::group_gone(clients, name).await?;
+            })
+            .await;
+            match deleted {
+                Ok(_) => {}
+                Err(e) if aws::describe(&e).contains("not found") => return Ok(()),
+                Err(e) => return Err(aws::describe(&e)),
             }
-            Created::LaunchTemplate(id) => {
+            super::refresh::group_gone(clients, name)
+                .await
+                .map_err(|e| e.message)
+        }
+        Created::LaunchTemplate(id) => {
+            match aws::settle(&aws::LOAD_BALANCER_RELEASE, &what, || {
                 clients
                     .ec2
                     .delete_launch_template()
                     .launch_template_id(id)
                     .send()
-                    .await
-                    .map_err(|e| {
-                        clients.failed(format!("delete launch template {id}"), aws::describe(&e))
-                    })?;
+            })
+            .await
+            {
+                Ok(_) => Ok(()),
+                Err(e)
+                    if aws::code(&e).is_some_and(|c| c.starts_with("InvalidLaunchTemplateId")) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(aws::describe(&e)),
             }
-            Created::LoadBalancer(arn) => {
+        }
+        Created::LoadBalancer(arn) => {
+            match aws::settle(&aws::LOAD_BALANCER_RELEASE, &what, || {
                 clients
                     .elb
                     .delete_load_balancer()
                     .load_balancer_arn(arn)
                     .send()
-                    .await
-                    .map_err(|e| {
-                        clients.failed(format!("delete load balancer {arn}"), aws::describe(&e))
-                    })?;
+            })
+            .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if gone(aws::code(&e), &["LoadBalancerNotFound"]) => Ok(()),
+                Err(e) => Err(aws::describe(&e)),
             }
-            Created::TargetGroup(arn) => {
+        }
+        Created::TargetGroup(arn) => {
+            match aws::settle(&aws::LOAD_BALANCER_RELEASE, &what, || {
                 clients
                     .elb
                     .delete_target_group()
                     .target_group_arn(arn)
                     .send()
-                    .await
-                    .map_err(|e| {
-                        clients.failed(format!("delete target group {arn}"), aws::describe(&e))
-                    })?;
+            })
+            .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if gone(aws::code(&e), &["TargetGroupNotFound"]) => Ok(()),
+                Err(e) => Err(aws::describe(&e)),
             }
-            Created::SecurityGroup(id) => {
-                crate::janitor::delete_security_group(clients, id)
-                    .await
-                    .map_err(|e| {
-                        clients.failed(format!("delete security group {id}"), e.to_string())
-                    })?;
+        }
+        Created::SecurityGroup(id) => {
+            match aws::settle(&aws::LOAD_BALANCER_RELEASE, &what, || {
+                clients.ec2.delete_security_group().group_id(id).send()
+            })
+            .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if gone(aws::code(&e), &["InvalidGroup.NotFound"]) => Ok(()),
+                Err(e) => Err(aws::describe(&e)),
             }
         }
     }
-    Ok(())
 }

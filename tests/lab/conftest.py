@@ -7,12 +7,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from lablib.client import HERE, REGION, LabClient, LabProcess  # noqa: F401 (tests import them from here)
 
+UBUNTU_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+
 # How long tests wait for the lab, each far above what it takes here (2 cores, warm caches):
 BOOT_WAIT = 60       # a container boots (or powers off) in about a second
-AGENT_WAIT = 30      # the agent is Online ssm_online (2 s by default) after running
+AGENT_WAIT = 30      # the agent is Online ssm_online (2 s by default) after its unit starts (at boot, or by user data)
 USER_DATA_WAIT = 60  # short user data finishes within seconds of boot, a cached apt install within ~20 s
 IMAGE_WAIT = 60      # a bake copies the upper dir (~100 MB: about a second) and waits image_available (1 s)
 COMMAND_WAIT = 60    # the tests' commands take at most a few seconds (a cached apt install)
@@ -81,7 +84,14 @@ def ssm(lab):
 
 @pytest.fixture(scope="session")
 def debian_ami(ssm):
+    """Debian's official AMI: no SSM agent, so never Online unless user data installs one."""
     return ssm.get_parameter(Name="/aws/service/debian/release/bookworm/latest/amd64")["Parameter"]["Value"]
+
+
+@pytest.fixture(scope="session")
+def ubuntu_ami(ssm):
+    """The family that ships the SSM agent (installed and enabled), as Canonical publishes Ubuntu Server."""
+    return ssm.get_parameter(Name=UBUNTU_PARAMETER)["Parameter"]["Value"]
 
 
 def container(lab, instance_id: str) -> dict | None:
@@ -164,8 +174,10 @@ def leftovers(index: int, state_dir: str, instance_ids: list[str]) -> dict:
 
 
 def wait_online(ssm, instance_id: str) -> None:
+    """Wait for PingStatus Online (a rebooting instance is listed, ConnectionLost, until its agent is back)."""
     wait_for(f"{instance_id} Online in SSM", lambda: ssm.describe_instance_information(
-        Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])["InstanceInformationList"], AGENT_WAIT)
+        Filters=[{"Key": "InstanceIds", "Values": [instance_id]},
+                 {"Key": "PingStatus", "Values": ["Online"]}])["InstanceInformationList"], AGENT_WAIT)
 
 
 def wait_image(ec2, image_id: str) -> dict:
@@ -176,5 +188,24 @@ def wait_image(ec2, image_id: str) -> dict:
 def run_until_success(ssm, instance_id: str, commands: list[str], what: str) -> dict:
     """Run commands until they succeed (e.g. until user data has made what they read); returns the invocation."""
     wait_online(ssm, instance_id)
-    return wait_for(what, lambda: (r := run_command(ssm, instance_id, commands))["Status"] == "Success" and r,
-                    USER_DATA_WAIT, 0.5)
+
+    def attempt():
+        try:
+            r = run_command(ssm, instance_id, commands)
+        except ClientError as e:  # Online can end between the wait and the send (a reboot): try again
+            if e.response["Error"]["Code"] != "InvalidInstanceId":
+                raise
+            return None
+        return r["Status"] == "Success" and r
+    return wait_for(what, attempt, USER_DATA_WAIT, 0.5)
+
+
+def runner_group(lab, ec2, name: str, port: int = 80) -> str:
+    """A security group in VPC-Lab that admits the runner (the checkip address) on one TCP port, as a user
+    would make one to reach an instance (security groups are enforced by default, as on AWS)."""
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": ["VPC-Lab"]}])["Vpcs"][0]["VpcId"]
+    group = ec2.create_security_group(GroupName=name, Description=f"{name}: the runner on {port}", VpcId=vpc)["GroupId"]
+    runner = lab.request("/_lab/checkip").strip()
+    ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": f"{runner}/32"}]}])
+    return group

@@ -4,8 +4,9 @@ LAB_CACHE ?= /var/cache/bake-lab
 LAB_DIR := tests/lab
 LAB_STATE ?= .lab
 LAB_PORT ?= 0
-# Security groups are enforced as on AWS; `make lab-up LAB_FLAGS=` opens every port instead.
-LAB_FLAGS ?= --enforce-security-groups
+# Launcher flags of lab-up. Security groups are enforced as on AWS by default;
+# `make lab-up LAB_FLAGS=--no-enforce-security-groups` opens every port instead (and the lab says so in its events).
+LAB_FLAGS ?=
 LAB_APT_PACKAGES := debootstrap systemd-container nftables iproute2 python3-venv util-linux curl
 LAB_REQ_HASH := $(shell sha256sum $(LAB_DIR)/requirements.txt | cut -c1-12)
 LAB_VENV ?= $(LAB_CACHE)/venv-$(LAB_REQ_HASH)
@@ -72,8 +73,11 @@ lab-down:
 	fi
 	@if [ -x $(LAB_PYTHON) ]; then $(LAB_PYTHON) $(LAB_DIR)/launcher.py --cleanup-stale; fi
 
+# The lab's tests mostly wait on boots and AWS-like lags, so files run in parallel, each worker with a lab
+# of its own (labs take separate indexes); 3 workers keep 2 cores busy without starving the labs.
+LAB_TEST_WORKERS ?= 3
 lab-test: lab-image
-	$(LAB_PYTHON) -m pytest -p no:cacheprovider $(LAB_DIR) $(LAB_TEST_ARGS)
+	$(LAB_PYTHON) -m pytest -p no:cacheprovider -n $(LAB_TEST_WORKERS) --dist loadfile $(LAB_DIR) $(LAB_TEST_ARGS)
 
 # Including this file must not change the includer's default goal.
 .DEFAULT_GOAL := $(LAB_INCLUDER_GOAL)

@@ -90,16 +90,24 @@ def take_index() -> Registration:
     raise SystemExit("lab: no free lab index (are 250 labs running?)")
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: pick a free one)")
     parser.add_argument("--state-dir", help="where instance roots and baked layers go (default: $LAB_CACHE/labs)")
     parser.add_argument("--cache", default=str(image.cache_dir()), help="the lab cache (image, apt, venv)")
-    parser.add_argument("--enforce-security-groups", action="store_true",
-                        help="apply instances' security-group ingress rules (also POST /_lab/security-groups)")
+    parser.add_argument("--no-enforce-security-groups", dest="enforce_security_groups", action="store_false",
+                        help="open every port: security groups are enforced (ingress and egress, as on AWS) unless "
+                             "this is given; the lab says so in its events (also POST /_lab/security-groups)")
+    parser.add_argument("--enforce-security-groups", dest="enforce_security_groups", action="store_true",
+                        help="the default; accepted so that older command lines still work")
+    parser.set_defaults(enforce_security_groups=True)
     parser.add_argument("--cleanup-stale", action="store_true", help="remove what dead labs left behind, then exit")
     parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(threadName)s: %(message)s")
     if args.cleanup_stale:
@@ -141,6 +149,9 @@ def main() -> int:
             lab.imds.stop()
             lab.apt.stop()
             lab.scaling.stop()
+            lab.agents.stop()
+            lab.front.stop()
+            lab.dns.stop()
             lab.destroy_all()
         remove_lab_leftovers(reg.index, state_dir)
         reg.release()

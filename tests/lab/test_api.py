@@ -3,6 +3,7 @@ import re
 import subprocess
 import time
 
+import boto3
 import botocore.exceptions
 import pytest
 
@@ -61,6 +62,17 @@ def test_requests_log_records_each_call_with_status(lab, ec2, ssm):
     rows = [r for r in lab.get_lines("/_lab/requests") if r["time"] >= since]
     assert [(r["service"], r["action"], r["status"], r["fault"]) for r in rows] == [
         ("ec2", "DescribeVpcs", 200, False), ("ssm", "GetParameter", 400, False)]
+
+
+def test_requests_log_records_the_access_key_each_call_was_signed_with(lab):
+    since = time.time()
+    other = boto3.client("ec2", endpoint_url=lab.endpoint, region_name=REGION,
+                         aws_access_key_id="AKIDOTHERKEY", aws_secret_access_key="secret")
+    lab.client("ec2").describe_vpcs()
+    other.describe_vpcs()
+    rows = [r for r in lab.get_lines("/_lab/requests") if r["time"] >= since]
+    assert [(r["action"], r["access_key"]) for r in rows] == [
+        ("DescribeVpcs", "AKIDLABTEST"), ("DescribeVpcs", "AKIDOTHERKEY")]
 
 
 def test_throttle_faults_answer_in_each_protocols_format(lab):

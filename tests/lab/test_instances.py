@@ -21,8 +21,8 @@ echo to-stderr >&2
 
 
 @pytest.fixture(scope="module")
-def public_instance(lab, ec2, debian_ami):
-    iid = launch(ec2, debian_ami, UserData=USER_DATA)
+def public_instance(lab, ec2, ubuntu_ami):
+    iid = launch(ec2, ubuntu_ami, UserData=USER_DATA)
     yield iid
     ec2.terminate_instances(InstanceIds=[iid])
     wait_state(ec2, iid, "terminated")
@@ -71,9 +71,9 @@ def test_user_data_runs_once_with_cloud_init_output(lab, ec2, ssm, public_instan
     assert result["StandardOutputContent"] == "ran\nactive\n"
 
 
-def test_gzipped_user_data_is_unpacked(lab, ec2, ssm, debian_ami):
+def test_gzipped_user_data_is_unpacked(lab, ec2, ssm, ubuntu_ami):
     script = b"#!/bin/sh\necho gz-ok > /root/gz\n"
-    iid = launch(ec2, debian_ami, UserData=gzip.compress(script))  # boto3 base64-encodes it, as the API wants
+    iid = launch(ec2, ubuntu_ami, UserData=gzip.compress(script))  # boto3 base64-encodes it, as the API wants
     try:
         wait_state(ec2, iid, "running")
         result = run_until_success(ssm, iid, ["cat /root/gz"], "gzipped user data")
@@ -82,8 +82,8 @@ def test_gzipped_user_data_is_unpacked(lab, ec2, ssm, debian_ami):
         ec2.terminate_instances(InstanceIds=[iid])
 
 
-def test_metadata_requires_a_token_when_http_tokens_required(lab, ec2, ssm, debian_ami):
-    iid = launch(ec2, debian_ami, UserData="#!/bin/sh\necho meta\n",
+def test_metadata_requires_a_token_when_http_tokens_required(lab, ec2, ssm, ubuntu_ami):
+    iid = launch(ec2, ubuntu_ami, UserData="#!/bin/sh\necho meta\n",
                  MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"})
     try:
         wait_state(ec2, iid, "running")

@@ -2,7 +2,8 @@
 instance refreshes that replace real instances and roll back."""
 import base64
 
-from conftest import PAGE_USER_DATA as USER_DATA, http_get, run_command, subnet_id, wait_for, wait_online
+from conftest import (PAGE_USER_DATA as USER_DATA, http_get, run_command, runner_group, subnet_id, wait_for,
+                      wait_online)
 
 BROKEN = "#!/bin/bash\necho 'this version serves nothing'\n"
 HEALTHY_WAIT = 90  # boot (~1 s), user data (~1 s), two 1-s probes; 90 s means broken
@@ -38,17 +39,22 @@ def refresh_ends(asg, group: str, refresh: str, states: tuple[str, ...]) -> dict
     return wait_for(f"refresh {refresh} to end", done, REFRESH_WAIT, 0.5)
 
 
-def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm, debian_ami):
+def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm, ubuntu_ami):
     elb, asg = lab.client("elbv2"), lab.client("autoscaling")
     vpc = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": ["VPC-Lab"]}])["Vpcs"][0]["VpcId"]
+    # As on AWS: the balancer's group admits the runner, the instances' group admits the balancer's.
+    alb_sg = runner_group(lab, ec2, "lb-web-alb")
     sg = ec2.create_security_group(GroupName="lb-web", Description="web", VpcId=vpc)["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "UserIdGroupPairs": [{"GroupId": alb_sg}]}])
     template = ec2.create_launch_template(
-        LaunchTemplateName="lb-web", LaunchTemplateData=template_data(debian_ami, sg, USER_DATA.format(page="v1")))
+        LaunchTemplateName="lb-web", LaunchTemplateData=template_data(ubuntu_ami, sg, USER_DATA.format(page="v1")))
     template_id = template["LaunchTemplate"]["LaunchTemplateId"]
     tg = elb.create_target_group(Name="lb-web-tg", Protocol="HTTP", Port=80, VpcId=vpc, HealthCheckPath="/",
                                  HealthyThresholdCount=2, UnhealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
-    lb = elb.create_load_balancer(Name="lb-web-alb", Subnets=[subnet_id(ec2, "Public subnet A"),
-                                                             subnet_id(ec2, "Public subnet C")])["LoadBalancers"][0]
+    lb = elb.create_load_balancer(Name="lb-web-alb", SecurityGroups=[alb_sg],
+                                  Subnets=[subnet_id(ec2, "Public subnet A"),
+                                           subnet_id(ec2, "Public subnet C")])["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
     private = [subnet_id(ec2, "Private subnet A"), subnet_id(ec2, "Private subnet C")]
@@ -79,7 +85,7 @@ def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm,
 
     # A new version, rolled out by an instance refresh.
     ec2.create_launch_template_version(LaunchTemplateId=template_id,
-                                       LaunchTemplateData=template_data(debian_ami, sg, USER_DATA.format(page="v2")))
+                                       LaunchTemplateData=template_data(ubuntu_ami, sg, USER_DATA.format(page="v2")))
     refresh = asg.start_instance_refresh(
         AutoScalingGroupName="lb-web-asg", Preferences={"MinHealthyPercentage": 50, "InstanceWarmup": 0},
         DesiredConfiguration={"LaunchTemplate": {"LaunchTemplateId": template_id, "Version": "2"}})["InstanceRefreshId"]
@@ -93,7 +99,7 @@ def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm,
     # A version that serves nothing: the refresh fails and rolls itself back.
     lab.post("/_lab/latency", {"refresh_instance_timeout": 10})
     ec2.create_launch_template_version(LaunchTemplateId=template_id,
-                                       LaunchTemplateData=template_data(debian_ami, sg, BROKEN))
+                                       LaunchTemplateData=template_data(ubuntu_ami, sg, BROKEN))
     refresh = asg.start_instance_refresh(
         AutoScalingGroupName="lb-web-asg",
         Preferences={"MinHealthyPercentage": 50, "InstanceWarmup": 0, "AutoRollback": True},

@@ -3,8 +3,8 @@ import time
 from pathlib import Path
 
 
-from conftest import (BOOT_WAIT, container, describe, http_get, launch, run_command, run_until_success, wait_for,
-                      wait_image, wait_online, wait_state)
+from conftest import (BOOT_WAIT, container, describe, http_get, launch, run_command, run_until_success,
+                      runner_group, wait_for, wait_image, wait_online, wait_state)
 
 USER_DATA = """#!/bin/bash
 set -euo pipefail
@@ -23,8 +23,10 @@ def stored_layers(lab) -> list[str]:
     return sorted(p.name for p in (Path(lab.info["state_dir"]) / "layers").iterdir() if not p.name.startswith("."))
 
 
-def workshop_flow(lab, ec2, ssm, debian_ami) -> None:
-    builder = launch(ec2, debian_ami, UserData=USER_DATA, MetadataOptions={"HttpTokens": "required"})
+def workshop_flow(lab, ec2, ssm, image) -> None:
+    web = runner_group(lab, ec2, f"workshop-web-{time.time_ns()}")  # the page is reached from the runner
+    builder = launch(ec2, image, UserData=USER_DATA, MetadataOptions={"HttpTokens": "required"},
+                     SecurityGroupIds=[web])
     started = time.monotonic()
     ip = wait_state(ec2, builder, "running")["PublicIpAddress"]
     page = wait_for("the page", lambda: (r := http_get(f"http://{ip}/")) and "Immersion Day" in r[1] and r,
@@ -51,7 +53,7 @@ def workshop_flow(lab, ec2, ssm, debian_ami) -> None:
     ec2.terminate_instances(InstanceIds=[builder])
     wait_state(ec2, builder, "terminated")
 
-    clone = launch(ec2, image, subnet="Public subnet C")
+    clone = launch(ec2, image, subnet="Public subnet C", SecurityGroupIds=[web])
     clone_ip = wait_state(ec2, clone, "running")["PublicIpAddress"]
     assert wait_for("baked page", lambda: http_get(f"http://{clone_ip}/"), BOOT_WAIT) == (200, page[1])
     wait_online(ssm, clone)
@@ -64,19 +66,19 @@ def workshop_flow(lab, ec2, ssm, debian_ami) -> None:
     ec2.delete_snapshot(SnapshotId=snapshot)
 
 
-def test_workshop_flow_bakes_a_web_server_ami(lab, ec2, ssm, debian_ami):
+def test_workshop_flow_bakes_a_web_server_ami(lab, ec2, ssm, ubuntu_ami):
     before = stored_layers(lab)
-    workshop_flow(lab, ec2, ssm, debian_ami)
+    workshop_flow(lab, ec2, ssm, ubuntu_ami)
     assert stored_layers(lab) == before
 
 
-def test_workshop_flow_survives_30_percent_throttling(lab, debian_ami):
+def test_workshop_flow_survives_30_percent_throttling(lab, ubuntu_ami):
     retries = {"mode": "standard", "max_attempts": 10}
     ec2, ssm = lab.client("ec2", retries=retries), lab.client("ssm", retries=retries)
     since = time.time()
     lab.post("/_lab/faults", {"rate": 0.3, "kind": "throttle", "seed": 3})
     try:
-        workshop_flow(lab, ec2, ssm, debian_ami)
+        workshop_flow(lab, ec2, ssm, ubuntu_ami)
     finally:
         lab.post("/_lab/faults", {"rate": 0})
     rows = [r for r in lab.get_lines("/_lab/requests") if r["time"] >= since]
@@ -86,8 +88,8 @@ def test_workshop_flow_survives_30_percent_throttling(lab, debian_ami):
     assert all(r["status"] == (503 if r["service"] == "ec2" else 400) for r in throttled)
 
 
-def test_copied_image_boots_in_the_other_region_and_runs_new_user_data(lab, ec2, ssm, debian_ami):
-    builder = launch(ec2, debian_ami, UserData="#!/bin/sh\necho copied > /root/marker\n")
+def test_copied_image_boots_in_the_other_region_and_runs_new_user_data(lab, ec2, ssm, ubuntu_ami):
+    builder = launch(ec2, ubuntu_ami, UserData="#!/bin/sh\necho copied > /root/marker\n")
     wait_state(ec2, builder, "running")
     run_until_success(ssm, builder, ["cat /root/marker"], "user data")
     pid = container(lab, builder)["leader_pid"]
@@ -111,13 +113,13 @@ def test_copied_image_boots_in_the_other_region_and_runs_new_user_data(lab, ec2,
         wait_state(us_ec2, iid, "terminated")
 
 
-def test_new_instances_reuse_the_apt_cache(lab, ec2, ssm, debian_ami):
+def test_new_instances_reuse_the_apt_cache(lab, ec2, ssm, ubuntu_ami):
     """Packages and by-hash lists come through the lab's proxy: a second instance's install fetches nothing new."""
     iids = []
     try:
         for _ in range(2):
             before = lab.get_json("/_lab/info")["apt_proxy"]
-            iids.append(launch(ec2, debian_ami))
+            iids.append(launch(ec2, ubuntu_ami))
             wait_state(ec2, iids[-1], "running")
             wait_online(ssm, iids[-1])
             result = run_command(ssm, iids[-1], ["apt-get update -qq", "apt-get install -y tree", "tree --version"],

@@ -40,7 +40,7 @@ impl Lab {
         );
         let mut child = Command::new(python)
             .arg(repo().join("tests/lab/launcher.py"))
-            .args(["--port", "0", "--enforce-security-groups"])
+            .args(["--port", "0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,12 +1,13 @@
-"""What a fresh lab holds besides moto's defaults: the workshops' network and profile, the Debian base AMIs."""
+"""What a fresh lab holds besides moto's defaults: the workshops' network and profile, the base AMIs of two
+families (Debian's without the SSM agent, Ubuntu's with it) and default VPCs routed to the internet."""
 import datetime
+import hashlib
 import json
 
 import boto3
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.ec2.models import ec2_backends
+from moto.ec2.models import EC2Backend, ec2_backends
 from moto.ec2.models.amis import Ami
-from moto.ec2.utils import random_ami_id
 from moto.ssm.models import Parameter, ssm_backends
 
 from .control import INTERNAL_KEY
@@ -16,6 +17,10 @@ BASE_IMAGE_REGIONS = ["ap-northeast-2", "us-east-1", "us-west-2", "eu-west-1"]
 DEBIAN_OWNER = "136693071363"  # the account Debian publishes its official AMIs from
 DEBIAN_PARAMETERS = ["/aws/service/debian/release/bookworm/latest/amd64", "/aws/service/debian/release/12/latest/amd64"]
 SSM_ROLE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+# The family whose AMIs ship the SSM agent: Ubuntu Server as Canonical publishes it.
+CANONICAL_OWNER = "099720109477"
+UBUNTU_PARAMETERS = ["/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id",
+                     "/aws/service/canonical/ubuntu/server/noble/stable/current/amd64/hvm/ebs-gp3/ami-id"]
 
 
 def _client(endpoint: str, service: str, region: str):
@@ -69,22 +74,56 @@ def ssm_instance_profile(endpoint: str) -> None:
 
 
 def debian_images(built: str, build_number: int) -> dict[str, str]:
-    """Register the base image in each region as Debian publishes it; returns region -> AMI id."""
-    name = f"debian-12-amd64-{built}-{build_number}"
+    """Register the base image in each region as Debian publishes it (no SSM agent); returns region -> AMI id."""
+    return _publish(f"debian-12-amd64-{built}-{build_number}", f"Debian 12 ({built}-{build_number})",
+                    DEBIAN_OWNER, DEBIAN_PARAMETERS, built, "/dev/xvda")
+
+
+def ubuntu_images(built: str) -> dict[str, str]:
+    """Register the agent-preinstalled family as Canonical publishes Ubuntu Server; returns region -> AMI id.
+    (Instances still run the lab's Debian 12 userland, with the agent installed and enabled.)"""
+    name = f"ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-{built}"
+    return _publish(name, "Canonical, Ubuntu, 24.04, amd64 noble image", CANONICAL_OWNER, UBUNTU_PARAMETERS,
+                    built, "/dev/sda1")
+
+
+def _publish(name: str, description: str, owner: str, parameters: list[str], built: str,
+             root_device: str) -> dict[str, str]:
     created = datetime.datetime.strptime(built, "%Y%m%d").replace(tzinfo=datetime.timezone.utc)
     ids = {}
     for region in BASE_IMAGE_REGIONS:
         backend = ec2_backends[DEFAULT_ACCOUNT_ID][region]
-        ami = Ami(backend, random_ami_id(), name=name, description=f"Debian 12 ({built}-{build_number})",
-                  owner_id=DEBIAN_OWNER, public=True, architecture="x86_64", virtualization_type="hvm",
-                  hypervisor="xen", root_device_type="ebs", root_device_name="/dev/xvda", region_name=region,
-                  creation_date=created, boot_mode="uefi-preferred", image_location=f"{DEBIAN_OWNER}/{name}")
+        # A public AMI keeps its id: the same after a lab reset, so ids a client read before it stay valid.
+        ami_id = "ami-" + hashlib.sha256(f"{owner}/{name}/{region}".encode()).hexdigest()[:17]
+        ami = Ami(backend, ami_id, name=name, description=description,
+                  owner_id=owner, public=True, architecture="x86_64", virtualization_type="hvm",
+                  hypervisor="xen", root_device_type="ebs", root_device_name=root_device, region_name=region,
+                  creation_date=created, boot_mode="uefi-preferred", image_location=f"{owner}/{name}")
         backend.amis[ami.id] = ami
         ssm = ssm_backends[DEFAULT_ACCOUNT_ID][region]
-        for param in DEBIAN_PARAMETERS:
+        for param in parameters:
             ssm._parameters[param].append(Parameter(
                 account_id=DEFAULT_ACCOUNT_ID, name=param, value=ami.id, parameter_type="String",
                 description=None, allowed_pattern=None, keyid=None, last_modified_date=created, version=1,
                 data_type="aws:ec2:image"))
         ids[region] = ami.id
     return ids
+
+
+def default_vpcs_as_aws() -> None:
+    """Default VPCs as EC2 makes them: an internet gateway attached and 0.0.0.0/0 to it in the main route
+    table (moto makes neither), so default-subnet instances with public IPs reach AWS's endpoints."""
+    if getattr(EC2Backend.create_default_vpc, "lab_patched", False):
+        return
+    original = EC2Backend.create_default_vpc
+
+    def create_default_vpc(backend):
+        vpc = original(backend)
+        igw = backend.create_internet_gateway()
+        backend.attach_internet_gateway(igw.id, vpc.id)
+        main = next(t for t in backend.route_tables.values() if t.vpc_id == vpc.id and t.main_association_id)
+        backend.create_route(main.id, "0.0.0.0/0", gateway_id=igw.id)
+        return vpc
+
+    create_default_vpc.lab_patched = True
+    EC2Backend.create_default_vpc = create_default_vpc

@@ -32,7 +32,7 @@ class Container:
         argv = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
                 f"--directory={self.rootfs}", f"--network-namespace-path=/run/netns/{self.netns}",
                 f"--machine={self.name}", f"--hostname={self.hostname}",
-                "--resolv-conf=copy-host", "--timezone=off", "--link-journal=no", "--console=passive"]
+                "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=passive"]
         out = open(self.console_log, "ab")
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

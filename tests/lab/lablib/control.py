@@ -175,7 +175,7 @@ class ControlApp:
 
     def _log(self, req: dict, started: float, status: int, fault: str | None) -> None:
         entry = {"time": started, "service": req["service"], "action": req["action"], "region": req["region"],
-                 "status": status, "fault": fault is not None, "fault_kind": fault,
+                 "access_key": req["key"], "status": status, "fault": fault is not None, "fault_kind": fault,
                  "duration": round(time.time() - started, 6)}
         with self.lock:
             self.requests.append(entry)
@@ -217,6 +217,10 @@ class ControlApp:
             return 200, api.lab.consistency.set(body)
         if name == "consistency":
             return 200, api.lab.consistency.settings()
+        if (method, name) == ("POST", "capacity"):
+            return 200, api.lab.scaling.set_capacity(body)
+        if name == "capacity":
+            return 200, api.lab.scaling.capacity()
         if (method, name) == ("POST", "security-groups"):
             return 200, api.set_security_groups(body)
         if name == "security-groups":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from moto.ec2.models.instances import StateReason
 
-from . import aptproxy, imds, rootfs, secgroups, sh
+from . import agent, aptproxy, dns, endpoint, imds, rootfs, secgroups, sh
 from .container import Container
 from .net import LabNet
 
@@ -19,7 +19,7 @@ log = logging.getLogger("lab")
 DEFAULT_LATENCY = {
     "instance_running": 0.0,  # the container's real boot (~1 s) is the latency
     "image_available": 1.0,   # an AMI is never available in the same second as CreateImage on EC2
-    "ssm_online": 2.0,        # the SSM agent registers a moment after boot on EC2
+    "ssm_online": 2.0,        # the SSM agent registers a moment after its unit starts on EC2
     "command": 0.0,           # pickup delay of a sent command (Pending -> InProgress)
     "health_check_interval": 1.0,      # target health probes (ELB's are 5-300 s apart; the lab is fast)
     "refresh_instance_timeout": 60.0,  # an instance refresh fails when a new instance is not healthy by then
@@ -36,8 +36,12 @@ class Instance:
     cidr: str
     overlay: rootfs.Overlay
     container: Container
+    resolver: str = dns.LINK_LOCAL  # the VPC resolver's address (VPC CIDR base + 2)
     public_ip: str | None = None
     running_at: float | None = None
+    agent_since: float | None = None  # since when the agent's unit is active (lablib/agent.py watches it)
+    offline_seen: float = 0.0  # the last time the watch found it not Online (bounds the ssm_online event)
+    online_noted: bool = False  # the watch has recorded this Online spell's ssm_online event
     was_online: bool = False
     gone: bool = False  # set once its container, namespace and root are removed; late transitions then do nothing
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -70,8 +74,18 @@ class Lab:
         self._lock = threading.Lock()
         self.imds = imds.MetadataService(net.router_ns, self._imds_view)
         self.apt = aptproxy.AptProxy(net.router_ns, cache / "apt-proxy")
-        self.enforce_security_groups = False
+        # AWS's public endpoints for instances: the lab's CA (trusted through a layer above the base image
+        # of every instance), HTTPS on the service address, and the VPC resolver that points there.
+        self.authority = endpoint.Authority()
+        self.trust_layer = self.authority.trust_layer(base_rootfs, state_dir / "lab-trust")
+        self.front = endpoint.AwsFront(net.router_ns, net.service_addr, self.authority, self._reaches)
+        self.dns = dns.Resolver(net.router_ns, net.service_addr, self._private_ip_of)
+        self.dns.listen(dns.LINK_LOCAL)
+        self.agent_deb = agent.package(cache)
+        self.agents = agent.AgentWatch(self)
+        self.enforce_security_groups = True  # as on AWS; the service applies the launcher's choice
         self._sg_lock = threading.Lock()
+        self._online_lock = threading.Lock()
         self.scaling = None  # Auto Scaling and load balancing (lablib.scaling), set by the service
 
     # ---- bookkeeping -------------------------------------------------------------------------
@@ -108,10 +122,11 @@ class Lab:
         layers = self.layers.layers_of(region, model.image_id)
         home = self.state_dir / "instances" / model.id
         home.mkdir(parents=True, exist_ok=True)
-        overlay = rootfs.Overlay(home, layers)
+        overlay = rootfs.Overlay(home, layers[:1] + [self.trust_layer] + layers[1:])
         hostname = "ip-" + nic.private_ip_address.replace(".", "-")
         container = Container(model.id, overlay.merged, self.net.instance_ns(model.id), hostname, home / "console.log")
-        inst = Instance(model, region, layers, nic.private_ip_address, cidr, overlay, container)
+        inst = Instance(model, region, layers, nic.private_ip_address, cidr, overlay, container,
+                        resolver=dns.resolver_address(model.ec2_backend.get_vpc(subnet.vpc_id).cidr_block))
         self.layers.hold(layers, model.id)
         with self._lock:
             self.instances[model.id] = inst
@@ -138,27 +153,41 @@ class Lab:
             if first:
                 self.net.attach(inst.id, inst.cidr, inst.private_ip)
             inst.overlay.mount()
+            self._dhcp_dns(inst)
             self._map_public(inst)
+            self.sync_security_groups()  # its groups apply from its first packet on
             inst.container.start()
             inst.container.wait_booted()
             self.sleep_until(started, "instance_running")
             if inst.state != "pending":
                 return
             inst.running_at = time.time()
-            self.sync_security_groups()
             self.event("instance_running", instance_id=inst.id, region=inst.region,
                        private_ip=inst.private_ip, public_ip=inst.public_ip)
             set_state(inst.model, "running")
-        if self.has_profile(inst):
-            self.background(f"ssm agent {inst.id}", self._agent_online, inst, inst.running_at)
 
-    def _agent_online(self, inst: Instance, running_at: float) -> None:
-        self.sleep_until(running_at, "ssm_online")
-        if inst.running_at == running_at and inst.state == "running":
-            inst.was_online = True
-            # Online shows from running_at + latency on (see ssm_online), so that is when it happened.
-            self.event("ssm_online", at=running_at + float(self.latency["ssm_online"]), instance_id=inst.id,
-                       region=inst.region)
+    def _dhcp_dns(self, inst: Instance) -> None:
+        """What EC2's DHCP options (AmazonProvidedDNS) give an instance: the VPC resolver and the search domain."""
+        self.net.router_address(inst.resolver)
+        self.dns.listen(inst.resolver)
+        domain = "ec2.internal" if inst.region == "us-east-1" else f"{inst.region}.compute.internal"
+        conf = inst.overlay.merged / "etc" / "resolv.conf"
+        if conf.is_symlink():
+            conf.unlink()
+        conf.write_text(f"# AmazonProvidedDNS (the bake lab's VPC resolver)\nnameserver {inst.resolver}\n"
+                        f"search {domain}\n")
+
+    def _reaches(self, source_ip: str, host: str) -> bool:
+        """Whether the instance at source_ip has a network path to AWS's endpoint `host`; other callers
+        (the runner, a load balancer) always do."""
+        inst = next((i for i in list(self.instances.values()) if i.private_ip == source_ip), None)
+        if inst is None:
+            return True
+        return agent.reaches(inst.model, inst.public_ip, inst.private_ip, host)
+
+    def _private_ip_of(self, hostname: str) -> str | None:
+        inst = next((i for i in list(self.instances.values()) if i.container.hostname == hostname), None)
+        return inst.private_ip if inst else None
 
     def _map_public(self, inst: Instance) -> None:
         public = inst.model.nics[0].public_ip
@@ -174,9 +203,29 @@ class Lab:
     def has_profile(self, inst: Instance) -> bool:
         return inst.id in inst.model.ec2_backend.iam_instance_profile_associations
 
+    def ssm_path(self, inst: Instance) -> str | None:
+        """How the instance reaches SSM's endpoints (internet gateway, NAT gateway, VPC endpoints), if at all."""
+        return agent.network_path(inst.model, inst.public_ip, inst.private_ip)
+
     def ssm_online(self, inst: Instance) -> bool:
-        return (inst.state == "running" and inst.running_at is not None and self.has_profile(inst)
-                and time.time() >= inst.running_at + float(self.latency["ssm_online"]))
+        """Online as SSM reports it: the agent's unit runs (for ssm_online seconds: it registers), the
+        instance has a profile and a network path to SSM. The first answer of an Online spell, whoever
+        asks (the API or the agent watch), records its ssm_online event before anyone is told."""
+        since = inst.agent_since
+        online = (inst.state == "running" and inst.running_at is not None and since is not None
+                  and time.time() >= since + float(self.latency["ssm_online"]) and self.has_profile(inst)
+                  and self.ssm_path(inst) is not None)
+        with self._online_lock:
+            if not online:
+                inst.offline_seen = time.time()
+                inst.online_noted = False
+            elif not inst.online_noted:
+                inst.online_noted = inst.was_online = True
+                # Online from agent_since + latency on, unless profile or path came later (after offline_seen).
+                at = max(since + float(self.latency["ssm_online"]), inst.offline_seen)
+                self.event("ssm_online", at=min(at, time.time()), instance_id=inst.id, region=inst.region,
+                           path=self.ssm_path(inst))
+        return online
 
     def stop(self, instance_id: str) -> None:
         inst = self.instances.get(instance_id)
@@ -212,6 +261,7 @@ class Lab:
         with inst.lock:
             if inst.gone or not inst.container.alive:
                 return
+            inst.agent_since = None  # the agent goes down with the instance (and registers again after boot)
             inst.container.stop()
             inst.container.start()
             inst.container.wait_booted()
@@ -244,12 +294,13 @@ class Lab:
         self.sync_security_groups()
 
     def sync_security_groups(self) -> None:
-        """Make the router's filter match the running instances' ingress rules (or remove it when not enforced)."""
+        """Make the router's filter match the instances' and load balancers' security groups (or remove it
+        when not enforced)."""
         with self._sg_lock:
-            running = [i for i in list(self.instances.values()) if i.running_at is not None]
+            wired = [i for i in list(self.instances.values()) if not i.gone]
             if self.enforce_security_groups:
                 balancers = self.scaling.filtered_balancers() if self.scaling is not None else []
-                script = secgroups.ruleset(running, balancers)
+                script = secgroups.ruleset(wired, balancers)
             else:
                 script = secgroups.disabled()
             sh.in_ns(self.net.router_ns, "nft", "-f", "-", input=script)

@@ -3,7 +3,8 @@
 Layout (k is the lab's index, unique among the labs on this machine):
   host  --bl<k>h 100.127.k.1/30 ==veth== bl<k>r 100.127.k.2/30--  router ns "bakelab<k>-r"
   host route 100.64.k.0/24 (the lab's public addresses) via the router
-  router ns: one bridge per subnet holding the subnet's router address (.1), 169.254.169.254 on lo,
+  router ns: one bridge per subnet holding the subnet's router address (.1), 169.254.169.254 (IMDS),
+             169.254.169.253 and each VPC's base + 2 (the resolver), 100.64.k.2 (AWS's endpoints) on lo,
              DNAT public -> private, SNAT private -> public for instances with a public IP,
              masquerade for the rest (the NAT gateway); the host masquerades the lab out of its uplink.
   instance ns "bakelab<k>-<instance id>": eth0 with the private IP, default route via the subnet's .1
@@ -11,6 +12,7 @@ Layout (k is the lab's index, unique among the labs on this machine):
 import ctypes
 import ipaddress
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -52,6 +54,23 @@ def socket_in_netns(ns: str, family: int, kind: int) -> socket.socket:
             os.close(target)
 
 
+def filter_bridged(ns: str) -> None:
+    """Hand bridged IPv4 (two instances of one subnet) to the namespace's ip hooks and connection tracking,
+    so security groups filter it as they filter routed traffic (br_netfilter; the sysctl is per namespace)."""
+    if not _has_br_netfilter(ns):
+        if shutil.which("modprobe"):
+            sh.run("modprobe", "br_netfilter", check=False)
+        if not _has_br_netfilter(ns):
+            raise RuntimeError("the lab needs br_netfilter (CONFIG_BRIDGE_NETFILTER) to filter traffic between "
+                               "instances of one subnet: modprobe br_netfilter failed")
+    sh.in_ns(ns, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
+
+
+def _has_br_netfilter(ns: str) -> bool:
+    return sh.in_ns(ns, "sh", "-c", "test -e /proc/sys/net/bridge/bridge-nf-call-iptables && echo yes",
+                    check=False).strip() == "yes"
+
+
 class LabNet:
     """The network of one lab; every method is idempotent enough to be used from cleanup paths."""
 
@@ -61,11 +80,14 @@ class LabNet:
         self.router_ns = self.n["router_ns"]
         self.public_net = ipaddress.ip_network(f"100.64.{index}.0/24")
         self.host_addr = f"100.127.{index}.1"
+        # AWS's public endpoints as instances reach them (lablib/endpoint.py): the lowest public address.
+        self.service_addr = f"100.64.{index}.2"
         self.router_addr = f"100.127.{index}.2"
         self._bridges: dict[str, str] = {}  # subnet CIDR -> bridge name
         self._veths = 0
         self._lock = threading.Lock()
         self._public_in_use: set[str] = set()
+        self._router_addrs: set[str] = set()
 
     @staticmethod
     def index_is_free(index: int) -> bool:
@@ -79,6 +101,7 @@ class LabNet:
         sh.run("ip", "netns", "add", r)
         sh.run("ip", "-n", r, "link", "set", "lo", "up")
         sh.in_ns(r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        filter_bridged(r)
         sh.run("ip", "link", "add", h, "type", "veth", "peer", "name", rt, "netns", r)
         sh.run("ip", "addr", "add", f"{self.host_addr}/30", "dev", h)
         sh.run("ip", "link", "set", h, "up")
@@ -86,6 +109,8 @@ class LabNet:
         sh.run("ip", "-n", r, "link", "set", rt, "up")
         sh.run("ip", "-n", r, "route", "add", "default", "via", self.host_addr)
         sh.run("ip", "-n", r, "addr", "add", "169.254.169.254/32", "dev", "lo")
+        sh.run("ip", "-n", r, "addr", "add", "169.254.169.253/32", "dev", "lo")  # the VPC resolver's link-local
+        sh.run("ip", "-n", r, "addr", "add", f"{self.service_addr}/32", "dev", "lo")
         sh.run("ip", "route", "add", str(self.public_net), "via", self.router_addr)
         t = self.n["nft_table"]
         sh.run("nft", "-f", "-", input=f"""
@@ -129,6 +154,14 @@ table ip lab {{
             sh.run("ip", "-n", self.router_ns, "link", "set", name, "up")
             self._bridges[cidr] = name
         return self._bridges[cidr]
+
+    def router_address(self, address: str) -> None:
+        """Give the router an address of its own (a VPC's resolver, base + 2); idempotent."""
+        with self._lock:  # held while adding: a concurrent caller must not use the address before it exists
+            if address in self._router_addrs:
+                return
+            sh.run("ip", "-n", self.router_ns, "addr", "replace", f"{address}/32", "dev", "lo")
+            self._router_addrs.add(address)
 
     def instance_ns(self, instance_id: str) -> str:
         return f"{self.n['prefix']}{instance_id}"

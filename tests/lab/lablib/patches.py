@@ -11,7 +11,7 @@ from moto.ec2.responses.amis import AmisResponse
 from moto.ssm import models as ssm_models
 from moto.ssm.responses import SimpleSystemManagerResponse
 
-from . import consistency, ssm
+from . import consistency, limits, secgroups, ssm
 from .lab import Lab
 
 _request = threading.local()  # request parameters moto's backend signatures drop (CreateImage's NoReboot)
@@ -38,6 +38,7 @@ def _wrap(cls, name: str, after):
 def install(lab: Lab) -> None:
     _patch_ec2(lab)
     _patch_ssm(lab)
+    limits.install()
     consistency.install(lab)  # last: its windows apply before (and on top of) the lab's own patches
 
 
@@ -133,12 +134,7 @@ def _patch_ec2(lab: Lab) -> None:
     def after_delete_snapshot(backend, snapshot, snapshot_id, *a, **kw):
         lab.snapshot_deleted(backend.region_name, snapshot_id)
 
-    def after_rule_change(backend, *a, **kw):
-        lab.sync_security_groups()
-
-    for name in ("authorize_security_group_ingress", "revoke_security_group_ingress",
-                 "modify_instance_security_groups", "delete_security_group"):
-        _wrap(EC2Backend, name, after_rule_change)
+    secgroups.install(lab, _wrap)
     _wrap(EC2Backend, "copy_image", after_copy)
     _wrap(EC2Backend, "deregister_image", after_deregister)
     _wrap(EC2Backend, "delete_snapshot", after_delete_snapshot)
@@ -167,9 +163,13 @@ def _patch_ssm(lab: Lab) -> None:
     def send_command(backend, **kwargs):
         sent_at = time.time()
         command = original_send(backend, **kwargs)
+        # SSM takes a command for a managed node (one whose agent has registered) that is running, pending,
+        # stopping or stopped; it is delivered once the agent is reachable, or times out (see ssm.run_invocation).
         unmanaged = [i for i in command.instance_ids
                      if not (i in lab.instances and lab.instances[i].region == backend.region_name
-                             and lab.ssm_online(lab.instances[i]))]
+                             and (getattr(lab.instances[i], "was_online", False)
+                                  or lab.ssm_online(lab.instances[i]))
+                             and lab.instances[i].state in ("pending", "running", "stopping", "stopped"))]
         if unmanaged or not command.instance_ids:
             backend._commands.remove(command)
             raise InvalidInstanceId(f"Instances [{unmanaged}] not in a valid state for account {backend.account_id}"
@@ -177,9 +177,8 @@ def _patch_ssm(lab: Lab) -> None:
         command.invocations = [ssm.pending_invocation(command, i) for i in command.instance_ids]
         command.target_count = len(command.invocations)
         ssm.refresh_command_status(command)
-        _request.deliver = lambda: [lab.background(f"command {command.command_id} {inv['InstanceId']}",
-                                                   ssm.run_invocation, lab, command, inv, sent_at)
-                                    for inv in command.invocations]
+        _request.deliver = lambda: lab.background(f"command {command.command_id}", ssm.run_command, lab, command,
+                                                  sent_at)
         return command
 
     backend_cls.send_command = send_command
@@ -194,6 +193,30 @@ def _patch_ssm(lab: Lab) -> None:
         return result
 
     SimpleSystemManagerResponse.send_command = send_command_then_deliver
+
+    def cancel_command(self):
+        """CancelCommand: moto has none; the lab's agent stops what has not finished."""
+        command = self.ssm_backend.get_command_by_id(self._get_param("CommandId"))
+        ssm.cancel(lab, command, self._get_param("InstanceIds"))
+        return ActionResult({})
+
+    original_put_parameter = backend_cls.put_parameter
+
+    def put_parameter(backend, name, description, value, parameter_type, allowed_pattern, keyid, overwrite,
+                      tags, data_type, tier, policies):
+        """An aws:ec2:image value is validated after PutParameter answers: the new version shows only once the
+        AMI is found available in the region; naming a missing AMI leaves the parameter as it was."""
+        param = original_put_parameter(backend, name, description, value, parameter_type, allowed_pattern, keyid,
+                                       overwrite, tags, data_type, tier, policies)
+        if param.data_type == "aws:ec2:image":
+            versions = backend._parameters[name]
+            versions.remove(param)
+            if not versions:
+                backend._parameters.pop(name, None)
+            lab.background(f"validate {name} v{param.version}", ssm.validate_image_parameter, lab, backend, param)
+        return param
+
+    backend_cls.put_parameter = put_parameter
 
     def list_command_invocations(self):
         command_id = self._get_param("CommandId")
@@ -231,4 +254,5 @@ def _patch_ssm(lab: Lab) -> None:
         return ActionResult({"InstanceInformationList": rows})
 
     SimpleSystemManagerResponse.list_command_invocations = list_command_invocations
+    SimpleSystemManagerResponse.cancel_command = cancel_command
     SimpleSystemManagerResponse.describe_instance_information = describe_instance_information

@@ -12,7 +12,8 @@ class LayerStore:
     """Layers are directories; an AMI is a list of them (bottom first). A baked layer lives until nothing uses it.
 
     Users of a baked layer are the snapshots that hold it (freed by DeleteSnapshot) and the
-    instances whose overlay mounts it; the base image's layer lives in the cache and is never freed.
+    instances whose overlay mounts it; the base image's layer (and the cached layers of the base AMIs
+    made from it, see `keep`) live in the cache and are never freed.
     """
 
     def __init__(self, state_dir: Path, base_rootfs: Path):
@@ -21,6 +22,7 @@ class LayerStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.image_layers: dict[str, list[Path]] = {}  # (region, image id) key -> layers
         self._users: dict[Path, set[str]] = {}
+        self._permanent: set[Path] = {base_rootfs}
         self._lock = threading.Lock()
 
     def layers_of(self, region: str, image_id: str) -> list[Path]:
@@ -33,10 +35,14 @@ class LayerStore:
     def forget_image(self, region: str, image_id: str) -> None:
         self.image_layers.pop(f"{region}/{image_id}", None)
 
+    def keep(self, layer: Path) -> None:
+        """A layer from the cache (a base AMI's): used like the base, never freed."""
+        self._permanent.add(layer)
+
     def hold(self, layers: list[Path], user: str) -> None:
         with self._lock:
             for layer in layers:
-                if layer != self.base:
+                if layer not in self._permanent:
                     self._users.setdefault(layer, set()).add(user)
 
     def release(self, layers: list[Path], user: str) -> None:

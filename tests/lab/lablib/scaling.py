@@ -2,6 +2,7 @@
 launches them, target health from real HTTP probes, each ALB as a reverse proxy, instance refresh."""
 import http.client
 import itertools
+import json
 import logging
 import math
 import socket
@@ -17,6 +18,8 @@ from moto.autoscaling.responses import AutoScalingResponse
 from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
+from moto.ec2.responses.amis import AmisResponse
+from moto.kms.models import kms_backends
 from moto.ec2.utils import parse_user_data
 from moto.elbv2 import models as elb_models
 from moto.elbv2.models import elbv2_backends
@@ -37,6 +40,48 @@ class RefreshInProgress(ServiceException):
 
 class ActiveRefreshNotFound(ServiceException):
     code = "ActiveInstanceRefreshNotFound"
+
+
+class ValidationError(ServiceException):
+    code = "ValidationError"
+
+
+# EC2 Auto Scaling retries a failed launch with a backoff: the lab waits 10 s after the first failure
+# (`/_lab/latency` key `launch_retry`), doubling to 5 minutes (AWS's retries come seconds, then
+# minutes apart).
+LAUNCH_RETRY_FIRST = 10.0
+LAUNCH_RETRY_CAP = 300.0
+# The messages EC2 gives RunInstances for these causes, as Auto Scaling quotes them in its activities.
+UNSUPPORTED = ("Your requested instance type ({type}) is not supported in your requested Availability Zone "
+               "({zone}). Please retry your request by not specifying an Availability Zone or choosing {others}.")
+# EC2's answer when a volume's KMS key may not be used by the launching principal (for a group: the
+# Auto Scaling service-linked role), as Auto Scaling reports it.
+KMS_DENIED = "Client.InternalError: Client error on launch."
+AUTOSCALING_ROLE = "AWSServiceRoleForAutoScaling"
+INSUFFICIENT = ("We currently do not have sufficient {type} capacity in the Availability Zone you requested "
+                "({zone}). Our system will be working on provisioning additional capacity. You can currently "
+                "get {type} capacity by not specifying an Availability Zone in your request or choosing {others}.")
+
+
+@dataclass
+class Activity:
+    """One scaling activity, as DescribeScalingActivities shows it."""
+    group: str
+    status: str  # Successful | Failed
+    description: str
+    cause: str
+    message: str = ""
+    details: dict = field(default_factory=dict)
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    start: float = field(default_factory=time.time)
+
+    def describe(self) -> dict:
+        d = {"ActivityId": self.id, "AutoScalingGroupName": self.group, "Description": self.description,
+             "Cause": self.cause, "StartTime": _iso(self.start), "EndTime": _iso(self.start),
+             "StatusCode": self.status, "Progress": 100, "Details": json.dumps(self.details)}
+        if self.message:
+            d["StatusMessage"] = self.message
+        return d
 
 
 @dataclass
@@ -162,6 +207,11 @@ class Scaling:
         self.proxies: dict[tuple[str, int], Proxy] = {}  # (lb arn, port) -> proxy
         self.addresses: dict[str, str] = {}  # lb arn -> address
         self.probes: dict[tuple[str, str], dict] = {}  # (tg arn, target id) -> probe state
+        self.activities: dict[tuple[str, str], list[Activity]] = {}  # (region, group) -> oldest first
+        # (region, group) -> (failures in a row, when to try launching again)
+        self.retries: dict[tuple[str, str], tuple[int, float]] = {}
+        # (instance type, zone) -> "unsupported" (not offered there) or "insufficient" (no capacity now)
+        self.unavailable: dict[tuple[str, str], str] = {}
         self._filtered: tuple = ()  # the listeners and security groups the filter was last built from
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -185,6 +235,9 @@ class Scaling:
             self.addresses.clear()
             self.refreshes.clear()
             self.probes.clear()
+            self.activities.clear()
+            self.retries.clear()
+            self.unavailable.clear()
             self._filtered = ()
 
     def _loop(self) -> None:
@@ -194,6 +247,7 @@ class Scaling:
                 with self._lock:
                     self._balancers()
                     self._groups()
+                    self._retry_launches()
                     interval = float(self.lab.latency.get("health_check_interval", 1.0))
                     if time.time() - last_probe >= interval:
                         last_probe = time.time()
@@ -303,6 +357,15 @@ class Scaling:
             attached = {arn: self.addresses.get(lb.arn) for lb in backend.load_balancers.values()
                         for l in lb.listeners.values() for a in l.default_actions
                         for arn in [getattr(a, "data", {}).get("TargetGroupArn")] if arn}
+            # target group -> the zones its load balancers have a subnet in (a target elsewhere gets no traffic)
+            zones: dict[str, set] = {}
+            for lb in backend.load_balancers.values():
+                lb_zones = {s.availability_zone for s in lb.subnets or ()}
+                for listener in lb.listeners.values():
+                    for a in listener.default_actions:
+                        arn = getattr(a, "data", {}).get("TargetGroupArn")
+                        if arn:
+                            zones.setdefault(arn, set()).update(lb_zones)
             for tg in list(backend.target_groups.values()):
                 for t in list(tg.targets.values()):
                     key = (tg.arn, t["Id"])
@@ -313,6 +376,13 @@ class Scaling:
                     if tg.arn not in attached:
                         state.update(state="unused", reason="Target.NotInUse",
                                      description="Target group is not configured to receive traffic from the load balancer")
+                        continue
+                    inst = self.lab.instances.get(t["Id"])
+                    zone = inst.model.availability_zone if inst is not None else None
+                    if zone and zones.get(tg.arn) and zone not in zones[tg.arn]:
+                        state.update(state="unused", reason="Target.NotInUse",
+                                     description="Target is in an Availability Zone that is not enabled for the "
+                                                 "load balancer")
                         continue
                     self._probe(tg, t, state, attached[tg.arn])
         for key in list(self.probes):
@@ -394,12 +464,81 @@ class Scaling:
                 return False
         return True
 
+    # ---- launches and scaling activities --------------------------------------------------------
+    def set_capacity(self, body: dict) -> dict:
+        """`POST /_lab/capacity`: `{"unavailable": [{"instance_type", "zone", "reason"}]}`, reason
+        `insufficient` (InsufficientInstanceCapacity, the default) or `unsupported` (not offered there)."""
+        found = {}
+        for item in body.get("unavailable") or []:
+            reason = item.get("reason", "insufficient")
+            if reason not in ("insufficient", "unsupported"):
+                raise ValueError("reason must be insufficient or unsupported")
+            found[(str(item["instance_type"]), str(item["zone"]))] = reason
+        with self._lock:
+            self.unavailable = found
+        return self.capacity()
+
+    def capacity(self) -> dict:
+        return {"unavailable": [{"instance_type": t, "zone": z, "reason": r}
+                                for (t, z), r in sorted(self.unavailable.items())]}
+
+    def launch_refusal(self, region: str, image_id: str, instance_type: str, zone: str | None,
+                       zones: list[str]) -> str | None:
+        """EC2's answer to a launch it refuses, as Auto Scaling quotes it; None when it launches."""
+        if zone is not None and (instance_type, zone) in self.unavailable:
+            others = ", ".join(sorted({z for z in zones if z != zone and (instance_type, z) not in self.unavailable}))
+            template = UNSUPPORTED if self.unavailable[(instance_type, zone)] == "unsupported" else INSUFFICIENT
+            return template.format(type=instance_type, zone=zone, others=others or "another zone")
+        if _kms_denied(region, image_id):
+            return KMS_DENIED
+        return None
+
+    def record(self, region: str, activity: Activity) -> None:
+        with self._lock:
+            self.activities.setdefault((region, activity.group), []).append(activity)
+        if activity.status == "Failed":
+            self.lab.event("launch_failed", group=activity.group, reason=activity.message)
+
+    def launch_outcome(self, region: str, group: str, failed: bool) -> None:
+        """After a failed launch the group tries again after a backoff; a launch resets it."""
+        with self._lock:
+            key = (region, group)
+            if not failed:
+                self.retries.pop(key, None)
+                return
+            failures = self.retries.get(key, (0, 0.0))[0] + 1
+            first = float(self.lab.latency.get("launch_retry", LAUNCH_RETRY_FIRST))
+            wait = min(first * 2 ** (failures - 1), LAUNCH_RETRY_CAP)
+            self.retries[key] = (failures, time.time() + wait)
+
+    def _retry_launches(self) -> None:
+        for (region, name), (_, at) in list(self.retries.items()):
+            group = autoscaling_backends[_account()][region].autoscaling_groups.get(name)
+            if group is None:
+                self.retries.pop((region, name), None)
+                continue
+            missing = (group.desired_capacity or 0) - len(group.active_instances())
+            if missing <= 0:
+                self.retries.pop((region, name), None)
+            elif time.time() >= at:
+                group.replace_autoscaling_group_instances(missing, group.get_propagated_tags())
+
+    def describe_activities(self, region: str, group_name: str | None, limit: int | None) -> list[dict]:
+        with self._lock:
+            found = [a for (r, g), acts in self.activities.items() if r == region
+                     and (group_name is None or g == group_name) for a in acts]
+        found.sort(key=lambda a: a.start, reverse=True)
+        return [a.describe() for a in found[:limit or 100]]
+
     # ---- instance refresh ----------------------------------------------------------------------
     def start_refresh(self, region: str, group, prefs: dict, desired: dict | None) -> str:
         with self._lock:
             key = (region, group.name)
             if any(r.status in ACTIVE for r in self.refreshes.get(key, [])):
                 raise RefreshInProgress("An Instance Refresh is already in progress and blocks the execution of this Instance Refresh.")
+            auto_rollback = str(prefs.get("AutoRollback", "false")).lower() == "true"
+            if auto_rollback:
+                _check_rollback_allowed(group, desired)
             current = _version_number(group, group.launch_template_version)
             target = current
             if desired and desired.get("LaunchTemplate"):
@@ -409,7 +548,7 @@ class Scaling:
                 min_healthy=int(prefs.get("MinHealthyPercentage", 90)),
                 warmup=float(prefs["InstanceWarmup"] if prefs.get("InstanceWarmup") is not None
                              else group.health_check_grace_period or 0),
-                auto_rollback=str(prefs.get("AutoRollback", "false")).lower() == "true")
+                auto_rollback=auto_rollback)
             self.refreshes.setdefault(key, []).append(refresh)
             self.lab.event("refresh_started", group=group.name, refresh=refresh.id, version=target)
             return refresh.id
@@ -545,6 +684,48 @@ def _matches(codes: str, status: int) -> bool:
     return False
 
 
+def _check_rollback_allowed(group, desired: dict | None) -> None:
+    """StartInstanceRefresh refuses AutoRollback where a rollback is not supported ("Undo changes with
+    a manual or auto rollback"): no desired configuration, a group or desired configuration on
+    $Latest/$Default, or a launch template whose image is a Systems Manager parameter."""
+    spec = (desired or {}).get("LaunchTemplate")
+    if not spec:
+        raise ValidationError("The request isn't valid. The AutoRollback parameter cannot be set to true when the "
+                              "DesiredConfiguration parameter is empty. Set AutoRollback to false or specify a "
+                              "desired configuration and try again.")
+    group_version = group.provided_launch_template_version or "$Default"
+    wanted = spec.get("Version") or "$Default"
+    for what, version in (("Auto Scaling group", group_version), ("desired configuration", wanted)):
+        if version in ("$Latest", "$Default"):
+            raise ValidationError(f"The request isn't valid. The AutoRollback parameter cannot be set to true when "
+                                  f"the {what} uses the {version} version of a launch template. Specify a launch "
+                                  f"template version number or set AutoRollback to false and try again.")
+    for version in (group_version, wanted):
+        image = group.ec2_launch_template.get_version(version).image_id or ""
+        if image.startswith("resolve:ssm:"):
+            raise ValidationError("The request isn't valid. The AutoRollback parameter cannot be set to true when "
+                                  "the launch template uses a Systems Manager parameter instead of an AMI ID for "
+                                  "the ImageId property. Set AutoRollback to false and try again.")
+
+
+def _kms_denied(region: str, image_id: str) -> bool:
+    """True when a snapshot of the image is encrypted with a customer managed KMS key that has no grant
+    for the Auto Scaling service-linked role ("Required AWS KMS key policy for use with encrypted
+    volumes"): EC2 then fails the group's launch with Client.InternalError. AWS managed keys
+    (aws/ebs) need no grant."""
+    ec2 = ec2_backends[_account()][region]
+    image = ec2.amis.get(image_id)
+    snapshot = getattr(image, "ebs_snapshot", None)
+    if snapshot is None or not snapshot.encrypted or not snapshot.kms_key_id:
+        return False
+    kms = kms_backends[_account()][region]
+    ref = snapshot.kms_key_id
+    key = kms.keys.get(ref.rsplit("/", 1)[-1]) or next((k for k in kms.keys.values() if k.arn == ref), None)
+    if key is None or key.key_manager != "CUSTOMER":
+        return False
+    return not any(AUTOSCALING_ROLE in g.grantee_principal for g in key.grants.values())
+
+
 def _version_number(group, spec: str) -> str:
     return str(group.ec2_launch_template.get_version(spec).number)
 
@@ -554,48 +735,82 @@ def _set_group_version(group, version: str) -> None:
     group.provided_launch_template_version = version
 
 
+def _launch(group, ec2, version, instance_type: str, subnet: str | None, zone: str | None, tags: dict) -> None:
+    data = version.data
+    kwargs = {
+        "instance_type": instance_type, "tags": {"instance": dict(tags)},
+        "launch_template": {"LaunchTemplateId": group.ec2_launch_template.id, "Version": str(version.number)},
+        "is_instance_type_default": False, "subnet_id": subnet,
+        "security_group_ids": list(data.get("SecurityGroupIds") or []),
+        "metadata_options": data.get("MetadataOptions") or {},
+    }
+    if zone:
+        kwargs["placement"] = zone
+    user_data = data.get("UserData")
+    if isinstance(user_data, str):
+        user_data = parse_user_data(user_data)
+    reservation = ec2.run_instances(version.image_id, 1, user_data, [], **kwargs)
+    for instance in reservation.instances:
+        profile = (data.get("IamInstanceProfile") or {}).get("Name")
+        if profile:
+            ec2.associate_iam_instance_profile(instance_id=instance.id, iam_instance_profile_name=profile,
+                                               iam_instance_profile_arn=None)
+        instance.autoscaling_group = group
+        instance.lab_lt_version = str(version.number)
+        group.instance_states.append(asg_models.InstanceState(
+            instance, protected_from_scale_in=group.new_instances_protected_from_scale_in))
+
+
 def install(lab, scaling: Scaling) -> None:
     """Patch moto's Auto Scaling and ELBv2 to act through `scaling`."""
     group_cls = asg_models.FakeAutoScalingGroup
 
     def replace_instances(group, count_needed: int, propagated_tags: dict) -> None:
-        """Launch as EC2 Auto Scaling does: the group's template version, spread over its subnets."""
+        """Launch as EC2 Auto Scaling does: the group's template version, spread over its subnets; a
+        launch EC2 refuses is a failed scaling activity, tried in the group's other zones, then again
+        after a backoff (the scaling loop retries)."""
         propagated_tags[asg_models.ASG_NAME_TAG] = group.name
         propagated_tags.update(group.instance_tags)
         ec2 = group.autoscaling_backend.ec2_backend
+        region = group.region
         subnets = [s for s in (group.vpc_zone_identifier or "").split(",") if s]
         version = group.ec2_launch_template.get_version(group.launch_template_version)
         data = version.data
+        instance_type = data.get("InstanceType") or "t3.micro"
+        before = len(group.instance_states)
+        cause = (f"At {_iso(time.time())} an instance was started in response to a difference between desired "
+                 f"and actual capacity, increasing the capacity from {before} to {before + count_needed}.")
+        failed = False
         for _ in range(count_needed):
-            subnet = None
-            if subnets:
-                counts = {s: 0 for s in subnets}
-                for st in group.instance_states:
-                    if st.instance.subnet_id in counts:
-                        counts[st.instance.subnet_id] += 1
-                subnet = min(subnets, key=lambda s: counts[s])
-            kwargs = {
-                "instance_type": data.get("InstanceType") or "t3.micro", "tags": {"instance": dict(propagated_tags)},
-                "launch_template": {"LaunchTemplateId": group.ec2_launch_template.id, "Version": str(version.number)},
-                "is_instance_type_default": False, "subnet_id": subnet,
-                "security_group_ids": list(data.get("SecurityGroupIds") or []),
-                "metadata_options": data.get("MetadataOptions") or {},
-            }
-            if subnet:
-                kwargs["placement"] = ec2.get_subnet(subnet).availability_zone
-            user_data = data.get("UserData")
-            if isinstance(user_data, str):
-                user_data = parse_user_data(user_data)
-            reservation = ec2.run_instances(version.image_id, 1, user_data, [], **kwargs)
-            for instance in reservation.instances:
-                profile = (data.get("IamInstanceProfile") or {}).get("Name")
-                if profile:
-                    ec2.associate_iam_instance_profile(instance_id=instance.id, iam_instance_profile_name=profile,
-                                                       iam_instance_profile_arn=None)
-                instance.autoscaling_group = group
-                instance.lab_lt_version = str(version.number)
-                group.instance_states.append(asg_models.InstanceState(
-                    instance, protected_from_scale_in=group.new_instances_protected_from_scale_in))
+            counts = {s: 0 for s in subnets}
+            for st in group.instance_states:
+                if st.instance.subnet_id in counts:
+                    counts[st.instance.subnet_id] += 1
+            launched = False
+            for subnet in sorted(subnets, key=lambda s: counts[s]) or [None]:
+                zone = ec2.get_subnet(subnet).availability_zone if subnet else None
+                refusal = scaling.launch_refusal(region, version.image_id, instance_type, zone,
+                                                 [ec2.get_subnet(s).availability_zone for s in subnets])
+                if refusal:
+                    scaling.record(region, Activity(
+                        group=group.name, status="Failed", cause=cause,
+                        description=f"Launching a new EC2 instance.  Status Reason: {refusal} "
+                                    "Launching EC2 instance failed.",
+                        message=f"{refusal} Launching EC2 instance failed.",
+                        details={"Subnet ID": subnet, "Availability Zone": zone}))
+                    continue
+                _launch(group, ec2, version, instance_type, subnet, zone, propagated_tags)
+                inst = group.instance_states[-1].instance
+                scaling.record(region, Activity(
+                    group=group.name, status="Successful", cause=cause,
+                    description=f"Launching a new EC2 instance: {inst.id}",
+                    details={"Subnet ID": subnet, "Availability Zone": zone}))
+                launched = True
+                break
+            if not launched:
+                failed = True
+                break
+        scaling.launch_outcome(region, group.name, failed)
 
     group_cls.replace_autoscaling_group_instances = replace_instances
 
@@ -656,6 +871,27 @@ def install(lab, scaling: Scaling) -> None:
         return ActionResult({"InstanceRefreshId": scaling.cancel_refresh(
             self.region, self._get_param("AutoScalingGroupName"))})
 
+    def describe_scaling_activities(self):
+        limit = self._get_param("MaxRecords")
+        return ActionResult({"Activities": scaling.describe_activities(
+            self.region, self._get_param("AutoScalingGroupName"), int(limit) if limit else None)})
+
+    AutoScalingResponse.describe_scaling_activities = describe_scaling_activities
+
+    original_copy_image = AmisResponse.copy_image
+
+    def copy_image(self):
+        """CopyImage with Encrypted: the copy's snapshot is encrypted with KmsKeyId (moto drops both),
+        so a launch can meet the key's grants."""
+        result = original_copy_image(self)
+        if str(self._get_param("Encrypted")).lower() == "true":
+            ami = self.ec2_backend.amis.get(result.result["ImageId"])
+            if ami is not None and getattr(ami, "ebs_snapshot", None) is not None:
+                ami.ebs_snapshot.encrypted = True
+                ami.ebs_snapshot.kms_key_id = self._get_param("KmsKeyId") or "alias/aws/ebs"
+        return result
+
+    AmisResponse.copy_image = copy_image
     AutoScalingResponse.start_instance_refresh = start_instance_refresh
     AutoScalingResponse.describe_instance_refreshes = describe_instance_refreshes
     AutoScalingResponse.rollback_instance_refresh = rollback_instance_refresh

@@ -7,7 +7,7 @@ from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from . import bootstrap, patches, scaling
+from . import agent, bootstrap, endpoint, patches, scaling
 from .control import ControlApp
 from .lab import DEFAULT_LATENCY, Lab
 from .net import LabNet
@@ -20,14 +20,18 @@ class LabService:
         self.base_image = base_image
         self.enforce_sg = enforce_sg
         self.lab = Lab(lab_net, state_dir, cache, base_image / "rootfs")
-        self.lab.enforce_security_groups = enforce_sg
+        self.agent_layer = agent.preinstalled_layer(cache, base_image, self.lab.agent_deb)
+        self.lab.layers.keep(self.agent_layer)
+        bootstrap.default_vpcs_as_aws()
         patches.install(self.lab)
         self.lab.scaling = scaling.Scaling(self.lab)
         scaling.install(self.lab, self.lab.scaling)
         self.app = ControlApp(DomainDispatcherApplication(create_backend_app), self)
         self.endpoint = ""
         self.images: dict[str, str] = {}
+        self.ubuntu_images: dict[str, str] = {}
         self._reset_lock = threading.Lock()
+        self.set_security_groups({"enforce": enforce_sg}, by="launcher")
 
     def serve(self, port: int):
         server = make_server("127.0.0.1", port, self.app, threaded=True, request_handler=MotoRequestHandler)
@@ -36,6 +40,8 @@ class LabService:
         self.lab.imds.start()
         self.lab.apt.start()
         self.lab.scaling.start()
+        self.lab.front.start(server.server_port)
+        self.lab.agents.start()
         return server
 
     def bootstrap(self) -> None:
@@ -44,6 +50,10 @@ class LabService:
         self.images = bootstrap.debian_images(built, build_number)
         for region, ami in self.images.items():
             self.lab.layers.register(region, ami, [self.lab.layers.base])
+        self.ubuntu_images = bootstrap.ubuntu_images(built)
+        for region, ami in self.ubuntu_images.items():
+            self.lab.layers.register(region, ami, [self.lab.layers.base, self.agent_layer])
+        endpoint.publish_agent(self.lab.agent_deb, endpoint.regions())
         self.network = bootstrap.workshop_network(self.endpoint)
         bootstrap.ssm_instance_profile(self.endpoint)
 
@@ -55,7 +65,7 @@ class LabService:
             moto_api_backend.reset()
             self.lab.events.clear()
             self.lab.latency = dict(DEFAULT_LATENCY)
-            self.set_security_groups({"enforce": self.enforce_sg})
+            self.set_security_groups({"enforce": self.enforce_sg}, by="launcher")
             self.bootstrap()
 
     @property
@@ -73,9 +83,21 @@ class LabService:
             self.lab.latency[key] = float(value)
         return self.lab.latency
 
-    def set_security_groups(self, body: dict) -> dict:
-        self.lab.enforce_security_groups = bool(body["enforce"])
+    def set_security_groups(self, body: dict, by: str = "api") -> dict:
+        """Turn enforcement on or off. Off is never silent: a `security_groups_not_enforced` event (and a
+        warning in the lab's log) says who turned it off; turning it back on by the API is an event too."""
+        enforce = body["enforce"]
+        if not isinstance(enforce, bool):
+            raise ValueError("enforce must be true or false")
+        was = self.lab.enforce_security_groups
+        self.lab.enforce_security_groups = enforce
         self.lab.sync_security_groups()
+        if not enforce:
+            how = "--no-enforce-security-groups" if by == "launcher" else "POST /_lab/security-groups"
+            log.warning("security groups are NOT enforced (%s): every port of every instance is open", how)
+            self.lab.event("security_groups_not_enforced", by=by)
+        elif not was and by == "api":
+            self.lab.event("security_groups_enforced", by=by)
         return self.security_groups()
 
     def security_groups(self) -> dict:
@@ -91,4 +113,7 @@ class LabService:
         n = self.lab.net
         return {"index": n.index, "public_range": str(n.public_net), "checkip": n.host_addr,
                 "router_ns": n.router_ns, "state_dir": str(self.lab.state_dir), "debian_images": self.images,
-                "network": self.network, "apt_proxy": dict(self.lab.apt.stats)}
+                "ubuntu_images": self.ubuntu_images, "network": self.network, "apt_proxy": dict(self.lab.apt.stats),
+                "service_address": n.service_addr, "ca_pem": self.lab.authority.ca_pem().decode(),
+                "dns": dict(self.lab.dns.stats), "aws_front": dict(self.lab.front.stats),
+                "security_groups_enforced": self.lab.enforce_security_groups}

@@ -1,0 +1,790 @@
+//! `bake rollout` against AWS answers the lab does not give on demand, replayed with
+//! aws-smithy-mocks: refreshes AWS rolls back itself or that ended and cannot be rolled back,
+//! launches that fail, throttled describes inside the watch, and a stack whose removal meets the
+//! load balancer's teardown lag.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_autoscaling::operation::cancel_instance_refresh::CancelInstanceRefreshOutput;
+use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::{
+    DescribeAutoScalingGroupsError, DescribeAutoScalingGroupsOutput,
+};
+use aws_sdk_autoscaling::operation::describe_instance_refreshes::{
+    DescribeInstanceRefreshesError, DescribeInstanceRefreshesOutput,
+};
+use aws_sdk_autoscaling::operation::describe_scaling_activities::DescribeScalingActivitiesOutput;
+use aws_sdk_autoscaling::operation::rollback_instance_refresh::RollbackInstanceRefreshOutput;
+use aws_sdk_autoscaling::operation::start_instance_refresh::StartInstanceRefreshOutput;
+use aws_sdk_autoscaling::primitives::DateTime;
+use aws_sdk_autoscaling::types::{
+    Activity, AutoScalingGroup, InstanceRefresh, InstanceRefreshStatus,
+    LaunchTemplateSpecification, LifecycleState, ScalingActivityStatusCode,
+};
+use aws_sdk_ec2::error::ErrorMetadata;
+use aws_sdk_ec2::operation::authorize_security_group_ingress::AuthorizeSecurityGroupIngressOutput;
+use aws_sdk_ec2::operation::create_security_group::CreateSecurityGroupOutput;
+use aws_sdk_ec2::operation::delete_security_group::{
+    DeleteSecurityGroupError, DeleteSecurityGroupOutput,
+};
+use aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput;
+use aws_sdk_elasticloadbalancingv2::operation::create_load_balancer::CreateLoadBalancerError;
+use aws_sdk_elasticloadbalancingv2::operation::create_target_group::CreateTargetGroupOutput;
+use aws_sdk_elasticloadbalancingv2::operation::delete_load_balancer::DeleteLoadBalancerOutput;
+use aws_sdk_elasticloadbalancingv2::operation::delete_target_group::{
+    DeleteTargetGroupError, DeleteTargetGroupOutput,
+};
+use aws_sdk_elasticloadbalancingv2::operation::describe_load_balancers::DescribeLoadBalancersError;
+use aws_sdk_elasticloadbalancingv2::operation::describe_target_groups::DescribeTargetGroupsError;
+use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::DescribeTargetHealthOutput;
+use aws_sdk_elasticloadbalancingv2::operation::modify_target_group_attributes::ModifyTargetGroupAttributesOutput;
+use aws_sdk_elasticloadbalancingv2::types::TargetGroup;
+use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
+use bake::ami::preflight::Subnet;
+use bake::aws::Clients;
+use bake::output::Progress;
+use bake::rollout::preflight;
+use bake::rollout::refresh;
+use bake::rollout::stack::{self, Created, Stack};
+use tokio::time::Instant;
+
+/// A client of `$sdk` answered by `rules`.
+macro_rules! mocked {
+    ($sdk:ident, $rules:expr) => {{
+        let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+        for rule in $rules {
+            interceptor = interceptor.with_rule(rule);
+        }
+        $sdk::Client::from_conf(
+            $sdk::Config::builder()
+                .with_test_defaults()
+                .region($sdk::config::Region::new("ap-northeast-2"))
+                .http_client(create_mock_http_client())
+                .interceptor(interceptor)
+                .build(),
+        )
+    }};
+}
+
+fn clients_of(ec2_rules: &[&Rule], autoscaling_rules: &[&Rule], elb_rules: &[&Rule]) -> Clients {
+    Clients {
+        autoscaling: mocked!(aws_sdk_autoscaling, autoscaling_rules),
+        ec2: mocked!(aws_sdk_ec2, ec2_rules),
+        elb: mocked!(aws_sdk_elasticloadbalancingv2, elb_rules),
+        ssm: mocked!(aws_sdk_ssm, &[] as &[&Rule]),
+        iam: mocked!(aws_sdk_iam, &[] as &[&Rule]),
+        region: "ap-northeast-2".into(),
+    }
+}
+
+fn progress() -> Progress {
+    Progress::new(
+        &indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
+        "web",
+    )
+}
+
+fn meta(code: &str, message: &str) -> ErrorMetadata {
+    ErrorMetadata::builder().code(code).message(message).build()
+}
+
+fn subnet(id: &str, zone: &str) -> Subnet {
+    Subnet {
+        id: id.into(),
+        vpc_id: "vpc-lab".into(),
+        zone: zone.into(),
+    }
+}
+
+/// A rollout's plan and stack as preflight and the stack step would leave them.
+fn rollout_parts() -> (bake::config::Config, preflight::Plan, Stack) {
+    let text = r#"
+[image.web]
+base = { id = "ami-base" }
+template = "nginx"
+os = "debian"
+[image.web.builder]
+subnet = { id = "subnet-a" }
+instance_profile = "SSMInstanceProfile"
+
+[rollout.web]
+image = "web"
+vpc = { id = "vpc-lab" }
+alb_subnets = [{ id = "subnet-a" }, { id = "subnet-c" }]
+instance_subnets = [{ id = "subnet-pa" }]
+launch_template = "Web"
+asg = "Web-ASG"
+alb = "Web-ALB"
+target_group = "Web-TG"
+capacity = { min = 2, desired = 2, max = 4 }
+refresh = { min_healthy = 50, warmup = "60s", timeout = "30m" }
+"#;
+    let config =
+        bake::config::Config::parse(std::path::Path::new("bake.toml"), text.to_owned()).unwrap();
+    let plan = preflight::Plan {
+        rollout: "web".into(),
+        image: "web".into(),
+        ami: preflight::Ami {
+            id: "ami-new".into(),
+            name: "web-2".into(),
+        },
+        vpc_id: "vpc-lab".into(),
+        alb_subnets: vec![subnet("subnet-a", "a"), subnet("subnet-c", "c")],
+        instance_subnets: vec![subnet("subnet-pa", "a")],
+        instance_profile: None,
+        health: config.image["web"].health.clone(),
+        names: preflight::Names {
+            alb: "Web-ALB".into(),
+            alb_security_group: "Web-ALB-SG".into(),
+            target_group: "Web-TG".into(),
+            launch_template: "Web".into(),
+            asg: "Web-ASG".into(),
+            instance_security_group: "Web-ASG-Inst-SG".into(),
+        },
+    };
+    let stack = Stack {
+        alb_dns: "web-alb.example".into(),
+        target_group_arn: "arn:tg".into(),
+        launch_template_id: "lt-1".into(),
+        version: 2,
+        previous_version: Some("1".into()),
+        group_created: false,
+        auto_rollback: true,
+        unchanged: false,
+        created: Vec::new(),
+    };
+    (config, plan, stack)
+}
+
+fn refresh_of(id: &str, status: InstanceRefreshStatus) -> DescribeInstanceRefreshesOutput {
+    DescribeInstanceRefreshesOutput::builder()
+        .instance_refreshes(
+            InstanceRefresh::builder()
+                .instance_refresh_id(id)
+                .status(status)
+                .status_reason("an instance failed its health checks")
+                .start_time(DateTime::from_secs(1_000))
+                .build(),
+        )
+        .build()
+}
+
+fn refreshes(status: InstanceRefreshStatus) -> DescribeInstanceRefreshesOutput {
+    refresh_of("refresh-1", status)
+}
+
+fn one_old_instance() -> DescribeAutoScalingGroupsOutput {
+    DescribeAutoScalingGroupsOutput::builder()
+        .auto_scaling_groups(
+            AutoScalingGroup::builder()
+                .auto_scaling_group_name("Web-ASG")
+                .created_time(DateTime::from_secs(500))
+                .instances(
+                    aws_sdk_autoscaling::types::Instance::builder()
+                        .instance_id("i-old")
+                        .lifecycle_state(LifecycleState::InService)
+                        .launch_template(
+                            LaunchTemplateSpecification::builder()
+                                .launch_template_id("lt-1")
+                                .version("1")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .build()
+}
+
+fn no_activities() -> Rule {
+    mock!(aws_sdk_autoscaling::Client::describe_scaling_activities)
+        .then_output(|| DescribeScalingActivitiesOutput::builder().build())
+}
+
+fn no_targets() -> Rule {
+    mock!(aws_sdk_elasticloadbalancingv2::Client::describe_target_health)
+        .then_output(|| DescribeTargetHealthOutput::builder().build())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_aws_rolls_back_itself_is_waited_for_and_not_rolled_back_twice() {
+    let describe = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .sequence()
+        .output(|| refreshes(InstanceRefreshStatus::InProgress))
+        .times(2)
+        .output(|| refreshes(InstanceRefreshStatus::RollbackInProgress))
+        .times(3)
+        .output(|| refreshes(InstanceRefreshStatus::RollbackSuccessful))
+        .build();
+    let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
+        .then_output(one_old_instance);
+    let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh)
+        .then_output(|| RollbackInstanceRefreshOutput::builder().build());
+    let start = mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
+        .then_output(|| StartInstanceRefreshOutput::builder().build());
+    let (activities, health) = (no_activities(), no_targets());
+    let clients = clients_of(
+        &[],
+        &[&describe, &group, &rollback, &start, &activities],
+        &[&health],
+    );
+    let (config, plan, stack) = rollout_parts();
+    let rollout = &config.rollout["web"];
+    let err = refresh::watch(
+        &clients,
+        &plan,
+        &stack,
+        rollout,
+        Some("refresh-1"),
+        &progress(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the instance refresh of Web-ASG ended RollbackInProgress: an instance failed its health \
+         checks"
+    );
+    refresh::rollback(&clients, &plan, &stack, rollout, "refresh-1", &progress())
+        .await
+        .unwrap();
+    assert_eq!(rollback.num_calls(), 0, "AWS was rolling back already");
+    assert_eq!(start.num_calls(), 0);
+    assert_eq!(describe.num_calls(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_that_ended_is_not_rolled_back_but_restored_by_a_new_refresh() {
+    // RollbackInstanceRefresh only takes an active refresh; a Failed one answers
+    // ActiveInstanceRefreshNotFound. bake starts a refresh back to version 1 instead.
+    let first = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .match_requests(|r| r.instance_refresh_ids() == ["refresh-1"])
+        .then_output(|| refreshes(InstanceRefreshStatus::Failed));
+    let restore = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .match_requests(|r| r.instance_refresh_ids() == ["refresh-2"])
+        .sequence()
+        .output(|| refresh_of("refresh-2", InstanceRefreshStatus::InProgress))
+        .times(2)
+        .output(|| refresh_of("refresh-2", InstanceRefreshStatus::Successful))
+        .build();
+    let start = mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
+        .match_requests(|r| {
+            let version = r
+                .desired_configuration()
+                .and_then(|d| d.launch_template())
+                .and_then(|t| t.version());
+            let rollback = r.preferences().and_then(|p| p.auto_rollback());
+            version == Some("1") && rollback == Some(false)
+        })
+        .then_output(|| {
+            StartInstanceRefreshOutput::builder()
+                .instance_refresh_id("refresh-2")
+                .build()
+        });
+    let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh)
+        .then_output(|| RollbackInstanceRefreshOutput::builder().build());
+    let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
+        .then_output(one_old_instance);
+    let (activities, health) = (no_activities(), no_targets());
+    let clients = clients_of(
+        &[],
+        &[&first, &restore, &start, &rollback, &group, &activities],
+        &[&health],
+    );
+    let (config, plan, stack) = rollout_parts();
+    let rollout = &config.rollout["web"];
+    let err = refresh::watch(
+        &clients,
+        &plan,
+        &stack,
+        rollout,
+        Some("refresh-1"),
+        &progress(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("ended Failed"), "{err}");
+    refresh::rollback(&clients, &plan, &stack, rollout, "refresh-1", &progress())
+        .await
+        .unwrap();
+    assert_eq!(
+        rollback.num_calls(),
+        0,
+        "an ended refresh cannot be rolled back"
+    );
+    assert_eq!(start.num_calls(), 1, "a new refresh to version 1");
+    assert_eq!(restore.num_calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_active_refresh_is_rolled_back_by_aws_where_aws_allows_it() {
+    let describe = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .sequence()
+        .output(|| refreshes(InstanceRefreshStatus::InProgress))
+        .output(|| refreshes(InstanceRefreshStatus::RollbackInProgress))
+        .output(|| refreshes(InstanceRefreshStatus::RollbackSuccessful))
+        .build();
+    let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh)
+        .then_output(|| RollbackInstanceRefreshOutput::builder().build());
+    let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
+        .then_output(one_old_instance);
+    let (activities, health) = (no_activities(), no_targets());
+    let clients = clients_of(
+        &[],
+        &[&describe, &rollback, &group, &activities],
+        &[&health],
+    );
+    let (config, plan, stack) = rollout_parts();
+    refresh::rollback(
+        &clients,
+        &plan,
+        &stack,
+        &config.rollout["web"],
+        "refresh-1",
+        &progress(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rollback.num_calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_that_ends_just_before_the_rollback_call_is_restored_by_a_new_refresh() {
+    let first = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .match_requests(|r| r.instance_refresh_ids() == ["refresh-1"])
+        .then_output(|| refreshes(InstanceRefreshStatus::InProgress));
+    let restore = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .match_requests(|r| r.instance_refresh_ids() == ["refresh-2"])
+        .then_output(|| refresh_of("refresh-2", InstanceRefreshStatus::Successful));
+    let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh).then_error(|| {
+        aws_sdk_autoscaling::operation::rollback_instance_refresh::RollbackInstanceRefreshError::generic(
+            meta(
+                "ActiveInstanceRefreshNotFound",
+                "No in-progress instance refresh found to roll back.",
+            ),
+        )
+    });
+    let start = mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
+        .match_requests(|r| {
+            r.desired_configuration()
+                .and_then(|d| d.launch_template())
+                .and_then(|t| t.version())
+                == Some("1")
+        })
+        .then_output(|| {
+            StartInstanceRefreshOutput::builder()
+                .instance_refresh_id("refresh-2")
+                .build()
+        });
+    let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
+        .then_output(one_old_instance);
+    let (activities, health) = (no_activities(), no_targets());
+    let clients = clients_of(
+        &[],
+        &[&first, &restore, &rollback, &start, &group, &activities],
+        &[&health],
+    );
+    let (config, plan, stack) = rollout_parts();
+    refresh::rollback(
+        &clients,
+        &plan,
+        &stack,
+        &config.rollout["web"],
+        "refresh-1",
+        &progress(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rollback.num_calls(), 1);
+    assert_eq!(start.num_calls(), 1, "restored by a refresh to version 1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_active_refresh_aws_cannot_roll_back_is_cancelled_then_restored() {
+    let first = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .match_requests(|r| r.instance_refresh_ids() == ["refresh-1"])
+        .sequence()
+        .output(|| refreshes(InstanceRefreshStatus::InProgress))
+        .output(|| refreshes(InstanceRefreshStatus::Cancelling))
+        .output(|| refreshes(InstanceRefreshStatus::Cancelled))
+        .build();
+    let restore = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .match_requests(|r| r.instance_refresh_ids() == ["refresh-2"])
+        .then_output(|| refresh_of("refresh-2", InstanceRefreshStatus::Successful));
+    let cancel = mock!(aws_sdk_autoscaling::Client::cancel_instance_refresh)
+        .then_output(|| CancelInstanceRefreshOutput::builder().build());
+    let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh)
+        .then_output(|| RollbackInstanceRefreshOutput::builder().build());
+    let start = mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
+        .match_requests(|r| {
+            r.desired_configuration()
+                .and_then(|d| d.launch_template())
+                .and_then(|t| t.version())
+                == Some("1")
+        })
+        .then_output(|| {
+            StartInstanceRefreshOutput::builder()
+                .instance_refresh_id("refresh-2")
+                .build()
+        });
+    let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
+        .then_output(one_old_instance);
+    let (activities, health) = (no_activities(), no_targets());
+    let clients = clients_of(
+        &[],
+        &[
+            &first,
+            &restore,
+            &cancel,
+            &rollback,
+            &start,
+            &group,
+            &activities,
+        ],
+        &[&health],
+    );
+    let (config, plan, mut stack) = rollout_parts();
+    stack.auto_rollback = false; // the group's previous version names a resolve:ssm: image
+    refresh::rollback(
+        &clients,
+        &plan,
+        &stack,
+        &config.rollout["web"],
+        "refresh-1",
+        &progress(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rollback.num_calls(), 0, "AWS refuses a rollback here");
+    assert_eq!(cancel.num_calls(), 1);
+    assert_eq!(start.num_calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_rollback_is_asked_for_only_where_aws_allows_it() {
+    for allowed in [true, false] {
+        let start = mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
+            .match_requests(move |r| {
+                r.preferences().and_then(|p| p.auto_rollback()) == Some(allowed)
+                    && r.desired_configuration()
+                        .and_then(|d| d.launch_template())
+                        .and_then(|t| t.version())
+                        == Some("2")
+            })
+            .then_output(|| {
+                StartInstanceRefreshOutput::builder()
+                    .instance_refresh_id("refresh-1")
+                    .build()
+            });
+        let clients = clients_of(&[], &[&start], &[]);
+        let (config, plan, mut stack) = rollout_parts();
+        stack.auto_rollback = allowed;
+        let id = refresh::start(&clients, &plan, &stack, &config.rollout["web"])
+            .await
+            .unwrap();
+        assert_eq!(id, "refresh-1");
+        assert_eq!(start.num_calls(), 1);
+    }
+}
+
+/// AWS's words for a launch in a zone without capacity, as a failed scaling activity.
+const NO_CAPACITY: &str = "We currently do not have sufficient t3.micro capacity in the \
+    Availability Zone you requested (ap-northeast-2a). Our system will be working on provisioning \
+    additional capacity. You can currently get t3.micro capacity by not specifying an \
+    Availability Zone in your request or choosing ap-northeast-2c. Launching EC2 instance failed.";
+
+#[tokio::test(start_paused = true)]
+async fn a_group_that_cannot_launch_ends_the_watch_at_its_first_failed_activity() {
+    let (config, plan, mut stack) = rollout_parts();
+    stack.group_created = true;
+    stack.previous_version = None;
+    stack.version = 1;
+    let group =
+        mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups).then_output(|| {
+            DescribeAutoScalingGroupsOutput::builder()
+                .auto_scaling_groups(
+                    AutoScalingGroup::builder()
+                        .auto_scaling_group_name("Web-ASG")
+                        .created_time(DateTime::from_secs(1_000))
+                        .build(),
+                )
+                .build()
+        });
+    // An older failure (a group of the same name, removed before) does not count; the new one
+    // appears on the fourth look.
+    let looks = Arc::new(Mutex::new(0));
+    let failed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let activities = {
+        let (looks, failed_at) = (looks.clone(), failed_at.clone());
+        mock!(aws_sdk_autoscaling::Client::describe_scaling_activities).then_output(move || {
+            let mut n = looks.lock().unwrap();
+            *n += 1;
+            let old = Activity::builder()
+                .activity_id("act-old")
+                .auto_scaling_group_name("Web-ASG")
+                .status_code(ScalingActivityStatusCode::Failed)
+                .status_message("an old failure")
+                .start_time(DateTime::from_secs(10))
+                .build();
+            let mut out = DescribeScalingActivitiesOutput::builder();
+            if *n >= 4 {
+                failed_at.lock().unwrap().get_or_insert_with(Instant::now);
+                out = out.activities(
+                    Activity::builder()
+                        .activity_id("act-1")
+                        .auto_scaling_group_name("Web-ASG")
+                        .status_code(ScalingActivityStatusCode::Failed)
+                        .status_message(NO_CAPACITY)
+                        .description("Launching a new EC2 instance.  Status Reason: ...")
+                        .details(
+                            r#"{"Subnet ID":"subnet-pa","Availability Zone":"ap-northeast-2a"}"#,
+                        )
+                        .start_time(DateTime::from_secs(1_030))
+                        .build(),
+                );
+            }
+            out.activities(old).build()
+        })
+    };
+    let health = no_targets();
+    let clients = clients_of(&[], &[&group, &activities], &[&health]);
+    let err = refresh::watch(
+        &clients,
+        &plan,
+        &stack,
+        &config.rollout["web"],
+        None,
+        &progress(),
+    )
+    .await
+    .unwrap_err();
+    let seen = failed_at.lock().unwrap().expect("the failure was shown");
+    assert!(
+        seen.elapsed() < Duration::from_secs(60),
+        "ended {:?} after the failed activity",
+        seen.elapsed()
+    );
+    let message = err.to_string();
+    assert!(message.contains(NO_CAPACITY), "{message}");
+    assert!(message.contains("act-1"), "{message}");
+    assert!(!message.contains("an old failure"), "{message}");
+    assert_eq!(
+        *looks.lock().unwrap(),
+        4,
+        "it ended on the look that saw it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_describe_in_the_watch_is_looked_at_again_not_rolled_back() {
+    let throttled = || DescribeInstanceRefreshesError::generic(meta("Throttling", "Rate exceeded"));
+    let describe = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .sequence()
+        .output(|| refreshes(InstanceRefreshStatus::InProgress))
+        .error(throttled)
+        .times(6)
+        .output(|| refreshes(InstanceRefreshStatus::InProgress))
+        .output(|| refreshes(InstanceRefreshStatus::Successful))
+        .repeatedly()
+        .build();
+    let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
+        .sequence()
+        .output(one_old_instance)
+        .times(2)
+        .error(|| DescribeAutoScalingGroupsError::generic(meta("Throttling", "Rate exceeded")))
+        .times(4)
+        .output(one_old_instance)
+        .repeatedly()
+        .build();
+    let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh)
+        .then_output(|| RollbackInstanceRefreshOutput::builder().build());
+    let (activities, health) = (no_activities(), no_targets());
+    let clients = clients_of(
+        &[],
+        &[&describe, &group, &rollback, &activities],
+        &[&health],
+    );
+    let (config, plan, stack) = rollout_parts();
+    refresh::watch(
+        &clients,
+        &plan,
+        &stack,
+        &config.rollout["web"],
+        Some("refresh-1"),
+        &progress(),
+    )
+    .await
+    .expect("throttling is a reason to look again");
+    assert_eq!(rollback.num_calls(), 0);
+    assert!(
+        describe.num_calls() >= 9,
+        "every throttled answer reached the watch"
+    );
+    assert!(group.num_calls() >= 7, "and every throttled group describe");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stack_removal_rides_out_the_load_balancers_teardown_lag() {
+    let delete_lb = mock!(aws_sdk_elasticloadbalancingv2::Client::delete_load_balancer)
+        .then_output(|| DeleteLoadBalancerOutput::builder().build());
+    let delete_tg = mock!(aws_sdk_elasticloadbalancingv2::Client::delete_target_group)
+        .sequence()
+        .error(|| {
+            DeleteTargetGroupError::generic(meta(
+                "ResourceInUse",
+                "Target group 'arn:tg' is currently in use by a listener or a rule",
+            ))
+        })
+        .times(3)
+        .output(|| DeleteTargetGroupOutput::builder().build())
+        .build();
+    let delete_sg = mock!(aws_sdk_ec2::Client::delete_security_group)
+        .sequence()
+        .error(|| {
+            DeleteSecurityGroupError::generic(meta(
+                "DependencyViolation",
+                "resource sg-alb has a dependent object",
+            ))
+        })
+        .times(2)
+        .output(|| DeleteSecurityGroupOutput::builder().build())
+        .repeatedly()
+        .build();
+    let clients = clients_of(&[&delete_sg], &[], &[&delete_lb, &delete_tg]);
+    let created = [
+        Created::SecurityGroup("sg-alb".into()),
+        Created::SecurityGroup("sg-inst".into()),
+        Created::TargetGroup("arn:tg".into()),
+        Created::LoadBalancer("arn:lb".into()),
+    ];
+    stack::remove(&clients, &created).await.unwrap();
+    assert_eq!(delete_lb.num_calls(), 1);
+    assert_eq!(delete_tg.num_calls(), 4);
+    assert_eq!(delete_sg.num_calls(), 4, "two refusals, then both groups");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stack_removal_keeps_going_past_an_error_and_names_what_is_left() {
+    let delete_lb = mock!(aws_sdk_elasticloadbalancingv2::Client::delete_load_balancer)
+        .then_output(|| DeleteLoadBalancerOutput::builder().build());
+    let delete_tg =
+        mock!(aws_sdk_elasticloadbalancingv2::Client::delete_target_group).then_error(|| {
+            DeleteTargetGroupError::generic(meta(
+                "AccessDenied",
+                "not authorized to perform: elasticloadbalancing:DeleteTargetGroup",
+            ))
+        });
+    let delete_sg = mock!(aws_sdk_ec2::Client::delete_security_group)
+        .then_output(|| DeleteSecurityGroupOutput::builder().build());
+    let clients = clients_of(&[&delete_sg], &[], &[&delete_lb, &delete_tg]);
+    let created = [
+        Created::SecurityGroup("sg-alb".into()),
+        Created::TargetGroup("arn:tg".into()),
+        Created::LoadBalancer("arn:lb".into()),
+        Created::SecurityGroup("sg-inst".into()),
+    ];
+    let err = stack::remove(&clients, &created).await.unwrap_err();
+    assert_eq!(delete_tg.num_calls(), 1, "a refusal is not retried");
+    assert_eq!(
+        delete_sg.num_calls(),
+        2,
+        "both security groups were still removed"
+    );
+    assert_eq!(delete_lb.num_calls(), 1);
+    let message = err.to_string();
+    assert!(
+        message.contains("target group arn:tg (AccessDenied: not authorized"),
+        "{message}"
+    );
+    assert!(!message.contains("sg-"), "{message}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stack_that_fails_half_way_removes_what_this_run_created() {
+    let no_groups = mock!(aws_sdk_ec2::Client::describe_security_groups)
+        .then_output(|| DescribeSecurityGroupsOutput::builder().build());
+    let create_group = mock!(aws_sdk_ec2::Client::create_security_group)
+        .sequence()
+        .output(|| {
+            CreateSecurityGroupOutput::builder()
+                .group_id("sg-alb")
+                .build()
+        })
+        .output(|| {
+            CreateSecurityGroupOutput::builder()
+                .group_id("sg-inst")
+                .build()
+        })
+        .build();
+    let authorize = mock!(aws_sdk_ec2::Client::authorize_security_group_ingress)
+        .then_output(|| AuthorizeSecurityGroupIngressOutput::builder().build());
+    let delete_group = mock!(aws_sdk_ec2::Client::delete_security_group)
+        .then_output(|| DeleteSecurityGroupOutput::builder().build());
+    let no_target_group = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_target_groups)
+        .then_error(|| {
+            DescribeTargetGroupsError::generic(meta("TargetGroupNotFound", "not found"))
+        });
+    let create_target_group = mock!(aws_sdk_elasticloadbalancingv2::Client::create_target_group)
+        .then_output(|| {
+            CreateTargetGroupOutput::builder()
+                .target_groups(TargetGroup::builder().target_group_arn("arn:tg").build())
+                .build()
+        });
+    let attributes = mock!(aws_sdk_elasticloadbalancingv2::Client::modify_target_group_attributes)
+        .then_output(|| ModifyTargetGroupAttributesOutput::builder().build());
+    let no_balancer = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_load_balancers)
+        .then_error(|| {
+            DescribeLoadBalancersError::generic(meta("LoadBalancerNotFound", "not found"))
+        });
+    let quota =
+        mock!(aws_sdk_elasticloadbalancingv2::Client::create_load_balancer).then_error(|| {
+            CreateLoadBalancerError::generic(meta(
+                "TooManyLoadBalancers",
+                "The quota for the number of load balancers has been reached",
+            ))
+        });
+    let delete_target_group = mock!(aws_sdk_elasticloadbalancingv2::Client::delete_target_group)
+        .match_requests(|r| r.target_group_arn() == Some("arn:tg"))
+        .then_output(|| DeleteTargetGroupOutput::builder().build());
+    let clients = clients_of(
+        &[&no_groups, &create_group, &authorize, &delete_group],
+        &[],
+        &[
+            &no_target_group,
+            &create_target_group,
+            &attributes,
+            &no_balancer,
+            &quota,
+            &delete_target_group,
+        ],
+    );
+    let (config, plan, _) = rollout_parts();
+    let err = stack::ensure(&clients, &plan, &config.rollout["web"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("TooManyLoadBalancers"), "{err}");
+    assert_eq!(delete_target_group.num_calls(), 1);
+    assert_eq!(delete_group.num_calls(), 2, "both security groups go");
+}
+
+#[test]
+fn preflight_refuses_instance_subnets_in_zones_the_load_balancer_does_not_cover() {
+    let alb = [
+        subnet("subnet-a", "ap-northeast-2a"),
+        subnet("subnet-c", "ap-northeast-2c"),
+    ];
+    let inside = [subnet("subnet-pa", "ap-northeast-2a")];
+    preflight::check_zones(&alb, &inside).unwrap();
+    let outside = [
+        subnet("subnet-pa", "ap-northeast-2a"),
+        subnet("subnet-pb", "ap-northeast-2b"),
+    ];
+    let err = preflight::check_zones(&alb, &outside).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    let message = err.to_string();
+    assert!(
+        message.starts_with("subnet subnet-pb is in ap-northeast-2b, where the load balancer"),
+        "{message}"
+    );
+    assert!(message.contains("Target.NotInUse"), "{message}");
+}
