@@ -326,13 +326,17 @@ async fn a_group_that_cannot_launch_ends_the_rollout_within_a_minute_with_awss_m
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn rollout_succeeds_under_light_throttling_and_server_errors() {
+async fn rollout_succeeds_under_throttle_bursts_and_light_faults() {
     let lab = Lab::start().await;
     let scratch = Scratch::new(&config("steady page"));
     bake_ami(&lab, &scratch).await;
+    // Every describe/get/list of these services throttled 6 s out of every 30 s (AWS throttles
+    // per account and region), and on top of that a few random throttles and 5xx answers.
     lab.control(
         "faults",
         serde_json::json!({"rules": [
+            {"kind": "burst", "duration": 6, "every": 30,
+             "services": ["ec2", "ssm", "autoscaling", "elasticloadbalancing"]},
             {"rate": 0.1, "kind": "throttle",
              "services": ["autoscaling", "elasticloadbalancing", "ec2"]},
             {"rate": 0.05, "kind": "5xx",
@@ -358,6 +362,30 @@ async fn rollout_succeeds_under_light_throttling_and_server_errors() {
         BTreeSet::from(["steady page".to_owned()])
     );
     assert_eq!(lab.calls("RollbackInstanceRefresh").await, 0);
+    // Nothing leaked: every instance still up belongs to the group.
+    let up = lab
+        .ec2
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    for instance in up.reservations().iter().flat_map(|r| r.instances()) {
+        assert!(
+            instance
+                .tags()
+                .iter()
+                .any(|t| t.key() == Some("aws:autoscaling:groupName")),
+            "{:?} is not the group's",
+            instance.instance_id()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

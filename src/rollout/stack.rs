@@ -327,13 +327,18 @@ async fn security_group(
             permission.user_id_group_pairs(UserIdGroupPair::builder().group_id(group).build())
         }
     };
-    match clients
+    let authorize = clients
         .ec2
         .authorize_security_group_ingress()
         .group_id(&id)
-        .ip_permissions(permission.build())
-        .send()
-        .await
+        .ip_permissions(permission.build());
+    // A group created a moment ago may be unknown to EC2 for a few seconds.
+    match aws::settle(
+        &aws::NEW_SECURITY_GROUP,
+        &format!("open port {port} in security group {name}"),
+        || authorize.clone().send(),
+    )
+    .await
     {
         Ok(_) => Ok(id),
         Err(e) if aws::code(&e) == Some("InvalidPermission.Duplicate") => Ok(id),
