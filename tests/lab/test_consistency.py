@@ -4,8 +4,8 @@ import time
 import botocore.exceptions
 import pytest
 
-from conftest import (AGENT_WAIT, BOOT_WAIT, describe, launch, subnet_id, wait_for, wait_image, wait_online,
-                      wait_state)
+from conftest import (AGENT_WAIT, BOOT_WAIT, UBUNTU_PARAMETER, describe, launch, subnet_id, wait_for, wait_image,
+                      wait_online, wait_state)
 
 DEFAULTS = {"instance": 3.0, "security_group": 3.0, "image": 1.0, "invocation": 0.5, "snapshot_release": 3.0,
             "load_balancer_release": 10.0, "instance_release": 3.0}
@@ -52,9 +52,10 @@ def vpc_id(ec2):
 
 
 @pytest.fixture(scope="module")
-def running(ec2, ami_id):
-    """One running instance with the SSM profile, shared by the tests that need an instance to work on."""
-    iid = launch(ec2, ami_id)
+def running(ec2, ssm):
+    """One running instance with the SSM profile and an agent (the Ubuntu family ships it), shared by the
+    tests that need an instance to work on."""
+    iid = launch(ec2, ssm.get_parameter(Name=UBUNTU_PARAMETER)["Parameter"]["Value"])
     settled(f"{iid} known", describe, ec2, iid)
     wait_state(ec2, iid, "running")
     yield iid

@@ -248,6 +248,8 @@ def _attached_groups(lab, c: Consistency, backend) -> dict[str, str]:
         for group in eni.group_set:
             holders.setdefault(group.id, f"network interface {eni.id}")
     for endpoint in list(getattr(backend, "vpc_end_points", {}).values()):
+        if getattr(endpoint, "state", "") == "deleted":
+            continue  # moto keeps a deleted endpoint listed; its interfaces are gone
         for g in getattr(endpoint, "security_group_ids", None) or []:
             holders.setdefault(g, f"VPC endpoint {endpoint.id}")
     try:
