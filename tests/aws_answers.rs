@@ -353,6 +353,61 @@ async fn a_taken_ami_name_gets_the_next_free_suffix() {
     assert_eq!(create.num_calls(), 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn create_image_retried_by_the_sdk_finds_its_own_image_instead_of_making_a_second() {
+    // The first CreateImage made the image but its answer was lost; the SDK's retry finds the
+    // name taken. The image that holds it carries this run's id: bake takes it, makes no `-2`.
+    let duplicate = || {
+        aws_sdk_ec2::operation::create_image::CreateImageError::generic(
+            ErrorMetadata::builder()
+                .code("InvalidAMIName.Duplicate")
+                .message("AMI name web-20261122-dddddddddddd is already in use by AMI ami-mine")
+                .build(),
+        )
+    };
+    let create = mock!(aws_sdk_ec2::Client::create_image)
+        .sequence()
+        .error(duplicate)
+        .output(|| CreateImageOutput::builder().image_id("ami-other").build())
+        .build();
+    let mine = mock!(aws_sdk_ec2::Client::describe_images).then_output(|| {
+        DescribeImagesOutput::builder()
+            .images(
+                Image::builder()
+                    .image_id("ami-mine")
+                    .state(ImageState::Available)
+                    .tags(
+                        aws_sdk_ec2::types::Tag::builder()
+                            .key(janitor::tag::RUN_ID)
+                            .value("run-1")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    });
+    let clients = clients(&[&create, &mine]);
+    let janitor = Janitor::new(clients.clone(), "run-1".into());
+    let plan = plan();
+    let (id, name) = image::create(
+        &clients,
+        &plan,
+        "i-builder",
+        &plan.ami_name,
+        false,
+        &[],
+        &janitor,
+        &progress(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (id.as_str(), name.as_str()),
+        ("ami-mine", plan.ami_name.as_str())
+    );
+    assert_eq!(create.num_calls(), 1, "no second image");
+}
+
 fn baked(id: &str, created: &str, deprecated: Option<&str>) -> Image {
     Image::builder()
         .image_id(id)

@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::{Lab, Scratch, quick_config};
 
 fn stderr(out: &std::process::Output) -> String {
@@ -145,6 +147,24 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
         .send()
         .await
         .unwrap();
+    // Parameter Store validates an aws:ec2:image value after PutParameter answers: wait, as
+    // bake's publish does, until the parameter holds the AMI.
+    lab.wait_for(
+        "the parameter to hold the AMI",
+        Duration::from_secs(30),
+        || async {
+            lab.ssm
+                .get_parameter()
+                .name("/bake/quick/ami-id")
+                .send()
+                .await
+                .ok()
+                .and_then(|o| o.parameter().and_then(|p| p.value()).map(str::to_owned))
+                .as_deref()
+                == Some(published.as_str())
+        },
+    )
+    .await;
     lab.ec2
         .create_launch_template()
         .launch_template_name("mixed-web")
@@ -251,7 +271,19 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
         .iter()
         .map(|r| r["ami_id"].as_str().unwrap())
         .collect();
-    assert_eq!(removed, [doomed.as_str()]);
+    assert_eq!(
+        removed,
+        [doomed.as_str()],
+        "published {published}, mixed {mixed}: {report:#}; events {:?}",
+        lab.events()
+            .await
+            .iter()
+            .filter(|e| e["event"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("parameter"))
+            .collect::<Vec<_>>()
+    );
     let kept = report["images"][0]["kept"].as_array().unwrap();
     let why = |ami: &str| {
         kept.iter()
