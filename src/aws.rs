@@ -1,5 +1,5 @@
-//! The AWS SDK config, the service clients, and how bake reads AWS's answers: what failed, what
-//! is worth retrying, and the eventual-consistency windows AWS documents.
+//! The service clients (their config is `sdk.rs`'s), and how bake reads AWS's answers: what
+//! failed, what is worth retrying, and the eventual-consistency windows AWS documents.
 
 use std::future::Future;
 use std::time::Duration;
