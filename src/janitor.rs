@@ -539,15 +539,7 @@ async fn terminate(clients: &Clients, id: &str, until: Option<Instant>) -> Resul
     let call = || clients.ec2.terminate_instances().instance_ids(id).send();
     let result = match until {
         Some(until) => aws::settle_until(&aws::NEW_INSTANCE, until, &what, call).await,
-        None => {
-            aws::settle_until(
-                &TRANSIENT_ONLY,
-                Instant::now() + TRANSIENT_WITHIN,
-                &what,
-                call,
-            )
-            .await
-        }
+        None => aws::settle(&TRANSIENT_ONLY, &what, call).await,
     };
     match result {
         Ok(_) => Ok(()),
@@ -567,15 +559,7 @@ async fn deregister(clients: &Clients, id: &str, until: Option<Instant>) -> Resu
     let call = || clients.ec2.deregister_image().image_id(id).send();
     let result = match until {
         Some(until) => aws::settle_until(&aws::NEW_IMAGE, until, &what, call).await,
-        None => {
-            aws::settle_until(
-                &TRANSIENT_ONLY,
-                Instant::now() + TRANSIENT_WITHIN,
-                &what,
-                call,
-            )
-            .await
-        }
+        None => aws::settle(&TRANSIENT_ONLY, &what, call).await,
     };
     match result {
         Ok(_) => Ok(()),
@@ -601,7 +585,6 @@ async fn delete_snapshot(clients: &Clients, id: &str) -> Result<(), String> {
 /// For calls on resources that were listed, so known to EC2: only transient answers are asked
 /// again.
 const TRANSIENT_ONLY: aws::Settle = aws::THROTTLE_BURST;
-const TRANSIENT_WITHIN: Duration = aws::THROTTLE_BURST.within;
 
 /// Waits until the instances are terminated; on failure, the ones still alive and why.
 async fn wait_terminated(clients: &Clients, ids: &[String]) -> Result<(), (Vec<String>, String)> {
