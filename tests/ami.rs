@@ -567,6 +567,59 @@ async fn bake_succeeds_under_throttle_bursts_and_leaves_nothing() {
     lab.assert_nothing_left(&[&ami], &[]).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_create_image_answer_reuses_this_runs_image_instead_of_a_second() {
+    let lab = Lab::start().await;
+    // CreateImage takes effect but its answer is lost (HTTP 500): the SDK retries, and the retry
+    // meets the name the first attempt took.
+    lab.control(
+        "faults",
+        serde_json::json!({ "kind": "lost", "rate": 1, "services": ["ec2"], "actions": ["CreateImage"] }),
+    )
+    .await;
+    let scratch = Scratch::new(&quick_config(
+        "body = \"answer lost\"",
+        "expect_body = \"lost\"",
+        "commands = [\"true\"]",
+    ));
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let creates: Vec<i64> = lab
+        .requests()
+        .await
+        .iter()
+        .filter(|r| r["action"] == "CreateImage")
+        .map(|r| r["status"].as_i64().unwrap_or_default())
+        .collect();
+    assert_eq!(creates, [500, 400], "a lost answer, then the name taken");
+    let ami = stdout(&out);
+    let mine = lab
+        .ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<_> = mine
+        .images()
+        .iter()
+        .filter(|i| i.name().is_some_and(|n| n.starts_with("quick-")))
+        .map(|i| {
+            (
+                i.image_id().unwrap_or_default(),
+                i.name().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(names.len(), 1, "one image, no `-2`: {names:?}");
+    assert_eq!(names[0].0, ami);
+    lab.control("faults", serde_json::json!({ "rate": 0 }))
+        .await;
+    lab.assert_nothing_left(&[&ami], &[]).await;
+}
+
 /// Puts a gzipped tarball holding `index.php` into the lab's S3 (through the lab endpoint, with
 /// boto3 from the lab's venv) and returns a pre-signed GET URL for AWS's real S3 endpoint, which
 /// the lab's instances resolve to the lab.

@@ -229,3 +229,27 @@ def test_run_instances_again_with_the_same_client_token_answers_the_same_instanc
     finally:
         for iid in {first, other}:
             settled(f"terminate {iid}", ec2.terminate_instances, InstanceIds=[iid])
+
+
+def test_a_lost_create_image_answer_took_effect_and_the_retry_finds_the_name_taken(lab, ec2, running):
+    once = lab.client("ec2", retries={"mode": "standard", "total_max_attempts": 1}, settle=False)
+    name = f"lost-{time.time_ns()}"
+    lab.post("/_lab/faults", {"kind": "lost", "rate": 1, "services": ["ec2"], "actions": ["CreateImage"]})
+    try:
+        with pytest.raises(botocore.exceptions.ClientError) as lost:
+            once.create_image(InstanceId=running, Name=name, NoReboot=True)
+        assert lost.value.response["Error"]["Code"] == "InternalError"
+        assert lost.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+        # The answer was lost, not the request: the image exists, and a retry meets its name (error answers are
+        # passed on, not lost).
+        images = wait_for(f"{name} listed", lambda: ec2.describe_images(
+            Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"], 30, 0.1)
+        assert [i["Name"] for i in images] == [name]
+        assert code_of(once.create_image, InstanceId=running, Name=name, NoReboot=True) == "InvalidAMIName.Duplicate"
+    finally:
+        lab.post("/_lab/faults", {"rate": 0})
+    ec2.deregister_image(ImageId=images[0]["ImageId"])
+    # A deregistered image's name is free again.
+    again = ec2.create_image(InstanceId=running, Name=name, NoReboot=True)["ImageId"]
+    settled(f"{again} known", ec2.describe_images, ImageIds=[again])
+    ec2.deregister_image(ImageId=again)

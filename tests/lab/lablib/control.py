@@ -42,6 +42,8 @@ def fault_response(req: dict, kind: str) -> tuple[str, list, bytes]:
     """An error in the protocol's own format, so SDK retry classifiers recognise it."""
     rid = str(uuid.uuid4())
     throttle = kind == "throttle"
+    if kind == "lost":
+        return _internal_error(req, rid)
     if req["json"]:
         code = "ThrottlingException" if throttle else "ServiceUnavailable"
         body = json.dumps({"__type": code, "message": "Rate exceeded" if throttle else "Service Unavailable"})
@@ -63,6 +65,25 @@ def fault_response(req: dict, kind: str) -> tuple[str, list, bytes]:
         [("Content-Type", "text/xml"), ("x-amzn-RequestId", rid)], body.encode()
 
 
+def _internal_error(req: dict, rid: str) -> tuple[str, list, bytes]:
+    """HTTP 500 InternalError, which AWS documents as retryable and which leaves the caller not knowing whether the
+    request took effect ("Ensuring idempotency in Amazon EC2 API requests")."""
+    if req["json"]:
+        body = json.dumps({"__type": "InternalServerError", "message": "An internal error has occurred"})
+        return "500 Internal Server Error", [("Content-Type", "application/x-amz-json-1.1"),
+                                             ("x-amzn-RequestId", rid),
+                                             ("x-amzn-ErrorType", "InternalServerError")], body.encode()
+    if req["service"] == "ec2":
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>InternalError</Code>'
+                f"<Message>An internal error has occurred</Message></Error></Errors><RequestID>{rid}</RequestID>"
+                f"</Response>")
+        return "500 Internal Server Error", [("Content-Type", "text/xml;charset=UTF-8")], body.encode()
+    xmlns = _QUERY_XMLNS.get(req["service"], "")
+    body = (f'<ErrorResponse xmlns="{xmlns}"><Error><Type>Receiver</Type><Code>InternalFailure</Code>'
+            f"<Message>An internal error has occurred</Message></Error><RequestId>{rid}</RequestId></ErrorResponse>")
+    return "500 Internal Server Error", [("Content-Type", "text/xml"), ("x-amzn-RequestId", rid)], body.encode()
+
+
 # Calls a throttle burst refuses: AWS throttles per account and region in token buckets, and the describe/get/list
 # ("non-mutating") calls share the tightest bucket.
 BURST_PREFIXES = ("Describe", "Get", "List")
@@ -73,7 +94,9 @@ class Faults:
     (`{"rules": [...]}`); a request gets the first rule whose filters match and whose dice hit.
     Kind `burst` (`{"kind": "burst", "duration": N, "every": M, "offset": O, "services": [...]}`) throttles every
     describe/get/list call of its services for N seconds every M seconds, the first burst O seconds after it is
-    set (0 by default); it rolls no dice."""
+    set (0 by default); it rolls no dice. Kind `lost` lets the request take effect and then answers HTTP 500
+    InternalError instead of its success, as when an answer is lost on the way back: the caller's retry meets what
+    the first attempt made. Error answers pass through unchanged."""
 
     def __init__(self):
         self.config = {"rate": 0.0}
@@ -93,8 +116,8 @@ class Faults:
             return {**common, "rate": 1.0, "duration": duration, "every": every, "offset": offset,
                     "since": time.time()}
         rate = float(config.get("rate", 0))
-        if not 0 <= rate <= 1 or kind not in ("throttle", "5xx"):
-            raise ValueError("rate must be within [0, 1] and kind one of throttle, 5xx, burst")
+        if not 0 <= rate <= 1 or kind not in ("throttle", "5xx", "lost"):
+            raise ValueError("rate must be within [0, 1] and kind one of throttle, 5xx, lost, burst")
         return {**common, "rate": rate}
 
     @staticmethod
@@ -156,6 +179,8 @@ class ControlApp:
         consistency.serving(req["action"])
         started = time.time()
         fault = self.faults.pick(req)
+        if fault == "lost":
+            return self._lose_answer(environ, start_response, req, started)
         if fault:
             status, headers, body = fault_response(req, fault)
             start_response(status, headers + [("Content-Length", str(len(body)))])
@@ -172,6 +197,28 @@ class ControlApp:
         finally:
             consistency.serving(None)
             self._log(req, started, seen.get("status", 500), None)
+
+    def _lose_answer(self, environ, start_response, req: dict, started: float):
+        """Runs the request; a success is replaced by a 500, an error answer is passed on as it is."""
+        seen: dict = {}
+
+        def capture(status, headers, exc_info=None):
+            seen["status"], seen["headers"] = status, headers
+            return lambda _data: None
+
+        try:
+            body = b"".join(self.moto_app(environ, capture))
+        finally:
+            consistency.serving(None)
+        code = int(seen.get("status", "500").split()[0])
+        if code >= 400:
+            start_response(seen["status"], seen["headers"])
+            self._log(req, started, code, None)
+            return [body]
+        status, headers, body = fault_response(req, "lost")
+        start_response(status, headers + [("Content-Length", str(len(body)))])
+        self._log(req, started, int(status.split()[0]), "lost")
+        return [body]
 
     def _log(self, req: dict, started: float, status: int, fault: str | None) -> None:
         entry = {"time": started, "service": req["service"], "action": req["action"], "region": req["region"],

@@ -5,6 +5,7 @@ import time
 
 from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import EC2Backend
 from moto.ec2.models import elastic_network_interfaces
 from moto.ec2.responses.amis import AmisResponse
@@ -84,8 +85,15 @@ def _patch_ec2(lab: Lab) -> None:
 
     def create_image(backend, instance_id, name, description, tag_specifications):
         if instance_id not in lab.instances:
-            raise ServiceException("IncorrectInstanceState",
+            raise EC2ClientError("IncorrectInstanceState",
                                    f"The instance '{instance_id}' is not in a state from which it can be imaged.")
+        # "AMI names must be unique per account and Region" (CreateImage, Name); a taken name answers
+        # InvalidAMIName.Duplicate ("Error codes for the Amazon EC2 API").
+        taken = next((a.id for a in backend.amis.values()
+                      if a.name == name and a.owner_id == backend.account_id
+                      and getattr(a, "state", "available") != "deregistered"), None)
+        if taken is not None:
+            raise EC2ClientError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {taken}")
         snapshot_tags = [t for spec in tag_specifications if spec.get("ResourceType") == "snapshot"
                          for t in spec.get("Tags", [])]
         others = [spec for spec in tag_specifications if spec.get("ResourceType") != "snapshot"]
