@@ -55,6 +55,17 @@ impl Clients {
 }
 
 impl Clients {
+    /// An SSM client like this one (credentials, retries, timeouts) for another region.
+    pub fn ssm_in(&self, region: &str) -> aws_sdk_ssm::Client {
+        let config = self
+            .ssm
+            .config()
+            .to_builder()
+            .region(aws_config::Region::new(region.to_owned()))
+            .build();
+        aws_sdk_ssm::Client::from_conf(config)
+    }
+
     /// A failed call, described for the person reading the error.
     pub fn failed(&self, action: impl Into<String>, message: impl Into<String>) -> CallError {
         CallError {

@@ -100,6 +100,10 @@ pub enum Command {
         /// List what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Where `bake pipeline` publishes (PREFIX/IMAGE/ami-id): the AMI in that parameter, in
+        /// any region, is kept.
+        #[arg(long, default_value = "/bake")]
+        publish_prefix: String,
     },
     /// The cron job: bake every image whose inputs changed, publish its AMI id in SSM Parameter
     /// Store, roll it out to its rollouts, prune its old AMIs. One event per step.

@@ -123,6 +123,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 all,
                 keep,
                 dry_run,
+                publish_prefix,
             },
             Some(config),
         ) => {
@@ -134,6 +135,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let options = prune::Options {
                 keep: *keep,
                 dry_run: *dry_run,
+                publish_prefix: publish_prefix.clone(),
             };
             runtime().block_on(prune_images(&cli, &config, &names, &options))
         }
@@ -395,6 +397,11 @@ async fn prune_images(
             text.push_str(&format!(
                 "{name}: kept {} {} ({})\n",
                 k.ami_id, k.name, k.why
+            ));
+        }
+        for region in &pruned.unread {
+            text.push_str(&format!(
+                "{name}: warning: cannot read the published parameter in {region}\n"
             ));
         }
         results.push(pruned);

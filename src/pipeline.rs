@@ -62,10 +62,7 @@ pub enum LockError {
 
 /// The SSM parameter an image's AMI id is published in: `<prefix>/<image>/ami-id`.
 fn parameter_name(options: &Options, image: &str) -> String {
-    format!(
-        "{}/{image}/ami-id",
-        options.publish_prefix.trim_end_matches('/')
-    )
+    prune::parameter_name(&options.publish_prefix, image)
 }
 
 /// Checks, before any AWS call, that every image's parameter name is one Parameter Store takes.
@@ -210,21 +207,29 @@ async fn image_steps(
         &prune::Options {
             keep: options.keep,
             dry_run: false,
+            publish_prefix: options.publish_prefix.clone(),
         },
     )
     .await
     .map_err(|e| Stop::Failed("prune", e.to_string()))?;
     let removed: Vec<&str> = pruned.removed.iter().map(|r| r.ami_id.as_str()).collect();
+    let mut message = if removed.is_empty() {
+        format!("nothing to remove; {} kept", pruned.kept.len())
+    } else {
+        format!("removed {}; {} kept", removed.join(", "), pruned.kept.len())
+    };
+    if !pruned.unread.is_empty() {
+        message.push_str(&format!(
+            "; the published parameter could not be read in {}",
+            pruned.unread.join("; ")
+        ));
+    }
     events.emit(event(
         image,
         "prune",
         if removed.is_empty() { "skipped" } else { "ok" },
         None,
-        if removed.is_empty() {
-            format!("nothing to remove; {} kept", pruned.kept.len())
-        } else {
-            format!("removed {}; {} kept", removed.join(", "), pruned.kept.len())
-        },
+        message,
     ));
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `bake prune`: deregister an image's old AMIs and delete their snapshots, keeping the newest ones
 //! and every AMI still in use by an instance, a launch template, an Auto Scaling group (mixed
-//! instances policies too) or published in an SSM parameter.
+//! instances policies too) or published in an SSM parameter (this region's, or the image's
+//! published parameter in any other region).
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,8 @@ pub struct Options {
     pub keep: usize,
     /// List what would go, change nothing.
     pub dry_run: bool,
+    /// Where `bake pipeline` publishes: `PREFIX/IMAGE/ami-id`, read in every region.
+    pub publish_prefix: String,
 }
 
 /// What pruning one image did.
@@ -25,6 +28,10 @@ pub struct Pruned {
     pub image: String,
     pub kept: Vec<Kept>,
     pub removed: Vec<Removed>,
+    /// Regions whose published parameter bake may not read (AccessDenied, e.g. a policy that
+    /// denies the region), with AWS's answer. An AMI published only there is not protected.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unread: Vec<String>,
 }
 
 /// An AMI that stays, and why.
@@ -57,15 +64,22 @@ pub async fn prune(clients: &Clients, image: &str, options: &Options) -> Result<
     let mut amis = baked(clients, image).await?;
     // Newest first: creation dates are ISO 8601, so they sort as text.
     amis.sort_by(|a, b| b.creation_date().cmp(&a.creation_date()));
-    let in_use = if amis.len() > options.keep {
-        in_use(clients).await?
+    let (in_use, unread) = if amis.len() > options.keep {
+        let mut used = in_use(clients).await?;
+        let (elsewhere, unread) =
+            published_elsewhere(clients, &parameter_name(&options.publish_prefix, image)).await?;
+        for (ami, why) in elsewhere {
+            used.entry(ami).or_insert(why);
+        }
+        (used, unread)
     } else {
-        BTreeMap::new()
+        (BTreeMap::new(), Vec::new())
     };
     let mut pruned = Pruned {
         image: image.to_owned(),
         kept: Vec::new(),
         removed: Vec::new(),
+        unread,
     };
     for (n, ami) in amis.iter().enumerate() {
         let id = ami.image_id().unwrap_or_default().to_owned();
@@ -307,4 +321,70 @@ async fn published(clients: &Clients) -> Result<BTreeMap<String, String>, CallEr
         }
     }
     Ok(used)
+}
+
+/// The SSM parameter `bake pipeline` publishes an image's AMI id in: `PREFIX/IMAGE/ami-id`.
+pub fn parameter_name(prefix: &str, image: &str) -> String {
+    format!("{}/{image}/ami-id", prefix.trim_end_matches('/'))
+}
+
+/// AMI id → the region whose `parameter` names it, for every region enabled in the account other
+/// than this one (this region's parameters are all read by [`published`]); and the regions that
+/// answered AccessDenied. Any other failure stops the prune: an unread value cannot be protected.
+async fn published_elsewhere(
+    clients: &Clients,
+    parameter: &str,
+) -> Result<(BTreeMap<String, String>, Vec<String>), CallError> {
+    let regions = aws::settle(&aws::THROTTLE_BURST, "list regions", || {
+        clients.ec2.describe_regions().send()
+    })
+    .await
+    .map_err(|e| clients.failed("list the account's regions", aws::describe(&e)))?;
+    let others: Vec<String> = regions
+        .regions()
+        .iter()
+        .filter_map(|r| r.region_name())
+        .filter(|r| *r != clients.region)
+        .map(str::to_owned)
+        .collect();
+    let reads = others.iter().map(|region| async move {
+        let ssm = clients.ssm_in(region);
+        let answer = aws::settle(&aws::THROTTLE_BURST, "read a parameter", || {
+            ssm.get_parameter().name(parameter).send()
+        })
+        .await;
+        (region, answer)
+    });
+    let mut used = BTreeMap::new();
+    let mut unread = Vec::new();
+    for (region, answer) in futures_util::future::join_all(reads).await {
+        match answer {
+            Ok(out) => {
+                if let Some(value) = out.parameter().and_then(|p| p.value())
+                    && value.starts_with("ami-")
+                {
+                    used.entry(value.to_owned()).or_insert_with(|| {
+                        format!("published in SSM parameter {parameter} in {region}")
+                    });
+                }
+            }
+            Err(e) if aws::code(&e) == Some("ParameterNotFound") => {}
+            Err(e)
+                if matches!(
+                    aws::code(&e),
+                    Some("AccessDeniedException" | "AccessDenied")
+                ) =>
+            {
+                unread.push(format!("{region}: {}", aws::describe(&e)));
+            }
+            Err(e) => {
+                return Err(CallError {
+                    action: format!("read {parameter}"),
+                    region: region.clone(),
+                    message: aws::describe(&e),
+                });
+            }
+        }
+    }
+    Ok((used, unread))
 }

@@ -134,6 +134,7 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
     let published = bake(&lab, "one").await;
     let mixed = bake(&lab, "two").await;
     let doomed = bake(&lab, "three").await;
+    let abroad = bake(&lab, "abroad").await;
     let newest = bake(&lab, "four").await;
     let doomed_snapshots = lab.snapshots_of(&[&doomed]).await;
     assert!(!doomed_snapshots.is_empty());
@@ -165,6 +166,23 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
         },
     )
     .await;
+    // Another region's published parameter names this region's AMI (a text value: Parameter
+    // Store validates aws:ec2:image values against the parameter's own region).
+    let us_east_1 = aws_sdk_ssm::Client::from_conf(
+        lab.ssm
+            .config()
+            .to_builder()
+            .region(aws_sdk_ssm::config::Region::new("us-east-1"))
+            .build(),
+    );
+    us_east_1
+        .put_parameter()
+        .name("/bake/quick/ami-id")
+        .value(&abroad)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
     lab.ec2
         .create_launch_template()
         .launch_template_name("mixed-web")
@@ -301,6 +319,11 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
         "{kept:?}"
     );
     assert_eq!(why(&newest), "one of the newest 1");
+    assert_eq!(
+        why(&abroad),
+        "published in SSM parameter /bake/quick/ami-id in us-east-1",
+        "{kept:?}"
+    );
 
     // EC2 refused the snapshots while the AMI released them; prune asked again until it could.
     let deletes = answers(&lab, "DeleteSnapshot").await;
@@ -325,7 +348,7 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
             "orphan snapshot {snapshot} left"
         );
     }
-    for ami in [&published, &mixed, &newest] {
+    for ami in [&published, &mixed, &abroad, &newest] {
         assert!(exists(&lab, ami).await, "{ami} was kept");
     }
 }

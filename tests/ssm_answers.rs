@@ -1,7 +1,8 @@
 //! SSM answers replayed by aws-smithy-mocks: Parameter Store validates an `aws:ec2:image` value
 //! after PutParameter answers, so bake reads it back until it holds the new id (and says why when
 //! it never does); GetCommandInvocation answers InvocationDoesNotExist right after SendCommand,
-//! and throttles, which the verify wait rides out.
+//! and throttles, which the verify wait rides out; prune reads the published parameter in other
+//! regions, warns about a region that denies it and stops at any other failure.
 
 use aws_sdk_ssm::error::ErrorMetadata;
 use aws_sdk_ssm::operation::get_command_invocation::{
@@ -40,10 +41,15 @@ macro_rules! mocked {
 }
 
 fn clients(ssm_rules: &[&Rule]) -> Clients {
+    account(ssm_rules, &[], &[])
+}
+
+/// Clients whose SSM, EC2 and Auto Scaling calls are answered by the given rules.
+fn account(ssm_rules: &[&Rule], ec2_rules: &[&Rule], autoscaling_rules: &[&Rule]) -> Clients {
     let none: &[&Rule] = &[];
     Clients {
-        autoscaling: mocked!(aws_sdk_autoscaling, none),
-        ec2: mocked!(aws_sdk_ec2, none),
+        autoscaling: mocked!(aws_sdk_autoscaling, autoscaling_rules),
+        ec2: mocked!(aws_sdk_ec2, ec2_rules),
         elb: mocked!(aws_sdk_elasticloadbalancingv2, none),
         ssm: mocked!(aws_sdk_ssm, ssm_rules),
         iam: mocked!(aws_sdk_iam, none),
@@ -214,6 +220,127 @@ async fn an_undeliverable_verify_command_says_so() {
     .to_string();
     assert!(
         err.contains("verification on builder i-1 ended Failed: Undeliverable"),
+        "{err}"
+    );
+}
+
+/// An account with two AMIs of `web` (the older one prunable with `--keep 1`), nothing using
+/// either in this region, and one other region whose GetParameter of the published parameter
+/// answers `other_region`.
+async fn prune_with(
+    other_region: impl Fn() -> Result<GetParameterOutput, GetParameterError> + Send + Sync + 'static,
+) -> (Result<bake::prune::Pruned, bake::prune::Error>, usize) {
+    use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsOutput;
+    use aws_sdk_ec2::operation::describe_images::DescribeImagesOutput;
+    use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+    use aws_sdk_ec2::operation::describe_launch_templates::DescribeLaunchTemplatesOutput;
+    use aws_sdk_ec2::operation::describe_regions::DescribeRegionsOutput;
+    use aws_sdk_ec2::types::{Image, Region};
+    use aws_sdk_ssm::operation::get_parameters_by_path::GetParametersByPathOutput;
+
+    let images = mock!(aws_sdk_ec2::Client::describe_images).then_output(|| {
+        DescribeImagesOutput::builder()
+            .images(
+                Image::builder()
+                    .image_id("ami-old")
+                    .name("web-old")
+                    .creation_date("2026-01-01T00:00:00.000Z")
+                    .build(),
+            )
+            .images(
+                Image::builder()
+                    .image_id("ami-new")
+                    .name("web-new")
+                    .creation_date("2026-02-01T00:00:00.000Z")
+                    .build(),
+            )
+            .build()
+    });
+    let instances = mock!(aws_sdk_ec2::Client::describe_instances)
+        .then_output(|| DescribeInstancesOutput::builder().build());
+    let templates = mock!(aws_sdk_ec2::Client::describe_launch_templates)
+        .then_output(|| DescribeLaunchTemplatesOutput::builder().build());
+    let regions = mock!(aws_sdk_ec2::Client::describe_regions).then_output(|| {
+        DescribeRegionsOutput::builder()
+            .regions(Region::builder().region_name("ap-northeast-2").build())
+            .regions(Region::builder().region_name("us-east-1").build())
+            .build()
+    });
+    let groups = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
+        .then_output(|| DescribeAutoScalingGroupsOutput::builder().build());
+    let here = mock!(aws_sdk_ssm::Client::get_parameters_by_path)
+        .then_output(|| GetParametersByPathOutput::builder().build());
+    let elsewhere = mock!(aws_sdk_ssm::Client::get_parameter)
+        .match_requests(|r| r.name() == Some(NAME))
+        .then_compute_response(move |_| match other_region() {
+            Ok(out) => aws_smithy_mocks::MockResponse::Output(out),
+            Err(e) => aws_smithy_mocks::MockResponse::Error(e),
+        });
+    let clients = account(
+        &[&here, &elsewhere],
+        &[&images, &instances, &templates, &regions],
+        &[&groups],
+    );
+    let options = bake::prune::Options {
+        keep: 1,
+        dry_run: true,
+        publish_prefix: "/bake".into(),
+    };
+    let result = bake::prune::prune(&clients, "web", &options).await;
+    (result, elsewhere.num_calls())
+}
+
+#[tokio::test(start_paused = true)]
+async fn prune_keeps_an_ami_another_regions_parameter_publishes() {
+    let (pruned, reads) = prune_with(|| Ok(holding("ami-old", 7))).await;
+    let pruned = pruned.unwrap();
+    assert_eq!(reads, 1, "one read, in the one other region");
+    assert!(pruned.removed.is_empty(), "{:?}", pruned.removed);
+    let old = pruned.kept.iter().find(|k| k.ami_id == "ami-old").unwrap();
+    assert_eq!(
+        old.why,
+        "published in SSM parameter /bake/web/ami-id in us-east-1"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_region_that_denies_the_read_is_reported_and_one_that_fails_stops_the_prune() {
+    let denied = || {
+        Err(GetParameterError::generic(
+            ErrorMetadata::builder()
+                .code("AccessDeniedException")
+                .message("explicit deny in a service control policy")
+                .build(),
+        ))
+    };
+    let (pruned, _) = prune_with(denied).await;
+    let pruned = pruned.unwrap();
+    assert_eq!(
+        pruned
+            .removed
+            .iter()
+            .map(|r| r.ami_id.as_str())
+            .collect::<Vec<_>>(),
+        ["ami-old"]
+    );
+    assert_eq!(pruned.unread.len(), 1, "{:?}", pruned.unread);
+    assert!(
+        pruned.unread[0].starts_with("us-east-1: AccessDeniedException"),
+        "{:?}",
+        pruned.unread
+    );
+
+    let broken = || {
+        Err(GetParameterError::generic(
+            ErrorMetadata::builder()
+                .code("InvalidKeyId")
+                .message("the parameter's key is disabled")
+                .build(),
+        ))
+    };
+    let err = prune_with(broken).await.0.unwrap_err().to_string();
+    assert!(
+        err.contains("read /bake/web/ami-id in us-east-1") && err.contains("InvalidKeyId"),
         "{err}"
     );
 }
