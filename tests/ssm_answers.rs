@@ -13,7 +13,9 @@ use aws_sdk_ssm::operation::get_parameter_history::GetParameterHistoryOutput;
 use aws_sdk_ssm::operation::put_parameter::PutParameterOutput;
 use aws_sdk_ssm::operation::send_command::SendCommandOutput;
 use aws_sdk_ssm::types::{Command, CommandInvocationStatus, Parameter, ParameterHistory};
-use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
+use aws_smithy_mocks::{
+    MockResponse, MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock,
+};
 use bake::ami::verify;
 use bake::aws::Clients;
 use bake::output::Progress;
@@ -228,7 +230,10 @@ async fn an_undeliverable_verify_command_says_so() {
 /// either in this region, and one other region whose GetParameter of the published parameter
 /// answers `other_region`.
 async fn prune_with(
-    other_region: impl Fn() -> Result<GetParameterOutput, GetParameterError> + Send + Sync + 'static,
+    other_region: impl Fn() -> MockResponse<GetParameterOutput, GetParameterError>
+    + Send
+    + Sync
+    + 'static,
 ) -> (Result<bake::prune::Pruned, bake::prune::Error>, usize) {
     use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsOutput;
     use aws_sdk_ec2::operation::describe_images::DescribeImagesOutput;
@@ -272,10 +277,7 @@ async fn prune_with(
         .then_output(|| GetParametersByPathOutput::builder().build());
     let elsewhere = mock!(aws_sdk_ssm::Client::get_parameter)
         .match_requests(|r| r.name() == Some(NAME))
-        .then_compute_response(move |_| match other_region() {
-            Ok(out) => aws_smithy_mocks::MockResponse::Output(out),
-            Err(e) => aws_smithy_mocks::MockResponse::Error(e),
-        });
+        .then_compute_response(move |_| other_region());
     let clients = account(
         &[&here, &elsewhere],
         &[&images, &instances, &templates, &regions],
@@ -292,7 +294,7 @@ async fn prune_with(
 
 #[tokio::test(start_paused = true)]
 async fn prune_keeps_an_ami_another_regions_parameter_publishes() {
-    let (pruned, reads) = prune_with(|| Ok(holding("ami-old", 7))).await;
+    let (pruned, reads) = prune_with(|| MockResponse::Output(holding("ami-old", 7))).await;
     let pruned = pruned.unwrap();
     assert_eq!(reads, 1, "one read, in the one other region");
     assert!(pruned.removed.is_empty(), "{:?}", pruned.removed);
@@ -306,7 +308,7 @@ async fn prune_keeps_an_ami_another_regions_parameter_publishes() {
 #[tokio::test(start_paused = true)]
 async fn a_region_that_denies_the_read_is_reported_and_one_that_fails_stops_the_prune() {
     let denied = || {
-        Err(GetParameterError::generic(
+        MockResponse::Error(GetParameterError::generic(
             ErrorMetadata::builder()
                 .code("AccessDeniedException")
                 .message("explicit deny in a service control policy")
@@ -331,7 +333,7 @@ async fn a_region_that_denies_the_read_is_reported_and_one_that_fails_stops_the_
     );
 
     let broken = || {
-        Err(GetParameterError::generic(
+        MockResponse::Error(GetParameterError::generic(
             ErrorMetadata::builder()
                 .code("InvalidKeyId")
                 .message("the parameter's key is disabled")
