@@ -29,8 +29,10 @@ demo: build lab-image
 	@endpoint=$$($(MAKE) --no-print-directory -s lab-up | tail -n 1 | cut -d= -f2-); \
 	$(LAB_PYTHON) demo/demo.py "$$endpoint"
 
-## bench: bake against Packer in the lab; writes bench/results.json and prints a table
+## bench: `bake validate` of each example under 50 ms (bench/validate.json), then bake against
+## Packer in the lab (bench/results.json); prints a table for each
 bench: build lab-image
+	$(LAB_PYTHON) bench/validate.py
 	$(LAB_PYTHON) bench/run.py
 
 ## fmt: format the code

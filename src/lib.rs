@@ -282,7 +282,7 @@ pub(crate) async fn bake_all(
     options: &ami::Options,
     checkip_url: &str,
 ) -> Result<(Vec<ami::Baked>, Vec<ami::Error>), Error> {
-    let renderer = Renderer::new(config);
+    let renderer = Renderer::new(config)?;
     // Every image is checked before anything is created for any of them.
     let plans = futures_util::future::join_all(names.iter().map(|name| {
         ami::preflight::plan(
@@ -486,7 +486,7 @@ impl<'a> ImageReport<'a> {
 
 fn render_image(cli: &Cli, config: &Config, name: &str) -> Result<(), Error> {
     let image = config.image(name)?;
-    let rendered = Renderer::new(config).render(config, name, image)?;
+    let rendered = Renderer::new(config)?.render(config, name, image)?;
     let mut report = ImageReport::new(name, image, &rendered);
     if cli.output == output::Format::Text {
         output::note(&report.summary());
@@ -497,7 +497,7 @@ fn render_image(cli: &Cli, config: &Config, name: &str) -> Result<(), Error> {
 }
 
 fn validate(cli: &Cli, config: &Config) -> Result<(), Error> {
-    let renderer = Renderer::new(config);
+    let renderer = Renderer::new(config)?;
     let mut errors = Vec::new();
     let mut rendered = Vec::new();
     for (name, image) in &config.image {

@@ -1,9 +1,14 @@
-//! User data: the minijinja environment over templates/, shell quoting, the size limit and the digest.
+//! User data: the minijinja environment over templates/, bounded rendering, shell quoting and its
+//! check, the size limit, the digest and AMI names.
 
-use std::collections::BTreeMap;
+mod lint;
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
 use serde::Serialize;
@@ -36,9 +41,28 @@ const BUILTIN: &[(&str, &str)] = &[
 const TEMPLATE_SUFFIX: &str = ".sh.j2";
 const SHELL: AutoEscape = AutoEscape::Custom("shell");
 
+pub use lint::OPT_OUT as QUOTE_CHECK_OPT_OUT;
+
+/// Template instructions one render may execute (minijinja's fuel). The built-in templates take
+/// under 1% of it; a loop that goes on past this is taken for a runaway.
+pub const FUEL: u64 = 1_000_000;
+/// How deep includes and macro calls may nest (minijinja counts an include as 10 levels).
+pub const RECURSION_LIMIT: usize = 200;
+/// Rendering stops when user data grows past this: 64 times what EC2 accepts, so a template that
+/// would write gigabytes fails at once instead of exhausting memory.
+pub const RENDER_CAP: usize = 64 * USER_DATA_LIMIT;
+/// Rendering an AMI name stops past this; EC2 allows 128 characters.
+pub const AMI_NAME_CAP: usize = 1024;
+
 /// Why user data could not be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("{at}: templates_dir: {path} {why}")]
+    TemplatesDir {
+        at: Location,
+        path: String,
+        why: String,
+    },
     #[error("{at}: image.{image}.template: no template {name:?} {looked}")]
     MissingTemplate {
         at: Location,
@@ -47,12 +71,22 @@ pub enum Error {
         /// Where bake looked and what it found there.
         looked: String,
     },
-    /// An error inside a template: undefined value, syntax error, bad filter.
+    /// An error inside a template: undefined value, syntax error, bad filter, a value placed
+    /// where its quoting does not hold, a runaway loop, recursion or output.
     #[error("{file}:{line}: {message} (rendering image.{image} of {config})")]
     Template {
         file: String,
         line: usize,
         message: String,
+        image: String,
+        config: String,
+    },
+    #[error("{file}: cannot read this template: {why}{from} (rendering image.{image} of {config})")]
+    ReadTemplate {
+        file: String,
+        why: String,
+        /// ` (included from FILE:LINE)`, or empty.
+        from: String,
         image: String,
         config: String,
     },
@@ -73,6 +107,110 @@ pub enum Error {
         image: String,
         message: String,
     },
+}
+
+/// A problem the loader found in a template file, carried through minijinja's error chain.
+#[derive(Debug, thiserror::Error)]
+enum LoadProblem {
+    #[error("cannot read {file}: {why}")]
+    Read { file: String, why: String },
+    #[error("{file}:{line}: {message}")]
+    Unsafe {
+        file: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// The output budget of the render on this thread: how much it wrote, its cap, and how much it
+/// had produced when it passed the cap.
+#[derive(Clone, Copy, Default)]
+struct Budget {
+    written: usize,
+    cap: usize,
+    stopped_at: Option<usize>,
+}
+
+thread_local! {
+    /// Set up by [`Capped`], which counts what the render writes; the formatters read it to stop
+    /// the render at the first value past the cap, before quoting or copying a huge value.
+    static BUDGET: Cell<Budget> = const {
+        Cell::new(Budget { written: 0, cap: 0, stopped_at: None })
+    };
+}
+
+/// The detail of the error that stops a render past its cap (replaced by bake's own message).
+const OVER_CAP_DETAIL: &str = "output cap reached";
+
+/// Collects rendered output up to `cap` and drops the rest, so memory stays bounded; the render
+/// stops at its next value (see [`spend`]) or when its fuel runs out.
+struct Capped {
+    text: Vec<u8>,
+}
+
+impl Capped {
+    fn new(cap: usize) -> Capped {
+        BUDGET.set(Budget {
+            cap,
+            ..Budget::default()
+        });
+        Capped { text: Vec::new() }
+    }
+
+    /// How much the template had produced when it passed the cap, if it did.
+    fn stopped_at(&self) -> Option<usize> {
+        BUDGET.get().stopped_at
+    }
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if spend(buf.len()).is_ok() {
+            self.text.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Counts `len` more bytes of output; an error (which stops the render) once past the cap.
+fn spend(len: usize) -> Result<(), minijinja::Error> {
+    let mut budget = BUDGET.get();
+    if budget.stopped_at.is_none() {
+        let total = budget.written.saturating_add(len);
+        if total <= budget.cap {
+            budget.written = total;
+            BUDGET.set(budget);
+            return Ok(());
+        }
+        budget.stopped_at = Some(total);
+        BUDGET.set(budget);
+    }
+    Err(minijinja::Error::new(
+        ErrorKind::InvalidOperation,
+        OVER_CAP_DETAIL,
+    ))
+}
+
+/// Stops the render once its output passed the cap (checked after each value is written).
+fn stop_past_cap() -> Result<(), minijinja::Error> {
+    match BUDGET.get().stopped_at {
+        Some(_) => spend(0),
+        None => Ok(()),
+    }
+}
+
+/// The AMI-name formatter: values as they are, and the output cap.
+fn name_formatter(
+    out: &mut minijinja::Output<'_>,
+    state: &minijinja::State<'_, '_>,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
+    minijinja::escape_formatter(out, state, value)?;
+    stop_past_cap()
 }
 
 /// What the template sees. Typed, so a template can only use what exists.
@@ -126,34 +264,61 @@ pub struct Rendered {
 /// Renders images' user data from the built-in templates and the user's templates_dir.
 pub struct Renderer {
     env: Environment<'static>,
+    /// AMI name templates: the same bounds, no loader, no shell quoting.
+    names: Environment<'static>,
     user_dir: Option<PathBuf>,
     config_path: PathBuf,
 }
 
+/// Templates whose values sit in a quoted heredoc, with the first such line: their values must
+/// be one line (shared by the loader, which finds them, and the formatter, which enforces it).
+type HeredocValues = Arc<Mutex<HashMap<String, usize>>>;
+
 impl Renderer {
-    /// A renderer for the templates `config` can see.
-    pub fn new(config: &Config) -> Renderer {
+    /// A renderer for the templates `config` can see; a `templates_dir` that is not a directory
+    /// is an error at its place in the config.
+    pub fn new(config: &Config) -> Result<Renderer, Error> {
         let user_dir = config.templates_dir();
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        if let (Some(dir), Some(spanned)) = (&user_dir, &config.templates_dir) {
+            let why = match std::fs::metadata(dir) {
+                Ok(meta) if meta.is_dir() => None,
+                Ok(_) => Some("is not a directory".to_owned()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                    "does not exist (relative paths are from the config's directory, {})",
+                    config.source.dir().display()
+                )),
+                Err(e) => Some(format!("cannot be read: {e}")),
+            };
+            if let Some(why) = why {
+                return Err(Error::TemplatesDir {
+                    at: config.source.locate(spanned.span().start),
+                    path: dir.display().to_string(),
+                    why,
+                });
+            }
+        }
+        let mut env = bounded_env();
         env.set_keep_trailing_newline(true);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_auto_escape_callback(|name| {
-            if name.ends_with(TEMPLATE_SUFFIX) {
-                SHELL
-            } else {
-                AutoEscape::None
-            }
-        });
-        env.set_formatter(shell_formatter);
+        // Every template here becomes part of a user-data script, whatever its file is named.
+        env.set_auto_escape_callback(|_| SHELL);
+        let heredoc_values = HeredocValues::default();
+        let seen = Arc::clone(&heredoc_values);
+        env.set_formatter(move |out, state, value| shell_formatter(out, state, value, &seen));
         let dir = user_dir.clone();
-        env.set_loader(move |name| load(dir.as_deref(), name));
-        Renderer {
+        let found = Arc::clone(&heredoc_values);
+        env.set_loader(move |name| load(dir.as_deref(), name, &found));
+        Ok(Renderer {
             env,
+            names: {
+                let mut names = bounded_env();
+                names.set_formatter(name_formatter);
+                names
+            },
             user_dir,
             config_path: config.source.path.clone(),
-        }
+        })
     }
 
     /// Renders `name`'s user data and computes its digest.
@@ -197,10 +362,33 @@ impl Renderer {
             failed_marker: FAILED_MARKER,
             bake_version: env!("CARGO_PKG_VERSION"),
         };
+        let run = |context: &Context<'_>| -> Result<String, Error> {
+            let mut out = Capped::new(RENDER_CAP);
+            let result = template.render_captured_to(context, &mut out);
+            match (out.stopped_at(), result) {
+                (Some(produced), result) => {
+                    let message = format!(
+                        "user data grew past {RENDER_CAP} bytes while rendering (stopped at \
+                         {produced} bytes; EC2 accepts {USER_DATA_LIMIT}): a loop that writes \
+                         without end, or a huge value?"
+                    );
+                    Err(match result {
+                        Err(e) => self.located(innermost(&e), name, message),
+                        Ok(_) => Error::Template {
+                            file: self.origin(&file),
+                            line: 0,
+                            message,
+                            image: name.to_owned(),
+                            config: self.config_path.display().to_string(),
+                        },
+                    })
+                }
+                (None, Ok(_)) => Ok(String::from_utf8(out.text).expect("minijinja writes UTF-8")),
+                (None, Err(e)) => Err(self.template_error(&e, name)),
+            }
+        };
         // Two passes: the script holds its own digest, so the digest covers the script without it.
-        let first = template
-            .render(&context)
-            .map_err(|e| self.template_error(&e, name))?;
+        let first = run(&context)?;
         let digest = digest(&DigestInputs {
             user_data: &first,
             template: template_name,
@@ -212,9 +400,7 @@ impl Renderer {
             health: &image.health,
         });
         context.digest = &digest;
-        let script = template
-            .render(&context)
-            .map_err(|e| self.template_error(&e, name))?;
+        let script = run(&context)?;
         let (payload, compressed) = fit(&script).map_err(|compressed| Error::TooLarge {
             at: config.source.locate(image.template.span().start),
             image: name.to_owned(),
@@ -248,35 +434,111 @@ impl Renderer {
             image: name.to_owned(),
             message,
         };
-        let rendered = self
-            .env
-            .render_str(image.name.get_ref(), context)
-            .map_err(|e| fail(format!("{e:#}")))?;
+        let source = image.name.get_ref();
+        let mut out = Capped::new(AMI_NAME_CAP);
+        let result = self
+            .names
+            .template_from_str(source)
+            .and_then(|t| t.render_captured_to(context, &mut out).map(|_| ()));
+        let rendered = match (out.stopped_at(), result) {
+            (Some(produced), _) => {
+                return Err(fail(format!(
+                    "the name template wrote more than {AMI_NAME_CAP} bytes (stopped at \
+                     {produced}); AMI names are 3 to 128 characters"
+                )));
+            }
+            (None, Ok(())) => String::from_utf8(out.text).expect("minijinja writes UTF-8"),
+            (None, Err(e)) if e.kind() == ErrorKind::UndefinedError => {
+                let expr = e.range().and_then(|r| source.get(r)).map(str::trim);
+                return Err(fail(format!(
+                    "undefined value{} in the name template {source:?}; it sees image, date, \
+                     time and digest",
+                    expr.map(|x| format!(" `{x}`")).unwrap_or_default()
+                )));
+            }
+            (None, Err(e)) => {
+                return Err(fail(format!(
+                    "in the name template {source:?}: {}",
+                    describe(&e)
+                )));
+            }
+        };
         check_ami_name(&rendered).map_err(fail)?;
         Ok(rendered)
     }
 
+    /// A template error as a user reads it: the file and line where it happened (inside an
+    /// include, not at the include), what went wrong, and no minijinja internals.
     fn template_error(&self, e: &minijinja::Error, image: &str) -> Error {
-        let name = e.name().unwrap_or("?").to_owned();
-        let source = self
-            .env
-            .get_template(&name)
-            .ok()
+        let chain = chain(e);
+        if let Some(problem) = chain.iter().find_map(|c| c.downcast_ref::<LoadProblem>()) {
+            return match problem {
+                LoadProblem::Read { file, why } => Error::ReadTemplate {
+                    file: file.clone(),
+                    why: why.clone(),
+                    from: e
+                        .name()
+                        .zip(e.line())
+                        .map(|(n, l)| format!(" (included from {}:{l})", self.origin(n)))
+                        .unwrap_or_default(),
+                    image: image.to_owned(),
+                    config: self.config_path.display().to_string(),
+                },
+                LoadProblem::Unsafe {
+                    file,
+                    line,
+                    message,
+                } => Error::Template {
+                    file: file.clone(),
+                    line: *line,
+                    message: message.clone(),
+                    image: image.to_owned(),
+                    config: self.config_path.display().to_string(),
+                },
+            };
+        }
+        // Includes nest their errors; the innermost template error says where it happened.
+        let includes: Vec<&minijinja::Error> = chain
+            .iter()
+            .filter_map(|c| c.downcast_ref::<minijinja::Error>())
+            .collect();
+        let inner = includes
+            .iter()
+            .rev()
+            .find(|x| x.kind() != ErrorKind::BadInclude && x.name().is_some())
+            .copied()
+            .unwrap_or(e);
+        if inner.detail() == Some("recursion limit exceeded")
+            && let Some(message) = self.include_cycle(&includes)
+        {
+            return self.located(e, image, message);
+        }
+        let source = inner
+            .name()
+            .and_then(|n| self.env.get_template(n).ok())
             .map(|t| t.source().to_owned());
-        let expr = e
+        let expr = inner
             .range()
             .and_then(|r| source.as_deref().and_then(|s| s.get(r)))
             .map(str::trim);
-        let message = match (e.kind(), expr) {
+        let mut message = match (inner.kind(), expr) {
             (ErrorKind::UndefinedError, Some(expr)) => {
                 format!("undefined value `{expr}` (set it in vars, or use `| default(...)`)")
             }
-            _ => e
-                .detail()
-                .map_or_else(|| e.kind().to_string(), str::to_owned),
+            _ => describe(inner),
         };
+        if !std::ptr::eq(inner, e)
+            && let (Some(name), Some(line)) = (e.name(), e.line())
+        {
+            let _ = write!(message, " (included from {}:{line})", self.origin(name));
+        }
+        self.located(inner, image, message)
+    }
+
+    /// `message` at the template and line of `e`.
+    fn located(&self, e: &minijinja::Error, image: &str, message: String) -> Error {
         Error::Template {
-            file: self.origin(&name),
+            file: self.origin(e.name().unwrap_or("?")),
             line: e.line().unwrap_or(0),
             message,
             image: image.to_owned(),
@@ -284,12 +546,40 @@ impl Renderer {
         }
     }
 
+    /// When nested include errors show a template including itself, directly or through others:
+    /// the cycle, as `a:3 includes b, b:2 includes a`.
+    fn include_cycle(&self, includes: &[&minijinja::Error]) -> Option<String> {
+        let steps: Vec<(&str, usize)> = includes
+            .iter()
+            .filter(|x| x.kind() == ErrorKind::BadInclude)
+            .filter_map(|x| x.name().zip(x.line()))
+            .collect();
+        let first = steps.first()?;
+        let again = steps.iter().skip(1).position(|s| s.0 == first.0)? + 1;
+        let cycle = &steps[..again];
+        if cycle.len() == 1 {
+            return Some(format!(
+                "this template includes itself ({}), which never ends",
+                first.0
+            ));
+        }
+        let path: Vec<String> = cycle
+            .iter()
+            .enumerate()
+            .map(|(i, (name, line))| {
+                let next = cycle[(i + 1) % cycle.len()].0;
+                format!("{}:{line} includes {next}", self.origin(name))
+            })
+            .collect();
+        Some(format!(
+            "include cycle, which never ends: {}",
+            path.join(", ")
+        ))
+    }
+
     /// Where a template comes from, as a user would look for it.
     fn origin(&self, name: &str) -> String {
-        match &self.user_dir {
-            Some(dir) if dir.join(name).is_file() => dir.join(name).display().to_string(),
-            _ => format!("templates/{name} (built in)"),
-        }
+        origin(self.user_dir.as_deref(), name)
     }
 
     fn searched(&self) -> String {
@@ -320,46 +610,166 @@ impl Renderer {
     }
 }
 
-/// Loads a template from the user's directory first, then from the built-in set.
-fn load(user_dir: Option<&Path>, name: &str) -> Result<Option<String>, minijinja::Error> {
+/// An environment whose renders are bounded: fuel, recursion depth, strict undefined values.
+fn bounded_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(RECURSION_LIMIT);
+    env
+}
+
+/// The innermost template error under `e` (inside includes), or `e`.
+fn innermost(e: &minijinja::Error) -> &minijinja::Error {
+    let mut inner = e;
+    while let Some(next) = std::error::Error::source(inner)
+        .and_then(|s| s.downcast_ref::<minijinja::Error>())
+        .filter(|n| n.name().is_some())
+    {
+        inner = next;
+    }
+    inner
+}
+
+/// `e` and every error under it.
+fn chain<'a>(e: &'a minijinja::Error) -> Vec<&'a (dyn std::error::Error + 'static)> {
+    let mut all: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    while let Some(next) = all.last().and_then(|x| x.source()) {
+        all.push(next);
+    }
+    all
+}
+
+/// What went wrong, in words (minijinja's detail, or its kind), with bake's bounds named.
+fn describe(e: &minijinja::Error) -> String {
+    match (e.kind(), e.detail()) {
+        (ErrorKind::OutOfFuel, _) => format!(
+            "the template ran more than {FUEL} steps: a loop that never ends, or one far too long"
+        ),
+        (_, Some("recursion limit exceeded")) => format!(
+            "macros or includes nest deeper than {RECURSION_LIMIT} levels: one that calls itself \
+             without end?"
+        ),
+        (_, Some(detail)) => detail.to_owned(),
+        (kind, None) => kind.to_string(),
+    }
+}
+
+/// Where a template comes from, as a user would look for it.
+fn origin(user_dir: Option<&Path>, name: &str) -> String {
+    match user_dir {
+        Some(dir) if dir.join(name).is_file() => dir.join(name).display().to_string(),
+        _ => format!("templates/{name} (built in)"),
+    }
+}
+
+/// Loads a template from the user's directory first, then from the built-in set, and checks
+/// where it places values (see [`lint`]).
+fn load(
+    user_dir: Option<&Path>,
+    name: &str,
+    heredoc_values: &HeredocValues,
+) -> Result<Option<String>, minijinja::Error> {
     if name.split('/').any(|part| part == ".." || part.is_empty()) {
         return Ok(None);
     }
+    let mut text = None;
     if let Some(dir) = user_dir {
-        match std::fs::read_to_string(dir.join(name)) {
-            Ok(text) => return Ok(Some(text)),
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => text = Some(t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
+                let problem = LoadProblem::Read {
+                    file: path.display().to_string(),
+                    why: e.to_string(),
+                };
                 return Err(minijinja::Error::new(
                     ErrorKind::InvalidOperation,
-                    format!("cannot read template {}: {e}", dir.join(name).display()),
-                ));
+                    problem.to_string(),
+                )
+                .with_source(problem));
             }
         }
     }
-    Ok(BUILTIN
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, text)| (*text).to_owned()))
+    let Some(text) = text.or_else(|| {
+        BUILTIN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, text)| (*text).to_owned())
+    }) else {
+        return Ok(None);
+    };
+    match lint::check(&text) {
+        Ok(placed) => {
+            if let Some(line) = placed.in_quoted_heredoc {
+                heredoc_values
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(name.to_owned(), line);
+            }
+            Ok(Some(text))
+        }
+        Err(found) => {
+            let problem = LoadProblem::Unsafe {
+                file: origin(user_dir, name),
+                line: found.line,
+                message: found.to_string(),
+            };
+            Err(
+                minijinja::Error::new(ErrorKind::InvalidOperation, problem.to_string())
+                    .with_source(problem),
+            )
+        }
+    }
 }
 
 /// Writes values into shell templates as single shell words; `| safe` marks trusted raw text.
+/// In a template that places values inside a quoted heredoc, a value must be one line.
 fn shell_formatter(
     out: &mut minijinja::Output<'_>,
     state: &minijinja::State<'_, '_>,
     value: &Value,
+    heredoc_values: &HeredocValues,
 ) -> Result<(), minijinja::Error> {
     if state.auto_escape() != SHELL || value.is_safe() {
         return minijinja::escape_formatter(out, state, value);
     }
+    // A value that cannot fit stops the render before it is copied or quoted.
+    let len = value.as_str().map_or(0, str::len);
+    let left = BUDGET.with(|b| {
+        let b = b.get();
+        b.cap.saturating_sub(b.written)
+    });
+    if len > left {
+        return spend(len);
+    }
     let text = value.to_string();
+    if text.contains(['\n', '\r']) {
+        let heredoc_line = heredoc_values
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(state.name())
+            .copied();
+        if let Some(line) = heredoc_line {
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "the value {text:?} has a line break, and this template places values inside \
+                     a quoted heredoc (line {line}), which a line of the value could end; values \
+                     of this template must be one line"
+                ),
+            ));
+        }
+    }
     let quoted = shlex::try_quote(&text).map_err(|e| {
         minijinja::Error::new(
             ErrorKind::InvalidOperation,
             format!("cannot quote {text:?} for the shell: {e}"),
         )
     })?;
-    out.write_str(&quoted).map_err(minijinja::Error::from)
+    out.write_str(&quoted).map_err(minijinja::Error::from)?;
+    stop_past_cap()
 }
 
 fn digest(inputs: &DigestInputs<'_>) -> String {
@@ -434,7 +844,7 @@ commands = ["systemctl is-active nginx"]
 
     fn digest_of(text: &str) -> String {
         let config = Config::parse(Path::new("bake.toml"), text.to_owned()).unwrap();
-        let renderer = Renderer::new(&config);
+        let renderer = Renderer::new(&config).unwrap();
         renderer
             .render(&config, "web", &config.image["web"])
             .unwrap()
@@ -484,6 +894,7 @@ commands = ["systemctl is-active nginx"]
     fn script_ends_by_writing_its_digest_to_the_marker() {
         let config = Config::parse(Path::new("bake.toml"), CONFIG.to_owned()).unwrap();
         let rendered = Renderer::new(&config)
+            .unwrap()
             .render(&config, "web", &config.image["web"])
             .unwrap();
         let tail: Vec<&str> = rendered.script.lines().rev().take(6).collect();
@@ -511,6 +922,23 @@ commands = ["systemctl is-active nginx"]
     }
 
     #[test]
+    fn built_in_templates_render_on_a_hundredth_of_the_fuel() {
+        for (template, os) in [("nginx", "debian"), ("lamp", "al2023")] {
+            let text = CONFIG
+                .replace(
+                    "template = \"nginx\"",
+                    &format!("template = \"{template}\""),
+                )
+                .replace("os = \"debian\"", &format!("os = \"{os}\""));
+            let config = Config::parse(Path::new("bake.toml"), text).unwrap();
+            let mut renderer = Renderer::new(&config).unwrap();
+            renderer.env.set_fuel(Some(FUEL / 100));
+            let rendered = renderer.render(&config, "web", &config.image["web"]);
+            assert!(rendered.is_ok(), "{template}: {:?}", rendered.err());
+        }
+    }
+
+    #[test]
     fn ami_names_follow_ec2_rules() {
         assert!(check_ami_name("web-20261122-0123abcd").is_ok());
         assert!(check_ami_name("ab").is_err());
@@ -521,7 +949,7 @@ commands = ["systemctl is-active nginx"]
     #[test]
     fn ami_name_template_sees_date_and_digest() {
         let config = Config::parse(Path::new("bake.toml"), CONFIG.to_owned()).unwrap();
-        let renderer = Renderer::new(&config);
+        let renderer = Renderer::new(&config).unwrap();
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
         let name = renderer
             .ami_name(

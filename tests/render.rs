@@ -51,7 +51,7 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A scratch directory with a config (and optional templates) written into it.
+/// A scratch directory with a config and its `templates/` (empty unless given templates).
 struct Scratch {
     dir: tempfile::TempDir,
 }
@@ -60,6 +60,7 @@ impl Scratch {
     fn new(config: &str) -> Scratch {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bake.toml"), config).unwrap();
+        std::fs::create_dir(dir.path().join("templates")).unwrap();
         Scratch { dir }
     }
 
@@ -157,7 +158,7 @@ fn committed_userdata_matches_what_rendering_produces() {
     let mut expected = Vec::new();
     for example in examples() {
         let config = Config::load(&example).unwrap();
-        let renderer = Renderer::new(&config);
+        let renderer = Renderer::new(&config).unwrap();
         let stem = example.file_stem().unwrap().to_string_lossy().into_owned();
         for (name, image) in &config.image {
             let rendered = renderer.render(&config, name, image).unwrap();
@@ -443,4 +444,274 @@ fn validate_accepts_every_example_and_lists_its_images() {
         assert_eq!(json["images"][0]["image"], "web");
         assert_eq!(json["rollouts"][0], "web");
     }
+}
+
+/// Runs bake under a 512 MB address-space limit, as a small cron host might; returns its output
+/// and how long it took.
+fn bake_limited(args: &[&str]) -> (Output, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 524288; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_bake"))
+        .args(args)
+        .env_remove("BAKE_CONFIG")
+        .output()
+        .expect("sh runs");
+    (out, started.elapsed())
+}
+
+#[test]
+fn an_endless_template_loop_exits_2_within_2_s_naming_file_and_line() {
+    let scratch = Scratch::new(&config_with("template = \"probe\"")).template(
+        "probe.sh.j2",
+        "#!/bin/bash\necho start\n{% for a in range(100000) %}{% for b in range(100000) %}\
+         {% set c = a * b %}{% endfor %}{% endfor %}\n",
+    );
+    let (out, took) = bake_limited(&["-c", &scratch.config(), "validate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    let file = scratch.path().join("templates/probe.sh.j2");
+    let msg = stderr(&out);
+    assert!(msg.contains(&format!("{}:3: ", file.display())), "{msg}");
+    assert!(msg.contains("more than 1000000 steps"), "{msg}");
+}
+
+#[test]
+fn a_gigabyte_template_exits_2_within_2_s_giving_cap_and_size() {
+    for body in [
+        // Values: stopped at the first value past the cap.
+        "{% for a in range(100000) %}{% for b in range(100000) %}{{ \"x\" * 10000 }}\
+         {% endfor %}{% endfor %}",
+        // Plain text only: dropped past the cap, stopped when its fuel runs out.
+        "{% for a in range(100000) %}{% for b in range(100000) %}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\
+         {% endfor %}{% endfor %}",
+        // One value of 100 MB: refused before it is quoted or copied.
+        "{{ \"x\" * 100000000 }}",
+    ] {
+        let scratch = Scratch::new(&config_with("template = \"probe\""))
+            .template("probe.sh.j2", &format!("#!/bin/bash\n\n{body}\n"));
+        let (out, took) = bake_limited(&["-c", &scratch.config(), "render", "probe"]);
+        assert_eq!(out.status.code(), Some(2), "{body}: {}", stderr(&out));
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "{body}: took {took:?}"
+        );
+        let msg = stderr(&out);
+        let file = scratch.path().join("templates/probe.sh.j2");
+        assert!(msg.contains(&format!("{}:3: ", file.display())), "{msg}");
+        assert!(
+            msg.contains("grew past 1048576 bytes while rendering (stopped at "),
+            "{msg}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn the_ami_name_template_is_bounded_too() {
+    let scratch = Scratch::new(&config_with(
+        "template = \"probe\"\nname = '{% for i in range(100000) %}{{ i }}{% endfor %}'",
+    ))
+    .template("probe.sh.j2", "#!/bin/bash\namazon-ssm-agent\n");
+    let (out, took) = bake_limited(&["-c", &scratch.config(), "validate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    let msg = stderr(&out);
+    assert!(
+        msg.contains(&format!("{}:7:8: image.probe.name: ", scratch.config()))
+            && msg.contains("more than 1024 bytes"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_undefined_name_in_the_ami_name_template_is_named() {
+    let scratch = Scratch::new(&config_with(
+        "template = \"probe\"\nname = \"{{ image }}-{{ relase }}\"",
+    ))
+    .template("probe.sh.j2", "#!/bin/bash\namazon-ssm-agent\n");
+    let msg = fails_with_2(&scratch, "validate");
+    assert!(
+        msg.contains(&format!(
+            "{}:7:8: image.probe.name: undefined value `relase`",
+            scratch.config()
+        )) && msg.contains("image, date, time and digest"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_missing_templates_dir_exits_2_at_its_place_in_the_config() {
+    let scratch =
+        Scratch::new(&config_with("template = \"nginx\"").replace("\"templates\"", "\"templtes\""));
+    let msg = fails_with_2(&scratch, "validate");
+    let dir = scratch.path().join("templtes");
+    assert!(
+        msg.contains(&format!(
+            "{}:1:17: templates_dir: {} does not exist",
+            scratch.config(),
+            dir.display()
+        )),
+        "{msg}"
+    );
+    // Not a silent fall back to the built-in templates, for any command that renders.
+    assert!(fails_with_2(&scratch, "render").contains("templates_dir"));
+}
+
+#[test]
+fn a_self_include_and_an_include_cycle_name_file_and_line() {
+    let scratch = Scratch::new(&config_with("template = \"probe\"")).template(
+        "probe.sh.j2",
+        "#!/bin/bash\necho a\n{% include \"probe.sh.j2\" %}\n",
+    );
+    let msg = fails_with_2(&scratch, "validate");
+    let file = scratch.path().join("templates/probe.sh.j2");
+    assert!(
+        msg.contains(&format!(
+            "{}:3: this template includes itself (probe.sh.j2)",
+            file.display()
+        )),
+        "{msg}"
+    );
+    let scratch = Scratch::new(&config_with("template = \"probe\""))
+        .template("probe.sh.j2", "#!/bin/bash\n{% include \"b.sh.j2\" %}\n")
+        .template("b.sh.j2", "echo b\necho b\n{% include \"probe.sh.j2\" %}\n");
+    let msg = fails_with_2(&scratch, "validate");
+    let file = scratch.path().join("templates/probe.sh.j2");
+    let other = scratch.path().join("templates/b.sh.j2");
+    assert!(
+        msg.contains(&format!(
+            "include cycle, which never ends: {}:2 includes b.sh.j2, {}:3 includes probe.sh.j2",
+            file.display(),
+            other.display()
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_unreadable_template_is_reported_at_its_own_path() {
+    let scratch = Scratch::new(&config_with("template = \"probe\"")).template(
+        "probe.sh.j2",
+        "#!/bin/bash\necho a\n{% include \"part.sh.j2\" %}\n",
+    );
+    std::fs::create_dir(scratch.path().join("templates/part.sh.j2")).unwrap();
+    let msg = fails_with_2(&scratch, "render");
+    let part = scratch.path().join("templates/part.sh.j2");
+    let file = scratch.path().join("templates/probe.sh.j2");
+    assert!(
+        msg.contains(&format!("{}: cannot read this template: ", part.display()))
+            && msg.contains(&format!("(included from {}:3)", file.display())),
+        "{msg}"
+    );
+    assert!(!msg.contains("(built in)"), "{msg}");
+}
+
+#[test]
+fn hostile_values_in_partials_of_any_name_stay_literal_when_sh_runs_the_script() {
+    let hostile = [
+        "$(touch pwned)",
+        "`touch pwned`",
+        "x; touch pwned",
+        "x'; touch pwned; echo '",
+        "line one\ntouch pwned",
+    ];
+    for partial in ["p.sh", "x.txt"] {
+        for value in hostile {
+            let toml_value = serde_json::to_string(value).unwrap();
+            let scratch = Scratch::new(&config_with(&format!(
+                "template = \"probe\"\nvars = {{ value = {toml_value} }}"
+            )))
+            .template(
+                "probe.sh.j2",
+                &format!("#!/bin/sh\nset -eu\n{{% include \"{partial}\" %}}\n"),
+            )
+            .template(partial, "printf '%s' {{ vars.value }} > out\n");
+            let out = bake(&["-c", &scratch.config(), "render", "probe"]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            std::fs::write(scratch.path().join("probe.sh"), &out.stdout).unwrap();
+            let run = Command::new("sh")
+                .arg("probe.sh")
+                .current_dir(scratch.path())
+                .output()
+                .unwrap();
+            assert!(
+                run.status.success(),
+                "{partial} {value:?}: {}",
+                stderr(&run)
+            );
+            assert!(
+                !scratch.path().join("pwned").exists(),
+                "{partial}: {value:?} ran a command"
+            );
+            let written = std::fs::read_to_string(scratch.path().join("out")).unwrap();
+            assert_eq!(written, value, "{partial}");
+        }
+    }
+}
+
+#[test]
+fn validate_refuses_values_where_quoting_does_not_hold_unless_the_template_opts_out() {
+    let cases = [
+        ("echo \"hello {{ vars.name }}\"", "inside double quotes"),
+        ("echo $(basename {{ vars.name }})", "inside $(…)"),
+        ("echo `basename {{ vars.name }}`", "inside backticks"),
+        (
+            "cat >/etc/motd <<EOF\nhello {{ vars.name }}\nEOF",
+            "inside the unquoted heredoc <<EOF of line 3",
+        ),
+        ("echo 'hello {{ vars.name }}'", "inside single quotes"),
+        ("true # {{ vars.name }}", "inside a shell comment"),
+    ];
+    for (line, why) in cases {
+        let text = format!("#!/bin/bash\namazon-ssm-agent\n{line}\n");
+        let scratch = Scratch::new(&config_with(
+            "template = \"probe\"\nvars = { name = \"web\" }",
+        ))
+        .template("probe.sh.j2", &text);
+        let msg = fails_with_2(&scratch, "validate");
+        let file = scratch.path().join("templates/probe.sh.j2");
+        let at = if line.starts_with("cat") { 4 } else { 3 };
+        assert!(
+            msg.contains(&format!(
+                "{}:{at}: `{{{{ vars.name }}}}` is {why}",
+                file.display()
+            )),
+            "{line}: {msg}"
+        );
+        assert!(msg.contains("{# bake: no-quote-check #}"), "{msg}");
+        let scratch = Scratch::new(&config_with(
+            "template = \"probe\"\nvars = { name = \"web\" }",
+        ))
+        .template(
+            "probe.sh.j2",
+            &format!("{{# bake: no-quote-check #}}\n{text}"),
+        );
+        let out = bake(&["-c", &scratch.config(), "validate"]);
+        assert!(out.status.success(), "{line}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_multi_line_value_is_refused_where_it_could_end_a_quoted_heredoc() {
+    let template =
+        "#!/bin/bash\namazon-ssm-agent\ncat >/etc/app.conf <<'EOF'\nname {{ vars.name }}\nEOF\n";
+    let config = |value: &str| {
+        config_with(&format!(
+            "template = \"probe\"\nvars = {{ name = {} }}",
+            serde_json::to_string(value).unwrap()
+        ))
+    };
+    let scratch = Scratch::new(&config("web")).template("probe.sh.j2", template);
+    let out = bake(&["-c", &scratch.config(), "render", "probe"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scratch = Scratch::new(&config("x\nEOF\ntouch pwned")).template("probe.sh.j2", template);
+    let msg = fails_with_2(&scratch, "render");
+    let file = scratch.path().join("templates/probe.sh.j2");
+    assert!(
+        msg.contains(&format!("{}:4: the value", file.display()))
+            && msg.contains("quoted heredoc (line 4)"),
+        "{msg}"
+    );
 }

@@ -1,16 +1,23 @@
 #!/bin/bash
-# User data for image web, rendered by bake 0.1.0 from template lamp (al2023).
+# User data rendered by bake: which image, template and os are in the variables below.
+# (bake writes every value as one shell word, so values are set here and used as "$name".)
+bake_image=web
+bake_template=lamp
+bake_os=al2023
+bake_version=0.1.0
+bake_failed_marker=/var/lib/bake/failed
+bake_ready_marker=/var/lib/bake/ready
 set -Eeuo pipefail
 exec > >(tee -a /var/log/bake-userdata.log) 2>&1
 
 # On any failure: say where, and leave a marker so verification reports it at once.
 bake_failed() {
   echo "bake: user data failed at line $1: $2" >&2
-  install -d -m 0755 "$(dirname /var/lib/bake/failed)"
-  printf 'line %s: %s\n' "$1" "$2" >/var/lib/bake/failed
+  install -d -m 0755 "$(dirname "$bake_failed_marker")"
+  printf 'line %s: %s\n' "$1" "$2" >"$bake_failed_marker"
 }
 trap 'bake_failed "$LINENO" "$BASH_COMMAND"' ERR
-echo "bake: user data started at $(date -u +%FT%TZ)"
+echo "bake: user data for image $bake_image (template $bake_template, $bake_os, bake $bake_version) started at $(date -u +%FT%TZ)"
 
 # retry TRIES CMD...: runs CMD until it succeeds, at most TRIES times.
 # Mirrors and downloads flake; waits grow 2s, 4s, 8s... capped at 30s so a retry never stalls a bake.
@@ -58,7 +65,7 @@ rm -rf "$workdir"
 chown -R "$web_user:$web_user" "$BAKE_DOCROOT"
 
 # The very last step: the health page and the readiness marker, so both prove the script finished.
-install -d -m 0755 "$(dirname /var/lib/bake/ready)"
-printf '%s\n' f9413f47f434a30672ce927e4333ee5fee69c94f816a02610a504e26e0308b1c >/var/lib/bake/ready.tmp
-mv /var/lib/bake/ready.tmp /var/lib/bake/ready
+install -d -m 0755 "$(dirname "$bake_ready_marker")"
+printf '%s\n' 17dec74a9b7cf933438e7a314884efe557cb76655e870ae69ed3c70a2f340013 >"$bake_ready_marker.tmp"
+mv "$bake_ready_marker.tmp" "$bake_ready_marker"
 echo "bake: user data finished at $(date -u +%FT%TZ)"

@@ -1,16 +1,23 @@
 #!/bin/bash
-# User data for image web, rendered by bake 0.1.0 from template nginx (debian).
+# User data rendered by bake: which image, template and os are in the variables below.
+# (bake writes every value as one shell word, so values are set here and used as "$name".)
+bake_image=web
+bake_template=nginx
+bake_os=debian
+bake_version=0.1.0
+bake_failed_marker=/var/lib/bake/failed
+bake_ready_marker=/var/lib/bake/ready
 set -Eeuo pipefail
 exec > >(tee -a /var/log/bake-userdata.log) 2>&1
 
 # On any failure: say where, and leave a marker so verification reports it at once.
 bake_failed() {
   echo "bake: user data failed at line $1: $2" >&2
-  install -d -m 0755 "$(dirname /var/lib/bake/failed)"
-  printf 'line %s: %s\n' "$1" "$2" >/var/lib/bake/failed
+  install -d -m 0755 "$(dirname "$bake_failed_marker")"
+  printf 'line %s: %s\n' "$1" "$2" >"$bake_failed_marker"
 }
 trap 'bake_failed "$LINENO" "$BASH_COMMAND"' ERR
-echo "bake: user data started at $(date -u +%FT%TZ)"
+echo "bake: user data for image $bake_image (template $bake_template, $bake_os, bake $bake_version) started at $(date -u +%FT%TZ)"
 
 # retry TRIES CMD...: runs CMD until it succeeds, at most TRIES times.
 # Mirrors and downloads flake; waits grow 2s, 4s, 8s... capped at 30s so a retry never stalls a bake.
@@ -72,6 +79,7 @@ ssm_agent
 BAKE_DOCROOT=/var/www/html
 page_title='AWS Immersion Day'
 page_message='Nginx in front of a Python app, baked by bake.'
+web_port=80
 pkg_install nginx python3-flask gunicorn
 rm -f /etc/nginx/sites-enabled/default
 web_user=www-data
@@ -138,9 +146,9 @@ WantedBy=multi-user.target
 UNIT
 systemctl daemon-reload
 systemctl enable --now bake-app
-cat >/etc/nginx/conf.d/bake.conf <<'NGINX'
-server {
-    listen 80 default_server;
+{
+  printf 'server {\n    listen %s default_server;\n' "$web_port"
+  cat <<'NGINX'
     root /var/www/html;
     index index.html;
     # Files first (the health page), everything else from the app.
@@ -155,12 +163,13 @@ server {
     }
 }
 NGINX
+} >/etc/nginx/conf.d/bake.conf
 chown -R "$web_user:$web_user" "$BAKE_DOCROOT"
 systemctl enable nginx
 systemctl restart nginx
 
 # The very last step: the health page and the readiness marker, so both prove the script finished.
-install -d -m 0755 "$(dirname /var/lib/bake/ready)"
-printf '%s\n' 08e37a5de2f76631bf681889b480866036d5e6be49c760a7b7f2ab18066da890 >/var/lib/bake/ready.tmp
-mv /var/lib/bake/ready.tmp /var/lib/bake/ready
+install -d -m 0755 "$(dirname "$bake_ready_marker")"
+printf '%s\n' 01ea94092110ffb2cb39f34dcf154a359c5e69eb8ed7f08519c570a43c4ba4b2 >"$bake_ready_marker.tmp"
+mv "$bake_ready_marker.tmp" "$bake_ready_marker"
 echo "bake: user data finished at $(date -u +%FT%TZ)"

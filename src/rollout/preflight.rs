@@ -145,7 +145,7 @@ pub async fn plan(
     let ami = match ami {
         Some(id) => describe_ami(clients, id).await?,
         None => {
-            let rendered = Renderer::new(config).render(config, image_name, image)?;
+            let rendered = Renderer::new(config)?.render(config, image_name, image)?;
             newest_baked(clients, image_name, &rendered.digest).await?
         }
     };
