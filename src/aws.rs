@@ -114,27 +114,70 @@ const EXPIRED: &str = "the AWS credentials expired during the run and cannot be 
     whatever this run created and could not remove is tagged with its bake:run-id; get new \
     credentials and run `bake gc` to delete it";
 
-/// The service's message for an SDK error, including its code (`InvalidParameterValue: ...`).
+/// The service's message for an SDK error, including its code (`InvalidParameterValue: ...`); for
+/// a request that got no answer, which service at which endpoint and what to check. Never a Rust
+/// `Debug` dump.
 pub fn describe<E, R>(err: &aws_sdk_ec2::error::SdkError<E, R>) -> String
 where
     E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     use aws_sdk_ec2::error::SdkError;
-    match err {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            let described = match (e.code(), e.message()) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                (Some(code), None) => code.to_owned(),
-                _ => aws_sdk_ec2::error::DisplayErrorContext(err).to_string(),
-            };
-            match e.code() {
-                Some(code) if EXPIRED_CODES.contains(&code) => format!("{described} ({EXPIRED})"),
-                _ => described,
-            }
+    if let SdkError::ServiceError(service) = err {
+        let e = service.err();
+        let described = match (e.code(), e.message()) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (Some(code), None) => code.to_owned(),
+            _ => chain(err),
+        };
+        return match e.code() {
+            Some(code) if EXPIRED_CODES.contains(&code) => format!("{described} ({EXPIRED})"),
+            _ => described,
+        };
+    }
+    // A request that got no answer (see `sdk`'s HTTP client) describes itself in one paragraph.
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(unreachable) = e.downcast_ref::<crate::sdk::Unreachable>() {
+            return unreachable.to_string();
         }
-        _ => aws_sdk_ec2::error::DisplayErrorContext(err).to_string(),
+        next = e.source();
+    }
+    chain(err)
+}
+
+/// An error's message followed by its sources' (`dispatch failure: io error: ...`), each said
+/// once: what `DisplayErrorContext` prints, without its `Debug` dump of the whole error.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let message = e.to_string();
+        // A wrapper that already quotes its source ("tcp connect error: refused") says it once.
+        if !message.is_empty() && !parts.last().is_some_and(|last| last.contains(&message)) {
+            parts.push(message);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// [`chain`] of what lies below the first error in `error`'s chain that `from` picks (below
+/// `error` itself when none does): the specific cause under generic wrappers.
+pub fn chain_below(
+    error: &(dyn std::error::Error + 'static),
+    from: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> String {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if from(e) {
+            break;
+        }
+        next = e.source();
+    }
+    match next.unwrap_or(error).source() {
+        Some(below) => chain(below),
+        None => chain(next.unwrap_or(error)),
     }
 }
 
@@ -350,6 +393,27 @@ mod tests {
             TerminateInstancesError::generic(meta),
             HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::empty()),
         )
+    }
+
+    #[test]
+    fn chains_say_each_cause_once_and_never_dump_debug() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "dispatch failure: {}", self.0)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(chain(&Outer(refused())), "dispatch failure: refused");
+        assert_eq!(chain_below(&Outer(refused()), |_| false), "refused");
+        let io = refused();
+        assert_eq!(chain(&io), "refused");
     }
 
     #[test]

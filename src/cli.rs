@@ -1,6 +1,7 @@
 //! The command line: global options and subcommands (clap derive).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -10,17 +11,13 @@ use crate::output::Format;
 #[derive(Debug, Parser)]
 #[command(name = "bake", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The config file.
-    #[arg(
-        long,
-        short = 'c',
-        global = true,
-        env = "BAKE_CONFIG",
-        default_value = "bake.toml"
-    )]
-    pub config: PathBuf,
+    /// The config file [default: bake.toml]. Every command reads it, and a missing one is an
+    /// error; only `gc` runs without one when none is named and bake.toml does not exist.
+    #[arg(long, short = 'c', global = true, env = "BAKE_CONFIG")]
+    pub config: Option<PathBuf>,
 
-    /// How results are printed on stdout.
+    /// How results are printed on stdout. With json, an error is one JSON object on stderr
+    /// (code, kind, message, and file/line/column when it has a place).
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Text)]
     pub output: Format,
 
@@ -94,8 +91,8 @@ pub enum Command {
         /// Prune every image in the config.
         #[arg(long, conflicts_with = "images")]
         all: bool,
-        /// How many of each image's newest AMIs to keep.
-        #[arg(long, default_value_t = 3)]
+        /// How many of each image's newest AMIs to keep (0 or more).
+        #[arg(long, default_value_t = 3, value_parser = parse_keep, allow_negative_numbers = true)]
         keep: usize,
         /// List what would be removed, remove nothing.
         #[arg(long)]
@@ -108,8 +105,8 @@ pub enum Command {
     /// The cron job: bake every image whose inputs changed, publish its AMI id in SSM Parameter
     /// Store, roll it out to its rollouts, prune its old AMIs. One event per step.
     Pipeline {
-        /// AMIs of each image to keep when pruning.
-        #[arg(long, default_value_t = 3)]
+        /// AMIs of each image to keep when pruning (0 or more).
+        #[arg(long, default_value_t = 3, value_parser = parse_keep, allow_negative_numbers = true)]
         keep: usize,
         /// SSM parameter path for the AMI ids: PREFIX/IMAGE/ami-id.
         #[arg(long, default_value = "/bake")]
@@ -125,11 +122,75 @@ pub enum Command {
     /// Delete what killed runs left behind (found by their bake:run-id tag): instances, security
     /// groups, unfinished images and unused snapshots older than the TTL.
     Gc {
-        /// Only what is older than this.
-        #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
-        ttl: std::time::Duration,
+        /// Only what is older than this: 0s to 10y ("90m", "2h", "7d").
+        #[arg(long, default_value = "2h", value_parser = parse_ttl)]
+        ttl: Duration,
         /// List what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// The config file when none is named.
+pub const DEFAULT_CONFIG: &str = "bake.toml";
+
+impl Cli {
+    /// The config file to read: `-c`/`BAKE_CONFIG`, else bake.toml.
+    pub fn config_path(&self) -> &Path {
+        self.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG))
+    }
+}
+
+/// `--keep`: a count of AMIs, so a whole number from 0 up.
+fn parse_keep(text: &str) -> Result<usize, String> {
+    text.trim().parse().map_err(|_| {
+        "must be a non-negative whole number (0, 1, 2, ...): how many AMIs to keep".to_owned()
+    })
+}
+
+/// The longest `--ttl`: ten years as humantime counts them (365.25 days each), so "10y" itself
+/// is accepted. Nothing bake leaves behind is older than that.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 31_557_600);
+
+/// `--ttl`: a duration from 0s to [`MAX_TTL`], so the cutoff `now - ttl` is a real time.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let range = format!("from 0s to {}", humantime::format_duration(MAX_TTL));
+    let ttl = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; write a duration {range}, like \"2h\" or \"7d\""))?;
+    if ttl > MAX_TTL {
+        return Err(format!("must be {range} (like \"2h\" or \"7d\")"));
+    }
+    Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_bounded_and_ten_years_as_humantime_counts_them_fits() {
+        assert_eq!(humantime::parse_duration("10y").unwrap(), MAX_TTL);
+        assert_eq!(parse_ttl("10y").unwrap(), MAX_TTL);
+        assert_eq!(parse_ttl("0s").unwrap(), Duration::ZERO);
+        let refused = parse_ttl("300000000000y").unwrap_err();
+        assert!(refused.contains("from 0s to 10years"), "{refused}");
+        assert!(parse_ttl("10y 1s").is_err());
+        assert!(
+            parse_ttl("soon")
+                .unwrap_err()
+                .contains("from 0s to 10years")
+        );
+    }
+
+    #[test]
+    fn keep_is_a_non_negative_count() {
+        assert_eq!(parse_keep("0"), Ok(0));
+        assert_eq!(parse_keep("5"), Ok(5));
+        for bad in ["-1", "two", "1.5", ""] {
+            assert!(
+                parse_keep(bad).unwrap_err().contains("non-negative"),
+                "{bad}"
+            );
+        }
+    }
 }

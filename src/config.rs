@@ -757,6 +757,16 @@ fn is_ipv4_cidr(text: &str) -> bool {
     addr.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
 }
 
+impl Error {
+    /// Where in the config the error is, when it is at a known place (for `-o json`).
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            Error::At { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! bake: turns user-data templates into verified golden AMIs and rolls them out.
 //!
-//! The binary is a thin wrapper around [`run`]; each module owns one part of the work.
+//! The binary is a thin wrapper around [`run`] and [`report`]; each module owns one part of the
+//! work. This one dispatches commands and says how they failed (exit code, text or JSON).
 
 pub mod ami;
 pub mod aws;
@@ -80,14 +81,186 @@ impl Error {
             | Error::Output(_) => 1,
         }
     }
+
+    /// What failed, as `-o json` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Render(_) => "template",
+            Error::Invalid(_) => "invalid",
+            Error::Aws(_) => "aws-setup",
+            Error::Ami(_) => "ami",
+            Error::Rollout(_) => "rollout",
+            Error::Prune(_) => "prune",
+            Error::Pipeline(_) => "pipeline",
+            Error::Lock(_) => "lock",
+            Error::Cleanup(_) => "cleanup",
+            Error::Interrupted(_) => "interrupted",
+            Error::Output(_) => "output",
+        }
+    }
+
+    /// The problems this error is made of, each with its message and place when it has one:
+    /// one for most errors, one per problem for `validate`, one per image for `ami`.
+    fn problems(&self) -> Vec<Problem> {
+        let one = |position| {
+            vec![Problem {
+                kind: self.kind(),
+                message: self.to_string(),
+                position,
+            }]
+        };
+        match self {
+            Error::Config(e) => one(config_position(e)),
+            Error::Render(e) => one(render_position(e)),
+            Error::Invalid(errors) => errors.iter().flat_map(Error::problems).collect(),
+            Error::Ami(errors) => errors
+                .iter()
+                .map(|e| Problem {
+                    kind: "ami",
+                    message: e.to_string(),
+                    position: match &e.step {
+                        ami::Step::Preflight(p) => bake_preflight_position(p),
+                        _ => None,
+                    },
+                })
+                .collect(),
+            Error::Rollout(e) => one(match &e.step {
+                rollout::Step::Preflight(p) => rollout_preflight_position(p),
+                _ => None,
+            }),
+            Error::Pipeline(failures) => failures
+                .iter()
+                .map(|message| Problem {
+                    kind: "pipeline",
+                    message: message.clone(),
+                    position: None,
+                })
+                .collect(),
+            _ => one(None),
+        }
+    }
+
+    /// The error as `-o json` reports it: `code` (the exit code), `kind`, `message`, and `file`,
+    /// `line` and `column` when it is at one place; `errors` lists the problems when there are
+    /// several, each with its `kind`, `message` and place.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut json = serde_json::json!({
+            "code": self.exit_code(),
+            "kind": self.kind(),
+            "message": self.to_string(),
+        });
+        let problems = self.problems();
+        match problems.as_slice() {
+            [one] => {
+                if let Some(position) = &one.position {
+                    position.add_to(&mut json);
+                }
+            }
+            many => {
+                json["errors"] = many.iter().map(Problem::to_json).collect();
+            }
+        }
+        json
+    }
+}
+
+/// One problem of an error, for `-o json`.
+struct Problem {
+    kind: &'static str,
+    message: String,
+    position: Option<Position>,
+}
+
+impl Problem {
+    fn to_json(&self) -> serde_json::Value {
+        let mut json = serde_json::json!({ "kind": self.kind, "message": self.message });
+        if let Some(position) = &self.position {
+            position.add_to(&mut json);
+        }
+        json
+    }
+}
+
+/// A place in a file: a config's `file:line:col`, or a template's file and line.
+struct Position {
+    file: String,
+    line: usize,
+    column: Option<usize>,
+}
+
+impl Position {
+    fn add_to(&self, json: &mut serde_json::Value) {
+        json["file"] = self.file.clone().into();
+        json["line"] = self.line.into();
+        if let Some(column) = self.column {
+            json["column"] = column.into();
+        }
+    }
+}
+
+impl From<&config::Location> for Position {
+    fn from(at: &config::Location) -> Position {
+        Position {
+            file: at.path.display().to_string(),
+            line: at.line,
+            column: Some(at.col),
+        }
+    }
+}
+
+fn config_position(e: &config::Error) -> Option<Position> {
+    e.location().map(Position::from)
+}
+
+fn render_position(e: &render::Error) -> Option<Position> {
+    e.location()
+        .map(|(file, line, column)| Position { file, line, column })
+}
+
+fn bake_preflight_position(e: &ami::preflight::Error) -> Option<Position> {
+    match e {
+        ami::preflight::Error::At { at, .. } => Some(at.into()),
+        ami::preflight::Error::Render(e) => render_position(e),
+        _ => None,
+    }
+}
+
+fn rollout_preflight_position(e: &rollout::preflight::Error) -> Option<Position> {
+    match e {
+        rollout::preflight::Error::At { at, .. } => Some(at.into()),
+        rollout::preflight::Error::Render(e) => render_position(e),
+        rollout::preflight::Error::Reference(e) => bake_preflight_position(e),
+        _ => None,
+    }
+}
+
+/// Reports a failed command on stderr: `error: ...` for people, or with `-o json` one JSON object
+/// on one line ([`Error::to_json`]); stdout keeps only results.
+pub fn report(format: output::Format, error: &Error) {
+    match format {
+        output::Format::Text => output::note(&format!("error: {error}")),
+        output::Format::Json => output::note(&error.to_json().to_string()),
+    }
+}
+
+/// `names` without repeats, in their first order: `bake ami web web` bakes web once.
+fn unique(names: &[String]) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    names
+        .iter()
+        .filter(|name| seen.insert(name.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Runs one command line.
 pub fn run(cli: Cli) -> Result<(), Error> {
-    let config = match (&cli.command, cli.config.exists()) {
-        // gc works from tags alone; the config only contributes a default region.
-        (Command::Gc { .. }, false) => None,
-        _ => Some(Config::load(&cli.config)?),
+    let config = match &cli.command {
+        // gc works from tags alone; the config only contributes a default region, so gc runs
+        // without one when none was named and bake.toml is not here. A named one is always read.
+        Command::Gc { .. } if cli.config.is_none() && !cli.config_path().exists() => None,
+        _ => Some(Config::load(cli.config_path())?),
     };
     match (&cli.command, config) {
         (Command::Render { image }, Some(config)) => render_image(&cli, &config, image),
@@ -105,7 +278,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let names = if *all {
                 config.image.keys().cloned().collect()
             } else {
-                images.clone()
+                unique(images)
             };
             let options = ami::Options {
                 force: *force,
@@ -130,7 +303,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let names: Vec<String> = if *all {
                 config.image.keys().cloned().collect()
             } else {
-                images.clone()
+                unique(images)
             };
             let options = prune::Options {
                 keep: *keep,
@@ -194,19 +367,32 @@ const ROLLOUT_FIXED: Duration = Duration::from_secs(20 * 60);
 const HOUSEKEEPING: Duration = Duration::from_secs(15 * 60);
 
 /// How long `command` may run at worst, so credentials that expire sooner are caught at start.
+/// Saturating: an absurd timeout means "longer than any credentials last", never a panic.
 fn runs_for(command: &Command, config: &Config) -> Duration {
     let bake = |name: &String| {
         config.image.get(name).map_or(Duration::ZERO, |image| {
-            image.health.timeout.0
-                + image
-                    .verify
-                    .timeout
-                    .as_ref()
-                    .map_or(VERIFY_DEFAULT, |t| t.0)
-                + BAKE_FIXED
+            image
+                .health
+                .timeout
+                .0
+                .saturating_add(
+                    image
+                        .verify
+                        .timeout
+                        .as_ref()
+                        .map_or(VERIFY_DEFAULT, |t| t.0),
+                )
+                .saturating_add(BAKE_FIXED)
         })
     };
-    let roll = |r: &config::Rollout| 2 * r.refresh.get_ref().timeout.0 + ROLLOUT_FIXED;
+    let roll = |r: &config::Rollout| {
+        r.refresh
+            .get_ref()
+            .timeout
+            .0
+            .saturating_mul(2)
+            .saturating_add(ROLLOUT_FIXED)
+    };
     match command {
         Command::Render { .. } | Command::Validate => Duration::ZERO,
         Command::Ami { images, all, .. } => {
@@ -220,9 +406,19 @@ fn runs_for(command: &Command, config: &Config) -> Duration {
         }
         Command::Rollout { target, .. } => config.rollout.get(target).map_or(Duration::ZERO, roll),
         Command::Pipeline { .. } => {
-            config.image.keys().map(bake).max().unwrap_or_default()
-                + config.rollout.values().map(roll).sum::<Duration>()
-                + HOUSEKEEPING
+            let rollouts = config
+                .rollout
+                .values()
+                .map(roll)
+                .fold(Duration::ZERO, Duration::saturating_add);
+            config
+                .image
+                .keys()
+                .map(bake)
+                .max()
+                .unwrap_or_default()
+                .saturating_add(rollouts)
+                .saturating_add(HOUSEKEEPING)
         }
         Command::Prune { .. } | Command::Gc { .. } => HOUSEKEEPING,
     }
@@ -420,8 +616,20 @@ async fn gc(
     ttl: std::time::Duration,
     dry_run: bool,
 ) -> Result<(), Error> {
-    let clients = aws::Clients::load(&target(cli, config)).await?;
-    let cutoff = std::time::SystemTime::now() - ttl;
+    let target = target(cli, config);
+    if config.is_none() {
+        let (region, from) = sdk::region_and_source(&target).await?;
+        output::note(&format!(
+            "gc: no config ({} is not here; name one with -c or BAKE_CONFIG): working in region \
+             {region}, from {from}",
+            cli::DEFAULT_CONFIG
+        ));
+    }
+    let clients = aws::Clients::load(&target).await?;
+    // --ttl is at most ten years, so this is a real time; the epoch would mean "everything".
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(ttl)
+        .unwrap_or(std::time::UNIX_EPOCH);
     let found = janitor::find(
         &clients,
         &janitor::Scope::LeftBefore(cutoff),

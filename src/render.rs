@@ -817,6 +817,21 @@ fn check_ami_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+impl Error {
+    /// Where the error is, for `-o json`: file, line and column (a template's error has no
+    /// column).
+    pub fn location(&self) -> Option<(String, usize, Option<usize>)> {
+        match self {
+            Error::MissingTemplate { at, .. }
+            | Error::TooLarge { at, .. }
+            | Error::AmiName { at, .. } => {
+                Some((at.path.display().to_string(), at.line, Some(at.col)))
+            }
+            Error::Template { file, line, .. } => Some((file.clone(), *line, None)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
