@@ -822,12 +822,15 @@ impl Error {
     /// column).
     pub fn location(&self) -> Option<(String, usize, Option<usize>)> {
         match self {
-            Error::MissingTemplate { at, .. }
+            Error::TemplatesDir { at, .. }
+            | Error::MissingTemplate { at, .. }
             | Error::TooLarge { at, .. }
             | Error::AmiName { at, .. } => {
                 Some((at.path.display().to_string(), at.line, Some(at.col)))
             }
             Error::Template { file, line, .. } => Some((file.clone(), *line, None)),
+            // A file that cannot be read has no line; its message names it.
+            Error::ReadTemplate { .. } => None,
         }
     }
 }
