@@ -1652,4 +1652,407 @@ capacity = { min = 2, desired = 2, max = 4 }
         assert_eq!(source.locate(3).to_string(), "x.toml:2:2");
         assert_eq!(source.locate(5).to_string(), "x.toml:3:1");
     }
+
+    /// MINIMAL with `lines` added under `[image.web]`'s header line set.
+    fn with_image(lines: &str) -> String {
+        MINIMAL.replace("os = \"debian\"", &format!("os = \"debian\"\n{lines}"))
+    }
+
+    const ROLLOUT: &str = r#"
+[rollout.web]
+image = "web"
+vpc = { id = "vpc-0123" }
+alb_subnets = [{ id = "subnet-a" }, { id = "subnet-c" }]
+instance_subnets = [{ tag = { Name = "Private subnet A" } }]
+launch_template = "Web"
+asg = "Web-ASG"
+alb = "Web-ALB"
+target_group = "Web-TG"
+capacity = { min = 1, desired = 1, max = 2 }
+"#;
+
+    fn problems(text: &str) -> Vec<String> {
+        parse(text)
+            .unwrap_err()
+            .problems()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_one_run_each_at_its_place() {
+        let text = format!(
+            "region = \"mars-1\"\n{MINIMAL}\n[image.web.health]\nport = 0\nexpect_status = 999\n\
+             timeout = \"0s\"\n{}",
+            ROLLOUT.replace("max = 2", "max = 4294967295")
+        );
+        let all = problems(&text);
+        let expected = [
+            "bake.toml:1:10: region: ",
+            "bake.toml:13:8: image.web.health.port: a port is 1 to 65535; found 0",
+            "bake.toml:14:17: image.web.health.expect_status: ",
+            "bake.toml:15:11: image.web.health.timeout: must be between 10 seconds and 12 hours, found \"0s\"",
+            "rollout.web.capacity.max: Auto Scaling takes at most",
+        ];
+        assert_eq!(all.len(), 5, "{all:#?}");
+        for (got, want) in all.iter().zip(expected) {
+            assert!(got.contains(want), "{got} does not contain {want}");
+        }
+        assert!(
+            all[4].contains("4294967295") && all[4].contains("2147483647"),
+            "{all:#?}"
+        );
+        // The whole error prints one problem per line.
+        let msg = error(&text);
+        assert_eq!(msg.lines().count(), 5, "{msg}");
+    }
+
+    #[test]
+    fn huge_and_zero_durations_are_refused_at_every_duration_field() {
+        for (lines, field) in [
+            (
+                "[image.web.health]\ntimeout = \"300000000000y\"",
+                "image.web.health.timeout",
+            ),
+            (
+                "[image.web.verify]\ntimeout = \"300000000000y\"",
+                "image.web.verify.timeout",
+            ),
+            (
+                "[image.web.verify]\ntimeout = \"0s\"",
+                "image.web.verify.timeout",
+            ),
+            (
+                "[image.web.health]\ntimeout = \"9s\"",
+                "image.web.health.timeout",
+            ),
+        ] {
+            let msg = error(&format!("{MINIMAL}{lines}\n"));
+            assert!(msg.contains(&format!("{field}: must be between")), "{msg}");
+        }
+        let msg = error(&with_image("deprecate_after = \"300000000000y\""));
+        assert!(
+            msg.contains("image.web.deprecate_after: must be between 1 minute and 10 years"),
+            "{msg}"
+        );
+        let msg = error(&with_image("deprecate_after = \"0s\""));
+        assert!(msg.contains("image.web.deprecate_after"), "{msg}");
+        for (refresh, field) in [
+            ("{ timeout = \"300000000000y\" }", "timeout"),
+            ("{ timeout = \"0s\" }", "timeout"),
+            ("{ warmup = \"3601s\" }", "warmup"),
+        ] {
+            let msg = error(&format!("{MINIMAL}{ROLLOUT}refresh = {refresh}\n"));
+            assert!(
+                msg.contains(&format!("rollout.web.refresh.{field}: must be between")),
+                "{msg}"
+            );
+        }
+        // The ends of the ranges are accepted.
+        parse(&format!(
+            "{MINIMAL}{ROLLOUT}refresh = {{ warmup = \"0s\", timeout = \"48h\" }}\n\
+             [image.web.health]\ntimeout = \"12h\"\n[image.web.verify]\ntimeout = \"1s\"\n"
+        ))
+        .unwrap();
+        parse(&with_image("deprecate_after = \"10y\"")).unwrap();
+        parse(&with_image("deprecate_after = \"1m\"")).unwrap();
+        assert!(error(&with_image("deprecate_after = \"11y\"")).contains("10 years"));
+    }
+
+    #[test]
+    fn volumes_ports_and_status_codes_stay_inside_aws_ranges() {
+        let volume = |v: &str| {
+            MINIMAL.replace(
+                "instance_profile = ",
+                &format!("volume = {v}\ninstance_profile = "),
+            )
+        };
+        let msg = error(&volume("{ size = 0, type = \"gp3\" }"));
+        assert!(
+            msg.contains("bake.toml:9:")
+                && msg.contains(
+                    "image.web.builder.volume.size: gp3 volumes are 1 to 16384 GiB; found 0"
+                ),
+            "{msg}"
+        );
+        let msg = error(&volume("{ size = 8, type = \"floppy\" }"));
+        assert!(
+            msg.contains("image.web.builder.volume.type: unknown EBS volume type `floppy`"),
+            "{msg}"
+        );
+        let msg = error(&volume("{ size = 4294967295, type = \"gp3\" }"));
+        assert!(msg.contains("image.web.builder.volume.size"), "{msg}");
+        let msg = error(&volume("{ size = -1, type = \"gp3\" }"));
+        assert!(msg.contains("image.web.builder.volume"), "{msg}");
+        parse(&volume("{ size = 65536, type = \"io2\" }")).unwrap();
+        let msg = error(&format!("{MINIMAL}{ROLLOUT}alb_port = 0\n"));
+        assert!(
+            msg.contains("rollout.web.alb_port: a port is 1 to 65535"),
+            "{msg}"
+        );
+        for status in [0, 199, 500, 999] {
+            let msg = error(&format!(
+                "{MINIMAL}[image.web.health]\nexpect_status = {status}\n"
+            ));
+            assert!(
+                msg.contains("image.web.health.expect_status: an expected status is 200 to 499"),
+                "{msg}"
+            );
+        }
+        parse(&format!(
+            "{MINIMAL}[image.web.health]\nexpect_status = 499\nport = 65535\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn capacity_stays_inside_auto_scalings_integers_and_consistent() {
+        let msg = error(&format!(
+            "{MINIMAL}{}",
+            ROLLOUT.replace("max = 2", "max = 4294967295")
+        ));
+        assert!(
+            msg.contains("rollout.web.capacity.max: Auto Scaling takes at most 2147483647"),
+            "{msg}"
+        );
+        let msg = error(&format!(
+            "{MINIMAL}{}",
+            ROLLOUT
+                .replace("max = 2", "max = 0")
+                .replace("min = 1, desired = 1", "min = 0, desired = 0")
+        ));
+        assert!(
+            msg.contains("rollout.web.capacity: need min <= desired <= max and max > 0"),
+            "{msg}"
+        );
+        parse(&format!(
+            "{MINIMAL}{}",
+            ROLLOUT.replace("max = 2", "max = 2147483647")
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn cidrs_ids_selectors_regions_and_instance_types_have_aws_shapes() {
+        let cidr = |c: &str| {
+            MINIMAL.replace(
+                "instance_profile = ",
+                &format!("allow_cidr = \"{c}\"\ninstance_profile = "),
+            )
+        };
+        assert!(error(&cidr("10.0.0.1/8")).contains("host bits"));
+        assert!(error(&cidr("10.0.0.0/+8")).contains("image.web.builder.allow_cidr"));
+        parse(&cidr("10.0.0.0/8")).unwrap();
+        let msg = error(&format!(
+            "{MINIMAL}{ROLLOUT}alb_allow_cidr = \"0.0.0.1/0\"\n"
+        ));
+        assert!(
+            msg.contains("rollout.web.alb_allow_cidr: ") && msg.contains("host bits"),
+            "{msg}"
+        );
+        let msg =
+            error(&MINIMAL.replace("{ tag = { Name = \"Public subnet A\" } }", "{ tag = {} }"));
+        assert!(
+            msg.contains("bake.toml:8:10: image.web.builder.subnet: give exactly one of"),
+            "{msg}"
+        );
+        let msg = error(&MINIMAL.replace("{ tag = { Name = \"Public subnet A\" } }", "{}"));
+        assert!(
+            msg.contains("image.web.builder.subnet: ") && msg.contains("empty selector"),
+            "{msg}"
+        );
+        let msg = error(&MINIMAL.replace(
+            "{ tag = { Name = \"Public subnet A\" } }",
+            "{ tag = { \"\" = \"x\" } }",
+        ));
+        assert!(
+            msg.contains("image.web.builder.subnet: tag keys are 1 to 128"),
+            "{msg}"
+        );
+        let msg = error(&MINIMAL.replace(
+            "{ tag = { Name = \"Public subnet A\" } }",
+            "{ id = \"sg-1\" }",
+        ));
+        assert!(msg.contains("a subnet id is `subnet-`"), "{msg}");
+        let msg = error(&format!("{MINIMAL}{}", ROLLOUT.replace("vpc-0123", "")));
+        assert!(msg.contains("rollout.web.vpc: a vpc id"), "{msg}");
+        let msg = error(&format!(
+            "{MINIMAL}{}",
+            ROLLOUT.replace(
+                "[{ id = \"subnet-a\" }, { id = \"subnet-c\" }]",
+                "[{ id = \"subnet-a\" }, {}]"
+            )
+        ));
+        assert!(msg.contains("rollout.web.alb_subnets: "), "{msg}");
+        let msg = error(&format!("region = \"moon-base\"\n{MINIMAL}"));
+        assert!(
+            msg.starts_with("bake.toml:1:10: region: a region code"),
+            "{msg}"
+        );
+        let msg = error(&MINIMAL.replace(
+            "instance_profile = ",
+            "instance_type = \"huge\"\ninstance_profile = ",
+        ));
+        assert!(
+            msg.contains("image.web.builder.instance_type: an instance type is `family.size`"),
+            "{msg}"
+        );
+        let msg = error(&format!("{MINIMAL}{ROLLOUT}instance_type = \"T3.Micro\"\n"));
+        assert!(msg.contains("rollout.web.instance_type"), "{msg}");
+        let msg = error(&MINIMAL.replace("\"SSMInstanceProfile\"", "\"\""));
+        assert!(
+            msg.contains("image.web.builder.instance_profile: instance profile names are 1 to 128"),
+            "{msg}"
+        );
+        let msg = error(&MINIMAL.replace(
+            "base = { ssm = \"/aws/service/debian/release/bookworm/latest/amd64\" }",
+            "base = { id = \"\" }",
+        ));
+        assert!(msg.contains("image.web.base.id: an AMI id"), "{msg}");
+        let msg = error(&MINIMAL.replace("template = \"nginx\"", "template = \"\""));
+        assert!(msg.contains("image.web.template: is empty"), "{msg}");
+    }
+
+    #[test]
+    fn names_keys_and_tags_must_be_non_empty_and_inside_aws_rules() {
+        let msg = error(&with_image("vars = { \"\" = \"x\" }"));
+        assert!(
+            msg.starts_with("bake.toml:6:10: image.web.vars: a var name is one or more characters"),
+            "{msg}"
+        );
+        let msg = error(&format!("{MINIMAL}{ROLLOUT}tags = {{ \"\" = \"x\" }}\n"));
+        assert!(
+            msg.contains("rollout.web.tags: tag keys are 1 to 128"),
+            "{msg}"
+        );
+        let msg = error(&format!(
+            "{MINIMAL}{}",
+            ROLLOUT.replace("asg = \"Web-ASG\"", "asg = \"\"")
+        ));
+        assert!(
+            msg.contains("rollout.web.asg: Auto Scaling group names are 1 to 255"),
+            "{msg}"
+        );
+        let msg = error(&with_image("name = \"web:{{ date }}\""));
+        assert!(
+            msg.contains("bake.toml:6:8: image.web.name: AMI names allow") && msg.contains("':'"),
+            "{msg}"
+        );
+        let msg = error(
+            &MINIMAL
+                .replace("[image.web]", "[image.\"\"]")
+                .replace("[image.web.builder]", "[image.\"\".builder]"),
+        );
+        assert!(
+            msg.starts_with("bake.toml:2:8: image.\"\": the image name"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_table_is_named_at_its_line_and_nothing_else_is_reported() {
+        let text = MINIMAL.replace("[image.web]", "[images.web]");
+        let all = problems(&text);
+        assert_eq!(
+            all,
+            ["bake.toml:2:2: unknown table `images`, expected `image`"],
+            "{all:#?}"
+        );
+        let all = problems(&format!(
+            "{MINIMAL}{}",
+            ROLLOUT.replace("[rollout.web]", "[rollouts.web]")
+        ));
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert!(
+            all[0].contains("unknown table `rollouts`, expected `rollout`"),
+            "{all:#?}"
+        );
+        // A misspelt field is named, and not reported again as missing.
+        let all = problems(&MINIMAL.replace("template =", "templat ="));
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert!(
+            all[0].starts_with("bake.toml:4:1: unknown field `templat` in `image.web`")
+                && all[0].contains("did you mean `template`?"),
+            "{all:#?}"
+        );
+        // A field that really is missing is reported at the image's name.
+        let msg = error(&MINIMAL.replace("template = \"nginx\"\n", ""));
+        assert_eq!(msg, "bake.toml:2:8: image.web: missing field `template`");
+    }
+
+    #[test]
+    fn a_bad_image_key_is_reported_at_the_key_not_the_top_of_the_file() {
+        let text = MINIMAL
+            .replace("[image.web]", "[image.\"web app\"]")
+            .replace("[image.web.builder]", "[image.\"web app\".builder]");
+        let msg = error(&text);
+        assert!(
+            msg.starts_with("bake.toml:2:8: image.\"web app\": the image name"),
+            "{msg}"
+        );
+        let msg = error("[image.web]\nbase = 5\n");
+        assert!(!msg.contains("bake.toml:1:1"), "{msg}");
+        assert!(
+            msg.contains(
+                "bake.toml:2:8: invalid type: integer `5`, expected a table (in `image.web.base`)"
+            ),
+            "{msg}"
+        );
+        assert!(!msg.contains("struct"), "{msg}");
+    }
+
+    #[test]
+    fn secret_names_are_matched_on_parts_after_folding_look_alikes() {
+        for name in [
+            "db_pass",
+            "pwd",
+            "passphrase",
+            "credentials",
+            "aws_access_key_id",
+            "AWS_SECRET_ACCESS_KEY",
+            "ssh_key",
+            "sshKey",
+            "apiKey",
+            "GITHUB_TOKEN",
+            "dbPassword2",
+            "passw0rd",
+            "d\u{0430}tabase_p\u{0430}ssword", // Cyrillic а
+            "\u{FF50}\u{FF57}\u{FF44}",        // fullwidth ｐｗｄ
+            "db\u{0420}ass",                   // Cyrillic Р as a capital
+        ] {
+            assert!(secret_word(name).is_some(), "{name} should look secret");
+        }
+        for name in [
+            "secretary_name",
+            "tokenizer_model",
+            "passenger_count",
+            "compass",
+            "app",
+            "title",
+            "keynote",
+        ] {
+            assert!(secret_word(name).is_none(), "{name} should not look secret");
+        }
+        let text = with_image("vars = { secretary_name = \"Ann\", tokenizer_model = \"bpe\" }");
+        parse(&text).unwrap();
+        let text = with_image("vars = { pass_rate = \"90\" }");
+        assert!(error(&text).contains("list it in `public_vars`"));
+        parse(&format!("public_vars = [\"pass_rate\"]\n{text}")).unwrap();
+    }
+
+    #[test]
+    fn health_path_must_be_an_absolute_url_path_without_dot_segments() {
+        for path in ["/../../../etc/passwd", "health", "/a b", "/x/%2e%2e/y"] {
+            let msg = error(&format!("{MINIMAL}[image.web.health]\npath = \"{path}\"\n"));
+            assert!(
+                msg.starts_with("bake.toml:11:8: image.web.health.path: "),
+                "{path}: {msg}"
+            );
+        }
+        parse(&format!(
+            "{MINIMAL}[image.web.health]\npath = \"/healthz\"\n"
+        ))
+        .unwrap();
+    }
 }

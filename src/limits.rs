@@ -87,7 +87,7 @@ pub fn human(d: Duration) -> String {
     }
     let (size, unit) = units
         .iter()
-        .find(|(size, _)| secs % size == 0)
+        .find(|(size, _)| secs.is_multiple_of(*size))
         .copied()
         .unwrap_or((1, "second"));
     let n = secs / size;
@@ -538,5 +538,180 @@ mod tests {
         assert!(tags([(long.as_str(), "v")], 0).is_err());
         let value = "v".repeat(257);
         assert!(tags([("k", value.as_str())], 0).is_err());
+    }
+
+    #[test]
+    fn root_volumes_follow_ec2s_types_and_sizes() {
+        assert!(root_volume("gp3", 8).is_ok());
+        assert!(root_volume("io2", 65_536).is_ok());
+        assert!(root_volume("standard", 1_024).is_ok());
+        assert!(
+            root_volume("gp3", 0)
+                .unwrap_err()
+                .contains("1 to 16384 GiB")
+        );
+        assert!(root_volume("gp2", 16_385).is_err());
+        assert!(root_volume("io1", 3).unwrap_err().contains("4 to 16384"));
+        assert!(root_volume("standard", 1_025).is_err());
+        assert!(root_volume("st1", 500).unwrap_err().contains("boot"));
+        assert!(root_volume("floppy", 8).unwrap_err().contains("gp3, gp2"));
+        assert!(root_volume("GP3", 8).is_err());
+    }
+
+    #[test]
+    fn regions_have_aws_shape() {
+        for ok in [
+            "ap-northeast-2",
+            "us-east-1",
+            "us-gov-west-1",
+            "us-isob-east-1",
+            "eu-central-2",
+        ] {
+            assert!(region(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "mars-1",
+            "AP-northeast-2",
+            "us-east",
+            "us-east-1a",
+            "us--east-1",
+            "useast-1",
+            "us-foo-east-1",
+        ] {
+            assert!(region(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instance_types_are_family_dot_size() {
+        for ok in [
+            "t3.micro",
+            "m7i-flex.large",
+            "u-6tb1.metal",
+            "c6gn.16xlarge",
+            "mac2-m2pro.metal",
+        ] {
+            assert!(instance_type(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "t3micro",
+            "T3.micro",
+            ".micro",
+            "t3.",
+            "t3..micro",
+            "t3.micro.x",
+            "3t.micro",
+            "t3.mi cro",
+        ] {
+            assert!(instance_type(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cidrs_carry_no_host_bits_and_plain_lengths() {
+        for ok in [
+            "0.0.0.0/0",
+            "10.0.0.0/8",
+            "203.0.113.7/32",
+            "192.168.1.0/24",
+        ] {
+            assert!(ipv4_cidr(ok).is_ok(), "{ok}");
+        }
+        assert!(
+            ipv4_cidr("10.0.0.1/8")
+                .unwrap_err()
+                .contains("\"10.0.0.0/8\"")
+        );
+        for bad in [
+            "10.0.0.0/+8",
+            "10.0.0.0/33",
+            "10.0.0.0",
+            "10.0.0.0/",
+            "300.0.0.0/8",
+            "10.0.0.0/008",
+            "everyone",
+        ] {
+            assert!(ipv4_cidr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn health_paths_are_absolute_url_paths_without_dot_segments() {
+        for ok in [
+            "/",
+            "/health",
+            "/a/b.html",
+            "/%7Euser/",
+            "/status;v=1",
+            "/.well-known/x",
+        ] {
+            assert!(url_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "health",
+            "/../etc/passwd",
+            "/a/./b",
+            "/a/%2e%2E/b",
+            "/a%2fb",
+            "/a b",
+            "/a?x=1",
+            "/é",
+            "/%zz",
+            "/%",
+            "/a\"b",
+        ] {
+            assert!(url_path(bad).is_err(), "{bad}");
+        }
+        assert!(url_path(&format!("/{}", "a".repeat(1024))).is_err());
+    }
+
+    #[test]
+    fn ami_name_literals_are_checked_outside_template_tags() {
+        assert!(ami_name_literals("{{ image }}-{{ date }}-{{ digest[:12] }}").is_ok());
+        assert!(ami_name_literals("web (v1) [x] @me's/build_1.0").is_ok());
+        assert!(ami_name_literals("{{ 'a:b' }}-web").is_ok());
+        assert!(
+            ami_name_literals("web:{{ date }}")
+                .unwrap_err()
+                .contains("':'")
+        );
+        assert!(
+            ami_name_literals("{% if x %}a*b{% endif %}")
+                .unwrap_err()
+                .contains("'*'")
+        );
+    }
+
+    #[test]
+    fn instance_profile_names_follow_iam() {
+        assert!(instance_profile_name("SSMInstanceProfile").is_ok());
+        assert!(instance_profile_name("a+=,.@_-1").is_ok());
+        assert!(instance_profile_name("").is_err());
+        assert!(instance_profile_name("my profile").is_err());
+        assert!(instance_profile_name(&"p".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn durations_are_checked_against_ranges_named_in_words() {
+        let err = duration(Duration::ZERO, &HEALTH_TIMEOUT).unwrap_err();
+        assert_eq!(err, "must be between 10 seconds and 12 hours");
+        assert!(duration(secs(10), &HEALTH_TIMEOUT).is_ok());
+        assert!(duration(secs(12 * 3600 + 1), &HEALTH_TIMEOUT).is_err());
+        assert!(duration(Duration::ZERO, &REFRESH_WARMUP).is_ok());
+        assert!(duration(secs(3601), &REFRESH_WARMUP).is_err());
+        assert_eq!(human(*DEPRECATE_AFTER.end()), "10 years");
+        assert_eq!(human(secs(60)), "1 minute");
+    }
+
+    #[test]
+    fn the_parser_and_the_deprecation_check_agree_on_the_year() {
+        let ten = humantime::parse_duration("10y").unwrap();
+        assert_eq!(ten, *DEPRECATE_AFTER.end());
+        assert_eq!(humantime::parse_duration("1y").unwrap(), YEAR);
+        assert!(duration(ten, &DEPRECATE_AFTER).is_ok());
+        let more = humantime::parse_duration("10y 1s").unwrap();
+        assert!(duration(more, &DEPRECATE_AFTER).is_err());
     }
 }
