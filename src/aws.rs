@@ -342,7 +342,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
 {
-    settle_until(settle, Instant::now() + settle.within, what, call).await
+    settle_until(settle, crate::poll::deadline(settle.within), what, call).await
 }
 
 /// [`settle`] with the window's end given: for a resource created a while ago, the window ends
@@ -366,7 +366,7 @@ where
         };
         let retryable = transient(&err) || code(&err).is_some_and(|c| settle.codes.contains(&c));
         let wait = waits.next().unwrap_or(settle.schedule.cap);
-        if !retryable || Instant::now() + wait > deadline {
+        if !retryable || crate::poll::deadline(wait) > deadline {
             return Err(err);
         }
         tracing::debug!(

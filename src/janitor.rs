@@ -588,7 +588,7 @@ const TRANSIENT_ONLY: aws::Settle = aws::THROTTLE_BURST;
 
 /// Waits until the instances are terminated; on failure, the ones still alive and why.
 async fn wait_terminated(clients: &Clients, ids: &[String]) -> Result<(), (Vec<String>, String)> {
-    let deadline = Instant::now() + TERMINATE_TIMEOUT;
+    let deadline = poll::deadline(TERMINATE_TIMEOUT);
     let alive = std::sync::Mutex::new(ids.to_vec());
     let result = poll::until(
         deadline,
@@ -670,7 +670,7 @@ pub async fn delete_security_group(clients: &Clients, id: &str) -> Result<(), Er
 /// [`delete_security_group`]; a NotFound before `until` (the group was created moments ago) is
 /// asked again rather than taken as gone.
 async fn delete_group(clients: &Clients, id: &str, until: Option<Instant>) -> Result<(), String> {
-    let deadline = Instant::now() + SG_DELETE_TIMEOUT;
+    let deadline = poll::deadline(SG_DELETE_TIMEOUT);
     let result = poll::until(
         deadline,
         SG_SCHEDULE,

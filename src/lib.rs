@@ -111,7 +111,15 @@ impl Error {
             }]
         };
         match self {
-            Error::Config(e) => one(config_position(e)),
+            Error::Config(e) => e
+                .problems()
+                .into_iter()
+                .map(|p| Problem {
+                    kind: self.kind(),
+                    message: p.to_string(),
+                    position: config_position(p),
+                })
+                .collect(),
             Error::Render(e) => one(render_position(e)),
             Error::Invalid(errors) => errors.iter().flat_map(Error::problems).collect(),
             Error::Ami(errors) => errors

@@ -1,6 +1,11 @@
-//! The names and sizes AWS accepts for what bake sends, checked before any call: EC2 client tokens,
-//! load balancer, target group, launch template and Auto Scaling group names, SSM parameter names,
-//! and tags. Each check answers with the rule it enforces.
+//! The names, shapes, numbers and durations AWS accepts for what bake sends, checked before any
+//! call: EC2 client tokens, load balancer, target group, launch template, Auto Scaling group and
+//! instance profile names, SSM parameter names, tags, AMI names, regions, instance types, CIDRs,
+//! root volumes and the timeouts bake passes on. Each check answers with the rule it enforces.
+
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
 
 /// EC2 "Ensuring idempotency": a client token is up to 64 ASCII characters.
 pub const CLIENT_TOKEN_MAX: usize = 64;
@@ -20,6 +25,312 @@ pub const SSM_NAME_MAX: usize = 1011 - 64;
 pub const TAGS_MAX: usize = 50;
 pub const TAG_KEY_MAX: usize = 128;
 pub const TAG_VALUE_MAX: usize = 256;
+
+/// How long the builder's health check may take: at least 10 s (a first probe needs a booted
+/// builder), at most 12 h (a bake that takes longer is stuck, and its builder costs money).
+pub const HEALTH_TIMEOUT: RangeInclusive<Duration> = secs(10)..=secs(12 * 3600);
+/// The verify commands' timeout, passed to AWS-RunShellScript as `executionTimeout`: 1 to 172,800
+/// seconds (48 h), as that document allows.
+pub const VERIFY_TIMEOUT: RangeInclusive<Duration> = secs(1)..=secs(172_800);
+/// A new instance's warm-up in a rollout: the instance refresh's `InstanceWarmup` and the group's
+/// health-check grace period; 0 to 3,600 s, as Auto Scaling's default instance warm-up allows.
+pub const REFRESH_WARMUP: RangeInclusive<Duration> = secs(0)..=secs(3600);
+/// How long a whole instance refresh may take before bake rolls it back: 1 minute to 48 h (Auto
+/// Scaling's own longest refresh wait, `CheckpointDelay` and `BakeTime`, is 172,800 s).
+pub const REFRESH_TIMEOUT: RangeInclusive<Duration> = secs(60)..=secs(172_800);
+/// A year as bake's durations count it (`"1y"`): 365.25 days, as the duration parser (humantime)
+/// counts it, so that `"10y"` is exactly [`DEPRECATE_AFTER`]'s end.
+pub const YEAR: Duration = secs(31_557_600);
+/// When an AMI is deprecated: EC2 refuses a deprecation time in the past or more than 10 years
+/// ahead; bake asks for 1 minute to 10 years of 365.25 days.
+pub const DEPRECATE_AFTER: RangeInclusive<Duration> = secs(60)..=secs(10 * 31_557_600);
+/// Auto Scaling's MinSize, MaxSize and DesiredCapacity are 32-bit signed integers.
+pub const CAPACITY_MAX: u32 = i32::MAX as u32;
+/// IAM instance profile names: 1 to 128 of letters, digits and `+=,.@_-`.
+pub const INSTANCE_PROFILE_NAME_MAX: usize = 128;
+/// An ALB target group's health-check path: 1 to 1,024 characters.
+pub const HEALTH_PATH_MAX: usize = 1024;
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A duration against its range, with the rule in words.
+pub fn duration(value: Duration, range: &RangeInclusive<Duration>) -> Result<(), String> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between {} and {}",
+            human(*range.start()),
+            human(*range.end())
+        ))
+    }
+}
+
+/// A duration in words, in the largest unit that divides it (`12 hours`, `10 years`, `0 seconds`).
+pub fn human(d: Duration) -> String {
+    let units = [
+        (YEAR.as_secs(), "year"),
+        (24 * 3600, "day"),
+        (3600, "hour"),
+        (60, "minute"),
+        (1, "second"),
+    ];
+    let secs = d.as_secs();
+    if secs == 0 || d.subsec_nanos() != 0 {
+        return if secs == 0 && d.subsec_nanos() == 0 {
+            "0 seconds".to_owned()
+        } else {
+            humantime::format_duration(d).to_string()
+        };
+    }
+    let (size, unit) = units
+        .iter()
+        .find(|(size, _)| secs.is_multiple_of(*size))
+        .copied()
+        .unwrap_or((1, "second"));
+    let n = secs / size;
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The EBS volume types EC2 offers, with the sizes (GiB) each accepts, and whether it can be a
+/// root (boot) volume: st1 and sc1 cannot. (CreateVolume, RunInstances' `Ebs.VolumeSize`.)
+pub const VOLUME_TYPES: &[(&str, RangeInclusive<u32>, bool)] = &[
+    ("gp3", 1..=16_384, true),
+    ("gp2", 1..=16_384, true),
+    ("io1", 4..=16_384, true),
+    ("io2", 4..=65_536, true),
+    ("st1", 125..=16_384, false),
+    ("sc1", 125..=16_384, false),
+    ("standard", 1..=1_024, true),
+];
+
+/// The builder's root volume: a type EC2 offers that can boot, of a size that type accepts.
+pub fn root_volume(kind: &str, size: u32) -> Result<(), String> {
+    let known = VOLUME_TYPES
+        .iter()
+        .map(|(k, ..)| *k)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some((_, sizes, boots)) = VOLUME_TYPES.iter().find(|(k, ..)| *k == kind) else {
+        return Err(format!(
+            "unknown EBS volume type `{kind}`; EC2 offers {known}"
+        ));
+    };
+    if !boots {
+        return Err(format!(
+            "{kind} volumes cannot be root (boot) volumes; use gp3, gp2, io1, io2 or standard"
+        ));
+    }
+    if !sizes.contains(&size) {
+        return Err(format!(
+            "{kind} volumes are {} to {} GiB; found {size}",
+            sizes.start(),
+            sizes.end()
+        ));
+    }
+    Ok(())
+}
+
+/// A region code: `ap-northeast-2`, `us-gov-west-1`, `us-isob-east-1`
+/// (`^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-[0-9]+$`).
+pub fn region(name: &str) -> Result<(), String> {
+    let parts: Vec<&str> = name.split('-').collect();
+    let lower = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    let ok = match parts.as_slice() {
+        [geo, rest @ .., place, number] if rest.len() <= 1 => {
+            geo.len() == 2
+                && lower(geo)
+                && rest
+                    .iter()
+                    .all(|p| *p == "gov" || (p.starts_with("iso") && lower(p)))
+                && lower(place)
+                && !number.is_empty()
+                && number.bytes().all(|b| b.is_ascii_digit())
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "a region code looks like `ap-northeast-2` or `us-gov-west-1`; `{name}` does not"
+        ))
+    }
+}
+
+/// An EC2 instance type: `family.size` in lower case, as in `t3.micro`, `m7i-flex.large`,
+/// `u-6tb1.metal`.
+pub fn instance_type(name: &str) -> Result<(), String> {
+    let word = |w: &str| {
+        !w.is_empty()
+            && w.split('-').all(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            })
+    };
+    let ok = name.len() <= 64
+        && match name.split_once('.') {
+            Some((family, size)) => {
+                word(family) && word(size) && family.starts_with(|c: char| c.is_ascii_lowercase())
+            }
+            None => false,
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "an instance type is `family.size` in lower case, like `t3.micro`; `{name}` is not"
+        ))
+    }
+}
+
+/// An IPv4 CIDR block as security group rules take it: a network address (no host bits set)
+/// and a prefix length of 0 to 32 written in plain digits.
+pub fn ipv4_cidr(text: &str) -> Result<(), String> {
+    let shape = || format!("expected an IPv4 CIDR like \"203.0.113.0/24\", found {text:?}");
+    let Some((addr, len)) = text.split_once('/') else {
+        return Err(shape());
+    };
+    let addr: Ipv4Addr = addr.parse().map_err(|_| shape())?;
+    if len.is_empty() || len.len() > 2 || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(shape());
+    }
+    let len: u32 = len.parse().map_err(|_| shape())?;
+    if len > 32 {
+        return Err(format!(
+            "an IPv4 prefix length is 0 to 32; found /{len} in {text:?}"
+        ));
+    }
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    let network = Ipv4Addr::from(u32::from(addr) & mask);
+    if network != addr {
+        return Err(format!(
+            "{text:?} has host bits set (AWS refuses it); the network is \"{network}/{len}\""
+        ));
+    }
+    Ok(())
+}
+
+/// An IAM instance profile's name.
+pub fn instance_profile_name(name: &str) -> Result<(), String> {
+    let ok = (1..=INSTANCE_PROFILE_NAME_MAX).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "instance profile names are 1 to {INSTANCE_PROFILE_NAME_MAX} letters, digits and \
+             +=,.@_-; found `{name}`"
+        ))
+    }
+}
+
+/// Characters EC2 allows in AMI names besides letters and digits.
+pub const AMI_NAME_CHARS: &str = "()[] ./-'@_";
+
+/// Literal text of an AMI name template (outside `{{ }}`, `{% %}` and `{# #}`): characters EC2
+/// refuses in AMI names.
+pub fn ami_name_literals(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    let mut bad = Vec::new();
+    while !rest.is_empty() {
+        let open = ["{{", "{%", "{#"]
+            .iter()
+            .filter_map(|o| rest.find(o).map(|i| (i, *o)))
+            .min();
+        let (literal, after) = match open {
+            Some((i, o)) => {
+                let close = match o {
+                    "{{" => "}}",
+                    "{%" => "%}",
+                    _ => "#}",
+                };
+                let tail = &rest[i + 2..];
+                let end = tail.find(close).map_or(tail.len(), |j| j + 2);
+                (&rest[..i], &tail[end..])
+            }
+            None => (rest, ""),
+        };
+        for c in literal.chars() {
+            if !(c.is_ascii_alphanumeric() || AMI_NAME_CHARS.contains(c) || bad.contains(&c)) {
+                bad.push(c);
+            }
+        }
+        rest = after;
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        let list: Vec<String> = bad.iter().map(|c| format!("{c:?}")).collect();
+        Err(format!(
+            "AMI names allow letters, digits and {AMI_NAME_CHARS}; {template:?} has {}",
+            list.join(", ")
+        ))
+    }
+}
+
+/// An ALB health check's and the builder's page path: an absolute URL path (RFC 3986 path
+/// characters or `%XX` escapes), at most 1,024 characters, with no `.` or `..` segment (also when
+/// escaped) and no escaped `/`, `\` or NUL.
+pub fn url_path(path: &str) -> Result<(), String> {
+    let rule = "an absolute URL path: '/' then letters, digits, -._~!$&'()*+,;=:@/ or %XX \
+                escapes, no `.` or `..` segments";
+    if !path.starts_with('/') {
+        return Err(format!("must be {rule}; {path:?} does not start with '/'"));
+    }
+    if path.len() > HEALTH_PATH_MAX {
+        return Err(format!(
+            "is at most {HEALTH_PATH_MAX} characters (the target group's limit); found {}",
+            path.len()
+        ));
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = path
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let Some(byte) = hex.filter(|_| bytes[i + 1].is_ascii_hexdigit()) else {
+                return Err(format!(
+                    "must be {rule}; {path:?} has a '%' that is not an escape"
+                ));
+            };
+            if matches!(byte, b'/' | b'\\' | 0) {
+                return Err(format!(
+                    "must be {rule}; {path:?} escapes {:?}, which would change the path",
+                    byte as char
+                ));
+            }
+            decoded.push(byte);
+            i += 3;
+            continue;
+        }
+        let allowed = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);
+        if !allowed {
+            let c = path[i..].chars().next().unwrap_or('?');
+            return Err(format!("must be {rule}; {path:?} has {c:?}"));
+        }
+        decoded.push(b);
+        i += 1;
+    }
+    let dotted = decoded
+        .split(|b| *b == b'/')
+        .any(|segment| segment == b"." || segment == b"..");
+    if dotted {
+        return Err(format!(
+            "must be {rule}; {path:?} has a `.` or `..` segment"
+        ));
+    }
+    Ok(())
+}
 
 /// An EC2 client token.
 pub fn client_token(token: &str) -> Result<(), String> {
@@ -227,5 +538,180 @@ mod tests {
         assert!(tags([(long.as_str(), "v")], 0).is_err());
         let value = "v".repeat(257);
         assert!(tags([("k", value.as_str())], 0).is_err());
+    }
+
+    #[test]
+    fn root_volumes_follow_ec2s_types_and_sizes() {
+        assert!(root_volume("gp3", 8).is_ok());
+        assert!(root_volume("io2", 65_536).is_ok());
+        assert!(root_volume("standard", 1_024).is_ok());
+        assert!(
+            root_volume("gp3", 0)
+                .unwrap_err()
+                .contains("1 to 16384 GiB")
+        );
+        assert!(root_volume("gp2", 16_385).is_err());
+        assert!(root_volume("io1", 3).unwrap_err().contains("4 to 16384"));
+        assert!(root_volume("standard", 1_025).is_err());
+        assert!(root_volume("st1", 500).unwrap_err().contains("boot"));
+        assert!(root_volume("floppy", 8).unwrap_err().contains("gp3, gp2"));
+        assert!(root_volume("GP3", 8).is_err());
+    }
+
+    #[test]
+    fn regions_have_aws_shape() {
+        for ok in [
+            "ap-northeast-2",
+            "us-east-1",
+            "us-gov-west-1",
+            "us-isob-east-1",
+            "eu-central-2",
+        ] {
+            assert!(region(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "mars-1",
+            "AP-northeast-2",
+            "us-east",
+            "us-east-1a",
+            "us--east-1",
+            "useast-1",
+            "us-foo-east-1",
+        ] {
+            assert!(region(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instance_types_are_family_dot_size() {
+        for ok in [
+            "t3.micro",
+            "m7i-flex.large",
+            "u-6tb1.metal",
+            "c6gn.16xlarge",
+            "mac2-m2pro.metal",
+        ] {
+            assert!(instance_type(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "t3micro",
+            "T3.micro",
+            ".micro",
+            "t3.",
+            "t3..micro",
+            "t3.micro.x",
+            "3t.micro",
+            "t3.mi cro",
+        ] {
+            assert!(instance_type(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cidrs_carry_no_host_bits_and_plain_lengths() {
+        for ok in [
+            "0.0.0.0/0",
+            "10.0.0.0/8",
+            "203.0.113.7/32",
+            "192.168.1.0/24",
+        ] {
+            assert!(ipv4_cidr(ok).is_ok(), "{ok}");
+        }
+        assert!(
+            ipv4_cidr("10.0.0.1/8")
+                .unwrap_err()
+                .contains("\"10.0.0.0/8\"")
+        );
+        for bad in [
+            "10.0.0.0/+8",
+            "10.0.0.0/33",
+            "10.0.0.0",
+            "10.0.0.0/",
+            "300.0.0.0/8",
+            "10.0.0.0/008",
+            "everyone",
+        ] {
+            assert!(ipv4_cidr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn health_paths_are_absolute_url_paths_without_dot_segments() {
+        for ok in [
+            "/",
+            "/health",
+            "/a/b.html",
+            "/%7Euser/",
+            "/status;v=1",
+            "/.well-known/x",
+        ] {
+            assert!(url_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "health",
+            "/../etc/passwd",
+            "/a/./b",
+            "/a/%2e%2E/b",
+            "/a%2fb",
+            "/a b",
+            "/a?x=1",
+            "/é",
+            "/%zz",
+            "/%",
+            "/a\"b",
+        ] {
+            assert!(url_path(bad).is_err(), "{bad}");
+        }
+        assert!(url_path(&format!("/{}", "a".repeat(1024))).is_err());
+    }
+
+    #[test]
+    fn ami_name_literals_are_checked_outside_template_tags() {
+        assert!(ami_name_literals("{{ image }}-{{ date }}-{{ digest[:12] }}").is_ok());
+        assert!(ami_name_literals("web (v1) [x] @me's/build_1.0").is_ok());
+        assert!(ami_name_literals("{{ 'a:b' }}-web").is_ok());
+        assert!(
+            ami_name_literals("web:{{ date }}")
+                .unwrap_err()
+                .contains("':'")
+        );
+        assert!(
+            ami_name_literals("{% if x %}a*b{% endif %}")
+                .unwrap_err()
+                .contains("'*'")
+        );
+    }
+
+    #[test]
+    fn instance_profile_names_follow_iam() {
+        assert!(instance_profile_name("SSMInstanceProfile").is_ok());
+        assert!(instance_profile_name("a+=,.@_-1").is_ok());
+        assert!(instance_profile_name("").is_err());
+        assert!(instance_profile_name("my profile").is_err());
+        assert!(instance_profile_name(&"p".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn durations_are_checked_against_ranges_named_in_words() {
+        let err = duration(Duration::ZERO, &HEALTH_TIMEOUT).unwrap_err();
+        assert_eq!(err, "must be between 10 seconds and 12 hours");
+        assert!(duration(secs(10), &HEALTH_TIMEOUT).is_ok());
+        assert!(duration(secs(12 * 3600 + 1), &HEALTH_TIMEOUT).is_err());
+        assert!(duration(Duration::ZERO, &REFRESH_WARMUP).is_ok());
+        assert!(duration(secs(3601), &REFRESH_WARMUP).is_err());
+        assert_eq!(human(*DEPRECATE_AFTER.end()), "10 years");
+        assert_eq!(human(secs(60)), "1 minute");
+    }
+
+    #[test]
+    fn the_parser_and_the_deprecation_check_agree_on_the_year() {
+        let ten = humantime::parse_duration("10y").unwrap();
+        assert_eq!(ten, *DEPRECATE_AFTER.end());
+        assert_eq!(humantime::parse_duration("1y").unwrap(), YEAR);
+        assert!(duration(ten, &DEPRECATE_AFTER).is_ok());
+        let more = humantime::parse_duration("10y 1s").unwrap();
+        assert!(duration(more, &DEPRECATE_AFTER).is_err());
     }
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_ssm::types::ParameterType;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::time::Instant;
 
 use crate::aws::{self, CallError, Clients};
 use crate::config::Config;
@@ -283,7 +282,7 @@ pub async fn publish(clients: &Clients, parameter: &str, ami_id: &str) -> Result
     let version = put.version();
     let action = || format!("publish {ami_id} in SSM parameter {parameter}");
     let read = poll::until(
-        Instant::now() + PUBLISH_SETTLE,
+        poll::deadline(PUBLISH_SETTLE),
         PUBLISH_SCHEDULE,
         |seen| tracing::debug!("{parameter}: {seen}"),
         || async {

@@ -1,9 +1,27 @@
-//! Polling until a deadline, with capped, jittered backoff and terminal states.
+//! Polling until a deadline, with capped, jittered backoff and terminal states; deadlines that
+//! cannot overflow the clock.
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
+
+/// How far ahead a deadline goes when the one asked for is past what the clock can hold: 30
+/// years, as tokio's own far-future instant.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `from + after`, checked: a duration too large for the clock gives a deadline 30 years ahead
+/// instead of a panic.
+pub fn deadline_after(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after)
+        .or_else(|| from.checked_add(FAR_FUTURE))
+        .unwrap_or(from)
+}
+
+/// `after` from now, checked as in [`deadline_after`].
+pub fn deadline(after: Duration) -> Instant {
+    deadline_after(Instant::now(), after)
+}
 
 /// When to look again: first after `first` (when the state becomes likely), then every
 /// `interval` until `dense` has passed since the wait began (the window in which the state
@@ -106,7 +124,7 @@ where
     loop {
         let wait = waits.next().unwrap_or(schedule.cap);
         let now = Instant::now();
-        if now + wait > deadline {
+        if deadline_after(now, wait) > deadline {
             // Look once more at the deadline itself rather than give up early.
             sleep(deadline.saturating_duration_since(now)).await;
             return match check().await {
@@ -139,6 +157,20 @@ fn jitter(d: Duration) -> Duration {
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_past_the_clock_is_far_ahead_not_a_panic() {
+        let now = Instant::now();
+        let huge = Duration::from_secs(300_000_000_000 * 31_557_600);
+        let far = deadline_after(now, huge);
+        assert!(far > deadline_after(now, Duration::from_secs(29 * 365 * 24 * 3600)));
+        assert_eq!(deadline_after(now, Duration::MAX), far);
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(60)),
+            now + Duration::from_secs(60)
+        );
+        assert!(deadline(Duration::MAX) >= far);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn ready_after_some_pending_looks() {

@@ -88,7 +88,7 @@ pub async fn running(
     let step = "waiting for the builder to run";
     progress.step(format!("{step}: {instance_id}"));
     let result = poll::until(
-        Instant::now() + RUNNING_TIMEOUT,
+        poll::deadline(RUNNING_TIMEOUT),
         RUNNING_SCHEDULE,
         |seen| progress.detail(step, seen),
         || async {

@@ -92,8 +92,10 @@ pub async fn deprecate(clients: &Clients, ami_id: &str, after: Duration) -> Resu
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
-        + after.as_secs();
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs.div_ceil(60) * 60);
+        .saturating_add(after.as_secs());
+    let at = SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs.div_ceil(60).saturating_mul(60)))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     clients
         .ec2
         .enable_image_deprecation()
@@ -172,7 +174,7 @@ pub async fn create(
     progress.step(step.clone());
     let started = Instant::now();
     let result = poll::until(
-        started + AVAILABLE_TIMEOUT,
+        poll::deadline_after(started, AVAILABLE_TIMEOUT),
         AVAILABLE_SCHEDULE,
         |seen| progress.detail(&step, seen),
         || async {
@@ -231,7 +233,7 @@ pub async fn create(
 async fn own_image(clients: &Clients, name: &str, run_id: &str) -> Result<Option<String>, Error> {
     let settle = aws::NEW_IMAGE;
     let result = poll::until(
-        Instant::now() + settle.within,
+        poll::deadline(settle.within),
         settle.schedule,
         |_| {},
         || async {

@@ -9,7 +9,6 @@ use aws_sdk_ec2::types::{
     TagSpecification, VolumeType,
 };
 use base64::Engine as _;
-use tokio::time::Instant;
 
 use super::preflight::Plan;
 use crate::aws::{self, CallError, Clients};
@@ -160,7 +159,7 @@ pub async fn instance(
         .tag_specifications(tagged(ResourceType::Volume, tags, &name))
         .tag_specifications(tagged(ResourceType::NetworkInterface, tags, &name));
     janitor.launching(request.clone());
-    let deadline = Instant::now() + PROFILE_PROPAGATION;
+    let deadline = poll::deadline(PROFILE_PROPAGATION);
     let launched = poll::until(
         deadline,
         PROFILE_SCHEDULE,

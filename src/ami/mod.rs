@@ -190,7 +190,7 @@ async fn build(
     let instance_id =
         launch::instance(clients, plan, &image.builder, &group, &tags, janitor).await?;
     let ip = health::running(clients, &instance_id, progress).await?;
-    let deadline = Instant::now() + image.health.timeout.0;
+    let deadline = crate::poll::deadline(image.health.timeout.0);
     tokio::try_join!(
         health::http(&instance_id, &ip, &image.health, deadline, progress),
         health::ssm_online(clients, &instance_id, deadline),

@@ -192,7 +192,7 @@ pub async fn run(
         Check::Pending(_) => {
             poll::until(
                 // The command's own timeout plus a minute for delivery and reporting.
-                started + timeout + Duration::from_secs(60),
+                poll::deadline_after(started, timeout.saturating_add(Duration::from_secs(60))),
                 COMMAND_SCHEDULE,
                 |seen| progress.detail(&step, seen),
                 || async { classify(invocation().await) },

@@ -332,7 +332,7 @@ pub async fn watch(
     };
     progress.step(step.clone());
     let result = poll::until(
-        started + settings.timeout.0,
+        poll::deadline_after(started, settings.timeout.0),
         WATCH_SCHEDULE,
         |seen| progress.detail(&step, seen),
         || async {
@@ -581,7 +581,7 @@ async fn wait_refresh(
     let asg = &plan.names.asg;
     let started = Instant::now();
     let result = poll::until(
-        started + rollout.refresh.get_ref().timeout.0,
+        poll::deadline_after(started, rollout.refresh.get_ref().timeout.0),
         WATCH_SCHEDULE,
         |seen| progress.detail(step, seen),
         || async {
@@ -645,7 +645,7 @@ pub async fn serving(plan: &Plan, url: &str, progress: &Progress) -> Result<(), 
         .expect("an HTTP client without TLS options builds");
     let started = Instant::now();
     poll::until(
-        started + SERVING_TIMEOUT,
+        poll::deadline_after(started, SERVING_TIMEOUT),
         Schedule::every(Duration::from_secs(1)),
         |seen| progress.detail(&step, seen),
         || crate::ami::health::probe(&client, url, &plan.health),
@@ -664,7 +664,7 @@ pub async fn serving(plan: &Plan, url: &str, progress: &Progress) -> Result<(), 
 /// Waits until a deleted group is gone (its instances terminated).
 pub async fn group_gone(clients: &Clients, asg: &str) -> Result<(), CallError> {
     let result = poll::until(
-        Instant::now() + GROUP_GONE_TIMEOUT,
+        poll::deadline(GROUP_GONE_TIMEOUT),
         WATCH_SCHEDULE,
         |_| {},
         || async {

@@ -1,0 +1,192 @@
+//! `bake validate` (and every command, since they all load the config) reports every value
+//! outside AWS's ranges and shapes in one run, each at the config's file:line:col with its field;
+//! exit 2, before any AWS call.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Runs bake with a config; AWS is pointed at a closed port so any call would fail differently.
+fn bake(config: &str, args: &[&str]) -> (tempfile::TempDir, PathBuf, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bake.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bake"))
+        .arg("-c")
+        .arg(&path)
+        .args(args)
+        .env_remove("BAKE_CONFIG")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_REGION", "ap-northeast-2")
+        .env("AWS_ACCESS_KEY_ID", "AKIDCONFIGTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .output()
+        .expect("bake runs");
+    (dir, path, out)
+}
+
+const CONFIG: &str = r#"region = "ap-northeast-2"
+
+[image.web]
+base = { ssm = "/aws/service/debian/release/bookworm/latest/amd64" }
+template = "nginx"
+os = "debian"
+
+[image.web.builder]
+subnet = { id = "subnet-0123" }
+instance_profile = "SSMInstanceProfile"
+
+[image.web.health]
+timeout = "10m"
+
+[rollout.web]
+image = "web"
+vpc = { id = "vpc-0123" }
+alb_subnets = [{ id = "subnet-a" }, { id = "subnet-c" }]
+instance_subnets = [{ id = "subnet-a" }]
+launch_template = "Web"
+asg = "Web-ASG"
+alb = "Web-ALB"
+target_group = "Web-TG"
+capacity = { min = 1, desired = 1, max = 2 }
+"#;
+
+/// Asserts exit 2, nothing on stdout, no panic, and returns stderr.
+fn refused(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn the_valid_control_passes() {
+    let (_dir, _, out) = bake(CONFIG, &["validate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_huge_health_timeout_exits_2_at_validate_and_before_a_bake() {
+    let text = CONFIG.replace("timeout = \"10m\"", "timeout = \"300000000000y\"");
+    for args in [vec!["validate"], vec!["ami", "web"]] {
+        let started = Instant::now();
+        let (_dir, path, out) = bake(&text, &args);
+        let msg = refused(&out);
+        assert!(
+            msg.contains(&format!(
+                "{}:13:11: image.web.health.timeout: must be between 10 seconds and 12 hours, \
+                 found \"300000000000y\"",
+                path.display()
+            )),
+            "{msg}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn every_problem_is_reported_in_one_run_one_per_line() {
+    let text = CONFIG
+        .replace("region = \"ap-northeast-2\"", "region = \"ap-northeast\"")
+        .replace(
+            "instance_profile = \"SSMInstanceProfile\"",
+            "instance_profile = \"SSMInstanceProfile\"\nallow_cidr = \"10.0.0.1/+8\"\n\
+             volume = { size = 0, type = \"floppy\" }",
+        )
+        .replace(
+            "timeout = \"10m\"",
+            "timeout = \"0s\"\nport = 0\npath = \"/../../etc/passwd\"",
+        )
+        .replace("max = 2", "max = 4294967295")
+        .replace("[{ id = \"subnet-a\" }]", "[{ tag = {} }]");
+    let (_dir, path, out) = bake(&text, &["validate"]);
+    let msg = refused(&out);
+    let lines: Vec<&str> = msg.lines().collect();
+    let expected = [
+        (1, "region: "),
+        (11, "image.web.builder.allow_cidr: "),
+        (
+            12,
+            "image.web.builder.volume.type: unknown EBS volume type `floppy`",
+        ),
+        (
+            15,
+            "image.web.health.timeout: must be between 10 seconds and 12 hours",
+        ),
+        (16, "image.web.health.port: a port is 1 to 65535"),
+        (17, "image.web.health.path: "),
+        (23, "rollout.web.instance_subnets: give exactly one of"),
+        (28, "rollout.web.capacity.max: "),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{msg}");
+    for ((line, field), got) in expected.iter().zip(&lines) {
+        let want = format!("{}:{line}:", path.display());
+        assert!(
+            got.contains(&want) && got.contains(field),
+            "{got}: want {want} {field}"
+        );
+    }
+}
+
+#[test]
+fn a_misspelt_table_is_named_alone_at_its_line() {
+    let text = CONFIG
+        .replace("[image.web]", "[images.web]")
+        .replace("[image.web.builder]", "[images.web.builder]")
+        .replace("[image.web.health]", "[images.web.health]");
+    let (_dir, path, out) = bake(&text, &["validate"]);
+    let msg = refused(&out);
+    assert_eq!(
+        msg.trim_end().trim_start_matches("error: "),
+        format!(
+            "{}:3:2: unknown table `images`, expected `image`",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn secret_looking_vars_exit_2_and_look_alikes_pass() {
+    let vars = |v: &str| CONFIG.replace("os = \"debian\"", &format!("os = \"debian\"\nvars = {v}"));
+    for name in [
+        "db_pass",
+        "pwd",
+        "passphrase",
+        "credentials",
+        "aws_access_key_id",
+        "ssh_key",
+        "\"p\u{0430}ssword\"",
+    ] {
+        let (_dir, path, out) = bake(&vars(&format!("{{ {name} = \"x\" }}")), &["validate"]);
+        let msg = refused(&out);
+        assert!(
+            msg.contains(&format!("{}:7:10: image.web.vars: ", path.display()))
+                && msg.contains("looks like a secret"),
+            "{name}: {msg}"
+        );
+    }
+    let (_dir, _, out) = bake(
+        &vars("{ secretary_name = \"Ann\", tokenizer_model = \"bpe\" }"),
+        &["validate"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let allowed = format!(
+        "public_vars = [\"pass_rate\"]\n{}",
+        vars("{ pass_rate = \"90\" }")
+    );
+    let (_dir, _, out) = bake(&allowed, &["validate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
