@@ -27,7 +27,7 @@ pub struct Cli {
     pub profile: Option<String>,
 
     /// The AWS region; else AWS_REGION, the profile's region, then `region` in the config.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = parse_region)]
     pub region: Option<String>,
 
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
@@ -153,6 +153,12 @@ fn parse_keep(text: &str) -> Result<usize, String> {
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 31_557_600);
 
 /// `--ttl`: a duration from 0s to [`MAX_TTL`], so the cutoff `now - ttl` is a real time.
+/// `--region` must have a region code's shape (as `region` in the config must).
+fn parse_region(text: &str) -> Result<String, String> {
+    crate::limits::region(text)?;
+    Ok(text.to_owned())
+}
+
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     let range = format!("from 0s to {}", humantime::format_duration(MAX_TTL));
     let ttl = humantime::parse_duration(text)

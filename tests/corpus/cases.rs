@@ -465,7 +465,8 @@ fn controls(repo: &Path, cases: &mut Vec<Case>) {
     let edges: &[(&str, &str, &str)] = &[
         ("image.web.health", "port", "1"),
         ("image.web.health", "port", "65535"),
-        ("image.web.health", "expect_status", "599"),
+        // ALB health checks take success codes 200-499, and expect_status is the target group's.
+        ("image.web.health", "expect_status", "499"),
         ("image.web.health", "expect_status", "204"),
         ("image.web.health", "timeout", "\"10s\""),
         ("image.web.health", "timeout", "\"12h\""),
@@ -489,7 +490,7 @@ fn controls(repo: &Path, cases: &mut Vec<Case>) {
         (
             "image.web.builder",
             "volume",
-            "{ size = 125, type = \"st1\" }",
+            "{ size = 65536, type = \"io2\" }",
         ),
         (
             "image.web.builder",
@@ -904,7 +905,7 @@ fn numbers(cases: &mut Vec<Case>) {
         cases.push(value("port", "rollout.web", "alb_port", v));
     }
     cases.push(inline_value("port", "image.web.health", "port", "0"));
-    for v in ["0", "999", "199", "600", "65536", "-200"] {
+    for v in ["0", "999", "199", "500", "600", "65536", "-200"] {
         cases.push(value("http-status", "image.web.health", "expect_status", v));
     }
     cases.push(inline_value(
@@ -934,8 +935,9 @@ fn numbers(cases: &mut Vec<Case>) {
         ("3", "io1", "size"),
         ("3", "io2", "size"),
         ("65537", "io2", "size"),
-        ("100", "st1", "size"),
-        ("124", "sc1", "size"),
+        // Throughput optimized and cold HDD volumes cannot be boot volumes (EBS volume types).
+        ("125", "st1", "type"),
+        ("500", "sc1", "type"),
         ("8", "floppy", "type"),
         ("8", "", "type"),
         ("8", "GP3", "type"),
