@@ -8,24 +8,14 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
-use aws_sdk_ec2::types::{Filter, ImageState, InstanceStateName, Tag};
+use aws_sdk_ec2::types::{ImageState, InstanceStateName};
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::aws::{self, CallError, Clients};
 use crate::poll::{self, Check, PollError, Schedule};
-
-/// Tag keys bake puts on what it creates.
-pub mod tag {
-    /// The run that created the resource.
-    pub const RUN_ID: &str = "bake:run-id";
-    /// When it was created (RFC 3339), for `bake gc --ttl` on resources without a creation time.
-    pub const CREATED: &str = "bake:created";
-    /// The `[image.NAME]` it belongs to.
-    pub const IMAGE: &str = "bake:image";
-    /// The digest of the image's inputs.
-    pub const DIGEST: &str = "bake:digest";
-}
+use crate::resolve::{self, filter};
+use crate::tags;
 
 /// Terminating a builder takes AWS 30–90 s; 10 minutes covers a stuck shutdown.
 const TERMINATE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -34,21 +24,13 @@ const TERMINATE_TIMEOUT: Duration = Duration::from_secs(600);
 const SG_DELETE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Termination takes 30–90 s on EC2 and well under a second in the lab: look after 1 s, every
 /// second for 10 s, then growing to 10 s.
-const TERMINATE_SCHEDULE: Schedule = Schedule {
-    first: Duration::from_secs(1),
-    interval: Duration::from_secs(1),
-    dense: Duration::from_secs(10),
-    factor: 1.5,
-    cap: Duration::from_secs(10),
-};
+const TERMINATE_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(1))
+    .first_after(Duration::from_secs(1))
+    .dense_for(Duration::from_secs(10))
+    .growing(1.5, Duration::from_secs(10));
 /// DependencyViolation clears within tens of seconds; retry every 3 s growing to 15 s.
-const SG_SCHEDULE: Schedule = Schedule {
-    first: Duration::ZERO,
-    interval: Duration::from_secs(3),
-    dense: Duration::ZERO,
-    factor: 1.5,
-    cap: Duration::from_secs(15),
-};
+const SG_SCHEDULE: Schedule =
+    Schedule::every(Duration::from_secs(3)).growing(1.5, Duration::from_secs(15));
 
 /// A resource a run created.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -110,20 +92,6 @@ pub fn new_run_id() -> String {
         &digits[8..14],
         random & 0xff_ffff
     )
-}
-
-/// The tags every resource of a run carries.
-pub fn run_tags(run_id: &str, image: &str, digest: &str) -> Vec<Tag> {
-    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    [
-        (tag::RUN_ID, run_id),
-        (tag::IMAGE, image),
-        (tag::DIGEST, digest),
-        (tag::CREATED, &now),
-    ]
-    .into_iter()
-    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-    .collect()
 }
 
 /// What one run created, cleaned up in reverse order of dependency on any exit.
@@ -234,17 +202,16 @@ impl Janitor {
         let Some(request) = self.launching.lock().expect("launching lock").take() else {
             return Ok(());
         };
-        let what = "ask EC2 for the builder a cancelled launch may have started";
-        let sent = aws::settle(&TRANSIENT_ONLY, what, || request.clone().send()).await;
-        match sent {
-            Ok(out) => {
-                for id in out.instances().iter().filter_map(|i| i.instance_id()) {
-                    self.record(Resource::Instance(id.to_owned()));
-                }
-                Ok(())
-            }
-            Err(e) => Err(self.clients.failed(what, aws::describe(&e)).into()),
+        let sent = self
+            .clients
+            .call(|| request.clone().send())
+            .settle(&TRANSIENT_ONLY)
+            .or_fail(|| "ask EC2 for the builder a cancelled launch may have started".into())
+            .await?;
+        for id in sent.instances().iter().filter_map(|i| i.instance_id()) {
+            self.record(Resource::Instance(id.to_owned()));
         }
+        Ok(())
     }
 }
 
@@ -283,14 +250,8 @@ async fn find_with_uses(
     keep: &BTreeSet<String>,
 ) -> Result<(Vec<Resource>, BTreeSet<String>), Error> {
     let filter = match scope {
-        Scope::Run(id) => Filter::builder()
-            .name(format!("tag:{}", tag::RUN_ID))
-            .values(id)
-            .build(),
-        Scope::LeftBefore(_) => Filter::builder()
-            .name("tag-key")
-            .values(tag::RUN_ID)
-            .build(),
+        Scope::Run(id) => tags::filter(tags::RUN_ID, id),
+        Scope::LeftBefore(_) => filter("tag-key", tags::RUN_ID),
     };
     let cutoff = match scope {
         Scope::Run(_) => None,
@@ -308,28 +269,14 @@ async fn find_with_uses(
         .ec2
         .describe_instances()
         .filters(filter.clone())
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .set_values(Some(
-                    ["pending", "running", "stopping", "stopped"]
-                        .map(String::from)
-                        .to_vec(),
-                ))
-                .build(),
-        );
-    let reservations = aws::settle(&aws::THROTTLE_BURST, "list instances", || async {
-        let mut pages = listing.clone().into_paginator().send();
-        let mut all = Vec::new();
-        while let Some(page) = pages.next().await {
-            all.extend(page?.reservations.unwrap_or_default());
-        }
-        Ok(all)
-    })
-    .await
-    .map_err(|e| clients.failed("list instances", aws::describe(&e)))?;
-    for reservation in reservations {
-        for instance in reservation.instances() {
+        .filters(resolve::live_instances());
+    let pages = clients
+        .call(|| listing.clone().into_paginator().send().try_collect())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| "list instances".into())
+        .await?;
+    for page in pages {
+        for instance in page.reservations().iter().flat_map(|r| r.instances()) {
             let launched = instance
                 .launch_time()
                 .and_then(|t| SystemTime::try_from(*t).ok());
@@ -339,20 +286,22 @@ async fn find_with_uses(
         }
     }
 
-    let groups = aws::settle(&aws::THROTTLE_BURST, "list security groups", || {
-        clients
-            .ec2
-            .describe_security_groups()
-            .filters(filter.clone())
-            .send()
-    })
-    .await
-    .map_err(|e| clients.failed("list security groups", aws::describe(&e)))?;
+    let groups = clients
+        .call(|| {
+            clients
+                .ec2
+                .describe_security_groups()
+                .filters(filter.clone())
+                .send()
+        })
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| "list security groups".into())
+        .await?;
     for group in groups.security_groups() {
         let created = group
             .tags()
             .iter()
-            .find(|t| t.key() == Some(tag::CREATED))
+            .find(|t| t.key() == Some(tags::CREATED))
             .and_then(|t| t.value())
             .and_then(|v| humantime::parse_rfc3339(v).ok());
         if let Some(id) = group.group_id().filter(|_| old_enough(created)) {
@@ -360,16 +309,18 @@ async fn find_with_uses(
         }
     }
 
-    let images = aws::settle(&aws::THROTTLE_BURST, "list images", || {
-        clients
-            .ec2
-            .describe_images()
-            .owners("self")
-            .filters(filter.clone())
-            .send()
-    })
-    .await
-    .map_err(|e| clients.failed("list images", aws::describe(&e)))?;
+    let images = clients
+        .call(|| {
+            clients
+                .ec2
+                .describe_images()
+                .owners("self")
+                .filters(filter.clone())
+                .send()
+        })
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| "list images".into())
+        .await?;
     let mut in_use = BTreeSet::new();
     for image in images.images() {
         let created = image
@@ -392,16 +343,18 @@ async fn find_with_uses(
         }
     }
 
-    let snapshots = aws::settle(&aws::THROTTLE_BURST, "list snapshots", || {
-        clients
-            .ec2
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(filter.clone())
-            .send()
-    })
-    .await
-    .map_err(|e| clients.failed("list snapshots", aws::describe(&e)))?;
+    let snapshots = clients
+        .call(|| {
+            clients
+                .ec2
+                .describe_snapshots()
+                .owner_ids("self")
+                .filters(filter.clone())
+                .send()
+        })
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| "list snapshots".into())
+        .await?;
     for snapshot in snapshots.snapshots() {
         let started = snapshot
             .start_time()
@@ -535,50 +488,45 @@ async fn delete_born(
 async fn terminate(clients: &Clients, id: &str, until: Option<Instant>) -> Result<(), String> {
     // Once the window after its creation is over, EC2 has known the id: NotFound means gone.
     let until = until.filter(|u| Instant::now() < *u);
-    let what = format!("terminate {id}");
-    let call = || clients.ec2.terminate_instances().instance_ids(id).send();
+    let call = clients.call(|| clients.ec2.terminate_instances().instance_ids(id).send());
     let result = match until {
-        Some(until) => aws::settle_until(&aws::NEW_INSTANCE, until, &what, call).await,
-        None => aws::settle(&TRANSIENT_ONLY, &what, call).await,
+        Some(until) => call.settle_until(&aws::NEW_INSTANCE, until),
+        None => call.settle(&TRANSIENT_ONLY),
     };
-    match result {
+    match result.answer().await {
         Ok(_) => Ok(()),
-        Err(e) if until.is_none() && aws::code(&e) == Some("InvalidInstanceID.NotFound") => Ok(()),
-        Err(e) if aws::code(&e) == Some("InvalidInstanceID.NotFound") => Err(format!(
+        Err(e) if until.is_none() && e.is(&["InvalidInstanceID.NotFound"]) => Ok(()),
+        Err(e) if e.is(&["InvalidInstanceID.NotFound"]) => Err(format!(
             "EC2 still did not know it {:?} after it was launched ({}); it may be running",
             aws::NEW_INSTANCE.within,
-            aws::describe(&e)
+            e.describe()
         )),
-        Err(e) => Err(aws::describe(&e)),
+        Err(e) => Err(e.describe()),
     }
 }
 
 /// DeregisterImage; NotFound for an image created moments ago is asked again within its window.
 async fn deregister(clients: &Clients, id: &str, until: Option<Instant>) -> Result<(), String> {
-    let what = format!("deregister {id}");
-    let call = || clients.ec2.deregister_image().image_id(id).send();
+    let call = clients.call(|| clients.ec2.deregister_image().image_id(id).send());
     let result = match until {
-        Some(until) => aws::settle_until(&aws::NEW_IMAGE, until, &what, call).await,
-        None => aws::settle(&TRANSIENT_ONLY, &what, call).await,
+        Some(until) => call.settle_until(&aws::NEW_IMAGE, until),
+        None => call.settle(&TRANSIENT_ONLY),
     };
-    match result {
+    match result.answer().await {
         Ok(_) => Ok(()),
         // Unavailable: deregistered already; NotFound once the window has passed: gone.
-        Err(e) if aws::code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => Ok(()),
-        Err(e) => Err(aws::describe(&e)),
+        Err(e) if e.is(&["InvalidAMIID*"]) => Ok(()),
+        Err(e) => Err(e.describe()),
     }
 }
 
 /// DeleteSnapshot, riding out InvalidSnapshot.InUse while a just-deregistered image releases it.
 async fn delete_snapshot(clients: &Clients, id: &str) -> Result<(), String> {
-    let result = aws::settle(&aws::SNAPSHOT_RELEASE, &format!("delete {id}"), || {
-        clients.ec2.delete_snapshot().snapshot_id(id).send()
-    })
-    .await;
-    match result {
+    let call = clients.call(|| clients.ec2.delete_snapshot().snapshot_id(id).send());
+    match call.settle(&aws::SNAPSHOT_RELEASE).answer().await {
         Ok(_) => Ok(()),
-        Err(e) if aws::code(&e) == Some("InvalidSnapshot.NotFound") => Ok(()),
-        Err(e) => Err(aws::describe(&e)),
+        Err(e) if e.is(&["InvalidSnapshot.NotFound"]) => Ok(()),
+        Err(e) => Err(e.describe()),
     }
 }
 
@@ -591,6 +539,7 @@ async fn wait_terminated(clients: &Clients, ids: &[String]) -> Result<(), (Vec<S
     let deadline = poll::deadline(TERMINATE_TIMEOUT);
     let alive = std::sync::Mutex::new(ids.to_vec());
     let result = poll::until(
+        &format!("waiting for {} to terminate", ids.join(", ")),
         deadline,
         TERMINATE_SCHEDULE,
         |_| {},
@@ -608,7 +557,7 @@ async fn wait_terminated(clients: &Clients, ids: &[String]) -> Result<(), (Vec<S
                 Err(e) if aws::code(&e) == Some("InvalidInstanceID.NotFound") => {
                     return Check::Ready(());
                 }
-                Err(e) => return poll::unless_transient(&e, aws::describe),
+                Err(e) => return aws::unless_transient(&e, aws::describe),
             };
             let still: Vec<&aws_sdk_ec2::types::Instance> = out
                 .reservations()
@@ -672,6 +621,7 @@ pub async fn delete_security_group(clients: &Clients, id: &str) -> Result<(), Er
 async fn delete_group(clients: &Clients, id: &str, until: Option<Instant>) -> Result<(), String> {
     let deadline = poll::deadline(SG_DELETE_TIMEOUT);
     let result = poll::until(
+        &format!("delete security group {id}"),
         deadline,
         SG_SCHEDULE,
         |_| {},
@@ -695,7 +645,7 @@ async fn delete_group(clients: &Clients, id: &str, until: Option<Instant>) -> Re
                     Some(c) if aws::INSTANCE_RELEASE.codes.contains(&c) => {
                         Check::Pending(aws::describe(&e))
                     }
-                    _ => poll::unless_transient(&e, aws::describe),
+                    _ => aws::unless_transient(&e, aws::describe),
                 },
             }
         },

@@ -1,5 +1,6 @@
 //! Results on stdout (text or JSON) and notes on stderr.
 
+use std::fmt::Display;
 use std::io::Write;
 
 use serde::Serialize;
@@ -13,13 +14,13 @@ pub enum Format {
     Json,
 }
 
-/// Prints a command's result: `text` for people, `json` as one JSON object.
-pub fn result<T: Serialize>(format: Format, text: &str, json: &T) -> std::io::Result<()> {
+/// Prints a result: its text (`Display`) for people, or one JSON object (`Serialize`).
+pub fn print<T: Display + Serialize>(format: Format, value: &T) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     match format {
-        Format::Text => out.write_all(text.as_bytes())?,
+        Format::Text => write!(out, "{value}")?,
         Format::Json => {
-            serde_json::to_writer(&mut out, json)?;
+            serde_json::to_writer(&mut out, value)?;
             out.write_all(b"\n")?;
         }
     }

@@ -46,6 +46,25 @@ impl Schedule {
             cap: interval,
         }
     }
+
+    /// The first look after `first` instead of at once.
+    pub const fn first_after(self, first: Duration) -> Schedule {
+        Schedule { first, ..self }
+    }
+
+    /// Every `interval` until `dense` has passed since the wait began.
+    pub const fn dense_for(self, dense: Duration) -> Schedule {
+        Schedule { dense, ..self }
+    }
+
+    /// After the dense part, each wait `factor` times the last, up to `cap`.
+    pub const fn growing(self, factor: f64, cap: Duration) -> Schedule {
+        Schedule {
+            factor,
+            cap,
+            ..self
+        }
+    }
 }
 
 impl Schedule {
@@ -78,26 +97,6 @@ pub enum Check<T, E> {
     Failed(E),
 }
 
-/// What a failed AWS call inside a wait means: a transient answer (throttling, 5xx, timeout;
-/// see [`crate::aws::transient`]) is `Pending` — the SDK's retries ran dry in a burst, and the
-/// wait's own deadline decides — while any other error is `Failed` with `failed(err)`.
-pub fn unless_transient<T, F, E>(
-    err: &aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
-    failed: impl FnOnce(&aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>) -> F,
-) -> Check<T, F>
-where
-    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
-{
-    if crate::aws::transient(err) {
-        Check::Pending(format!(
-            "{} (transient; asking again)",
-            crate::aws::describe(err)
-        ))
-    } else {
-        Check::Failed(failed(err))
-    }
-}
-
 /// Why a poll ended without a result.
 #[derive(Debug)]
 pub enum PollError<E> {
@@ -109,8 +108,10 @@ pub enum PollError<E> {
 }
 
 /// Calls `check` on the schedule until it is ready, fails, or `deadline` passes.
-/// `seen` is told each pending observation (for progress bars).
+/// `seen` is told each pending observation (for progress bars); each look is logged at debug
+/// level (`-vv`) under `what` the wait is for.
 pub async fn until<T, E, F, Fut>(
+    what: &str,
     deadline: Instant,
     schedule: Schedule,
     mut seen: impl FnMut(&str),
@@ -120,21 +121,32 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Check<T, E>>,
 {
+    let started = Instant::now();
     let mut waits = schedule.waits();
+    let mut look = async || {
+        let found = check().await;
+        let elapsed = started.elapsed();
+        match &found {
+            Check::Ready(_) => tracing::debug!("{what}: ready after {elapsed:.1?}"),
+            Check::Pending(s) => tracing::debug!("{what}: {s} ({elapsed:.1?})"),
+            Check::Failed(_) => tracing::debug!("{what}: failed after {elapsed:.1?}"),
+        }
+        found
+    };
     loop {
         let wait = waits.next().unwrap_or(schedule.cap);
         let now = Instant::now();
         if deadline_after(now, wait) > deadline {
             // Look once more at the deadline itself rather than give up early.
             sleep(deadline.saturating_duration_since(now)).await;
-            return match check().await {
+            return match look().await {
                 Check::Ready(v) => Ok(v),
                 Check::Failed(e) => Err(PollError::Failed(e)),
                 Check::Pending(s) => Err(PollError::TimedOut { last: s }),
             };
         }
         sleep(wait).await;
-        match check().await {
+        match look().await {
             Check::Ready(v) => return Ok(v),
             Check::Failed(e) => return Err(PollError::Failed(e)),
             Check::Pending(s) => seen(&s),
@@ -177,6 +189,7 @@ mod tests {
         let calls = Cell::new(0);
         let start = Instant::now();
         let got: Result<u32, PollError<()>> = until(
+            "a test",
             start + Duration::from_secs(60),
             Schedule::every(Duration::from_secs(1)),
             |_| {},
@@ -206,6 +219,7 @@ mod tests {
     async fn times_out_at_the_deadline_with_the_last_observation() {
         let start = Instant::now();
         let got: Result<(), PollError<()>> = until(
+            "a test",
             start + Duration::from_secs(10),
             Schedule {
                 first: Duration::from_secs(1),
@@ -230,6 +244,7 @@ mod tests {
     async fn a_terminal_state_ends_the_wait_at_once() {
         let calls = Cell::new(0);
         let got: Result<(), PollError<&str>> = until(
+            "a test",
             Instant::now() + Duration::from_secs(600),
             Schedule::every(Duration::from_secs(5)),
             |_| {},
@@ -241,42 +256,6 @@ mod tests {
         .await;
         assert!(matches!(got, Err(PollError::Failed("failed"))));
         assert_eq!(calls.get(), 1);
-    }
-
-    fn answer(
-        status: u16,
-        code: &str,
-    ) -> aws_sdk_ec2::error::SdkError<
-        aws_sdk_ec2::operation::describe_instances::DescribeInstancesError,
-        aws_sdk_ec2::config::http::HttpResponse,
-    > {
-        let meta = aws_smithy_types::error::ErrorMetadata::builder()
-            .code(code)
-            .message("m")
-            .build();
-        aws_sdk_ec2::error::SdkError::service_error(
-            aws_sdk_ec2::operation::describe_instances::DescribeInstancesError::generic(meta),
-            aws_sdk_ec2::config::http::HttpResponse::new(
-                aws_smithy_runtime_api::http::StatusCode::try_from(status).unwrap(),
-                aws_smithy_types::body::SdkBody::empty(),
-            ),
-        )
-    }
-
-    #[test]
-    fn a_throttle_inside_a_wait_is_pending_and_a_refusal_fails_it() {
-        let throttled: Check<(), String> =
-            unless_transient(&answer(503, "RequestLimitExceeded"), crate::aws::describe);
-        assert!(
-            matches!(&throttled, Check::Pending(s) if s.contains("RequestLimitExceeded")),
-            "{throttled:?}"
-        );
-        let refused: Check<(), String> =
-            unless_transient(&answer(400, "UnauthorizedOperation"), crate::aws::describe);
-        assert!(
-            matches!(&refused, Check::Failed(s) if s.starts_with("UnauthorizedOperation")),
-            "{refused:?}"
-        );
     }
 
     #[test]
@@ -295,6 +274,7 @@ mod tests {
         let start = Instant::now();
         let times = std::cell::RefCell::new(Vec::new());
         let _: Result<(), PollError<()>> = until(
+            "a test",
             start + Duration::from_secs(60),
             Schedule {
                 first: Duration::from_secs(5),

@@ -5,11 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_ec2::types::{Filter, Image};
+use aws_sdk_ec2::types::Image;
 use serde::Serialize;
 
 use crate::aws::{self, CallError, Clients};
-use crate::janitor::{self, Resource, tag};
+use crate::janitor::{self, Resource};
+use crate::publish::parameter_name;
+use crate::resolve::{self, filter};
+use crate::tags;
 
 /// How `bake prune` behaves.
 #[derive(Debug, Clone)]
@@ -127,16 +130,13 @@ async fn baked(clients: &Clients, image: &str) -> Result<Vec<Image>, CallError> 
         .ec2
         .describe_images()
         .owners("self")
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{}", tag::IMAGE))
-                .values(image)
-                .build(),
-        )
-        .filters(Filter::builder().name("state").values("available").build());
-    let out = aws::settle(&aws::THROTTLE_BURST, "list AMIs", || request.clone().send())
-        .await
-        .map_err(|e| clients.failed(format!("list the AMIs of {image}"), aws::describe(&e)))?;
+        .filters(tags::filter(tags::IMAGE, image))
+        .filters(filter("state", "available"));
+    let out = clients
+        .call(|| request.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| format!("list the AMIs of {image}"))
+        .await?;
     Ok(out.images.unwrap_or_default())
 }
 
@@ -144,25 +144,15 @@ async fn baked(clients: &Clients, image: &str) -> Result<Vec<Image>, CallError> 
 /// template, and the version every Auto Scaling group launches.
 async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError> {
     let mut used = published(clients).await?;
-    let listing = clients.ec2.describe_instances().filters(
-        Filter::builder()
-            .name("instance-state-name")
-            .values("pending")
-            .values("running")
-            .values("stopping")
-            .values("stopped")
-            .build(),
-    );
-    let pages = aws::settle(&aws::THROTTLE_BURST, "list instances", || async {
-        let mut pages = listing.clone().into_paginator().send();
-        let mut all = Vec::new();
-        while let Some(page) = pages.next().await {
-            all.push(page?);
-        }
-        Ok(all)
-    })
-    .await
-    .map_err(|e| clients.failed("list instances", aws::describe(&e)))?;
+    let listing = clients
+        .ec2
+        .describe_instances()
+        .filters(resolve::live_instances());
+    let pages = clients
+        .call(|| listing.clone().into_paginator().send().try_collect())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| "list instances".into())
+        .await?;
     for page in pages {
         for instance in page.reservations().iter().flat_map(|r| r.instances()) {
             if let (Some(ami), Some(id)) = (instance.image_id(), instance.instance_id()) {
@@ -173,20 +163,14 @@ async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError
     }
     // (template id, version) → who refers to it.
     let mut versions: Vec<(String, String, String)> = Vec::new();
-    let templates = aws::settle(&aws::THROTTLE_BURST, "list launch templates", || async {
-        let mut pages = clients
-            .ec2
-            .describe_launch_templates()
-            .into_paginator()
-            .send();
-        let mut all = Vec::new();
-        while let Some(page) = pages.next().await {
-            all.push(page?);
-        }
-        Ok(all)
-    })
-    .await
-    .map_err(|e| clients.failed("list launch templates", aws::describe(&e)))?;
+    let templates = clients
+        .call(|| {
+            let pages = clients.ec2.describe_launch_templates().into_paginator();
+            pages.send().try_collect()
+        })
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| "list launch templates".into())
+        .await?;
     for page in templates {
         for template in page.launch_templates() {
             let (Some(id), Some(name)) = (
@@ -209,20 +193,14 @@ async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError
             }
         }
     }
-    let groups = aws::settle(&aws::THROTTLE_BURST, "list Auto Scaling groups", || async {
-        let mut pages = clients
-            .autoscaling
-            .describe_auto_scaling_groups()
-            .into_paginator()
-            .send();
-        let mut all = Vec::new();
-        while let Some(page) = pages.next().await {
-            all.push(page?);
-        }
-        Ok(all)
-    })
-    .await
-    .map_err(|e| clients.failed("list Auto Scaling groups", aws::describe(&e)))?;
+    let groups = clients
+        .call(|| {
+            let pages = clients.autoscaling.describe_auto_scaling_groups();
+            pages.into_paginator().send().try_collect()
+        })
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| "list Auto Scaling groups".into())
+        .await?;
     for page in groups {
         for group in page.auto_scaling_groups() {
             let name = group.auto_scaling_group_name().unwrap_or_default();
@@ -269,17 +247,11 @@ async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError
             None => request.launch_template_id(&template),
         };
         let request = request.versions(&version);
-        let read = aws::settle(
-            &aws::THROTTLE_BURST,
-            "read a launch template version",
-            || request.clone().send(),
-        );
-        let out = read.await.map_err(|e| {
-            clients.failed(
-                format!("read version {version} of launch template {template}"),
-                aws::describe(&e),
-            )
-        })?;
+        let out = clients
+            .call(|| request.clone().send())
+            .settle(&aws::THROTTLE_BURST)
+            .or_fail(|| format!("read version {version} of launch template {template}"))
+            .await?;
         for v in out.launch_template_versions() {
             if let Some(ami) = v.launch_template_data().and_then(|d| d.image_id()) {
                 used.entry(ami.to_owned()).or_insert_with(|| who.clone());
@@ -294,22 +266,16 @@ async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError
 /// template may resolve with `resolve:ssm:`). Its history is not read: only current values hold.
 async fn published(clients: &Clients) -> Result<BTreeMap<String, String>, CallError> {
     let mut used = BTreeMap::new();
-    let pages = aws::settle(&aws::THROTTLE_BURST, "list SSM parameters", || async {
-        let mut pages = clients
-            .ssm
-            .get_parameters_by_path()
-            .path("/")
-            .recursive(true)
-            .into_paginator()
-            .send();
-        let mut all = Vec::new();
-        while let Some(page) = pages.next().await {
-            all.push(page?);
-        }
-        Ok(all)
-    })
-    .await
-    .map_err(|e| clients.failed("list SSM parameters", aws::describe(&e)))?;
+    let listing = clients
+        .ssm
+        .get_parameters_by_path()
+        .path("/")
+        .recursive(true);
+    let pages = clients
+        .call(|| listing.clone().into_paginator().send().try_collect())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| "list SSM parameters".into())
+        .await?;
     for page in pages {
         for parameter in page.parameters() {
             if let (Some(name), Some(value)) = (parameter.name(), parameter.value())
@@ -323,11 +289,6 @@ async fn published(clients: &Clients) -> Result<BTreeMap<String, String>, CallEr
     Ok(used)
 }
 
-/// The SSM parameter `bake pipeline` publishes an image's AMI id in: `PREFIX/IMAGE/ami-id`.
-pub fn parameter_name(prefix: &str, image: &str) -> String {
-    format!("{}/{image}/ami-id", prefix.trim_end_matches('/'))
-}
-
 /// AMI id → the region whose `parameter` names it, for every region enabled in the account other
 /// than this one (this region's parameters are all read by [`published`]); and the regions that
 /// answered AccessDenied. Any other failure stops the prune: an unread value cannot be protected.
@@ -335,11 +296,11 @@ async fn published_elsewhere(
     clients: &Clients,
     parameter: &str,
 ) -> Result<(BTreeMap<String, String>, Vec<String>), CallError> {
-    let regions = aws::settle(&aws::THROTTLE_BURST, "list regions", || {
-        clients.ec2.describe_regions().send()
-    })
-    .await
-    .map_err(|e| clients.failed("list the account's regions", aws::describe(&e)))?;
+    let regions = clients
+        .call(|| clients.ec2.describe_regions().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| "list the account's regions".into())
+        .await?;
     let others: Vec<String> = regions
         .regions()
         .iter()
@@ -349,10 +310,10 @@ async fn published_elsewhere(
         .collect();
     let reads = others.iter().map(|region| async move {
         let ssm = clients.ssm_in(region);
-        let answer = aws::settle(&aws::THROTTLE_BURST, "read a parameter", || {
-            ssm.get_parameter().name(parameter).send()
-        })
-        .await;
+        let answer = aws::Call::new(region, || ssm.get_parameter().name(parameter).send())
+            .settle(&aws::THROTTLE_BURST)
+            .answer()
+            .await;
         (region, answer)
     });
     let mut used = BTreeMap::new();
@@ -368,22 +329,11 @@ async fn published_elsewhere(
                     });
                 }
             }
-            Err(e) if aws::code(&e) == Some("ParameterNotFound") => {}
-            Err(e)
-                if matches!(
-                    aws::code(&e),
-                    Some("AccessDeniedException" | "AccessDenied")
-                ) =>
-            {
-                unread.push(format!("{region}: {}", aws::describe(&e)));
+            Err(e) if e.is(&["ParameterNotFound"]) => {}
+            Err(e) if e.is(&["AccessDeniedException", "AccessDenied"]) => {
+                unread.push(format!("{region}: {}", e.describe()));
             }
-            Err(e) => {
-                return Err(CallError {
-                    action: format!("read {parameter}"),
-                    region: region.clone(),
-                    message: aws::describe(&e),
-                });
-            }
+            Err(e) => return Err(e.or_fail(|| format!("read {parameter}"))),
         }
     }
     Ok((used, unread))

@@ -19,13 +19,14 @@ use aws_sdk_ec2::types::{
 };
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
 
-use bake::ami::preflight::{BaseAmi, Plan, Subnet};
+use bake::ami::preflight::{BaseAmi, Plan};
 use bake::ami::{image, launch};
 use bake::aws::Clients;
 use bake::config::{Builder, Os, ResourceRef, Volume};
 use bake::janitor::{self, Janitor};
 use bake::output::Progress;
 use bake::render::Rendered;
+use bake::resolve::Subnet;
 
 /// A client of `$sdk` answered by `rules` (this SDK version predates `mock_client!`'s defaults).
 macro_rules! mocked {
@@ -378,7 +379,7 @@ async fn create_image_retried_by_the_sdk_finds_its_own_image_instead_of_making_a
                     .state(ImageState::Available)
                     .tags(
                         aws_sdk_ec2::types::Tag::builder()
-                            .key(janitor::tag::RUN_ID)
+                            .key(bake::tags::RUN_ID)
                             .value("run-1")
                             .build(),
                     )

@@ -40,9 +40,9 @@ use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::DescribeT
 use aws_sdk_elasticloadbalancingv2::operation::modify_target_group_attributes::ModifyTargetGroupAttributesOutput;
 use aws_sdk_elasticloadbalancingv2::types::TargetGroup;
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
-use bake::ami::preflight::Subnet;
 use bake::aws::Clients;
 use bake::output::Progress;
+use bake::resolve::Subnet;
 use bake::rollout::preflight;
 use bake::rollout::refresh;
 use bake::rollout::stack::{self, Created, Stack};

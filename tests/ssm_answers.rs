@@ -19,7 +19,7 @@ use aws_smithy_mocks::{
 use bake::ami::verify;
 use bake::aws::Clients;
 use bake::output::Progress;
-use bake::pipeline;
+use bake::publish;
 use std::time::Duration;
 
 const NAME: &str = "/bake/web/ami-id";
@@ -93,7 +93,7 @@ async fn a_new_parameter_is_read_back_until_validation_has_created_it() {
         .match_requests(|r| r.value() == Some("ami-new") && r.data_type() == Some("aws:ec2:image"))
         .then_output(|| PutParameterOutput::builder().version(1).build());
     let clients = clients(&[&get, &put]);
-    assert!(pipeline::publish(&clients, NAME, "ami-new").await.unwrap());
+    assert!(publish::publish(&clients, NAME, "ami-new").await.unwrap());
     assert_eq!((put.num_calls(), get.num_calls()), (1, 4));
 }
 
@@ -115,7 +115,7 @@ async fn a_value_validation_drops_fails_the_publish_with_the_reason() {
     });
     let clients = clients(&[&get, &put, &history]);
     let started = tokio::time::Instant::now();
-    let err = pipeline::publish(&clients, NAME, "ami-missing")
+    let err = publish::publish(&clients, NAME, "ami-missing")
         .await
         .unwrap_err()
         .to_string();
@@ -145,7 +145,7 @@ async fn a_parameter_that_already_holds_the_id_is_left_alone() {
     let put = mock!(aws_sdk_ssm::Client::put_parameter)
         .then_output(|| PutParameterOutput::builder().version(4).build());
     let clients = clients(&[&get, &put]);
-    assert!(!pipeline::publish(&clients, NAME, "ami-new").await.unwrap());
+    assert!(!publish::publish(&clients, NAME, "ami-new").await.unwrap());
     assert_eq!(put.num_calls(), 0);
 }
 

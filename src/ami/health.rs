@@ -10,31 +10,24 @@ use crate::aws::{self, CallError, Clients};
 use crate::config::Health;
 use crate::output::Progress;
 use crate::poll::{self, Check, PollError, Schedule};
+use crate::probe;
 
 /// pending → running takes 5–20 s on EC2 (5 s in the bench's lab): first look at 4 s, every
 /// 0.8 s while it usually happens (to 25 s, so it is seen within a second), then growing to 5 s.
-const RUNNING_SCHEDULE: Schedule = Schedule {
-    first: Duration::from_secs(4),
-    interval: Duration::from_millis(800),
-    dense: Duration::from_secs(25),
-    factor: 1.3,
-    cap: Duration::from_secs(5),
-};
+const RUNNING_SCHEDULE: Schedule = Schedule::every(Duration::from_millis(800))
+    .first_after(Duration::from_secs(4))
+    .dense_for(Duration::from_secs(25))
+    .growing(1.3, Duration::from_secs(5));
 /// A new instance that is not running after 10 minutes never will be.
 const RUNNING_TIMEOUT: Duration = Duration::from_secs(600);
 /// HTTP probes cost no API calls: every half second, so health is seen within a second.
 const HTTP_SCHEDULE: Schedule = Schedule::every(Duration::from_millis(500));
-/// One probe may take this long before it counts as "timeout" (a booting server accepts slowly).
-pub(crate) const HTTP_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The SSM agent registers 5–60 s after boot: first look at 2 s, every 0.8 s for a minute (the
 /// usual window), then growing to 5 s; these calls overlap the HTTP health wait.
-const SSM_SCHEDULE: Schedule = Schedule {
-    first: Duration::from_secs(2),
-    interval: Duration::from_millis(800),
-    dense: Duration::from_secs(60),
-    factor: 1.3,
-    cap: Duration::from_secs(5),
-};
+const SSM_SCHEDULE: Schedule = Schedule::every(Duration::from_millis(800))
+    .first_after(Duration::from_secs(2))
+    .dense_for(Duration::from_secs(60))
+    .growing(1.3, Duration::from_secs(5));
 
 /// Why the builder did not become ready.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +81,7 @@ pub async fn running(
     let step = "waiting for the builder to run";
     progress.step(format!("{step}: {instance_id}"));
     let result = poll::until(
+        step,
         poll::deadline(RUNNING_TIMEOUT),
         RUNNING_SCHEDULE,
         |seen| progress.detail(step, seen),
@@ -104,7 +98,7 @@ pub async fn running(
                 Err(e) if aws::code(&e) == Some("InvalidInstanceID.NotFound") => {
                     return Check::Pending("not visible yet".into());
                 }
-                Err(e) => return poll::unless_transient(&e, |e| Err(aws::describe(e))),
+                Err(e) => return aws::unless_transient(&e, |e| Err(aws::describe(e))),
             };
             let Some(instance) = out.reservations().iter().flat_map(|r| r.instances()).next()
             else {
@@ -160,61 +154,14 @@ pub async fn http(
 ) -> Result<(), Error> {
     let url = format!("http://{ip}:{}{}", health.port, health.path.get_ref());
     let step = format!("waiting for health at {url}");
-    progress.step(step.clone());
-    let client = reqwest::Client::builder()
-        .timeout(HTTP_PROBE_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("an HTTP client without TLS options builds");
-    let started = Instant::now();
-    let result = poll::until(
-        deadline,
-        HTTP_SCHEDULE,
-        |seen| progress.detail(&step, seen),
-        || async { probe(&client, &url, health).await },
-    )
-    .await;
-    result.map_err(|e| {
-        let last = match e {
-            PollError::TimedOut { last } => last,
-            PollError::Failed(never) => never,
-        };
-        Error::Unhealthy {
+    probe::until_healthy(&url, health, deadline, HTTP_SCHEDULE, &step, progress)
+        .await
+        .map_err(|e| Error::Unhealthy {
             instance_id: instance_id.to_owned(),
             url: url.clone(),
-            waited: started.elapsed(),
-            last,
-        }
-    })
-}
-
-/// One health probe, described the way a person reads it: "refused", "timeout", "502", ...
-pub(crate) async fn probe(
-    client: &reqwest::Client,
-    url: &str,
-    health: &Health,
-) -> Check<(), String> {
-    let response = match client.get(url).send().await {
-        Ok(r) => r,
-        Err(e) if e.is_timeout() => return Check::Pending("timeout".into()),
-        Err(e) if e.is_connect() => return Check::Pending("connection refused".into()),
-        Err(e) => return Check::Pending(e.to_string()),
-    };
-    let status = response.status();
-    if status.as_u16() != health.expect_status {
-        return Check::Pending(format!("HTTP {status}"));
-    }
-    let Some(expected) = &health.expect_body else {
-        return Check::Ready(());
-    };
-    match response.text().await {
-        Ok(body) if body.contains(expected.as_str()) => Check::Ready(()),
-        Ok(body) => Check::Pending(format!(
-            "HTTP {status} but the body lacks {expected:?} ({} bytes)",
-            body.len()
-        )),
-        Err(e) => Check::Pending(format!("HTTP {status}, body unreadable: {e}")),
-    }
+            waited: e.waited,
+            last: e.last,
+        })
 }
 
 /// Waits until the builder's SSM agent reports Online.
@@ -225,6 +172,7 @@ pub async fn ssm_online(
 ) -> Result<(), Error> {
     let started = Instant::now();
     let result = poll::until(
+        &format!("waiting for {instance_id} to come Online in SSM"),
         deadline,
         SSM_SCHEDULE,
         |_| {},
@@ -253,7 +201,7 @@ pub async fn ssm_online(
                     ),
                     None => Check::Pending("not registered".into()),
                 },
-                Err(e) => poll::unless_transient(&e, aws::describe),
+                Err(e) => aws::unless_transient(&e, aws::describe),
             }
         },
     )

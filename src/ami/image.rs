@@ -3,29 +3,24 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_ec2::types::{Filter, Image, ImageState, ResourceType, Tag};
+use aws_sdk_ec2::types::{Image, ImageState, ResourceType, Tag};
 use tokio::time::Instant;
 
-use super::launch::tagged;
 use super::preflight::Plan;
 use crate::aws::{self, CallError, Clients};
-use crate::janitor::{Janitor, Resource, tag};
+use crate::janitor::{Janitor, Resource};
 use crate::output::Progress;
 use crate::poll::{self, Check, PollError, Schedule};
+use crate::{resolve, tags};
 
-/// The tag holding the base AMI an image was baked from.
-pub const TAG_BASE_AMI: &str = "bake:base-ami";
 /// A small root volume's image is available in 1–5 minutes; an hour means it is stuck.
 const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// No AMI is available within 20 s of CreateImage on EC2 (the snapshot alone takes longer);
 /// then every 0.8 s to 60 s (small images and the lab), then growing to 15 s for large volumes.
-const AVAILABLE_SCHEDULE: Schedule = Schedule {
-    first: Duration::from_secs(20),
-    interval: Duration::from_millis(800),
-    dense: Duration::from_secs(60),
-    factor: 1.25,
-    cap: Duration::from_secs(15),
-};
+const AVAILABLE_SCHEDULE: Schedule = Schedule::every(Duration::from_millis(800))
+    .first_after(Duration::from_secs(20))
+    .dense_for(Duration::from_secs(60))
+    .growing(1.25, Duration::from_secs(15));
 /// How many `-2`, `-3`, ... suffixes to try when the name is taken.
 const NAME_SUFFIXES: u32 = 99;
 
@@ -51,38 +46,9 @@ pub enum Error {
     Api(#[from] CallError),
 }
 
-/// An available AMI of this account baked from the same inputs and base image, newest first.
+/// An AMI of this account baked from the same inputs and base image ([`resolve::baked_ami`]).
 pub async fn existing(clients: &Clients, plan: &Plan) -> Result<Option<Image>, Error> {
-    let request = clients
-        .ec2
-        .describe_images()
-        .owners("self")
-        .filters(filter(
-            &format!("tag:{}", tag::DIGEST),
-            &plan.rendered.digest,
-        ))
-        .filters(filter(&format!("tag:{TAG_BASE_AMI}"), &plan.base.id))
-        .filters(filter("state", "available"));
-    let out = aws::settle(&aws::THROTTLE_BURST, "look for an AMI", || {
-        request.clone().send()
-    })
-    .await
-    .map_err(|e| clients.failed("look for an AMI with the same digest", aws::describe(&e)))?;
-    let now = SystemTime::now();
-    Ok(out
-        .images
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|image| !deprecated(image, now))
-        .max_by(|a, b| a.creation_date().cmp(&b.creation_date())))
-}
-
-/// Whether an image's deprecation time has come (an unreadable time counts as not deprecated).
-fn deprecated(image: &Image, now: SystemTime) -> bool {
-    image
-        .deprecation_time()
-        .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
-        .is_some_and(|at| at <= now)
+    Ok(resolve::baked_ami(clients, &plan.rendered.digest, Some(&plan.base.id)).await?)
 }
 
 /// Deprecates the AMI `after` from now, rounded up to a whole minute as EC2 keeps it; returns
@@ -96,14 +62,15 @@ pub async fn deprecate(clients: &Clients, ami_id: &str, after: Duration) -> Resu
     let at = SystemTime::UNIX_EPOCH
         .checked_add(Duration::from_secs(secs.div_ceil(60).saturating_mul(60)))
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    clients
+    let request = clients
         .ec2
         .enable_image_deprecation()
         .image_id(ami_id)
-        .deprecate_at(at.into())
-        .send()
-        .await
-        .map_err(|e| clients.failed(format!("deprecate {ami_id}"), aws::describe(&e)))?;
+        .deprecate_at(at.into());
+    clients
+        .call(|| request.clone().send())
+        .or_fail(|| format!("deprecate {ami_id}"))
+        .await?;
     Ok(humantime::format_rfc3339_seconds(at).to_string())
 }
 
@@ -128,7 +95,7 @@ pub async fn create(
     let mut created = None;
     for candidate in candidates {
         progress.step(format!("creating image {candidate}"));
-        let sent = clients
+        let request = clients
             .ec2
             .create_image()
             .instance_id(instance_id)
@@ -138,16 +105,14 @@ pub async fn create(
                 plan.image, plan.base.name, plan.base.id
             ))
             .no_reboot(no_reboot)
-            .tag_specifications(tagged(ResourceType::Image, &all, &candidate))
-            .tag_specifications(tagged(ResourceType::Snapshot, &all, &candidate))
-            .send()
-            .await;
-        match sent {
+            .tag_specifications(tags::at_creation(ResourceType::Image, &candidate, &all))
+            .tag_specifications(tags::at_creation(ResourceType::Snapshot, &candidate, &all));
+        match clients.call(|| request.clone().send()).answer().await {
             Ok(out) => {
                 created = Some((out.image_id().unwrap_or_default().to_owned(), candidate));
                 break;
             }
-            Err(e) if aws::code(&e) == Some("InvalidAMIName.Duplicate") => {
+            Err(e) if e.is(&["InvalidAMIName.Duplicate"]) => {
                 // The SDK retries a CreateImage whose answer was lost; the retry then finds the
                 // name taken by the image the first attempt made. That one is ours: use it.
                 if let Some(id) = own_image(clients, &candidate, janitor.run_id()).await? {
@@ -158,8 +123,8 @@ pub async fn create(
                 continue;
             }
             Err(e) => {
-                let action = format!("create image {candidate} from {instance_id}");
-                return Err(clients.failed(action, aws::describe(&e)).into());
+                let action = || format!("create image {candidate} from {instance_id}");
+                return Err(e.or_fail(action).into());
             }
         }
     }
@@ -174,6 +139,7 @@ pub async fn create(
     progress.step(step.clone());
     let started = Instant::now();
     let result = poll::until(
+        &step,
         poll::deadline_after(started, AVAILABLE_TIMEOUT),
         AVAILABLE_SCHEDULE,
         |seen| progress.detail(&step, seen),
@@ -189,7 +155,7 @@ pub async fn create(
                 // A new AMI is unknown to DescribeImages for a few seconds (eventual
                 // consistency); the wait's deadline bounds it.
                 Err(e) if aws::code(&e) == Some("InvalidAMIID.NotFound") => None,
-                Err(e) => return poll::unless_transient(&e, |e| Err(aws::describe(e))),
+                Err(e) => return aws::unless_transient(&e, |e| Err(aws::describe(e))),
             };
             let Some(image) = image else {
                 return Check::Pending("not visible yet".into());
@@ -233,6 +199,7 @@ pub async fn create(
 async fn own_image(clients: &Clients, name: &str, run_id: &str) -> Result<Option<String>, Error> {
     let settle = aws::NEW_IMAGE;
     let result = poll::until(
+        &format!("look up the AMI named {name}"),
         poll::deadline(settle.within),
         settle.schedule,
         |_| {},
@@ -241,12 +208,12 @@ async fn own_image(clients: &Clients, name: &str, run_id: &str) -> Result<Option
                 .ec2
                 .describe_images()
                 .owners("self")
-                .filters(filter("name", name))
+                .filters(resolve::filter("name", name))
                 .send()
                 .await;
             let images = match out {
                 Ok(out) => out.images.unwrap_or_default(),
-                Err(e) => return poll::unless_transient(&e, aws::describe),
+                Err(e) => return aws::unless_transient(&e, aws::describe),
             };
             let Some(image) = images.first() else {
                 return Check::Pending(format!("{name} is taken but not listed yet"));
@@ -254,7 +221,7 @@ async fn own_image(clients: &Clients, name: &str, run_id: &str) -> Result<Option
             let ours = image
                 .tags()
                 .iter()
-                .any(|t| t.key() == Some(tag::RUN_ID) && t.value() == Some(run_id));
+                .any(|t| t.key() == Some(tags::RUN_ID) && t.value() == Some(run_id));
             Check::Ready(ours.then(|| image.image_id().unwrap_or_default().to_owned()))
         },
     )
@@ -271,40 +238,12 @@ async fn own_image(clients: &Clients, name: &str, run_id: &str) -> Result<Option
 /// What an image says about where it came from.
 fn image_tags(plan: &Plan) -> Vec<Tag> {
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    [
-        (TAG_BASE_AMI, plan.base.id.as_str()),
-        ("bake:base-name", plan.base.name.as_str()),
-        ("bake:template", plan.template.as_str()),
-        ("bake:os", plan.os.as_str()),
-        ("bake:version", env!("CARGO_PKG_VERSION")),
-        ("bake:baked-at", now.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-    .collect()
-}
-
-fn filter(name: &str, value: &str) -> Filter {
-    Filter::builder().name(name).values(value).build()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn image(deprecation: Option<&str>) -> Image {
-        Image::builder()
-            .set_deprecation_time(deprecation.map(Into::into))
-            .build()
-    }
-
-    #[test]
-    fn an_image_is_deprecated_once_its_time_has_come() {
-        let now = humantime::parse_rfc3339("2026-11-22T12:00:00Z").unwrap();
-        assert!(deprecated(&image(Some("2026-11-22T12:00:00.000Z")), now));
-        assert!(deprecated(&image(Some("2026-01-01T00:00:00Z")), now));
-        assert!(!deprecated(&image(Some("2026-11-22T12:01:00.000Z")), now));
-        assert!(!deprecated(&image(None), now));
-        assert!(!deprecated(&image(Some("soon")), now));
-    }
+    tags::list([
+        (tags::BASE_AMI, plan.base.id.as_str()),
+        (tags::BASE_NAME, plan.base.name.as_str()),
+        (tags::TEMPLATE, plan.template.as_str()),
+        (tags::OS, plan.os.as_str()),
+        (tags::VERSION, env!("CARGO_PKG_VERSION")),
+        (tags::BAKED_AT, now.as_str()),
+    ])
 }

@@ -5,8 +5,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
-    InstanceNetworkInterfaceSpecification, IpPermission, IpRange, ResourceType, Tag,
-    TagSpecification, VolumeType,
+    InstanceNetworkInterfaceSpecification, IpPermission, IpRange, ResourceType, Tag, VolumeType,
 };
 use base64::Engine as _;
 
@@ -15,19 +14,15 @@ use crate::aws::{self, CallError, Clients};
 use crate::config::Builder;
 use crate::janitor::{Janitor, Resource};
 use crate::poll::{self, Check, PollError, Schedule};
+use crate::tags;
 
 /// A freshly created instance profile is refused by RunInstances for up to ~1 minute while IAM
 /// propagates; 2 minutes covers the slow tail (and the new security group's window,
 /// `aws::NEW_SECURITY_GROUP`, which is as long).
 const PROFILE_PROPAGATION: Duration = Duration::from_secs(120);
 /// IAM propagation takes seconds: retry every 3 s, growing to 10 s.
-const PROFILE_SCHEDULE: Schedule = Schedule {
-    first: Duration::ZERO,
-    interval: Duration::from_secs(3),
-    dense: Duration::ZERO,
-    factor: 1.5,
-    cap: Duration::from_secs(10),
-};
+const PROFILE_SCHEDULE: Schedule =
+    Schedule::every(Duration::from_secs(3)).growing(1.5, Duration::from_secs(10));
 
 /// Why the builder could not be launched.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +51,7 @@ pub async fn security_group(
     janitor: &Janitor,
 ) -> Result<String, Error> {
     let name = format!("bake-{}-{}", plan.image, janitor.run_id());
-    let created = clients
+    let create = clients
         .ec2
         .create_security_group()
         .group_name(&name)
@@ -65,10 +60,11 @@ pub async fn security_group(
             plan.image, plan.allow_cidr
         ))
         .vpc_id(&plan.subnet.vpc_id)
-        .tag_specifications(tagged(ResourceType::SecurityGroup, tags, &name))
-        .send()
-        .await
-        .map_err(|e| clients.failed(format!("create security group {name}"), aws::describe(&e)))?;
+        .tag_specifications(tags::at_creation(ResourceType::SecurityGroup, &name, tags));
+    let created = clients
+        .call(|| create.clone().send())
+        .or_fail(|| format!("create security group {name}"))
+        .await?;
     let id = created.group_id().unwrap_or_default().to_owned();
     janitor.record(Resource::SecurityGroup(id.clone()));
     let authorize = clients
@@ -89,13 +85,11 @@ pub async fn security_group(
                 .build(),
         );
     // The group was just created: EC2 may not know it for a few seconds.
-    aws::settle(
-        &aws::NEW_SECURITY_GROUP,
-        &format!("open port {port} on {id}"),
-        || authorize.clone().send(),
-    )
-    .await
-    .map_err(|e| clients.failed(format!("open port {port} on {id}"), aws::describe(&e)))?;
+    clients
+        .call(|| authorize.clone().send())
+        .settle(&aws::NEW_SECURITY_GROUP)
+        .or_fail(|| format!("open port {port} on {id}"))
+        .await?;
     Ok(id)
 }
 
@@ -155,12 +149,17 @@ pub async fn instance(
                 .delete_on_termination(true)
                 .build(),
         )
-        .tag_specifications(tagged(ResourceType::Instance, tags, &name))
-        .tag_specifications(tagged(ResourceType::Volume, tags, &name))
-        .tag_specifications(tagged(ResourceType::NetworkInterface, tags, &name));
+        .tag_specifications(tags::at_creation(ResourceType::Instance, &name, tags))
+        .tag_specifications(tags::at_creation(ResourceType::Volume, &name, tags))
+        .tag_specifications(tags::at_creation(
+            ResourceType::NetworkInterface,
+            &name,
+            tags,
+        ));
     janitor.launching(request.clone());
     let deadline = poll::deadline(PROFILE_PROPAGATION);
     let launched = poll::until(
+        &format!("launch the builder from {}", plan.base.id),
         deadline,
         PROFILE_SCHEDULE,
         |_| {},
@@ -176,7 +175,7 @@ pub async fn instance(
                 {
                     Check::Pending(aws::describe(&e))
                 }
-                Err(e) => poll::unless_transient(&e, aws::describe),
+                Err(e) => aws::unless_transient(&e, aws::describe),
             }
         },
     )
@@ -222,14 +221,4 @@ where
         && service
             .message()
             .is_some_and(|m| m.to_ascii_lowercase().contains("iam instance profile"))
-}
-
-/// Tags for one resource type at creation, with its Name.
-pub fn tagged(kind: ResourceType, tags: &[Tag], name: &str) -> TagSpecification {
-    let mut all = vec![Tag::builder().key("Name").value(name).build()];
-    all.extend_from_slice(tags);
-    TagSpecification::builder()
-        .resource_type(kind)
-        .set_tags(Some(all))
-        .build()
 }

@@ -1,5 +1,5 @@
-//! `bake ami`: preflight, launch, health, verify and image for one or more images at once, with
-//! the builder cleaned up on every exit.
+//! Baking: preflight, launch, health, verify and image for one or more images at once, with the
+//! builder cleaned up on every exit (`bake ami`, and the bake step of `bake pipeline`).
 
 pub mod health;
 pub mod image;
@@ -13,9 +13,11 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::aws::Clients;
-use crate::config::Image;
+use crate::config::{Config, Image};
 use crate::janitor::{self, Janitor};
-use crate::output::Progress;
+use crate::output::{self, Progress};
+use crate::render::{self, Renderer};
+use crate::{signal, tags};
 use preflight::Plan;
 
 /// Verification waits for the user data to finish, then runs the commands; 10 minutes unless
@@ -85,6 +87,96 @@ impl Error {
             _ => 1,
         }
     }
+}
+
+/// Why a bake of several images stopped before each had its outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    /// The templates could not be loaded.
+    #[error(transparent)]
+    Render(#[from] render::Error),
+    /// Images whose preflight failed: nothing was created for any image.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Preflight(Vec<Error>),
+    /// A signal (its exit code): every image's run was cleaned up.
+    #[error("interrupted by {}; cleaned up what this run created", signal::name(*.0))]
+    Interrupted(u8),
+}
+
+/// Bakes the named images at once, after checking all of them. A preflight problem with any
+/// image stops all (nothing is created); a signal cleans up every image's run and stops.
+pub async fn bake_all(
+    clients: &Clients,
+    config: &Config,
+    names: &[String],
+    options: &Options,
+    checkip_url: &str,
+) -> Result<(Vec<Baked>, Vec<Error>), Stopped> {
+    let renderer = Renderer::new(config)?;
+    // Every image is checked before anything is created for any of them.
+    let plans = futures_util::future::join_all(names.iter().map(|name| {
+        preflight::plan(
+            clients,
+            config,
+            &renderer,
+            name,
+            &config.image[name],
+            checkip_url,
+        )
+    }))
+    .await;
+    let mut failed = Vec::new();
+    let mut ready = Vec::new();
+    for (name, plan) in names.iter().zip(plans) {
+        match plan {
+            Ok(plan) => ready.push(plan),
+            Err(e) => failed.push(Error {
+                image: name.clone(),
+                step: e.into(),
+            }),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(Stopped::Preflight(failed));
+    }
+    let multi = indicatif::MultiProgress::new();
+    let janitors: Vec<Janitor> = ready
+        .iter()
+        .map(|_| Janitor::new(clients.clone(), janitor::new_run_id()))
+        .collect();
+    let work =
+        futures_util::future::join_all(ready.iter().zip(&janitors).map(|(plan, janitor)| {
+            let progress = Progress::new(&multi, &plan.image);
+            let image = &config.image[&plan.image];
+            async move { bake(clients, image, plan, options, janitor, &progress).await }
+        }));
+    // The bakes are dropped (cancelled) before the cleanup begins.
+    let outcome = tokio::select! {
+        results = work => Ok(results),
+        signal = signal::interrupted() => Err(signal),
+    };
+    let results = match outcome {
+        Ok(results) => results,
+        Err(signal) => {
+            output::note("interrupted: cleaning up what this run created");
+            let cleaned = futures_util::future::join_all(janitors.iter().map(Janitor::clean)).await;
+            for e in cleaned.into_iter().filter_map(Result::err) {
+                output::note(&format!("error: {e}"));
+            }
+            return Err(Stopped::Interrupted(signal));
+        }
+    };
+    let mut baked = Vec::new();
+    for (plan, result) in ready.iter().zip(results) {
+        match result {
+            Ok(b) => baked.push(b),
+            Err(step) => failed.push(Error {
+                image: plan.image.clone(),
+                step,
+            }),
+        }
+    }
+    Ok((baked, failed))
 }
 
 /// Bakes one planned image: skip when already baked, else build it; the janitor cleans up the
@@ -184,7 +276,7 @@ async fn build(
     janitor: &Janitor,
     progress: &Progress,
 ) -> Result<Ami, Step> {
-    let tags = janitor::run_tags(janitor.run_id(), &plan.image, &plan.rendered.digest);
+    let tags = tags::of_run(janitor.run_id(), &plan.image, &plan.rendered.digest);
     progress.step("launching the builder");
     let group = launch::security_group(clients, plan, image.health.port, &tags, janitor).await?;
     let instance_id =

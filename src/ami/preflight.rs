@@ -3,11 +3,12 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_ec2::types::{Filter, ImageState};
+use aws_sdk_ec2::types::ImageState;
 
 use crate::aws::{self, CallError, Clients};
-use crate::config::{BaseImage, Config, Image, Location, Os, ResourceRef};
+use crate::config::{BaseImage, Config, Image, Location, Os};
 use crate::render::{self, Rendered, Renderer};
+use crate::resolve::{self, Subnet, filter};
 
 /// A what's-my-IP lookup answers in well under a second; 10 s means the service is down.
 const CHECKIP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,15 +39,6 @@ pub struct BaseAmi {
     pub root_device: String,
 }
 
-/// The resolved builder subnet.
-#[derive(Debug, Clone)]
-pub struct Subnet {
-    pub id: String,
-    pub vpc_id: String,
-    /// Its availability zone.
-    pub zone: String,
-}
-
 /// Why a bake cannot start. Nothing has been created when one of these is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,22 +57,9 @@ pub enum Error {
         region: String,
         detail: String,
     },
-    #[error("subnet {reference} in {region}: {detail}")]
-    Subnet {
-        reference: String,
-        region: String,
-        detail: String,
-    },
-    #[error(
-        "subnet {subnet} in {region} has no route to an internet gateway \
-         (0.0.0.0/0 -> igw-...); it must be reachable from the internet: pick a public subnet"
-    )]
-    NotPublic { subnet: String, region: String },
-    #[error(
-        "instance profile {profile:?} does not exist; create it with a role that has \
-         AmazonSSMManagedInstanceCore (the verify step runs through SSM)"
-    )]
-    NoProfile { profile: String },
+    /// A subnet or instance profile that does not resolve or fails its check.
+    #[error(transparent)]
+    Resolve(resolve::Error),
     #[error(
         "cannot find this runner's address for allow_cidr = \"auto\" from {url}: {detail}; \
              set allow_cidr to a CIDR, or --checkip-url"
@@ -98,6 +77,16 @@ impl Error {
             Error::Api(_) => 1,
             Error::At { source, .. } => source.exit_code(),
             _ => 2,
+        }
+    }
+}
+
+impl From<resolve::Error> for Error {
+    /// A failed call stays a failed call ([`Error::Api`]), whichever step made it.
+    fn from(e: resolve::Error) -> Error {
+        match e {
+            resolve::Error::Api(e) => Error::Api(e),
+            other => Error::Resolve(other),
         }
     }
 }
@@ -134,17 +123,16 @@ pub async fn plan(
                 .map_err(at(image.base.span(), "base"))
         },
         async {
-            resolve_subnet(clients, builder.subnet.get_ref())
+            resolve::subnet(clients, builder.subnet.get_ref())
                 .await
-                .map_err(at(builder.subnet.span(), "builder.subnet"))
+                .map_err(|e| at(builder.subnet.span(), "builder.subnet")(e.into()))
         },
         async {
-            check_profile(clients, builder.instance_profile.get_ref())
+            resolve::check_profile(clients, builder.instance_profile.get_ref())
                 .await
-                .map_err(at(
-                    builder.instance_profile.span(),
-                    "builder.instance_profile",
-                ))
+                .map_err(|e| {
+                    at(builder.instance_profile.span(), "builder.instance_profile")(e.into())
+                })
         },
         async {
             allow_cidr(builder.allow_cidr.get_ref(), checkip_url)
@@ -152,9 +140,9 @@ pub async fn plan(
                 .map_err(at(builder.allow_cidr.span(), "builder.allow_cidr"))
         },
     )?;
-    check_public(clients, &subnet)
+    resolve::check_public(clients, &subnet)
         .await
-        .map_err(at(builder.subnet.span(), "builder.subnet"))?;
+        .map_err(|e| at(builder.subnet.span(), "builder.subnet")(e.into()))?;
     Ok(Plan {
         image: name.to_owned(),
         template: image.template.get_ref().clone(),
@@ -181,16 +169,18 @@ async fn resolve_base(clients: &Clients, base: &BaseImage) -> Result<BaseAmi, Er
         request = request.image_ids(id);
     } else if let Some(parameter) = &base.ssm {
         reference = format!("ssm:{parameter}");
-        let value = aws::settle(&aws::THROTTLE_BURST, "read the base parameter", || {
-            clients.ssm.get_parameter().name(parameter).send()
-        })
-        .await
-        .map_err(|e| match aws::code(&e) {
-            Some("ParameterNotFound") => fail(reference.clone(), "no such parameter".into()),
-            _ => clients
-                .failed(format!("read SSM parameter {parameter}"), aws::describe(&e))
-                .into(),
-        })?;
+        let read = clients.call(|| clients.ssm.get_parameter().name(parameter).send());
+        let value = match read.settle(&aws::THROTTLE_BURST).answer().await {
+            Ok(value) => value,
+            Err(e) if e.is(&["ParameterNotFound"]) => {
+                return Err(fail(reference, "no such parameter".into()));
+            }
+            Err(e) => {
+                return Err(e
+                    .or_fail(|| format!("read SSM parameter {parameter}"))
+                    .into());
+            }
+        };
         let id = value
             .parameter()
             .and_then(|p| p.value())
@@ -201,22 +191,16 @@ async fn resolve_base(clients: &Clients, base: &BaseImage) -> Result<BaseAmi, Er
         reference = format!("name {pattern:?} owned by {}", base.owners.join(", "));
         request = request
             .set_owners(Some(base.owners.clone()))
-            .filters(Filter::builder().name("name").values(pattern).build())
-            .filters(Filter::builder().name("state").values("available").build());
+            .filters(filter("name", &pattern))
+            .filters(filter("state", "available"));
     }
-    let sent = aws::settle(&aws::THROTTLE_BURST, "describe the base image", || {
-        request.clone().send()
-    })
-    .await;
-    let images = match sent {
-        Ok(out) => out.images.unwrap_or_default(),
-        Err(e) if aws::code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => Vec::new(),
-        Err(e) => {
-            return Err(clients
-                .failed("describe the base image", aws::describe(&e))
-                .into());
-        }
-    };
+    let images = clients
+        .call(|| request.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_none(&["InvalidAMIID*"], || "describe the base image".into())
+        .await?
+        .and_then(|out| out.images)
+        .unwrap_or_default();
     // Newest first: creation dates are ISO 8601, so they sort as text.
     let newest = images
         .into_iter()
@@ -231,145 +215,6 @@ async fn resolve_base(clients: &Clients, base: &BaseImage) -> Result<BaseAmi, Er
         name: newest.name().unwrap_or_default().to_owned(),
         root_device: newest.root_device_name().unwrap_or("/dev/xvda").to_owned(),
     })
-}
-
-/// EC2 filters for an id-or-tags reference, and how to name it in messages.
-pub fn filters(r: &ResourceRef, id_filter: &str) -> (Vec<Filter>, String) {
-    match &r.id {
-        Some(id) => (
-            vec![Filter::builder().name(id_filter).values(id).build()],
-            id.clone(),
-        ),
-        None => (
-            r.tag
-                .iter()
-                .map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(v).build())
-                .collect(),
-            r.tag
-                .iter()
-                .map(|(k, v)| format!("{k}={v:?}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
-    }
-}
-
-/// Finds the one subnet a reference names.
-pub(crate) async fn resolve_subnet(
-    clients: &Clients,
-    subnet: &ResourceRef,
-) -> Result<Subnet, Error> {
-    let (filters, reference) = filters(subnet, "subnet-id");
-    let found = aws::settle(&aws::THROTTLE_BURST, "describe subnets", || {
-        clients
-            .ec2
-            .describe_subnets()
-            .set_filters(Some(filters.clone()))
-            .send()
-    })
-    .await
-    .map_err(|e| clients.failed("describe subnets", aws::describe(&e)))?;
-    let fail = |detail: String| Error::Subnet {
-        reference: reference.clone(),
-        region: clients.region.clone(),
-        detail,
-    };
-    let one = exactly_one(found.subnets(), "subnet", |s| s.subnet_id()).map_err(fail)?;
-    Ok(Subnet {
-        id: one.subnet_id().unwrap_or_default().to_owned(),
-        vpc_id: one.vpc_id().unwrap_or_default().to_owned(),
-        zone: one.availability_zone().unwrap_or_default().to_owned(),
-    })
-}
-
-/// The one resource a reference matched, or what is wrong: none, or several (with their ids).
-pub(crate) fn exactly_one<'a, T>(
-    found: &'a [T],
-    kind: &str,
-    id: impl Fn(&T) -> Option<&str>,
-) -> Result<&'a T, String> {
-    match found {
-        [one] => Ok(one),
-        [] => Err(format!("no such {kind}")),
-        many => Err(format!(
-            "matches {} {kind}s ({}); make the reference unique",
-            many.len(),
-            many.iter().filter_map(id).collect::<Vec<_>>().join(", ")
-        )),
-    }
-}
-
-/// A public builder needs a default route to an internet gateway, in the subnet's route table or
-/// (when it has none of its own) in the VPC's main one.
-pub(crate) async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
-    let tables = |filters: Vec<Filter>| async move {
-        aws::settle(&aws::THROTTLE_BURST, "describe route tables", || {
-            clients
-                .ec2
-                .describe_route_tables()
-                .set_filters(Some(filters.clone()))
-                .send()
-        })
-        .await
-        .map(|out| out.route_tables.unwrap_or_default())
-        .map_err(|e| clients.failed("describe route tables", aws::describe(&e)))
-    };
-    let mut found = tables(vec![
-        Filter::builder()
-            .name("association.subnet-id")
-            .values(&subnet.id)
-            .build(),
-    ])
-    .await?;
-    if found.is_empty() {
-        found = tables(vec![
-            Filter::builder()
-                .name("vpc-id")
-                .values(&subnet.vpc_id)
-                .build(),
-            Filter::builder()
-                .name("association.main")
-                .values("true")
-                .build(),
-        ])
-        .await?;
-    }
-    let public = found.iter().flat_map(|t| t.routes()).any(|r| {
-        r.destination_cidr_block() == Some("0.0.0.0/0")
-            && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
-    });
-    if public {
-        Ok(())
-    } else {
-        Err(Error::NotPublic {
-            subnet: subnet.id.clone(),
-            region: clients.region.clone(),
-        })
-    }
-}
-
-/// The instance profile must exist.
-pub(crate) async fn check_profile(clients: &Clients, profile: &str) -> Result<String, Error> {
-    let read = aws::settle(&aws::THROTTLE_BURST, "read the instance profile", || {
-        clients
-            .iam
-            .get_instance_profile()
-            .instance_profile_name(profile)
-            .send()
-    })
-    .await;
-    match read {
-        Ok(_) => Ok(profile.to_owned()),
-        Err(e) if aws::code(&e) == Some("NoSuchEntity") => Err(Error::NoProfile {
-            profile: profile.to_owned(),
-        }),
-        Err(e) => Err(clients
-            .failed(
-                format!("read instance profile {profile}"),
-                aws::describe(&e),
-            )
-            .into()),
-    }
 }
 
 /// `auto` becomes this runner's public address /32, as a what's-my-IP service sees it.

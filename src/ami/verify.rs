@@ -12,13 +12,10 @@ use crate::render::{FAILED_MARKER, READY_MARKER};
 
 /// A short command finishes within a second or two of delivery: look after 0.8 s and every
 /// 0.8 s for half a minute, then growing to 5 s for long ones.
-const COMMAND_SCHEDULE: Schedule = Schedule {
-    first: Duration::from_millis(800),
-    interval: Duration::from_millis(800),
-    dense: Duration::from_secs(30),
-    factor: 1.3,
-    cap: Duration::from_secs(5),
-};
+const COMMAND_SCHEDULE: Schedule = Schedule::every(Duration::from_millis(800))
+    .first_after(Duration::from_millis(800))
+    .dense_for(Duration::from_secs(30))
+    .growing(1.3, Duration::from_secs(5));
 
 /// Why verification failed.
 #[derive(Debug, thiserror::Error)]
@@ -148,17 +145,18 @@ pub async fn run(
 ) -> Result<(), Error> {
     let step = format!("verifying ({} commands)", commands.len());
     progress.step(step.clone());
-    let sent = clients
+    let request = clients
         .ssm
         .send_command()
         .instance_ids(instance_id)
         .document_name("AWS-RunShellScript")
         .comment("bake verify")
         .parameters("commands", vec![script(digest, commands, timeout)])
-        .parameters("executionTimeout", vec![timeout.as_secs().to_string()])
-        .send()
-        .await
-        .map_err(|e| clients.failed("send the verify command", aws::describe(&e)))?;
+        .parameters("executionTimeout", vec![timeout.as_secs().to_string()]);
+    let sent = clients
+        .call(|| request.clone().send())
+        .or_fail(|| "send the verify command".into())
+        .await?;
     let command_id = sent
         .command()
         .and_then(|c| c.command_id())
@@ -174,23 +172,18 @@ pub async fn run(
             .send()
     };
     // Right after SendCommand the invocation may not exist yet (InvocationDoesNotExist).
-    let first = aws::settle(
-        &aws::NEW_INVOCATION,
-        &format!("read verify command {command_id} on {instance_id}"),
-        invocation,
-    )
-    .await
-    .map_err(|e| {
-        clients.failed(
-            format!("read verify command {command_id} on builder {instance_id}"),
-            aws::describe(&e),
-        )
-    })?;
+    let reading = || format!("read verify command {command_id} on builder {instance_id}");
+    let first = clients
+        .call(invocation)
+        .settle(&aws::NEW_INVOCATION)
+        .or_fail(reading)
+        .await?;
     let result = match classify(Ok(first)) {
         Check::Ready(()) => Ok(()),
         Check::Failed(out) => Err(PollError::Failed(out)),
         Check::Pending(_) => {
             poll::until(
+                &step,
                 // The command's own timeout plus a minute for delivery and reporting.
                 poll::deadline_after(started, timeout.saturating_add(Duration::from_secs(60))),
                 COMMAND_SCHEDULE,
@@ -203,12 +196,7 @@ pub async fn run(
     match result {
         Ok(()) => Ok(()),
         Err(PollError::Failed(Ok(out))) => Err(failure(instance_id, commands, &out)),
-        Err(PollError::Failed(Err(message))) => Err(clients
-            .failed(
-                format!("read verify command {command_id} on builder {instance_id}"),
-                message,
-            )
-            .into()),
+        Err(PollError::Failed(Err(message))) => Err(clients.failed(reading(), message).into()),
         Err(PollError::TimedOut { last }) => Err(Error::TimedOut {
             instance_id: instance_id.to_owned(),
             waited: started.elapsed(),

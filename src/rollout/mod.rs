@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::aws::{CallError, Clients};
 use crate::config::{Config, Rollout};
 use crate::output::Progress;
+use crate::signal;
 use preflight::Plan;
 
 /// How `bake rollout` behaves.
@@ -66,7 +67,7 @@ pub enum Step {
     },
     #[error(transparent)]
     Serving(refresh::Error),
-    #[error("interrupted by {}; {after}", if *.signal == 130 { "SIGINT" } else { "SIGTERM" })]
+    #[error("interrupted by {}; {after}", signal::name(*.signal))]
     Interrupted { signal: u8, after: String },
 }
 
@@ -101,7 +102,7 @@ pub async fn run(
     let started = Instant::now();
     // Signals are taken from here on; each stage ends cleanly before one is acted on, except the
     // refresh, which is rolled back at once.
-    let mut signal = tokio::spawn(crate::interrupted());
+    let mut signal = tokio::spawn(signal::interrupted());
     progress.step("checking the config's references");
     let plan = preflight::plan(clients, config, name, rollout, options.ami.as_deref()).await?;
     if signal.is_finished() {

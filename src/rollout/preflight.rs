@@ -1,12 +1,11 @@
 //! Preflight: resolve and check everything a rollout needs before anything is created or changed.
 
-use aws_sdk_ec2::types::{Filter, ImageState};
+use aws_sdk_ec2::types::ImageState;
 
-use crate::ami::preflight::{self as ami_preflight, Subnet, check_profile, exactly_one, filters};
-use crate::aws::{self, CallError, Clients};
+use crate::aws::{CallError, Clients};
 use crate::config::{Config, Health, Location, ResourceRef, Rollout};
-use crate::janitor::tag;
 use crate::render::{self, Renderer};
+use crate::resolve::{self, Subnet};
 
 /// Everything resolved for one rollout.
 #[derive(Debug, Clone)]
@@ -55,15 +54,9 @@ pub enum Error {
         field: String,
         source: Box<Error>,
     },
-    /// A subnet or instance profile that does not resolve.
+    /// A VPC, subnet or instance profile that does not resolve or fails its check.
     #[error(transparent)]
-    Reference(#[from] ami_preflight::Error),
-    #[error("VPC {reference} in {region}: {detail}")]
-    Vpc {
-        reference: String,
-        region: String,
-        detail: String,
-    },
+    Reference(resolve::Error),
     #[error("subnet {subnet} is in {found}, not in the rollout's VPC {vpc}")]
     WrongVpc {
         subnet: String,
@@ -116,6 +109,16 @@ impl Error {
     }
 }
 
+impl From<resolve::Error> for Error {
+    /// A failed call stays a failed call ([`Error::Api`]), whichever step made it.
+    fn from(e: resolve::Error) -> Error {
+        match e {
+            resolve::Error::Api(e) => Error::Api(e),
+            other => Error::Reference(other),
+        }
+    }
+}
+
 /// Resolves the VPC, subnets, profile and AMI of `[rollout.NAME]`.
 pub async fn plan(
     clients: &Clients,
@@ -134,7 +137,7 @@ pub async fn plan(
         let at = config.source.locate(span.start);
         let field = format!("rollout.{name}.{field}");
         move |e: Error| match e {
-            Error::Api(_) | Error::Reference(ami_preflight::Error::Api(_)) => e,
+            Error::Api(_) => e,
             other => Error::At {
                 at,
                 field,
@@ -149,14 +152,14 @@ pub async fn plan(
             newest_baked(clients, image_name, &rendered.digest).await?
         }
     };
-    let vpc_id = resolve_vpc(clients, rollout.vpc.get_ref())
+    let vpc_id = resolve::vpc(clients, rollout.vpc.get_ref())
         .await
-        .map_err(at(rollout.vpc.span(), "vpc"))?;
+        .map_err(|e| at(rollout.vpc.span(), "vpc")(e.into()))?;
     let alb_subnets = subnets(clients, rollout.alb_subnets.get_ref(), &vpc_id)
         .await
         .map_err(at(rollout.alb_subnets.span(), "alb_subnets"))?;
     for subnet in &alb_subnets {
-        ami_preflight::check_public(clients, subnet)
+        resolve::check_public(clients, subnet)
             .await
             .map_err(|e| at(rollout.alb_subnets.span(), "alb_subnets")(e.into()))?;
     }
@@ -174,7 +177,7 @@ pub async fn plan(
         .map_err(at(rollout.instance_subnets.span(), "instance_subnets"))?;
     let instance_profile = match &rollout.instance_profile {
         Some(profile) => Some(
-            check_profile(clients, profile.get_ref())
+            resolve::check_profile(clients, profile.get_ref())
                 .await
                 .map_err(|e| at(profile.span(), "instance_profile")(e.into()))?,
         ),
@@ -231,11 +234,12 @@ async fn describe_ami(clients: &Clients, id: &str) -> Result<Ami, Error> {
         region: clients.region.clone(),
         detail: detail.to_owned(),
     };
-    let images = match clients.ec2.describe_images().image_ids(id).send().await {
-        Ok(out) => out.images.unwrap_or_default(),
-        Err(e) if aws::code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => Vec::new(),
-        Err(e) => return Err(clients.failed("describe the AMI", aws::describe(&e)).into()),
-    };
+    let images = clients
+        .call(|| clients.ec2.describe_images().image_ids(id).send())
+        .or_none(&["InvalidAMIID*"], || "describe the AMI".into())
+        .await?
+        .and_then(|out| out.images)
+        .unwrap_or_default();
     let image = images.first().ok_or_else(|| fail("no such image"))?;
     if image.state() != Some(&ImageState::Available) {
         let state = image.state().map_or("unknown", |s| s.as_str());
@@ -247,22 +251,10 @@ async fn describe_ami(clients: &Clients, id: &str) -> Result<Ami, Error> {
     })
 }
 
-/// The newest available AMI of this account tagged with the image's current digest.
+/// The AMI baked from the image's current inputs ([`resolve::baked_ami`]).
 async fn newest_baked(clients: &Clients, image: &str, digest: &str) -> Result<Ami, Error> {
-    let filter = |name: String, value: &str| Filter::builder().name(name).values(value).build();
-    let out = clients
-        .ec2
-        .describe_images()
-        .owners("self")
-        .filters(filter(format!("tag:{}", tag::DIGEST), digest))
-        .filters(filter("state".into(), "available"))
-        .send()
-        .await
-        .map_err(|e| clients.failed("look for the baked AMI", aws::describe(&e)))?;
-    let newest = out
-        .images()
-        .iter()
-        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
+    let newest = resolve::baked_ami(clients, digest, None)
+        .await?
         .ok_or_else(|| Error::NotBaked {
             image: image.to_owned(),
             digest: digest.to_owned(),
@@ -274,24 +266,6 @@ async fn newest_baked(clients: &Clients, image: &str, digest: &str) -> Result<Am
     })
 }
 
-async fn resolve_vpc(clients: &Clients, vpc: &ResourceRef) -> Result<String, Error> {
-    let (filters, reference) = filters(vpc, "vpc-id");
-    let found = clients
-        .ec2
-        .describe_vpcs()
-        .set_filters(Some(filters))
-        .send()
-        .await
-        .map_err(|e| clients.failed("describe VPCs", aws::describe(&e)))?;
-    let fail = |detail: String| Error::Vpc {
-        reference: reference.clone(),
-        region: clients.region.clone(),
-        detail,
-    };
-    let one = exactly_one(found.vpcs(), "VPC", |v| v.vpc_id()).map_err(fail)?;
-    Ok(one.vpc_id().unwrap_or_default().to_owned())
-}
-
 async fn subnets(
     clients: &Clients,
     refs: &[ResourceRef],
@@ -299,7 +273,7 @@ async fn subnets(
 ) -> Result<Vec<Subnet>, Error> {
     let mut found = Vec::new();
     for r in refs {
-        let subnet = ami_preflight::resolve_subnet(clients, r).await?;
+        let subnet = resolve::subnet(clients, r).await?;
         if subnet.vpc_id != vpc_id {
             return Err(Error::WrongVpc {
                 subnet: subnet.id,

@@ -14,41 +14,22 @@ use tokio::time::Instant;
 
 use super::preflight::Plan;
 use super::stack::Stack;
-use crate::aws::{self, CallError, Clients};
+use crate::aws::{self, CallError, Clients, Failed};
 use crate::config::Rollout;
 use crate::output::Progress;
 use crate::poll::{self, Check, PollError, Schedule};
+use crate::probe;
 
 /// A refresh takes minutes (new instances boot, pass two health checks, warm up): a look every
 /// 2 s, growing to 10 s, sees each step soon enough without a stream of calls.
-const WATCH_SCHEDULE: Schedule = Schedule {
-    first: Duration::from_secs(2),
-    interval: Duration::from_secs(2),
-    dense: Duration::from_secs(120),
-    factor: 1.2,
-    cap: Duration::from_secs(10),
-};
+const WATCH_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(2))
+    .first_after(Duration::from_secs(2))
+    .dense_for(Duration::from_secs(120))
+    .growing(1.2, Duration::from_secs(10));
 /// A new load balancer's DNS name resolves within a few minutes; the targets are healthy already.
 const SERVING_TIMEOUT: Duration = Duration::from_secs(300);
 /// The newest scaling activities a look reads: a failed launch is among the newest few.
 const ACTIVITIES_PER_LOOK: i32 = 20;
-/// Describes outside a poll ride out throttling and 5xx answers for as long as a refresh step may
-/// take to look at again (no eventual-consistency codes: the refresh exists).
-const TRANSIENT_ONLY: aws::Settle = aws::Settle {
-    what: "the throttling to pass",
-    codes: &[],
-    within: Duration::from_secs(120),
-    schedule: Schedule {
-        first: Duration::from_secs(1),
-        interval: Duration::from_secs(2),
-        dense: Duration::from_secs(20),
-        factor: 1.5,
-        cap: Duration::from_secs(10),
-    },
-};
-/// A deleted group's instances terminate within minutes.
-const GROUP_GONE_TIMEOUT: Duration = Duration::from_secs(900);
-
 /// Why the new version did not take over.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -124,7 +105,7 @@ async fn start_to(
     auto_rollback: bool,
 ) -> Result<String, CallError> {
     let refresh = rollout.refresh.get_ref();
-    let out = clients
+    let request = clients
         .autoscaling
         .start_instance_refresh()
         .auto_scaling_group_name(&plan.names.asg)
@@ -146,18 +127,12 @@ async fn start_to(
                 .skip_matching(true)
                 .auto_rollback(auto_rollback)
                 .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| {
-            clients.failed(
-                format!(
-                    "start an instance refresh of {} to version {version}",
-                    plan.names.asg
-                ),
-                aws::describe(&e),
-            )
-        })?;
+        );
+    let asg = &plan.names.asg;
+    let out = clients
+        .call(|| request.clone().send())
+        .or_fail(|| format!("start an instance refresh of {asg} to version {version}"))
+        .await?;
     Ok(out.instance_refresh_id().unwrap_or_default().to_owned())
 }
 
@@ -180,14 +155,14 @@ struct LookError {
     transient: bool,
 }
 
-impl LookError {
-    fn of<E>(err: &aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>) -> Self
-    where
-        E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
-    {
+impl<E> From<Failed<E>> for LookError
+where
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    fn from(failed: Failed<E>) -> Self {
         LookError {
-            message: aws::describe(err),
-            transient: aws::transient(err),
+            message: failed.describe(),
+            transient: failed.transient(),
         }
     }
 }
@@ -202,14 +177,12 @@ async fn look(
     let mut since: Option<DateTime> = None;
     let refresh = match refresh_id {
         Some(id) => {
-            let out = clients
+            let request = clients
                 .autoscaling
                 .describe_instance_refreshes()
                 .auto_scaling_group_name(asg)
-                .instance_refresh_ids(id)
-                .send()
-                .await
-                .map_err(|e| LookError::of(&e))?;
+                .instance_refresh_ids(id);
+            let out = clients.call(|| request.clone().send()).answer().await?;
             out.instance_refreshes().first().map(|r| {
                 since = r.start_time().copied();
                 (
@@ -224,12 +197,15 @@ async fn look(
         None => None,
     };
     let groups = clients
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(asg)
-        .send()
-        .await
-        .map_err(|e| LookError::of(&e))?;
+        .call(|| {
+            clients
+                .autoscaling
+                .describe_auto_scaling_groups()
+                .auto_scaling_group_names(asg)
+                .send()
+        })
+        .answer()
+        .await?;
     let group = groups.auto_scaling_groups().first();
     if refresh_id.is_none() {
         since = group.and_then(|g| g.created_time()).copied();
@@ -251,12 +227,15 @@ async fn look(
         })
         .unwrap_or_default();
     let targets = clients
-        .elb
-        .describe_target_health()
-        .target_group_arn(&stack.target_group_arn)
-        .send()
-        .await
-        .map_err(|e| LookError::of(&e))?;
+        .call(|| {
+            clients
+                .elb
+                .describe_target_health()
+                .target_group_arn(&stack.target_group_arn)
+                .send()
+        })
+        .answer()
+        .await?;
     let health = targets
         .target_health_descriptions()
         .iter()
@@ -273,13 +252,16 @@ async fn look(
         })
         .collect();
     let activities = clients
-        .autoscaling
-        .describe_scaling_activities()
-        .auto_scaling_group_name(asg)
-        .max_records(ACTIVITIES_PER_LOOK)
-        .send()
-        .await
-        .map_err(|e| LookError::of(&e))?;
+        .call(|| {
+            clients
+                .autoscaling
+                .describe_scaling_activities()
+                .auto_scaling_group_name(asg)
+                .max_records(ACTIVITIES_PER_LOOK)
+                .send()
+        })
+        .answer()
+        .await?;
     let failed_launch = activities
         .activities()
         .iter()
@@ -332,6 +314,7 @@ pub async fn watch(
     };
     progress.step(step.clone());
     let result = poll::until(
+        &step,
         poll::deadline_after(started, settings.timeout.0),
         WATCH_SCHEDULE,
         |seen| progress.detail(&step, seen),
@@ -454,21 +437,18 @@ pub async fn rollback(
     let rolling_back = match status {
         Some(S::RollbackInProgress | S::RollbackSuccessful | S::RollbackFailed) => true,
         Some(S::Pending | S::InProgress) if stack.auto_rollback => {
-            match clients
-                .autoscaling
-                .rollback_instance_refresh()
-                .auto_scaling_group_name(asg)
-                .send()
-                .await
-            {
+            let rollback = || {
+                clients
+                    .autoscaling
+                    .rollback_instance_refresh()
+                    .auto_scaling_group_name(asg)
+                    .send()
+            };
+            match clients.call(rollback).answer().await {
                 Ok(_) => true,
                 // It ended between the look and the call: restore by a new refresh.
-                Err(e) if aws::code(&e) == Some("ActiveInstanceRefreshNotFound") => false,
-                Err(e) => {
-                    return Err(Error::Api(
-                        clients.failed(format!("roll back {asg}"), aws::describe(&e)),
-                    ));
-                }
+                Err(e) if e.is(&["ActiveInstanceRefreshNotFound"]) => false,
+                Err(e) => return Err(e.or_fail(|| format!("roll back {asg}")).into()),
             }
         }
         Some(S::Pending | S::InProgress | S::Cancelling) => {
@@ -511,16 +491,17 @@ async fn refresh_status(
     refresh_id: &str,
 ) -> Result<Option<InstanceRefreshStatus>, Error> {
     let asg = &plan.names.asg;
-    let found = aws::settle(&TRANSIENT_ONLY, "describe the refresh", || {
-        clients
-            .autoscaling
-            .describe_instance_refreshes()
-            .auto_scaling_group_name(asg)
-            .instance_refresh_ids(refresh_id)
-            .send()
-    })
-    .await
-    .map_err(|e| clients.failed(format!("describe the refresh of {asg}"), aws::describe(&e)))?;
+    let request = clients
+        .autoscaling
+        .describe_instance_refreshes()
+        .auto_scaling_group_name(asg)
+        .instance_refresh_ids(refresh_id);
+    // The refresh exists: only throttling and 5xx answers are asked again.
+    let found = clients
+        .call(|| request.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| format!("describe the refresh of {asg}"))
+        .await?;
     Ok(found
         .instance_refreshes()
         .first()
@@ -538,20 +519,17 @@ async fn cancel(
     progress: &Progress,
 ) -> Result<(), Error> {
     let asg = &plan.names.asg;
-    match clients
-        .autoscaling
-        .cancel_instance_refresh()
-        .auto_scaling_group_name(asg)
-        .send()
-        .await
-    {
+    let cancel = || {
+        clients
+            .autoscaling
+            .cancel_instance_refresh()
+            .auto_scaling_group_name(asg)
+            .send()
+    };
+    match clients.call(cancel).answer().await {
         Ok(_) => {}
-        Err(e) if aws::code(&e) == Some("ActiveInstanceRefreshNotFound") => return Ok(()),
-        Err(e) => {
-            return Err(Error::Api(
-                clients.failed(format!("cancel the refresh of {asg}"), aws::describe(&e)),
-            ));
-        }
+        Err(e) if e.is(&["ActiveInstanceRefreshNotFound"]) => return Ok(()),
+        Err(e) => return Err(e.or_fail(|| format!("cancel the refresh of {asg}")).into()),
     }
     wait_refresh(
         clients,
@@ -581,6 +559,7 @@ async fn wait_refresh(
     let asg = &plan.names.asg;
     let started = Instant::now();
     let result = poll::until(
+        step,
         poll::deadline_after(started, rollout.refresh.get_ref().timeout.0),
         WATCH_SCHEDULE,
         |seen| progress.detail(step, seen),
@@ -637,57 +616,13 @@ async fn wait_refresh(
 /// The last look: the page through the load balancer, as a visitor gets it.
 pub async fn serving(plan: &Plan, url: &str, progress: &Progress) -> Result<(), Error> {
     let step = format!("checking {url} through the load balancer");
-    progress.step(step.clone());
-    let client = reqwest::Client::builder()
-        .timeout(crate::ami::health::HTTP_PROBE_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("an HTTP client without TLS options builds");
-    let started = Instant::now();
-    poll::until(
-        poll::deadline_after(started, SERVING_TIMEOUT),
-        Schedule::every(Duration::from_secs(1)),
-        |seen| progress.detail(&step, seen),
-        || crate::ami::health::probe(&client, url, &plan.health),
-    )
-    .await
-    .map_err(|e| Error::NotServing {
-        url: url.to_owned(),
-        waited: started.elapsed(),
-        last: match e {
-            PollError::TimedOut { last } => last,
-            PollError::Failed(never) => never,
-        },
-    })
-}
-
-/// Waits until a deleted group is gone (its instances terminated).
-pub async fn group_gone(clients: &Clients, asg: &str) -> Result<(), CallError> {
-    let result = poll::until(
-        poll::deadline(GROUP_GONE_TIMEOUT),
-        WATCH_SCHEDULE,
-        |_| {},
-        || async {
-            match clients
-                .autoscaling
-                .describe_auto_scaling_groups()
-                .auto_scaling_group_names(asg)
-                .send()
-                .await
-            {
-                Ok(out) if out.auto_scaling_groups().is_empty() => Check::Ready(()),
-                Ok(_) => Check::Pending("deleting".into()),
-                Err(e) if aws::transient(&e) => Check::Pending(aws::describe(&e)),
-                Err(e) => Check::Failed(aws::describe(&e)),
-            }
-        },
-    )
-    .await;
-    result.map_err(|e| match e {
-        PollError::Failed(message) => clients.failed(format!("delete {asg}"), message),
-        PollError::TimedOut { last } => clients.failed(
-            format!("delete {asg}"),
-            format!("still {last} after {GROUP_GONE_TIMEOUT:?}"),
-        ),
-    })
+    let deadline = poll::deadline(SERVING_TIMEOUT);
+    let every_second = Schedule::every(Duration::from_secs(1));
+    probe::until_healthy(url, &plan.health, deadline, every_second, &step, progress)
+        .await
+        .map_err(|e| Error::NotServing {
+            url: url.to_owned(),
+            waited: e.waited,
+            last: e.last,
+        })
 }

@@ -1,16 +1,20 @@
 //! The stack: security groups, target group, load balancer and listener, launch template and its
 //! new version, the Auto Scaling group and its scaling policy; found by name, created when missing.
 
+use std::time::Duration;
+
 use aws_sdk_autoscaling::types::{
-    LaunchTemplateSpecification, MetricType, PredefinedMetricSpecification,
+    AutoScalingGroup, LaunchTemplateSpecification, MetricType, PredefinedMetricSpecification,
     TargetTrackingConfiguration,
 };
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    Filter, InstanceType, IpPermission, IpRange, LaunchTemplateHttpTokensState,
+    InstanceType, IpPermission, IpRange, LaunchTemplateHttpTokensState,
     LaunchTemplateIamInstanceProfileSpecificationRequest,
     LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
-    LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType,
-    UserIdGroupPair,
+    LaunchTemplateTagSpecificationRequest, LaunchTemplateVersion, RequestLaunchTemplateData,
+    ResourceType, UserIdGroupPair,
 };
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, LoadBalancerSchemeEnum, LoadBalancerTypeEnum, Matcher, ProtocolEnum,
@@ -18,12 +22,11 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 
 use super::preflight::Plan;
-use crate::aws::{self, CallError, Clients};
+use crate::aws::{self, CallError, Clients, Failed};
 use crate::config::Rollout;
-
-/// The tag naming the rollout a stack resource belongs to (never `bake:run-id`: `bake gc` must not
-/// touch the stack).
-pub const TAG_ROLLOUT: &str = "bake:rollout";
+use crate::poll::{self, Check, PollError, Schedule};
+use crate::resolve::filter;
+use crate::tags;
 /// Targets are checked every 10 s and change state after 2 answers: a new instance counts as
 /// healthy about 20 s after it serves, instead of the 2.5 minutes of ELB's defaults.
 const HEALTH_CHECK_INTERVAL_SECONDS: i32 = 10;
@@ -34,6 +37,13 @@ const UNHEALTHY_THRESHOLD: i32 = 2;
 const DEREGISTRATION_DELAY_SECONDS: &str = "30";
 /// The name of the target-tracking policy bake keeps on the group.
 const CPU_POLICY: &str = "bake-cpu-target";
+/// A deleted group's instances terminate within minutes.
+const GROUP_GONE_TIMEOUT: Duration = Duration::from_secs(900);
+/// Deleting a group takes minutes: a look every 2 s, growing to 10 s.
+const GROUP_GONE_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(2))
+    .first_after(Duration::from_secs(2))
+    .dense_for(Duration::from_secs(120))
+    .growing(1.2, Duration::from_secs(10));
 
 /// The stack as found or made, with the launch template version to roll out.
 #[derive(Debug, Clone)]
@@ -159,26 +169,33 @@ async fn build(
     })
 }
 
+/// The group named `asg`, when it exists.
+async fn describe_group(
+    clients: &Clients,
+    asg: &str,
+) -> Result<Option<AutoScalingGroup>, CallError> {
+    let request = clients
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(asg);
+    let found = clients
+        .call(|| request.clone().send())
+        .or_fail(|| format!("describe Auto Scaling group {asg}"))
+        .await?;
+    Ok(found
+        .auto_scaling_groups
+        .unwrap_or_default()
+        .into_iter()
+        .next())
+}
+
 /// Moves a group on `$Latest` or `$Default` to the version number that names now: an instance
 /// refresh can roll back only to a numbered version ("Undo changes with a manual or auto
 /// rollback"), and the group's own spec stays the one to go back to.
 async fn pin(clients: &Clients, asg: &str) -> Result<(), CallError> {
-    let found = clients
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(asg)
-        .send()
-        .await
-        .map_err(|e| {
-            clients.failed(
-                format!("describe Auto Scaling group {asg}"),
-                aws::describe(&e),
-            )
-        })?;
-    let Some(spec) = found
-        .auto_scaling_groups()
-        .first()
-        .and_then(|g| g.launch_template())
+    let Some(spec) = describe_group(clients, asg)
+        .await?
+        .and_then(|g| g.launch_template)
     else {
         return Ok(());
     };
@@ -190,7 +207,7 @@ async fn pin(clients: &Clients, asg: &str) -> Result<(), CallError> {
         return Ok(());
     }
     let (number, _) = pinned_version(clients, id, version).await?;
-    clients
+    let request = clients
         .autoscaling
         .update_auto_scaling_group()
         .auto_scaling_group_name(asg)
@@ -199,15 +216,11 @@ async fn pin(clients: &Clients, asg: &str) -> Result<(), CallError> {
                 .launch_template_id(id)
                 .version(number.to_string())
                 .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| {
-            clients.failed(
-                format!("pin {asg} from {version} to launch template version {number}"),
-                aws::describe(&e),
-            )
-        })?;
+        );
+    clients
+        .call(|| request.clone().send())
+        .or_fail(|| format!("pin {asg} from {version} to launch template version {number}"))
+        .await?;
     crate::output::note(&format!(
         "{asg} used launch template {id} version {version}; pinned it to version {number} so \
          the refresh can roll back"
@@ -221,22 +234,9 @@ async fn current_version(
     clients: &Clients,
     asg: &str,
 ) -> Result<Option<(String, i64, String)>, CallError> {
-    let found = clients
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(asg)
-        .send()
-        .await
-        .map_err(|e| {
-            clients.failed(
-                format!("describe Auto Scaling group {asg}"),
-                aws::describe(&e),
-            )
-        })?;
-    let Some(spec) = found
-        .auto_scaling_groups()
-        .first()
-        .and_then(|g| g.launch_template())
+    let Some(spec) = describe_group(clients, asg)
+        .await?
+        .and_then(|g| g.launch_template)
     else {
         return Ok(None);
     };
@@ -246,30 +246,11 @@ async fn current_version(
     ) else {
         return Ok(None);
     };
-    let out = clients
-        .ec2
-        .describe_launch_template_versions()
-        .launch_template_id(id)
-        .versions(version.to_string())
-        .send()
-        .await
-        .map_err(|e| {
-            clients.failed(
-                format!("describe version {version} of launch template {id}"),
-                aws::describe(&e),
-            )
-        })?;
-    let ami = out
-        .launch_template_versions()
-        .first()
-        .and_then(|v| v.launch_template_data())
-        .and_then(|d| d.image_id())
-        .map(str::to_owned);
+    let ami = template_version(clients, id, &version.to_string())
+        .await?
+        .and_then(|v| v.launch_template_data)
+        .and_then(|d| d.image_id);
     Ok(ami.map(|ami| (id.to_owned(), version, ami)))
-}
-
-fn ec2_filter(name: &str, value: &str) -> Filter {
-    Filter::builder().name(name).values(value).build()
 }
 
 enum Source<'a> {
@@ -287,31 +268,33 @@ async fn security_group(
     source: Source<'_>,
     created: &mut Vec<Created>,
 ) -> Result<String, CallError> {
-    let found = clients
+    let describe = clients
         .ec2
         .describe_security_groups()
-        .filters(ec2_filter("vpc-id", &plan.vpc_id))
-        .filters(ec2_filter("group-name", name))
-        .send()
-        .await
-        .map_err(|e| {
-            clients.failed(format!("describe security group {name}"), aws::describe(&e))
-        })?;
+        .filters(filter("vpc-id", &plan.vpc_id))
+        .filters(filter("group-name", name));
+    let found = clients
+        .call(|| describe.clone().send())
+        .or_fail(|| format!("describe security group {name}"))
+        .await?;
     let id = match found.security_groups().first().and_then(|g| g.group_id()) {
         Some(id) => id.to_owned(),
         None => {
-            let out = clients
+            let create = clients
                 .ec2
                 .create_security_group()
                 .group_name(name)
                 .description(description)
                 .vpc_id(&plan.vpc_id)
-                .tag_specifications(ec2_tags(ResourceType::SecurityGroup, plan, name))
-                .send()
-                .await
-                .map_err(|e| {
-                    clients.failed(format!("create security group {name}"), aws::describe(&e))
-                })?;
+                .tag_specifications(tags::at_creation(
+                    ResourceType::SecurityGroup,
+                    name,
+                    &[tags::tag(tags::ROLLOUT, &plan.rollout)],
+                ));
+            let out = clients
+                .call(|| create.clone().send())
+                .or_fail(|| format!("create security group {name}"))
+                .await?;
             let id = out.group_id().unwrap_or_default().to_owned();
             created.push(Created::SecurityGroup(id.clone()));
             id
@@ -333,40 +316,21 @@ async fn security_group(
         .group_id(&id)
         .ip_permissions(permission.build());
     // A group created a moment ago may be unknown to EC2 for a few seconds.
-    match aws::settle(
-        &aws::NEW_SECURITY_GROUP,
-        &format!("open port {port} in security group {name}"),
-        || authorize.clone().send(),
-    )
-    .await
-    {
+    let opened = clients
+        .call(|| authorize.clone().send())
+        .settle(&aws::NEW_SECURITY_GROUP)
+        .answer()
+        .await;
+    match opened {
         Ok(_) => Ok(id),
-        Err(e) if aws::code(&e) == Some("InvalidPermission.Duplicate") => Ok(id),
-        Err(e) => Err(clients.failed(
-            format!("open port {port} in security group {name}"),
-            aws::describe(&e),
-        )),
+        Err(e) if e.is(&["InvalidPermission.Duplicate"]) => Ok(id),
+        Err(e) => Err(e.or_fail(|| format!("open port {port} in security group {name}"))),
     }
-}
-
-fn ec2_tags(kind: ResourceType, plan: &Plan, name: &str) -> aws_sdk_ec2::types::TagSpecification {
-    aws_sdk_ec2::types::TagSpecification::builder()
-        .resource_type(kind)
-        .tags(ec2_tag("Name", name))
-        .tags(ec2_tag(TAG_ROLLOUT, &plan.rollout))
-        .build()
-}
-
-fn ec2_tag(key: &str, value: &str) -> aws_sdk_ec2::types::Tag {
-    aws_sdk_ec2::types::Tag::builder()
-        .key(key)
-        .value(value)
-        .build()
 }
 
 fn elb_tag(plan: &Plan) -> aws_sdk_elasticloadbalancingv2::types::Tag {
     aws_sdk_elasticloadbalancingv2::types::Tag::builder()
-        .key(TAG_ROLLOUT)
+        .key(tags::ROLLOUT)
         .value(&plan.rollout)
         .build()
 }
@@ -378,82 +342,71 @@ async fn target_group(
     created: &mut Vec<Created>,
 ) -> Result<String, CallError> {
     let name = &plan.names.target_group;
-    let fail = |action: &str, message: String| clients.failed(format!("{action} {name}"), message);
-    let found = match clients
-        .elb
-        .describe_target_groups()
-        .names(name)
-        .send()
-        .await
-    {
-        Ok(out) => out
-            .target_groups()
-            .first()
-            .and_then(|g| g.target_group_arn())
-            .map(str::to_owned),
-        Err(e) if aws::code(&e) == Some("TargetGroupNotFound") => None,
-        Err(e) => return Err(fail("describe target group", aws::describe(&e))),
-    };
+    let found = clients
+        .call(|| clients.elb.describe_target_groups().names(name).send())
+        .or_none(&["TargetGroupNotFound"], || {
+            format!("describe target group {name}")
+        })
+        .await?
+        .and_then(|out| out.target_groups?.into_iter().next()?.target_group_arn);
     let health = &plan.health;
     let matcher = Matcher::builder()
         .http_code(health.expect_status.to_string())
         .build();
-    let arn = match found {
-        Some(arn) => {
-            clients
-                .elb
-                .modify_target_group()
-                .target_group_arn(&arn)
-                .health_check_path(health.path.get_ref())
-                .health_check_port(health.port.to_string())
-                .matcher(matcher)
-                .send()
-                .await
-                .map_err(|e| fail("update the health check of target group", aws::describe(&e)))?;
-            arn
-        }
-        None => {
-            let out = clients
-                .elb
-                .create_target_group()
-                .name(name)
-                .protocol(ProtocolEnum::Http)
-                .port(health.port.into())
-                .vpc_id(&plan.vpc_id)
-                .target_type(TargetTypeEnum::Instance)
-                .health_check_path(health.path.get_ref())
-                .health_check_interval_seconds(HEALTH_CHECK_INTERVAL_SECONDS)
-                .health_check_timeout_seconds(HEALTH_CHECK_TIMEOUT_SECONDS)
-                .healthy_threshold_count(HEALTHY_THRESHOLD)
-                .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
-                .matcher(matcher)
-                .tags(elb_tag(plan))
-                .send()
-                .await
-                .map_err(|e| fail("create target group", aws::describe(&e)))?;
-            let arn = out
-                .target_groups()
-                .first()
-                .and_then(|g| g.target_group_arn())
-                .unwrap_or_default()
-                .to_owned();
-            created.push(Created::TargetGroup(arn.clone()));
-            clients
-                .elb
-                .modify_target_group_attributes()
-                .target_group_arn(&arn)
-                .attributes(
-                    TargetGroupAttribute::builder()
-                        .key("deregistration_delay.timeout_seconds")
-                        .value(DEREGISTRATION_DELAY_SECONDS)
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| fail("set the deregistration delay of", aws::describe(&e)))?;
-            arn
-        }
-    };
+    if let Some(arn) = found {
+        let modify = clients
+            .elb
+            .modify_target_group()
+            .target_group_arn(&arn)
+            .health_check_path(health.path.get_ref())
+            .health_check_port(health.port.to_string())
+            .matcher(matcher);
+        clients
+            .call(|| modify.clone().send())
+            .or_fail(|| format!("update the health check of target group {name}"))
+            .await?;
+        return Ok(arn);
+    }
+    let create = clients
+        .elb
+        .create_target_group()
+        .name(name)
+        .protocol(ProtocolEnum::Http)
+        .port(health.port.into())
+        .vpc_id(&plan.vpc_id)
+        .target_type(TargetTypeEnum::Instance)
+        .health_check_path(health.path.get_ref())
+        .health_check_interval_seconds(HEALTH_CHECK_INTERVAL_SECONDS)
+        .health_check_timeout_seconds(HEALTH_CHECK_TIMEOUT_SECONDS)
+        .healthy_threshold_count(HEALTHY_THRESHOLD)
+        .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
+        .matcher(matcher)
+        .tags(elb_tag(plan));
+    let out = clients
+        .call(|| create.clone().send())
+        .or_fail(|| format!("create target group {name}"))
+        .await?;
+    let arn = out
+        .target_groups()
+        .first()
+        .and_then(|g| g.target_group_arn())
+        .unwrap_or_default()
+        .to_owned();
+    created.push(Created::TargetGroup(arn.clone()));
+    let delay = clients
+        .elb
+        .modify_target_group_attributes()
+        .target_group_arn(&arn)
+        .attributes(
+            TargetGroupAttribute::builder()
+                .key("deregistration_delay.timeout_seconds")
+                .value(DEREGISTRATION_DELAY_SECONDS)
+                .build(),
+        );
+    clients
+        .call(|| delay.clone().send())
+        .or_fail(|| format!("set the deregistration delay of {name}"))
+        .await?;
     Ok(arn)
 }
 
@@ -465,22 +418,17 @@ async fn load_balancer(
     created: &mut Vec<Created>,
 ) -> Result<(String, String), CallError> {
     let name = &plan.names.alb;
-    let fail = |action: &str, message: String| clients.failed(format!("{action} {name}"), message);
-    let found = match clients
-        .elb
-        .describe_load_balancers()
-        .names(name)
-        .send()
-        .await
-    {
-        Ok(out) => out.load_balancers().first().cloned(),
-        Err(e) if aws::code(&e) == Some("LoadBalancerNotFound") => None,
-        Err(e) => return Err(fail("describe load balancer", aws::describe(&e))),
-    };
+    let found = clients
+        .call(|| clients.elb.describe_load_balancers().names(name).send())
+        .or_none(&["LoadBalancerNotFound"], || {
+            format!("describe load balancer {name}")
+        })
+        .await?
+        .and_then(|out| out.load_balancers?.into_iter().next());
     let lb = match found {
         Some(lb) => lb,
         None => {
-            let out = clients
+            let create = clients
                 .elb
                 .create_load_balancer()
                 .name(name)
@@ -490,15 +438,14 @@ async fn load_balancer(
                     plan.alb_subnets.iter().map(|s| s.id.clone()).collect(),
                 ))
                 .security_groups(security_group)
-                .tags(elb_tag(plan))
-                .send()
-                .await
-                .map_err(|e| fail("create load balancer", aws::describe(&e)))?;
+                .tags(elb_tag(plan));
+            let action = || format!("create load balancer {name}");
+            let out = clients
+                .call(|| create.clone().send())
+                .or_fail(action)
+                .await?;
             let lb = out.load_balancers().first().cloned().ok_or_else(|| {
-                fail(
-                    "create load balancer",
-                    "AWS answered without the load balancer".into(),
-                )
+                clients.failed(action(), "AWS answered without the load balancer")
             })?;
             created.push(Created::LoadBalancer(
                 lb.load_balancer_arn().unwrap_or_default().to_owned(),
@@ -520,12 +467,15 @@ async fn listener(
     target_group_arn: &str,
 ) -> Result<(), CallError> {
     let found = clients
-        .elb
-        .describe_listeners()
-        .load_balancer_arn(alb_arn)
-        .send()
-        .await
-        .map_err(|e| clients.failed("describe listeners", aws::describe(&e)))?;
+        .call(|| {
+            clients
+                .elb
+                .describe_listeners()
+                .load_balancer_arn(alb_arn)
+                .send()
+        })
+        .or_fail(|| "describe listeners".into())
+        .await?;
     if found
         .listeners()
         .iter()
@@ -533,7 +483,7 @@ async fn listener(
     {
         return Ok(());
     }
-    clients
+    let create = clients
         .elb
         .create_listener()
         .load_balancer_arn(alb_arn)
@@ -544,15 +494,11 @@ async fn listener(
                 .r#type(ActionTypeEnum::Forward)
                 .target_group_arn(target_group_arn)
                 .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| {
-            clients.failed(
-                format!("create the HTTP:{port} listener"),
-                aws::describe(&e),
-            )
-        })?;
+        );
+    clients
+        .call(|| create.clone().send())
+        .or_fail(|| format!("create the HTTP:{port} listener"))
+        .await?;
     Ok(())
 }
 
@@ -566,12 +512,11 @@ async fn launch_template(
     created: &mut Vec<Created>,
 ) -> Result<(String, i64), CallError> {
     let name = &plan.names.launch_template;
-    let fail = |action: &str, message: String| clients.failed(format!("{action} {name}"), message);
     let mut instance_tags = LaunchTemplateTagSpecificationRequest::builder()
         .resource_type(ResourceType::Instance)
-        .tags(ec2_tag(TAG_ROLLOUT, &plan.rollout));
+        .tags(tags::tag(tags::ROLLOUT, &plan.rollout));
     for (k, v) in &rollout.tags {
-        instance_tags = instance_tags.tags(ec2_tag(k, v));
+        instance_tags = instance_tags.tags(tags::tag(k, v));
     }
     let mut data = RequestLaunchTemplateData::builder()
         .image_id(&plan.ami.id)
@@ -593,70 +538,60 @@ async fn launch_template(
     }
     let data = data.build();
     let description = format!("bake {}: {} ({})", plan.rollout, plan.ami.id, plan.ami.name);
-    let found = match clients
+    let describe = clients
         .ec2
         .describe_launch_templates()
-        .launch_template_names(name)
-        .send()
-        .await
-    {
-        Ok(out) => out
-            .launch_templates()
-            .first()
-            .and_then(|t| t.launch_template_id())
-            .map(str::to_owned),
-        Err(e)
-            if aws::code(&e).is_some_and(|c| {
-                c.starts_with("InvalidLaunchTemplateName")
-                    || c.starts_with("InvalidLaunchTemplateId")
-            }) =>
-        {
-            None
-        }
-        Err(e) => return Err(fail("describe launch template", aws::describe(&e))),
-    };
-    match found {
-        Some(id) => {
-            let out = clients
-                .ec2
-                .create_launch_template_version()
-                .launch_template_id(&id)
-                .version_description(description)
-                .launch_template_data(data)
-                .send()
-                .await
-                .map_err(|e| fail("add a version to launch template", aws::describe(&e)))?;
-            let version = out
-                .launch_template_version()
-                .and_then(|v| v.version_number())
-                .unwrap_or_default();
-            Ok((id, version))
-        }
-        None => {
-            let out = clients
-                .ec2
-                .create_launch_template()
-                .launch_template_name(name)
-                .version_description(description)
-                .launch_template_data(data)
-                .tag_specifications(ec2_tags(ResourceType::LaunchTemplate, plan, name))
-                .send()
-                .await
-                .map_err(|e| fail("create launch template", aws::describe(&e)))?;
-            let template = out.launch_template();
-            let id = template
-                .and_then(|t| t.launch_template_id())
-                .unwrap_or_default()
-                .to_owned();
-            created.push(Created::LaunchTemplate(id.clone()));
-            Ok((
-                id,
-                template
-                    .and_then(|t| t.latest_version_number())
-                    .unwrap_or(1),
-            ))
-        }
+        .launch_template_names(name);
+    let found = clients
+        .call(|| describe.clone().send())
+        .or_none(
+            &["InvalidLaunchTemplateName*", "InvalidLaunchTemplateId*"],
+            || format!("describe launch template {name}"),
+        )
+        .await?
+        .and_then(|out| out.launch_templates?.into_iter().next()?.launch_template_id);
+    if let Some(id) = found {
+        let add = clients
+            .ec2
+            .create_launch_template_version()
+            .launch_template_id(&id)
+            .version_description(description)
+            .launch_template_data(data);
+        let out = clients
+            .call(|| add.clone().send())
+            .or_fail(|| format!("add a version to launch template {name}"))
+            .await?;
+        let version = out
+            .launch_template_version()
+            .and_then(|v| v.version_number())
+            .unwrap_or_default();
+        return Ok((id, version));
     }
+    let create = clients
+        .ec2
+        .create_launch_template()
+        .launch_template_name(name)
+        .version_description(description)
+        .launch_template_data(data)
+        .tag_specifications(tags::at_creation(
+            ResourceType::LaunchTemplate,
+            name,
+            &[tags::tag(tags::ROLLOUT, &plan.rollout)],
+        ));
+    let out = clients
+        .call(|| create.clone().send())
+        .or_fail(|| format!("create launch template {name}"))
+        .await?;
+    let template = out.launch_template();
+    let id = template
+        .and_then(|t| t.launch_template_id())
+        .unwrap_or_default()
+        .to_owned();
+    created.push(Created::LaunchTemplate(id.clone()));
+    let version = template
+        .and_then(|t| t.latest_version_number())
+        .unwrap_or(1);
+    Ok((id, version))
 }
 
 /// The group as [`group`] found or made it.
@@ -679,14 +614,7 @@ async fn group(
     created: &mut Vec<Created>,
 ) -> Result<Group, CallError> {
     let name = &plan.names.asg;
-    let fail = |action: &str, message: String| clients.failed(format!("{action} {name}"), message);
-    let found = clients
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(name)
-        .send()
-        .await
-        .map_err(|e| fail("describe Auto Scaling group", aws::describe(&e)))?;
+    let found = describe_group(clients, name).await?;
     let capacity = rollout.capacity.get_ref();
     let subnets = plan
         .instance_subnets
@@ -695,7 +623,7 @@ async fn group(
         .collect::<Vec<_>>()
         .join(",");
     let grace = i32::try_from(rollout.refresh.get_ref().warmup.0.as_secs()).unwrap_or(i32::MAX);
-    if let Some(existing) = found.auto_scaling_groups().first() {
+    if let Some(existing) = &found {
         let current = existing.launch_template();
         let pinned = match current.and_then(|t| t.launch_template_id()) {
             Some(id) => Some(
@@ -708,7 +636,7 @@ async fn group(
             ),
             None => None,
         };
-        clients
+        let update = clients
             .autoscaling
             .update_auto_scaling_group()
             .auto_scaling_group_name(name)
@@ -716,23 +644,25 @@ async fn group(
             .max_size(capacity.max as i32)
             .vpc_zone_identifier(&subnets)
             .health_check_type("ELB")
-            .health_check_grace_period(grace)
-            .send()
-            .await
-            .map_err(|e| fail("update Auto Scaling group", aws::describe(&e)))?;
+            .health_check_grace_period(grace);
+        clients
+            .call(|| update.clone().send())
+            .or_fail(|| format!("update Auto Scaling group {name}"))
+            .await?;
         if !existing
             .target_group_arns()
             .iter()
             .any(|a| a == target_group_arn)
         {
-            clients
+            let attach = clients
                 .autoscaling
                 .attach_load_balancer_target_groups()
                 .auto_scaling_group_name(name)
-                .target_group_arns(target_group_arn)
-                .send()
-                .await
-                .map_err(|e| fail("attach the target group to", aws::describe(&e)))?;
+                .target_group_arns(target_group_arn);
+            clients
+                .call(|| attach.clone().send())
+                .or_fail(|| format!("attach the target group to {name}"))
+                .await?;
         }
         return Ok(Group {
             auto_rollback: pinned
@@ -742,7 +672,7 @@ async fn group(
             created: false,
         });
     }
-    let mut request = clients
+    let create = clients
         .autoscaling
         .create_auto_scaling_group()
         .auto_scaling_group_name(name)
@@ -758,26 +688,48 @@ async fn group(
         .vpc_zone_identifier(&subnets)
         .target_group_arns(target_group_arn)
         .health_check_type("ELB")
-        .health_check_grace_period(grace);
-    request = request.tags(
-        aws_sdk_autoscaling::types::Tag::builder()
-            .key(TAG_ROLLOUT)
-            .value(&plan.rollout)
-            .propagate_at_launch(false)
-            .resource_id(name)
-            .resource_type("auto-scaling-group")
-            .build(),
-    );
-    request
-        .send()
-        .await
-        .map_err(|e| fail("create Auto Scaling group", aws::describe(&e)))?;
+        .health_check_grace_period(grace)
+        .tags(
+            aws_sdk_autoscaling::types::Tag::builder()
+                .key(tags::ROLLOUT)
+                .value(&plan.rollout)
+                .propagate_at_launch(false)
+                .resource_id(name)
+                .resource_type("auto-scaling-group")
+                .build(),
+        );
+    clients
+        .call(|| create.clone().send())
+        .or_fail(|| format!("create Auto Scaling group {name}"))
+        .await?;
     created.push(Created::AutoScalingGroup(name.clone()));
     Ok(Group {
         previous_version: None,
         created: true,
         auto_rollback: true,
     })
+}
+
+/// Version `spec` (a number, `$Latest` or `$Default`) of a launch template, when AWS lists it.
+async fn template_version(
+    clients: &Clients,
+    template_id: &str,
+    spec: &str,
+) -> Result<Option<LaunchTemplateVersion>, CallError> {
+    let request = clients
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_id(template_id)
+        .versions(spec);
+    let out = clients
+        .call(|| request.clone().send())
+        .or_fail(|| format!("describe version {spec} of launch template {template_id}"))
+        .await?;
+    Ok(out
+        .launch_template_versions
+        .unwrap_or_default()
+        .into_iter()
+        .next())
 }
 
 /// The version number `spec` (a number, `$Latest` or `$Default`) of a launch template names now,
@@ -787,25 +739,14 @@ async fn pinned_version(
     template_id: &str,
     spec: &str,
 ) -> Result<(i64, String), CallError> {
-    let out = clients
-        .ec2
-        .describe_launch_template_versions()
-        .launch_template_id(template_id)
-        .versions(spec)
-        .send()
-        .await
-        .map_err(|e| {
+    let found = template_version(clients, template_id, spec)
+        .await?
+        .ok_or_else(|| {
             clients.failed(
                 format!("describe version {spec} of launch template {template_id}"),
-                aws::describe(&e),
+                "AWS answered without the version",
             )
         })?;
-    let found = out.launch_template_versions().first().ok_or_else(|| {
-        clients.failed(
-            format!("describe version {spec} of launch template {template_id}"),
-            "AWS answered without the version",
-        )
-    })?;
     Ok((
         found.version_number().unwrap_or_default(),
         found
@@ -818,7 +759,7 @@ async fn pinned_version(
 
 /// Target tracking on the group's average CPU.
 async fn scaling_policy(clients: &Clients, group: &str, cpu: f64) -> Result<(), CallError> {
-    clients
+    let request = clients
         .autoscaling
         .put_scaling_policy()
         .auto_scaling_group_name(group)
@@ -833,15 +774,11 @@ async fn scaling_policy(clients: &Clients, group: &str, cpu: f64) -> Result<(), 
                 )
                 .target_value(cpu)
                 .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| {
-            clients.failed(
-                format!("put the CPU target policy on {group}"),
-                aws::describe(&e),
-            )
-        })?;
+        );
+    clients
+        .call(|| request.clone().send())
+        .or_fail(|| format!("put the CPU target policy on {group}"))
+        .await?;
     Ok(())
 }
 
@@ -883,87 +820,91 @@ impl std::fmt::Display for Created {
 
 /// Removes one resource; gone already counts as removed. Returns AWS's answer when it stays.
 async fn remove_one(clients: &Clients, resource: &Created) -> Result<(), String> {
-    let what = resource.to_string();
-    let gone = |e: Option<&str>, codes: &[&str]| e.is_some_and(|c| codes.contains(&c));
     match resource {
         Created::AutoScalingGroup(name) => {
-            let deleted = aws::settle(&aws::LOAD_BALANCER_RELEASE, &what, || {
-                clients
-                    .autoscaling
-                    .delete_auto_scaling_group()
-                    .auto_scaling_group_name(name)
-                    .force_delete(true)
-                    .send()
-            })
-            .await;
-            match deleted {
-                Ok(_) => {}
-                Err(e) if aws::describe(&e).contains("not found") => return Ok(()),
-                Err(e) => return Err(aws::describe(&e)),
+            let delete = clients
+                .autoscaling
+                .delete_auto_scaling_group()
+                .auto_scaling_group_name(name)
+                .force_delete(true);
+            let gone = |e: &Failed<_>| e.describe().contains("not found");
+            if delete_released(clients, || delete.clone().send(), gone).await? {
+                group_gone(clients, name).await.map_err(|e| e.message)?;
             }
-            super::refresh::group_gone(clients, name)
-                .await
-                .map_err(|e| e.message)
         }
         Created::LaunchTemplate(id) => {
-            match aws::settle(&aws::LOAD_BALANCER_RELEASE, &what, || {
-                clients
-                    .ec2
-                    .delete_launch_template()
-                    .launch_template_id(id)
-                    .send()
-            })
-            .await
-            {
-                Ok(_) => Ok(()),
-                Err(e)
-                    if aws::code(&e).is_some_and(|c| c.starts_with("InvalidLaunchTemplateId")) =>
-                {
-                    Ok(())
-                }
-                Err(e) => Err(aws::describe(&e)),
-            }
+            let delete = clients.ec2.delete_launch_template().launch_template_id(id);
+            let gone = |e: &Failed<_>| e.is(&["InvalidLaunchTemplateId*"]);
+            delete_released(clients, || delete.clone().send(), gone).await?;
         }
         Created::LoadBalancer(arn) => {
-            match aws::settle(&aws::LOAD_BALANCER_RELEASE, &what, || {
-                clients
-                    .elb
-                    .delete_load_balancer()
-                    .load_balancer_arn(arn)
-                    .send()
-            })
-            .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if gone(aws::code(&e), &["LoadBalancerNotFound"]) => Ok(()),
-                Err(e) => Err(aws::describe(&e)),
-            }
+            let delete = clients.elb.delete_load_balancer().load_balancer_arn(arn);
+            let gone = |e: &Failed<_>| e.is(&["LoadBalancerNotFound"]);
+            delete_released(clients, || delete.clone().send(), gone).await?;
         }
         Created::TargetGroup(arn) => {
-            match aws::settle(&aws::LOAD_BALANCER_RELEASE, &what, || {
-                clients
-                    .elb
-                    .delete_target_group()
-                    .target_group_arn(arn)
-                    .send()
-            })
-            .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if gone(aws::code(&e), &["TargetGroupNotFound"]) => Ok(()),
-                Err(e) => Err(aws::describe(&e)),
-            }
+            let delete = clients.elb.delete_target_group().target_group_arn(arn);
+            let gone = |e: &Failed<_>| e.is(&["TargetGroupNotFound"]);
+            delete_released(clients, || delete.clone().send(), gone).await?;
         }
         Created::SecurityGroup(id) => {
-            match aws::settle(&aws::LOAD_BALANCER_RELEASE, &what, || {
-                clients.ec2.delete_security_group().group_id(id).send()
-            })
-            .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if gone(aws::code(&e), &["InvalidGroup.NotFound"]) => Ok(()),
-                Err(e) => Err(aws::describe(&e)),
-            }
+            let delete = clients.ec2.delete_security_group().group_id(id);
+            let gone = |e: &Failed<_>| e.is(&["InvalidGroup.NotFound"]);
+            delete_released(clients, || delete.clone().send(), gone).await?;
         }
     }
+    Ok(())
+}
+
+/// One delete, asked again while the load balancer releases what it held
+/// ([`aws::LOAD_BALANCER_RELEASE`]). True when it was deleted now, false when `gone` says it was
+/// gone already; AWS's answer when it stays.
+async fn delete_released<T, E, Fut>(
+    clients: &Clients,
+    send: impl FnMut() -> Fut,
+    gone: impl Fn(&Failed<E>) -> bool,
+) -> Result<bool, String>
+where
+    Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let deleted = clients.call(send).settle(&aws::LOAD_BALANCER_RELEASE);
+    match deleted.answer().await {
+        Ok(_) => Ok(true),
+        Err(e) if gone(&e) => Ok(false),
+        Err(e) => Err(e.describe()),
+    }
+}
+
+/// Waits until a deleted group is gone (its instances terminated).
+pub async fn group_gone(clients: &Clients, asg: &str) -> Result<(), CallError> {
+    let result = poll::until(
+        &format!("waiting for {asg} to be deleted"),
+        poll::deadline(GROUP_GONE_TIMEOUT),
+        GROUP_GONE_SCHEDULE,
+        |_| {},
+        || async {
+            let describe = || {
+                clients
+                    .autoscaling
+                    .describe_auto_scaling_groups()
+                    .auto_scaling_group_names(asg)
+                    .send()
+            };
+            match clients.call(describe).answer().await {
+                Ok(out) if out.auto_scaling_groups().is_empty() => Check::Ready(()),
+                Ok(_) => Check::Pending("deleting".into()),
+                Err(e) if e.transient() => Check::Pending(e.describe()),
+                Err(e) => Check::Failed(e.describe()),
+            }
+        },
+    )
+    .await;
+    result.map_err(|e| match e {
+        PollError::Failed(message) => clients.failed(format!("delete {asg}"), message),
+        PollError::TimedOut { last } => clients.failed(
+            format!("delete {asg}"),
+            format!("still {last} after {GROUP_GONE_TIMEOUT:?}"),
+        ),
+    })
 }

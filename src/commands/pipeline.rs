@@ -6,26 +6,82 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_ssm::types::ParameterType;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::aws::{self, CallError, Clients};
+use super::{CheckIp, Context, HOUSEKEEPING, Outcome};
+use crate::aws::Clients;
 use crate::config::Config;
 use crate::limits;
-use crate::output::{self, Format};
-use crate::poll::{self, Check, PollError, Schedule};
+use crate::output::{self, Format, Progress};
+use crate::publish::{parameter_name, publish};
 use crate::{Error, ami, prune, rollout};
 
-/// How `bake pipeline` behaves.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// AMIs of each image to keep when pruning.
+/// The cron job: bake every image whose inputs changed, publish its AMI id in SSM Parameter
+/// Store, roll it out to its rollouts, prune its old AMIs. One event per step.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// AMIs of each image to keep when pruning (0 or more).
+    #[arg(long, default_value_t = 3, value_parser = super::parse_keep, allow_negative_numbers = true)]
     pub keep: usize,
-    /// The SSM parameter path the AMI ids are published under: `<prefix>/<image>/ami-id`.
+    /// SSM parameter path for the AMI ids: PREFIX/IMAGE/ami-id.
+    #[arg(long, default_value = "/bake")]
     pub publish_prefix: String,
-    /// What's-my-IP service for `allow_cidr = "auto"`.
-    pub checkip_url: String,
+    #[command(flatten)]
+    pub checkip: CheckIp,
+}
+
+/// Every event of the run, each printed as it happened; the failed steps decide the exit code.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct Events(pub Vec<Event>);
+
+impl std::fmt::Display for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|e| write!(f, "{e}"))
+    }
+}
+
+impl Outcome for Events {
+    fn printed(&self) -> bool {
+        true
+    }
+
+    fn into_result(self) -> Result<(), Error> {
+        let failed: Vec<String> = self
+            .0
+            .iter()
+            .filter(|e| e.status == "failed")
+            .map(|e| format!("{} {}: {}", e.image, e.step, e.message))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Pipeline(failed))
+        }
+    }
+}
+
+impl Args {
+    pub async fn run(self, ctx: &Context) -> Result<Events, Error> {
+        let config = ctx.config()?;
+        check(&config, &self.publish_prefix)?;
+        let clients = ctx.clients(Some(&config), worst_case(&config)).await?;
+        run(&clients, &config, &self, ctx.format).await
+    }
+}
+
+/// The whole run at worst: the slowest bake, every rollout, and the pruning.
+fn worst_case(config: &Config) -> Duration {
+    let names: Vec<String> = config.image.keys().cloned().collect();
+    let rollouts = config
+        .rollout
+        .values()
+        .map(super::rollout::worst_case)
+        .fold(Duration::ZERO, Duration::saturating_add);
+    super::ami::worst_case(config, &names)
+        .saturating_add(rollouts)
+        .saturating_add(HOUSEKEEPING)
 }
 
 /// One step's outcome, printed as it happens.
@@ -59,15 +115,10 @@ pub enum LockError {
     },
 }
 
-/// The SSM parameter an image's AMI id is published in: `<prefix>/<image>/ami-id`.
-fn parameter_name(options: &Options, image: &str) -> String {
-    prune::parameter_name(&options.publish_prefix, image)
-}
-
 /// Checks, before any AWS call, that every image's parameter name is one Parameter Store takes.
-pub fn check(config: &Config, options: &Options) -> Result<(), Error> {
+fn check(config: &Config, publish_prefix: &str) -> Result<(), Error> {
     for image in config.image.keys() {
-        let parameter = parameter_name(options, image);
+        let parameter = parameter_name(publish_prefix, image);
         limits::ssm_parameter_name(&parameter).map_err(|rule| {
             Error::Config(crate::config::Error::Flag {
                 flag: "--publish-prefix",
@@ -81,25 +132,26 @@ pub fn check(config: &Config, options: &Options) -> Result<(), Error> {
 }
 
 /// Runs the pipeline over every image of the config. Steps of one image stop at its first
-/// failure; other images go on. Fails (exit 1) when any step failed.
-pub async fn run(
+/// failure; other images go on. The events say which failed (exit 1).
+async fn run(
     clients: &Clients,
     config: &Config,
-    options: &Options,
+    options: &Args,
     format: Format,
-) -> Result<(), Error> {
+) -> Result<Events, Error> {
     let _lock = lock(config)?;
     let mut events = Emitter {
         format,
-        failed: Vec::new(),
+        emitted: Vec::new(),
     };
     let names: Vec<String> = config.image.keys().cloned().collect();
     let bake_options = ami::Options {
         force: false,
         keep_on_failure: false,
     };
+    let checkip_url = &options.checkip.checkip_url;
     let (baked, failed) =
-        crate::bake_all(clients, config, &names, &bake_options, &options.checkip_url).await?;
+        ami::bake_all(clients, config, &names, &bake_options, checkip_url).await?;
     for failure in &failed {
         events.emit(event(
             &failure.image,
@@ -125,11 +177,7 @@ pub async fn run(
             Err(Stop::Interrupted(signal)) => return Err(Error::Interrupted(signal)),
         }
     }
-    if events.failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Pipeline(events.failed))
-    }
+    Ok(Events(events.emitted))
 }
 
 /// Why an image's steps stopped early.
@@ -144,12 +192,12 @@ enum Stop {
 async fn image_steps(
     clients: &Clients,
     config: &Config,
-    options: &Options,
+    options: &Args,
     baked: &ami::Baked,
     events: &mut Emitter,
 ) -> Result<(), Stop> {
     let image = &baked.image;
-    let parameter = parameter_name(options, image);
+    let parameter = parameter_name(&options.publish_prefix, image);
     let changed = publish(clients, &parameter, &baked.ami_id)
         .await
         .map_err(|e| Stop::Failed("publish", e.to_string()))?;
@@ -166,7 +214,7 @@ async fn image_steps(
         .filter(|(_, r)| r.image.get_ref() == image)
     {
         let multi = indicatif::MultiProgress::new();
-        let progress = output::Progress::new(&multi, name);
+        let progress = Progress::new(&multi, name);
         let rollout_options = rollout::Options {
             ami: Some(baked.ami_id.clone()),
         };
@@ -233,130 +281,6 @@ async fn image_steps(
     Ok(())
 }
 
-/// Parameter Store validates an `aws:ec2:image` value after PutParameter has answered ("Native
-/// parameter support for Amazon Machine Image IDs"): the new version shows within seconds, or
-/// never when the AMI is refused. A minute without it means it was refused.
-const PUBLISH_SETTLE: Duration = Duration::from_secs(60);
-/// Read the parameter back after 1 s, every second for 10 s, then growing to 5 s.
-const PUBLISH_SCHEDULE: Schedule = Schedule {
-    first: Duration::from_secs(1),
-    interval: Duration::from_secs(1),
-    dense: Duration::from_secs(10),
-    factor: 1.5,
-    cap: Duration::from_secs(5),
-};
-
-/// Puts the AMI id in the parameter unless it holds it already, then reads it back until it
-/// does (the value is validated after PutParameter answers). Returns whether it changed.
-pub async fn publish(clients: &Clients, parameter: &str, ami_id: &str) -> Result<bool, CallError> {
-    let read = aws::settle(&aws::THROTTLE_BURST, "read the published parameter", || {
-        clients.ssm.get_parameter().name(parameter).send()
-    });
-    match read.await {
-        Ok(out) if out.parameter().and_then(|p| p.value()) == Some(ami_id) => return Ok(false),
-        Ok(_) => {}
-        Err(e) if aws::code(&e) == Some("ParameterNotFound") => {}
-        Err(e) => {
-            return Err(
-                clients.failed(format!("read SSM parameter {parameter}"), aws::describe(&e))
-            );
-        }
-    }
-    let put = clients
-        .ssm
-        .put_parameter()
-        .name(parameter)
-        .value(ami_id)
-        .r#type(ParameterType::String)
-        .data_type("aws:ec2:image")
-        .overwrite(true)
-        .description("The newest AMI baked by bake")
-        .send()
-        .await
-        .map_err(|e| {
-            clients.failed(
-                format!("write SSM parameter {parameter}"),
-                aws::describe(&e),
-            )
-        })?;
-    let version = put.version();
-    let action = || format!("publish {ami_id} in SSM parameter {parameter}");
-    let read = poll::until(
-        poll::deadline(PUBLISH_SETTLE),
-        PUBLISH_SCHEDULE,
-        |seen| tracing::debug!("{parameter}: {seen}"),
-        || async {
-            match clients.ssm.get_parameter().name(parameter).send().await {
-                Ok(out) => {
-                    let p = out.parameter();
-                    match p.and_then(|p| p.value()) {
-                        Some(v) if v == ami_id => Check::Ready(()),
-                        v => Check::Pending(format!(
-                            "it still holds {} (version {})",
-                            v.unwrap_or("nothing"),
-                            p.map_or(0, |p| p.version())
-                        )),
-                    }
-                }
-                Err(e) if aws::code(&e) == Some("ParameterNotFound") => {
-                    Check::Pending("it does not exist yet".to_owned())
-                }
-                Err(e) if aws::transient(&e) => Check::Pending(aws::describe(&e)),
-                Err(e) => Check::Failed(aws::describe(&e)),
-            }
-        },
-    )
-    .await;
-    match read {
-        Ok(()) => Ok(true),
-        Err(PollError::Failed(message)) => Err(clients.failed(
-            action(),
-            format!("reading it back after PutParameter: {message}"),
-        )),
-        Err(PollError::TimedOut { last }) => {
-            let history = history_has(clients, parameter, version).await;
-            Err(clients.failed(
-                action(),
-                format!(
-                    "PutParameter answered version {version}, but {PUBLISH_SETTLE:?} later {last}; \
-                     {history}: Parameter Store validates aws:ec2:image values after PutParameter \
-                     and drops one naming an AMI that is not available in {}",
-                    clients.region
-                ),
-            ))
-        }
-    }
-}
-
-/// What the parameter's history says about `version`, for the failure message.
-async fn history_has(clients: &Clients, parameter: &str, version: i64) -> String {
-    let mut found = false;
-    let mut token = None;
-    // Bounded: the history holds at most 100 versions, 50 a page.
-    for _ in 0..3 {
-        let page = clients
-            .ssm
-            .get_parameter_history()
-            .name(parameter)
-            .set_next_token(token.take())
-            .send()
-            .await;
-        let Ok(page) = page else {
-            return "its history could not be read".to_owned();
-        };
-        found |= page.parameters().iter().any(|p| p.version() == version);
-        token = page.next_token().map(str::to_owned);
-        if token.is_none() {
-            break;
-        }
-    }
-    if found {
-        format!("version {version} is in its history")
-    } else {
-        format!("its history has no version {version}")
-    }
-}
-
 fn event(
     image: &str,
     step: &'static str,
@@ -377,25 +301,28 @@ fn event(
     }
 }
 
-/// Prints events as they happen and remembers the failures.
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} {} {}: {}",
+            self.image, self.step, self.status, self.message
+        )
+    }
+}
+
+/// Prints events as they happen and keeps them.
 struct Emitter {
     format: Format,
-    failed: Vec<String>,
+    emitted: Vec<Event>,
 }
 
 impl Emitter {
     fn emit(&mut self, event: Event) {
-        if event.status == "failed" {
-            self.failed
-                .push(format!("{} {}: {}", event.image, event.step, event.message));
-        }
-        let text = format!(
-            "{} {} {}: {}\n",
-            event.image, event.step, event.status, event.message
-        );
-        // A closed stdout must not stop the pipeline half way; the failure list still decides
+        // A closed stdout must not stop the pipeline half way; the failed events still decide
         // the exit code.
-        let _ = output::result(self.format, &text, &event);
+        let _ = output::print(self.format, &event);
+        self.emitted.push(event);
     }
 }
 

@@ -1,7 +1,8 @@
 //! The SDK config as the AWS CLI would build it: `--profile` over environment credentials, the
 //! region from flags, environment, profile then the config (never IMDS), per-request timeouts, an
 //! HTTP client whose connection failures name their endpoint (and are not retried when nothing
-//! answers), and a check at start that the credentials outlast the command.
+//! answers), and a check at start that the credentials outlast the command. Also why that setup
+//! can fail ([`Error`]), and an error's chain of causes said once ([`chain`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -25,7 +26,74 @@ use aws_smithy_runtime_api::client::runtime_components::{
 use aws_smithy_runtime_api::client::runtime_plugin::RuntimePlugin;
 use aws_smithy_runtime_api::shared::IntoShared;
 
-use crate::aws::{Error, Target};
+/// Where to connect: `--profile`, `--region`, then the config's `region`; the endpoint comes from
+/// the standard `AWS_ENDPOINT_URL` variables. [`load`] builds the SDK config from it.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub profile: Option<String>,
+    pub region: Option<String>,
+    pub config_region: Option<String>,
+    /// How long the command may run at worst: credentials the SDK cannot refresh that expire
+    /// sooner get a warning at start.
+    pub runs_for: Duration,
+}
+
+/// Why the AWS clients could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no AWS region: pass --region, set AWS_REGION or a region in the profile, or `region = ...` \
+         at the top of the config"
+    )]
+    NoRegion,
+    #[error("no AWS credentials{0}")]
+    NoCredentials(String),
+    #[error("{variable} is not an RFC 3339 time (like 2026-01-31T12:00:00Z): {value:?}")]
+    BadExpiration {
+        variable: &'static str,
+        value: String,
+    },
+    #[error(
+        "the session credentials from {from} {when}: bake does not start with them, as nothing \
+         this run created could be cleaned up once they expire; get new credentials and run again"
+    )]
+    Expiring { from: String, when: String },
+}
+
+/// An error's message followed by its sources' (`dispatch failure: io error: ...`), each said
+/// once: what `DisplayErrorContext` prints, without its `Debug` dump of the whole error.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let message = e.to_string();
+        // A wrapper that already quotes its source ("tcp connect error: refused") says it once.
+        if !message.is_empty() && !parts.last().is_some_and(|last| last.contains(&message)) {
+            parts.push(message);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// [`chain`] of what lies below the first error in `error`'s chain that `from` picks (below
+/// `error` itself when none does): the specific cause under generic wrappers.
+pub fn chain_below(
+    error: &(dyn std::error::Error + 'static),
+    from: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> String {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if from(e) {
+            break;
+        }
+        next = e.source();
+    }
+    match next.unwrap_or(error).source() {
+        Some(below) => chain(below),
+        None => chain(next.unwrap_or(error)),
+    }
+}
 
 /// Throttling and 5xx answers are retried by the SDK: standard mode, with more attempts than its
 /// default 3 so a burst of RequestLimitExceeded does not fail a 20-minute bake.
@@ -149,10 +217,9 @@ async fn check_credentials(sdk: &SdkConfig, target: &Target) -> Result<(), Error
                      AWS_SHARED_CREDENTIALS_FILE)"
                 ))
             }
-            Some(profile) => Error::NoCredentials(format!(
-                " from profile {profile}: {}",
-                crate::aws::chain(&e)
-            )),
+            Some(profile) => {
+                Error::NoCredentials(format!(" from profile {profile}: {}", chain(&e)))
+            }
             None => Error::NoCredentials(
                 ": set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, name a profile with --profile \
                  or AWS_PROFILE, or run where an instance or container role provides them \
@@ -503,7 +570,7 @@ impl std::fmt::Display for Unreachable {
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
         // What the HTTP client said, below its generic "io error" / "client error (Connect)".
-        let cause = crate::aws::chain_below(&self.source, |e| {
+        let cause = chain_below(&self.source, |e| {
             e.downcast_ref::<hyper_util::client::legacy::Error>()
                 .is_some()
         });
@@ -654,7 +721,7 @@ mod tests {
             Some(aws_smithy_runtime_api::client::retries::ErrorKind::TransientError)
         );
         // Each now says where it went, once, in words.
-        let text = crate::aws::chain(&lost);
+        let text = chain(&lost);
         assert!(
             text.contains(
                 "the connection to EC2 at https://ec2.eu-west-1.amazonaws.com \
@@ -680,5 +747,26 @@ mod tests {
         assert_eq!(t.operation_attempt_timeout(), Some(ATTEMPT_TIMEOUT));
         assert_eq!(t.connect_timeout(), Some(CONNECT_TIMEOUT));
         assert_eq!(t.operation_timeout(), Some(OPERATION_TIMEOUT));
+    }
+
+    #[test]
+    fn chains_say_each_cause_once_and_never_dump_debug() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "dispatch failure: {}", self.0)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(chain(&Outer(refused())), "dispatch failure: refused");
+        assert_eq!(chain_below(&Outer(refused()), |_| false), "refused");
+        let io = refused();
+        assert_eq!(chain(&io), "refused");
     }
 }

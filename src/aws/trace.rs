@@ -1,0 +1,169 @@
+//! One log line per AWS call at `-v`: the service and operation, the ids it was about, AWS's
+//! answer, how long it took and how many attempts the SDK made (an SDK interceptor on every
+//! client bake builds).
+
+use std::time::Duration;
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeSerializationInterceptorContextRef, FinalizerInterceptorContextRef,
+};
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::retries::RequestAttempts;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
+use tokio::time::Instant;
+
+/// The interceptor: logs each call when it ends, at info level.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Trace;
+
+/// When the call began (all its attempts included).
+#[derive(Debug, Clone, Copy)]
+struct Started(Instant);
+
+impl Storable for Started {
+    type Storer = StoreReplace<Started>;
+}
+
+impl Intercept for Trace {
+    fn name(&self) -> &'static str {
+        "bake::aws::trace"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state().store_put(Started(Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return Ok(());
+        }
+        let took = cfg
+            .load::<Started>()
+            .map_or(Duration::ZERO, |s| s.0.elapsed());
+        let (service, operation) = cfg
+            .load::<Metadata>()
+            .map_or(("?", "?"), |m| (m.service(), m.name()));
+        let attempts = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
+        let ids = context
+            .request()
+            .and_then(|r| r.body().bytes())
+            .map(key_ids)
+            .unwrap_or_default();
+        let answer = match context.response() {
+            Some(response) if response.status().is_success() => "ok".to_owned(),
+            Some(response) => {
+                let code = response.body().bytes().and_then(error_code);
+                match code {
+                    Some(code) => format!("{} {code}", response.status().as_u16()),
+                    None => response.status().as_u16().to_string(),
+                }
+            }
+            None => "no answer".to_owned(),
+        };
+        tracing::info!(
+            "{service} {operation}{}{}: {answer} in {:?}{}",
+            if ids.is_empty() { "" } else { " " },
+            ids.join(" "),
+            Duration::from_millis(u64::try_from(took.as_millis()).unwrap_or(u64::MAX)),
+            match attempts {
+                0 | 1 => String::new(),
+                n => format!(" ({n} attempts)"),
+            }
+        );
+        Ok(())
+    }
+}
+
+/// The ids and names a request is about, from its body: the values of top-level parameters
+/// named `...Id`, `...Ids`, `...Name`, `...Names`, `...Arn` or `...Arns` (query protocols: EC2,
+/// Auto Scaling, ELB, IAM; `InstanceId.1`, `Names.member.1` count; `Filter.1.Name` does not), or
+/// the same top-level fields of a JSON body (SSM).
+fn key_ids(body: &[u8]) -> Vec<String> {
+    let key = |name: &str| {
+        ["Id", "Ids", "Name", "Names", "Arn", "Arns"]
+            .iter()
+            .any(|end| name.ends_with(end))
+    };
+    if body.first() == Some(&b'{') {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(body) else {
+            return Vec::new();
+        };
+        return fields
+            .iter()
+            .filter(|(name, _)| key(name))
+            .flat_map(|(_, value)| match value {
+                serde_json::Value::String(s) => vec![s.clone()],
+                serde_json::Value::Array(all) => all
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+    }
+    form_urlencoded::parse(body)
+        .filter(|(name, _)| name.split('.').next().is_some_and(key))
+        .map(|(_, value)| value.into_owned())
+        .collect()
+}
+
+/// The error code in an error answer's body: `<Code>...</Code>` (query protocols) or
+/// `"__type": "...#Code"` (JSON protocols).
+fn error_code(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    if let Some((_, rest)) = text.split_once("<Code>") {
+        return rest.split_once("</Code>").map(|(code, _)| code.to_owned());
+    }
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let kind = value.get("__type")?.as_str()?;
+    Some(kind.rsplit('#').next().unwrap_or(kind).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_request_is_about_its_ids_and_names_not_its_filters() {
+        let body = b"Action=DescribeInstances&Version=2016-11-15&InstanceId.1=i-1&InstanceId.2=i-2\
+            &Filter.1.Name=tag%3Abake%3Arun-id&Filter.1.Value.1=r&Names.member.1=web-TG\
+            &TargetGroupArn=arn%3Aaws%3Aelasticloadbalancing%3Aeu-west-1%3A1%3Atargetgroup%2Fweb";
+        assert_eq!(
+            key_ids(body),
+            [
+                "i-1",
+                "i-2",
+                "web-TG",
+                "arn:aws:elasticloadbalancing:eu-west-1:1:targetgroup/web"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_json_request_is_about_its_top_level_ids() {
+        let body = br#"{"Name":"/bake/web/ami-id","InstanceIds":["i-1"],"Filters":[{"Key":"x"}]}"#;
+        assert_eq!(key_ids(body), ["/bake/web/ami-id", "i-1"]);
+    }
+
+    #[test]
+    fn error_codes_are_read_from_either_protocol() {
+        let xml = b"<Response><Errors><Error><Code>InvalidGroup.NotFound</Code></Error></Errors>";
+        assert_eq!(error_code(xml).as_deref(), Some("InvalidGroup.NotFound"));
+        let json = br#"{"__type":"com.amazonaws.ssm#ParameterNotFound","message":"m"}"#;
+        assert_eq!(error_code(json).as_deref(), Some("ParameterNotFound"));
+        assert_eq!(error_code(b"not an error"), None);
+    }
+}

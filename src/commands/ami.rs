@@ -1,0 +1,132 @@
+//! `bake ami IMAGE...`: bake verified golden AMIs, several images at once; prints each AMI id.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{CheckIp, Context, Images, Outcome};
+use crate::Error;
+use crate::ami::{self, Baked};
+use crate::config::Config;
+
+/// What a bake spends outside its configured timeouts at worst: the builder reaching `running`
+/// (10 min), the AMI becoming available (60 min) and the builder's termination (10 min), as the
+/// waits in `ami` bound them.
+const BAKE_FIXED: Duration = Duration::from_secs(80 * 60);
+/// A verify step without its own timeout gets `ami`'s default of 10 minutes.
+const VERIFY_DEFAULT: Duration = Duration::from_secs(10 * 60);
+
+/// Bake verified golden AMIs: launch a builder, wait for HTTP health, verify through SSM,
+/// create the AMI, terminate the builder. Prints the AMI id.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    mut_arg("images", |a| a.help("Image names from the config; several are baked at once")),
+    mut_arg("all", |a| a.help("Bake every image in the config")),
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub images: Images,
+    /// Bake even when an AMI with the same inputs exists.
+    #[arg(long)]
+    pub force: bool,
+    /// On failure leave the builder running to look at it (remove it later with `bake gc`).
+    #[arg(long)]
+    pub keep_on_failure: bool,
+    #[command(flatten)]
+    pub checkip: CheckIp,
+}
+
+/// The images baked (or found baked), and those that failed.
+#[derive(Debug, Serialize)]
+pub struct Bakes {
+    pub images: Vec<Baked>,
+    pub errors: Vec<Failure>,
+    /// How many images were asked for: one prints its AMI id alone.
+    #[serde(skip)]
+    asked: usize,
+    #[serde(skip)]
+    failed: Vec<ami::Error>,
+}
+
+/// One image that failed, as `-o json` lists it.
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    pub image: String,
+    pub error: String,
+}
+
+impl std::fmt::Display for Bakes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.images.as_slice() {
+            [one] if self.asked == 1 => writeln!(f, "{}", one.ami_id),
+            many => many
+                .iter()
+                .try_for_each(|b| writeln!(f, "{} {}", b.image, b.ami_id)),
+        }
+    }
+}
+
+impl Outcome for Bakes {
+    fn into_result(self) -> Result<(), Error> {
+        if self.failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Ami(self.failed))
+        }
+    }
+}
+
+impl Args {
+    pub async fn run(self, ctx: &Context) -> Result<Bakes, Error> {
+        let config = ctx.config()?;
+        let names = self.images.names(&config)?;
+        let clients = ctx
+            .clients(Some(&config), worst_case(&config, &names))
+            .await?;
+        let options = ami::Options {
+            force: self.force,
+            keep_on_failure: self.keep_on_failure,
+        };
+        let (images, failed) = ami::bake_all(
+            &clients,
+            &config,
+            &names,
+            &options,
+            &self.checkip.checkip_url,
+        )
+        .await?;
+        Ok(Bakes {
+            images,
+            errors: failed
+                .iter()
+                .map(|e| Failure {
+                    image: e.image.clone(),
+                    error: e.step.to_string(),
+                })
+                .collect(),
+            asked: names.len(),
+            failed,
+        })
+    }
+}
+
+/// How long baking `names` may take at worst: they bake at once, so the slowest one.
+pub fn worst_case(config: &Config, names: &[String]) -> Duration {
+    let bake = |name: &String| {
+        config.image.get(name).map_or(Duration::ZERO, |image| {
+            image
+                .health
+                .timeout
+                .0
+                .saturating_add(
+                    image
+                        .verify
+                        .timeout
+                        .as_ref()
+                        .map_or(VERIFY_DEFAULT, |t| t.0),
+                )
+                .saturating_add(BAKE_FIXED)
+        })
+    };
+    names.iter().map(bake).max().unwrap_or_default()
+}

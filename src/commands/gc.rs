@@ -1,0 +1,116 @@
+//! `bake gc`: delete what killed runs left behind, found by their `bake:run-id` tag.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::{Context, DEFAULT_CONFIG, HOUSEKEEPING, Outcome};
+use crate::Error;
+use crate::aws::sdk;
+use crate::janitor::{self, Resource};
+use crate::output;
+
+/// The longest `--ttl`: ten years as humantime counts them (365.25 days each), so "10y" itself
+/// is accepted. Nothing bake leaves behind is older than that.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 31_557_600);
+
+/// Delete what killed runs left behind (found by their bake:run-id tag): instances, security
+/// groups, unfinished images and unused snapshots older than the TTL.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Only what is older than this: 0s to 10y ("90m", "2h", "7d").
+    #[arg(long, default_value = "2h", value_parser = parse_ttl)]
+    pub ttl: Duration,
+    /// List what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What was (or, with `--dry-run`, would be) deleted.
+#[derive(Debug, Serialize)]
+pub struct Collected {
+    pub region: String,
+    pub dry_run: bool,
+    pub resources: Vec<Resource>,
+}
+
+impl std::fmt::Display for Collected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        self.resources
+            .iter()
+            .try_for_each(|r| writeln!(f, "{verb} {r}"))
+    }
+}
+
+impl Outcome for Collected {}
+
+impl Args {
+    pub async fn run(self, ctx: &Context) -> Result<Collected, Error> {
+        // gc works from tags alone; the config only contributes a default region, so gc runs
+        // without one when none was named and bake.toml is not here. A named one is always read.
+        let config = if ctx.config.is_none() && !ctx.config_path().exists() {
+            None
+        } else {
+            Some(ctx.config()?)
+        };
+        let target = ctx.target(config.as_ref(), HOUSEKEEPING);
+        if config.is_none() {
+            let (region, from) = sdk::region_and_source(&target).await?;
+            output::note(&format!(
+                "gc: no config ({DEFAULT_CONFIG} is not here; name one with -c or BAKE_CONFIG): \
+                 working in region {region}, from {from}"
+            ));
+        }
+        let clients = ctx.clients(config.as_ref(), HOUSEKEEPING).await?;
+        // --ttl is at most ten years, so this is a real time; the epoch would mean "everything".
+        let cutoff = SystemTime::now()
+            .checked_sub(self.ttl)
+            .unwrap_or(UNIX_EPOCH);
+        let scope = janitor::Scope::LeftBefore(cutoff);
+        let found = janitor::find(&clients, &scope, &Default::default()).await?;
+        if !self.dry_run {
+            janitor::delete(&clients, &found).await?;
+        }
+        Ok(Collected {
+            region: clients.region,
+            dry_run: self.dry_run,
+            resources: found,
+        })
+    }
+}
+
+/// `--ttl`: a duration from 0s to [`MAX_TTL`], so the cutoff `now - ttl` is a real time.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let range = format!("from 0s to {}", humantime::format_duration(MAX_TTL));
+    let ttl = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; write a duration {range}, like \"2h\" or \"7d\""))?;
+    if ttl > MAX_TTL {
+        return Err(format!("must be {range} (like \"2h\" or \"7d\")"));
+    }
+    Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_bounded_and_ten_years_as_humantime_counts_them_fits() {
+        assert_eq!(humantime::parse_duration("10y").unwrap(), MAX_TTL);
+        assert_eq!(parse_ttl("10y").unwrap(), MAX_TTL);
+        assert_eq!(parse_ttl("0s").unwrap(), Duration::ZERO);
+        let refused = parse_ttl("300000000000y").unwrap_err();
+        assert!(refused.contains("from 0s to 10years"), "{refused}");
+        assert!(parse_ttl("10y 1s").is_err());
+        assert!(
+            parse_ttl("soon")
+                .unwrap_err()
+                .contains("from 0s to 10years")
+        );
+    }
+}

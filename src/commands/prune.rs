@@ -1,0 +1,87 @@
+//! `bake prune IMAGE...`: deregister old AMIs of images and delete their snapshots.
+
+use serde::Serialize;
+
+use super::{Context, HOUSEKEEPING, Images, Outcome};
+use crate::Error;
+use crate::prune::{self, Pruned};
+
+/// Deregister old AMIs of images and delete their snapshots, keeping the newest and every
+/// AMI still used by an instance, a launch template or an Auto Scaling group.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    mut_arg("images", |a| a.help("Image names from the config")),
+    mut_arg("all", |a| a.help("Prune every image in the config")),
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub images: Images,
+    /// How many of each image's newest AMIs to keep (0 or more).
+    #[arg(long, default_value_t = 3, value_parser = super::parse_keep, allow_negative_numbers = true)]
+    pub keep: usize,
+    /// List what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where `bake pipeline` publishes (PREFIX/IMAGE/ami-id): the AMI in that parameter, in
+    /// any region, is kept.
+    #[arg(long, default_value = "/bake")]
+    pub publish_prefix: String,
+}
+
+/// What pruning each image did.
+#[derive(Debug, Serialize)]
+pub struct Prunes {
+    pub region: String,
+    pub dry_run: bool,
+    pub images: Vec<Pruned>,
+}
+
+impl std::fmt::Display for Prunes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for pruned in &self.images {
+            let name = &pruned.image;
+            for r in &pruned.removed {
+                writeln!(f, "{name}: {verb} {} {}", r.ami_id, r.name)?;
+            }
+            for k in &pruned.kept {
+                writeln!(f, "{name}: kept {} {} ({})", k.ami_id, k.name, k.why)?;
+            }
+            for region in &pruned.unread {
+                writeln!(
+                    f,
+                    "{name}: warning: cannot read the published parameter in {region}"
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Outcome for Prunes {}
+
+impl Args {
+    pub async fn run(self, ctx: &Context) -> Result<Prunes, Error> {
+        let config = ctx.config()?;
+        let names = self.images.names(&config)?;
+        let clients = ctx.clients(Some(&config), HOUSEKEEPING).await?;
+        let options = prune::Options {
+            keep: self.keep,
+            dry_run: self.dry_run,
+            publish_prefix: self.publish_prefix,
+        };
+        let mut images = Vec::new();
+        for name in &names {
+            images.push(prune::prune(&clients, name, &options).await?);
+        }
+        Ok(Prunes {
+            region: clients.region,
+            dry_run: options.dry_run,
+            images,
+        })
+    }
+}

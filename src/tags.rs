@@ -1,0 +1,71 @@
+//! Every tag key bake writes or looks for, and how tags are put on what it creates: nowhere else
+//! spells a key.
+
+use std::time::SystemTime;
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+
+/// The name EC2's console shows.
+pub const NAME: &str = "Name";
+/// The run that created the resource (what cleanup and `bake gc` look for).
+pub const RUN_ID: &str = "bake:run-id";
+/// When it was created (RFC 3339), for `bake gc --ttl` on resources without a creation time.
+pub const CREATED: &str = "bake:created";
+/// The `[image.NAME]` it belongs to.
+pub const IMAGE: &str = "bake:image";
+/// The digest of the image's inputs.
+pub const DIGEST: &str = "bake:digest";
+/// The base AMI an image was baked from.
+pub const BASE_AMI: &str = "bake:base-ami";
+/// The base AMI's name.
+pub const BASE_NAME: &str = "bake:base-name";
+/// The template an image was rendered from.
+pub const TEMPLATE: &str = "bake:template";
+/// The image's operating system.
+pub const OS: &str = "bake:os";
+/// The bake version that baked it.
+pub const VERSION: &str = "bake:version";
+/// When it was baked (RFC 3339).
+pub const BAKED_AT: &str = "bake:baked-at";
+/// The rollout a stack resource belongs to (never `bake:run-id`: `bake gc` must not touch the
+/// stack).
+pub const ROLLOUT: &str = "bake:rollout";
+
+/// An EC2 tag.
+pub fn tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+/// EC2 tags from key-value pairs.
+pub fn list<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<Tag> {
+    pairs.into_iter().map(|(k, v)| tag(k, v)).collect()
+}
+
+/// Tags for one resource type at creation: its Name, then `tags`.
+pub fn at_creation(kind: ResourceType, name: &str, tags: &[Tag]) -> TagSpecification {
+    let mut all = vec![tag(NAME, name)];
+    all.extend_from_slice(tags);
+    TagSpecification::builder()
+        .resource_type(kind)
+        .set_tags(Some(all))
+        .build()
+}
+
+/// An EC2 filter on a tag's value.
+pub fn filter(key: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
+}
+
+/// The tags every resource of a run carries.
+pub fn of_run(run_id: &str, image: &str, digest: &str) -> Vec<Tag> {
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    list([
+        (RUN_ID, run_id),
+        (IMAGE, image),
+        (DIGEST, digest),
+        (CREATED, now.as_str()),
+    ])
+}
