@@ -303,4 +303,62 @@ mod tests {
         );
         assert!(gaps.iter().any(|g| *g > Duration::from_secs(4)), "{gaps:?}");
     }
+
+    #[test]
+    fn each_look_of_a_wait_is_logged_at_debug_under_its_name() {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let calls = Cell::new(0);
+            let got: Result<(), PollError<()>> = runtime.block_on(until(
+                "waiting for i-1 to run",
+                Instant::now() + Duration::from_secs(60),
+                Schedule::every(Duration::from_secs(1)),
+                |_| {},
+                || {
+                    calls.set(calls.get() + 1);
+                    let n = calls.get();
+                    async move {
+                        if n < 3 {
+                            Check::Pending("pending".into())
+                        } else {
+                            Check::Ready(())
+                        }
+                    }
+                },
+            ));
+            got.unwrap();
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text.matches("waiting for i-1 to run: pending").count(),
+            2,
+            "{text}"
+        );
+        assert!(
+            text.contains("waiting for i-1 to run: ready after"),
+            "{text}"
+        );
+    }
 }
