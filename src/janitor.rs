@@ -265,24 +265,12 @@ async fn find_with_uses(
     };
     let mut found = Vec::new();
 
-    let listing = clients
-        .ec2
-        .describe_instances()
-        .filters(filter.clone())
-        .filters(resolve::live_instances());
-    let pages = clients
-        .call(|| listing.clone().into_paginator().send().try_collect())
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| "list instances".into())
-        .await?;
-    for page in pages {
-        for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-            let launched = instance
-                .launch_time()
-                .and_then(|t| SystemTime::try_from(*t).ok());
-            if let Some(id) = instance.instance_id().filter(|_| old_enough(launched)) {
-                found.push(Resource::Instance(id.to_owned()));
-            }
+    for instance in resolve::live_instances(clients, vec![filter.clone()]).await? {
+        let launched = instance
+            .launch_time()
+            .and_then(|t| SystemTime::try_from(*t).ok());
+        if let Some(id) = instance.instance_id().filter(|_| old_enough(launched)) {
+            found.push(Resource::Instance(id.to_owned()));
         }
     }
 

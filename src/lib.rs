@@ -151,13 +151,13 @@ impl Error {
                     kind: "ami",
                     message: e.to_string(),
                     position: match &e.step {
-                        ami::Step::Preflight(p) => bake_preflight_position(p),
+                        ami::Step::Preflight(p) => preflight_position(p),
                         _ => None,
                     },
                 })
                 .collect(),
             Error::Rollout(e) => one(match &e.step {
-                rollout::Step::Preflight(p) => rollout_preflight_position(p),
+                rollout::Step::Preflight(p) => preflight_position(p),
                 _ => None,
             }),
             Error::Pipeline(failures) => failures
@@ -244,25 +244,19 @@ fn config_position(e: &config::Error) -> Option<Position> {
     e.location().map(Position::from)
 }
 
+/// A template's or a reference's place: file, line and (when known) column.
+impl From<(String, usize, Option<usize>)> for Position {
+    fn from((file, line, column): (String, usize, Option<usize>)) -> Position {
+        Position { file, line, column }
+    }
+}
+
 fn render_position(e: &render::Error) -> Option<Position> {
-    e.location()
-        .map(|(file, line, column)| Position { file, line, column })
+    e.location().map(Position::from)
 }
 
-fn bake_preflight_position(e: &ami::preflight::Error) -> Option<Position> {
-    match e {
-        ami::preflight::Error::At { at, .. } => Some(at.into()),
-        ami::preflight::Error::Render(e) => render_position(e),
-        _ => None,
-    }
-}
-
-fn rollout_preflight_position(e: &rollout::preflight::Error) -> Option<Position> {
-    match e {
-        rollout::preflight::Error::At { at, .. } => Some(at.into()),
-        rollout::preflight::Error::Render(e) => render_position(e),
-        _ => None,
-    }
+fn preflight_position(e: &resolve::Error) -> Option<Position> {
+    e.position().map(Position::from)
 }
 
 /// Reports a failed command on stderr: `error: ...` for people, or with `-o json` one JSON object

@@ -144,21 +144,10 @@ async fn baked(clients: &Clients, image: &str) -> Result<Vec<Image>, CallError> 
 /// template, and the version every Auto Scaling group launches.
 async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError> {
     let mut used = published(clients).await?;
-    let listing = clients
-        .ec2
-        .describe_instances()
-        .filters(resolve::live_instances());
-    let pages = clients
-        .call(|| listing.clone().into_paginator().send().try_collect())
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| "list instances".into())
-        .await?;
-    for page in pages {
-        for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-            if let (Some(ami), Some(id)) = (instance.image_id(), instance.instance_id()) {
-                used.entry(ami.to_owned())
-                    .or_insert_with(|| format!("used by instance {id}"));
-            }
+    for instance in resolve::live_instances(clients, Vec::new()).await? {
+        if let (Some(ami), Some(id)) = (instance.image_id(), instance.instance_id()) {
+            used.entry(ami.to_owned())
+                .or_insert_with(|| format!("used by instance {id}"));
         }
     }
     // (template id, version) → who refers to it.

@@ -1,14 +1,19 @@
 //! Finding what the config refers to: EC2 filters, the one resource a reference matches (subnet,
-//! VPC), the checks on them (a public subnet, an instance profile that exists), and the AMI baked
-//! from an image's inputs, with the rule for when a deprecated one stops counting.
+//! VPC), the checks on them (a public subnet, an instance profile that exists), the AMI baked
+//! from an image's inputs (with the rule for when a deprecated one stops counting), and why a
+//! reference does not resolve, at its place in the config: every preflight problem.
 
 use std::future::Future;
+use std::ops::Range;
 use std::time::SystemTime;
 
-use aws_sdk_ec2::types::{Filter, Image};
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{Filter, Image, Instance};
 
 use crate::aws::{self, CallError, Clients};
-use crate::config::ResourceRef;
+use crate::config::{Config, Location, ResourceRef};
+use crate::render;
 use crate::tags;
 
 /// A subnet a reference resolved to.
@@ -20,10 +25,22 @@ pub struct Subnet {
     pub zone: String,
 }
 
-/// Why a reference does not resolve or fails its check.
+/// Why a bake or a rollout cannot start: a reference in the config that does not resolve or
+/// fails its check (at its place in the config), or a failed call. Nothing has been created or
+/// changed when one of these is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// None or several matched: `kind` is "subnet" or "VPC".
+    #[error(transparent)]
+    Render(#[from] render::Error),
+    /// A problem with a reference in the config, at its place in the file.
+    #[error("{at}: {field}: {source}")]
+    At {
+        at: Location,
+        field: String,
+        source: Box<Error>,
+    },
+    /// None or several matched, or the one found cannot be used: `kind` is "subnet", "VPC",
+    /// "base image" or "AMI".
     #[error("{kind} {reference} in {region}: {detail}")]
     Lookup {
         kind: &'static str,
@@ -41,18 +58,78 @@ pub enum Error {
          AmazonSSMManagedInstanceCore (the verify step runs through SSM)"
     )]
     NoProfile { profile: String },
+    #[error(
+        "cannot find this runner's address for allow_cidr = \"auto\" from {url}: {detail}; \
+             set allow_cidr to a CIDR, or --checkip-url"
+    )]
+    CheckIp { url: String, detail: String },
+    #[error("subnet {subnet} is in {found}, not in the rollout's VPC {vpc}")]
+    WrongVpc {
+        subnet: String,
+        found: String,
+        vpc: String,
+    },
+    #[error(
+        "the load balancer's subnets are all in {zone}; an Application Load Balancer needs two \
+         availability zones"
+    )]
+    OneZone { zone: String },
+    #[error(
+        "subnet {subnet} is in {zone}, where the load balancer has no subnet (it has {covered}): \
+         its instances would stay `unused` (Target.NotInUse); add a subnet in {zone} to \
+         alb_subnets or move the instances out of it"
+    )]
+    ZoneNotCovered {
+        subnet: String,
+        zone: String,
+        covered: String,
+    },
+    #[error(
+        "no available AMI in {region} was baked from image {image}'s current inputs (digest \
+         {digest:.12}); run `bake ami {image}` first, or pass --ami"
+    )]
+    NotBaked {
+        image: String,
+        digest: String,
+        region: String,
+    },
     /// An AWS call failed (credentials, network, permissions).
     #[error(transparent)]
     Api(#[from] CallError),
 }
 
 impl Error {
-    /// A reference that does not resolve is a usage error (2); a failed call a failure (1).
+    /// Problems with the config's references are usage errors (2); failed calls are failures (1).
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Api(_) => 1,
+            Error::At { source, .. } => source.exit_code(),
             _ => 2,
         }
+    }
+
+    /// Where in the config the problem is, when it has a place: a reference's, or a template's
+    /// (file, line, column).
+    pub fn position(&self) -> Option<(String, usize, Option<usize>)> {
+        match self {
+            Error::At { at, .. } => Some((at.path.display().to_string(), at.line, Some(at.col))),
+            Error::Render(e) => e.location(),
+            _ => None,
+        }
+    }
+}
+
+/// Puts a problem with the reference at `span` of the config at its place, naming it `field`
+/// (`image.web.builder.subnet`); a failed call stays as it is.
+pub fn at(config: &Config, span: Range<usize>, field: String) -> impl FnOnce(Error) -> Error {
+    let at = config.source.locate(span.start);
+    move |e| match e {
+        Error::Api(_) => e,
+        other => Error::At {
+            at,
+            field,
+            source: Box::new(other),
+        },
     }
 }
 
@@ -69,12 +146,28 @@ pub fn filter_any(name: &str, values: &[&str]) -> Filter {
         .build()
 }
 
-/// Instances that are not terminated or on their way out: they hold their AMI and groups.
-pub fn live_instances() -> Filter {
-    filter_any(
-        "instance-state-name",
-        &["pending", "running", "stopping", "stopped"],
-    )
+/// The instances `filters` pick that are not terminated or on their way out: they hold their
+/// AMI and security groups.
+pub async fn live_instances(
+    clients: &Clients,
+    filters: Vec<Filter>,
+) -> Result<Vec<Instance>, CallError> {
+    let live = ["pending", "running", "stopping", "stopped"];
+    let listing = clients
+        .ec2
+        .describe_instances()
+        .set_filters(Some(filters))
+        .filters(filter_any("instance-state-name", &live));
+    let pages = clients
+        .call(|| listing.clone().into_paginator().send().try_collect())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| "list instances".into())
+        .await?;
+    Ok(pages
+        .into_iter()
+        .flat_map(|page| page.reservations.unwrap_or_default())
+        .flat_map(|reservation| reservation.instances.unwrap_or_default())
+        .collect())
 }
 
 /// EC2 filters for an id-or-tags reference, and how to name it in messages.
@@ -109,44 +202,53 @@ pub fn exactly_one<T>(
     }
 }
 
-/// The one `kind` that `r` names: `describe` lists what matches the filters for its id filter.
-async fn one<T, Fut>(
+/// A kind of resource a reference can name: its name in messages, the EC2 filter on its id, and
+/// how to read a found one's id.
+struct Kind<T> {
+    name: &'static str,
+    id_filter: &'static str,
+    id: fn(&T) -> Option<&str>,
+}
+
+/// The one resource of `kind` that `r` names: `describe` asks EC2 with the reference's filters,
+/// `found` takes the matches from its answer.
+async fn one<T, O, E, Fut>(
     clients: &Clients,
     r: &ResourceRef,
-    kind: &'static str,
-    id_filter: &str,
-    describe: impl FnOnce(Vec<Filter>) -> Fut,
-    id: impl Fn(&T) -> Option<&str>,
+    kind: &Kind<T>,
+    describe: impl Fn(Vec<Filter>) -> Fut,
+    found: impl FnOnce(O) -> Option<Vec<T>>,
 ) -> Result<T, Error>
 where
-    Fut: Future<Output = Result<Vec<T>, CallError>>,
+    Fut: Future<Output = Result<O, SdkError<E, HttpResponse>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let (filters, reference) = filters(r, id_filter);
-    let found = describe(filters).await?;
-    exactly_one(found, kind, id).map_err(|detail| Error::Lookup {
-        kind,
+    let (filters, reference) = filters(r, kind.id_filter);
+    let answer = clients
+        .call(|| describe(filters.clone()))
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| format!("describe {}s", kind.name))
+        .await?;
+    let all = found(answer).unwrap_or_default();
+    exactly_one(all, kind.name, kind.id).map_err(|detail| Error::Lookup {
+        kind: kind.name,
         reference,
         region: clients.region.clone(),
         detail,
     })
 }
 
+const SUBNET: Kind<aws_sdk_ec2::types::Subnet> = Kind {
+    name: "subnet",
+    id_filter: "subnet-id",
+    id: |s| s.subnet_id(),
+};
+
 /// The one subnet a reference names.
 pub async fn subnet(clients: &Clients, r: &ResourceRef) -> Result<Subnet, Error> {
-    let describe = |filters: Vec<Filter>| async move {
-        let request = clients.ec2.describe_subnets().set_filters(Some(filters));
-        let out = clients.call(|| request.clone().send());
-        let out = out.settle(&aws::THROTTLE_BURST);
-        Ok(out
-            .or_fail(|| "describe subnets".into())
-            .await?
-            .subnets
-            .unwrap_or_default())
-    };
-    let one = one(clients, r, "subnet", "subnet-id", describe, |s| {
-        s.subnet_id()
-    })
-    .await?;
+    let ec2 = &clients.ec2;
+    let describe = |f| ec2.describe_subnets().set_filters(Some(f)).send();
+    let one = one(clients, r, &SUBNET, describe, |o| o.subnets).await?;
     Ok(Subnet {
         id: one.subnet_id().unwrap_or_default().to_owned(),
         vpc_id: one.vpc_id().unwrap_or_default().to_owned(),
@@ -156,18 +258,16 @@ pub async fn subnet(clients: &Clients, r: &ResourceRef) -> Result<Subnet, Error>
 
 /// The id of the one VPC a reference names.
 pub async fn vpc(clients: &Clients, r: &ResourceRef) -> Result<String, Error> {
-    let describe = |filters: Vec<Filter>| async move {
-        let request = clients.ec2.describe_vpcs().set_filters(Some(filters));
-        let out = clients.call(|| request.clone().send());
-        let out = out.settle(&aws::THROTTLE_BURST);
-        Ok(out
-            .or_fail(|| "describe VPCs".into())
-            .await?
-            .vpcs
-            .unwrap_or_default())
+    let vpc = Kind {
+        name: "VPC",
+        id_filter: "vpc-id",
+        id: |v: &aws_sdk_ec2::types::Vpc| v.vpc_id(),
     };
-    let one = one(clients, r, "VPC", "vpc-id", describe, |v| v.vpc_id()).await?;
-    Ok(one.vpc_id().unwrap_or_default().to_owned())
+    let describe = |f| clients.ec2.describe_vpcs().set_filters(Some(f)).send();
+    Ok(one(clients, r, &vpc, describe, |o| o.vpcs)
+        .await?
+        .vpc_id
+        .unwrap_or_default())
 }
 
 /// A public subnet has a default route to an internet gateway, in its own route table or (when it

@@ -15,22 +15,6 @@ pub const CREATED: &str = "bake:created";
 pub const IMAGE: &str = "bake:image";
 /// The digest of the image's inputs.
 pub const DIGEST: &str = "bake:digest";
-/// The base AMI an image was baked from.
-pub const BASE_AMI: &str = "bake:base-ami";
-/// The base AMI's name.
-pub const BASE_NAME: &str = "bake:base-name";
-/// The template an image was rendered from.
-pub const TEMPLATE: &str = "bake:template";
-/// The image's operating system.
-pub const OS: &str = "bake:os";
-/// The bake version that baked it.
-pub const VERSION: &str = "bake:version";
-/// When it was baked (RFC 3339).
-pub const BAKED_AT: &str = "bake:baked-at";
-/// The rollout a stack resource belongs to (never `bake:run-id`: `bake gc` must not touch the
-/// stack).
-pub const ROLLOUT: &str = "bake:rollout";
-
 /// An EC2 tag.
 pub fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
@@ -69,3 +53,21 @@ pub fn of_run(run_id: &str, image: &str, digest: &str) -> Vec<Tag> {
         (CREATED, now.as_str()),
     ])
 }
+
+// What an image says about where it came from.
+
+/// The base AMI an image was baked from.
+pub const BASE_AMI: &str = "bake:base-ami";
+/// The base AMI's name.
+pub const BASE_NAME: &str = "bake:base-name";
+/// The template an image was rendered from.
+pub const TEMPLATE: &str = "bake:template";
+/// The image's operating system.
+pub const OS: &str = "bake:os";
+/// The bake version that baked it.
+pub const VERSION: &str = "bake:version";
+/// When it was baked (RFC 3339).
+pub const BAKED_AT: &str = "bake:baked-at";
+/// The rollout a stack resource belongs to (never `bake:run-id`: `bake gc` must not touch the
+/// stack).
+pub const ROLLOUT: &str = "bake:rollout";

@@ -5,9 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::ImageState;
 
-use crate::aws::{self, CallError, Clients};
-use crate::config::{BaseImage, Config, Image, Location, Os};
-use crate::render::{self, Rendered, Renderer};
+use crate::aws::{self, Clients};
+use crate::config::{BaseImage, Config, Image, Os};
+use crate::render::{Rendered, Renderer};
+pub use crate::resolve::Error;
 use crate::resolve::{self, Subnet, filter};
 
 /// A what's-my-IP lookup answers in well under a second; 10 s means the service is down.
@@ -39,58 +40,6 @@ pub struct BaseAmi {
     pub root_device: String,
 }
 
-/// Why a bake cannot start. Nothing has been created when one of these is returned.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Render(#[from] render::Error),
-    /// A problem with a reference in the config, at its place in the file.
-    #[error("{at}: {field}: {source}")]
-    At {
-        at: Location,
-        field: String,
-        source: Box<Error>,
-    },
-    #[error("base image {reference} in {region}: {detail}")]
-    Base {
-        reference: String,
-        region: String,
-        detail: String,
-    },
-    /// A subnet or instance profile that does not resolve or fails its check.
-    #[error(transparent)]
-    Resolve(resolve::Error),
-    #[error(
-        "cannot find this runner's address for allow_cidr = \"auto\" from {url}: {detail}; \
-             set allow_cidr to a CIDR, or --checkip-url"
-    )]
-    CheckIp { url: String, detail: String },
-    /// An AWS call failed (credentials, network, permissions).
-    #[error(transparent)]
-    Api(#[from] CallError),
-}
-
-impl Error {
-    /// Problems with the config's references are usage errors (2); failed calls are failures (1).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Error::Api(_) => 1,
-            Error::At { source, .. } => source.exit_code(),
-            _ => 2,
-        }
-    }
-}
-
-impl From<resolve::Error> for Error {
-    /// A failed call stays a failed call ([`Error::Api`]), whichever step made it.
-    fn from(e: resolve::Error) -> Error {
-        match e {
-            resolve::Error::Api(e) => Error::Api(e),
-            other => Error::Resolve(other),
-        }
-    }
-}
-
 /// Resolves the base image, subnet, profile and allowed CIDR, and renders the user data.
 pub async fn plan(
     clients: &Clients,
@@ -103,18 +52,7 @@ pub async fn plan(
     let rendered = renderer.render(config, name, image)?;
     let ami_name = renderer.ami_name(config, name, image, &rendered.digest, SystemTime::now())?;
     // Problems with a reference point at it in the config; failed calls stay as they are.
-    let at = |span: std::ops::Range<usize>, field: &str| {
-        let at = config.source.locate(span.start);
-        let field = format!("image.{name}.{field}");
-        move |e: Error| match e {
-            Error::Api(_) => e,
-            other => Error::At {
-                at,
-                field,
-                source: Box::new(other),
-            },
-        }
-    };
+    let at = |span, field: &str| resolve::at(config, span, format!("image.{name}.{field}"));
     let builder = &image.builder;
     let (base, subnet, profile, allow_cidr) = tokio::try_join!(
         async {
@@ -125,14 +63,15 @@ pub async fn plan(
         async {
             resolve::subnet(clients, builder.subnet.get_ref())
                 .await
-                .map_err(|e| at(builder.subnet.span(), "builder.subnet")(e.into()))
+                .map_err(at(builder.subnet.span(), "builder.subnet"))
         },
         async {
             resolve::check_profile(clients, builder.instance_profile.get_ref())
                 .await
-                .map_err(|e| {
-                    at(builder.instance_profile.span(), "builder.instance_profile")(e.into())
-                })
+                .map_err(at(
+                    builder.instance_profile.span(),
+                    "builder.instance_profile",
+                ))
         },
         async {
             allow_cidr(builder.allow_cidr.get_ref(), checkip_url)
@@ -142,7 +81,7 @@ pub async fn plan(
     )?;
     resolve::check_public(clients, &subnet)
         .await
-        .map_err(|e| at(builder.subnet.span(), "builder.subnet")(e.into()))?;
+        .map_err(at(builder.subnet.span(), "builder.subnet"))?;
     Ok(Plan {
         image: name.to_owned(),
         template: image.template.get_ref().clone(),
@@ -157,7 +96,8 @@ pub async fn plan(
 }
 
 async fn resolve_base(clients: &Clients, base: &BaseImage) -> Result<BaseAmi, Error> {
-    let fail = |reference: String, detail: String| Error::Base {
+    let fail = |reference: String, detail: String| Error::Lookup {
+        kind: "base image",
         reference,
         region: clients.region.clone(),
         detail,

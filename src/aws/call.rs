@@ -199,6 +199,18 @@ pub struct Settle {
     pub schedule: Schedule,
 }
 
+impl Settle {
+    /// A window of `within` in which `codes` mean "not yet", asked again on [`SETTLE_SCHEDULE`].
+    pub const fn new(what: &'static str, codes: &'static [&'static str], within: Duration) -> Self {
+        Settle {
+            what,
+            codes,
+            within,
+            schedule: SETTLE_SCHEDULE,
+        }
+    }
+}
+
 /// Asking again after 1 s, then every 2 s, growing to 10 s: the windows below are seconds long
 /// usually and minutes at worst.
 const SETTLE_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(2))
@@ -208,69 +220,58 @@ const SETTLE_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(2))
 
 /// "Eventual consistency in the Amazon EC2 API": an id returned by RunInstances may be unknown to
 /// the next calls for a few seconds, rarely up to a minute; 2 minutes is a broken region.
-pub const NEW_INSTANCE: Settle = Settle {
-    what: "EC2 to learn of the new instance",
-    codes: &["InvalidInstanceID.NotFound"],
-    within: Duration::from_secs(120),
-    schedule: SETTLE_SCHEDULE,
-};
+pub const NEW_INSTANCE: Settle = Settle::new(
+    "EC2 to learn of the new instance",
+    &["InvalidInstanceID.NotFound"],
+    Duration::from_secs(120),
+);
 /// The same documented window for a security group that CreateSecurityGroup just returned.
-pub const NEW_SECURITY_GROUP: Settle = Settle {
-    what: "EC2 to learn of the new security group",
-    codes: &["InvalidGroup.NotFound", "InvalidGroupId.NotFound"],
-    within: Duration::from_secs(120),
-    schedule: SETTLE_SCHEDULE,
-};
+pub const NEW_SECURITY_GROUP: Settle = Settle::new(
+    "EC2 to learn of the new security group",
+    &["InvalidGroup.NotFound", "InvalidGroupId.NotFound"],
+    Duration::from_secs(120),
+);
 /// The same documented window for an AMI that CreateImage or CopyImage just returned.
-pub const NEW_IMAGE: Settle = Settle {
-    what: "EC2 to learn of the new image",
-    codes: &["InvalidAMIID.NotFound"],
-    within: Duration::from_secs(120),
-    schedule: SETTLE_SCHEDULE,
-};
+pub const NEW_IMAGE: Settle = Settle::new(
+    "EC2 to learn of the new image",
+    &["InvalidAMIID.NotFound"],
+    Duration::from_secs(120),
+);
 /// GetCommandInvocation answers InvocationDoesNotExist until the command reaches the instance's
 /// queue, usually within seconds of SendCommand.
-pub const NEW_INVOCATION: Settle = Settle {
-    what: "SSM to record the command's invocation",
-    codes: &["InvocationDoesNotExist"],
-    within: Duration::from_secs(60),
-    schedule: SETTLE_SCHEDULE,
-};
+pub const NEW_INVOCATION: Settle = Settle::new(
+    "SSM to record the command's invocation",
+    &["InvocationDoesNotExist"],
+    Duration::from_secs(60),
+);
 /// DeleteSnapshot answers InvalidSnapshot.InUse while a just-deregistered AMI still holds the
 /// snapshot; the deregistration settles in seconds to a few minutes.
-pub const SNAPSHOT_RELEASE: Settle = Settle {
-    what: "EC2 to release the snapshot from the deregistered image",
-    codes: &["InvalidSnapshot.InUse"],
-    within: Duration::from_secs(300),
-    schedule: SETTLE_SCHEDULE,
-};
+pub const SNAPSHOT_RELEASE: Settle = Settle::new(
+    "EC2 to release the snapshot from the deregistered image",
+    &["InvalidSnapshot.InUse"],
+    Duration::from_secs(300),
+);
 /// After DeleteLoadBalancer, its target groups answer ResourceInUse and its security groups
 /// DependencyViolation while its network interfaces are released: tens of seconds, sometimes
 /// minutes (Terraform's provider waits up to 10 minutes for the same).
-pub const LOAD_BALANCER_RELEASE: Settle = Settle {
-    what: "the load balancer's network interfaces to be released",
-    codes: &["ResourceInUse", "DependencyViolation"],
-    within: Duration::from_secs(600),
-    schedule: SETTLE_SCHEDULE,
-};
+pub const LOAD_BALANCER_RELEASE: Settle = Settle::new(
+    "the load balancer's network interfaces to be released",
+    &["ResourceInUse", "DependencyViolation"],
+    Duration::from_secs(600),
+);
 /// A terminated instance's network interface holds its security groups for a minute or two;
 /// until then DeleteSecurityGroup answers DependencyViolation.
-pub const INSTANCE_RELEASE: Settle = Settle {
-    what: "terminated instances to release the security group",
-    codes: &["DependencyViolation"],
-    within: Duration::from_secs(300),
-    schedule: SETTLE_SCHEDULE,
-};
+pub const INSTANCE_RELEASE: Settle = Settle::new(
+    "terminated instances to release the security group",
+    &["DependencyViolation"],
+    Duration::from_secs(300),
+);
 
 /// No window of eventual consistency: only transient answers (throttling, 5xx, timeouts) are
 /// asked again. AWS throttles in bursts per account and region that can outlast the SDK's own
 /// retries; a burst lasts seconds to a minute, so 2 minutes covers it.
-pub const THROTTLE_BURST: Settle = Settle {
-    what: "the throttling to pass",
-    codes: &[],
-    within: Duration::from_secs(120),
-    schedule: SETTLE_SCHEDULE,
-};
+pub const THROTTLE_BURST: Settle =
+    Settle::new("the throttling to pass", &[], Duration::from_secs(120));
 
 /// Calls `call` until it succeeds, fails for good, or `settle.within` passes. An answer in
 /// `settle.codes`, or a transient one (throttling, 5xx, timeout), is asked again on the settle

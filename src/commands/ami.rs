@@ -19,10 +19,7 @@ const VERIFY_DEFAULT: Duration = Duration::from_secs(10 * 60);
 /// Bake verified golden AMIs: launch a builder, wait for HTTP health, verify through SSM,
 /// create the AMI, terminate the builder. Prints the AMI id.
 #[derive(Debug, Clone, clap::Args)]
-#[command(
-    mut_arg("images", |a| a.help("Image names from the config; several are baked at once")),
-    mut_arg("all", |a| a.help("Bake every image in the config")),
-)]
+#[command(mut_arg("images", |a| a.help(IMAGES)), mut_arg("all", |a| a.help(ALL)))]
 pub struct Args {
     #[command(flatten)]
     pub images: Images,
@@ -35,6 +32,10 @@ pub struct Args {
     #[command(flatten)]
     pub checkip: CheckIp,
 }
+
+/// The help of `IMAGES...` and `--all` here.
+const IMAGES: &str = "Image names from the config; several are baked at once";
+const ALL: &str = "Bake every image in the config";
 
 /// The images baked (or found baked), and those that failed.
 #[derive(Debug, Serialize)]

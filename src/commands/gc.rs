@@ -34,20 +34,16 @@ pub struct Collected {
     pub resources: Vec<Resource>,
 }
 
+impl Outcome for Collected {}
+
 impl std::fmt::Display for Collected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let verb = if self.dry_run {
-            "would delete"
-        } else {
-            "deleted"
-        };
+        let verb = super::verb(self.dry_run, "deleted", "would delete");
         self.resources
             .iter()
             .try_for_each(|r| writeln!(f, "{verb} {r}"))
     }
 }
-
-impl Outcome for Collected {}
 
 impl Args {
     pub async fn run(self, ctx: &Context) -> Result<Collected, Error> {

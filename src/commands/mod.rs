@@ -130,6 +130,11 @@ pub struct CheckIp {
     pub checkip_url: String,
 }
 
+/// What a listing says was done: `done`, or with `--dry-run` what `would` be.
+fn verb(dry_run: bool, done: &'static str, would: &'static str) -> &'static str {
+    if dry_run { would } else { done }
+}
+
 /// `--keep`: a count of AMIs, so a whole number from 0 up.
 fn parse_keep(text: &str) -> Result<usize, String> {
     text.trim().parse().map_err(|_| {

@@ -9,10 +9,7 @@ use crate::prune::{self, Pruned};
 /// Deregister old AMIs of images and delete their snapshots, keeping the newest and every
 /// AMI still used by an instance, a launch template or an Auto Scaling group.
 #[derive(Debug, Clone, clap::Args)]
-#[command(
-    mut_arg("images", |a| a.help("Image names from the config")),
-    mut_arg("all", |a| a.help("Prune every image in the config")),
-)]
+#[command(mut_arg("images", |a| a.help(IMAGES)), mut_arg("all", |a| a.help(ALL)))]
 pub struct Args {
     #[command(flatten)]
     pub images: Images,
@@ -28,6 +25,10 @@ pub struct Args {
     pub publish_prefix: String,
 }
 
+/// The help of `IMAGES...` and `--all` here.
+const IMAGES: &str = "Image names from the config";
+const ALL: &str = "Prune every image in the config";
+
 /// What pruning each image did.
 #[derive(Debug, Serialize)]
 pub struct Prunes {
@@ -38,11 +39,7 @@ pub struct Prunes {
 
 impl std::fmt::Display for Prunes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let verb = if self.dry_run {
-            "would remove"
-        } else {
-            "removed"
-        };
+        let verb = super::verb(self.dry_run, "removed", "would remove");
         for pruned in &self.images {
             let name = &pruned.image;
             for r in &pruned.removed {

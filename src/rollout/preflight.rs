@@ -2,9 +2,10 @@
 
 use aws_sdk_ec2::types::ImageState;
 
-use crate::aws::{CallError, Clients};
-use crate::config::{Config, Health, Location, ResourceRef, Rollout};
-use crate::render::{self, Renderer};
+use crate::aws::Clients;
+use crate::config::{Config, Health, ResourceRef, Rollout};
+use crate::render::Renderer;
+pub use crate::resolve::Error;
 use crate::resolve::{self, Subnet};
 
 /// Everything resolved for one rollout.
@@ -42,83 +43,6 @@ pub struct Names {
     pub instance_security_group: String,
 }
 
-/// Why a rollout cannot start. Nothing has been created or changed when one of these is returned.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Render(#[from] render::Error),
-    /// A problem with a reference in the config, at its place in the file.
-    #[error("{at}: {field}: {source}")]
-    At {
-        at: Location,
-        field: String,
-        source: Box<Error>,
-    },
-    /// A VPC, subnet or instance profile that does not resolve or fails its check.
-    #[error(transparent)]
-    Reference(resolve::Error),
-    #[error("subnet {subnet} is in {found}, not in the rollout's VPC {vpc}")]
-    WrongVpc {
-        subnet: String,
-        found: String,
-        vpc: String,
-    },
-    #[error(
-        "the load balancer's subnets are all in {zone}; an Application Load Balancer needs two \
-         availability zones"
-    )]
-    OneZone { zone: String },
-    #[error(
-        "subnet {subnet} is in {zone}, where the load balancer has no subnet (it has {covered}): \
-         its instances would stay `unused` (Target.NotInUse); add a subnet in {zone} to \
-         alb_subnets or move the instances out of it"
-    )]
-    ZoneNotCovered {
-        subnet: String,
-        zone: String,
-        covered: String,
-    },
-    #[error("AMI {ami_id} in {region}: {detail}")]
-    Ami {
-        ami_id: String,
-        region: String,
-        detail: String,
-    },
-    #[error(
-        "no available AMI in {region} was baked from image {image}'s current inputs (digest \
-         {digest:.12}); run `bake ami {image}` first, or pass --ami"
-    )]
-    NotBaked {
-        image: String,
-        digest: String,
-        region: String,
-    },
-    #[error(transparent)]
-    Api(#[from] CallError),
-}
-
-impl Error {
-    /// Problems with the config or the AMI are usage errors (2); failed calls are failures (1).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Error::Api(_) => 1,
-            Error::Reference(e) => e.exit_code(),
-            Error::At { source, .. } => source.exit_code(),
-            _ => 2,
-        }
-    }
-}
-
-impl From<resolve::Error> for Error {
-    /// A failed call stays a failed call ([`Error::Api`]), whichever step made it.
-    fn from(e: resolve::Error) -> Error {
-        match e {
-            resolve::Error::Api(e) => Error::Api(e),
-            other => Error::Reference(other),
-        }
-    }
-}
-
 /// Resolves the VPC, subnets, profile and AMI of `[rollout.NAME]`.
 pub async fn plan(
     clients: &Clients,
@@ -133,18 +57,8 @@ pub async fn plan(
         digest: String::new(),
         region: clients.region.clone(),
     })?;
-    let at = |span: std::ops::Range<usize>, field: &str| {
-        let at = config.source.locate(span.start);
-        let field = format!("rollout.{name}.{field}");
-        move |e: Error| match e {
-            Error::Api(_) => e,
-            other => Error::At {
-                at,
-                field,
-                source: Box::new(other),
-            },
-        }
-    };
+    // Problems with a reference point at it in the config; failed calls stay as they are.
+    let at = |span, field: &str| resolve::at(config, span, format!("rollout.{name}.{field}"));
     let ami = match ami {
         Some(id) => describe_ami(clients, id).await?,
         None => {
@@ -154,14 +68,14 @@ pub async fn plan(
     };
     let vpc_id = resolve::vpc(clients, rollout.vpc.get_ref())
         .await
-        .map_err(|e| at(rollout.vpc.span(), "vpc")(e.into()))?;
+        .map_err(at(rollout.vpc.span(), "vpc"))?;
     let alb_subnets = subnets(clients, rollout.alb_subnets.get_ref(), &vpc_id)
         .await
         .map_err(at(rollout.alb_subnets.span(), "alb_subnets"))?;
     for subnet in &alb_subnets {
         resolve::check_public(clients, subnet)
             .await
-            .map_err(|e| at(rollout.alb_subnets.span(), "alb_subnets")(e.into()))?;
+            .map_err(at(rollout.alb_subnets.span(), "alb_subnets"))?;
     }
     if alb_subnets.iter().all(|s| s.zone == alb_subnets[0].zone) {
         return Err(at(rollout.alb_subnets.span(), "alb_subnets")(
@@ -179,7 +93,7 @@ pub async fn plan(
         Some(profile) => Some(
             resolve::check_profile(clients, profile.get_ref())
                 .await
-                .map_err(|e| at(profile.span(), "instance_profile")(e.into()))?,
+                .map_err(at(profile.span(), "instance_profile"))?,
         ),
         None => None,
     };
@@ -229,8 +143,9 @@ pub fn check_zones(alb_subnets: &[Subnet], instance_subnets: &[Subnet]) -> Resul
 }
 
 async fn describe_ami(clients: &Clients, id: &str) -> Result<Ami, Error> {
-    let fail = |detail: &str| Error::Ami {
-        ami_id: id.to_owned(),
+    let fail = |detail: &str| Error::Lookup {
+        kind: "AMI",
+        reference: id.to_owned(),
         region: clients.region.clone(),
         detail: detail.to_owned(),
     };
