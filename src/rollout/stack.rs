@@ -1,5 +1,6 @@
 //! The stack: security groups, target group, load balancer and listener, launch template and its
-//! new version, the Auto Scaling group and its scaling policy; found by name, created when missing.
+//! new version, the Auto Scaling group and its scaling policy; found by name, created when missing,
+//! and removed again (waiting for a deleted group's instances) when a first rollout fails.
 
 use std::time::Duration;
 
