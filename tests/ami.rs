@@ -212,6 +212,64 @@ async fn nginx_example_bakes_once_and_the_ami_serves_the_page() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn dash_v_shows_every_aws_call_of_a_bake_with_its_duration_and_dash_vv_each_wait() {
+    let lab = Lab::start().await;
+    let scratch = Scratch::new(&quick_config(
+        "body = \"hello\"",
+        "expect_body = \"hello\"",
+        "",
+    ));
+    let out = lab
+        .run_bake(&["-vv", "-c", &scratch.config(), "ami", "quick"])
+        .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let calls: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("bake::aws::trace"))
+        .collect();
+    // Each line: "<service> <operation> [ids]: <answer> in <duration>[ (N attempts)]".
+    let mut attempts = 0;
+    for line in &calls {
+        let took = line.rsplit(" in ").next().unwrap_or_default();
+        assert!(took.starts_with(|c: char| c.is_ascii_digit()), "{line}");
+        attempts += took
+            .split_once(" (")
+            .and_then(|(_, n)| n.split(' ').next()?.parse::<usize>().ok())
+            .unwrap_or(1);
+    }
+    for operation in ["EC2 RunInstances", "EC2 CreateImage", "SSM SendCommand"] {
+        assert!(
+            calls.iter().any(|l| l.contains(operation)),
+            "{operation}: {calls:#?}"
+        );
+    }
+    assert!(
+        calls.iter().any(|l| l.contains("EC2 RunInstances ami-")),
+        "the ids a call was about: {calls:#?}"
+    );
+    // The lab logs every request it serves; those naming no API action are not bake's calls.
+    let requests: Vec<String> = lab
+        .requests()
+        .await
+        .iter()
+        .filter_map(|r| r["action"].as_str().filter(|a| !a.is_empty()))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        attempts,
+        requests.len(),
+        "one line per call the lab answered, its attempts counted: {requests:?}\n{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("DEBUG") && l.contains("waiting for the builder to run")),
+        "-vv shows the waits' looks: {err}"
+    );
+    lab.assert_nothing_left(&[&stdout(&out)], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn builder_that_never_serves_fails_at_the_health_deadline_and_leaves_nothing() {
     let lab = Lab::start().await;
     let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"15s\"", ""));

@@ -7,7 +7,8 @@ use std::time::Duration;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::{
-    BeforeSerializationInterceptorContextRef, FinalizerInterceptorContextRef,
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+    FinalizerInterceptorContextRef,
 };
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::retries::RequestAttempts;
@@ -27,6 +28,14 @@ impl Storable for Started {
     type Storer = StoreReplace<Started>;
 }
 
+/// The ids the request is about, read once it is serialized (it is gone once sent).
+#[derive(Debug, Clone)]
+struct Ids(Vec<String>);
+
+impl Storable for Ids {
+    type Storer = StoreReplace<Ids>;
+}
+
 impl Intercept for Trace {
     fn name(&self) -> &'static str {
         "bake::aws::trace"
@@ -38,6 +47,20 @@ impl Intercept for Trace {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         cfg.interceptor_state().store_put(Started(Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_serialization(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if tracing::enabled!(tracing::Level::INFO) {
+            let ids = context.request().body().bytes().map(key_ids);
+            cfg.interceptor_state()
+                .store_put(Ids(ids.unwrap_or_default()));
+        }
         Ok(())
     }
 
@@ -57,11 +80,7 @@ impl Intercept for Trace {
             .load::<Metadata>()
             .map_or(("?", "?"), |m| (m.service(), m.name()));
         let attempts = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
-        let ids = context
-            .request()
-            .and_then(|r| r.body().bytes())
-            .map(key_ids)
-            .unwrap_or_default();
+        let ids = cfg.load::<Ids>().map(|i| i.0.clone()).unwrap_or_default();
         let answer = match context.response() {
             Some(response) if response.status().is_success() => "ok".to_owned(),
             Some(response) => {
