@@ -20,20 +20,16 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Trace;
 
-/// When the call began (all its attempts included).
-#[derive(Debug, Clone, Copy)]
-struct Started(Instant);
-
-impl Storable for Started {
-    type Storer = StoreReplace<Started>;
+/// What the log line needs from the start of a call: when it began (all its attempts included)
+/// and the ids its request is about (read once serialized: the request is gone once sent).
+#[derive(Debug, Clone)]
+struct Traced {
+    started: Instant,
+    ids: Vec<String>,
 }
 
-/// The ids the request is about, read once it is serialized (it is gone once sent).
-#[derive(Debug, Clone)]
-struct Ids(Vec<String>);
-
-impl Storable for Ids {
-    type Storer = StoreReplace<Ids>;
+impl Storable for Traced {
+    type Storer = StoreReplace<Traced>;
 }
 
 impl Intercept for Trace {
@@ -46,7 +42,10 @@ impl Intercept for Trace {
         _context: &BeforeSerializationInterceptorContextRef<'_>,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        cfg.interceptor_state().store_put(Started(Instant::now()));
+        cfg.interceptor_state().store_put(Traced {
+            started: Instant::now(),
+            ids: Vec::new(),
+        });
         Ok(())
     }
 
@@ -56,10 +55,11 @@ impl Intercept for Trace {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if tracing::enabled!(tracing::Level::INFO) {
-            let ids = context.request().body().bytes().map(key_ids);
-            cfg.interceptor_state()
-                .store_put(Ids(ids.unwrap_or_default()));
+        let body = context.request().body().bytes();
+        if let (Some(traced), Some(body)) = (cfg.load::<Traced>(), body) {
+            let ids = key_ids(body);
+            let started = traced.started;
+            cfg.interceptor_state().store_put(Traced { started, ids });
         }
         Ok(())
     }
@@ -73,14 +73,15 @@ impl Intercept for Trace {
         if !tracing::enabled!(tracing::Level::INFO) {
             return Ok(());
         }
-        let took = cfg
-            .load::<Started>()
-            .map_or(Duration::ZERO, |s| s.0.elapsed());
+        let (took, ids) = cfg
+            .load::<Traced>()
+            .map_or((Duration::ZERO, Vec::new()), |t| {
+                (t.started.elapsed(), t.ids.clone())
+            });
         let (service, operation) = cfg
             .load::<Metadata>()
             .map_or(("?", "?"), |m| (m.service(), m.name()));
         let attempts = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
-        let ids = cfg.load::<Ids>().map(|i| i.0.clone()).unwrap_or_default();
         let answer = match context.response() {
             Some(response) if response.status().is_success() => "ok".to_owned(),
             Some(response) => {
