@@ -44,9 +44,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## test: lint, then every test: Rust (unit, CLI, lab) and the lab's own suite
+## test: lint, then every test: Rust (unit, CLI, lab) and the lab's own suite. Plain `cargo test`
+## skips the lab tests where LAB_PYTHON is not set; here BAKE_REQUIRE_LAB=1 makes a skip a failure.
 test: deps lint lab-image
-	$(CARGO) nextest run --locked --no-fail-fast
+	BAKE_REQUIRE_LAB=1 $(CARGO) nextest run --locked --no-fail-fast --success-output never
 	$(MAKE) --no-print-directory lab-test
 
 ## userdata: regenerate userdata/ from examples/ (commit the result)
