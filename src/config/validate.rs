@@ -529,23 +529,10 @@ mod tests {
 
     #[test]
     fn rollout_must_name_an_existing_image_and_sane_capacity() {
-        let rollout = r#"
-[rollout.web]
-image = "wbe"
-vpc = { tag = { Name = "VPC-Lab" } }
-alb_subnets = [{ id = "subnet-a" }, { id = "subnet-c" }]
-instance_subnets = [{ id = "subnet-b" }]
-launch_template = "Web"
-asg = "Web-ASG"
-alb = "Web-ALB"
-target_group = "Web-TG"
-capacity = { min = 2, desired = 2, max = 4 }
-"#;
-        let msg = error(&format!("{MINIMAL}{rollout}"));
+        let misnamed = ROLLOUT.replace("image = \"web\"", "image = \"wbe\"");
+        let msg = error(&format!("{MINIMAL}{misnamed}"));
         assert!(msg.contains("rollout.web.image: no [image.wbe]"), "{msg}");
-        let bad = rollout
-            .replace("\"wbe\"", "\"web\"")
-            .replace("desired = 2", "desired = 5");
+        let bad = ROLLOUT.replace("desired = 1", "desired = 5");
         let msg = error(&format!("{MINIMAL}{bad}"));
         assert!(msg.contains("min <= desired <= max"), "{msg}");
     }
