@@ -38,9 +38,9 @@ impl Lab {
             "LAB_PYTHON is not set: run the lab tests through `make test`, which builds the lab's \
              venv and base image",
         );
+        // The lab is a Python package (tests/lab), installed in the venv LAB_PYTHON belongs to.
         let mut child = Command::new(python)
-            .arg(repo().join("tests/lab/launcher.py"))
-            .args(["--port", "0"])
+            .args(["-m", "bake_lab", "serve", "--port", "0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
