@@ -13,7 +13,7 @@ LAB_APT_PACKAGES := debootstrap systemd-container nftables iproute2 python3-venv
 # pins), LAB_VENV the lab itself installed on top of them (one per version of its sources, about a megabyte).
 LAB_PINS := $(shell /usr/bin/python3 -c 'import tomllib; p = tomllib.load(open("$(LAB_DIR)/pyproject.toml", "rb"))["project"]; print(" ".join(p["dependencies"] + p["optional-dependencies"]["dev"]))')
 LAB_DEPS_HASH := $(shell echo '$(LAB_PINS)' | sha256sum | cut -c1-12)
-LAB_SRC_HASH := $(shell cd $(LAB_DIR) && find pyproject.toml src -type f ! -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12)
+LAB_SRC_HASH := $(shell cd $(LAB_DIR) && find pyproject.toml src -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12)
 LAB_DEPS_VENV ?= $(LAB_CACHE)/deps-$(LAB_DEPS_HASH)
 LAB_VENV ?= $(LAB_CACHE)/lab-$(LAB_SRC_HASH)
 LAB_PYTHON ?= $(LAB_VENV)/bin/python
