@@ -52,9 +52,9 @@ impl Lab {
     /// Starts a lab with `python` (the lab's venv), security groups enforced and eventual
     /// consistency on (the lab's defaults), as on AWS.
     async fn start(python: String) -> Lab {
+        // The lab is a Python package (tests/lab), installed in the venv LAB_PYTHON belongs to.
         let mut child = Command::new(python)
-            .arg(repo().join("tests/lab/launcher.py"))
-            .args(["--port", "0"])
+            .args(["-m", "bake_lab", "serve", "--port", "0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
