@@ -5,7 +5,8 @@ CARGO ?= cargo
 # Debian packages the tests need: shellcheck lints every rendered script.
 APT_PACKAGES := shellcheck
 
-# The lab: lab-deps, lab-image, lab-up, lab-down, lab-test; exports LAB_PYTHON for the tests.
+# The lab (a Python package, tests/lab): lab-deps, lab-image, lab-up, lab-down, lab-lint, lab-test; exports
+# LAB_PYTHON for the tests.
 include tests/lab/lab.mk
 
 .PHONY: all build demo bench test fmt lint deps userdata
@@ -39,14 +40,15 @@ bench: build lab-image
 fmt:
 	$(CARGO) fmt --all
 
-## lint: formatting and clippy, warnings are errors
-lint:
+## lint: formatting and clippy, warnings are errors; ruff on the lab, bench and demo (lab-lint)
+lint: lab-lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## test: lint, then every test: Rust (unit, CLI, lab) and the lab's own suite
+## test: lint, then every test: Rust (unit, CLI, lab) and the lab's own suite. Plain `cargo test`
+## skips the lab tests where LAB_PYTHON is not set; here BAKE_REQUIRE_LAB=1 makes a skip a failure.
 test: deps lint lab-image
-	$(CARGO) nextest run --locked --no-fail-fast
+	BAKE_REQUIRE_LAB=1 $(CARGO) nextest run --locked --no-fail-fast --success-output never
 	$(MAKE) --no-print-directory lab-test
 
 ## userdata: regenerate userdata/ from examples/ (commit the result)

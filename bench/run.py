@@ -12,12 +12,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bake_lab.client import LabProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "bench" / "bake.toml"
 BAKE = ROOT / "target" / "debug" / "bake"
 RESULTS = ROOT / "bench" / "results.json"
-sys.path.insert(0, str(ROOT / "tests" / "lab"))
-from lablib.client import LabProcess  # noqa: E402 (the lab's code lives beside its tests)
 REGION = "ap-northeast-2"
 # What the lab waits before each transition: about the fastest EC2 shows for a small image.
 LATENCY = {"instance_running": 5, "ssm_online": 5, "image_available": 20, "command": 0}
@@ -69,8 +69,7 @@ def timed_run(lab, argv):
     prober = threading.Thread(target=probe_page, args=(lab, stop, healthy), daemon=True)
     start = time.time()
     prober.start()
-    result = subprocess.run(argv, env=env(lab), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, timeout=RUN_TIMEOUT)
+    result = subprocess.run(argv, env=env(lab), capture_output=True, text=True, timeout=RUN_TIMEOUT)
     end = time.time()
     stop.set()
     prober.join()
@@ -155,7 +154,7 @@ def main():
         lab.stop()
 
     bake_lags = [lags(r) for r in bake_runs]
-    worst = {k: max(l[k] for l in bake_lags if l.get(k) is not None) for k in bake_lags[0]}
+    worst = {k: max(lag[k] for lag in bake_lags if lag.get(k) is not None) for k in bake_lags[0]}
     bake_calls = [sum(counts(r).values()) for r in bake_runs]
     hv_calls = [sum(n for a, n in counts(r).items() if a in HEALTH_VERIFY_ACTIONS) for r in bake_runs]
     packer_calls = [sum(counts(r).values()) for r in packer_runs]
@@ -166,7 +165,7 @@ def main():
         "detection lag <= 1 s for every wait": all(v <= 1.0 for v in worst.values()),
         "bake wall <= Packer wall (medians)": bake_wall["median"] <= packer_wall["median"],
         "bake calls - health/verify calls <= Packer calls":
-            max(b - h for b, h in zip(bake_calls, hv_calls)) <= min(packer_calls),
+            max(b - h for b, h in zip(bake_calls, hv_calls, strict=True)) <= min(packer_calls),
         "wall(4) / wall(1) <= 1.3": ratio <= 1.3,
     }
     results = {
@@ -189,13 +188,17 @@ def main():
 
 def table(r):
     b, p, f = r["bake"], r["packer"], r["bake_4_images"]
-    w = lambda s: f"{s['median']:.1f} s ({s['min']:.1f}–{s['max']:.1f})"
+
+    def w(s):
+        return f"{s['median']:.1f} s ({s['min']:.1f}–{s['max']:.1f})"
+
     lag = b["detection_lag_worst"]
     rows = [
         "| | bake | Packer " + p["version"] + " |",
         "|---|---|---|",
         f"| wall time, median (min–max) | {w(b['wall'])} | {w(p['wall'])} |",
-        f"| API calls per bake | {max(b['calls'])} (of which health/verify {max(b['health_verify_calls'])}) | {max(p['calls'])} |",
+        f"| API calls per bake | {max(b['calls'])} (of which health/verify {max(b['health_verify_calls'])}) | "
+        f"{max(p['calls'])} |",
         f"| detection lag, worst of {b['runs']}: running / SSM online / page healthy / image available | "
         f"{lag.get('instance_running', 0):.2f} / {lag.get('ssm_online', 0):.2f} / "
         f"{lag.get('page_healthy', 0):.2f} / {lag.get('image_available', 0):.2f} s | – |",

@@ -24,19 +24,9 @@ pub const READY_MARKER: &str = "/var/lib/bake/ready";
 /// Where the rendered script reports the line that failed.
 pub const FAILED_MARKER: &str = "/var/lib/bake/failed";
 
-/// The templates that ship inside the binary, by loader name.
-const BUILTIN: &[(&str, &str)] = &[
-    ("lamp.sh.j2", include_str!("../templates/lamp.sh.j2")),
-    ("nginx.sh.j2", include_str!("../templates/nginx.sh.j2")),
-    (
-        "partials/common.sh.j2",
-        include_str!("../templates/partials/common.sh.j2"),
-    ),
-    (
-        "partials/ready.sh.j2",
-        include_str!("../templates/partials/ready.sh.j2"),
-    ),
-];
+/// The templates that ship inside the binary, by loader name (`partials/common.sh.j2`): every
+/// file under templates/, listed by build.rs, so a template is built in by being there.
+const BUILTIN: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/builtin_templates.rs"));
 
 const TEMPLATE_SUFFIX: &str = ".sh.j2";
 const SHELL: AutoEscape = AutoEscape::Custom("shell");
@@ -954,6 +944,53 @@ commands = ["systemctl is-active nginx"]
             let rendered = renderer.render(&config, "web", &config.image["web"]);
             assert!(rendered.is_ok(), "{template}: {:?}", rendered.err());
         }
+    }
+
+    #[test]
+    fn every_file_under_templates_is_built_in_with_its_text() {
+        fn walk(dir: &Path, root: &Path, found: &mut Vec<(String, String)>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                let file = path.file_name().unwrap().to_str().unwrap();
+                if file.starts_with('.') {
+                    continue;
+                }
+                if path.is_dir() {
+                    walk(&path, root, found);
+                } else {
+                    let name = path.strip_prefix(root).unwrap().to_str().unwrap();
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    found.push((name.replace('\\', "/"), text));
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let mut on_disk = Vec::new();
+        walk(&root, &root, &mut on_disk);
+        on_disk.sort();
+        let mut built_in: Vec<(String, String)> = BUILTIN
+            .iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect();
+        built_in.sort();
+        let names = |list: &[(String, String)]| -> Vec<String> {
+            list.iter().map(|(n, _)| n.clone()).collect()
+        };
+        assert_eq!(names(&built_in), names(&on_disk));
+        assert!(
+            built_in == on_disk,
+            "a built-in template's text differs from its file"
+        );
+        // The ones a config can name: the top-level templates, not the partials.
+        let config = Config::parse(Path::new("bake.toml"), CONFIG.to_owned()).unwrap();
+        let available = Renderer::new(&config).unwrap().available();
+        let top: Vec<String> = on_disk
+            .iter()
+            .filter(|(n, _)| !n.contains('/'))
+            .filter_map(|(n, _)| n.strip_suffix(TEMPLATE_SUFFIX).map(str::to_owned))
+            .collect();
+        assert_eq!(available, top);
+        assert!(top.contains(&"nginx".to_owned()) && top.contains(&"lamp".to_owned()));
     }
 
     #[test]

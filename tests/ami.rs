@@ -132,7 +132,9 @@ async fn page(ip: &str, want: &str, limit: Duration) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_example_bakes_once_and_the_ami_serves_the_page() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let example = repo().join("examples/nginx-debian.toml");
     let example = example.to_str().unwrap();
     let out = lab.run_bake(&["-c", example, "ami", "web"]).await;
@@ -213,7 +215,9 @@ async fn nginx_example_bakes_once_and_the_ami_serves_the_page() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dash_v_shows_every_aws_call_of_a_bake_with_its_duration_and_dash_vv_each_wait() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let scratch = Scratch::new(&quick_config(
         "body = \"hello\"",
         "expect_body = \"hello\"",
@@ -271,7 +275,9 @@ async fn dash_v_shows_every_aws_call_of_a_bake_with_its_duration_and_dash_vv_eac
 
 #[tokio::test(flavor = "multi_thread")]
 async fn builder_that_never_serves_fails_at_the_health_deadline_and_leaves_nothing() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"15s\"", ""));
     let out = lab
         .run_bake(&["-c", &scratch.config(), "ami", "quick"])
@@ -286,7 +292,9 @@ async fn builder_that_never_serves_fails_at_the_health_deadline_and_leaves_nothi
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_verify_command_fails_with_its_output_and_leaves_nothing() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let scratch = Scratch::new(&quick_config(
         "body = \"hello\"",
         "expect_body = \"hello\"",
@@ -336,7 +344,9 @@ where
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigint_during_the_health_wait_cleans_up_and_exits_130() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"10m\"", ""));
     let out = interrupt_when(&lab, &scratch, "INT", "the builder to run", || async {
         lab.events()
@@ -356,7 +366,9 @@ async fn sigint_during_the_health_wait_cleans_up_and_exits_130() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigint_during_the_image_wait_removes_the_partial_image_and_exits_130() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     // The image stays pending long enough to be interrupted.
     lab.control("latency", serde_json::json!({ "image_available": 120 }))
         .await;
@@ -371,7 +383,9 @@ async fn sigint_during_the_image_wait_removes_the_partial_image_and_exits_130() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_cleans_up_and_exits_143() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"10m\"", ""));
     let out = interrupt_when(&lab, &scratch, "TERM", "the builder launch", || async {
         lab.calls("RunInstances").await > 0
@@ -383,7 +397,9 @@ async fn sigterm_cleans_up_and_exits_143() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_leaves_resources_that_gc_removes() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"10m\"", ""));
     let out = interrupt_when(&lab, &scratch, "KILL", "the builder to run", || async {
         lab.events()
@@ -455,7 +471,9 @@ async fn sigkill_leaves_resources_that_gc_removes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bake_succeeds_through_throttling_and_503s() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     lab.control(
         "faults",
         serde_json::json!({ "rules": [
@@ -488,7 +506,9 @@ async fn bake_succeeds_through_throttling_and_503s() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keep_on_failure_leaves_the_builder_and_says_how_to_reach_it() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"10s\"", ""));
     let out = lab
         .run_bake(&["-c", &scratch.config(), "ami", "quick", "--keep-on-failure"])
@@ -508,7 +528,9 @@ async fn keep_on_failure_leaves_the_builder_and_says_how_to_reach_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn preflight_problems_exit_2_at_their_line_and_create_nothing() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let cases = [
         (
             "Public subnet A",
@@ -561,7 +583,9 @@ async fn preflight_problems_exit_2_at_their_line_and_create_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigint_one_second_after_run_instances_leaves_nothing_running() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let scratch = Scratch::new(&quick_config("serve = false", "timeout = \"10m\"", ""));
     let child = lab
         .bake(&["-c", &scratch.config(), "ami", "quick"])
@@ -595,7 +619,9 @@ async fn sigint_one_second_after_run_instances_leaves_nothing_running() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bake_succeeds_under_throttle_bursts_and_leaves_nothing() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     // Every describe/get/list of these services is throttled 6 s out of every 30 s, from now.
     lab.control(
         "faults",
@@ -627,7 +653,9 @@ async fn bake_succeeds_under_throttle_bursts_and_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_create_image_answer_reuses_this_runs_image_instead_of_a_second() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     // CreateImage takes effect but its answer is lost (HTTP 500): the SDK retries, and the retry
     // meets the name the first attempt took.
     lab.control(
@@ -708,7 +736,9 @@ print(boto3.client("s3", **keys).generate_presigned_url(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lamp_on_debian_bakes_with_its_app_from_a_presigned_url() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let url = presigned_app(
         &lab,
         "<?php echo 'LAMP on Debian, PHP ' . PHP_MAJOR_VERSION . ', mysqli ' . \
@@ -807,7 +837,9 @@ async fn endpoint_requests(lab: &Lab) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_template_downloads_the_agent_on_debian_and_uses_ubuntus_own() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let debian = Scratch::new(&quick_config("", "", "commands = [\"true\"]"));
     let ubuntu = Scratch::new(&quick_config("", "", "commands = [\"true\"]").replace(
         "/aws/service/debian/release/bookworm/latest/amd64",

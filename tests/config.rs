@@ -134,6 +134,56 @@ fn every_problem_is_reported_in_one_run_one_per_line() {
 }
 
 #[test]
+fn three_different_mistakes_are_all_reported_each_at_its_line() {
+    // A value outside AWS's shapes, a value of the wrong type, a misspelt field: three tables.
+    let text = CONFIG
+        .replace("region = \"ap-northeast-2\"", "region = \"ap-northeast\"")
+        .replace("timeout = \"10m\"", "timeout = 600")
+        .replace("target_group = ", "targetgroup = ");
+    let (_dir, path, out) = bake(&text, &["validate"]);
+    let msg = refused(&out);
+    let path = path.display();
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(lines.len(), 3, "{msg}");
+    let expected = [
+        format!("{path}:1:10: region: a region code"),
+        format!("{path}:13:11: invalid type: integer `600`, expected a string"),
+        format!("{path}:23:1: unknown field `targetgroup` in `rollout.web`"),
+    ];
+    for (got, want) in lines.iter().zip(&expected) {
+        assert!(
+            got.contains(want.as_str()),
+            "{got}\n  does not contain\n{want}"
+        );
+    }
+    assert!(lines[2].contains("did you mean `target_group`?"), "{msg}");
+}
+
+#[test]
+fn the_longest_image_name_validate_allows_fits_a_real_run_ids_client_token() {
+    // Validation sizes the client token `<run id>-<image>` with a run id of the janitor's shape.
+    let run_id = bake::janitor::new_run_id();
+    let longest = "i".repeat(bake::limits::CLIENT_TOKEN_MAX - run_id.len() - 1);
+    let config = |name: &str| {
+        CONFIG
+            .replace("[image.web", &format!("[image.{name}"))
+            .replace("image = \"web\"", &format!("image = \"{name}\""))
+    };
+    let (_dir, _, out) = bake(&config(&longest), &["validate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_dir, _, out) = bake(&config(&format!("{longest}i")), &["validate"]);
+    let msg = refused(&out);
+    assert!(
+        msg.contains(&format!("use at most {}", longest.len())),
+        "{msg}"
+    );
+}
+
+#[test]
 fn a_misspelt_table_is_named_alone_at_its_line() {
     let text = CONFIG
         .replace("[image.web]", "[images.web]")

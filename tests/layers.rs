@@ -28,11 +28,6 @@ const LAYERS: &[(&str, u8)] = &[
     ("", 5),
 ];
 
-/// Uses that wait on another branch: src/config.rs sizes a client token with the janitor's run
-/// id; the config split (src/config/) drops that call. Only the single file src/config.rs may
-/// make it, so the allowance ends with that file.
-const PENDING: &[(&str, &str)] = &[("src/config.rs", "janitor")];
-
 #[test]
 fn modules_use_only_their_layer_or_below_and_never_in_a_cycle() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -150,15 +145,14 @@ fn analyse(files: &BTreeMap<String, String>) -> (Vec<String>, Edges) {
         };
         for used in uses(module, &code(&files[*path]), &modules) {
             let to = top(&used);
-            let pending = PENDING.contains(&(*path, to));
             match layer(to) {
-                Some(to_layer) if to_layer > from_layer && !pending => problems.push(format!(
+                Some(to_layer) if to_layer > from_layer => problems.push(format!(
                     "{path} (layer {from_layer}) uses {to} (layer {to_layer})"
                 )),
                 _ => {}
             }
             // The root is the top: the commands return its Error, and it dispatches to them.
-            if !used.is_empty() && used != *module && !pending {
+            if !used.is_empty() && used != *module {
                 edges.entry(module.clone()).or_default().insert(used);
             }
         }

@@ -156,7 +156,9 @@ async fn assert_stack_gone(lab: &Lab) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let first = Scratch::new(&config("first page"));
     let ami = bake_ami(&lab, &first).await;
 
@@ -270,7 +272,9 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_group_that_cannot_launch_ends_the_rollout_within_a_minute_with_awss_message() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let scratch = Scratch::new(&config("page"));
     let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
     let base = info["debian_images"]["ap-northeast-2"]
@@ -327,7 +331,9 @@ async fn a_group_that_cannot_launch_ends_the_rollout_within_a_minute_with_awss_m
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rollout_succeeds_under_throttle_bursts_and_light_faults() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let scratch = Scratch::new(&config("steady page"));
     bake_ami(&lab, &scratch).await;
     // Every describe/get/list of these services throttled 6 s out of every 30 s (AWS throttles
@@ -390,7 +396,9 @@ async fn rollout_succeeds_under_throttle_bursts_and_light_faults() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refresh_rolls_back_when_the_new_instances_stay_unhealthy() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let scratch = Scratch::new(&config("good page"));
     bake_ami(&lab, &scratch).await;
     let url = roll_out(&lab, &scratch).await["url"]
@@ -439,7 +447,9 @@ async fn refresh_rolls_back_when_the_new_instances_stay_unhealthy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_first_rollout_removes_the_stack_it_created() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let scratch = Scratch::new(&config("page"));
     let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
     let base = info["debian_images"]["ap-northeast-2"]
@@ -459,7 +469,9 @@ async fn a_failed_first_rollout_removes_the_stack_it_created() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     // Nothing baked from these inputs yet.
     let scratch = Scratch::new(&config("never baked"));
     let out = lab
@@ -573,7 +585,9 @@ async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigint_during_the_refresh_rolls_back_and_exits_130() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     let first = Scratch::new(&config("first page"));
     bake_ami(&lab, &first).await;
     let url = roll_out(&lab, &first).await["url"]

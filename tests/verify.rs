@@ -11,7 +11,9 @@ fn stderr(out: &std::process::Output) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_loud_verify_step_does_not_hide_the_one_that_fails() {
-    let lab = Lab::start().await;
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
     // Step 1 prints 30,000 characters on stdout and 10,000 on stderr (more than SSM keeps of
     // each), step 2 passes, step 3 fails.
     let scratch = Scratch::new(&quick_config(

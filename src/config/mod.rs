@@ -1,0 +1,174 @@
+//! The config file (`bake.toml`): its types, parsing with positions, and validation against the
+//! ranges and shapes AWS accepts, reporting every problem found, each at its file:line:col.
+//!
+//! - `types`: the types as the file spells them, and their defaults;
+//! - `parse`: reading the TOML with positions into those types;
+//! - `validate`: the checks, every problem at its place;
+//! - `secrets`: var names that look like secrets.
+//!
+//! - `place`: the file and positions in it ([`Source`], [`Location`]) and the [`Error`] at them.
+//!
+//! This module holds the public API: [`Config::load`] and the lookups, and re-exports the rest.
+
+mod parse;
+mod place;
+mod secrets;
+mod types;
+mod validate;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::de::DeTable;
+
+use place::names;
+pub use place::{Error, Location, Source};
+pub use secrets::{SECRET_WORDS, secret_word};
+pub use types::{
+    BaseImage, Builder, Capacity, Config, Health, HumanDuration, Image, Os, Refresh, ResourceRef,
+    Rollout, Verify, Volume,
+};
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, text)
+    }
+
+    /// Parses and validates config text that was read from `path`; the error holds every
+    /// problem found (a [`Error::List`] when there are several).
+    pub fn parse(path: &Path, text: String) -> Result<Config, Error> {
+        let source = Source {
+            path: path.to_owned(),
+            text,
+        };
+        let (root, syntax) = DeTable::parse_recoverable(&source.text);
+        if !syntax.is_empty() {
+            let errors = syntax
+                .iter()
+                .map(|e| Error::At {
+                    at: source.locate(e.span().map_or(0, |s| s.start)),
+                    message: e.message().trim_end().to_owned(),
+                })
+                .collect();
+            return Err(Error::from_list(errors));
+        }
+        let doc = parse::Doc::new(&source, root.get_ref());
+        let (mut config, complete) = doc.config();
+        doc.validate(&config);
+        let errors = doc.into_errors();
+        if complete && errors.is_empty() {
+            config.source = source;
+            Ok(config)
+        } else {
+            Err(Error::from_list(errors))
+        }
+    }
+
+    /// An error at a span of this file.
+    pub fn error_at(&self, span: Range<usize>, message: impl Into<String>) -> Error {
+        Error::At {
+            at: self.source.locate(span.start),
+            message: message.into(),
+        }
+    }
+
+    /// The image called `name`, or an error listing the ones there are.
+    pub fn image(&self, name: &str) -> Result<&Image, Error> {
+        self.image.get(name).ok_or_else(|| Error::UnknownImage {
+            path: self.source.path.clone(),
+            name: name.to_owned(),
+            known: names(self.image.keys()),
+        })
+    }
+
+    /// The rollout called `name`, or an error listing the ones there are.
+    pub fn rollout(&self, name: &str) -> Result<&Rollout, Error> {
+        self.rollout.get(name).ok_or_else(|| Error::UnknownRollout {
+            path: self.source.path.clone(),
+            name: name.to_owned(),
+            known: names(self.rollout.keys()),
+        })
+    }
+
+    /// The directory of the user's own templates, resolved against the config's directory.
+    pub fn templates_dir(&self) -> Option<PathBuf> {
+        self.templates_dir
+            .as_ref()
+            .map(|d| self.source.dir().join(d.get_ref()))
+    }
+}
+
+/// What the tests of this module's parts share: a minimal config and ways to read its errors.
+#[cfg(test)]
+mod testing {
+    pub use std::path::Path;
+
+    pub use super::*;
+
+    pub const MINIMAL: &str = r#"
+[image.web]
+base = { ssm = "/aws/service/debian/release/bookworm/latest/amd64" }
+template = "nginx"
+os = "debian"
+
+[image.web.builder]
+subnet = { tag = { Name = "Public subnet A" } }
+instance_profile = "SSMInstanceProfile"
+"#;
+
+    pub fn parse(text: &str) -> Result<Config, Error> {
+        Config::parse(Path::new("bake.toml"), text.to_owned())
+    }
+
+    pub fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    /// MINIMAL with `lines` added under `[image.web]`'s header line set.
+    pub fn with_image(lines: &str) -> String {
+        MINIMAL.replace("os = \"debian\"", &format!("os = \"debian\"\n{lines}"))
+    }
+
+    pub const ROLLOUT: &str = r#"
+[rollout.web]
+image = "web"
+vpc = { id = "vpc-0123" }
+alb_subnets = [{ id = "subnet-a" }, { id = "subnet-c" }]
+instance_subnets = [{ tag = { Name = "Private subnet A" } }]
+launch_template = "Web"
+asg = "Web-ASG"
+alb = "Web-ALB"
+target_group = "Web-TG"
+capacity = { min = 1, desired = 1, max = 2 }
+"#;
+
+    pub fn problems(text: &str) -> Vec<String> {
+        parse(text)
+            .unwrap_err()
+            .problems()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_counts_lines_and_columns_from_one() {
+        let source = Source {
+            path: "x.toml".into(),
+            text: "a\nbc\nd".into(),
+        };
+        assert_eq!(source.locate(0).to_string(), "x.toml:1:1");
+        assert_eq!(source.locate(3).to_string(), "x.toml:2:2");
+        assert_eq!(source.locate(5).to_string(), "x.toml:3:1");
+    }
+}

@@ -1,0 +1,270 @@
+//! The config's types as the file spells them (serde), and their defaults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use toml::Spanned;
+
+use super::place::Source;
+
+/// The whole config file.
+#[derive(Debug)]
+pub struct Config {
+    /// Region used when neither `--region` nor the AWS profile sets one.
+    pub region: Option<String>,
+    /// A directory of the user's own templates; they override or add to the built-in ones.
+    pub templates_dir: Option<Spanned<PathBuf>>,
+    /// Images to bake, by name.
+    pub image: BTreeMap<String, Image>,
+    /// Rollout targets, by name.
+    pub rollout: BTreeMap<String, Rollout>,
+    /// Var names that look like secrets but are not (`public_vars = ["pass_rate"]`); see
+    /// [`SECRET_WORDS`](super::SECRET_WORDS).
+    pub public_vars: Vec<String>,
+    /// Where the file was read from, for messages and relative paths.
+    pub source: Source,
+}
+
+/// One golden image: what to start from, what to run on it, how to check it.
+#[derive(Debug)]
+pub struct Image {
+    pub base: Spanned<BaseImage>,
+    /// Template name: `lamp` reads `templates/lamp.sh.j2`.
+    pub template: Spanned<String>,
+    pub os: Os,
+    /// Values the template sees as `vars.NAME`.
+    pub vars: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    /// AMI name template; sees `image`, `date`, `time` and `digest`. When not given, its span is
+    /// the image's name in the file.
+    pub name: Spanned<String>,
+    /// Create the image without rebooting the builder (faster, file systems may be inconsistent).
+    pub no_reboot: bool,
+    /// Deprecate the AMI this long after it is baked (`"90d"`). A deprecated AMI no longer counts
+    /// as baked, so the next `bake ami` or `bake pipeline` bakes the image afresh (with the
+    /// packages of that day) even when its inputs did not change.
+    pub deprecate_after: Option<Spanned<HumanDuration>>,
+    pub builder: Builder,
+    pub health: Health,
+    pub verify: Verify,
+}
+
+/// The AMI name template when `name` is not given.
+pub(super) const DEFAULT_AMI_NAME: &str = "{{ image }}-{{ date }}-{{ digest[:12] }}";
+
+/// Where the base AMI comes from: exactly one of `id`, `ssm`, or `name` (+ `owners`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BaseImage {
+    /// A fixed AMI id.
+    pub id: Option<String>,
+    /// A public or private SSM parameter holding an AMI id.
+    pub ssm: Option<String>,
+    /// An AMI name pattern (`*` wildcards); the newest match wins.
+    pub name: Option<String>,
+    /// Owners to search with `name` (account ids, `self`, `amazon`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<String>,
+}
+
+/// The operating-system family the template installs packages for.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Os {
+    /// Amazon Linux 2023 (dnf).
+    Al2023,
+    /// Debian and Ubuntu (apt).
+    Debian,
+}
+
+impl Os {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Os::Al2023 => "al2023",
+            Os::Debian => "debian",
+        }
+    }
+}
+
+impl fmt::Display for Os {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The temporary instance the image is baked on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Builder {
+    #[serde(default = "default_instance_type")]
+    pub instance_type: String,
+    pub subnet: Spanned<ResourceRef>,
+    /// Instance profile with AmazonSSMManagedInstanceCore, for the verification commands.
+    pub instance_profile: Spanned<String>,
+    /// Who may reach the health port: `auto` (this runner's address /32) or a CIDR.
+    #[serde(default = "default_allow_cidr")]
+    pub allow_cidr: Spanned<String>,
+    #[serde(default)]
+    pub volume: Volume,
+}
+
+pub(super) fn default_instance_type() -> String {
+    "t3.micro".to_owned()
+}
+
+fn default_allow_cidr() -> Spanned<String> {
+    Spanned::new(0..0, "auto".to_owned())
+}
+
+/// The builder's root volume (always encrypted).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// Size in GiB.
+    pub size: u32,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl Default for Volume {
+    fn default() -> Self {
+        Volume {
+            size: 8,
+            kind: "gp3".to_owned(),
+        }
+    }
+}
+
+/// A resource found by id or by tags.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRef {
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tag: BTreeMap<String, String>,
+}
+
+/// The HTTP check that says the builder's user data worked.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    pub path: Spanned<String>,
+    pub port: u16,
+    pub expect_status: u16,
+    /// A substring the body must contain.
+    pub expect_body: Option<String>,
+    pub timeout: HumanDuration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            path: Spanned::new(0..0, "/".to_owned()),
+            port: 80,
+            expect_status: 200,
+            expect_body: None,
+            // Package installs on a fresh builder take minutes; 15m leaves room for slow mirrors.
+            timeout: HumanDuration(Duration::from_secs(15 * 60)),
+        }
+    }
+}
+
+/// Commands run on the builder through SSM; all must exit 0.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Verify {
+    pub commands: Vec<String>,
+    pub timeout: Option<HumanDuration>,
+}
+
+/// Where and how an image is rolled out: ALB, target group, launch template, ASG.
+#[derive(Debug)]
+pub struct Rollout {
+    /// The `[image.NAME]` whose AMIs this rollout uses.
+    pub image: Spanned<String>,
+    pub vpc: Spanned<ResourceRef>,
+    /// Public subnets for the load balancer (two zones at least).
+    pub alb_subnets: Spanned<Vec<ResourceRef>>,
+    /// Subnets the Auto Scaling group launches instances in.
+    pub instance_subnets: Spanned<Vec<ResourceRef>>,
+    pub launch_template: String,
+    pub asg: String,
+    pub alb: String,
+    pub target_group: String,
+    /// The load balancer's security group (HTTP from anywhere); default `<alb>-SG`.
+    pub alb_security_group: Option<String>,
+    /// The instances' security group (HTTP from the ALB's group only); default `<asg>-Inst-SG`.
+    pub instance_security_group: Option<String>,
+    /// Who may reach the load balancer's listener; an internet-facing ALB serves everyone.
+    pub alb_allow_cidr: Spanned<String>,
+    /// The listener's port (HTTP).
+    pub alb_port: u16,
+    pub instance_type: String,
+    pub instance_profile: Option<Spanned<String>>,
+    pub capacity: Spanned<Capacity>,
+    /// Target-tracking average CPU utilisation, percent.
+    pub cpu_target: Option<Spanned<f64>>,
+    pub refresh: Spanned<Refresh>,
+    /// Tags for the instances (e.g. `Name = "ASG-Web-Instance"`).
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    pub min: u32,
+    pub desired: u32,
+    pub max: u32,
+}
+
+/// Instance refresh preferences.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Refresh {
+    /// Percent of capacity that must stay healthy during the refresh.
+    pub min_healthy: u8,
+    /// Time a new instance gets before it counts as healthy; also how long a new instance may
+    /// be unhealthy in the target group before the rollout is rolled back.
+    pub warmup: HumanDuration,
+    /// The whole refresh must finish within this, or it is rolled back.
+    pub timeout: HumanDuration,
+}
+
+impl Default for Refresh {
+    fn default() -> Self {
+        Refresh {
+            min_healthy: 90,
+            // AWS's default instance warmup for instance refresh is 300 s.
+            warmup: HumanDuration(Duration::from_secs(300)),
+            // Two batches of new instances with a 5-minute warmup each take about 15 minutes on
+            // AWS; twice that means something is stuck.
+            timeout: HumanDuration(Duration::from_secs(30 * 60)),
+        }
+    }
+}
+
+/// A duration written as in `"90s"`, `"15m"`, `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?} ({e}); write it like \"90s\", \"15m\" or \"1h\""
+                ))
+            })
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}

@@ -1,0 +1,826 @@
+//! Validation: every value against the range or shape AWS (or bake) accepts, each problem
+//! recorded at its file:line:col so that one run reports them all.
+
+use std::time::Duration;
+
+use super::parse::{Doc, FieldPath, dotted};
+use super::place::names;
+use super::secrets::secret_word;
+use super::types::{Config, Image, ResourceRef, Rollout};
+use crate::limits;
+
+/// Validation: every value against the range or shape AWS (or bake) accepts.
+impl Doc<'_> {
+    pub(super) fn validate(&self, config: &Config) {
+        if let Some(region) = &config.region
+            && let Err(rule) = limits::region(region)
+        {
+            self.fail(&["region"], rule);
+        }
+        let written = self
+            .root
+            .get("image")
+            .and_then(|i| i.get_ref().as_table())
+            .is_some_and(|t| !t.is_empty());
+        if !written && self.misspelled("image").is_empty() {
+            self.push(
+                0..0,
+                "no [image.NAME] table: there is nothing to bake".to_owned(),
+            );
+        }
+        for (i, name) in config.public_vars.iter().enumerate() {
+            if name.is_empty() {
+                self.fail(&["public_vars"], format!("entry {} is empty", i + 1));
+            }
+        }
+        for (name, image) in &config.image {
+            self.validate_image(config, name, image);
+        }
+        for (name, rollout) in &config.rollout {
+            self.validate_rollout(config, name, rollout);
+        }
+    }
+
+    /// A duration field against its range; the message quotes the value as written.
+    fn duration(
+        &self,
+        path: FieldPath<'_>,
+        value: Duration,
+        range: &std::ops::RangeInclusive<Duration>,
+    ) {
+        if let Err(rule) = limits::duration(value, range) {
+            let span = self.span(path);
+            let written = self
+                .source
+                .text
+                .get(span.clone())
+                .filter(|w| w.starts_with('"') || w.starts_with('\''))
+                .map_or_else(
+                    || limits::human(value),
+                    |w| w.trim_matches(['"', '\'']).to_owned(),
+                );
+            self.fail(path, format!("{rule}, found {written:?}"));
+        }
+    }
+
+    fn validate_image(&self, config: &Config, name: &str, image: &Image) {
+        let at = |f: &[&'static str]| -> Vec<String> {
+            let mut p = vec!["image".to_owned(), name.to_owned()];
+            p.extend(f.iter().map(|s| (*s).to_owned()));
+            p
+        };
+        let fail = |f: &[&'static str], message: String| {
+            let p = at(f);
+            let refs: Vec<&str> = p.iter().map(String::as_str).collect();
+            self.fail(&refs, message);
+        };
+        let duration = |f: &[&'static str], value: Duration, range| {
+            let p = at(f);
+            let refs: Vec<&str> = p.iter().map(String::as_str).collect();
+            self.duration(&refs, value, range);
+        };
+        self.image_name(name);
+        // Base image.
+        let base = image.base.get_ref();
+        let given = [base.id.is_some(), base.ssm.is_some(), base.name.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            fail(
+                &["base"],
+                "give exactly one of `id`, `ssm` or `name` (with `owners`)".to_owned(),
+            );
+        } else if base.name.is_some() && base.owners.is_empty() {
+            fail(
+                &["base"],
+                "`name` needs `owners`, e.g. owners = [\"amazon\"]".to_owned(),
+            );
+        } else if base.name.is_none() && !base.owners.is_empty() {
+            fail(&["base"], "`owners` only goes with `name`".to_owned());
+        }
+        if let Some(id) = &base.id
+            && !resource_id(id, "ami")
+        {
+            fail(
+                &["base", "id"],
+                format!(
+                    "an AMI id is `ami-` and letters or digits, like \"ami-0123456789abcdef0\"; found {id:?}"
+                ),
+            );
+        }
+        if let Some(ssm) = &base.ssm
+            && let Err(rule) = limits::ssm_parameter_name(ssm)
+        {
+            fail(&["base", "ssm"], rule);
+        }
+        if base.name.as_deref() == Some("") {
+            fail(
+                &["base", "name"],
+                "is empty; give an AMI name pattern such as \"debian-12-amd64-*\"".to_owned(),
+            );
+        }
+        for owner in &base.owners {
+            let known = ["self", "amazon", "aws-marketplace", "aws-backup-vault"];
+            let account = owner.len() == 12 && owner.bytes().all(|b| b.is_ascii_digit());
+            if !account && !known.contains(&owner.as_str()) {
+                fail(
+                    &["base", "owners"],
+                    format!(
+                        "an owner is a 12-digit account id, `self`, `amazon`, `aws-marketplace` or `aws-backup-vault`; found {owner:?}"
+                    ),
+                );
+            }
+        }
+        if image.template.get_ref().trim().is_empty() {
+            fail(
+                &["template"],
+                "is empty; name a template, like \"nginx\"".to_owned(),
+            );
+        }
+        // Vars.
+        for (key, value) in &image.vars {
+            let var = key.get_ref();
+            if var.is_empty() || var.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                self.push(
+                    key.span(),
+                    format!(
+                        "{}: a var name is one or more characters without spaces; found {var:?}",
+                        dotted(&["image", name, "vars"])
+                    ),
+                );
+                continue;
+            }
+            if !config.public_vars.iter().any(|p| p == var)
+                && let Some(word) = secret_word(var)
+            {
+                self.push(
+                    key.span(),
+                    format!(
+                        "{}: `{var}` looks like a secret ({word}); user data is readable by anyone \
+                         on the instance and stored in the AMI's launch history: fetch it at boot \
+                         from SSM Parameter Store (aws ssm get-parameter --with-decryption) or \
+                         Secrets Manager instead; if it is not a secret, list it in `public_vars`",
+                        dotted(&["image", name, "vars"])
+                    ),
+                );
+            }
+            if matches!(
+                value.get_ref(),
+                toml::Value::Array(_) | toml::Value::Table(_) | toml::Value::Datetime(_)
+            ) {
+                self.push(
+                    value.span(),
+                    format!(
+                        "{}: expected a string, number or boolean, found {}",
+                        dotted(&["image", name, "vars", var]),
+                        value.get_ref().type_str()
+                    ),
+                );
+            }
+        }
+        if let Err(rule) = limits::ami_name_literals(image.name.get_ref()) {
+            fail(&["name"], rule);
+        }
+        if let Some(after) = &image.deprecate_after {
+            duration(
+                &["deprecate_after"],
+                after.get_ref().0,
+                &limits::DEPRECATE_AFTER,
+            );
+        }
+        // Builder.
+        let builder = &image.builder;
+        if let Err(rule) = limits::instance_type(&builder.instance_type) {
+            fail(&["builder", "instance_type"], rule);
+        }
+        self.selector(
+            &at(&["builder", "subnet"]),
+            builder.subnet.get_ref(),
+            "subnet",
+        );
+        if let Err(rule) = limits::instance_profile_name(builder.instance_profile.get_ref()) {
+            fail(&["builder", "instance_profile"], rule);
+        }
+        let cidr = builder.allow_cidr.get_ref();
+        if cidr != "auto"
+            && let Err(rule) = limits::ipv4_cidr(cidr)
+        {
+            fail(
+                &["builder", "allow_cidr"],
+                format!("expected \"auto\" or an IPv4 CIDR: {rule}"),
+            );
+        }
+        if let Err(rule) = limits::root_volume(&builder.volume.kind, builder.volume.size) {
+            let field: &[&'static str] =
+                if rule.starts_with(&builder.volume.kind) && rule.contains("GiB") {
+                    &["builder", "volume", "size"]
+                } else {
+                    &["builder", "volume", "type"]
+                };
+            fail(field, rule);
+        }
+        // Health.
+        let health = &image.health;
+        if let Err(rule) = limits::url_path(health.path.get_ref()) {
+            fail(&["health", "path"], rule);
+        }
+        if health.port == 0 {
+            fail(
+                &["health", "port"],
+                "a port is 1 to 65535; found 0".to_owned(),
+            );
+        }
+        if !(200..=499).contains(&health.expect_status) {
+            fail(
+                &["health", "expect_status"],
+                format!(
+                    "an expected status is 200 to 499 (it is also the target group's success code, \
+                     which Application Load Balancers take from 200 to 499); found {}",
+                    health.expect_status
+                ),
+            );
+        }
+        duration(
+            &["health", "timeout"],
+            health.timeout.0,
+            &limits::HEALTH_TIMEOUT,
+        );
+        // Verify.
+        for (i, command) in image.verify.commands.iter().enumerate() {
+            if command.trim().is_empty() {
+                fail(
+                    &["verify", "commands"],
+                    format!("command {} is empty", i + 1),
+                );
+            }
+        }
+        if let Some(timeout) = &image.verify.timeout {
+            duration(&["verify", "timeout"], timeout.0, &limits::VERIFY_TIMEOUT);
+        }
+    }
+
+    /// The image's name, which goes into the builder's client token and the published parameter.
+    fn image_name(&self, name: &str) {
+        // RunInstances' ClientToken is `<run id>-<image>` (ami::launch).
+        let token = format!("{RUN_ID_EXAMPLE}-{name}");
+        if let Err(rule) = limits::client_token(&token).and_then(|()| limits::ssm_name_part(name)) {
+            self.push(
+                self.key_span(&["image", name]),
+                format!(
+                    "{}: the image name goes into the builder's client token \
+                     `<run id>-{name}` and the published parameter `<prefix>/{name}/ami-id`: \
+                     {rule}; use at most {} letters, digits and _.-",
+                    dotted(&["image", name]),
+                    limits::CLIENT_TOKEN_MAX - (token.len() - name.len())
+                ),
+            );
+        }
+    }
+
+    /// A resource chosen by id or by tags (`{ id = "subnet-…" }` or `{ tag = { Name = "…" } }`).
+    fn selector(&self, path: &[String], r: &ResourceRef, kind: &str) {
+        let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+        match (&r.id, r.tag.is_empty()) {
+            (Some(_), false) | (None, true) => {
+                let found = if r.id.is_none() {
+                    "an empty selector"
+                } else {
+                    "both"
+                };
+                self.fail(
+                    &refs,
+                    format!(
+                        "give exactly one of `id` (\"{kind}-…\") or a non-empty `tag` table; found {found}"
+                    ),
+                );
+            }
+            (Some(id), true) => {
+                if !resource_id(id, kind) {
+                    self.fail(
+                        &refs,
+                        format!("a {kind} id is `{kind}-` and letters or digits; found {id:?}"),
+                    );
+                }
+            }
+            (None, false) => {
+                for (key, value) in &r.tag {
+                    if key.is_empty() || key.chars().count() > limits::TAG_KEY_MAX {
+                        self.fail(
+                            &refs,
+                            format!(
+                                "tag keys are 1 to {} characters; found {key:?}",
+                                limits::TAG_KEY_MAX
+                            ),
+                        );
+                    } else if value.chars().count() > limits::TAG_VALUE_MAX {
+                        self.fail(
+                            &refs,
+                            format!(
+                                "tag values are at most {} characters; the value of `{key}` has {}",
+                                limits::TAG_VALUE_MAX,
+                                value.chars().count()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn validate_rollout(&self, config: &Config, name: &str, rollout: &Rollout) {
+        let at = |f: &[&str]| -> Vec<String> {
+            let mut p = vec!["rollout".to_owned(), name.to_owned()];
+            p.extend(f.iter().map(|s| (*s).to_owned()));
+            p
+        };
+        let fail = |f: &[&str], message: String| {
+            let p = at(f);
+            let refs: Vec<&str> = p.iter().map(String::as_str).collect();
+            self.fail(&refs, message);
+        };
+        let image = rollout.image.get_ref();
+        let misspelt = self.misspelled("image").iter().any(|n| n == image);
+        if !config.image.contains_key(image)
+            && !misspelt
+            && self
+                .root
+                .get("image")
+                .and_then(|i| i.get_ref().as_table())
+                .is_none_or(|t| !t.contains_key(image.as_str()))
+        {
+            fail(
+                &["image"],
+                format!(
+                    "no [image.{image}] in this config; images: {}",
+                    names(config.image.keys())
+                ),
+            );
+        }
+        let c = rollout.capacity.get_ref();
+        if c.max > limits::CAPACITY_MAX {
+            fail(
+                &["capacity", "max"],
+                format!(
+                    "Auto Scaling takes at most {} instances; found {}",
+                    limits::CAPACITY_MAX,
+                    c.max
+                ),
+            );
+        } else if !(c.min <= c.desired && c.desired <= c.max) || c.max == 0 {
+            fail(
+                &["capacity"],
+                format!(
+                    "need min <= desired <= max and max > 0, found min {} desired {} max {}",
+                    c.min, c.desired, c.max
+                ),
+            );
+        }
+        if let Some(cpu) = &rollout.cpu_target
+            && !(*cpu.get_ref() > 0.0 && *cpu.get_ref() <= 100.0)
+        {
+            fail(
+                &["cpu_target"],
+                format!("expected a percentage in (0, 100], found {}", cpu.get_ref()),
+            );
+        }
+        let refresh = rollout.refresh.get_ref();
+        if refresh.min_healthy > 100 {
+            fail(
+                &["refresh", "min_healthy"],
+                format!("a percentage, 0 to 100; found {}", refresh.min_healthy),
+            );
+        }
+        self.duration(
+            &at_refs(&at(&["refresh", "warmup"])),
+            refresh.warmup.0,
+            &limits::REFRESH_WARMUP,
+        );
+        self.duration(
+            &at_refs(&at(&["refresh", "timeout"])),
+            refresh.timeout.0,
+            &limits::REFRESH_TIMEOUT,
+        );
+        if rollout.alb_subnets.get_ref().len() < 2 {
+            fail(
+                &["alb_subnets"],
+                "an Application Load Balancer needs subnets in two zones at least".to_owned(),
+            );
+        }
+        for subnet in rollout.alb_subnets.get_ref() {
+            self.selector(&at(&["alb_subnets"]), subnet, "subnet");
+        }
+        if rollout.instance_subnets.get_ref().is_empty() {
+            fail(&["instance_subnets"], "name one subnet at least".to_owned());
+        }
+        for subnet in rollout.instance_subnets.get_ref() {
+            self.selector(&at(&["instance_subnets"]), subnet, "subnet");
+        }
+        self.selector(&at(&["vpc"]), rollout.vpc.get_ref(), "vpc");
+        if let Err(rule) = limits::ipv4_cidr(rollout.alb_allow_cidr.get_ref()) {
+            fail(&["alb_allow_cidr"], rule);
+        }
+        if rollout.alb_port == 0 {
+            fail(&["alb_port"], "a port is 1 to 65535; found 0".to_owned());
+        }
+        if let Err(rule) = limits::instance_type(&rollout.instance_type) {
+            fail(&["instance_type"], rule);
+        }
+        if let Some(profile) = &rollout.instance_profile
+            && let Err(rule) = limits::instance_profile_name(profile.get_ref())
+        {
+            fail(&["instance_profile"], rule);
+        }
+        // Names AWS applies its rules to (see [`limits`]).
+        let checks: [(&str, Option<&String>, &NameRule); 6] = [
+            ("alb", Some(&rollout.alb), &|n| limits::elb_name(n, true)),
+            ("target_group", Some(&rollout.target_group), &|n| {
+                limits::elb_name(n, false)
+            }),
+            (
+                "launch_template",
+                Some(&rollout.launch_template),
+                &limits::launch_template_name,
+            ),
+            ("asg", Some(&rollout.asg), &|n| {
+                limits::group_name(n, "Auto Scaling group")
+            }),
+            (
+                "alb_security_group",
+                rollout.alb_security_group.as_ref(),
+                &|n| limits::group_name(n, "security group"),
+            ),
+            (
+                "instance_security_group",
+                rollout.instance_security_group.as_ref(),
+                &|n| limits::group_name(n, "security group"),
+            ),
+        ];
+        for (field, value, rule) in checks {
+            if let Some(value) = value
+                && let Err(r) = rule(value)
+            {
+                fail(&[field], r);
+            }
+        }
+        // Instances carry bake's rollout tag beside the user's.
+        if let Err(rule) = limits::tags(
+            rollout.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            1,
+        ) {
+            fail(&["tags"], rule);
+        }
+    }
+}
+
+/// A run id as the janitor writes them (`<yyyymmdd>t<hhmmss>-<6 hex digits>`): what the client
+/// token check needs is its length, which tests/config.rs holds to the janitor's.
+const RUN_ID_EXAMPLE: &str = "20250101t000000-000000";
+
+/// A rule for a name, answering with the rule when the name breaks it.
+type NameRule = dyn Fn(&str) -> Result<(), String>;
+
+fn at_refs(path: &[String]) -> Vec<&str> {
+    path.iter().map(String::as_str).collect()
+}
+
+/// `kind-` and one or more ASCII letters or digits (`subnet-0123abcd`, `ami-…`, `vpc-…`).
+fn resource_id(id: &str, kind: &str) -> bool {
+    id.strip_prefix(kind)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::*;
+
+    #[test]
+    fn secret_looking_var_is_refused_with_advice() {
+        for name in [
+            "db_password",
+            "API_TOKEN",
+            "client-secret",
+            "tls_private_key",
+        ] {
+            let text = MINIMAL.replace(
+                "os = \"debian\"",
+                &format!("os = \"debian\"\nvars = {{ {name} = \"hunter2\" }}"),
+            );
+            let msg = error(&text);
+            assert!(msg.starts_with("bake.toml:6:10:"), "{name}: {msg}");
+            assert!(msg.contains("SSM Parameter Store"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn base_needs_exactly_one_source() {
+        let text = MINIMAL.replace(
+            "base = { ssm",
+            "base = { id = \"ami-0123456789abcdef0\", ssm",
+        );
+        assert!(error(&text).contains("exactly one of `id`, `ssm` or `name`"));
+    }
+
+    #[test]
+    fn allow_cidr_must_be_auto_or_cidr() {
+        let text = MINIMAL.replace(
+            "instance_profile = ",
+            "allow_cidr = \"everyone\"\ninstance_profile = ",
+        );
+        let msg = error(&text);
+        assert!(msg.starts_with("bake.toml:9:14:"), "{msg}");
+    }
+
+    #[test]
+    fn rollout_must_name_an_existing_image_and_sane_capacity() {
+        let misnamed = ROLLOUT.replace("image = \"web\"", "image = \"wbe\"");
+        let msg = error(&format!("{MINIMAL}{misnamed}"));
+        assert!(msg.contains("rollout.web.image: no [image.wbe]"), "{msg}");
+        let bad = ROLLOUT.replace("desired = 1", "desired = 5");
+        let msg = error(&format!("{MINIMAL}{bad}"));
+        assert!(msg.contains("min <= desired <= max"), "{msg}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_one_run_each_at_its_place() {
+        let text = format!(
+            "region = \"mars-1\"\n{MINIMAL}\n[image.web.health]\nport = 0\nexpect_status = 999\n\
+             timeout = \"0s\"\n{}",
+            ROLLOUT.replace("max = 2", "max = 4294967295")
+        );
+        let all = problems(&text);
+        let expected = [
+            "bake.toml:1:10: region: ",
+            "bake.toml:13:8: image.web.health.port: a port is 1 to 65535; found 0",
+            "bake.toml:14:17: image.web.health.expect_status: ",
+            "bake.toml:15:11: image.web.health.timeout: must be between 10 seconds and 12 hours, found \"0s\"",
+            "rollout.web.capacity.max: Auto Scaling takes at most",
+        ];
+        assert_eq!(all.len(), 5, "{all:#?}");
+        for (got, want) in all.iter().zip(expected) {
+            assert!(got.contains(want), "{got} does not contain {want}");
+        }
+        assert!(
+            all[4].contains("4294967295") && all[4].contains("2147483647"),
+            "{all:#?}"
+        );
+        // The whole error prints one problem per line.
+        let msg = error(&text);
+        assert_eq!(msg.lines().count(), 5, "{msg}");
+    }
+
+    #[test]
+    fn huge_and_zero_durations_are_refused_at_every_duration_field() {
+        for (lines, field) in [
+            (
+                "[image.web.health]\ntimeout = \"300000000000y\"",
+                "image.web.health.timeout",
+            ),
+            (
+                "[image.web.verify]\ntimeout = \"300000000000y\"",
+                "image.web.verify.timeout",
+            ),
+            (
+                "[image.web.verify]\ntimeout = \"0s\"",
+                "image.web.verify.timeout",
+            ),
+            (
+                "[image.web.health]\ntimeout = \"9s\"",
+                "image.web.health.timeout",
+            ),
+        ] {
+            let msg = error(&format!("{MINIMAL}{lines}\n"));
+            assert!(msg.contains(&format!("{field}: must be between")), "{msg}");
+        }
+        let msg = error(&with_image("deprecate_after = \"300000000000y\""));
+        assert!(
+            msg.contains("image.web.deprecate_after: must be between 1 minute and 10 years"),
+            "{msg}"
+        );
+        let msg = error(&with_image("deprecate_after = \"0s\""));
+        assert!(msg.contains("image.web.deprecate_after"), "{msg}");
+        for (refresh, field) in [
+            ("{ timeout = \"300000000000y\" }", "timeout"),
+            ("{ timeout = \"0s\" }", "timeout"),
+            ("{ warmup = \"3601s\" }", "warmup"),
+        ] {
+            let msg = error(&format!("{MINIMAL}{ROLLOUT}refresh = {refresh}\n"));
+            assert!(
+                msg.contains(&format!("rollout.web.refresh.{field}: must be between")),
+                "{msg}"
+            );
+        }
+        // The ends of the ranges are accepted.
+        parse(&format!(
+            "{MINIMAL}{ROLLOUT}refresh = {{ warmup = \"0s\", timeout = \"48h\" }}\n\
+             [image.web.health]\ntimeout = \"12h\"\n[image.web.verify]\ntimeout = \"1s\"\n"
+        ))
+        .unwrap();
+        parse(&with_image("deprecate_after = \"10y\"")).unwrap();
+        parse(&with_image("deprecate_after = \"1m\"")).unwrap();
+        assert!(error(&with_image("deprecate_after = \"11y\"")).contains("10 years"));
+    }
+
+    #[test]
+    fn volumes_ports_and_status_codes_stay_inside_aws_ranges() {
+        let volume = |v: &str| {
+            MINIMAL.replace(
+                "instance_profile = ",
+                &format!("volume = {v}\ninstance_profile = "),
+            )
+        };
+        let msg = error(&volume("{ size = 0, type = \"gp3\" }"));
+        assert!(
+            msg.contains("bake.toml:9:")
+                && msg.contains(
+                    "image.web.builder.volume.size: gp3 volumes are 1 to 16384 GiB; found 0"
+                ),
+            "{msg}"
+        );
+        let msg = error(&volume("{ size = 8, type = \"floppy\" }"));
+        assert!(
+            msg.contains("image.web.builder.volume.type: unknown EBS volume type `floppy`"),
+            "{msg}"
+        );
+        let msg = error(&volume("{ size = 4294967295, type = \"gp3\" }"));
+        assert!(msg.contains("image.web.builder.volume.size"), "{msg}");
+        let msg = error(&volume("{ size = -1, type = \"gp3\" }"));
+        assert!(msg.contains("image.web.builder.volume"), "{msg}");
+        parse(&volume("{ size = 65536, type = \"io2\" }")).unwrap();
+        let msg = error(&format!("{MINIMAL}{ROLLOUT}alb_port = 0\n"));
+        assert!(
+            msg.contains("rollout.web.alb_port: a port is 1 to 65535"),
+            "{msg}"
+        );
+        for status in [0, 199, 500, 999] {
+            let msg = error(&format!(
+                "{MINIMAL}[image.web.health]\nexpect_status = {status}\n"
+            ));
+            assert!(
+                msg.contains("image.web.health.expect_status: an expected status is 200 to 499"),
+                "{msg}"
+            );
+        }
+        parse(&format!(
+            "{MINIMAL}[image.web.health]\nexpect_status = 499\nport = 65535\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn capacity_stays_inside_auto_scalings_integers_and_consistent() {
+        let msg = error(&format!(
+            "{MINIMAL}{}",
+            ROLLOUT.replace("max = 2", "max = 4294967295")
+        ));
+        assert!(
+            msg.contains("rollout.web.capacity.max: Auto Scaling takes at most 2147483647"),
+            "{msg}"
+        );
+        let msg = error(&format!(
+            "{MINIMAL}{}",
+            ROLLOUT
+                .replace("max = 2", "max = 0")
+                .replace("min = 1, desired = 1", "min = 0, desired = 0")
+        ));
+        assert!(
+            msg.contains("rollout.web.capacity: need min <= desired <= max and max > 0"),
+            "{msg}"
+        );
+        parse(&format!(
+            "{MINIMAL}{}",
+            ROLLOUT.replace("max = 2", "max = 2147483647")
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn cidrs_ids_selectors_regions_and_instance_types_have_aws_shapes() {
+        let cidr = |c: &str| {
+            MINIMAL.replace(
+                "instance_profile = ",
+                &format!("allow_cidr = \"{c}\"\ninstance_profile = "),
+            )
+        };
+        assert!(error(&cidr("10.0.0.1/8")).contains("host bits"));
+        assert!(error(&cidr("10.0.0.0/+8")).contains("image.web.builder.allow_cidr"));
+        parse(&cidr("10.0.0.0/8")).unwrap();
+        let msg = error(&format!(
+            "{MINIMAL}{ROLLOUT}alb_allow_cidr = \"0.0.0.1/0\"\n"
+        ));
+        assert!(
+            msg.contains("rollout.web.alb_allow_cidr: ") && msg.contains("host bits"),
+            "{msg}"
+        );
+        let msg =
+            error(&MINIMAL.replace("{ tag = { Name = \"Public subnet A\" } }", "{ tag = {} }"));
+        assert!(
+            msg.contains("bake.toml:8:10: image.web.builder.subnet: give exactly one of"),
+            "{msg}"
+        );
+        let msg = error(&MINIMAL.replace("{ tag = { Name = \"Public subnet A\" } }", "{}"));
+        assert!(
+            msg.contains("image.web.builder.subnet: ") && msg.contains("empty selector"),
+            "{msg}"
+        );
+        let msg = error(&MINIMAL.replace(
+            "{ tag = { Name = \"Public subnet A\" } }",
+            "{ tag = { \"\" = \"x\" } }",
+        ));
+        assert!(
+            msg.contains("image.web.builder.subnet: tag keys are 1 to 128"),
+            "{msg}"
+        );
+        let msg = error(&MINIMAL.replace(
+            "{ tag = { Name = \"Public subnet A\" } }",
+            "{ id = \"sg-1\" }",
+        ));
+        assert!(msg.contains("a subnet id is `subnet-`"), "{msg}");
+        let msg = error(&format!("{MINIMAL}{}", ROLLOUT.replace("vpc-0123", "")));
+        assert!(msg.contains("rollout.web.vpc: a vpc id"), "{msg}");
+        let msg = error(&format!(
+            "{MINIMAL}{}",
+            ROLLOUT.replace(
+                "[{ id = \"subnet-a\" }, { id = \"subnet-c\" }]",
+                "[{ id = \"subnet-a\" }, {}]"
+            )
+        ));
+        assert!(msg.contains("rollout.web.alb_subnets: "), "{msg}");
+        let msg = error(&format!("region = \"moon-base\"\n{MINIMAL}"));
+        assert!(
+            msg.starts_with("bake.toml:1:10: region: a region code"),
+            "{msg}"
+        );
+        let msg = error(&MINIMAL.replace(
+            "instance_profile = ",
+            "instance_type = \"huge\"\ninstance_profile = ",
+        ));
+        assert!(
+            msg.contains("image.web.builder.instance_type: an instance type is `family.size`"),
+            "{msg}"
+        );
+        let msg = error(&format!("{MINIMAL}{ROLLOUT}instance_type = \"T3.Micro\"\n"));
+        assert!(msg.contains("rollout.web.instance_type"), "{msg}");
+        let msg = error(&MINIMAL.replace("\"SSMInstanceProfile\"", "\"\""));
+        assert!(
+            msg.contains("image.web.builder.instance_profile: instance profile names are 1 to 128"),
+            "{msg}"
+        );
+        let msg = error(&MINIMAL.replace(
+            "base = { ssm = \"/aws/service/debian/release/bookworm/latest/amd64\" }",
+            "base = { id = \"\" }",
+        ));
+        assert!(msg.contains("image.web.base.id: an AMI id"), "{msg}");
+        let msg = error(&MINIMAL.replace("template = \"nginx\"", "template = \"\""));
+        assert!(msg.contains("image.web.template: is empty"), "{msg}");
+    }
+
+    #[test]
+    fn names_keys_and_tags_must_be_non_empty_and_inside_aws_rules() {
+        let msg = error(&with_image("vars = { \"\" = \"x\" }"));
+        assert!(
+            msg.starts_with("bake.toml:6:10: image.web.vars: a var name is one or more characters"),
+            "{msg}"
+        );
+        let msg = error(&format!("{MINIMAL}{ROLLOUT}tags = {{ \"\" = \"x\" }}\n"));
+        assert!(
+            msg.contains("rollout.web.tags: tag keys are 1 to 128"),
+            "{msg}"
+        );
+        let msg = error(&format!(
+            "{MINIMAL}{}",
+            ROLLOUT.replace("asg = \"Web-ASG\"", "asg = \"\"")
+        ));
+        assert!(
+            msg.contains("rollout.web.asg: Auto Scaling group names are 1 to 255"),
+            "{msg}"
+        );
+        let msg = error(&with_image("name = \"web:{{ date }}\""));
+        assert!(
+            msg.contains("bake.toml:6:8: image.web.name: AMI names allow") && msg.contains("':'"),
+            "{msg}"
+        );
+        let msg = error(
+            &MINIMAL
+                .replace("[image.web]", "[image.\"\"]")
+                .replace("[image.web.builder]", "[image.\"\".builder]"),
+        );
+        assert!(
+            msg.starts_with("bake.toml:2:8: image.\"\": the image name"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn health_path_must_be_an_absolute_url_path_without_dot_segments() {
+        for path in ["/../../../etc/passwd", "health", "/a b", "/x/%2e%2e/y"] {
+            let msg = error(&format!("{MINIMAL}[image.web.health]\npath = \"{path}\"\n"));
+            assert!(
+                msg.starts_with("bake.toml:11:8: image.web.health.path: "),
+                "{path}: {msg}"
+            );
+        }
+        parse(&format!(
+            "{MINIMAL}[image.web.health]\npath = \"/healthz\"\n"
+        ))
+        .unwrap();
+    }
+}

@@ -1,0 +1,323 @@
+"""EC2 Auto Scaling where moto has none: a group launches as Auto Scaling does (the template version it names,
+spread over its subnets), a launch EC2 refuses is a failed scaling activity tried in other zones and again after
+a backoff, and running group instances are registered in the group's target groups; and its moto patches."""
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from moto.autoscaling import models as asg_models
+from moto.autoscaling.models import autoscaling_backends
+from moto.autoscaling.responses import AutoScalingResponse
+from moto.core.responses import ActionResult
+from moto.ec2.models import ec2_backends
+from moto.ec2.utils import parse_user_data
+from moto.elbv2.models import elbv2_backends
+from moto.kms.models import kms_backends
+
+from .elb import Balancers
+from .limits import query_tags, tags
+from .patching import ACCOUNT, backends, before
+
+# EC2 Auto Scaling retries a failed launch with a backoff: the lab waits 10 s after the first failure
+# (`/_lab/latency` key `launch_retry`), doubling to 5 minutes (AWS's retries come seconds, then
+# minutes apart).
+LAUNCH_RETRY_FIRST = 10.0
+LAUNCH_RETRY_CAP = 300.0
+# The messages EC2 gives RunInstances for these causes, as Auto Scaling quotes them in its activities.
+UNSUPPORTED = ("Your requested instance type ({type}) is not supported in your requested Availability Zone "
+               "({zone}). Please retry your request by not specifying an Availability Zone or choosing {others}.")
+# EC2's answer when a volume's KMS key may not be used by the launching principal (for a group: the
+# Auto Scaling service-linked role), as Auto Scaling reports it.
+KMS_DENIED = "Client.InternalError: Client error on launch."
+AUTOSCALING_ROLE = "AWSServiceRoleForAutoScaling"
+INSUFFICIENT = ("We currently do not have sufficient {type} capacity in the Availability Zone you requested "
+                "({zone}). Our system will be working on provisioning additional capacity. You can currently "
+                "get {type} capacity by not specifying an Availability Zone in your request or choosing {others}.")
+
+
+@dataclass
+class Activity:
+    """One scaling activity, as DescribeScalingActivities shows it."""
+    group: str
+    status: str  # Successful | Failed
+    description: str
+    cause: str
+    message: str = ""
+    details: dict = field(default_factory=dict)
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    start: float = field(default_factory=time.time)
+
+    def describe(self) -> dict:
+        d = {"ActivityId": self.id, "AutoScalingGroupName": self.group, "Description": self.description,
+             "Cause": self.cause, "StartTime": iso(self.start), "EndTime": iso(self.start),
+             "StatusCode": self.status, "Progress": 100, "Details": json.dumps(self.details)}
+        if self.message:
+            d["StatusMessage"] = self.message
+        return d
+
+
+
+def iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+
+class Groups:
+    """The lab's Auto Scaling groups: their launches, scaling activities and target registrations."""
+
+    def __init__(self, lab, lock: threading.RLock, balancers: Balancers):
+        self.lab = lab
+        self._lock = lock  # the scaling loop's (scaling.py)
+        self.balancers = balancers
+        self.activities: dict[tuple[str, str], list[Activity]] = {}  # (region, group) -> oldest first
+        # (region, group) -> (failures in a row, when to try launching again)
+        self.retries: dict[tuple[str, str], tuple[int, float]] = {}
+        # (instance type, zone) -> "unsupported" (not offered there) or "insufficient" (no capacity now)
+        self.unavailable: dict[tuple[str, str], str] = {}
+
+    def clear(self) -> None:
+        self.activities.clear()
+        self.retries.clear()
+        self.unavailable.clear()
+
+    # ---- groups --------------------------------------------------------------------------------
+    def register_targets(self) -> None:
+        """Registers running group instances in the group's target groups; removes the gone ones."""
+        for region, backend in backends(autoscaling_backends):
+            elb = elbv2_backends[ACCOUNT][region]
+            for group in list(backend.autoscaling_groups.values()):
+                running = {s.instance.id for s in group.instance_states
+                           if s.instance.id in self.lab.instances
+                           and self.lab.instances[s.instance.id].state == "running"}
+                for arn in group.target_group_arns:
+                    tg = elb.target_groups.get(arn)
+                    if tg is None:
+                        continue
+                    for iid in running - set(tg.targets):
+                        tg.targets[iid] = {"Id": iid, "Port": tg.port}
+                        self.lab.event("target_registered", target_group=arn, target=iid)
+                    members = {s.instance.id for s in group.instance_states}
+                    for iid in set(tg.targets) - members:
+                        if iid in _all_group_instances():
+                            continue
+                        inst = self.lab.instances.get(iid)
+                        if inst is None or inst.state != "running":
+                            tg.targets.pop(iid, None)
+                            self.lab.event("target_removed", target_group=arn, target=iid)
+
+    def instance_healthy(self, region: str, group, iid: str) -> bool:
+        inst = self.lab.instances.get(iid)
+        if inst is None or inst.state != "running":
+            return False
+        if group.health_check_type != "ELB":
+            return True
+        elb = elbv2_backends[ACCOUNT][region]
+        for arn in group.target_group_arns:
+            if arn in elb.target_groups and not self.balancers.healthy(arn, iid):
+                return False
+        return True
+
+    # ---- launches and scaling activities --------------------------------------------------------
+    def set_capacity(self, body: dict) -> dict:
+        """`POST /_lab/capacity`: `{"unavailable": [{"instance_type", "zone", "reason"}]}`, reason
+        `insufficient` (InsufficientInstanceCapacity, the default) or `unsupported` (not offered there)."""
+        found = {}
+        for item in body.get("unavailable") or []:
+            reason = item.get("reason", "insufficient")
+            if reason not in ("insufficient", "unsupported"):
+                raise ValueError("reason must be insufficient or unsupported")
+            found[(str(item["instance_type"]), str(item["zone"]))] = reason
+        with self._lock:
+            self.unavailable = found
+        return self.capacity()
+
+    def capacity(self) -> dict:
+        return {"unavailable": [{"instance_type": t, "zone": z, "reason": r}
+                                for (t, z), r in sorted(self.unavailable.items())]}
+
+    def launch_refusal(self, region: str, image_id: str, instance_type: str, zone: str | None,
+                       zones: list[str]) -> str | None:
+        """EC2's answer to a launch it refuses, as Auto Scaling quotes it; None when it launches."""
+        if zone is not None and (instance_type, zone) in self.unavailable:
+            others = ", ".join(sorted({z for z in zones if z != zone and (instance_type, z) not in self.unavailable}))
+            template = UNSUPPORTED if self.unavailable[(instance_type, zone)] == "unsupported" else INSUFFICIENT
+            return template.format(type=instance_type, zone=zone, others=others or "another zone")
+        if _kms_denied(region, image_id):
+            return KMS_DENIED
+        return None
+
+    def record(self, region: str, activity: Activity) -> None:
+        with self._lock:
+            self.activities.setdefault((region, activity.group), []).append(activity)
+        if activity.status == "Failed":
+            self.lab.event("launch_failed", group=activity.group, reason=activity.message)
+
+    def launch_outcome(self, region: str, group: str, failed: bool) -> None:
+        """After a failed launch the group tries again after a backoff; a launch resets it."""
+        with self._lock:
+            key = (region, group)
+            if not failed:
+                self.retries.pop(key, None)
+                return
+            failures = self.retries.get(key, (0, 0.0))[0] + 1
+            first = float(self.lab.latency.get("launch_retry", LAUNCH_RETRY_FIRST))
+            wait = min(first * 2 ** (failures - 1), LAUNCH_RETRY_CAP)
+            self.retries[key] = (failures, time.time() + wait)
+
+    def retry_launches(self) -> None:
+        for (region, name), (_, at) in list(self.retries.items()):
+            group = autoscaling_backends[ACCOUNT][region].autoscaling_groups.get(name)
+            if group is None:
+                self.retries.pop((region, name), None)
+                continue
+            missing = (group.desired_capacity or 0) - len(group.active_instances())
+            if missing <= 0:
+                self.retries.pop((region, name), None)
+            elif time.time() >= at:
+                group.replace_autoscaling_group_instances(missing, group.get_propagated_tags())
+
+    def describe_activities(self, region: str, group_name: str | None, limit: int | None) -> list[dict]:
+        with self._lock:
+            found = [a for (r, g), acts in self.activities.items() if r == region
+                     and (group_name is None or g == group_name) for a in acts]
+        found.sort(key=lambda a: a.start, reverse=True)
+        return [a.describe() for a in found[:limit or 100]]
+
+
+def _all_group_instances() -> set[str]:
+    return {s.instance.id for _, b in backends(autoscaling_backends)
+            for g in b.autoscaling_groups.values() for s in g.instance_states}
+
+
+def _kms_denied(region: str, image_id: str) -> bool:
+    """True when a snapshot of the image is encrypted with a customer managed KMS key that has no grant
+    for the Auto Scaling service-linked role ("Required AWS KMS key policy for use with encrypted
+    volumes"): EC2 then fails the group's launch with Client.InternalError. AWS managed keys
+    (aws/ebs) need no grant."""
+    ec2 = ec2_backends[ACCOUNT][region]
+    image = ec2.amis.get(image_id)
+    snapshot = getattr(image, "ebs_snapshot", None)
+    if snapshot is None or not snapshot.encrypted or not snapshot.kms_key_id:
+        return False
+    kms = kms_backends[ACCOUNT][region]
+    ref = snapshot.kms_key_id
+    key = kms.keys.get(ref.rsplit("/", 1)[-1]) or next((k for k in kms.keys.values() if k.arn == ref), None)
+    if key is None or key.key_manager != "CUSTOMER":
+        return False
+    return not any(AUTOSCALING_ROLE in g.grantee_principal for g in key.grants.values())
+
+
+
+def _launch(group, ec2, version, instance_type: str, subnet: str | None, zone: str | None, tags: dict) -> None:
+    data = version.data
+    kwargs = {
+        "instance_type": instance_type, "tags": {"instance": dict(tags)},
+        "launch_template": {"LaunchTemplateId": group.ec2_launch_template.id, "Version": str(version.number)},
+        "is_instance_type_default": False, "subnet_id": subnet,
+        "security_group_ids": list(data.get("SecurityGroupIds") or []),
+        "metadata_options": data.get("MetadataOptions") or {},
+    }
+    if zone:
+        kwargs["placement"] = zone
+    user_data = data.get("UserData")
+    if isinstance(user_data, str):
+        user_data = parse_user_data(user_data)
+    reservation = ec2.run_instances(version.image_id, 1, user_data, [], **kwargs)
+    for instance in reservation.instances:
+        profile = (data.get("IamInstanceProfile") or {}).get("Name")
+        if profile:
+            ec2.associate_iam_instance_profile(instance_id=instance.id, iam_instance_profile_name=profile,
+                                               iam_instance_profile_arn=None)
+        instance.autoscaling_group = group
+        instance.lab_lt_version = str(version.number)
+        group.instance_states.append(asg_models.InstanceState(
+            instance, protected_from_scale_in=group.new_instances_protected_from_scale_in))
+
+
+
+def install(groups: Groups) -> None:
+    """Patch moto's Auto Scaling to launch, register and report through `groups`."""
+    group_cls = asg_models.FakeAutoScalingGroup
+
+    def replace_instances(group, count_needed: int, propagated_tags: dict) -> None:
+        """Launch as EC2 Auto Scaling does: the group's template version, spread over its subnets; a
+        launch EC2 refuses is a failed scaling activity, tried in the group's other zones, then again
+        after a backoff (the scaling loop retries)."""
+        propagated_tags[asg_models.ASG_NAME_TAG] = group.name
+        propagated_tags.update(group.instance_tags)
+        ec2 = group.autoscaling_backend.ec2_backend
+        region = group.region
+        subnets = [s for s in (group.vpc_zone_identifier or "").split(",") if s]
+        version = group.ec2_launch_template.get_version(group.launch_template_version)
+        data = version.data
+        instance_type = data.get("InstanceType") or "t3.micro"
+        before = len(group.instance_states)
+        cause = (f"At {iso(time.time())} an instance was started in response to a difference between desired "
+                 f"and actual capacity, increasing the capacity from {before} to {before + count_needed}.")
+        failed = False
+        for _ in range(count_needed):
+            counts = {s: 0 for s in subnets}
+            for st in group.instance_states:
+                if st.instance.subnet_id in counts:
+                    counts[st.instance.subnet_id] += 1
+            launched = False
+            for subnet in sorted(subnets, key=lambda s: counts[s]) or [None]:
+                zone = ec2.get_subnet(subnet).availability_zone if subnet else None
+                refusal = groups.launch_refusal(region, version.image_id, instance_type, zone,
+                                                 [ec2.get_subnet(s).availability_zone for s in subnets])
+                if refusal:
+                    groups.record(region, Activity(
+                        group=group.name, status="Failed", cause=cause,
+                        description=f"Launching a new EC2 instance.  Status Reason: {refusal} "
+                                    "Launching EC2 instance failed.",
+                        message=f"{refusal} Launching EC2 instance failed.",
+                        details={"Subnet ID": subnet, "Availability Zone": zone}))
+                    continue
+                _launch(group, ec2, version, instance_type, subnet, zone, propagated_tags)
+                inst = group.instance_states[-1].instance
+                groups.record(region, Activity(
+                    group=group.name, status="Successful", cause=cause,
+                    description=f"Launching a new EC2 instance: {inst.id}",
+                    details={"Subnet ID": subnet, "Availability Zone": zone}))
+                launched = True
+                break
+            if not launched:
+                failed = True
+                break
+        groups.launch_outcome(region, group.name, failed)
+
+    group_cls.replace_autoscaling_group_instances = replace_instances
+
+    def launch_template(state):
+        group = state.auto_scaling_group
+        if group is None or group.ec2_launch_template is None:
+            return None
+        return {"LaunchTemplateId": group.ec2_launch_template.id, "LaunchTemplateName": group.ec2_launch_template.name,
+                "Version": getattr(state.instance, "lab_lt_version",
+                                   str(group.ec2_launch_template.default_version_number))}
+
+    asg_models.InstanceState.launch_template = property(launch_template)
+
+    def update_attached_target_groups(backend, group_name: str) -> None:
+        """Targets are registered once their instance runs (the scaling loop does it), as on AWS."""
+
+    asg_models.AutoScalingBackend.update_attached_target_groups = update_attached_target_groups
+    def describe_scaling_activities(self):
+        limit = self._get_param("MaxRecords")
+        return ActionResult({"Activities": groups.describe_activities(
+            self.region, self._get_param("AutoScalingGroupName"), int(limit) if limit else None)})
+
+    AutoScalingResponse.describe_scaling_activities = describe_scaling_activities
+
+
+
+def install_limits() -> None:
+    """Auto Scaling's tags, checked before moto acts."""
+    def asg_tags(response):
+        for group in query_tags({k: v for k, v in response.querystring.items() if k.startswith("Tags.")}):
+            tags(group, "ValidationError")
+
+    for action in ("create_auto_scaling_group", "create_or_update_tags"):
+        before(AutoScalingResponse, action, asg_tags)

@@ -1,0 +1,136 @@
+"""EC2 as moto lacks it: the patches that hand instances and images to the lab (run, start, stop, reboot,
+terminate, CreateImage and CopyImage, deprecation, deregistration), each instance's public address from the
+lab's range."""
+import datetime
+import threading
+
+from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models import EC2Backend, elastic_network_interfaces
+from moto.ec2.responses.amis import AmisResponse
+
+from ..lab import Lab
+from ..patching import wrap
+from . import secgroups
+
+_request = threading.local()  # request parameters moto's backend signatures drop (CreateImage's NoReboot)
+
+
+def install(lab: Lab) -> None:
+    elastic_network_interfaces.random_public_ip = lab.net.allocate_public_ip
+
+    def after_run(backend, reservation, *a, **kw):
+        for instance in reservation.instances:
+            lab.launch(instance, backend.region_name)
+
+    def after_start(backend, pairs, *a, **kw):
+        for instance, previous in pairs:
+            if previous.name == "stopped":
+                lab.start(instance.id)
+            elif previous.name != "running":
+                instance._state.name, instance._state.code = previous.name, previous.code
+
+    def after_stop(backend, pairs, *a, **kw):
+        for instance, previous in pairs:
+            if previous.name in ("pending", "running"):
+                lab.stop(instance.id)
+            else:
+                instance._state.name, instance._state.code = previous.name, previous.code
+
+    def after_terminate(backend, pairs, *a, **kw):
+        for instance, previous in pairs:
+            if previous.name not in ("shutting-down", "terminated"):
+                lab.terminate(instance.id)
+            else:
+                instance._state.name, instance._state.code = previous.name, previous.code
+
+    def after_reboot(backend, instances, *a, **kw):
+        for instance in instances:
+            lab.reboot(instance.id)
+
+    wrap(EC2Backend, "run_instances", after_run)
+    wrap(EC2Backend, "start_instances", after_start)
+    wrap(EC2Backend, "stop_instances", after_stop)
+    wrap(EC2Backend, "terminate_instances", after_terminate)
+    wrap(EC2Backend, "reboot_instances", after_reboot)
+
+    original_create_image = EC2Backend.create_image
+
+    def create_image(backend, instance_id, name, description, tag_specifications):
+        if instance_id not in lab.instances:
+            raise EC2ClientError("IncorrectInstanceState",
+                                   f"The instance '{instance_id}' is not in a state from which it can be imaged.")
+        # "AMI names must be unique per account and Region" (CreateImage, Name); a taken name answers
+        # InvalidAMIName.Duplicate ("Error codes for the Amazon EC2 API").
+        taken = next((a.id for a in backend.amis.values()
+                      if a.name == name and a.owner_id == backend.account_id
+                      and getattr(a, "state", "available") != "deregistered"), None)
+        if taken is not None:
+            raise EC2ClientError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {taken}")
+        snapshot_tags = [t for spec in tag_specifications if spec.get("ResourceType") == "snapshot"
+                         for t in spec.get("Tags", [])]
+        others = [spec for spec in tag_specifications if spec.get("ResourceType") != "snapshot"]
+        ami = original_create_image(backend, instance_id, name, description, others)
+        for tag in snapshot_tags:
+            ami.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
+        lab.create_image(ami, instance_id, backend.region_name, getattr(_request, "no_reboot", False))
+        return ami
+
+    EC2Backend.create_image = create_image
+
+    response_create_image = AmisResponse.create_image
+
+    def create_image_response(self):
+        _request.no_reboot = str(self._get_param("NoReboot", False)).lower() == "true"
+        return response_create_image(self)
+
+    AmisResponse.create_image = create_image_response
+
+    def enable_image_deprecation(self):
+        # EC2 keeps whole minutes (seconds round to the nearest) and answers it as DeprecationTime.
+        ami = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]
+        at = self._get_param("DeprecateAt")  # moto parses the timestamp
+        if isinstance(at, str):
+            at = datetime.datetime.fromisoformat(at.replace("Z", "+00:00"))
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=datetime.UTC)
+        at = (at + datetime.timedelta(seconds=30)).replace(second=0, microsecond=0)
+        ami.deprecation_time = at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        return ActionResult({"Return": True})
+
+    def disable_image_deprecation(self):
+        ami = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]
+        ami.deprecation_time = None
+        return ActionResult({"Return": True})
+
+    AmisResponse.enable_image_deprecation = enable_image_deprecation
+    AmisResponse.disable_image_deprecation = disable_image_deprecation
+
+    def after_copy(backend, ami, source_image_id, source_region, *a, **kw):
+        lab.copy_image(source_region, source_image_id, backend.region_name, ami)
+
+    def after_deregister(backend, result, ami_id, *a, **kw):
+        lab.layers.forget_image(backend.region_name, ami_id)
+
+    def after_delete_snapshot(backend, snapshot, snapshot_id, *a, **kw):
+        lab.snapshot_deleted(backend.region_name, snapshot_id)
+
+    secgroups.install(lab)
+    wrap(EC2Backend, "copy_image", after_copy)
+    wrap(EC2Backend, "deregister_image", after_deregister)
+    wrap(EC2Backend, "delete_snapshot", after_delete_snapshot)
+
+    original_copy_image = AmisResponse.copy_image
+
+    def copy_image(self):
+        """CopyImage with Encrypted: the copy's snapshot is encrypted with KmsKeyId (moto drops both),
+        so a launch can meet the key's grants (see asg.py)."""
+        result = original_copy_image(self)
+        if str(self._get_param("Encrypted")).lower() == "true":
+            ami = self.ec2_backend.amis.get(result.result["ImageId"])
+            if ami is not None and getattr(ami, "ebs_snapshot", None) is not None:
+                ami.ebs_snapshot.encrypted = True
+                ami.ebs_snapshot.kms_key_id = self._get_param("KmsKeyId") or "alias/aws/ebs"
+        return result
+
+    AmisResponse.copy_image = copy_image

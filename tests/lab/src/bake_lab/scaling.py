@@ -1,0 +1,57 @@
+"""Auto Scaling and load balancing's one background loop: every TICK it follows the load balancers (elb.py),
+registers group instances (asg.py), retries refused launches, probes targets and advances instance refreshes
+(refresh.py), all under one lock."""
+import logging
+import threading
+import time
+
+from .asg import Groups
+from .elb import Balancers
+from .refresh import Refreshes
+
+log = logging.getLogger("lab")
+
+TICK = 0.25  # how often group membership, probes and refreshes are looked at
+
+
+class Scaling:
+    """The lab's Auto Scaling and load-balancing world: its three parts and the loop that drives them."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self._lock = threading.RLock()
+        self.balancers = Balancers(lab, self._lock)
+        self.groups = Groups(lab, self._lock, self.balancers)
+        self.refreshes = Refreshes(lab, self._lock, self.groups)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="scaling", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self.balancers.clear()
+            self.refreshes.clear()
+            self.groups.clear()
+
+    def _loop(self) -> None:
+        last_probe = 0.0
+        while not self._stop.wait(TICK):
+            try:
+                with self._lock:
+                    self.balancers.sync()
+                    self.groups.register_targets()
+                    self.groups.retry_launches()
+                    interval = float(self.lab.latency.get("health_check_interval", 1.0))
+                    if time.time() - last_probe >= interval:
+                        last_probe = time.time()
+                        self.balancers.probe_all()
+                    self.refreshes.advance_all()
+            except Exception as e:  # noqa: BLE001 - reported, the loop goes on
+                log.exception("scaling loop")
+                self.lab.event("error", what="scaling", error=str(e))

@@ -1,0 +1,118 @@
+"""The workshops' part 2 in the lab: an ALB in front of an Auto Scaling group, real target health,
+instance refreshes that replace real instances and roll back."""
+import base64
+
+from conftest import PAGE_USER_DATA as USER_DATA
+from conftest import http_get, run_command, runner_group, subnet_id, wait_for, wait_online
+
+BROKEN = "#!/bin/bash\necho 'this version serves nothing'\n"
+HEALTHY_WAIT = 90  # boot (~1 s), user data (~1 s), two 1-s probes; 90 s means broken
+REFRESH_WAIT = 180  # two batches of the above
+
+
+def template_data(ami: str, sg: str, user_data: str) -> dict:
+    return {"ImageId": ami, "InstanceType": "t3.micro", "SecurityGroupIds": [sg],
+            "IamInstanceProfile": {"Name": "SSMInstanceProfile"},
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+            "UserData": base64.b64encode(user_data.encode()).decode()}
+
+
+def healthy(elb, tg: str) -> list[str]:
+    found = elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
+    return [d["Target"]["Id"] for d in found if d["TargetHealth"]["State"] == "healthy"]
+
+
+def pages(url: str, n: int) -> set[str]:
+    seen = set()
+    for _ in range(n):
+        got = http_get(url)
+        assert got and got[0] == 200, got
+        seen.add(got[1].strip())
+    return seen
+
+
+def refresh_ends(asg, group: str, refresh: str, states: tuple[str, ...]) -> dict:
+    def done():
+        r = asg.describe_instance_refreshes(AutoScalingGroupName=group, InstanceRefreshIds=[refresh])
+        r = r["InstanceRefreshes"][0]
+        return r if r["Status"] in states else None
+    return wait_for(f"refresh {refresh} to end", done, REFRESH_WAIT, 0.5)
+
+
+def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm, ubuntu_ami):
+    elb, asg = lab.client("elbv2"), lab.client("autoscaling")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": ["VPC-Lab"]}])["Vpcs"][0]["VpcId"]
+    # As on AWS: the balancer's group admits the runner, the instances' group admits the balancer's.
+    alb_sg = runner_group(lab, ec2, "lb-web-alb")
+    sg = ec2.create_security_group(GroupName="lb-web", Description="web", VpcId=vpc)["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "UserIdGroupPairs": [{"GroupId": alb_sg}]}])
+    template = ec2.create_launch_template(
+        LaunchTemplateName="lb-web", LaunchTemplateData=template_data(ubuntu_ami, sg, USER_DATA.format(page="v1")))
+    template_id = template["LaunchTemplate"]["LaunchTemplateId"]
+    tg = elb.create_target_group(Name="lb-web-tg", Protocol="HTTP", Port=80, VpcId=vpc, HealthCheckPath="/",
+                                 HealthyThresholdCount=2,
+                                 UnhealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
+    lb = elb.create_load_balancer(Name="lb-web-alb", SecurityGroups=[alb_sg],
+                                  Subnets=[subnet_id(ec2, "Public subnet A"),
+                                           subnet_id(ec2, "Public subnet C")])["LoadBalancers"][0]
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    private = [subnet_id(ec2, "Private subnet A"), subnet_id(ec2, "Private subnet C")]
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName="lb-web-asg", MinSize=2, MaxSize=4, DesiredCapacity=2, HealthCheckType="ELB",
+        LaunchTemplate={"LaunchTemplateId": template_id, "Version": "1"}, VPCZoneIdentifier=",".join(private),
+        TargetGroupARNs=[tg])
+    url = f"http://{lb['DNSName']}/"
+    assert lb["DNSName"].startswith("100.64."), lb["DNSName"]
+
+    members = wait_for("two healthy targets", lambda: len(h := healthy(elb, tg)) == 2 and h, HEALTHY_WAIT)
+    reservations = ec2.describe_instances(InstanceIds=members)["Reservations"]
+    instances = [i for r in reservations for i in r["Instances"]]
+    assert sorted(i["SubnetId"] for i in instances) == sorted(private)
+    assert all(i["MetadataOptions"]["HttpTokens"] == "required" for i in instances)
+    assert pages(url, 6) == {f"v1 {m}" for m in members}, "round robin over both instances"
+
+    # One server stops: its target turns unhealthy with a reason; the ALB sends everything to the other.
+    down, up = members
+    wait_online(ssm, down)
+    run_command(ssm, down, ["systemctl stop page.socket"])
+    def unhealthy():
+        for d in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]:
+            if d["Target"]["Id"] == down and d["TargetHealth"]["State"] == "unhealthy":
+                return d["TargetHealth"]
+    assert wait_for("the stopped target unhealthy", unhealthy, 30)["Reason"] == "Target.FailedHealthChecks"
+    assert pages(url, 4) == {f"v1 {up}"}
+
+    # A new version, rolled out by an instance refresh.
+    ec2.create_launch_template_version(LaunchTemplateId=template_id,
+                                       LaunchTemplateData=template_data(ubuntu_ami, sg, USER_DATA.format(page="v2")))
+    refresh = asg.start_instance_refresh(
+        AutoScalingGroupName="lb-web-asg", Preferences={"MinHealthyPercentage": 50, "InstanceWarmup": 0},
+        DesiredConfiguration={"LaunchTemplate": {"LaunchTemplateId": template_id, "Version": "2"}})["InstanceRefreshId"]
+    assert refresh_ends(asg, "lb-web-asg", refresh, ("Successful", "Failed"))["Status"] == "Successful"
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["lb-web-asg"])["AutoScalingGroups"][0]
+    assert group["LaunchTemplate"]["Version"] == "2"
+    assert [i["LaunchTemplate"]["Version"] for i in group["Instances"]] == ["2", "2"]
+    assert not {i["InstanceId"] for i in group["Instances"]} & set(members)
+    assert {p.split()[0] for p in pages(url, 4)} == {"v2"}
+
+    # A version that serves nothing: the refresh fails and rolls itself back.
+    lab.post("/_lab/latency", {"refresh_instance_timeout": 10})
+    ec2.create_launch_template_version(LaunchTemplateId=template_id,
+                                       LaunchTemplateData=template_data(ubuntu_ami, sg, BROKEN))
+    refresh = asg.start_instance_refresh(
+        AutoScalingGroupName="lb-web-asg",
+        Preferences={"MinHealthyPercentage": 50, "InstanceWarmup": 0, "AutoRollback": True},
+        DesiredConfiguration={"LaunchTemplate": {"LaunchTemplateId": template_id, "Version": "3"}})["InstanceRefreshId"]
+    ended = refresh_ends(asg, "lb-web-asg", refresh, ("RollbackSuccessful", "RollbackFailed", "Successful"))
+    assert ended["Status"] == "RollbackSuccessful", ended
+    assert "did not become healthy" in ended["StatusReason"]
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["lb-web-asg"])["AutoScalingGroups"][0]
+    assert [i["LaunchTemplate"]["Version"] for i in group["Instances"]] == ["2", "2"]
+    assert {p.split()[0] for p in pages(url, 4)} == {"v2"}
+
+    asg.delete_auto_scaling_group(AutoScalingGroupName="lb-web-asg", ForceDelete=True)
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    wait_for("the ALB's address to go", lambda: http_get(url, timeout=1) is None, 10)
+    lab.post("/_lab/latency", {"refresh_instance_timeout": 60})
