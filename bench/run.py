@@ -39,9 +39,12 @@ class Lab(LabProcess):
         return [r for r in self.get_lines(f"/_lab/{name}") if since <= r["time"] <= until]
 
 
+ACCESS_KEY = "bench"  # bake and Packer sign with it; counts() tells their calls by it
+
+
 def env(lab):
     return dict(os.environ, AWS_ENDPOINT_URL=lab.endpoint, AWS_REGION=REGION,
-                AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY="bench",
                 AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
                 BAKE_CHECKIP_URL=f"{lab.endpoint}/_lab/checkip", CHECKPOINT_DISABLE="1")
 
@@ -102,8 +105,12 @@ def lags(run):
 
 
 def counts(run):
+    """API calls by action, counting only the tool's own (signed with the bench's key): an instance's
+    anonymous download, such as the SSM agent's package from S3, is not a call of the tool."""
     tally = {}
     for r in run["requests"]:
+        if r.get("access_key") != ACCESS_KEY:
+            continue
         tally[r["action"]] = tally.get(r["action"], 0) + 1
     return dict(sorted(tally.items()))
 
