@@ -176,5 +176,8 @@ def test_image_deprecation_is_kept_to_the_minute_and_can_be_lifted(ec2):
         assert ec2.describe_images(ImageIds=[ami])["Images"][0]["DeprecationTime"] == "2031-03-04T05:07:00.000Z"
         ec2.disable_image_deprecation(ImageId=ami)
         assert "DeprecationTime" not in ec2.describe_images(ImageIds=[ami])["Images"][0]
+        # AMI names are unique per account and region, for RegisterImage as for CreateImage.
+        with pytest.raises(botocore.exceptions.ClientError, match="InvalidAMIName.Duplicate"):
+            ec2.register_image(Name="deprecation-check", RootDeviceName="/dev/xvda")
     finally:
         ec2.deregister_image(ImageId=ami)

@@ -111,6 +111,12 @@ def test_copied_image_boots_in_the_other_region_and_runs_new_user_data(lab, ec2,
     us_ec2, us_ssm = lab.client("ec2", "us-east-1"), lab.client("ssm", "us-east-1")
     copy = us_ec2.copy_image(SourceImageId=image, SourceRegion="ap-northeast-2", Name="copy-dst")["ImageId"]
     wait_image(us_ec2, copy)
+    # The copy's name is taken in its region now (AMI names are unique per account and region).
+    try:
+        us_ec2.copy_image(SourceImageId=image, SourceRegion="ap-northeast-2", Name="copy-dst")
+        raise AssertionError("a second copy named copy-dst was accepted")
+    except us_ec2.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] == "InvalidAMIName.Duplicate", e.response
     iid = us_ec2.run_instances(ImageId=copy, MinCount=1, MaxCount=1, IamInstanceProfile={"Name": "SSMInstanceProfile"},
                                UserData="#!/bin/sh\necho again > /root/again\n")["Instances"][0]["InstanceId"]
     try:

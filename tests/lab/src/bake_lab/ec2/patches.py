@@ -54,19 +54,36 @@ def install(lab: Lab) -> None:
     wrap(EC2Backend, "terminate_instances", after_terminate)
     wrap(EC2Backend, "reboot_instances", after_reboot)
 
+    def refuse_taken_name(backend, name) -> None:
+        """AMI names are unique per account and Region (CreateImage, CopyImage and RegisterImage, Name): a taken
+        name answers InvalidAMIName.Duplicate ("Error codes for the Amazon EC2 API"); a deregistered AMI frees it."""
+        taken = next((a.id for a in backend.amis.values()
+                      if name is not None and a.name == name and a.owner_id == backend.account_id
+                      and getattr(a, "state", "available") != "deregistered"), None)
+        if taken is not None:
+            raise EC2ClientError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {taken}")
+
+    original_copy = EC2Backend.copy_image
+    original_register = EC2Backend.register_image
+
+    def copy_image(backend, source_image_id, source_region, name=None, description=None):
+        refuse_taken_name(backend, name)
+        return original_copy(backend, source_image_id, source_region, name, description)
+
+    def register_image(backend, name=None, description=None):
+        refuse_taken_name(backend, name)
+        return original_register(backend, name, description)
+
+    EC2Backend.copy_image = copy_image
+    EC2Backend.register_image = register_image
+
     original_create_image = EC2Backend.create_image
 
     def create_image(backend, instance_id, name, description, tag_specifications):
         if instance_id not in lab.instances:
             raise EC2ClientError("IncorrectInstanceState",
                                    f"The instance '{instance_id}' is not in a state from which it can be imaged.")
-        # "AMI names must be unique per account and Region" (CreateImage, Name); a taken name answers
-        # InvalidAMIName.Duplicate ("Error codes for the Amazon EC2 API").
-        taken = next((a.id for a in backend.amis.values()
-                      if a.name == name and a.owner_id == backend.account_id
-                      and getattr(a, "state", "available") != "deregistered"), None)
-        if taken is not None:
-            raise EC2ClientError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {taken}")
+        refuse_taken_name(backend, name)
         snapshot_tags = [t for spec in tag_specifications if spec.get("ResourceType") == "snapshot"
                          for t in spec.get("Tags", [])]
         others = [spec for spec in tag_specifications if spec.get("ResourceType") != "snapshot"]
