@@ -2,28 +2,12 @@
 //! outside AWS's ranges and shapes in one run, each at the config's file:line:col with its field;
 //! exit 2, before any AWS call.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod support;
+
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-/// Runs bake with a config; AWS is pointed at a closed port so any call would fail differently.
-fn bake(config: &str, args: &[&str]) -> (tempfile::TempDir, PathBuf, Output) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bake.toml");
-    std::fs::write(&path, config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bake"))
-        .arg("-c")
-        .arg(&path)
-        .args(args)
-        .env_remove("BAKE_CONFIG")
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("AWS_REGION", "ap-northeast-2")
-        .env("AWS_ACCESS_KEY_ID", "AKIDCONFIGTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .output()
-        .expect("bake runs");
-    (dir, path, out)
-}
+use support::bake_offline as bake;
 
 const CONFIG: &str = r#"region = "ap-northeast-2"
 

@@ -1,27 +1,11 @@
 //! `bake validate` (and every command, since they all load the config) refuses names AWS would
 //! refuse, naming the config's file:line, the field and the rule; exit 2, before any AWS call.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod support;
 
-/// Runs bake with a config; AWS is pointed at a closed port so any call would fail differently.
-fn bake(config: &str, args: &[&str]) -> (tempfile::TempDir, PathBuf, Output) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bake.toml");
-    std::fs::write(&path, config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bake"))
-        .arg("-c")
-        .arg(&path)
-        .args(args)
-        .env_remove("BAKE_CONFIG")
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("AWS_REGION", "ap-northeast-2")
-        .env("AWS_ACCESS_KEY_ID", "AKIDNAMESTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .output()
-        .expect("bake runs");
-    (dir, path, out)
-}
+use std::process::Output;
+
+use support::bake_offline as bake;
 
 fn config(image: &str, rollout_lines: &str) -> String {
     format!(

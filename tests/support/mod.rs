@@ -389,3 +389,24 @@ instance_profile = "SSMInstanceProfile"
 "#
     )
 }
+
+/// Runs bake with `config` written to a fresh `bake.toml` and `args` after `-c`; AWS is pointed at
+/// a closed loopback port, so a command that wrongly reaches AWS fails differently from a refused
+/// config. Returns the directory (kept alive), the config's path and the output.
+pub fn bake_offline(config: &str, args: &[&str]) -> (tempfile::TempDir, PathBuf, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bake.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bake"))
+        .arg("-c")
+        .arg(&path)
+        .args(args)
+        .env_remove("BAKE_CONFIG")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "AKIDOFFLINETEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .output()
+        .expect("bake runs");
+    (dir, path, out)
+}
