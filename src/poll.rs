@@ -170,6 +170,19 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
+    /// `until` with the deadline `within` from now and no progress callback.
+    async fn poll_for<T, E, F, Fut>(
+        within: Duration,
+        schedule: Schedule,
+        check: F,
+    ) -> Result<T, PollError<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Check<T, E>>,
+    {
+        until("a test", Instant::now() + within, schedule, |_| {}, check).await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_deadline_past_the_clock_is_far_ahead_not_a_panic() {
         let now = Instant::now();
@@ -188,11 +201,9 @@ mod tests {
     async fn ready_after_some_pending_looks() {
         let calls = Cell::new(0);
         let start = Instant::now();
-        let got: Result<u32, PollError<()>> = until(
-            "a test",
-            start + Duration::from_secs(60),
+        let got: Result<u32, PollError<()>> = poll_for(
+            Duration::from_secs(60),
             Schedule::every(Duration::from_secs(1)),
-            |_| {},
             || {
                 calls.set(calls.get() + 1);
                 let n = calls.get();
@@ -218,17 +229,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn times_out_at_the_deadline_with_the_last_observation() {
         let start = Instant::now();
-        let got: Result<(), PollError<()>> = until(
-            "a test",
-            start + Duration::from_secs(10),
-            Schedule {
-                first: Duration::from_secs(1),
-                interval: Duration::from_secs(1),
-                dense: Duration::ZERO,
-                factor: 2.0,
-                cap: Duration::from_secs(4),
-            },
-            |_| {},
+        let got: Result<(), PollError<()>> = poll_for(
+            Duration::from_secs(10),
+            Schedule::every(Duration::from_secs(1))
+                .first_after(Duration::from_secs(1))
+                .growing(2.0, Duration::from_secs(4)),
             || async { Check::Pending("502 Bad Gateway".into()) },
         )
         .await;
@@ -243,11 +248,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_terminal_state_ends_the_wait_at_once() {
         let calls = Cell::new(0);
-        let got: Result<(), PollError<&str>> = until(
-            "a test",
-            Instant::now() + Duration::from_secs(600),
+        let got: Result<(), PollError<&str>> = poll_for(
+            Duration::from_secs(600),
             Schedule::every(Duration::from_secs(5)),
-            |_| {},
             || {
                 calls.set(calls.get() + 1);
                 async { Check::Failed("failed") }
@@ -273,17 +276,12 @@ mod tests {
     async fn intervals_stay_dense_then_grow_to_the_cap() {
         let start = Instant::now();
         let times = std::cell::RefCell::new(Vec::new());
-        let _: Result<(), PollError<()>> = until(
-            "a test",
-            start + Duration::from_secs(60),
-            Schedule {
-                first: Duration::from_secs(5),
-                interval: Duration::from_secs(1),
-                dense: Duration::from_secs(10),
-                factor: 2.0,
-                cap: Duration::from_secs(8),
-            },
-            |_| {},
+        let _: Result<(), PollError<()>> = poll_for(
+            Duration::from_secs(60),
+            Schedule::every(Duration::from_secs(1))
+                .first_after(Duration::from_secs(5))
+                .dense_for(Duration::from_secs(10))
+                .growing(2.0, Duration::from_secs(8)),
             || {
                 times.borrow_mut().push(start.elapsed());
                 async { Check::Pending("pending".into()) }
