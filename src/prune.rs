@@ -62,15 +62,48 @@ pub enum Error {
     Delete(#[from] janitor::Error),
 }
 
-/// Prunes the AMIs baked for `image` (tagged `bake:image`) in this account and region.
-pub async fn prune(clients: &Clients, image: &str, options: &Options) -> Result<Pruned, Error> {
+/// What holds AMIs in the account: this region's uses and the account's other regions. Read at
+/// most once, when the first image has more AMIs than it keeps, and shared by every image one
+/// command prunes (`bake prune --all` reads the account once, not once per image). A caller that
+/// changes what is in use between two prunes (the pipeline's rollouts) starts a new one.
+#[derive(Debug, Default)]
+pub struct Census {
+    used: Option<BTreeMap<String, String>>,
+    other_regions: Option<Vec<String>>,
+}
+
+impl Census {
+    async fn used(&mut self, clients: &Clients) -> Result<&BTreeMap<String, String>, CallError> {
+        if self.used.is_none() {
+            self.used = Some(in_use(clients).await?);
+        }
+        Ok(self.used.get_or_insert_default())
+    }
+
+    async fn other_regions(&mut self, clients: &Clients) -> Result<&[String], CallError> {
+        if self.other_regions.is_none() {
+            self.other_regions = Some(other_regions(clients).await?);
+        }
+        Ok(self.other_regions.get_or_insert_default())
+    }
+}
+
+/// Prunes the AMIs baked for `image` (tagged `bake:image`) in this account and region, judging
+/// what is in use by `census`.
+pub async fn prune(
+    clients: &Clients,
+    image: &str,
+    options: &Options,
+    census: &mut Census,
+) -> Result<Pruned, Error> {
     let mut amis = baked(clients, image).await?;
     // Newest first: creation dates are ISO 8601, so they sort as text.
     amis.sort_by(|a, b| b.creation_date().cmp(&a.creation_date()));
     let (in_use, unread) = if amis.len() > options.keep {
-        let mut used = in_use(clients).await?;
-        let (elsewhere, unread) =
-            published_elsewhere(clients, &parameter_name(&options.publish_prefix, image)).await?;
+        let mut used = census.used(clients).await?.clone();
+        let regions = census.other_regions(clients).await?;
+        let parameter = parameter_name(&options.publish_prefix, image);
+        let (elsewhere, unread) = published_elsewhere(clients, regions, &parameter).await?;
         for (ami, why) in elsewhere {
             used.entry(ami).or_insert(why);
         }
@@ -278,26 +311,31 @@ async fn published(clients: &Clients) -> Result<BTreeMap<String, String>, CallEr
     Ok(used)
 }
 
-/// AMI id → the region whose `parameter` names it, for every region enabled in the account other
-/// than this one (this region's parameters are all read by [`published`]); and the regions that
-/// answered AccessDenied. Any other failure stops the prune: an unread value cannot be protected.
-async fn published_elsewhere(
-    clients: &Clients,
-    parameter: &str,
-) -> Result<(BTreeMap<String, String>, Vec<String>), CallError> {
+/// Every region enabled in the account other than this one.
+async fn other_regions(clients: &Clients) -> Result<Vec<String>, CallError> {
     let regions = clients
         .call(|| clients.ec2.describe_regions().send())
         .settle(&aws::THROTTLE_BURST)
         .or_fail(|| "list the account's regions".into())
         .await?;
-    let others: Vec<String> = regions
+    Ok(regions
         .regions()
         .iter()
         .filter_map(|r| r.region_name())
         .filter(|r| *r != clients.region)
         .map(str::to_owned)
-        .collect();
-    let reads = others.iter().map(|region| async move {
+        .collect())
+}
+
+/// AMI id → the region whose `parameter` names it, for each of `regions` (this region's
+/// parameters are all read by [`published`]); and the regions that answered AccessDenied. Any
+/// other failure stops the prune: an unread value cannot be protected.
+async fn published_elsewhere(
+    clients: &Clients,
+    regions: &[String],
+    parameter: &str,
+) -> Result<(BTreeMap<String, String>, Vec<String>), CallError> {
+    let reads = regions.iter().map(|region| async move {
         let ssm = clients.ssm_in(region);
         let answer = aws::Call::new(region, || ssm.get_parameter().name(parameter).send())
             .settle(&aws::THROTTLE_BURST)

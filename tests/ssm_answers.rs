@@ -226,15 +226,39 @@ async fn an_undeliverable_verify_command_says_so() {
     );
 }
 
-/// An account with two AMIs of `web` (the older one prunable with `--keep 1`), nothing using
-/// either in this region, and one other region whose GetParameter of the published parameter
-/// answers `other_region`.
+/// How many calls pruning made: published-parameter reads in other regions, DescribeRegions,
+/// DescribeLaunchTemplates (the account-wide census).
+#[derive(Debug, PartialEq)]
+struct PruneCalls {
+    reads: usize,
+    regions: usize,
+    templates: usize,
+}
+
+/// `prune_each` of `web` alone.
 async fn prune_with(
     other_region: impl Fn() -> MockResponse<GetParameterOutput, GetParameterError>
     + Send
     + Sync
     + 'static,
 ) -> (Result<bake::prune::Pruned, bake::prune::Error>, usize) {
+    let (mut results, calls) = prune_each(&["web"], other_region).await;
+    (results.remove(0), calls.reads)
+}
+
+/// An account with two AMIs of each image (the older one prunable with `--keep 1`), nothing
+/// using either in this region, and one other region whose GetParameter of a published
+/// parameter answers `other_region`; the images pruned one after another as `bake prune` does.
+async fn prune_each(
+    names: &[&str],
+    other_region: impl Fn() -> MockResponse<GetParameterOutput, GetParameterError>
+    + Send
+    + Sync
+    + 'static,
+) -> (
+    Vec<Result<bake::prune::Pruned, bake::prune::Error>>,
+    PruneCalls,
+) {
     use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsOutput;
     use aws_sdk_ec2::operation::describe_images::DescribeImagesOutput;
     use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
@@ -276,7 +300,7 @@ async fn prune_with(
     let here = mock!(aws_sdk_ssm::Client::get_parameters_by_path)
         .then_output(|| GetParametersByPathOutput::builder().build());
     let elsewhere = mock!(aws_sdk_ssm::Client::get_parameter)
-        .match_requests(|r| r.name() == Some(NAME))
+        .match_requests(|r| r.name().is_some_and(|n| n.ends_with("/ami-id")))
         .then_compute_response(move |_| other_region());
     let clients = account(
         &[&here, &elsewhere],
@@ -288,8 +312,39 @@ async fn prune_with(
         dry_run: true,
         publish_prefix: "/bake".into(),
     };
-    let result = bake::prune::prune(&clients, "web", &options).await;
-    (result, elsewhere.num_calls())
+    let mut census = bake::prune::Census::default();
+    let mut results = Vec::new();
+    for name in names {
+        results.push(bake::prune::prune(&clients, name, &options, &mut census).await);
+    }
+    let calls = PruneCalls {
+        reads: elsewhere.num_calls(),
+        regions: regions.num_calls(),
+        templates: templates.num_calls(),
+    };
+    (results, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn pruning_several_images_reads_the_account_once() {
+    let (results, calls) = prune_each(&["web", "api", "worker"], || {
+        MockResponse::Output(GetParameterOutput::builder().build())
+    })
+    .await;
+    for pruned in results {
+        let pruned = pruned.unwrap();
+        assert_eq!(pruned.removed.len(), 1, "{pruned:?}");
+    }
+    // One census (regions, templates) for all three; each image's own parameter in the other
+    // region.
+    assert_eq!(
+        calls,
+        PruneCalls {
+            reads: 3,
+            regions: 1,
+            templates: 1
+        }
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -256,6 +256,8 @@ async fn image_steps(
             dry_run: false,
             publish_prefix: options.publish_prefix.clone(),
         },
+        // This image's rollout just changed what is in use: a census of its own.
+        &mut prune::Census::default(),
     )
     .await
     .map_err(|e| Stop::Failed("prune", e.to_string()))?;

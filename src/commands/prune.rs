@@ -71,9 +71,11 @@ impl Args {
             dry_run: self.dry_run,
             publish_prefix: self.publish_prefix,
         };
+        // Pruning one image never changes what holds another's AMIs: one census serves all.
+        let mut census = prune::Census::default();
         let mut images = Vec::new();
         for name in &names {
-            images.push(prune::prune(&clients, name, &options).await?);
+            images.push(prune::prune(&clients, name, &options, &mut census).await?);
         }
         Ok(Prunes {
             region: clients.region,
