@@ -270,9 +270,46 @@ pub async fn vpc(clients: &Clients, r: &ResourceRef) -> Result<String, Error> {
         .unwrap_or_default())
 }
 
-/// A public subnet has a default route to an internet gateway, in its own route table or (when it
-/// has none of its own) in the VPC's main one.
-pub async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
+/// The route table a subnet uses: its own (explicitly associated), else the VPC's main one.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    pub id: String,
+    /// True when the subnet has no table of its own and uses the VPC's main one.
+    pub main: bool,
+    /// Where 0.0.0.0/0 goes, if anywhere.
+    pub default_route: Option<DefaultRoute>,
+}
+
+/// The target of a route table's 0.0.0.0/0 route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultRoute {
+    /// `igw-…`: the subnet is public.
+    InternetGateway(String),
+    /// `nat-…`: instances reach the internet (and SSM's public endpoints) without an address.
+    NatGateway(String),
+    /// Anything else (a transit gateway, an instance, a peering connection, …), by its id.
+    Other(String),
+}
+
+impl RouteTable {
+    /// "route table rtb-… (the VPC's main one)" or "route table rtb-…".
+    pub fn describe(&self) -> String {
+        if self.main {
+            format!("route table {} (the VPC's main one)", self.id)
+        } else {
+            format!("route table {}", self.id)
+        }
+    }
+
+    /// Whether 0.0.0.0/0 goes to an internet gateway.
+    pub fn public(&self) -> bool {
+        matches!(self.default_route, Some(DefaultRoute::InternetGateway(_)))
+    }
+}
+
+/// The route table `subnet` uses (its own, else the VPC's main one) and where its default route
+/// goes.
+pub async fn route_table(clients: &Clients, subnet: &Subnet) -> Result<RouteTable, Error> {
     let tables = |filters: Vec<Filter>| async move {
         let request = clients
             .ec2
@@ -283,19 +320,65 @@ pub async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Erro
         let out = out.or_fail(|| "describe route tables".into()).await?;
         Ok::<_, CallError>(out.route_tables.unwrap_or_default())
     };
+    let mut main = false;
     let mut found = tables(vec![filter("association.subnet-id", &subnet.id)]).await?;
     if found.is_empty() {
-        let main = vec![
+        main = true;
+        found = tables(vec![
             filter("vpc-id", &subnet.vpc_id),
             filter("association.main", "true"),
-        ];
-        found = tables(main).await?;
+        ])
+        .await?;
     }
-    let public = found.iter().flat_map(|t| t.routes()).any(|r| {
-        r.destination_cidr_block() == Some("0.0.0.0/0")
-            && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
-    });
-    if public {
+    let Some(table) = found.into_iter().next() else {
+        return Err(Error::Lookup {
+            kind: "subnet",
+            reference: subnet.id.clone(),
+            region: clients.region.clone(),
+            detail: format!(
+                "has no route table of its own and VPC {} has no main one",
+                subnet.vpc_id
+            ),
+        });
+    };
+    let default_route = table
+        .routes()
+        .iter()
+        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+        .map(|r| {
+            if let Some(nat) = r.nat_gateway_id() {
+                DefaultRoute::NatGateway(nat.to_owned())
+            } else if let Some(g) = r.gateway_id().filter(|g| g.starts_with("igw-")) {
+                DefaultRoute::InternetGateway(g.to_owned())
+            } else {
+                let other = [
+                    r.gateway_id(),
+                    r.transit_gateway_id(),
+                    r.instance_id(),
+                    r.network_interface_id(),
+                    r.vpc_peering_connection_id(),
+                ];
+                DefaultRoute::Other(
+                    other
+                        .into_iter()
+                        .flatten()
+                        .next()
+                        .unwrap_or("unknown")
+                        .to_owned(),
+                )
+            }
+        });
+    Ok(RouteTable {
+        id: table.route_table_id().unwrap_or_default().to_owned(),
+        main,
+        default_route,
+    })
+}
+
+/// A public subnet has a default route to an internet gateway, in its own route table or (when it
+/// has none of its own) in the VPC's main one.
+pub async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
+    if route_table(clients, subnet).await?.public() {
         Ok(())
     } else {
         Err(Error::NotPublic {
