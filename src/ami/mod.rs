@@ -1,6 +1,7 @@
 //! Baking: preflight, launch, health, verify and image for one or more images at once, with the
 //! builder cleaned up on every exit (`bake ami`, and the bake step of `bake pipeline`).
 
+pub mod egress;
 pub mod health;
 pub mod image;
 pub mod launch;
@@ -54,6 +55,8 @@ pub struct Baked {
 pub enum Step {
     #[error(transparent)]
     Preflight(#[from] preflight::Error),
+    #[error(transparent)]
+    Egress(#[from] egress::Error),
     #[error(transparent)]
     Launch(#[from] launch::Error),
     #[error(transparent)]
