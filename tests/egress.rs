@@ -243,3 +243,110 @@ async fn what_a_killed_run_held_is_found_by_tag_and_removed_by_gc_but_a_live_sha
     assert!(live_nat_gateways(&lab).await.is_empty());
     assert!(bake_addresses(&lab).await.is_empty());
 }
+
+/// Tags a gateway as another process's bake would.
+async fn tag_gateway(lab: &Lab, nat: &str, key: &str, value: &str) {
+    lab.ec2
+        .create_tags()
+        .resources(nat)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key(key)
+                .value(value)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_leaver_keeps_the_gateway_for_a_run_that_joined_from_another_process() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let clients = lab.clients().await;
+    let net = Network::create(&lab, "egress-joiner", 75).await;
+    let builder = subnet(&clients, &net.private_subnet).await;
+    let plan = egress::plan(&clients, &builder, None).await.unwrap();
+    let (janitor, nat) = take(&clients, &plan).await;
+    // Another bake process joined: its user tag is on the gateway.
+    let joined = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    tag_gateway(
+        &lab,
+        &nat,
+        "bake:egress-user:20261124t000000-abcdef",
+        &joined,
+    )
+    .await;
+    let removed = janitor.clean_recorded().await.unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(net.default_route(&lab).await.as_deref(), Some(nat.as_str()));
+    assert_eq!(live_nat_gateways(&lab).await.len(), 1);
+    assert_eq!(bake_addresses(&lab).await.len(), 1);
+    let described = lab
+        .ec2
+        .describe_nat_gateways()
+        .nat_gateway_ids(&nat)
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = described.nat_gateways()[0]
+        .tags()
+        .iter()
+        .filter_map(|t| t.key())
+        .collect();
+    assert!(
+        !keys.iter().any(|k| k.contains(janitor.run_id())),
+        "the leaver's tag is gone: {keys:?}"
+    );
+    assert!(!keys.contains(&"bake:egress-closing"), "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joiner_that_finds_the_gateway_closing_waits_for_it_to_go_and_makes_its_own() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let clients = lab.clients().await;
+    let net = Network::create(&lab, "egress-closing", 76).await;
+    let builder = subnet(&clients, &net.private_subnet).await;
+    let plan = egress::plan(&clients, &builder, None).await.unwrap();
+    let (_leaver, old) = take(&clients, &plan).await;
+    // The last user (another process) is removing it: its closing tag is on.
+    tag_gateway(&lab, &old, "bake:egress-closing", "20261124t000000-abcdef").await;
+    let joiner = {
+        let clients = clients.clone();
+        let plan = plan.clone();
+        tokio::spawn(async move { take(&clients, &plan).await })
+    };
+    // The joiner backs off: it never keeps its tag on the closing gateway.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(!joiner.is_finished(), "it waits for the route to go");
+    // The leaver finishes: route, then gateway.
+    lab.ec2
+        .delete_route()
+        .route_table_id(&net.private_table)
+        .destination_cidr_block("0.0.0.0/0")
+        .send()
+        .await
+        .unwrap();
+    lab.ec2
+        .delete_nat_gateway()
+        .nat_gateway_id(&old)
+        .send()
+        .await
+        .unwrap();
+    let (janitor, new) = joiner.await.unwrap();
+    assert_ne!(new, old, "a gateway of its own");
+    assert_eq!(net.default_route(&lab).await.as_deref(), Some(new.as_str()));
+    janitor.clean_recorded().await.unwrap();
+    assert_eq!(net.default_route(&lab).await, None);
+    assert!(
+        live_nat_gateways(&lab)
+            .await
+            .iter()
+            .all(|(id, _)| *id != new),
+        "the joiner's gateway is gone"
+    );
+}
