@@ -22,7 +22,7 @@ use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http
 use bake::ami::preflight::{BaseAmi, Plan};
 use bake::ami::{image, launch};
 use bake::aws::Clients;
-use bake::config::{Builder, Os, ResourceRef, Volume};
+use bake::config::{Builder, Egress, Endpoints, Os, ResourceRef, Volume};
 use bake::janitor::{self, Janitor};
 use bake::output::Progress;
 use bake::render::Rendered;
@@ -247,6 +247,10 @@ fn builder() -> Builder {
         instance_profile: toml::Spanned::new(0..0, "SSMInstanceProfile".into()),
         allow_cidr: toml::Spanned::new(0..0, "auto".into()),
         volume: Volume::default(),
+        access: None,
+        endpoints: toml::Spanned::new(0..0, Endpoints::Require),
+        egress: toml::Spanned::new(0..0, Egress::Existing),
+        nat_subnet: None,
     }
 }
 
