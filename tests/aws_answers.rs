@@ -85,6 +85,7 @@ fn plan() -> Plan {
             digest: "d".repeat(64),
         },
         ami_name: "web-20261122-dddddddddddd".into(),
+        egress: None,
     }
 }
 

@@ -5,8 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::ImageState;
 
+use super::egress;
 use crate::aws::{self, Clients};
-use crate::config::{BaseImage, Config, Image, Os};
+use crate::config::{BaseImage, Config, Egress, Image, Os};
 use crate::render::{Rendered, Renderer};
 pub use crate::resolve::Error;
 use crate::resolve::{self, Subnet, filter};
@@ -29,6 +30,8 @@ pub struct Plan {
     pub rendered: Rendered,
     /// The new AMI's name, from the name template (a free suffix is added if it is taken).
     pub ami_name: String,
+    /// Where the temporary NAT goes, with `builder.egress = "nat"`.
+    pub egress: Option<egress::Plan>,
 }
 
 /// The resolved base image.
@@ -82,6 +85,21 @@ pub async fn plan(
     resolve::check_public(clients, &subnet)
         .await
         .map_err(at(builder.subnet.span(), "builder.subnet"))?;
+    let egress = match builder.egress.get_ref() {
+        Egress::Nat => {
+            let nat_subnet = builder.nat_subnet.as_ref();
+            let planned = egress::plan(clients, &subnet, nat_subnet.map(|s| s.get_ref())).await;
+            Some(planned.map_err(|e| match e {
+                egress::PlanError::Subnet(e) => at(builder.subnet.span(), "builder.subnet")(e),
+                egress::PlanError::Route(e) => at(builder.egress.span(), "builder.egress")(e),
+                egress::PlanError::NatSubnet(e) => {
+                    let span = nat_subnet.map_or(builder.subnet.span(), |s| s.span());
+                    at(span, "builder.nat_subnet")(e)
+                }
+            })?)
+        }
+        Egress::Existing | Egress::None => None,
+    };
     Ok(Plan {
         image: name.to_owned(),
         template: image.template.get_ref().clone(),
@@ -92,6 +110,7 @@ pub async fn plan(
         allow_cidr,
         rendered,
         ami_name,
+        egress,
     })
 }
 
