@@ -1,11 +1,14 @@
 //! The temporary NAT egress of a private builder (src/ami/egress.rs) against the lab: taken and
 //! given back through the janitor, shared by bakes on one route table and removed by the last one
 //! out, refused over a default route bake did not add, and found by `bake gc`'s search after a
-//! run that never gave it back. Each test builds a VPC of its own (tests/support/network.rs).
+//! run that never gave it back. The module's tests build a VPC of their own
+//! (tests/support/network.rs); the bakes run in the Session Manager workshop's network of the lab
+//! ("My-VPC", "my-subnet-private01/02" sharing "my-route-private", no NAT, no endpoints).
 
 mod support;
 
-use std::time::SystemTime;
+use std::process::{Output, Stdio};
+use std::time::{Duration, SystemTime};
 
 use bake::ami::egress::{self, PlanError};
 use bake::aws::Clients;
@@ -13,8 +16,11 @@ use bake::config::ResourceRef;
 use bake::janitor::{Janitor, Resource};
 use bake::output::Progress;
 use bake::resolve::{self, Subnet};
-use support::Lab;
-use support::network::{Network, bake_addresses, live_nat_gateways};
+use support::network::{
+    Network, assert_no_egress_left, bake_addresses, default_route_of, live_nat_gateways,
+    subnet_named, table_of,
+};
+use support::{Lab, Scratch, signal};
 
 async fn subnet(clients: &Clients, id: &str) -> Subnet {
     let r = ResourceRef {
@@ -348,5 +354,360 @@ async fn a_joiner_that_finds_the_gateway_closing_waits_for_it_to_go_and_makes_it
             .iter()
             .all(|(id, _)| *id != new),
         "the joiner's gateway is gone"
+    );
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One image on a private builder in the workshop's network with a temporary NAT and the SSM
+/// endpoints created for the bake: `template` "nginx" installs packages from the mirror, "quick"
+/// none (only the agent, downloaded).
+fn private_image(name: &str, subnet: &str, template: &str, body: &str) -> String {
+    let vars = match template {
+        "nginx" => format!("{{ app = \"flask\", title = \"{body}\" }}"),
+        _ => format!("{{ body = \"{body}\" }}"),
+    };
+    format!(
+        r#"
+[image.{name}]
+base = {{ ssm = "/aws/service/debian/release/bookworm/latest/amd64" }}
+template = "{template}"
+os = "debian"
+vars = {vars}
+
+[image.{name}.builder]
+subnet = {{ tag = {{ Name = "{subnet}" }} }}
+instance_profile = "MySSMRoleForServiceInstance"
+access = "private"
+egress = "nat"
+endpoints = "create"
+
+[image.{name}.health]
+expect_body = "{body}"
+timeout = "10m"
+
+[image.{name}.verify]
+commands = ["test -d /srv/www || systemctl is-active nginx"]
+"#
+    )
+}
+
+fn private_config(images: &[String]) -> String {
+    format!("templates_dir = \"templates\"\n{}", images.concat())
+}
+
+/// The apt proxy's traffic so far (the lab's stand-in for the internet's package mirror).
+async fn mirror_traffic(lab: &Lab) -> u64 {
+    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    let proxy = &info["apt_proxy"];
+    ["hits", "mirror_fetches", "passed_through"]
+        .iter()
+        .map(|k| proxy[*k].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// When the lab logged the first `action` (seconds since the epoch, as the request log has it).
+async fn first_call(lab: &Lab, action: &str) -> f64 {
+    lab.requests()
+        .await
+        .iter()
+        .filter(|r| r["action"] == action)
+        .filter_map(|r| r["time"].as_f64())
+        .fold(f64::INFINITY, f64::min)
+}
+
+async fn last_call(lab: &Lab, action: &str) -> f64 {
+    lab.requests()
+        .await
+        .iter()
+        .filter(|r| r["action"] == action)
+        .filter_map(|r| r["time"].as_f64())
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_bake_installs_its_packages_through_the_temporary_nat_and_removes_it() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let private01 = subnet_named(&lab, "my-subnet-private01").await;
+    let table = table_of(&lab, &private01).await;
+    assert_eq!(
+        default_route_of(&lab, &table).await,
+        None,
+        "no NAT to begin with"
+    );
+    let scratch = Scratch::new(&private_config(&[private_image(
+        "web",
+        "my-subnet-private01",
+        "nginx",
+        "Private Day",
+    )]));
+    let before = mirror_traffic(&lab).await;
+    let out = lab.run_bake(&["-c", &scratch.config(), "ami", "web"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("ami-"), "{}", stdout(&out));
+    assert!(
+        mirror_traffic(&lab).await > before,
+        "the builder fetched its packages from the mirror"
+    );
+    assert_eq!(lab.calls("AllocateAddress").await, 1);
+    assert_eq!(lab.calls("CreateNatGateway").await, 1);
+    // The route existed before the builder launched and went only after its image was made.
+    let routed = first_call(&lab, "CreateRoute").await;
+    assert!(routed < first_call(&lab, "RunInstances").await);
+    assert!(last_call(&lab, "CreateImage").await < first_call(&lab, "DeleteRoute").await);
+    assert!(first_call(&lab, "DeleteNatGateway").await < first_call(&lab, "ReleaseAddress").await);
+    assert_no_egress_left(&lab, &table).await;
+    lab.assert_nothing_left(&[stdout(&out).trim()], &[]).await;
+}
+
+/// Starts `bake ami NAMES` in the background and sends `sig` once `ready` holds.
+async fn interrupt_when<F, Fut>(
+    lab: &Lab,
+    scratch: &Scratch,
+    names: &[&str],
+    sig: &str,
+    what: &str,
+    ready: F,
+) -> Output
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut args = vec!["-c".to_owned(), scratch.config(), "ami".to_owned()];
+    args.extend(names.iter().map(|n| (*n).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = lab
+        .bake(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lab.wait_for(what, Duration::from_secs(300), ready).await;
+    signal(child.id(), sig);
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_during_the_package_install_leaves_no_nat_address_route_or_endpoint() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let private01 = subnet_named(&lab, "my-subnet-private01").await;
+    let table = table_of(&lab, &private01).await;
+    let scratch = Scratch::new(&private_config(&[private_image(
+        "web",
+        "my-subnet-private01",
+        "nginx",
+        "Private Day",
+    )]));
+    let before = mirror_traffic(&lab).await;
+    let out = interrupt_when(
+        &lab,
+        &scratch,
+        &["web"],
+        "INT",
+        "the package install",
+        || async { mirror_traffic(&lab).await > before },
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert_eq!(lab.calls("CreateNatGateway").await, 1);
+    assert_no_egress_left(&lab, &table).await;
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_the_package_install_leaves_what_gc_removes() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let private01 = subnet_named(&lab, "my-subnet-private01").await;
+    let table = table_of(&lab, &private01).await;
+    let scratch = Scratch::new(&private_config(&[private_image(
+        "web",
+        "my-subnet-private01",
+        "nginx",
+        "Private Day",
+    )]));
+    let before = mirror_traffic(&lab).await;
+    let out = interrupt_when(
+        &lab,
+        &scratch,
+        &["web"],
+        "KILL",
+        "the package install",
+        || async { mirror_traffic(&lab).await > before },
+    )
+    .await;
+    assert_eq!(out.status.code(), None, "killed by a signal");
+    let nats = live_nat_gateways(&lab).await;
+    assert_eq!(nats.len(), 1, "a killed bake leaves its gateway: {nats:?}");
+    assert_eq!(
+        default_route_of(&lab, &table).await.as_deref(),
+        Some(nats[0].0.as_str())
+    );
+    // Tags carry whole seconds: let the run's be in the past for --ttl 0s.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let young = lab
+        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "2h"])
+        .await;
+    assert!(young.status.success(), "{}", stderr(&young));
+    assert_eq!(
+        live_nat_gateways(&lab).await.len(),
+        1,
+        "a young run's gateway is kept"
+    );
+    let dry = lab
+        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s", "--dry-run"])
+        .await;
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let listed = stdout(&dry);
+    assert!(
+        listed.contains(&format!("would delete NAT gateway {}", nats[0].0)),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("would delete Elastic IP eipalloc-"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&format!("would delete route 0.0.0.0/0 in {table}")),
+        "{listed}"
+    );
+    let gc = lab
+        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+        .await;
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert_no_egress_left(&lab, &table).await;
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_private_images_baked_at_once_share_one_nat_removed_after_both() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let private01 = subnet_named(&lab, "my-subnet-private01").await;
+    let private02 = subnet_named(&lab, "my-subnet-private02").await;
+    let table = table_of(&lab, &private01).await;
+    assert_eq!(
+        table,
+        table_of(&lab, &private02).await,
+        "one route table for both"
+    );
+    let scratch = Scratch::new(&private_config(&[
+        private_image("one", "my-subnet-private01", "quick", "private page 1"),
+        private_image("two", "my-subnet-private02", "quick", "private page 2"),
+    ]));
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "one", "two"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let amis: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(amis.len(), 2, "{amis:?}");
+    assert_eq!(
+        lab.calls("CreateNatGateway").await,
+        1,
+        "one gateway for both"
+    );
+    assert_eq!(lab.calls("AllocateAddress").await, 1);
+    assert_eq!(lab.calls("CreateRoute").await, 1);
+    assert_eq!(lab.calls("DeleteNatGateway").await, 1);
+    // Removed after both images were made.
+    assert!(last_call(&lab, "CreateImage").await < first_call(&lab, "DeleteRoute").await);
+    assert_no_egress_left(&lab, &table).await;
+    let kept: Vec<&str> = amis.iter().map(String::as_str).collect();
+    lab.assert_nothing_left(&kept, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_table_with_its_own_default_route_is_refused_at_preflight_with_nothing_created() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let private01 = subnet_named(&lab, "my-subnet-private01").await;
+    let table = table_of(&lab, &private01).await;
+    // The account's own NAT gateway (not bake's) already serves the table.
+    let public = subnet_named(&lab, "my-subnet-public01").await;
+    let address = lab
+        .ec2
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .send()
+        .await
+        .unwrap();
+    let nat = lab
+        .ec2
+        .create_nat_gateway()
+        .subnet_id(public.subnet_id().unwrap())
+        .allocation_id(address.allocation_id().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .nat_gateway
+        .unwrap()
+        .nat_gateway_id
+        .unwrap();
+    lab.wait_for(
+        "the account's NAT gateway",
+        Duration::from_secs(60),
+        || async {
+            let out = lab
+                .ec2
+                .describe_nat_gateways()
+                .nat_gateway_ids(&nat)
+                .send()
+                .await
+                .unwrap();
+            out.nat_gateways()[0].state().map(|s| s.as_str()) == Some("available")
+        },
+    )
+    .await;
+    lab.ec2
+        .create_route()
+        .route_table_id(&table)
+        .destination_cidr_block("0.0.0.0/0")
+        .nat_gateway_id(&nat)
+        .send()
+        .await
+        .unwrap();
+    let calls_before = lab.requests().await.len();
+    let scratch = Scratch::new(&private_config(&[private_image(
+        "web",
+        "my-subnet-private01",
+        "quick",
+        "refused",
+    )]));
+    let out = lab.run_bake(&["-c", &scratch.config(), "ami", "web"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(text.contains(&table), "{text}");
+    assert!(text.contains(&nat), "{text}");
+    assert!(text.contains("image.web.builder.egress"), "{text}");
+    let created: Vec<String> = lab.requests().await[calls_before..]
+        .iter()
+        .filter_map(|r| r["action"].as_str())
+        .filter(|a| {
+            a.starts_with("Create")
+                || a.starts_with("Allocate")
+                || a.starts_with("Run")
+                || a.starts_with("Authorize")
+        })
+        .map(str::to_owned)
+        .collect();
+    assert!(created.is_empty(), "nothing created: {created:?}");
+    assert_eq!(
+        default_route_of(&lab, &table).await.as_deref(),
+        Some(nat.as_str())
     );
 }

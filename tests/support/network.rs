@@ -185,3 +185,91 @@ pub async fn bake_addresses(lab: &Lab) -> Vec<String> {
         .filter_map(|a| a.allocation_id().map(str::to_owned))
         .collect()
 }
+
+/// The id of the one resource of the lab whose Name tag is `name`: a subnet or route table of the
+/// Session Manager workshop's network ("my-subnet-private01", "my-route-private").
+pub async fn subnet_named(lab: &Lab, name: &str) -> aws_sdk_ec2::types::Subnet {
+    let out = lab
+        .ec2
+        .describe_subnets()
+        .filters(Filter::builder().name("tag:Name").values(name).build())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.subnets().len(), 1, "one subnet named {name}");
+    out.subnets()[0].clone()
+}
+
+/// The route table a subnet uses (its own, else its VPC's main one).
+pub async fn table_of(lab: &Lab, subnet: &aws_sdk_ec2::types::Subnet) -> String {
+    let by = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
+    let own = lab
+        .ec2
+        .describe_route_tables()
+        .filters(by("association.subnet-id", subnet.subnet_id().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    if let Some(t) = own.route_tables().first() {
+        return t.route_table_id().unwrap().to_owned();
+    }
+    let main = lab
+        .ec2
+        .describe_route_tables()
+        .filters(by("vpc-id", subnet.vpc_id().unwrap()))
+        .filters(by("association.main", "true"))
+        .send()
+        .await
+        .unwrap();
+    main.route_tables()[0].route_table_id().unwrap().to_owned()
+}
+
+/// A route table's default route target, if any.
+pub async fn default_route_of(lab: &Lab, table: &str) -> Option<String> {
+    let out = lab
+        .ec2
+        .describe_route_tables()
+        .route_table_ids(table)
+        .send()
+        .await
+        .unwrap();
+    out.route_tables()
+        .iter()
+        .flat_map(|t| t.routes())
+        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+        .map(|r| {
+            r.nat_gateway_id()
+                .or(r.gateway_id())
+                .or(r.network_interface_id())
+                .unwrap_or("?")
+                .to_owned()
+        })
+}
+
+/// Asserts the temporary NAT and the endpoints a private bake made are all gone: no gateway of
+/// bake's that is not deleted, no Elastic IP of bake's, no default route in `table`, no VPC
+/// endpoint that is not deleted.
+pub async fn assert_no_egress_left(lab: &Lab, table: &str) {
+    let gateways = live_nat_gateways(lab).await;
+    assert!(gateways.is_empty(), "NAT gateways left: {gateways:?}");
+    let addresses = bake_addresses(lab).await;
+    assert!(addresses.is_empty(), "Elastic IPs left: {addresses:?}");
+    assert_eq!(
+        default_route_of(lab, table).await,
+        None,
+        "route left in {table}"
+    );
+    let endpoints = lab.ec2.describe_vpc_endpoints().send().await.unwrap();
+    let live: Vec<String> = endpoints
+        .vpc_endpoints()
+        .iter()
+        .filter(|e| {
+            !matches!(
+                e.state().map(|s| s.as_str()),
+                Some("deleted" | "Deleted" | "deleting" | "Deleting")
+            )
+        })
+        .map(|e| format!("{} {:?}", e.vpc_endpoint_id().unwrap_or("?"), e.state()))
+        .collect();
+    assert!(live.is_empty(), "VPC endpoints left: {live:?}");
+}
