@@ -3,6 +3,7 @@ import logging
 import threading
 from pathlib import Path
 
+from moto.ec2.models import ec2_backends
 from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
@@ -11,6 +12,7 @@ from . import bootstrap, endpoint, patches, s3
 from .control import ControlApp
 from .host.net import LabNet
 from .lab import DEFAULT_LATENCY, Lab
+from .patching import backends
 from .scaling import Scaling
 from .ssm import agent
 
@@ -65,6 +67,10 @@ class LabService:
     def reset(self) -> None:
         with self._reset_lock:
             self.lab.destroy_all()
+            self.lab.endpoints.clear()
+            for _, backend in backends(ec2_backends):  # Elastic IPs hold addresses of the lab's public range
+                for address in list(backend.addresses):
+                    self.lab.net.release_public_ip(address.public_ip)
             self.lab.layers.clear()
             moto_api_backend.reset()
             self.lab.events.clear()
