@@ -1,14 +1,17 @@
 //! The ledger of what a run created, and its cleanup: on any exit of a run, and later by `bake gc`.
 //!
 //! Everything a run creates carries the tag `bake:run-id`, so cleanup also finds what was created
-//! while a request was in flight and never reached the ledger.
+//! while a request was in flight and never reached the ledger. What a run holds rather than owns
+//! (a share of a temporary NAT gateway, `src/ami/egress.rs`) is a [`Hold`]: the module that took
+//! it knows how to give it back, and the janitor gives it back after the builders are gone.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{ImageState, InstanceStateName};
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -40,6 +43,12 @@ pub enum Resource {
     Image(String),
     Snapshot(String),
     SecurityGroup(String),
+    /// A temporary NAT gateway (`src/ami/egress.rs`).
+    NatGateway(String),
+    /// An Elastic IP address, by allocation id.
+    Address(String),
+    /// The default route (0.0.0.0/0) bake added to a route table, by the table's id.
+    Route(String),
 }
 
 impl std::fmt::Display for Resource {
@@ -49,6 +58,9 @@ impl std::fmt::Display for Resource {
             Resource::Image(id) => write!(f, "image {id}"),
             Resource::Snapshot(id) => write!(f, "snapshot {id}"),
             Resource::SecurityGroup(id) => write!(f, "security group {id}"),
+            Resource::NatGateway(id) => write!(f, "NAT gateway {id}"),
+            Resource::Address(id) => write!(f, "Elastic IP {id}"),
+            Resource::Route(table) => write!(f, "route 0.0.0.0/0 in {table}"),
         }
     }
 }
@@ -94,6 +106,14 @@ pub fn new_run_id() -> String {
     )
 }
 
+/// Something a run holds whose release the module that took it owns: a share of a temporary NAT
+/// gateway that other bakes may still use (`src/ami/egress.rs`). Released after the run's
+/// resources are deleted (its builder is gone by then), the latest hold first.
+pub trait Hold: Send + Sync {
+    /// Gives it back: what was removed, or what is left and why. Safe to call more than once.
+    fn release(&self) -> BoxFuture<'_, Result<Vec<Resource>, Vec<Left>>>;
+}
+
 /// What one run created, cleaned up in reverse order of dependency on any exit.
 pub struct Janitor {
     clients: Clients,
@@ -104,6 +124,8 @@ pub struct Janitor {
     /// it again (its ClientToken makes that answer the instance the first one launched, if it did)
     /// because the new instance is not yet listed by tag (eventual consistency).
     launching: Mutex<Option<RunInstancesFluentBuilder>>,
+    /// What the run holds ([`Hold`]), in the order taken.
+    holds: Mutex<Vec<Arc<dyn Hold>>>,
 }
 
 impl Janitor {
@@ -114,6 +136,49 @@ impl Janitor {
             ledger: Mutex::new(Vec::new()),
             kept: Mutex::new(BTreeSet::new()),
             launching: Mutex::new(None),
+            holds: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Notes something the run holds, before the first request that takes it is sent, so that a
+    /// cancelled run gives back whatever part of it was taken.
+    pub fn hold(&self, hold: Arc<dyn Hold>) {
+        self.holds.lock().expect("holds lock").push(hold);
+    }
+
+    /// Releases every hold, the latest first, after the run's resources are gone; what was
+    /// removed is added to `removed`, what is left to `left`.
+    async fn release_holds(&self, removed: &mut Vec<Resource>, left: &mut Vec<Left>) {
+        let holds: Vec<Arc<dyn Hold>> = self.holds.lock().expect("holds lock").clone();
+        for hold in holds.iter().rev() {
+            match hold.release().await {
+                Ok(gone) => removed.extend(gone),
+                Err(stuck) => left.extend(stuck),
+            }
+        }
+    }
+
+    /// The ledger's deletion and then the holds' release: both always run; what neither could
+    /// remove is reported together.
+    async fn delete_then_release(
+        &self,
+        mut found: Vec<Resource>,
+        born: &BTreeMap<Resource, Instant>,
+    ) -> Result<Vec<Resource>, Error> {
+        let mut left = Vec::new();
+        match delete_born(&self.clients, &found, born).await {
+            Ok(()) => {}
+            Err(Error::Left { left: stuck, .. }) => left.extend(stuck),
+            Err(e @ Error::Api(_)) => return Err(e),
+        }
+        self.release_holds(&mut found, &mut left).await;
+        if left.is_empty() {
+            Ok(found)
+        } else {
+            Err(Error::Left {
+                region: self.clients.region.clone(),
+                left,
+            })
         }
     }
 
@@ -170,8 +235,7 @@ impl Janitor {
         let born = self.born();
         let mut found: Vec<Resource> = born.keys().cloned().collect();
         found.retain(|r| !kept.contains(id_of(r)));
-        delete_born(&self.clients, &found, &born).await?;
-        Ok(found)
+        self.delete_then_release(found, &born).await
     }
 
     /// Deletes everything this run created except what was kept, searching by tag too for what a
@@ -190,7 +254,7 @@ impl Janitor {
         found.retain(|r| !kept.contains(id_of(r)) && !in_use.contains(id_of(r)));
         found.sort();
         found.dedup();
-        delete_born(&self.clients, &found, &born).await?;
+        let found = self.delete_then_release(found, &born).await?;
         searched?;
         relaunched?;
         Ok(found)
@@ -220,7 +284,10 @@ fn id_of(r: &Resource) -> &str {
         Resource::Instance(id)
         | Resource::Image(id)
         | Resource::Snapshot(id)
-        | Resource::SecurityGroup(id) => id,
+        | Resource::SecurityGroup(id)
+        | Resource::NatGateway(id)
+        | Resource::Address(id)
+        | Resource::Route(id) => id,
     }
 }
 

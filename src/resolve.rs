@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{Filter, Image, Instance};
+use aws_sdk_ec2::types::{Filter, Image, Instance, RouteTable};
 
 use crate::aws::{self, CallError, Clients};
 use crate::config::{Config, Location, ResourceRef};
@@ -53,6 +53,25 @@ pub enum Error {
          (0.0.0.0/0 -> igw-...); it must be reachable from the internet: pick a public subnet"
     )]
     NotPublic { subnet: String, region: String },
+    /// The builder subnet's route table already sends 0.0.0.0/0 somewhere else than a temporary NAT
+    /// gateway of bake's: bake does not replace a route it did not add.
+    #[error(
+        "route table {table} of subnet {subnet} in {region} already has a default route \
+         (0.0.0.0/0 -> {target}); egress = \"nat\" adds its own and never replaces one: use \
+         egress = \"existing\" to bake through that route, or a subnet without one"
+    )]
+    DefaultRoute {
+        table: String,
+        subnet: String,
+        target: String,
+        region: String,
+    },
+    /// No subnet of the VPC routes 0.0.0.0/0 to an internet gateway, for the temporary NAT.
+    #[error(
+        "no public subnet (0.0.0.0/0 -> igw-...) in VPC {vpc} in {region} for the temporary NAT \
+         gateway; add one, or name it in builder.nat_subnet"
+    )]
+    NoNatSubnet { vpc: String, region: String },
     #[error(
         "instance profile {profile:?} does not exist; create it with a role that has \
          AmazonSSMManagedInstanceCore (the verify step runs through SSM)"
@@ -270,9 +289,50 @@ pub async fn vpc(clients: &Clients, r: &ResourceRef) -> Result<String, Error> {
         .unwrap_or_default())
 }
 
-/// The route table a subnet uses: its own (explicitly associated), else the VPC's main one.
+/// The route tables matching `filters`.
+pub async fn route_tables(
+    clients: &Clients,
+    filters: Vec<Filter>,
+) -> Result<Vec<RouteTable>, CallError> {
+    let request = clients
+        .ec2
+        .describe_route_tables()
+        .set_filters(Some(filters));
+    let out = clients.call(|| request.clone().send());
+    let out = out.settle(&aws::THROTTLE_BURST);
+    let out = out.or_fail(|| "describe route tables".into()).await?;
+    Ok(out.route_tables.unwrap_or_default())
+}
+
+/// The route table a subnet uses: the one explicitly associated with it, else the VPC's main one
+/// (none only in a VPC being torn down).
+pub async fn route_table(
+    clients: &Clients,
+    subnet: &Subnet,
+) -> Result<Option<RouteTable>, CallError> {
+    let own = route_tables(clients, vec![filter("association.subnet-id", &subnet.id)]).await?;
+    if let Some(table) = own.into_iter().next() {
+        return Ok(Some(table));
+    }
+    let main = vec![
+        filter("vpc-id", &subnet.vpc_id),
+        filter("association.main", "true"),
+    ];
+    Ok(route_tables(clients, main).await?.into_iter().next())
+}
+
+/// Whether a route table sends 0.0.0.0/0 to an internet gateway.
+pub fn routes_to_internet_gateway(table: &RouteTable) -> bool {
+    table.routes().iter().any(|r| {
+        r.destination_cidr_block() == Some("0.0.0.0/0")
+            && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
+    })
+}
+
+/// How a subnet reaches beyond its VPC: the route table it uses (its own, explicitly associated,
+/// else the VPC's main one) and where that table's default route goes.
 #[derive(Debug, Clone)]
-pub struct RouteTable {
+pub struct Routing {
     pub id: String,
     /// True when the subnet has no table of its own and uses the VPC's main one.
     pub main: bool,
@@ -291,7 +351,7 @@ pub enum DefaultRoute {
     Other(String),
 }
 
-impl RouteTable {
+impl Routing {
     /// "route table rtb-… (the VPC's main one)" or "route table rtb-…".
     pub fn describe(&self) -> String {
         if self.main {
@@ -307,30 +367,21 @@ impl RouteTable {
     }
 }
 
-/// The route table `subnet` uses (its own, else the VPC's main one) and where its default route
-/// goes.
-pub async fn route_table(clients: &Clients, subnet: &Subnet) -> Result<RouteTable, Error> {
-    let tables = |filters: Vec<Filter>| async move {
-        let request = clients
-            .ec2
-            .describe_route_tables()
-            .set_filters(Some(filters));
-        let out = clients.call(|| request.clone().send());
-        let out = out.settle(&aws::THROTTLE_BURST);
-        let out = out.or_fail(|| "describe route tables".into()).await?;
-        Ok::<_, CallError>(out.route_tables.unwrap_or_default())
+/// How `subnet` reaches beyond its VPC: [`route_table`] and its default route's target.
+pub async fn routing(clients: &Clients, subnet: &Subnet) -> Result<Routing, Error> {
+    let own = route_tables(clients, vec![filter("association.subnet-id", &subnet.id)]).await?;
+    let main = own.is_empty();
+    let table = match own.into_iter().next() {
+        Some(table) => Some(table),
+        None => {
+            let main = vec![
+                filter("vpc-id", &subnet.vpc_id),
+                filter("association.main", "true"),
+            ];
+            route_tables(clients, main).await?.into_iter().next()
+        }
     };
-    let mut main = false;
-    let mut found = tables(vec![filter("association.subnet-id", &subnet.id)]).await?;
-    if found.is_empty() {
-        main = true;
-        found = tables(vec![
-            filter("vpc-id", &subnet.vpc_id),
-            filter("association.main", "true"),
-        ])
-        .await?;
-    }
-    let Some(table) = found.into_iter().next() else {
+    let Some(table) = table else {
         return Err(Error::Lookup {
             kind: "subnet",
             reference: subnet.id.clone(),
@@ -341,7 +392,16 @@ pub async fn route_table(clients: &Clients, subnet: &Subnet) -> Result<RouteTabl
             ),
         });
     };
-    let default_route = table
+    Ok(Routing {
+        id: table.route_table_id().unwrap_or_default().to_owned(),
+        main,
+        default_route: default_route(&table),
+    })
+}
+
+/// Where a route table's 0.0.0.0/0 route goes, if it has one.
+pub fn default_route(table: &RouteTable) -> Option<DefaultRoute> {
+    table
         .routes()
         .iter()
         .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
@@ -367,18 +427,14 @@ pub async fn route_table(clients: &Clients, subnet: &Subnet) -> Result<RouteTabl
                         .to_owned(),
                 )
             }
-        });
-    Ok(RouteTable {
-        id: table.route_table_id().unwrap_or_default().to_owned(),
-        main,
-        default_route,
-    })
+        })
 }
 
 /// A public subnet has a default route to an internet gateway, in its own route table or (when it
 /// has none of its own) in the VPC's main one.
 pub async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
-    if route_table(clients, subnet).await?.public() {
+    let table = route_table(clients, subnet).await?;
+    if table.as_ref().is_some_and(routes_to_internet_gateway) {
         Ok(())
     } else {
         Err(Error::NotPublic {

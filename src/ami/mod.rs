@@ -1,6 +1,7 @@
 //! Baking: preflight, launch, health, verify and image for one or more images at once, with the
 //! builder cleaned up on every exit (`bake ami`, and the bake step of `bake pipeline`).
 
+pub mod egress;
 pub mod health;
 pub mod image;
 pub mod launch;
@@ -54,6 +55,8 @@ pub struct Baked {
 pub enum Step {
     #[error(transparent)]
     Preflight(#[from] preflight::Error),
+    #[error(transparent)]
+    Egress(#[from] egress::Error),
     #[error(transparent)]
     Launch(#[from] launch::Error),
     #[error(transparent)]
@@ -278,7 +281,24 @@ async fn build(
 ) -> Result<Ami, Step> {
     let tags = tags::of_run(janitor.run_id(), &plan.image, &plan.rendered.digest);
     progress.step("launching the builder");
-    let group = launch::security_group(clients, plan, image.health.port, &tags, janitor).await?;
+    // The temporary NAT (egress = "nat") is taken while the security group is made: the builder
+    // launches only once the route to an available gateway exists.
+    let (group, _nat) = tokio::try_join!(
+        async {
+            launch::security_group(clients, plan, image.health.port, &tags, janitor)
+                .await
+                .map_err(Step::from)
+        },
+        async {
+            match &plan.egress {
+                Some(egress) => egress::take(clients, egress, &tags, janitor, progress)
+                    .await
+                    .map(Some)
+                    .map_err(Step::from),
+                None => Ok(None),
+            }
+        },
+    )?;
     let instance_id =
         launch::instance(clients, plan, &image.builder, &group, &tags, janitor).await?;
     let ip = health::running(clients, &instance_id, progress).await?;

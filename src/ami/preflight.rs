@@ -5,12 +5,13 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::ImageState;
 
+use super::egress;
 use crate::aws::{self, Clients};
-use crate::config::{Access, BaseImage, Config, Image, Os};
+use crate::config::{Access, BaseImage, Config, Egress, Image, Os};
 use crate::output;
 use crate::render::{Rendered, Renderer};
 pub use crate::resolve::Error;
-use crate::resolve::{self, DefaultRoute, RouteTable, Subnet, filter};
+use crate::resolve::{self, DefaultRoute, Routing, Subnet, filter};
 
 /// A what's-my-IP lookup answers in well under a second; 10 s means the service is down.
 const CHECKIP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,7 +26,7 @@ pub struct Plan {
     pub base: BaseAmi,
     pub subnet: Subnet,
     /// The route table the builder subnet uses.
-    pub route_table: RouteTable,
+    pub routing: Routing,
     /// Public (an address, the health port open to `allow_cidr`) or private (neither; health
     /// through SSM), as configured or inferred from the route table.
     pub access: Access,
@@ -35,6 +36,8 @@ pub struct Plan {
     pub rendered: Rendered,
     /// The new AMI's name, from the name template (a free suffix is added if it is taken).
     pub ami_name: String,
+    /// Where the temporary NAT goes, with `builder.egress = "nat"`.
+    pub egress: Option<egress::Plan>,
 }
 
 /// The resolved base image.
@@ -85,10 +88,10 @@ pub async fn plan(
                 .map_err(at(builder.allow_cidr.span(), "builder.allow_cidr"))
         },
     )?;
-    let route_table = resolve::route_table(clients, &subnet)
+    let routing = resolve::routing(clients, &subnet)
         .await
         .map_err(at(builder.subnet.span(), "builder.subnet"))?;
-    let (access, why) = access(builder.access.as_ref().map(|a| *a.get_ref()), &route_table);
+    let (access, why) = access(builder.access.as_ref().map(|a| *a.get_ref()), &routing);
     let access = match access {
         Ok(access) => access,
         Err(e) => {
@@ -105,18 +108,34 @@ pub async fn plan(
         }
     };
     output::note(&format!("{name}: builder access {access}: {why}"));
+    let egress = match builder.egress.get_ref() {
+        Egress::Nat => {
+            let nat_subnet = builder.nat_subnet.as_ref();
+            let planned = egress::plan(clients, &subnet, nat_subnet.map(|s| s.get_ref())).await;
+            Some(planned.map_err(|e| match e {
+                egress::PlanError::Subnet(e) => at(builder.subnet.span(), "builder.subnet")(e),
+                egress::PlanError::Route(e) => at(builder.egress.span(), "builder.egress")(e),
+                egress::PlanError::NatSubnet(e) => {
+                    let span = nat_subnet.map_or(builder.subnet.span(), |s| s.span());
+                    at(span, "builder.nat_subnet")(e)
+                }
+            })?)
+        }
+        Egress::Existing | Egress::None => None,
+    };
     Ok(Plan {
         image: name.to_owned(),
         template: image.template.get_ref().clone(),
         os: image.os,
         base,
         subnet,
-        route_table,
+        routing,
         access,
         instance_profile: profile,
         allow_cidr,
         rendered,
         ami_name,
+        egress,
     })
 }
 
@@ -126,7 +145,7 @@ type Refusal = fn(&Subnet, &str) -> Error;
 /// The builder's access: as configured, or inferred from the route table (a default route to an
 /// internet gateway is public, anything else private); and why, naming the route table. A public
 /// builder in a subnet without an internet gateway route would never be reached: refused.
-fn access(configured: Option<Access>, table: &RouteTable) -> (Result<Access, Refusal>, String) {
+fn access(configured: Option<Access>, table: &Routing) -> (Result<Access, Refusal>, String) {
     let route = match &table.default_route {
         Some(DefaultRoute::InternetGateway(igw)) => format!("sends 0.0.0.0/0 to {igw}"),
         Some(DefaultRoute::NatGateway(nat)) => {
@@ -256,8 +275,8 @@ async fn allow_cidr(configured: &str, checkip_url: &str) -> Result<String, Error
 mod tests {
     use super::*;
 
-    fn table(main: bool, default_route: Option<DefaultRoute>) -> RouteTable {
-        RouteTable {
+    fn table(main: bool, default_route: Option<DefaultRoute>) -> Routing {
+        Routing {
             id: "rtb-1".into(),
             main,
             default_route,
