@@ -66,6 +66,21 @@ pub enum Error {
         target: String,
         region: String,
     },
+    /// A private builder's subnet has no way to SSM that outlives the bake: neither the three
+    /// interface endpoints with private DNS nor a NAT gateway route of its own.
+    #[error(
+        "a private builder in subnet {subnet} cannot reach SSM: VPC {vpc} in {region} lacks the \
+         interface endpoints {missing} (with private DNS) and {routing} has no NAT gateway route \
+         of its own (bake's temporary NAT does not count: it goes while the bake runs); create \
+         them, or set builder.endpoints = \"create\" to have bake make them for the bake"
+    )]
+    NoSsmPath {
+        vpc: String,
+        subnet: String,
+        region: String,
+        missing: String,
+        routing: String,
+    },
     /// No subnet of the VPC routes 0.0.0.0/0 to an internet gateway, for the temporary NAT.
     #[error(
         "no public subnet (0.0.0.0/0 -> igw-...) in VPC {vpc} in {region} for the temporary NAT \

@@ -92,6 +92,7 @@ fn plan() -> Plan {
         },
         ami_name: "web-20261122-dddddddddddd".into(),
         egress: None,
+        endpoints: None,
     }
 }
 

@@ -5,9 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::ImageState;
 
-use super::egress;
+use super::{egress, endpoints};
 use crate::aws::{self, Clients};
-use crate::config::{Access, BaseImage, Config, Egress, Image, Os};
+use crate::config::{Access, BaseImage, Config, Egress, Endpoints, Image, Os};
 use crate::output;
 use crate::render::{Rendered, Renderer};
 pub use crate::resolve::Error;
@@ -38,6 +38,9 @@ pub struct Plan {
     pub ami_name: String,
     /// Where the temporary NAT goes, with `builder.egress = "nat"`.
     pub egress: Option<egress::Plan>,
+    /// The SSM endpoints a private builder's bake creates, with `builder.endpoints = "create"`
+    /// and some missing at preflight.
+    pub endpoints: Option<endpoints::Plan>,
 }
 
 /// The resolved base image.
@@ -123,6 +126,36 @@ pub async fn plan(
         }
         Egress::Existing | Egress::None => None,
     };
+    // A private builder must reach SSM (Online, health, verify) without bake's temporary NAT.
+    let endpoints = match access {
+        Access::Public => None,
+        Access::Private => {
+            let missing = endpoints::missing(clients, &subnet, &routing).await?;
+            match builder.endpoints.get_ref() {
+                _ if missing.is_empty() => None,
+                Endpoints::Require => {
+                    return Err(at(builder.endpoints.span(), "builder.endpoints")(
+                        Error::NoSsmPath {
+                            vpc: subnet.vpc_id.clone(),
+                            subnet: subnet.id.clone(),
+                            region: clients.region.clone(),
+                            missing: missing
+                                .iter()
+                                .map(|s| endpoints::service_name(&clients.region, s))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            routing: routing.describe(),
+                        },
+                    ));
+                }
+                Endpoints::Create => Some(endpoints::Plan {
+                    vpc: subnet.vpc_id.clone(),
+                    subnet: subnet.id.clone(),
+                    missing,
+                }),
+            }
+        }
+    };
     Ok(Plan {
         image: name.to_owned(),
         template: image.template.get_ref().clone(),
@@ -136,6 +169,7 @@ pub async fn plan(
         rendered,
         ami_name,
         egress,
+        endpoints,
     })
 }
 
