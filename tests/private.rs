@@ -7,6 +7,8 @@
 mod support;
 
 use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, Instance};
@@ -115,22 +117,42 @@ async fn the_private_example_bakes_with_no_address_no_ingress_health_through_ssm
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let ended = Arc::new(AtomicBool::new(false));
+    let ending = ended.clone();
+    let bake = tokio::task::spawn_blocking(move || {
+        let out = child.wait_with_output().unwrap();
+        ending.store(true, Ordering::SeqCst);
+        out
+    });
     // While the builder runs: what it was given, and the endpoints it reaches SSM through.
     let seen = std::sync::Mutex::new(None);
     lab.wait_for("the running builder", Duration::from_secs(600), || async {
         let found = running_builder(&lab, "web").await;
         let there = found.is_some();
         *seen.lock().unwrap() = found;
-        there
+        there || ended.load(Ordering::SeqCst)
     })
     .await;
-    let builder = seen.into_inner().unwrap().unwrap();
+    let Some(builder) = seen.into_inner().unwrap() else {
+        let out = bake.await.unwrap();
+        panic!("bake ended before its builder ran: {}", stderr(&out));
+    };
     let during = endpoints_in(&lab, &vpc).await;
-    let groups = builder
+    // The groups of the builder's network interface (where RunInstances put them).
+    let mut groups = builder
         .security_groups()
         .iter()
         .filter_map(|g| g.group_id().map(str::to_owned))
+        .chain(
+            builder
+                .network_interfaces()
+                .iter()
+                .flat_map(|n| n.groups())
+                .filter_map(|g| g.group_id().map(str::to_owned)),
+        )
         .collect::<Vec<_>>();
+    groups.sort();
+    groups.dedup();
     let described = lab
         .ec2
         .describe_security_groups()
@@ -138,9 +160,7 @@ async fn the_private_example_bakes_with_no_address_no_ingress_health_through_ssm
         .send()
         .await
         .unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = bake.await.unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let ami = stdout(&out).trim().to_owned();
     assert!(ami.starts_with("ami-"), "{ami}");
@@ -156,7 +176,7 @@ async fn the_private_example_bakes_with_no_address_no_ingress_health_through_ssm
         builder
             .network_interfaces()
             .iter()
-            .all(|n| n.association().is_none()),
+            .all(|n| n.association().and_then(|a| a.public_ip()).is_none()),
         "{builder:?}"
     );
     // Its one group (bake's) has no inbound rule at all.
