@@ -268,3 +268,90 @@ async fn endpoints_require_without_them_stops_at_preflight_naming_each_with_noth
     }
     assert!(endpoints_in(&lab, &vpc).await.is_empty());
 }
+
+/// The example with a second image `web2` like `web`: both private, in the same VPC.
+fn two_images() -> String {
+    let text = std::fs::read_to_string(example()).unwrap();
+    let second = text[text.find("[image.web]").unwrap()..]
+        .replace("[image.web", "[image.web2")
+        .replace("Session Manager workshop", "Session Manager workshop 2");
+    format!("{text}\n{second}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_private_images_baked_at_once_share_the_endpoints_created_once() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let vpc = vpc_named(&lab, "My-VPC").await;
+    let scratch = Scratch::new(&two_images());
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "web", "web2"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let amis: Vec<String> = stdout(&out)
+        .split_whitespace()
+        .filter(|w| w.starts_with("ami-"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(amis.len(), 2, "{amis:?}");
+    assert_eq!(lab.calls("CreateVpcEndpoint").await, 3, "created once");
+    assert_eq!(
+        lab.calls("DeleteVpcEndpoints").await,
+        1,
+        "deleted by the last"
+    );
+    assert_eq!(endpoints_in(&lab, &vpc).await, Vec::new());
+    assert_eq!(endpoint_groups(&lab).await, Vec::<String>::new());
+    let kept: Vec<&str> = amis.iter().map(String::as_str).collect();
+    lab.assert_nothing_left(&kept, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_after_the_endpoints_leaves_them_to_gc_which_removes_them() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let vpc = vpc_named(&lab, "My-VPC").await;
+    let child = lab
+        .bake(&["-c", &example(), "ami", "web"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lab.wait_for("the running builder", Duration::from_secs(600), || async {
+        running_builder(&lab, "web").await.is_some()
+    })
+    .await;
+    support::signal(child.id(), "KILL");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed by a signal");
+    let left = endpoints_in(&lab, &vpc).await;
+    assert_eq!(
+        left.len(),
+        3,
+        "a killed bake leaves its endpoints: {left:?}"
+    );
+    assert_eq!(endpoint_groups(&lab).await.len(), 1);
+    // Tags and launch times carry whole seconds, and the builder launched just now: let them
+    // be in the past for --ttl 0s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let dry = lab
+        .run_bake(&["-c", &example(), "gc", "--ttl", "0s", "--dry-run"])
+        .await;
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    for (id, _, _) in &left {
+        assert!(
+            stdout(&dry).contains(&format!("would delete VPC endpoint {id}")),
+            "{}",
+            stdout(&dry)
+        );
+    }
+    let gc = lab.run_bake(&["-c", &example(), "gc", "--ttl", "0s"]).await;
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert_eq!(endpoints_in(&lab, &vpc).await, Vec::new());
+    assert_eq!(endpoint_groups(&lab).await, Vec::<String>::new());
+    lab.assert_nothing_left(&[], &[]).await;
+}
