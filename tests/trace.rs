@@ -108,11 +108,19 @@ fn dash_v_logs_each_aws_call_with_its_duration_and_attempts() {
         .lines()
         .filter(|l| l.contains("bake::aws::trace"))
         .collect();
+    // What a run left (builders, groups, images, snapshots), then bake's temporary NAT gateways
+    // and Elastic IPs (src/ami/egress.rs), then its SSM endpoints and their groups
+    // (src/ami/endpoints.rs).
     let operations = [
         "DescribeInstances",
         "DescribeSecurityGroups",
         "DescribeImages",
         "DescribeSnapshots",
+        "DescribeNatGateways",
+        "DescribeNatGateways",
+        "DescribeAddresses",
+        "DescribeVpcEndpoints",
+        "DescribeSecurityGroups",
     ];
     assert_eq!(calls.len(), operations.len(), "one line a call:\n{stderr}");
     for (line, operation) in calls.iter().zip(operations) {
