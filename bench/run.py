@@ -22,6 +22,13 @@ REGION = "ap-northeast-2"
 # What the lab waits before each transition: about the fastest EC2 shows for a small image.
 LATENCY = {"instance_running": 5, "ssm_online": 5, "image_available": 20, "command": 0}
 BAKE_RUNS = 3
+PRIVATE_RUNS = 2  # the private bake (SSM health, temporary NAT, endpoints created) beside bench1
+# The private bake's own calls: the temporary NAT's (src/ami/egress.rs) and the endpoints'.
+EGRESS_ACTIONS = ("AllocateAddress", "CreateNatGateway", "DescribeNatGateways", "CreateRoute",
+                  "DeleteRoute", "DeleteNatGateway", "ReleaseAddress", "DescribeAddresses",
+                  "CreateTags", "DeleteTags")
+ENDPOINT_ACTIONS = ("CreateVpcEndpoints", "CreateVpcEndpoint", "DescribeVpcEndpoints",
+                    "DeleteVpcEndpoints")
 PACKER_RUNS = 2
 RUN_TIMEOUT = 600  # one bake or Packer build; each takes well under two minutes here
 PROBE_INTERVAL = 0.1  # the bench's own page probe: fine enough to time "page healthy"
@@ -154,6 +161,8 @@ def main():
 
         bake_runs = [timed_run(lab, bake + ["ami", "bench1", "--force"]) for _ in range(BAKE_RUNS)]
         four = timed_run(lab, bake + ["ami", "bench1", "bench2", "bench3", "bench4", "--force"])
+        private_runs = [timed_run(lab, bake + ["ami", "private1", "--force"])
+                        for _ in range(PRIVATE_RUNS)]
         packer_runs = [timed_run(lab, ["packer", "build", "-machine-readable", str(work / "packer.json")])
                        for _ in range(PACKER_RUNS)]
         shutil.rmtree(work)
@@ -168,6 +177,9 @@ def main():
     bake_wall = summary([r["wall"] for r in bake_runs])
     packer_wall = summary([r["wall"] for r in packer_runs])
     ratio = four["wall"] / bake_wall["median"]
+    private_wall = summary([r["wall"] for r in private_runs])
+    private_calls = [sum(counts(r).values()) for r in private_runs]
+    private_by_action = counts(private_runs[0])
     checks = {
         "detection lag <= 1 s for every wait": all(v <= 1.0 for v in worst.values()),
         "bake wall <= Packer wall (medians)": bake_wall["median"] <= packer_wall["median"],
@@ -182,6 +194,13 @@ def main():
                  "detection_lag": bake_lags, "detection_lag_worst": worst},
         "bake_4_images": {"wall": four["wall"], "calls": sum(counts(four).values()),
                           "wall_4_over_1": ratio},
+        "bake_private": {"runs": PRIVATE_RUNS, "wall": private_wall, "calls": private_calls,
+                         "egress_calls": sum(n for a, n in private_by_action.items()
+                                             if a in EGRESS_ACTIONS),
+                         "endpoint_calls": sum(n for a, n in private_by_action.items()
+                                               if a in ENDPOINT_ACTIONS),
+                         "calls_by_action": private_by_action,
+                         "wall_over_public": private_wall["median"] / bake_wall["median"]},
         "packer": {"version": subprocess.run(["packer", "version"], stdout=subprocess.PIPE,
                                              text=True).stdout.split()[1],
                    "runs": PACKER_RUNS, "wall": packer_wall, "calls": packer_calls,
@@ -194,7 +213,7 @@ def main():
 
 
 def table(r):
-    b, p, f = r["bake"], r["packer"], r["bake_4_images"]
+    b, p, f, v = r["bake"], r["packer"], r["bake_4_images"], r["bake_private"]
 
     def w(s):
         return f"{s['median']:.1f} s ({s['min']:.1f}–{s['max']:.1f})"
@@ -210,8 +229,12 @@ def table(r):
         f"{lag.get('instance_running', 0):.2f} / {lag.get('ssm_online', 0):.2f} / "
         f"{lag.get('page_healthy', 0):.2f} / {lag.get('image_available', 0):.2f} s | – |",
         f"| 4 images at once: wall, wall(4)/wall(1) | {f['wall']:.1f} s, {f['wall_4_over_1']:.2f} | – |",
+        f"| private builder (SSM health, temporary NAT, endpoints created): wall, wall/public; "
+        f"API calls | {w(v['wall'])}, {v['wall_over_public']:.2f}; {max(v['calls'])} (NAT "
+        f"{v['egress_calls']}, endpoints {v['endpoint_calls']}) against {max(b['calls'])} | – |",
         "",
         "bake calls: " + ", ".join(f"{a} {n}" for a, n in b["calls_by_action"].items()),
+        "private bake calls: " + ", ".join(f"{a} {n}" for a, n in v["calls_by_action"].items()),
         "Packer calls: " + ", ".join(f"{a} {n}" for a, n in p["calls_by_action"].items()),
         "",
     ] + [f"{'ok  ' if ok else 'FAIL'} {name}" for name, ok in r["checks"].items()]

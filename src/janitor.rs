@@ -1,14 +1,17 @@
 //! The ledger of what a run created, and its cleanup: on any exit of a run, and later by `bake gc`.
 //!
 //! Everything a run creates carries the tag `bake:run-id`, so cleanup also finds what was created
-//! while a request was in flight and never reached the ledger.
+//! while a request was in flight and never reached the ledger. What a run holds rather than owns
+//! (a share of a temporary NAT gateway, `src/ami/egress.rs`) is a [`Hold`]: the module that took
+//! it knows how to give it back, and the janitor gives it back after the builders are gone.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{ImageState, InstanceStateName};
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -40,6 +43,14 @@ pub enum Resource {
     Image(String),
     Snapshot(String),
     SecurityGroup(String),
+    /// A temporary NAT gateway (`src/ami/egress.rs`).
+    NatGateway(String),
+    /// An Elastic IP address, by allocation id.
+    Address(String),
+    /// The default route (0.0.0.0/0) bake added to a route table, by the table's id.
+    Route(String),
+    /// An SSM interface endpoint bake created (`src/ami/endpoints.rs`).
+    VpcEndpoint(String),
 }
 
 impl std::fmt::Display for Resource {
@@ -49,6 +60,10 @@ impl std::fmt::Display for Resource {
             Resource::Image(id) => write!(f, "image {id}"),
             Resource::Snapshot(id) => write!(f, "snapshot {id}"),
             Resource::SecurityGroup(id) => write!(f, "security group {id}"),
+            Resource::NatGateway(id) => write!(f, "NAT gateway {id}"),
+            Resource::Address(id) => write!(f, "Elastic IP {id}"),
+            Resource::Route(table) => write!(f, "route 0.0.0.0/0 in {table}"),
+            Resource::VpcEndpoint(id) => write!(f, "VPC endpoint {id}"),
         }
     }
 }
@@ -94,6 +109,14 @@ pub fn new_run_id() -> String {
     )
 }
 
+/// Something a run holds whose release the module that took it owns: a share of a temporary NAT
+/// gateway that other bakes may still use (`src/ami/egress.rs`). Released after the run's
+/// resources are deleted (its builder is gone by then), the latest hold first.
+pub trait Hold: Send + Sync {
+    /// Gives it back: what was removed, or what is left and why. Safe to call more than once.
+    fn release(&self) -> BoxFuture<'_, Result<Vec<Resource>, Vec<Left>>>;
+}
+
 /// What one run created, cleaned up in reverse order of dependency on any exit.
 pub struct Janitor {
     clients: Clients,
@@ -104,6 +127,8 @@ pub struct Janitor {
     /// it again (its ClientToken makes that answer the instance the first one launched, if it did)
     /// because the new instance is not yet listed by tag (eventual consistency).
     launching: Mutex<Option<RunInstancesFluentBuilder>>,
+    /// What the run holds ([`Hold`]), in the order taken.
+    holds: Mutex<Vec<Arc<dyn Hold>>>,
 }
 
 impl Janitor {
@@ -114,6 +139,49 @@ impl Janitor {
             ledger: Mutex::new(Vec::new()),
             kept: Mutex::new(BTreeSet::new()),
             launching: Mutex::new(None),
+            holds: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Notes something the run holds, before the first request that takes it is sent, so that a
+    /// cancelled run gives back whatever part of it was taken.
+    pub fn hold(&self, hold: Arc<dyn Hold>) {
+        self.holds.lock().expect("holds lock").push(hold);
+    }
+
+    /// Releases every hold, the latest first, after the run's resources are gone; what was
+    /// removed is added to `removed`, what is left to `left`.
+    async fn release_holds(&self, removed: &mut Vec<Resource>, left: &mut Vec<Left>) {
+        let holds: Vec<Arc<dyn Hold>> = self.holds.lock().expect("holds lock").clone();
+        for hold in holds.iter().rev() {
+            match hold.release().await {
+                Ok(gone) => removed.extend(gone),
+                Err(stuck) => left.extend(stuck),
+            }
+        }
+    }
+
+    /// The ledger's deletion and then the holds' release: both always run; what neither could
+    /// remove is reported together.
+    async fn delete_then_release(
+        &self,
+        mut found: Vec<Resource>,
+        born: &BTreeMap<Resource, Instant>,
+    ) -> Result<Vec<Resource>, Error> {
+        let mut left = Vec::new();
+        match delete_born(&self.clients, &found, born).await {
+            Ok(()) => {}
+            Err(Error::Left { left: stuck, .. }) => left.extend(stuck),
+            Err(e @ Error::Api(_)) => return Err(e),
+        }
+        self.release_holds(&mut found, &mut left).await;
+        if left.is_empty() {
+            Ok(found)
+        } else {
+            Err(Error::Left {
+                region: self.clients.region.clone(),
+                left,
+            })
         }
     }
 
@@ -170,8 +238,7 @@ impl Janitor {
         let born = self.born();
         let mut found: Vec<Resource> = born.keys().cloned().collect();
         found.retain(|r| !kept.contains(id_of(r)));
-        delete_born(&self.clients, &found, &born).await?;
-        Ok(found)
+        self.delete_then_release(found, &born).await
     }
 
     /// Deletes everything this run created except what was kept, searching by tag too for what a
@@ -190,7 +257,7 @@ impl Janitor {
         found.retain(|r| !kept.contains(id_of(r)) && !in_use.contains(id_of(r)));
         found.sort();
         found.dedup();
-        delete_born(&self.clients, &found, &born).await?;
+        let found = self.delete_then_release(found, &born).await?;
         searched?;
         relaunched?;
         Ok(found)
@@ -220,7 +287,11 @@ fn id_of(r: &Resource) -> &str {
         Resource::Instance(id)
         | Resource::Image(id)
         | Resource::Snapshot(id)
-        | Resource::SecurityGroup(id) => id,
+        | Resource::SecurityGroup(id)
+        | Resource::NatGateway(id)
+        | Resource::Address(id)
+        | Resource::Route(id)
+        | Resource::VpcEndpoint(id) => id,
     }
 }
 
@@ -451,6 +522,13 @@ async fn delete_born(
                 continue;
             }
             let until = window(resource, &aws::NEW_SECURITY_GROUP);
+            if let Err(e) = revoke_references(clients, id).await {
+                left.push(Left {
+                    resource: resource.clone(),
+                    reason: format!("a rule in bake's endpoint group still names it: {e}"),
+                });
+                continue;
+            }
             if let Err(e) = delete_group(clients, id, until).await {
                 left.push(Left {
                     resource: resource.clone(),
@@ -602,6 +680,74 @@ pub async fn delete_security_group(clients: &Clients, id: &str) -> Result<(), Er
                 reason,
             }],
         })
+}
+
+/// Revokes the rules of bake's own SSM endpoint groups (tagged `bake:endpoint`) that name
+/// `group` as their source: EC2 refuses to delete a group another group's rule refers to
+/// (DependencyViolation). Groups bake did not make are never changed.
+async fn revoke_references(clients: &Clients, group: &str) -> Result<(), CallError> {
+    let request = clients
+        .ec2
+        .describe_security_groups()
+        .filters(filter("ip-permission.group-id", group))
+        .filters(filter("tag-key", tags::ENDPOINT));
+    let out = clients
+        .call(|| request.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| format!("find the endpoint groups that admit {group}"))
+        .await?;
+    for referring in out.security_groups() {
+        if let Some(id) = referring.group_id() {
+            revoke_rules_from(clients, id, group).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Revokes the inbound rules of `group` whose source is the group `source`, by their rule ids
+/// (DescribeSecurityGroupRules): nothing to do when there are none or `group` is gone.
+pub async fn revoke_rules_from(
+    clients: &Clients,
+    group: &str,
+    source: &str,
+) -> Result<(), CallError> {
+    let request = clients
+        .ec2
+        .describe_security_group_rules()
+        .filters(filter("group-id", group));
+    let out = clients
+        .call(|| request.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| format!("list the rules of {group}"))
+        .await?;
+    let ids: Vec<String> = out
+        .security_group_rules()
+        .iter()
+        .filter(|r| r.is_egress() != Some(true))
+        .filter(|r| {
+            r.referenced_group_info()
+                .and_then(|g| g.group_id())
+                .is_some_and(|g| g == source)
+        })
+        .filter_map(|r| r.security_group_rule_id().map(str::to_owned))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let revoke = clients
+        .ec2
+        .revoke_security_group_ingress()
+        .group_id(group)
+        .set_security_group_rule_ids(Some(ids));
+    clients
+        .call(|| revoke.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_none(
+            &["InvalidPermission.NotFound", "InvalidGroup.NotFound"],
+            || format!("revoke the rules naming {source} on {group}"),
+        )
+        .await?;
+    Ok(())
 }
 
 /// [`delete_security_group`]; a NotFound before `until` (the group was created moments ago) is

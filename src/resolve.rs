@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{Filter, Image, Instance};
+use aws_sdk_ec2::types::{Filter, Image, Instance, RouteTable};
 
 use crate::aws::{self, CallError, Clients};
 use crate::config::{Config, Location, ResourceRef};
@@ -53,6 +53,40 @@ pub enum Error {
          (0.0.0.0/0 -> igw-...); it must be reachable from the internet: pick a public subnet"
     )]
     NotPublic { subnet: String, region: String },
+    /// The builder subnet's route table already sends 0.0.0.0/0 somewhere else than a temporary NAT
+    /// gateway of bake's: bake does not replace a route it did not add.
+    #[error(
+        "route table {table} of subnet {subnet} in {region} already has a default route \
+         (0.0.0.0/0 -> {target}); egress = \"nat\" adds its own and never replaces one: use \
+         egress = \"existing\" to bake through that route, or a subnet without one"
+    )]
+    DefaultRoute {
+        table: String,
+        subnet: String,
+        target: String,
+        region: String,
+    },
+    /// A private builder's subnet has no way to SSM that outlives the bake: neither the three
+    /// interface endpoints with private DNS nor a NAT gateway route of its own.
+    #[error(
+        "a private builder in subnet {subnet} cannot reach SSM: VPC {vpc} in {region} lacks the \
+         interface endpoints {missing} (with private DNS) and {routing} has no NAT gateway route \
+         of its own (bake's temporary NAT does not count: it goes while the bake runs); create \
+         them, or set builder.endpoints = \"create\" to have bake make them for the bake"
+    )]
+    NoSsmPath {
+        vpc: String,
+        subnet: String,
+        region: String,
+        missing: String,
+        routing: String,
+    },
+    /// No subnet of the VPC routes 0.0.0.0/0 to an internet gateway, for the temporary NAT.
+    #[error(
+        "no public subnet (0.0.0.0/0 -> igw-...) in VPC {vpc} in {region} for the temporary NAT \
+         gateway; add one, or name it in builder.nat_subnet"
+    )]
+    NoNatSubnet { vpc: String, region: String },
     #[error(
         "instance profile {profile:?} does not exist; create it with a role that has \
          AmazonSSMManagedInstanceCore (the verify step runs through SSM)"
@@ -270,32 +304,152 @@ pub async fn vpc(clients: &Clients, r: &ResourceRef) -> Result<String, Error> {
         .unwrap_or_default())
 }
 
+/// The route tables matching `filters`.
+pub async fn route_tables(
+    clients: &Clients,
+    filters: Vec<Filter>,
+) -> Result<Vec<RouteTable>, CallError> {
+    let request = clients
+        .ec2
+        .describe_route_tables()
+        .set_filters(Some(filters));
+    let out = clients.call(|| request.clone().send());
+    let out = out.settle(&aws::THROTTLE_BURST);
+    let out = out.or_fail(|| "describe route tables".into()).await?;
+    Ok(out.route_tables.unwrap_or_default())
+}
+
+/// The route table a subnet uses: the one explicitly associated with it, else the VPC's main one
+/// (none only in a VPC being torn down).
+pub async fn route_table(
+    clients: &Clients,
+    subnet: &Subnet,
+) -> Result<Option<RouteTable>, CallError> {
+    let own = route_tables(clients, vec![filter("association.subnet-id", &subnet.id)]).await?;
+    if let Some(table) = own.into_iter().next() {
+        return Ok(Some(table));
+    }
+    let main = vec![
+        filter("vpc-id", &subnet.vpc_id),
+        filter("association.main", "true"),
+    ];
+    Ok(route_tables(clients, main).await?.into_iter().next())
+}
+
+/// Whether a route table sends 0.0.0.0/0 to an internet gateway.
+pub fn routes_to_internet_gateway(table: &RouteTable) -> bool {
+    table.routes().iter().any(|r| {
+        r.destination_cidr_block() == Some("0.0.0.0/0")
+            && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
+    })
+}
+
+/// How a subnet reaches beyond its VPC: the route table it uses (its own, explicitly associated,
+/// else the VPC's main one) and where that table's default route goes.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub id: String,
+    /// True when the subnet has no table of its own and uses the VPC's main one.
+    pub main: bool,
+    /// Where 0.0.0.0/0 goes, if anywhere.
+    pub default_route: Option<DefaultRoute>,
+}
+
+/// The target of a route table's 0.0.0.0/0 route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultRoute {
+    /// `igw-…`: the subnet is public.
+    InternetGateway(String),
+    /// `nat-…`: instances reach the internet (and SSM's public endpoints) without an address.
+    NatGateway(String),
+    /// Anything else (a transit gateway, an instance, a peering connection, …), by its id.
+    Other(String),
+}
+
+impl Routing {
+    /// "route table rtb-… (the VPC's main one)" or "route table rtb-…".
+    pub fn describe(&self) -> String {
+        if self.main {
+            format!("route table {} (the VPC's main one)", self.id)
+        } else {
+            format!("route table {}", self.id)
+        }
+    }
+
+    /// Whether 0.0.0.0/0 goes to an internet gateway.
+    pub fn public(&self) -> bool {
+        matches!(self.default_route, Some(DefaultRoute::InternetGateway(_)))
+    }
+}
+
+/// How `subnet` reaches beyond its VPC: [`route_table`] and its default route's target.
+pub async fn routing(clients: &Clients, subnet: &Subnet) -> Result<Routing, Error> {
+    let own = route_tables(clients, vec![filter("association.subnet-id", &subnet.id)]).await?;
+    let main = own.is_empty();
+    let table = match own.into_iter().next() {
+        Some(table) => Some(table),
+        None => {
+            let main = vec![
+                filter("vpc-id", &subnet.vpc_id),
+                filter("association.main", "true"),
+            ];
+            route_tables(clients, main).await?.into_iter().next()
+        }
+    };
+    let Some(table) = table else {
+        return Err(Error::Lookup {
+            kind: "subnet",
+            reference: subnet.id.clone(),
+            region: clients.region.clone(),
+            detail: format!(
+                "has no route table of its own and VPC {} has no main one",
+                subnet.vpc_id
+            ),
+        });
+    };
+    Ok(Routing {
+        id: table.route_table_id().unwrap_or_default().to_owned(),
+        main,
+        default_route: default_route(&table),
+    })
+}
+
+/// Where a route table's 0.0.0.0/0 route goes, if it has one.
+pub fn default_route(table: &RouteTable) -> Option<DefaultRoute> {
+    table
+        .routes()
+        .iter()
+        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+        .map(|r| {
+            if let Some(nat) = r.nat_gateway_id() {
+                DefaultRoute::NatGateway(nat.to_owned())
+            } else if let Some(g) = r.gateway_id().filter(|g| g.starts_with("igw-")) {
+                DefaultRoute::InternetGateway(g.to_owned())
+            } else {
+                let other = [
+                    r.gateway_id(),
+                    r.transit_gateway_id(),
+                    r.instance_id(),
+                    r.network_interface_id(),
+                    r.vpc_peering_connection_id(),
+                ];
+                DefaultRoute::Other(
+                    other
+                        .into_iter()
+                        .flatten()
+                        .next()
+                        .unwrap_or("unknown")
+                        .to_owned(),
+                )
+            }
+        })
+}
+
 /// A public subnet has a default route to an internet gateway, in its own route table or (when it
 /// has none of its own) in the VPC's main one.
 pub async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
-    let tables = |filters: Vec<Filter>| async move {
-        let request = clients
-            .ec2
-            .describe_route_tables()
-            .set_filters(Some(filters));
-        let out = clients.call(|| request.clone().send());
-        let out = out.settle(&aws::THROTTLE_BURST);
-        let out = out.or_fail(|| "describe route tables".into()).await?;
-        Ok::<_, CallError>(out.route_tables.unwrap_or_default())
-    };
-    let mut found = tables(vec![filter("association.subnet-id", &subnet.id)]).await?;
-    if found.is_empty() {
-        let main = vec![
-            filter("vpc-id", &subnet.vpc_id),
-            filter("association.main", "true"),
-        ];
-        found = tables(main).await?;
-    }
-    let public = found.iter().flat_map(|t| t.routes()).any(|r| {
-        r.destination_cidr_block() == Some("0.0.0.0/0")
-            && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
-    });
-    if public {
+    let table = route_table(clients, subnet).await?;
+    if table.as_ref().is_some_and(routes_to_internet_gateway) {
         Ok(())
     } else {
         Err(Error::NotPublic {

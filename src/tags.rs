@@ -15,6 +15,21 @@ pub const CREATED: &str = "bake:created";
 pub const IMAGE: &str = "bake:image";
 /// The digest of the image's inputs.
 pub const DIGEST: &str = "bake:digest";
+/// On a temporary NAT gateway and its Elastic IP: the route table whose default route it serves
+/// (`src/ami/egress.rs`).
+pub const EGRESS: &str = "bake:egress";
+/// On a temporary NAT gateway, one tag per run using it (`bake:egress-user:RUN-ID`, the value when
+/// it joined, RFC 3339): the gateway goes when the last one is removed.
+pub const EGRESS_USER_PREFIX: &str = "bake:egress-user:";
+/// On a temporary NAT gateway its last user is removing (the value is that run's id): a run that
+/// sees it does not join.
+pub const EGRESS_CLOSING: &str = "bake:egress-closing";
+/// On the SSM interface endpoints bake created and their security group: the VPC they serve
+/// (`src/ami/endpoints.rs`).
+pub const ENDPOINT: &str = "bake:endpoint";
+/// On an endpoint bake created, one tag per run using it (`bake:endpoint-user:RUN-ID`, the value
+/// when it joined, RFC 3339): the endpoint goes when the last one is removed.
+pub const ENDPOINT_USER_PREFIX: &str = "bake:endpoint-user:";
 /// An EC2 tag.
 pub fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()

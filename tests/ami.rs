@@ -538,10 +538,11 @@ async fn preflight_problems_exit_2_at_their_line_and_create_nothing() {
             "builder.subnet",
             "no such subnet",
         ),
+        // A private subnet is a private builder's place; asked to be public there, it is refused.
         (
-            "Public subnet A",
-            "Private subnet A",
-            "builder.subnet",
+            "Public subnet A\" } }",
+            "Private subnet A\" } }\naccess = \"public\"",
+            "builder.access",
             "no route to an internet gateway",
         ),
         (
@@ -559,7 +560,9 @@ async fn preflight_problems_exit_2_at_their_line_and_create_nothing() {
     ];
     for (from, to, field, expected) in cases {
         let config = quick_config("", "", "").replacen(from, to, 1);
-        let line = config.lines().position(|l| l.contains(to)).unwrap() + 1;
+        // The line of the replacement's last line (where a two-line replacement's key is).
+        let last = to.lines().last().unwrap();
+        let line = config.lines().position(|l| l.contains(last)).unwrap() + 1;
         let scratch = Scratch::new(&config);
         let out = lab
             .run_bake(&["-c", &scratch.config(), "ami", "quick"])

@@ -22,11 +22,11 @@ use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http
 use bake::ami::preflight::{BaseAmi, Plan};
 use bake::ami::{image, launch};
 use bake::aws::Clients;
-use bake::config::{Builder, Os, ResourceRef, Volume};
+use bake::config::{Access, Builder, Egress, Endpoints, Os, ResourceRef, Volume};
 use bake::janitor::{self, Janitor};
 use bake::output::Progress;
 use bake::render::Rendered;
-use bake::resolve::Subnet;
+use bake::resolve::{DefaultRoute, Routing, Subnet};
 
 /// A client of `$sdk` answered by `rules` (this SDK version predates `mock_client!`'s defaults).
 macro_rules! mocked {
@@ -76,6 +76,12 @@ fn plan() -> Plan {
             vpc_id: "vpc-lab".into(),
             zone: "ap-northeast-2a".into(),
         },
+        routing: Routing {
+            id: "rtb-a".into(),
+            main: false,
+            default_route: Some(DefaultRoute::InternetGateway("igw-lab".into())),
+        },
+        access: Access::Public,
         instance_profile: "SSMInstanceProfile".into(),
         allow_cidr: "198.51.100.7/32".into(),
         rendered: Rendered {
@@ -85,6 +91,8 @@ fn plan() -> Plan {
             digest: "d".repeat(64),
         },
         ami_name: "web-20261122-dddddddddddd".into(),
+        egress: None,
+        endpoints: None,
     }
 }
 
@@ -247,6 +255,10 @@ fn builder() -> Builder {
         instance_profile: toml::Spanned::new(0..0, "SSMInstanceProfile".into()),
         allow_cidr: toml::Spanned::new(0..0, "auto".into()),
         volume: Volume::default(),
+        access: None,
+        endpoints: toml::Spanned::new(0..0, Endpoints::Require),
+        egress: toml::Spanned::new(0..0, Egress::Existing),
+        nat_subnet: None,
     }
 }
 

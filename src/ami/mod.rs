@@ -1,6 +1,8 @@
 //! Baking: preflight, launch, health, verify and image for one or more images at once, with the
 //! builder cleaned up on every exit (`bake ami`, and the bake step of `bake pipeline`).
 
+pub mod egress;
+pub mod endpoints;
 pub mod health;
 pub mod image;
 pub mod launch;
@@ -13,7 +15,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::aws::Clients;
-use crate::config::{Config, Image};
+use crate::config::{Access, Config, Image};
 use crate::janitor::{self, Janitor};
 use crate::output::{self, Progress};
 use crate::render::{self, Renderer};
@@ -54,6 +56,10 @@ pub struct Baked {
 pub enum Step {
     #[error(transparent)]
     Preflight(#[from] preflight::Error),
+    #[error(transparent)]
+    Egress(#[from] egress::Error),
+    #[error(transparent)]
+    Endpoints(#[from] endpoints::Error),
     #[error(transparent)]
     Launch(#[from] launch::Error),
     #[error(transparent)]
@@ -278,15 +284,54 @@ async fn build(
 ) -> Result<Ami, Step> {
     let tags = tags::of_run(janitor.run_id(), &plan.image, &plan.rendered.digest);
     progress.step("launching the builder");
-    let group = launch::security_group(clients, plan, image.health.port, &tags, janitor).await?;
+    // The temporary NAT (egress = "nat") is taken while the security group is made: the builder
+    // launches only once the route to an available gateway exists.
+    let (group, _nat) = tokio::try_join!(
+        async {
+            launch::security_group(clients, plan, image.health.port, &tags, janitor)
+                .await
+                .map_err(Step::from)
+        },
+        async {
+            match &plan.egress {
+                Some(egress) => egress::take(clients, egress, &tags, janitor, progress)
+                    .await
+                    .map(Some)
+                    .map_err(Step::from),
+                None => Ok(None),
+            }
+        },
+    )?;
+    // The SSM endpoints (endpoints = "create") admit the builder's group, so they follow it; the
+    // builder launches once they are available, so its agent finds SSM from its first try.
+    if let Some(wanted) = &plan.endpoints {
+        endpoints::take(clients, wanted, &group, &tags, janitor, progress).await?;
+    }
     let instance_id =
         launch::instance(clients, plan, &image.builder, &group, &tags, janitor).await?;
     let ip = health::running(clients, &instance_id, progress).await?;
     let deadline = crate::poll::deadline(image.health.timeout.0);
-    tokio::try_join!(
-        health::http(&instance_id, &ip, &image.health, deadline, progress),
-        health::ssm_online(clients, &instance_id, deadline),
-    )?;
+    match plan.access {
+        // From the runner over HTTP, while SSM registers the agent for verify.
+        Access::Public => {
+            let ip = ip.ok_or_else(|| health::Error::NoPublicIp {
+                instance_id: instance_id.clone(),
+                region: clients.region.clone(),
+            })?;
+            tokio::try_join!(
+                health::http(&instance_id, &ip, &image.health, deadline, progress),
+                health::ssm_online(clients, &instance_id, deadline),
+            )?;
+        }
+        // Nothing reaches a private builder from outside: the probe runs on it through SSM.
+        Access::Private => {
+            progress.step(format!(
+                "waiting for {instance_id} to come Online in SSM (private builder)"
+            ));
+            health::ssm_online(clients, &instance_id, deadline).await?;
+            health::through_ssm(clients, &instance_id, &image.health, deadline, progress).await?;
+        }
+    }
     let timeout = image.verify.timeout.map_or(VERIFY_TIMEOUT, |t| t.0);
     verify::run(
         clients,

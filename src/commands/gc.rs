@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::{Context, DEFAULT_CONFIG, HOUSEKEEPING, Outcome};
 use crate::Error;
+use crate::ami::{egress, endpoints};
 use crate::aws::sdk;
 use crate::janitor::{self, Resource};
 use crate::output;
@@ -15,7 +16,9 @@ use crate::output;
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 31_557_600);
 
 /// Delete what killed runs left behind (found by their bake:run-id tag): instances, security
-/// groups, unfinished images and unused snapshots older than the TTL.
+/// groups, unfinished images and unused snapshots older than the TTL, and temporary NAT gateways
+/// (with their routes and Elastic IPs) and SSM endpoints (with their group) whose users are all
+/// older than the TTL.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Only what is older than this: 0s to 10y ("90m", "2h", "7d").
@@ -68,10 +71,45 @@ impl Args {
             .checked_sub(self.ttl)
             .unwrap_or(UNIX_EPOCH);
         let scope = janitor::Scope::LeftBefore(cutoff);
-        let found = janitor::find(&clients, &scope, &Default::default()).await?;
+        let mut found = janitor::find(&clients, &scope, &Default::default()).await?;
+        // The temporary NAT gateways (their routes and addresses) whose every user is past the
+        // cutoff; removed after the builders, which may still send through them.
+        let egress = egress::find_left(&clients, cutoff)
+            .await
+            .map_err(janitor::Error::from)?;
+        // bake's SSM endpoints (and their group) whose every user is past the cutoff; removed
+        // after the builders, whose groups their group admits.
+        let endpoints = endpoints::find_left(&clients, cutoff)
+            .await
+            .map_err(janitor::Error::from)?;
         if !self.dry_run {
-            janitor::delete(&clients, &found).await?;
+            let builders = janitor::delete(&clients, &found).await;
+            let nats = egress::remove_left(&clients, cutoff).await;
+            let ends = endpoints::remove_left(&clients, cutoff).await;
+            let mut left = match builders {
+                Err(janitor::Error::Left { left, .. }) => left,
+                Err(e) => return Err(e.into()),
+                Ok(()) => Vec::new(),
+            };
+            for removed in [nats, ends] {
+                match removed {
+                    Ok(removed) => found.extend(removed),
+                    Err(stuck) => left.extend(stuck),
+                }
+            }
+            if !left.is_empty() {
+                return Err(janitor::Error::Left {
+                    region: clients.region.clone(),
+                    left,
+                }
+                .into());
+            }
+        } else {
+            found.extend(egress);
+            found.extend(endpoints);
         }
+        found.sort();
+        found.dedup();
         Ok(Collected {
             region: clients.region,
             dry_run: self.dry_run,

@@ -384,6 +384,15 @@ impl<'a> Doc<'a> {
             let at = self.key_span(&["image", name, "builder"]);
             builder.allow_cidr = Spanned::new(at, builder.allow_cidr.into_inner());
         }
+        // Defaults point at the builder table, so a message about them has a place.
+        if builder.endpoints.span() == (0..0) {
+            let at = self.key_span(&["image", name, "builder"]);
+            builder.endpoints = Spanned::new(at, builder.endpoints.into_inner());
+        }
+        if builder.egress.span() == (0..0) {
+            let at = self.key_span(&["image", name, "builder"]);
+            builder.egress = Spanned::new(at, builder.egress.into_inner());
+        }
         let mut health = health.unwrap_or_default();
         if health.path.span() == (0..0) {
             let at = self.key_span(&["image", name, "health"]);

@@ -109,6 +109,100 @@ pub struct Builder {
     pub allow_cidr: Spanned<String>,
     #[serde(default)]
     pub volume: Volume,
+    /// How the builder is reached: `public` (a public address, the health port open to
+    /// `allow_cidr`) or `private` (no public address, no inbound rule: health runs inside it
+    /// through SSM). Not given: inferred at preflight from the subnet's route table (a default
+    /// route to an internet gateway is public, anything else private).
+    pub access: Option<Spanned<Access>>,
+    /// What a private builder does when its VPC lacks the SSM interface endpoints (`ssm`,
+    /// `ssmmessages`, `ec2messages`) and has no NAT route: `require` fails preflight naming
+    /// them; `create` makes them for the bake and deletes them after.
+    #[serde(default = "default_endpoints")]
+    pub endpoints: Spanned<Endpoints>,
+    /// Where a private builder's packages come from: `existing` (whatever route the subnet has),
+    /// `nat` (a temporary NAT gateway for the bake), `none` (no internet at all).
+    #[serde(default = "default_egress")]
+    pub egress: Spanned<Egress>,
+    /// The public subnet for `egress = "nat"`'s gateway; by default one of the VPC's subnets
+    /// whose route table sends 0.0.0.0/0 to an internet gateway.
+    pub nat_subnet: Option<Spanned<ResourceRef>>,
+}
+
+/// How the builder is reached (`builder.access`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// A public address; the health check comes from the runner through the health port.
+    Public,
+    /// No public address and no inbound rule; the health check runs on the builder through SSM.
+    Private,
+}
+
+impl Access {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Public => "public",
+            Access::Private => "private",
+        }
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do about missing SSM interface endpoints (`builder.endpoints`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoints {
+    /// Fail preflight naming the missing endpoints and the VPC.
+    Require,
+    /// Create the missing endpoints (and their security group) for the bake, delete them after.
+    Create,
+}
+
+/// A private builder's way to the internet while its user data runs (`builder.egress`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// The subnet's routes as they are.
+    Existing,
+    /// A temporary NAT gateway (and Elastic IP) and a 0.0.0.0/0 route for the bake.
+    Nat,
+    /// No internet: the template must not need any.
+    None,
+}
+
+impl Endpoints {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoints::Require => "require",
+            Endpoints::Create => "create",
+        }
+    }
+}
+
+impl Egress {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Egress::Existing => "existing",
+            Egress::Nat => "nat",
+            Egress::None => "none",
+        }
+    }
+}
+
+fn default_endpoints() -> Spanned<Endpoints> {
+    Spanned::new(0..0, Endpoints::Require)
+}
+
+fn default_egress() -> Spanned<Egress> {
+    Spanned::new(0..0, Egress::Existing)
 }
 
 pub(super) fn default_instance_type() -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::parse::{Doc, FieldPath, dotted};
 use super::place::names;
 use super::secrets::secret_word;
-use super::types::{Config, Image, ResourceRef, Rollout};
+use super::types::{Access, Config, Egress, Endpoints, Image, ResourceRef, Rollout};
 use crate::limits;
 
 /// Validation: every value against the range or shape AWS (or bake) accepts.
@@ -217,6 +217,7 @@ impl Doc<'_> {
                 };
             fail(field, rule);
         }
+        self.builder_access(name, image);
         // Health.
         let health = &image.health;
         if let Err(rule) = limits::url_path(health.path.get_ref()) {
@@ -254,6 +255,47 @@ impl Doc<'_> {
         }
         if let Some(timeout) = &image.verify.timeout {
             duration(&["verify", "timeout"], timeout.0, &limits::VERIFY_TIMEOUT);
+        }
+    }
+
+    /// `access`, `endpoints`, `egress` and `nat_subnet` together: what only a private builder
+    /// uses is refused on a public one, and `nat_subnet` only goes with `egress = "nat"`. With
+    /// `access` not given these are checked at preflight, once the route table says which it is.
+    fn builder_access(&self, name: &str, image: &Image) {
+        let builder = &image.builder;
+        let at = |f: &'static str| ["image", name, "builder", f];
+        let public = builder
+            .access
+            .as_ref()
+            .is_some_and(|a| *a.get_ref() == Access::Public);
+        if public && *builder.endpoints.get_ref() == Endpoints::Create {
+            self.fail(
+                &at("endpoints"),
+                "`create` is for a private builder: a public one reaches SSM through its internet \
+                 gateway; drop it or set access = \"private\""
+                    .to_owned(),
+            );
+        }
+        if public && *builder.egress.get_ref() != Egress::Existing {
+            self.fail(
+                &at("egress"),
+                format!(
+                    "`{}` is for a private builder: a public one reaches the internet through its \
+                     internet gateway; drop it or set access = \"private\"",
+                    builder.egress.get_ref().as_str()
+                ),
+            );
+        }
+        if let Some(nat_subnet) = &builder.nat_subnet {
+            let path: Vec<String> = at("nat_subnet").iter().map(|s| (*s).to_owned()).collect();
+            self.selector(&path, nat_subnet.get_ref(), "subnet");
+            if *builder.egress.get_ref() != Egress::Nat {
+                self.fail(
+                    &at("nat_subnet"),
+                    "only goes with egress = \"nat\" (it is where the temporary NAT gateway goes)"
+                        .to_owned(),
+                );
+            }
         }
     }
 
@@ -491,6 +533,7 @@ fn resource_id(id: &str, kind: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use crate::config::testing::*;
+    use crate::config::{Access, Egress, Endpoints};
 
     #[test]
     fn secret_looking_var_is_refused_with_advice() {
@@ -517,6 +560,82 @@ mod tests {
             "base = { id = \"ami-0123456789abcdef0\", ssm",
         );
         assert!(error(&text).contains("exactly one of `id`, `ssm` or `name`"));
+    }
+
+    #[test]
+    fn private_builder_fields_parse_with_their_defaults() {
+        let web = &parse(MINIMAL).unwrap().image["web"];
+        assert!(web.builder.access.is_none());
+        assert_eq!(*web.builder.endpoints.get_ref(), Endpoints::Require);
+        assert_eq!(*web.builder.egress.get_ref(), Egress::Existing);
+        assert!(web.builder.nat_subnet.is_none());
+        let text = MINIMAL.replace(
+            "instance_profile = ",
+            "access = \"private\"\nendpoints = \"create\"\negress = \"nat\"\n\
+             nat_subnet = { tag = { Name = \"Public subnet A\" } }\ninstance_profile = ",
+        );
+        let web = &parse(&text).unwrap().image["web"];
+        assert_eq!(
+            web.builder.access.as_ref().map(|a| *a.get_ref()),
+            Some(Access::Private)
+        );
+        assert_eq!(*web.builder.endpoints.get_ref(), Endpoints::Create);
+        assert_eq!(*web.builder.egress.get_ref(), Egress::Nat);
+        assert!(web.builder.nat_subnet.is_some());
+    }
+
+    #[test]
+    fn private_only_fields_are_refused_on_a_public_builder_each_at_its_place() {
+        let text = MINIMAL.replace(
+            "instance_profile = ",
+            "access = \"public\"\nendpoints = \"create\"\negress = \"nat\"\n\
+             nat_subnet = { id = \"vpc-1\" }\ninstance_profile = ",
+        );
+        let problems = problems(&text);
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(
+            problems[0].starts_with(
+                "bake.toml:10:13: image.web.builder.endpoints: `create` is for a private builder"
+            ),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[1].starts_with(
+                "bake.toml:11:10: image.web.builder.egress: `nat` is for a private builder"
+            ),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[2].starts_with("bake.toml:12:14: image.web.builder.nat_subnet: a subnet id"),
+            "{problems:#?}"
+        );
+        let lone = MINIMAL.replace(
+            "instance_profile = ",
+            "nat_subnet = { id = \"subnet-1\" }\ninstance_profile = ",
+        );
+        let msg = error(&lone);
+        assert!(
+            msg.starts_with(
+                "bake.toml:9:14: image.web.builder.nat_subnet: only goes with egress = \"nat\""
+            ),
+            "{msg}"
+        );
+        for (field, value) in [
+            ("access", "hidden"),
+            ("endpoints", "maybe"),
+            ("egress", "nats"),
+        ] {
+            let bad = MINIMAL.replace(
+                "instance_profile = ",
+                &format!("{field} = \"{value}\"\ninstance_profile = "),
+            );
+            let msg = error(&bad);
+            assert!(msg.starts_with("bake.toml:9:"), "{field}: {msg}");
+            assert!(
+                msg.contains(&format!("unknown variant `{value}`")),
+                "{field}: {msg}"
+            );
+        }
     }
 
     #[test]

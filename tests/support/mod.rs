@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod network;
+
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -93,6 +95,19 @@ impl Lab {
             ssm: aws_sdk_ssm::Client::new(&sdk),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// bake's clients (as `bake` builds them) aimed at this lab, for tests that drive a module.
+    pub async fn clients(&self) -> bake::aws::Clients {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new(REGION))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "test", "test", None, None, "lab",
+            ))
+            .load()
+            .await;
+        bake::aws::Clients::from_sdk(&sdk)
     }
 
     /// POSTs JSON to a control endpoint (`latency`, `faults`, `reset`).

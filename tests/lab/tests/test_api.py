@@ -147,7 +147,7 @@ def test_reset_removes_containers_and_rebuilds_the_lab(lab, ec2, debian_ami):
     assert lab.get_lines("/_lab/requests") == [] and lab.get_lines("/_lab/events") == []
     assert lab.get_json("/_lab/latency")["image_available"] == 1.0
     cidrs = sorted(v["CidrBlock"] for v in ec2.describe_vpcs()["Vpcs"])
-    assert cidrs == ["10.0.0.0/16", "172.31.0.0/16"]
+    assert cidrs == ["10.0.0.0/16", "10.20.0.0/16", "172.31.0.0/16"]  # VPC-Lab, My-VPC, the default VPC
     assert subnet_id(ec2, "Public subnet A")
     assert lab.client("iam").get_instance_profile(InstanceProfileName="SSMInstanceProfile")
     assert iid not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

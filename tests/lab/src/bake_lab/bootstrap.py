@@ -1,5 +1,6 @@
-"""What a fresh lab holds besides moto's defaults: the workshops' network and profile, the base AMIs of two
-families (Debian's without the SSM agent, Ubuntu's with it) and default VPCs routed to the internet."""
+"""What a fresh lab holds besides moto's defaults: the workshops' networks (VPC-Lab, and My-VPC of the Session
+Manager workshop) and profiles, the base AMIs of two families (Debian's without the SSM agent, Ubuntu's with it)
+and default VPCs routed to the internet."""
 import datetime
 import hashlib
 import json
@@ -62,15 +63,53 @@ def workshop_network(endpoint: str) -> dict:
     return {"vpc": vpc, "subnets": subnets}
 
 
+def session_manager_network(endpoint: str) -> dict:
+    """My-VPC as the Session Manager workshop (001) has it before its NAT step: an internet gateway, a public
+    subnet for the NAT it adds while packages install, two private subnets sharing "my-route-private" with no
+    default route (no NAT, no endpoints), the service instances' group "my-SG-private-service"."""
+    ec2 = _client(endpoint, "ec2", WORKSHOP_REGION)
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16", TagSpecifications=_tag("My-VPC", "vpc"))["Vpc"]["VpcId"]
+    # Interface endpoints with private DNS need both (the workshop's endpoints step relies on them).
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsSupport={"Value": True})
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+    igw = ec2.create_internet_gateway(TagSpecifications=_tag("my-igw", "internet-gateway"))
+    igw = igw["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+    subnets = {}
+    for name, cidr, zone in [("my-subnet-public01", "10.20.1.0/24", "a"),
+                             ("my-subnet-private01", "10.20.10.0/24", "a"),
+                             ("my-subnet-private02", "10.20.20.0/24", "b")]:
+        subnets[name] = ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=WORKSHOP_REGION + zone,
+                                          TagSpecifications=_tag(name, "subnet"))["Subnet"]["SubnetId"]
+    ec2.modify_subnet_attribute(SubnetId=subnets["my-subnet-public01"], MapPublicIpOnLaunch={"Value": True})
+    public_rt = ec2.create_route_table(VpcId=vpc, TagSpecifications=_tag("my-route-public", "route-table"))
+    public_rt = public_rt["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=public_rt, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
+    ec2.associate_route_table(RouteTableId=public_rt, SubnetId=subnets["my-subnet-public01"])
+    private_rt = ec2.create_route_table(VpcId=vpc, TagSpecifications=_tag("my-route-private", "route-table"))
+    private_rt = private_rt["RouteTable"]["RouteTableId"]
+    for name in ("my-subnet-private01", "my-subnet-private02"):
+        ec2.associate_route_table(RouteTableId=private_rt, SubnetId=subnets[name])
+    group = ec2.create_security_group(GroupName="my-SG-private-service", VpcId=vpc,
+                                      Description="the private service instances (Session Manager workshop)",
+                                      TagSpecifications=_tag("my-SG-private-service", "security-group"))["GroupId"]
+    return {"vpc": vpc, "subnets": subnets, "route_tables": {"my-route-public": public_rt,
+                                                             "my-route-private": private_rt},
+            "internet_gateway": igw, "security_group": group}
+
+
 def ssm_instance_profile(endpoint: str) -> None:
-    """The instance profile the workshops attach for Session Manager and Run Command."""
+    """The instance profiles the workshops attach for Session Manager and Run Command: SSMInstanceProfile
+    (Immersion Day) and MySSMRoleForServiceInstance (Session Manager workshop), each a role of that name with
+    AmazonSSMManagedInstanceCore, as the console's "EC2" role makes them."""
     iam = _client(endpoint, "iam", "us-east-1")
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
                                                      "Principal": {"Service": "ec2.amazonaws.com"}}]}
-    iam.create_role(RoleName="SSMInstanceProfile", AssumeRolePolicyDocument=json.dumps(trust))
-    iam.attach_role_policy(RoleName="SSMInstanceProfile", PolicyArn=SSM_ROLE_POLICY)
-    iam.create_instance_profile(InstanceProfileName="SSMInstanceProfile")
-    iam.add_role_to_instance_profile(InstanceProfileName="SSMInstanceProfile", RoleName="SSMInstanceProfile")
+    for name in ("SSMInstanceProfile", "MySSMRoleForServiceInstance"):
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+        iam.attach_role_policy(RoleName=name, PolicyArn=SSM_ROLE_POLICY)
+        iam.create_instance_profile(InstanceProfileName=name)
+        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
 
 
 def debian_images(built: str, build_number: int) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """The VPC resolver (Route 53 Resolver, "AmazonProvidedDNS"): at each VPC CIDR's base + 2 and 169.254.169.253.
 
-It answers *.amazonaws.com with the lab's service address (where endpoint.py serves AWS's
-public endpoints), the lab's instance names (ip-A-B-C-D.REGION.compute.internal) with their private
+It answers an AWS service's name with its interface endpoint's addresses inside a VPC that has one with
+private DNS (ec2/endpoints.py), other *.amazonaws.com names with the lab's service address (where endpoint.py
+serves AWS's public endpoints), the lab's instance names (ip-A-B-C-D.REGION.compute.internal) with their private
 address, and forwards every other question to the host's resolver. UDP only: the lab's answers are
 small, and a forwarded answer keeps its truncation bit, so a client can tell.
 """
@@ -69,10 +70,12 @@ def answer(packet: bytes, end: int, addresses: list[str], rcode: int = 0) -> byt
 class Resolver:
     """One UDP listener per resolver address in the router namespace, all answering alike."""
 
-    def __init__(self, router_ns: str, service_address: str, names):
+    def __init__(self, router_ns: str, service_address: str, names, private=None):
         self.router_ns = router_ns
         self.service_address = service_address
         self.names = names  # callable: host name -> private IP of a lab instance, or None
+        # callable (client ip, name) -> the addresses a VPC's private DNS gives name there, or None
+        self.private = private or (lambda client, name: None)
         self.upstream = host_nameservers()
         self.listening: dict[str, socket.socket] = {}
         self.stats = {"answered": 0, "forwarded": 0}
@@ -102,10 +105,11 @@ class Resolver:
                 return  # closed at shutdown
             threading.Thread(target=self._reply, args=(sock, packet, client), daemon=True).start()
 
-    def resolve(self, name: str) -> list[str] | None:
-        """The lab's own answer for name (possibly no address), or None to forward it."""
+    def resolve(self, name: str, client: str | None = None) -> list[str] | None:
+        """The lab's own answer for name asked by client (possibly no address), or None to forward it."""
         if name == "amazonaws.com" or name.endswith(".amazonaws.com"):
-            return [self.service_address]
+            private = self.private(client, name) if client else None
+            return private or [self.service_address]
         if name.endswith(".compute.internal") or name.endswith(".ec2.internal"):
             ip = self.names(name.split(".")[0])
             return [ip] if ip else []
@@ -117,7 +121,7 @@ class Resolver:
             if q is None:
                 return
             name, qtype, end = q
-            own = self.resolve(name)
+            own = self.resolve(name, client[0])
             if own is not None:
                 # A for the lab's names; AAAA and the rest: NOERROR with no records (no IPv6 in the lab).
                 reply = answer(packet, end, own if qtype == A else [], rcode=0 if own or qtype != A else 3)

@@ -102,30 +102,56 @@ class AwsFront:
 
     def __init__(self, router_ns: str, address: str, authority: Authority, reaches):
         self.upstream = ("127.0.0.1", 0)
-        self.servers = []
+        self.router_ns = router_ns
+        self.servers: dict[tuple[str, int], ThreadingHTTPServer] = {}
+        self.started = False
         self.stats = {"requests": 0, "refused": 0}
-        self.reaches = reaches  # callable (source ip, host name) -> whether that caller has a path to it
+        # callable (source ip, host name, local address) -> whether that caller has a path to it there
+        self.reaches = reaches
         self._lock = threading.Lock()
-        context = authority.server_context()
-        context.sni_callback = self._sni
-        for port, tls in ((443, True), (80, False)):
-            sock = socket_in_netns(router_ns, socket.AF_INET, socket.SOCK_STREAM)
+        self.context = authority.server_context()
+        self.context.sni_callback = self._sni
+        for port in (443, 80):
+            self.listen(address, port)
+
+    def listen(self, address: str, port: int) -> None:
+        """Serve address:port too (443 with TLS, as AWS's endpoints; 80 plain); idempotent. Interface endpoints'
+        addresses are added and removed while the lab runs (ec2/endpoints.py)."""
+        with self._lock:
+            if (address, port) in self.servers:
+                return
+            sock = socket_in_netns(self.router_ns, socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((address, port))
             sock.listen(64)
             server = ThreadingHTTPServer((address, port), self._handler(), bind_and_activate=False)
             server.socket.close()
-            server.socket = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False) if tls else sock
+            server.socket = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False) \
+                if port == 443 else sock
             server.daemon_threads = True
-            self.servers.append(server)
+            self.servers[(address, port)] = server
+            if self.started:
+                self._run(server)
+
+    def close(self, address: str, port: int) -> None:
+        with self._lock:
+            server = self.servers.pop((address, port), None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    @staticmethod
+    def _run(server) -> None:
+        host, port = server.server_address[:2]
+        threading.Thread(target=server.serve_forever, name=f"aws-front-{host}:{port}", daemon=True).start()
 
     def _sni(self, sock: ssl.SSLSocket, server_name: str | None, _context) -> int | None:
         """No path to the endpoint (no internet route, no VPC endpoint): the TLS handshake fails."""
         try:
-            source = sock.getpeername()[0]
+            source, local = sock.getpeername()[0], sock.getsockname()[0]
         except OSError:
             return None
-        if server_name and not self.reaches(source, server_name):
+        if server_name and not self.reaches(source, server_name, local):
             with self._lock:
                 self.stats["refused"] += 1
             return ssl.ALERT_DESCRIPTION_ACCESS_DENIED
@@ -133,14 +159,14 @@ class AwsFront:
 
     def start(self, upstream_port: int) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
-        for server in self.servers:
-            threading.Thread(target=server.serve_forever, name=f"aws-front-{server.server_address[1]}",
-                             daemon=True).start()
+        with self._lock:
+            self.started = True
+            for server in self.servers.values():
+                self._run(server)
 
     def stop(self) -> None:
-        for server in self.servers:
-            server.shutdown()
-            server.server_close()
+        for address, port in list(self.servers):
+            self.close(address, port)
 
     def _handler(self):
         front = self
@@ -164,7 +190,7 @@ class AwsFront:
             def _forward(self):
                 host = (self.headers.get("Host") or "").split(":")[0]
                 if not isinstance(self.request, ssl.SSLSocket) and host and \
-                        not front.reaches(self.client_address[0], host):
+                        not front.reaches(self.client_address[0], host, self.server.server_address[0]):
                     with front._lock:
                         front.stats["refused"] += 1
                     self.close_connection = True  # no path: nothing answers

@@ -10,7 +10,7 @@ from pathlib import Path
 from moto.ec2.models.instances import StateReason
 
 from . import dns, endpoint
-from .ec2 import imds, secgroups
+from .ec2 import imds, paths, secgroups
 from .host import aptproxy, rootfs, sh
 from .host.container import Container
 from .host.net import LabNet
@@ -26,6 +26,12 @@ DEFAULT_LATENCY = {
     "command": 0.0,           # pickup delay of a sent command (Pending -> InProgress)
     "health_check_interval": 1.0,      # target health probes (ELB's are 5-300 s apart; the lab is fast)
     "refresh_instance_timeout": 60.0,  # an instance refresh fails when a new instance is not healthy by then
+    # NAT gateways and interface endpoints take minutes on AWS; a couple of seconds keeps tests fast while a
+    # client that does not wait for them meets pending (and deleting) every time.
+    "nat_gateway_available": 2.0,     # CreateNatGateway -> pending -> available
+    "nat_gateway_deleted": 2.0,       # DeleteNatGateway -> deleting -> deleted
+    "vpc_endpoint_available": 2.0,    # CreateVpcEndpoint (Interface) -> pending -> available
+    "vpc_endpoint_deleted": 1.0,      # DeleteVpcEndpoints (Interface) -> deleting -> deleted (then gone)
 }
 
 
@@ -82,7 +88,7 @@ class Lab:
         self.authority = endpoint.Authority()
         self.trust_layer = self.authority.trust_layer(base_rootfs, state_dir / "lab-trust")
         self.front = endpoint.AwsFront(net.router_ns, net.service_addr, self.authority, self._reaches)
-        self.dns = dns.Resolver(net.router_ns, net.service_addr, self._private_ip_of)
+        self.dns = dns.Resolver(net.router_ns, net.service_addr, self._private_ip_of, self._private_dns)
         self.dns.listen(dns.LINK_LOCAL)
         self.agent_deb = agent.package(cache)
         self.agents = agent.AgentWatch(self)
@@ -90,6 +96,7 @@ class Lab:
         self._sg_lock = threading.Lock()
         self._online_lock = threading.Lock()
         self.scaling = None  # Auto Scaling and load balancing (scaling.py), set by the service
+        self.endpoints = None  # interface VPC endpoints' addresses (ec2/endpoints.py), set by its install
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def event(self, kind: str, at: float | None = None, **fields) -> None:
@@ -180,13 +187,22 @@ class Lab:
         conf.write_text(f"# AmazonProvidedDNS (the bake lab's VPC resolver)\nnameserver {inst.resolver}\n"
                         f"search {domain}\n")
 
-    def _reaches(self, source_ip: str, host: str) -> bool:
-        """Whether the instance at source_ip has a network path to AWS's endpoint `host`; other callers
-        (the runner, a load balancer) always do."""
+    def _reaches(self, source_ip: str, host: str, local: str | None = None) -> bool:
+        """Whether the instance at source_ip has a network path to AWS's endpoint `host` at the lab's address
+        `local`: an interface endpoint's address serves its own service (the security groups decided who gets
+        there); the service address needs an internet path or a gateway endpoint. Other callers (the runner, a
+        load balancer) always do."""
+        served = self.endpoints.serves(local, host) if self.endpoints is not None and local else None
+        if served is not None:
+            return served
         inst = next((i for i in list(self.instances.values()) if i.private_ip == source_ip), None)
         if inst is None:
             return True
         return agent.reaches(inst.model, inst.public_ip, inst.private_ip, host)
+
+    def _private_dns(self, client_ip: str, name: str) -> list[str] | None:
+        """Interface endpoints' private DNS, as the asking instance's VPC sees the name (None: no such endpoint)."""
+        return self.endpoints.answer(client_ip, name) if self.endpoints is not None else None
 
     def _private_ip_of(self, hostname: str) -> str | None:
         inst = next((i for i in list(self.instances.values()) if i.container.hostname == hostname), None)
@@ -200,8 +216,29 @@ class Lab:
 
     def _unmap_public(self, inst: Instance) -> None:
         if inst.public_ip:
-            self.net.unmap_public(inst.public_ip, inst.private_ip)
+            self.net.unmap_public(inst.public_ip, inst.private_ip, release=not self._elastic(inst))
             inst.public_ip = None
+
+    @staticmethod
+    def _elastic(inst: Instance) -> bool:
+        """Whether the instance's current public IP is an Elastic IP (which stays allocated when it moves)."""
+        return any(a.public_ip == inst.public_ip for a in list(inst.model.ec2_backend.addresses))
+
+    def refresh_public_ips(self) -> None:
+        """Follow Elastic IP (dis)associations: a running instance's public address is what its primary
+        interface has now; then its internet path is decided again."""
+        for inst in list(self.instances.values()):
+            if inst.gone or inst.running_at is None or inst.model.nics[0].public_ip == inst.public_ip:
+                continue
+            self._unmap_public(inst)
+            self._map_public(inst)
+        self.sync_security_groups()
+
+    def has_internet_path(self, inst: Instance) -> bool:
+        try:
+            return paths.internet_path(inst.model, inst.public_ip) is not None
+        except Exception:  # noqa: BLE001 - its subnet or VPC is gone: no path
+            return False
 
     def has_profile(self, inst: Instance) -> bool:
         return inst.id in inst.model.ec2_backend.iam_instance_profile_associations
@@ -297,15 +334,17 @@ class Lab:
         self.sync_security_groups()
 
     def sync_security_groups(self) -> None:
-        """Make the router's filter match the instances' and load balancers' security groups (or remove it
-        when not enforced)."""
+        """Make the router's filters match the instances', load balancers' and interface endpoints' security
+        groups (or remove that table when not enforced) and the instances' internet paths (ec2/paths.py)."""
         with self._sg_lock:
             wired = [i for i in list(self.instances.values()) if not i.gone]
             if self.enforce_security_groups:
                 balancers = self.scaling.balancers.filtered_balancers() if self.scaling is not None else []
+                balancers += self.endpoints.filtered() if self.endpoints is not None else []
                 script = secgroups.ruleset(wired, balancers)
             else:
                 script = secgroups.disabled()
+            script += paths.ruleset(wired, self.has_internet_path, self.net.n["router_if"])
             sh.in_ns(self.net.router_ns, "nft", "-f", "-", input=script)
 
     def destroy_all(self) -> None:

@@ -3,6 +3,7 @@ import logging
 import threading
 from pathlib import Path
 
+from moto.ec2.models import ec2_backends
 from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
@@ -11,6 +12,7 @@ from . import bootstrap, endpoint, patches, s3
 from .control import ControlApp
 from .host.net import LabNet
 from .lab import DEFAULT_LATENCY, Lab
+from .patching import backends
 from .scaling import Scaling
 from .ssm import agent
 
@@ -58,12 +60,17 @@ class LabService:
             self.lab.layers.register(region, ami, [self.lab.layers.base, self.agent_layer])
         s3.publish_agent(self.lab.agent_deb, endpoint.regions())
         self.network = bootstrap.workshop_network(self.endpoint)
+        self.ssm_network = bootstrap.session_manager_network(self.endpoint)
         bootstrap.ssm_instance_profile(self.endpoint)
 
     # ---- what the control endpoints call -------------------------------------------------------
     def reset(self) -> None:
         with self._reset_lock:
             self.lab.destroy_all()
+            self.lab.endpoints.clear()
+            for _, backend in backends(ec2_backends):  # Elastic IPs hold addresses of the lab's public range
+                for address in list(backend.addresses):
+                    self.lab.net.release_public_ip(address.public_ip)
             self.lab.layers.clear()
             moto_api_backend.reset()
             self.lab.events.clear()
@@ -116,7 +123,8 @@ class LabService:
         n = self.lab.net
         return {"index": n.index, "public_range": str(n.public_net), "checkip": n.host_addr,
                 "router_ns": n.router_ns, "state_dir": str(self.lab.state_dir), "debian_images": self.images,
-                "ubuntu_images": self.ubuntu_images, "network": self.network, "apt_proxy": dict(self.lab.apt.stats),
+                "ubuntu_images": self.ubuntu_images, "network": self.network,
+                "ssm_network": self.ssm_network, "apt_proxy": dict(self.lab.apt.stats),
                 "service_address": n.service_addr, "ca_pem": self.lab.authority.ca_pem().decode(),
                 "dns": dict(self.lab.dns.stats), "aws_front": dict(self.lab.front.stats),
                 "security_groups_enforced": self.lab.enforce_security_groups}

@@ -1,6 +1,6 @@
 """EC2 as moto lacks it: the patches that hand instances and images to the lab (run, start, stop, reboot,
 terminate, CreateImage and CopyImage, deprecation, deregistration), each instance's public address from the
-lab's range."""
+lab's range; security groups, NAT gateways and interface endpoints install theirs from here."""
 import datetime
 import threading
 
@@ -11,7 +11,7 @@ from moto.ec2.responses.amis import AmisResponse
 
 from ..lab import Lab
 from ..patching import wrap
-from . import secgroups
+from . import endpoints, natgw, secgroups
 
 _request = threading.local()  # request parameters moto's backend signatures drop (CreateImage's NoReboot)
 
@@ -133,6 +133,8 @@ def install(lab: Lab) -> None:
         lab.snapshot_deleted(backend.region_name, snapshot_id)
 
     secgroups.install(lab)
+    natgw.install(lab)
+    endpoints.install(lab)
     wrap(EC2Backend, "copy_image", after_copy)
     wrap(EC2Backend, "deregister_image", after_deregister)
     wrap(EC2Backend, "delete_snapshot", after_delete_snapshot)

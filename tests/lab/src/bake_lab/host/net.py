@@ -201,10 +201,12 @@ table ip lab {{
             f"add element ip lab pub2priv {{ {public_ip} : {private_ip} }}\n"
             f"add element ip lab priv2pub {{ {private_ip} : {public_ip} }}\n"))
 
-    def unmap_public(self, public_ip: str, private_ip: str) -> None:
+    def unmap_public(self, public_ip: str, private_ip: str, release: bool = True) -> None:
+        """Stop routing public_ip to private_ip; release=False keeps the address taken (an Elastic IP)."""
         for table_map, key in (("pub2priv", public_ip), ("priv2pub", private_ip)):
             sh.in_ns(self.router_ns, "nft", "delete", "element", "ip", "lab", table_map, f"{{ {key} }}", check=False)
-        self.release_public_ip(public_ip)
+        if release:
+            self.release_public_ip(public_ip)
 
     def detach(self, instance_id: str) -> None:
         """Remove the instance's namespace (its veth pair goes with it)."""

@@ -8,7 +8,6 @@ Ubuntu's and Amazon Linux's do.
 """
 import fcntl
 import hashlib
-import ipaddress
 import logging
 import os
 import shutil
@@ -18,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..ec2 import paths
 from ..host import sh
 
 log = logging.getLogger("lab")
@@ -172,81 +172,11 @@ def unit_active(leader_pid: int | None) -> bool:
     return "active" in out.split()
 
 
-# ---- the network path to SSM -------------------------------------------------------------------
-def _route_table(backend, vpc_id: str, subnet_id: str):
-    """The subnet's route table: its explicit association, else the VPC's main table."""
-    main = None
-    for table in list(backend.route_tables.values()):
-        if table.vpc_id != vpc_id:
-            continue
-        if subnet_id in table._associations.values():
-            return table
-        if table.main_association_id is not None:
-            main = table
-    return main
-
-
-def _admits_443(backend, group_ids, private_ip: str, instance_groups: set[str]) -> bool:
-    """Whether one of the endpoint's groups admits HTTPS from the instance (by CIDR or by its groups)."""
-    for gid in group_ids:
-        group = backend.get_security_group_from_id(gid)
-        for rule in (group.ingress_rules if group else []):
-            proto = (rule.ip_protocol or "-1").lower()
-            if proto not in ("-1", "all", "tcp", "6"):
-                continue
-            if proto not in ("-1", "all") and rule.from_port not in (None, -1) and \
-                    not rule.from_port <= 443 <= rule.to_port:
-                continue
-            cidr = rule.ip_range.get("CidrIp") if rule.ip_range else None
-            if cidr and ipaddress.ip_address(private_ip) in ipaddress.ip_network(cidr, strict=False):
-                return True
-            if (rule.source_group or {}).get("GroupId") in instance_groups:
-                return True
-    return False
-
-
-def internet_path(model, public_ip: str | None) -> str | None:
-    """The instance's way to public addresses: its subnet's 0.0.0.0/0 route to an internet gateway
-    (with a public IP) or to an available NAT gateway; None when it has neither."""
-    backend = model.ec2_backend
-    subnet = backend.get_subnet(model.subnet_id)
-    table = _route_table(backend, subnet.vpc_id, subnet.id)
-    for route in (table.routes if table else []):
-        if route.destination_cidr_block != "0.0.0.0/0":
-            continue
-        if route.gateway is not None and str(route.gateway.id).startswith("igw-") and public_ip:
-            return "internet gateway"
-        if route.nat_gateway is not None and route.nat_gateway.state == "available":
-            return "nat gateway"
-    return None
-
-
-def endpoint_services(model, private_ip: str) -> set[str]:
-    """The AWS services (`ssm`, `s3`, ...) the instance reaches through VPC endpoints: interface endpoints
-    in its VPC with private DNS whose groups admit 443 from it, and S3 gateway endpoints on its route table."""
-    backend = model.ec2_backend
-    subnet = backend.get_subnet(model.subnet_id)
-    vpc = backend.get_vpc(subnet.vpc_id)
-    table = _route_table(backend, vpc.id, subnet.id)
-    prefix = f"com.amazonaws.{backend.region_name}."
-    groups = {g.id for g in model.security_groups}
-    services = set()
-    for ep in list(getattr(backend, "vpc_end_points", {}).values()):
-        if ep.vpc_id != vpc.id or ep.state != "available" or not ep.service_name.startswith(prefix):
-            continue
-        kind = (ep.vpc_endpoint_type or "").lower()
-        if kind == "interface" and ep.private_dns_enabled and vpc.enable_dns_support and vpc.enable_dns_hostnames \
-                and _admits_443(backend, ep.security_group_ids, private_ip, groups):
-            services.add(ep.service_name[len(prefix):])
-        elif kind == "gateway" and table is not None and table.id in (ep.route_table_ids or []):
-            services.add(ep.service_name[len(prefix):])
-    return services
-
-
+# ---- the network path to SSM (routes and endpoints: ec2/paths.py) ---------------------------------
 def network_path(model, public_ip: str | None, private_ip: str) -> str | None:
     """How the instance reaches SSM's endpoints, or None when it cannot."""
-    path = internet_path(model, public_ip)
-    if path is None and set(SSM_SERVICES) <= endpoint_services(model, private_ip):
+    path = paths.internet_path(model, public_ip)
+    if path is None and set(SSM_SERVICES) <= paths.endpoint_services(model, private_ip, ("interface",)):
         path = "vpc endpoints"
     return path
 
@@ -260,8 +190,11 @@ def service_of(host: str) -> str:
 
 
 def reaches(model, public_ip: str | None, private_ip: str, host: str) -> bool:
-    """Whether the instance can reach the AWS endpoint `host` at all (internet path or a VPC endpoint)."""
-    return internet_path(model, public_ip) is not None or service_of(host) in endpoint_services(model, private_ip)
+    """Whether the instance reaches the public endpoint `host` (AWS's public addresses): an internet path, or
+    a gateway endpoint (S3) on its route table. An interface endpoint is reached at its own addresses instead
+    (its private DNS names them; ec2/endpoints.py)."""
+    return paths.internet_path(model, public_ip) is not None or \
+        service_of(host) in paths.endpoint_services(model, private_ip, ("gateway",))
 
 
 class AgentWatch:
