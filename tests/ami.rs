@@ -291,6 +291,36 @@ async fn builder_that_never_serves_fails_at_the_health_deadline_and_leaves_nothi
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_public_builders_failed_user_data_ends_the_health_wait_long_before_its_deadline() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let scratch = Scratch::new(&quick_config("fail = true", "timeout = \"10m\"", ""));
+    let started = std::time::Instant::now();
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .await;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("user data on builder"), "{err}");
+    assert!(
+        err.contains("failed before its health page was served"),
+        "{err}"
+    );
+    // The failed step and the log's tail, read on the builder.
+    assert!(err.contains("false"), "{err}");
+    assert!(err.contains("a step of this user data fails"), "{err}");
+    // Boot, agent Online and one 5 s look: well inside a minute and a half, not the 10 minutes.
+    assert!(
+        took < std::time::Duration::from_secs(150),
+        "{took:?}\n{err}"
+    );
+    assert!(stdout(&out).is_empty());
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn failing_verify_command_fails_with_its_output_and_leaves_nothing() {
     let Some(lab) = Lab::start_or_skip().await else {
         return;

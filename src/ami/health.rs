@@ -34,6 +34,11 @@ const SSM_HEALTH_SCHEDULE: Schedule = Schedule::every(Duration::from_millis(800)
     .first_after(Duration::from_millis(800))
     .dense_for(Duration::from_secs(120))
     .growing(1.2, Duration::from_secs(2));
+/// A public builder's user data watched through SSM while the runner probes it: the watch only
+/// has to notice a failure, so every 5 s (about a dozen calls a minute) is enough, against the
+/// whole health timeout a failed user data otherwise costs.
+const WATCH_SCHEDULE: Schedule =
+    Schedule::every(Duration::from_secs(5)).first_after(Duration::from_secs(5));
 /// The in-builder loop ends by itself at the health deadline; its command gets this much longer
 /// to be delivered and to report, after which the runner stops waiting for it.
 const SSM_HEALTH_MARGIN: Duration = Duration::from_secs(60);
@@ -344,9 +349,61 @@ pub async fn through_ssm(
     deadline: Instant,
     progress: &Progress,
 ) -> Result<(), Error> {
-    let url = local_url(health);
-    let step = format!("waiting for health at {url} on the builder (through SSM)");
+    let step = format!(
+        "waiting for health at {} on the builder (through SSM)",
+        local_url(health)
+    );
     progress.step(step.clone());
+    in_builder(
+        clients,
+        instance_id,
+        health,
+        deadline,
+        SSM_HEALTH_SCHEDULE,
+        &|seen| progress.detail(&step, seen),
+    )
+    .await
+}
+
+/// A public builder's user data, watched while the runner probes its page: the same command as
+/// [`through_ssm`] (so one SendCommand), polled slowly, and only its verdict that the user data
+/// failed counts — the runner's probe decides health. Returns that failure; otherwise it never
+/// returns (its caller stops waiting once the runner saw the page). Call once the builder is
+/// Online in SSM.
+pub async fn user_data_failure(
+    clients: &Clients,
+    instance_id: &str,
+    health: &Health,
+    deadline: Instant,
+) -> Error {
+    let verdict = in_builder(
+        clients,
+        instance_id,
+        health,
+        deadline,
+        WATCH_SCHEDULE,
+        &|_| {},
+    )
+    .await;
+    match verdict {
+        Err(failed @ Error::UserDataFailed { .. }) => failed,
+        // Healthy inside, no curl, a slow answer: the runner's probe is the judge of those.
+        _ => std::future::pending().await,
+    }
+}
+
+/// Runs [`script`] on the builder through one SendCommand and polls its invocation on `schedule`
+/// until it ends or `deadline` (plus the command's margin) passes.
+async fn in_builder(
+    clients: &Clients,
+    instance_id: &str,
+    health: &Health,
+    deadline: Instant,
+    schedule: Schedule,
+    seen: &dyn Fn(&str),
+) -> Result<(), Error> {
+    let url = local_url(health);
+    let step = format!("waiting for health at {url} on builder {instance_id} (through SSM)");
     let started = Instant::now();
     let wait = deadline.saturating_duration_since(started);
     let request = clients
@@ -396,8 +453,8 @@ pub async fn through_ssm(
             poll::until(
                 &step,
                 deadline + SSM_HEALTH_MARGIN,
-                SSM_HEALTH_SCHEDULE,
-                |seen| progress.detail(&step, seen),
+                schedule,
+                seen,
                 || async { verify::classify(invocation().await) },
             )
             .await

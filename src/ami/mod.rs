@@ -318,10 +318,28 @@ async fn build(
                 instance_id: instance_id.clone(),
                 region: clients.region.clone(),
             })?;
-            tokio::try_join!(
-                health::http(&instance_id, &ip, &image.health, deadline, progress),
-                health::ssm_online(clients, &instance_id, deadline),
-            )?;
+            // Once the agent is Online, the user data is watched through SSM too, so a failed
+            // install ends the wait at once instead of at the health deadline.
+            let (online, online_seen) = tokio::sync::oneshot::channel();
+            let watched = async {
+                health::ssm_online(clients, &instance_id, deadline).await?;
+                let _ = online.send(());
+                Err::<(), _>(
+                    health::user_data_failure(clients, &instance_id, &image.health, deadline).await,
+                )
+            };
+            let ready = async {
+                health::http(&instance_id, &ip, &image.health, deadline, progress).await?;
+                // A closed channel: the watch ended with its error, which select! returns.
+                if online_seen.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<(), health::Error>(())
+            };
+            tokio::select! {
+                ready = ready => ready?,
+                failed = watched => failed?,
+            }
         }
         // Nothing reaches a private builder from outside: the probe runs on it through SSM.
         Access::Private => {
