@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{Filter, Image, Instance, RouteTable};
+use aws_sdk_ec2::types::{Filter, Image, Instance};
 
 use crate::aws::{self, CallError, Clients};
 use crate::config::{Config, Location, ResourceRef};
@@ -293,7 +293,7 @@ pub async fn vpc(clients: &Clients, r: &ResourceRef) -> Result<String, Error> {
 pub async fn route_tables(
     clients: &Clients,
     filters: Vec<Filter>,
-) -> Result<Vec<RouteTable>, CallError> {
+) -> Result<Vec<aws_sdk_ec2::types::RouteTable>, CallError> {
     let request = clients
         .ec2
         .describe_route_tables()
@@ -304,12 +304,12 @@ pub async fn route_tables(
     Ok(out.route_tables.unwrap_or_default())
 }
 
-/// The route table a subnet uses: the one explicitly associated with it, else the VPC's main one
-/// (none only in a VPC being torn down).
-pub async fn route_table(
+/// EC2's description of the route table a subnet uses (routes included): the one explicitly
+/// associated with it, else the VPC's main one (none only in a VPC being torn down).
+pub async fn route_table_of(
     clients: &Clients,
     subnet: &Subnet,
-) -> Result<Option<RouteTable>, CallError> {
+) -> Result<Option<aws_sdk_ec2::types::RouteTable>, CallError> {
     let own = route_tables(clients, vec![filter("association.subnet-id", &subnet.id)]).await?;
     if let Some(table) = own.into_iter().next() {
         return Ok(Some(table));
@@ -322,18 +322,122 @@ pub async fn route_table(
 }
 
 /// Whether a route table sends 0.0.0.0/0 to an internet gateway.
-pub fn routes_to_internet_gateway(table: &RouteTable) -> bool {
+pub fn routes_to_internet_gateway(table: &aws_sdk_ec2::types::RouteTable) -> bool {
     table.routes().iter().any(|r| {
         r.destination_cidr_block() == Some("0.0.0.0/0")
             && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
     })
 }
 
+/// The route table a subnet uses: its own (explicitly associated), else the VPC's main one.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    pub id: String,
+    /// True when the subnet has no table of its own and uses the VPC's main one.
+    pub main: bool,
+    /// Where 0.0.0.0/0 goes, if anywhere.
+    pub default_route: Option<DefaultRoute>,
+}
+
+/// The target of a route table's 0.0.0.0/0 route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultRoute {
+    /// `igw-…`: the subnet is public.
+    InternetGateway(String),
+    /// `nat-…`: instances reach the internet (and SSM's public endpoints) without an address.
+    NatGateway(String),
+    /// Anything else (a transit gateway, an instance, a peering connection, …), by its id.
+    Other(String),
+}
+
+impl RouteTable {
+    /// "route table rtb-… (the VPC's main one)" or "route table rtb-…".
+    pub fn describe(&self) -> String {
+        if self.main {
+            format!("route table {} (the VPC's main one)", self.id)
+        } else {
+            format!("route table {}", self.id)
+        }
+    }
+
+    /// Whether 0.0.0.0/0 goes to an internet gateway.
+    pub fn public(&self) -> bool {
+        matches!(self.default_route, Some(DefaultRoute::InternetGateway(_)))
+    }
+}
+
+/// The route table `subnet` uses (its own, else the VPC's main one) and where its default route
+/// goes.
+pub async fn route_table(clients: &Clients, subnet: &Subnet) -> Result<RouteTable, Error> {
+    let tables = |filters: Vec<Filter>| async move {
+        let request = clients
+            .ec2
+            .describe_route_tables()
+            .set_filters(Some(filters));
+        let out = clients.call(|| request.clone().send());
+        let out = out.settle(&aws::THROTTLE_BURST);
+        let out = out.or_fail(|| "describe route tables".into()).await?;
+        Ok::<_, CallError>(out.route_tables.unwrap_or_default())
+    };
+    let mut main = false;
+    let mut found = tables(vec![filter("association.subnet-id", &subnet.id)]).await?;
+    if found.is_empty() {
+        main = true;
+        found = tables(vec![
+            filter("vpc-id", &subnet.vpc_id),
+            filter("association.main", "true"),
+        ])
+        .await?;
+    }
+    let Some(table) = found.into_iter().next() else {
+        return Err(Error::Lookup {
+            kind: "subnet",
+            reference: subnet.id.clone(),
+            region: clients.region.clone(),
+            detail: format!(
+                "has no route table of its own and VPC {} has no main one",
+                subnet.vpc_id
+            ),
+        });
+    };
+    let default_route = table
+        .routes()
+        .iter()
+        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+        .map(|r| {
+            if let Some(nat) = r.nat_gateway_id() {
+                DefaultRoute::NatGateway(nat.to_owned())
+            } else if let Some(g) = r.gateway_id().filter(|g| g.starts_with("igw-")) {
+                DefaultRoute::InternetGateway(g.to_owned())
+            } else {
+                let other = [
+                    r.gateway_id(),
+                    r.transit_gateway_id(),
+                    r.instance_id(),
+                    r.network_interface_id(),
+                    r.vpc_peering_connection_id(),
+                ];
+                DefaultRoute::Other(
+                    other
+                        .into_iter()
+                        .flatten()
+                        .next()
+                        .unwrap_or("unknown")
+                        .to_owned(),
+                )
+            }
+        });
+    Ok(RouteTable {
+        id: table.route_table_id().unwrap_or_default().to_owned(),
+        main,
+        default_route,
+    })
+}
+
 /// A public subnet has a default route to an internet gateway, in its own route table or (when it
 /// has none of its own) in the VPC's main one.
 pub async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
-    let table = route_table(clients, subnet).await?;
-    if table.as_ref().is_some_and(routes_to_internet_gateway) {
+    if route_table(clients, subnet).await?.public() {
         Ok(())
     } else {
         Err(Error::NotPublic {

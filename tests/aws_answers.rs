@@ -22,11 +22,11 @@ use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http
 use bake::ami::preflight::{BaseAmi, Plan};
 use bake::ami::{image, launch};
 use bake::aws::Clients;
-use bake::config::{Builder, Egress, Endpoints, Os, ResourceRef, Volume};
+use bake::config::{Access, Builder, Egress, Endpoints, Os, ResourceRef, Volume};
 use bake::janitor::{self, Janitor};
 use bake::output::Progress;
 use bake::render::Rendered;
-use bake::resolve::Subnet;
+use bake::resolve::{DefaultRoute, RouteTable, Subnet};
 
 /// A client of `$sdk` answered by `rules` (this SDK version predates `mock_client!`'s defaults).
 macro_rules! mocked {
@@ -76,6 +76,12 @@ fn plan() -> Plan {
             vpc_id: "vpc-lab".into(),
             zone: "ap-northeast-2a".into(),
         },
+        route_table: RouteTable {
+            id: "rtb-a".into(),
+            main: false,
+            default_route: Some(DefaultRoute::InternetGateway("igw-lab".into())),
+        },
+        access: Access::Public,
         instance_profile: "SSMInstanceProfile".into(),
         allow_cidr: "198.51.100.7/32".into(),
         rendered: Rendered {

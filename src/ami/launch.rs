@@ -11,7 +11,7 @@ use base64::Engine as _;
 
 use super::preflight::Plan;
 use crate::aws::{self, CallError, Clients};
-use crate::config::Builder;
+use crate::config::{Access, Builder};
 use crate::janitor::{Janitor, Resource};
 use crate::poll::{self, Check, PollError, Schedule};
 use crate::tags;
@@ -42,7 +42,9 @@ pub enum Error {
     },
 }
 
-/// Creates the security group that lets the runner reach the health port, and nothing else.
+/// Creates the builder's security group: for a public builder it lets the runner reach the health
+/// port, and nothing else; a private builder's group has no ingress rule at all (its health is
+/// checked on the builder through SSM, which the agent reaches outbound).
 pub async fn security_group(
     clients: &Clients,
     plan: &Plan,
@@ -55,10 +57,13 @@ pub async fn security_group(
         .ec2
         .create_security_group()
         .group_name(&name)
-        .description(format!(
-            "bake builder for image {}: port {port} from {}",
-            plan.image, plan.allow_cidr
-        ))
+        .description(match plan.access {
+            Access::Public => format!(
+                "bake builder for image {}: port {port} from {}",
+                plan.image, plan.allow_cidr
+            ),
+            Access::Private => format!("bake builder for image {}: no ingress", plan.image),
+        })
         .vpc_id(&plan.subnet.vpc_id)
         .tag_specifications(tags::at_creation(ResourceType::SecurityGroup, &name, tags));
     let created = clients
@@ -67,6 +72,9 @@ pub async fn security_group(
         .await?;
     let id = created.group_id().unwrap_or_default().to_owned();
     janitor.record(Resource::SecurityGroup(id.clone()));
+    if plan.access == Access::Private {
+        return Ok(id);
+    }
     let authorize = clients
         .ec2
         .authorize_security_group_ingress()
@@ -93,7 +101,9 @@ pub async fn security_group(
     Ok(id)
 }
 
-/// Launches the builder: IMDSv2 required, encrypted root volume, tags on everything at creation.
+/// Launches the builder: IMDSv2 required, encrypted root volume, tags on everything at creation,
+/// a public address only for a public builder (a private one asks for none, whatever the
+/// subnet's MapPublicIpOnLaunch says).
 /// Retries while EC2 does not yet know a new instance profile.
 pub async fn instance(
     clients: &Clients,
@@ -145,7 +155,7 @@ pub async fn instance(
                 .device_index(0)
                 .subnet_id(&plan.subnet.id)
                 .groups(group_id)
-                .associate_public_ip_address(true)
+                .associate_public_ip_address(plan.access == Access::Public)
                 .delete_on_termination(true)
                 .build(),
         )

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::aws::Clients;
-use crate::config::{Config, Image};
+use crate::config::{Access, Config, Image};
 use crate::janitor::{self, Janitor};
 use crate::output::{self, Progress};
 use crate::render::{self, Renderer};
@@ -303,10 +303,27 @@ async fn build(
         launch::instance(clients, plan, &image.builder, &group, &tags, janitor).await?;
     let ip = health::running(clients, &instance_id, progress).await?;
     let deadline = crate::poll::deadline(image.health.timeout.0);
-    tokio::try_join!(
-        health::http(&instance_id, &ip, &image.health, deadline, progress),
-        health::ssm_online(clients, &instance_id, deadline),
-    )?;
+    match plan.access {
+        // From the runner over HTTP, while SSM registers the agent for verify.
+        Access::Public => {
+            let ip = ip.ok_or_else(|| health::Error::NoPublicIp {
+                instance_id: instance_id.clone(),
+                region: clients.region.clone(),
+            })?;
+            tokio::try_join!(
+                health::http(&instance_id, &ip, &image.health, deadline, progress),
+                health::ssm_online(clients, &instance_id, deadline),
+            )?;
+        }
+        // Nothing reaches a private builder from outside: the probe runs on it through SSM.
+        Access::Private => {
+            progress.step(format!(
+                "waiting for {instance_id} to come Online in SSM (private builder)"
+            ));
+            health::ssm_online(clients, &instance_id, deadline).await?;
+            health::through_ssm(clients, &instance_id, &image.health, deadline, progress).await?;
+        }
+    }
     let timeout = image.verify.timeout.map_or(VERIFY_TIMEOUT, |t| t.0);
     verify::run(
         clients,

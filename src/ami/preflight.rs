@@ -7,10 +7,11 @@ use aws_sdk_ec2::types::ImageState;
 
 use super::egress;
 use crate::aws::{self, Clients};
-use crate::config::{BaseImage, Config, Egress, Image, Os};
+use crate::config::{Access, BaseImage, Config, Egress, Image, Os};
+use crate::output;
 use crate::render::{Rendered, Renderer};
 pub use crate::resolve::Error;
-use crate::resolve::{self, Subnet, filter};
+use crate::resolve::{self, DefaultRoute, RouteTable, Subnet, filter};
 
 /// A what's-my-IP lookup answers in well under a second; 10 s means the service is down.
 const CHECKIP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,6 +25,11 @@ pub struct Plan {
     pub os: Os,
     pub base: BaseAmi,
     pub subnet: Subnet,
+    /// The route table the builder subnet uses.
+    pub route_table: RouteTable,
+    /// Public (an address, the health port open to `allow_cidr`) or private (neither; health
+    /// through SSM), as configured or inferred from the route table.
+    pub access: Access,
     pub instance_profile: String,
     /// Who may reach the health port.
     pub allow_cidr: String,
@@ -82,9 +88,26 @@ pub async fn plan(
                 .map_err(at(builder.allow_cidr.span(), "builder.allow_cidr"))
         },
     )?;
-    resolve::check_public(clients, &subnet)
+    let route_table = resolve::route_table(clients, &subnet)
         .await
         .map_err(at(builder.subnet.span(), "builder.subnet"))?;
+    let (access, why) = access(builder.access.as_ref().map(|a| *a.get_ref()), &route_table);
+    let access = match access {
+        Ok(access) => access,
+        Err(e) => {
+            let span = builder
+                .access
+                .as_ref()
+                .map_or(builder.subnet.span(), |a| a.span());
+            let field = if builder.access.is_some() {
+                "builder.access"
+            } else {
+                "builder.subnet"
+            };
+            return Err(at(span, field)(e(&subnet, &clients.region)));
+        }
+    };
+    output::note(&format!("{name}: builder access {access}: {why}"));
     let egress = match builder.egress.get_ref() {
         Egress::Nat => {
             let nat_subnet = builder.nat_subnet.as_ref();
@@ -106,12 +129,55 @@ pub async fn plan(
         os: image.os,
         base,
         subnet,
+        route_table,
+        access,
         instance_profile: profile,
         allow_cidr,
         rendered,
         ami_name,
         egress,
     })
+}
+
+/// A refusal that names the subnet and region once they are known.
+type Refusal = fn(&Subnet, &str) -> Error;
+
+/// The builder's access: as configured, or inferred from the route table (a default route to an
+/// internet gateway is public, anything else private); and why, naming the route table. A public
+/// builder in a subnet without an internet gateway route would never be reached: refused.
+fn access(configured: Option<Access>, table: &RouteTable) -> (Result<Access, Refusal>, String) {
+    let route = match &table.default_route {
+        Some(DefaultRoute::InternetGateway(igw)) => format!("sends 0.0.0.0/0 to {igw}"),
+        Some(DefaultRoute::NatGateway(nat)) => {
+            format!("sends 0.0.0.0/0 to {nat}, not to an internet gateway")
+        }
+        Some(DefaultRoute::Other(target)) => {
+            format!("sends 0.0.0.0/0 to {target}, not to an internet gateway")
+        }
+        None => "has no 0.0.0.0/0 route".to_owned(),
+    };
+    let public = table.public();
+    let table = table.describe();
+    match configured {
+        Some(Access::Public) if !public => (
+            Err(|subnet, region| Error::NotPublic {
+                subnet: subnet.id.clone(),
+                region: region.to_owned(),
+            }),
+            format!("configured, but {table} {route}"),
+        ),
+        Some(access) => (Ok(access), format!("configured ({table} {route})")),
+        None if public => (
+            Ok(Access::Public),
+            format!(
+                "inferred: {table} {route}; set access = \"private\" to keep it off the internet"
+            ),
+        ),
+        None => (
+            Ok(Access::Private),
+            format!("inferred: {table} {route}; health is checked on the builder through SSM"),
+        ),
+    }
 }
 
 async fn resolve_base(clients: &Clients, base: &BaseImage) -> Result<BaseAmi, Error> {
@@ -203,4 +269,57 @@ async fn allow_cidr(configured: &str, checkip_url: &str) -> Result<String, Error
         .parse()
         .map_err(|_| fail(format!("answered {:?}, not an IPv4 address", body.trim())))?;
     Ok(format!("{address}/32"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(main: bool, default_route: Option<DefaultRoute>) -> RouteTable {
+        RouteTable {
+            id: "rtb-1".into(),
+            main,
+            default_route,
+        }
+    }
+
+    #[test]
+    fn access_is_inferred_from_the_default_route_and_says_why_naming_the_table() {
+        let igw = table(false, Some(DefaultRoute::InternetGateway("igw-1".into())));
+        let (got, why) = access(None, &igw);
+        assert_eq!(got.ok(), Some(Access::Public));
+        assert!(
+            why.contains("route table rtb-1 sends 0.0.0.0/0 to igw-1"),
+            "{why}"
+        );
+        let nat = table(true, Some(DefaultRoute::NatGateway("nat-1".into())));
+        let (got, why) = access(None, &nat);
+        assert_eq!(got.ok(), Some(Access::Private));
+        assert!(why.contains("route table rtb-1 (the VPC's main one) sends 0.0.0.0/0 to nat-1"));
+        let (got, why) = access(None, &table(false, None));
+        assert_eq!(got.ok(), Some(Access::Private));
+        assert!(why.contains("has no 0.0.0.0/0 route"), "{why}");
+    }
+
+    #[test]
+    fn configured_access_wins_but_public_needs_an_internet_gateway() {
+        let igw = table(false, Some(DefaultRoute::InternetGateway("igw-1".into())));
+        assert_eq!(
+            access(Some(Access::Private), &igw).0.ok(),
+            Some(Access::Private)
+        );
+        let (got, _) = access(Some(Access::Public), &table(false, None));
+        let subnet = Subnet {
+            id: "subnet-1".into(),
+            vpc_id: "vpc-1".into(),
+            zone: "a".into(),
+        };
+        let refusal = got.unwrap_err()(&subnet, "ap-northeast-2");
+        assert!(
+            refusal
+                .to_string()
+                .contains("subnet-1 in ap-northeast-2 has no route")
+        );
+        assert_eq!(refusal.exit_code(), 2);
+    }
 }

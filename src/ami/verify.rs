@@ -205,15 +205,16 @@ pub async fn run(
     }
 }
 
-type InvocationOutput = aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput;
-type InvocationError = aws_sdk_ssm::error::SdkError<
+pub(super) type InvocationOutput =
+    aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput;
+pub(super) type InvocationError = aws_sdk_ssm::error::SdkError<
     aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationError,
     aws_sdk_ssm::config::http::HttpResponse,
 >;
 
 /// What one GetCommandInvocation answer means for the wait: done, still running, or over. A
 /// throttle or 5xx answer is a reason to look again, not a failure.
-fn classify(
+pub(super) fn classify(
     answer: Result<InvocationOutput, InvocationError>,
 ) -> Check<(), Result<InvocationOutput, String>> {
     match answer {
