@@ -613,8 +613,13 @@ async fn two_private_images_baked_at_once_share_one_nat_removed_after_both() {
         .run_bake(&["-c", &scratch.config(), "ami", "one", "two"])
         .await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let amis: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
-    assert_eq!(amis.len(), 2, "{amis:?}");
+    // "IMAGE AMI-ID" a line when several images are asked for.
+    let amis: Vec<String> = stdout(&out)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .collect();
+    assert_eq!(amis.len(), 2, "{}", stdout(&out));
+    assert!(amis.iter().all(|a| a.starts_with("ami-")), "{amis:?}");
     assert_eq!(
         lab.calls("CreateNatGateway").await,
         1,
