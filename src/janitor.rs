@@ -49,6 +49,8 @@ pub enum Resource {
     Address(String),
     /// The default route (0.0.0.0/0) bake added to a route table, by the table's id.
     Route(String),
+    /// An SSM interface endpoint bake created (`src/ami/endpoints.rs`).
+    VpcEndpoint(String),
 }
 
 impl std::fmt::Display for Resource {
@@ -61,6 +63,7 @@ impl std::fmt::Display for Resource {
             Resource::NatGateway(id) => write!(f, "NAT gateway {id}"),
             Resource::Address(id) => write!(f, "Elastic IP {id}"),
             Resource::Route(table) => write!(f, "route 0.0.0.0/0 in {table}"),
+            Resource::VpcEndpoint(id) => write!(f, "VPC endpoint {id}"),
         }
     }
 }
@@ -287,7 +290,8 @@ fn id_of(r: &Resource) -> &str {
         | Resource::SecurityGroup(id)
         | Resource::NatGateway(id)
         | Resource::Address(id)
-        | Resource::Route(id) => id,
+        | Resource::Route(id)
+        | Resource::VpcEndpoint(id) => id,
     }
 }
 
@@ -518,6 +522,13 @@ async fn delete_born(
                 continue;
             }
             let until = window(resource, &aws::NEW_SECURITY_GROUP);
+            if let Err(e) = revoke_references(clients, id).await {
+                left.push(Left {
+                    resource: resource.clone(),
+                    reason: format!("a rule in bake's endpoint group still names it: {e}"),
+                });
+                continue;
+            }
             if let Err(e) = delete_group(clients, id, until).await {
                 left.push(Left {
                     resource: resource.clone(),
@@ -669,6 +680,72 @@ pub async fn delete_security_group(clients: &Clients, id: &str) -> Result<(), Er
                 reason,
             }],
         })
+}
+
+/// Revokes the rules of bake's own SSM endpoint groups (tagged `bake:endpoint`) that name
+/// `group` as their source: EC2 refuses to delete a group another group's rule refers to
+/// (DependencyViolation). Groups bake did not make are never changed.
+async fn revoke_references(clients: &Clients, group: &str) -> Result<(), CallError> {
+    let request = clients
+        .ec2
+        .describe_security_groups()
+        .filters(filter("ip-permission.group-id", group))
+        .filters(filter("tag-key", tags::ENDPOINT));
+    let out = clients
+        .call(|| request.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| format!("find the endpoint groups that admit {group}"))
+        .await?;
+    for referring in out.security_groups() {
+        let Some(id) = referring.group_id() else {
+            continue;
+        };
+        let naming: Vec<_> = referring
+            .ip_permissions()
+            .iter()
+            .filter(|p| {
+                p.user_id_group_pairs()
+                    .iter()
+                    .any(|pair| pair.group_id() == Some(group))
+            })
+            .map(|p| {
+                let mut p = p.clone();
+                p.user_id_group_pairs = Some(
+                    p.user_id_group_pairs()
+                        .iter()
+                        .filter(|pair| pair.group_id() == Some(group))
+                        .map(|pair| {
+                            aws_sdk_ec2::types::UserIdGroupPair::builder()
+                                .group_id(group)
+                                .set_user_id(pair.user_id().map(str::to_owned))
+                                .build()
+                        })
+                        .collect(),
+                );
+                p.ip_ranges = None;
+                p.ipv6_ranges = None;
+                p.prefix_list_ids = None;
+                p
+            })
+            .collect();
+        if naming.is_empty() {
+            continue;
+        }
+        let revoke = clients
+            .ec2
+            .revoke_security_group_ingress()
+            .group_id(id)
+            .set_ip_permissions(Some(naming));
+        clients
+            .call(|| revoke.clone().send())
+            .settle(&aws::THROTTLE_BURST)
+            .or_none(
+                &["InvalidPermission.NotFound", "InvalidGroup.NotFound"],
+                || format!("revoke the rule naming {group} on {id}"),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// [`delete_security_group`]; a NotFound before `until` (the group was created moments ago) is

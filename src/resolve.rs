@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{Filter, Image, Instance};
+use aws_sdk_ec2::types::{Filter, Image, Instance, RouteTable};
 
 use crate::aws::{self, CallError, Clients};
 use crate::config::{Config, Location, ResourceRef};
@@ -65,6 +65,21 @@ pub enum Error {
         subnet: String,
         target: String,
         region: String,
+    },
+    /// A private builder's subnet has no way to SSM that outlives the bake: neither the three
+    /// interface endpoints with private DNS nor a NAT gateway route of its own.
+    #[error(
+        "a private builder in subnet {subnet} cannot reach SSM: VPC {vpc} in {region} lacks the \
+         interface endpoints {missing} (with private DNS) and {routing} has no NAT gateway route \
+         of its own (bake's temporary NAT does not count: it goes while the bake runs); create \
+         them, or set builder.endpoints = \"create\" to have bake make them for the bake"
+    )]
+    NoSsmPath {
+        vpc: String,
+        subnet: String,
+        region: String,
+        missing: String,
+        routing: String,
     },
     /// No subnet of the VPC routes 0.0.0.0/0 to an internet gateway, for the temporary NAT.
     #[error(
@@ -293,7 +308,7 @@ pub async fn vpc(clients: &Clients, r: &ResourceRef) -> Result<String, Error> {
 pub async fn route_tables(
     clients: &Clients,
     filters: Vec<Filter>,
-) -> Result<Vec<aws_sdk_ec2::types::RouteTable>, CallError> {
+) -> Result<Vec<RouteTable>, CallError> {
     let request = clients
         .ec2
         .describe_route_tables()
@@ -304,12 +319,12 @@ pub async fn route_tables(
     Ok(out.route_tables.unwrap_or_default())
 }
 
-/// EC2's description of the route table a subnet uses (routes included): the one explicitly
-/// associated with it, else the VPC's main one (none only in a VPC being torn down).
-pub async fn route_table_of(
+/// The route table a subnet uses: the one explicitly associated with it, else the VPC's main one
+/// (none only in a VPC being torn down).
+pub async fn route_table(
     clients: &Clients,
     subnet: &Subnet,
-) -> Result<Option<aws_sdk_ec2::types::RouteTable>, CallError> {
+) -> Result<Option<RouteTable>, CallError> {
     let own = route_tables(clients, vec![filter("association.subnet-id", &subnet.id)]).await?;
     if let Some(table) = own.into_iter().next() {
         return Ok(Some(table));
@@ -322,16 +337,17 @@ pub async fn route_table_of(
 }
 
 /// Whether a route table sends 0.0.0.0/0 to an internet gateway.
-pub fn routes_to_internet_gateway(table: &aws_sdk_ec2::types::RouteTable) -> bool {
+pub fn routes_to_internet_gateway(table: &RouteTable) -> bool {
     table.routes().iter().any(|r| {
         r.destination_cidr_block() == Some("0.0.0.0/0")
             && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
     })
 }
 
-/// The route table a subnet uses: its own (explicitly associated), else the VPC's main one.
+/// How a subnet reaches beyond its VPC: the route table it uses (its own, explicitly associated,
+/// else the VPC's main one) and where that table's default route goes.
 #[derive(Debug, Clone)]
-pub struct RouteTable {
+pub struct Routing {
     pub id: String,
     /// True when the subnet has no table of its own and uses the VPC's main one.
     pub main: bool,
@@ -350,7 +366,7 @@ pub enum DefaultRoute {
     Other(String),
 }
 
-impl RouteTable {
+impl Routing {
     /// "route table rtb-… (the VPC's main one)" or "route table rtb-…".
     pub fn describe(&self) -> String {
         if self.main {
@@ -366,30 +382,21 @@ impl RouteTable {
     }
 }
 
-/// The route table `subnet` uses (its own, else the VPC's main one) and where its default route
-/// goes.
-pub async fn route_table(clients: &Clients, subnet: &Subnet) -> Result<RouteTable, Error> {
-    let tables = |filters: Vec<Filter>| async move {
-        let request = clients
-            .ec2
-            .describe_route_tables()
-            .set_filters(Some(filters));
-        let out = clients.call(|| request.clone().send());
-        let out = out.settle(&aws::THROTTLE_BURST);
-        let out = out.or_fail(|| "describe route tables".into()).await?;
-        Ok::<_, CallError>(out.route_tables.unwrap_or_default())
+/// How `subnet` reaches beyond its VPC: [`route_table`] and its default route's target.
+pub async fn routing(clients: &Clients, subnet: &Subnet) -> Result<Routing, Error> {
+    let own = route_tables(clients, vec![filter("association.subnet-id", &subnet.id)]).await?;
+    let main = own.is_empty();
+    let table = match own.into_iter().next() {
+        Some(table) => Some(table),
+        None => {
+            let main = vec![
+                filter("vpc-id", &subnet.vpc_id),
+                filter("association.main", "true"),
+            ];
+            route_tables(clients, main).await?.into_iter().next()
+        }
     };
-    let mut main = false;
-    let mut found = tables(vec![filter("association.subnet-id", &subnet.id)]).await?;
-    if found.is_empty() {
-        main = true;
-        found = tables(vec![
-            filter("vpc-id", &subnet.vpc_id),
-            filter("association.main", "true"),
-        ])
-        .await?;
-    }
-    let Some(table) = found.into_iter().next() else {
+    let Some(table) = table else {
         return Err(Error::Lookup {
             kind: "subnet",
             reference: subnet.id.clone(),
@@ -400,7 +407,16 @@ pub async fn route_table(clients: &Clients, subnet: &Subnet) -> Result<RouteTabl
             ),
         });
     };
-    let default_route = table
+    Ok(Routing {
+        id: table.route_table_id().unwrap_or_default().to_owned(),
+        main,
+        default_route: default_route(&table),
+    })
+}
+
+/// Where a route table's 0.0.0.0/0 route goes, if it has one.
+pub fn default_route(table: &RouteTable) -> Option<DefaultRoute> {
+    table
         .routes()
         .iter()
         .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
@@ -426,18 +442,14 @@ pub async fn route_table(clients: &Clients, subnet: &Subnet) -> Result<RouteTabl
                         .to_owned(),
                 )
             }
-        });
-    Ok(RouteTable {
-        id: table.route_table_id().unwrap_or_default().to_owned(),
-        main,
-        default_route,
-    })
+        })
 }
 
 /// A public subnet has a default route to an internet gateway, in its own route table or (when it
 /// has none of its own) in the VPC's main one.
 pub async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
-    if route_table(clients, subnet).await?.public() {
+    let table = route_table(clients, subnet).await?;
+    if table.as_ref().is_some_and(routes_to_internet_gateway) {
         Ok(())
     } else {
         Err(Error::NotPublic {

@@ -24,6 +24,12 @@ pub const EGRESS_USER_PREFIX: &str = "bake:egress-user:";
 /// On a temporary NAT gateway its last user is removing (the value is that run's id): a run that
 /// sees it does not join.
 pub const EGRESS_CLOSING: &str = "bake:egress-closing";
+/// On the SSM interface endpoints bake created and their security group: the VPC they serve
+/// (`src/ami/endpoints.rs`).
+pub const ENDPOINT: &str = "bake:endpoint";
+/// On an endpoint bake created, one tag per run using it (`bake:endpoint-user:RUN-ID`, the value
+/// when it joined, RFC 3339): the endpoint goes when the last one is removed.
+pub const ENDPOINT_USER_PREFIX: &str = "bake:endpoint-user:";
 /// An EC2 tag.
 pub fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()

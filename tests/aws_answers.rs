@@ -26,7 +26,7 @@ use bake::config::{Access, Builder, Egress, Endpoints, Os, ResourceRef, Volume};
 use bake::janitor::{self, Janitor};
 use bake::output::Progress;
 use bake::render::Rendered;
-use bake::resolve::{DefaultRoute, RouteTable, Subnet};
+use bake::resolve::{DefaultRoute, Routing, Subnet};
 
 /// A client of `$sdk` answered by `rules` (this SDK version predates `mock_client!`'s defaults).
 macro_rules! mocked {
@@ -76,7 +76,7 @@ fn plan() -> Plan {
             vpc_id: "vpc-lab".into(),
             zone: "ap-northeast-2a".into(),
         },
-        route_table: RouteTable {
+        routing: Routing {
             id: "rtb-a".into(),
             main: false,
             default_route: Some(DefaultRoute::InternetGateway("igw-lab".into())),
@@ -92,6 +92,7 @@ fn plan() -> Plan {
         },
         ami_name: "web-20261122-dddddddddddd".into(),
         egress: None,
+        endpoints: None,
     }
 }
 

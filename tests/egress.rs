@@ -716,3 +716,114 @@ async fn a_route_table_with_its_own_default_route_is_refused_at_preflight_with_n
         Some(nat.as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_creator_that_loses_the_route_race_joins_the_winner_and_removes_its_own_gateway() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    // Gateways take 4 s to become available: long enough for the other process to route first.
+    lab.control("latency", serde_json::json!({ "nat_gateway_available": 4 }))
+        .await;
+    let clients = lab.clients().await;
+    let net = Network::create(&lab, "egress-race", 77).await;
+    let builder = subnet(&clients, &net.private_subnet).await;
+    let plan = egress::plan(&clients, &builder, None).await.unwrap();
+    let loser = {
+        let clients = clients.clone();
+        let plan = plan.clone();
+        tokio::spawn(async move { take(&clients, &plan).await })
+    };
+    // Another bake process creates its gateway at the same time and routes first.
+    let other_run = "20261124t000000-0a0b0c";
+    let address = lab
+        .ec2
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .send()
+        .await
+        .unwrap();
+    let joined = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let tags = aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::Natgateway)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("bake:egress")
+                .value(&net.private_table)
+                .build(),
+        )
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key(format!("bake:egress-user:{other_run}"))
+                .value(&joined)
+                .build(),
+        )
+        .build();
+    let winner = lab
+        .ec2
+        .create_nat_gateway()
+        .subnet_id(&net.public_subnet)
+        .allocation_id(address.allocation_id().unwrap())
+        .tag_specifications(tags)
+        .send()
+        .await
+        .unwrap()
+        .nat_gateway
+        .unwrap()
+        .nat_gateway_id
+        .unwrap();
+    lab.wait_for("the other gateway", Duration::from_secs(60), || async {
+        let out = lab
+            .ec2
+            .describe_nat_gateways()
+            .nat_gateway_ids(&winner)
+            .send()
+            .await
+            .unwrap();
+        out.nat_gateways()[0].state().map(|s| s.as_str()) == Some("available")
+    })
+    .await;
+    assert!(!loser.is_finished(), "its own gateway is still pending");
+    lab.ec2
+        .create_route()
+        .route_table_id(&net.private_table)
+        .destination_cidr_block("0.0.0.0/0")
+        .nat_gateway_id(&winner)
+        .send()
+        .await
+        .unwrap();
+
+    let (janitor, nat) = loser.await.unwrap();
+    assert_eq!(nat, winner, "the loser sends through the winner's gateway");
+    assert_eq!(
+        net.default_route(&lab).await.as_deref(),
+        Some(winner.as_str())
+    );
+    let all = lab.ec2.describe_nat_gateways().send().await.unwrap();
+    let own: Vec<(String, String)> = all
+        .nat_gateways()
+        .iter()
+        .filter(|n| n.nat_gateway_id() != Some(winner.as_str()))
+        .filter(|n| n.tags().iter().any(|t| t.key() == Some("bake:egress")))
+        .map(|n| {
+            (
+                n.nat_gateway_id().unwrap().to_owned(),
+                n.state().unwrap().as_str().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert_eq!(own[0].1, "deleted", "its own gateway is removed: {own:?}");
+    assert_eq!(
+        bake_addresses(&lab).await,
+        Vec::<String>::new(),
+        "its own address is released (the winner's carries no bake tag here)"
+    );
+    // The loser leaves: the other process still uses the gateway.
+    let removed = janitor.clean_recorded().await.unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(
+        net.default_route(&lab).await.as_deref(),
+        Some(winner.as_str())
+    );
+}

@@ -442,7 +442,21 @@ fn validate_accepts_every_example_and_lists_its_images() {
         );
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["images"][0]["image"], "web");
-        assert_eq!(json["rollouts"][0], "web");
+        // Every [rollout.NAME] of the file is listed (the private builder's example has none).
+        let text = std::fs::read_to_string(&example).unwrap();
+        let file: toml::Table = text.parse().unwrap();
+        let written: Vec<String> = file
+            .get("rollout")
+            .and_then(|r| r.as_table())
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
+        let listed: Vec<String> = json["rollouts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(listed, written, "{}", example.display());
     }
 }
 

@@ -141,7 +141,7 @@ pub async fn plan(
     subnet: &Subnet,
     nat_subnet: Option<&ResourceRef>,
 ) -> Result<Plan, PlanError> {
-    let table = resolve::route_table_of(clients, subnet)
+    let table = resolve::route_table(clients, subnet)
         .await
         .map_err(|e| PlanError::Subnet(e.into()))?
         .ok_or_else(|| {

@@ -2,6 +2,7 @@
 //! builder cleaned up on every exit (`bake ami`, and the bake step of `bake pipeline`).
 
 pub mod egress;
+pub mod endpoints;
 pub mod health;
 pub mod image;
 pub mod launch;
@@ -57,6 +58,8 @@ pub enum Step {
     Preflight(#[from] preflight::Error),
     #[error(transparent)]
     Egress(#[from] egress::Error),
+    #[error(transparent)]
+    Endpoints(#[from] endpoints::Error),
     #[error(transparent)]
     Launch(#[from] launch::Error),
     #[error(transparent)]
@@ -299,6 +302,11 @@ async fn build(
             }
         },
     )?;
+    // The SSM endpoints (endpoints = "create") admit the builder's group, so they follow it; the
+    // builder launches once they are available, so its agent finds SSM from its first try.
+    if let Some(wanted) = &plan.endpoints {
+        endpoints::take(clients, wanted, &group, &tags, janitor, progress).await?;
+    }
     let instance_id =
         launch::instance(clients, plan, &image.builder, &group, &tags, janitor).await?;
     let ip = health::running(clients, &instance_id, progress).await?;

@@ -5,13 +5,13 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::ImageState;
 
-use super::egress;
+use super::{egress, endpoints};
 use crate::aws::{self, Clients};
-use crate::config::{Access, BaseImage, Config, Egress, Image, Os};
+use crate::config::{Access, BaseImage, Config, Egress, Endpoints, Image, Os};
 use crate::output;
 use crate::render::{Rendered, Renderer};
 pub use crate::resolve::Error;
-use crate::resolve::{self, DefaultRoute, RouteTable, Subnet, filter};
+use crate::resolve::{self, DefaultRoute, Routing, Subnet, filter};
 
 /// A what's-my-IP lookup answers in well under a second; 10 s means the service is down.
 const CHECKIP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,7 +26,7 @@ pub struct Plan {
     pub base: BaseAmi,
     pub subnet: Subnet,
     /// The route table the builder subnet uses.
-    pub route_table: RouteTable,
+    pub routing: Routing,
     /// Public (an address, the health port open to `allow_cidr`) or private (neither; health
     /// through SSM), as configured or inferred from the route table.
     pub access: Access,
@@ -38,6 +38,9 @@ pub struct Plan {
     pub ami_name: String,
     /// Where the temporary NAT goes, with `builder.egress = "nat"`.
     pub egress: Option<egress::Plan>,
+    /// The SSM endpoints a private builder's bake creates, with `builder.endpoints = "create"`
+    /// and some missing at preflight.
+    pub endpoints: Option<endpoints::Plan>,
 }
 
 /// The resolved base image.
@@ -88,10 +91,10 @@ pub async fn plan(
                 .map_err(at(builder.allow_cidr.span(), "builder.allow_cidr"))
         },
     )?;
-    let route_table = resolve::route_table(clients, &subnet)
+    let routing = resolve::routing(clients, &subnet)
         .await
         .map_err(at(builder.subnet.span(), "builder.subnet"))?;
-    let (access, why) = access(builder.access.as_ref().map(|a| *a.get_ref()), &route_table);
+    let (access, why) = access(builder.access.as_ref().map(|a| *a.get_ref()), &routing);
     let access = match access {
         Ok(access) => access,
         Err(e) => {
@@ -123,19 +126,50 @@ pub async fn plan(
         }
         Egress::Existing | Egress::None => None,
     };
+    // A private builder must reach SSM (Online, health, verify) without bake's temporary NAT.
+    let endpoints = match access {
+        Access::Public => None,
+        Access::Private => {
+            let missing = endpoints::missing(clients, &subnet, &routing).await?;
+            match builder.endpoints.get_ref() {
+                _ if missing.is_empty() => None,
+                Endpoints::Require => {
+                    return Err(at(builder.endpoints.span(), "builder.endpoints")(
+                        Error::NoSsmPath {
+                            vpc: subnet.vpc_id.clone(),
+                            subnet: subnet.id.clone(),
+                            region: clients.region.clone(),
+                            missing: missing
+                                .iter()
+                                .map(|s| endpoints::service_name(&clients.region, s))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            routing: routing.describe(),
+                        },
+                    ));
+                }
+                Endpoints::Create => Some(endpoints::Plan {
+                    vpc: subnet.vpc_id.clone(),
+                    subnet: subnet.id.clone(),
+                    missing,
+                }),
+            }
+        }
+    };
     Ok(Plan {
         image: name.to_owned(),
         template: image.template.get_ref().clone(),
         os: image.os,
         base,
         subnet,
-        route_table,
+        routing,
         access,
         instance_profile: profile,
         allow_cidr,
         rendered,
         ami_name,
         egress,
+        endpoints,
     })
 }
 
@@ -145,7 +179,7 @@ type Refusal = fn(&Subnet, &str) -> Error;
 /// The builder's access: as configured, or inferred from the route table (a default route to an
 /// internet gateway is public, anything else private); and why, naming the route table. A public
 /// builder in a subnet without an internet gateway route would never be reached: refused.
-fn access(configured: Option<Access>, table: &RouteTable) -> (Result<Access, Refusal>, String) {
+fn access(configured: Option<Access>, table: &Routing) -> (Result<Access, Refusal>, String) {
     let route = match &table.default_route {
         Some(DefaultRoute::InternetGateway(igw)) => format!("sends 0.0.0.0/0 to {igw}"),
         Some(DefaultRoute::NatGateway(nat)) => {
@@ -275,8 +309,8 @@ async fn allow_cidr(configured: &str, checkip_url: &str) -> Result<String, Error
 mod tests {
     use super::*;
 
-    fn table(main: bool, default_route: Option<DefaultRoute>) -> RouteTable {
-        RouteTable {
+    fn table(main: bool, default_route: Option<DefaultRoute>) -> Routing {
+        Routing {
             id: "rtb-1".into(),
             main,
             default_route,

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{Context, DEFAULT_CONFIG, HOUSEKEEPING, Outcome};
 use crate::Error;
-use crate::ami::egress;
+use crate::ami::{egress, endpoints};
 use crate::aws::sdk;
 use crate::janitor::{self, Resource};
 use crate::output;
@@ -17,7 +17,8 @@ pub const MAX_TTL: Duration = Duration::from_secs(10 * 31_557_600);
 
 /// Delete what killed runs left behind (found by their bake:run-id tag): instances, security
 /// groups, unfinished images and unused snapshots older than the TTL, and temporary NAT gateways
-/// (with their routes and Elastic IPs) whose users are all older than the TTL.
+/// (with their routes and Elastic IPs) and SSM endpoints (with their group) whose users are all
+/// older than the TTL.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Only what is older than this: 0s to 10y ("90m", "2h", "7d").
@@ -76,27 +77,36 @@ impl Args {
         let egress = egress::find_left(&clients, cutoff)
             .await
             .map_err(janitor::Error::from)?;
+        // bake's SSM endpoints (and their group) whose every user is past the cutoff; removed
+        // after the builders, whose groups their group admits.
+        let endpoints = endpoints::find_left(&clients, cutoff)
+            .await
+            .map_err(janitor::Error::from)?;
         if !self.dry_run {
             let builders = janitor::delete(&clients, &found).await;
             let nats = egress::remove_left(&clients, cutoff).await;
-            match (builders, nats) {
-                (Ok(()), Ok(removed)) => found.extend(removed),
-                (builders, nats) => {
-                    let mut left = match builders {
-                        Err(janitor::Error::Left { left, .. }) => left,
-                        Err(e) => return Err(e.into()),
-                        Ok(()) => Vec::new(),
-                    };
-                    left.extend(nats.err().unwrap_or_default());
-                    return Err(janitor::Error::Left {
-                        region: clients.region.clone(),
-                        left,
-                    }
-                    .into());
+            let ends = endpoints::remove_left(&clients, cutoff).await;
+            let mut left = match builders {
+                Err(janitor::Error::Left { left, .. }) => left,
+                Err(e) => return Err(e.into()),
+                Ok(()) => Vec::new(),
+            };
+            for removed in [nats, ends] {
+                match removed {
+                    Ok(removed) => found.extend(removed),
+                    Err(stuck) => left.extend(stuck),
                 }
+            }
+            if !left.is_empty() {
+                return Err(janitor::Error::Left {
+                    region: clients.region.clone(),
+                    left,
+                }
+                .into());
             }
         } else {
             found.extend(egress);
+            found.extend(endpoints);
         }
         found.sort();
         found.dedup();
