@@ -825,3 +825,134 @@ async fn a_creator_that_loses_the_route_race_joins_the_winner_and_removes_its_ow
         Some(winner.as_str())
     );
 }
+
+/// EC2 clients answered by `rules` (aws-smithy-mocks), for answers the lab does not give.
+fn mocked(rules: &[&aws_smithy_mocks::Rule]) -> Clients {
+    use aws_smithy_mocks::{MockResponseInterceptor, RuleMode, create_mock_http_client};
+    let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+    for rule in rules {
+        interceptor = interceptor.with_rule(rule);
+    }
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("ap-northeast-2"))
+        .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
+            aws_sdk_ec2::config::Credentials::new("test", "test", None, None, "mock"),
+        ))
+        .http_client(create_mock_http_client())
+        .build();
+    let mut clients = Clients::from_sdk(&sdk);
+    clients.ec2 = aws_sdk_ec2::Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(&sdk)
+            .interceptor(interceptor)
+            .build(),
+    );
+    clients
+}
+
+#[tokio::test(start_paused = true)]
+async fn gc_releases_the_address_once_the_deleted_gateway_lets_go_of_it() {
+    use aws_sdk_ec2::error::ErrorMetadata;
+    use aws_sdk_ec2::operation::delete_nat_gateway::DeleteNatGatewayOutput;
+    use aws_sdk_ec2::operation::delete_route::DeleteRouteOutput;
+    use aws_sdk_ec2::operation::describe_addresses::DescribeAddressesOutput;
+    use aws_sdk_ec2::operation::describe_nat_gateways::DescribeNatGatewaysOutput;
+    use aws_sdk_ec2::operation::describe_route_tables::DescribeRouteTablesOutput;
+    use aws_sdk_ec2::operation::release_address::{ReleaseAddressError, ReleaseAddressOutput};
+    use aws_sdk_ec2::types::{
+        NatGateway, NatGatewayAddress, NatGatewayState, Route, RouteTable, Tag,
+    };
+    use aws_smithy_mocks::mock;
+
+    let gateway = |state: NatGatewayState| {
+        NatGateway::builder()
+            .nat_gateway_id("nat-1")
+            .state(state)
+            .nat_gateway_addresses(
+                NatGatewayAddress::builder()
+                    .allocation_id("eipalloc-1")
+                    .build(),
+            )
+            .tags(Tag::builder().key("bake:egress").value("rtb-1").build())
+            .tags(
+                Tag::builder()
+                    .key("bake:egress-user:20260101t000000-abcdef")
+                    .value("2026-01-01T00:00:00Z")
+                    .build(),
+            )
+            .build()
+    };
+    let listed = mock!(aws_sdk_ec2::Client::describe_nat_gateways)
+        .match_requests(|r| r.nat_gateway_ids().is_empty())
+        .then_output(move || {
+            DescribeNatGatewaysOutput::builder()
+                .nat_gateways(gateway(NatGatewayState::Available))
+                .build()
+        });
+    let watched = mock!(aws_sdk_ec2::Client::describe_nat_gateways)
+        .match_requests(|r| r.nat_gateway_ids() == ["nat-1"])
+        .then_output(move || {
+            DescribeNatGatewaysOutput::builder()
+                .nat_gateways(gateway(NatGatewayState::Deleted))
+                .build()
+        });
+    let table = mock!(aws_sdk_ec2::Client::describe_route_tables).then_output(|| {
+        DescribeRouteTablesOutput::builder()
+            .route_tables(
+                RouteTable::builder()
+                    .route_table_id("rtb-1")
+                    .routes(
+                        Route::builder()
+                            .destination_cidr_block("0.0.0.0/0")
+                            .nat_gateway_id("nat-1")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    });
+    let route = mock!(aws_sdk_ec2::Client::delete_route)
+        .then_output(|| DeleteRouteOutput::builder().build());
+    let delete = mock!(aws_sdk_ec2::Client::delete_nat_gateway).then_output(|| {
+        DeleteNatGatewayOutput::builder()
+            .nat_gateway_id("nat-1")
+            .build()
+    });
+    let in_use = || {
+        ReleaseAddressError::generic(
+            ErrorMetadata::builder()
+                .code("InvalidIPAddress.InUse")
+                .message("Address 100.64.0.9 is in use.")
+                .build(),
+        )
+    };
+    let release = mock!(aws_sdk_ec2::Client::release_address)
+        .sequence()
+        .error(in_use)
+        .times(2)
+        .output(|| ReleaseAddressOutput::builder().build())
+        .build();
+    let addresses = mock!(aws_sdk_ec2::Client::describe_addresses)
+        .then_output(|| DescribeAddressesOutput::builder().build());
+    let clients = mocked(&[
+        &listed, &watched, &table, &route, &delete, &release, &addresses,
+    ]);
+    let removed = egress::remove_left(&clients, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        removed,
+        vec![
+            Resource::Route("rtb-1".into()),
+            Resource::NatGateway("nat-1".into()),
+            Resource::Address("eipalloc-1".into()),
+        ]
+    );
+    assert_eq!(route.num_calls(), 1);
+    assert_eq!(delete.num_calls(), 1);
+    assert_eq!(
+        release.num_calls(),
+        3,
+        "asked again while the gateway held the address, not given up"
+    );
+}
