@@ -697,54 +697,56 @@ async fn revoke_references(clients: &Clients, group: &str) -> Result<(), CallErr
         .or_fail(|| format!("find the endpoint groups that admit {group}"))
         .await?;
     for referring in out.security_groups() {
-        let Some(id) = referring.group_id() else {
-            continue;
-        };
-        let naming: Vec<_> = referring
-            .ip_permissions()
-            .iter()
-            .filter(|p| {
-                p.user_id_group_pairs()
-                    .iter()
-                    .any(|pair| pair.group_id() == Some(group))
-            })
-            .map(|p| {
-                let mut p = p.clone();
-                p.user_id_group_pairs = Some(
-                    p.user_id_group_pairs()
-                        .iter()
-                        .filter(|pair| pair.group_id() == Some(group))
-                        .map(|pair| {
-                            aws_sdk_ec2::types::UserIdGroupPair::builder()
-                                .group_id(group)
-                                .set_user_id(pair.user_id().map(str::to_owned))
-                                .build()
-                        })
-                        .collect(),
-                );
-                p.ip_ranges = None;
-                p.ipv6_ranges = None;
-                p.prefix_list_ids = None;
-                p
-            })
-            .collect();
-        if naming.is_empty() {
-            continue;
+        if let Some(id) = referring.group_id() {
+            revoke_rules_from(clients, id, group).await?;
         }
-        let revoke = clients
-            .ec2
-            .revoke_security_group_ingress()
-            .group_id(id)
-            .set_ip_permissions(Some(naming));
-        clients
-            .call(|| revoke.clone().send())
-            .settle(&aws::THROTTLE_BURST)
-            .or_none(
-                &["InvalidPermission.NotFound", "InvalidGroup.NotFound"],
-                || format!("revoke the rule naming {group} on {id}"),
-            )
-            .await?;
     }
+    Ok(())
+}
+
+/// Revokes the inbound rules of `group` whose source is the group `source`, by their rule ids
+/// (DescribeSecurityGroupRules): nothing to do when there are none or `group` is gone.
+pub async fn revoke_rules_from(
+    clients: &Clients,
+    group: &str,
+    source: &str,
+) -> Result<(), CallError> {
+    let request = clients
+        .ec2
+        .describe_security_group_rules()
+        .filters(filter("group-id", group));
+    let out = clients
+        .call(|| request.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| format!("list the rules of {group}"))
+        .await?;
+    let ids: Vec<String> = out
+        .security_group_rules()
+        .iter()
+        .filter(|r| r.is_egress() != Some(true))
+        .filter(|r| {
+            r.referenced_group_info()
+                .and_then(|g| g.group_id())
+                .is_some_and(|g| g == source)
+        })
+        .filter_map(|r| r.security_group_rule_id().map(str::to_owned))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let revoke = clients
+        .ec2
+        .revoke_security_group_ingress()
+        .group_id(group)
+        .set_security_group_rule_ids(Some(ids));
+    clients
+        .call(|| revoke.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_none(
+            &["InvalidPermission.NotFound", "InvalidGroup.NotFound"],
+            || format!("revoke the rules naming {source} on {group}"),
+        )
+        .await?;
     Ok(())
 }
 

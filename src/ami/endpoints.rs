@@ -26,12 +26,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::{
-    IpPermission, ResourceType, State, Tag, UserIdGroupPair, VpcEndpoint, VpcEndpointType,
+    IpPermission, ResourceType, Tag, UserIdGroupPair, VpcEndpoint, VpcEndpointType,
 };
 use futures_util::future::BoxFuture;
 
 use crate::aws::{self, CallError, Clients};
-use crate::janitor::{Hold, Janitor, Left, Resource};
+use crate::janitor::{Hold, Janitor, Left, Resource, revoke_rules_from};
 use crate::output::Progress;
 use crate::poll::{self, Check, PollError, Schedule};
 use crate::resolve::{self, DefaultRoute, Routing, Subnet, filter};
@@ -59,6 +59,16 @@ const GROUP_RELEASE: aws::Settle = aws::Settle::new(
     "the deleted endpoints to let go of their security group",
     &["DependencyViolation"],
     Duration::from_secs(300),
+);
+/// An endpoint another process created may be missing from DescribeVpcEndpoints for a few
+/// seconds (the EC2 API is eventually consistent); a minute covers the slow tail.
+const NEW_ENDPOINT_VISIBLE: Duration = Duration::from_secs(60);
+/// An endpoint id CreateVpcEndpoint just returned may be unknown to the next calls for a few
+/// seconds; past 30 s a NotFound for one this run knows means it is gone.
+const NEW_ENDPOINT_ID: aws::Settle = aws::Settle::new(
+    "EC2 to learn of the new VPC endpoint",
+    &["InvalidVpcEndpointId.NotFound"],
+    Duration::from_secs(30),
 );
 /// How often a take starts over when an endpoint it joined disappeared (another process's last
 /// user deleted it): each round changes who holds it, so three mean something keeps changing it.
@@ -164,11 +174,18 @@ async fn endpoints(clients: &Clients, vpc: &str) -> Result<Vec<VpcEndpoint>, Cal
 
 /// An interface endpoint that serves the SSM names inside the VPC, now or once it is available.
 fn usable(e: &VpcEndpoint) -> bool {
-    e.private_dns_enabled() == Some(true)
-        && matches!(
-            e.state(),
-            Some(State::Available | State::Pending | State::PendingAcceptance)
-        )
+    e.private_dns_enabled() == Some(true) && is(e, LIVE)
+}
+
+/// The states of an endpoint that serves now or will once available.
+const LIVE: &[&str] = &["available", "pending", "pendingacceptance"];
+
+/// Whether an endpoint's state is one of `states` (lower case). EC2 answers `available`,
+/// `pending`, `pendingAcceptance`, ... while the SDK's `State` enum spells them capitalised, so
+/// the text is compared, case-insensitively.
+fn is(e: &VpcEndpoint, states: &[&str]) -> bool {
+    e.state()
+        .is_some_and(|s| states.contains(&s.as_str().to_ascii_lowercase().as_str()))
 }
 
 fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
@@ -253,17 +270,11 @@ pub async fn take(
         let mut round = 0;
         loop {
             round += 1;
-            let ids = share.join_or_create(plan, run_tags).await?;
-            // Another process's last user may have deleted one between our read and our tag.
-            let now = endpoints(clients, &plan.vpc).await?;
-            let gone: Vec<&String> = ids
-                .iter()
-                .filter(|id| {
-                    !now.iter()
-                        .any(|e| e.vpc_endpoint_id() == Some(id.as_str()) && usable(e))
-                })
-                .collect();
-            if gone.is_empty() || round >= TAKE_ROUNDS {
+            let (ids, joined) = share.join_or_create(plan, run_tags).await?;
+            // Another process's last user may have deleted one we joined between our read and
+            // our tag (the ones we created may just not be listed yet: eventual consistency).
+            let gone = !joined.is_empty() && !all_listed(clients, &joined).await?;
+            if !gone || round >= TAKE_ROUNDS {
                 break ids;
             }
         }
@@ -273,11 +284,16 @@ pub async fn take(
 
 impl Share {
     /// Finds or creates the group and the endpoints; returns the ids of the endpoints to wait
-    /// for (bake's and foreign ones alike).
-    async fn join_or_create(&self, plan: &Plan, run_tags: &[Tag]) -> Result<Vec<String>, Error> {
+    /// for (bake's and foreign ones alike), and those of bake's it joined.
+    async fn join_or_create(
+        &self,
+        plan: &Plan,
+        run_tags: &[Tag],
+    ) -> Result<(Vec<String>, Vec<String>), Error> {
         let clients = &self.clients;
         let found = endpoints(clients, &plan.vpc).await?;
         let mut ids = Vec::new();
+        let mut joined = Vec::new();
         let mut to_create = Vec::new();
         for service in SERVICES {
             let name = service_name(&clients.region, service);
@@ -289,6 +305,7 @@ impl Share {
                     let id = e.vpc_endpoint_id().unwrap_or_default().to_owned();
                     if tag_value(e.tags(), tags::ENDPOINT).is_some() {
                         self.join(&id).await?;
+                        joined.push(id.clone());
                     }
                     ids.push(id);
                 }
@@ -296,13 +313,13 @@ impl Share {
             }
         }
         if to_create.is_empty() {
-            return Ok(ids);
+            return Ok((ids, joined));
         }
         let group = self.group(run_tags).await?;
         for service in to_create {
             ids.push(self.create(service, &plan.subnet, &group, run_tags).await?);
         }
-        Ok(ids)
+        Ok((ids, joined))
     }
 
     /// Tags this run a user of one of bake's endpoints.
@@ -366,7 +383,7 @@ impl Share {
             .ec2
             .authorize_security_group_ingress()
             .group_id(&id)
-            .ip_permissions(admit(&self.builder_group, Some(&self.run_id)));
+            .ip_permissions(admit(&self.builder_group, &self.run_id));
         match clients
             .call(|| authorize.clone().send())
             .settle(&aws::NEW_SECURITY_GROUP)
@@ -431,11 +448,7 @@ impl Share {
             }
             // AWS refuses a second private-DNS endpoint for a service in a VPC: someone made it.
             Err(e) if e.is(&["InvalidParameter"]) => {
-                let again = endpoints(clients, &self.vpc).await?;
-                let Some(found) = again
-                    .iter()
-                    .find(|x| x.service_name() == Some(name.as_str()) && usable(x))
-                else {
+                let Some(found) = listed_soon(clients, &self.vpc, &name).await? else {
                     return Err(e
                         .or_fail(|| format!("create the {name} endpoint in {}", self.vpc))
                         .into());
@@ -464,7 +477,7 @@ impl Share {
             None => find_group(&self.clients, &self.vpc).await.ok().flatten(),
         };
         if let Some(group) = &group
-            && let Err(e) = revoke(&self.clients, group, &self.builder_group).await
+            && let Err(e) = revoke_rules_from(&self.clients, group, &self.builder_group).await
         {
             left.push(Left {
                 resource: Resource::SecurityGroup(group.clone()),
@@ -494,7 +507,7 @@ impl Share {
             }
         }
         let mut removed = Vec::new();
-        match remove_unused(&self.clients, &self.vpc, None, &mut removed).await {
+        match remove_unused(&self.clients, &self.vpc, &taken.using, None, &mut removed).await {
             Ok(stuck) => left.extend(stuck),
             Err(e) => left.push(Left {
                 resource: Resource::VpcEndpoint(format!("(VPC {})", self.vpc)),
@@ -532,8 +545,8 @@ fn shared_tags(run_tags: &[Tag], vpc: &str, user: Option<&str>) -> Vec<Tag> {
     out
 }
 
-/// 443 from one builder group (described with its run when given).
-fn admit(builder_group: &str, run_id: Option<&str>) -> IpPermission {
+/// 443 from one builder group, described with its run.
+fn admit(builder_group: &str, run_id: &str) -> IpPermission {
     IpPermission::builder()
         .ip_protocol("tcp")
         .from_port(HTTPS)
@@ -541,30 +554,53 @@ fn admit(builder_group: &str, run_id: Option<&str>) -> IpPermission {
         .user_id_group_pairs(
             UserIdGroupPair::builder()
                 .group_id(builder_group)
-                .set_description(
-                    run_id.map(|r| format!("bake run {r}: SSM agent to the endpoints")),
-                )
+                .description(format!("bake run {run_id}: SSM agent to the endpoints"))
                 .build(),
         )
         .build()
 }
 
-/// Revokes 443 from `builder_group` on `group` (nothing to do when it is not there).
-async fn revoke(clients: &Clients, group: &str, builder_group: &str) -> Result<(), CallError> {
+/// Whether every one of `ids` is still listed and usable (a NotFound means one is gone).
+async fn all_listed(clients: &Clients, ids: &[String]) -> Result<bool, CallError> {
     let request = clients
         .ec2
-        .revoke_security_group_ingress()
-        .group_id(group)
-        .ip_permissions(admit(builder_group, None));
-    clients
+        .describe_vpc_endpoints()
+        .set_vpc_endpoint_ids(Some(ids.to_vec()));
+    let out = clients
         .call(|| request.clone().send())
         .settle(&aws::THROTTLE_BURST)
-        .or_none(
-            &["InvalidPermission.NotFound", "InvalidGroup.NotFound"],
-            || format!("revoke 443 from {builder_group} on {group}"),
-        )
+        .or_none(&["InvalidVpcEndpointId.NotFound"], || {
+            format!("describe VPC endpoints {}", ids.join(", "))
+        })
         .await?;
-    Ok(())
+    Ok(out.is_some_and(|o| {
+        ids.iter().all(|id| {
+            o.vpc_endpoints()
+                .iter()
+                .any(|e| e.vpc_endpoint_id() == Some(id.as_str()) && usable(e))
+        })
+    }))
+}
+
+/// The usable endpoint for `service_name` in `vpc` that another process just created (AWS
+/// refused ours for its DNS name): EC2's lists may show it only after a while, so look again
+/// for up to [`NEW_ENDPOINT_VISIBLE`].
+async fn listed_soon(
+    clients: &Clients,
+    vpc: &str,
+    service_name: &str,
+) -> Result<Option<VpcEndpoint>, CallError> {
+    let deadline = poll::deadline(NEW_ENDPOINT_VISIBLE);
+    loop {
+        let found = endpoints(clients, vpc)
+            .await?
+            .into_iter()
+            .find(|x| x.service_name() == Some(service_name) && usable(x));
+        if found.is_some() || tokio::time::Instant::now() >= deadline {
+            return Ok(found);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// bake's endpoint group in a VPC.
@@ -619,17 +655,12 @@ async fn wait_available(
                 Err(e) => return aws::unless_transient(&e, |e| Err(aws::describe(e))),
             };
             let all = out.vpc_endpoints();
-            if let Some(bad) = all.iter().find(|e| {
-                !matches!(
-                    e.state(),
-                    Some(State::Available | State::Pending | State::PendingAcceptance)
-                )
-            }) {
+            if let Some(bad) = all.iter().find(|e| !is(e, LIVE)) {
                 return Check::Failed(Ok(bad.clone()));
             }
             let pending: Vec<&str> = all
                 .iter()
-                .filter(|e| e.state() != Some(&State::Available))
+                .filter(|e| !is(e, &["available"]))
                 .filter_map(|e| e.vpc_endpoint_id())
                 .collect();
             if pending.is_empty() && all.len() == ids.len() {
@@ -673,15 +704,44 @@ async fn wait_available(
 async fn remove_unused(
     clients: &Clients,
     vpc: &str,
+    known: &[String],
     cutoff: Option<SystemTime>,
     removed: &mut Vec<Resource>,
 ) -> Result<Vec<Left>, CallError> {
     let mut left = Vec::new();
-    let ours: Vec<VpcEndpoint> = endpoints(clients, vpc)
-        .await?
+    let mut listed = endpoints(clients, vpc).await?;
+    // Ones this run created or joined may not be listed yet (eventual consistency): by id.
+    let unlisted: Vec<String> = known
+        .iter()
+        .filter(|id| {
+            !listed
+                .iter()
+                .any(|e| e.vpc_endpoint_id() == Some(id.as_str()))
+        })
+        .cloned()
+        .collect();
+    if !unlisted.is_empty() {
+        let request = clients
+            .ec2
+            .describe_vpc_endpoints()
+            .set_vpc_endpoint_ids(Some(unlisted.clone()));
+        let by_id = clients
+            .call(|| request.clone().send())
+            .settle(&NEW_ENDPOINT_ID)
+            .or_none(&["InvalidVpcEndpointId.NotFound"], || {
+                format!("describe VPC endpoints {}", unlisted.join(", "))
+            })
+            .await?;
+        listed.extend(
+            by_id
+                .map(|o| o.vpc_endpoints().to_vec())
+                .unwrap_or_default(),
+        );
+    }
+    let ours: Vec<VpcEndpoint> = listed
         .into_iter()
         .filter(|e| tag_value(e.tags(), tags::ENDPOINT).is_some())
-        .filter(|e| !matches!(e.state(), Some(State::Deleted | State::Deleting)))
+        .filter(|e| !is(e, &["deleted", "deleting"]))
         .collect();
     let unused: Vec<String> = ours
         .iter()
@@ -733,7 +793,7 @@ async fn remove_unused(
         .await?
         .into_iter()
         .filter(|e| tag_value(e.tags(), tags::ENDPOINT).is_some())
-        .any(|e| !matches!(e.state(), Some(State::Deleted)));
+        .any(|e| !is(&e, &["deleted"]));
     if !remaining && let Some(group) = find_group(clients, vpc).await? {
         let request = clients.ec2.delete_security_group().group_id(&group);
         let deleted = clients
@@ -774,7 +834,7 @@ async fn wait_deleted(clients: &Clients, ids: &[String]) -> Result<(), String> {
                     let alive: Vec<&str> = out
                         .vpc_endpoints()
                         .iter()
-                        .filter(|e| e.state() != Some(&State::Deleted))
+                        .filter(|e| !is(e, &["deleted"]))
                         .filter_map(|e| e.vpc_endpoint_id())
                         .collect();
                     if alive.is_empty() {
@@ -844,7 +904,7 @@ pub async fn find_left(clients: &Clients, cutoff: SystemTime) -> Result<Vec<Reso
             .await?
             .into_iter()
             .filter(|e| tag_value(e.tags(), tags::ENDPOINT).is_some())
-            .filter(|e| !matches!(e.state(), Some(State::Deleted)))
+            .filter(|e| !is(e, &["deleted"]))
             .collect();
         let (old, live): (Vec<&VpcEndpoint>, Vec<&VpcEndpoint>) = ours.iter().partition(|e| {
             users(e)
@@ -882,7 +942,7 @@ pub async fn remove_left(
     for vpc in vpcs {
         let lock = vpc_lock(&vpc);
         let _guard = lock.lock().await;
-        match remove_unused(clients, &vpc, Some(cutoff), &mut removed).await {
+        match remove_unused(clients, &vpc, &[], Some(cutoff), &mut removed).await {
             Ok(stuck) => left.extend(stuck),
             Err(e) => left.push(Left {
                 resource: Resource::VpcEndpoint(format!("(VPC {vpc})")),
@@ -901,10 +961,10 @@ pub async fn remove_left(
 mod tests {
     use super::*;
 
-    fn endpoint(state: State, dns: bool, user_tags: &[(&str, &str)]) -> VpcEndpoint {
+    fn endpoint(state: &str, dns: bool, user_tags: &[(&str, &str)]) -> VpcEndpoint {
         let mut e = VpcEndpoint::builder()
             .vpc_endpoint_id("vpce-1")
-            .state(state)
+            .state(aws_sdk_ec2::types::State::from(state))
             .private_dns_enabled(dns)
             .tags(tags::tag(tags::ENDPOINT, "vpc-1"));
         for (k, v) in user_tags {
@@ -915,17 +975,20 @@ mod tests {
 
     #[test]
     fn an_endpoint_counts_with_private_dns_while_pending_or_available() {
-        assert!(usable(&endpoint(State::Available, true, &[])));
-        assert!(usable(&endpoint(State::Pending, true, &[])));
-        assert!(!usable(&endpoint(State::Available, false, &[])));
-        assert!(!usable(&endpoint(State::Deleting, true, &[])));
-        assert!(!usable(&endpoint(State::Failed, true, &[])));
+        // As EC2 answers them (lower case), and as the SDK's enum spells them.
+        assert!(usable(&endpoint("available", true, &[])));
+        assert!(usable(&endpoint("Available", true, &[])));
+        assert!(usable(&endpoint("pending", true, &[])));
+        assert!(usable(&endpoint("pendingAcceptance", true, &[])));
+        assert!(!usable(&endpoint("available", false, &[])));
+        assert!(!usable(&endpoint("deleting", true, &[])));
+        assert!(!usable(&endpoint("failed", true, &[])));
     }
 
     #[test]
     fn users_are_read_from_their_tags_with_when_they_joined() {
         let e = endpoint(
-            State::Available,
+            "available",
             true,
             &[
                 (

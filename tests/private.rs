@@ -1,0 +1,250 @@
+//! Private builders against the lab, in the Session Manager workshop's network ("My-VPC",
+//! "my-subnet-private01", no NAT, no endpoints): the workshop's example bakes with no public
+//! address, no inbound rule and its health checked through SSM, with the SSM endpoints created
+//! for the bake and removed after it; and with `endpoints = "require"` a VPC without them stops
+//! at preflight (exit 2) naming each, with nothing created.
+
+mod support;
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, Instance};
+use support::{Lab, Scratch, repo};
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+async fn vpc_named(lab: &Lab, name: &str) -> String {
+    let out = lab
+        .ec2
+        .describe_vpcs()
+        .filters(filter("tag:Name", name))
+        .send()
+        .await
+        .unwrap();
+    out.vpcs()[0].vpc_id().unwrap().to_owned()
+}
+
+/// The VPC's interface endpoints that are not deleted, with their state.
+async fn endpoints_in(lab: &Lab, vpc: &str) -> Vec<(String, String, String)> {
+    let out = lab
+        .ec2
+        .describe_vpc_endpoints()
+        .filters(filter("vpc-id", vpc))
+        .send()
+        .await
+        .unwrap();
+    out.vpc_endpoints()
+        .iter()
+        .filter(|e| e.state().is_none_or(|s| s.as_str() != "deleted"))
+        .map(|e| {
+            (
+                e.vpc_endpoint_id().unwrap_or_default().to_owned(),
+                e.service_name().unwrap_or_default().to_owned(),
+                e.state().map_or("", |s| s.as_str()).to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// bake's endpoint groups (tagged `bake:endpoint`).
+async fn endpoint_groups(lab: &Lab) -> Vec<String> {
+    let out = lab
+        .ec2
+        .describe_security_groups()
+        .filters(filter("tag-key", bake::tags::ENDPOINT))
+        .send()
+        .await
+        .unwrap();
+    out.security_groups()
+        .iter()
+        .filter_map(|g| g.group_id().map(str::to_owned))
+        .collect()
+}
+
+/// The running builder of image `image`, if there is one.
+async fn running_builder(lab: &Lab, image: &str) -> Option<Instance> {
+    let out = lab
+        .ec2
+        .describe_instances()
+        .filters(filter("tag:bake:image", image))
+        .filters(filter("instance-state-name", "running"))
+        .send()
+        .await
+        .ok()?;
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .cloned()
+}
+
+/// The workshop's example itself (examples/nginx-flask-private.toml), with its user data templates
+/// from the repository: it runs unchanged in the lab.
+fn example() -> String {
+    repo()
+        .join("examples/nginx-flask-private.toml")
+        .display()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_private_example_bakes_with_no_address_no_ingress_health_through_ssm_and_created_endpoints()
+ {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let vpc = vpc_named(&lab, "My-VPC").await;
+    assert!(
+        endpoints_in(&lab, &vpc).await.is_empty(),
+        "no endpoints to begin with"
+    );
+    let child = lab
+        .bake(&["-c", &example(), "ami", "web"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the builder runs: what it was given, and the endpoints it reaches SSM through.
+    let seen = std::sync::Mutex::new(None);
+    lab.wait_for("the running builder", Duration::from_secs(600), || async {
+        let found = running_builder(&lab, "web").await;
+        let there = found.is_some();
+        *seen.lock().unwrap() = found;
+        there
+    })
+    .await;
+    let builder = seen.into_inner().unwrap().unwrap();
+    let during = endpoints_in(&lab, &vpc).await;
+    let groups = builder
+        .security_groups()
+        .iter()
+        .filter_map(|g| g.group_id().map(str::to_owned))
+        .collect::<Vec<_>>();
+    let described = lab
+        .ec2
+        .describe_security_groups()
+        .set_group_ids(Some(groups.clone()))
+        .send()
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ami = stdout(&out).trim().to_owned();
+    assert!(ami.starts_with("ami-"), "{ami}");
+    assert!(
+        stderr(&out).contains("web: builder access private: configured"),
+        "{}",
+        stderr(&out)
+    );
+
+    // No public address: not on the instance, not on its network interface.
+    assert_eq!(builder.public_ip_address(), None, "{builder:?}");
+    assert!(
+        builder
+            .network_interfaces()
+            .iter()
+            .all(|n| n.association().is_none()),
+        "{builder:?}"
+    );
+    // Its one group (bake's) has no inbound rule at all.
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    let group = &described.security_groups()[0];
+    assert!(
+        group
+            .group_name()
+            .unwrap_or_default()
+            .starts_with("bake-web-"),
+        "{group:?}"
+    );
+    assert!(group.ip_permissions().is_empty(), "{group:?}");
+
+    // The three endpoints existed while it ran, created by this bake, and are gone now.
+    let mut services: Vec<String> = during.iter().map(|(_, s, _)| s.clone()).collect();
+    services.sort();
+    assert_eq!(
+        services,
+        [
+            "com.amazonaws.ap-northeast-2.ec2messages",
+            "com.amazonaws.ap-northeast-2.ssm",
+            "com.amazonaws.ap-northeast-2.ssmmessages",
+        ],
+        "{during:?}"
+    );
+    assert!(
+        during.iter().all(|(_, _, s)| s == "available"),
+        "{during:?}"
+    );
+    assert_eq!(lab.calls("CreateVpcEndpoint").await, 3);
+    assert!(lab.calls("DeleteVpcEndpoints").await >= 1);
+    assert_eq!(endpoints_in(&lab, &vpc).await, Vec::new());
+    assert_eq!(endpoint_groups(&lab).await, Vec::<String>::new());
+
+    // The health check ran on the builder through SSM: one command, which succeeded.
+    let commands = lab
+        .ssm
+        .list_commands()
+        .instance_id(builder.instance_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let health: Vec<_> = commands
+        .commands()
+        .iter()
+        .filter(|c| c.comment() == Some("bake health"))
+        .collect();
+    assert_eq!(health.len(), 1, "{commands:?}");
+    assert_eq!(
+        health[0].status().map(|s| s.as_str()),
+        Some("Success"),
+        "{health:?}"
+    );
+    lab.assert_nothing_left(&[&ami], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_require_without_them_stops_at_preflight_naming_each_with_nothing_created() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let vpc = vpc_named(&lab, "My-VPC").await;
+    let text = std::fs::read_to_string(example())
+        .unwrap()
+        .replace("endpoints = \"create\"", "endpoints = \"require\"");
+    let scratch = Scratch::new(&text);
+    let out = lab.run_bake(&["-c", &scratch.config(), "ami", "web"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("image.web.builder.endpoints"), "{err}");
+    for service in ["ssm", "ssmmessages", "ec2messages"] {
+        assert!(
+            err.contains(&format!("com.amazonaws.ap-northeast-2.{service}")),
+            "{service}: {err}"
+        );
+    }
+    assert!(err.contains(&format!("VPC {vpc}")), "{err}");
+    for action in [
+        "CreateSecurityGroup",
+        "CreateVpcEndpoint",
+        "AllocateAddress",
+        "CreateNatGateway",
+        "CreateRoute",
+        "RunInstances",
+        "CreateTags",
+    ] {
+        assert_eq!(lab.calls(action).await, 0, "{action}");
+    }
+    assert!(endpoints_in(&lab, &vpc).await.is_empty());
+}
