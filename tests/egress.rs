@@ -554,6 +554,28 @@ async fn sigkill_during_the_package_install_leaves_what_gc_removes() {
         default_route_of(&lab, &table).await.as_deref(),
         Some(nats[0].0.as_str())
     );
+    // gc finds what EC2 lists by tag, and EC2 lists a new instance only after a moment (eventual
+    // consistency; seconds in the lab): wait until it does, as tests/ami.rs does.
+    lab.wait_for(
+        "the builder listed by tag",
+        Duration::from_secs(60),
+        || async {
+            let out = lab
+                .ec2
+                .describe_instances()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("tag-key")
+                        .values("bake:run-id")
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+            !out.reservations().is_empty()
+        },
+    )
+    .await;
     // Tags carry whole seconds: let the run's be in the past for --ttl 0s.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let young = lab
