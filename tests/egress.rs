@@ -432,7 +432,7 @@ async fn last_call(lab: &Lab, action: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_private_bake_installs_its_packages_through_the_temporary_nat_and_removes_it() {
+async fn the_private_example_installs_its_packages_through_the_temporary_nat_and_removes_it() {
     let Some(lab) = Lab::start_or_skip().await else {
         return;
     };
@@ -443,14 +443,12 @@ async fn a_private_bake_installs_its_packages_through_the_temporary_nat_and_remo
         None,
         "no NAT to begin with"
     );
-    let scratch = Scratch::new(&private_config(&[private_image(
-        "web",
-        "my-subnet-private01",
-        "nginx",
-        "Private Day",
-    )]));
+    // The example, unchanged: the workshop's Nginx + Flask on a private builder.
+    let example = support::repo().join("examples/nginx-flask-private.toml");
     let before = mirror_traffic(&lab).await;
-    let out = lab.run_bake(&["-c", &scratch.config(), "ami", "web"]).await;
+    let out = lab
+        .run_bake(&["-c", example.to_str().unwrap(), "ami", "web"])
+        .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("ami-"), "{}", stdout(&out));
     assert!(
@@ -556,6 +554,28 @@ async fn sigkill_during_the_package_install_leaves_what_gc_removes() {
         default_route_of(&lab, &table).await.as_deref(),
         Some(nats[0].0.as_str())
     );
+    // gc finds what EC2 lists by tag, and EC2 lists a new instance only after a moment (eventual
+    // consistency; seconds in the lab): wait until it does, as tests/ami.rs does.
+    lab.wait_for(
+        "the builder listed by tag",
+        Duration::from_secs(60),
+        || async {
+            let out = lab
+                .ec2
+                .describe_instances()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("tag-key")
+                        .values("bake:run-id")
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+            !out.reservations().is_empty()
+        },
+    )
+    .await;
     // Tags carry whole seconds: let the run's be in the past for --ttl 0s.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let young = lab
@@ -613,8 +633,13 @@ async fn two_private_images_baked_at_once_share_one_nat_removed_after_both() {
         .run_bake(&["-c", &scratch.config(), "ami", "one", "two"])
         .await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let amis: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
-    assert_eq!(amis.len(), 2, "{amis:?}");
+    // "IMAGE AMI-ID" a line when several images are asked for.
+    let amis: Vec<String> = stdout(&out)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .collect();
+    assert_eq!(amis.len(), 2, "{}", stdout(&out));
+    assert!(amis.iter().all(|a| a.starts_with("ami-")), "{amis:?}");
     assert_eq!(
         lab.calls("CreateNatGateway").await,
         1,
@@ -709,5 +734,247 @@ async fn a_route_table_with_its_own_default_route_is_refused_at_preflight_with_n
     assert_eq!(
         default_route_of(&lab, &table).await.as_deref(),
         Some(nat.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_creator_that_loses_the_route_race_joins_the_winner_and_removes_its_own_gateway() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    // Gateways take 4 s to become available: long enough for the other process to route first.
+    lab.control("latency", serde_json::json!({ "nat_gateway_available": 4 }))
+        .await;
+    let clients = lab.clients().await;
+    let net = Network::create(&lab, "egress-race", 77).await;
+    let builder = subnet(&clients, &net.private_subnet).await;
+    let plan = egress::plan(&clients, &builder, None).await.unwrap();
+    let loser = {
+        let clients = clients.clone();
+        let plan = plan.clone();
+        tokio::spawn(async move { take(&clients, &plan).await })
+    };
+    // Another bake process creates its gateway at the same time and routes first.
+    let other_run = "20261124t000000-0a0b0c";
+    let address = lab
+        .ec2
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .send()
+        .await
+        .unwrap();
+    let joined = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let tags = aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::Natgateway)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("bake:egress")
+                .value(&net.private_table)
+                .build(),
+        )
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key(format!("bake:egress-user:{other_run}"))
+                .value(&joined)
+                .build(),
+        )
+        .build();
+    let winner = lab
+        .ec2
+        .create_nat_gateway()
+        .subnet_id(&net.public_subnet)
+        .allocation_id(address.allocation_id().unwrap())
+        .tag_specifications(tags)
+        .send()
+        .await
+        .unwrap()
+        .nat_gateway
+        .unwrap()
+        .nat_gateway_id
+        .unwrap();
+    lab.wait_for("the other gateway", Duration::from_secs(60), || async {
+        let out = lab
+            .ec2
+            .describe_nat_gateways()
+            .nat_gateway_ids(&winner)
+            .send()
+            .await
+            .unwrap();
+        out.nat_gateways()[0].state().map(|s| s.as_str()) == Some("available")
+    })
+    .await;
+    assert!(!loser.is_finished(), "its own gateway is still pending");
+    lab.ec2
+        .create_route()
+        .route_table_id(&net.private_table)
+        .destination_cidr_block("0.0.0.0/0")
+        .nat_gateway_id(&winner)
+        .send()
+        .await
+        .unwrap();
+
+    let (janitor, nat) = loser.await.unwrap();
+    assert_eq!(nat, winner, "the loser sends through the winner's gateway");
+    assert_eq!(
+        net.default_route(&lab).await.as_deref(),
+        Some(winner.as_str())
+    );
+    let all = lab.ec2.describe_nat_gateways().send().await.unwrap();
+    let own: Vec<(String, String)> = all
+        .nat_gateways()
+        .iter()
+        .filter(|n| n.nat_gateway_id() != Some(winner.as_str()))
+        .filter(|n| n.tags().iter().any(|t| t.key() == Some("bake:egress")))
+        .map(|n| {
+            (
+                n.nat_gateway_id().unwrap().to_owned(),
+                n.state().unwrap().as_str().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert_eq!(own[0].1, "deleted", "its own gateway is removed: {own:?}");
+    assert_eq!(
+        bake_addresses(&lab).await,
+        Vec::<String>::new(),
+        "its own address is released (the winner's carries no bake tag here)"
+    );
+    // The loser leaves: the other process still uses the gateway.
+    let removed = janitor.clean_recorded().await.unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(
+        net.default_route(&lab).await.as_deref(),
+        Some(winner.as_str())
+    );
+}
+
+/// EC2 clients answered by `rules` (aws-smithy-mocks), for answers the lab does not give.
+fn mocked(rules: &[&aws_smithy_mocks::Rule]) -> Clients {
+    use aws_smithy_mocks::{MockResponseInterceptor, RuleMode, create_mock_http_client};
+    let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+    for rule in rules {
+        interceptor = interceptor.with_rule(rule);
+    }
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("ap-northeast-2"))
+        .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
+            aws_sdk_ec2::config::Credentials::new("test", "test", None, None, "mock"),
+        ))
+        .http_client(create_mock_http_client())
+        .build();
+    let mut clients = Clients::from_sdk(&sdk);
+    clients.ec2 = aws_sdk_ec2::Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(&sdk)
+            .interceptor(interceptor)
+            .build(),
+    );
+    clients
+}
+
+#[tokio::test(start_paused = true)]
+async fn gc_releases_the_address_once_the_deleted_gateway_lets_go_of_it() {
+    use aws_sdk_ec2::error::ErrorMetadata;
+    use aws_sdk_ec2::operation::delete_nat_gateway::DeleteNatGatewayOutput;
+    use aws_sdk_ec2::operation::delete_route::DeleteRouteOutput;
+    use aws_sdk_ec2::operation::describe_addresses::DescribeAddressesOutput;
+    use aws_sdk_ec2::operation::describe_nat_gateways::DescribeNatGatewaysOutput;
+    use aws_sdk_ec2::operation::describe_route_tables::DescribeRouteTablesOutput;
+    use aws_sdk_ec2::operation::release_address::{ReleaseAddressError, ReleaseAddressOutput};
+    use aws_sdk_ec2::types::{
+        NatGateway, NatGatewayAddress, NatGatewayState, Route, RouteTable, Tag,
+    };
+    use aws_smithy_mocks::mock;
+
+    let gateway = |state: NatGatewayState| {
+        NatGateway::builder()
+            .nat_gateway_id("nat-1")
+            .state(state)
+            .nat_gateway_addresses(
+                NatGatewayAddress::builder()
+                    .allocation_id("eipalloc-1")
+                    .build(),
+            )
+            .tags(Tag::builder().key("bake:egress").value("rtb-1").build())
+            .tags(
+                Tag::builder()
+                    .key("bake:egress-user:20260101t000000-abcdef")
+                    .value("2026-01-01T00:00:00Z")
+                    .build(),
+            )
+            .build()
+    };
+    let listed = mock!(aws_sdk_ec2::Client::describe_nat_gateways)
+        .match_requests(|r| r.nat_gateway_ids().is_empty())
+        .then_output(move || {
+            DescribeNatGatewaysOutput::builder()
+                .nat_gateways(gateway(NatGatewayState::Available))
+                .build()
+        });
+    let watched = mock!(aws_sdk_ec2::Client::describe_nat_gateways)
+        .match_requests(|r| r.nat_gateway_ids() == ["nat-1"])
+        .then_output(move || {
+            DescribeNatGatewaysOutput::builder()
+                .nat_gateways(gateway(NatGatewayState::Deleted))
+                .build()
+        });
+    let table = mock!(aws_sdk_ec2::Client::describe_route_tables).then_output(|| {
+        DescribeRouteTablesOutput::builder()
+            .route_tables(
+                RouteTable::builder()
+                    .route_table_id("rtb-1")
+                    .routes(
+                        Route::builder()
+                            .destination_cidr_block("0.0.0.0/0")
+                            .nat_gateway_id("nat-1")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    });
+    let route = mock!(aws_sdk_ec2::Client::delete_route)
+        .then_output(|| DeleteRouteOutput::builder().build());
+    let delete = mock!(aws_sdk_ec2::Client::delete_nat_gateway).then_output(|| {
+        DeleteNatGatewayOutput::builder()
+            .nat_gateway_id("nat-1")
+            .build()
+    });
+    let in_use = || {
+        ReleaseAddressError::generic(
+            ErrorMetadata::builder()
+                .code("InvalidIPAddress.InUse")
+                .message("Address 100.64.0.9 is in use.")
+                .build(),
+        )
+    };
+    let release = mock!(aws_sdk_ec2::Client::release_address)
+        .sequence()
+        .error(in_use)
+        .times(2)
+        .output(|| ReleaseAddressOutput::builder().build())
+        .build();
+    let addresses = mock!(aws_sdk_ec2::Client::describe_addresses)
+        .then_output(|| DescribeAddressesOutput::builder().build());
+    let clients = mocked(&[
+        &listed, &watched, &table, &route, &delete, &release, &addresses,
+    ]);
+    let removed = egress::remove_left(&clients, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        removed,
+        vec![
+            Resource::Route("rtb-1".into()),
+            Resource::NatGateway("nat-1".into()),
+            Resource::Address("eipalloc-1".into()),
+        ]
+    );
+    assert_eq!(route.num_calls(), 1);
+    assert_eq!(delete.num_calls(), 1);
+    assert_eq!(
+        release.num_calls(),
+        3,
+        "asked again while the gateway held the address, not given up"
     );
 }

@@ -84,9 +84,10 @@ def latency(lab):
                                "vpc_endpoint_available": 2, "vpc_endpoint_deleted": 1})
 
 
-def nat_gateway(ec2, subnet: str) -> tuple[str, str]:
+def nat_gateway(ec2, subnet: str, tags: list[dict] | None = None) -> tuple[str, str]:
     allocation = ec2.allocate_address(Domain="vpc")["AllocationId"]
-    nat = ec2.create_nat_gateway(SubnetId=subnet, AllocationId=allocation)["NatGateway"]
+    spec = {"TagSpecifications": [{"ResourceType": "natgateway", "Tags": tags}]} if tags else {}
+    nat = ec2.create_nat_gateway(SubnetId=subnet, AllocationId=allocation, **spec)["NatGateway"]
     assert nat["State"] == "pending"
     return nat["NatGatewayId"], allocation
 
@@ -133,8 +134,10 @@ def test_a_nat_gateway_is_pending_then_available_and_holds_its_address_until_del
     public01 = named(ec2, "subnet", "my-subnet-public01")
     private = named(ec2, "route-table", "my-route-private")
     started = time.monotonic()
-    nat_id, allocation = nat_gateway(ec2, public01)
+    nat_id, allocation = nat_gateway(ec2, public01, tags=[{"Key": "bake:run-id", "Value": "lab-test"}])
     assert nat_state(ec2, nat_id) == "pending"
+    tagged = ec2.describe_nat_gateways(Filters=[{"Name": "tag:bake:run-id", "Values": ["lab-test"]}])
+    assert [n["NatGatewayId"] for n in tagged["NatGateways"]] == [nat_id], "tag filters select"
     assert code(ec2.release_address, AllocationId=allocation) == "InvalidIPAddress.InUse"
     # A route to a pending gateway is accepted (it carries traffic once the gateway is available).
     ec2.create_route(RouteTableId=private, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat_id)

@@ -8,6 +8,7 @@ from moto.core.utils import utcnow
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import EC2Backend, elastic_ip_addresses
 from moto.ec2.models.route_tables import Route
+from moto.ec2.utils import tag_filter_matches
 
 from .. import consistency
 from ..patching import replace, wrap
@@ -80,6 +81,17 @@ def install(lab) -> None:
         nat.state = "deleted"  # stays listed, as EC2 lists deleted gateways for about an hour
         lab.sync_security_groups()
 
+    def describe_nat_gateways(original):
+        def patched(backend, filters, nat_gateway_ids):
+            found = original(backend, filters, nat_gateway_ids)
+            # moto ignores tag filters here (it would list every gateway); EC2 takes tag:KEY, tag-key, tag-value.
+            for name, values in (filters or {}).items():
+                if name.startswith("tag:") or name in ("tag-key", "tag-value"):
+                    found = [n for n in found if tag_filter_matches(n, name, values)]
+            return found
+        return patched
+
+    replace(EC2Backend, "describe_nat_gateways", describe_nat_gateways)
     replace(EC2Backend, "create_nat_gateway", create_nat_gateway)
     replace(EC2Backend, "delete_nat_gateway", delete_nat_gateway)
 
