@@ -29,8 +29,7 @@
 //! - `bake gc` removes a gateway whose users all joined before its cutoff (the rule it uses for
 //!   builders: `--ttl` longer than any bake), so `--ttl 0s` takes a gateway from a live bake too.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::{
@@ -38,6 +37,7 @@ use aws_sdk_ec2::types::{
 };
 use futures_util::future::BoxFuture;
 
+use super::share::{self, Locks, Users, tag_value};
 use crate::aws::{self, CallError, Clients, Settle};
 use crate::config::ResourceRef;
 use crate::janitor::{Hold, Janitor, Left, Resource};
@@ -82,6 +82,14 @@ const NEW_NAT: Settle = Settle::new(
     &["NatGatewayNotFound", "InvalidNatGatewayID.NotFound"],
     Duration::from_secs(120),
 );
+/// The gateway's users: `bake:egress-user:<run-id>`; an untag asks again while EC2 does not know
+/// a gateway just created.
+const USERS: Users = Users {
+    prefix: tags::EGRESS_USER_PREFIX,
+    kind: "NAT gateway",
+    settle: NEW_NAT,
+    gone: NEW_NAT.codes,
+};
 /// CreateRoute right after the gateway became available may not know it yet.
 const NAT_FOR_ROUTE: Settle = Settle::new(
     "EC2 to accept the new NAT gateway as a route target",
@@ -312,32 +320,6 @@ fn is_ours(nat: &NatGateway, table: &str) -> bool {
     tag_value(nat.tags(), tags::EGRESS) == Some(table)
 }
 
-fn tag_value<'a>(all: &'a [Tag], key: &str) -> Option<&'a str> {
-    all.iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
-}
-
-/// The runs tagged as users of a gateway, with when each joined.
-fn users(nat: &NatGateway) -> Vec<(String, Option<SystemTime>)> {
-    nat.tags()
-        .iter()
-        .filter_map(|t| {
-            let run = t.key()?.strip_prefix(tags::EGRESS_USER_PREFIX)?;
-            let joined = t.value().and_then(|v| humantime::parse_rfc3339(v).ok());
-            Some((run.to_owned(), joined))
-        })
-        .collect()
-}
-
-fn user_key(run_id: &str) -> String {
-    format!("{}{run_id}", tags::EGRESS_USER_PREFIX)
-}
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
-
 fn state_of(nat: &NatGateway) -> &str {
     nat.state().map_or("unknown", NatGatewayState::as_str)
 }
@@ -348,6 +330,14 @@ fn is_live(nat: &NatGateway) -> bool {
         nat.state(),
         Some(NatGatewayState::Pending | NatGatewayState::Available)
     )
+}
+
+/// Whether `nat` is one of bake's temporary gateways (it goes when its bake ends: no path for
+/// anything else to rely on); false when EC2 does not know it.
+pub(super) async fn is_bakes(clients: &Clients, nat: &str) -> Result<bool, CallError> {
+    Ok(describe_nat(clients, nat)
+        .await?
+        .is_some_and(|n| tag_value(n.tags(), tags::EGRESS).is_some()))
 }
 
 /// The gateway, or None when EC2 does not know it.
@@ -386,18 +376,8 @@ async fn read_table(
         })
 }
 
-/// The in-process lock for a route table: takes and releases on one table by bakes of this
-/// process run one at a time (other processes are handled by the tag protocol).
-fn table_lock(table: &str) -> Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: OnceLock<Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
-    LOCKS
-        .get_or_init(Default::default)
-        .lock()
-        .expect("egress locks")
-        .entry(table.to_owned())
-        .or_default()
-        .clone()
-}
+/// The in-process locks, one per route table.
+static TABLE_LOCKS: Locks = Locks::new();
 
 /// One bake's share of the temporary NAT: what it created and which gateways it is a user of,
 /// for the janitor to give back ([`Hold`]).
@@ -434,7 +414,7 @@ pub async fn take(
         taken: Mutex::new(Taken::default()),
     });
     janitor.hold(lease.clone());
-    let lock = table_lock(&plan.table);
+    let lock = TABLE_LOCKS.of(&plan.table);
     let _guard = lock.lock().await;
     let mut last = String::new();
     for _ in 0..TAKE_ROUNDS {
@@ -524,7 +504,7 @@ impl Lease {
         let allocation = address.allocation_id().unwrap_or_default().to_owned();
         tracing::debug!(%allocation, run_id = %self.run_id, "allocated");
         let mut nat_tags = egress_tags;
-        nat_tags.push(tags::tag(&user_key(&self.run_id), &now_rfc3339()));
+        nat_tags.push(USERS.tag(&self.run_id));
         // The ClientToken makes a repeat of this request (after a cancelled run) answer the same
         // gateway instead of a second one; 64 ASCII characters at most.
         let token = format!("bake-egress-{}", self.run_id);
@@ -611,23 +591,13 @@ impl Lease {
         let clients = &self.clients;
         let id = nat.nat_gateway_id().unwrap_or_default().to_owned();
         self.taken().using.push(id.clone());
-        let key = user_key(&self.run_id);
-        let tag = clients
-            .ec2
-            .create_tags()
-            .resources(&id)
-            .tags(tags::tag(&key, &now_rfc3339()));
-        clients
-            .call(|| tag.clone().send())
-            .settle(&aws::THROTTLE_BURST)
-            .or_fail(|| format!("tag NAT gateway {id} as used by run {}", self.run_id))
-            .await?;
+        USERS.join(clients, &id, &self.run_id).await?;
         let now = describe_nat(clients, &id).await?;
         let closing = now
             .as_ref()
             .is_none_or(|n| !is_live(n) || tag_value(n.tags(), tags::EGRESS_CLOSING).is_some());
         if closing {
-            untag_user(clients, &id, &self.run_id).await?;
+            USERS.leave(clients, &id, &self.run_id).await?;
             self.taken().using.retain(|n| *n != id);
             wait_route_gone(clients, &self.table, &id).await?;
             return Ok(Joined::Closing);
@@ -664,7 +634,7 @@ impl Lease {
         let clients = &self.clients;
         let mut removed = Vec::new();
         let mut left = Vec::new();
-        let lock = table_lock(&self.table);
+        let lock = TABLE_LOCKS.of(&self.table);
         let _guard = lock.lock().await;
         let creating = self.taken().creating.take();
         if let Some(request) = creating {
@@ -708,11 +678,7 @@ impl Lease {
                 reason: e.to_string(),
             }),
         }
-        if left.is_empty() {
-            Ok(removed)
-        } else {
-            Err(left)
-        }
+        share::outcome(removed, left)
     }
 }
 
@@ -733,7 +699,8 @@ async fn leave(
     run_id: &str,
     removed: &mut Vec<Resource>,
 ) -> Result<(), String> {
-    untag_user(clients, nat, run_id)
+    USERS
+        .leave(clients, nat, run_id)
         .await
         .map_err(|e| e.to_string())?;
     let Some(found) = describe_settled(clients, nat).await? else {
@@ -744,7 +711,7 @@ async fn leave(
         remove_route(clients, table, nat, removed).await?;
         return Ok(());
     }
-    let others = |n: &NatGateway| users(n).into_iter().any(|(r, _)| r != run_id);
+    let others = |n: &NatGateway| USERS.of(n.tags()).into_iter().any(|(r, _)| r != run_id);
     if others(&found) {
         tracing::debug!(%nat, "other bakes still use it");
         return Ok(());
@@ -884,23 +851,6 @@ async fn release_address(clients: &Clients, allocation: &str) -> Result<(), Stri
         Err(e) if e.is(&["InvalidAllocationID.NotFound"]) => Ok(()),
         Err(e) => Err(format!("ReleaseAddress {allocation}: {}", e.describe())),
     }
-}
-
-/// Removes this run's user tag from a gateway (gone already is fine).
-async fn untag_user(clients: &Clients, nat: &str, run_id: &str) -> Result<(), CallError> {
-    let untag = clients
-        .ec2
-        .delete_tags()
-        .resources(nat)
-        .tags(Tag::builder().key(user_key(run_id)).build());
-    clients
-        .call(|| untag.clone().send())
-        .settle(&NEW_NAT)
-        .or_none(NEW_NAT.codes, || {
-            format!("remove run {run_id}'s tag from NAT gateway {nat}")
-        })
-        .await
-        .map(|_| ())
 }
 
 /// Releases bake's temporary-NAT addresses that no live gateway holds: one run's (`run`), or
@@ -1217,7 +1167,7 @@ async fn left_gateways(
         .into_iter()
         .filter(is_live)
         .filter(|n| {
-            let users = users(n);
+            let users = USERS.of(n.tags());
             if users.is_empty() {
                 tag_value(n.tags(), tags::CREATED)
                     .and_then(|v| humantime::parse_rfc3339(v).ok())
@@ -1254,7 +1204,7 @@ pub async fn remove_left(
         let Some(table) = tag_value(nat.tags(), tags::EGRESS) else {
             continue;
         };
-        let lock = table_lock(table);
+        let lock = TABLE_LOCKS.of(table);
         let _guard = lock.lock().await;
         if let Err(reason) = remove_gateway(clients, table, nat, &mut removed).await {
             left.push(Left {
@@ -1267,11 +1217,7 @@ pub async fn remove_left(
         Ok(stuck) => left.extend(stuck),
         Err(e) => left.extend(failed("(addresses)", e)),
     }
-    if left.is_empty() {
-        Ok(removed)
-    } else {
-        Err(left)
-    }
+    share::outcome(removed, left)
 }
 
 #[cfg(test)]
@@ -1331,13 +1277,13 @@ mod tests {
         let nat = NatGateway::builder()
             .nat_gateway_id("nat-1")
             .tags(tags::tag(tags::EGRESS, "rtb-1"))
-            .tags(tags::tag(&user_key("r1"), "2026-11-24T00:00:00Z"))
-            .tags(tags::tag(&user_key("r2"), "not a time"))
+            .tags(tags::tag(&USERS.key("r1"), "2026-11-24T00:00:00Z"))
+            .tags(tags::tag(&USERS.key("r2"), "not a time"))
             .tags(tags::tag(tags::RUN_ID, "r1"))
             .build();
         assert!(is_ours(&nat, "rtb-1"));
         assert!(!is_ours(&nat, "rtb-2"));
-        let users = users(&nat);
+        let users = USERS.of(nat.tags());
         assert_eq!(users.len(), 2, "{users:?}");
         assert_eq!(users[0].0, "r1");
         assert!(users[0].1.is_some());

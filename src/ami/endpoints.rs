@@ -21,8 +21,7 @@
 //! run gives its share back (and before a builder's group is deleted, by the janitor, which
 //! revokes rules in bake's groups that name it).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::{
@@ -30,6 +29,7 @@ use aws_sdk_ec2::types::{
 };
 use futures_util::future::BoxFuture;
 
+use super::share::{self, Locks, Users, tag_value};
 use crate::aws::{self, CallError, Clients};
 use crate::janitor::{Hold, Janitor, Left, Resource, revoke_rules_from};
 use crate::output::Progress;
@@ -70,6 +70,13 @@ const NEW_ENDPOINT_ID: aws::Settle = aws::Settle::new(
     &["InvalidVpcEndpointId.NotFound"],
     Duration::from_secs(30),
 );
+/// An endpoint's users: `bake:endpoint-user:<run-id>`; an endpoint gone is one untagged.
+const USERS: Users = Users {
+    prefix: tags::ENDPOINT_USER_PREFIX,
+    kind: "VPC endpoint",
+    settle: aws::THROTTLE_BURST,
+    gone: &["InvalidVpcEndpointId.NotFound"],
+};
 /// How often a take starts over when an endpoint it joined disappeared (another process's last
 /// user deleted it): each round changes who holds it, so three mean something keeps changing it.
 const TAKE_ROUNDS: usize = 3;
@@ -112,7 +119,7 @@ pub async fn missing(
     routing: &Routing,
 ) -> Result<Vec<String>, CallError> {
     if let Some(DefaultRoute::NatGateway(nat)) = &routing.default_route
-        && !bakes_own_nat(clients, nat).await?
+        && !super::egress::is_bakes(clients, nat).await?
     {
         return Ok(Vec::new());
     }
@@ -127,24 +134,6 @@ pub async fn missing(
         })
         .map(|s| (*s).to_owned())
         .collect())
-}
-
-/// A NAT gateway bake made for `egress = "nat"` (it goes when the bake ends: no path to rely on).
-async fn bakes_own_nat(clients: &Clients, nat: &str) -> Result<bool, CallError> {
-    let request = clients.ec2.describe_nat_gateways().nat_gateway_ids(nat);
-    let out = clients
-        .call(|| request.clone().send())
-        .settle(&aws::THROTTLE_BURST)
-        .or_none(
-            &["NatGatewayNotFound", "InvalidNatGatewayID.NotFound"],
-            || format!("describe NAT gateway {nat}"),
-        )
-        .await?;
-    Ok(out.is_some_and(|o| {
-        o.nat_gateways()
-            .iter()
-            .any(|n| n.tags().iter().any(|t| t.key() == Some(tags::EGRESS)))
-    }))
 }
 
 /// The VPC's interface endpoints for the SSM services, in any state.
@@ -188,39 +177,8 @@ fn is(e: &VpcEndpoint, states: &[&str]) -> bool {
         .is_some_and(|s| states.contains(&s.as_str().to_ascii_lowercase().as_str()))
 }
 
-fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
-    tags.iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
-}
-
-/// The runs using an endpoint bake made, with when they joined.
-fn users(e: &VpcEndpoint) -> Vec<(String, Option<SystemTime>)> {
-    e.tags()
-        .iter()
-        .filter_map(|t| {
-            let run = t.key()?.strip_prefix(tags::ENDPOINT_USER_PREFIX)?;
-            let at = t.value().and_then(|v| humantime::parse_rfc3339(v).ok());
-            Some((run.to_owned(), at))
-        })
-        .collect()
-}
-
-fn user_key(run_id: &str) -> String {
-    format!("{}{run_id}", tags::ENDPOINT_USER_PREFIX)
-}
-
-/// The in-process lock for a VPC's endpoints.
-fn vpc_lock(vpc: &str) -> Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: OnceLock<Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
-    LOCKS
-        .get_or_init(Default::default)
-        .lock()
-        .expect("endpoint locks")
-        .entry(vpc.to_owned())
-        .or_default()
-        .clone()
-}
+/// The in-process locks for the endpoints, one per VPC.
+static VPC_LOCKS: Locks = Locks::new();
 
 /// One bake's share of the VPC's endpoints, for the janitor to give back ([`Hold`]).
 pub struct Share {
@@ -264,7 +222,7 @@ pub async fn take(
         plan.vpc,
         SERVICES.join(", ")
     ));
-    let lock = vpc_lock(&plan.vpc);
+    let lock = VPC_LOCKS.of(&plan.vpc);
     let ids = {
         let _guard = lock.lock().await;
         let mut round = 0;
@@ -329,19 +287,7 @@ impl Share {
             .expect("share lock")
             .using
             .push(id.to_owned());
-        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        let request = self
-            .clients
-            .ec2
-            .create_tags()
-            .resources(id)
-            .tags(tags::tag(&user_key(&self.run_id), &now));
-        self.clients
-            .call(|| request.clone().send())
-            .settle(&aws::THROTTLE_BURST)
-            .or_fail(|| format!("tag VPC endpoint {id} as used by run {}", self.run_id))
-            .await?;
-        Ok(())
+        USERS.join(&self.clients, id, &self.run_id).await
     }
 
     /// The endpoints' group (found by its tag, else created) with 443 open to this run's builder
@@ -469,7 +415,7 @@ impl Share {
     /// deletes what no run uses any more.
     async fn give_back(&self) -> Result<Vec<Resource>, Vec<Left>> {
         let taken = self.taken.lock().expect("share lock").clone();
-        let lock = vpc_lock(&self.vpc);
+        let lock = VPC_LOCKS.of(&self.vpc);
         let _guard = lock.lock().await;
         let mut left = Vec::new();
         let group = match &taken.group {
@@ -485,21 +431,7 @@ impl Share {
             });
         }
         for id in &taken.using {
-            let request = self
-                .clients
-                .ec2
-                .delete_tags()
-                .resources(id)
-                .tags(Tag::builder().key(user_key(&self.run_id)).build());
-            let untagged = self
-                .clients
-                .call(|| request.clone().send())
-                .settle(&aws::THROTTLE_BURST)
-                .or_none(&["InvalidVpcEndpointId.NotFound"], || {
-                    format!("untag VPC endpoint {id}")
-                })
-                .await;
-            if let Err(e) = untagged {
+            if let Err(e) = USERS.leave(&self.clients, id, &self.run_id).await {
                 left.push(Left {
                     resource: Resource::VpcEndpoint(id.clone()),
                     reason: e.to_string(),
@@ -514,11 +446,7 @@ impl Share {
                 reason: e.to_string(),
             }),
         }
-        if left.is_empty() {
-            Ok(removed)
-        } else {
-            Err(left)
-        }
+        share::outcome(removed, left)
     }
 }
 
@@ -539,8 +467,7 @@ fn shared_tags(run_tags: &[Tag], vpc: &str, user: Option<&str>) -> Vec<Tag> {
         .collect();
     out.push(tags::tag(tags::ENDPOINT, vpc));
     if let Some(run) = user {
-        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        out.push(tags::tag(&user_key(run), &now));
+        out.push(USERS.tag(run));
     }
     out
 }
@@ -746,7 +673,7 @@ async fn remove_unused(
     let unused: Vec<String> = ours
         .iter()
         .filter(|e| {
-            let users = users(e);
+            let users = USERS.of(e.tags());
             match cutoff {
                 None => users.is_empty(),
                 Some(cutoff) => users.iter().all(|(_, at)| at.is_none_or(|at| at < cutoff)),
@@ -907,7 +834,8 @@ pub async fn find_left(clients: &Clients, cutoff: SystemTime) -> Result<Vec<Reso
             .filter(|e| !is(e, &["deleted"]))
             .collect();
         let (old, live): (Vec<&VpcEndpoint>, Vec<&VpcEndpoint>) = ours.iter().partition(|e| {
-            users(e)
+            USERS
+                .of(e.tags())
                 .iter()
                 .all(|(_, at)| at.is_none_or(|at| at < cutoff))
         });
@@ -940,7 +868,7 @@ pub async fn remove_left(
     let mut removed = Vec::new();
     let mut left = Vec::new();
     for vpc in vpcs {
-        let lock = vpc_lock(&vpc);
+        let lock = VPC_LOCKS.of(&vpc);
         let _guard = lock.lock().await;
         match remove_unused(clients, &vpc, &[], Some(cutoff), &mut removed).await {
             Ok(stuck) => left.extend(stuck),
@@ -950,11 +878,7 @@ pub async fn remove_left(
             }),
         }
     }
-    if left.is_empty() {
-        Ok(removed)
-    } else {
-        Err(left)
-    }
+    share::outcome(removed, left)
 }
 
 #[cfg(test)]
@@ -998,7 +922,7 @@ mod tests {
                 ("Name", "bake ssm endpoint"),
             ],
         );
-        let users = users(&e);
+        let users = USERS.of(e.tags());
         assert_eq!(users.len(), 1);
         assert_eq!(users[0].0, "20261124t001500-abcdef");
         assert_eq!(
