@@ -671,13 +671,10 @@ impl Lease {
         }
         // Addresses this run allocated that no gateway holds (the run stopped before, or its
         // gateway failed): found by tag, so one allocated by a request in flight is found too.
-        match release_unused(clients, Some(&self.run_id), None, &mut removed).await {
-            Ok(stuck) => left.extend(stuck),
-            Err(e) => left.push(Left {
-                resource: Resource::Address(format!("(of run {})", self.run_id)),
-                reason: e.to_string(),
-            }),
-        }
+        let swept = release_unused(clients, Some(&self.run_id), None, &mut removed).await;
+        share::gather(&mut left, swept, || {
+            Resource::Address(format!("(of run {})", self.run_id))
+        });
         share::outcome(removed, left)
     }
 }
@@ -1213,10 +1210,10 @@ pub async fn remove_left(
             });
         }
     }
-    match release_unused(clients, None, Some(cutoff), &mut removed).await {
-        Ok(stuck) => left.extend(stuck),
-        Err(e) => left.extend(failed("(addresses)", e)),
-    }
+    let swept = release_unused(clients, None, Some(cutoff), &mut removed).await;
+    share::gather(&mut left, swept, || {
+        Resource::NatGateway("(addresses)".to_owned())
+    });
     share::outcome(removed, left)
 }
 

@@ -439,13 +439,10 @@ impl Share {
             }
         }
         let mut removed = Vec::new();
-        match remove_unused(&self.clients, &self.vpc, &taken.using, None, &mut removed).await {
-            Ok(stuck) => left.extend(stuck),
-            Err(e) => left.push(Left {
-                resource: Resource::VpcEndpoint(format!("(VPC {})", self.vpc)),
-                reason: e.to_string(),
-            }),
-        }
+        let swept = remove_unused(&self.clients, &self.vpc, &taken.using, None, &mut removed).await;
+        share::gather(&mut left, swept, || {
+            Resource::VpcEndpoint(format!("(VPC {})", self.vpc))
+        });
         share::outcome(removed, left)
     }
 }
@@ -870,13 +867,10 @@ pub async fn remove_left(
     for vpc in vpcs {
         let lock = VPC_LOCKS.of(&vpc);
         let _guard = lock.lock().await;
-        match remove_unused(clients, &vpc, &[], Some(cutoff), &mut removed).await {
-            Ok(stuck) => left.extend(stuck),
-            Err(e) => left.push(Left {
-                resource: Resource::VpcEndpoint(format!("(VPC {vpc})")),
-                reason: e.to_string(),
-            }),
-        }
+        let swept = remove_unused(clients, &vpc, &[], Some(cutoff), &mut removed).await;
+        share::gather(&mut left, swept, || {
+            Resource::VpcEndpoint(format!("(VPC {vpc})"))
+        });
     }
     share::outcome(removed, left)
 }

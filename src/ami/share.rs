@@ -115,6 +115,22 @@ impl Locks {
     }
 }
 
+/// Adds what a sweep could not remove to `left`; a sweep that could not even list what to remove
+/// leaves `looked` (a placeholder naming where it looked).
+pub fn gather(
+    left: &mut Vec<Left>,
+    swept: Result<Vec<Left>, CallError>,
+    looked: impl FnOnce() -> Resource,
+) {
+    match swept {
+        Ok(stuck) => left.extend(stuck),
+        Err(e) => left.push(Left {
+            resource: looked(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
 /// A release's answer: what it removed, or what is left and why.
 pub fn outcome(removed: Vec<Resource>, left: Vec<Left>) -> Result<Vec<Resource>, Vec<Left>> {
     if left.is_empty() {
