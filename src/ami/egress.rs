@@ -960,42 +960,25 @@ async fn live_gateways(clients: &Clients) -> Result<Vec<NatGateway>, CallError> 
 /// Waits until the gateway is available; `failed` ends the wait with AWS's reason.
 async fn wait_available(clients: &Clients, nat: &str, progress: &Progress) -> Result<(), Error> {
     progress.step(format!("waiting for NAT gateway {nat} to be available"));
-    let result = poll::until(
-        &format!("waiting for NAT gateway {nat} to be available"),
-        poll::deadline(AVAILABLE_TIMEOUT),
-        NAT_SCHEDULE,
-        |_| {},
-        || async {
-            let out = clients
-                .ec2
-                .describe_nat_gateways()
-                .nat_gateway_ids(nat)
-                .send()
-                .await;
-            let out = match out {
-                Ok(out) => out,
-                Err(e) if aws::code(&e).is_some_and(|c| NEW_NAT.codes.contains(&c)) => {
-                    return Check::Pending(aws::describe(&e));
-                }
-                Err(e) => return aws::unless_transient(&e, aws::describe),
-            };
-            let Some(found) = out.nat_gateways().first() else {
-                return Check::Pending("not listed yet".into());
-            };
-            match found.state() {
-                Some(NatGatewayState::Available) => Check::Ready(()),
-                Some(NatGatewayState::Pending) => Check::Pending("pending".into()),
-                _ => Check::Failed(format!(
-                    "is {} ({})",
-                    state_of(found),
-                    found
-                        .failure_message()
-                        .or(found.failure_code())
-                        .unwrap_or("no reason given")
-                )),
-            }
-        },
-    )
+    let result = watch(clients, nat, "available", AVAILABLE_TIMEOUT, |seen| {
+        let found = match seen {
+            Ok(Some(found)) => found,
+            Ok(None) => return Check::Pending("not listed yet".into()),
+            Err(unknown) => return Check::Pending(unknown),
+        };
+        match found.state() {
+            Some(NatGatewayState::Available) => Check::Ready(()),
+            Some(NatGatewayState::Pending) => Check::Pending("pending".into()),
+            _ => Check::Failed(format!(
+                "is {} ({})",
+                state_of(found),
+                found
+                    .failure_message()
+                    .or(found.failure_code())
+                    .unwrap_or("no reason given")
+            )),
+        }
+    })
     .await;
     result.map_err(|e| Error::Gateway {
         nat: nat.to_owned(),
@@ -1011,32 +994,18 @@ async fn wait_available(clients: &Clients, nat: &str, progress: &Progress) -> Re
 
 /// Waits until the gateway is deleted (AWS refuses to release its address before).
 async fn wait_deleted(clients: &Clients, nat: &str) -> Result<(), String> {
-    let result = poll::until(
-        &format!("waiting for NAT gateway {nat} to be deleted"),
-        poll::deadline(DELETED_TIMEOUT),
-        NAT_SCHEDULE,
-        |_| {},
-        || async {
-            let out = clients
-                .ec2
-                .describe_nat_gateways()
-                .nat_gateway_ids(nat)
-                .send()
-                .await;
-            let out = match out {
-                Ok(out) => out,
-                // Asked after DeleteNatGateway succeeded: EC2 knew it, so NotFound is gone.
-                Err(e) if aws::code(&e).is_some_and(|c| NEW_NAT.codes.contains(&c)) => {
-                    return Check::Ready(());
-                }
-                Err(e) => return aws::unless_transient(&e, aws::describe),
-            };
-            match out.nat_gateways().first().map(|n| n.state()) {
-                None | Some(Some(NatGatewayState::Deleted | NatGatewayState::Failed)) => {
-                    Check::Ready(())
-                }
-                Some(state) => Check::Pending(state.map_or("unknown", |s| s.as_str()).into()),
-            }
+    let result = watch(
+        clients,
+        nat,
+        "deleted",
+        DELETED_TIMEOUT,
+        |seen| match seen {
+            // Asked after DeleteNatGateway succeeded: EC2 knew it, so NotFound is gone.
+            Err(_) | Ok(None) => Check::Ready(()),
+            Ok(Some(n)) => match n.state() {
+                Some(NatGatewayState::Deleted | NatGatewayState::Failed) => Check::Ready(()),
+                state => Check::Pending(state.map_or("unknown", |s| s.as_str()).into()),
+            },
         },
     )
     .await;
@@ -1046,6 +1015,40 @@ async fn wait_deleted(clients: &Clients, nat: &str) -> Result<(), String> {
             format!("not deleted after {DELETED_TIMEOUT:?} ({last})")
         }
     })
+}
+
+/// Describes the gateway on [`NAT_SCHEDULE`] until `judge` ends the wait, or `timeout`. `judge`
+/// sees the gateway, `Ok(None)` when EC2 lists none, or `Err` with EC2's NotFound answer (a
+/// gateway just created, or just deleted); a throttle or 5xx answer is asked again.
+async fn watch(
+    clients: &Clients,
+    nat: &str,
+    goal: &str,
+    timeout: Duration,
+    judge: impl Fn(Result<Option<&NatGateway>, String>) -> Check<(), String>,
+) -> Result<(), PollError<String>> {
+    poll::until(
+        &format!("waiting for NAT gateway {nat} to be {goal}"),
+        poll::deadline(timeout),
+        NAT_SCHEDULE,
+        |_| {},
+        || async {
+            let out = clients
+                .ec2
+                .describe_nat_gateways()
+                .nat_gateway_ids(nat)
+                .send()
+                .await;
+            match out {
+                Ok(out) => judge(Ok(out.nat_gateways().first())),
+                Err(e) if aws::code(&e).is_some_and(|c| NEW_NAT.codes.contains(&c)) => {
+                    judge(Err(aws::describe(&e)))
+                }
+                Err(e) => aws::unless_transient(&e, aws::describe),
+            }
+        },
+    )
+    .await
 }
 
 /// Waits until the route table's default route no longer points at `nat` (its last user is
