@@ -1223,53 +1223,48 @@ pub async fn remove_left(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_ec2::types::builders::RouteBuilder;
     use aws_sdk_ec2::types::{Route, RouteTable};
 
-    fn table(route: Route) -> RouteTable {
-        RouteTable::builder()
+    /// The default route of a table with a local route and `route`.
+    fn read(route: RouteBuilder) -> Option<Target> {
+        let local = Route::builder()
+            .destination_cidr_block("10.20.0.0/16")
+            .gateway_id("local");
+        let table = RouteTable::builder()
             .route_table_id("rtb-1")
-            .routes(
-                Route::builder()
-                    .destination_cidr_block("10.20.0.0/16")
-                    .gateway_id("local")
-                    .build(),
-            )
-            .routes(route)
-            .build()
+            .routes(local.build())
+            .routes(route.build())
+            .build();
+        default_route(&table)
+    }
+
+    fn to_anywhere() -> RouteBuilder {
+        Route::builder().destination_cidr_block("0.0.0.0/0")
     }
 
     #[test]
     fn the_default_route_is_read_whatever_its_target() {
-        let nat = Route::builder()
-            .destination_cidr_block("0.0.0.0/0")
-            .nat_gateway_id("nat-1")
-            .build();
         assert_eq!(
-            default_route(&table(nat)),
+            read(to_anywhere().nat_gateway_id("nat-1")),
             Some(Target::Nat("nat-1".into()))
         );
-        let igw = Route::builder()
-            .destination_cidr_block("0.0.0.0/0")
-            .gateway_id("igw-1")
-            .state(RouteState::Blackhole)
-            .build();
         assert_eq!(
-            default_route(&table(igw)),
+            read(
+                to_anywhere()
+                    .gateway_id("igw-1")
+                    .state(RouteState::Blackhole)
+            ),
             Some(Target::Other("igw-1 (blackhole)".into()))
         );
-        let eni = Route::builder()
-            .destination_cidr_block("0.0.0.0/0")
-            .network_interface_id("eni-1")
-            .build();
         assert_eq!(
-            default_route(&table(eni)),
+            read(to_anywhere().network_interface_id("eni-1")),
             Some(Target::Other("eni-1".into()))
         );
-        let none = Route::builder()
+        let peering = Route::builder()
             .destination_cidr_block("10.30.0.0/16")
-            .gateway_id("pcx-1")
-            .build();
-        assert_eq!(default_route(&table(none)), None);
+            .gateway_id("pcx-1");
+        assert_eq!(read(peering), None);
     }
 
     #[test]
