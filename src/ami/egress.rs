@@ -32,13 +32,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
     ConnectivityType, DomainType, NatGateway, NatGatewayState, ResourceType, RouteState, Tag,
 };
 use futures_util::future::BoxFuture;
 
 use super::share::{self, Locks, Users, tag_value};
-use crate::aws::{self, CallError, Clients, Settle};
+use crate::aws::{self, CallError, Clients, Failed, Settle};
 use crate::config::ResourceRef;
 use crate::janitor::{Hold, Janitor, Left, Resource};
 use crate::output::Progress;
@@ -776,16 +777,12 @@ async fn remove_gateway(
     let id = nat.nat_gateway_id().unwrap_or_default();
     remove_route(clients, table, id, removed).await?;
     let delete = clients.ec2.delete_nat_gateway().nat_gateway_id(id);
-    match clients
+    let answer = clients
         .call(|| delete.clone().send())
         .settle(&NEW_NAT)
         .answer()
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if e.is(NEW_NAT.codes) => {}
-        Err(e) => return Err(format!("DeleteNatGateway: {}", e.describe())),
-    }
+        .await;
+    done_or_gone(answer, NEW_NAT.codes, || "DeleteNatGateway".into())?;
     wait_deleted(clients, id).await?;
     removed.push(Resource::NatGateway(id.to_owned()));
     for allocation in nat
@@ -817,36 +814,47 @@ async fn remove_route(
         .delete_route()
         .route_table_id(table)
         .destination_cidr_block(DEFAULT_ROUTE);
-    match clients
+    let answer = clients
         .call(|| delete.clone().send())
         .settle(&aws::THROTTLE_BURST)
         .answer()
-        .await
-    {
-        Ok(_) => {
-            removed.push(Resource::Route(table.to_owned()));
-            Ok(())
-        }
-        Err(e) if e.is(&["InvalidRoute.NotFound"]) => Ok(()),
-        Err(e) => Err(format!(
-            "DeleteRoute 0.0.0.0/0 in {table}: {}",
-            e.describe()
-        )),
+        .await;
+    if done_or_gone(answer, &["InvalidRoute.NotFound"], || {
+        format!("DeleteRoute 0.0.0.0/0 in {table}")
+    })? {
+        removed.push(Resource::Route(table.to_owned()));
     }
+    Ok(())
 }
 
 /// ReleaseAddress, asked again while the deleted gateway still holds it; NotFound is released.
 async fn release_address(clients: &Clients, allocation: &str) -> Result<(), String> {
     let release = clients.ec2.release_address().allocation_id(allocation);
-    match clients
+    let answer = clients
         .call(|| release.clone().send())
         .settle(&ADDRESS_RELEASE)
         .answer()
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.is(&["InvalidAllocationID.NotFound"]) => Ok(()),
-        Err(e) => Err(format!("ReleaseAddress {allocation}: {}", e.describe())),
+        .await;
+    done_or_gone(answer, &["InvalidAllocationID.NotFound"], || {
+        format!("ReleaseAddress {allocation}")
+    })
+    .map(|_| ())
+}
+
+/// A removal's answer: done (true), or gone already (one of `gone`: false); a refusal reads
+/// "`request`: AWS's code and message".
+fn done_or_gone<T, E>(
+    answer: Result<T, Failed<E>>,
+    gone: &[&str],
+    request: impl FnOnce() -> String,
+) -> Result<bool, String>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match answer {
+        Ok(_) => Ok(true),
+        Err(e) if e.is(gone) => Ok(false),
+        Err(e) => Err(format!("{}: {}", request(), e.describe())),
     }
 }
 
