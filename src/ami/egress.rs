@@ -34,7 +34,8 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    ConnectivityType, DomainType, NatGateway, NatGatewayState, ResourceType, RouteState, Tag,
+    Address, ConnectivityType, DomainType, NatGateway, NatGatewayState, ResourceType, RouteState,
+    Tag,
 };
 use futures_util::future::BoxFuture;
 
@@ -866,41 +867,12 @@ async fn release_unused(
     cutoff: Option<SystemTime>,
     removed: &mut Vec<Resource>,
 ) -> Result<Vec<Left>, CallError> {
-    let mut filters = vec![filter("tag-key", tags::EGRESS)];
-    if let Some(run) = run {
-        filters.push(tags::filter(tags::RUN_ID, run));
-    }
-    let request = clients.ec2.describe_addresses().set_filters(Some(filters));
-    let addresses = clients
-        .call(|| request.clone().send())
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| "list bake's Elastic IPs".into())
-        .await?
-        .addresses
-        .unwrap_or_default();
-    let mut candidates: Vec<&aws_sdk_ec2::types::Address> = addresses
-        .iter()
-        .filter(|a| tag_value(a.tags(), tags::EGRESS).is_some())
-        .filter(|a| run.is_none_or(|r| tag_value(a.tags(), tags::RUN_ID) == Some(r)))
-        .filter(|a| {
-            let created =
-                tag_value(a.tags(), tags::CREATED).and_then(|v| humantime::parse_rfc3339(v).ok());
-            match (cutoff, created) {
-                (None, _) => true,
-                (Some(cutoff), Some(created)) => created <= cutoff,
-                (Some(_), None) => false,
-            }
-        })
-        .collect();
+    let mut candidates = addresses(clients, run).await?;
+    candidates.retain(|a| cutoff.is_none_or(|c| allocated_by(a, c)));
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    let held: Vec<String> = live_gateways(clients)
-        .await?
-        .iter()
-        .flat_map(|n| n.nat_gateway_addresses())
-        .filter_map(|a| a.allocation_id().map(str::to_owned))
-        .collect();
+    let held = held_addresses(clients).await?;
     candidates.retain(|a| {
         a.allocation_id()
             .is_some_and(|id| !held.iter().any(|h| h == id))
@@ -917,6 +889,45 @@ async fn release_unused(
         }
     }
     Ok(left)
+}
+
+/// bake's temporary-NAT Elastic IPs (tagged `bake:egress`; the tag is checked here too), one
+/// run's when `run` is given.
+async fn addresses(clients: &Clients, run: Option<&str>) -> Result<Vec<Address>, CallError> {
+    let mut filters = vec![filter("tag-key", tags::EGRESS)];
+    if let Some(run) = run {
+        filters.push(tags::filter(tags::RUN_ID, run));
+    }
+    let request = clients.ec2.describe_addresses().set_filters(Some(filters));
+    let addresses = clients
+        .call(|| request.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| "list bake's Elastic IPs".into())
+        .await?
+        .addresses
+        .unwrap_or_default();
+    Ok(addresses
+        .into_iter()
+        .filter(|a| tag_value(a.tags(), tags::EGRESS).is_some())
+        .filter(|a| run.is_none_or(|r| tag_value(a.tags(), tags::RUN_ID) == Some(r)))
+        .collect())
+}
+
+/// Whether the address's `bake:created` tag is at or before `cutoff` (no such tag: not).
+fn allocated_by(address: &Address, cutoff: SystemTime) -> bool {
+    tag_value(address.tags(), tags::CREATED)
+        .and_then(|v| humantime::parse_rfc3339(v).ok())
+        .is_some_and(|created| created <= cutoff)
+}
+
+/// The allocation ids bake's live (or deleting) gateways hold.
+async fn held_addresses(clients: &Clients) -> Result<Vec<String>, CallError> {
+    Ok(live_gateways(clients)
+        .await?
+        .iter()
+        .flat_map(|n| n.nat_gateway_addresses())
+        .filter_map(|a| a.allocation_id().map(str::to_owned))
+        .collect())
 }
 
 /// bake's temporary gateways that are pending, available or being deleted (they still hold
@@ -1131,29 +1142,10 @@ pub async fn find_left(clients: &Clients, cutoff: SystemTime) -> Result<Vec<Reso
                 .map(|a| Resource::Address(a.to_owned())),
         );
     }
-    let held: Vec<String> = live_gateways(clients)
-        .await?
-        .iter()
-        .flat_map(|n| n.nat_gateway_addresses())
-        .filter_map(|a| a.allocation_id().map(str::to_owned))
-        .collect();
-    let request = clients
-        .ec2
-        .describe_addresses()
-        .filters(filter("tag-key", tags::EGRESS));
-    let addresses = clients
-        .call(|| request.clone().send())
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| "list bake's Elastic IPs".into())
-        .await?
-        .addresses
-        .unwrap_or_default();
-    for address in addresses {
-        let created =
-            tag_value(address.tags(), tags::CREATED).and_then(|v| humantime::parse_rfc3339(v).ok());
+    let held = held_addresses(clients).await?;
+    for address in addresses(clients, None).await? {
         if let Some(id) = address.allocation_id()
-            && tag_value(address.tags(), tags::EGRESS).is_some()
-            && created.is_some_and(|c| c <= cutoff)
+            && allocated_by(&address, cutoff)
             && !held.iter().any(|h| h == id)
         {
             found.push(Resource::Address(id.to_owned()));
