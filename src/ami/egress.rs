@@ -44,7 +44,7 @@ use crate::aws::{self, CallError, Clients, Failed, Settle};
 use crate::config::ResourceRef;
 use crate::janitor::{Hold, Janitor, Left, Resource};
 use crate::output::Progress;
-use crate::poll::{self, Check, PollError, Schedule};
+use crate::poll::{self, Check, PollError};
 use crate::resolve::{self, Subnet, filter, filter_any};
 use crate::tags;
 
@@ -57,12 +57,6 @@ const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Deleting takes AWS about a minute, sometimes several; 10 minutes is a stuck gateway (Terraform
 /// allows 30 before it gives up; bake reports it for `bake gc` instead of holding the run).
 const DELETED_TIMEOUT: Duration = Duration::from_secs(600);
-/// Look after 1 s (the lab takes seconds), every second for 20 s, then growing to 15 s: a
-/// gateway that takes AWS's minutes costs a few calls a minute.
-const NAT_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(1))
-    .first_after(Duration::from_secs(1))
-    .dense_for(Duration::from_secs(20))
-    .growing(1.5, Duration::from_secs(15));
 /// A joiner that finds the gateway closing waits for its last user to remove the route: a few
 /// calls, but the leaver may be waiting on AWS's deletion too, so allow as long as that.
 const CLOSING_TIMEOUT: Duration = DELETED_TIMEOUT;
@@ -1036,7 +1030,7 @@ async fn wait_deleted(clients: &Clients, nat: &str) -> Result<(), String> {
     })
 }
 
-/// Describes the gateway on [`NAT_SCHEDULE`] until `judge` ends the wait, or `timeout`. `judge`
+/// Describes the gateway on [`share::SCHEDULE`] until `judge` ends the wait, or `timeout`. `judge`
 /// sees the gateway, `Ok(None)` when EC2 lists none, or `Err` with EC2's NotFound answer (a
 /// gateway just created, or just deleted); a throttle or 5xx answer is asked again.
 async fn watch(
@@ -1049,7 +1043,7 @@ async fn watch(
     poll::until(
         &format!("waiting for NAT gateway {nat} to be {goal}"),
         poll::deadline(timeout),
-        NAT_SCHEDULE,
+        share::SCHEDULE,
         |_| {},
         || async {
             let out = clients
@@ -1076,7 +1070,7 @@ async fn wait_route_gone(clients: &Clients, table: &str, nat: &str) -> Result<()
     let result = poll::until(
         &format!("waiting for the route to closing NAT gateway {nat} to go"),
         poll::deadline(CLOSING_TIMEOUT),
-        NAT_SCHEDULE,
+        share::SCHEDULE,
         |_| {},
         || async {
             match read_table(clients, table).await {

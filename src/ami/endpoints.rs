@@ -33,7 +33,7 @@ use super::share::{self, Locks, Users, tag_value};
 use crate::aws::{self, CallError, Clients};
 use crate::janitor::{Hold, Janitor, Left, Resource, revoke_rules_from};
 use crate::output::Progress;
-use crate::poll::{self, Check, PollError, Schedule};
+use crate::poll::{self, Check, PollError};
 use crate::resolve::{self, DefaultRoute, Routing, Subnet, filter};
 use crate::tags;
 
@@ -47,12 +47,6 @@ const HTTPS: i32 = 443;
 const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Deleting an interface endpoint takes AWS a minute or two; 10 minutes is stuck, left to gc.
 const DELETED_TIMEOUT: Duration = Duration::from_secs(600);
-/// Look after 1 s (the lab takes seconds), every second for 20 s, then growing to 15 s: an
-/// endpoint that takes AWS's minutes costs a few calls a minute.
-const ENDPOINT_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(1))
-    .first_after(Duration::from_secs(1))
-    .dense_for(Duration::from_secs(20))
-    .growing(1.5, Duration::from_secs(15));
 /// The endpoints' group answers DependencyViolation while a deleted endpoint's network
 /// interfaces are still going: seconds in the lab, minutes on AWS.
 const GROUP_RELEASE: aws::Settle = aws::Settle::new(
@@ -563,7 +557,7 @@ async fn wait_available(
     let result = poll::until(
         &step,
         poll::deadline(AVAILABLE_TIMEOUT),
-        ENDPOINT_SCHEDULE,
+        share::SCHEDULE,
         |seen| progress.detail(&step, seen),
         || async {
             let request = clients
@@ -746,7 +740,7 @@ async fn wait_deleted(clients: &Clients, ids: &[String]) -> Result<(), String> {
     let result = poll::until(
         &format!("waiting for VPC endpoints {} to be deleted", ids.join(", ")),
         poll::deadline(DELETED_TIMEOUT),
-        ENDPOINT_SCHEDULE,
+        share::SCHEDULE,
         |_| {},
         || async {
             let request = clients

@@ -5,13 +5,22 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::Tag;
 
 use crate::aws::{CallError, Clients, Settle};
 use crate::janitor::{Left, Resource};
+use crate::poll::Schedule;
 use crate::tags;
+
+/// How a shared resource's state is watched while AWS creates or deletes it: look after 1 s (the
+/// lab takes seconds), every second for 20 s, then growing to 15 s: one that takes AWS's minutes
+/// costs a few calls a minute.
+pub const SCHEDULE: Schedule = Schedule::every(Duration::from_secs(1))
+    .first_after(Duration::from_secs(1))
+    .dense_for(Duration::from_secs(20))
+    .growing(1.5, Duration::from_secs(15));
 
 /// How one kind of shared resource names its users.
 #[derive(Debug, Clone, Copy)]
