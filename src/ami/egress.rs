@@ -384,6 +384,12 @@ pub struct Lease {
     taken: Mutex<Taken>,
 }
 
+impl Hold for Lease {
+    fn release(&self) -> BoxFuture<'_, Result<Vec<Resource>, Vec<Left>>> {
+        Box::pin(self.give_back())
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Taken {
     /// Gateways this run is (or may be, the tag request was sent) tagged a user of.
@@ -675,12 +681,6 @@ impl Lease {
     }
 }
 
-impl Hold for Lease {
-    fn release(&self) -> BoxFuture<'_, Result<Vec<Resource>, Vec<Left>>> {
-        Box::pin(self.give_back())
-    }
-}
-
 /// Removes this run's user tag from `nat`; when no other user is left, removes the route (if it
 /// still points at `nat`), the gateway (waiting until it is deleted) and its address, adding what
 /// it removed to `removed`. The closing tag is written before the users are read (see the module
@@ -709,33 +709,23 @@ async fn leave(
         tracing::debug!(%nat, "other bakes still use it");
         return Ok(());
     }
-    let closing = clients
-        .ec2
-        .create_tags()
-        .resources(nat)
-        .tags(tags::tag(tags::EGRESS_CLOSING, run_id));
-    clients
-        .call(|| closing.clone().send())
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| format!("mark NAT gateway {nat} as closing"))
-        .await
-        .map_err(|e| e.to_string())?;
+    let closing = tags::tag(tags::EGRESS_CLOSING, run_id);
+    share::add_tag(clients, nat, closing, || {
+        format!("mark NAT gateway {nat} as closing")
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     let again = describe_nat(clients, nat)
         .await
         .map_err(|e| e.to_string())?;
     if again.as_ref().is_some_and(others) {
         // A joiner tagged itself before our closing tag: it keeps the gateway.
-        let open = clients
-            .ec2
-            .delete_tags()
-            .resources(nat)
-            .tags(Tag::builder().key(tags::EGRESS_CLOSING).build());
-        clients
-            .call(|| open.clone().send())
-            .settle(&aws::THROTTLE_BURST)
-            .or_fail(|| format!("unmark NAT gateway {nat} as closing"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (key, settle) = (tags::EGRESS_CLOSING, &aws::THROTTLE_BURST);
+        share::remove_tag(clients, nat, key, settle, &[], || {
+            format!("unmark NAT gateway {nat} as closing")
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         return Ok(());
     }
     remove_gateway(clients, table, &found, removed).await

@@ -184,6 +184,12 @@ pub struct Share {
     taken: Mutex<Taken>,
 }
 
+impl Hold for Share {
+    fn release(&self) -> BoxFuture<'_, Result<Vec<Resource>, Vec<Left>>> {
+        Box::pin(self.give_back())
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Taken {
     /// bake's endpoints this run is (or may be) tagged a user of.
@@ -438,12 +444,6 @@ impl Share {
             Resource::VpcEndpoint(format!("(VPC {})", self.vpc))
         });
         share::outcome(removed, left)
-    }
-}
-
-impl Hold for Share {
-    fn release(&self) -> BoxFuture<'_, Result<Vec<Resource>, Vec<Left>>> {
-        Box::pin(self.give_back())
     }
 }
 

@@ -60,35 +60,63 @@ impl Users {
 
     /// Tags `run_id` a user of resource `id`.
     pub async fn join(&self, clients: &Clients, id: &str, run_id: &str) -> Result<(), CallError> {
-        let request = clients
-            .ec2
-            .create_tags()
-            .resources(id)
-            .tags(self.tag(run_id));
-        clients
-            .call(|| request.clone().send())
-            .settle(&crate::aws::THROTTLE_BURST)
-            .or_fail(|| format!("tag {} {id} as used by run {run_id}", self.kind))
-            .await?;
-        Ok(())
+        add_tag(clients, id, self.tag(run_id), || {
+            format!("tag {} {id} as used by run {run_id}", self.kind)
+        })
+        .await
     }
 
     /// Removes `run_id`'s user tag from resource `id` (gone already is fine).
     pub async fn leave(&self, clients: &Clients, id: &str, run_id: &str) -> Result<(), CallError> {
-        let request = clients
-            .ec2
-            .delete_tags()
-            .resources(id)
-            .tags(Tag::builder().key(self.key(run_id)).build());
-        clients
-            .call(|| request.clone().send())
-            .settle(&self.settle)
-            .or_none(self.gone, || {
-                format!("remove run {run_id}'s tag from {} {id}", self.kind)
-            })
-            .await
-            .map(|_| ())
+        remove_tag(
+            clients,
+            id,
+            &self.key(run_id),
+            &self.settle,
+            self.gone,
+            || format!("remove run {run_id}'s tag from {} {id}", self.kind),
+        )
+        .await
     }
+}
+
+/// Tags resource `id` with `tag`; `action` names the request in errors.
+pub async fn add_tag(
+    clients: &Clients,
+    id: &str,
+    tag: Tag,
+    action: impl FnOnce() -> String,
+) -> Result<(), CallError> {
+    let request = clients.ec2.create_tags().resources(id).tags(tag);
+    clients
+        .call(|| request.clone().send())
+        .settle(&crate::aws::THROTTLE_BURST)
+        .or_fail(action)
+        .await
+        .map(|_| ())
+}
+
+/// Removes tag `key` from resource `id`, asked again within `settle`; the `gone` codes mean the
+/// resource, and so its tag, is gone. `action` names the request in errors.
+pub async fn remove_tag(
+    clients: &Clients,
+    id: &str,
+    key: &str,
+    settle: &Settle,
+    gone: &[&str],
+    action: impl FnOnce() -> String,
+) -> Result<(), CallError> {
+    let request = clients
+        .ec2
+        .delete_tags()
+        .resources(id)
+        .tags(Tag::builder().key(key).build());
+    clients
+        .call(|| request.clone().send())
+        .settle(settle)
+        .or_none(gone, action)
+        .await
+        .map(|_| ())
 }
 
 /// Now, as the user and creation tags write it.
