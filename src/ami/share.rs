@@ -133,6 +133,7 @@ pub fn tag_value<'a>(all: &'a [Tag], key: &str) -> Option<&'a str> {
 
 /// In-process locks, one per scope (a route table, a VPC): takes and releases on one scope by
 /// bakes of this process run one at a time (other processes are handled by the tag protocol).
+#[derive(Default)]
 pub struct Locks(OnceLock<Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>>);
 
 impl Locks {

@@ -189,7 +189,7 @@ pub(super) struct Script<'a> {
 /// How a script that did not succeed ended.
 pub(super) enum Ended {
     /// Its invocation ended otherwise (failed, cancelled, timed out on the builder).
-    Failed(InvocationOutput),
+    Failed(Box<InvocationOutput>),
     /// The wait's deadline passed; the invocation's last status.
     TimedOut { last: String },
 }
@@ -260,7 +260,7 @@ pub(super) async fn run_script(
     };
     match result {
         Ok(()) => Ok(Ok(())),
-        Err(PollError::Failed(Ok(out))) => Ok(Err(Ended::Failed(out))),
+        Err(PollError::Failed(Ok(out))) => Ok(Err(Ended::Failed(Box::new(out)))),
         Err(PollError::Failed(Err(message))) => Err(clients.failed(reading(), message)),
         Err(PollError::TimedOut { last }) => Ok(Err(Ended::TimedOut { last })),
     }
