@@ -359,17 +359,9 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let child = lab
-        .bake(&["-c", &scratch.config(), "ami", "quick"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    lab.wait_for(what, Duration::from_secs(120), ready).await;
-    signal(child.id(), sig);
-    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+    let args = ["-c", &scratch.config(), "ami", "quick"];
+    lab.interrupt_when(&args, sig, what, Duration::from_secs(120), ready)
         .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -446,26 +438,7 @@ async fn sigkill_leaves_resources_that_gc_removes() {
     );
     // gc finds what EC2 lists by tag, and EC2 lists a new instance only after a moment
     // (eventual consistency; seconds in the lab): wait until it does.
-    lab.wait_for(
-        "the builder listed by tag",
-        Duration::from_secs(60),
-        || async {
-            let out = lab
-                .ec2
-                .describe_instances()
-                .filters(
-                    Filter::builder()
-                        .name("tag-key")
-                        .values("bake:run-id")
-                        .build(),
-                )
-                .send()
-                .await
-                .unwrap();
-            !out.reservations().is_empty()
-        },
-    )
-    .await;
+    lab.wait_until_builders_listed().await;
 
     let dry = lab
         .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s", "--dry-run"])

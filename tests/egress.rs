@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, SystemTime};
 
 use bake::ami::egress::{self, PlanError};
@@ -18,9 +18,9 @@ use bake::output::Progress;
 use bake::resolve::{self, Subnet};
 use support::network::{
     Network, assert_no_egress_left, bake_addresses, default_route_of, live_nat_gateways,
-    subnet_named, table_of,
+    nat_gateway, route_default, subnet_named, table_of,
 };
-use support::{Lab, Scratch, signal};
+use support::{Lab, Scratch};
 
 async fn subnet(clients: &Clients, id: &str) -> Subnet {
     let r = ResourceRef {
@@ -38,6 +38,27 @@ fn run_tags(janitor: &Janitor) -> Vec<aws_sdk_ec2::types::Tag> {
     bake::tags::of_run(janitor.run_id(), "egress", "0123456789abcdef")
 }
 
+/// A network of the test's own and the plan preflight makes for its private subnet.
+async fn planned(lab: &Lab, name: &str, second_octet: u8) -> (Clients, Network, egress::Plan) {
+    let clients = lab.clients().await;
+    let net = Network::create(lab, name, second_octet).await;
+    let builder = subnet(&clients, &net.private_subnet).await;
+    let plan = egress::plan(&clients, &builder, None).await.unwrap();
+    (clients, net, plan)
+}
+
+/// The NAT gateway as the lab describes it.
+async fn gateway(lab: &Lab, nat: &str) -> aws_sdk_ec2::types::NatGateway {
+    let out = lab
+        .ec2
+        .describe_nat_gateways()
+        .nat_gateway_ids(nat)
+        .send()
+        .await
+        .unwrap();
+    out.nat_gateways()[0].clone()
+}
+
 /// Takes the NAT for a new run; returns its janitor and the gateway.
 async fn take(clients: &Clients, plan: &egress::Plan) -> (Janitor, String) {
     let janitor = Janitor::new(clients.clone(), bake::janitor::new_run_id());
@@ -52,10 +73,7 @@ async fn a_take_creates_address_gateway_and_route_and_the_cleanup_removes_all_th
     let Some(lab) = Lab::start_or_skip().await else {
         return;
     };
-    let clients = lab.clients().await;
-    let net = Network::create(&lab, "egress-one", 71).await;
-    let builder = subnet(&clients, &net.private_subnet).await;
-    let plan = egress::plan(&clients, &builder, None).await.unwrap();
+    let (clients, net, plan) = planned(&lab, "egress-one", 71).await;
     assert_eq!(plan.table, net.private_table);
     assert_eq!(plan.nat_subnet, net.public_subnet, "found by its route");
     assert_eq!(net.default_route(&lab).await, None);
@@ -68,14 +86,7 @@ async fn a_take_creates_address_gateway_and_route_and_the_cleanup_removes_all_th
     );
     let addresses = bake_addresses(&lab).await;
     assert_eq!(addresses.len(), 1, "{addresses:?}");
-    let described = lab
-        .ec2
-        .describe_nat_gateways()
-        .nat_gateway_ids(&nat)
-        .send()
-        .await
-        .unwrap();
-    let gateway = &described.nat_gateways()[0];
+    let gateway = gateway(&lab, &nat).await;
     assert_eq!(gateway.subnet_id(), Some(net.public_subnet.as_str()));
     let tag = |key: &str| {
         gateway
@@ -117,10 +128,7 @@ async fn two_runs_on_one_route_table_share_one_gateway_removed_by_the_last_one_o
     let Some(lab) = Lab::start_or_skip().await else {
         return;
     };
-    let clients = lab.clients().await;
-    let net = Network::create(&lab, "egress-two", 72).await;
-    let builder = subnet(&clients, &net.private_subnet).await;
-    let plan = egress::plan(&clients, &builder, None).await.unwrap();
+    let (clients, net, plan) = planned(&lab, "egress-two", 72).await;
     // Taken at once, as two images of one `bake ami` are.
     let ((first, a), (second, b)) = tokio::join!(take(&clients, &plan), take(&clients, &plan));
     assert_eq!(a, b, "one gateway for both");
@@ -129,6 +137,7 @@ async fn two_runs_on_one_route_table_share_one_gateway_removed_by_the_last_one_o
     assert_eq!(lab.calls("CreateNatGateway").await, 1);
     assert_eq!(lab.calls("AllocateAddress").await, 1);
     // A later bake finds the route to bake's own gateway: preflight lets it through.
+    let builder = subnet(&clients, &net.private_subnet).await;
     egress::plan(&clients, &builder, None).await.unwrap();
 
     first.clean_recorded().await.unwrap();
@@ -167,14 +176,7 @@ async fn a_table_with_its_own_default_route_is_refused_and_a_public_nat_subnet_i
         }
         other => panic!("{other:?}"),
     }
-    lab.ec2
-        .create_route()
-        .route_table_id(&net.private_table)
-        .destination_cidr_block("0.0.0.0/0")
-        .gateway_id(&net.igw)
-        .send()
-        .await
-        .unwrap();
+    route_default(&lab, &net.private_table, &net.igw).await;
     match egress::plan(&clients, &builder, None).await {
         Err(PlanError::Route(e)) => {
             let text = e.to_string();
@@ -209,10 +211,7 @@ async fn what_a_killed_run_held_is_found_by_tag_and_removed_by_gc_but_a_live_sha
     let Some(lab) = Lab::start_or_skip().await else {
         return;
     };
-    let clients = lab.clients().await;
-    let net = Network::create(&lab, "egress-gc", 74).await;
-    let builder = subnet(&clients, &net.private_subnet).await;
-    let plan = egress::plan(&clients, &builder, None).await.unwrap();
+    let (clients, net, plan) = planned(&lab, "egress-gc", 74).await;
     // The run is "killed": its janitor never runs.
     let (_killed, nat) = take(&clients, &plan).await;
     let address = bake_addresses(&lab).await;
@@ -271,10 +270,7 @@ async fn the_last_leaver_keeps_the_gateway_for_a_run_that_joined_from_another_pr
     let Some(lab) = Lab::start_or_skip().await else {
         return;
     };
-    let clients = lab.clients().await;
-    let net = Network::create(&lab, "egress-joiner", 75).await;
-    let builder = subnet(&clients, &net.private_subnet).await;
-    let plan = egress::plan(&clients, &builder, None).await.unwrap();
+    let (clients, net, plan) = planned(&lab, "egress-joiner", 75).await;
     let (janitor, nat) = take(&clients, &plan).await;
     // Another bake process joined: its user tag is on the gateway.
     let joined = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
@@ -290,18 +286,8 @@ async fn the_last_leaver_keeps_the_gateway_for_a_run_that_joined_from_another_pr
     assert_eq!(net.default_route(&lab).await.as_deref(), Some(nat.as_str()));
     assert_eq!(live_nat_gateways(&lab).await.len(), 1);
     assert_eq!(bake_addresses(&lab).await.len(), 1);
-    let described = lab
-        .ec2
-        .describe_nat_gateways()
-        .nat_gateway_ids(&nat)
-        .send()
-        .await
-        .unwrap();
-    let keys: Vec<&str> = described.nat_gateways()[0]
-        .tags()
-        .iter()
-        .filter_map(|t| t.key())
-        .collect();
+    let gateway = gateway(&lab, &nat).await;
+    let keys: Vec<&str> = gateway.tags().iter().filter_map(|t| t.key()).collect();
     assert!(
         !keys.iter().any(|k| k.contains(janitor.run_id())),
         "the leaver's tag is gone: {keys:?}"
@@ -314,10 +300,7 @@ async fn a_joiner_that_finds_the_gateway_closing_waits_for_it_to_go_and_makes_it
     let Some(lab) = Lab::start_or_skip().await else {
         return;
     };
-    let clients = lab.clients().await;
-    let net = Network::create(&lab, "egress-closing", 76).await;
-    let builder = subnet(&clients, &net.private_subnet).await;
-    let plan = egress::plan(&clients, &builder, None).await.unwrap();
+    let (clients, net, plan) = planned(&lab, "egress-closing", 76).await;
     let (_leaver, old) = take(&clients, &plan).await;
     // The last user (another process) is removing it: its closing tag is on.
     tag_gateway(&lab, &old, "bake:egress-closing", "20261124t000000-abcdef").await;
@@ -412,23 +395,17 @@ async fn mirror_traffic(lab: &Lab) -> u64 {
         .sum()
 }
 
-/// When the lab logged the first `action` (seconds since the epoch, as the request log has it).
-async fn first_call(lab: &Lab, action: &str) -> f64 {
+/// When the lab logged the first and the last `action` (seconds since the epoch, as the request
+/// log has it).
+async fn call_span(lab: &Lab, action: &str) -> (f64, f64) {
     lab.requests()
         .await
         .iter()
         .filter(|r| r["action"] == action)
         .filter_map(|r| r["time"].as_f64())
-        .fold(f64::INFINITY, f64::min)
-}
-
-async fn last_call(lab: &Lab, action: &str) -> f64 {
-    lab.requests()
-        .await
-        .iter()
-        .filter(|r| r["action"] == action)
-        .filter_map(|r| r["time"].as_f64())
-        .fold(f64::NEG_INFINITY, f64::max)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(first, last), t| {
+            (first.min(t), last.max(t))
+        })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -458,41 +435,39 @@ async fn the_private_example_installs_its_packages_through_the_temporary_nat_and
     assert_eq!(lab.calls("AllocateAddress").await, 1);
     assert_eq!(lab.calls("CreateNatGateway").await, 1);
     // The route existed before the builder launched and went only after its image was made.
-    let routed = first_call(&lab, "CreateRoute").await;
-    assert!(routed < first_call(&lab, "RunInstances").await);
-    assert!(last_call(&lab, "CreateImage").await < first_call(&lab, "DeleteRoute").await);
-    assert!(first_call(&lab, "DeleteNatGateway").await < first_call(&lab, "ReleaseAddress").await);
+    let routed = call_span(&lab, "CreateRoute").await.0;
+    assert!(routed < call_span(&lab, "RunInstances").await.0);
+    assert!(call_span(&lab, "CreateImage").await.1 < call_span(&lab, "DeleteRoute").await.0);
+    assert!(
+        call_span(&lab, "DeleteNatGateway").await.0 < call_span(&lab, "ReleaseAddress").await.0
+    );
     assert_no_egress_left(&lab, &table).await;
     lab.assert_nothing_left(&[stdout(&out).trim()], &[]).await;
 }
 
-/// Starts `bake ami NAMES` in the background and sends `sig` once `ready` holds.
-async fn interrupt_when<F, Fut>(
-    lab: &Lab,
-    scratch: &Scratch,
-    names: &[&str],
-    sig: &str,
-    what: &str,
-    ready: F,
-) -> Output
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let mut args = vec!["-c".to_owned(), scratch.config(), "ami".to_owned()];
-    args.extend(names.iter().map(|n| (*n).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = lab
-        .bake(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    lab.wait_for(what, Duration::from_secs(300), ready).await;
-    signal(child.id(), sig);
-    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap()
+/// Bakes the private "nginx" image in the workshop's network and sends `sig` during its package
+/// install; returns its config, the builder subnet's route table and how bake ended.
+async fn interrupt_install(lab: &Lab, sig: &str) -> (Scratch, String, Output) {
+    let private01 = subnet_named(lab, "my-subnet-private01").await;
+    let table = table_of(lab, &private01).await;
+    let scratch = Scratch::new(&private_config(&[private_image(
+        "web",
+        "my-subnet-private01",
+        "nginx",
+        "Private Day",
+    )]));
+    let before = mirror_traffic(lab).await;
+    let args = ["-c", &scratch.config(), "ami", "web"];
+    let out = lab
+        .interrupt_when(
+            &args,
+            sig,
+            "the package install",
+            Duration::from_secs(300),
+            || async { mirror_traffic(lab).await > before },
+        )
+        .await;
+    (scratch, table, out)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -500,24 +475,7 @@ async fn sigint_during_the_package_install_leaves_no_nat_address_route_or_endpoi
     let Some(lab) = Lab::start_or_skip().await else {
         return;
     };
-    let private01 = subnet_named(&lab, "my-subnet-private01").await;
-    let table = table_of(&lab, &private01).await;
-    let scratch = Scratch::new(&private_config(&[private_image(
-        "web",
-        "my-subnet-private01",
-        "nginx",
-        "Private Day",
-    )]));
-    let before = mirror_traffic(&lab).await;
-    let out = interrupt_when(
-        &lab,
-        &scratch,
-        &["web"],
-        "INT",
-        "the package install",
-        || async { mirror_traffic(&lab).await > before },
-    )
-    .await;
+    let (_scratch, table, out) = interrupt_install(&lab, "INT").await;
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert_eq!(lab.calls("CreateNatGateway").await, 1);
     assert_no_egress_left(&lab, &table).await;
@@ -529,24 +487,7 @@ async fn sigkill_during_the_package_install_leaves_what_gc_removes() {
     let Some(lab) = Lab::start_or_skip().await else {
         return;
     };
-    let private01 = subnet_named(&lab, "my-subnet-private01").await;
-    let table = table_of(&lab, &private01).await;
-    let scratch = Scratch::new(&private_config(&[private_image(
-        "web",
-        "my-subnet-private01",
-        "nginx",
-        "Private Day",
-    )]));
-    let before = mirror_traffic(&lab).await;
-    let out = interrupt_when(
-        &lab,
-        &scratch,
-        &["web"],
-        "KILL",
-        "the package install",
-        || async { mirror_traffic(&lab).await > before },
-    )
-    .await;
+    let (scratch, table, out) = interrupt_install(&lab, "KILL").await;
     assert_eq!(out.status.code(), None, "killed by a signal");
     let nats = live_nat_gateways(&lab).await;
     assert_eq!(nats.len(), 1, "a killed bake leaves its gateway: {nats:?}");
@@ -556,26 +497,7 @@ async fn sigkill_during_the_package_install_leaves_what_gc_removes() {
     );
     // gc finds what EC2 lists by tag, and EC2 lists a new instance only after a moment (eventual
     // consistency; seconds in the lab): wait until it does, as tests/ami.rs does.
-    lab.wait_for(
-        "the builder listed by tag",
-        Duration::from_secs(60),
-        || async {
-            let out = lab
-                .ec2
-                .describe_instances()
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("tag-key")
-                        .values("bake:run-id")
-                        .build(),
-                )
-                .send()
-                .await
-                .unwrap();
-            !out.reservations().is_empty()
-        },
-    )
-    .await;
+    lab.wait_until_builders_listed().await;
     // Tags carry whole seconds: let the run's be in the past for --ttl 0s.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let young = lab
@@ -649,7 +571,7 @@ async fn two_private_images_baked_at_once_share_one_nat_removed_after_both() {
     assert_eq!(lab.calls("CreateRoute").await, 1);
     assert_eq!(lab.calls("DeleteNatGateway").await, 1);
     // Removed after both images were made.
-    assert!(last_call(&lab, "CreateImage").await < first_call(&lab, "DeleteRoute").await);
+    assert!(call_span(&lab, "CreateImage").await.1 < call_span(&lab, "DeleteRoute").await.0);
     assert_no_egress_left(&lab, &table).await;
     let kept: Vec<&str> = amis.iter().map(String::as_str).collect();
     lab.assert_nothing_left(&kept, &[]).await;
@@ -664,48 +586,8 @@ async fn a_route_table_with_its_own_default_route_is_refused_at_preflight_with_n
     let table = table_of(&lab, &private01).await;
     // The account's own NAT gateway (not bake's) already serves the table.
     let public = subnet_named(&lab, "my-subnet-public01").await;
-    let address = lab
-        .ec2
-        .allocate_address()
-        .domain(aws_sdk_ec2::types::DomainType::Vpc)
-        .send()
-        .await
-        .unwrap();
-    let nat = lab
-        .ec2
-        .create_nat_gateway()
-        .subnet_id(public.subnet_id().unwrap())
-        .allocation_id(address.allocation_id().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .nat_gateway
-        .unwrap()
-        .nat_gateway_id
-        .unwrap();
-    lab.wait_for(
-        "the account's NAT gateway",
-        Duration::from_secs(60),
-        || async {
-            let out = lab
-                .ec2
-                .describe_nat_gateways()
-                .nat_gateway_ids(&nat)
-                .send()
-                .await
-                .unwrap();
-            out.nat_gateways()[0].state().map(|s| s.as_str()) == Some("available")
-        },
-    )
-    .await;
-    lab.ec2
-        .create_route()
-        .route_table_id(&table)
-        .destination_cidr_block("0.0.0.0/0")
-        .nat_gateway_id(&nat)
-        .send()
-        .await
-        .unwrap();
+    let nat = nat_gateway(&lab, public.subnet_id().unwrap(), None).await;
+    route_default(&lab, &table, &nat).await;
     let calls_before = lab.requests().await.len();
     let scratch = Scratch::new(&private_config(&[private_image(
         "web",
@@ -745,10 +627,7 @@ async fn a_creator_that_loses_the_route_race_joins_the_winner_and_removes_its_ow
     // Gateways take 4 s to become available: long enough for the other process to route first.
     lab.control("latency", serde_json::json!({ "nat_gateway_available": 4 }))
         .await;
-    let clients = lab.clients().await;
-    let net = Network::create(&lab, "egress-race", 77).await;
-    let builder = subnet(&clients, &net.private_subnet).await;
-    let plan = egress::plan(&clients, &builder, None).await.unwrap();
+    let (clients, net, plan) = planned(&lab, "egress-race", 77).await;
     let loser = {
         let clients = clients.clone();
         let plan = plan.clone();
@@ -756,13 +635,6 @@ async fn a_creator_that_loses_the_route_race_joins_the_winner_and_removes_its_ow
     };
     // Another bake process creates its gateway at the same time and routes first.
     let other_run = "20261124t000000-0a0b0c";
-    let address = lab
-        .ec2
-        .allocate_address()
-        .domain(aws_sdk_ec2::types::DomainType::Vpc)
-        .send()
-        .await
-        .unwrap();
     let joined = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let tags = aws_sdk_ec2::types::TagSpecification::builder()
         .resource_type(aws_sdk_ec2::types::ResourceType::Natgateway)
@@ -779,39 +651,9 @@ async fn a_creator_that_loses_the_route_race_joins_the_winner_and_removes_its_ow
                 .build(),
         )
         .build();
-    let winner = lab
-        .ec2
-        .create_nat_gateway()
-        .subnet_id(&net.public_subnet)
-        .allocation_id(address.allocation_id().unwrap())
-        .tag_specifications(tags)
-        .send()
-        .await
-        .unwrap()
-        .nat_gateway
-        .unwrap()
-        .nat_gateway_id
-        .unwrap();
-    lab.wait_for("the other gateway", Duration::from_secs(60), || async {
-        let out = lab
-            .ec2
-            .describe_nat_gateways()
-            .nat_gateway_ids(&winner)
-            .send()
-            .await
-            .unwrap();
-        out.nat_gateways()[0].state().map(|s| s.as_str()) == Some("available")
-    })
-    .await;
+    let winner = nat_gateway(&lab, &net.public_subnet, Some(tags)).await;
     assert!(!loser.is_finished(), "its own gateway is still pending");
-    lab.ec2
-        .create_route()
-        .route_table_id(&net.private_table)
-        .destination_cidr_block("0.0.0.0/0")
-        .nat_gateway_id(&winner)
-        .send()
-        .await
-        .unwrap();
+    route_default(&lab, &net.private_table, &winner).await;
 
     let (janitor, nat) = loser.await.unwrap();
     assert_eq!(nat, winner, "the loser sends through the winner's gateway");

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, Instance};
+use support::network::vpc_named;
 use support::{Lab, Scratch, repo};
 
 fn stdout(out: &Output) -> String {
@@ -24,17 +25,6 @@ fn stderr(out: &Output) -> String {
 
 fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
-}
-
-async fn vpc_named(lab: &Lab, name: &str) -> String {
-    let out = lab
-        .ec2
-        .describe_vpcs()
-        .filters(filter("tag:Name", name))
-        .send()
-        .await
-        .unwrap();
-    out.vpcs()[0].vpc_id().unwrap().to_owned()
 }
 
 /// The VPC's interface endpoints that are not deleted, with their state.
@@ -313,20 +303,17 @@ async fn sigkill_after_the_endpoints_leaves_them_to_gc_which_removes_them() {
         return;
     };
     let vpc = vpc_named(&lab, "My-VPC").await;
-    let child = lab
-        .bake(&["-c", &example(), "ami", "web"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    lab.wait_for("the running builder", Duration::from_secs(600), || async {
-        running_builder(&lab, "web").await.is_some()
-    })
-    .await;
-    support::signal(child.id(), "KILL");
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let config = example();
+    let args = ["-c", &config, "ami", "web"];
+    let out = lab
+        .interrupt_when(
+            &args,
+            "KILL",
+            "the running builder",
+            Duration::from_secs(600),
+            || async { running_builder(&lab, "web").await.is_some() },
+        )
+        .await;
     assert_eq!(out.status.code(), None, "killed by a signal");
     let left = endpoints_in(&lab, &vpc).await;
     assert_eq!(

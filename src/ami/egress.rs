@@ -29,20 +29,22 @@
 //! - `bake gc` removes a gateway whose users all joined before its cutoff (the rule it uses for
 //!   builders: `--ttl` longer than any bake), so `--ttl 0s` takes a gateway from a live bake too.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    ConnectivityType, DomainType, NatGateway, NatGatewayState, ResourceType, RouteState, Tag,
+    Address, ConnectivityType, DomainType, NatGateway, NatGatewayState, ResourceType, RouteState,
+    Tag,
 };
 use futures_util::future::BoxFuture;
 
-use crate::aws::{self, CallError, Clients, Settle};
+use super::share::{self, Locks, Users, tag_value};
+use crate::aws::{self, CallError, Clients, Failed, Settle};
 use crate::config::ResourceRef;
 use crate::janitor::{Hold, Janitor, Left, Resource};
 use crate::output::Progress;
-use crate::poll::{self, Check, PollError, Schedule};
+use crate::poll::{self, Check, PollError};
 use crate::resolve::{self, Subnet, filter, filter_any};
 use crate::tags;
 
@@ -55,12 +57,6 @@ const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Deleting takes AWS about a minute, sometimes several; 10 minutes is a stuck gateway (Terraform
 /// allows 30 before it gives up; bake reports it for `bake gc` instead of holding the run).
 const DELETED_TIMEOUT: Duration = Duration::from_secs(600);
-/// Look after 1 s (the lab takes seconds), every second for 20 s, then growing to 15 s: a
-/// gateway that takes AWS's minutes costs a few calls a minute.
-const NAT_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(1))
-    .first_after(Duration::from_secs(1))
-    .dense_for(Duration::from_secs(20))
-    .growing(1.5, Duration::from_secs(15));
 /// A joiner that finds the gateway closing waits for its last user to remove the route: a few
 /// calls, but the leaver may be waiting on AWS's deletion too, so allow as long as that.
 const CLOSING_TIMEOUT: Duration = DELETED_TIMEOUT;
@@ -82,6 +78,14 @@ const NEW_NAT: Settle = Settle::new(
     &["NatGatewayNotFound", "InvalidNatGatewayID.NotFound"],
     Duration::from_secs(120),
 );
+/// The gateway's users: `bake:egress-user:<run-id>`; an untag asks again while EC2 does not know
+/// a gateway just created.
+const USERS: Users = Users {
+    prefix: tags::EGRESS_USER_PREFIX,
+    kind: "NAT gateway",
+    settle: NEW_NAT,
+    gone: NEW_NAT.codes,
+};
 /// CreateRoute right after the gateway became available may not know it yet.
 const NAT_FOR_ROUTE: Settle = Settle::new(
     "EC2 to accept the new NAT gateway as a route target",
@@ -312,32 +316,6 @@ fn is_ours(nat: &NatGateway, table: &str) -> bool {
     tag_value(nat.tags(), tags::EGRESS) == Some(table)
 }
 
-fn tag_value<'a>(all: &'a [Tag], key: &str) -> Option<&'a str> {
-    all.iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
-}
-
-/// The runs tagged as users of a gateway, with when each joined.
-fn users(nat: &NatGateway) -> Vec<(String, Option<SystemTime>)> {
-    nat.tags()
-        .iter()
-        .filter_map(|t| {
-            let run = t.key()?.strip_prefix(tags::EGRESS_USER_PREFIX)?;
-            let joined = t.value().and_then(|v| humantime::parse_rfc3339(v).ok());
-            Some((run.to_owned(), joined))
-        })
-        .collect()
-}
-
-fn user_key(run_id: &str) -> String {
-    format!("{}{run_id}", tags::EGRESS_USER_PREFIX)
-}
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
-
 fn state_of(nat: &NatGateway) -> &str {
     nat.state().map_or("unknown", NatGatewayState::as_str)
 }
@@ -348,6 +326,14 @@ fn is_live(nat: &NatGateway) -> bool {
         nat.state(),
         Some(NatGatewayState::Pending | NatGatewayState::Available)
     )
+}
+
+/// Whether `nat` is one of bake's temporary gateways (it goes when its bake ends: no path for
+/// anything else to rely on); false when EC2 does not know it.
+pub(super) async fn is_bakes(clients: &Clients, nat: &str) -> Result<bool, CallError> {
+    Ok(describe_nat(clients, nat)
+        .await?
+        .is_some_and(|n| tag_value(n.tags(), tags::EGRESS).is_some()))
 }
 
 /// The gateway, or None when EC2 does not know it.
@@ -386,18 +372,8 @@ async fn read_table(
         })
 }
 
-/// The in-process lock for a route table: takes and releases on one table by bakes of this
-/// process run one at a time (other processes are handled by the tag protocol).
-fn table_lock(table: &str) -> Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: OnceLock<Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
-    LOCKS
-        .get_or_init(Default::default)
-        .lock()
-        .expect("egress locks")
-        .entry(table.to_owned())
-        .or_default()
-        .clone()
-}
+/// The in-process locks, one per route table.
+static TABLE_LOCKS: Locks = Locks::new();
 
 /// One bake's share of the temporary NAT: what it created and which gateways it is a user of,
 /// for the janitor to give back ([`Hold`]).
@@ -406,6 +382,12 @@ pub struct Lease {
     run_id: String,
     table: String,
     taken: Mutex<Taken>,
+}
+
+impl Hold for Lease {
+    fn release(&self) -> BoxFuture<'_, Result<Vec<Resource>, Vec<Left>>> {
+        Box::pin(self.give_back())
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -434,7 +416,7 @@ pub async fn take(
         taken: Mutex::new(Taken::default()),
     });
     janitor.hold(lease.clone());
-    let lock = table_lock(&plan.table);
+    let lock = TABLE_LOCKS.of(&plan.table);
     let _guard = lock.lock().await;
     let mut last = String::new();
     for _ in 0..TAKE_ROUNDS {
@@ -524,7 +506,7 @@ impl Lease {
         let allocation = address.allocation_id().unwrap_or_default().to_owned();
         tracing::debug!(%allocation, run_id = %self.run_id, "allocated");
         let mut nat_tags = egress_tags;
-        nat_tags.push(tags::tag(&user_key(&self.run_id), &now_rfc3339()));
+        nat_tags.push(USERS.tag(&self.run_id));
         // The ClientToken makes a repeat of this request (after a cancelled run) answer the same
         // gateway instead of a second one; 64 ASCII characters at most.
         let token = format!("bake-egress-{}", self.run_id);
@@ -611,23 +593,13 @@ impl Lease {
         let clients = &self.clients;
         let id = nat.nat_gateway_id().unwrap_or_default().to_owned();
         self.taken().using.push(id.clone());
-        let key = user_key(&self.run_id);
-        let tag = clients
-            .ec2
-            .create_tags()
-            .resources(&id)
-            .tags(tags::tag(&key, &now_rfc3339()));
-        clients
-            .call(|| tag.clone().send())
-            .settle(&aws::THROTTLE_BURST)
-            .or_fail(|| format!("tag NAT gateway {id} as used by run {}", self.run_id))
-            .await?;
+        USERS.join(clients, &id, &self.run_id).await?;
         let now = describe_nat(clients, &id).await?;
         let closing = now
             .as_ref()
             .is_none_or(|n| !is_live(n) || tag_value(n.tags(), tags::EGRESS_CLOSING).is_some());
         if closing {
-            untag_user(clients, &id, &self.run_id).await?;
+            USERS.leave(clients, &id, &self.run_id).await?;
             self.taken().using.retain(|n| *n != id);
             wait_route_gone(clients, &self.table, &id).await?;
             return Ok(Joined::Closing);
@@ -664,7 +636,7 @@ impl Lease {
         let clients = &self.clients;
         let mut removed = Vec::new();
         let mut left = Vec::new();
-        let lock = table_lock(&self.table);
+        let lock = TABLE_LOCKS.of(&self.table);
         let _guard = lock.lock().await;
         let creating = self.taken().creating.take();
         if let Some(request) = creating {
@@ -701,24 +673,11 @@ impl Lease {
         }
         // Addresses this run allocated that no gateway holds (the run stopped before, or its
         // gateway failed): found by tag, so one allocated by a request in flight is found too.
-        match release_unused(clients, Some(&self.run_id), None, &mut removed).await {
-            Ok(stuck) => left.extend(stuck),
-            Err(e) => left.push(Left {
-                resource: Resource::Address(format!("(of run {})", self.run_id)),
-                reason: e.to_string(),
-            }),
-        }
-        if left.is_empty() {
-            Ok(removed)
-        } else {
-            Err(left)
-        }
-    }
-}
-
-impl Hold for Lease {
-    fn release(&self) -> BoxFuture<'_, Result<Vec<Resource>, Vec<Left>>> {
-        Box::pin(self.give_back())
+        let swept = release_unused(clients, Some(&self.run_id), None, &mut removed).await;
+        share::gather(&mut left, swept, || {
+            Resource::Address(format!("(of run {})", self.run_id))
+        });
+        share::outcome(removed, left)
     }
 }
 
@@ -733,7 +692,8 @@ async fn leave(
     run_id: &str,
     removed: &mut Vec<Resource>,
 ) -> Result<(), String> {
-    untag_user(clients, nat, run_id)
+    USERS
+        .leave(clients, nat, run_id)
         .await
         .map_err(|e| e.to_string())?;
     let Some(found) = describe_settled(clients, nat).await? else {
@@ -744,38 +704,28 @@ async fn leave(
         remove_route(clients, table, nat, removed).await?;
         return Ok(());
     }
-    let others = |n: &NatGateway| users(n).into_iter().any(|(r, _)| r != run_id);
+    let others = |n: &NatGateway| USERS.of(n.tags()).into_iter().any(|(r, _)| r != run_id);
     if others(&found) {
         tracing::debug!(%nat, "other bakes still use it");
         return Ok(());
     }
-    let closing = clients
-        .ec2
-        .create_tags()
-        .resources(nat)
-        .tags(tags::tag(tags::EGRESS_CLOSING, run_id));
-    clients
-        .call(|| closing.clone().send())
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| format!("mark NAT gateway {nat} as closing"))
-        .await
-        .map_err(|e| e.to_string())?;
+    let closing = tags::tag(tags::EGRESS_CLOSING, run_id);
+    share::add_tag(clients, nat, closing, || {
+        format!("mark NAT gateway {nat} as closing")
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     let again = describe_nat(clients, nat)
         .await
         .map_err(|e| e.to_string())?;
     if again.as_ref().is_some_and(others) {
         // A joiner tagged itself before our closing tag: it keeps the gateway.
-        let open = clients
-            .ec2
-            .delete_tags()
-            .resources(nat)
-            .tags(Tag::builder().key(tags::EGRESS_CLOSING).build());
-        clients
-            .call(|| open.clone().send())
-            .settle(&aws::THROTTLE_BURST)
-            .or_fail(|| format!("unmark NAT gateway {nat} as closing"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (key, settle) = (tags::EGRESS_CLOSING, &aws::THROTTLE_BURST);
+        share::remove_tag(clients, nat, key, settle, &[], || {
+            format!("unmark NAT gateway {nat} as closing")
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         return Ok(());
     }
     remove_gateway(clients, table, &found, removed).await
@@ -812,16 +762,12 @@ async fn remove_gateway(
     let id = nat.nat_gateway_id().unwrap_or_default();
     remove_route(clients, table, id, removed).await?;
     let delete = clients.ec2.delete_nat_gateway().nat_gateway_id(id);
-    match clients
+    let answer = clients
         .call(|| delete.clone().send())
         .settle(&NEW_NAT)
         .answer()
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if e.is(NEW_NAT.codes) => {}
-        Err(e) => return Err(format!("DeleteNatGateway: {}", e.describe())),
-    }
+        .await;
+    done_or_gone(answer, NEW_NAT.codes, || "DeleteNatGateway".into())?;
     wait_deleted(clients, id).await?;
     removed.push(Resource::NatGateway(id.to_owned()));
     for allocation in nat
@@ -853,54 +799,48 @@ async fn remove_route(
         .delete_route()
         .route_table_id(table)
         .destination_cidr_block(DEFAULT_ROUTE);
-    match clients
+    let answer = clients
         .call(|| delete.clone().send())
         .settle(&aws::THROTTLE_BURST)
         .answer()
-        .await
-    {
-        Ok(_) => {
-            removed.push(Resource::Route(table.to_owned()));
-            Ok(())
-        }
-        Err(e) if e.is(&["InvalidRoute.NotFound"]) => Ok(()),
-        Err(e) => Err(format!(
-            "DeleteRoute 0.0.0.0/0 in {table}: {}",
-            e.describe()
-        )),
+        .await;
+    if done_or_gone(answer, &["InvalidRoute.NotFound"], || {
+        format!("DeleteRoute 0.0.0.0/0 in {table}")
+    })? {
+        removed.push(Resource::Route(table.to_owned()));
     }
+    Ok(())
 }
 
 /// ReleaseAddress, asked again while the deleted gateway still holds it; NotFound is released.
 async fn release_address(clients: &Clients, allocation: &str) -> Result<(), String> {
     let release = clients.ec2.release_address().allocation_id(allocation);
-    match clients
+    let answer = clients
         .call(|| release.clone().send())
         .settle(&ADDRESS_RELEASE)
         .answer()
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.is(&["InvalidAllocationID.NotFound"]) => Ok(()),
-        Err(e) => Err(format!("ReleaseAddress {allocation}: {}", e.describe())),
-    }
+        .await;
+    done_or_gone(answer, &["InvalidAllocationID.NotFound"], || {
+        format!("ReleaseAddress {allocation}")
+    })
+    .map(|_| ())
 }
 
-/// Removes this run's user tag from a gateway (gone already is fine).
-async fn untag_user(clients: &Clients, nat: &str, run_id: &str) -> Result<(), CallError> {
-    let untag = clients
-        .ec2
-        .delete_tags()
-        .resources(nat)
-        .tags(Tag::builder().key(user_key(run_id)).build());
-    clients
-        .call(|| untag.clone().send())
-        .settle(&NEW_NAT)
-        .or_none(NEW_NAT.codes, || {
-            format!("remove run {run_id}'s tag from NAT gateway {nat}")
-        })
-        .await
-        .map(|_| ())
+/// A removal's answer: done (true), or gone already (one of `gone`: false); a refusal reads
+/// "`request`: AWS's code and message".
+fn done_or_gone<T, E>(
+    answer: Result<T, Failed<E>>,
+    gone: &[&str],
+    request: impl FnOnce() -> String,
+) -> Result<bool, String>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match answer {
+        Ok(_) => Ok(true),
+        Err(e) if e.is(gone) => Ok(false),
+        Err(e) => Err(format!("{}: {}", request(), e.describe())),
+    }
 }
 
 /// Releases bake's temporary-NAT addresses that no live gateway holds: one run's (`run`), or
@@ -911,41 +851,12 @@ async fn release_unused(
     cutoff: Option<SystemTime>,
     removed: &mut Vec<Resource>,
 ) -> Result<Vec<Left>, CallError> {
-    let mut filters = vec![filter("tag-key", tags::EGRESS)];
-    if let Some(run) = run {
-        filters.push(tags::filter(tags::RUN_ID, run));
-    }
-    let request = clients.ec2.describe_addresses().set_filters(Some(filters));
-    let addresses = clients
-        .call(|| request.clone().send())
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| "list bake's Elastic IPs".into())
-        .await?
-        .addresses
-        .unwrap_or_default();
-    let mut candidates: Vec<&aws_sdk_ec2::types::Address> = addresses
-        .iter()
-        .filter(|a| tag_value(a.tags(), tags::EGRESS).is_some())
-        .filter(|a| run.is_none_or(|r| tag_value(a.tags(), tags::RUN_ID) == Some(r)))
-        .filter(|a| {
-            let created =
-                tag_value(a.tags(), tags::CREATED).and_then(|v| humantime::parse_rfc3339(v).ok());
-            match (cutoff, created) {
-                (None, _) => true,
-                (Some(cutoff), Some(created)) => created <= cutoff,
-                (Some(_), None) => false,
-            }
-        })
-        .collect();
+    let mut candidates = addresses(clients, run).await?;
+    candidates.retain(|a| cutoff.is_none_or(|c| allocated_by(a, c)));
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    let held: Vec<String> = live_gateways(clients)
-        .await?
-        .iter()
-        .flat_map(|n| n.nat_gateway_addresses())
-        .filter_map(|a| a.allocation_id().map(str::to_owned))
-        .collect();
+    let held = held_addresses(clients).await?;
     candidates.retain(|a| {
         a.allocation_id()
             .is_some_and(|id| !held.iter().any(|h| h == id))
@@ -962,6 +873,45 @@ async fn release_unused(
         }
     }
     Ok(left)
+}
+
+/// bake's temporary-NAT Elastic IPs (tagged `bake:egress`; the tag is checked here too), one
+/// run's when `run` is given.
+async fn addresses(clients: &Clients, run: Option<&str>) -> Result<Vec<Address>, CallError> {
+    let mut filters = vec![filter("tag-key", tags::EGRESS)];
+    if let Some(run) = run {
+        filters.push(tags::filter(tags::RUN_ID, run));
+    }
+    let request = clients.ec2.describe_addresses().set_filters(Some(filters));
+    let addresses = clients
+        .call(|| request.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| "list bake's Elastic IPs".into())
+        .await?
+        .addresses
+        .unwrap_or_default();
+    Ok(addresses
+        .into_iter()
+        .filter(|a| tag_value(a.tags(), tags::EGRESS).is_some())
+        .filter(|a| run.is_none_or(|r| tag_value(a.tags(), tags::RUN_ID) == Some(r)))
+        .collect())
+}
+
+/// Whether the address's `bake:created` tag is at or before `cutoff` (no such tag: not).
+fn allocated_by(address: &Address, cutoff: SystemTime) -> bool {
+    tag_value(address.tags(), tags::CREATED)
+        .and_then(|v| humantime::parse_rfc3339(v).ok())
+        .is_some_and(|created| created <= cutoff)
+}
+
+/// The allocation ids bake's live (or deleting) gateways hold.
+async fn held_addresses(clients: &Clients) -> Result<Vec<String>, CallError> {
+    Ok(live_gateways(clients)
+        .await?
+        .iter()
+        .flat_map(|n| n.nat_gateway_addresses())
+        .filter_map(|a| a.allocation_id().map(str::to_owned))
+        .collect())
 }
 
 /// bake's temporary gateways that are pending, available or being deleted (they still hold
@@ -1013,42 +963,25 @@ async fn live_gateways(clients: &Clients) -> Result<Vec<NatGateway>, CallError> 
 /// Waits until the gateway is available; `failed` ends the wait with AWS's reason.
 async fn wait_available(clients: &Clients, nat: &str, progress: &Progress) -> Result<(), Error> {
     progress.step(format!("waiting for NAT gateway {nat} to be available"));
-    let result = poll::until(
-        &format!("waiting for NAT gateway {nat} to be available"),
-        poll::deadline(AVAILABLE_TIMEOUT),
-        NAT_SCHEDULE,
-        |_| {},
-        || async {
-            let out = clients
-                .ec2
-                .describe_nat_gateways()
-                .nat_gateway_ids(nat)
-                .send()
-                .await;
-            let out = match out {
-                Ok(out) => out,
-                Err(e) if aws::code(&e).is_some_and(|c| NEW_NAT.codes.contains(&c)) => {
-                    return Check::Pending(aws::describe(&e));
-                }
-                Err(e) => return aws::unless_transient(&e, aws::describe),
-            };
-            let Some(found) = out.nat_gateways().first() else {
-                return Check::Pending("not listed yet".into());
-            };
-            match found.state() {
-                Some(NatGatewayState::Available) => Check::Ready(()),
-                Some(NatGatewayState::Pending) => Check::Pending("pending".into()),
-                _ => Check::Failed(format!(
-                    "is {} ({})",
-                    state_of(found),
-                    found
-                        .failure_message()
-                        .or(found.failure_code())
-                        .unwrap_or("no reason given")
-                )),
-            }
-        },
-    )
+    let result = watch(clients, nat, "available", AVAILABLE_TIMEOUT, |seen| {
+        let found = match seen {
+            Ok(Some(found)) => found,
+            Ok(None) => return Check::Pending("not listed yet".into()),
+            Err(unknown) => return Check::Pending(unknown),
+        };
+        match found.state() {
+            Some(NatGatewayState::Available) => Check::Ready(()),
+            Some(NatGatewayState::Pending) => Check::Pending("pending".into()),
+            _ => Check::Failed(format!(
+                "is {} ({})",
+                state_of(found),
+                found
+                    .failure_message()
+                    .or(found.failure_code())
+                    .unwrap_or("no reason given")
+            )),
+        }
+    })
     .await;
     result.map_err(|e| Error::Gateway {
         nat: nat.to_owned(),
@@ -1064,32 +997,18 @@ async fn wait_available(clients: &Clients, nat: &str, progress: &Progress) -> Re
 
 /// Waits until the gateway is deleted (AWS refuses to release its address before).
 async fn wait_deleted(clients: &Clients, nat: &str) -> Result<(), String> {
-    let result = poll::until(
-        &format!("waiting for NAT gateway {nat} to be deleted"),
-        poll::deadline(DELETED_TIMEOUT),
-        NAT_SCHEDULE,
-        |_| {},
-        || async {
-            let out = clients
-                .ec2
-                .describe_nat_gateways()
-                .nat_gateway_ids(nat)
-                .send()
-                .await;
-            let out = match out {
-                Ok(out) => out,
-                // Asked after DeleteNatGateway succeeded: EC2 knew it, so NotFound is gone.
-                Err(e) if aws::code(&e).is_some_and(|c| NEW_NAT.codes.contains(&c)) => {
-                    return Check::Ready(());
-                }
-                Err(e) => return aws::unless_transient(&e, aws::describe),
-            };
-            match out.nat_gateways().first().map(|n| n.state()) {
-                None | Some(Some(NatGatewayState::Deleted | NatGatewayState::Failed)) => {
-                    Check::Ready(())
-                }
-                Some(state) => Check::Pending(state.map_or("unknown", |s| s.as_str()).into()),
-            }
+    let result = watch(
+        clients,
+        nat,
+        "deleted",
+        DELETED_TIMEOUT,
+        |seen| match seen {
+            // Asked after DeleteNatGateway succeeded: EC2 knew it, so NotFound is gone.
+            Err(_) | Ok(None) => Check::Ready(()),
+            Ok(Some(n)) => match n.state() {
+                Some(NatGatewayState::Deleted | NatGatewayState::Failed) => Check::Ready(()),
+                state => Check::Pending(state.map_or("unknown", |s| s.as_str()).into()),
+            },
         },
     )
     .await;
@@ -1101,13 +1020,47 @@ async fn wait_deleted(clients: &Clients, nat: &str) -> Result<(), String> {
     })
 }
 
+/// Describes the gateway on [`share::SCHEDULE`] until `judge` ends the wait, or `timeout`. `judge`
+/// sees the gateway, `Ok(None)` when EC2 lists none, or `Err` with EC2's NotFound answer (a
+/// gateway just created, or just deleted); a throttle or 5xx answer is asked again.
+async fn watch(
+    clients: &Clients,
+    nat: &str,
+    goal: &str,
+    timeout: Duration,
+    judge: impl Fn(Result<Option<&NatGateway>, String>) -> Check<(), String>,
+) -> Result<(), PollError<String>> {
+    poll::until(
+        &format!("waiting for NAT gateway {nat} to be {goal}"),
+        poll::deadline(timeout),
+        share::SCHEDULE,
+        |_| {},
+        || async {
+            let out = clients
+                .ec2
+                .describe_nat_gateways()
+                .nat_gateway_ids(nat)
+                .send()
+                .await;
+            match out {
+                Ok(out) => judge(Ok(out.nat_gateways().first())),
+                Err(e) if aws::code(&e).is_some_and(|c| NEW_NAT.codes.contains(&c)) => {
+                    judge(Err(aws::describe(&e)))
+                }
+                Err(e) => aws::unless_transient(&e, aws::describe),
+            }
+        },
+    )
+    .await
+}
+
 /// Waits until the route table's default route no longer points at `nat` (its last user is
 /// removing it).
 async fn wait_route_gone(clients: &Clients, table: &str, nat: &str) -> Result<(), Error> {
     let result = poll::until(
         &format!("waiting for the route to closing NAT gateway {nat} to go"),
         poll::deadline(CLOSING_TIMEOUT),
-        NAT_SCHEDULE,
+        share::SCHEDULE,
         |_| {},
         || async {
             match read_table(clients, table).await {
@@ -1173,29 +1126,10 @@ pub async fn find_left(clients: &Clients, cutoff: SystemTime) -> Result<Vec<Reso
                 .map(|a| Resource::Address(a.to_owned())),
         );
     }
-    let held: Vec<String> = live_gateways(clients)
-        .await?
-        .iter()
-        .flat_map(|n| n.nat_gateway_addresses())
-        .filter_map(|a| a.allocation_id().map(str::to_owned))
-        .collect();
-    let request = clients
-        .ec2
-        .describe_addresses()
-        .filters(filter("tag-key", tags::EGRESS));
-    let addresses = clients
-        .call(|| request.clone().send())
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| "list bake's Elastic IPs".into())
-        .await?
-        .addresses
-        .unwrap_or_default();
-    for address in addresses {
-        let created =
-            tag_value(address.tags(), tags::CREATED).and_then(|v| humantime::parse_rfc3339(v).ok());
+    let held = held_addresses(clients).await?;
+    for address in addresses(clients, None).await? {
         if let Some(id) = address.allocation_id()
-            && tag_value(address.tags(), tags::EGRESS).is_some()
-            && created.is_some_and(|c| c <= cutoff)
+            && allocated_by(&address, cutoff)
             && !held.iter().any(|h| h == id)
         {
             found.push(Resource::Address(id.to_owned()));
@@ -1217,7 +1151,7 @@ async fn left_gateways(
         .into_iter()
         .filter(is_live)
         .filter(|n| {
-            let users = users(n);
+            let users = USERS.of(n.tags());
             if users.is_empty() {
                 tag_value(n.tags(), tags::CREATED)
                     .and_then(|v| humantime::parse_rfc3339(v).ok())
@@ -1254,7 +1188,7 @@ pub async fn remove_left(
         let Some(table) = tag_value(nat.tags(), tags::EGRESS) else {
             continue;
         };
-        let lock = table_lock(table);
+        let lock = TABLE_LOCKS.of(table);
         let _guard = lock.lock().await;
         if let Err(reason) = remove_gateway(clients, table, nat, &mut removed).await {
             left.push(Left {
@@ -1263,67 +1197,58 @@ pub async fn remove_left(
             });
         }
     }
-    match release_unused(clients, None, Some(cutoff), &mut removed).await {
-        Ok(stuck) => left.extend(stuck),
-        Err(e) => left.extend(failed("(addresses)", e)),
-    }
-    if left.is_empty() {
-        Ok(removed)
-    } else {
-        Err(left)
-    }
+    let swept = release_unused(clients, None, Some(cutoff), &mut removed).await;
+    share::gather(&mut left, swept, || {
+        Resource::NatGateway("(addresses)".to_owned())
+    });
+    share::outcome(removed, left)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_ec2::types::builders::RouteBuilder;
     use aws_sdk_ec2::types::{Route, RouteTable};
 
-    fn table(route: Route) -> RouteTable {
-        RouteTable::builder()
+    /// The default route of a table with a local route and `route`.
+    fn read(route: RouteBuilder) -> Option<Target> {
+        let local = Route::builder()
+            .destination_cidr_block("10.20.0.0/16")
+            .gateway_id("local");
+        let table = RouteTable::builder()
             .route_table_id("rtb-1")
-            .routes(
-                Route::builder()
-                    .destination_cidr_block("10.20.0.0/16")
-                    .gateway_id("local")
-                    .build(),
-            )
-            .routes(route)
-            .build()
+            .routes(local.build())
+            .routes(route.build())
+            .build();
+        default_route(&table)
+    }
+
+    fn to_anywhere() -> RouteBuilder {
+        Route::builder().destination_cidr_block("0.0.0.0/0")
     }
 
     #[test]
     fn the_default_route_is_read_whatever_its_target() {
-        let nat = Route::builder()
-            .destination_cidr_block("0.0.0.0/0")
-            .nat_gateway_id("nat-1")
-            .build();
         assert_eq!(
-            default_route(&table(nat)),
+            read(to_anywhere().nat_gateway_id("nat-1")),
             Some(Target::Nat("nat-1".into()))
         );
-        let igw = Route::builder()
-            .destination_cidr_block("0.0.0.0/0")
-            .gateway_id("igw-1")
-            .state(RouteState::Blackhole)
-            .build();
         assert_eq!(
-            default_route(&table(igw)),
+            read(
+                to_anywhere()
+                    .gateway_id("igw-1")
+                    .state(RouteState::Blackhole)
+            ),
             Some(Target::Other("igw-1 (blackhole)".into()))
         );
-        let eni = Route::builder()
-            .destination_cidr_block("0.0.0.0/0")
-            .network_interface_id("eni-1")
-            .build();
         assert_eq!(
-            default_route(&table(eni)),
+            read(to_anywhere().network_interface_id("eni-1")),
             Some(Target::Other("eni-1".into()))
         );
-        let none = Route::builder()
+        let peering = Route::builder()
             .destination_cidr_block("10.30.0.0/16")
-            .gateway_id("pcx-1")
-            .build();
-        assert_eq!(default_route(&table(none)), None);
+            .gateway_id("pcx-1");
+        assert_eq!(read(peering), None);
     }
 
     #[test]
@@ -1331,13 +1256,13 @@ mod tests {
         let nat = NatGateway::builder()
             .nat_gateway_id("nat-1")
             .tags(tags::tag(tags::EGRESS, "rtb-1"))
-            .tags(tags::tag(&user_key("r1"), "2026-11-24T00:00:00Z"))
-            .tags(tags::tag(&user_key("r2"), "not a time"))
+            .tags(tags::tag(&USERS.key("r1"), "2026-11-24T00:00:00Z"))
+            .tags(tags::tag(&USERS.key("r2"), "not a time"))
             .tags(tags::tag(tags::RUN_ID, "r1"))
             .build();
         assert!(is_ours(&nat, "rtb-1"));
         assert!(!is_ours(&nat, "rtb-2"));
-        let users = users(&nat);
+        let users = USERS.of(nat.tags());
         assert_eq!(users.len(), 2, "{users:?}");
         assert_eq!(users[0].0, "r1");
         assert!(users[0].1.is_some());

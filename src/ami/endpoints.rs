@@ -21,8 +21,7 @@
 //! run gives its share back (and before a builder's group is deleted, by the janitor, which
 //! revokes rules in bake's groups that name it).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::{
@@ -30,10 +29,11 @@ use aws_sdk_ec2::types::{
 };
 use futures_util::future::BoxFuture;
 
+use super::share::{self, Locks, Users, tag_value};
 use crate::aws::{self, CallError, Clients};
 use crate::janitor::{Hold, Janitor, Left, Resource, revoke_rules_from};
 use crate::output::Progress;
-use crate::poll::{self, Check, PollError, Schedule};
+use crate::poll::{self, Check, PollError};
 use crate::resolve::{self, DefaultRoute, Routing, Subnet, filter};
 use crate::tags;
 
@@ -47,12 +47,6 @@ const HTTPS: i32 = 443;
 const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Deleting an interface endpoint takes AWS a minute or two; 10 minutes is stuck, left to gc.
 const DELETED_TIMEOUT: Duration = Duration::from_secs(600);
-/// Look after 1 s (the lab takes seconds), every second for 20 s, then growing to 15 s: an
-/// endpoint that takes AWS's minutes costs a few calls a minute.
-const ENDPOINT_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(1))
-    .first_after(Duration::from_secs(1))
-    .dense_for(Duration::from_secs(20))
-    .growing(1.5, Duration::from_secs(15));
 /// The endpoints' group answers DependencyViolation while a deleted endpoint's network
 /// interfaces are still going: seconds in the lab, minutes on AWS.
 const GROUP_RELEASE: aws::Settle = aws::Settle::new(
@@ -70,6 +64,13 @@ const NEW_ENDPOINT_ID: aws::Settle = aws::Settle::new(
     &["InvalidVpcEndpointId.NotFound"],
     Duration::from_secs(30),
 );
+/// An endpoint's users: `bake:endpoint-user:<run-id>`; an endpoint gone is one untagged.
+const USERS: Users = Users {
+    prefix: tags::ENDPOINT_USER_PREFIX,
+    kind: "VPC endpoint",
+    settle: aws::THROTTLE_BURST,
+    gone: &["InvalidVpcEndpointId.NotFound"],
+};
 /// How often a take starts over when an endpoint it joined disappeared (another process's last
 /// user deleted it): each round changes who holds it, so three mean something keeps changing it.
 const TAKE_ROUNDS: usize = 3;
@@ -112,7 +113,7 @@ pub async fn missing(
     routing: &Routing,
 ) -> Result<Vec<String>, CallError> {
     if let Some(DefaultRoute::NatGateway(nat)) = &routing.default_route
-        && !bakes_own_nat(clients, nat).await?
+        && !super::egress::is_bakes(clients, nat).await?
     {
         return Ok(Vec::new());
     }
@@ -127,24 +128,6 @@ pub async fn missing(
         })
         .map(|s| (*s).to_owned())
         .collect())
-}
-
-/// A NAT gateway bake made for `egress = "nat"` (it goes when the bake ends: no path to rely on).
-async fn bakes_own_nat(clients: &Clients, nat: &str) -> Result<bool, CallError> {
-    let request = clients.ec2.describe_nat_gateways().nat_gateway_ids(nat);
-    let out = clients
-        .call(|| request.clone().send())
-        .settle(&aws::THROTTLE_BURST)
-        .or_none(
-            &["NatGatewayNotFound", "InvalidNatGatewayID.NotFound"],
-            || format!("describe NAT gateway {nat}"),
-        )
-        .await?;
-    Ok(out.is_some_and(|o| {
-        o.nat_gateways()
-            .iter()
-            .any(|n| n.tags().iter().any(|t| t.key() == Some(tags::EGRESS)))
-    }))
 }
 
 /// The VPC's interface endpoints for the SSM services, in any state.
@@ -188,39 +171,8 @@ fn is(e: &VpcEndpoint, states: &[&str]) -> bool {
         .is_some_and(|s| states.contains(&s.as_str().to_ascii_lowercase().as_str()))
 }
 
-fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
-    tags.iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
-}
-
-/// The runs using an endpoint bake made, with when they joined.
-fn users(e: &VpcEndpoint) -> Vec<(String, Option<SystemTime>)> {
-    e.tags()
-        .iter()
-        .filter_map(|t| {
-            let run = t.key()?.strip_prefix(tags::ENDPOINT_USER_PREFIX)?;
-            let at = t.value().and_then(|v| humantime::parse_rfc3339(v).ok());
-            Some((run.to_owned(), at))
-        })
-        .collect()
-}
-
-fn user_key(run_id: &str) -> String {
-    format!("{}{run_id}", tags::ENDPOINT_USER_PREFIX)
-}
-
-/// The in-process lock for a VPC's endpoints.
-fn vpc_lock(vpc: &str) -> Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: OnceLock<Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
-    LOCKS
-        .get_or_init(Default::default)
-        .lock()
-        .expect("endpoint locks")
-        .entry(vpc.to_owned())
-        .or_default()
-        .clone()
-}
+/// The in-process locks for the endpoints, one per VPC.
+static VPC_LOCKS: Locks = Locks::new();
 
 /// One bake's share of the VPC's endpoints, for the janitor to give back ([`Hold`]).
 pub struct Share {
@@ -230,6 +182,12 @@ pub struct Share {
     /// The builder's group, admitted on 443 by the endpoints' group.
     builder_group: String,
     taken: Mutex<Taken>,
+}
+
+impl Hold for Share {
+    fn release(&self) -> BoxFuture<'_, Result<Vec<Resource>, Vec<Left>>> {
+        Box::pin(self.give_back())
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -264,7 +222,7 @@ pub async fn take(
         plan.vpc,
         SERVICES.join(", ")
     ));
-    let lock = vpc_lock(&plan.vpc);
+    let lock = VPC_LOCKS.of(&plan.vpc);
     let ids = {
         let _guard = lock.lock().await;
         let mut round = 0;
@@ -329,19 +287,7 @@ impl Share {
             .expect("share lock")
             .using
             .push(id.to_owned());
-        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        let request = self
-            .clients
-            .ec2
-            .create_tags()
-            .resources(id)
-            .tags(tags::tag(&user_key(&self.run_id), &now));
-        self.clients
-            .call(|| request.clone().send())
-            .settle(&aws::THROTTLE_BURST)
-            .or_fail(|| format!("tag VPC endpoint {id} as used by run {}", self.run_id))
-            .await?;
-        Ok(())
+        USERS.join(&self.clients, id, &self.run_id).await
     }
 
     /// The endpoints' group (found by its tag, else created) with 443 open to this run's builder
@@ -469,7 +415,7 @@ impl Share {
     /// deletes what no run uses any more.
     async fn give_back(&self) -> Result<Vec<Resource>, Vec<Left>> {
         let taken = self.taken.lock().expect("share lock").clone();
-        let lock = vpc_lock(&self.vpc);
+        let lock = VPC_LOCKS.of(&self.vpc);
         let _guard = lock.lock().await;
         let mut left = Vec::new();
         let group = match &taken.group {
@@ -485,21 +431,7 @@ impl Share {
             });
         }
         for id in &taken.using {
-            let request = self
-                .clients
-                .ec2
-                .delete_tags()
-                .resources(id)
-                .tags(Tag::builder().key(user_key(&self.run_id)).build());
-            let untagged = self
-                .clients
-                .call(|| request.clone().send())
-                .settle(&aws::THROTTLE_BURST)
-                .or_none(&["InvalidVpcEndpointId.NotFound"], || {
-                    format!("untag VPC endpoint {id}")
-                })
-                .await;
-            if let Err(e) = untagged {
+            if let Err(e) = USERS.leave(&self.clients, id, &self.run_id).await {
                 left.push(Left {
                     resource: Resource::VpcEndpoint(id.clone()),
                     reason: e.to_string(),
@@ -507,24 +439,11 @@ impl Share {
             }
         }
         let mut removed = Vec::new();
-        match remove_unused(&self.clients, &self.vpc, &taken.using, None, &mut removed).await {
-            Ok(stuck) => left.extend(stuck),
-            Err(e) => left.push(Left {
-                resource: Resource::VpcEndpoint(format!("(VPC {})", self.vpc)),
-                reason: e.to_string(),
-            }),
-        }
-        if left.is_empty() {
-            Ok(removed)
-        } else {
-            Err(left)
-        }
-    }
-}
-
-impl Hold for Share {
-    fn release(&self) -> BoxFuture<'_, Result<Vec<Resource>, Vec<Left>>> {
-        Box::pin(self.give_back())
+        let swept = remove_unused(&self.clients, &self.vpc, &taken.using, None, &mut removed).await;
+        share::gather(&mut left, swept, || {
+            Resource::VpcEndpoint(format!("(VPC {})", self.vpc))
+        });
+        share::outcome(removed, left)
     }
 }
 
@@ -539,8 +458,7 @@ fn shared_tags(run_tags: &[Tag], vpc: &str, user: Option<&str>) -> Vec<Tag> {
         .collect();
     out.push(tags::tag(tags::ENDPOINT, vpc));
     if let Some(run) = user {
-        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        out.push(tags::tag(&user_key(run), &now));
+        out.push(USERS.tag(run));
     }
     out
 }
@@ -639,7 +557,7 @@ async fn wait_available(
     let result = poll::until(
         &step,
         poll::deadline(AVAILABLE_TIMEOUT),
-        ENDPOINT_SCHEDULE,
+        share::SCHEDULE,
         |seen| progress.detail(&step, seen),
         || async {
             let request = clients
@@ -746,7 +664,7 @@ async fn remove_unused(
     let unused: Vec<String> = ours
         .iter()
         .filter(|e| {
-            let users = users(e);
+            let users = USERS.of(e.tags());
             match cutoff {
                 None => users.is_empty(),
                 Some(cutoff) => users.iter().all(|(_, at)| at.is_none_or(|at| at < cutoff)),
@@ -822,7 +740,7 @@ async fn wait_deleted(clients: &Clients, ids: &[String]) -> Result<(), String> {
     let result = poll::until(
         &format!("waiting for VPC endpoints {} to be deleted", ids.join(", ")),
         poll::deadline(DELETED_TIMEOUT),
-        ENDPOINT_SCHEDULE,
+        share::SCHEDULE,
         |_| {},
         || async {
             let request = clients
@@ -907,7 +825,8 @@ pub async fn find_left(clients: &Clients, cutoff: SystemTime) -> Result<Vec<Reso
             .filter(|e| !is(e, &["deleted"]))
             .collect();
         let (old, live): (Vec<&VpcEndpoint>, Vec<&VpcEndpoint>) = ours.iter().partition(|e| {
-            users(e)
+            USERS
+                .of(e.tags())
                 .iter()
                 .all(|(_, at)| at.is_none_or(|at| at < cutoff))
         });
@@ -940,21 +859,14 @@ pub async fn remove_left(
     let mut removed = Vec::new();
     let mut left = Vec::new();
     for vpc in vpcs {
-        let lock = vpc_lock(&vpc);
+        let lock = VPC_LOCKS.of(&vpc);
         let _guard = lock.lock().await;
-        match remove_unused(clients, &vpc, &[], Some(cutoff), &mut removed).await {
-            Ok(stuck) => left.extend(stuck),
-            Err(e) => left.push(Left {
-                resource: Resource::VpcEndpoint(format!("(VPC {vpc})")),
-                reason: e.to_string(),
-            }),
-        }
+        let swept = remove_unused(clients, &vpc, &[], Some(cutoff), &mut removed).await;
+        share::gather(&mut left, swept, || {
+            Resource::VpcEndpoint(format!("(VPC {vpc})"))
+        });
     }
-    if left.is_empty() {
-        Ok(removed)
-    } else {
-        Err(left)
-    }
+    share::outcome(removed, left)
 }
 
 #[cfg(test)]
@@ -998,7 +910,7 @@ mod tests {
                 ("Name", "bake ssm endpoint"),
             ],
         );
-        let users = users(&e);
+        let users = USERS.of(e.tags());
         assert_eq!(users.len(), 1);
         assert_eq!(users[0].0, "20261124t001500-abcdef");
         assert_eq!(

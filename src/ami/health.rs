@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::InstanceStateName;
 use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
 use tokio::time::Instant;
 
-use super::verify::{self, InvocationOutput};
+use super::verify::{self, Ended, InvocationOutput, Script};
 use crate::aws::{self, CallError, Clients};
 use crate::config::Health;
 use crate::output::Progress;
@@ -406,65 +406,26 @@ async fn in_builder(
     let step = format!("waiting for health at {url} on builder {instance_id} (through SSM)");
     let started = Instant::now();
     let wait = deadline.saturating_duration_since(started);
-    let request = clients
-        .ssm
-        .send_command()
-        .instance_ids(instance_id)
-        .document_name("AWS-RunShellScript")
-        .comment("bake health")
-        .parameters("commands", vec![script(health, wait)])
-        .parameters(
-            "executionTimeout",
-            vec![
-                wait.saturating_add(SSM_HEALTH_MARGIN)
-                    .as_secs()
-                    .max(1)
-                    .to_string(),
-            ],
-        );
-    let sent = clients
-        .call(|| request.clone().send())
-        .or_fail(|| format!("send the health check to builder {instance_id}"))
-        .await?;
-    let command_id = sent
-        .command()
-        .and_then(|c| c.command_id())
-        .unwrap_or_default()
-        .to_owned();
-    let invocation = || {
-        clients
-            .ssm
-            .get_command_invocation()
-            .command_id(&command_id)
-            .instance_id(instance_id)
-            .send()
+    let script = Script {
+        instance_id,
+        what: "health",
+        sending: format!("send the health check to builder {instance_id}"),
+        script: script(health, wait),
+        execution_timeout: wait.saturating_add(SSM_HEALTH_MARGIN).as_secs().max(1),
     };
-    let reading = || format!("read health command {command_id} on builder {instance_id}");
-    // Right after SendCommand the invocation may not exist yet (InvocationDoesNotExist).
-    let first = clients
-        .call(invocation)
-        .settle(&aws::NEW_INVOCATION)
-        .or_fail(reading)
-        .await?;
-    let result = match verify::classify(Ok(first)) {
-        Check::Ready(()) => Ok(()),
-        Check::Failed(out) => Err(PollError::Failed(out)),
-        Check::Pending(_) => {
-            poll::until(
-                &step,
-                deadline + SSM_HEALTH_MARGIN,
-                schedule,
-                seen,
-                || async { verify::classify(invocation().await) },
-            )
-            .await
-        }
-    };
-    match result {
+    let outcome = verify::run_script(
+        clients,
+        script,
+        &step,
+        |_| deadline + SSM_HEALTH_MARGIN,
+        schedule,
+        seen,
+    )
+    .await?;
+    match outcome {
         Ok(()) => Ok(()),
-        Err(PollError::Failed(Ok(out))) => Err(ended(instance_id, &url, started, &out)),
-        Err(PollError::Failed(Err(message))) => Err(clients.failed(reading(), message).into()),
-        Err(PollError::TimedOut { last }) => Err(Error::Unhealthy {
+        Err(Ended::Failed(out)) => Err(ended(instance_id, &url, started, &out)),
+        Err(Ended::TimedOut { last }) => Err(Error::Unhealthy {
             instance_id: instance_id.to_owned(),
             url: format!("{url} (through SSM)"),
             waited: started.elapsed(),

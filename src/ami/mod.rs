@@ -7,6 +7,7 @@ pub mod health;
 pub mod image;
 pub mod launch;
 pub mod preflight;
+pub mod share;
 pub mod verify;
 
 use std::time::Duration;

@@ -145,24 +145,89 @@ pub async fn run(
 ) -> Result<(), Error> {
     let step = format!("verifying ({} commands)", commands.len());
     progress.step(step.clone());
+    let started = Instant::now();
+    let script = Script {
+        instance_id,
+        what: "verify",
+        sending: "send the verify command".into(),
+        script: script(digest, commands, timeout),
+        execution_timeout: timeout.as_secs(),
+    };
+    let outcome = run_script(
+        clients,
+        script,
+        &step,
+        // The command's own timeout plus a minute for delivery and reporting.
+        |sent| poll::deadline_after(sent, timeout.saturating_add(Duration::from_secs(60))),
+        COMMAND_SCHEDULE,
+        |seen| progress.detail(&step, seen),
+    )
+    .await?;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(Ended::Failed(out)) => Err(failure(instance_id, commands, &out)),
+        Err(Ended::TimedOut { last }) => Err(Error::TimedOut {
+            instance_id: instance_id.to_owned(),
+            waited: started.elapsed(),
+            last,
+        }),
+    }
+}
+
+/// One shell script for a builder, run through SSM's AWS-RunShellScript.
+pub(super) struct Script<'a> {
+    pub instance_id: &'a str,
+    /// What it is: its comment is `bake WHAT`; errors reading it name it.
+    pub what: &'a str,
+    /// What sending it is, for errors ("send the verify command").
+    pub sending: String,
+    pub script: String,
+    /// SSM's executionTimeout in seconds: the agent stops the script after it.
+    pub execution_timeout: u64,
+}
+
+/// How a script that did not succeed ended.
+pub(super) enum Ended {
+    /// Its invocation ended otherwise (failed, cancelled, timed out on the builder).
+    Failed(Box<InvocationOutput>),
+    /// The wait's deadline passed; the invocation's last status.
+    TimedOut { last: String },
+}
+
+/// Sends `script` (one SendCommand) and waits for its invocation: read at once, asked again
+/// while SSM does not know it yet, then on `schedule` until `deadline(sent)`, `sent` being when
+/// SendCommand answered. Errors are the calls that failed.
+pub(super) async fn run_script(
+    clients: &Clients,
+    script: Script<'_>,
+    step: &str,
+    deadline: impl FnOnce(Instant) -> Instant,
+    schedule: Schedule,
+    seen: impl FnMut(&str),
+) -> Result<Result<(), Ended>, CallError> {
+    let instance_id = script.instance_id;
     let request = clients
         .ssm
         .send_command()
         .instance_ids(instance_id)
         .document_name("AWS-RunShellScript")
-        .comment("bake verify")
-        .parameters("commands", vec![script(digest, commands, timeout)])
-        .parameters("executionTimeout", vec![timeout.as_secs().to_string()]);
+        .comment(format!("bake {}", script.what))
+        .parameters("commands", vec![script.script])
+        .parameters(
+            "executionTimeout",
+            vec![script.execution_timeout.to_string()],
+        );
+    let sending = script.sending;
     let sent = clients
         .call(|| request.clone().send())
-        .or_fail(|| "send the verify command".into())
+        .or_fail(|| sending)
         .await?;
     let command_id = sent
         .command()
         .and_then(|c| c.command_id())
         .unwrap_or_default()
         .to_owned();
-    let started = Instant::now();
+    let deadline = deadline(Instant::now());
     let invocation = || {
         clients
             .ssm
@@ -171,8 +236,13 @@ pub async fn run(
             .instance_id(instance_id)
             .send()
     };
+    let reading = || {
+        format!(
+            "read {} command {command_id} on builder {instance_id}",
+            script.what
+        )
+    };
     // Right after SendCommand the invocation may not exist yet (InvocationDoesNotExist).
-    let reading = || format!("read verify command {command_id} on builder {instance_id}");
     let first = clients
         .call(invocation)
         .settle(&aws::NEW_INVOCATION)
@@ -182,26 +252,17 @@ pub async fn run(
         Check::Ready(()) => Ok(()),
         Check::Failed(out) => Err(PollError::Failed(out)),
         Check::Pending(_) => {
-            poll::until(
-                &step,
-                // The command's own timeout plus a minute for delivery and reporting.
-                poll::deadline_after(started, timeout.saturating_add(Duration::from_secs(60))),
-                COMMAND_SCHEDULE,
-                |seen| progress.detail(&step, seen),
-                || async { classify(invocation().await) },
-            )
+            poll::until(step, deadline, schedule, seen, || async {
+                classify(invocation().await)
+            })
             .await
         }
     };
     match result {
-        Ok(()) => Ok(()),
-        Err(PollError::Failed(Ok(out))) => Err(failure(instance_id, commands, &out)),
-        Err(PollError::Failed(Err(message))) => Err(clients.failed(reading(), message).into()),
-        Err(PollError::TimedOut { last }) => Err(Error::TimedOut {
-            instance_id: instance_id.to_owned(),
-            waited: started.elapsed(),
-            last,
-        }),
+        Ok(()) => Ok(Ok(())),
+        Err(PollError::Failed(Ok(out))) => Ok(Err(Ended::Failed(Box::new(out)))),
+        Err(PollError::Failed(Err(message))) => Err(clients.failed(reading(), message)),
+        Err(PollError::TimedOut { last }) => Ok(Err(Ended::TimedOut { last })),
     }
 }
 

@@ -300,6 +300,58 @@ impl Lab {
         }
         panic!("{what} did not happen within {limit:?}");
     }
+
+    /// Waits until EC2 lists a builder by bake's run-id tag, as `bake gc` finds them: a new
+    /// instance is listed only after a moment (eventual consistency; seconds in the lab).
+    pub async fn wait_until_builders_listed(&self) {
+        self.wait_for(
+            "the builder listed by tag",
+            Duration::from_secs(60),
+            || async {
+                let out = self
+                    .ec2
+                    .describe_instances()
+                    .filters(
+                        aws_sdk_ec2::types::Filter::builder()
+                            .name("tag-key")
+                            .values("bake:run-id")
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                !out.reservations().is_empty()
+            },
+        )
+        .await;
+    }
+
+    /// Starts bake with `args` in the background, waits up to `limit` for `ready` (`what`), sends
+    /// it signal `sig` (INT, TERM, KILL) and returns how it ended.
+    pub async fn interrupt_when<F, Fut>(
+        &self,
+        args: &[&str],
+        sig: &str,
+        what: &str,
+        limit: Duration,
+        ready: F,
+    ) -> Output
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let child = self
+            .bake(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.wait_for(what, limit, ready).await;
+        signal(child.id(), sig);
+        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap()
+    }
 }
 
 impl Drop for Lab {

@@ -130,23 +130,7 @@ impl Network {
 
     /// The private table's default route target (NAT gateway id, gateway id), if any.
     pub async fn default_route(&self, lab: &Lab) -> Option<String> {
-        let out = lab
-            .ec2
-            .describe_route_tables()
-            .route_table_ids(&self.private_table)
-            .send()
-            .await
-            .unwrap();
-        out.route_tables()
-            .iter()
-            .flat_map(|t| t.routes())
-            .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
-            .map(|r| {
-                r.nat_gateway_id()
-                    .or(r.gateway_id())
-                    .unwrap_or("?")
-                    .to_owned()
-            })
+        default_route_of(lab, &self.private_table).await
     }
 }
 
@@ -200,6 +184,18 @@ pub async fn subnet_named(lab: &Lab, name: &str) -> aws_sdk_ec2::types::Subnet {
     out.subnets()[0].clone()
 }
 
+/// The id of the lab's VPC whose Name tag is `name` ("My-VPC").
+pub async fn vpc_named(lab: &Lab, name: &str) -> String {
+    let out = lab
+        .ec2
+        .describe_vpcs()
+        .filters(Filter::builder().name("tag:Name").values(name).build())
+        .send()
+        .await
+        .unwrap();
+    out.vpcs()[0].vpc_id().unwrap().to_owned()
+}
+
 /// The route table a subnet uses (its own, else its VPC's main one).
 pub async fn table_of(lab: &Lab, subnet: &aws_sdk_ec2::types::Subnet) -> String {
     let by = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
@@ -222,6 +218,62 @@ pub async fn table_of(lab: &Lab, subnet: &aws_sdk_ec2::types::Subnet) -> String 
         .await
         .unwrap();
     main.route_tables()[0].route_table_id().unwrap().to_owned()
+}
+
+/// Creates a NAT gateway in `subnet` as the account or another bake process would (with `tags`),
+/// with an Elastic IP of its own, and waits until it is available; returns its id.
+pub async fn nat_gateway(lab: &Lab, subnet: &str, tags: Option<TagSpecification>) -> String {
+    let address = lab
+        .ec2
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .send()
+        .await
+        .unwrap();
+    let nat = lab
+        .ec2
+        .create_nat_gateway()
+        .subnet_id(subnet)
+        .allocation_id(address.allocation_id().unwrap())
+        .set_tag_specifications(tags.map(|t| vec![t]))
+        .send()
+        .await
+        .unwrap()
+        .nat_gateway
+        .unwrap()
+        .nat_gateway_id
+        .unwrap();
+    lab.wait_for(
+        "the NAT gateway to be available",
+        std::time::Duration::from_secs(60),
+        || async {
+            let out = lab
+                .ec2
+                .describe_nat_gateways()
+                .nat_gateway_ids(&nat)
+                .send()
+                .await
+                .unwrap();
+            out.nat_gateways()[0].state().map(|s| s.as_str()) == Some("available")
+        },
+    )
+    .await;
+    nat
+}
+
+/// Adds 0.0.0.0/0 -> `nat` (a NAT gateway) or an internet gateway (`igw-…`) to `table`.
+pub async fn route_default(lab: &Lab, table: &str, target: &str) {
+    let request = lab
+        .ec2
+        .create_route()
+        .route_table_id(table)
+        .destination_cidr_block("0.0.0.0/0");
+    let request = if target.starts_with("nat-") {
+        request.nat_gateway_id(target)
+    } else {
+        request.gateway_id(target)
+    };
+    request.send().await.unwrap();
 }
 
 /// A route table's default route target, if any.
