@@ -169,7 +169,10 @@ impl Janitor {
         born: &BTreeMap<Resource, Instant>,
     ) -> Result<Vec<Resource>, Error> {
         let mut left = Vec::new();
-        match delete_born(&self.clients, &found, born).await {
+        // Only a run that holds shared resources (the SSM endpoints' group admits its builders'
+        // groups) can have a rule naming its groups elsewhere: a plain bake skips that look-up.
+        let shares = !self.holds.lock().expect("holds lock").is_empty();
+        match delete_born(&self.clients, &found, born, shares).await {
             Ok(()) => {}
             Err(Error::Left { left: stuck, .. }) => left.extend(stuck),
             Err(e @ Error::Api(_)) => return Err(e),
@@ -434,16 +437,18 @@ async fn find_with_uses(
 /// then security groups. Never stops at the first error: every resource is tried, what is
 /// retryable is retried within its deadline, and what is left is reported with ids.
 pub async fn delete(clients: &Clients, resources: &[Resource]) -> Result<(), Error> {
-    delete_born(clients, resources, &BTreeMap::new()).await
+    delete_born(clients, resources, &BTreeMap::new(), true).await
 }
 
 /// [`delete`], knowing when this process created some of the resources: an id created moments
 /// ago may be unknown to EC2 (eventual consistency), so its NotFound is asked again until the
-/// creation's window has passed instead of being taken as "already gone".
+/// creation's window has passed instead of being taken as "already gone". With `referenced`,
+/// a security group's references from bake's endpoint groups are revoked before it is deleted.
 async fn delete_born(
     clients: &Clients,
     resources: &[Resource],
     born: &BTreeMap<Resource, Instant>,
+    referenced: bool,
 ) -> Result<(), Error> {
     let mut left: Vec<Left> = Vec::new();
     let window = |r: &Resource, settle: &aws::Settle| born.get(r).map(|at| *at + settle.within);
@@ -522,7 +527,7 @@ async fn delete_born(
                 continue;
             }
             let until = window(resource, &aws::NEW_SECURITY_GROUP);
-            if let Err(e) = revoke_references(clients, id).await {
+            if referenced && let Err(e) = revoke_references(clients, id).await {
                 left.push(Left {
                     resource: resource.clone(),
                     reason: format!("a rule in bake's endpoint group still names it: {e}"),
