@@ -34,6 +34,10 @@ const TERMINATE_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(1))
 /// DependencyViolation clears within tens of seconds; retry every 3 s growing to 15 s.
 const SG_SCHEDULE: Schedule =
     Schedule::every(Duration::from_secs(3)).growing(1.5, Duration::from_secs(15));
+/// Right after this cleanup terminated the group's instances, their network interfaces still hold
+/// the group (a minute or two on EC2), so an immediate DeleteSecurityGroup is answered
+/// DependencyViolation: the first try waits one retry interval instead.
+const SG_AFTER_TERMINATION: Schedule = SG_SCHEDULE.first_after(Duration::from_secs(3));
 
 /// A resource a run created.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -459,7 +463,9 @@ async fn delete_born(
             _ => None,
         })
         .collect();
+    let mut group_schedule = SG_SCHEDULE;
     if !instances.is_empty() {
+        group_schedule = SG_AFTER_TERMINATION;
         let terminated = futures_util::future::join_all(instances.iter().map(|id| {
             let resource = Resource::Instance(id.clone());
             let until = window(&resource, &aws::NEW_INSTANCE);
@@ -534,7 +540,7 @@ async fn delete_born(
                 });
                 continue;
             }
-            if let Err(e) = delete_group(clients, id, until).await {
+            if let Err(e) = delete_group(clients, id, until, group_schedule).await {
                 left.push(Left {
                     resource: resource.clone(),
                     reason: e,
@@ -676,7 +682,7 @@ async fn wait_terminated(clients: &Clients, ids: &[String]) -> Result<(), (Vec<S
 /// Deletes a security group, retrying while AWS answers DependencyViolation (an interface of a
 /// terminated instance or a deleted load balancer still holds it) or a transient error.
 pub async fn delete_security_group(clients: &Clients, id: &str) -> Result<(), Error> {
-    delete_group(clients, id, None)
+    delete_group(clients, id, None, SG_SCHEDULE)
         .await
         .map_err(|reason| Error::Left {
             region: clients.region.clone(),
@@ -757,12 +763,17 @@ pub async fn revoke_rules_from(
 
 /// [`delete_security_group`]; a NotFound before `until` (the group was created moments ago) is
 /// asked again rather than taken as gone.
-async fn delete_group(clients: &Clients, id: &str, until: Option<Instant>) -> Result<(), String> {
+async fn delete_group(
+    clients: &Clients,
+    id: &str,
+    until: Option<Instant>,
+    schedule: Schedule,
+) -> Result<(), String> {
     let deadline = poll::deadline(SG_DELETE_TIMEOUT);
     let result = poll::until(
         &format!("delete security group {id}"),
         deadline,
-        SG_SCHEDULE,
+        schedule,
         |_| {},
         || async {
             match clients
