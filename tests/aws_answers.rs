@@ -321,6 +321,87 @@ async fn launch_fails_at_once_on_other_invalid_parameters() {
     assert!(err.to_string().contains("t3.mega"), "{err}");
 }
 
+/// DescribeImages as EC2 answers it: a listing by name (`name`, `name-*`) finds the images named
+/// in `taken` (the first tagged with `owner_run`, if given); a look-up by id finds `ami-new`
+/// available.
+fn images_named(
+    taken: &'static [&'static str],
+    owner_run: Option<&'static str>,
+) -> (aws_smithy_mocks::Rule, aws_smithy_mocks::Rule) {
+    let listing = mock!(aws_sdk_ec2::Client::describe_images)
+        .match_requests(|r| r.image_ids().is_empty())
+        .then_output(move || {
+            let base = plan().ami_name;
+            let mut out = DescribeImagesOutput::builder();
+            for (n, suffix) in taken.iter().enumerate() {
+                let mut image = Image::builder()
+                    .image_id(format!("ami-taken{n}"))
+                    .name(format!("{base}{suffix}"))
+                    .state(ImageState::Available);
+                if let (0, Some(run)) = (n, owner_run) {
+                    image = image.tags(
+                        aws_sdk_ec2::types::Tag::builder()
+                            .key(bake::tags::RUN_ID)
+                            .value(run)
+                            .build(),
+                    );
+                }
+                out = out.images(image.build());
+            }
+            out.build()
+        });
+    let by_id = mock!(aws_sdk_ec2::Client::describe_images)
+        .match_requests(|r| !r.image_ids().is_empty())
+        .then_output(|| {
+            DescribeImagesOutput::builder()
+                .images(
+                    Image::builder()
+                        .image_id("ami-new")
+                        .state(ImageState::Available)
+                        .build(),
+                )
+                .build()
+        });
+    (listing, by_id)
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_one_clash_one_listing_skips_every_taken_suffix() {
+    let duplicate = || {
+        aws_sdk_ec2::operation::create_image::CreateImageError::generic(
+            ErrorMetadata::builder()
+                .code("InvalidAMIName.Duplicate")
+                .message("AMI name web-20261122-dddddddddddd is already in use by AMI ami-taken0")
+                .build(),
+        )
+    };
+    let create = mock!(aws_sdk_ec2::Client::create_image)
+        .sequence()
+        .error(duplicate)
+        .output(|| CreateImageOutput::builder().image_id("ami-new").build())
+        .build();
+    let (listing, by_id) = images_named(&["", "-2", "-3"], None);
+    let clients = clients(&[&create, &listing, &by_id]);
+    let janitor = Janitor::new(clients.clone(), "run-1".into());
+    let plan = plan();
+    let (id, name) = image::create(
+        &clients,
+        &plan,
+        "i-builder",
+        &plan.ami_name,
+        false,
+        &[],
+        &janitor,
+        &progress(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(id, "ami-new");
+    assert_eq!(name, format!("{}-4", plan.ami_name));
+    // The clash, one listing, and the create that took the first free name.
+    assert_eq!((create.num_calls(), listing.num_calls()), (2, 1));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_taken_ami_name_gets_the_next_free_suffix() {
     let duplicate = || {
@@ -336,17 +417,8 @@ async fn a_taken_ami_name_gets_the_next_free_suffix() {
         .error(duplicate)
         .output(|| CreateImageOutput::builder().image_id("ami-new").build())
         .build();
-    let available = mock!(aws_sdk_ec2::Client::describe_images).then_output(|| {
-        DescribeImagesOutput::builder()
-            .images(
-                Image::builder()
-                    .image_id("ami-new")
-                    .state(ImageState::Available)
-                    .build(),
-            )
-            .build()
-    });
-    let clients = clients(&[&create, &available]);
+    let (listing, available) = images_named(&[""], None);
+    let clients = clients(&[&create, &listing, &available]);
     let janitor = Janitor::new(clients.clone(), "run-1".into());
     let plan = plan();
     let (id, name) = image::create(
@@ -383,23 +455,8 @@ async fn create_image_retried_by_the_sdk_finds_its_own_image_instead_of_making_a
         .error(duplicate)
         .output(|| CreateImageOutput::builder().image_id("ami-other").build())
         .build();
-    let mine = mock!(aws_sdk_ec2::Client::describe_images).then_output(|| {
-        DescribeImagesOutput::builder()
-            .images(
-                Image::builder()
-                    .image_id("ami-mine")
-                    .state(ImageState::Available)
-                    .tags(
-                        aws_sdk_ec2::types::Tag::builder()
-                            .key(bake::tags::RUN_ID)
-                            .value("run-1")
-                            .build(),
-                    )
-                    .build(),
-            )
-            .build()
-    });
-    let clients = clients(&[&create, &mine]);
+    let (mine, available) = images_named(&[""], Some("run-1"));
+    let clients = clients(&[&create, &mine, &available]);
     let janitor = Janitor::new(clients.clone(), "run-1".into());
     let plan = plan();
     let (id, name) = image::create(
@@ -416,7 +473,7 @@ async fn create_image_retried_by_the_sdk_finds_its_own_image_instead_of_making_a
     .unwrap();
     assert_eq!(
         (id.as_str(), name.as_str()),
-        ("ami-mine", plan.ami_name.as_str())
+        ("ami-taken0", plan.ami_name.as_str())
     );
     assert_eq!(create.num_calls(), 1, "no second image");
 }

@@ -93,7 +93,13 @@ pub async fn create(
     let candidates = std::iter::once(name.to_owned())
         .chain((2..=NAME_SUFFIXES + 1).map(|n| format!("{name}-{n}")));
     let mut created = None;
+    // Names already seen taken: after one clash, one listing tells them all, so a re-bake on a
+    // day with several AMIs of this name skips to the first free one instead of trying each.
+    let mut taken = std::collections::BTreeSet::new();
     for candidate in candidates {
+        if taken.contains(&candidate) {
+            continue;
+        }
         progress.step(format!("creating image {candidate}"));
         let request = clients
             .ec2
@@ -115,11 +121,14 @@ pub async fn create(
             Err(e) if e.is(&["InvalidAMIName.Duplicate"]) => {
                 // The SDK retries a CreateImage whose answer was lost; the retry then finds the
                 // name taken by the image the first attempt made. That one is ours: use it.
-                if let Some(id) = own_image(clients, &candidate, janitor.run_id()).await? {
+                let names = names_taken(clients, name, &candidate, janitor.run_id()).await?;
+                if let Some(id) = names.ours {
                     progress.step(format!("{candidate} exists from this run as {id}"));
                     created = Some((id, candidate));
                     break;
                 }
+                taken.extend(names.all);
+                taken.insert(candidate);
                 continue;
             }
             Err(e) => {
@@ -193,13 +202,28 @@ pub async fn create(
     }
 }
 
-/// The image of this account named `name`, if this run (tag `bake:run-id`) created it. A name
-/// that is taken by an image DescribeImages does not list yet was taken moments ago (eventual
-/// consistency): it is looked up again within the new-image window before it counts as another's.
-async fn own_image(clients: &Clients, name: &str, run_id: &str) -> Result<Option<String>, Error> {
+/// What one listing of `name` and its suffixed names (`name-*`) says after `candidate` clashed.
+struct Taken {
+    /// The image named `candidate`, if this run (tag `bake:run-id`) created it: the SDK retried
+    /// a CreateImage whose answer was lost.
+    ours: Option<String>,
+    /// Every name of the listing.
+    all: Vec<String>,
+}
+
+/// Lists this account's AMIs named `name` or `name-*` after `candidate` clashed. A clashing name
+/// DescribeImages does not list yet was taken moments ago (eventual consistency): it is listed
+/// again within the new-image window before it counts as another's.
+async fn names_taken(
+    clients: &Clients,
+    name: &str,
+    candidate: &str,
+    run_id: &str,
+) -> Result<Taken, Error> {
     let settle = aws::NEW_IMAGE;
+    let suffixed = format!("{name}-*");
     let result = poll::until(
-        &format!("look up the AMI named {name}"),
+        &format!("look up the AMI named {candidate}"),
         poll::deadline(settle.within),
         settle.schedule,
         |_| {},
@@ -208,29 +232,44 @@ async fn own_image(clients: &Clients, name: &str, run_id: &str) -> Result<Option
                 .ec2
                 .describe_images()
                 .owners("self")
-                .filters(resolve::filter("name", name))
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("name")
+                        .values(name)
+                        .values(&suffixed)
+                        .build(),
+                )
                 .send()
                 .await;
             let images = match out {
                 Ok(out) => out.images.unwrap_or_default(),
                 Err(e) => return aws::unless_transient(&e, aws::describe),
             };
-            let Some(image) = images.first() else {
-                return Check::Pending(format!("{name} is taken but not listed yet"));
+            let Some(image) = images.iter().find(|i| i.name() == Some(candidate)) else {
+                return Check::Pending(format!("{candidate} is taken but not listed yet"));
             };
             let ours = image
                 .tags()
                 .iter()
                 .any(|t| t.key() == Some(tags::RUN_ID) && t.value() == Some(run_id));
-            Check::Ready(ours.then(|| image.image_id().unwrap_or_default().to_owned()))
+            Check::Ready(Taken {
+                ours: ours.then(|| image.image_id().unwrap_or_default().to_owned()),
+                all: images
+                    .iter()
+                    .filter_map(|i| i.name().map(str::to_owned))
+                    .collect(),
+            })
         },
     )
     .await;
     match result {
         Ok(found) => Ok(found),
-        Err(PollError::TimedOut { .. }) => Ok(None),
+        Err(PollError::TimedOut { .. }) => Ok(Taken {
+            ours: None,
+            all: Vec::new(),
+        }),
         Err(PollError::Failed(message)) => Err(clients
-            .failed(format!("look up the AMI named {name}"), message)
+            .failed(format!("look up the AMI named {candidate}"), message)
             .into()),
     }
 }
