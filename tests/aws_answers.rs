@@ -321,52 +321,23 @@ async fn launch_fails_at_once_on_other_invalid_parameters() {
     assert!(err.to_string().contains("t3.mega"), "{err}");
 }
 
-/// DescribeImages as EC2 answers it: a listing by name (`name`, `name-*`) finds the images named
-/// in `taken` (the first tagged with `owner_run`, if given); a look-up by id finds `ami-new`
-/// available.
-fn images_named(
-    taken: &'static [&'static str],
-    owner_run: Option<&'static str>,
-) -> (aws_smithy_mocks::Rule, aws_smithy_mocks::Rule) {
-    let listing = mock!(aws_sdk_ec2::Client::describe_images)
-        .match_requests(|r| r.image_ids().is_empty())
-        .then_output(move || {
-            let base = plan().ami_name;
-            let mut out = DescribeImagesOutput::builder();
-            for (n, suffix) in taken.iter().enumerate() {
-                let mut image = Image::builder()
-                    .image_id(format!("ami-taken{n}"))
-                    .name(format!("{base}{suffix}"))
-                    .state(ImageState::Available);
-                if let (0, Some(run)) = (n, owner_run) {
-                    image = image.tags(
-                        aws_sdk_ec2::types::Tag::builder()
-                            .key(bake::tags::RUN_ID)
-                            .value(run)
-                            .build(),
-                    );
-                }
-                out = out.images(image.build());
-            }
-            out.build()
-        });
-    let by_id = mock!(aws_sdk_ec2::Client::describe_images)
-        .match_requests(|r| !r.image_ids().is_empty())
-        .then_output(|| {
-            DescribeImagesOutput::builder()
-                .images(
-                    Image::builder()
-                        .image_id("ami-new")
-                        .state(ImageState::Available)
-                        .build(),
-                )
-                .build()
-        });
-    (listing, by_id)
+/// What `image::create` did when its first CreateImage was answered InvalidAMIName.Duplicate
+/// (the second answered `ami-other`): the id and name it took, its CreateImage calls and its
+/// listings of the taken names.
+struct AfterClash {
+    id: String,
+    name: String,
+    creates: usize,
+    listings: usize,
 }
 
-#[tokio::test(start_paused = true)]
-async fn after_one_clash_one_listing_skips_every_taken_suffix() {
+/// `image::create` for run `run-1` in an account where DescribeImages lists the images named
+/// `plan().ami_name` + each of `taken` (the first tagged with `owner_run`, if given) and finds
+/// `ami-other` available by id.
+async fn create_after_clash(
+    taken: &'static [&'static str],
+    owner_run: Option<&'static str>,
+) -> AfterClash {
     let duplicate = || {
         aws_sdk_ec2::operation::create_image::CreateImageError::generic(
             ErrorMetadata::builder()
@@ -378,9 +349,38 @@ async fn after_one_clash_one_listing_skips_every_taken_suffix() {
     let create = mock!(aws_sdk_ec2::Client::create_image)
         .sequence()
         .error(duplicate)
-        .output(|| CreateImageOutput::builder().image_id("ami-new").build())
+        .output(|| CreateImageOutput::builder().image_id("ami-other").build())
         .build();
-    let (listing, by_id) = images_named(&["", "-2", "-3"], None);
+    let listing = mock!(aws_sdk_ec2::Client::describe_images)
+        .match_requests(|r| r.image_ids().is_empty())
+        .then_output(move || {
+            let base = plan().ami_name;
+            let mut out = DescribeImagesOutput::builder();
+            for (n, suffix) in taken.iter().enumerate() {
+                let tag = aws_sdk_ec2::types::Tag::builder().key(bake::tags::RUN_ID);
+                let image = Image::builder()
+                    .image_id(format!("ami-taken{n}"))
+                    .name(format!("{base}{suffix}"))
+                    .state(ImageState::Available)
+                    .set_tags(
+                        owner_run
+                            .filter(|_| n == 0)
+                            .map(|run| vec![tag.value(run).build()]),
+                    );
+                out = out.images(image.build());
+            }
+            out.build()
+        });
+    let by_id = mock!(aws_sdk_ec2::Client::describe_images)
+        .match_requests(|r| !r.image_ids().is_empty())
+        .then_output(|| {
+            let image = Image::builder()
+                .image_id("ami-other")
+                .state(ImageState::Available);
+            DescribeImagesOutput::builder()
+                .images(image.build())
+                .build()
+        });
     let clients = clients(&[&create, &listing, &by_id]);
     let janitor = Janitor::new(clients.clone(), "run-1".into());
     let plan = plan();
@@ -396,86 +396,40 @@ async fn after_one_clash_one_listing_skips_every_taken_suffix() {
     )
     .await
     .unwrap();
-    assert_eq!(id, "ami-new");
-    assert_eq!(name, format!("{}-4", plan.ami_name));
-    // The clash, one listing, and the create that took the first free name.
-    assert_eq!((create.num_calls(), listing.num_calls()), (2, 1));
+    let name = name
+        .strip_prefix(&plan.ami_name)
+        .unwrap_or(&name)
+        .to_owned();
+    AfterClash {
+        id,
+        name,
+        creates: create.num_calls(),
+        listings: listing.num_calls(),
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_taken_ami_name_gets_the_next_free_suffix() {
-    let duplicate = || {
-        aws_sdk_ec2::operation::create_image::CreateImageError::generic(
-            ErrorMetadata::builder()
-                .code("InvalidAMIName.Duplicate")
-                .message("AMI name web-20261122-dddddddddddd is already in use by AMI ami-old")
-                .build(),
-        )
-    };
-    let create = mock!(aws_sdk_ec2::Client::create_image)
-        .sequence()
-        .error(duplicate)
-        .output(|| CreateImageOutput::builder().image_id("ami-new").build())
-        .build();
-    let (listing, available) = images_named(&[""], None);
-    let clients = clients(&[&create, &listing, &available]);
-    let janitor = Janitor::new(clients.clone(), "run-1".into());
-    let plan = plan();
-    let (id, name) = image::create(
-        &clients,
-        &plan,
-        "i-builder",
-        &plan.ami_name,
-        false,
-        &[],
-        &janitor,
-        &progress(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(id, "ami-new");
-    assert_eq!(name, format!("{}-2", plan.ami_name));
-    assert_eq!(create.num_calls(), 2);
+    let done = create_after_clash(&[""], None).await;
+    assert_eq!((done.id.as_str(), done.name.as_str()), ("ami-other", "-2"));
+    assert_eq!(done.creates, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_one_clash_one_listing_skips_every_taken_suffix() {
+    let done = create_after_clash(&["", "-2", "-3"], None).await;
+    assert_eq!((done.id.as_str(), done.name.as_str()), ("ami-other", "-4"));
+    // The clash, one listing, and the create that took the first free name.
+    assert_eq!((done.creates, done.listings), (2, 1));
 }
 
 #[tokio::test(start_paused = true)]
 async fn create_image_retried_by_the_sdk_finds_its_own_image_instead_of_making_a_second() {
     // The first CreateImage made the image but its answer was lost; the SDK's retry finds the
     // name taken. The image that holds it carries this run's id: bake takes it, makes no `-2`.
-    let duplicate = || {
-        aws_sdk_ec2::operation::create_image::CreateImageError::generic(
-            ErrorMetadata::builder()
-                .code("InvalidAMIName.Duplicate")
-                .message("AMI name web-20261122-dddddddddddd is already in use by AMI ami-mine")
-                .build(),
-        )
-    };
-    let create = mock!(aws_sdk_ec2::Client::create_image)
-        .sequence()
-        .error(duplicate)
-        .output(|| CreateImageOutput::builder().image_id("ami-other").build())
-        .build();
-    let (mine, available) = images_named(&[""], Some("run-1"));
-    let clients = clients(&[&create, &mine, &available]);
-    let janitor = Janitor::new(clients.clone(), "run-1".into());
-    let plan = plan();
-    let (id, name) = image::create(
-        &clients,
-        &plan,
-        "i-builder",
-        &plan.ami_name,
-        false,
-        &[],
-        &janitor,
-        &progress(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        (id.as_str(), name.as_str()),
-        ("ami-taken0", plan.ami_name.as_str())
-    );
-    assert_eq!(create.num_calls(), 1, "no second image");
+    let done = create_after_clash(&[""], Some("run-1")).await;
+    assert_eq!((done.id.as_str(), done.name.as_str()), ("ami-taken0", ""));
+    assert_eq!(done.creates, 1, "no second image");
 }
 
 fn baked(id: &str, created: &str, deprecated: Option<&str>) -> Image {
