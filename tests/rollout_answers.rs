@@ -140,6 +140,9 @@ refresh = { min_healthy = 50, warmup = "60s", timeout = "30m" }
             launch_template: "Web".into(),
             asg: "Web-ASG".into(),
             instance_security_group: "Web-ASG-Inst-SG".into(),
+            alarm_errors: "Web-ASG-TG-5xx".into(),
+            alarm_latency: "Web-ASG-TG-latency".into(),
+            alarm_cpu: "Web-ASG-CPU-high".into(),
         },
     };
     let stack = Stack {

@@ -41,6 +41,11 @@ pub struct Names {
     pub launch_template: String,
     pub asg: String,
     pub instance_security_group: String,
+    /// CloudWatch alarms the stack owns: the target group's 5xx count and its target response
+    /// time (the refresh's `AlarmSpecification`), and the group's average CPU (seed 002).
+    pub alarm_errors: String,
+    pub alarm_latency: String,
+    pub alarm_cpu: String,
 }
 
 /// Resolves the VPC, subnets, profile and AMI of `[rollout.NAME]`.
@@ -119,6 +124,9 @@ pub async fn plan(
                 .instance_security_group
                 .clone()
                 .unwrap_or_else(|| format!("{}-Inst-SG", rollout.asg)),
+            alarm_errors: format!("{}-TG-5xx", rollout.asg),
+            alarm_latency: format!("{}-TG-latency", rollout.asg),
+            alarm_cpu: format!("{}-CPU-high", rollout.asg),
         },
     })
 }
