@@ -24,7 +24,9 @@ export LAB_CACHE LAB_PYTHON
 .PHONY: lab-apt lab-deps lab-image lab-up lab-down lab-lint lab-test
 LAB_INCLUDER_GOAL := $(.DEFAULT_GOAL)
 
+# Touching the markers records the use: venv.sh removes venvs unused for a week.
 lab-deps: lab-apt $(LAB_VENV)/.complete
+	@touch $(LAB_VENV)/.complete $(LAB_DEPS_VENV)/.complete
 
 # Installs only what dpkg says is missing, so it costs a few dpkg-query calls when all is there.
 lab-apt:
