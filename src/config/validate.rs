@@ -256,6 +256,17 @@ impl Doc<'_> {
         if let Some(timeout) = &image.verify.timeout {
             duration(&["verify", "timeout"], timeout.0, &limits::VERIFY_TIMEOUT);
         }
+        // Test.
+        for (i, command) in image.test.commands.iter().enumerate() {
+            if command.trim().is_empty() {
+                fail(&["test", "commands"], format!("command {} is empty", i + 1));
+            }
+        }
+        duration(
+            &["test", "timeout"],
+            image.test.timeout.0,
+            &limits::HEALTH_TIMEOUT,
+        );
     }
 
     /// `access`, `endpoints`, `egress` and `nat_subnet` together: what only a private builder
