@@ -12,7 +12,6 @@ pub mod share;
 pub mod test;
 pub mod verify;
 
-use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
@@ -24,10 +23,6 @@ use crate::output::{self, Progress};
 use crate::render::{self, Renderer};
 use crate::{signal, tags};
 use preflight::Plan;
-
-/// Verification waits for the user data to finish, then runs the commands; 10 minutes unless
-/// the config says otherwise.
-pub(crate) const VERIFY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How `bake ami` behaves.
 #[derive(Debug, Clone)]
@@ -465,7 +460,10 @@ async fn build(
             health::through_ssm(clients, &instance_id, &image.health, deadline, progress).await?;
         }
     }
-    let timeout = image.verify.timeout.map_or(VERIFY_TIMEOUT, |t| t.0);
+    let timeout = image
+        .verify
+        .timeout
+        .map_or(verify::DEFAULT_TIMEOUT, |t| t.0);
     verify::run(
         clients,
         &instance_id,

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::launch::{self, Spec};
 use super::preflight::Plan;
-use super::{VERIFY_TIMEOUT, health, share, verify};
+use super::{health, share, verify};
 use crate::aws::{CallError, Clients};
 use crate::config::{Access, Image};
 use crate::janitor::Janitor;
@@ -28,7 +28,7 @@ pub enum Error {
         instance_id: String,
         /// "did not become healthy", "failed its commands".
         stage: &'static str,
-        source: Box<super::Step>,
+        source: Failure,
     },
     #[error("the test of {ami_id} could not launch its instance: {source}")]
     Launch {
@@ -52,6 +52,15 @@ impl Error {
             | Error::Tag { ami_id, .. } => ami_id,
         }
     }
+}
+
+/// What failed on the test instance.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Health(#[from] health::Error),
+    #[error(transparent)]
+    Verify(#[from] verify::Error),
 }
 
 /// What the test stage did.
@@ -87,11 +96,11 @@ pub async fn run(
             ami_id: ami_id.to_owned(),
             source,
         })?;
-    let failed = |stage, source: super::Step| Error::Failed {
+    let failed = |stage, source: Failure| Error::Failed {
         ami_id: ami_id.to_owned(),
         instance_id: instance_id.clone(),
         stage,
-        source: Box::new(source),
+        source,
     };
     healthy(clients, image, plan, &instance_id, progress)
         .await
@@ -103,7 +112,10 @@ pub async fn run(
         .chain(&image.test.commands)
         .cloned()
         .collect();
-    let timeout = image.verify.timeout.map_or(VERIFY_TIMEOUT, |t| t.0);
+    let timeout = image
+        .verify
+        .timeout
+        .map_or(verify::DEFAULT_TIMEOUT, |t| t.0);
     verify::run(
         clients,
         &instance_id,
