@@ -269,18 +269,18 @@ pub async fn bake(
         }
         Err(failure) if options.keep_on_failure => {
             let kept: Vec<String> = janitor.recorded().iter().map(ToString::to_string).collect();
-            // After a failed test, the test instance (launched last) is the one to look at.
-            let instances: Vec<String> = janitor
-                .recorded()
-                .into_iter()
-                .filter_map(|r| match r {
-                    janitor::Resource::Instance(id) => Some(id),
-                    _ => None,
-                })
-                .collect();
+            // After a failed test, the test instance is the one to look at.
             let (what, instance) = match &failure {
-                Step::Test(_) => ("the test instance", instances.last()),
-                _ => ("the builder", instances.first()),
+                Step::Test(test::Error::Failed { instance_id, .. }) => {
+                    ("the test instance", Some(instance_id.clone()))
+                }
+                _ => (
+                    "the builder",
+                    janitor.recorded().into_iter().find_map(|r| match r {
+                        janitor::Resource::Instance(id) => Some(id),
+                        _ => None,
+                    }),
+                ),
             };
             let reach = instance.map_or(String::new(), |id| {
                 format!("; reach {what} with `aws ssm start-session --target {id}`")
