@@ -12,7 +12,6 @@ pub mod share;
 pub mod test;
 pub mod verify;
 
-
 use serde::Serialize;
 use tokio::time::Instant;
 
