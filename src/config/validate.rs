@@ -698,6 +698,29 @@ mod tests {
     }
 
     #[test]
+    fn the_test_table_is_on_by_default_and_checked_at_its_line() {
+        let config = Config::parse(Path::new("bake.toml"), MINIMAL.to_owned()).unwrap();
+        let test = &config.image["web"].test;
+        assert!(test.enabled && test.commands.is_empty());
+        assert_eq!(test.timeout.0, std::time::Duration::from_secs(600));
+        let text =
+            format!("{MINIMAL}[image.web.test]\nenabled = false\ncommands = [\"true\", \" \"]\n");
+        let line = text.lines().count();
+        let msg = error(&text);
+        assert!(
+            msg.contains(&format!(
+                "bake.toml:{line}:12: image.web.test.commands: command 2 is empty"
+            )),
+            "{msg}"
+        );
+        let msg = error(&format!("{MINIMAL}[image.web.test]\nenable = false\n"));
+        assert!(
+            msg.contains("unknown field `enable`") && msg.contains("image.web.test"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn huge_and_zero_durations_are_refused_at_every_duration_field() {
         for (lines, field) in [
             (
@@ -715,6 +738,10 @@ mod tests {
             (
                 "[image.web.health]\ntimeout = \"9s\"",
                 "image.web.health.timeout",
+            ),
+            (
+                "[image.web.test]\ntimeout = \"9s\"",
+                "image.web.test.timeout",
             ),
         ] {
             let msg = error(&format!("{MINIMAL}{lines}\n"));
