@@ -352,7 +352,7 @@ pub async fn through_ssm(
     progress: &Progress,
 ) -> Result<(), Error> {
     let step = format!(
-        "waiting for health at {} on the builder (through SSM)",
+        "waiting for health at {} on {instance_id} (through SSM)",
         local_url(health)
     );
     progress.step(step.clone());
