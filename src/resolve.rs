@@ -468,8 +468,9 @@ pub async fn check_profile(clients: &Clients, profile: &str) -> Result<String, E
 }
 
 /// The AMI of these inputs: the newest available AMI of this account tagged with `digest` (and
-/// with `base` as its base AMI, when given) whose deprecation time has not come. A deprecated AMI
-/// no longer counts as baked: `bake ami` bakes anew, `bake rollout` does not pick it.
+/// with `base` as its base AMI, when given) whose deprecation time has not come and whose test
+/// neither failed nor is still running (`bake:test`, [`tags::untested`]). A deprecated or untested
+/// AMI does not count as baked: `bake ami` bakes anew, `bake rollout` does not pick it.
 pub async fn baked_ami(
     clients: &Clients,
     digest: &str,
@@ -494,7 +495,7 @@ pub async fn baked_ami(
         .images
         .unwrap_or_default()
         .into_iter()
-        .filter(|image| !deprecated(image, now))
+        .filter(|image| !deprecated(image, now) && tags::untested(image.tags()).is_none())
         .max_by(|a, b| a.creation_date().cmp(&b.creation_date())))
 }
 
