@@ -1,6 +1,7 @@
 """EC2 Auto Scaling where moto has none: a group launches as Auto Scaling does (the template version it names,
 spread over its subnets), a launch EC2 refuses is a failed scaling activity tried in other zones and again after
-a backoff, and running group instances are registered in the group's target groups; and its moto patches."""
+a backoff, running group instances are registered in the group's target groups, and group metrics are collected
+as EnableMetricsCollection asks; and its moto patches."""
 import json
 import threading
 import time
@@ -10,12 +11,13 @@ from dataclasses import dataclass, field
 from moto.autoscaling import models as asg_models
 from moto.autoscaling.models import autoscaling_backends
 from moto.autoscaling.responses import AutoScalingResponse
-from moto.core.responses import ActionResult
+from moto.core.responses import ActionResult, EmptyResult
 from moto.ec2.models import ec2_backends
 from moto.ec2.utils import parse_user_data
 from moto.elbv2.models import elbv2_backends
 from moto.kms.models import kms_backends
 
+from .cloudwatch.metrics import GROUP_METRICS
 from .elb import Balancers
 from .limits import query_tags, tags
 from .patching import ACCOUNT, backends, before
@@ -310,6 +312,22 @@ def install(groups: Groups) -> None:
             self.region, self._get_param("AutoScalingGroupName"), int(limit) if limit else None)})
 
     AutoScalingResponse.describe_scaling_activities = describe_scaling_activities
+
+    def enable_metrics_collection(group, metrics: list[str]) -> None:
+        """EnableMetricsCollection adds to what is collected; no metric named means all of them."""
+        wanted = list(metrics or GROUP_METRICS)
+        group.metrics = list(dict.fromkeys(list(getattr(group, "metrics", None) or []) + wanted))
+
+    group_cls.enable_metrics_collection = enable_metrics_collection
+
+    def disable_metrics_collection(self):
+        """DisableMetricsCollection (moto has none): the named metrics, or all, are no longer collected."""
+        group = self.autoscaling_backend.describe_auto_scaling_groups([self._get_param("AutoScalingGroupName")])[0]
+        named = self._get_param("Metrics") or []
+        group.metrics = [m for m in group.metrics if named and m not in named]
+        return EmptyResult()
+
+    AutoScalingResponse.disable_metrics_collection = disable_metrics_collection
 
 
 
