@@ -1,10 +1,17 @@
 """CloudWatch with real data: an instance's CPU from its container, alarms that evaluate it (OK -> ALARM -> OK, with
-history)."""
+history), the ALB's request counts, group metrics, and target tracking that scales a group under load through the
+ALB and back."""
+import base64
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from conftest import (
+    http_get,
     launch,
     run_command,
+    runner_group,
+    subnet_id,
     wait_for,
     wait_online,
     wait_state,
@@ -92,4 +99,131 @@ def test_instance_cpu_is_published_and_an_alarm_goes_ok_alarm_ok(lab, ec2, ssm, 
     assert alarm(cw, "cw-cpu")["StateValue"] == "OK"
     cw.delete_alarms(AlarmNames=["cw-cpu"])
     ec2.terminate_instances(InstanceIds=[iid])
+
+
+def web_stack(lab, ec2, name: str, ami: str, user_data: str, size: tuple[int, int, int], grace: int) -> dict:
+    """An ALB over a group in the private subnets, as the workshops build it (groups admitting the runner and the
+    ALB); returns the names and ARNs the tests use."""
+    elb, asg = lab.client("elbv2"), lab.client("autoscaling")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": ["VPC-Lab"]}])["Vpcs"][0]["VpcId"]
+    alb_sg = runner_group(lab, ec2, f"{name}-alb")
+    sg = ec2.create_security_group(GroupName=name, Description=name, VpcId=vpc)["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "UserIdGroupPairs": [{"GroupId": alb_sg}]}])
+    template = ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
+        "ImageId": ami, "InstanceType": "t3.micro", "SecurityGroupIds": [sg],
+        "IamInstanceProfile": {"Name": "SSMInstanceProfile"},
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        "UserData": base64.b64encode(user_data.encode()).decode()})["LaunchTemplate"]["LaunchTemplateId"]
+    tg = elb.create_target_group(Name=f"{name}-tg", Protocol="HTTP", Port=80, VpcId=vpc, HealthCheckPath="/",
+                                 HealthyThresholdCount=2,
+                                 UnhealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
+    lb = elb.create_load_balancer(Name=f"{name}-alb", SecurityGroups=[alb_sg],
+                                  Subnets=[subnet_id(ec2, "Public subnet A"),
+                                           subnet_id(ec2, "Public subnet C")])["LoadBalancers"][0]
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    low, desired, high = size
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=name, MinSize=low, MaxSize=high, DesiredCapacity=desired, HealthCheckType="ELB",
+        HealthCheckGracePeriod=grace, LaunchTemplate={"LaunchTemplateId": template, "Version": "1"},
+        VPCZoneIdentifier=",".join([subnet_id(ec2, "Private subnet A"), subnet_id(ec2, "Private subnet C")]),
+        TargetGroupARNs=[tg])
+    return {"group": name, "tg": tg, "lb": lb["LoadBalancerArn"], "url": f"http://{lb['DNSName']}/"}
+
+
+def healthy(elb, tg: str) -> list[str]:
+    found = elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
+    return [d["Target"]["Id"] for d in found if d["TargetHealth"]["State"] == "healthy"]
+
+
+def group(asg, name: str) -> dict:
+    return asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
+
+
+def statistic(cw, namespace: str, metric: str, dims: list[dict], stat: str) -> list[float]:
+    now = datetime.now(UTC)
+    found = cw.get_metric_statistics(Namespace=namespace, MetricName=metric, Dimensions=dims, Statistics=[stat],
+                                     StartTime=now - timedelta(minutes=10), EndTime=now + timedelta(seconds=1),
+                                     Period=600)["Datapoints"]
+    return [d[stat] for d in found]
+
+
+def series(cw, name: str) -> list[float]:
+    """The group's average CPU, period by period, for a failure's message."""
+    now = datetime.now(UTC)
+    found = cw.get_metric_statistics(Namespace="AWS/EC2", MetricName="CPUUtilization",
+                                     Dimensions=[{"Name": "AutoScalingGroupName", "Value": name}],
+                                     StartTime=now - timedelta(minutes=5), EndTime=now, Period=PERIOD,
+                                     Statistics=["Average"])["Datapoints"]
+    return [round(d["Average"]) for d in sorted(found, key=lambda d: d["Timestamp"])]
+
+
+def test_target_tracking_scales_out_under_load_through_the_alb_and_back_in(lab, ec2, debian_ami):
+    elb, asg, cw = lab.client("elbv2"), lab.client("autoscaling"), lab.client("cloudwatch")
+    web = web_stack(lab, ec2, "cw-track", debian_ami, LOAD_USER_DATA, (2, 2, 4), grace=300)
+    asg.enable_metrics_collection(AutoScalingGroupName="cw-track", Granularity="1Minute")
+    put = asg.put_scaling_policy(
+        AutoScalingGroupName="cw-track", PolicyName="cpu30", PolicyType="TargetTrackingScaling",
+        TargetTrackingConfiguration={"PredefinedMetricSpecification": {"PredefinedMetricType":
+                                                                       "ASGAverageCPUUtilization"},
+                                     "TargetValue": 30.0})
+    names = sorted(a["AlarmName"] for a in put["Alarms"])
+    assert [n.rsplit("-", 5)[0] for n in names] == ["TargetTracking-cw-track-AlarmHigh",
+                                                    "TargetTracking-cw-track-AlarmLow"], names
+    high, low = (cw.describe_alarms(AlarmNames=[n])["MetricAlarms"][0] for n in names)
+    assert (high["Threshold"], high["EvaluationPeriods"], high["ComparisonOperator"], high["Period"]) == \
+        (30.0, 3, "GreaterThanThreshold", 60)
+    assert (low["Threshold"], low["EvaluationPeriods"], low["ComparisonOperator"]) == (27.0, 15, "LessThanThreshold")
+    assert high["Dimensions"] == [{"Name": "AutoScalingGroupName", "Value": "cw-track"}]
+    policies = asg.describe_policies(AutoScalingGroupName="cw-track")["ScalingPolicies"]
+    assert sorted(a["AlarmName"] for a in policies[0]["Alarms"]) == names
+
+    wait_for("two healthy targets", lambda: len(healthy(elb, web["tg"])) == 2, HEALTHY_WAIT)
+    stop, answers = threading.Event(), []
+
+    def load():
+        while not stop.is_set():
+            answers.append(http_get(web["url"] + "load", timeout=10))
+    # Eight requests at a time: four busy loops on each 2-vCPU instance, enough to pass 30 % on a busy host.
+    workers = [threading.Thread(target=load, daemon=True) for _ in range(LOAD_WORKERS)]
+    for w in workers:
+        w.start()
+    try:
+        deadline = time.monotonic() + LOAD_WAIT
+        while group(asg, "cw-track")["DesiredCapacity"] < 3:
+            assert time.monotonic() < deadline, ("no scale-out under load; the group's CPU:",
+                                                 series(cw, "cw-track"))
+            time.sleep(1)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(15)
+    ok = [a for a in answers if a and a[0] == 200]
+    assert len(ok) >= len(answers) * 0.9 and ok, answers[:5]
+    activities = asg.describe_scaling_activities(AutoScalingGroupName="cw-track")["Activities"]
+    assert any(f"{names[0]} in state ALARM triggered policy cpu30" in a["Cause"] for a in activities), activities
+
+    lb_dims = [{"Name": "LoadBalancer", "Value": web["lb"].split(":loadbalancer/")[1]}]
+    tg_dims = [{"Name": "TargetGroup", "Value": web["tg"].rsplit(":", 1)[1]}] + lb_dims
+    assert sum(statistic(cw, "AWS/ApplicationELB", "RequestCount", lb_dims, "Sum")) >= len(ok)
+    assert max(statistic(cw, "AWS/ApplicationELB", "TargetResponseTime", tg_dims, "Maximum")) >= 0.9
+    assert max(statistic(cw, "AWS/EC2", "CPUUtilization", [{"Name": "AutoScalingGroupName", "Value": "cw-track"}],
+                         "Maximum")) > 30
+    # Group metrics (EnableMetricsCollection): the new desired capacity in the next period's data point.
+    wait_for("GroupDesiredCapacity >= 3", lambda: max(statistic(
+        cw, "AWS/AutoScaling", "GroupDesiredCapacity", [{"Name": "AutoScalingGroupName", "Value": "cw-track"}],
+        "Maximum")) >= 3, 5 * PERIOD)
+
+    # Load gone: 15 periods under 27 % and the group is back at its minimum.
+    wait_for("the group to scale in", lambda: (g := group(asg, "cw-track"))["DesiredCapacity"] == 2
+             and len(g["Instances"]) == 2, SCALE_IN_WAIT, 1)
+    activities = asg.describe_scaling_activities(AutoScalingGroupName="cw-track")["Activities"]
+    assert any(f"{names[1]} in state ALARM triggered policy cpu30" in a["Cause"]
+               and a["Description"].startswith("Terminating EC2 instance") for a in activities), activities
+    assert len(healthy(elb, web["tg"])) == 2
+
+    asg.delete_policy(AutoScalingGroupName="cw-track", PolicyName="cpu30")
+    assert cw.describe_alarms(AlarmNames=names)["MetricAlarms"] == []
+    asg.delete_auto_scaling_group(AutoScalingGroupName="cw-track", ForceDelete=True)
 

@@ -256,7 +256,9 @@ def install(groups: Groups) -> None:
         data = version.data
         instance_type = data.get("InstanceType") or "t3.micro"
         before = len(group.instance_states)
-        cause = (f"At {iso(time.time())} an instance was started in response to a difference between desired "
+        # A scaling policy that changed the desired capacity says so first (tracking.py sets lab_cause).
+        cause = (getattr(group, "lab_cause", "") +
+                 f"At {iso(time.time())} an instance was started in response to a difference between desired "
                  f"and actual capacity, increasing the capacity from {before} to {before + count_needed}.")
         failed = False
         for _ in range(count_needed):

@@ -1,7 +1,7 @@
 """Auto Scaling and load balancing's one background loop: every TICK it follows the load balancers (elb.py),
-registers group instances (asg.py), retries refused launches, probes targets, advances instance refreshes
-(refresh.py), and at each CloudWatch period publishes the metrics and evaluates the alarms (cloudwatch/), all under
-one lock."""
+registers group instances (asg.py), retries refused launches, probes targets,
+advances instance refreshes (refresh.py), and at each CloudWatch period publishes the metrics, evaluates the alarms
+(cloudwatch/) and lets target tracking policies act on them (tracking.py), all under one lock."""
 import logging
 import threading
 import time
@@ -10,6 +10,7 @@ from .asg import Groups
 from .cloudwatch import CloudWatch
 from .elb import Balancers
 from .refresh import Refreshes
+from .tracking import Tracking
 
 log = logging.getLogger("lab")
 
@@ -26,6 +27,7 @@ class Scaling:
         self.groups = Groups(lab, self._lock, self.balancers)
         self.refreshes = Refreshes(lab, self._lock, self.groups)
         self.cloudwatch = CloudWatch(lab, self.groups, self.balancers)
+        self.tracking = Tracking(lab, self.groups)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scaling", daemon=True)
 
@@ -56,7 +58,7 @@ class Scaling:
                         last_probe = time.time()
                         self.balancers.probe_all()
                     self.refreshes.advance_all()
-                    self.cloudwatch.tick()
+                    self.tracking.act(self.cloudwatch.tick())
             except Exception as e:  # noqa: BLE001 - reported, the loop goes on
                 log.exception("scaling loop")
                 self.lab.event("error", what="scaling", error=str(e))
