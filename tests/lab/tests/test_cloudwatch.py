@@ -1,12 +1,13 @@
 """CloudWatch with real data: an instance's CPU from its container, alarms that evaluate it (OK -> ALARM -> OK, with
-history), the ALB's request counts, group metrics, and target tracking that scales a group under load through the
-ALB and back."""
+history), the ALB's request counts, group metrics, target tracking that scales a group under load through the ALB
+and back, and ELB health replacement."""
 import base64
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 from conftest import (
+    PAGE_USER_DATA,
     http_get,
     launch,
     run_command,
@@ -227,3 +228,24 @@ def test_target_tracking_scales_out_under_load_through_the_alb_and_back_in(lab, 
     assert cw.describe_alarms(AlarmNames=names)["MetricAlarms"] == []
     asg.delete_auto_scaling_group(AutoScalingGroupName="cw-track", ForceDelete=True)
 
+
+def test_elb_health_checks_replace_an_unhealthy_instance_after_the_grace_period(lab, ec2, ssm, ubuntu_ami):
+    elb, asg = lab.client("elbv2"), lab.client("autoscaling")
+    web = web_stack(lab, ec2, "cw-heal", ubuntu_ami, PAGE_USER_DATA.format(page="heal"), (1, 1, 1), grace=60)
+    first = wait_for("a healthy target", lambda: healthy(elb, web["tg"]), HEALTHY_WAIT)[0]
+    wait_online(ssm, first)
+    assert run_command(ssm, first, ["systemctl stop page.socket"])["Status"] == "Success"
+
+    def replaced():
+        ids = [i["InstanceId"] for i in group(asg, "cw-heal")["Instances"]]
+        return ids and first not in ids and ids
+    wait_for("the unhealthy instance to be replaced", replaced, HEALTHY_WAIT)
+    wait_state(ec2, first, "terminated")
+    activities = asg.describe_scaling_activities(AutoScalingGroupName="cw-heal")["Activities"]
+    assert any(a["Description"] == f"Terminating EC2 instance: {first}"
+               and "in response to an ELB system health check failure" in a["Cause"] for a in activities), activities
+    second = wait_for("the replacement healthy", lambda: healthy(elb, web["tg"]), HEALTHY_WAIT)[0]
+    assert second != first
+    got = http_get(web["url"])
+    assert got and got == (200, f"heal {second}\n"), got
+    asg.delete_auto_scaling_group(AutoScalingGroupName="cw-heal", ForceDelete=True)

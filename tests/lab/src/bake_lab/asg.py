@@ -1,6 +1,7 @@
 """EC2 Auto Scaling where moto has none: a group launches as Auto Scaling does (the template version it names,
 spread over its subnets), a launch EC2 refuses is a failed scaling activity tried in other zones and again after
-a backoff, running group instances are registered in the group's target groups, and group metrics are collected
+a backoff, running group instances are registered in the group's target groups, a group with ELB health checks
+replaces the instances its target groups find unhealthy after the grace period, and group metrics are collected
 as EnableMetricsCollection asks; and its moto patches."""
 import json
 import threading
@@ -17,6 +18,7 @@ from moto.ec2.utils import parse_user_data
 from moto.elbv2.models import elbv2_backends
 from moto.kms.models import kms_backends
 
+from .cloudwatch import scale
 from .cloudwatch.metrics import GROUP_METRICS
 from .elb import Balancers
 from .limits import query_tags, tags
@@ -120,6 +122,42 @@ class Groups:
             if arn in elb.target_groups and not self.balancers.healthy(arn, iid):
                 return False
         return True
+
+    def replace_unhealthy(self) -> None:
+        """A group whose health check type is ELB replaces an InService instance that one of its target groups
+        finds unhealthy, once the health check grace period (scaled as every Auto Scaling time, by
+        metric_period / 60) has passed since it entered service: it is marked Unhealthy, terminated and replaced
+        ("Health checks for instances in an Auto Scaling group")."""
+        now = time.time()
+        for region, backend in backends(autoscaling_backends):
+            for group in list(backend.autoscaling_groups.values()):
+                if group.health_check_type != "ELB":
+                    continue
+                grace = float(group.health_check_grace_period or 0) * scale(self.lab)
+                found = []
+                for state in group.instance_states:
+                    inst = self.lab.instances.get(state.instance.id)
+                    if (state.lifecycle_state != "InService" or inst is None or inst.running_at is None
+                            or now - inst.running_at < grace):
+                        continue
+                    if any(self.balancers.probes.get((arn, inst.id), {}).get("state") == "unhealthy"
+                           for arn in group.target_group_arns):
+                        found.append(state)
+                if not found:
+                    continue
+                ids = [s.instance.id for s in found]
+                for state in found:
+                    state.health_status = "Unhealthy"
+                    self.lab.event("instance_unhealthy", group=group.name, instance_id=state.instance.id)
+                    self.record(region, Activity(
+                        group=group.name, status="Successful",
+                        description=f"Terminating EC2 instance: {state.instance.id}",
+                        cause=f"At {iso(now)} an instance was taken out of service in response to an ELB system "
+                              f"health check failure.",
+                        details={"Availability Zone": state.instance.availability_zone}))
+                backend.ec2_backend.terminate_instances(ids)
+                elbv2_backends[ACCOUNT][region].notify_terminate_instances(ids)
+                backend.notify_terminate_instances(ids)  # the group launches replacements
 
     # ---- launches and scaling activities --------------------------------------------------------
     def set_capacity(self, body: dict) -> dict:

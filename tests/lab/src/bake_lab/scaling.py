@@ -1,5 +1,5 @@
 """Auto Scaling and load balancing's one background loop: every TICK it follows the load balancers (elb.py),
-registers group instances (asg.py), retries refused launches, probes targets,
+registers group instances (asg.py), retries refused launches, probes targets, replaces instances found unhealthy,
 advances instance refreshes (refresh.py), and at each CloudWatch period publishes the metrics, evaluates the alarms
 (cloudwatch/) and lets target tracking policies act on them (tracking.py), all under one lock."""
 import logging
@@ -57,6 +57,7 @@ class Scaling:
                     if time.time() - last_probe >= interval:
                         last_probe = time.time()
                         self.balancers.probe_all()
+                        self.groups.replace_unhealthy()
                     self.refreshes.advance_all()
                     self.tracking.act(self.cloudwatch.tick())
             except Exception as e:  # noqa: BLE001 - reported, the loop goes on
