@@ -261,3 +261,19 @@ def test_elb_health_checks_replace_an_unhealthy_instance_after_the_grace_period(
     got = http_get(web["url"])
     assert got and got == (200, f"heal {second}\n"), got
     asg.delete_auto_scaling_group(AutoScalingGroupName="cw-heal", ForceDelete=True)
+
+
+def test_a_group_created_through_the_api_has_no_grace_period(lab, ec2, debian_ami):
+    asg = lab.client("autoscaling")
+    template = ec2.create_launch_template(LaunchTemplateName="cw-grace", LaunchTemplateData={
+        "ImageId": debian_ami, "InstanceType": "t3.micro"})["LaunchTemplate"]["LaunchTemplateId"]
+    subnet = subnet_id(ec2, "Private subnet A")
+    for name, given in (("cw-grace-unset", None), ("cw-grace-0", 0), ("cw-grace-45", 45)):
+        extra = {} if given is None else {"HealthCheckGracePeriod": given}
+        asg.create_auto_scaling_group(AutoScalingGroupName=name, MinSize=0, MaxSize=1, DesiredCapacity=0,
+                                      LaunchTemplate={"LaunchTemplateId": template, "Version": "1"},
+                                      VPCZoneIdentifier=subnet, **extra)
+    periods = {g["AutoScalingGroupName"]: g["HealthCheckGracePeriod"]
+               for g in asg.describe_auto_scaling_groups(
+                   AutoScalingGroupNames=["cw-grace-unset", "cw-grace-0", "cw-grace-45"])["AutoScalingGroups"]}
+    assert periods == {"cw-grace-unset": 0, "cw-grace-0": 0, "cw-grace-45": 45}
