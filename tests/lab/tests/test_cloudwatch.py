@@ -243,7 +243,7 @@ def test_target_tracking_scales_out_under_load_through_the_alb_and_back_in(lab, 
 
 def test_elb_health_checks_replace_an_unhealthy_instance_after_the_grace_period(lab, ec2, ssm, ubuntu_ami):
     elb, asg = lab.client("elbv2"), lab.client("autoscaling")
-    web = web_stack(lab, ec2, "cw-heal", ubuntu_ami, PAGE_USER_DATA.format(page="heal"), (1, 1, 1), grace=60)
+    web = web_stack(lab, ec2, "cw-heal", ubuntu_ami, PAGE_USER_DATA.format(page="heal"), (1, 1, 1), grace=5)
     first = wait_for("a healthy target", lambda: healthy(elb, web["tg"]), HEALTHY_WAIT)[0]
     wait_online(ssm, first)
     assert run_command(ssm, first, ["systemctl stop page.socket"])["Status"] == "Success"

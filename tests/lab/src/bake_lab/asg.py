@@ -18,7 +18,6 @@ from moto.ec2.utils import parse_user_data
 from moto.elbv2.models import elbv2_backends
 from moto.kms.models import kms_backends
 
-from .cloudwatch import scale
 from .cloudwatch.metrics import GROUP_METRICS
 from .elb import Balancers
 from .limits import query_tags, tags
@@ -125,15 +124,16 @@ class Groups:
 
     def replace_unhealthy(self) -> None:
         """A group whose health check type is ELB replaces an InService instance that one of its target groups
-        finds unhealthy, once the health check grace period (scaled as every Auto Scaling time, by
-        metric_period / 60) has passed since it entered service: it is marked Unhealthy, terminated and replaced
-        ("Health checks for instances in an Auto Scaling group")."""
+        finds unhealthy, once the health check grace period has passed since it entered service: it is marked
+        Unhealthy, terminated and replaced ("Health checks for instances in an Auto Scaling group"). The grace
+        period is wall time, as the client set it, like the target group's health checks it waits for (only
+        CloudWatch's periods, and the scaling times that count in them, are scaled)."""
         now = time.time()
         for region, backend in backends(autoscaling_backends):
             for group in list(backend.autoscaling_groups.values()):
                 if group.health_check_type != "ELB":
                     continue
-                grace = float(group.health_check_grace_period or 0) * scale(self.lab)
+                grace = float(group.health_check_grace_period or 0)
                 found = []
                 for state in group.instance_states:
                     inst = self.lab.instances.get(state.instance.id)
@@ -358,6 +358,7 @@ def install(groups: Groups) -> None:
         return group
 
     asg_models.AutoScalingBackend.create_auto_scaling_group = create_auto_scaling_group
+
     def describe_scaling_activities(self):
         limit = self._get_param("MaxRecords")
         return ActionResult({"Activities": groups.describe_activities(
