@@ -172,6 +172,70 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
     );
     let instances = group(&lab).await;
     assert_eq!(instances.len(), 2, "{instances:?}");
+    // The scaling state: sizes, in service, the CPU target, metrics, the alarms' states.
+    let scaling = &result["scaling"];
+    assert_eq!(
+        (&scaling["min"], &scaling["desired"], &scaling["max"]),
+        (&2.into(), &2.into(), &4.into()),
+        "{scaling}"
+    );
+    assert_eq!(scaling["in_service"], 2, "{scaling}");
+    assert_eq!(scaling["cpu_target"], 30.0, "{scaling}");
+    assert_eq!(scaling["metrics_enabled"], true, "{scaling}");
+    let states = scaling["alarms"].as_object().unwrap();
+    assert_eq!(
+        states.keys().collect::<Vec<_>>(),
+        ["Web-ASG-TG-5xx", "Web-ASG-TG-latency"],
+        "no cpu_alarm in this config: {scaling}"
+    );
+    // The alarms watch this target group behind this load balancer with AWS's one-minute period,
+    // carry the rollout's tag and, the stack being whole, no run's.
+    let clients = lab.clients().await;
+    let alarms = clients
+        .cloudwatch
+        .describe_alarms()
+        .alarm_names("Web-ASG-TG-5xx")
+        .alarm_names("Web-ASG-TG-latency")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alarms.metric_alarms().len(), 2);
+    for alarm in alarms.metric_alarms() {
+        assert_eq!(alarm.namespace(), Some("AWS/ApplicationELB"));
+        assert_eq!(alarm.period(), Some(60));
+        assert_eq!(alarm.evaluation_periods(), Some(2));
+        let dims: BTreeSet<String> = alarm
+            .dimensions()
+            .iter()
+            .map(|d| format!("{}={}", d.name().unwrap(), d.value().unwrap()))
+            .collect();
+        assert!(
+            dims.iter()
+                .any(|d| d.starts_with("LoadBalancer=app/Web-ALB/"))
+                && dims
+                    .iter()
+                    .any(|d| d.starts_with("TargetGroup=targetgroup/Web-TG/")),
+            "{dims:?}"
+        );
+        let tags = clients
+            .cloudwatch
+            .list_tags_for_resource()
+            .resource_arn(alarm.alarm_arn().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let keys: BTreeSet<&str> = tags.tags().iter().filter_map(|t| t.key()).collect();
+        assert!(keys.contains("bake:rollout"), "{keys:?}");
+        assert!(!keys.contains("bake:run-id"), "{keys:?}");
+    }
+    assert_eq!(alarms.metric_alarms()[0].threshold(), Some(5.0));
+    assert_eq!(alarms.metric_alarms()[1].threshold(), Some(2.0));
+    // So `bake gc` leaves the finished stack alone.
+    let gc = lab
+        .run_bake(&["-c", &first.config(), "gc", "--ttl", "0s", "--dry-run"])
+        .await;
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert!(!stdout(&gc).contains("Web"), "{}", stdout(&gc));
     let zones: BTreeSet<&str> = instances.iter().map(|(_, _, z)| z.as_str()).collect();
     assert_eq!(zones.len(), 2, "spread over both zones: {instances:?}");
 
@@ -216,7 +280,16 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
         .run_bake(&["-c", &first.config(), "rollout", "web"])
         .await;
     assert!(again.status.success(), "{}", stderr(&again));
-    assert_eq!(stdout(&again), url);
+    let text = stdout(&again);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(url.as_str()), "{text}");
+    assert_eq!(
+        lines.next(),
+        Some("Web-ASG: min 2 desired 2 max 4, 2 in service, CPU target 30%, group metrics on"),
+        "{text}"
+    );
+    assert!(text.contains("\nalarm Web-ASG-TG-5xx: "), "{text}");
+    assert!(text.contains("\nalarm Web-ASG-TG-latency: "), "{text}");
     assert_eq!(lab.calls("StartInstanceRefresh").await, refreshes);
     assert_eq!(lab.calls("CreateLaunchTemplateVersion").await, versions);
 

@@ -1,6 +1,8 @@
 //! `bake rollout`: make sure the stack exists, add a launch template version with the AMI, roll
-//! it out with an instance refresh watched through target health, roll back when it fails.
+//! it out with an instance refresh watched through target health, roll back when it fails; or,
+//! with `--plan` ([`plan`]), say what that would do.
 
+pub mod plan;
 pub mod preflight;
 pub mod refresh;
 pub mod stack;

@@ -44,6 +44,29 @@ const DEREGISTRATION_DELAY_SECONDS: &str = "30";
 pub const CPU_POLICY: &str = "bake-cpu-target";
 /// The group's metrics are collected every minute, the one granularity Auto Scaling offers.
 const METRICS_GRANULARITY: &str = "1Minute";
+/// The group metrics bake turns on: the sizes and instance counts the console's "Enabled
+/// metrics" graphs show ("Amazon CloudWatch metrics for Amazon EC2 Auto Scaling"), named rather
+/// than left to "no list means all" so a later check can tell each one is on.
+pub const GROUP_METRICS: [&str; 8] = [
+    "GroupMinSize",
+    "GroupMaxSize",
+    "GroupDesiredCapacity",
+    "GroupInServiceInstances",
+    "GroupPendingInstances",
+    "GroupStandbyInstances",
+    "GroupTerminatingInstances",
+    "GroupTotalInstances",
+];
+
+/// Whether every metric of [`GROUP_METRICS`] is collected for `group`.
+pub fn metrics_collected(group: &AutoScalingGroup) -> bool {
+    GROUP_METRICS.iter().all(|m| {
+        group
+            .enabled_metrics()
+            .iter()
+            .any(|e| e.metric() == Some(*m))
+    })
+}
 
 /// The stack as found or made, with the launch template version to roll out.
 #[derive(Debug, Clone)]
@@ -723,7 +746,7 @@ async fn group(
             .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
             .collect();
         b.found(Resource::AutoScalingGroup(name.clone()), &tags);
-        if existing.enabled_metrics().is_empty() {
+        if !metrics_collected(existing) {
             collect_metrics(clients, name).await?;
         }
         let current = existing.launch_template();
@@ -896,7 +919,8 @@ async fn collect_metrics(clients: &Clients, group: &str) -> Result<(), CallError
         .autoscaling
         .enable_metrics_collection()
         .auto_scaling_group_name(group)
-        .granularity(METRICS_GRANULARITY);
+        .granularity(METRICS_GRANULARITY)
+        .set_metrics(Some(GROUP_METRICS.map(str::to_owned).to_vec()));
     clients
         .call(|| request.clone().send())
         .or_fail(|| format!("enable metrics collection on {group}"))
@@ -1241,7 +1265,7 @@ pub async fn scaling(clients: &Clients, plan: &Plan) -> Result<Scaling, CallErro
             .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
             .count(),
         cpu_target,
-        metrics_enabled: !group.enabled_metrics().is_empty(),
+        metrics_enabled: metrics_collected(&group),
         alarms,
     })
 }
