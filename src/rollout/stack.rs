@@ -1269,3 +1269,58 @@ pub async fn scaling(clients: &Clients, plan: &Plan) -> Result<Scaling, CallErro
         alarms,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloudwatch_names_elb_resources_by_the_arns_tail() {
+        assert_eq!(
+            metric_dimension(
+                "arn:aws:elasticloadbalancing:ap-northeast-2:123456789012:loadbalancer/app/Web-ALB/50dc6c495c0c9188"
+            ),
+            "app/Web-ALB/50dc6c495c0c9188"
+        );
+        assert_eq!(
+            metric_dimension(
+                "arn:aws:elasticloadbalancing:ap-northeast-2:123456789012:targetgroup/Web-TG/73e2d6bc24d8a067"
+            ),
+            "targetgroup/Web-TG/73e2d6bc24d8a067"
+        );
+    }
+
+    #[test]
+    fn an_alarm_as_configured_has_no_differences_and_a_new_threshold_has_one() {
+        let spec = AlarmSpec {
+            name: "Web-ASG-CPU-high".into(),
+            description: String::new(),
+            namespace: "AWS/EC2",
+            metric: "CPUUtilization",
+            statistic: Statistic::Average,
+            dimensions: vec![("AutoScalingGroupName", "Web-ASG".into())],
+            period: 300,
+            periods: 2,
+            threshold: 70.0,
+        };
+        let held = |threshold: f64| {
+            MetricAlarm::builder()
+                .alarm_name("Web-ASG-CPU-high")
+                .namespace("AWS/EC2")
+                .metric_name("CPUUtilization")
+                .statistic(Statistic::Average)
+                .dimensions(
+                    Dimension::builder()
+                        .name("AutoScalingGroupName")
+                        .value("Web-ASG")
+                        .build(),
+                )
+                .period(300)
+                .evaluation_periods(2)
+                .threshold(threshold)
+                .build()
+        };
+        assert!(spec.differences(&held(70.0)).is_empty());
+        assert_eq!(spec.differences(&held(80.0)), ["threshold 80 -> 70"]);
+    }
+}
