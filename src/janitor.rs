@@ -220,15 +220,6 @@ impl Janitor {
         self.stack.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Takes resources back out of the ledger: they are no longer this run's to remove (a
-    /// finished stack, unmarked by [`stack::unmark`]).
-    pub fn forget(&self, resources: &[Resource]) {
-        self.ledger
-            .lock()
-            .expect("ledger lock")
-            .retain(|(r, _)| !resources.contains(r));
-    }
-
     pub fn run_id(&self) -> &str {
         &self.run_id
     }
