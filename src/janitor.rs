@@ -585,13 +585,9 @@ async fn delete_born(
     groups.sort_by_key(|r| std::cmp::Reverse(born.get(*r).copied()));
     if groups.len() > 1 && holders.is_empty() {
         let ids: Vec<&str> = groups.iter().map(|r| id_of(r)).collect();
-        for id in &ids {
-            for source in ids.iter().filter(|s| *s != id) {
-                // Best effort: a rule left in place makes the delete below name the group.
-                if let Err(e) = revoke_rules_from(clients, id, source).await {
-                    tracing::debug!(group = %id, %source, error = %e, "revoke");
-                }
-            }
+        // Best effort: a rule left in place makes the delete below name the group.
+        if let Err(e) = revoke_rules_among(clients, &ids).await {
+            tracing::debug!(groups = ?ids, error = %e, "revoke the rules among them");
         }
     }
     for resource in groups {
@@ -830,6 +826,51 @@ pub async fn revoke_rules_from(
             || format!("revoke the rules naming {source} on {group}"),
         )
         .await?;
+    Ok(())
+}
+
+/// Revokes the inbound rules of the groups `ids` whose source is another of them (one
+/// DescribeSecurityGroupRules for all, then one revoke per group that has such rules).
+async fn revoke_rules_among(clients: &Clients, ids: &[&str]) -> Result<(), CallError> {
+    let request = clients.ec2.describe_security_group_rules().filters(
+        aws_sdk_ec2::types::Filter::builder()
+            .name("group-id")
+            .set_values(Some(ids.iter().map(|id| (*id).to_owned()).collect()))
+            .build(),
+    );
+    let out = clients
+        .call(|| request.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| format!("list the rules of {}", ids.join(", ")))
+        .await?;
+    let mut among: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for rule in out.security_group_rules() {
+        let source = rule.referenced_group_info().and_then(|g| g.group_id());
+        if rule.is_egress() != Some(true)
+            && source.is_some_and(|s| ids.contains(&s))
+            && let (Some(group), Some(id)) = (rule.group_id(), rule.security_group_rule_id())
+        {
+            among
+                .entry(group.to_owned())
+                .or_default()
+                .push(id.to_owned());
+        }
+    }
+    for (group, rules) in among {
+        let revoke = clients
+            .ec2
+            .revoke_security_group_ingress()
+            .group_id(&group)
+            .set_security_group_rule_ids(Some(rules));
+        clients
+            .call(|| revoke.clone().send())
+            .settle(&aws::THROTTLE_BURST)
+            .or_none(
+                &["InvalidPermission.NotFound", "InvalidGroup.NotFound"],
+                || format!("revoke the rules of {group} naming the groups removed with it"),
+            )
+            .await?;
+    }
     Ok(())
 }
 
