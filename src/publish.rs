@@ -1,5 +1,6 @@
 //! Publishing an AMI id in SSM Parameter Store (`PREFIX/IMAGE/ami-id`), where launch templates
-//! and other accounts' pipelines read it; `bake prune` keeps what is published there.
+//! and other accounts' pipelines read it, and labelling its versions (`tested`, `live`); `bake
+//! prune` keeps what is published there.
 
 use std::time::Duration;
 
@@ -23,9 +24,29 @@ const PUBLISH_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(1))
     .dense_for(Duration::from_secs(10))
     .growing(1.5, Duration::from_secs(5));
 
+/// The label on the parameter version `bake pipeline` published after the AMI passed its test
+/// (and its rollouts, when it has any).
+pub const TESTED: &str = "tested";
+/// The label on the parameter version whose AMI a rollout put in service.
+pub const LIVE: &str = "live";
+
+/// What [`publish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Whether a new version was written (false: the parameter held the id already).
+    pub changed: bool,
+    /// The version that holds the id.
+    pub version: i64,
+}
+
 /// Puts the AMI id in the parameter unless it holds it already, then reads it back until it
-/// does (the value is validated after PutParameter answers). Returns whether it changed.
-pub async fn publish(clients: &Clients, parameter: &str, ami_id: &str) -> Result<bool, CallError> {
+/// does (the value is validated after PutParameter answers). Returns whether it changed and the
+/// version that holds it.
+pub async fn publish(
+    clients: &Clients,
+    parameter: &str,
+    ami_id: &str,
+) -> Result<Published, CallError> {
     let held = clients
         .call(|| clients.ssm.get_parameter().name(parameter).send())
         .settle(&aws::THROTTLE_BURST)
@@ -33,8 +54,13 @@ pub async fn publish(clients: &Clients, parameter: &str, ami_id: &str) -> Result
             format!("read SSM parameter {parameter}")
         })
         .await?;
-    if held.is_some_and(|out| out.parameter().and_then(|p| p.value()) == Some(ami_id)) {
-        return Ok(false);
+    if let Some(p) = held.as_ref().and_then(|out| out.parameter())
+        && p.value() == Some(ami_id)
+    {
+        return Ok(Published {
+            changed: false,
+            version: p.version(),
+        });
     }
     let request = clients
         .ssm
@@ -80,7 +106,10 @@ pub async fn publish(clients: &Clients, parameter: &str, ami_id: &str) -> Result
     )
     .await;
     match read {
-        Ok(()) => Ok(true),
+        Ok(()) => Ok(Published {
+            changed: true,
+            version,
+        }),
         Err(PollError::Failed(message)) => Err(clients.failed(
             action(),
             format!("reading it back after PutParameter: {message}"),
@@ -98,6 +127,41 @@ pub async fn publish(clients: &Clients, parameter: &str, ami_id: &str) -> Result
             ))
         }
     }
+}
+
+/// Puts `labels` on `version` of the parameter (LabelParameterVersion): a label on another version
+/// moves here, as Parameter Store moves it. A label Parameter Store refuses (it answers it in
+/// InvalidLabels instead of failing) is an error.
+pub async fn label(
+    clients: &Clients,
+    parameter: &str,
+    version: i64,
+    labels: &[&str],
+) -> Result<(), CallError> {
+    let action = || format!("label version {version} of SSM parameter {parameter} {labels:?}");
+    let mut request = clients
+        .ssm
+        .label_parameter_version()
+        .name(parameter)
+        .parameter_version(version);
+    for l in labels {
+        request = request.labels(*l);
+    }
+    let out = clients
+        .call(|| request.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(action)
+        .await?;
+    if !out.invalid_labels().is_empty() {
+        return Err(clients.failed(
+            action(),
+            format!(
+                "Parameter Store refused the labels {:?} (InvalidLabels)",
+                out.invalid_labels()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What the parameter's history says about `version`, for the failure message.

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{Filter, Image, Instance, RouteTable};
+use aws_sdk_ec2::types::{Filter, Image, Instance, RouteState, RouteTable};
 
 use crate::aws::{self, CallError, Clients};
 use crate::config::{Config, Location, ResourceRef};
@@ -319,31 +319,6 @@ pub async fn route_tables(
     Ok(out.route_tables.unwrap_or_default())
 }
 
-/// The route table a subnet uses: the one explicitly associated with it, else the VPC's main one
-/// (none only in a VPC being torn down).
-pub async fn route_table(
-    clients: &Clients,
-    subnet: &Subnet,
-) -> Result<Option<RouteTable>, CallError> {
-    let own = route_tables(clients, vec![filter("association.subnet-id", &subnet.id)]).await?;
-    if let Some(table) = own.into_iter().next() {
-        return Ok(Some(table));
-    }
-    let main = vec![
-        filter("vpc-id", &subnet.vpc_id),
-        filter("association.main", "true"),
-    ];
-    Ok(route_tables(clients, main).await?.into_iter().next())
-}
-
-/// Whether a route table sends 0.0.0.0/0 to an internet gateway.
-pub fn routes_to_internet_gateway(table: &RouteTable) -> bool {
-    table.routes().iter().any(|r| {
-        r.destination_cidr_block() == Some("0.0.0.0/0")
-            && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
-    })
-}
-
 /// How a subnet reaches beyond its VPC: the route table it uses (its own, explicitly associated,
 /// else the VPC's main one) and where that table's default route goes.
 #[derive(Debug, Clone)]
@@ -362,8 +337,19 @@ pub enum DefaultRoute {
     InternetGateway(String),
     /// `nat-…`: instances reach the internet (and SSM's public endpoints) without an address.
     NatGateway(String),
-    /// Anything else (a transit gateway, an instance, a peering connection, …), by its id.
+    /// Anything else (a transit gateway, an instance, a peering connection, …), by its id, or a
+    /// route whose target is gone (`… (blackhole)`): it still holds the table's default route.
     Other(String),
+}
+
+impl std::fmt::Display for DefaultRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DefaultRoute::InternetGateway(id)
+            | DefaultRoute::NatGateway(id)
+            | DefaultRoute::Other(id) => f.write_str(id),
+        }
+    }
 }
 
 impl Routing {
@@ -382,7 +368,8 @@ impl Routing {
     }
 }
 
-/// How `subnet` reaches beyond its VPC: [`route_table`] and its default route's target.
+/// How `subnet` reaches beyond its VPC: the route table explicitly associated with it, else the
+/// VPC's main one, and that table's default route.
 pub async fn routing(clients: &Clients, subnet: &Subnet) -> Result<Routing, Error> {
     let own = route_tables(clients, vec![filter("association.subnet-id", &subnet.id)]).await?;
     let main = own.is_empty();
@@ -414,42 +401,45 @@ pub async fn routing(clients: &Clients, subnet: &Subnet) -> Result<Routing, Erro
     })
 }
 
-/// Where a route table's 0.0.0.0/0 route goes, if it has one.
+/// Where a route table's 0.0.0.0/0 route goes, if it has one. A route to a NAT gateway is that
+/// gateway's whatever its state (bake's own may be replaced); any other blackhole is `Other`.
 pub fn default_route(table: &RouteTable) -> Option<DefaultRoute> {
-    table
+    let route = table
         .routes()
         .iter()
-        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
-        .map(|r| {
-            if let Some(nat) = r.nat_gateway_id() {
-                DefaultRoute::NatGateway(nat.to_owned())
-            } else if let Some(g) = r.gateway_id().filter(|g| g.starts_with("igw-")) {
-                DefaultRoute::InternetGateway(g.to_owned())
-            } else {
-                let other = [
-                    r.gateway_id(),
-                    r.transit_gateway_id(),
-                    r.instance_id(),
-                    r.network_interface_id(),
-                    r.vpc_peering_connection_id(),
-                ];
-                DefaultRoute::Other(
-                    other
-                        .into_iter()
-                        .flatten()
-                        .next()
-                        .unwrap_or("unknown")
-                        .to_owned(),
-                )
-            }
-        })
+        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))?;
+    if let Some(nat) = route.nat_gateway_id() {
+        return Some(DefaultRoute::NatGateway(nat.to_owned()));
+    }
+    let blackhole = route.state() == Some(&RouteState::Blackhole);
+    if let Some(igw) = route.gateway_id().filter(|g| g.starts_with("igw-"))
+        && !blackhole
+    {
+        return Some(DefaultRoute::InternetGateway(igw.to_owned()));
+    }
+    let target = [
+        route.gateway_id(),
+        route.instance_id(),
+        route.network_interface_id(),
+        route.transit_gateway_id(),
+        route.vpc_peering_connection_id(),
+        route.egress_only_internet_gateway_id(),
+        route.local_gateway_id(),
+        route.carrier_gateway_id(),
+        route.core_network_arn(),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .unwrap_or("an unnamed target");
+    let state = if blackhole { " (blackhole)" } else { "" };
+    Some(DefaultRoute::Other(format!("{target}{state}")))
 }
 
 /// A public subnet has a default route to an internet gateway, in its own route table or (when it
 /// has none of its own) in the VPC's main one.
 pub async fn check_public(clients: &Clients, subnet: &Subnet) -> Result<(), Error> {
-    let table = route_table(clients, subnet).await?;
-    if table.as_ref().is_some_and(routes_to_internet_gateway) {
+    if routing(clients, subnet).await?.public() {
         Ok(())
     } else {
         Err(Error::NotPublic {
@@ -478,8 +468,9 @@ pub async fn check_profile(clients: &Clients, profile: &str) -> Result<String, E
 }
 
 /// The AMI of these inputs: the newest available AMI of this account tagged with `digest` (and
-/// with `base` as its base AMI, when given) whose deprecation time has not come. A deprecated AMI
-/// no longer counts as baked: `bake ami` bakes anew, `bake rollout` does not pick it.
+/// with `base` as its base AMI, when given) whose deprecation time has not come and whose test
+/// neither failed nor is still running (`bake:test`, [`tags::untested`]). A deprecated or untested
+/// AMI does not count as baked: `bake ami` bakes anew, `bake rollout` does not pick it.
 pub async fn baked_ami(
     clients: &Clients,
     digest: &str,
@@ -504,7 +495,7 @@ pub async fn baked_ami(
         .images
         .unwrap_or_default()
         .into_iter()
-        .filter(|image| !deprecated(image, now))
+        .filter(|image| !deprecated(image, now) && tags::untested(image.tags()).is_none())
         .max_by(|a, b| a.creation_date().cmp(&b.creation_date())))
 }
 
@@ -519,6 +510,57 @@ fn deprecated(image: &Image, now: SystemTime) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_ec2::types::Route;
+    use aws_sdk_ec2::types::builders::RouteBuilder;
+
+    /// The default route of a table with a local route and `route`.
+    fn read(route: RouteBuilder) -> Option<DefaultRoute> {
+        let local = Route::builder()
+            .destination_cidr_block("10.20.0.0/16")
+            .gateway_id("local");
+        let table = RouteTable::builder()
+            .route_table_id("rtb-1")
+            .routes(local.build())
+            .routes(route.build())
+            .build();
+        default_route(&table)
+    }
+
+    fn to_anywhere() -> RouteBuilder {
+        Route::builder().destination_cidr_block("0.0.0.0/0")
+    }
+
+    #[test]
+    fn the_default_route_is_read_whatever_its_target() {
+        assert_eq!(
+            read(to_anywhere().gateway_id("igw-1")),
+            Some(DefaultRoute::InternetGateway("igw-1".into()))
+        );
+        assert_eq!(
+            read(
+                to_anywhere()
+                    .nat_gateway_id("nat-1")
+                    .state(RouteState::Blackhole)
+            ),
+            Some(DefaultRoute::NatGateway("nat-1".into()))
+        );
+        assert_eq!(
+            read(
+                to_anywhere()
+                    .gateway_id("igw-1")
+                    .state(RouteState::Blackhole)
+            ),
+            Some(DefaultRoute::Other("igw-1 (blackhole)".into()))
+        );
+        assert_eq!(
+            read(to_anywhere().network_interface_id("eni-1")),
+            Some(DefaultRoute::Other("eni-1".into()))
+        );
+        let peering = Route::builder()
+            .destination_cidr_block("10.30.0.0/16")
+            .gateway_id("pcx-1");
+        assert_eq!(read(peering), None);
+    }
 
     fn image(deprecation: Option<&str>) -> Image {
         Image::builder()

@@ -30,6 +30,25 @@ pub const ENDPOINT: &str = "bake:endpoint";
 /// On an endpoint bake created, one tag per run using it (`bake:endpoint-user:RUN-ID`, the value
 /// when it joined, RFC 3339): the endpoint goes when the last one is removed.
 pub const ENDPOINT_USER_PREFIX: &str = "bake:endpoint-user:";
+/// On an AMI: its test stage's verdict (`pending`, `passed`, `failed`; `src/ami/test.rs`). An AMI
+/// without it was baked with the test off (or before bake had one).
+pub const TEST: &str = "bake:test";
+/// `bake:test` of an AMI being tested (set at CreateImage): nothing takes it until its verdict, so
+/// an AMI whose run was killed mid-test is never taken as tested.
+pub const TEST_PENDING: &str = "pending";
+/// `bake:test` of an AMI whose test instance served and passed its commands.
+pub const TEST_PASSED: &str = "passed";
+/// `bake:test` of an AMI whose test failed (it outlives its run only with `--keep-on-failure`).
+pub const TEST_FAILED: &str = "failed";
+
+/// The `bake:test` value that makes an AMI unusable (pending or failed), if its tags hold one:
+/// skip-by-digest bakes anew and a rollout does not take it.
+pub fn untested(tags: &[Tag]) -> Option<&str> {
+    tags.iter()
+        .find(|t| t.key() == Some(TEST))
+        .and_then(|t| t.value())
+        .filter(|v| [TEST_PENDING, TEST_FAILED].contains(v))
+}
 /// An EC2 tag.
 pub fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()

@@ -191,7 +191,11 @@ async fn nginx_example_bakes_once_and_the_ami_serves_the_page() {
         .await;
     assert!(rebaked.status.success(), "{}", stderr(&rebaked));
     assert_ne!(stdout(&rebaked), ami);
-    assert_eq!(lab.calls("RunInstances").await, launches + 1);
+    assert_eq!(
+        lab.calls("RunInstances").await,
+        launches + 2,
+        "a builder and a test instance"
+    );
     let images = lab
         .ec2
         .describe_images()
@@ -505,6 +509,204 @@ async fn bake_succeeds_through_throttling_and_503s() {
     lab.control("faults", serde_json::json!({ "rate": 0 }))
         .await;
     lab.assert_nothing_left(&[&ami], &[]).await;
+}
+
+/// The quick template with `vars` and its test stage's `test` lines.
+fn tested_config(vars: &str, test: &str) -> String {
+    format!(
+        "{}\n[image.quick.test]\n{test}\n",
+        quick_config(vars, "", "")
+    )
+}
+
+/// The instances named `name` (terminated ones too, as EC2 lists them for a while).
+async fn instances_named(lab: &Lab, name: &str) -> Vec<aws_sdk_ec2::types::Instance> {
+    lab.ec2
+        .describe_instances()
+        .filters(Filter::builder().name("tag:Name").values(name).build())
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_test_stage_boots_the_new_ami_without_user_data_and_reports_its_time() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let scratch = Scratch::new(&tested_config(
+        "body = \"proved\"",
+        "commands = [\"grep -q proved /srv/www/index.html\"]",
+    ));
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "-o", "json", "ami", "quick"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let baked = &result["images"][0];
+    let ami = baked["ami_id"].as_str().unwrap();
+    let test_seconds = baked["test"]["seconds"].as_f64().expect("the test's time");
+    assert!(
+        test_seconds > 0.0 && test_seconds < baked["seconds"].as_f64().unwrap(),
+        "{baked}"
+    );
+    assert!(
+        stderr(&out).contains("its test passed in"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tag(&lab, ami, "bake:test").await.as_deref(), Some("passed"));
+    assert_eq!(lab.calls("RunInstances").await, 2);
+    let tested = instances_named(&lab, "bake test quick").await;
+    assert_eq!(tested.len(), 1);
+    let instance = &tested[0];
+    assert_eq!(
+        Some(instance.instance_id().unwrap()),
+        baked["test"]["instance_id"].as_str()
+    );
+    assert_eq!(instance.image_id(), Some(ami), "launched from the new AMI");
+    let user_data = lab
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(instance.instance_id().unwrap())
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        user_data.user_data().and_then(|u| u.value()).is_none(),
+        "no user data: {user_data:?}"
+    );
+    assert_eq!(
+        instance
+            .metadata_options()
+            .and_then(|m| m.http_tokens())
+            .map(|t| t.as_str()),
+        Some("required"),
+        "IMDSv2"
+    );
+    assert!(
+        instance
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("bake:run-id")),
+        "owned by the run: {:?}",
+        instance.tags()
+    );
+    lab.assert_nothing_left(&[ami], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_not_enabled_at_boot_passes_the_builder_and_fails_the_test_stage() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let scratch = Scratch::new(&tested_config("at_boot = false", "timeout = \"20s\""));
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("waiting for ami-") && err.contains("to be available"),
+        "the builder served its page and was imaged: {err}"
+    );
+    assert!(
+        err.contains("the test of ami-") && err.contains("did not become healthy"),
+        "{err}"
+    );
+    assert!(err.contains("last answer: connection refused"), "{err}");
+    assert!(stdout(&out).is_empty());
+    assert_eq!(lab.calls("CreateImage").await, 1);
+    // The AMI and its snapshots are gone with the builder and the test instance.
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_test_with_keep_on_failure_keeps_the_ami_tagged_failed_and_never_picks_it() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let scratch = Scratch::new(&tested_config("at_boot = false", "timeout = \"15s\""));
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "quick", "--keep-on-failure"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let tested = instances_named(&lab, "bake test quick").await;
+    let test_instance = tested[0].instance_id().unwrap();
+    assert!(
+        err.contains(&format!(
+            "reach the test instance with `aws ssm start-session --target {test_instance}`"
+        )),
+        "{err}"
+    );
+    let images = lab
+        .ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap();
+    let ami = images.images()[0].image_id().unwrap().to_owned();
+    assert_eq!(
+        tag(&lab, &ami, "bake:test").await.as_deref(),
+        Some("failed")
+    );
+    assert!(
+        err.contains(&format!("{ami} is tagged bake:test=failed")),
+        "{err}"
+    );
+    // A rollout does not take it, named or as the AMI of these inputs.
+    let rollout = format!(
+        "{}\n{}",
+        std::fs::read_to_string(scratch.path().join("bake.toml")).unwrap(),
+        support::quick_rollout("quick", "t3.micro")
+    );
+    std::fs::write(scratch.path().join("bake.toml"), rollout).unwrap();
+    let named = lab
+        .run_bake(&["-c", &scratch.config(), "rollout", "quick", "--ami", &ami])
+        .await;
+    assert_eq!(named.status.code(), Some(2), "{}", stderr(&named));
+    assert!(
+        stderr(&named).contains("its test is failed"),
+        "{}",
+        stderr(&named)
+    );
+    let newest = lab
+        .run_bake(&["-c", &scratch.config(), "rollout", "quick"])
+        .await;
+    assert_eq!(newest.status.code(), Some(2), "{}", stderr(&newest));
+    assert!(
+        stderr(&newest).contains("no available AMI"),
+        "{}",
+        stderr(&newest)
+    );
+    assert_eq!(lab.calls("CreateLoadBalancer").await, 0);
+    let gc = lab
+        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+        .await;
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    lab.assert_nothing_left(&[&ami], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_during_the_test_stage_removes_the_ami_and_both_instances() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let scratch = Scratch::new(&tested_config("at_boot = false", "timeout = \"10m\""));
+    let out = interrupt_when(&lab, &scratch, "INT", "the test instance", || async {
+        lab.calls("RunInstances").await > 1
+    })
+    .await;
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    lab.assert_nothing_left(&[], &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

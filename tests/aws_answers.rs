@@ -296,7 +296,9 @@ async fn launch_waits_while_a_new_instance_profile_propagates() {
         .build();
     let clients = clients(&[&run]);
     let janitor = Janitor::new(clients.clone(), "run-1".into());
-    let id = launch::instance(&clients, &plan(), &builder(), "sg-1", &[], &janitor)
+    let plan = plan();
+    let spec = launch::Spec::builder(&plan, janitor.run_id());
+    let id = launch::instance(&clients, &plan, &builder(), &spec, "sg-1", &[], &janitor)
         .await
         .unwrap();
     assert_eq!(id, "i-builder");
@@ -315,11 +317,60 @@ async fn launch_fails_at_once_on_other_invalid_parameters() {
     });
     let clients = clients(&[&run]);
     let janitor = Janitor::new(clients.clone(), "run-1".into());
-    let err = launch::instance(&clients, &plan(), &builder(), "sg-1", &[], &janitor)
+    let plan = plan();
+    let spec = launch::Spec::builder(&plan, janitor.run_id());
+    let err = launch::instance(&clients, &plan, &builder(), &spec, "sg-1", &[], &janitor)
         .await
         .unwrap_err();
     assert_eq!(run.num_calls(), 1);
     assert!(err.to_string().contains("t3.mega"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_test_instance_launches_the_new_ami_without_user_data_and_a_token_of_its_own() {
+    let run = mock!(aws_sdk_ec2::Client::run_instances)
+        .match_requests(|r| {
+            r.image_id() == Some("ami-new")
+                && r.user_data().is_none()
+                && r.client_token().is_some_and(|t| {
+                    t.len() <= 64 && t != "20261122t113045-9f3a1c-web" && t.starts_with("test-")
+                })
+                && r.metadata_options()
+                    .and_then(|m| m.http_tokens())
+                    .map(|t| t.as_str())
+                    == Some("required")
+                && r.block_device_mappings()[0]
+                    .ebs()
+                    .and_then(|e| e.encrypted())
+                    == Some(true)
+                && r.network_interfaces()[0].groups() == ["sg-builder"]
+        })
+        .then_output(|| {
+            RunInstancesOutput::builder()
+                .instances(Instance::builder().instance_id("i-test").build())
+                .build()
+        });
+    let clients = clients(&[&run]);
+    let janitor = Janitor::new(clients.clone(), "20261122t113045-9f3a1c".into());
+    let plan = plan();
+    let spec = launch::Spec::test(&plan, janitor.run_id(), "ami-new");
+    let id = launch::instance(
+        &clients,
+        &plan,
+        &builder(),
+        &spec,
+        "sg-builder",
+        &[],
+        &janitor,
+    )
+    .await
+    .unwrap();
+    assert_eq!((id.as_str(), run.num_calls()), ("i-test", 1));
+    assert_eq!(
+        janitor.recorded(),
+        [bake::janitor::Resource::Instance("i-test".into())],
+        "cleaned up with the run"
+    );
 }
 
 /// What `image::create` did when its first CreateImage was answered InvalidAMIName.Duplicate
@@ -431,6 +482,42 @@ async fn create_image_retried_by_the_sdk_finds_its_own_image_instead_of_making_a
     let done = create_after_clash(&[""], Some("run-1")).await;
     assert_eq!((done.id.as_str(), done.name.as_str()), ("ami-taken0", ""));
     assert_eq!(done.creates, 1, "no second image");
+}
+
+#[tokio::test]
+async fn an_ami_whose_test_failed_or_is_unfinished_does_not_count_as_baked() {
+    let with_test = |id: &str, created: &str, verdict: &str| {
+        let mut image = baked(id, created, None);
+        image.tags = Some(vec![bake::tags::tag("bake:test", verdict)]);
+        image
+    };
+    let found = mock!(aws_sdk_ec2::Client::describe_images).then_output(move || {
+        DescribeImagesOutput::builder()
+            .images(baked("ami-untagged", "2026-01-01T00:00:00.000Z", None))
+            .images(with_test(
+                "ami-passed",
+                "2026-02-01T00:00:00.000Z",
+                "passed",
+            ))
+            .images(with_test(
+                "ami-failed",
+                "2026-03-01T00:00:00.000Z",
+                "failed",
+            ))
+            .images(with_test(
+                "ami-pending",
+                "2026-04-01T00:00:00.000Z",
+                "pending",
+            ))
+            .build()
+    });
+    let clients = clients(&[&found]);
+    let newest = image::existing(&clients, &plan()).await.unwrap();
+    assert_eq!(
+        newest.and_then(|i| i.image_id).as_deref(),
+        Some("ami-passed"),
+        "the newest AMI whose test passed, not the newer failed or unfinished ones"
+    );
 }
 
 fn baked(id: &str, created: &str, deprecated: Option<&str>) -> Image {

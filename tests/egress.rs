@@ -43,7 +43,9 @@ async fn planned(lab: &Lab, name: &str, second_octet: u8) -> (Clients, Network, 
     let clients = lab.clients().await;
     let net = Network::create(lab, name, second_octet).await;
     let builder = subnet(&clients, &net.private_subnet).await;
-    let plan = egress::plan(&clients, &builder, None).await.unwrap();
+    let plan = egress::plan(&clients, &builder, &routing(&clients, &builder).await, None)
+        .await
+        .unwrap();
     (clients, net, plan)
 }
 
@@ -66,6 +68,16 @@ async fn take(clients: &Clients, plan: &egress::Plan) -> (Janitor, String) {
         .await
         .unwrap();
     (janitor, nat)
+}
+
+/// How the builder subnet routes today, as preflight reads it before planning the egress.
+async fn routing(
+    clients: &bake::aws::Clients,
+    builder: &bake::resolve::Subnet,
+) -> bake::resolve::Routing {
+    bake::resolve::routing(clients, builder)
+        .await
+        .expect("read the builder subnet's routing")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -138,7 +150,9 @@ async fn two_runs_on_one_route_table_share_one_gateway_removed_by_the_last_one_o
     assert_eq!(lab.calls("AllocateAddress").await, 1);
     // A later bake finds the route to bake's own gateway: preflight lets it through.
     let builder = subnet(&clients, &net.private_subnet).await;
-    egress::plan(&clients, &builder, None).await.unwrap();
+    egress::plan(&clients, &builder, &routing(&clients, &builder).await, None)
+        .await
+        .unwrap();
 
     first.clean_recorded().await.unwrap();
     assert_eq!(
@@ -166,7 +180,14 @@ async fn a_table_with_its_own_default_route_is_refused_and_a_public_nat_subnet_i
         id: Some(net.private_subnet.clone()),
         tag: Default::default(),
     };
-    match egress::plan(&clients, &builder, Some(&private)).await {
+    match egress::plan(
+        &clients,
+        &builder,
+        &routing(&clients, &builder).await,
+        Some(&private),
+    )
+    .await
+    {
         Err(PlanError::NatSubnet(e)) => {
             assert!(
                 e.to_string().contains("no route to an internet gateway"),
@@ -177,7 +198,7 @@ async fn a_table_with_its_own_default_route_is_refused_and_a_public_nat_subnet_i
         other => panic!("{other:?}"),
     }
     route_default(&lab, &net.private_table, &net.igw).await;
-    match egress::plan(&clients, &builder, None).await {
+    match egress::plan(&clients, &builder, &routing(&clients, &builder).await, None).await {
         Err(PlanError::Route(e)) => {
             let text = e.to_string();
             assert!(text.contains(&net.private_table), "{text}");

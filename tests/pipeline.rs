@@ -1,11 +1,12 @@
-//! `bake pipeline` against the lab: bake, publish, prune; nothing to do the second time; one
-//! pipeline per config at a time.
+//! `bake pipeline` against the lab: bake, test, roll out, then publish (labels `tested`, `live`),
+//! prune; nothing to do the second time; a failed test or rollout publishes nothing; one pipeline
+//! per config at a time.
 
 mod support;
 
 use std::time::Duration;
 
-use support::{Lab, Scratch, quick_config};
+use support::{Lab, Scratch, quick_config, quick_rollout};
 
 fn events(out: &std::process::Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
@@ -30,6 +31,196 @@ fn pair(step: &str, status: &str) -> (String, String) {
     (step.to_owned(), status.to_owned())
 }
 
+async fn ssm(lab: &Lab) -> aws_sdk_ssm::Client {
+    aws_sdk_ssm::Client::new(
+        &aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&lab.endpoint)
+            .region(aws_config::Region::new(support::REGION))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "test", "test", None, None, "lab",
+            ))
+            .load()
+            .await,
+    )
+}
+
+const PARAMETER: &str = "/bake/quick/ami-id";
+
+/// What `PARAMETER:SELECTOR` (a version or a label) holds, if anything.
+async fn selected(ssm: &aws_sdk_ssm::Client, selector: &str) -> Option<String> {
+    ssm.get_parameter()
+        .name(format!("{PARAMETER}:{selector}"))
+        .send()
+        .await
+        .ok()
+        .and_then(|out| out.parameter().and_then(|p| p.value()).map(str::to_owned))
+}
+
+/// The parameter's history: (version, value, labels), oldest first.
+async fn history(ssm: &aws_sdk_ssm::Client) -> Vec<(i64, String, Vec<String>)> {
+    ssm.get_parameter_history()
+        .name(PARAMETER)
+        .send()
+        .await
+        .unwrap()
+        .parameters()
+        .iter()
+        .map(|p| {
+            (
+                p.version(),
+                p.value().unwrap_or_default().to_owned(),
+                p.labels().to_vec(),
+            )
+        })
+        .collect()
+}
+
+fn run_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipeline_publishes_only_what_its_rollout_serves_and_moves_the_labels() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    // The rollout's instances are t3.small, the builder and the test instance t3.micro: taking
+    // t3.small's capacity away fails a rollout of an AMI that passed its test.
+    let text = |body: &str| {
+        format!(
+            "{}{}",
+            quick_config(&format!("body = {body:?}"), "", ""),
+            quick_rollout("web", "t3.small")
+        )
+    };
+    let scratch = Scratch::new(&text("v1"));
+    let config = scratch.config();
+    let args = [
+        "-c",
+        config.as_str(),
+        "-o",
+        "json",
+        "pipeline",
+        "--keep",
+        "5",
+    ];
+    let ssm = ssm(&lab).await;
+
+    let first = lab.run_bake(&args).await;
+    run_ok(&first);
+    let run1 = events(&first);
+    assert_eq!(
+        steps(&run1),
+        [
+            pair("bake", "ok"),
+            pair("test", "ok"),
+            pair("rollout", "ok"),
+            pair("publish", "ok"),
+            pair("prune", "skipped")
+        ]
+    );
+    let v1 = run1[0]["ami_id"].as_str().unwrap().to_owned();
+    assert_eq!(selected(&ssm, "tested").await.as_deref(), Some(v1.as_str()));
+    assert_eq!(selected(&ssm, "live").await.as_deref(), Some(v1.as_str()));
+
+    // v2 passes its test, but its rollout cannot launch: rolled back, and nothing is published.
+    std::fs::write(scratch.path().join("bake.toml"), text("v2")).unwrap();
+    lab.control(
+        "capacity",
+        serde_json::json!({"unavailable": [
+            {"instance_type": "t3.small", "zone": "ap-northeast-2a"},
+            {"instance_type": "t3.small", "zone": "ap-northeast-2c"},
+        ]}),
+    )
+    .await;
+    let second = lab.run_bake(&args).await;
+    lab.control("capacity", serde_json::json!({"unavailable": []}))
+        .await;
+    assert_eq!(second.status.code(), Some(1));
+    let run2 = events(&second);
+    assert_eq!(
+        steps(&run2),
+        [
+            pair("bake", "ok"),
+            pair("test", "ok"),
+            pair("rollout", "failed")
+        ]
+    );
+    let v2 = run2[0]["ami_id"].as_str().unwrap().to_owned();
+    assert_ne!(v2, v1);
+    assert!(
+        run2[2]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/bake/quick/ami-id is not published"),
+        "{run2:?}"
+    );
+    assert_eq!(selected(&ssm, "1").await.as_deref(), Some(v1.as_str()));
+    assert_eq!(
+        history(&ssm).await,
+        [(1, v1.clone(), vec!["tested".to_owned(), "live".to_owned()])],
+        "the value and its labels stay on the old AMI"
+    );
+    assert_eq!(lab.calls("PutParameter").await, 1);
+
+    // Capacity back: v2 (already baked and tested) rolls out, then is published; both labels
+    // move to its version.
+    let third = lab.run_bake(&args).await;
+    run_ok(&third);
+    let run3 = events(&third);
+    assert_eq!(
+        steps(&run3),
+        [
+            pair("bake", "skipped"),
+            pair("test", "skipped"),
+            pair("rollout", "ok"),
+            pair("publish", "ok"),
+            pair("prune", "skipped")
+        ]
+    );
+    assert_eq!(run3[0]["ami_id"].as_str(), Some(v2.as_str()));
+    assert_eq!(
+        history(&ssm).await,
+        [
+            (1, v1.clone(), vec![]),
+            (2, v2.clone(), vec!["tested".to_owned(), "live".to_owned()])
+        ]
+    );
+    assert_eq!(selected(&ssm, "live").await.as_deref(), Some(v2.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_that_fails_its_test_is_neither_rolled_out_nor_published() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let scratch = Scratch::new(&format!(
+        "{}\n[image.quick.test]\ntimeout = \"20s\"\n{}",
+        quick_config("at_boot = false", "", ""),
+        quick_rollout("web", "t3.micro")
+    ));
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "-o", "json", "pipeline"])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let run = events(&out);
+    assert_eq!(steps(&run), [pair("bake", "ok"), pair("test", "failed")]);
+    let message = run[1]["message"].as_str().unwrap();
+    assert!(message.contains("did not become healthy"), "{message}");
+    for action in [
+        "CreateLoadBalancer",
+        "CreateAutoScalingGroup",
+        "PutParameter",
+    ] {
+        assert_eq!(lab.calls(action).await, 0, "{action}");
+    }
+    lab.assert_nothing_left(&[], &[]).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pipeline_bakes_publishes_and_prunes_then_has_nothing_to_do() {
     let Some(lab) = Lab::start_or_skip().await else {
@@ -51,21 +242,13 @@ async fn pipeline_bakes_publishes_and_prunes_then_has_nothing_to_do() {
         steps(&run1),
         [
             pair("bake", "ok"),
+            pair("test", "ok"),
             pair("publish", "ok"),
             pair("prune", "skipped")
         ]
     );
     let ami = run1[0]["ami_id"].as_str().unwrap().to_owned();
-    let ssm = aws_sdk_ssm::Client::new(
-        &aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&lab.endpoint)
-            .region(aws_config::Region::new(support::REGION))
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "test", "test", None, None, "lab",
-            ))
-            .load()
-            .await,
-    );
+    let ssm = ssm(&lab).await;
     let published = ssm
         .get_parameter()
         .name("/bake/quick/ami-id")
@@ -87,6 +270,7 @@ async fn pipeline_bakes_publishes_and_prunes_then_has_nothing_to_do() {
         steps(&events(&again)),
         [
             pair("bake", "skipped"),
+            pair("test", "skipped"),
             pair("publish", "skipped"),
             pair("prune", "skipped")
         ]
@@ -109,6 +293,7 @@ async fn pipeline_bakes_publishes_and_prunes_then_has_nothing_to_do() {
         steps(&run3),
         [
             pair("bake", "ok"),
+            pair("test", "ok"),
             pair("publish", "ok"),
             pair("prune", "ok")
         ]
@@ -116,7 +301,7 @@ async fn pipeline_bakes_publishes_and_prunes_then_has_nothing_to_do() {
     let new_ami = run3[0]["ami_id"].as_str().unwrap();
     assert_ne!(new_ami, ami);
     assert!(
-        run3[2]["message"].as_str().unwrap().contains(&ami),
+        run3[3]["message"].as_str().unwrap().contains(&ami),
         "{run3:?}"
     );
     lab.assert_nothing_left(&[new_ami], &[]).await;
@@ -127,7 +312,11 @@ async fn a_second_pipeline_on_the_same_config_refuses_to_start() {
     let Some(lab) = Lab::start_or_skip().await else {
         return;
     };
-    let scratch = Scratch::new(&quick_config("", "", ""));
+    // Without the test stage: its launch would race the count of launches below.
+    let scratch = Scratch::new(&format!(
+        "{}\n[image.quick.test]\nenabled = false\n",
+        quick_config("", "", "")
+    ));
     let config = scratch.config();
     let mut first = lab.bake(&["-c", &config, "pipeline"]);
     let mut first = first

@@ -171,6 +171,44 @@ async fn the_private_example_bakes_with_no_address_no_ingress_health_through_ssm
     );
     // Its one group (bake's) has no inbound rule at all.
     assert_eq!(groups.len(), 1, "{groups:?}");
+    // The AMI's test instance: in the same group, with no address either, its health checked
+    // through SSM on it.
+    let tested = lab
+        .ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:Name")
+                .values("bake test web")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let tested: Vec<&Instance> = tested
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .collect();
+    assert_eq!(tested.len(), 1, "{tested:?}");
+    assert_eq!(tested[0].image_id(), Some(ami.as_str()));
+    assert_eq!(tested[0].public_ip_address(), None, "{tested:?}");
+    assert!(
+        tested[0]
+            .network_interfaces()
+            .iter()
+            .flat_map(|n| n.groups())
+            .all(|g| g.group_id() == Some(groups[0].as_str())),
+        "{tested:?}"
+    );
+    let test_instance = tested[0].instance_id().unwrap();
+    assert!(
+        stderr(&out).contains(&format!(
+            "waiting for health at http://127.0.0.1:80/ on {test_instance} (through SSM)"
+        )),
+        "{}",
+        stderr(&out)
+    );
     let group = &described.security_groups()[0];
     assert!(
         group

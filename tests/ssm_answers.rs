@@ -94,7 +94,14 @@ async fn a_new_parameter_is_read_back_until_validation_has_created_it() {
         .match_requests(|r| r.value() == Some("ami-new") && r.data_type() == Some("aws:ec2:image"))
         .then_output(|| PutParameterOutput::builder().version(1).build());
     let clients = clients(&[&get, &put]);
-    assert!(publish::publish(&clients, NAME, "ami-new").await.unwrap());
+    let published = publish::publish(&clients, NAME, "ami-new").await.unwrap();
+    assert_eq!(
+        published,
+        publish::Published {
+            changed: true,
+            version: 1
+        }
+    );
     assert_eq!((put.num_calls(), get.num_calls()), (1, 4));
 }
 
@@ -146,7 +153,15 @@ async fn a_parameter_that_already_holds_the_id_is_left_alone() {
     let put = mock!(aws_sdk_ssm::Client::put_parameter)
         .then_output(|| PutParameterOutput::builder().version(4).build());
     let clients = clients(&[&get, &put]);
-    assert!(!publish::publish(&clients, NAME, "ami-new").await.unwrap());
+    let published = publish::publish(&clients, NAME, "ami-new").await.unwrap();
+    assert_eq!(
+        published,
+        publish::Published {
+            changed: false,
+            version: 3
+        },
+        "the version that holds it, to label"
+    );
     assert_eq!(put.num_calls(), 0);
 }
 

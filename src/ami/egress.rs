@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    Address, ConnectivityType, DomainType, NatGateway, NatGatewayState, ResourceType, RouteState,
+    Address, ConnectivityType, DomainType, NatGateway, NatGatewayState, ResourceType, RouteTable,
     Tag,
 };
 use futures_util::future::BoxFuture;
@@ -45,7 +45,7 @@ use crate::config::ResourceRef;
 use crate::janitor::{Hold, Janitor, Left, Resource};
 use crate::output::Progress;
 use crate::poll::{self, Check, PollError};
-use crate::resolve::{self, Subnet, filter, filter_any};
+use crate::resolve::{self, DefaultRoute, Routing, Subnet, filter, filter_any};
 use crate::tags;
 
 /// The destination bake routes through the NAT gateway.
@@ -143,27 +143,17 @@ pub enum Error {
 pub async fn plan(
     clients: &Clients,
     subnet: &Subnet,
+    routing: &Routing,
     nat_subnet: Option<&ResourceRef>,
 ) -> Result<Plan, PlanError> {
-    let table = resolve::route_table(clients, subnet)
-        .await
-        .map_err(|e| PlanError::Subnet(e.into()))?
-        .ok_or_else(|| {
-            PlanError::Subnet(resolve::Error::Lookup {
-                kind: "subnet",
-                reference: subnet.id.clone(),
-                region: clients.region.clone(),
-                detail: "has no route table, and its VPC has no main one".into(),
-            })
-        })?;
-    let table_id = table.route_table_id().unwrap_or_default().to_owned();
-    if let Some(route) = default_route(&table) {
-        let ours = match &route {
-            Target::Nat(nat) => describe_nat(clients, nat)
+    let table_id = routing.id.clone();
+    if let Some(route) = &routing.default_route {
+        let ours = match route {
+            DefaultRoute::NatGateway(nat) => describe_nat(clients, nat)
                 .await
                 .map_err(|e| PlanError::Subnet(e.into()))?
                 .is_some_and(|n| is_ours(&n, &table_id)),
-            Target::Other(_) => false,
+            _ => false,
         };
         if !ours {
             return Err(PlanError::Route(resolve::Error::DefaultRoute {
@@ -237,7 +227,7 @@ async fn public_subnet(clients: &Clients, builder: &Subnet) -> Result<String, re
     let main_public = tables
         .iter()
         .find(|t| t.associations().iter().any(|a| a.main() == Some(true)))
-        .is_some_and(resolve::routes_to_internet_gateway);
+        .is_some_and(is_public);
     let mut public: Vec<(bool, String)> = subnets
         .iter()
         .filter_map(|s| {
@@ -246,7 +236,7 @@ async fn public_subnet(clients: &Clients, builder: &Subnet) -> Result<String, re
                 .iter()
                 .find(|t| t.associations().iter().any(|a| a.subnet_id() == Some(id)));
             let is_public = match own {
-                Some(t) => resolve::routes_to_internet_gateway(t),
+                Some(t) => is_public(t),
                 None => main_public,
             };
             let other_zone = s.availability_zone() != Some(builder.zone.as_str());
@@ -264,51 +254,12 @@ async fn public_subnet(clients: &Clients, builder: &Subnet) -> Result<String, re
         })
 }
 
-/// Where a route table's default route goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Target {
-    Nat(String),
-    /// Anything else (internet gateway, instance, interface, peering, transit gateway…).
-    Other(String),
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Nat(id) | Target::Other(id) => f.write_str(id),
-        }
-    }
-}
-
-/// The table's 0.0.0.0/0 route, if it has one (blackholes included: they still hold the slot).
-fn default_route(table: &aws_sdk_ec2::types::RouteTable) -> Option<Target> {
-    let route = table
-        .routes()
-        .iter()
-        .find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE))?;
-    if let Some(nat) = route.nat_gateway_id() {
-        return Some(Target::Nat(nat.to_owned()));
-    }
-    let other = [
-        route.gateway_id(),
-        route.instance_id(),
-        route.network_interface_id(),
-        route.transit_gateway_id(),
-        route.vpc_peering_connection_id(),
-        route.egress_only_internet_gateway_id(),
-        route.local_gateway_id(),
-        route.carrier_gateway_id(),
-        route.core_network_arn(),
-    ]
-    .into_iter()
-    .flatten()
-    .next()
-    .unwrap_or("an unnamed target");
-    let state = match route.state() {
-        Some(RouteState::Blackhole) => " (blackhole)",
-        _ => "",
-    };
-    Some(Target::Other(format!("{other}{state}")))
+/// Whether a route table sends 0.0.0.0/0 to an internet gateway.
+fn is_public(table: &RouteTable) -> bool {
+    matches!(
+        resolve::default_route(table),
+        Some(DefaultRoute::InternetGateway(_))
+    )
 }
 
 /// Whether a NAT gateway is one of bake's temporary ones for this route table.
@@ -356,10 +307,7 @@ async fn describe_nat(clients: &Clients, id: &str) -> Result<Option<NatGateway>,
 }
 
 /// The route table by id, with its routes now.
-async fn read_table(
-    clients: &Clients,
-    table: &str,
-) -> Result<aws_sdk_ec2::types::RouteTable, CallError> {
+async fn read_table(clients: &Clients, table: &str) -> Result<RouteTable, CallError> {
     resolve::route_tables(clients, vec![filter("route-table-id", table)])
         .await?
         .into_iter()
@@ -421,7 +369,7 @@ pub async fn take(
     let mut last = String::new();
     for _ in 0..TAKE_ROUNDS {
         let table = read_table(clients, &plan.table).await?;
-        match default_route(&table) {
+        match resolve::default_route(&table) {
             None => {
                 progress.step("creating the temporary NAT gateway");
                 let nat = lease.create(plan, run_tags).await?;
@@ -435,7 +383,7 @@ pub async fn take(
                     }
                 }
             }
-            Some(Target::Nat(nat)) => {
+            Some(DefaultRoute::NatGateway(nat)) => {
                 let found = describe_nat(clients, &nat).await?;
                 match found {
                     Some(n) if is_ours(&n, &plan.table) => {
@@ -454,10 +402,10 @@ pub async fn take(
                     }
                 }
             }
-            Some(Target::Other(target)) => {
+            Some(other) => {
                 return Err(Error::Taken {
                     table: plan.table.clone(),
-                    target,
+                    target: other.to_string(),
                     region: clients.region.clone(),
                 });
             }
@@ -574,8 +522,8 @@ impl Lease {
             Ok(_) => Ok(None),
             Err(e) if e.is(&["RouteAlreadyExists"]) => {
                 let table = read_table(clients, &self.table).await?;
-                match default_route(&table) {
-                    Some(Target::Nat(n)) if n == nat => Ok(None),
+                match resolve::default_route(&table) {
+                    Some(DefaultRoute::NatGateway(n)) if n == nat => Ok(None),
                     Some(target) => Ok(Some(target.to_string())),
                     // Gone again already (a leaver): the next round takes it anew.
                     None => Ok(Some("a route removed meanwhile".into())),
@@ -606,7 +554,7 @@ impl Lease {
         }
         wait_available(clients, &id, progress).await?;
         let table = read_table(clients, &self.table).await?;
-        if default_route(&table).is_none() {
+        if resolve::default_route(&table).is_none() {
             // A leaver removed the route after our tag: put it back (its second look sees us).
             self.route(&id).await?;
         }
@@ -791,7 +739,7 @@ async fn remove_route(
     let now = read_table(clients, table)
         .await
         .map_err(|e| e.to_string())?;
-    if default_route(&now) != Some(Target::Nat(nat.to_owned())) {
+    if resolve::default_route(&now) != Some(DefaultRoute::NatGateway(nat.to_owned())) {
         return Ok(());
     }
     let delete = clients
@@ -1064,7 +1012,10 @@ async fn wait_route_gone(clients: &Clients, table: &str, nat: &str) -> Result<()
         |_| {},
         || async {
             match read_table(clients, table).await {
-                Ok(t) if default_route(&t) == Some(Target::Nat(nat.to_owned())) => {
+                Ok(t)
+                    if resolve::default_route(&t)
+                        == Some(DefaultRoute::NatGateway(nat.to_owned())) =>
+                {
                     // A gateway deleted under its route leaves a blackhole nobody will remove.
                     match describe_nat(clients, nat).await {
                         Ok(Some(n)) if n.state() == Some(&NatGatewayState::Deleted) => {
@@ -1108,8 +1059,8 @@ pub async fn find_left(clients: &Clients, cutoff: SystemTime) -> Result<Vec<Reso
         if let Some(table) = tag_value(nat.tags(), tags::EGRESS) {
             let now = read_table(clients, table).await;
             if now.is_ok_and(|t| {
-                default_route(&t)
-                    == Some(Target::Nat(
+                resolve::default_route(&t)
+                    == Some(DefaultRoute::NatGateway(
                         nat.nat_gateway_id().unwrap_or_default().to_owned(),
                     ))
             }) {
@@ -1207,49 +1158,6 @@ pub async fn remove_left(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sdk_ec2::types::builders::RouteBuilder;
-    use aws_sdk_ec2::types::{Route, RouteTable};
-
-    /// The default route of a table with a local route and `route`.
-    fn read(route: RouteBuilder) -> Option<Target> {
-        let local = Route::builder()
-            .destination_cidr_block("10.20.0.0/16")
-            .gateway_id("local");
-        let table = RouteTable::builder()
-            .route_table_id("rtb-1")
-            .routes(local.build())
-            .routes(route.build())
-            .build();
-        default_route(&table)
-    }
-
-    fn to_anywhere() -> RouteBuilder {
-        Route::builder().destination_cidr_block("0.0.0.0/0")
-    }
-
-    #[test]
-    fn the_default_route_is_read_whatever_its_target() {
-        assert_eq!(
-            read(to_anywhere().nat_gateway_id("nat-1")),
-            Some(Target::Nat("nat-1".into()))
-        );
-        assert_eq!(
-            read(
-                to_anywhere()
-                    .gateway_id("igw-1")
-                    .state(RouteState::Blackhole)
-            ),
-            Some(Target::Other("igw-1 (blackhole)".into()))
-        );
-        assert_eq!(
-            read(to_anywhere().network_interface_id("eni-1")),
-            Some(Target::Other("eni-1".into()))
-        );
-        let peering = Route::builder()
-            .destination_cidr_block("10.30.0.0/16")
-            .gateway_id("pcx-1");
-        assert_eq!(read(peering), None);
-    }
 
     #[test]
     fn a_gateway_is_ours_for_its_table_only_and_its_users_are_its_user_tags() {

@@ -114,13 +114,15 @@ pub enum Error {
     Api(#[from] CallError),
 }
 
-/// Waits for the builder to run; returns its public IP, if it has one.
+/// Waits for the instance (`what`: the builder, the test instance) to run; returns its public
+/// IP, if it has one.
 pub async fn running(
     clients: &Clients,
     instance_id: &str,
+    what: &str,
     progress: &Progress,
 ) -> Result<Option<String>, Error> {
-    let step = "waiting for the builder to run";
+    let step = &format!("waiting for {what} to run");
     progress.step(format!("{step}: {instance_id}"));
     let result = poll::until(
         step,
@@ -350,7 +352,7 @@ pub async fn through_ssm(
     progress: &Progress,
 ) -> Result<(), Error> {
     let step = format!(
-        "waiting for health at {} on the builder (through SSM)",
+        "waiting for health at {} on {instance_id} (through SSM)",
         local_url(health)
     );
     progress.step(step.clone());

@@ -30,11 +30,12 @@ pub enum Error {
     #[error(transparent)]
     Api(#[from] CallError),
     #[error(
-        "EC2 in {region} still refused to launch the builder after {waited:?} (instance profile \
+        "EC2 in {region} still refused to launch {what} after {waited:?} (instance profile \
          {profile:?} not yet propagated, the new security group not yet known, or throttling): \
          {last}"
     )]
     ProfileNotReady {
+        what: String,
         profile: String,
         region: String,
         waited: Duration,
@@ -101,29 +102,73 @@ pub async fn security_group(
     Ok(id)
 }
 
-/// Launches the builder: IMDSv2 required, encrypted root volume, tags on everything at creation,
-/// a public address only for a public builder (a private one asks for none, whatever the
-/// subnet's MapPublicIpOnLaunch says).
-/// Retries while EC2 does not yet know a new instance profile.
+/// What to launch: the builder (the base AMI with the user data) or the test instance (the new
+/// AMI with none).
+pub struct Spec<'a> {
+    /// "the builder", "the test instance": for steps and errors.
+    pub what: &'a str,
+    pub ami: &'a str,
+    /// Its Name tag.
+    pub name: String,
+    pub user_data: Option<&'a [u8]>,
+    /// At most 64 characters (EC2's limit); the same one asked again answers the same instance.
+    pub client_token: String,
+}
+
+impl<'a> Spec<'a> {
+    /// The builder: the base AMI, the rendered user data, the client token `<run id>-<image>`.
+    pub fn builder(plan: &'a Plan, run_id: &str) -> Spec<'a> {
+        Spec {
+            what: "the builder",
+            ami: &plan.base.id,
+            name: format!("bake builder {}", plan.image),
+            user_data: Some(&plan.rendered.payload),
+            client_token: format!("{run_id}-{}", plan.image),
+        }
+    }
+
+    /// The test instance: the new AMI, no user data, and a client token of its own that stays
+    /// within 64 characters whatever the image's name (a digest of the builder's).
+    pub fn test(plan: &'a Plan, run_id: &str, ami: &'a str) -> Spec<'a> {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("{run_id}-{}", plan.image).as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Spec {
+            what: "the test instance",
+            ami,
+            name: format!("bake test {}", plan.image),
+            user_data: None,
+            client_token: format!("test-{}", &hex[..59]),
+        }
+    }
+}
+
+/// Launches an instance in the builder's subnet and security group with its instance profile:
+/// IMDSv2 required, encrypted root volume, tags on everything at creation, a public address only
+/// for a public builder (a private one asks for none, whatever the subnet's MapPublicIpOnLaunch
+/// says). Retries while EC2 does not yet know a new instance profile.
 pub async fn instance(
     clients: &Clients,
     plan: &Plan,
     builder: &Builder,
+    spec: &Spec<'_>,
     group_id: &str,
     tags: &[Tag],
     janitor: &Janitor,
 ) -> Result<String, Error> {
-    let name = format!("bake builder {}", plan.image);
-    let user_data = base64::engine::general_purpose::STANDARD.encode(&plan.rendered.payload);
+    let name = &spec.name;
     let request = clients
         .ec2
         .run_instances()
-        .image_id(&plan.base.id)
+        .image_id(spec.ami)
         .instance_type(builder.instance_type.as_str().into())
         .min_count(1)
         .max_count(1)
-        .user_data(user_data)
-        .client_token(format!("{}-{}", janitor.run_id(), plan.image))
+        .set_user_data(
+            spec.user_data
+                .map(|data| base64::engine::general_purpose::STANDARD.encode(data)),
+        )
+        .client_token(&spec.client_token)
         .iam_instance_profile(
             IamInstanceProfileSpecification::builder()
                 .name(&plan.instance_profile)
@@ -159,17 +204,17 @@ pub async fn instance(
                 .delete_on_termination(true)
                 .build(),
         )
-        .tag_specifications(tags::at_creation(ResourceType::Instance, &name, tags))
-        .tag_specifications(tags::at_creation(ResourceType::Volume, &name, tags))
+        .tag_specifications(tags::at_creation(ResourceType::Instance, name, tags))
+        .tag_specifications(tags::at_creation(ResourceType::Volume, name, tags))
         .tag_specifications(tags::at_creation(
             ResourceType::NetworkInterface,
-            &name,
+            name,
             tags,
         ));
     janitor.launching(request.clone());
     let deadline = poll::deadline(PROFILE_PROPAGATION);
     let launched = poll::until(
-        &format!("launch the builder from {}", plan.base.id),
+        &format!("launch {} from {}", spec.what, spec.ami),
         deadline,
         PROFILE_SCHEDULE,
         |_| {},
@@ -177,7 +222,7 @@ pub async fn instance(
             match request.clone().send().await {
                 Ok(out) => Check::Ready(out),
                 Err(e) if is_profile_propagation(&e) => Check::Pending(aws::describe(&e)),
-                // The builder's security group was created a moment ago: EC2 may not know it
+                // The builder's security group may have been created a moment ago: EC2 may not know it
                 // yet. The ClientToken makes asking again safe.
                 Err(e)
                     if aws::code(&e)
@@ -195,12 +240,13 @@ pub async fn instance(
         Err(PollError::Failed(message)) => {
             janitor.launch_refused();
             return Err(Error::Api(clients.failed(
-                format!("launch the builder from {}", plan.base.id),
+                format!("launch {} from {}", spec.what, spec.ami),
                 message,
             )));
         }
         Err(PollError::TimedOut { last }) => {
             return Err(Error::ProfileNotReady {
+                what: spec.what.to_owned(),
                 profile: plan.instance_profile.clone(),
                 region: clients.region.clone(),
                 waited: PROFILE_PROPAGATION,

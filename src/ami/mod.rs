@@ -1,5 +1,6 @@
-//! Baking: preflight, launch, health, verify and image for one or more images at once, with the
-//! builder cleaned up on every exit (`bake ami`, and the bake step of `bake pipeline`).
+//! Baking: preflight, launch, health, verify, image and the image's test for one or more images at
+//! once, with the builder and test instance cleaned up on every exit (`bake ami`, and the bake and
+//! test steps of `bake pipeline`).
 
 pub mod egress;
 pub mod endpoints;
@@ -8,9 +9,8 @@ pub mod image;
 pub mod launch;
 pub mod preflight;
 pub mod share;
+pub mod test;
 pub mod verify;
-
-use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
@@ -22,10 +22,6 @@ use crate::output::{self, Progress};
 use crate::render::{self, Renderer};
 use crate::{signal, tags};
 use preflight::Plan;
-
-/// Verification waits for the user data to finish, then runs the commands; 10 minutes unless
-/// the config says otherwise.
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How `bake ami` behaves.
 #[derive(Debug, Clone)]
@@ -49,6 +45,18 @@ pub struct Baked {
     pub deprecation_time: Option<String>,
     /// True when an AMI with the same inputs existed and nothing was launched.
     pub skipped: bool,
+    /// The whole bake, its test included.
+    pub seconds: f64,
+    /// The test stage, when this run tested the AMI (none when skipped or `test.enabled = false`).
+    pub test: Option<TestReport>,
+}
+
+/// The test stage's outcome in a bake's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestReport {
+    /// The instance launched from the AMI (terminated since).
+    pub instance_id: String,
+    /// From its launch to its last command.
     pub seconds: f64,
 }
 
@@ -69,6 +77,8 @@ pub enum Step {
     Verify(#[from] verify::Error),
     #[error(transparent)]
     Image(#[from] image::Error),
+    #[error(transparent)]
+    Test(#[from] test::Error),
     #[error("{0}")]
     Cleanup(#[from] janitor::Error),
     #[error("{failure}\nand cleaning up after it failed too: {cleanup}")]
@@ -197,7 +207,7 @@ pub async fn bake(
     progress: &Progress,
 ) -> Result<Baked, Step> {
     let started = Instant::now();
-    let done = |ami: Ami, skipped: bool| Baked {
+    let done = |ami: Ami, skipped: bool, test: Option<TestReport>| Baked {
         image: plan.image.clone(),
         ami_id: ami.id,
         ami_name: ami.name,
@@ -207,6 +217,7 @@ pub async fn bake(
         deprecation_time: ami.deprecation_time,
         skipped,
         seconds: started.elapsed().as_secs_f64(),
+        test,
     };
     if !options.force
         && let Some(found) = image::existing(clients, plan).await?
@@ -220,32 +231,71 @@ pub async fn bake(
             name: found.name().unwrap_or_default().to_owned(),
             deprecation_time: found.deprecation_time().map(str::to_owned),
         };
-        return Ok(done(ami, true));
+        return Ok(done(ami, true, None));
     }
-    let built = build(clients, image, plan, janitor, progress).await;
+    let built = match build(clients, image, plan, janitor, progress).await {
+        Ok(built) => tested(clients, image, plan, built, janitor, progress).await,
+        Err(failure) => Err(failure),
+    };
     match built {
-        Ok(ami) => {
+        Ok((ami, test)) => {
             janitor.keep(&ami.id);
-            progress.step("terminating the builder");
+            progress.step(if test.is_some() {
+                "terminating the builder and the test instance"
+            } else {
+                "terminating the builder"
+            });
             janitor.clean_recorded().await?;
             let until = ami
                 .deprecation_time
                 .as_ref()
                 .map_or(String::new(), |t| format!("; deprecated from {t}"));
-            progress.finish(format!("baked {} ({}){until}", ami.id, ami.name));
-            Ok(done(ami, false))
+            let proof =
+                test.as_ref()
+                    .map_or("; not tested (test.enabled = false)".to_owned(), |t| {
+                        format!(
+                            "; its test passed in {:.0} s on {}",
+                            t.seconds, t.instance_id
+                        )
+                    });
+            progress.finish(format!(
+                "baked {} ({}) in {:.0} s{proof}{until}",
+                ami.id,
+                ami.name,
+                started.elapsed().as_secs_f64()
+            ));
+            Ok(done(ami, false, test))
         }
         Err(failure) if options.keep_on_failure => {
             let kept: Vec<String> = janitor.recorded().iter().map(ToString::to_string).collect();
-            let builder = janitor.recorded().into_iter().find_map(|r| match r {
-                janitor::Resource::Instance(id) => Some(id),
-                _ => None,
+            // After a failed test, the test instance is the one to look at.
+            let (what, instance) = match &failure {
+                Step::Test(test::Error::Failed { instance_id, .. }) => {
+                    ("the test instance", Some(instance_id.clone()))
+                }
+                _ => (
+                    "the builder",
+                    janitor.recorded().into_iter().find_map(|r| match r {
+                        janitor::Resource::Instance(id) => Some(id),
+                        _ => None,
+                    }),
+                ),
+            };
+            let reach = instance.map_or(String::new(), |id| {
+                format!("; reach {what} with `aws ssm start-session --target {id}`")
             });
-            let reach = builder.map_or(String::new(), |id| {
-                format!("; reach the builder with `aws ssm start-session --target {id}`")
-            });
+            let image = match &failure {
+                Step::Test(test::Error::Failed { ami_id, .. }) => format!(
+                    "; the AMI is tagged {}={} and kept until `bake prune` (gc never removes \
+                     an available AMI)",
+                    tags::TEST,
+                    tags::TEST_FAILED
+                )
+                .replace("the AMI", ami_id),
+                _ => String::new(),
+            };
             progress.finish(format!(
-                "failed; kept {} (run id {}){reach}; `bake gc --ttl 0s` removes them",
+                "failed; kept {} (run id {}){reach}; `bake gc --ttl 0s` removes them{image}",
                 kept.join(", "),
                 janitor.run_id()
             ));
@@ -268,6 +318,63 @@ pub async fn bake(
     }
 }
 
+/// Tests the built AMI unless `test.enabled = false`: tags it `bake:test=passed`, or
+/// `bake:test=failed` and fails (the caller's cleanup then deregisters it unless
+/// `--keep-on-failure`).
+async fn tested(
+    clients: &Clients,
+    image: &Image,
+    plan: &Plan,
+    built: Built,
+    janitor: &Janitor,
+    progress: &Progress,
+) -> Result<(Ami, Option<TestReport>), Step> {
+    if !image.test.enabled {
+        return Ok((built.ami, None));
+    }
+    let ami = built.ami;
+    let tags = tags::of_run(janitor.run_id(), &plan.image, &plan.rendered.digest);
+    let run = test::run(
+        clients,
+        image,
+        plan,
+        &ami.id,
+        &built.group,
+        &tags,
+        janitor,
+        progress,
+    )
+    .await;
+    match run {
+        Ok(t) => {
+            test::mark(clients, &ami.id, tags::TEST_PASSED).await?;
+            Ok((
+                ami,
+                Some(TestReport {
+                    instance_id: t.instance_id,
+                    seconds: t.seconds,
+                }),
+            ))
+        }
+        Err(failure) => {
+            progress.step(format!("{} failed its test", ami.id));
+            // Tagged before anything else: an AMI that outlives this run (kept, or its
+            // deregistration failed) is never taken as tested. It already says `pending`, which
+            // no one takes either, so a failed tagging is only noted.
+            if let Err(e) = test::mark(clients, &ami.id, tags::TEST_FAILED).await {
+                output::note(&format!("warning: {e}"));
+            }
+            Err(failure.into())
+        }
+    }
+}
+
+/// What [`build`] made: the AMI, and the builder's security group (the test instance's too).
+struct Built {
+    ami: Ami,
+    group: String,
+}
+
 /// The AMI a bake ended with.
 struct Ami {
     id: String,
@@ -282,7 +389,7 @@ async fn build(
     plan: &Plan,
     janitor: &Janitor,
     progress: &Progress,
-) -> Result<Ami, Step> {
+) -> Result<Built, Step> {
     let tags = tags::of_run(janitor.run_id(), &plan.image, &plan.rendered.digest);
     progress.step("launching the builder");
     // The temporary NAT (egress = "nat") is taken while the security group is made: the builder
@@ -308,9 +415,10 @@ async fn build(
     if let Some(wanted) = &plan.endpoints {
         endpoints::take(clients, wanted, &group, &tags, janitor, progress).await?;
     }
+    let spec = launch::Spec::builder(plan, janitor.run_id());
     let instance_id =
-        launch::instance(clients, plan, &image.builder, &group, &tags, janitor).await?;
-    let ip = health::running(clients, &instance_id, progress).await?;
+        launch::instance(clients, plan, &image.builder, &spec, &group, &tags, janitor).await?;
+    let ip = health::running(clients, &instance_id, "the builder", progress).await?;
     let deadline = crate::poll::deadline(image.health.timeout.0);
     match plan.access {
         // From the runner over HTTP, while SSM registers the agent for verify.
@@ -351,7 +459,10 @@ async fn build(
             health::through_ssm(clients, &instance_id, &image.health, deadline, progress).await?;
         }
     }
-    let timeout = image.verify.timeout.map_or(VERIFY_TIMEOUT, |t| t.0);
+    let timeout = image
+        .verify
+        .timeout
+        .map_or(verify::DEFAULT_TIMEOUT, |t| t.0);
     verify::run(
         clients,
         &instance_id,
@@ -361,13 +472,18 @@ async fn build(
         progress,
     )
     .await?;
+    // An AMI to be tested says so from its creation: until its verdict, nothing takes it.
+    let mut image_tags = tags.clone();
+    if image.test.enabled {
+        image_tags.push(tags::tag(tags::TEST, tags::TEST_PENDING));
+    }
     let (id, name) = image::create(
         clients,
         plan,
         &instance_id,
         &plan.ami_name,
         image.no_reboot,
-        &tags,
+        &image_tags,
         janitor,
         progress,
     )
@@ -376,9 +492,12 @@ async fn build(
         Some(after) => Some(image::deprecate(clients, &id, after.get_ref().0).await?),
         None => None,
     };
-    Ok(Ami {
-        id,
-        name,
-        deprecation_time,
+    Ok(Built {
+        ami: Ami {
+            id,
+            name,
+            deprecation_time,
+        },
+        group,
     })
 }

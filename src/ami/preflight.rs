@@ -114,7 +114,8 @@ pub async fn plan(
     let egress = match builder.egress.get_ref() {
         Egress::Nat => {
             let nat_subnet = builder.nat_subnet.as_ref();
-            let planned = egress::plan(clients, &subnet, nat_subnet.map(|s| s.get_ref())).await;
+            let planned =
+                egress::plan(clients, &subnet, &routing, nat_subnet.map(|s| s.get_ref())).await;
             Some(planned.map_err(|e| match e {
                 egress::PlanError::Subnet(e) => at(builder.subnet.span(), "builder.subnet")(e),
                 egress::PlanError::Route(e) => at(builder.egress.span(), "builder.egress")(e),

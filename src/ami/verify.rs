@@ -17,6 +17,10 @@ const COMMAND_SCHEDULE: Schedule = Schedule::every(Duration::from_millis(800))
     .dense_for(Duration::from_secs(30))
     .growing(1.3, Duration::from_secs(5));
 
+/// Verification waits for the user data to finish, then runs the commands; 10 minutes unless
+/// the config says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Why verification failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -1,7 +1,8 @@
 //! One log line per AWS call at `-v`: the service and operation, the ids it was about, AWS's
-//! answer, how long it took and how many attempts the SDK made (an SDK interceptor on every
-//! client bake builds).
+//! answer, how long it took and how many attempts the SDK made, or that bake stopped waiting for
+//! an answer to a request already sent (an SDK interceptor on every client bake builds).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -30,6 +31,41 @@ struct Traced {
 
 impl Storable for Traced {
     type Storer = StoreReplace<Traced>;
+}
+
+/// A call whose request went out: when its future is dropped before it ended (a wait that raced
+/// it finished first, a signal), its line says so, since AWS may have acted on it.
+#[derive(Debug)]
+struct Sent {
+    service: String,
+    operation: String,
+    ids: Vec<String>,
+    started: Instant,
+    ended: AtomicBool,
+}
+
+impl Storable for Sent {
+    type Storer = StoreReplace<Sent>;
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        if !self.ended.load(Ordering::Relaxed) {
+            tracing::info!(
+                "{} {}{}{}: no answer awaited (bake stopped waiting) in {:?}",
+                self.service,
+                self.operation,
+                if self.ids.is_empty() { "" } else { " " },
+                self.ids.join(" "),
+                whole_millis(self.started.elapsed()),
+            );
+        }
+    }
+}
+
+/// A duration to the millisecond, as the log lines show them.
+fn whole_millis(took: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(took.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Intercept for Trace {
@@ -64,12 +100,42 @@ impl Intercept for Trace {
         Ok(())
     }
 
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if cfg.load::<Sent>().is_some() || !tracing::enabled!(tracing::Level::INFO) {
+            return Ok(());
+        }
+        let (started, ids) = cfg
+            .load::<Traced>()
+            .map_or((Instant::now(), Vec::new()), |t| (t.started, t.ids.clone()));
+        let (service, operation) = cfg
+            .load::<Metadata>()
+            .map_or(("?".to_owned(), "?".to_owned()), |m| {
+                (m.service().to_owned(), m.name().to_owned())
+            });
+        cfg.interceptor_state().store_put(Sent {
+            service,
+            operation,
+            ids,
+            started,
+            ended: AtomicBool::new(false),
+        });
+        Ok(())
+    }
+
     fn read_after_execution(
         &self,
         context: &FinalizerInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        if let Some(sent) = cfg.load::<Sent>() {
+            sent.ended.store(true, Ordering::Relaxed);
+        }
         if !tracing::enabled!(tracing::Level::INFO) {
             return Ok(());
         }
@@ -97,7 +163,7 @@ impl Intercept for Trace {
             "{service} {operation}{}{}: {answer} in {:?}{}",
             if ids.is_empty() { "" } else { " " },
             ids.join(" "),
-            Duration::from_millis(u64::try_from(took.as_millis()).unwrap_or(u64::MAX)),
+            whole_millis(took),
             match attempts {
                 0 | 1 => String::new(),
                 n => format!(" ({n} attempts)"),
@@ -155,6 +221,64 @@ fn error_code(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Log lines written while a test runs.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_dropped_after_its_request_went_out_gets_its_line() {
+        use tokio::io::AsyncReadExt;
+        // An endpoint that reads the request and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (received, mut arrived) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 4096];
+            let _ = socket.read(&mut buf).await;
+            received.send(()).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(socket);
+        });
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+            .region(aws_sdk_ec2::config::Region::new("eu-west-1"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::for_tests())
+            .endpoint_url(url)
+            .interceptor(Trace)
+            .build();
+        let client = aws_sdk_ec2::Client::from_conf(config);
+        let call = client.describe_images().image_ids("ami-1").send();
+        tokio::select! {
+            answer = call => panic!("the endpoint never answers: {answer:?}"),
+            _ = arrived.recv() => {}
+        }
+        let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged
+                .contains("EC2 DescribeImages ami-1: no answer awaited (bake stopped waiting) in "),
+            "{logged}"
+        );
+    }
 
     #[test]
     fn a_query_request_is_about_its_ids_and_names_not_its_filters() {

@@ -17,7 +17,7 @@ const BAKE_FIXED: Duration = Duration::from_secs(80 * 60);
 const VERIFY_DEFAULT: Duration = Duration::from_secs(10 * 60);
 
 /// Bake verified golden AMIs: launch a builder, wait for HTTP health, verify through SSM,
-/// create the AMI, terminate the builder. Prints the AMI id.
+/// create the AMI, test it on an instance of its own, terminate both. Prints the AMI id.
 #[derive(Debug, Clone, clap::Args)]
 #[command(mut_arg("images", |a| a.help(IMAGES)), mut_arg("all", |a| a.help(ALL)))]
 pub struct Args {
@@ -127,7 +127,25 @@ pub fn worst_case(config: &Config, names: &[String]) -> Duration {
                         .map_or(VERIFY_DEFAULT, |t| t.0),
                 )
                 .saturating_add(BAKE_FIXED)
+                .saturating_add(test_worst_case(image))
         })
     };
     names.iter().map(bake).max().unwrap_or_default()
+}
+
+/// The test stage at worst: the instance reaching `running`, its health wait and its commands;
+/// nothing when it is off.
+fn test_worst_case(image: &crate::config::Image) -> Duration {
+    if !image.test.enabled {
+        return Duration::ZERO;
+    }
+    ami::test::TEST_FIXED
+        .saturating_add(image.test.timeout.0)
+        .saturating_add(
+            image
+                .verify
+                .timeout
+                .as_ref()
+                .map_or(VERIFY_DEFAULT, |t| t.0),
+        )
 }

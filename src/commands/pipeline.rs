@@ -1,6 +1,7 @@
-//! `bake pipeline`: the cron job. Every image is baked unless its inputs are unchanged, its AMI id
-//! published in an SSM parameter, rolled out to every rollout of the image, and its old AMIs pruned;
-//! one event per step, as JSON Lines with `--output json`.
+//! `bake pipeline`: the cron job. Every image is baked unless its inputs are unchanged, its AMI
+//! tested, rolled out to every rollout of the image, then (only then) published in an SSM parameter
+//! with its version labelled `tested` and `live`, and its old AMIs pruned; one event per step, as
+//! JSON Lines with `--output json`.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -14,11 +15,12 @@ use crate::aws::Clients;
 use crate::config::Config;
 use crate::limits;
 use crate::output::{self, Format, Progress};
-use crate::publish::{parameter_name, publish};
+use crate::publish::{self, parameter_name};
 use crate::{Error, ami, prune, rollout};
 
-/// The cron job: bake every image whose inputs changed, publish its AMI id in SSM Parameter
-/// Store, roll it out to its rollouts, prune its old AMIs. One event per step.
+/// The cron job: bake and test every image whose inputs changed, roll it out to its rollouts, then
+/// publish its AMI id in SSM Parameter Store (labels `tested`, `live`), prune its old AMIs. One
+/// event per step.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// AMIs of each image to keep when pruning (0 or more).
@@ -90,7 +92,7 @@ pub struct Event {
     /// Unix time, seconds.
     pub time: f64,
     pub image: String,
-    /// bake, publish, rollout, prune.
+    /// bake, test, rollout, publish, prune.
     pub step: &'static str,
     /// ok, skipped (nothing to do), failed.
     pub status: &'static str,
@@ -153,13 +155,31 @@ async fn run(
     let (baked, failed) =
         ami::bake_all(clients, config, &names, &bake_options, checkip_url).await?;
     for failure in &failed {
-        events.emit(event(
-            &failure.image,
-            "bake",
-            "failed",
-            None,
-            failure.step.to_string(),
-        ));
+        match &failure.step {
+            // The bake made an AMI; its test failed it (and it was removed unless kept).
+            ami::Step::Test(test) => {
+                let ami_id = test.ami_id();
+                let made = format!("baked {ami_id}, then tested");
+                events.emit(event(&failure.image, "bake", "ok", Some(ami_id), made));
+                let message = failure.step.to_string();
+                events.emit(event(
+                    &failure.image,
+                    "test",
+                    "failed",
+                    Some(ami_id),
+                    message,
+                ));
+            }
+            step => {
+                events.emit(event(
+                    &failure.image,
+                    "bake",
+                    "failed",
+                    None,
+                    step.to_string(),
+                ));
+            }
+        }
     }
     for b in &baked {
         let status = if b.skipped { "skipped" } else { "ok" };
@@ -169,6 +189,21 @@ async fn run(
             format!("baked {} ({}) in {:.0} s", b.ami_id, b.ami_name, b.seconds)
         };
         events.emit(event(&b.image, "bake", status, Some(&b.ami_id), message));
+        let (status, message) = match (&b.test, b.skipped) {
+            (Some(t), _) => (
+                "ok",
+                format!(
+                    "{} served and passed its commands on {} in {:.0} s",
+                    b.ami_id, t.instance_id, t.seconds
+                ),
+            ),
+            (None, true) => ("skipped", format!("{} was tested when baked", b.ami_id)),
+            (None, false) => (
+                "skipped",
+                format!("{} is not tested (test.enabled = false)", b.ami_id),
+            ),
+        };
+        events.emit(event(&b.image, "test", status, Some(&b.ami_id), message));
         match image_steps(clients, config, options, b, &mut events).await {
             Ok(()) => {}
             Err(Stop::Failed(step, message)) => {
@@ -188,7 +223,9 @@ enum Stop {
     Interrupted(u8),
 }
 
-/// Publish, roll out, prune: one image's steps after its bake.
+/// Roll out, publish, prune: one image's steps after its bake and test. The AMI is published only
+/// once every rollout of the image serves it: a failed rollout leaves the parameter (and its
+/// `live` label) on the AMI before.
 async fn image_steps(
     clients: &Clients,
     config: &Config,
@@ -197,22 +234,13 @@ async fn image_steps(
     events: &mut Emitter,
 ) -> Result<(), Stop> {
     let image = &baked.image;
-    let parameter = parameter_name(&options.publish_prefix, image);
-    let changed = publish(clients, &parameter, &baked.ami_id)
-        .await
-        .map_err(|e| Stop::Failed("publish", e.to_string()))?;
-    events.emit(event(
-        image,
-        "publish",
-        if changed { "ok" } else { "skipped" },
-        Some(&baked.ami_id),
-        format!("{parameter} = {}", baked.ami_id),
-    ));
+    let mut rollouts = 0;
     for (name, target) in config
         .rollout
         .iter()
         .filter(|(_, r)| r.image.get_ref() == image)
     {
+        rollouts += 1;
         let multi = indicatif::MultiProgress::new();
         let progress = Progress::new(&multi, name);
         let rollout_options = rollout::Options {
@@ -236,18 +264,47 @@ async fn image_steps(
                     "rollout",
                     "failed",
                     Some(&baked.ami_id),
-                    step.to_string(),
+                    format!(
+                        "{step}; {} is not published",
+                        parameter_name(&options.publish_prefix, image)
+                    ),
                 );
                 e.rollout = Some(name.clone());
                 events.emit(e);
                 if let rollout::Step::Interrupted { signal, .. } = step {
                     return Err(Stop::Interrupted(signal));
                 }
-                // A failed rollout keeps the old AMIs in use; pruning can wait for the next run.
+                // A failed rollout keeps the old AMIs in use and published; publishing and
+                // pruning wait for the next run.
                 return Ok(());
             }
         }
     }
+    let parameter = parameter_name(&options.publish_prefix, image);
+    let published = publish::publish(clients, &parameter, &baked.ami_id)
+        .await
+        .map_err(|e| Stop::Failed("publish", e.to_string()))?;
+    // `tested` on the version the pipeline published; `live` too once its rollouts serve it.
+    let labels: &[&str] = if rollouts > 0 {
+        &[publish::TESTED, publish::LIVE]
+    } else {
+        &[publish::TESTED]
+    };
+    publish::label(clients, &parameter, published.version, labels)
+        .await
+        .map_err(|e| Stop::Failed("publish", e.to_string()))?;
+    events.emit(event(
+        image,
+        "publish",
+        if published.changed { "ok" } else { "skipped" },
+        Some(&baked.ami_id),
+        format!(
+            "{parameter} = {} (version {}, labelled {})",
+            baked.ami_id,
+            published.version,
+            labels.join(", ")
+        ),
+    ));
     let pruned = prune::prune(
         clients,
         image,

@@ -27,6 +27,7 @@ const IMAGE_KEYS: &[&str] = &[
     "builder",
     "health",
     "verify",
+    "test",
 ];
 const ROLLOUT_KEYS: &[&str] = &[
     "image",
@@ -381,6 +382,7 @@ impl<'a> Doc<'a> {
         let verify = self
             .optional(t, &path, "verify", &mut ok)
             .unwrap_or_default();
+        let test = self.optional(t, &path, "test", &mut ok).unwrap_or_default();
         let mut builder = builder?;
         if builder.allow_cidr.span() == (0..0) {
             let at = self.key_span(&["image", name, "builder"]);
@@ -411,6 +413,7 @@ impl<'a> Doc<'a> {
             builder,
             health,
             verify,
+            test,
         };
         ok.then_some(image)
     }

@@ -49,6 +49,7 @@ pub struct Image {
     pub builder: Builder,
     pub health: Health,
     pub verify: Verify,
+    pub test: Test,
 }
 
 /// The AMI name template when `name` is not given.
@@ -272,6 +273,31 @@ impl Default for Health {
 pub struct Verify {
     pub commands: Vec<String>,
     pub timeout: Option<HumanDuration>,
+}
+
+/// The test stage: one instance launched from the new AMI with no user data must become healthy
+/// and pass the verify commands and these, or the AMI is failed (`[image.NAME.test]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Test {
+    /// On by default: `enabled = false` ships the AMI untested.
+    pub enabled: bool,
+    /// Run on the test instance after the verify commands; each must exit 0.
+    pub commands: Vec<String>,
+    /// How long the test instance has to become healthy (and Online in SSM).
+    pub timeout: HumanDuration,
+}
+
+impl Default for Test {
+    fn default() -> Self {
+        Test {
+            enabled: true,
+            commands: Vec::new(),
+            // The AMI holds the installed server: it only boots (about a minute on EC2, with the
+            // SSM agent's registration), so 10 minutes is generous and still ends a bad AMI soon.
+            timeout: HumanDuration(Duration::from_secs(10 * 60)),
+        }
+    }
 }
 
 /// Where and how an image is rolled out: ALB, target group, launch template, ASG.

@@ -256,6 +256,17 @@ impl Doc<'_> {
         if let Some(timeout) = &image.verify.timeout {
             duration(&["verify", "timeout"], timeout.0, &limits::VERIFY_TIMEOUT);
         }
+        // Test.
+        for (i, command) in image.test.commands.iter().enumerate() {
+            if command.trim().is_empty() {
+                fail(&["test", "commands"], format!("command {} is empty", i + 1));
+            }
+        }
+        duration(
+            &["test", "timeout"],
+            image.test.timeout.0,
+            &limits::HEALTH_TIMEOUT,
+        );
     }
 
     /// `access`, `endpoints`, `egress` and `nat_subnet` together: what only a private builder
@@ -716,6 +727,29 @@ mod tests {
     }
 
     #[test]
+    fn the_test_table_is_on_by_default_and_checked_at_its_line() {
+        let config = Config::parse(Path::new("bake.toml"), MINIMAL.to_owned()).unwrap();
+        let test = &config.image["web"].test;
+        assert!(test.enabled && test.commands.is_empty());
+        assert_eq!(test.timeout.0, std::time::Duration::from_secs(600));
+        let text =
+            format!("{MINIMAL}[image.web.test]\nenabled = false\ncommands = [\"true\", \" \"]\n");
+        let line = text.lines().count();
+        let msg = error(&text);
+        assert!(
+            msg.contains(&format!(
+                "bake.toml:{line}:12: image.web.test.commands: command 2 is empty"
+            )),
+            "{msg}"
+        );
+        let msg = error(&format!("{MINIMAL}[image.web.test]\nenable = false\n"));
+        assert!(
+            msg.contains("unknown field `enable`") && msg.contains("image.web.test"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn huge_and_zero_durations_are_refused_at_every_duration_field() {
         for (lines, field) in [
             (
@@ -733,6 +767,10 @@ mod tests {
             (
                 "[image.web.health]\ntimeout = \"9s\"",
                 "image.web.health.timeout",
+            ),
+            (
+                "[image.web.test]\ntimeout = \"9s\"",
+                "image.web.test.timeout",
             ),
         ] {
             let msg = error(&format!("{MINIMAL}{lines}\n"));

@@ -168,6 +168,13 @@ async fn describe_ami(clients: &Clients, id: &str) -> Result<Ami, Error> {
         let state = image.state().map_or("unknown", |s| s.as_str());
         return Err(fail(&format!("the image is {state}, not available")));
     }
+    // The same rule as the AMI of the digest (resolve::baked_ami): a failed or unfinished test.
+    if let Some(verdict) = crate::tags::untested(image.tags()) {
+        return Err(fail(&format!(
+            "its test is {verdict} ({}={verdict}): bake rolls out only an AMI that passed it",
+            crate::tags::TEST
+        )));
+    }
     Ok(Ami {
         id: id.to_owned(),
         name: image.name().unwrap_or_default().to_owned(),

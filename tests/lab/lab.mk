@@ -24,7 +24,9 @@ export LAB_CACHE LAB_PYTHON
 .PHONY: lab-apt lab-deps lab-image lab-up lab-down lab-lint lab-test
 LAB_INCLUDER_GOAL := $(.DEFAULT_GOAL)
 
+# Touching the markers records the use: venv.sh removes venvs unused for a week.
 lab-deps: lab-apt $(LAB_VENV)/.complete
+	@touch $(LAB_VENV)/.complete $(LAB_DEPS_VENV)/.complete
 
 # Installs only what dpkg says is missing, so it costs a few dpkg-query calls when all is there.
 lab-apt:
@@ -62,8 +64,10 @@ lab-lint: lab-deps
 # The lab's tests mostly wait on boots and AWS-like lags, so files run in parallel, each worker with a lab
 # of its own (labs take separate indexes); 3 workers keep 2 cores busy without starving the labs.
 LAB_TEST_WORKERS ?= 3
+# Which tests: all of them, or e.g. LAB_TESTS=tests/lab/tests/test_ssm.py (LAB_TEST_ARGS adds pytest options).
+LAB_TESTS ?= $(LAB_DIR)/tests
 lab-test: lab-image
-	$(LAB_PYTHON) -m pytest -p no:cacheprovider -n $(LAB_TEST_WORKERS) --dist loadfile $(LAB_DIR)/tests $(LAB_TEST_ARGS)
+	$(LAB_PYTHON) -m pytest -p no:cacheprovider -n $(LAB_TEST_WORKERS) --dist loadfile $(LAB_TESTS) $(LAB_TEST_ARGS)
 
 # Including this file must not change the includer's default goal.
 .DEFAULT_GOAL := $(LAB_INCLUDER_GOAL)

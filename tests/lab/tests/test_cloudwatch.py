@@ -89,6 +89,10 @@ def test_instance_cpu_is_published_and_an_alarm_goes_ok_alarm_ok(lab, ec2, ssm, 
     assert summaries[:3] == ["Alarm updated from INSUFFICIENT_DATA to OK", "Alarm updated from OK to ALARM",
                              "Alarm updated from ALARM to OK"], summaries
 
+    events = [(e["old"], e["state"]) for e in lab.get_lines("/_lab/events")
+              if e["event"] == "alarm_state" and e["alarm"] == "cw-cpu"]
+    assert events[:3] == [("INSUFFICIENT_DATA", "OK"), ("OK", "ALARM"), ("ALARM", "OK")], events
+
     # SetAlarmState still works; the next evaluation puts the alarm back where the data says.
     cw.set_alarm_state(AlarmName="cw-cpu", StateValue="ALARM", StateReason="testing")
     assert alarm(cw, "cw-cpu")["StateValue"] == "ALARM"
@@ -226,7 +230,15 @@ def test_target_tracking_scales_out_under_load_through_the_alb_and_back_in(lab, 
 
     asg.delete_policy(AutoScalingGroupName="cw-track", PolicyName="cpu30")
     assert cw.describe_alarms(AlarmNames=names)["MetricAlarms"] == []
+    # Deleting the group deletes its policies and their alarms.
+    again = asg.put_scaling_policy(
+        AutoScalingGroupName="cw-track", PolicyName="cpu30", PolicyType="TargetTrackingScaling",
+        TargetTrackingConfiguration={"PredefinedMetricSpecification": {"PredefinedMetricType":
+                                                                       "ASGAverageCPUUtilization"},
+                                     "TargetValue": 30.0})
     asg.delete_auto_scaling_group(AutoScalingGroupName="cw-track", ForceDelete=True)
+    assert cw.describe_alarms(AlarmNames=[a["AlarmName"] for a in again["Alarms"]])["MetricAlarms"] == []
+    assert asg.describe_policies(AutoScalingGroupName="cw-track")["ScalingPolicies"] == []
 
 
 def test_elb_health_checks_replace_an_unhealthy_instance_after_the_grace_period(lab, ec2, ssm, ubuntu_ami):
@@ -249,3 +261,19 @@ def test_elb_health_checks_replace_an_unhealthy_instance_after_the_grace_period(
     got = http_get(web["url"])
     assert got and got == (200, f"heal {second}\n"), got
     asg.delete_auto_scaling_group(AutoScalingGroupName="cw-heal", ForceDelete=True)
+
+
+def test_a_group_created_through_the_api_has_no_grace_period(lab, ec2, debian_ami):
+    asg = lab.client("autoscaling")
+    template = ec2.create_launch_template(LaunchTemplateName="cw-grace", LaunchTemplateData={
+        "ImageId": debian_ami, "InstanceType": "t3.micro"})["LaunchTemplate"]["LaunchTemplateId"]
+    subnet = subnet_id(ec2, "Private subnet A")
+    for name, given in (("cw-grace-unset", None), ("cw-grace-0", 0), ("cw-grace-45", 45)):
+        extra = {} if given is None else {"HealthCheckGracePeriod": given}
+        asg.create_auto_scaling_group(AutoScalingGroupName=name, MinSize=0, MaxSize=1, DesiredCapacity=0,
+                                      LaunchTemplate={"LaunchTemplateId": template, "Version": "1"},
+                                      VPCZoneIdentifier=subnet, **extra)
+    periods = {g["AutoScalingGroupName"]: g["HealthCheckGracePeriod"]
+               for g in asg.describe_auto_scaling_groups(
+                   AutoScalingGroupNames=["cw-grace-unset", "cw-grace-0", "cw-grace-45"])["AutoScalingGroups"]}
+    assert periods == {"cw-grace-unset": 0, "cw-grace-0": 0, "cw-grace-45": 45}

@@ -113,6 +113,32 @@ def test_parameter_names_at_the_limits_are_accepted(ssm):
         ssm.delete_parameter(Name=name)
 
 
+def test_parameter_labels_follow_awss_rules_and_move_between_versions(ssm):
+    name = "/lab/limits/labels"
+    ssm.put_parameter(Name=name, Value="one", Type="String")
+    ssm.put_parameter(Name=name, Value="two", Type="String", Overwrite=True)
+    # Reserved prefixes in any case, a leading digit or a space: not attached, answered in InvalidLabels.
+    refused = ssm.label_parameter_version(Name=name, ParameterVersion=1,
+                                          Labels=["tested", "AWSlabel", "Ssm-x", "9lives", "has space"])
+    assert sorted(refused["InvalidLabels"]) == ["9lives", "AWSlabel", "Ssm-x", "has space"]
+    history = {p["Version"]: p.get("Labels", []) for p in ssm.get_parameter_history(Name=name)["Parameters"]}
+    assert history == {1: ["tested"], 2: []}
+    # A label on another version moves (one version holds it at a time).
+    ssm.label_parameter_version(Name=name, ParameterVersion=2, Labels=["tested"])
+    history = {p["Version"]: p.get("Labels", []) for p in ssm.get_parameter_history(Name=name)["Parameters"]}
+    assert history == {1: [], 2: ["tested"]}
+    assert ssm.get_parameter(Name=f"{name}:tested")["Parameter"]["Value"] == "two"
+    # At most 10 labels on a version.
+    ssm.label_parameter_version(Name=name, ParameterVersion=2, Labels=[f"l{i}" for i in range(9)])
+    with pytest.raises(ssm.exceptions.ClientError) as full:
+        ssm.label_parameter_version(Name=name, ParameterVersion=2, Labels=["eleventh"])
+    assert error_code(full) == "ParameterVersionLabelLimitExceeded"
+    with pytest.raises(ssm.exceptions.ClientError) as long:
+        ssm.label_parameter_version(Name=name, ParameterVersion=1, Labels=["l" * 101])
+    assert error_code(long) == "ValidationException"
+    ssm.delete_parameter(Name=name)
+
+
 def test_send_command_timeout_seconds_below_30_is_refused(lab, ssm):
     """boto3 checks the 30 s minimum itself; without that check the lab refuses it as SSM does."""
     raw = boto3.client("ssm", endpoint_url=lab.endpoint, region_name=REGION, aws_access_key_id="AKIDLABTEST",

@@ -346,6 +346,18 @@ def install(groups: Groups) -> None:
         """Targets are registered once their instance runs (the scaling loop does it), as on AWS."""
 
     asg_models.AutoScalingBackend.update_attached_target_groups = update_attached_target_groups
+
+    create_group = asg_models.AutoScalingBackend.create_auto_scaling_group
+
+    def create_auto_scaling_group(backend, *args, **kwargs):
+        """HealthCheckGracePeriod defaults to 0 through the API (300 s only in the console); moto makes
+        every unset (or 0) one 300."""
+        group = create_group(backend, *args, **kwargs)
+        given = kwargs.get("health_check_period")
+        group.health_check_grace_period = int(given) if given is not None else 0
+        return group
+
+    asg_models.AutoScalingBackend.create_auto_scaling_group = create_auto_scaling_group
     def describe_scaling_activities(self):
         limit = self._get_param("MaxRecords")
         return ActionResult({"Activities": groups.describe_activities(

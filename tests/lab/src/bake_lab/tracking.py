@@ -196,7 +196,8 @@ def _latest(region: str, alarm) -> float | None:
 
 
 def install(tracking: Tracking) -> None:
-    """PutScalingPolicy / DeletePolicy / DescribePolicies with the target tracking alarms."""
+    """PutScalingPolicy / DeletePolicy / DescribePolicies / DeleteAutoScalingGroup with the target tracking
+    alarms."""
     def put_scaling_policy(original):
         def patched(backend, name, policy_type, *args, **kwargs):
             old = backend.policies.get(name)
@@ -225,6 +226,18 @@ def install(tracking: Tracking) -> None:
         return patched
 
     replace(asg_models.AutoScalingBackend, "delete_policy", delete_policy)
+
+    def delete_auto_scaling_group(original):
+        def patched(backend, group_name):
+            original(backend, group_name)
+            # Deleting a group deletes its scaling policies, and with a target tracking policy its alarms.
+            for name, policy in list(backend.policies.items()):
+                if policy.auto_scaling_group_name == group_name:
+                    backend.policies.pop(name, None)
+                    tracking.delete(backend.region_name, policy)
+        return patched
+
+    replace(asg_models.AutoScalingBackend, "delete_auto_scaling_group", delete_auto_scaling_group)
 
     def put_response(self):
         params = self._get_params()

@@ -166,6 +166,7 @@ def install(alarms: Alarms) -> None:
     def update_state(alarm, reason: str, reason_data: str, state_value: str) -> None:
         old = alarm.state_value
         original_update(alarm, reason, reason_data, state_value)
+        alarms.lab.event("alarm_state", region=alarm.region_name, alarm=alarm.name, old=old, state=state_value)
         alarms.record(alarm.region_name, alarm.name, "StateUpdate",
                       f"Alarm updated from {old} to {state_value}",
                       {"version": "1.0", "oldState": {"stateValue": old},

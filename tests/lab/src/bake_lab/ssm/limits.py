@@ -1,10 +1,12 @@
-"""SSM's request rules moto does not enforce (parameter names, SendCommand's timeout), checked before moto acts."""
+"""SSM's request rules moto does not enforce (parameter names, SendCommand's timeout, parameter labels), checked
+before moto acts."""
 import re
 
+from moto.ssm import models as ssm_models
 from moto.ssm.responses import SimpleSystemManagerResponse
 
 from ..limits import LimitError
-from ..patching import before
+from ..patching import before, replace
 
 # Parameter Store "Parameter name requirements": letters, digits, `.`, `-`, `_` and `/` for hierarchies; a
 # hierarchy begins with `/` and has at most 15 levels; the name with its full ARN is at most 1011 characters;
@@ -12,6 +14,9 @@ from ..patching import before
 SSM_NAME = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 SSM_HIERARCHY_MAX = 15
 SSM_NAME_WITH_ARN_MAX = 1011
+# LabelParameterVersion: a label may not begin with "aws" or "ssm" in any case (moto refuses only the lower-case
+# prefixes); such a label is not attached and is answered in InvalidLabels, not as an error.
+LABEL_RESERVED_PREFIXES = ("aws", "ssm")
 # SendCommand: TimeoutSeconds (the delivery timeout) is 30 s to 30 days.
 SEND_COMMAND_TIMEOUT = (30, 2592000)
 
@@ -47,6 +52,10 @@ def send_command_timeout(seconds) -> None:
                          f"failed to satisfy constraint: Member must be between {low} and {high}")
 
 
+def reserved_label(label: str) -> bool:
+    return label.lower().startswith(LABEL_RESERVED_PREFIXES)
+
+
 def install() -> None:
     def put_parameter(response):
         ssm_parameter_name(response._get_param("Name"), response.current_account, response.region)
@@ -54,5 +63,13 @@ def install() -> None:
     def send_command(response):
         send_command_timeout(response._get_param("TimeoutSeconds"))
 
+    def label_parameter_version(original):
+        def labelled(backend, name, version, labels):
+            reserved = [label for label in labels if reserved_label(label)]
+            invalid, version = original(backend, name, version, [label for label in labels if label not in reserved])
+            return reserved + [label for label in invalid if label not in reserved], version
+        return labelled
+
+    replace(ssm_models.SimpleSystemManagerBackend, "label_parameter_version", label_parameter_version)
     before(SimpleSystemManagerResponse, "put_parameter", put_parameter)
     before(SimpleSystemManagerResponse, "send_command", send_command)
