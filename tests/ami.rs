@@ -237,10 +237,17 @@ async fn dash_v_shows_every_aws_call_of_a_bake_with_its_duration_and_dash_vv_eac
         .filter(|l| l.contains("bake::aws::trace"))
         .collect();
     // Each line: "<service> <operation> [ids]: <answer> in <duration>[ (N attempts)]".
+    // A call bake stopped waiting for (the user-data watch racing the health check) may or may
+    // not have reached the lab.
     let mut attempts = 0;
+    let mut unanswered = 0;
     for line in &calls {
         let took = line.rsplit(" in ").next().unwrap_or_default();
         assert!(took.starts_with(|c: char| c.is_ascii_digit()), "{line}");
+        if line.contains(": no answer awaited (") {
+            unanswered += 1;
+            continue;
+        }
         attempts += took
             .split_once(" (")
             .and_then(|(_, n)| n.split(' ').next()?.parse::<usize>().ok())
@@ -264,10 +271,10 @@ async fn dash_v_shows_every_aws_call_of_a_bake_with_its_duration_and_dash_vv_eac
         .filter_map(|r| r["action"].as_str().filter(|a| !a.is_empty()))
         .map(str::to_owned)
         .collect();
-    assert_eq!(
-        attempts,
-        requests.len(),
-        "one line per call the lab answered, its attempts counted: {requests:?}\n{err}"
+    assert!(
+        (attempts..=attempts + unanswered).contains(&requests.len()),
+        "one line per call the lab answered, its attempts counted ({attempts}, and {unanswered} \
+         not awaited): {requests:?}\n{err}"
     );
     assert!(
         err.lines()

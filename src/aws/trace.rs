@@ -33,8 +33,9 @@ impl Storable for Traced {
     type Storer = StoreReplace<Traced>;
 }
 
-/// A call whose request went out: when its future is dropped before it ended (a wait that raced
-/// it finished first, a signal), its line says so, since AWS may have acted on it.
+/// A call about to be sent: when its future is dropped before it ended (a wait that raced it
+/// finished first, a signal), its line says so, since AWS may have acted on it (or never seen it:
+/// the SDK has no hook between writing the request and reading the answer).
 #[derive(Debug)]
 struct Sent {
     service: String,
@@ -52,7 +53,7 @@ impl Drop for Sent {
     fn drop(&mut self) {
         if !self.ended.load(Ordering::Relaxed) {
             tracing::info!(
-                "{} {}{}{}: no answer awaited (bake stopped waiting) in {:?}",
+                "{} {}{}{}: no answer awaited (bake stopped waiting; AWS may have acted on it) in {:?}",
                 self.service,
                 self.operation,
                 if self.ids.is_empty() { "" } else { " " },
@@ -274,8 +275,10 @@ mod tests {
         }
         let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         assert!(
-            logged
-                .contains("EC2 DescribeImages ami-1: no answer awaited (bake stopped waiting) in "),
+            logged.contains(
+                "EC2 DescribeImages ami-1: no answer awaited (bake stopped waiting; AWS may have \
+                 acted on it) in "
+            ),
             "{logged}"
         );
     }
