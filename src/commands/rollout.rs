@@ -27,7 +27,11 @@ pub struct Args {
 
 impl std::fmt::Display for RolledOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{}", self.url)
+        writeln!(f, "{}", self.url)?;
+        if let Some(probe) = &self.probe {
+            writeln!(f, "{probe}")?;
+        }
+        Ok(())
     }
 }
 

@@ -26,7 +26,7 @@ pub use place::{Error, Location, Source};
 pub use secrets::{SECRET_WORDS, secret_word};
 pub use types::{
     Access, BaseImage, Builder, Capacity, Config, Egress, Endpoints, Health, HumanDuration, Image,
-    Os, Refresh, ResourceRef, Rollout, Verify, Volume,
+    Os, Refresh, ResourceRef, Rollout, TrafficProbe, Verify, Volume,
 };
 
 impl Config {

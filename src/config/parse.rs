@@ -11,7 +11,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::place::{Error, Source};
-use super::types::{Builder, Config, Health, Image, Refresh, Rollout};
+use super::types::{Builder, Config, Health, Image, Refresh, Rollout, TrafficProbe};
 use super::types::{DEFAULT_AMI_NAME, default_instance_type};
 
 /// The known top-level keys.
@@ -46,6 +46,7 @@ const ROLLOUT_KEYS: &[&str] = &[
     "capacity",
     "cpu_target",
     "refresh",
+    "probe",
     "tags",
 ];
 
@@ -442,6 +443,9 @@ impl<'a> Doc<'a> {
         let refresh = self
             .optional(t, &path, "refresh", &mut ok)
             .unwrap_or_else(|| Spanned::new(here.clone(), Refresh::default()));
+        let probe = self
+            .optional(t, &path, "probe", &mut ok)
+            .unwrap_or_else(|| Spanned::new(here.clone(), TrafficProbe::default()));
         let tags = self.optional(t, &path, "tags", &mut ok).unwrap_or_default();
         let rollout = Rollout {
             image: image?,
@@ -461,6 +465,7 @@ impl<'a> Doc<'a> {
             capacity: capacity?,
             cpu_target,
             refresh,
+            probe,
             tags,
         };
         ok.then_some(rollout)
