@@ -149,7 +149,11 @@ def test_a_checkpoint_pauses_and_an_alarm_rolls_the_refresh_back(lab, ec2, ubunt
     assert versions
     time.sleep(PAUSE)
     held = refresh(asg, name, rid)
-    assert held["PercentageComplete"] == 50 and held["Status"] == "InProgress", held
+    assert held["PercentageComplete"] == 50 and held["Status"] == "InProgress", repr((
+        held["PercentageComplete"], held["InstancesToUpdate"],
+        [(i["InstanceId"], i["LaunchTemplate"]["Version"]) for i in instances(asg, name)],
+        [(d["Target"]["Id"], d["TargetHealth"]["State"]) for d in lab.client("elbv2").describe_target_health(
+            TargetGroupArn=made["tg"])["TargetHealthDescriptions"]]))
     assert sorted(i["LaunchTemplate"]["Version"] for i in instances(asg, name)) == ["1", "2"]
 
     # The alarm goes to ALARM: the refresh rolls back the slice it deployed.
@@ -205,13 +209,63 @@ def test_refresh_preferences_are_checked_as_aws_checks_them(lab, ec2, debian_ami
         "MinHealthyPercentage": 100, "MaxHealthyPercentage": 200, "CheckpointPercentages": [25, 100],
         "BakeTime": 30})["InstanceRefreshId"]
     found = refresh(asg, name, rid)
+    grace = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0][
+        "HealthCheckGracePeriod"]  # the warmup when neither InstanceWarmup nor DefaultInstanceWarmup is set
     assert found["Preferences"] == {
         "MinHealthyPercentage": 100, "MaxHealthyPercentage": 200, "CheckpointPercentages": [25, 100],
-        "CheckpointDelay": 3600, "BakeTime": 30, "InstanceWarmup": 0, "SkipMatching": False,
+        "CheckpointDelay": 3600, "BakeTime": 30, "InstanceWarmup": grace, "SkipMatching": False,
         "AutoRollback": False, "ScaleInProtectedInstances": "Wait", "StandbyInstances": "Wait"}, found
     # An empty group's refresh has nothing to do: it succeeds at once, without baking.
     done = wait_for("the empty refresh to end", lambda: (r := refresh(asg, name, rid))["Status"]
                     not in ("Pending", "InProgress") and r, 10)
     assert done["Status"] == "Successful" and done["PercentageComplete"] == 100, done
+    asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
+    ec2.delete_launch_template(LaunchTemplateId=lt)
+
+
+def test_standby_instances_wait_for_service_or_are_terminated(lab, ec2, debian_ami):
+    asg = lab.client("autoscaling")
+    name = "ro-standby"
+    lt = ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
+        "ImageId": debian_ami, "InstanceType": "t3.micro"})["LaunchTemplate"]["LaunchTemplateId"]
+    for _ in range(2):
+        ec2.create_launch_template_version(LaunchTemplateId=lt, LaunchTemplateData={
+            "ImageId": debian_ami, "InstanceType": "t3.micro"})
+    asg.create_auto_scaling_group(AutoScalingGroupName=name, MinSize=0, MaxSize=3, DesiredCapacity=2,
+                                  LaunchTemplate={"LaunchTemplateId": lt, "Version": "1"},
+                                  VPCZoneIdentifier=subnet_id(ec2, "Private subnet A"))
+    two = wait_for("two instances", lambda: len(found := instances(asg, name)) == 2 and found, HEALTHY_WAIT)
+    first, second = (i["InstanceId"] for i in two)
+    asg.enter_standby(AutoScalingGroupName=name, InstanceIds=[first], ShouldDecrementDesiredCapacity=True)
+    prefs = {"MinHealthyPercentage": 0, "InstanceWarmup": 0}
+    rid = asg.start_instance_refresh(AutoScalingGroupName=name, Preferences=prefs,
+                                     DesiredConfiguration=desired(lt, "2"))["InstanceRefreshId"]
+    # Wait (the default): the instance in service is replaced, then the refresh waits for the standby one.
+    waiting = wait_for("the refresh to wait for the standby instance", lambda: "Standby" in (
+        r := refresh(asg, name, rid))["StatusReason"] and r, HEALTHY_WAIT)
+    assert waiting["Status"] == "InProgress" and waiting["PercentageComplete"] == 50, waiting
+    assert first in waiting["StatusReason"], waiting
+    asg.exit_standby(AutoScalingGroupName=name, InstanceIds=[first])
+    ended = wait_for("the refresh to end", lambda: (r := refresh(asg, name, rid))["Status"]
+                     not in ("Pending", "InProgress") and r, HEALTHY_WAIT)
+    assert ended["Status"] == "Successful", ended
+    now = instances(asg, name)
+    assert [i["LaunchTemplate"]["Version"] for i in now] == ["2", "2"] and not {
+        i["InstanceId"] for i in now} & {first, second}, now
+
+    # Terminate: a standby instance is terminated, not waited for.
+    third = now[0]["InstanceId"]
+    asg.enter_standby(AutoScalingGroupName=name, InstanceIds=[third], ShouldDecrementDesiredCapacity=True)
+    rid = asg.start_instance_refresh(AutoScalingGroupName=name,
+                                     Preferences={**prefs, "StandbyInstances": "Terminate"},
+                                     DesiredConfiguration=desired(lt, "3"))["InstanceRefreshId"]
+    ended = wait_for("the refresh to end", lambda: (r := refresh(asg, name, rid))["Status"]
+                     not in ("Pending", "InProgress") and r, HEALTHY_WAIT)
+    assert ended["Status"] == "Successful", ended
+    now = instances(asg, name)
+    assert [i["LaunchTemplate"]["Version"] for i in now] == ["3"] and third not in {i["InstanceId"] for i in now}
+    state = ec2.describe_instances(InstanceIds=[third])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state in ("shutting-down", "terminated"), state
+    assert ended["Preferences"]["StandbyInstances"] == "Terminate", ended
     asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
     ec2.delete_launch_template(LaunchTemplateId=lt)

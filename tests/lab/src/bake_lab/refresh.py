@@ -17,6 +17,10 @@ from moto.elbv2.models import elbv2_backends
 from .asg import Groups, iso
 from .patching import ACCOUNT
 
+# StandbyInstances and ScaleInProtectedInstances "Wait": "waits one hour for you to return the instances to
+# service" / "to remove scale-in protection. Otherwise, the instance refresh will fail." (`/_lab/latency`
+# key `refresh_wait_timeout`)
+WAIT_TIMEOUT = 3600.0
 MAX_ALARMS = 10  # "You can specify up to 10 alarms" (AlarmSpecification)
 ACTIVE = ("Pending", "InProgress", "Baking", "Cancelling", "RollbackInProgress")
 
@@ -59,6 +63,7 @@ class Refresh:
     # instance id -> when the refresh launched it (for the lab's per-instance timeout)
     launched: dict = field(default_factory=dict)
     done: int = 0  # new instances healthy and warm, as of the last tick
+    updated: set = field(default_factory=set)  # new instances once counted healthy and warm (they stay counted)
     rollback: dict | None = None  # RollbackDetails
     checkpoints: list = field(default_factory=list)  # CheckpointPercentages, ascending
     checkpoint_delay: float = 3600.0
@@ -67,6 +72,7 @@ class Refresh:
     paused_until: float | None = None  # at a checkpoint until then
     bake_until: float | None = None  # Baking until then
     alarms: list = field(default_factory=list)  # AlarmSpecification.Alarms, watched until the refresh ends
+    waiting_since: float | None = None  # since when only Standby or scale-in protected instances are left (Wait)
 
     def target(self) -> str:
         return self.previous if self.rolling_back else self.desired
@@ -139,6 +145,12 @@ def _preferences(prefs: dict, group) -> tuple[dict, int, int | None, float]:  # 
     shown.setdefault("StandbyInstances", "Wait")
     if checkpoints:
         shown["CheckpointDelay"] = 3600 if delay is None else delay
+    for key, allowed in (("StandbyInstances", ("Terminate", "Ignore", "Wait")),
+                         ("ScaleInProtectedInstances", ("Refresh", "Ignore", "Wait"))):
+        if shown[key] not in allowed:
+            raise ValidationError(f"1 validation error detected: Value '{shown[key]}' at 'preferences."
+                                  f"{key[0].lower()}{key[1:]}' failed to satisfy constraint: Member must satisfy "
+                                  f"enum value set: [{', '.join(allowed)}]")
     alarms = (prefs.get("AlarmSpecification") or {}).get("Alarms") or []
     if len(alarms) > MAX_ALARMS:
         raise ValidationError(f"The request isn't valid. You can specify up to {MAX_ALARMS} alarms in "
@@ -232,10 +244,24 @@ class Refreshes:
         states = list(group.instance_states)
         r.members = {s.instance.id for s in states}
         r.to_replace = {s.instance.id for s in states
-                        if not (r.skip_matching or r.rolling_back) or _version_of(s) != target}
+                        if (not (r.skip_matching or r.rolling_back) or _version_of(s) != target)
+                        and not (s.lifecycle_state == "Standby" and r.preferences["StandbyInstances"] != "Wait")
+                        and not (s.protected_from_scale_in
+                                 and r.preferences["ScaleInProtectedInstances"] == "Ignore")}
         r.total = len(r.to_replace)
         r.launched.clear()
+        r.updated = set()
         r.done = 0
+        r.waiting_since = None
+        if r.preferences["StandbyInstances"] == "Terminate" and not r.rolling_back:
+            # "Amazon EC2 Auto Scaling terminates instances that are in Standby" (not counted in the desired
+            # capacity, so nothing replaces them).
+            ids = {s.instance.id for s in states if s.lifecycle_state == "Standby"}
+            if ids:
+                group.instance_states = [s for s in group.instance_states if s.instance.id not in ids]
+                backend = autoscaling_backends[ACCOUNT][r.region]
+                backend.ec2_backend.terminate_instances(sorted(ids))
+                elbv2_backends[ACCOUNT][r.region].notify_terminate_instances(sorted(ids))
 
     def _advance(self, region: str, group, r: Refresh) -> None:
         if r.status == "Pending":
@@ -255,7 +281,12 @@ class Refreshes:
         _set_group_version(group, target)
         states = [s for s in group.instance_states if s.lifecycle_state == "InService"]
         new = [s for s in states if s.instance.id not in r.members and _version_of(s) == target]
-        old = [s for s in states if s.instance.id in r.to_replace]
+        # Wait: instances in Standby, or protected from scale in, are replaced once back in service or
+        # unprotected; the refresh fails when they are not within an hour.
+        blocked = [s for s in group.instance_states if s.instance.id in r.to_replace and (
+            s.lifecycle_state == "Standby" or (s.protected_from_scale_in and not r.rolling_back
+                                               and r.preferences["ScaleInProtectedInstances"] == "Wait"))]
+        old = [s for s in states if s.instance.id in r.to_replace and s not in blocked]
         timeout = float(self.lab.latency.get("refresh_instance_timeout", 60.0))
         ready = 0
         for s in new:
@@ -265,8 +296,13 @@ class Refreshes:
                 healthy_since = getattr(s.instance, "lab_healthy_since", None) or now
                 s.instance.lab_healthy_since = healthy_since
                 if now - healthy_since >= r.warmup:
-                    ready += 1
-            elif now - launched > timeout and not r.rolling_back:
+                    r.updated.add(iid)
+            if iid in r.updated:
+                # "When the instance's health status changes to healthy and the specified warm-up time passes,
+                # the instance is considered updated and added to the percentage complete."
+                ready += 1
+            elif now - launched > timeout and not r.rolling_back and not self.groups.instance_healthy(
+                    region, group, iid):
                 return self._fail(region, group, r, f"instance {iid} did not become healthy within {int(timeout)} s")
         r.done = ready
         # Checkpoints pace the replacements: never more started than the next checkpoint needs, none while
@@ -278,6 +314,16 @@ class Refreshes:
                     return
             cap = 0 if r.paused_until is not None else (
                 math.ceil(r.checkpoints[r.next_checkpoint] * r.total / 100) - len(new))
+        if not old and ready >= len(new) and blocked:
+            r.waiting_since = r.waiting_since or now
+            what = "in Standby" if blocked[0].lifecycle_state == "Standby" else "protected from scale in"
+            if now - r.waiting_since > float(self.lab.latency.get("refresh_wait_timeout", WAIT_TIMEOUT)):
+                return self._fail(region, group, r, f"Instance refresh failed: instances {what} were not ready to "
+                                                    f"be replaced within {int(now - r.waiting_since)} seconds.")
+            r.reason = f"Waiting for instances {what} to be ready for replacement: {blocked[0].instance.id}."
+            return
+        if r.waiting_since is not None and not blocked:
+            r.waiting_since, r.reason = None, ""
         if not old and ready >= len(new):
             return self._complete(group, r, now)
         if not old:
