@@ -69,6 +69,7 @@ macro_rules! mocked {
 fn clients_of(ec2_rules: &[&Rule], autoscaling_rules: &[&Rule], elb_rules: &[&Rule]) -> Clients {
     Clients {
         autoscaling: mocked!(aws_sdk_autoscaling, autoscaling_rules),
+        cloudwatch: mocked!(aws_sdk_cloudwatch, &[] as &[&Rule]),
         ec2: mocked!(aws_sdk_ec2, ec2_rules),
         elb: mocked!(aws_sdk_elasticloadbalancingv2, elb_rules),
         ssm: mocked!(aws_sdk_ssm, &[] as &[&Rule]),

@@ -51,6 +51,7 @@ fn account(ssm_rules: &[&Rule], ec2_rules: &[&Rule], autoscaling_rules: &[&Rule]
     let none: &[&Rule] = &[];
     Clients {
         autoscaling: mocked!(aws_sdk_autoscaling, autoscaling_rules),
+        cloudwatch: mocked!(aws_sdk_cloudwatch, none),
         ec2: mocked!(aws_sdk_ec2, ec2_rules),
         elb: mocked!(aws_sdk_elasticloadbalancingv2, none),
         ssm: mocked!(aws_sdk_ssm, ssm_rules),

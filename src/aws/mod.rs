@@ -24,6 +24,8 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub autoscaling: aws_sdk_autoscaling::Client,
+    /// CloudWatch: the stack's alarms.
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub ec2: aws_sdk_ec2::Client,
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub ssm: aws_sdk_ssm::Client,
@@ -52,6 +54,7 @@ impl Clients {
         }
         Clients {
             autoscaling: client!(aws_sdk_autoscaling),
+            cloudwatch: client!(aws_sdk_cloudwatch),
             ec2: client!(aws_sdk_ec2),
             elb: client!(aws_sdk_elasticloadbalancingv2),
             ssm: client!(aws_sdk_ssm),

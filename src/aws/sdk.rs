@@ -427,6 +427,7 @@ const SERVICES: &[(&str, &str, &str)] = &[
         "ELASTIC_LOAD_BALANCING_V2",
     ),
     ("ssm", "Systems Manager (SSM)", "SSM"),
+    ("monitoring", "CloudWatch", "CLOUDWATCH"),
     ("iam", "IAM", "IAM"),
     ("sts", "STS", "STS"),
 ];
