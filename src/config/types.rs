@@ -393,8 +393,9 @@ impl Default for Refresh {
 }
 
 /// The traffic probe during a rollout: `rate` requests a second through the load balancer to
-/// `path`, each checked as the image's health check expects; more than `max_errors` failed
-/// requests roll the rollout back.
+/// `path`, each expected to answer the health check's status (`expect_status`; the body is not
+/// checked, as old and new versions both serve); more than `max_errors` failed requests roll the
+/// rollout back.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrafficProbe {

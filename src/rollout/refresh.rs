@@ -45,13 +45,13 @@ pub enum Error {
         reason: String,
     },
     #[error(
-        "CloudWatch alarm {alarm} went to ALARM during the instance refresh of {asg}, so EC2 Auto \
-         Scaling {action} it: {reason}"
+        "CloudWatch alarm {alarm} went to ALARM during the instance refresh of {asg}; EC2 Auto \
+         Scaling {action}: {reason}"
     )]
     Alarm {
         asg: String,
         alarm: String,
-        /// "rolled back" (AutoRollback) or "failed".
+        /// "rolled the refresh back" (AutoRollback) or "failed the refresh".
         action: &'static str,
         reason: String,
     },
@@ -146,12 +146,45 @@ async fn group_size(clients: &Clients, plan: &Plan, rollout: &Rollout) -> (u32, 
     }
 }
 
-/// The preferences of a refresh of `kind`.
+/// The stack's refresh alarms (target 5xx, target response time) that exist: StartInstanceRefresh
+/// refuses an AlarmSpecification naming an alarm that does not. A missing one (deleted since the
+/// stack made it) is named in a note and left out, so the refresh still runs, watched by the rest.
+async fn existing_alarms(clients: &Clients, plan: &Plan) -> Result<Vec<String>, CallError> {
+    let wanted = [&plan.names.alarm_errors, &plan.names.alarm_latency];
+    let request = clients
+        .cloudwatch
+        .describe_alarms()
+        .set_alarm_names(Some(wanted.iter().map(|n| (*n).clone()).collect()));
+    let found = clients
+        .call(|| request.clone().send())
+        .or_fail(|| format!("describe the alarms of {}", plan.names.asg))
+        .await?;
+    let exist: Vec<String> = found
+        .metric_alarms()
+        .iter()
+        .filter_map(|a| a.alarm_name().map(str::to_owned))
+        .collect();
+    for name in wanted.iter().filter(|n| !exist.contains(n)) {
+        crate::output::note(&format!(
+            "{}: CloudWatch alarm {name} does not exist in {}; the refresh is not rolled back on \
+             it (`bake rollout` creates it with the stack)",
+            plan.names.asg, clients.region
+        ));
+    }
+    Ok(wanted
+        .into_iter()
+        .filter(|n| exist.contains(n))
+        .cloned()
+        .collect())
+}
+
+/// The preferences of a refresh of `kind`; `alarms` become its AlarmSpecification (a rollout's
+/// only).
 pub fn preferences(
-    plan: &Plan,
     rollout: &Rollout,
     (desired, max): (u32, u32),
     kind: Kind,
+    alarms: Vec<String>,
 ) -> RefreshPreferences {
     let refresh = rollout.refresh.get_ref();
     let (min_healthy, max_healthy) = refresh.healthy_range(desired, max);
@@ -164,12 +197,14 @@ pub fn preferences(
     match kind {
         Kind::Restore => prefs.auto_rollback(false).build(),
         Kind::Rollout { auto_rollback } => {
-            let mut prefs = prefs.auto_rollback(auto_rollback).alarm_specification(
-                AlarmSpecification::builder()
-                    .alarms(&plan.names.alarm_errors)
-                    .alarms(&plan.names.alarm_latency)
-                    .build(),
-            );
+            let mut prefs = prefs.auto_rollback(auto_rollback);
+            if !alarms.is_empty() {
+                prefs = prefs.alarm_specification(
+                    AlarmSpecification::builder()
+                        .set_alarms(Some(alarms))
+                        .build(),
+                );
+            }
             if !refresh.checkpoints.is_empty() {
                 prefs = prefs.set_checkpoint_percentages(Some(
                     refresh.checkpoints.iter().map(|p| i32::from(*p)).collect(),
@@ -196,6 +231,10 @@ pub async fn start_to(
     kind: Kind,
 ) -> Result<String, CallError> {
     let size = group_size(clients, plan, rollout).await;
+    let alarms = match kind {
+        Kind::Rollout { .. } => existing_alarms(clients, plan).await?,
+        Kind::Restore => Vec::new(),
+    };
     let request = clients
         .autoscaling
         .start_instance_refresh()
@@ -211,7 +250,7 @@ pub async fn start_to(
                 )
                 .build(),
         )
-        .preferences(preferences(plan, rollout, size, kind));
+        .preferences(preferences(rollout, size, kind, alarms));
     let asg = &plan.names.asg;
     let out = clients
         .call(|| request.clone().send())
@@ -409,14 +448,14 @@ fn ended(plan: &Plan, status: &InstanceRefreshStatus, reason: String) -> Error {
             Error::Alarm {
                 asg: plan.names.asg.clone(),
                 alarm,
-                action: "rolled back",
+                action: "rolled the refresh back",
                 reason,
             }
         }
         (Some(alarm), S::Failed | S::Cancelling | S::Cancelled) => Error::Alarm {
             asg: plan.names.asg.clone(),
             alarm,
-            action: "failed",
+            action: "failed the refresh",
             reason,
         },
         _ => Error::Ended {

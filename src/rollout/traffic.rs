@@ -1,6 +1,6 @@
 //! The traffic probe during a refresh: a bounded stream of requests through the load balancer,
-//! each checked as the image's health check expects, counted (failures, latency) and tripped when
-//! the failures pass `rollout.probe.max_errors`.
+//! each checked for the health check's expected status, counted (failures, latency) and tripped
+//! when the failures pass `rollout.probe.max_errors`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +13,6 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::preflight::Plan;
 use super::stack::Stack;
 use crate::config::{Health, Rollout, TrafficProbe};
-use crate::poll::Check;
 use crate::probe;
 
 /// What the probe saw, for the result and the JSON.
@@ -23,7 +22,7 @@ pub struct Report {
     pub url: String,
     /// Requests answered or failed (not those still in flight when the probe stopped).
     pub requests: u64,
-    /// Requests that did not answer as the health check expects (status, body, or no answer).
+    /// Requests that did not answer with the health check's expected status (or not at all).
     pub failed: u64,
     /// Ticks skipped because as many requests as the probe allows were still in flight.
     pub skipped: u64,
@@ -33,7 +32,12 @@ pub struct Report {
     pub max_ms: Option<f64>,
     /// The first failure, as a person reads it ("HTTP 502", "timeout", ...).
     pub first_failure: Option<String>,
+    /// The first failures (at most [`FAILURES_KEPT`]): seconds since the probe started, and what.
+    pub failures: Vec<(f64, String)>,
 }
+
+/// How many failures a report lists one by one.
+pub const FAILURES_KEPT: usize = 20;
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,6 +78,7 @@ struct Counts {
     skipped: u64,
     latencies_ms: Vec<f64>,
     first_failure: Option<String>,
+    failures: Vec<(f64, String)>,
 }
 
 /// A running probe: stopped by [`Traffic::stop`] (or when dropped), and at its own bounds.
@@ -108,7 +113,8 @@ impl Traffic {
             let stop = stop.clone();
             tokio::spawn(async move {
                 let client = probe::client();
-                let deadline = Instant::now() + limit;
+                let began = Instant::now();
+                let deadline = began + limit;
                 let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 let mut flight = JoinSet::new();
@@ -137,16 +143,20 @@ impl Traffic {
                     );
                     flight.spawn(async move {
                         let started = Instant::now();
-                        let answer = probe::once(&client, &url, &health).await;
+                        let answer = once(&client, &url, health.expect_status).await;
                         let ms = started.elapsed().as_secs_f64() * 1000.0;
                         let mut c = counts.lock().expect("not poisoned");
                         c.requests += 1;
                         match answer {
-                            Check::Ready(()) => c.latencies_ms.push(ms),
-                            Check::Pending(why) | Check::Failed(why) => {
+                            Ok(()) => c.latencies_ms.push(ms),
+                            Err((why, answered)) => {
                                 c.failed += 1;
-                                if why.starts_with("HTTP") {
+                                if answered {
                                     c.latencies_ms.push(ms);
+                                }
+                                if c.failures.len() < FAILURES_KEPT {
+                                    let at = started.duration_since(began).as_secs_f64();
+                                    c.failures.push((at, why.clone()));
                                 }
                                 let first = c.first_failure.get_or_insert(why).clone();
                                 if c.failed > u64::from(max_errors) && trip.borrow().is_none() {
@@ -210,6 +220,7 @@ impl Traffic {
             p95_ms: percentile(&sorted, 95),
             max_ms: sorted.last().copied(),
             first_failure: c.first_failure.clone(),
+            failures: c.failures.clone(),
         }
     }
 }
@@ -252,6 +263,29 @@ pub fn for_refresh(stack: &Stack, plan: &Plan, rollout: &Rollout) -> Traffic {
         rollout.probe.get_ref(),
         limit,
     )
+}
+
+/// One request: `Ok` when it answers `expect_status`, else what went wrong and whether an answer
+/// came at all. The body is not checked: during a rollout old and new versions both serve, and
+/// their pages may differ.
+async fn once(
+    client: &reqwest::Client,
+    url: &str,
+    expect_status: u16,
+) -> Result<(), (String, bool)> {
+    match client.get(url).send().await {
+        Ok(response) if response.status().as_u16() == expect_status => {
+            // Read to the end: a body cut short is a failure too.
+            match response.bytes().await {
+                Ok(_) => Ok(()),
+                Err(e) => Err((format!("HTTP {expect_status}, body cut short: {e}"), true)),
+            }
+        }
+        Ok(response) => Err((format!("HTTP {}", response.status()), true)),
+        Err(e) if e.is_timeout() => Err(("timeout".to_owned(), false)),
+        Err(e) if e.is_connect() => Err(("connection refused".to_owned(), false)),
+        Err(e) => Err((e.to_string(), false)),
+    }
 }
 
 /// The `p`th percentile of sorted values (nearest rank).
