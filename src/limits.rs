@@ -45,6 +45,8 @@ pub const MAX_HEALTHY: RangeInclusive<u16> = 100..=200;
 /// The traffic probe's requests a second: one at least, and few enough that the probe stays a
 /// probe, not a load test.
 pub const PROBE_RATE: RangeInclusive<u32> = 1..=100;
+/// The traffic probe's timeout per request: 1 s to the load balancer's default idle timeout, 60 s.
+pub const PROBE_TIMEOUT: RangeInclusive<Duration> = secs(1)..=secs(60);
 /// A year as bake's durations count it (`"1y"`): 365.25 days, as the duration parser (humantime)
 /// counts it, so that `"10y"` is exactly [`DEPRECATE_AFTER`]'s end.
 pub const YEAR: Duration = secs(31_557_600);

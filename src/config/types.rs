@@ -405,6 +405,8 @@ pub struct TrafficProbe {
     pub path: Option<String>,
     /// Failed requests tolerated; one more rolls back.
     pub max_errors: u32,
+    /// A request not answered within this fails; a slower answer counts in the latency only.
+    pub timeout: HumanDuration,
 }
 
 impl Default for TrafficProbe {
@@ -415,6 +417,9 @@ impl Default for TrafficProbe {
             rate: 5,
             path: None,
             max_errors: 0,
+            // A visitor gives up after seconds, not at the load balancer's 60 s idle timeout;
+            // 10 s leaves a slow answer to the latency figures and calls no answer a failure.
+            timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }

@@ -446,6 +446,11 @@ impl Doc<'_> {
         {
             fail(&["probe", "path"], rule);
         }
+        self.duration(
+            &at_refs(&path(&["probe", "timeout"])),
+            probe.timeout.0,
+            &limits::PROBE_TIMEOUT,
+        );
     }
 
     fn selector(&self, path: &[String], r: &ResourceRef, kind: &str) {

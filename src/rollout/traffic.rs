@@ -102,9 +102,10 @@ impl Traffic {
         let stop = Arc::new(Notify::new());
         let rate = settings.rate.max(1);
         let max_errors = settings.max_errors;
-        // A request may take probe::TIMEOUT; more in flight than a timeout's worth of ticks
+        // A request may take the probe's timeout; more in flight than a timeout's worth of ticks
         // means the load balancer stopped answering, and more would only pile up.
-        let in_flight_max = (u64::from(rate) * probe::TIMEOUT.as_secs()).max(1) as usize;
+        let timeout = settings.timeout.0;
+        let in_flight_max = (u64::from(rate) * timeout.as_secs().max(1)) as usize;
         let total = (u64::from(rate) * limit.as_secs().max(1)).min(MAX_REQUESTS);
         let task = {
             let url = url.to_owned();
@@ -112,7 +113,7 @@ impl Traffic {
             let counts = counts.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let client = probe::client();
+                let client = probe::client_with(timeout);
                 let began = Instant::now();
                 let deadline = began + limit;
                 let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
@@ -171,7 +172,7 @@ impl Traffic {
                         }
                     });
                 }
-                // What is in flight finishes (each within probe::TIMEOUT) and is counted.
+                // What is in flight finishes (each within the probe's timeout) and is counted.
                 while flight.join_next().await.is_some() {}
             })
         };

@@ -23,6 +23,9 @@ from .limits import LimitError, query_tags, tags
 from .patching import ACCOUNT, backends, before, replace
 
 PROBE_TIMEOUT = 2.0  # a lab target that does not answer in 2 s is down
+# The data path waits this long for the scaling loop's lock (held while it probes targets and launches
+# instances, seconds at a time) before it routes on the health it last read.
+ROUTE_WAIT = 0.05
 # Elastic Load Balancing CreateLoadBalancer / CreateTargetGroup: up to 32 alphanumerics or hyphens, not starting
 # or ending with a hyphen; a load balancer's name also may not start with "internal-".
 ELB_NAME_MAX = 32
@@ -113,6 +116,7 @@ class Balancers:
         self.addresses: dict[str, str] = {}  # lb arn -> address
         self.probes: dict[tuple[str, str], dict] = {}  # (tg arn, target id) -> probe state
         self._filtered: tuple = ()  # the listeners and security groups the filter was last built from
+        self._routes: dict[tuple[str, str, int], list] = {}  # (region, lb arn, port) -> last healthy targets
 
     def clear(self) -> None:
         for proxy in self.proxies.values():
@@ -195,27 +199,39 @@ class Balancers:
         return balancers
 
     def healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int]]:
-        """Addresses of the healthy targets the listener on `port` forwards to."""
-        with self._lock:
-            backend = elbv2_backends[ACCOUNT][region]
-            lb = backend.load_balancers.get(lb_arn)
-            if lb is None:
-                return []
-            found = []
-            for listener in lb.listeners.values():
-                if int(listener.port) != port:
-                    continue
-                for action in listener.default_actions:
-                    arn = action.data.get("TargetGroupArn") if hasattr(action, "data") else None
-                    tg = backend.target_groups.get(arn) if arn else None
-                    if tg is None:
-                        continue
-                    for t in tg.targets.values():
-                        state = self.probes.get((tg.arn, t["Id"]), {})
-                        inst = self.lab.instances.get(t["Id"])
-                        if state.get("state") == "healthy" and inst:
-                            found.append((inst.private_ip, int(t["Port"])))
+        """Addresses of the healthy targets the listener on `port` forwards to. A request does not wait for
+        the scaling loop (an ALB's nodes route on the target health they last heard of): while the loop
+        holds the lock, the targets read last are used."""
+        key = (region, lb_arn, port)
+        if not self._lock.acquire(timeout=ROUTE_WAIT):
+            return list(self._routes.get(key, []))
+        try:
+            found = self._healthy_targets(region, lb_arn, port)
+            self._routes[key] = found
             return found
+        finally:
+            self._lock.release()
+
+    def _healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int]]:
+        backend = elbv2_backends[ACCOUNT][region]
+        lb = backend.load_balancers.get(lb_arn)
+        if lb is None:
+            return []
+        found = []
+        for listener in lb.listeners.values():
+            if int(listener.port) != port:
+                continue
+            for action in listener.default_actions:
+                arn = action.data.get("TargetGroupArn") if hasattr(action, "data") else None
+                tg = backend.target_groups.get(arn) if arn else None
+                if tg is None:
+                    continue
+                for t in tg.targets.values():
+                    state = self.probes.get((tg.arn, t["Id"]), {})
+                    inst = self.lab.instances.get(t["Id"])
+                    if state.get("state") == "healthy" and inst:
+                        found.append((inst.private_ip, int(t["Port"])))
+        return found
 
     # ---- target health -------------------------------------------------------------------------
     def probe_all(self) -> None:
