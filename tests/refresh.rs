@@ -278,8 +278,9 @@ async fn a_canary_of_a_broken_ami_stops_at_the_first_checkpoint_and_rolls_back()
         .find(|l| l.starts_with("probe http://"))
         .unwrap_or_else(|| panic!("{message}"));
     let failed: u64 = counts
-        .split(", ")
-        .find_map(|p| p.strip_suffix(" failed"))
+        .split(" requests, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{counts}"));
     assert!(failed >= 1, "{counts}");

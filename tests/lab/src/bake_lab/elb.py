@@ -201,18 +201,25 @@ class Balancers:
     def healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int]]:
         """Addresses of the healthy targets the listener on `port` forwards to. A request does not wait for
         the scaling loop (an ALB's nodes route on the target health they last heard of): while the loop
-        holds the lock, the targets read last are used."""
+        holds the lock, the targets read last are used, less those deregistered or no longer running
+        since (a deregistered target gets no new requests)."""
         key = (region, lb_arn, port)
         if not self._lock.acquire(timeout=ROUTE_WAIT):
-            return list(self._routes.get(key, []))
+            return [(ip, p) for ip, p, tg, iid in self._routes.get(key, []) if self._routable(region, tg, iid)]
         try:
             found = self._healthy_targets(region, lb_arn, port)
             self._routes[key] = found
-            return found
+            return [(ip, p) for ip, p, _tg, _iid in found]
         finally:
             self._lock.release()
 
-    def _healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int]]:
+    def _routable(self, region: str, tg_arn: str, target_id: str) -> bool:
+        """Still registered in its target group and running (single dict reads: safe without the lock)."""
+        tg = elbv2_backends[ACCOUNT][region].target_groups.get(tg_arn)
+        inst = self.lab.instances.get(target_id)
+        return tg is not None and target_id in tg.targets and inst is not None and inst.state == "running"
+
+    def _healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int, str, str]]:
         backend = elbv2_backends[ACCOUNT][region]
         lb = backend.load_balancers.get(lb_arn)
         if lb is None:
@@ -230,7 +237,7 @@ class Balancers:
                     state = self.probes.get((tg.arn, t["Id"]), {})
                     inst = self.lab.instances.get(t["Id"])
                     if state.get("state") == "healthy" and inst:
-                        found.append((inst.private_ip, int(t["Port"])))
+                        found.append((inst.private_ip, int(t["Port"]), tg.arn, t["Id"]))
         return found
 
     # ---- target health -------------------------------------------------------------------------
