@@ -67,7 +67,10 @@ async fn json(lab: &Lab, scratch: &Scratch, args: &[&str]) -> serde_json::Value 
     let mut all = vec!["-c", config.as_str(), "-o", "json"];
     all.extend_from_slice(args);
     let out = lab.run_bake(&all).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    if !out.status.success() {
+        let events = lab_events_since(lab, &serde_json::json!({})).await;
+        panic!("{}\nthe lab's events: {events}", stderr(&out));
+    }
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -158,6 +161,21 @@ async fn newest_preferences(lab: &Lab) -> aws_sdk_autoscaling::types::RefreshPre
         .clone()
 }
 
+/// The lab's events since the probe of `report` began, its seconds counted from there (to tell a
+/// failed request's moment from what the lab did then).
+async fn lab_events_since(lab: &Lab, report: &serde_json::Value) -> String {
+    let began = report["started_at"].as_f64().unwrap_or(0.0);
+    lab.events()
+        .await
+        .iter()
+        .filter_map(|e| {
+            let at = e["time"].as_f64()? - began;
+            (at >= -1.0).then(|| format!("{at:.1} {e}"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 const FOUR: &str = "{ min = 4, desired = 4, max = 8 }";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,7 +233,12 @@ async fn a_group_of_four_launches_before_terminating_and_the_probe_sees_no_failu
     );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let probe = &result["probe"];
-    assert_eq!(probe["failed"], 0, "{result}");
+    assert_eq!(
+        probe["failed"],
+        0,
+        "{result}\nthe lab, seconds from the probe's start: {}",
+        lab_events_since(&lab, probe).await
+    );
     assert!(probe["requests"].as_u64().unwrap() > 10, "{result}");
     assert!(probe["p95_ms"].as_f64().is_some(), "{result}");
     let prefs = newest_preferences(&lab).await;
@@ -340,7 +363,12 @@ async fn rollback_after_a_successful_rollout_returns_to_the_previous_version_und
     bake_ami(&lab, &v2).await;
     let rolled = json(&lab, &v2, &["rollout", "web"]).await;
     assert_eq!(rolled["version"], 2);
-    assert_eq!(rolled["probe"]["failed"], 0, "{rolled}");
+    assert_eq!(
+        rolled["probe"]["failed"],
+        0,
+        "{rolled}\nthe lab, seconds from the probe's start: {}",
+        lab_events_since(&lab, &rolled["probe"]).await
+    );
     let url = rolled["url"].as_str().unwrap().to_owned();
 
     // Found bad later: back to version 1.

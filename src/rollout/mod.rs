@@ -194,10 +194,17 @@ pub async fn run(
                 None => work.await,
             }
         };
-        let outcome = tokio::select! {
+        let mut outcome = tokio::select! {
             result = guarded => result.map_err(Failure::Rollout),
             code = &mut signal => Err(Failure::Signal(code.unwrap_or(130))),
         };
+        // The requests sent during the refresh that are still in flight count too.
+        if outcome.is_ok()
+            && let Some(t) = traffic.as_mut()
+            && let Some(tripped) = t.settle().await
+        {
+            outcome = Err(Failure::Rollout(refresh::Error::Traffic(tripped)));
+        }
         if let Err(failure) = outcome {
             let step = undo(
                 clients,

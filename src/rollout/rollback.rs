@@ -403,8 +403,13 @@ pub async fn run(
             to: target,
         }),
     };
+    let mut traffic = traffic;
     if let Err(e) = outcome {
         return Err(probed(e, traffic).await);
+    }
+    // The requests sent during the refresh that are still in flight count too.
+    if let Some(tripped) = traffic.settle().await {
+        return Err(probed(failed(refresh::Error::Traffic(tripped)), traffic).await);
     }
     if let Err(e) = refresh::serving(&plan, &url, progress).await {
         return Err(probed(failed(e), traffic).await);

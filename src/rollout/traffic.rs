@@ -20,6 +20,8 @@ use crate::probe;
 pub struct Report {
     /// The URL requested.
     pub url: String,
+    /// When the probe began, seconds since the Unix epoch (the failures' times count from it).
+    pub started_at: f64,
     /// Requests answered or failed (not those still in flight when the probe stopped).
     pub requests: u64,
     /// Requests that did not answer with the health check's expected status (or not at all).
@@ -84,6 +86,7 @@ struct Counts {
 /// A running probe: stopped by [`Traffic::stop`] (or when dropped), and at its own bounds.
 pub struct Traffic {
     url: String,
+    started_at: f64,
     counts: Arc<Mutex<Counts>>,
     tripped: watch::Receiver<Option<Tripped>>,
     stop: Arc<Notify>,
@@ -178,6 +181,9 @@ impl Traffic {
         };
         Traffic {
             url: url.to_owned(),
+            started_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             counts,
             tripped,
             stop,
@@ -201,11 +207,19 @@ impl Traffic {
 
     /// Stops the probe, lets the requests in flight finish, and reports what it saw.
     pub async fn stop(mut self) -> Report {
+        self.settle().await;
+        self.report()
+    }
+
+    /// Stops sending and waits for the requests in flight (each ends within the probe's timeout):
+    /// a request sent during the refresh that fails after it counts too. Returns whether the
+    /// failures passed `max_errors`.
+    pub async fn settle(&mut self) -> Option<Tripped> {
         self.stop.notify_one();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        self.report()
+        self.tripped.borrow().clone()
     }
 
     fn report(&self) -> Report {
@@ -214,6 +228,7 @@ impl Traffic {
         sorted.sort_by(f64::total_cmp);
         Report {
             url: self.url.clone(),
+            started_at: self.started_at,
             requests: c.requests,
             failed: c.failed,
             skipped: c.skipped,
