@@ -3,7 +3,11 @@
 //! Everything a run creates carries the tag `bake:run-id`, so cleanup also finds what was created
 //! while a request was in flight and never reached the ledger. What a run holds rather than owns
 //! (a share of a temporary NAT gateway, `src/ami/egress.rs`) is a [`Hold`]: the module that took
-//! it knows how to give it back, and the janitor gives it back after the builders are gone.
+//! it knows how to give it back, and the janitor gives it back after the builders are gone. A
+//! rollout's stack is recorded here too while it is built ([`stack`]: its kinds' deletion, search
+//! by tag and unmarking).
+
+pub mod stack;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -55,6 +59,16 @@ pub enum Resource {
     Route(String),
     /// An SSM interface endpoint bake created (`src/ami/endpoints.rs`).
     VpcEndpoint(String),
+    /// A rollout stack's Auto Scaling group, by name (`src/rollout/stack.rs`).
+    AutoScalingGroup(String),
+    /// A rollout stack's CloudWatch alarm, by name.
+    Alarm(String),
+    /// A rollout stack's load balancer, by ARN.
+    LoadBalancer(String),
+    /// A rollout stack's target group, by ARN.
+    TargetGroup(String),
+    /// A rollout stack's launch template, by id.
+    LaunchTemplate(String),
 }
 
 impl std::fmt::Display for Resource {
@@ -68,6 +82,11 @@ impl std::fmt::Display for Resource {
             Resource::Address(id) => write!(f, "Elastic IP {id}"),
             Resource::Route(table) => write!(f, "route 0.0.0.0/0 in {table}"),
             Resource::VpcEndpoint(id) => write!(f, "VPC endpoint {id}"),
+            Resource::AutoScalingGroup(name) => write!(f, "Auto Scaling group {name}"),
+            Resource::Alarm(name) => write!(f, "CloudWatch alarm {name}"),
+            Resource::LoadBalancer(arn) => write!(f, "load balancer {arn}"),
+            Resource::TargetGroup(arn) => write!(f, "target group {arn}"),
+            Resource::LaunchTemplate(id) => write!(f, "launch template {id}"),
         }
     }
 }
@@ -133,6 +152,8 @@ pub struct Janitor {
     launching: Mutex<Option<RunInstancesFluentBuilder>>,
     /// What the run holds ([`Hold`]), in the order taken.
     holds: Mutex<Vec<Arc<dyn Hold>>>,
+    /// Whether the run builds a rollout's stack: its cleanup searches the stack's kinds by tag too.
+    stack: std::sync::atomic::AtomicBool,
 }
 
 impl Janitor {
@@ -144,6 +165,7 @@ impl Janitor {
             kept: Mutex::new(BTreeSet::new()),
             launching: Mutex::new(None),
             holds: Mutex::new(Vec::new()),
+            stack: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -190,6 +212,12 @@ impl Janitor {
                 left,
             })
         }
+    }
+
+    /// Notes that the run builds a rollout's stack, before its first request: a cleanup then
+    /// searches the stack's kinds by tag for what a cut-short request created.
+    pub fn building_stack(&self) {
+        self.stack.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn run_id(&self) -> &str {
@@ -254,11 +282,17 @@ impl Janitor {
         let kept = self.kept.lock().expect("kept lock").clone();
         let relaunched = self.launched_meanwhile().await;
         // A failed search by tag must not stop the cleanup of what the ledger holds.
-        let (mut found, in_use, searched) =
-            match find_with_uses(&self.clients, &Scope::Run(self.run_id.clone()), &kept).await {
-                Ok((found, in_use)) => (found, in_use, Ok(())),
-                Err(e) => (Vec::new(), BTreeSet::new(), Err(e)),
-            };
+        let (mut found, in_use, searched) = match find_with_uses(
+            &self.clients,
+            &Scope::Run(self.run_id.clone()),
+            &kept,
+            self.stack.load(std::sync::atomic::Ordering::SeqCst),
+        )
+        .await
+        {
+            Ok((found, in_use)) => (found, in_use, Ok(())),
+            Err(e) => (Vec::new(), BTreeSet::new(), Err(e)),
+        };
         let born = self.born();
         found.extend(born.keys().cloned());
         found.retain(|r| !kept.contains(id_of(r)) && !in_use.contains(id_of(r)));
@@ -298,7 +332,12 @@ fn id_of(r: &Resource) -> &str {
         | Resource::NatGateway(id)
         | Resource::Address(id)
         | Resource::Route(id)
-        | Resource::VpcEndpoint(id) => id,
+        | Resource::VpcEndpoint(id)
+        | Resource::AutoScalingGroup(id)
+        | Resource::Alarm(id)
+        | Resource::LoadBalancer(id)
+        | Resource::TargetGroup(id)
+        | Resource::LaunchTemplate(id) => id,
     }
 }
 
@@ -318,14 +357,16 @@ pub async fn find(
     scope: &Scope,
     keep: &BTreeSet<String>,
 ) -> Result<Vec<Resource>, Error> {
-    Ok(find_with_uses(clients, scope, keep).await?.0)
+    Ok(find_with_uses(clients, scope, keep, true).await?.0)
 }
 
-/// What `find` finds, and the snapshots that images being kept still use.
+/// What `find` finds, and the snapshots that images being kept still use; with `stacks`, the
+/// rollout stacks' kinds too ([`stack::find`]).
 async fn find_with_uses(
     clients: &Clients,
     scope: &Scope,
     keep: &BTreeSet<String>,
+    stacks: bool,
 ) -> Result<(Vec<Resource>, BTreeSet<String>), Error> {
     let filter = match scope {
         Scope::Run(id) => tags::filter(tags::RUN_ID, id),
@@ -432,6 +473,13 @@ async fn find_with_uses(
             found.push(Resource::Snapshot(id.to_owned()));
         }
     }
+    if stacks {
+        let run = match scope {
+            Scope::Run(id) => Some(id.as_str()),
+            Scope::LeftBefore(_) => None,
+        };
+        found.extend(stack::find(clients, run, &old_enough).await?);
+    }
     found.sort();
     found.dedup();
     Ok((found, in_use))
@@ -491,6 +539,10 @@ async fn delete_born(
             }));
         }
     }
+    if stack::delete(clients, resources, &mut left).await {
+        // The deleted groups' instances and load balancers' interfaces held their groups.
+        group_schedule = SG_AFTER_TERMINATION;
+    }
     for resource in resources {
         if let Resource::Image(id) = resource {
             let until = window(resource, &aws::NEW_IMAGE);
@@ -518,11 +570,31 @@ async fn delete_born(
     let holders: Vec<String> = left
         .iter()
         .filter_map(|l| match &l.resource {
-            Resource::Instance(id) => Some(id.clone()),
+            Resource::Instance(id)
+            | Resource::AutoScalingGroup(id)
+            | Resource::LoadBalancer(id) => Some(id.clone()),
             _ => None,
         })
         .collect();
-    for resource in resources {
+    // Groups of one run may admit each other (a stack's instance group admits its load
+    // balancer's): their rules naming each other go first, and the newest group goes first.
+    let mut groups: Vec<&Resource> = resources
+        .iter()
+        .filter(|r| matches!(r, Resource::SecurityGroup(_)))
+        .collect();
+    groups.sort_by_key(|r| std::cmp::Reverse(born.get(*r).copied()));
+    if groups.len() > 1 && holders.is_empty() {
+        let ids: Vec<&str> = groups.iter().map(|r| id_of(r)).collect();
+        for id in &ids {
+            for source in ids.iter().filter(|s| *s != id) {
+                // Best effort: a rule left in place makes the delete below name the group.
+                if let Err(e) = revoke_rules_from(clients, id, source).await {
+                    tracing::debug!(group = %id, %source, error = %e, "revoke");
+                }
+            }
+        }
+    }
+    for resource in groups {
         if let Resource::SecurityGroup(id) = resource {
             if !holders.is_empty() {
                 // A live instance holds its groups: deleting them cannot succeed now.

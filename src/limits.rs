@@ -26,6 +26,30 @@ pub const TAGS_MAX: usize = 50;
 pub const TAG_KEY_MAX: usize = 128;
 pub const TAG_VALUE_MAX: usize = 256;
 
+/// The load balancer's metrics are published every minute: the target group's alarms look at
+/// one-minute periods (CloudWatch's `Period`, seconds).
+pub const ALARM_PERIOD_TARGETS: i32 = 60;
+/// EC2's basic monitoring publishes CPUUtilization every five minutes: the CPU alarm's period.
+pub const ALARM_PERIOD_CPU: i32 = 300;
+/// PutMetricAlarm: for periods of a minute or more, `EvaluationPeriods` × `Period` is at most one
+/// day (86,400 s), and `EvaluationPeriods` at least 1.
+pub const ALARM_SPAN_MAX_SECONDS: u32 = 86_400;
+/// The response-time alarm's threshold: 1 ms to an hour (the load balancer's idle timeout is at
+/// most 4,000 s; an hour on average is never a working page).
+pub const ALARM_LATENCY: RangeInclusive<Duration> = Duration::from_millis(1)..=secs(3600);
+
+/// `periods` evaluation periods of `period` seconds, as PutMetricAlarm accepts them.
+pub fn alarm_periods(periods: u32, period: i32) -> Result<(), String> {
+    let most = ALARM_SPAN_MAX_SECONDS / period.unsigned_abs();
+    if (1..=most).contains(&periods) {
+        Ok(())
+    } else {
+        Err(format!(
+            "1 to {most} periods of {period} s (CloudWatch evaluates at most a day), found {periods}"
+        ))
+    }
+}
+
 /// How long the builder's health check may take: at least 10 s (a first probe needs a booted
 /// builder), at most 12 h (a bake that takes longer is stuck, and its builder costs money).
 pub const HEALTH_TIMEOUT: RangeInclusive<Duration> = secs(10)..=secs(12 * 3600);

@@ -86,6 +86,17 @@ pub const OS: &str = "bake:os";
 pub const VERSION: &str = "bake:version";
 /// When it was baked (RFC 3339).
 pub const BAKED_AT: &str = "bake:baked-at";
-/// The rollout a stack resource belongs to (never `bake:run-id`: `bake gc` must not touch the
-/// stack).
+/// The rollout a stack resource belongs to. A stack resource carries `bake:run-id` and
+/// `bake:created` ([`of_stack`]) only while the run that created it builds the stack: `bake gc`
+/// removes it when that run died; the run removes the two tags once the stack is whole, and a
+/// later run that adopts it does the same, so `bake gc` never touches a finished stack.
 pub const ROLLOUT: &str = "bake:rollout";
+
+/// The keys of a stack resource under construction, removed once the stack is whole.
+pub const STACK_PENDING: [&str; 2] = [RUN_ID, CREATED];
+
+/// The tags of a stack resource under construction: the run building it, and when.
+pub fn of_stack(run_id: &str) -> [(&'static str, String); 2] {
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    [(RUN_ID, run_id.to_owned()), (CREATED, now)]
+}

@@ -224,3 +224,48 @@ fn secret_looking_vars_exit_2_and_look_alikes_pass() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_alarms_are_checked_each_at_its_line_and_the_defaults_pass() {
+    let ok = format!(
+        "{CONFIG}alarms = {{ errors = 10, latency = \"500ms\", periods = 3 }}\n\
+         cpu_alarm = {{ threshold = 70 }}\n"
+    );
+    let (_dir, _, out) = bake(&ok, &["validate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let text = format!(
+        "{CONFIG}alarms = {{ errors = 0, latency = \"0s\", periods = 1441 }}\n\
+         cpu_alarm = {{ threshold = 170, periods = 289 }}\n"
+    );
+    let (_dir, path, out) = bake(&text, &["validate"]);
+    let msg = refused(&out);
+    let path = path.display();
+    let lines: Vec<&str> = msg.lines().collect();
+    let expected = [
+        format!("{path}:25:21: rollout.web.alarms.errors: at least 1"),
+        format!("{path}:25:34: rollout.web.alarms.latency: must be between 1ms and 1 hour"),
+        format!("{path}:25:50: rollout.web.alarms.periods: 1 to 1440 periods of 60 s"),
+        format!("{path}:26:27: rollout.web.cpu_alarm.threshold: expected a percentage in (0, 100]"),
+        format!("{path}:26:42: rollout.web.cpu_alarm.periods: 1 to 288 periods of 300 s"),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{msg}");
+    for (got, want) in lines.iter().zip(&expected) {
+        assert!(
+            got.contains(want.as_str()),
+            "{got}\n  does not contain\n{want}"
+        );
+    }
+
+    let unknown = format!("{CONFIG}cpu_alarm = {{ threshold = 70, period = 60 }}\n");
+    let (_dir, path, out) = bake(&unknown, &["validate"]);
+    let msg = refused(&out);
+    assert!(
+        msg.contains(&format!("{}:25:", path.display())) && msg.contains("unknown field `period`"),
+        "{msg}"
+    );
+}

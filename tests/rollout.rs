@@ -152,6 +152,222 @@ async fn assert_stack_gone(lab: &Lab) {
         .await
         .unwrap();
     assert!(named.security_groups().is_empty(), "{named:?}");
+    let alarms = lab
+        .clients()
+        .await
+        .cloudwatch
+        .describe_alarms()
+        .alarm_name_prefix("Web-ASG")
+        .send()
+        .await
+        .unwrap();
+    assert!(alarms.metric_alarms().is_empty(), "{alarms:?}");
+}
+
+/// The calls in `requests` that change something (anything but Describe*, Get*, List*).
+fn changing(requests: &[serde_json::Value]) -> Vec<String> {
+    requests
+        .iter()
+        .filter_map(|r| r["action"].as_str())
+        .filter(|a| !["Describe", "Get", "List"].iter().any(|p| a.starts_with(p)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `bake rollout web --plan -o json`, which must succeed without one changing call.
+async fn plan(lab: &Lab, scratch: &Scratch) -> serde_json::Value {
+    let before = lab.requests().await.len();
+    let out = lab
+        .run_bake(&[
+            "-c",
+            &scratch.config(),
+            "-o",
+            "json",
+            "rollout",
+            "web",
+            "--plan",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let requests = lab.requests().await;
+    assert!(requests.len() > before, "the plan reads the account");
+    assert_eq!(changing(&requests[before..]), Vec::<String>::new());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_lists_the_stack_then_nothing_then_a_version_and_its_replacements_changing_nothing() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let first = Scratch::new(&config("first page"));
+    let ami = bake_ami(&lab, &first).await;
+
+    // A fresh lab: the whole stack.
+    let fresh = plan(&lab, &first).await;
+    let create: Vec<&str> = fresh["create"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for part in [
+        "security group Web-ALB-SG",
+        "security group Web-ASG-Inst-SG",
+        "target group Web-TG",
+        "load balancer Web-ALB",
+        "listener HTTP:80 on Web-ALB",
+        "launch template Web",
+        "Auto Scaling group Web-ASG (min 2 desired 2 max 4, metrics collected)",
+        "scaling policy bake-cpu-target on Web-ASG (average CPU 30%)",
+        "CloudWatch alarm Web-ASG-TG-5xx",
+        "CloudWatch alarm Web-ASG-TG-latency",
+    ] {
+        assert!(
+            create.iter().any(|c| c.starts_with(part)),
+            "{part} in {create:?}"
+        );
+    }
+    assert_eq!(fresh["launch_template_version"]["to_ami"], ami.as_str());
+    assert_eq!(fresh["replace"].as_array().unwrap().len(), 0);
+    assert_eq!(lab.calls("CreateLoadBalancer").await, 0);
+
+    // After the rollout: nothing, in JSON and in words.
+    roll_out(&lab, &first).await;
+    let done = plan(&lab, &first).await;
+    for key in ["create", "change", "replace"] {
+        assert_eq!(done[key], serde_json::json!([]), "{key}: {done}");
+    }
+    assert!(done["launch_template_version"].is_null(), "{done}");
+    assert!(done["publish"].is_null(), "{done}");
+    let words = lab
+        .run_bake(&["-c", &first.config(), "rollout", "web", "--plan"])
+        .await;
+    assert!(words.status.success(), "{}", stderr(&words));
+    assert!(
+        stdout(&words).ends_with("nothing to do"),
+        "{}",
+        stdout(&words)
+    );
+
+    // A new AMI, published before: one launch template version, both instances replaced, the
+    // published value changed.
+    let clients = lab.clients().await;
+    clients
+        .ssm
+        .put_parameter()
+        .name("/bake/quick/ami-id")
+        .value(&ami)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    let second = Scratch::new(&config("second page"));
+    let next = bake_ami(&lab, &second).await;
+    let versions = lab.calls("CreateLaunchTemplateVersion").await;
+    let new = plan(&lab, &second).await;
+    assert_eq!(new["create"], serde_json::json!([]), "{new}");
+    assert_eq!(new["change"], serde_json::json!([]), "{new}");
+    assert_eq!(new["launch_template_version"]["from_ami"], ami.as_str());
+    assert_eq!(new["launch_template_version"]["to_ami"], next.as_str());
+    let running: BTreeSet<String> = group(&lab).await.into_iter().map(|(id, ..)| id).collect();
+    let replaced: BTreeSet<String> = new["replace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(replaced, running);
+    assert_eq!(replaced.len(), 2);
+    assert_eq!(new["publish"]["parameter"], "/bake/quick/ami-id");
+    assert_eq!(new["publish"]["from"], ami.as_str());
+    assert_eq!(new["publish"]["to"], next.as_str());
+    assert_eq!(lab.calls("CreateLaunchTemplateVersion").await, versions);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_during_stack_creation_removes_what_it_had_created() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let scratch = Scratch::new(&config("page"));
+    let ami = bake_ami(&lab, &scratch).await;
+    // Auto Scaling throttles the group's creation: the run is inside the stack step, with the
+    // security groups, target group, load balancer and launch template made, when the signal comes.
+    lab.control(
+        "faults",
+        serde_json::json!({"rate": 1.0, "kind": "throttle", "services": ["autoscaling"],
+                           "actions": ["CreateAutoScalingGroup"]}),
+    )
+    .await;
+    let out = lab
+        .interrupt_when(
+            &["-c", &scratch.config(), "rollout", "web"],
+            "INT",
+            "the group's creation",
+            Duration::from_secs(120),
+            || async { lab.calls("CreateAutoScalingGroup").await > 0 },
+        )
+        .await;
+    lab.control("faults", serde_json::json!({"rate": 0})).await;
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert!(err.contains("removed what this run had created"), "{err}");
+    assert_eq!(lab.calls("CreateLoadBalancer").await, 1);
+    assert_stack_gone(&lab).await;
+    lab.assert_nothing_left(&[&ami], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_stack_creation_then_gc_leaves_nothing() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let scratch = Scratch::new(&config("page").replace(
+        "cpu_target = 30",
+        "cpu_target = 30\ncpu_alarm = { threshold = 70, periods = 2 }",
+    ));
+    let ami = bake_ami(&lab, &scratch).await;
+    // EC2 throttles the last step, taking the run's tags off the finished stack: everything,
+    // group and alarms included, exists and still carries the run's tags when the kill comes.
+    lab.control(
+        "faults",
+        serde_json::json!({"rate": 1.0, "kind": "throttle", "services": ["ec2"],
+                           "actions": ["DeleteTags"]}),
+    )
+    .await;
+    let out = lab
+        .interrupt_when(
+            &["-c", &scratch.config(), "rollout", "web"],
+            "KILL",
+            "the stack's last step",
+            Duration::from_secs(120),
+            || async { lab.calls("DeleteTags").await > 0 },
+        )
+        .await;
+    lab.control("faults", serde_json::json!({"rate": 0})).await;
+    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+    assert_eq!(lab.calls("PutMetricAlarm").await, 3, "5xx, latency, CPU");
+    assert_eq!(lab.calls("CreateAutoScalingGroup").await, 1);
+
+    let gc = lab
+        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+        .await;
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    let removed = stdout(&gc);
+    for part in [
+        "Auto Scaling group Web-ASG",
+        "CloudWatch alarm Web-ASG-CPU-high",
+        "CloudWatch alarm Web-ASG-TG-5xx",
+        "load balancer arn:",
+        "target group arn:",
+        "launch template lt-",
+    ] {
+        assert!(removed.contains(part), "{part} in {removed}");
+    }
+    assert_stack_gone(&lab).await;
+    lab.assert_nothing_left(&[&ami], &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,6 +388,70 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
     );
     let instances = group(&lab).await;
     assert_eq!(instances.len(), 2, "{instances:?}");
+    // The scaling state: sizes, in service, the CPU target, metrics, the alarms' states.
+    let scaling = &result["scaling"];
+    assert_eq!(
+        (&scaling["min"], &scaling["desired"], &scaling["max"]),
+        (&2.into(), &2.into(), &4.into()),
+        "{scaling}"
+    );
+    assert_eq!(scaling["in_service"], 2, "{scaling}");
+    assert_eq!(scaling["cpu_target"], 30.0, "{scaling}");
+    assert_eq!(scaling["metrics_enabled"], true, "{scaling}");
+    let states = scaling["alarms"].as_object().unwrap();
+    assert_eq!(
+        states.keys().collect::<Vec<_>>(),
+        ["Web-ASG-TG-5xx", "Web-ASG-TG-latency"],
+        "no cpu_alarm in this config: {scaling}"
+    );
+    // The alarms watch this target group behind this load balancer with AWS's one-minute period,
+    // carry the rollout's tag and, the stack being whole, no run's.
+    let clients = lab.clients().await;
+    let alarms = clients
+        .cloudwatch
+        .describe_alarms()
+        .alarm_names("Web-ASG-TG-5xx")
+        .alarm_names("Web-ASG-TG-latency")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alarms.metric_alarms().len(), 2);
+    for alarm in alarms.metric_alarms() {
+        assert_eq!(alarm.namespace(), Some("AWS/ApplicationELB"));
+        assert_eq!(alarm.period(), Some(60));
+        assert_eq!(alarm.evaluation_periods(), Some(2));
+        let dims: BTreeSet<String> = alarm
+            .dimensions()
+            .iter()
+            .map(|d| format!("{}={}", d.name().unwrap(), d.value().unwrap()))
+            .collect();
+        assert!(
+            dims.iter()
+                .any(|d| d.starts_with("LoadBalancer=app/Web-ALB/"))
+                && dims
+                    .iter()
+                    .any(|d| d.starts_with("TargetGroup=targetgroup/Web-TG/")),
+            "{dims:?}"
+        );
+        let tags = clients
+            .cloudwatch
+            .list_tags_for_resource()
+            .resource_arn(alarm.alarm_arn().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let keys: BTreeSet<&str> = tags.tags().iter().filter_map(|t| t.key()).collect();
+        assert!(keys.contains("bake:rollout"), "{keys:?}");
+        assert!(!keys.contains("bake:run-id"), "{keys:?}");
+    }
+    assert_eq!(alarms.metric_alarms()[0].threshold(), Some(5.0));
+    assert_eq!(alarms.metric_alarms()[1].threshold(), Some(2.0));
+    // So `bake gc` leaves the finished stack alone.
+    let gc = lab
+        .run_bake(&["-c", &first.config(), "gc", "--ttl", "0s", "--dry-run"])
+        .await;
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert!(!stdout(&gc).contains("Web"), "{}", stdout(&gc));
     let zones: BTreeSet<&str> = instances.iter().map(|(_, _, z)| z.as_str()).collect();
     assert_eq!(zones.len(), 2, "spread over both zones: {instances:?}");
 
@@ -216,7 +496,16 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
         .run_bake(&["-c", &first.config(), "rollout", "web"])
         .await;
     assert!(again.status.success(), "{}", stderr(&again));
-    assert_eq!(stdout(&again), url);
+    let text = stdout(&again);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(url.as_str()), "{text}");
+    assert_eq!(
+        lines.next(),
+        Some("Web-ASG: min 2 desired 2 max 4, 2 in service, CPU target 30%, group metrics on"),
+        "{text}"
+    );
+    assert!(text.contains("\nalarm Web-ASG-TG-5xx: "), "{text}");
+    assert!(text.contains("\nalarm Web-ASG-TG-latency: "), "{text}");
     assert_eq!(lab.calls("StartInstanceRefresh").await, refreshes);
     assert_eq!(lab.calls("CreateLaunchTemplateVersion").await, versions);
 

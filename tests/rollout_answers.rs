@@ -27,6 +27,7 @@ use aws_sdk_ec2::operation::create_security_group::CreateSecurityGroupOutput;
 use aws_sdk_ec2::operation::delete_security_group::{
     DeleteSecurityGroupError, DeleteSecurityGroupOutput,
 };
+use aws_sdk_ec2::operation::describe_security_group_rules::DescribeSecurityGroupRulesOutput;
 use aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput;
 use aws_sdk_elasticloadbalancingv2::operation::create_load_balancer::CreateLoadBalancerError;
 use aws_sdk_elasticloadbalancingv2::operation::create_target_group::CreateTargetGroupOutput;
@@ -41,11 +42,12 @@ use aws_sdk_elasticloadbalancingv2::operation::modify_target_group_attributes::M
 use aws_sdk_elasticloadbalancingv2::types::TargetGroup;
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
 use bake::aws::Clients;
+use bake::janitor::{self, Janitor, Resource};
 use bake::output::Progress;
 use bake::resolve::Subnet;
 use bake::rollout::preflight;
 use bake::rollout::refresh;
-use bake::rollout::stack::{self, Created, Stack};
+use bake::rollout::stack::{self, Stack};
 use tokio::time::Instant;
 
 /// A client of `$sdk` answered by `rules`.
@@ -155,7 +157,6 @@ refresh = { min_healthy = 50, warmup = "60s", timeout = "30m" }
         group_created: false,
         auto_rollback: true,
         unchanged: false,
-        created: Vec::new(),
     };
     (config, plan, stack)
 }
@@ -203,6 +204,18 @@ fn one_old_instance() -> DescribeAutoScalingGroupsOutput {
 fn no_activities() -> Rule {
     mock!(aws_sdk_autoscaling::Client::describe_scaling_activities)
         .then_output(|| DescribeScalingActivitiesOutput::builder().build())
+}
+
+/// The groups removed together admit nobody (their rules naming each other are looked for first).
+fn no_rules() -> Rule {
+    mock!(aws_sdk_ec2::Client::describe_security_group_rules)
+        .then_output(|| DescribeSecurityGroupRulesOutput::builder().build())
+}
+
+/// No endpoint group of bake's admits the groups being removed.
+fn no_endpoint_groups() -> Rule {
+    mock!(aws_sdk_ec2::Client::describe_security_groups)
+        .then_output(|| DescribeSecurityGroupsOutput::builder().build())
 }
 
 fn no_targets() -> Rule {
@@ -654,14 +667,18 @@ async fn stack_removal_rides_out_the_load_balancers_teardown_lag() {
         .output(|| DeleteSecurityGroupOutput::builder().build())
         .repeatedly()
         .build();
-    let clients = clients_of(&[&delete_sg], &[], &[&delete_lb, &delete_tg]);
+    let clients = clients_of(
+        &[&delete_sg, &no_rules(), &no_endpoint_groups()],
+        &[],
+        &[&delete_lb, &delete_tg],
+    );
     let created = [
-        Created::SecurityGroup("sg-alb".into()),
-        Created::SecurityGroup("sg-inst".into()),
-        Created::TargetGroup("arn:tg".into()),
-        Created::LoadBalancer("arn:lb".into()),
+        Resource::SecurityGroup("sg-alb".into()),
+        Resource::SecurityGroup("sg-inst".into()),
+        Resource::TargetGroup("arn:tg".into()),
+        Resource::LoadBalancer("arn:lb".into()),
     ];
-    stack::remove(&clients, &created).await.unwrap();
+    janitor::delete(&clients, &created).await.unwrap();
     assert_eq!(delete_lb.num_calls(), 1);
     assert_eq!(delete_tg.num_calls(), 4);
     assert_eq!(delete_sg.num_calls(), 4, "two refusals, then both groups");
@@ -680,14 +697,18 @@ async fn stack_removal_keeps_going_past_an_error_and_names_what_is_left() {
         });
     let delete_sg = mock!(aws_sdk_ec2::Client::delete_security_group)
         .then_output(|| DeleteSecurityGroupOutput::builder().build());
-    let clients = clients_of(&[&delete_sg], &[], &[&delete_lb, &delete_tg]);
+    let clients = clients_of(
+        &[&delete_sg, &no_rules(), &no_endpoint_groups()],
+        &[],
+        &[&delete_lb, &delete_tg],
+    );
     let created = [
-        Created::SecurityGroup("sg-alb".into()),
-        Created::TargetGroup("arn:tg".into()),
-        Created::LoadBalancer("arn:lb".into()),
-        Created::SecurityGroup("sg-inst".into()),
+        Resource::SecurityGroup("sg-alb".into()),
+        Resource::TargetGroup("arn:tg".into()),
+        Resource::LoadBalancer("arn:lb".into()),
+        Resource::SecurityGroup("sg-inst".into()),
     ];
-    let err = stack::remove(&clients, &created).await.unwrap_err();
+    let err = janitor::delete(&clients, &created).await.unwrap_err();
     assert_eq!(delete_tg.num_calls(), 1, "a refusal is not retried");
     assert_eq!(
         delete_sg.num_calls(),
@@ -751,7 +772,13 @@ async fn a_stack_that_fails_half_way_removes_what_this_run_created() {
         .match_requests(|r| r.target_group_arn() == Some("arn:tg"))
         .then_output(|| DeleteTargetGroupOutput::builder().build());
     let clients = clients_of(
-        &[&no_groups, &create_group, &authorize, &delete_group],
+        &[
+            &no_groups,
+            &create_group,
+            &authorize,
+            &delete_group,
+            &no_rules(),
+        ],
         &[],
         &[
             &no_target_group,
@@ -763,7 +790,8 @@ async fn a_stack_that_fails_half_way_removes_what_this_run_created() {
         ],
     );
     let (config, plan, _) = rollout_parts();
-    let err = stack::ensure(&clients, &plan, &config.rollout["web"])
+    let janitor = Janitor::new(clients.clone(), "run-1".into());
+    let err = stack::ensure(&clients, &plan, &config.rollout["web"], &janitor)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("TooManyLoadBalancers"), "{err}");

@@ -67,14 +67,27 @@ fn serve(stream: TcpStream, asked: &Mutex<Vec<String>>) {
                 "DescribeSecurityGroups" => "<securityGroupInfo/>",
                 "DescribeImages" => "<imagesSet/>",
                 "DescribeSnapshots" => "<snapshotSet/>",
+                "DescribeLaunchTemplates" => "<launchTemplates/>",
                 _ => "",
             };
+            // Auto Scaling, ELB and CloudWatch speak the query protocol: the answer in a Result.
+            let query = [
+                "DescribeAutoScalingGroups",
+                "DescribeLoadBalancers",
+                "DescribeTargetGroups",
+                "DescribeAlarms",
+            ]
+            .contains(&action.as_str());
             (
                 "200 OK",
-                format!(
-                    "<{action}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
-                     <requestId>r</requestId>{empty}</{action}Response>"
-                ),
+                if query {
+                    format!("<{action}Response><{action}Result/></{action}Response>")
+                } else {
+                    format!(
+                        "<{action}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+                         <requestId>r</requestId>{empty}</{action}Response>"
+                    )
+                },
             )
         };
         let answer = format!(
@@ -108,23 +121,28 @@ fn dash_v_logs_each_aws_call_with_its_duration_and_attempts() {
         .lines()
         .filter(|l| l.contains("bake::aws::trace"))
         .collect();
-    // What a run left (builders, groups, images, snapshots), then bake's temporary NAT gateways
-    // and Elastic IPs (src/ami/egress.rs), then its SSM endpoints and their groups
-    // (src/ami/endpoints.rs).
+    // What a run left (builders, groups, images, snapshots), the stacks a killed rollout left
+    // half-built (src/janitor/stack.rs), then bake's temporary NAT gateways and Elastic IPs
+    // (src/ami/egress.rs), then its SSM endpoints and their groups (src/ami/endpoints.rs).
     let operations = [
-        "DescribeInstances",
-        "DescribeSecurityGroups",
-        "DescribeImages",
-        "DescribeSnapshots",
-        "DescribeNatGateways",
-        "DescribeNatGateways",
-        "DescribeAddresses",
-        "DescribeVpcEndpoints",
-        "DescribeSecurityGroups",
+        "EC2 DescribeInstances",
+        "EC2 DescribeSecurityGroups",
+        "EC2 DescribeImages",
+        "EC2 DescribeSnapshots",
+        "Auto Scaling DescribeAutoScalingGroups",
+        "EC2 DescribeLaunchTemplates",
+        "Elastic Load Balancing v2 DescribeLoadBalancers",
+        "Elastic Load Balancing v2 DescribeTargetGroups",
+        "CloudWatch DescribeAlarms",
+        "EC2 DescribeNatGateways",
+        "EC2 DescribeNatGateways",
+        "EC2 DescribeAddresses",
+        "EC2 DescribeVpcEndpoints",
+        "EC2 DescribeSecurityGroups",
     ];
     assert_eq!(calls.len(), operations.len(), "one line a call:\n{stderr}");
     for (line, operation) in calls.iter().zip(operations) {
-        assert!(line.contains(&format!("EC2 {operation}: ok in ")), "{line}");
+        assert!(line.contains(&format!("{operation}: ok in ")), "{line}");
         let took = line.split(" in ").nth(1).unwrap_or_default();
         assert!(
             took.starts_with(|c: char| c.is_ascii_digit()) && took.contains('s'),

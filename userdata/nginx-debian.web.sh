@@ -89,10 +89,12 @@ install -d -m 0755 /opt/bake-app /etc/bake-app
 printf '%s' "$page_title" >/etc/bake-app/title
 printf '%s' "$page_message" >/etc/bake-app/message
 cat >/opt/bake-app/app.py <<'PY'
-"""The page behind nginx: title, message, and the instance that served it."""
+"""The page behind nginx: title, message, and the instance that served it; /load burns CPU."""
+import hashlib
 import html
 import pathlib
 import socket
+import time
 import urllib.request
 
 from flask import Flask
@@ -128,6 +130,22 @@ def index():
         f"<!doctype html>\n<title>{title}</title>\n<h1>{title}</h1>\n"
         f"<p>{message}</p>\n<p>Served by {where}</p>\n"
     )
+
+
+# The workshop's LOAD TEST: each request hashes for half a second of CPU, so a steady stream of
+# them raises the group's average CPU and target tracking adds instances.
+LOAD_SECONDS = 0.5
+
+
+@app.route("/load")
+def load():
+    end = time.monotonic() + LOAD_SECONDS
+    digest, rounds = b"bake", 0
+    while time.monotonic() < end:
+        digest = hashlib.sha256(digest).digest()
+        rounds += 1
+    where = html.escape(instance_id())
+    return f"<!doctype html>\n<title>load</title>\n<p>{rounds} rounds on {where}</p>\n"
 PY
 gunicorn=/usr/bin/gunicorn
 cat >/etc/systemd/system/bake-app.service <<UNIT
@@ -170,6 +188,6 @@ systemctl restart nginx
 
 # The very last step: the health page and the readiness marker, so both prove the script finished.
 install -d -m 0755 "$(dirname "$bake_ready_marker")"
-printf '%s\n' 01ea94092110ffb2cb39f34dcf154a359c5e69eb8ed7f08519c570a43c4ba4b2 >"$bake_ready_marker.tmp"
+printf '%s\n' de77dcb8879aeff6fa810c5feb7f22e6f9445d49738143785f600d7c4c26fd5d >"$bake_ready_marker.tmp"
 mv "$bake_ready_marker.tmp" "$bake_ready_marker"
 echo "bake: user data finished at $(date -u +%FT%TZ)"

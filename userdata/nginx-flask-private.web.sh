@@ -89,10 +89,12 @@ install -d -m 0755 /opt/bake-app /etc/bake-app
 printf '%s' "$page_title" >/etc/bake-app/title
 printf '%s' "$page_message" >/etc/bake-app/message
 cat >/opt/bake-app/app.py <<'PY'
-"""The page behind nginx: title, message, and the instance that served it."""
+"""The page behind nginx: title, message, and the instance that served it; /load burns CPU."""
+import hashlib
 import html
 import pathlib
 import socket
+import time
 import urllib.request
 
 from flask import Flask
@@ -128,6 +130,22 @@ def index():
         f"<!doctype html>\n<title>{title}</title>\n<h1>{title}</h1>\n"
         f"<p>{message}</p>\n<p>Served by {where}</p>\n"
     )
+
+
+# The workshop's LOAD TEST: each request hashes for half a second of CPU, so a steady stream of
+# them raises the group's average CPU and target tracking adds instances.
+LOAD_SECONDS = 0.5
+
+
+@app.route("/load")
+def load():
+    end = time.monotonic() + LOAD_SECONDS
+    digest, rounds = b"bake", 0
+    while time.monotonic() < end:
+        digest = hashlib.sha256(digest).digest()
+        rounds += 1
+    where = html.escape(instance_id())
+    return f"<!doctype html>\n<title>load</title>\n<p>{rounds} rounds on {where}</p>\n"
 PY
 gunicorn=/usr/bin/gunicorn
 cat >/etc/systemd/system/bake-app.service <<UNIT
@@ -170,6 +188,6 @@ systemctl restart nginx
 
 # The very last step: the health page and the readiness marker, so both prove the script finished.
 install -d -m 0755 "$(dirname "$bake_ready_marker")"
-printf '%s\n' ca98f429ecae9bf79754039b6f6809638f79214e80f0df2d03b1d039730c8b82 >"$bake_ready_marker.tmp"
+printf '%s\n' eee19e91081bbfe9b546b3f2aa9fde835644de7ff64325e27cb919095d3bee1c >"$bake_ready_marker.tmp"
 mv "$bake_ready_marker.tmp" "$bake_ready_marker"
 echo "bake: user data finished at $(date -u +%FT%TZ)"

@@ -18,7 +18,8 @@ pub const MAX_TTL: Duration = Duration::from_secs(10 * 31_557_600);
 /// Delete what killed runs left behind (found by their bake:run-id tag): instances, security
 /// groups, unfinished images and unused snapshots older than the TTL, and temporary NAT gateways
 /// (with their routes and Elastic IPs) and SSM endpoints (with their group) whose users are all
-/// older than the TTL.
+/// older than the TTL, and the parts of rollout stacks a killed run left half-built (its Auto
+/// Scaling group, alarms, load balancer, target group, launch template and security groups).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Only what is older than this: 0s to 10y ("90m", "2h", "7d").

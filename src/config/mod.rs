@@ -25,8 +25,8 @@ use place::names;
 pub use place::{Error, Location, Source};
 pub use secrets::{SECRET_WORDS, secret_word};
 pub use types::{
-    Access, BaseImage, Builder, Capacity, Config, Egress, Endpoints, Health, HumanDuration, Image,
-    Os, Refresh, ResourceRef, Rollout, TrafficProbe, Verify, Volume,
+    Access, Alarms, BaseImage, Builder, Capacity, Config, CpuAlarm, Egress, Endpoints, Health,
+    HumanDuration, Image, Os, Refresh, ResourceRef, Rollout, TrafficProbe, Verify, Volume,
 };
 
 impl Config {

@@ -11,7 +11,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::place::{Error, Source};
-use super::types::{Builder, Config, Health, Image, Refresh, Rollout, TrafficProbe};
+use super::types::{Alarms, Builder, Config, Health, Image, Refresh, Rollout, TrafficProbe};
 use super::types::{DEFAULT_AMI_NAME, default_instance_type};
 
 /// The known top-level keys.
@@ -45,6 +45,8 @@ const ROLLOUT_KEYS: &[&str] = &[
     "instance_profile",
     "capacity",
     "cpu_target",
+    "alarms",
+    "cpu_alarm",
     "refresh",
     "probe",
     "tags",
@@ -440,6 +442,10 @@ impl<'a> Doc<'a> {
             .unwrap_or_else(default_instance_type);
         let instance_profile = self.optional(t, &path, "instance_profile", &mut ok);
         let cpu_target = self.optional(t, &path, "cpu_target", &mut ok);
+        let alarms = self
+            .optional(t, &path, "alarms", &mut ok)
+            .unwrap_or_else(|| Spanned::new(here.clone(), Alarms::default()));
+        let cpu_alarm = self.optional(t, &path, "cpu_alarm", &mut ok);
         let refresh = self
             .optional(t, &path, "refresh", &mut ok)
             .unwrap_or_else(|| Spanned::new(here.clone(), Refresh::default()));
@@ -464,6 +470,8 @@ impl<'a> Doc<'a> {
             instance_profile,
             capacity: capacity?,
             cpu_target,
+            alarms,
+            cpu_alarm,
             refresh,
             probe,
             tags,

@@ -301,6 +301,10 @@ pub struct Rollout {
     pub capacity: Spanned<Capacity>,
     /// Target-tracking average CPU utilisation, percent.
     pub cpu_target: Option<Spanned<f64>>,
+    /// The target group's alarms (5xx count, response time) that roll a refresh back.
+    pub alarms: Spanned<Alarms>,
+    /// The group's high-CPU alarm (seed 002); none when not given.
+    pub cpu_alarm: Option<Spanned<CpuAlarm>>,
     pub refresh: Spanned<Refresh>,
     /// The traffic probe through the load balancer during every refresh.
     pub probe: Spanned<TrafficProbe>,
@@ -314,6 +318,46 @@ pub struct Capacity {
     pub min: u32,
     pub desired: u32,
     pub max: u32,
+}
+
+/// The target group's CloudWatch alarms, evaluated over one-minute periods (the load balancer's
+/// metrics are published every minute).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Alarms {
+    /// 5xx answers from the targets in one minute at which a period counts as failing.
+    pub errors: u32,
+    /// Average target response time at which a period counts as failing.
+    pub latency: HumanDuration,
+    /// Consecutive failing periods before the alarm goes to ALARM.
+    pub periods: u32,
+}
+
+impl Default for Alarms {
+    fn default() -> Self {
+        Alarms {
+            // A few errors in a minute is a blip; five is a pattern worth rolling back for.
+            errors: 5,
+            // Web pages answer well under a second; two seconds on average is broken.
+            latency: HumanDuration(Duration::from_secs(2)),
+            // Two minutes in a row: one bad minute during a replacement does not roll back.
+            periods: 2,
+        }
+    }
+}
+
+/// The group's high-CPU alarm: average CPUUtilization over five-minute periods (EC2's basic
+/// monitoring) at or above `threshold` percent for `periods` periods.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CpuAlarm {
+    pub threshold: f64,
+    #[serde(default = "default_cpu_periods")]
+    pub periods: u32,
+}
+
+fn default_cpu_periods() -> u32 {
+    2
 }
 
 /// Instance refresh preferences (StartInstanceRefresh's `Preferences`).

@@ -559,6 +559,35 @@ impl Doc<'_> {
             );
         }
         self.validate_refresh(name, rollout);
+        let alarms = rollout.alarms.get_ref();
+        if alarms.errors == 0 {
+            fail(
+                &["alarms", "errors"],
+                "at least 1 (a threshold of 0 would be in ALARM whenever the load balancer \
+                 reports)"
+                    .to_owned(),
+            );
+        }
+        if let Err(rule) = limits::alarm_periods(alarms.periods, limits::ALARM_PERIOD_TARGETS) {
+            fail(&["alarms", "periods"], rule);
+        }
+        self.duration(
+            &at_refs(&at(&["alarms", "latency"])),
+            alarms.latency.0,
+            &limits::ALARM_LATENCY,
+        );
+        if let Some(cpu) = &rollout.cpu_alarm {
+            let cpu = cpu.get_ref();
+            if !(cpu.threshold > 0.0 && cpu.threshold <= 100.0) {
+                fail(
+                    &["cpu_alarm", "threshold"],
+                    format!("expected a percentage in (0, 100], found {}", cpu.threshold),
+                );
+            }
+            if let Err(rule) = limits::alarm_periods(cpu.periods, limits::ALARM_PERIOD_CPU) {
+                fail(&["cpu_alarm", "periods"], rule);
+            }
+        }
         let refresh = rollout.refresh.get_ref();
         self.duration(
             &at_refs(&at(&["refresh", "warmup"])),

@@ -1,6 +1,8 @@
 //! `bake rollout`: make sure the stack exists, add a launch template version with the AMI, roll
-//! it out with an instance refresh watched through target health, roll back when it fails.
+//! it out with an instance refresh watched through target health, roll back when it fails; or,
+//! with `--plan` ([`plan`]), say what that would do.
 
+pub mod plan;
 pub mod preflight;
 pub mod refresh;
 pub mod rollback;
@@ -12,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::aws::{CallError, Clients};
 use crate::config::{Config, Rollout};
+use crate::janitor::{self, Janitor};
 use crate::output::Progress;
 use crate::signal;
 use preflight::Plan;
@@ -38,6 +41,8 @@ pub struct RolledOut {
     pub changed: bool,
     /// The page, as served through the load balancer.
     pub url: String,
+    /// The group's sizes, in-service count, CPU target and alarms after the rollout.
+    pub scaling: stack::Scaling,
     pub region: String,
     pub seconds: f64,
     /// What the traffic probe saw during the refresh (none when nothing was replaced or the
@@ -52,6 +57,11 @@ pub enum Step {
     Preflight(#[from] preflight::Error),
     #[error("{0}")]
     Stack(#[from] CallError),
+    #[error("{cause}\nand removing the stack this run created failed too: {cleanup}")]
+    StackLeft {
+        cause: CallError,
+        cleanup: janitor::Error,
+    },
     #[error("{cause}\nrolled back: {asg} runs version {to} again")]
     RolledBack {
         cause: refresh::Error,
@@ -68,7 +78,7 @@ pub enum Step {
     #[error("{cause}\nand removing the stack this run created failed too: {cleanup}")]
     CleanupFailed {
         cause: refresh::Error,
-        cleanup: CallError,
+        cleanup: janitor::Error,
     },
     #[error(transparent)]
     Serving(refresh::Error),
@@ -143,18 +153,26 @@ pub async fn run(
         "making sure {} behind {} exists, with {}",
         plan.names.asg, plan.names.alb, plan.ami.id
     ));
-    let stack = stack::ensure(clients, &plan, rollout).await?;
-    if signal.is_finished() {
-        let code = (&mut signal).await.unwrap_or(130);
-        let after = match stack::remove(clients, &stack.created).await {
-            Ok(()) => "removed what this run had created".to_owned(),
-            Err(e) => format!("removing what this run had created failed: {e}"),
-        };
-        return Err(Step::Interrupted {
-            signal: code,
-            after,
-        });
-    }
+    // What the stack step creates goes into this run's ledger; a signal during it stops it at
+    // once, and the ledger and the run's tags find what it had made.
+    let janitor = Janitor::new(clients.clone(), janitor::new_run_id());
+    let built = tokio::select! {
+        built = stack::ensure(clients, &plan, rollout, &janitor) => Ok(built),
+        code = &mut signal => Err(code.unwrap_or(130)),
+    };
+    let stack = match built {
+        Ok(built) => built?,
+        Err(code) => {
+            let after = match janitor.clean().await {
+                Ok(_) => "removed what this run had created".to_owned(),
+                Err(e) => format!("removing what this run had created failed: {e}"),
+            };
+            return Err(Step::Interrupted {
+                signal: code,
+                after,
+            });
+        }
+    };
     let url = format!(
         "http://{}{}{}",
         stack.alb_dns,
@@ -166,6 +184,7 @@ pub async fn run(
     );
     let mut refresh_id = None;
     let mut traffic = None;
+    let janitor = &janitor;
     if !stack.unchanged {
         if !stack.group_created {
             traffic = Some(traffic::for_refresh(&stack, &plan, rollout));
@@ -207,10 +226,13 @@ pub async fn run(
         }
         if let Err(failure) = outcome {
             let step = undo(
-                clients,
-                &plan,
-                &stack,
-                rollout,
+                Undo {
+                    clients,
+                    plan: &plan,
+                    stack: &stack,
+                    rollout,
+                    janitor,
+                },
                 refresh_id.as_deref(),
                 failure,
                 progress,
@@ -253,6 +275,7 @@ pub async fn run(
             plan.names.asg, stack.version
         ));
     }
+    let scaling = stack::scaling(clients, &plan).await?;
     progress.finish(done);
     Ok(RolledOut {
         rollout: name.to_owned(),
@@ -264,6 +287,7 @@ pub async fn run(
         previous_version: stack.previous_version.clone(),
         changed: !stack.unchanged,
         url,
+        scaling,
         region: clients.region.clone(),
         seconds: started.elapsed().as_secs_f64(),
         probe,
@@ -276,13 +300,26 @@ enum Failure {
     Signal(u8),
 }
 
+/// What [`undo`] works on.
+struct Undo<'a> {
+    clients: &'a Clients,
+    plan: &'a Plan,
+    stack: &'a stack::Stack,
+    rollout: &'a Rollout,
+    /// The ledger of what this run's stack step created.
+    janitor: &'a Janitor,
+}
+
 /// Puts things back after a failed or interrupted rollout: the refresh is rolled back; a group
 /// created by this run is removed with the rest of the stack this run created.
 async fn undo(
-    clients: &Clients,
-    plan: &Plan,
-    stack: &stack::Stack,
-    rollout: &Rollout,
+    Undo {
+        clients,
+        plan,
+        stack,
+        rollout,
+        janitor,
+    }: Undo<'_>,
     refresh_id: Option<&str>,
     failure: Failure,
     progress: &Progress,
@@ -300,8 +337,8 @@ async fn undo(
     };
     let step = if stack.group_created {
         progress.step("removing the stack this run created");
-        match stack::remove(clients, &stack.created).await {
-            Ok(()) => Step::FirstRolloutFailed { cause },
+        match janitor.clean_recorded().await {
+            Ok(_) => Step::FirstRolloutFailed { cause },
             Err(cleanup) => Step::CleanupFailed { cause, cleanup },
         }
     } else if let Some(id) = refresh_id {

@@ -343,7 +343,6 @@ pub async fn run(
         group_created: false,
         auto_rollback: false,
         unchanged: target == found.version,
-        created: Vec::new(),
     };
     let url = traffic::probe_url(&stack.alb_dns, rollout, &plan);
     let mut result = RolledBack {

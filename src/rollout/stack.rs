@@ -1,15 +1,18 @@
 //! The stack: security groups, target group, load balancer and listener, launch template and its
-//! new version, the Auto Scaling group and its scaling policy; found by name, created when missing,
-//! and removed again (waiting for a deleted group's instances) when a first rollout fails.
+//! new version, the Auto Scaling group (with its metrics collected), its scaling policy and the
+//! CloudWatch alarms; found by name, created when missing. What a run creates goes into the
+//! janitor's ledger and carries the run's tags until the stack is whole, so a failed or
+//! interrupted run removes it and `bake gc` finds what a killed one left.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
 
 use aws_sdk_autoscaling::types::{
     AutoScalingGroup, LaunchTemplateSpecification, MetricType, PredefinedMetricSpecification,
     TargetTrackingConfiguration,
 };
-use aws_sdk_ec2::config::http::HttpResponse;
-use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudwatch::types::{
+    ComparisonOperator, Dimension, MetricAlarm, StateValue, Statistic,
+};
 use aws_sdk_ec2::types::{
     InstanceType, IpPermission, IpRange, LaunchTemplateHttpTokensState,
     LaunchTemplateIamInstanceProfileSpecificationRequest,
@@ -23,9 +26,10 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 
 use super::preflight::Plan;
-use crate::aws::{self, CallError, Clients, Failed};
+use crate::aws::{self, CallError, Clients};
 use crate::config::Rollout;
-use crate::poll::{self, Check, PollError, Schedule};
+use crate::janitor::{Janitor, Resource};
+use crate::limits;
 use crate::resolve::filter;
 use crate::tags;
 /// Targets are checked every 10 s and change state after 2 answers: a new instance counts as
@@ -37,14 +41,32 @@ const UNHEALTHY_THRESHOLD: i32 = 2;
 /// A replaced instance drains for 30 s (ELB's default is 300 s), plenty for short web requests.
 const DEREGISTRATION_DELAY_SECONDS: &str = "30";
 /// The name of the target-tracking policy bake keeps on the group.
-const CPU_POLICY: &str = "bake-cpu-target";
-/// A deleted group's instances terminate within minutes.
-const GROUP_GONE_TIMEOUT: Duration = Duration::from_secs(900);
-/// Deleting a group takes minutes: a look every 2 s, growing to 10 s.
-const GROUP_GONE_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(2))
-    .first_after(Duration::from_secs(2))
-    .dense_for(Duration::from_secs(120))
-    .growing(1.2, Duration::from_secs(10));
+pub const CPU_POLICY: &str = "bake-cpu-target";
+/// The group's metrics are collected every minute, the one granularity Auto Scaling offers.
+const METRICS_GRANULARITY: &str = "1Minute";
+/// The group metrics bake turns on: the sizes and instance counts the console's "Enabled
+/// metrics" graphs show ("Amazon CloudWatch metrics for Amazon EC2 Auto Scaling"), named rather
+/// than left to "no list means all" so a later check can tell each one is on.
+pub const GROUP_METRICS: [&str; 8] = [
+    "GroupMinSize",
+    "GroupMaxSize",
+    "GroupDesiredCapacity",
+    "GroupInServiceInstances",
+    "GroupPendingInstances",
+    "GroupStandbyInstances",
+    "GroupTerminatingInstances",
+    "GroupTotalInstances",
+];
+
+/// Whether every metric of [`GROUP_METRICS`] is collected for `group`.
+pub fn metrics_collected(group: &AutoScalingGroup) -> bool {
+    GROUP_METRICS.iter().all(|m| {
+        group
+            .enabled_metrics()
+            .iter()
+            .any(|e| e.metric() == Some(*m))
+    })
+}
 
 /// The stack as found or made, with the launch template version to roll out.
 #[derive(Debug, Clone)]
@@ -64,58 +86,107 @@ pub struct Stack {
     pub auto_rollback: bool,
     /// Whether the group already runs this AMI (no new version, no refresh).
     pub unchanged: bool,
-    /// What this run created, in creation order.
-    pub created: Vec<Created>,
 }
 
-/// A stack resource this run created, so a failed first rollout can remove it again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Created {
-    SecurityGroup(String),
-    TargetGroup(String),
-    LoadBalancer(String),
-    LaunchTemplate(String),
-    AutoScalingGroup(String),
+/// What building the stack needs besides the plan: the run's ledger, and the resources found
+/// carrying another (dead) run's marks, adopted by this one.
+struct Build<'a> {
+    clients: &'a Clients,
+    plan: &'a Plan,
+    janitor: &'a Janitor,
+    adopted: Vec<Resource>,
 }
 
-/// Finds or creates every resource of the stack and adds a launch template version with the AMI.
-pub async fn ensure(clients: &Clients, plan: &Plan, rollout: &Rollout) -> Result<Stack, CallError> {
-    let mut created = Vec::new();
-    let result = build(clients, plan, rollout, &mut created).await;
-    match result {
-        Ok(mut stack) => {
-            stack.created = created;
-            Ok(stack)
+impl Build<'_> {
+    /// Records a resource this run just created.
+    fn created(&self, resource: Resource) {
+        self.janitor.record(resource);
+    }
+
+    /// Notes a found resource whose tags name another run: it is this run's stack now.
+    fn found(&mut self, resource: Resource, tags: &BTreeMap<String, String>) {
+        if tags
+            .get(tags::RUN_ID)
+            .is_some_and(|run| run != self.janitor.run_id())
+        {
+            self.adopted.push(resource);
         }
-        Err(e) => {
-            // Half a stack is worth nothing: remove what this run made before reporting.
-            if let Err(cleanup) = remove(clients, &created).await {
-                crate::output::note(&format!("error: {cleanup}"));
-            }
-            Err(e)
-        }
+    }
+
+    /// The tags of a resource this run creates: its rollout, the run and when.
+    fn tags(&self) -> Vec<(&'static str, String)> {
+        let mut all = vec![(tags::ROLLOUT, self.plan.rollout.clone())];
+        all.extend(tags::of_stack(self.janitor.run_id()));
+        all
+    }
+
+    fn ec2_tags(&self) -> Vec<aws_sdk_ec2::types::Tag> {
+        self.tags().iter().map(|(k, v)| tags::tag(k, v)).collect()
+    }
+
+    fn elb_tags(&self) -> Vec<aws_sdk_elasticloadbalancingv2::types::Tag> {
+        self.tags()
+            .into_iter()
+            .map(|(k, v)| {
+                aws_sdk_elasticloadbalancingv2::types::Tag::builder()
+                    .key(k)
+                    .value(v)
+                    .build()
+            })
+            .collect()
     }
 }
 
-async fn build(
+/// Finds or creates every resource of the stack and adds a launch template version with the AMI.
+/// What it creates is recorded in `janitor` the moment it exists; once the stack is whole the
+/// run's tags come off it (and off what it adopted from a dead run), so `bake gc` leaves it.
+/// When it fails, what this run created is removed before the error is returned; when it is
+/// cancelled (a signal), the caller's `janitor.clean()` removes it, finding by tag what a
+/// cut-short request created.
+pub async fn ensure(
     clients: &Clients,
     plan: &Plan,
     rollout: &Rollout,
-    created: &mut Vec<Created>,
+    janitor: &Janitor,
 ) -> Result<Stack, CallError> {
-    let alb_sg = security_group(
+    janitor.building_stack();
+    let mut b = Build {
         clients,
         plan,
+        janitor,
+        adopted: Vec::new(),
+    };
+    let result = match build(&mut b, rollout).await {
+        Ok(stack) => {
+            let mut marked = janitor.recorded();
+            marked.extend(b.adopted);
+            crate::janitor::stack::unmark(clients, &marked)
+                .await
+                .map(|()| stack)
+        }
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        // Half a stack is worth nothing: remove what this run made before reporting.
+        if let Err(cleanup) = janitor.clean_recorded().await {
+            crate::output::note(&format!("error: {cleanup}"));
+        }
+    }
+    result
+}
+
+async fn build(b: &mut Build<'_>, rollout: &Rollout) -> Result<Stack, CallError> {
+    let (clients, plan) = (b.clients, b.plan);
+    let alb_sg = security_group(
+        b,
         &plan.names.alb_security_group,
         &format!("bake {}: HTTP to the load balancer", plan.rollout),
         rollout.alb_port,
         Source::Cidr(rollout.alb_allow_cidr.get_ref()),
-        created,
     )
     .await?;
     let instance_sg = security_group(
-        clients,
-        plan,
+        b,
         &plan.names.instance_security_group,
         &format!(
             "bake {}: the health port from the load balancer only",
@@ -123,11 +194,11 @@ async fn build(
         ),
         plan.health.port,
         Source::Group(&alb_sg),
-        created,
     )
     .await?;
-    let target_group_arn = target_group(clients, plan, created).await?;
-    let (alb_arn, alb_dns) = load_balancer(clients, plan, &alb_sg, created).await?;
+    let target_group_arn = target_group(b).await?;
+    let (alb_arn, alb_dns) = load_balancer(b, &alb_sg).await?;
+    b.elb_adopt(&alb_arn, &target_group_arn).await?;
     listener(clients, &alb_arn, rollout.alb_port, &target_group_arn).await?;
     // Before the new version exists: `$Latest` would name it.
     pin(clients, &plan.names.asg).await?;
@@ -138,25 +209,17 @@ async fn build(
         .map(|(id, version, _)| (id.clone(), *version));
     let (launch_template_id, version) = match &unchanged {
         Some(same) => same.clone(),
-        None => launch_template(clients, plan, rollout, &instance_sg, created).await?,
+        None => launch_template(b, rollout, &instance_sg).await?,
     };
     let Group {
         previous_version,
         created: group_created,
         auto_rollback,
-    } = group(
-        clients,
-        plan,
-        rollout,
-        &launch_template_id,
-        version,
-        &target_group_arn,
-        created,
-    )
-    .await?;
+    } = group(b, rollout, &launch_template_id, version, &target_group_arn).await?;
     if let Some(cpu) = &rollout.cpu_target {
         scaling_policy(clients, &plan.names.asg, *cpu.get_ref()).await?;
     }
+    alarms(b, rollout, &target_group_arn, &alb_arn).await?;
     Ok(Stack {
         alb_dns,
         target_group_arn,
@@ -166,7 +229,6 @@ async fn build(
         group_created,
         auto_rollback,
         unchanged: unchanged.is_some(),
-        created: Vec::new(),
     })
 }
 
@@ -261,14 +323,13 @@ enum Source<'a> {
 
 /// A security group opening `port` to `source` only.
 async fn security_group(
-    clients: &Clients,
-    plan: &Plan,
+    b: &mut Build<'_>,
     name: &str,
     description: &str,
     port: u16,
     source: Source<'_>,
-    created: &mut Vec<Created>,
 ) -> Result<String, CallError> {
+    let (clients, plan) = (b.clients, b.plan);
     let describe = clients
         .ec2
         .describe_security_groups()
@@ -278,8 +339,13 @@ async fn security_group(
         .call(|| describe.clone().send())
         .or_fail(|| format!("describe security group {name}"))
         .await?;
-    let id = match found.security_groups().first().and_then(|g| g.group_id()) {
-        Some(id) => id.to_owned(),
+    let existing = found.security_groups().first();
+    let id = match existing.and_then(|g| g.group_id()) {
+        Some(id) => {
+            let tags = existing.map(|g| ec2_tag_map(g.tags())).unwrap_or_default();
+            b.found(Resource::SecurityGroup(id.to_owned()), &tags);
+            id.to_owned()
+        }
         None => {
             let create = clients
                 .ec2
@@ -290,14 +356,14 @@ async fn security_group(
                 .tag_specifications(tags::at_creation(
                     ResourceType::SecurityGroup,
                     name,
-                    &[tags::tag(tags::ROLLOUT, &plan.rollout)],
+                    &b.ec2_tags(),
                 ));
             let out = clients
                 .call(|| create.clone().send())
                 .or_fail(|| format!("create security group {name}"))
                 .await?;
             let id = out.group_id().unwrap_or_default().to_owned();
-            created.push(Created::SecurityGroup(id.clone()));
+            b.created(Resource::SecurityGroup(id.clone()));
             id
         }
     };
@@ -329,19 +395,66 @@ async fn security_group(
     }
 }
 
-fn elb_tag(plan: &Plan) -> aws_sdk_elasticloadbalancingv2::types::Tag {
-    aws_sdk_elasticloadbalancingv2::types::Tag::builder()
-        .key(tags::ROLLOUT)
-        .value(&plan.rollout)
-        .build()
+/// EC2 tags as a map.
+fn ec2_tag_map(tags: &[aws_sdk_ec2::types::Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+        .collect()
+}
+
+impl Build<'_> {
+    /// Reads the tags of the load balancer and target group this run did not create (one
+    /// DescribeTags), to adopt them when a dead run's tags are still on them.
+    async fn elb_adopt(&mut self, alb_arn: &str, target_group_arn: &str) -> Result<(), CallError> {
+        let recorded = self.janitor.recorded();
+        let found: Vec<Resource> = [
+            Resource::LoadBalancer(alb_arn.to_owned()),
+            Resource::TargetGroup(target_group_arn.to_owned()),
+        ]
+        .into_iter()
+        .filter(|r| !recorded.contains(r))
+        .collect();
+        if found.is_empty() {
+            return Ok(());
+        }
+        let arns: Vec<String> = found
+            .iter()
+            .map(|r| match r {
+                Resource::LoadBalancer(a) | Resource::TargetGroup(a) => a.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        let clients = self.clients;
+        let request = clients
+            .elb
+            .describe_tags()
+            .set_resource_arns(Some(arns.clone()));
+        let out = clients
+            .call(|| request.clone().send())
+            .or_fail(|| format!("read the tags of {}", arns.join(", ")))
+            .await?;
+        for description in out.tag_descriptions() {
+            let tags: BTreeMap<String, String> = description
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+                .collect();
+            if let Some(resource) = found
+                .iter()
+                .zip(&arns)
+                .find(|(_, arn)| Some(arn.as_str()) == description.resource_arn())
+                .map(|(r, _)| r.clone())
+            {
+                self.found(resource, &tags);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The target group checks the image's health path on its port.
-async fn target_group(
-    clients: &Clients,
-    plan: &Plan,
-    created: &mut Vec<Created>,
-) -> Result<String, CallError> {
+async fn target_group(b: &mut Build<'_>) -> Result<String, CallError> {
+    let (clients, plan) = (b.clients, b.plan);
     let name = &plan.names.target_group;
     let found = clients
         .call(|| clients.elb.describe_target_groups().names(name).send())
@@ -382,7 +495,7 @@ async fn target_group(
         .healthy_threshold_count(HEALTHY_THRESHOLD)
         .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
         .matcher(matcher)
-        .tags(elb_tag(plan));
+        .set_tags(Some(b.elb_tags()));
     let out = clients
         .call(|| create.clone().send())
         .or_fail(|| format!("create target group {name}"))
@@ -393,7 +506,7 @@ async fn target_group(
         .and_then(|g| g.target_group_arn())
         .unwrap_or_default()
         .to_owned();
-    created.push(Created::TargetGroup(arn.clone()));
+    b.created(Resource::TargetGroup(arn.clone()));
     let delay = clients
         .elb
         .modify_target_group_attributes()
@@ -413,11 +526,10 @@ async fn target_group(
 
 /// An internet-facing Application Load Balancer in the public subnets. Returns its ARN and DNS name.
 async fn load_balancer(
-    clients: &Clients,
-    plan: &Plan,
+    b: &mut Build<'_>,
     security_group: &str,
-    created: &mut Vec<Created>,
 ) -> Result<(String, String), CallError> {
+    let (clients, plan) = (b.clients, b.plan);
     let name = &plan.names.alb;
     let found = clients
         .call(|| clients.elb.describe_load_balancers().names(name).send())
@@ -439,7 +551,7 @@ async fn load_balancer(
                     plan.alb_subnets.iter().map(|s| s.id.clone()).collect(),
                 ))
                 .security_groups(security_group)
-                .tags(elb_tag(plan));
+                .set_tags(Some(b.elb_tags()));
             let action = || format!("create load balancer {name}");
             let out = clients
                 .call(|| create.clone().send())
@@ -448,7 +560,7 @@ async fn load_balancer(
             let lb = out.load_balancers().first().cloned().ok_or_else(|| {
                 clients.failed(action(), "AWS answered without the load balancer")
             })?;
-            created.push(Created::LoadBalancer(
+            b.created(Resource::LoadBalancer(
                 lb.load_balancer_arn().unwrap_or_default().to_owned(),
             ));
             lb
@@ -506,12 +618,11 @@ async fn listener(
 /// The launch template, created or given a new version, with the AMI, IMDSv2 required and no user
 /// data (the AMI holds the server). Returns its id and the new version number.
 async fn launch_template(
-    clients: &Clients,
-    plan: &Plan,
+    b: &mut Build<'_>,
     rollout: &Rollout,
     security_group: &str,
-    created: &mut Vec<Created>,
 ) -> Result<(String, i64), CallError> {
+    let (clients, plan) = (b.clients, b.plan);
     let name = &plan.names.launch_template;
     let mut instance_tags = LaunchTemplateTagSpecificationRequest::builder()
         .resource_type(ResourceType::Instance)
@@ -550,8 +661,13 @@ async fn launch_template(
             || format!("describe launch template {name}"),
         )
         .await?
-        .and_then(|out| out.launch_templates?.into_iter().next()?.launch_template_id);
-    if let Some(id) = found {
+        .and_then(|out| out.launch_templates?.into_iter().next());
+    if let Some(template) = found {
+        let id = template.launch_template_id().unwrap_or_default().to_owned();
+        b.found(
+            Resource::LaunchTemplate(id.clone()),
+            &ec2_tag_map(template.tags()),
+        );
         let add = clients
             .ec2
             .create_launch_template_version()
@@ -577,7 +693,7 @@ async fn launch_template(
         .tag_specifications(tags::at_creation(
             ResourceType::LaunchTemplate,
             name,
-            &[tags::tag(tags::ROLLOUT, &plan.rollout)],
+            &b.ec2_tags(),
         ));
     let out = clients
         .call(|| create.clone().send())
@@ -588,7 +704,7 @@ async fn launch_template(
         .and_then(|t| t.launch_template_id())
         .unwrap_or_default()
         .to_owned();
-    created.push(Created::LaunchTemplate(id.clone()));
+    b.created(Resource::LaunchTemplate(id.clone()));
     let version = template
         .and_then(|t| t.latest_version_number())
         .unwrap_or(1);
@@ -606,14 +722,13 @@ struct Group {
 /// The Auto Scaling group, created on the new version, or updated (sizes, subnets, target group)
 /// keeping its current version (pinned to a number by [`pin`]): the refresh moves it.
 async fn group(
-    clients: &Clients,
-    plan: &Plan,
+    b: &mut Build<'_>,
     rollout: &Rollout,
     template_id: &str,
     version: i64,
     target_group_arn: &str,
-    created: &mut Vec<Created>,
 ) -> Result<Group, CallError> {
+    let (clients, plan) = (b.clients, b.plan);
     let name = &plan.names.asg;
     let found = describe_group(clients, name).await?;
     let capacity = rollout.capacity.get_ref();
@@ -625,6 +740,15 @@ async fn group(
         .join(",");
     let grace = i32::try_from(rollout.refresh.get_ref().warmup.0.as_secs()).unwrap_or(i32::MAX);
     if let Some(existing) = &found {
+        let tags: BTreeMap<String, String> = existing
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+            .collect();
+        b.found(Resource::AutoScalingGroup(name.clone()), &tags);
+        if !metrics_collected(existing) {
+            collect_metrics(clients, name).await?;
+        }
         let current = existing.launch_template();
         let pinned = match current.and_then(|t| t.launch_template_id()) {
             Some(id) => Some(
@@ -690,20 +814,26 @@ async fn group(
         .target_group_arns(target_group_arn)
         .health_check_type("ELB")
         .health_check_grace_period(grace)
-        .tags(
-            aws_sdk_autoscaling::types::Tag::builder()
-                .key(tags::ROLLOUT)
-                .value(&plan.rollout)
-                .propagate_at_launch(false)
-                .resource_id(name)
-                .resource_type("auto-scaling-group")
-                .build(),
-        );
+        .set_tags(Some(
+            b.tags()
+                .into_iter()
+                .map(|(k, v)| {
+                    aws_sdk_autoscaling::types::Tag::builder()
+                        .key(k)
+                        .value(v)
+                        .propagate_at_launch(false)
+                        .resource_id(name)
+                        .resource_type("auto-scaling-group")
+                        .build()
+                })
+                .collect(),
+        ));
     clients
         .call(|| create.clone().send())
         .or_fail(|| format!("create Auto Scaling group {name}"))
         .await?;
-    created.push(Created::AutoScalingGroup(name.clone()));
+    b.created(Resource::AutoScalingGroup(name.clone()));
+    collect_metrics(clients, name).await?;
     Ok(Group {
         previous_version: None,
         created: true,
@@ -783,129 +913,414 @@ async fn scaling_policy(clients: &Clients, group: &str, cpu: f64) -> Result<(), 
     Ok(())
 }
 
-/// Removes stack resources this run created, newest first, waiting where the next one depends on
-/// it (the group's instances hold the security group; the load balancer holds the target group and
-/// its security group for a while after DeleteLoadBalancer: ResourceInUse and DependencyViolation
-/// are ridden out within [`aws::LOAD_BALANCER_RELEASE`]). It never stops at the first error: every
-/// resource is tried, and the error names each one left, with its id and AWS's answer.
-pub async fn remove(clients: &Clients, created: &[Created]) -> Result<(), CallError> {
-    let mut left = Vec::new();
-    for resource in created.iter().rev() {
-        if let Err(message) = remove_one(clients, resource).await {
-            left.push(format!("{resource} ({message})"));
-        }
-    }
-    if left.is_empty() {
-        return Ok(());
-    }
-    Err(clients.failed(
-        "remove the stack this run created",
-        format!(
-            "left behind (remove them by hand or re-run): {}",
-            left.join("; ")
-        ),
-    ))
+/// Turns on the group's metrics collection (every group metric, each minute; seed 003).
+async fn collect_metrics(clients: &Clients, group: &str) -> Result<(), CallError> {
+    let request = clients
+        .autoscaling
+        .enable_metrics_collection()
+        .auto_scaling_group_name(group)
+        .granularity(METRICS_GRANULARITY)
+        .set_metrics(Some(GROUP_METRICS.map(str::to_owned).to_vec()));
+    clients
+        .call(|| request.clone().send())
+        .or_fail(|| format!("enable metrics collection on {group}"))
+        .await?;
+    Ok(())
 }
 
-impl std::fmt::Display for Created {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Created::SecurityGroup(id) => write!(f, "security group {id}"),
-            Created::TargetGroup(arn) => write!(f, "target group {arn}"),
-            Created::LoadBalancer(arn) => write!(f, "load balancer {arn}"),
-            Created::LaunchTemplate(id) => write!(f, "launch template {id}"),
-            Created::AutoScalingGroup(name) => write!(f, "Auto Scaling group {name}"),
+/// One alarm as the config asks for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmSpec {
+    pub name: String,
+    pub description: String,
+    pub namespace: &'static str,
+    pub metric: &'static str,
+    pub statistic: Statistic,
+    pub dimensions: Vec<(&'static str, String)>,
+    /// Seconds.
+    pub period: i32,
+    pub periods: i32,
+    pub threshold: f64,
+}
+
+impl AlarmSpec {
+    /// What differs between this spec and the alarm AWS holds, in words; empty when nothing does.
+    pub fn differences(&self, held: &MetricAlarm) -> Vec<String> {
+        let mut diff = Vec::new();
+        if held.threshold() != Some(self.threshold) {
+            diff.push(format!(
+                "threshold {} -> {}",
+                held.threshold().unwrap_or_default(),
+                self.threshold
+            ));
         }
+        if held.evaluation_periods() != Some(self.periods) {
+            diff.push(format!(
+                "periods {} -> {}",
+                held.evaluation_periods().unwrap_or_default(),
+                self.periods
+            ));
+        }
+        if held.period() != Some(self.period) {
+            diff.push(format!(
+                "period {} s -> {} s",
+                held.period().unwrap_or_default(),
+                self.period
+            ));
+        }
+        if held.metric_name() != Some(self.metric) || held.namespace() != Some(self.namespace) {
+            diff.push(format!("metric -> {} {}", self.namespace, self.metric));
+        }
+        if held.statistic() != Some(&self.statistic) {
+            diff.push(format!("statistic -> {}", self.statistic.as_str()));
+        }
+        let dims: BTreeMap<&str, &str> = held
+            .dimensions()
+            .iter()
+            .filter_map(|d| Some((d.name()?, d.value()?)))
+            .collect();
+        let want: BTreeMap<&str, &str> = self
+            .dimensions
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        if dims != want {
+            diff.push("dimensions".to_owned());
+        }
+        diff
     }
 }
 
-/// Removes one resource; gone already counts as removed. Returns AWS's answer when it stays.
-async fn remove_one(clients: &Clients, resource: &Created) -> Result<(), String> {
-    match resource {
-        Created::AutoScalingGroup(name) => {
-            let delete = clients
-                .autoscaling
-                .delete_auto_scaling_group()
-                .auto_scaling_group_name(name)
-                .force_delete(true);
-            let gone = |e: &Failed<_>| e.describe().contains("not found");
-            if delete_released(clients, || delete.clone().send(), gone).await? {
-                group_gone(clients, name).await.map_err(|e| e.message)?;
+/// The ARN's part CloudWatch names an ELB resource by: `app/NAME/ID` of a load balancer,
+/// `targetgroup/NAME/ID` of a target group ("CloudWatch metrics for your Application Load
+/// Balancer").
+fn metric_dimension(arn: &str) -> String {
+    match arn.split_once(":loadbalancer/") {
+        Some((_, rest)) => rest.to_owned(),
+        None => arn.rsplit(':').next().unwrap_or(arn).to_owned(),
+    }
+}
+
+/// The stack's alarms as the config asks for them: the target group's 5xx count and response
+/// time, and the CPU alarm when `rollout.cpu_alarm` is given.
+pub fn alarm_specs(
+    plan: &Plan,
+    rollout: &Rollout,
+    target_group_arn: &str,
+    alb_arn: &str,
+) -> Vec<AlarmSpec> {
+    let alarms = rollout.alarms.get_ref();
+    let targets = vec![
+        ("LoadBalancer", metric_dimension(alb_arn)),
+        ("TargetGroup", metric_dimension(target_group_arn)),
+    ];
+    let periods = i32::try_from(alarms.periods).unwrap_or(i32::MAX);
+    let mut specs = vec![
+        AlarmSpec {
+            name: plan.names.alarm_errors.clone(),
+            description: format!(
+                "bake {}: {} or more 5xx answers from {}'s targets in a minute",
+                plan.rollout, alarms.errors, plan.names.target_group
+            ),
+            namespace: "AWS/ApplicationELB",
+            metric: "HTTPCode_Target_5XX_Count",
+            statistic: Statistic::Sum,
+            dimensions: targets.clone(),
+            period: limits::ALARM_PERIOD_TARGETS,
+            periods,
+            threshold: f64::from(alarms.errors),
+        },
+        AlarmSpec {
+            name: plan.names.alarm_latency.clone(),
+            description: format!(
+                "bake {}: {}'s targets answer in {} or more on average",
+                plan.rollout,
+                plan.names.target_group,
+                humantime::format_duration(alarms.latency.0)
+            ),
+            namespace: "AWS/ApplicationELB",
+            metric: "TargetResponseTime",
+            statistic: Statistic::Average,
+            dimensions: targets,
+            period: limits::ALARM_PERIOD_TARGETS,
+            periods,
+            threshold: alarms.latency.0.as_secs_f64(),
+        },
+    ];
+    if let Some(cpu) = &rollout.cpu_alarm {
+        let cpu = cpu.get_ref();
+        specs.push(AlarmSpec {
+            name: plan.names.alarm_cpu.clone(),
+            description: format!(
+                "bake {}: {}'s average CPU at {}% or more",
+                plan.rollout, plan.names.asg, cpu.threshold
+            ),
+            namespace: "AWS/EC2",
+            metric: "CPUUtilization",
+            statistic: Statistic::Average,
+            dimensions: vec![("AutoScalingGroupName", plan.names.asg.clone())],
+            period: limits::ALARM_PERIOD_CPU,
+            periods: i32::try_from(cpu.periods).unwrap_or(i32::MAX),
+            threshold: cpu.threshold,
+        });
+    }
+    specs
+}
+
+/// The stack's alarms AWS holds now, by name (the CPU alarm's name included when the config has
+/// none, to see one left from before).
+pub async fn held_alarms(
+    clients: &Clients,
+    plan: &Plan,
+) -> Result<BTreeMap<String, MetricAlarm>, CallError> {
+    let names = [
+        &plan.names.alarm_errors,
+        &plan.names.alarm_latency,
+        &plan.names.alarm_cpu,
+    ];
+    let request = clients
+        .cloudwatch
+        .describe_alarms()
+        .set_alarm_names(Some(names.iter().map(|n| (*n).clone()).collect()));
+    let out = clients
+        .call(|| request.clone().send())
+        .or_fail(|| "describe the stack's CloudWatch alarms".into())
+        .await?;
+    Ok(out
+        .metric_alarms()
+        .iter()
+        .filter_map(|a| Some((a.alarm_name()?.to_owned(), a.clone())))
+        .collect())
+}
+
+/// Creates or updates the alarms (PutMetricAlarm is an upsert; tags count only at creation),
+/// leaves those that match the config alone, and deletes the CPU alarm the config dropped.
+async fn alarms(
+    b: &mut Build<'_>,
+    rollout: &Rollout,
+    target_group_arn: &str,
+    alb_arn: &str,
+) -> Result<(), CallError> {
+    let (clients, plan) = (b.clients, b.plan);
+    let held = held_alarms(clients, plan).await?;
+    let specs = alarm_specs(plan, rollout, target_group_arn, alb_arn);
+    for spec in &specs {
+        let existing = held.get(&spec.name);
+        if let Some(alarm) = existing {
+            adopt_alarm(b, alarm).await?;
+            if spec.differences(alarm).is_empty() {
+                continue;
             }
         }
-        Created::LaunchTemplate(id) => {
-            let delete = clients.ec2.delete_launch_template().launch_template_id(id);
-            let gone = |e: &Failed<_>| e.is(&["InvalidLaunchTemplateId*"]);
-            delete_released(clients, || delete.clone().send(), gone).await?;
+        let mut request = clients
+            .cloudwatch
+            .put_metric_alarm()
+            .alarm_name(&spec.name)
+            .alarm_description(&spec.description)
+            .namespace(spec.namespace)
+            .metric_name(spec.metric)
+            .statistic(spec.statistic.clone())
+            .period(spec.period)
+            .evaluation_periods(spec.periods)
+            .threshold(spec.threshold)
+            .comparison_operator(ComparisonOperator::GreaterThanOrEqualToThreshold)
+            // No 5xx answers, no requests: the load balancer publishes nothing, which is good.
+            .treat_missing_data(if spec.namespace == "AWS/ApplicationELB" {
+                "notBreaching"
+            } else {
+                "missing"
+            });
+        for (name, value) in &spec.dimensions {
+            request = request.dimensions(Dimension::builder().name(*name).value(value).build());
         }
-        Created::LoadBalancer(arn) => {
-            let delete = clients.elb.delete_load_balancer().load_balancer_arn(arn);
-            let gone = |e: &Failed<_>| e.is(&["LoadBalancerNotFound"]);
-            delete_released(clients, || delete.clone().send(), gone).await?;
+        if existing.is_none() {
+            for (k, v) in b.tags() {
+                request = request.tags(
+                    aws_sdk_cloudwatch::types::Tag::builder()
+                        .key(k)
+                        .value(v)
+                        .build(),
+                );
+            }
         }
-        Created::TargetGroup(arn) => {
-            let delete = clients.elb.delete_target_group().target_group_arn(arn);
-            let gone = |e: &Failed<_>| e.is(&["TargetGroupNotFound"]);
-            delete_released(clients, || delete.clone().send(), gone).await?;
+        clients
+            .call(|| request.clone().send())
+            .or_fail(|| format!("put CloudWatch alarm {}", spec.name))
+            .await?;
+        if existing.is_none() {
+            b.created(Resource::Alarm(spec.name.clone()));
         }
-        Created::SecurityGroup(id) => {
-            let delete = clients.ec2.delete_security_group().group_id(id);
-            let gone = |e: &Failed<_>| e.is(&["InvalidGroup.NotFound"]);
-            delete_released(clients, || delete.clone().send(), gone).await?;
-        }
+    }
+    if rollout.cpu_alarm.is_none() && held.contains_key(&plan.names.alarm_cpu) {
+        let name = &plan.names.alarm_cpu;
+        let request = clients.cloudwatch.delete_alarms().alarm_names(name);
+        clients
+            .call(|| request.clone().send())
+            .or_none(&["ResourceNotFound"], || {
+                format!("delete CloudWatch alarm {name} (no rollout.cpu_alarm in the config)")
+            })
+            .await?;
     }
     Ok(())
 }
 
-/// One delete, asked again while the load balancer releases what it held
-/// ([`aws::LOAD_BALANCER_RELEASE`]). True when it was deleted now, false when `gone` says it was
-/// gone already; AWS's answer when it stays.
-async fn delete_released<T, E, Fut>(
-    clients: &Clients,
-    send: impl FnMut() -> Fut,
-    gone: impl Fn(&Failed<E>) -> bool,
-) -> Result<bool, String>
-where
-    Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let deleted = clients.call(send).settle(&aws::LOAD_BALANCER_RELEASE);
-    match deleted.answer().await {
-        Ok(_) => Ok(true),
-        Err(e) if gone(&e) => Ok(false),
-        Err(e) => Err(e.describe()),
+/// Reads a found alarm's tags, to adopt it when a dead run's tags are still on it.
+async fn adopt_alarm(b: &mut Build<'_>, alarm: &MetricAlarm) -> Result<(), CallError> {
+    let (Some(name), Some(arn)) = (alarm.alarm_name(), alarm.alarm_arn()) else {
+        return Ok(());
+    };
+    let clients = b.clients;
+    let out = clients
+        .call(|| {
+            clients
+                .cloudwatch
+                .list_tags_for_resource()
+                .resource_arn(arn)
+                .send()
+        })
+        .or_fail(|| format!("read the tags of alarm {name}"))
+        .await?;
+    let tags: BTreeMap<String, String> = out
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+        .collect();
+    b.found(Resource::Alarm(name.to_owned()), &tags);
+    Ok(())
+}
+
+/// The group's scaling state after a rollout.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scaling {
+    pub min: i32,
+    pub desired: i32,
+    pub max: i32,
+    /// Instances InService.
+    pub in_service: usize,
+    /// The target-tracking policy's average CPU target, when the group has it.
+    pub cpu_target: Option<f64>,
+    /// Whether the group's metrics are collected.
+    pub metrics_enabled: bool,
+    /// Each alarm's name and state (OK, ALARM, INSUFFICIENT_DATA).
+    pub alarms: BTreeMap<String, String>,
+}
+
+impl std::fmt::Display for Scaling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "min {} desired {} max {}, {} in service",
+            self.min, self.desired, self.max, self.in_service
+        )?;
+        if let Some(cpu) = self.cpu_target {
+            write!(f, ", CPU target {cpu}%")?;
+        }
+        if self.metrics_enabled {
+            write!(f, ", group metrics on")?;
+        }
+        for (name, state) in &self.alarms {
+            write!(f, "\nalarm {name}: {state}")?;
+        }
+        Ok(())
     }
 }
 
-/// Waits until a deleted group is gone (its instances terminated).
-pub async fn group_gone(clients: &Clients, asg: &str) -> Result<(), CallError> {
-    let result = poll::until(
-        &format!("waiting for {asg} to be deleted"),
-        poll::deadline(GROUP_GONE_TIMEOUT),
-        GROUP_GONE_SCHEDULE,
-        |_| {},
-        || async {
-            let describe = || {
-                clients
-                    .autoscaling
-                    .describe_auto_scaling_groups()
-                    .auto_scaling_group_names(asg)
-                    .send()
-            };
-            match clients.call(describe).answer().await {
-                Ok(out) if out.auto_scaling_groups().is_empty() => Check::Ready(()),
-                Ok(_) => Check::Pending("deleting".into()),
-                Err(e) if e.transient() => Check::Pending(e.describe()),
-                Err(e) => Check::Failed(e.describe()),
-            }
-        },
-    )
-    .await;
-    result.map_err(|e| match e {
-        PollError::Failed(message) => clients.failed(format!("delete {asg}"), message),
-        PollError::TimedOut { last } => clients.failed(
-            format!("delete {asg}"),
-            format!("still {last} after {GROUP_GONE_TIMEOUT:?}"),
-        ),
+/// Reads the group's sizes, in-service count, CPU target and alarms' states.
+pub async fn scaling(clients: &Clients, plan: &Plan) -> Result<Scaling, CallError> {
+    let asg = &plan.names.asg;
+    let group = describe_group(clients, asg)
+        .await?
+        .ok_or_else(|| clients.failed(format!("describe {asg}"), "the group is gone"))?;
+    let request = clients
+        .autoscaling
+        .describe_policies()
+        .auto_scaling_group_name(asg)
+        .policy_names(CPU_POLICY);
+    let policies = clients
+        .call(|| request.clone().send())
+        .or_fail(|| format!("describe the scaling policies of {asg}"))
+        .await?;
+    let cpu_target = policies
+        .scaling_policies()
+        .iter()
+        .find_map(|p| p.target_tracking_configuration()?.target_value());
+    let alarms = held_alarms(clients, plan)
+        .await?
+        .into_iter()
+        .map(|(name, alarm)| {
+            let state = alarm
+                .state_value()
+                .map_or("unknown", StateValue::as_str)
+                .to_owned();
+            (name, state)
+        })
+        .collect();
+    Ok(Scaling {
+        min: group.min_size().unwrap_or_default(),
+        desired: group.desired_capacity().unwrap_or_default(),
+        max: group.max_size().unwrap_or_default(),
+        in_service: group
+            .instances()
+            .iter()
+            .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
+            .count(),
+        cpu_target,
+        metrics_enabled: metrics_collected(&group),
+        alarms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloudwatch_names_elb_resources_by_the_arns_tail() {
+        assert_eq!(
+            metric_dimension(
+                "arn:aws:elasticloadbalancing:ap-northeast-2:123456789012:loadbalancer/app/Web-ALB/50dc6c495c0c9188"
+            ),
+            "app/Web-ALB/50dc6c495c0c9188"
+        );
+        assert_eq!(
+            metric_dimension(
+                "arn:aws:elasticloadbalancing:ap-northeast-2:123456789012:targetgroup/Web-TG/73e2d6bc24d8a067"
+            ),
+            "targetgroup/Web-TG/73e2d6bc24d8a067"
+        );
+    }
+
+    #[test]
+    fn an_alarm_as_configured_has_no_differences_and_a_new_threshold_has_one() {
+        let spec = AlarmSpec {
+            name: "Web-ASG-CPU-high".into(),
+            description: String::new(),
+            namespace: "AWS/EC2",
+            metric: "CPUUtilization",
+            statistic: Statistic::Average,
+            dimensions: vec![("AutoScalingGroupName", "Web-ASG".into())],
+            period: 300,
+            periods: 2,
+            threshold: 70.0,
+        };
+        let held = |threshold: f64| {
+            MetricAlarm::builder()
+                .alarm_name("Web-ASG-CPU-high")
+                .namespace("AWS/EC2")
+                .metric_name("CPUUtilization")
+                .statistic(Statistic::Average)
+                .dimensions(
+                    Dimension::builder()
+                        .name("AutoScalingGroupName")
+                        .value("Web-ASG")
+                        .build(),
+                )
+                .period(300)
+                .evaluation_periods(2)
+                .threshold(threshold)
+                .build()
+        };
+        assert!(spec.differences(&held(70.0)).is_empty());
+        assert_eq!(spec.differences(&held(80.0)), ["threshold 80 -> 70"]);
+    }
 }

@@ -1,6 +1,8 @@
 """EC2 Auto Scaling where moto has none: a group launches as Auto Scaling does (the template version it names,
 spread over its subnets), a launch EC2 refuses is a failed scaling activity tried in other zones and again after
-a backoff, and running group instances are registered in the group's target groups; and its moto patches."""
+a backoff, running group instances are registered in the group's target groups, a group with ELB health checks
+replaces the instances its target groups find unhealthy after the grace period, and group metrics are collected
+as EnableMetricsCollection asks; and its moto patches."""
 import json
 import threading
 import time
@@ -10,12 +12,14 @@ from dataclasses import dataclass, field
 from moto.autoscaling import models as asg_models
 from moto.autoscaling.models import autoscaling_backends
 from moto.autoscaling.responses import AutoScalingResponse
-from moto.core.responses import ActionResult
+from moto.core.responses import ActionResult, EmptyResult
 from moto.ec2.models import ec2_backends
 from moto.ec2.utils import parse_user_data
 from moto.elbv2.models import elbv2_backends
 from moto.kms.models import kms_backends
 
+from .cloudwatch import scale
+from .cloudwatch.metrics import GROUP_METRICS
 from .elb import Balancers
 from .limits import query_tags, tags
 from .patching import ACCOUNT, backends, before
@@ -118,6 +122,42 @@ class Groups:
             if arn in elb.target_groups and not self.balancers.healthy(arn, iid):
                 return False
         return True
+
+    def replace_unhealthy(self) -> None:
+        """A group whose health check type is ELB replaces an InService instance that one of its target groups
+        finds unhealthy, once the health check grace period (scaled as every Auto Scaling time, by
+        metric_period / 60) has passed since it entered service: it is marked Unhealthy, terminated and replaced
+        ("Health checks for instances in an Auto Scaling group")."""
+        now = time.time()
+        for region, backend in backends(autoscaling_backends):
+            for group in list(backend.autoscaling_groups.values()):
+                if group.health_check_type != "ELB":
+                    continue
+                grace = float(group.health_check_grace_period or 0) * scale(self.lab)
+                found = []
+                for state in group.instance_states:
+                    inst = self.lab.instances.get(state.instance.id)
+                    if (state.lifecycle_state != "InService" or inst is None or inst.running_at is None
+                            or now - inst.running_at < grace):
+                        continue
+                    if any(self.balancers.probes.get((arn, inst.id), {}).get("state") == "unhealthy"
+                           for arn in group.target_group_arns):
+                        found.append(state)
+                if not found:
+                    continue
+                ids = [s.instance.id for s in found]
+                for state in found:
+                    state.health_status = "Unhealthy"
+                    self.lab.event("instance_unhealthy", group=group.name, instance_id=state.instance.id)
+                    self.record(region, Activity(
+                        group=group.name, status="Successful",
+                        description=f"Terminating EC2 instance: {state.instance.id}",
+                        cause=f"At {iso(now)} an instance was taken out of service in response to an ELB system "
+                              f"health check failure.",
+                        details={"Availability Zone": state.instance.availability_zone}))
+                backend.ec2_backend.terminate_instances(ids)
+                elbv2_backends[ACCOUNT][region].notify_terminate_instances(ids)
+                backend.notify_terminate_instances(ids)  # the group launches replacements
 
     # ---- launches and scaling activities --------------------------------------------------------
     def set_capacity(self, body: dict) -> dict:
@@ -254,7 +294,9 @@ def install(groups: Groups) -> None:
         data = version.data
         instance_type = data.get("InstanceType") or "t3.micro"
         before = len(group.instance_states)
-        cause = (f"At {iso(time.time())} an instance was started in response to a difference between desired "
+        # A scaling policy that changed the desired capacity says so first (tracking.py sets lab_cause).
+        cause = (getattr(group, "lab_cause", "") +
+                 f"At {iso(time.time())} an instance was started in response to a difference between desired "
                  f"and actual capacity, increasing the capacity from {before} to {before + count_needed}.")
         failed = False
         for _ in range(count_needed):
@@ -310,6 +352,22 @@ def install(groups: Groups) -> None:
             self.region, self._get_param("AutoScalingGroupName"), int(limit) if limit else None)})
 
     AutoScalingResponse.describe_scaling_activities = describe_scaling_activities
+
+    def enable_metrics_collection(group, metrics: list[str]) -> None:
+        """EnableMetricsCollection adds to what is collected; no metric named means all of them."""
+        wanted = list(metrics or GROUP_METRICS)
+        group.metrics = list(dict.fromkeys(list(getattr(group, "metrics", None) or []) + wanted))
+
+    group_cls.enable_metrics_collection = enable_metrics_collection
+
+    def disable_metrics_collection(self):
+        """DisableMetricsCollection (moto has none): the named metrics, or all, are no longer collected."""
+        group = self.autoscaling_backend.describe_auto_scaling_groups([self._get_param("AutoScalingGroupName")])[0]
+        named = self._get_param("Metrics") or []
+        group.metrics = [m for m in group.metrics if named and m not in named]
+        return EmptyResult()
+
+    AutoScalingResponse.disable_metrics_collection = disable_metrics_collection
 
 
 

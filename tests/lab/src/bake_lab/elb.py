@@ -63,10 +63,13 @@ class Proxy:
                 pass
 
             def _forward(self):
-                targets = proxy.balancers.healthy_targets(proxy.region, proxy.lb_arn, self.server.server_address[1])
+                region, lb = proxy.region, proxy.lb_arn
+                targets = proxy.balancers.healthy_targets(region, lb, self.server.server_address[1])
                 if not targets:
+                    # No target chosen: an ELB 503, not in RequestCount (as ELB counts it).
+                    proxy.balancers.traffic.elb_error(region, lb, 503)
                     return self._answer(503, "503 Service Temporarily Unavailable\n")
-                ip, port = targets[next(proxy.rr) % len(targets)]
+                ip, port, tg = targets[next(proxy.rr) % len(targets)]
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
@@ -76,14 +79,19 @@ class Proxy:
                     sock.bind((proxy.address, 0))  # from the balancer, as its security group names it
                     sock.settimeout(10)
                     sock.connect((ip, port))
+                    sent = time.monotonic()
                     upstream = http.client.HTTPConnection(ip, port, timeout=10)
                     upstream.sock = sock
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     answer = upstream.getresponse()
+                    # TargetResponseTime: from the request sent to the target until its answer's headers.
+                    elapsed = time.monotonic() - sent
                     data = answer.read()
                     upstream.close()
                 except OSError:
+                    proxy.balancers.traffic.request(region, lb, tg, None, None)
                     return self._answer(502, "502 Bad Gateway\n")
+                proxy.balancers.traffic.request(region, lb, tg, answer.status, elapsed)
                 self.send_response(answer.status, answer.reason)
                 for k, v in answer.getheaders():
                     if k.lower() not in ("connection", "keep-alive", "transfer-encoding", "content-length"):
@@ -106,6 +114,43 @@ class Proxy:
 
 
 
+class Traffic:
+    """What the listeners served since the last CloudWatch period: per (region, load balancer, target group or
+    None), the counts and target response times that AWS/ApplicationELB metrics are made of."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str, str | None], dict] = {}
+
+    def _entry(self, region: str, lb: str, tg: str | None) -> dict:
+        return self._counts.setdefault((region, lb, tg), {"requests": 0, "codes": {}, "elb": {}, "times": []})
+
+    def request(self, region: str, lb: str, tg: str, status: int | None, elapsed: float | None) -> None:
+        """A request sent to a target of tg: its status (None: the target failed, an ELB 502) and response time."""
+        with self._lock:
+            for key in (None, tg):
+                e = self._entry(region, lb, key)
+                e["requests"] += 1
+                if status is None:
+                    if key is None:
+                        e["elb"][502] = e["elb"].get(502, 0) + 1
+                    continue
+                e["codes"][status // 100] = e["codes"].get(status // 100, 0) + 1
+                e["times"].append(elapsed)
+
+    def elb_error(self, region: str, lb: str, status: int) -> None:
+        """An answer of the load balancer itself (no target chosen)."""
+        with self._lock:
+            e = self._entry(region, lb, None)
+            e["elb"][status] = e["elb"].get(status, 0) + 1
+
+    def drain(self) -> dict:
+        """The counts since the last drain, and start again."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+        return counts
+
+
 class Balancers:
     """The lab's load balancers: their addresses, listeners and the health of their targets."""
 
@@ -115,6 +160,7 @@ class Balancers:
         self.proxies: dict[tuple[str, int], Proxy] = {}  # (lb arn, port) -> proxy
         self.addresses: dict[str, str] = {}  # lb arn -> address
         self.probes: dict[tuple[str, str], dict] = {}  # (tg arn, target id) -> probe state
+        self.traffic = Traffic()  # what the listeners served, for CloudWatch (cloudwatch/metrics.py)
         self._filtered: tuple = ()  # the listeners and security groups the filter was last built from
         self._routes: dict[tuple[str, str, int], list] = {}  # (region, lb arn, port) -> last healthy targets
 
@@ -126,6 +172,7 @@ class Balancers:
             self._release(address)
         self.addresses.clear()
         self.probes.clear()
+        self.traffic.drain()
         self._filtered = ()
 
     # ---- load balancers ------------------------------------------------------------------------
@@ -198,18 +245,18 @@ class Balancers:
             balancers.append(secgroups.Balancer(addresses[arn], ports, groups))
         return balancers
 
-    def healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int]]:
-        """Addresses of the healthy targets the listener on `port` forwards to. A request does not wait for
-        the scaling loop (an ALB's nodes route on the target health they last heard of): while the loop
+    def healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int, str]]:
+        """Addresses (and target group) of the healthy targets the listener on `port` forwards to. A request
+        does not wait for the scaling loop (an ALB's nodes route on the target health they last heard of): while the loop
         holds the lock, the targets read last are used, less those deregistered or no longer running
         since (a deregistered target gets no new requests)."""
         key = (region, lb_arn, port)
         if not self._lock.acquire(timeout=ROUTE_WAIT):
-            return [(ip, p) for ip, p, tg, iid in self._routes.get(key, []) if self._routable(region, tg, iid)]
+            return [(ip, p, tg) for ip, p, tg, iid in self._routes.get(key, []) if self._routable(region, tg, iid)]
         try:
             found = self._healthy_targets(region, lb_arn, port)
             self._routes[key] = found
-            return [(ip, p) for ip, p, _tg, _iid in found]
+            return [(ip, p, tg) for ip, p, tg, _iid in found]
         finally:
             self._lock.release()
 

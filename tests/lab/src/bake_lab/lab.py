@@ -32,6 +32,9 @@ DEFAULT_LATENCY = {
     "nat_gateway_deleted": 2.0,       # DeleteNatGateway -> deleting -> deleted
     "vpc_endpoint_available": 2.0,    # CreateVpcEndpoint (Interface) -> pending -> available
     "vpc_endpoint_deleted": 1.0,      # DeleteVpcEndpoints (Interface) -> deleting -> deleted (then gone)
+    # Seconds one 60-s CloudWatch period lasts in the lab: metrics are published, alarms evaluated and scaling
+    # cooldowns and warm-ups run on AWS's values scaled by metric_period / 60 (2 s: a 3-period alarm fires in 6 s).
+    "metric_period": 2.0,
 }
 
 

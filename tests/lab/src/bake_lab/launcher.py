@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from .host import image, net, rootfs
+from .host import container, image, net, rootfs
 
 log = logging.getLogger("lab")
 MAX_LABS = 250  # lab indexes 1..250 map to 100.64.<k>.0/24 and 100.127.<k>.0/30
@@ -55,6 +55,7 @@ def remove_lab_leftovers(index: int, state_dir: Path | None) -> None:
         time.sleep(0.5)
         rootfs.unmount_all_under(state_dir)
         shutil.rmtree(state_dir, ignore_errors=True)
+    container.remove_cgroups(f"bakelab{index}-")
 
 
 def cleanup_stale() -> int:

@@ -1,9 +1,11 @@
 """Every change the lab makes to moto, installed in one order: each service's behaviour (ec2, ssm), the request
-rules AWS enforces (limits), eventual consistency, then Auto Scaling, load balancing and instance refresh.
+rules AWS enforces (limits), eventual consistency, then Auto Scaling, load balancing, instance refresh, CloudWatch
+alarms and target tracking.
 
 A later patch of the same method wraps an earlier one, so the order is part of the behaviour: the rules refuse
 a request before anything acts, and the consistency windows apply before (and on top of) the lab's own patches."""
-from . import asg, consistency, elb, refresh
+from . import asg, consistency, elb, refresh, tracking
+from .cloudwatch import alarms
 from .ec2 import consistency as ec2_consistency
 from .ec2 import limits as ec2_limits
 from .ec2 import patches as ec2_patches
@@ -30,3 +32,5 @@ def install(lab) -> None:
     asg.install(lab.scaling.groups)
     elb.install(lab.scaling.balancers)
     refresh.install(lab.scaling.refreshes)
+    alarms.install(lab.scaling.cloudwatch.alarms)
+    tracking.install(lab.scaling.tracking)

@@ -1,13 +1,16 @@
 """Auto Scaling and load balancing's one background loop: every TICK it follows the load balancers (elb.py),
-registers group instances (asg.py), retries refused launches, probes targets and advances instance refreshes
-(refresh.py), all under one lock."""
+registers group instances (asg.py), retries refused launches, probes targets, replaces instances found unhealthy,
+advances instance refreshes (refresh.py), and at each CloudWatch period publishes the metrics, evaluates the alarms
+(cloudwatch/) and lets target tracking policies act on them (tracking.py), all under one lock."""
 import logging
 import threading
 import time
 
 from .asg import Groups
+from .cloudwatch import CloudWatch
 from .elb import Balancers
 from .refresh import Refreshes
+from .tracking import Tracking
 
 log = logging.getLogger("lab")
 
@@ -23,6 +26,8 @@ class Scaling:
         self.balancers = Balancers(lab, self._lock)
         self.groups = Groups(lab, self._lock, self.balancers)
         self.refreshes = Refreshes(lab, self._lock, self.groups)
+        self.cloudwatch = CloudWatch(lab, self.groups, self.balancers)
+        self.tracking = Tracking(lab, self.groups)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scaling", daemon=True)
 
@@ -38,6 +43,7 @@ class Scaling:
             self.balancers.clear()
             self.refreshes.clear()
             self.groups.clear()
+            self.cloudwatch.clear()
 
     def _loop(self) -> None:
         last_probe = 0.0
@@ -51,7 +57,9 @@ class Scaling:
                     if time.time() - last_probe >= interval:
                         last_probe = time.time()
                         self.balancers.probe_all()
+                        self.groups.replace_unhealthy()
                     self.refreshes.advance_all()
+                    self.tracking.act(self.cloudwatch.tick())
             except Exception as e:  # noqa: BLE001 - reported, the loop goes on
                 log.exception("scaling loop")
                 self.lab.event("error", what="scaling", error=str(e))

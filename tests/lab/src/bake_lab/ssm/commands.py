@@ -195,9 +195,9 @@ def _run_script(inst, command, invocation: dict, params: dict, timeout: float) -
     if pid is None:
         return 1, "", "instance is not running\n"
     # nsenter resolves -w on the host, so the shell enters the directory itself, then becomes `sh -c <script>`.
-    proc = subprocess.Popen(["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--",
-                             *SHELL_ENV, "sh", "-c", 'cd "$1" && exec sh -c "$2"', "sh", cwd,
-                             f"{directory}/_script.sh"],
+    proc = subprocess.Popen(inst.container.charged([
+        "nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--", *SHELL_ENV, "sh", "-c",
+        'cd "$1" && exec sh -c "$2"', "sh", cwd, f"{directory}/_script.sh"]),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.monotonic() + timeout
