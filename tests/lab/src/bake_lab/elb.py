@@ -247,9 +247,9 @@ class Balancers:
 
     def healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int, str]]:
         """Addresses (and target group) of the healthy targets the listener on `port` forwards to. A request
-        does not wait for the scaling loop (an ALB's nodes route on the target health they last heard of): while the loop
-        holds the lock, the targets read last are used, less those deregistered or no longer running
-        since (a deregistered target gets no new requests)."""
+        does not wait for the scaling loop (an ALB's nodes route on the target health they last heard of):
+        while the loop holds the lock, the targets read last are used, less those deregistered or no longer
+        running since (a deregistered target gets no new requests)."""
         key = (region, lb_arn, port)
         if not self._lock.acquire(timeout=ROUTE_WAIT):
             return [(ip, p, tg) for ip, p, tg, iid in self._routes.get(key, []) if self._routable(region, tg, iid)]
