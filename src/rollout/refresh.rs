@@ -482,6 +482,10 @@ pub async fn watch(
     let started = Instant::now();
     let version = stack.version.to_string();
     let first_seen = std::sync::Mutex::new(HashMap::<String, Instant>::new());
+    // The version as a whole: when its first instance was seen, and the last instance of it seen
+    // unhealthy. An unhealthy instance the group replaces at once (its health check grace period
+    // over) is never seen unhealthy for a whole warmup, but its version is.
+    let version_seen = std::sync::Mutex::new(None::<(Instant, Option<(String, String)>)>);
     let step = match refresh_id {
         Some(id) => format!("instance refresh {id} to version {version}"),
         None => format!("first instances of {} (version {version})", plan.names.asg),
@@ -531,17 +535,43 @@ pub async fn watch(
                     Some((
                         TargetHealthStateEnum::Unhealthy | TargetHealthStateEnum::Unused,
                         reason,
-                    )) if since.elapsed() > warmup => {
-                        return Check::Failed(Error::Unhealthy {
-                            instance_id: id.clone(),
-                            version: stack.version,
-                            target_group: plan.names.target_group.clone(),
-                            warmup,
-                            reason: reason.clone(),
-                        });
+                    )) => {
+                        if since.elapsed() > warmup {
+                            return Check::Failed(Error::Unhealthy {
+                                instance_id: id.clone(),
+                                version: stack.version,
+                                target_group: plan.names.target_group.clone(),
+                                warmup,
+                                reason: reason.clone(),
+                            });
+                        }
+                        let mut v = version_seen.lock().expect("not poisoned");
+                        let entry = v.get_or_insert((Instant::now(), None));
+                        entry.1 = Some((id.clone(), reason.clone()));
                     }
                     _ => {}
                 }
+            }
+            if !new.is_empty() {
+                version_seen
+                    .lock()
+                    .expect("not poisoned")
+                    .get_or_insert((Instant::now(), None));
+            }
+            // No instance of the version healthy a warmup after its first one, and one of them
+            // seen unhealthy: the version does not serve.
+            if healthy == 0
+                && let Some((since, Some((instance_id, reason)))) =
+                    version_seen.lock().expect("not poisoned").clone()
+                && since.elapsed() > warmup
+            {
+                return Check::Failed(Error::Unhealthy {
+                    instance_id,
+                    version: stack.version,
+                    target_group: plan.names.target_group.clone(),
+                    warmup,
+                    reason,
+                });
             }
             let desired = rollout.capacity.get_ref().desired as usize;
             let counts = format!(
