@@ -34,6 +34,11 @@ RUN_TIMEOUT = 600  # one bake or Packer build; each takes well under two minutes
 PROBE_INTERVAL = 0.1  # the bench's own page probe: fine enough to time "page healthy"
 PROBE_LIMIT = 180  # the probe gives up after this long (bounded loop)
 HEALTH_VERIFY_ACTIONS = ("DescribeInstanceInformation", "SendCommand", "GetCommandInvocation")
+# The rollout rows: each of these [rollout.*] is created with bench1's AMI (untimed), then rolled to
+# bench2's (timed, under bake's traffic probe). roll1: a group of 1; roll4: of 4, launch before
+# terminate (max_healthy 200, the default where max allows); roll4t: of 4 with max_healthy = 100.
+ROLLOUTS = ("roll1", "roll4", "roll4t")
+ROLLOUT_GOAL = 1.2  # wall(group of 4, max_healthy 200) / wall(group of 1)
 
 
 class Lab(LabProcess):
@@ -143,11 +148,33 @@ def ensure_packer():
                    env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
 
 
+def rollouts(lab, bake):
+    """The rollout rows: wall time of a rollout of a new AMI to groups of 1 and 4, and what the
+    traffic probe saw. Baked here (bench1 and bench2) unless baked already."""
+    amis = {}
+    for image in ("bench1", "bench2"):
+        out = subprocess.run(bake + ["ami", image], env=env(lab), capture_output=True, text=True,
+                             timeout=RUN_TIMEOUT)
+        if out.returncode != 0:
+            raise SystemExit(f"bake ami {image} failed:\n{out.stderr[-3000:]}")
+        amis[image] = out.stdout.strip()
+    rows = {}
+    for name in ROLLOUTS:
+        timed_run(lab, bake + ["rollout", name, "--ami", amis["bench1"]])
+        run = timed_run(lab, bake + ["-o", "json", "rollout", name, "--ami", amis["bench2"]])
+        result = json.loads(run["stdout"])
+        rows[name] = {"wall": run["wall"], "probe": result.get("probe"),
+                      "calls": sum(counts(run).values())}
+    return rows
+
+
 def summary(walls):
     return {"median": statistics.median(walls), "min": min(walls), "max": max(walls)}
 
 
 def main():
+    if os.environ.get("BENCH_ONLY") == "rollout":
+        return main_rollout()
     ensure_packer()
     lab = Lab()
     try:
@@ -165,6 +192,7 @@ def main():
                         for _ in range(PRIVATE_RUNS)]
         packer_runs = [timed_run(lab, ["packer", "build", "-machine-readable", str(work / "packer.json")])
                        for _ in range(PACKER_RUNS)]
+        rollout_rows = rollouts(lab, bake)
         shutil.rmtree(work)
     finally:
         lab.stop()
@@ -187,6 +215,7 @@ def main():
             max(b - h for b, h in zip(bake_calls, hv_calls, strict=True)) <= min(packer_calls),
         "wall(4) / wall(1) <= 1.3": ratio <= 1.3,
     }
+    checks.update(rollout_checks(rollout_rows))
     results = {
         "latency": LATENCY,
         "bake": {"runs": BAKE_RUNS, "wall": bake_wall, "calls": bake_calls,
@@ -205,11 +234,57 @@ def main():
                                              text=True).stdout.split()[1],
                    "runs": PACKER_RUNS, "wall": packer_wall, "calls": packer_calls,
                    "calls_by_action": counts(packer_runs[0])},
+        "rollout": rollout_rows,
         "checks": checks,
     }
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     return 0 if all(checks.values()) else 1
+
+
+def rollout_checks(rows):
+    four, one, terminate_first = (rows[n]["wall"] for n in ("roll4", "roll1", "roll4t"))
+    return {
+        f"rollout wall(4, max_healthy 200) / wall(1) <= {ROLLOUT_GOAL}": four / one <= ROLLOUT_GOAL,
+        "rollout of 4, max_healthy 200: 0 failed probe requests":
+            (rows["roll4"]["probe"] or {}).get("failed") == 0,
+        "rollout of 4: max_healthy 200 no slower than 100": four <= terminate_first,
+    }
+
+
+def main_rollout():
+    """`BENCH_ONLY=rollout`: the rollout rows alone, merged into bench/results.json."""
+    lab = Lab()
+    try:
+        lab.call("latency", LATENCY)
+        rows = rollouts(lab, [str(BAKE), "-c", str(CONFIG)])
+    finally:
+        lab.stop()
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"checks": {}}
+    results["rollout"] = rows
+    results["checks"] = {k: v for k, v in results.get("checks", {}).items() if not k.startswith("rollout")}
+    results["checks"].update(rollout_checks(rows))
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(rollout_table(rows))
+    print("\n".join(f"{'ok  ' if ok else 'FAIL'} {name}" for name, ok in results["checks"].items()
+                    if name.startswith("rollout")))
+    return 0 if all(results["checks"].values()) else 1
+
+
+def rollout_table(rows):
+    def probe(row):
+        p = row["probe"] or {}
+        if not p:
+            return "–"
+        return (f"{p['requests']} requests, {p['failed']} failed, p95 {p.get('p95_ms') or 0:.0f} ms, "
+                f"max {p.get('max_ms') or 0:.0f} ms")
+    one = rows["roll1"]["wall"]
+    lines = ["| rollout of a new AMI | wall | against a group of 1 | traffic probe |", "|---|---|---|---|"]
+    for name, what in (("roll1", "group of 1"), ("roll4", "group of 4, max_healthy 200 (default)"),
+                       ("roll4t", "group of 4, max_healthy 100")):
+        row = rows[name]
+        lines.append(f"| {what} | {row['wall']:.1f} s | {row['wall'] / one:.2f} | {probe(row)} |")
+    return "\n".join(lines)
 
 
 def table(r):
@@ -237,7 +312,8 @@ def table(r):
         "private bake calls: " + ", ".join(f"{a} {n}" for a, n in v["calls_by_action"].items()),
         "Packer calls: " + ", ".join(f"{a} {n}" for a, n in p["calls_by_action"].items()),
         "",
-    ] + [f"{'ok  ' if ok else 'FAIL'} {name}" for name, ok in r["checks"].items()]
+    ] + ([rollout_table(r["rollout"]), ""] if "rollout" in r else []) + [
+        f"{'ok  ' if ok else 'FAIL'} {name}" for name, ok in r["checks"].items()]
     return "\n".join(rows)
 
 

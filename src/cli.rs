@@ -46,6 +46,7 @@ pub enum Command {
     Validate(commands::validate::Args),
     Ami(commands::ami::Args),
     Rollout(commands::rollout::Args),
+    Rollback(commands::rollback::Args),
     Prune(commands::prune::Args),
     Pipeline(commands::pipeline::Args),
     Gc(commands::gc::Args),

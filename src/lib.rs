@@ -55,6 +55,12 @@ pub enum Error {
     Ami(Vec<ami::Error>),
     #[error(transparent)]
     Rollout(Box<rollout::Error>),
+    /// `bake rollback`'s failure.
+    #[error("rollback {rollout}: {error}")]
+    Rollback {
+        rollout: String,
+        error: Box<rollout::rollback::Error>,
+    },
     #[error(transparent)]
     Prune(#[from] prune::Error),
     /// Steps of `bake pipeline` that failed (each also reported as an event).
@@ -96,6 +102,7 @@ impl Error {
             Error::Config(_) | Error::Render(_) | Error::Invalid(_) | Error::Aws(_) => 2,
             Error::Ami(errors) => errors.iter().map(ami::Error::exit_code).max().unwrap_or(1),
             Error::Rollout(e) => e.exit_code(),
+            Error::Rollback { error, .. } => error.exit_code(),
             Error::Interrupted(code) => *code,
             Error::Cleanup(_)
             | Error::Prune(_)
@@ -114,6 +121,7 @@ impl Error {
             Error::Aws(_) => "aws-setup",
             Error::Ami(_) => "ami",
             Error::Rollout(_) => "rollout",
+            Error::Rollback { .. } => "rollback",
             Error::Prune(_) => "prune",
             Error::Pipeline(_) => "pipeline",
             Error::Lock(_) => "lock",
@@ -276,6 +284,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Validate(args) => finish(&ctx, args.run(&ctx)),
         Command::Ami(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
         Command::Rollout(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
+        Command::Rollback(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
         Command::Prune(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
         Command::Pipeline(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
         Command::Gc(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),

@@ -62,6 +62,15 @@ pub const REFRESH_WARMUP: RangeInclusive<Duration> = secs(0)..=secs(3600);
 /// How long a whole instance refresh may take before bake rolls it back: 1 minute to 48 h (Auto
 /// Scaling's own longest refresh wait, `CheckpointDelay` and `BakeTime`, is 172,800 s).
 pub const REFRESH_TIMEOUT: RangeInclusive<Duration> = secs(60)..=secs(172_800);
+/// An instance refresh's `CheckpointDelay` and `BakeTime`: 0 to 172,800 s (RefreshPreferences).
+pub const REFRESH_PAUSE: RangeInclusive<Duration> = secs(0)..=secs(172_800);
+/// An instance refresh's `MaxHealthyPercentage`: 100 to 200 (RefreshPreferences).
+pub const MAX_HEALTHY: RangeInclusive<u16> = 100..=200;
+/// The traffic probe's requests a second: one at least, and few enough that the probe stays a
+/// probe, not a load test.
+pub const PROBE_RATE: RangeInclusive<u32> = 1..=100;
+/// The traffic probe's timeout per request: 1 s to the load balancer's default idle timeout, 60 s.
+pub const PROBE_TIMEOUT: RangeInclusive<Duration> = secs(1)..=secs(60);
 /// A year as bake's durations count it (`"1y"`): 365.25 days, as the duration parser (humantime)
 /// counts it, so that `"10y"` is exactly [`DEPRECATE_AFTER`]'s end.
 pub const YEAR: Duration = secs(31_557_600);

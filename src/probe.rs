@@ -15,8 +15,13 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The probe's client: no redirects followed (the health check expects its own status).
 pub fn client() -> reqwest::Client {
+    client_with(TIMEOUT)
+}
+
+/// The probe's client with another timeout per request (the traffic probe's).
+pub fn client_with(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(TIMEOUT)
+        .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("an HTTP client without TLS options builds")

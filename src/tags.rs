@@ -30,6 +30,9 @@ pub const ENDPOINT: &str = "bake:endpoint";
 /// On an endpoint bake created, one tag per run using it (`bake:endpoint-user:RUN-ID`, the value
 /// when it joined, RFC 3339): the endpoint goes when the last one is removed.
 pub const ENDPOINT_USER_PREFIX: &str = "bake:endpoint-user:";
+/// On an Auto Scaling group bake rolls out to: the launch template versions it served after a
+/// successful rollout or rollback, oldest first, comma-separated (`src/rollout/rollback.rs`).
+pub const SERVED: &str = "bake:served";
 /// On an AMI: its test stage's verdict (`pending`, `passed`, `failed`; `src/ami/test.rs`). An AMI
 /// without it was baked with the test off (or before bake had one).
 pub const TEST: &str = "bake:test";

@@ -101,6 +101,11 @@ fn subnet(id: &str, zone: &str) -> Subnet {
 
 /// A rollout's plan and stack as preflight and the stack step would leave them.
 fn rollout_parts() -> (bake::config::Config, preflight::Plan, Stack) {
+    rollout_parts_with(r#"refresh = { min_healthy = 50, warmup = "60s", timeout = "30m" }"#)
+}
+
+/// [`rollout_parts`] with another `refresh = ...` line.
+fn rollout_parts_with(refresh: &str) -> (bake::config::Config, preflight::Plan, Stack) {
     let text = r#"
 [image.web]
 base = { id = "ami-base" }
@@ -120,10 +125,9 @@ asg = "Web-ASG"
 alb = "Web-ALB"
 target_group = "Web-TG"
 capacity = { min = 2, desired = 2, max = 4 }
-refresh = { min_healthy = 50, warmup = "60s", timeout = "30m" }
 "#;
-    let config =
-        bake::config::Config::parse(std::path::Path::new("bake.toml"), text.to_owned()).unwrap();
+    let text = format!("{text}{refresh}\n");
+    let config = bake::config::Config::parse(std::path::Path::new("bake.toml"), text).unwrap();
     let plan = preflight::Plan {
         rollout: "web".into(),
         image: "web".into(),
@@ -493,7 +497,7 @@ async fn auto_rollback_is_asked_for_only_where_aws_allows_it() {
                     .instance_refresh_id("refresh-1")
                     .build()
             });
-        let clients = clients_of(&[], &[&start], &[]);
+        let clients = refresh_clients(&start, 4, 5, &["Web-ASG-TG-5xx"]);
         let (config, plan, mut stack) = rollout_parts();
         stack.auto_rollback = allowed;
         let id = refresh::start(&clients, &plan, &stack, &config.rollout["web"])
@@ -502,6 +506,80 @@ async fn auto_rollback_is_asked_for_only_where_aws_allows_it() {
         assert_eq!(id, "refresh-1");
         assert_eq!(start.num_calls(), 1);
     }
+}
+
+/// Clients for a refresh's start: the group as AWS describes it now (`desired`, `max`), the
+/// stack's alarms that exist, and `start`.
+fn refresh_clients(
+    start: &Rule,
+    desired: i32,
+    max: i32,
+    alarms: &'static [&'static str],
+) -> Clients {
+    let group =
+        mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups).then_output(move || {
+            DescribeAutoScalingGroupsOutput::builder()
+                .auto_scaling_groups(
+                    AutoScalingGroup::builder()
+                        .auto_scaling_group_name("Web-ASG")
+                        .desired_capacity(desired)
+                        .max_size(max)
+                        .build(),
+                )
+                .build()
+        });
+    let described = mock!(aws_sdk_cloudwatch::Client::describe_alarms).then_output(move || {
+        aws_sdk_cloudwatch::operation::describe_alarms::DescribeAlarmsOutput::builder()
+            .set_metric_alarms(Some(
+                alarms
+                    .iter()
+                    .map(|a| {
+                        aws_sdk_cloudwatch::types::MetricAlarm::builder()
+                            .alarm_name(*a)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build()
+    });
+    let mut clients = clients_of(&[], &[start, &group], &[]);
+    clients.cloudwatch = mocked!(aws_sdk_cloudwatch, &[&described]);
+    clients
+}
+
+#[tokio::test]
+async fn a_refresh_asks_for_the_healthy_range_the_group_allows_its_checkpoints_and_its_alarms() {
+    // The config says min_healthy 50 and capacity 2 of at most 4 (which would allow 150), but the
+    // group runs 4 of at most 5 now: room for 125%.
+    let start = mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
+        .match_requests(|r| {
+            let Some(p) = r.preferences() else {
+                return false;
+            };
+            p.min_healthy_percentage() == Some(50)
+                && p.max_healthy_percentage() == Some(125)
+                && p.skip_matching() == Some(true)
+                && p.checkpoint_percentages() == [25, 100]
+                && p.checkpoint_delay() == Some(120)
+                && p.bake_time() == Some(300)
+                // Only the alarm that exists: StartInstanceRefresh refuses one that does not.
+                && p.alarm_specification().map(|a| a.alarms().to_vec())
+                    == Some(vec!["Web-ASG-TG-5xx".to_owned()])
+        })
+        .then_output(|| {
+            StartInstanceRefreshOutput::builder()
+                .instance_refresh_id("refresh-1")
+                .build()
+        });
+    let clients = refresh_clients(&start, 4, 5, &["Web-ASG-TG-5xx"]);
+    let (config, plan, stack) = rollout_parts_with(
+        r#"refresh = { min_healthy = 50, checkpoints = [25, 100], checkpoint_delay = "2m", bake_time = "5m", timeout = "30m" }"#,
+    );
+    let id = refresh::start(&clients, &plan, &stack, &config.rollout["web"])
+        .await
+        .unwrap();
+    assert_eq!(id, "refresh-1");
+    assert_eq!(start.num_calls(), 1);
 }
 
 /// AWS's words for a launch in a zone without capacity, as a failed scaling activity.

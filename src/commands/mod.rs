@@ -7,6 +7,7 @@ pub mod gc;
 pub mod pipeline;
 pub mod prune;
 pub mod render;
+pub mod rollback;
 pub mod rollout;
 pub mod validate;
 

@@ -55,7 +55,11 @@ impl Outcome for RolloutResult {}
 impl std::fmt::Display for RolledOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{}", self.url)?;
-        writeln!(f, "{}: {}", self.asg, self.scaling)
+        writeln!(f, "{}: {}", self.asg, self.scaling)?;
+        if let Some(probe) = &self.probe {
+            writeln!(f, "{probe}")?;
+        }
+        Ok(())
     }
 }
 

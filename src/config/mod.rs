@@ -26,7 +26,7 @@ pub use place::{Error, Location, Source};
 pub use secrets::{SECRET_WORDS, secret_word};
 pub use types::{
     Access, Alarms, BaseImage, Builder, Capacity, Config, CpuAlarm, Egress, Endpoints, Health,
-    HumanDuration, Image, Os, Refresh, ResourceRef, Rollout, Test, Verify, Volume,
+    HumanDuration, Image, Os, Refresh, ResourceRef, Rollout, Test, TrafficProbe, Verify, Volume,
 };
 
 impl Config {

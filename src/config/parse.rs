@@ -11,7 +11,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::place::{Error, Source};
-use super::types::{Alarms, Builder, Config, Health, Image, Refresh, Rollout};
+use super::types::{Alarms, Builder, Config, Health, Image, Refresh, Rollout, TrafficProbe};
 use super::types::{DEFAULT_AMI_NAME, default_instance_type};
 
 /// The known top-level keys.
@@ -49,6 +49,7 @@ const ROLLOUT_KEYS: &[&str] = &[
     "alarms",
     "cpu_alarm",
     "refresh",
+    "probe",
     "tags",
 ];
 
@@ -451,6 +452,9 @@ impl<'a> Doc<'a> {
         let refresh = self
             .optional(t, &path, "refresh", &mut ok)
             .unwrap_or_else(|| Spanned::new(here.clone(), Refresh::default()));
+        let probe = self
+            .optional(t, &path, "probe", &mut ok)
+            .unwrap_or_else(|| Spanned::new(here.clone(), TrafficProbe::default()));
         let tags = self.optional(t, &path, "tags", &mut ok).unwrap_or_default();
         let rollout = Rollout {
             image: image?,
@@ -472,6 +476,7 @@ impl<'a> Doc<'a> {
             alarms,
             cpu_alarm,
             refresh,
+            probe,
             tags,
         };
         ok.then_some(rollout)

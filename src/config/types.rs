@@ -332,6 +332,8 @@ pub struct Rollout {
     /// The group's high-CPU alarm (seed 002); none when not given.
     pub cpu_alarm: Option<Spanned<CpuAlarm>>,
     pub refresh: Spanned<Refresh>,
+    /// The traffic probe through the load balancer during every refresh.
+    pub probe: Spanned<TrafficProbe>,
     /// Tags for the instances (e.g. `Name = "ASG-Web-Instance"`).
     pub tags: BTreeMap<String, String>,
 }
@@ -384,28 +386,110 @@ fn default_cpu_periods() -> u32 {
     2
 }
 
-/// Instance refresh preferences.
+/// Instance refresh preferences (StartInstanceRefresh's `Preferences`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Refresh {
-    /// Percent of capacity that must stay healthy during the refresh.
-    pub min_healthy: u8,
+    /// Percent of desired capacity that must stay healthy during the refresh; by default 90, or
+    /// `max_healthy - 100` when that is more (AWS allows at most 100 between the two).
+    pub min_healthy: Option<u8>,
+    /// Percent of desired capacity that may be in service or pending while instances are
+    /// replaced, 100 to 200: above 100 new instances launch before old ones terminate. By
+    /// default 200 where the group's maximum size allows it, else the most it allows
+    /// ([`Refresh::healthy_range`]).
+    pub max_healthy: Option<u16>,
     /// Time a new instance gets before it counts as healthy; also how long a new instance may
     /// be unhealthy in the target group before the rollout is rolled back.
     pub warmup: HumanDuration,
+    /// Percentages of the group replaced at which the refresh pauses for `checkpoint_delay`
+    /// (ascending, the last 100): `[25, 100]` is a canary of a quarter of the group.
+    pub checkpoints: Vec<u8>,
+    /// How long the refresh waits at each checkpoint; AWS's default is one hour.
+    pub checkpoint_delay: Option<HumanDuration>,
+    /// How long the refresh holds the final state, alarms watched, before it is successful.
+    pub bake_time: Option<HumanDuration>,
     /// The whole refresh must finish within this, or it is rolled back.
     pub timeout: HumanDuration,
+}
+
+/// AWS's CheckpointDelay when CheckpointPercentages is given without one.
+pub const AWS_CHECKPOINT_DELAY: Duration = Duration::from_secs(3600);
+
+impl Refresh {
+    /// The (min, max) healthy percentages a refresh of a group with `desired` instances and at
+    /// most `max` asks for. Unless given, max healthy is the most up to 200 that keeps
+    /// `desired * max_healthy / 100` within the group's maximum size (100 at least), and min
+    /// healthy is 90 or `max_healthy - 100`, whichever is more.
+    pub fn healthy_range(&self, desired: u32, max: u32) -> (u8, u16) {
+        let allowed = if desired == 0 {
+            200
+        } else {
+            (u64::from(max) * 100 / u64::from(desired)).clamp(100, 200) as u16
+        };
+        let max_healthy = self.max_healthy.unwrap_or_else(|| {
+            let beside_min = self.min_healthy.map_or(200, |m| u16::from(m) + 100);
+            allowed.min(beside_min)
+        });
+        let min_healthy = self
+            .min_healthy
+            .unwrap_or_else(|| max_healthy.saturating_sub(100).max(90) as u8);
+        (min_healthy, max_healthy)
+    }
+
+    /// The time the refresh spends paused on purpose: each checkpoint but the last (100%, the
+    /// end) waits `checkpoint_delay`, then the bake time.
+    pub fn planned_pauses(&self) -> Duration {
+        let delay = self.checkpoint_delay.map_or(AWS_CHECKPOINT_DELAY, |d| d.0);
+        let waits = self.checkpoints.len().saturating_sub(1) as u32;
+        delay.saturating_mul(waits) + self.bake_time.map_or(Duration::ZERO, |d| d.0)
+    }
 }
 
 impl Default for Refresh {
     fn default() -> Self {
         Refresh {
-            min_healthy: 90,
+            min_healthy: None,
+            max_healthy: None,
             // AWS's default instance warmup for instance refresh is 300 s.
             warmup: HumanDuration(Duration::from_secs(300)),
+            checkpoints: Vec::new(),
+            checkpoint_delay: None,
+            bake_time: None,
             // Two batches of new instances with a 5-minute warmup each take about 15 minutes on
             // AWS; twice that means something is stuck.
             timeout: HumanDuration(Duration::from_secs(30 * 60)),
+        }
+    }
+}
+
+/// The traffic probe during a rollout: `rate` requests a second through the load balancer to
+/// `path`, each expected to answer the health check's status (`expect_status`; the body is not
+/// checked, as old and new versions both serve); more than `max_errors` failed requests roll the
+/// rollout back.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrafficProbe {
+    /// Requests a second.
+    pub rate: u32,
+    /// The page to request; by default the image's health path.
+    pub path: Option<String>,
+    /// Failed requests tolerated; one more rolls back.
+    pub max_errors: u32,
+    /// A request not answered within this fails; a slower answer counts in the latency only.
+    pub timeout: HumanDuration,
+}
+
+impl Default for TrafficProbe {
+    fn default() -> Self {
+        TrafficProbe {
+            // Five a second sees a replaced instance's first bad answers within a second or two
+            // while adding no load worth measuring.
+            rate: 5,
+            path: None,
+            max_errors: 0,
+            // A visitor gives up after seconds, not at the load balancer's 60 s idle timeout;
+            // 10 s leaves a slow answer to the latency figures and calls no answer a failure.
+            timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }

@@ -329,6 +329,141 @@ impl Doc<'_> {
     }
 
     /// A resource chosen by id or by tags (`{ id = "subnet-…" }` or `{ tag = { Name = "…" } }`).
+    /// `[rollout.NAME.refresh]` and `probe`: StartInstanceRefresh's rules for its preferences
+    /// (RefreshPreferences: MinHealthyPercentage 0-100, MaxHealthyPercentage 100-200 and at most
+    /// 100 above the minimum, CheckpointPercentages ascending and ending at 100, CheckpointDelay
+    /// only with them, CheckpointDelay and BakeTime 0-172,800 s), and bake's: the group's maximum
+    /// size holds `max_healthy` percent of desired, and the timeout outlasts the planned pauses.
+    fn validate_refresh(&self, name: &str, rollout: &Rollout) {
+        let path = |f: &[&str]| -> Vec<String> {
+            let mut p = vec!["rollout".to_owned(), name.to_owned()];
+            p.extend(f.iter().map(|s| (*s).to_owned()));
+            p
+        };
+        let fail = |f: &[&str], message: String| self.fail(&at_refs(&path(f)), message);
+        let refresh = rollout.refresh.get_ref();
+        if let Some(min) = refresh.min_healthy
+            && min > 100
+        {
+            fail(
+                &["refresh", "min_healthy"],
+                format!("a percentage, 0 to 100; found {min}"),
+            );
+        }
+        if let Some(max) = refresh.max_healthy {
+            if !limits::MAX_HEALTHY.contains(&max) {
+                fail(
+                    &["refresh", "max_healthy"],
+                    format!("a percentage, 100 to 200; found {max}"),
+                );
+            } else if let Some(min) = refresh.min_healthy
+                && max > u16::from(min) + 100
+            {
+                fail(
+                    &["refresh", "max_healthy"],
+                    format!(
+                        "at most 100 above min_healthy (AWS's rule); found max_healthy {max} \
+                         with min_healthy {min}"
+                    ),
+                );
+            } else {
+                let c = rollout.capacity.get_ref();
+                let most = u64::from(c.desired) * u64::from(max) / 100;
+                if most > u64::from(c.max) {
+                    fail(
+                        &["refresh", "max_healthy"],
+                        format!(
+                            "{max}% of the desired {} is {most} instances, more than \
+                             capacity.max {}; raise capacity.max or lower max_healthy",
+                            c.desired, c.max
+                        ),
+                    );
+                }
+            }
+        }
+        let checkpoints = &refresh.checkpoints;
+        if let Some(bad) = checkpoints.iter().find(|p| !(1..=100).contains(*p)) {
+            fail(
+                &["refresh", "checkpoints"],
+                format!("each checkpoint is a percentage, 1 to 100; found {bad}"),
+            );
+        } else if checkpoints.windows(2).any(|w| w[0] >= w[1]) {
+            fail(
+                &["refresh", "checkpoints"],
+                format!("checkpoints must be ascending, each once; found {checkpoints:?}"),
+            );
+        } else if checkpoints.last().is_some_and(|last| *last != 100) {
+            fail(
+                &["refresh", "checkpoints"],
+                format!(
+                    "the last checkpoint must be 100, so that the refresh replaces every \
+                     instance; found {checkpoints:?}"
+                ),
+            );
+        }
+        if let Some(delay) = refresh.checkpoint_delay {
+            if checkpoints.is_empty() {
+                fail(
+                    &["refresh", "checkpoint_delay"],
+                    "only goes with checkpoints, e.g. checkpoints = [25, 100]".to_owned(),
+                );
+            }
+            self.duration(
+                &at_refs(&path(&["refresh", "checkpoint_delay"])),
+                delay.0,
+                &limits::REFRESH_PAUSE,
+            );
+        }
+        if let Some(bake_time) = refresh.bake_time {
+            self.duration(
+                &at_refs(&path(&["refresh", "bake_time"])),
+                bake_time.0,
+                &limits::REFRESH_PAUSE,
+            );
+        }
+        let pauses = refresh.planned_pauses();
+        let in_range = |d: Option<crate::config::HumanDuration>| {
+            d.is_none_or(|d| limits::duration(d.0, &limits::REFRESH_PAUSE).is_ok())
+        };
+        if limits::duration(refresh.timeout.0, &limits::REFRESH_TIMEOUT).is_ok()
+            && in_range(refresh.checkpoint_delay)
+            && in_range(refresh.bake_time)
+            && pauses >= refresh.timeout.0
+        {
+            fail(
+                &["refresh", "timeout"],
+                format!(
+                    "the checkpoints' delays and the bake time alone take {}, as long as the \
+                     timeout {}; raise the timeout",
+                    limits::human(pauses),
+                    limits::human(refresh.timeout.0)
+                ),
+            );
+        }
+        let probe = rollout.probe.get_ref();
+        if !limits::PROBE_RATE.contains(&probe.rate) {
+            fail(
+                &["probe", "rate"],
+                format!(
+                    "requests a second, {} to {}; found {}",
+                    limits::PROBE_RATE.start(),
+                    limits::PROBE_RATE.end(),
+                    probe.rate
+                ),
+            );
+        }
+        if let Some(page) = &probe.path
+            && let Err(rule) = limits::url_path(page)
+        {
+            fail(&["probe", "path"], rule);
+        }
+        self.duration(
+            &at_refs(&path(&["probe", "timeout"])),
+            probe.timeout.0,
+            &limits::PROBE_TIMEOUT,
+        );
+    }
+
     fn selector(&self, path: &[String], r: &ResourceRef, kind: &str) {
         let refs: Vec<&str> = path.iter().map(String::as_str).collect();
         match (&r.id, r.tag.is_empty()) {
@@ -434,6 +569,7 @@ impl Doc<'_> {
                 format!("expected a percentage in (0, 100], found {}", cpu.get_ref()),
             );
         }
+        self.validate_refresh(name, rollout);
         let alarms = rollout.alarms.get_ref();
         if alarms.errors == 0 {
             fail(
@@ -464,12 +600,6 @@ impl Doc<'_> {
             }
         }
         let refresh = rollout.refresh.get_ref();
-        if refresh.min_healthy > 100 {
-            fail(
-                &["refresh", "min_healthy"],
-                format!("a percentage, 0 to 100; found {}", refresh.min_healthy),
-            );
-        }
         self.duration(
             &at_refs(&at(&["refresh", "warmup"])),
             refresh.warmup.0,
@@ -1008,5 +1138,141 @@ mod tests {
             "{MINIMAL}[image.web.health]\npath = \"/healthz\"\n"
         ))
         .unwrap();
+    }
+
+    /// The line `{MINIMAL}{ROLLOUT}` ends on: the next line is where a test appends one.
+    fn next_line() -> usize {
+        format!("{MINIMAL}{ROLLOUT}").lines().count() + 1
+    }
+
+    #[test]
+    fn refresh_preferences_follow_aws_rules_each_at_its_place() {
+        let at = next_line();
+        let cases = [
+            (
+                "refresh = { max_healthy = 99 }",
+                27,
+                "rollout.web.refresh.max_healthy: a percentage, 100 to 200; found 99",
+            ),
+            (
+                "refresh = { max_healthy = 201 }",
+                27,
+                "rollout.web.refresh.max_healthy: a percentage, 100 to 200",
+            ),
+            (
+                "refresh = { min_healthy = 90, max_healthy = 200 }",
+                45,
+                "rollout.web.refresh.max_healthy: at most 100 above min_healthy (AWS's rule); found max_healthy 200 with min_healthy 90",
+            ),
+            (
+                "refresh = { min_healthy = 101 }",
+                27,
+                "rollout.web.refresh.min_healthy: a percentage, 0 to 100; found 101",
+            ),
+            (
+                "refresh = { checkpoints = [25, 50], checkpoint_delay = \"1m\" }",
+                27,
+                "rollout.web.refresh.checkpoints: the last checkpoint must be 100",
+            ),
+            (
+                "refresh = { checkpoints = [50, 25, 100], checkpoint_delay = \"1m\" }",
+                27,
+                "rollout.web.refresh.checkpoints: checkpoints must be ascending",
+            ),
+            (
+                "refresh = { checkpoints = [0, 100], checkpoint_delay = \"1m\" }",
+                27,
+                "rollout.web.refresh.checkpoints: each checkpoint is a percentage, 1 to 100; found 0",
+            ),
+            (
+                "refresh = { checkpoint_delay = \"1m\" }",
+                32,
+                "rollout.web.refresh.checkpoint_delay: only goes with checkpoints",
+            ),
+            (
+                "refresh = { checkpoints = [25, 100], checkpoint_delay = \"49h\" }",
+                57,
+                "rollout.web.refresh.checkpoint_delay: must be between 0 seconds and 2 days, found \"49h\"",
+            ),
+            (
+                "refresh = { bake_time = \"3d\" }",
+                25,
+                "rollout.web.refresh.bake_time: must be between",
+            ),
+            (
+                "refresh = { checkpoints = [25, 100], timeout = \"30m\" }",
+                48,
+                "rollout.web.refresh.timeout: the checkpoints' delays and the bake time alone take 1 hour, as long as the timeout 30 minutes",
+            ),
+            (
+                "probe = { rate = 0 }",
+                18,
+                "rollout.web.probe.rate: requests a second, 1 to 100; found 0",
+            ),
+            ("probe = { path = \"x\" }", 18, "rollout.web.probe.path: "),
+            (
+                "probe = { rate = 5, paht = \"/\" }",
+                21,
+                "unknown field `paht`",
+            ),
+        ];
+        for (line, column, want) in cases {
+            let msg = error(&format!("{MINIMAL}{ROLLOUT}{line}\n"));
+            let place = format!("bake.toml:{at}:{column}: ");
+            assert!(msg.starts_with(&place), "{line}: want {place}, got {msg}");
+            assert!(msg.contains(want), "{line}: want {want:?}, got {msg}");
+        }
+        // capacity.max 2 holds 200% of desired 1; 4 instances of desired 2 do not fit in 3.
+        parse(&format!(
+            "{MINIMAL}{ROLLOUT}refresh = {{ max_healthy = 200, min_healthy = 100 }}\n"
+        ))
+        .unwrap();
+        let tight = ROLLOUT.replace("desired = 1, max = 2", "desired = 2, max = 3");
+        let msg = error(&format!(
+            "{MINIMAL}{tight}refresh = {{ max_healthy = 200 }}\n"
+        ));
+        assert!(
+            msg.contains("rollout.web.refresh.max_healthy: 200% of the desired 2 is 4 instances, more than capacity.max 3"),
+            "{msg}"
+        );
+        // A canary with room for its pauses, and every preference at once.
+        parse(&format!(
+            "{MINIMAL}{ROLLOUT}refresh = {{ checkpoints = [25, 100], checkpoint_delay = \"2m\", \
+             bake_time = \"1m\", timeout = \"10m\" }}\nprobe = {{ rate = 10, path = \"/\", max_errors = 3 }}\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn the_default_healthy_range_launches_before_terminating_where_max_size_allows() {
+        use crate::config::Refresh;
+        let defaults = Refresh::default();
+        // Room for twice the desired: launch all replacements first, keep everything healthy.
+        assert_eq!(defaults.healthy_range(2, 4), (100, 200));
+        assert_eq!(defaults.healthy_range(4, 8), (100, 200));
+        // Room for one more of four: 125%, and min stays 90.
+        assert_eq!(defaults.healthy_range(4, 5), (90, 125));
+        // No room: terminate first as before.
+        assert_eq!(defaults.healthy_range(4, 4), (90, 100));
+        assert_eq!(defaults.healthy_range(0, 0), (100, 200));
+        // A given minimum bounds the default maximum (AWS: at most 100 apart), and the reverse.
+        let min50 = Refresh {
+            min_healthy: Some(50),
+            ..Refresh::default()
+        };
+        assert_eq!(min50.healthy_range(2, 4), (50, 150));
+        let max150 = Refresh {
+            max_healthy: Some(150),
+            ..Refresh::default()
+        };
+        assert_eq!(max150.healthy_range(2, 4), (90, 150));
+        let canary = Refresh {
+            checkpoints: vec![25, 100],
+            ..Refresh::default()
+        };
+        assert_eq!(
+            canary.planned_pauses(),
+            std::time::Duration::from_secs(3600)
+        );
     }
 }

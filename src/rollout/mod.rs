@@ -5,7 +5,9 @@
 pub mod plan;
 pub mod preflight;
 pub mod refresh;
+pub mod rollback;
 pub mod stack;
+pub mod traffic;
 
 use serde::Serialize;
 use tokio::time::Instant;
@@ -43,6 +45,9 @@ pub struct RolledOut {
     pub scaling: stack::Scaling,
     pub region: String,
     pub seconds: f64,
+    /// What the traffic probe saw during the refresh (none when nothing was replaced or the
+    /// group was new).
+    pub probe: Option<traffic::Report>,
 }
 
 /// A failed step of a rollout.
@@ -79,6 +84,25 @@ pub enum Step {
     Serving(refresh::Error),
     #[error("interrupted by {}; {after}", signal::name(*.signal))]
     Interrupted { signal: u8, after: String },
+    /// A step that failed while the traffic probe ran, with what the probe saw.
+    #[error("{step}\n{probe}")]
+    Probed {
+        step: Box<Step>,
+        probe: traffic::Report,
+    },
+}
+
+impl Step {
+    /// The step with what the probe saw, when a probe ran.
+    async fn probed(self, traffic: Option<traffic::Traffic>) -> Step {
+        match traffic {
+            Some(t) => Step::Probed {
+                step: Box::new(self),
+                probe: t.stop().await,
+            },
+            None => self,
+        }
+    }
 }
 
 /// One rollout's failure.
@@ -92,7 +116,11 @@ pub struct Error {
 impl Error {
     /// 2 for a problem found before anything changed, 128 + signal when interrupted, else 1.
     pub fn exit_code(&self) -> u8 {
-        match &self.step {
+        let mut step = &self.step;
+        while let Step::Probed { step: inner, .. } = step {
+            step = inner;
+        }
+        match step {
             Step::Preflight(e) => e.exit_code(),
             Step::Interrupted { signal, .. } => *signal,
             _ => 1,
@@ -155,8 +183,12 @@ pub async fn run(
         plan.health.path.get_ref()
     );
     let mut refresh_id = None;
+    let mut traffic = None;
     let janitor = &janitor;
     if !stack.unchanged {
+        if !stack.group_created {
+            traffic = Some(traffic::for_refresh(&stack, &plan, rollout));
+        }
         let work = async {
             if !stack.group_created {
                 let id = refresh::start(clients, &plan, &stack, rollout).await?;
@@ -172,12 +204,28 @@ pub async fn run(
             )
             .await
         };
-        let outcome = tokio::select! {
-            result = work => result.map_err(Failure::Rollout),
+        let guarded = async {
+            match &traffic {
+                Some(t) => tokio::select! {
+                    result = work => result,
+                    tripped = t.tripped() => Err(refresh::Error::Traffic(tripped)),
+                },
+                None => work.await,
+            }
+        };
+        let mut outcome = tokio::select! {
+            result = guarded => result.map_err(Failure::Rollout),
             code = &mut signal => Err(Failure::Signal(code.unwrap_or(130))),
         };
+        // The requests sent during the refresh that are still in flight count too.
+        if outcome.is_ok()
+            && let Some(t) = traffic.as_mut()
+            && let Some(tripped) = t.settle().await
+        {
+            outcome = Err(Failure::Rollout(refresh::Error::Traffic(tripped)));
+        }
         if let Err(failure) = outcome {
-            return Err(undo(
+            let step = undo(
                 Undo {
                     clients,
                     plan: &plan,
@@ -189,8 +237,16 @@ pub async fn run(
                 failure,
                 progress,
             )
-            .await);
+            .await;
+            return Err(step.probed(traffic).await);
         }
+    }
+    let probe = match traffic {
+        Some(t) => Some(t.stop().await),
+        None => None,
+    };
+    if let Some(report) = &probe {
+        progress.step(report.to_string());
     }
     tokio::select! {
         served = refresh::serving(&plan, &url, progress) => served.map_err(Step::Serving)?,
@@ -210,6 +266,15 @@ pub async fn run(
             plan.names.asg, plan.ami.id, plan.names.launch_template, stack.version
         )
     };
+    if !stack.unchanged
+        && let Err(e) = rollback::record_served(clients, &plan.names.asg, stack.version).await
+    {
+        crate::output::note(&format!(
+            "{}: could not record version {} in its history ({e}); `bake rollback` will fall \
+             back to the version numbered below the one it runs",
+            plan.names.asg, stack.version
+        ));
+    }
     let scaling = stack::scaling(clients, &plan).await?;
     progress.finish(done);
     Ok(RolledOut {
@@ -225,6 +290,7 @@ pub async fn run(
         scaling,
         region: clients.region.clone(),
         seconds: started.elapsed().as_secs_f64(),
+        probe,
     })
 }
 

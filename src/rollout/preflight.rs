@@ -48,6 +48,29 @@ pub struct Names {
     pub alarm_cpu: String,
 }
 
+impl Names {
+    /// The names `[rollout.NAME]` gives its stack's resources, defaults filled in.
+    pub fn of(rollout: &Rollout) -> Names {
+        Names {
+            alb: rollout.alb.clone(),
+            alb_security_group: rollout
+                .alb_security_group
+                .clone()
+                .unwrap_or_else(|| format!("{}-SG", rollout.alb)),
+            target_group: rollout.target_group.clone(),
+            launch_template: rollout.launch_template.clone(),
+            asg: rollout.asg.clone(),
+            instance_security_group: rollout
+                .instance_security_group
+                .clone()
+                .unwrap_or_else(|| format!("{}-Inst-SG", rollout.asg)),
+            alarm_errors: format!("{}-TG-5xx", rollout.asg),
+            alarm_latency: format!("{}-TG-latency", rollout.asg),
+            alarm_cpu: format!("{}-CPU-high", rollout.asg),
+        }
+    }
+}
+
 /// Resolves the VPC, subnets, profile and AMI of `[rollout.NAME]`.
 pub async fn plan(
     clients: &Clients,
@@ -111,23 +134,7 @@ pub async fn plan(
         instance_subnets,
         instance_profile,
         health: image.health.clone(),
-        names: Names {
-            alb: rollout.alb.clone(),
-            alb_security_group: rollout
-                .alb_security_group
-                .clone()
-                .unwrap_or_else(|| format!("{}-SG", rollout.alb)),
-            target_group: rollout.target_group.clone(),
-            launch_template: rollout.launch_template.clone(),
-            asg: rollout.asg.clone(),
-            instance_security_group: rollout
-                .instance_security_group
-                .clone()
-                .unwrap_or_else(|| format!("{}-Inst-SG", rollout.asg)),
-            alarm_errors: format!("{}-TG-5xx", rollout.asg),
-            alarm_latency: format!("{}-TG-latency", rollout.asg),
-            alarm_cpu: format!("{}-CPU-high", rollout.asg),
-        },
+        names: Names::of(rollout),
     })
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use aws_sdk_autoscaling::primitives::DateTime;
 use aws_sdk_autoscaling::types::{
-    DesiredConfiguration, InstanceRefreshStatus, LaunchTemplateSpecification, LifecycleState,
-    RefreshPreferences, RefreshStrategy, ScalingActivityStatusCode,
+    AlarmSpecification, DesiredConfiguration, InstanceRefreshStatus, LaunchTemplateSpecification,
+    LifecycleState, RefreshPreferences, RefreshStrategy, ScalingActivityStatusCode,
 };
 use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 use tokio::time::Instant;
@@ -44,6 +44,19 @@ pub enum Error {
         warmup: Duration,
         reason: String,
     },
+    #[error(
+        "CloudWatch alarm {alarm} went to ALARM during the instance refresh of {asg}; EC2 Auto \
+         Scaling {action}: {reason}"
+    )]
+    Alarm {
+        asg: String,
+        alarm: String,
+        /// "rolled the refresh back" (AutoRollback) or "failed the refresh".
+        action: &'static str,
+        reason: String,
+    },
+    #[error("the traffic probe through the load balancer failed: {0}")]
+    Traffic(super::traffic::Tripped),
     #[error("the instance refresh of {asg} ended {status}: {reason}")]
     Ended {
         asg: String,
@@ -76,8 +89,10 @@ pub enum Error {
     Api(#[from] CallError),
 }
 
-/// Starts an instance refresh to the new version. AWS rolls back on its own if it fails, where
-/// AWS allows an automatic rollback (the group on a numbered version whose image is an AMI id).
+/// Starts an instance refresh to the new version, with the config's preferences: healthy range,
+/// checkpoints, bake time, and the stack's alarms as its AlarmSpecification. AWS rolls back on
+/// its own if it fails or an alarm goes off, where AWS allows an automatic rollback (the group on
+/// a numbered version whose image is an AMI id).
 pub async fn start(
     clients: &Clients,
     plan: &Plan,
@@ -90,21 +105,136 @@ pub async fn start(
         stack,
         rollout,
         &stack.version.to_string(),
-        stack.auto_rollback,
+        Kind::Rollout {
+            auto_rollback: stack.auto_rollback,
+        },
     )
     .await
 }
 
+/// What a refresh is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// A new version: every preference of the config, the alarms, AutoRollback where allowed.
+    Rollout { auto_rollback: bool },
+    /// Back to a version that served before: the healthy range only, no canary, no bake time, no
+    /// alarms (the alarm that stopped the rollout may still be in ALARM) and no rollback.
+    Restore,
+}
+
+/// The group's desired capacity and maximum size as they are now (the config's capacity when the
+/// group cannot be read): what the default max healthy percentage depends on.
+async fn group_size(clients: &Clients, plan: &Plan, rollout: &Rollout) -> (u32, u32) {
+    let asg = &plan.names.asg;
+    let request = clients
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(asg);
+    let capacity = rollout.capacity.get_ref();
+    let fallback = (capacity.desired, capacity.max);
+    match clients.call(|| request.clone().send()).answer().await {
+        Ok(out) => out
+            .auto_scaling_groups()
+            .first()
+            .and_then(|g| {
+                let desired = u32::try_from(g.desired_capacity()?).ok()?;
+                let max = u32::try_from(g.max_size()?).ok()?;
+                Some((desired, max))
+            })
+            .unwrap_or(fallback),
+        Err(_) => fallback,
+    }
+}
+
+/// The stack's refresh alarms (target 5xx, target response time) that exist: StartInstanceRefresh
+/// refuses an AlarmSpecification naming an alarm that does not. A missing one (deleted since the
+/// stack made it) is named in a note and left out, so the refresh still runs, watched by the rest.
+async fn existing_alarms(clients: &Clients, plan: &Plan) -> Result<Vec<String>, CallError> {
+    let wanted = [&plan.names.alarm_errors, &plan.names.alarm_latency];
+    let request = clients
+        .cloudwatch
+        .describe_alarms()
+        .set_alarm_names(Some(wanted.iter().map(|n| (*n).clone()).collect()));
+    let found = clients
+        .call(|| request.clone().send())
+        .or_fail(|| format!("describe the alarms of {}", plan.names.asg))
+        .await?;
+    let exist: Vec<String> = found
+        .metric_alarms()
+        .iter()
+        .filter_map(|a| a.alarm_name().map(str::to_owned))
+        .collect();
+    for name in wanted.iter().filter(|n| !exist.contains(n)) {
+        crate::output::note(&format!(
+            "{}: CloudWatch alarm {name} does not exist in {}; the refresh is not rolled back on \
+             it (`bake rollout` creates it with the stack)",
+            plan.names.asg, clients.region
+        ));
+    }
+    Ok(wanted
+        .into_iter()
+        .filter(|n| exist.contains(n))
+        .cloned()
+        .collect())
+}
+
+/// The preferences of a refresh of `kind`; `alarms` become its AlarmSpecification (a rollout's
+/// only).
+pub fn preferences(
+    rollout: &Rollout,
+    (desired, max): (u32, u32),
+    kind: Kind,
+    alarms: Vec<String>,
+) -> RefreshPreferences {
+    let refresh = rollout.refresh.get_ref();
+    let (min_healthy, max_healthy) = refresh.healthy_range(desired, max);
+    let prefs = RefreshPreferences::builder()
+        .min_healthy_percentage(min_healthy.into())
+        .max_healthy_percentage(max_healthy.into())
+        .instance_warmup(i32::try_from(refresh.warmup.0.as_secs()).unwrap_or(i32::MAX))
+        .skip_matching(true);
+    let secs = |d: Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
+    match kind {
+        Kind::Restore => prefs.auto_rollback(false).build(),
+        Kind::Rollout { auto_rollback } => {
+            let mut prefs = prefs.auto_rollback(auto_rollback);
+            if !alarms.is_empty() {
+                prefs = prefs.alarm_specification(
+                    AlarmSpecification::builder()
+                        .set_alarms(Some(alarms))
+                        .build(),
+                );
+            }
+            if !refresh.checkpoints.is_empty() {
+                prefs = prefs.set_checkpoint_percentages(Some(
+                    refresh.checkpoints.iter().map(|p| i32::from(*p)).collect(),
+                ));
+                if let Some(delay) = refresh.checkpoint_delay {
+                    prefs = prefs.checkpoint_delay(secs(delay.0));
+                }
+            }
+            if let Some(bake_time) = refresh.bake_time {
+                prefs = prefs.bake_time(secs(bake_time.0));
+            }
+            prefs.build()
+        }
+    }
+}
+
 /// Starts an instance refresh of the group to `version` of the stack's launch template.
-async fn start_to(
+pub async fn start_to(
     clients: &Clients,
     plan: &Plan,
     stack: &Stack,
     rollout: &Rollout,
     version: &str,
-    auto_rollback: bool,
+    kind: Kind,
 ) -> Result<String, CallError> {
-    let refresh = rollout.refresh.get_ref();
+    let size = group_size(clients, plan, rollout).await;
+    let alarms = match kind {
+        Kind::Rollout { .. } => existing_alarms(clients, plan).await?,
+        Kind::Restore => Vec::new(),
+    };
     let request = clients
         .autoscaling
         .start_instance_refresh()
@@ -120,14 +250,7 @@ async fn start_to(
                 )
                 .build(),
         )
-        .preferences(
-            RefreshPreferences::builder()
-                .min_healthy_percentage(refresh.min_healthy.into())
-                .instance_warmup(i32::try_from(refresh.warmup.0.as_secs()).unwrap_or(i32::MAX))
-                .skip_matching(true)
-                .auto_rollback(auto_rollback)
-                .build(),
-        );
+        .preferences(preferences(rollout, size, kind, alarms));
     let asg = &plan.names.asg;
     let out = clients
         .call(|| request.clone().send())
@@ -190,7 +313,7 @@ async fn look(
                         .cloned()
                         .unwrap_or(InstanceRefreshStatus::Pending),
                     r.percentage_complete().unwrap_or(0),
-                    r.status_reason().unwrap_or_default().to_owned(),
+                    reason(r),
                 )
             })
         }
@@ -292,6 +415,57 @@ async fn look(
     })
 }
 
+/// A refresh's StatusReason, with RollbackDetails' RollbackReason when that says more.
+fn reason(r: &aws_sdk_autoscaling::types::InstanceRefresh) -> String {
+    let status = r.status_reason().unwrap_or_default();
+    match r.rollback_details().and_then(|d| d.rollback_reason()) {
+        Some(rollback) if !rollback.is_empty() && !status.contains(rollback) => {
+            if status.is_empty() {
+                rollback.to_owned()
+            } else {
+                format!("{status} (rollback: {rollback})")
+            }
+        }
+        _ => status.to_owned(),
+    }
+}
+
+/// The refresh's end as an error: an alarm's when its reason names one of the stack's alarms
+/// (the refresh's AlarmSpecification), else as it ended.
+fn ended(plan: &Plan, status: &InstanceRefreshStatus, reason: String) -> Error {
+    use InstanceRefreshStatus as S;
+    let names = [&plan.names.alarm_errors, &plan.names.alarm_latency];
+    let alarm = match names.iter().find(|name| reason.contains(name.as_str())) {
+        Some(name) => Some((*name).clone()),
+        // A reason about an alarm that names none: one of the refresh's alarms.
+        None if reason.to_lowercase().contains("alarm") => {
+            Some(format!("{} or {}", names[0], names[1]))
+        }
+        None => None,
+    };
+    match (alarm, status) {
+        (Some(alarm), S::RollbackInProgress | S::RollbackSuccessful | S::RollbackFailed) => {
+            Error::Alarm {
+                asg: plan.names.asg.clone(),
+                alarm,
+                action: "rolled the refresh back",
+                reason,
+            }
+        }
+        (Some(alarm), S::Failed | S::Cancelling | S::Cancelled) => Error::Alarm {
+            asg: plan.names.asg.clone(),
+            alarm,
+            action: "failed the refresh",
+            reason,
+        },
+        _ => Error::Ended {
+            asg: plan.names.asg.clone(),
+            status: status.as_str().to_owned(),
+            reason,
+        },
+    }
+}
+
 /// Waits until the group runs `desired` healthy instances of the new version: through the
 /// refresh when there is one, else (a new group) until its first instances are healthy. A failed
 /// launch ends the wait at once with AWS's reason; throttling and 5xx answers are looked at again.
@@ -308,6 +482,10 @@ pub async fn watch(
     let started = Instant::now();
     let version = stack.version.to_string();
     let first_seen = std::sync::Mutex::new(HashMap::<String, Instant>::new());
+    // The version as a whole: when its first instance was seen, and the last instance of it seen
+    // unhealthy. An unhealthy instance the group replaces at once (its health check grace period
+    // over) is never seen unhealthy for a whole warmup, but its version is.
+    let version_seen = std::sync::Mutex::new(None::<(Instant, Option<(String, String)>)>);
     let step = match refresh_id {
         Some(id) => format!("instance refresh {id} to version {version}"),
         None => format!("first instances of {} (version {version})", plan.names.asg),
@@ -357,17 +535,43 @@ pub async fn watch(
                     Some((
                         TargetHealthStateEnum::Unhealthy | TargetHealthStateEnum::Unused,
                         reason,
-                    )) if since.elapsed() > warmup => {
-                        return Check::Failed(Error::Unhealthy {
-                            instance_id: id.clone(),
-                            version: stack.version,
-                            target_group: plan.names.target_group.clone(),
-                            warmup,
-                            reason: reason.clone(),
-                        });
+                    )) => {
+                        if since.elapsed() > warmup {
+                            return Check::Failed(Error::Unhealthy {
+                                instance_id: id.clone(),
+                                version: stack.version,
+                                target_group: plan.names.target_group.clone(),
+                                warmup,
+                                reason: reason.clone(),
+                            });
+                        }
+                        let mut v = version_seen.lock().expect("not poisoned");
+                        let entry = v.get_or_insert((Instant::now(), None));
+                        entry.1 = Some((id.clone(), reason.clone()));
                     }
                     _ => {}
                 }
+            }
+            if !new.is_empty() {
+                version_seen
+                    .lock()
+                    .expect("not poisoned")
+                    .get_or_insert((Instant::now(), None));
+            }
+            // No instance of the version healthy a warmup after its first one, and one of them
+            // seen unhealthy: the version does not serve.
+            if healthy == 0
+                && let Some((since, Some((instance_id, reason)))) =
+                    version_seen.lock().expect("not poisoned").clone()
+                && since.elapsed() > warmup
+            {
+                return Check::Failed(Error::Unhealthy {
+                    instance_id,
+                    version: stack.version,
+                    target_group: plan.names.target_group.clone(),
+                    warmup,
+                    reason,
+                });
             }
             let desired = rollout.capacity.get_ref().desired as usize;
             let counts = format!(
@@ -386,11 +590,12 @@ pub async fn watch(
                     | InstanceRefreshStatus::RollbackSuccessful),
                     _,
                     reason,
-                )) => Check::Failed(Error::Ended {
-                    asg: plan.names.asg.clone(),
-                    status: status.as_str().to_owned(),
-                    reason,
-                }),
+                )) => Check::Failed(ended(plan, &status, reason)),
+                // Paused at a checkpoint, or baking: AWS says which in the reason.
+                Some((status, percent, reason)) if !reason.is_empty() => Check::Pending(format!(
+                    "{} {percent}% ({reason}): {counts}",
+                    status.as_str()
+                )),
                 Some((status, percent, _)) => {
                     Check::Pending(format!("{} {percent}%: {counts}", status.as_str()))
                 }
@@ -470,7 +675,7 @@ pub async fn rollback(
         )
         .await;
     }
-    let restore = start_to(clients, plan, stack, rollout, to, false).await?;
+    let restore = start_to(clients, plan, stack, rollout, to, Kind::Restore).await?;
     wait_refresh(
         clients,
         plan,

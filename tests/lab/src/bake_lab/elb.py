@@ -23,6 +23,9 @@ from .limits import LimitError, query_tags, tags
 from .patching import ACCOUNT, backends, before, replace
 
 PROBE_TIMEOUT = 2.0  # a lab target that does not answer in 2 s is down
+# The data path waits this long for the scaling loop's lock (held while it probes targets and launches
+# instances, seconds at a time) before it routes on the health it last read.
+ROUTE_WAIT = 0.05
 # Elastic Load Balancing CreateLoadBalancer / CreateTargetGroup: up to 32 alphanumerics or hyphens, not starting
 # or ending with a hyphen; a load balancer's name also may not start with "internal-".
 ELB_NAME_MAX = 32
@@ -159,6 +162,7 @@ class Balancers:
         self.probes: dict[tuple[str, str], dict] = {}  # (tg arn, target id) -> probe state
         self.traffic = Traffic()  # what the listeners served, for CloudWatch (cloudwatch/metrics.py)
         self._filtered: tuple = ()  # the listeners and security groups the filter was last built from
+        self._routes: dict[tuple[str, str, int], list] = {}  # (region, lb arn, port) -> last healthy targets
 
     def clear(self) -> None:
         for proxy in self.proxies.values():
@@ -242,27 +246,46 @@ class Balancers:
         return balancers
 
     def healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int, str]]:
-        """Addresses (and target group) of the healthy targets the listener on `port` forwards to."""
-        with self._lock:
-            backend = elbv2_backends[ACCOUNT][region]
-            lb = backend.load_balancers.get(lb_arn)
-            if lb is None:
-                return []
-            found = []
-            for listener in lb.listeners.values():
-                if int(listener.port) != port:
+        """Addresses (and target group) of the healthy targets the listener on `port` forwards to. A request
+        does not wait for the scaling loop (an ALB's nodes route on the target health they last heard of):
+        while the loop holds the lock, the targets read last are used, less those deregistered or no longer
+        running since (a deregistered target gets no new requests)."""
+        key = (region, lb_arn, port)
+        if not self._lock.acquire(timeout=ROUTE_WAIT):
+            return [(ip, p, tg) for ip, p, tg, iid in self._routes.get(key, []) if self._routable(region, tg, iid)]
+        try:
+            found = self._healthy_targets(region, lb_arn, port)
+            self._routes[key] = found
+            return [(ip, p, tg) for ip, p, tg, _iid in found]
+        finally:
+            self._lock.release()
+
+    def _routable(self, region: str, tg_arn: str, target_id: str) -> bool:
+        """Still registered in its target group and running (single dict reads: safe without the lock)."""
+        tg = elbv2_backends[ACCOUNT][region].target_groups.get(tg_arn)
+        inst = self.lab.instances.get(target_id)
+        return tg is not None and target_id in tg.targets and inst is not None and inst.state == "running"
+
+    def _healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int, str, str]]:
+        backend = elbv2_backends[ACCOUNT][region]
+        lb = backend.load_balancers.get(lb_arn)
+        if lb is None:
+            return []
+        found = []
+        for listener in lb.listeners.values():
+            if int(listener.port) != port:
+                continue
+            for action in listener.default_actions:
+                arn = action.data.get("TargetGroupArn") if hasattr(action, "data") else None
+                tg = backend.target_groups.get(arn) if arn else None
+                if tg is None:
                     continue
-                for action in listener.default_actions:
-                    arn = action.data.get("TargetGroupArn") if hasattr(action, "data") else None
-                    tg = backend.target_groups.get(arn) if arn else None
-                    if tg is None:
-                        continue
-                    for t in tg.targets.values():
-                        state = self.probes.get((tg.arn, t["Id"]), {})
-                        inst = self.lab.instances.get(t["Id"])
-                        if state.get("state") == "healthy" and inst:
-                            found.append((inst.private_ip, int(t["Port"]), tg.arn))
-            return found
+                for t in tg.targets.values():
+                    state = self.probes.get((tg.arn, t["Id"]), {})
+                    inst = self.lab.instances.get(t["Id"])
+                    if state.get("state") == "healthy" and inst:
+                        found.append((inst.private_ip, int(t["Port"]), tg.arn, t["Id"]))
+        return found
 
     # ---- target health -------------------------------------------------------------------------
     def probe_all(self) -> None:

@@ -149,7 +149,11 @@ table ip lab {{
         if cidr not in self._bridges:
             name = f"s{len(self._bridges)}"
             net = ipaddress.ip_network(cidr)
-            sh.run("ip", "-n", self.router_ns, "link", "add", name, "type", "bridge")
+            # A fixed address: a bridge otherwise takes its ports' lowest MAC, which changes when that
+            # port's instance goes, and every other instance of the subnet then holds a stale ARP entry
+            # for its router (traffic through it stalls for seconds), where a VPC router's never changes.
+            mac = f"02:00:00:00:{len(self._bridges) // 256:02x}:{len(self._bridges) % 256:02x}"
+            sh.run("ip", "-n", self.router_ns, "link", "add", name, "address", mac, "type", "bridge")
             sh.run("ip", "-n", self.router_ns, "addr", "add", f"{net.network_address + 1}/{net.prefixlen}", "dev", name)
             sh.run("ip", "-n", self.router_ns, "link", "set", name, "up")
             self._bridges[cidr] = name
