@@ -171,4 +171,25 @@ mod tests {
         assert_eq!(source.locate(3).to_string(), "x.toml:2:2");
         assert_eq!(source.locate(5).to_string(), "x.toml:3:1");
     }
+
+    #[test]
+    fn the_probe_holds_no_errors_where_the_refresh_launches_first_and_counts_elsewhere() {
+        let default = TrafficProbe::default();
+        let refresh = Refresh::default();
+        // A group of 2 with room for 4 launches first (max healthy 200): no error is tolerated.
+        let (_, roomy) = refresh.healthy_range(2, 4);
+        assert_eq!(roomy, 200);
+        assert_eq!(default.max_errors_for(roomy), Some(0));
+        // A group of 1 with a maximum of 1 replaces first: the probe only counts.
+        let (_, tight) = refresh.healthy_range(1, 1);
+        assert_eq!(tight, 100);
+        assert_eq!(default.max_errors_for(tight), None);
+        // A given budget holds either way.
+        let set = TrafficProbe {
+            max_errors: Some(3),
+            ..TrafficProbe::default()
+        };
+        assert_eq!(set.max_errors_for(tight), Some(3));
+        assert_eq!(set.max_errors_for(roomy), Some(3));
+    }
 }

@@ -473,10 +473,27 @@ pub struct TrafficProbe {
     pub rate: u32,
     /// The page to request; by default the image's health path.
     pub path: Option<String>,
-    /// Failed requests tolerated; one more rolls back.
-    pub max_errors: u32,
+    /// Failed requests tolerated; one more rolls back. By default 0 when the refresh launches
+    /// before it terminates (its max healthy percentage above 100), else none is held: replacing
+    /// first drops capacity, so the probe only counts (see [`TrafficProbe::max_errors_for`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<u32>,
     /// A request not answered within this fails; a slower answer counts in the latency only.
     pub timeout: HumanDuration,
+}
+
+impl TrafficProbe {
+    /// The failed requests a refresh to `max_healthy` percent tolerates: `max_errors` when given;
+    /// else 0 when new instances launch before old ones go, and none (`None`) when they cannot:
+    /// a group whose maximum is its desired capacity loses an instance's worth of capacity while
+    /// each is replaced, and a client may see errors however good the new version is.
+    pub fn max_errors_for(&self, max_healthy: u16) -> Option<u32> {
+        match self.max_errors {
+            Some(n) => Some(n),
+            None if max_healthy > 100 => Some(0),
+            None => None,
+        }
+    }
 }
 
 impl Default for TrafficProbe {
@@ -486,7 +503,7 @@ impl Default for TrafficProbe {
             // while adding no load worth measuring.
             rate: 5,
             path: None,
-            max_errors: 0,
+            max_errors: None,
             // A visitor gives up after seconds, not at the load balancer's 60 s idle timeout;
             // 10 s leaves a slow answer to the latency figures and calls no answer a failure.
             timeout: HumanDuration(Duration::from_secs(10)),

@@ -98,13 +98,19 @@ pub struct Traffic {
 const MAX_REQUESTS: u64 = 500_000;
 
 impl Traffic {
-    /// Starts probing `url` at `settings.rate` requests a second, for `limit` at most.
-    pub fn start(url: &str, health: &Health, settings: &TrafficProbe, limit: Duration) -> Traffic {
+    /// Starts probing `url` at `settings.rate` requests a second, for `limit` at most; more than
+    /// `max_errors` failures trip it (`None`: it only counts).
+    pub fn start(
+        url: &str,
+        health: &Health,
+        settings: &TrafficProbe,
+        max_errors: Option<u32>,
+        limit: Duration,
+    ) -> Traffic {
         let counts = Arc::new(Mutex::new(Counts::default()));
         let (trip, tripped) = watch::channel(None);
         let stop = Arc::new(Notify::new());
         let rate = settings.rate.max(1);
-        let max_errors = settings.max_errors;
         // A request may take the probe's timeout; more in flight than a timeout's worth of ticks
         // means the load balancer stopped answering, and more would only pile up.
         let timeout = settings.timeout.0;
@@ -163,7 +169,10 @@ impl Traffic {
                                     c.failures.push((at, why.clone()));
                                 }
                                 let first = c.first_failure.get_or_insert(why).clone();
-                                if c.failed > u64::from(max_errors) && trip.borrow().is_none() {
+                                if let Some(max_errors) = max_errors
+                                    && c.failed > u64::from(max_errors)
+                                    && trip.borrow().is_none()
+                                {
                                     trip.send_replace(Some(Tripped {
                                         failed: c.failed,
                                         requests: c.requests,
@@ -273,10 +282,26 @@ pub fn for_refresh(stack: &Stack, plan: &Plan, rollout: &Rollout) -> Traffic {
         .0
         .saturating_mul(2)
         .saturating_add(AFTER_REFRESHES);
+    // The group's size as the config sets it (the refresh reads the live one; they differ only
+    // while a scaling policy has moved the desired capacity).
+    let capacity = rollout.capacity.get_ref();
+    let (_, max_healthy) = rollout
+        .refresh
+        .get_ref()
+        .healthy_range(capacity.desired, capacity.max);
+    let probe = rollout.probe.get_ref();
+    let max_errors = probe.max_errors_for(max_healthy);
+    if max_errors.is_none() {
+        crate::output::note(&format!(
+            "note: {} replaces its instances before launching new ones (capacity.max = {} leaves              no room above desired {}): clients may see errors meanwhile, so the traffic probe              counts them without rolling back; set rollout.probe.max_errors to hold them, or              raise capacity.max to launch first",
+            plan.names.asg, capacity.max, capacity.desired
+        ));
+    }
     Traffic::start(
         &probe_url(&stack.alb_dns, rollout, plan),
         &plan.health,
-        rollout.probe.get_ref(),
+        probe,
+        max_errors,
         limit,
     )
 }
