@@ -59,10 +59,12 @@ def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm,
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
     private = [subnet_id(ec2, "Private subnet A"), subnet_id(ec2, "Private subnet C")]
+    # A grace period longer than the test: the group leaves the stopped server below to the target group's checks
+    # (with none, the API's default, it would replace the instance as soon as its target turned unhealthy).
     asg.create_auto_scaling_group(
         AutoScalingGroupName="lb-web-asg", MinSize=2, MaxSize=4, DesiredCapacity=2, HealthCheckType="ELB",
-        LaunchTemplate={"LaunchTemplateId": template_id, "Version": "1"}, VPCZoneIdentifier=",".join(private),
-        TargetGroupARNs=[tg])
+        HealthCheckGracePeriod=600, LaunchTemplate={"LaunchTemplateId": template_id, "Version": "1"},
+        VPCZoneIdentifier=",".join(private), TargetGroupARNs=[tg])
     url = f"http://{lb['DNSName']}/"
     assert lb["DNSName"].startswith("100.64."), lb["DNSName"]
 
