@@ -24,9 +24,13 @@ const GROUP_GONE_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(2))
 const MAX_PAGES: usize = 50;
 /// ELB's DescribeTags takes at most 20 ARNs a call.
 const ELB_TAGS_PER_CALL: usize = 20;
-/// The endings of the names preflight gives a stack's alarms (`rollout::preflight::Names`): only
-/// alarms named so are asked for their tags.
-pub const ALARM_SUFFIXES: [&str; 3] = ["-TG-5xx", "-TG-latency", "-CPU-high"];
+/// The endings of a stack's alarm names after its group's name (`rollout::preflight::Names`
+/// builds them from these): the target group's 5xx count, its response time, the group's CPU.
+pub const ALARM_ERRORS: &str = "-TG-5xx";
+pub const ALARM_LATENCY: &str = "-TG-latency";
+pub const ALARM_CPU: &str = "-CPU-high";
+/// Only alarms named so are asked for their tags when `bake gc` looks for stacks.
+pub const ALARM_SUFFIXES: [&str; 3] = [ALARM_ERRORS, ALARM_LATENCY, ALARM_CPU];
 
 /// Deletes the stack resources among `resources`: groups first (and waits until their instances
 /// are gone), then alarms, load balancers, target groups and launch templates. Every one is

@@ -4,6 +4,7 @@ use aws_sdk_ec2::types::ImageState;
 
 use crate::aws::Clients;
 use crate::config::{Config, Health, ResourceRef, Rollout};
+use crate::janitor;
 use crate::render::Renderer;
 pub use crate::resolve::Error;
 use crate::resolve::{self, Subnet};
@@ -64,9 +65,9 @@ impl Names {
                 .instance_security_group
                 .clone()
                 .unwrap_or_else(|| format!("{}-Inst-SG", rollout.asg)),
-            alarm_errors: format!("{}-TG-5xx", rollout.asg),
-            alarm_latency: format!("{}-TG-latency", rollout.asg),
-            alarm_cpu: format!("{}-CPU-high", rollout.asg),
+            alarm_errors: format!("{}{}", rollout.asg, janitor::stack::ALARM_ERRORS),
+            alarm_latency: format!("{}{}", rollout.asg, janitor::stack::ALARM_LATENCY),
+            alarm_cpu: format!("{}{}", rollout.asg, janitor::stack::ALARM_CPU),
         }
     }
 }

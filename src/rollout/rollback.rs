@@ -116,15 +116,7 @@ struct Group {
 }
 
 async fn group(clients: &Clients, asg: &str) -> Result<Group, Error> {
-    let request = clients
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(asg);
-    let found = clients
-        .call(|| request.clone().send())
-        .or_fail(|| format!("describe Auto Scaling group {asg}"))
-        .await?;
-    let Some(group) = found.auto_scaling_groups().first() else {
+    let Some(group) = super::stack::describe_group(clients, asg).await? else {
         return Err(Error::NoGroup {
             asg: asg.to_owned(),
             region: clients.region.clone(),

@@ -233,7 +233,7 @@ async fn build(b: &mut Build<'_>, rollout: &Rollout) -> Result<Stack, CallError>
 }
 
 /// The group named `asg`, when it exists.
-async fn describe_group(
+pub(super) async fn describe_group(
     clients: &Clients,
     asg: &str,
 ) -> Result<Option<AutoScalingGroup>, CallError> {
