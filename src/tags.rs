@@ -105,6 +105,10 @@ pub const OS: &str = "bake:os";
 pub const VERSION: &str = "bake:version";
 /// When it was baked (RFC 3339).
 pub const BAKED_AT: &str = "bake:baked-at";
+/// On a copy in another region: the AMI id it was copied from (the build region's image).
+pub const SOURCE_AMI: &str = "bake:source-ami";
+/// On a copy in another region: the region of the AMI it was copied from.
+pub const SOURCE_REGION: &str = "bake:source-region";
 /// The rollout a stack resource belongs to. A stack resource carries `bake:run-id` and
 /// `bake:created` ([`of_stack`]) only while the run that created it builds the stack: `bake gc`
 /// removes it when that run died; the run removes the two tags once the stack is whole, and a

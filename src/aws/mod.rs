@@ -74,6 +74,31 @@ impl Clients {
         aws_sdk_ssm::Client::from_conf(config)
     }
 
+    /// Clients like these (credentials, retries, timeouts, tracing) that talk to another region.
+    pub fn in_region(&self, region: &str) -> Clients {
+        let region_of = || aws_config::Region::new(region.to_owned());
+        macro_rules! moved {
+            ($field:ident, $sdk:ident) => {
+                $sdk::Client::from_conf(
+                    self.$field
+                        .config()
+                        .to_builder()
+                        .region(region_of())
+                        .build(),
+                )
+            };
+        }
+        Clients {
+            autoscaling: moved!(autoscaling, aws_sdk_autoscaling),
+            cloudwatch: moved!(cloudwatch, aws_sdk_cloudwatch),
+            ec2: moved!(ec2, aws_sdk_ec2),
+            elb: moved!(elb, aws_sdk_elasticloadbalancingv2),
+            ssm: self.ssm_in(region),
+            iam: self.iam.clone(),
+            region: region.to_owned(),
+        }
+    }
+
     /// One call in this region: `send` makes the request (`|| clients.ec2.x().y(id).send()`);
     /// then [`Call::or_fail`] names what it was about, [`Call::settle`] its window.
     pub fn call<F, Fut, T, E>(&self, send: F) -> Call<'_, F>
