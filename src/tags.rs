@@ -1,6 +1,7 @@
 //! Every tag key bake writes or looks for, and how tags are put on what it creates: nowhere else
 //! spells a key.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
@@ -43,6 +44,17 @@ pub const TEST_PENDING: &str = "pending";
 pub const TEST_PASSED: &str = "passed";
 /// `bake:test` of an AMI whose test failed (it outlives its run only with `--keep-on-failure`).
 pub const TEST_FAILED: &str = "failed";
+
+/// Any service's tags as a map (`tags::map(x.tags().iter().map(|t| (t.key(), t.value())))`); a
+/// tag without a key or value is left out.
+pub fn map<'a>(
+    pairs: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>,
+) -> BTreeMap<String, String> {
+    pairs
+        .into_iter()
+        .filter_map(|(k, v)| Some((k?.to_owned(), v?.to_owned())))
+        .collect()
+}
 
 /// The `bake:test` value that makes an AMI unusable (pending or failed), if its tags hold one:
 /// skip-by-digest bakes anew and a rollout does not take it.

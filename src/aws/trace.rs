@@ -222,21 +222,6 @@ fn error_code(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// Log lines written while a test runs.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_call_dropped_after_its_request_went_out_gets_its_line() {
@@ -253,7 +238,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             drop(socket);
         });
-        let lines = Lines::default();
+        let lines = crate::output::Captured::default();
         let writer = lines.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
@@ -273,7 +258,7 @@ mod tests {
             answer = call => panic!("the endpoint never answers: {answer:?}"),
             _ = arrived.recv() => {}
         }
-        let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let logged = lines.text();
         assert!(
             logged.contains(
                 "EC2 DescribeImages ami-1: no answer awaited (bake stopped waiting; AWS may have \

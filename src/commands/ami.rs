@@ -119,18 +119,21 @@ pub fn worst_case(config: &Config, names: &[String]) -> Duration {
                 .health
                 .timeout
                 .0
-                .saturating_add(
-                    image
-                        .verify
-                        .timeout
-                        .as_ref()
-                        .map_or(VERIFY_DEFAULT, |t| t.0),
-                )
+                .saturating_add(verify_timeout(image))
                 .saturating_add(BAKE_FIXED)
                 .saturating_add(test_worst_case(image))
         })
     };
     names.iter().map(bake).max().unwrap_or_default()
+}
+
+/// The verify commands' timeout, or the default when the config gives none.
+fn verify_timeout(image: &crate::config::Image) -> Duration {
+    image
+        .verify
+        .timeout
+        .as_ref()
+        .map_or(VERIFY_DEFAULT, |t| t.0)
 }
 
 /// The test stage at worst: the instance reaching `running`, its health wait and its commands;
@@ -141,11 +144,5 @@ fn test_worst_case(image: &crate::config::Image) -> Duration {
     }
     ami::test::TEST_FIXED
         .saturating_add(image.test.timeout.0)
-        .saturating_add(
-            image
-                .verify
-                .timeout
-                .as_ref()
-                .map_or(VERIFY_DEFAULT, |t| t.0),
-        )
+        .saturating_add(verify_timeout(image))
 }

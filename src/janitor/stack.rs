@@ -58,63 +58,55 @@ pub(super) async fn delete(
             });
         }
     }
-    for resource in resources {
-        let result = match resource {
-            Resource::Alarm(name) => {
-                let delete = clients.cloudwatch.delete_alarms().alarm_names(name);
-                let gone = |e: &Failed<_>| e.is(&["ResourceNotFound"]);
-                released(clients, || delete.clone().send(), gone).await
+    for step in AFTER_GROUPS {
+        for resource in resources.iter().filter(|r| step(r)) {
+            held |= matches!(resource, Resource::LoadBalancer(_));
+            if let Err(reason) = delete_one(clients, resource).await {
+                left.push(Left {
+                    resource: resource.clone(),
+                    reason,
+                });
             }
-            _ => continue,
-        };
-        if let Err(reason) = result {
-            left.push(Left {
-                resource: resource.clone(),
-                reason,
-            });
-        }
-    }
-    // Load balancers before their target groups: a target group a listener forwards to answers
-    // ResourceInUse until the load balancer is gone.
-    for resource in resources {
-        let result = match resource {
-            Resource::LoadBalancer(arn) => {
-                held = true;
-                let delete = clients.elb.delete_load_balancer().load_balancer_arn(arn);
-                let gone = |e: &Failed<_>| e.is(&["LoadBalancerNotFound"]);
-                released(clients, || delete.clone().send(), gone).await
-            }
-            _ => continue,
-        };
-        if let Err(reason) = result {
-            left.push(Left {
-                resource: resource.clone(),
-                reason,
-            });
-        }
-    }
-    for resource in resources {
-        let result = match resource {
-            Resource::TargetGroup(arn) => {
-                let delete = clients.elb.delete_target_group().target_group_arn(arn);
-                let gone = |e: &Failed<_>| e.is(&["TargetGroupNotFound"]);
-                released(clients, || delete.clone().send(), gone).await
-            }
-            Resource::LaunchTemplate(id) => {
-                let delete = clients.ec2.delete_launch_template().launch_template_id(id);
-                let gone = |e: &Failed<_>| e.is(&["InvalidLaunchTemplateId*"]);
-                released(clients, || delete.clone().send(), gone).await
-            }
-            _ => continue,
-        };
-        if let Err(reason) = result {
-            left.push(Left {
-                resource: resource.clone(),
-                reason,
-            });
         }
     }
     held
+}
+
+/// What is deleted after the groups, step by step: alarms, then load balancers before their
+/// target groups (a target group a listener forwards to answers ResourceInUse until the load
+/// balancer is gone), then target groups and launch templates.
+const AFTER_GROUPS: [fn(&Resource) -> bool; 3] = [
+    |r| matches!(r, Resource::Alarm(_)),
+    |r| matches!(r, Resource::LoadBalancer(_)),
+    |r| matches!(r, Resource::TargetGroup(_) | Resource::LaunchTemplate(_)),
+];
+
+/// Deletes one alarm, load balancer, target group or launch template; one already gone counts
+/// as deleted.
+async fn delete_one(clients: &Clients, resource: &Resource) -> Result<(), String> {
+    match resource {
+        Resource::Alarm(name) => {
+            let delete = clients.cloudwatch.delete_alarms().alarm_names(name);
+            let gone = |e: &Failed<_>| e.is(&["ResourceNotFound"]);
+            released(clients, || delete.clone().send(), gone).await
+        }
+        Resource::LoadBalancer(arn) => {
+            let delete = clients.elb.delete_load_balancer().load_balancer_arn(arn);
+            let gone = |e: &Failed<_>| e.is(&["LoadBalancerNotFound"]);
+            released(clients, || delete.clone().send(), gone).await
+        }
+        Resource::TargetGroup(arn) => {
+            let delete = clients.elb.delete_target_group().target_group_arn(arn);
+            let gone = |e: &Failed<_>| e.is(&["TargetGroupNotFound"]);
+            released(clients, || delete.clone().send(), gone).await
+        }
+        Resource::LaunchTemplate(id) => {
+            let delete = clients.ec2.delete_launch_template().launch_template_id(id);
+            let gone = |e: &Failed<_>| e.is(&["InvalidLaunchTemplateId*"]);
+            released(clients, || delete.clone().send(), gone).await
+        }
+        other => Err(format!("{other:?} is not a stack resource")),
+    }
 }
 
 /// Force-deletes a group (its instances go with it) and waits until it is gone.
@@ -146,6 +138,33 @@ where
         Err(e) if gone(&e) => Ok(()),
         Err(e) => Err(e.describe()),
     }
+}
+
+/// An alarm's tags (none when the alarm is gone).
+pub async fn alarm_tags(
+    clients: &Clients,
+    name: &str,
+    arn: &str,
+) -> Result<BTreeMap<String, String>, CallError> {
+    let listed = clients
+        .call(|| {
+            clients
+                .cloudwatch
+                .list_tags_for_resource()
+                .resource_arn(arn)
+                .send()
+        })
+        .settle(&aws::THROTTLE_BURST)
+        .or_none(&["ResourceNotFound", "ResourceNotFoundException"], || {
+            format!("read the tags of alarm {name}")
+        })
+        .await?;
+    Ok(tags::map(
+        listed
+            .iter()
+            .flat_map(|o| o.tags())
+            .map(|t| (t.key(), t.value())),
+    ))
 }
 
 /// Waits until a deleted group is gone (its instances terminated).
@@ -222,11 +241,7 @@ pub(super) async fn find(
             .or_fail(|| "list Auto Scaling groups".into())
             .await?;
         for group in out.auto_scaling_groups() {
-            let tags: BTreeMap<String, String> = group
-                .tags()
-                .iter()
-                .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-                .collect();
+            let tags = tags::map(group.tags().iter().map(|t| (t.key(), t.value())));
             let at = group
                 .created_time()
                 .and_then(|t| SystemTime::try_from(*t).ok());
@@ -257,11 +272,7 @@ pub(super) async fn find(
         .or_fail(|| "list launch templates".into())
         .await?;
     for template in templates.launch_templates() {
-        let tags: BTreeMap<String, String> = template
-            .tags()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-            .collect();
+        let tags = tags::map(template.tags().iter().map(|t| (t.key(), t.value())));
         let at = template
             .create_time()
             .and_then(|t| SystemTime::try_from(*t).ok());
@@ -338,11 +349,7 @@ pub(super) async fn find(
             else {
                 continue;
             };
-            let tags: BTreeMap<String, String> = description
-                .tags()
-                .iter()
-                .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-                .collect();
+            let tags = tags::map(description.tags().iter().map(|t| (t.key(), t.value())));
             if marked_by(run, &tags) && old_enough(created(&tags, *at)) {
                 found.push(if *is_lb {
                     Resource::LoadBalancer(arn.clone())
@@ -371,24 +378,7 @@ pub(super) async fn find(
             if !ALARM_SUFFIXES.iter().any(|s| name.ends_with(s)) {
                 continue;
             }
-            let listed = clients
-                .call(|| {
-                    clients
-                        .cloudwatch
-                        .list_tags_for_resource()
-                        .resource_arn(arn)
-                        .send()
-                })
-                .settle(&aws::THROTTLE_BURST)
-                .or_none(&["ResourceNotFound", "ResourceNotFoundException"], || {
-                    format!("read the tags of alarm {name}")
-                })
-                .await?;
-            let tags: BTreeMap<String, String> = listed
-                .iter()
-                .flat_map(|o| o.tags())
-                .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-                .collect();
+            let tags = alarm_tags(clients, name, arn).await?;
             let at = alarm
                 .alarm_configuration_updated_timestamp()
                 .and_then(|t| SystemTime::try_from(*t).ok());

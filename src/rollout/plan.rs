@@ -9,7 +9,6 @@ use super::preflight::{self, Plan};
 use super::stack::{self, AlarmSpec, CPU_POLICY};
 use crate::aws::{CallError, Clients};
 use crate::config::{Config, Rollout};
-use crate::resolve::filter;
 
 /// What a rollout would do.
 #[derive(Debug, Clone, Serialize)]
@@ -175,16 +174,7 @@ async fn security_group(
     cidr: Option<&str>,
     out: &mut Planned,
 ) -> Result<Option<String>, CallError> {
-    let describe = clients
-        .ec2
-        .describe_security_groups()
-        .filters(filter("vpc-id", &plan.vpc_id))
-        .filters(filter("group-name", name));
-    let found = clients
-        .call(|| describe.clone().send())
-        .or_fail(|| format!("describe security group {name}"))
-        .await?;
-    let Some(group) = found.security_groups().first() else {
+    let Some(group) = stack::find_security_group(clients, &plan.vpc_id, name).await? else {
         out.create.push(format!("security group {name}"));
         return Ok(None);
     };
@@ -210,14 +200,7 @@ async fn target_group(
     out: &mut Planned,
 ) -> Result<Option<String>, CallError> {
     let name = &plan.names.target_group;
-    let found = clients
-        .call(|| clients.elb.describe_target_groups().names(name).send())
-        .or_none(&["TargetGroupNotFound"], || {
-            format!("describe target group {name}")
-        })
-        .await?
-        .and_then(|o| o.target_groups?.into_iter().next());
-    let Some(group) = found else {
+    let Some(group) = stack::find_target_group(clients, name).await? else {
         out.create.push(format!("target group {name}"));
         return Ok(None);
     };
@@ -261,13 +244,7 @@ async fn load_balancer(
     out: &mut Planned,
 ) -> Result<Option<String>, CallError> {
     let name = &plan.names.alb;
-    let found = clients
-        .call(|| clients.elb.describe_load_balancers().names(name).send())
-        .or_none(&["LoadBalancerNotFound"], || {
-            format!("describe load balancer {name}")
-        })
-        .await?
-        .and_then(|o| o.load_balancers?.into_iter().next());
+    let found = stack::find_load_balancer(clients, name).await?;
     let Some(arn) = found.and_then(|lb| lb.load_balancer_arn) else {
         out.create.push(format!("load balancer {name}"));
         out.create.push(format!("listener HTTP:{port} on {name}"));
@@ -315,21 +292,10 @@ async fn group(
         .unwrap_or_default()
         .into_iter()
         .next();
-    let template_exists = clients
-        .call(|| {
-            clients
-                .ec2
-                .describe_launch_templates()
-                .launch_template_names(template)
-                .send()
-        })
-        .or_none(
-            &["InvalidLaunchTemplateName*", "InvalidLaunchTemplateId*"],
-            || format!("describe launch template {template}"),
-        )
+    if stack::find_launch_template(clients, template)
         .await?
-        .is_some_and(|o| !o.launch_templates().is_empty());
-    if !template_exists {
+        .is_none()
+    {
         out.create.push(format!("launch template {template}"));
     }
     let capacity = rollout.capacity.get_ref();
@@ -354,22 +320,9 @@ async fn group(
     // The AMI of the version the group runs.
     let spec = group.launch_template();
     let running_ami = match spec.and_then(|s| s.launch_template_id().zip(s.version())) {
-        Some((id, version)) => {
-            let request = clients
-                .ec2
-                .describe_launch_template_versions()
-                .launch_template_id(id)
-                .versions(version);
-            clients
-                .call(|| request.clone().send())
-                .or_fail(|| format!("describe version {version} of launch template {id}"))
-                .await?
-                .launch_template_versions()
-                .first()
-                .and_then(|v| v.launch_template_data())
-                .and_then(|d| d.image_id())
-                .map(str::to_owned)
-        }
+        Some((id, version)) => stack::template_version(clients, id, version)
+            .await?
+            .and_then(|v| v.launch_template_data?.image_id),
         None => None,
     };
     if running_ami.as_deref() != Some(plan.ami.id.as_str()) {
@@ -437,19 +390,7 @@ async fn group(
             .push(format!("Auto Scaling group {asg}: {}", diff.join(", ")));
     }
     if let Some(cpu) = &rollout.cpu_target {
-        let request = clients
-            .autoscaling
-            .describe_policies()
-            .auto_scaling_group_name(asg)
-            .policy_names(CPU_POLICY);
-        let target = clients
-            .call(|| request.clone().send())
-            .or_fail(|| format!("describe the scaling policies of {asg}"))
-            .await?
-            .scaling_policies()
-            .iter()
-            .find_map(|p| p.target_tracking_configuration()?.target_value());
-        match target {
+        match stack::cpu_target(clients, asg).await? {
             None => out.create.push(format!(
                 "scaling policy {CPU_POLICY} on {asg} (average CPU {}%)",
                 cpu.get_ref()

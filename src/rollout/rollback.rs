@@ -6,7 +6,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::preflight::{Ami, Names, Plan};
-use super::stack::Stack;
+use super::stack::{self, Stack};
 use super::{refresh, traffic};
 use crate::aws::{CallError, Clients};
 use crate::config::{Config, Rollout};
@@ -168,27 +168,8 @@ async fn version_of(
     template_id: &str,
     version: &str,
 ) -> Result<Option<(i64, String)>, CallError> {
-    let request = clients
-        .ec2
-        .describe_launch_template_versions()
-        .launch_template_id(template_id)
-        .versions(version);
-    let found = clients
-        .call(|| request.clone().send())
-        .or_none(
-            &[
-                "InvalidLaunchTemplateId.VersionNotFound",
-                "InvalidLaunchTemplateId.NotFound",
-            ],
-            || format!("describe version {version} of launch template {template_id}"),
-        )
-        .await?;
-    Ok(found.and_then(|out| {
-        let v = out
-            .launch_template_versions
-            .unwrap_or_default()
-            .into_iter()
-            .next()?;
+    let found = stack::template_version(clients, template_id, version).await?;
+    Ok(found.and_then(|v| {
         let ami = v
             .launch_template_data()
             .and_then(|d| d.image_id())

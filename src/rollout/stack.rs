@@ -14,15 +14,15 @@ use aws_sdk_cloudwatch::types::{
     ComparisonOperator, Dimension, MetricAlarm, StateValue, Statistic,
 };
 use aws_sdk_ec2::types::{
-    InstanceType, IpPermission, IpRange, LaunchTemplateHttpTokensState,
+    InstanceType, IpPermission, IpRange, LaunchTemplate, LaunchTemplateHttpTokensState,
     LaunchTemplateIamInstanceProfileSpecificationRequest,
     LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
     LaunchTemplateTagSpecificationRequest, LaunchTemplateVersion, RequestLaunchTemplateData,
-    ResourceType, UserIdGroupPair,
+    ResourceType, SecurityGroup, UserIdGroupPair,
 };
 use aws_sdk_elasticloadbalancingv2::types::{
-    Action, ActionTypeEnum, LoadBalancerSchemeEnum, LoadBalancerTypeEnum, Matcher, ProtocolEnum,
-    TargetGroupAttribute, TargetTypeEnum,
+    Action, ActionTypeEnum, LoadBalancer, LoadBalancerSchemeEnum, LoadBalancerTypeEnum, Matcher,
+    ProtocolEnum, TargetGroup, TargetGroupAttribute, TargetTypeEnum,
 };
 
 use super::preflight::Plan;
@@ -321,6 +321,52 @@ enum Source<'a> {
     Group(&'a str),
 }
 
+/// The security group of this name in the VPC, if there is one.
+pub(super) async fn find_security_group(
+    clients: &Clients,
+    vpc_id: &str,
+    name: &str,
+) -> Result<Option<SecurityGroup>, CallError> {
+    let describe = clients
+        .ec2
+        .describe_security_groups()
+        .filters(filter("vpc-id", vpc_id))
+        .filters(filter("group-name", name));
+    let found = clients
+        .call(|| describe.clone().send())
+        .or_fail(|| format!("describe security group {name}"))
+        .await?;
+    Ok(found.security_groups.unwrap_or_default().into_iter().next())
+}
+
+/// The target group of this name, if there is one.
+pub(super) async fn find_target_group(
+    clients: &Clients,
+    name: &str,
+) -> Result<Option<TargetGroup>, CallError> {
+    Ok(clients
+        .call(|| clients.elb.describe_target_groups().names(name).send())
+        .or_none(&["TargetGroupNotFound"], || {
+            format!("describe target group {name}")
+        })
+        .await?
+        .and_then(|out| out.target_groups?.into_iter().next()))
+}
+
+/// The load balancer of this name, if there is one.
+pub(super) async fn find_load_balancer(
+    clients: &Clients,
+    name: &str,
+) -> Result<Option<LoadBalancer>, CallError> {
+    Ok(clients
+        .call(|| clients.elb.describe_load_balancers().names(name).send())
+        .or_none(&["LoadBalancerNotFound"], || {
+            format!("describe load balancer {name}")
+        })
+        .await?
+        .and_then(|out| out.load_balancers?.into_iter().next()))
+}
+
 /// A security group opening `port` to `source` only.
 async fn security_group(
     b: &mut Build<'_>,
@@ -330,16 +376,8 @@ async fn security_group(
     source: Source<'_>,
 ) -> Result<String, CallError> {
     let (clients, plan) = (b.clients, b.plan);
-    let describe = clients
-        .ec2
-        .describe_security_groups()
-        .filters(filter("vpc-id", &plan.vpc_id))
-        .filters(filter("group-name", name));
-    let found = clients
-        .call(|| describe.clone().send())
-        .or_fail(|| format!("describe security group {name}"))
-        .await?;
-    let existing = found.security_groups().first();
+    let found = find_security_group(clients, &plan.vpc_id, name).await?;
+    let existing = found.as_ref();
     let id = match existing.and_then(|g| g.group_id()) {
         Some(id) => {
             let tags = existing.map(|g| ec2_tag_map(g.tags())).unwrap_or_default();
@@ -397,9 +435,7 @@ async fn security_group(
 
 /// EC2 tags as a map.
 fn ec2_tag_map(tags: &[aws_sdk_ec2::types::Tag]) -> BTreeMap<String, String> {
-    tags.iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-        .collect()
+    tags::map(tags.iter().map(|t| (t.key(), t.value())))
 }
 
 impl Build<'_> {
@@ -434,11 +470,7 @@ impl Build<'_> {
             .or_fail(|| format!("read the tags of {}", arns.join(", ")))
             .await?;
         for description in out.tag_descriptions() {
-            let tags: BTreeMap<String, String> = description
-                .tags()
-                .iter()
-                .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-                .collect();
+            let tags = tags::map(description.tags().iter().map(|t| (t.key(), t.value())));
             if let Some(resource) = found
                 .iter()
                 .zip(&arns)
@@ -456,13 +488,9 @@ impl Build<'_> {
 async fn target_group(b: &mut Build<'_>) -> Result<String, CallError> {
     let (clients, plan) = (b.clients, b.plan);
     let name = &plan.names.target_group;
-    let found = clients
-        .call(|| clients.elb.describe_target_groups().names(name).send())
-        .or_none(&["TargetGroupNotFound"], || {
-            format!("describe target group {name}")
-        })
+    let found = find_target_group(clients, name)
         .await?
-        .and_then(|out| out.target_groups?.into_iter().next()?.target_group_arn);
+        .and_then(|group| group.target_group_arn);
     let health = &plan.health;
     let matcher = Matcher::builder()
         .http_code(health.expect_status.to_string())
@@ -531,14 +559,7 @@ async fn load_balancer(
 ) -> Result<(String, String), CallError> {
     let (clients, plan) = (b.clients, b.plan);
     let name = &plan.names.alb;
-    let found = clients
-        .call(|| clients.elb.describe_load_balancers().names(name).send())
-        .or_none(&["LoadBalancerNotFound"], || {
-            format!("describe load balancer {name}")
-        })
-        .await?
-        .and_then(|out| out.load_balancers?.into_iter().next());
-    let lb = match found {
+    let lb = match find_load_balancer(clients, name).await? {
         Some(lb) => lb,
         None => {
             let create = clients
@@ -650,19 +671,7 @@ async fn launch_template(
     }
     let data = data.build();
     let description = format!("bake {}: {} ({})", plan.rollout, plan.ami.id, plan.ami.name);
-    let describe = clients
-        .ec2
-        .describe_launch_templates()
-        .launch_template_names(name);
-    let found = clients
-        .call(|| describe.clone().send())
-        .or_none(
-            &["InvalidLaunchTemplateName*", "InvalidLaunchTemplateId*"],
-            || format!("describe launch template {name}"),
-        )
-        .await?
-        .and_then(|out| out.launch_templates?.into_iter().next());
-    if let Some(template) = found {
+    if let Some(template) = find_launch_template(clients, name).await? {
         let id = template.launch_template_id().unwrap_or_default().to_owned();
         b.found(
             Resource::LaunchTemplate(id.clone()),
@@ -740,11 +749,7 @@ async fn group(
         .join(",");
     let grace = i32::try_from(rollout.refresh.get_ref().warmup.0.as_secs()).unwrap_or(i32::MAX);
     if let Some(existing) = &found {
-        let tags: BTreeMap<String, String> = existing
-            .tags()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-            .collect();
+        let tags = tags::map(existing.tags().iter().map(|t| (t.key(), t.value())));
         b.found(Resource::AutoScalingGroup(name.clone()), &tags);
         if !metrics_collected(existing) {
             collect_metrics(clients, name).await?;
@@ -841,8 +846,8 @@ async fn group(
     })
 }
 
-/// Version `spec` (a number, `$Latest` or `$Default`) of a launch template, when AWS lists it.
-async fn template_version(
+/// Version `spec` (a number, `$Latest` or `$Default`) of a launch template, when it exists.
+pub(super) async fn template_version(
     clients: &Clients,
     template_id: &str,
     spec: &str,
@@ -854,13 +859,34 @@ async fn template_version(
         .versions(spec);
     let out = clients
         .call(|| request.clone().send())
-        .or_fail(|| format!("describe version {spec} of launch template {template_id}"))
+        .or_none(
+            &[
+                "InvalidLaunchTemplateId.VersionNotFound",
+                "InvalidLaunchTemplateId.NotFound",
+            ],
+            || format!("describe version {spec} of launch template {template_id}"),
+        )
         .await?;
-    Ok(out
-        .launch_template_versions
-        .unwrap_or_default()
-        .into_iter()
-        .next())
+    Ok(out.and_then(|out| out.launch_template_versions?.into_iter().next()))
+}
+
+/// The launch template of this name, if there is one.
+pub(super) async fn find_launch_template(
+    clients: &Clients,
+    name: &str,
+) -> Result<Option<LaunchTemplate>, CallError> {
+    let describe = clients
+        .ec2
+        .describe_launch_templates()
+        .launch_template_names(name);
+    Ok(clients
+        .call(|| describe.clone().send())
+        .or_none(
+            &["InvalidLaunchTemplateName*", "InvalidLaunchTemplateId*"],
+            || format!("describe launch template {name}"),
+        )
+        .await?
+        .and_then(|out| out.launch_templates?.into_iter().next()))
 }
 
 /// The version number `spec` (a number, `$Latest` or `$Default`) of a launch template names now,
@@ -1169,22 +1195,7 @@ async fn adopt_alarm(b: &mut Build<'_>, alarm: &MetricAlarm) -> Result<(), CallE
     let (Some(name), Some(arn)) = (alarm.alarm_name(), alarm.alarm_arn()) else {
         return Ok(());
     };
-    let clients = b.clients;
-    let out = clients
-        .call(|| {
-            clients
-                .cloudwatch
-                .list_tags_for_resource()
-                .resource_arn(arn)
-                .send()
-        })
-        .or_fail(|| format!("read the tags of alarm {name}"))
-        .await?;
-    let tags: BTreeMap<String, String> = out
-        .tags()
-        .iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-        .collect();
+    let tags = crate::janitor::stack::alarm_tags(b.clients, name, arn).await?;
     b.found(Resource::Alarm(name.to_owned()), &tags);
     Ok(())
 }
@@ -1225,12 +1236,8 @@ impl std::fmt::Display for Scaling {
     }
 }
 
-/// Reads the group's sizes, in-service count, CPU target and alarms' states.
-pub async fn scaling(clients: &Clients, plan: &Plan) -> Result<Scaling, CallError> {
-    let asg = &plan.names.asg;
-    let group = describe_group(clients, asg)
-        .await?
-        .ok_or_else(|| clients.failed(format!("describe {asg}"), "the group is gone"))?;
+/// The target value of the group's CPU scaling policy, when it has one.
+pub(super) async fn cpu_target(clients: &Clients, asg: &str) -> Result<Option<f64>, CallError> {
     let request = clients
         .autoscaling
         .describe_policies()
@@ -1240,10 +1247,19 @@ pub async fn scaling(clients: &Clients, plan: &Plan) -> Result<Scaling, CallErro
         .call(|| request.clone().send())
         .or_fail(|| format!("describe the scaling policies of {asg}"))
         .await?;
-    let cpu_target = policies
+    Ok(policies
         .scaling_policies()
         .iter()
-        .find_map(|p| p.target_tracking_configuration()?.target_value());
+        .find_map(|p| p.target_tracking_configuration()?.target_value()))
+}
+
+/// Reads the group's sizes, in-service count, CPU target and alarms' states.
+pub async fn scaling(clients: &Clients, plan: &Plan) -> Result<Scaling, CallError> {
+    let asg = &plan.names.asg;
+    let group = describe_group(clients, asg)
+        .await?
+        .ok_or_else(|| clients.failed(format!("describe {asg}"), "the group is gone"))?;
+    let cpu_target = cpu_target(clients, asg).await?;
     let alarms = held_alarms(clients, plan)
         .await?
         .into_iter()
