@@ -1,7 +1,7 @@
 //! `bake rollout` against AWS answers the lab does not give on demand, replayed with
 //! aws-smithy-mocks: refreshes AWS rolls back itself or that ended and cannot be rolled back,
 //! launches that fail, throttled describes inside the watch, and a stack whose removal meets the
-//! load balancer's teardown lag.
+//! load balancer's teardown lag; and which version `bake rollback` goes back to, or why none.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,8 +46,8 @@ use bake::janitor::{self, Janitor, Resource};
 use bake::output::Progress;
 use bake::resolve::Subnet;
 use bake::rollout::preflight;
-use bake::rollout::refresh;
 use bake::rollout::stack::{self, Stack};
+use bake::rollout::{refresh, rollback};
 use tokio::time::Instant;
 
 /// A client of `$sdk` answered by `rules`.
@@ -897,4 +897,92 @@ fn preflight_refuses_instance_subnets_in_zones_the_load_balancer_does_not_cover(
         "{message}"
     );
     assert!(message.contains("Target.NotInUse"), "{message}");
+}
+
+/// Web-ASG on version `version` of launch template Web (lt-1), with the `bake:served` history
+/// `served` (no tag when none).
+fn group_on(version: &'static str, served: Option<&'static str>) -> Rule {
+    mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups).then_output(move || {
+        let mut group = AutoScalingGroup::builder()
+            .auto_scaling_group_name("Web-ASG")
+            .launch_template(
+                LaunchTemplateSpecification::builder()
+                    .launch_template_id("lt-1")
+                    .launch_template_name("Web")
+                    .version(version)
+                    .build(),
+            );
+        if let Some(served) = served {
+            group = group.tags(
+                aws_sdk_autoscaling::types::TagDescription::builder()
+                    .key("bake:served")
+                    .value(served)
+                    .build(),
+            );
+        }
+        DescribeAutoScalingGroupsOutput::builder()
+            .auto_scaling_groups(group.build())
+            .build()
+    })
+}
+
+/// Launch template lt-1 has no version `version` (EC2's answer for a version it does not hold).
+fn no_version(version: &'static str) -> Rule {
+    mock!(aws_sdk_ec2::Client::describe_launch_template_versions)
+        .match_requests(move |r| r.versions() == [version])
+        .then_error(|| {
+            aws_sdk_ec2::operation::describe_launch_template_versions::DescribeLaunchTemplateVersionsError::generic(
+                meta("InvalidLaunchTemplateId.VersionNotFound", "Could not find the version"),
+            )
+        })
+}
+
+#[tokio::test]
+async fn rollback_of_a_group_on_its_first_version_with_no_history_asks_for_to() {
+    let (config, _, _) = rollout_parts();
+    let group = group_on("1", None);
+    let clients = clients_of(&[], &[&group], &[]);
+    let rollout = &config.rollout["web"];
+    let err = rollback::run(&clients, &config, "web", rollout, None, &progress())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, rollback::Error::NoPrevious { current: 1, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("name one with --to"), "{err}");
+    assert_eq!(err.exit_code(), 1);
+}
+
+#[tokio::test]
+async fn rollback_goes_to_the_version_served_before_not_the_one_numbered_before() {
+    let (config, _, _) = rollout_parts();
+    // Served 2 then 5 (3 and 4 were made and never served): "before" is 2, not 4.
+    let group = group_on("5", Some("2,5"));
+    let missing = no_version("2");
+    let clients = clients_of(&[&missing], &[&group], &[]);
+    let rollout = &config.rollout["web"];
+    let err = rollback::run(&clients, &config, "web", rollout, None, &progress())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, rollback::Error::NoVersion { version: 2, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn rollback_to_a_version_the_template_lacks_names_it_and_the_region() {
+    let (config, _, _) = rollout_parts();
+    let group = group_on("5", Some("2,5"));
+    let missing = no_version("9");
+    let clients = clients_of(&[&missing], &[&group], &[]);
+    let rollout = &config.rollout["web"];
+    let err = rollback::run(&clients, &config, "web", rollout, Some(9), &progress())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "launch template Web has no version 9 in ap-northeast-2"
+    );
 }

@@ -275,14 +275,8 @@ pub async fn run(
         });
     };
     let alb = &names.alb;
-    let balancers = clients
-        .call(|| clients.elb.describe_load_balancers().names(alb).send())
-        .or_none(&["LoadBalancerNotFound"], || {
-            format!("describe load balancer {alb}")
-        })
-        .await?;
-    let Some(alb_dns) = balancers.and_then(|out| out.load_balancers?.into_iter().next()?.dns_name)
-    else {
+    let found_alb = stack::find_load_balancer(clients, alb).await?;
+    let Some(alb_dns) = found_alb.and_then(|lb| lb.dns_name) else {
         return Err(Error::NoLoadBalancer {
             alb: alb.clone(),
             asg,
