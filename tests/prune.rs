@@ -4,14 +4,15 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Lab, Scratch, quick_config};
+use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 async fn bake(lab: &Lab, body: &str) -> String {
-    let scratch = Scratch::new(&quick_config(&format!("body = {body:?}"), "", ""));
+    let config = quick_config(&format!("body = {body:?}"), "", "") + NO_TEST_STAGE;
+    let scratch = Scratch::new(&config);
     let out = lab
         .run_bake(&["-c", &scratch.config(), "ami", "quick"])
         .await;

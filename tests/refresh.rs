@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::{Lab, Scratch, quick_config};
+use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -26,6 +26,7 @@ fn config_with(vars: &str, expect: &str, capacity: &str, refresh: &str) -> Strin
         &format!("path = \"/healthz\"\nexpect_body = {expect:?}"),
         "",
     );
+    text.push_str(NO_TEST_STAGE);
     text.push_str(&format!(
         r#"
 [rollout.web]

@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::{Lab, Scratch, quick_config};
+use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -20,6 +20,7 @@ fn stderr(out: &std::process::Output) -> String {
 /// workshops' part 2: Web-ALB on the public subnets, Web-ASG on the private ones.
 fn config(body: &str) -> String {
     let mut text = quick_config(&format!("body = {body:?}"), "", "");
+    text.push_str(NO_TEST_STAGE);
     text.push_str(
         r#"
 [rollout.web]

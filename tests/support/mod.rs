@@ -457,6 +457,10 @@ instance_profile = "SSMInstanceProfile"
     )
 }
 
+/// Appended to [`quick_config`] where the test stage is beside the point (prune, rollout,
+/// refresh): it boots one more instance per bake. tests/ami.rs and tests/pipeline.rs test it.
+pub const NO_TEST_STAGE: &str = "\n[image.quick.test]\nenabled = false\n";
+
 /// Runs bake with `config` written to a fresh `bake.toml` and `args` after `-c`; AWS is pointed at
 /// a closed loopback port, so a command that wrongly reaches AWS fails differently from a refused
 /// config. Returns the directory (kept alive), the config's path and the output.
