@@ -48,8 +48,10 @@ def workshop_network(endpoint: str, region: str = WORKSHOP_REGION) -> dict:
     igw = igw["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
     subnets = {}
-    for name, cidr, zone in [("Public subnet A", f"{net}.10.0/24", "a"), ("Public subnet C", f"{net}.20.0/24", "c"),
-                             ("Private subnet A", f"{net}.100.0/24", "a"), ("Private subnet C", f"{net}.200.0/24", "c")]:
+    for name, cidr, zone in [("Public subnet A", f"{net}.10.0/24", "a"),
+                             ("Public subnet C", f"{net}.20.0/24", "c"),
+                             ("Private subnet A", f"{net}.100.0/24", "a"),
+                             ("Private subnet C", f"{net}.200.0/24", "c")]:
         sid = ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=region + zone,
                                 TagSpecifications=_tag(name, "subnet"))["Subnet"]["SubnetId"]
         if name.startswith("Public"):
