@@ -8,6 +8,8 @@ import time
 import uuid
 from urllib.parse import parse_qs
 
+from moto.iam.models import get_account_id_from
+
 from . import consistency
 
 INTERNAL_KEY = "LABINTERNAL"  # access key of the lab's own bootstrap calls: never faulted, never logged
@@ -222,7 +224,8 @@ class ControlApp:
 
     def _log(self, req: dict, started: float, status: int, fault: str | None) -> None:
         entry = {"time": started, "service": req["service"], "action": req["action"], "region": req["region"],
-                 "access_key": req["key"], "status": status, "fault": fault is not None, "fault_kind": fault,
+                 "access_key": req["key"], "account": _account_of(req["key"]), "status": status,
+                 "fault": fault is not None, "fault_kind": fault,
                  "duration": round(time.time() - started, 6)}
         with self.lock:
             self.requests.append(entry)
@@ -284,3 +287,9 @@ class ControlApp:
         if name == "info":
             return 200, api.info()
         return 404, {"error": f"no lab endpoint {method} /_lab/{name}"}
+
+
+def _account_of(access_key: str | None) -> str:
+    """The account moto serves a request signed with this key from: STS AssumeRole credentials belong to the
+    role's account, any other key to moto's default account."""
+    return get_account_id_from(access_key or "")
