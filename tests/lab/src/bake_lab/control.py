@@ -11,6 +11,7 @@ from urllib.parse import parse_qs
 from moto.iam.models import get_account_id_from
 
 from . import consistency
+from .ec2 import sharing
 
 INTERNAL_KEY = "LABINTERNAL"  # access key of the lab's own bootstrap calls: never faulted, never logged
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/([^/]+)/([^/]+)/")
@@ -275,6 +276,14 @@ class ControlApp:
             return 200, api.set_security_groups(body)
         if name == "security-groups":
             return 200, api.security_groups()
+        if (method, name) == ("POST", "copy-failures"):
+            return 200, api.lab.set_copy_failures(body)
+        if name == "copy-failures":
+            return 200, dict(api.lab.copy_failures)
+        if (method, name) == ("POST", "accounts"):
+            return 200, sharing.set_accounts(body)
+        if name == "accounts":
+            return 200, sharing.accounts()
         if name == "checkip":
             return 200, api.checkip() + "\n"
         if name == "requests":
