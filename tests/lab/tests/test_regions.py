@@ -1,6 +1,6 @@
 """A second region: the workshops' VPC-Lab exists in us-east-1 too (same names, its own CIDR), and an instance
 launched there is wired, addressed and reachable as in ap-northeast-2."""
-from conftest import PAGE_USER_DATA, USER_DATA_WAIT, http_get, launch, runner_group, wait_for, wait_state
+from conftest import PAGE_USER_DATA, USER_DATA_WAIT, http_get, launch, runner_group, wait_for, wait_online, wait_state
 
 SECOND = "us-east-1"
 NAMES = ["Public subnet A", "Public subnet C", "Private subnet A", "Private subnet C"]
@@ -39,6 +39,21 @@ def test_an_instance_in_us_east_1_answers_http_from_the_runner(lab, ubuntu_ami):
         got = wait_for("the page in us-east-1", lambda: (r := http_get(f"http://{desc['PublicIpAddress']}/"))
                        and r[0] == 200 and r, USER_DATA_WAIT)
         assert got[1] == f"east {iid}\n"
+    finally:
+        ec2.terminate_instances(InstanceIds=[iid])
+        wait_state(ec2, iid, "terminated")
+
+
+def test_a_private_instance_in_us_east_1_is_online_through_its_nat_gateway(lab):
+    ec2, ssm = lab.client("ec2", SECOND), lab.client("ssm", SECOND)
+    image = lab.get_json("/_lab/info")["ubuntu_images"][SECOND]
+    iid = launch(ec2, image, subnet="Private subnet A")
+    try:
+        desc = wait_state(ec2, iid, "running")
+        assert desc["PrivateIpAddress"].startswith("10.1.100.") and not desc.get("PublicIpAddress")
+        wait_online(ssm, iid)
+        online = [e for e in lab.get_lines("/_lab/events") if e["event"] == "ssm_online" and e["instance_id"] == iid]
+        assert online[0]["path"] == "nat gateway" and online[0]["region"] == SECOND, online
     finally:
         ec2.terminate_instances(InstanceIds=[iid])
         wait_state(ec2, iid, "terminated")
