@@ -19,7 +19,10 @@ use aws_sdk_ec2::operation::describe_snapshots::DescribeSnapshotsOutput;
 use aws_sdk_ec2::operation::enable_image_deprecation::EnableImageDeprecationOutput;
 use aws_sdk_ec2::operation::modify_image_attribute::ModifyImageAttributeOutput;
 use aws_sdk_ec2::operation::modify_snapshot_attribute::ModifySnapshotAttributeOutput;
-use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, Image, ImageState, StateReason, Tag};
+use aws_sdk_ec2::operation::run_instances::RunInstancesOutput;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Image, ImageState, Instance, StateReason, Tag,
+};
 use aws_sdk_kms::operation::describe_key::{DescribeKeyError, DescribeKeyOutput};
 use aws_sdk_kms::types::{KeyManagerType, KeyMetadata, KeySpec, KeyState};
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
@@ -239,6 +242,70 @@ async fn a_missing_alias_a_disabled_key_and_a_shared_aws_managed_key_exit_2_at_t
         );
         assert_eq!(err.exit_code(), 2, "{msg}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_builders_volume_is_encrypted_with_the_build_regions_key() {
+    let key = "arn:aws:kms:ap-northeast-2:123456789012:key/bake-apne2";
+    let run = mock!(aws_sdk_ec2::Client::run_instances)
+        .match_requests(move |r| {
+            let ebs = r.block_device_mappings()[0].ebs();
+            ebs.and_then(|e| e.encrypted()) == Some(true)
+                && ebs.and_then(|e| e.kms_key_id()) == Some(key)
+        })
+        .then_output(|| {
+            RunInstancesOutput::builder()
+                .instances(Instance::builder().instance_id("i-builder").build())
+                .build()
+        });
+    let clients = mocked_clients(&[&run], &[]);
+    let config = config("alias/bake-euw1");
+    let janitor = Janitor::new(clients.clone(), RUN.into());
+    let plan = bake::ami::preflight::Plan {
+        image: "web".into(),
+        template: "nginx".into(),
+        os: bake::config::Os::Debian,
+        base: bake::ami::preflight::BaseAmi {
+            id: "ami-base".into(),
+            name: "debian-12".into(),
+            root_device: "/dev/xvda".into(),
+        },
+        subnet: bake::resolve::Subnet {
+            id: "subnet-a".into(),
+            vpc_id: "vpc-lab".into(),
+            zone: "ap-northeast-2a".into(),
+        },
+        routing: bake::resolve::Routing {
+            id: "rtb-a".into(),
+            main: false,
+            default_route: Some(bake::resolve::DefaultRoute::InternetGateway(
+                "igw-lab".into(),
+            )),
+        },
+        access: bake::config::Access::Public,
+        instance_profile: "SSMInstanceProfile".into(),
+        allow_cidr: "198.51.100.7/32".into(),
+        rendered: bake::render::Rendered {
+            script: "#!/bin/bash\n".into(),
+            payload: b"#!/bin/bash\n".to_vec(),
+            compressed: false,
+            digest: "d".repeat(64),
+        },
+        ami_name: "web".into(),
+        egress: None,
+        endpoints: None,
+        distribute: Plan {
+            build_key: Some(key.into()),
+            ..Plan::default()
+        },
+    };
+    let spec = bake::ami::launch::Spec::builder(&plan, janitor.run_id());
+    let builder = &config.image["web"].builder;
+    let id = bake::ami::launch::instance(&clients, &plan, builder, &spec, "sg-1", &[], &janitor)
+        .await
+        .unwrap();
+    assert_eq!(id, "i-builder");
+    assert_eq!(run.num_calls(), 1);
 }
 
 /// The source image in ap-northeast-2, as the test stage left it.
@@ -586,4 +653,425 @@ async fn a_region_with_a_copy_of_the_same_digest_and_base_is_not_copied_again() 
         "{copies:?}"
     );
     assert_eq!(use1.num_calls() + euw1.num_calls(), 0, "nothing copied");
+}
+
+// The lab: two regions and a second account, as on AWS.
+
+use support::{Lab, REGION, repo};
+
+/// Account B, which images are shared with; account C, which nothing is shared with (the lab's
+/// `bake_lab.client` names).
+const ACCOUNT_B: &str = "111122223333";
+const ACCOUNT_C: &str = "444455556666";
+
+/// An SDK config for the lab in `region`, as this account or (through STS AssumeRole, as on AWS)
+/// as `account`.
+async fn sdk(lab: &Lab, region: &str, account: Option<&str>) -> aws_config::SdkConfig {
+    let home = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&lab.endpoint)
+        .region(aws_config::Region::new(region.to_owned()))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "test", "test", None, None, "lab",
+        ))
+        .load()
+        .await;
+    let Some(account) = account else {
+        return home;
+    };
+    let role =
+        aws_config::sts::AssumeRoleProvider::builder(format!("arn:aws:iam::{account}:role/lab"))
+            .session_name("bake-test")
+            .configure(&home)
+            .build()
+            .await;
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&lab.endpoint)
+        .region(aws_config::Region::new(region.to_owned()))
+        .credentials_provider(role)
+        .load()
+        .await
+}
+
+/// A customer managed key in `region` with alias `alias`, whose policy lets account B use it for
+/// EBS (what another account needs to launch from an encrypted image); answers its ARN.
+async fn shared_key(lab: &Lab, region: &str, alias: &str) -> String {
+    let kms = aws_sdk_kms::Client::new(&sdk(lab, region, None).await);
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "owner", "Effect": "Allow",
+             "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+             "Action": "kms:*", "Resource": "*"},
+            {"Sid": "b", "Effect": "Allow",
+             "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT_B}:root")},
+             "Action": ["kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncrypt*",
+                        "kms:GenerateDataKey*"],
+             "Resource": "*"}
+        ]
+    });
+    let key = kms
+        .create_key()
+        .description(format!("bake distribution in {region}"))
+        .policy(policy.to_string())
+        .send()
+        .await
+        .unwrap();
+    let meta = key.key_metadata().unwrap();
+    kms.create_alias()
+        .alias_name(alias)
+        .target_key_id(meta.key_id())
+        .send()
+        .await
+        .unwrap();
+    meta.arn().unwrap().to_owned()
+}
+
+/// The nginx example with `distribute` (its `regions` line given), deprecated 90 days on.
+fn distributed_config(dir: &Path, regions: &str) -> String {
+    let example = std::fs::read_to_string(repo().join("examples/nginx-debian.toml")).unwrap();
+    let text = example
+        .replace("[image.web]\n", "[image.web]\ndeprecate_after = \"90d\"\n")
+        .replace(
+            "[image.web.builder]\n",
+            &format!(
+                "[image.web.distribute]\nregions = [{regions}]\naccounts = [\"{ACCOUNT_B}\"]\n\
+                 kms_key = \"alias/bake-dist\"\n\n[image.web.builder]\n"
+            ),
+        );
+    let path = dir.join("bake.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_owned()
+}
+
+/// The CopyImage calls the lab saw, by destination region.
+async fn copies_into(lab: &Lab, region: &str) -> usize {
+    lab.requests()
+        .await
+        .iter()
+        .filter(|r| r["action"] == "CopyImage" && r["region"] == region)
+        .count()
+}
+
+/// The one image of `ec2`'s region (this account's) tagged with `digest`, with its snapshot.
+async fn copy_in(ec2: &aws_sdk_ec2::Client, digest: &str) -> Vec<Image> {
+    ec2.describe_images()
+        .owners("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:bake:digest")
+                .values(digest)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .images()
+        .to_vec()
+}
+
+fn tag_of<'a>(image: &'a Image, key: &str) -> Option<&'a str> {
+    image
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_leaves_the_others() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let home_key = shared_key(&lab, REGION, "alias/bake-dist").await;
+    let east_key = shared_key(&lab, "us-east-1", "alias/bake-dist").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = distributed_config(dir.path(), "\"ap-northeast-2\", \"us-east-1\"");
+    let out = lab
+        .run_bake(&["-c", &config, "-o", "json", "ami", "web"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let baked = &result["images"][0];
+    let source = baked["ami_id"].as_str().unwrap().to_owned();
+    let digest = baked["digest"].as_str().unwrap().to_owned();
+    assert_eq!(baked["copies"].as_array().unwrap().len(), 1, "{result}");
+    let copied = &baked["copies"][0];
+    assert_eq!(copied["region"], "us-east-1");
+    assert_eq!(copied["outcome"], "copied", "{result}");
+    let copy = copied["ami_id"].as_str().unwrap().to_owned();
+
+    // The source, shared with B.
+    let home = aws_sdk_ec2::Client::new(&sdk(&lab, REGION, None).await);
+    let east = aws_sdk_ec2::Client::new(&sdk(&lab, "us-east-1", None).await);
+    let source_image = copy_in(&home, &digest).await;
+    assert_eq!(source_image.len(), 1);
+    let source_image = &source_image[0];
+    let snapshot_key = |ec2: aws_sdk_ec2::Client, image: Image| async move {
+        let snapshot = image.block_device_mappings()[0]
+            .ebs()
+            .unwrap()
+            .snapshot_id()
+            .unwrap()
+            .to_owned();
+        let out = ec2
+            .describe_snapshots()
+            .snapshot_ids(&snapshot)
+            .send()
+            .await
+            .unwrap();
+        let s = &out.snapshots()[0];
+        (s.encrypted(), s.kms_key_id().map(str::to_owned))
+    };
+    // The lab's CreateImage snapshots a fresh volume, not the builder's (its key is not kept, a
+    // known gap of the lab): that the builder's volume asks for the build region's key is
+    // `the_builders_volume_is_encrypted_with_the_build_regions_key` above.
+    assert!(home_key.starts_with("arn:aws:kms:ap-northeast-2:"));
+    // The copy: available in us-east-1 with that region's key, the source's tags, name and
+    // deprecation time, and where it came from.
+    let east_images = copy_in(&east, &digest).await;
+    assert_eq!(east_images.len(), 1);
+    let east_image = &east_images[0];
+    assert_eq!(east_image.image_id(), Some(copy.as_str()));
+    assert_eq!(east_image.state().map(|s| s.as_str()), Some("available"));
+    assert_eq!(east_image.name(), source_image.name());
+    assert_eq!(
+        snapshot_key(east.clone(), east_image.clone()).await,
+        (Some(true), Some(east_key.clone()))
+    );
+    for key in [
+        "Name",
+        "bake:image",
+        "bake:digest",
+        "bake:base-ami",
+        "bake:test",
+        "bake:baked-at",
+    ] {
+        assert_eq!(tag_of(east_image, key), tag_of(source_image, key), "{key}");
+    }
+    assert_eq!(tag_of(east_image, "bake:test"), Some("passed"));
+    assert_eq!(tag_of(east_image, "bake:source-ami"), Some(source.as_str()));
+    assert_eq!(tag_of(east_image, "bake:source-region"), Some(REGION));
+    assert!(source_image.deprecation_time().is_some());
+    assert_eq!(
+        east_image
+            .deprecation_time()
+            .map(|t| t.trim_end_matches('Z').trim_end_matches(".000")),
+        source_image
+            .deprecation_time()
+            .map(|t| t.trim_end_matches('Z').trim_end_matches(".000"))
+    );
+
+    // Account B sees the copy, launches it and it runs; account C cannot even see it.
+    let b = aws_sdk_ec2::Client::new(&sdk(&lab, "us-east-1", Some(ACCOUNT_B)).await);
+    let listed = b
+        .describe_images()
+        .executable_users("self")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        listed
+            .images()
+            .iter()
+            .any(|i| i.image_id() == Some(copy.as_str())),
+        "B lists the copy with ExecutableUsers=self"
+    );
+    let launched = b
+        .run_instances()
+        .image_id(&copy)
+        .min_count(1)
+        .max_count(1)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .send()
+        .await
+        .unwrap();
+    let instance = launched.instances()[0].instance_id().unwrap().to_owned();
+    let mut state = String::new();
+    for _ in 0..300 {
+        let out = b.describe_instances().instance_ids(&instance).send().await;
+        if let Ok(out) = out {
+            state = out.reservations()[0].instances()[0]
+                .state()
+                .and_then(|s| s.name())
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default();
+            if state == "running" || state == "terminated" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        state, "running",
+        "B launches the copy (its key's policy allows B)"
+    );
+    b.terminate_instances()
+        .instance_ids(&instance)
+        .send()
+        .await
+        .unwrap();
+    let c = aws_sdk_ec2::Client::new(&sdk(&lab, "us-east-1", Some(ACCOUNT_C)).await);
+    let seen = c.describe_images().image_ids(&copy).send().await;
+    assert_eq!(
+        seen.err()
+            .and_then(|e| aws_sdk_ec2::error::ProvideErrorMetadata::code(&e).map(str::to_owned)),
+        Some("InvalidAMIID.NotFound".to_owned()),
+        "C is not listed: the copy does not exist for it"
+    );
+    let refused = c
+        .run_instances()
+        .image_id(&copy)
+        .min_count(1)
+        .max_count(1)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .send()
+        .await;
+    assert!(refused.is_err(), "C cannot launch the copy");
+
+    // Idempotence: again, nothing is baked nor copied.
+    let before = copies_into(&lab, "us-east-1").await;
+    let launches = lab.calls("RunInstances").await;
+    let again = lab.run_bake(&["-c", &config, "ami", "web"]).await;
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(text(&again.stdout), format!("{source}\nus-east-1 {copy}"));
+    assert_eq!(
+        copies_into(&lab, "us-east-1").await,
+        before,
+        "nothing copied again"
+    );
+    assert_eq!(
+        lab.calls("RunInstances").await,
+        launches,
+        "nothing baked again"
+    );
+
+    // A third region copies only there, without a bake.
+    let west_key = shared_key(&lab, "us-west-2", "alias/bake-dist").await;
+    let config = distributed_config(
+        dir.path(),
+        "\"ap-northeast-2\", \"us-east-1\", \"us-west-2\"",
+    );
+    let third = lab.run_bake(&["-c", &config, "ami", "web"]).await;
+    assert!(third.status.success(), "{}", text(&third.stderr));
+    assert_eq!(copies_into(&lab, "us-east-1").await, before);
+    assert_eq!(copies_into(&lab, "us-west-2").await, 1);
+    assert_eq!(
+        lab.calls("RunInstances").await,
+        launches,
+        "nothing baked again"
+    );
+    let lines: Vec<String> = text(&third.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines[..2], [source.clone(), format!("us-east-1 {copy}")]);
+    let west = aws_sdk_ec2::Client::new(&sdk(&lab, "us-west-2", None).await);
+    let west_images = copy_in(&west, &digest).await;
+    assert_eq!(west_images.len(), 1);
+    assert_eq!(
+        lines[2],
+        format!("us-west-2 {}", west_images[0].image_id().unwrap())
+    );
+    assert_eq!(
+        snapshot_key(west.clone(), west_images[0].clone()).await,
+        (Some(true), Some(west_key))
+    );
+
+    // A copy forced to fail (eu-west-1): reported, cleaned up, the other regions' copies stay.
+    shared_key(&lab, "eu-west-1", "alias/bake-dist").await;
+    lab.control(
+        "copy-failures",
+        serde_json::json!({"region": "eu-west-1", "count": 1}),
+    )
+    .await;
+    let config = distributed_config(
+        dir.path(),
+        "\"ap-northeast-2\", \"us-east-1\", \"us-west-2\", \"eu-west-1\"",
+    );
+    let failed = lab.run_bake(&["-c", &config, "ami", "web"]).await;
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
+    let out = text(&failed.stdout);
+    assert!(
+        out.starts_with(&format!("{source}\nus-east-1 {copy}\nus-west-2 ")),
+        "{out}"
+    );
+    assert!(out.contains("eu-west-1 failed: "), "{out}");
+    let err = text(&failed.stderr);
+    assert!(err.contains("copies failed in eu-west-1"), "{err}");
+    let euw = aws_sdk_ec2::Client::new(&sdk(&lab, "eu-west-1", None).await);
+    let left = euw.describe_images().owners("self").send().await.unwrap();
+    assert!(
+        left.images().is_empty(),
+        "the failed copy is deregistered: {left:?}"
+    );
+    // The copy's snapshot carried the run's tags (TagSpecifications): none is left.
+    let snapshots = euw
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag-key")
+                .values("bake:run-id")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let left: Vec<&str> = snapshots
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id())
+        .collect();
+    assert!(left.is_empty(), "and its snapshot deleted: {left:?}");
+    assert_eq!(copy_in(&east, &digest).await.len(), 1);
+    assert_eq!(copy_in(&west, &digest).await.len(), 1);
+    lab.assert_nothing_left(&[&source], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_alias_exits_2_at_preflight_and_the_default_key_with_sharing_at_validate() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    // The alias exists in the build region only: us-east-1 has none.
+    shared_key(&lab, REGION, "alias/bake-dist").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = distributed_config(dir.path(), "\"us-east-1\"");
+    let text_of = std::fs::read_to_string(&config).unwrap();
+    let line = text_of
+        .lines()
+        .position(|l| l.starts_with("kms_key"))
+        .unwrap()
+        + 1;
+    let out = lab.run_bake(&["-c", &config, "ami", "web"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "bake.toml:{line}:11: image.web.distribute.kms_key: KMS key alias/bake-dist in us-east-1: does not exist"
+        )),
+        "{err}"
+    );
+    assert_eq!(lab.calls("RunInstances").await, 0, "nothing was created");
+    assert_eq!(
+        lab.calls("CreateSecurityGroup").await,
+        0,
+        "nothing was created"
+    );
+
+    std::fs::write(
+        &config,
+        text_of.replace("\"alias/bake-dist\"", "\"alias/aws/ebs\""),
+    )
+    .unwrap();
+    let out = lab.run_bake(&["-c", &config, "validate"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "bake.toml:{line}:11: image.web.distribute.kms_key: alias/aws/ebs cannot be used while sharing with accounts: AWS managed keys cannot be shared"
+        )),
+        "{err}"
+    );
 }
