@@ -617,42 +617,57 @@ async fn a_region_throttled_past_its_budget_fails_alone_and_a_failed_copy_is_cle
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_region_with_a_copy_of_the_same_digest_and_base_is_not_copied_again() {
-    let use1 = copy_to("us-east-1")
-        .then_output(|| CopyImageOutput::builder().image_id("ami-use1").build());
-    let euw1 = copy_to("eu-west-1")
-        .then_output(|| CopyImageOutput::builder().image_id("ami-euw1").build());
-    // Every region answers the digest look-up with a copy already there.
-    let there = mock!(aws_sdk_ec2::Client::describe_images)
-        .match_requests(|r| {
-            r.image_ids().is_empty()
-                && r.filters()
-                    .iter()
-                    .any(|f| f.name() == Some("tag:bake:digest"))
-                && r.filters()
-                    .iter()
-                    .any(|f| f.name() == Some("tag:bake:base-ami"))
-        })
-        .then_output(|| {
-            DescribeImagesOutput::builder()
-                .images(image("ami-there", ImageState::Available))
-                .build()
-        });
-    let common = Common::new(&[]);
-    let mut rules: Vec<&Rule> = vec![&there, &use1, &euw1];
-    rules.extend(common.all());
-    let clients = mocked_clients(&rules, &[]);
-    let janitor = Janitor::new(clients.clone(), RUN.into());
-    let copies = copy::run(&clients, &plan(), &source(), &janitor, &progress())
-        .await
-        .unwrap();
-    assert!(
-        copies
-            .iter()
-            .all(|c| c.outcome == CopyOutcome::Skipped && c.ami_id.as_deref() == Some("ami-there")),
-        "{copies:?}"
-    );
-    assert_eq!(use1.num_calls() + euw1.num_calls(), 0, "nothing copied");
+async fn a_region_with_a_copy_of_this_ami_is_not_copied_again_but_one_of_an_older_bake_is() {
+    for (source_of_copy, copied) in [("ami-src", false), ("ami-older-source", true)] {
+        let use1 = copy_to("us-east-1")
+            .then_output(|| CopyImageOutput::builder().image_id("ami-use1").build());
+        let euw1 = copy_to("eu-west-1")
+            .then_output(|| CopyImageOutput::builder().image_id("ami-euw1").build());
+        // Every region answers the digest look-up with a copy already there.
+        let there = mock!(aws_sdk_ec2::Client::describe_images)
+            .match_requests(|r| {
+                r.image_ids().is_empty()
+                    && r.filters()
+                        .iter()
+                        .any(|f| f.name() == Some("tag:bake:digest"))
+                    && r.filters()
+                        .iter()
+                        .any(|f| f.name() == Some("tag:bake:base-ami"))
+            })
+            .then_output(move || {
+                let mut there = image("ami-there", ImageState::Available);
+                there.tags = Some(vec![tag("bake:source-ami", source_of_copy)]);
+                DescribeImagesOutput::builder().images(there).build()
+            });
+        let common = Common::new(&[
+            ("ami-use1", ImageState::Available),
+            ("ami-euw1", ImageState::Available),
+        ]);
+        let mut rules: Vec<&Rule> = vec![&there, &use1, &euw1];
+        rules.extend(common.all());
+        let clients = mocked_clients(&rules, &[]);
+        let janitor = Janitor::new(clients.clone(), RUN.into());
+        let copies = copy::run(&clients, &plan(), &source(), &janitor, &progress())
+            .await
+            .unwrap();
+        if copied {
+            // A copy of an older bake of the same inputs (before `--force`) is not this AMI's.
+            assert!(
+                copies.iter().all(|c| c.outcome == CopyOutcome::Copied),
+                "{copies:?}"
+            );
+            assert_eq!(use1.num_calls() + euw1.num_calls(), 2);
+        } else {
+            assert!(
+                copies.iter().all(|c| c.outcome == CopyOutcome::Skipped
+                    && c.ami_id.as_deref() == Some("ami-there")),
+                "{copies:?}"
+            );
+            assert_eq!(use1.num_calls() + euw1.num_calls(), 0, "nothing copied");
+            // Shared anew: the accounts may have grown since.
+            assert_eq!(common.share_image.num_calls(), 3);
+        }
+    }
 }
 
 // The lab: two regions and a second account, as on AWS.

@@ -115,10 +115,19 @@ async fn copy_to(
         Ok(found) => found,
         Err(e) => return done(None, CopyOutcome::Failed(e.to_string())),
     };
+    // Only a copy of this very AMI counts: after `--force` baked the image anew, its copies are
+    // made anew too rather than leaving an older bake's copy in the other regions.
+    let existing = existing.filter(|found| {
+        found
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some(tags::SOURCE_AMI) && t.value() == Some(&source.ami_id))
+    });
     if let Some(found) = existing {
         let id = found.image_id().unwrap_or_default().to_owned();
         progress.step(format!(
-            "{region}: {id} is there already (same digest and base)"
+            "{region}: {id} is there already (a copy of {})",
+            source.ami_id
         ));
         // The list of accounts may have grown since that copy was made.
         return match share(regional, &plan.share, &found).await {
