@@ -670,6 +670,56 @@ async fn a_region_with_a_copy_of_this_ami_is_not_copied_again_but_one_of_an_olde
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_pending_copy_is_left_to_the_stage_by_the_cleanup_beside_it_and_removed_when_interrupted()
+{
+    let use1 = copy_to("us-east-1")
+        .then_output(|| CopyImageOutput::builder().image_id("ami-use1").build());
+    let euw1 = copy_to("eu-west-1")
+        .then_output(|| CopyImageOutput::builder().image_id("ami-euw1").build());
+    // Both copies stay pending.
+    let common = Common::new(&[
+        ("ami-use1", ImageState::Pending),
+        ("ami-euw1", ImageState::Pending),
+    ]);
+    let deregister = mock!(aws_sdk_ec2::Client::deregister_image)
+        .then_output(|| DeregisterImageOutput::builder().build());
+    let delete_snapshot = mock!(aws_sdk_ec2::Client::delete_snapshot)
+        .then_output(|| DeleteSnapshotOutput::builder().build());
+    let mut rules: Vec<&Rule> = vec![&use1, &euw1, &deregister, &delete_snapshot];
+    rules.extend(common.all());
+    let clients = mocked_clients(&rules, &[]);
+    let janitor = Janitor::new(clients.clone(), RUN.into());
+    let progress = progress();
+    let plan = plan();
+    let source = source();
+    let stage = copy::run(&clients, &plan, &source, &janitor, &progress);
+    // The builder's cleanup runs beside the stage (as after a passed test) and leaves the copies.
+    let beside = async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        janitor.clean_recorded().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    };
+    tokio::select! {
+        done = stage => panic!("the copies never become available: {done:?}"),
+        () = beside => {}
+    }
+    assert_eq!(use1.num_calls() + euw1.num_calls(), 2);
+    assert_eq!(deregister.num_calls(), 0, "the cleanup beside the stage left its copies");
+    // The stage was dropped (as a signal drops it): the run's cleanup removes both copies.
+    let removed = janitor.clean().await.unwrap();
+    let mut images: Vec<String> = removed
+        .iter()
+        .filter_map(|r| match r {
+            bake::janitor::Resource::Image(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    images.sort();
+    assert_eq!(images, ["ami-euw1", "ami-use1"]);
+    assert!(deregister.num_calls() >= 2);
+}
+
 // The lab: two regions and a second account, as on AWS.
 
 use support::{Lab, REGION, repo};

@@ -3,6 +3,7 @@
 //! with accounts, organizations and OUs; a failed copy is deregistered with its snapshots and its
 //! region reported failed, the others stay.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -58,6 +59,9 @@ pub async fn run(
     }
     let pending = Arc::new(Pending::default());
     janitor.hold(pending.clone());
+    // While this stage runs it owns its copies (the run's ordinary cleanup, which may run beside
+    // it, leaves them alone); once it is dropped unfinished (a signal), the hold removes them.
+    let _running = pending.running();
     let image = &image;
     let copies = futures_util::stream::iter(plan.copies.iter().map(|target| {
         let pending = pending.clone();
@@ -326,13 +330,34 @@ async fn share(clients: &Clients, share: &Share, image: &Image) -> Result<(), Ca
 /// The copies of one image's run, each region's in a ledger of its own (a [`Janitor`] of that
 /// region, with the run's id): released, it deletes every copy not kept (an interrupted run's).
 #[derive(Default)]
-struct Pending(Mutex<Vec<Arc<Janitor>>>);
+struct Pending {
+    ledgers: Mutex<Vec<Arc<Janitor>>>,
+    /// Whether the copy stage is running (then a release leaves its copies to it).
+    running: Arc<AtomicBool>,
+}
+
+/// Marks the copy stage running until dropped (finished, or cancelled by a signal).
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
 
 impl Pending {
+    fn running(&self) -> Running {
+        self.running.store(true, Ordering::SeqCst);
+        Running(self.running.clone())
+    }
+
     /// The ledger for `clients`' region.
     fn open(&self, clients: &Clients, run_id: &str) -> Arc<Janitor> {
         let ledger = Arc::new(Janitor::new(clients.clone(), run_id.to_owned()));
-        self.0.lock().expect("copies lock").push(ledger.clone());
+        self.ledgers
+            .lock()
+            .expect("copies lock")
+            .push(ledger.clone());
         ledger
     }
 }
@@ -340,7 +365,11 @@ impl Pending {
 impl Hold for Pending {
     fn release(&self) -> BoxFuture<'_, Result<Vec<Resource>, Vec<Left>>> {
         Box::pin(async move {
-            let ledgers: Vec<Arc<Janitor>> = self.0.lock().expect("copies lock").clone();
+            // The builder's cleanup runs beside the copy stage: the copies are the stage's own.
+            if self.running.load(Ordering::SeqCst) {
+                return Ok(Vec::new());
+            }
+            let ledgers: Vec<Arc<Janitor>> = self.ledgers.lock().expect("copies lock").clone();
             let cleaned = futures_util::future::join_all(ledgers.iter().map(|l| l.clean())).await;
             let mut removed = Vec::new();
             let mut left = Vec::new();

@@ -278,9 +278,13 @@ pub async fn bake(
             } else {
                 "terminating the builder"
             });
-            janitor.clean_recorded().await?;
-            // After the builder and test instance are gone: they are not kept while copies run.
-            let copies = match distribute(clients, plan, &ami.id, janitor, progress).await {
+            // The copies start as the builder and test instance terminate (30-90 s on EC2).
+            let (cleaned, copies) = tokio::join!(
+                janitor.clean_recorded(),
+                distribute(clients, plan, &ami.id, janitor, progress)
+            );
+            cleaned?;
+            let copies = match copies {
                 Ok(copies) => copies,
                 Err(e) => {
                     progress.finish(format!("baked {}, but {e}", ami.id));
