@@ -66,8 +66,12 @@ def test_a_copy_is_pending_for_its_regions_latency_and_keeps_only_what_copy_imag
                                {"ResourceType": "snapshot", "Tags": [{"Key": "copied", "Value": "yes"}]}])["ImageId"]
     assert image(east, copy)["State"] == "pending"
     # The same ClientToken is the same request: the same image, nothing new.
-    again = east.copy_image(SourceImageId=source, SourceRegion=HOME, Name="dist-copy", ClientToken="dist-copy-1")
+    again = east.copy_image(SourceImageId=source, SourceRegion=HOME, Name="dist-copy", ClientToken="dist-copy-1",
+                            CopyImageTags=True, TagSpecifications=[
+                                {"ResourceType": "image", "Tags": [{"Key": "Name", "Value": "web-east"}]}])
     assert again["ImageId"] == copy
+    assert code_of(east.copy_image, SourceImageId=source, SourceRegion=HOME, Name="dist-other",
+                   ClientToken="dist-copy-1") == "IdempotentParameterMismatch"
     done = settled(east, copy)
     assert done["State"] == "available"
     event = next(e for e in lab.get_lines("/_lab/events") if e["event"] == "image_available" and e["image_id"] == copy)
@@ -227,3 +231,23 @@ def test_another_account_launches_only_with_a_key_its_policy_lets_it_use(lab, so
     wait_state(east, own, "running")
     east.terminate_instances(InstanceIds=[own])
     wait_state(east, own, "terminated")
+
+
+def test_reset_forgets_tokens_forced_failures_and_memberships(lab):
+    east = lab.client("ec2", EAST)
+    lab.post("/_lab/copy-failures", {"region": EAST, "all": True})
+    lab.post("/_lab/accounts", {ACCOUNT_B: {"organization": f"arn:aws:organizations::{HOME_ACCOUNT}:organization/o-x"}})
+    lab.post("/_lab/latency", {f"image_copy.{EAST}": 9})
+    lab.post("/_lab/reset")
+    assert lab.get_json("/_lab/copy-failures") == {} and lab.get_json("/_lab/accounts") == {}
+    assert f"image_copy.{EAST}" not in lab.get_json("/_lab/latency")
+    home = lab.client("ec2")
+    base = lab.get_json("/_lab/info")["debian_images"][HOME]
+    iid = launch(home, base, profile=False)
+    wait_state(home, iid, "running")
+    ami = home.create_image(InstanceId=iid, Name="after-reset", NoReboot=True)["ImageId"]
+    wait_for(f"{ami} available", lambda: image(home, ami)["State"] == "available", IMAGE_WAIT)
+    home.terminate_instances(InstanceIds=[iid])
+    # The token of a copy made before the reset names nothing now: a new copy is made, and it does not fail.
+    copy = east.copy_image(SourceImageId=ami, SourceRegion=HOME, Name="after-reset", ClientToken="dist-copy-1")
+    assert settled(east, copy["ImageId"])["State"] == "available"

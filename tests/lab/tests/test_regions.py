@@ -1,6 +1,16 @@
 """A second region: the workshops' VPC-Lab exists in us-east-1 too (same names, its own CIDR), and an instance
 launched there is wired, addressed and reachable as in ap-northeast-2."""
-from conftest import PAGE_USER_DATA, USER_DATA_WAIT, http_get, launch, runner_group, wait_for, wait_state
+from conftest import (
+    PAGE_USER_DATA,
+    USER_DATA_WAIT,
+    http_get,
+    launch,
+    runner_group,
+    subnet_id,
+    wait_for,
+    wait_online,
+    wait_state,
+)
 
 SECOND = "us-east-1"
 NAMES = ["Public subnet A", "Public subnet C", "Private subnet A", "Private subnet C"]
@@ -27,18 +37,49 @@ def test_vpc_lab_is_in_us_east_1_with_its_own_cidr(lab):
     assert lab.get_json("/_lab/info")["networks"][SECOND]["cidr"] == "10.1.0.0/16"
 
 
-def test_an_instance_in_us_east_1_answers_http_from_the_runner(lab, ubuntu_ami):
-    ec2 = lab.client("ec2", SECOND)
+def test_an_instance_in_us_east_1_answers_http_from_the_runner_and_through_an_alb(lab, ubuntu_ami):
+    ec2, elb = lab.client("ec2", SECOND), lab.client("elbv2", SECOND)
     image = lab.get_json("/_lab/info")["ubuntu_images"][SECOND]
+    vpc = lab.get_json("/_lab/info")["networks"][SECOND]["vpc"]
     group = runner_group(lab, ec2, "second-region-web")
+    alb_group = runner_group(lab, ec2, "second-region-alb")
+    ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "UserIdGroupPairs": [{"GroupId": alb_group}]}])
     iid = launch(ec2, image, profile=False, SecurityGroupIds=[group], UserData=PAGE_USER_DATA.format(page="east"))
+    tg = elb.create_target_group(Name="east-tg", Protocol="HTTP", Port=80, VpcId=vpc, HealthCheckPath="/",
+                                 HealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
+    lb = elb.create_load_balancer(Name="east-alb", SecurityGroups=[alb_group],
+                                  Subnets=[subnet_id(ec2, "Public subnet A"),
+                                           subnet_id(ec2, "Public subnet C")])["LoadBalancers"][0]
     try:
+        elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                            DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
         desc = wait_state(ec2, iid, "running")
         assert desc["Placement"]["AvailabilityZone"] == "us-east-1a"
         assert desc["PrivateIpAddress"].startswith("10.1.10."), desc["PrivateIpAddress"]
         got = wait_for("the page in us-east-1", lambda: (r := http_get(f"http://{desc['PublicIpAddress']}/"))
                        and r[0] == 200 and r, USER_DATA_WAIT)
         assert got[1] == f"east {iid}\n"
+        elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": iid, "Port": 80}])
+        wait_for("the target healthy", lambda: elb.describe_target_health(TargetGroupArn=tg)[
+            "TargetHealthDescriptions"][0]["TargetHealth"]["State"] == "healthy", USER_DATA_WAIT)
+        assert http_get(f"http://{lb['DNSName']}/") == (200, f"east {iid}\n")
+    finally:
+        elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+        ec2.terminate_instances(InstanceIds=[iid])
+        wait_state(ec2, iid, "terminated")
+
+
+def test_a_private_instance_in_us_east_1_is_online_through_its_nat_gateway(lab):
+    ec2, ssm = lab.client("ec2", SECOND), lab.client("ssm", SECOND)
+    image = lab.get_json("/_lab/info")["ubuntu_images"][SECOND]
+    iid = launch(ec2, image, subnet="Private subnet A")
+    try:
+        desc = wait_state(ec2, iid, "running")
+        assert desc["PrivateIpAddress"].startswith("10.1.100.") and not desc.get("PublicIpAddress")
+        wait_online(ssm, iid)
+        online = [e for e in lab.get_lines("/_lab/events") if e["event"] == "ssm_online" and e["instance_id"] == iid]
+        assert online[0]["path"] == "nat gateway" and online[0]["region"] == SECOND, online
     finally:
         ec2.terminate_instances(InstanceIds=[iid])
         wait_state(ec2, iid, "terminated")

@@ -5,6 +5,7 @@ failures (lab.py runs the copy)."""
 import threading
 
 from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ec2.responses.amis import AmisResponse
 
@@ -16,7 +17,9 @@ from ..lab import Lab
 KMS_INVALID = ("Client.InvalidKMSKey.InvalidState", "The KMS key provided is in an incorrect state")
 
 _lock = threading.Lock()
-_tokens: dict[tuple[str, str, str], str] = {}  # (account, region, ClientToken) -> ImageId
+# (account, region, ClientToken) -> (ImageId, the request's other parameters)
+_tokens: dict[tuple[str, str, str], tuple[str, dict]] = {}
+_IDEMPOTENT = ("SourceImageId", "SourceRegion", "Name", "Description", "Encrypted", "KmsKeyId", "CopyImageTags")
 
 
 def clear() -> None:
@@ -34,18 +37,22 @@ def install(lab: Lab) -> None:
     def copy_image(self):
         account, region = self.current_account, self.region
         token = self._get_param("ClientToken")
+        params = {name: self._get_param(name) for name in _IDEMPOTENT}
         if token:
             with _lock:
                 known = _tokens.get((account, region, token))
-            if known is not None:  # the same request again: the same image, nothing new is made
-                return ActionResult({"ImageId": known})
+            if known is not None:
+                if known[1] != params:  # a token names one request: other parameters are a client's mistake
+                    raise EC2ClientError("IdempotentParameterMismatch",
+                                         f"The client token {token} was already used with different parameters.")
+                return ActionResult({"ImageId": known[0]})  # the same request again: nothing new is made
         source_id, source_region = self._get_param("SourceImageId"), self._get_param("SourceRegion")
         source = ec2_backends[account][source_region].describe_images(ami_ids=[source_id])[0]
         result = original(self)  # moto makes the image (names refused, consistency window) in this region
         ami = self.ec2_backend.amis[result.result["ImageId"]]
         if token:
             with _lock:
-                _tokens[(account, region, token)] = ami.id
+                _tokens[(account, region, token)] = (ami.id, params)
         if _true(self._get_param("CopyImageTags")):  # user-defined tags only; aws: tags are never copied
             user = {t["key"]: t["value"] for t in source.get_tags() if not t["key"].startswith("aws:")}
             if user:
