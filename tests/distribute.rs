@@ -705,7 +705,11 @@ async fn a_pending_copy_is_left_to_the_stage_by_the_cleanup_beside_it_and_remove
         () = beside => {}
     }
     assert_eq!(use1.num_calls() + euw1.num_calls(), 2);
-    assert_eq!(deregister.num_calls(), 0, "the cleanup beside the stage left its copies");
+    assert_eq!(
+        deregister.num_calls(),
+        0,
+        "the cleanup beside the stage left its copies"
+    );
     // The stage was dropped (as a signal drops it): the run's cleanup removes both copies.
     let removed = janitor.clean().await.unwrap();
     let mut images: Vec<String> = removed
