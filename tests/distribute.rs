@@ -1144,3 +1144,99 @@ async fn a_missing_alias_exits_2_at_preflight_and_the_default_key_with_sharing_a
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_while_a_copy_is_pending_removes_the_copy_and_keeps_the_tested_image() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    // us-east-1's copies stay pending for a minute: long enough to interrupt one.
+    lab.control("latency", serde_json::json!({"image_copy.us-east-1": 60}))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(repo().join("examples/nginx-debian.toml")).unwrap();
+    let config = dir.path().join("bake.toml");
+    std::fs::write(
+        &config,
+        example.replace(
+            "[image.web.builder]\n",
+            "[image.web.distribute]\nregions = [\"us-east-1\"]\n\n[image.web.builder]\n",
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let out = lab
+        .interrupt_when(
+            &["-c", &config, "ami", "web"],
+            "INT",
+            "a CopyImage into us-east-1, the builder's cleanup done",
+            Duration::from_secs(300),
+            // Once the builder's cleanup is done (its group deleted): the lab answers a second
+            // TerminateInstances of a shutting-down instance InvalidNetworkInterfaceID.NotFound
+            // (EC2 answers it as done), which this test is not about.
+            || async {
+                let groups = lab
+                    .ec2
+                    .describe_security_groups()
+                    .filters(
+                        aws_sdk_ec2::types::Filter::builder()
+                            .name("tag-key")
+                            .values("bake:run-id")
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map(|out| out.security_groups().len())
+                    .ok();
+                copies_into(&lab, "us-east-1").await > 0 && groups == Some(0)
+            },
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    let east = aws_sdk_ec2::Client::new(&sdk(&lab, "us-east-1", None).await);
+    let tagged = |name: &str| {
+        aws_sdk_ec2::types::Filter::builder()
+            .name(name)
+            .values("bake:run-id")
+            .build()
+    };
+    // The copy (pending when interrupted) is deregistered and its snapshot deleted.
+    let images = east
+        .describe_images()
+        .owners("self")
+        .filters(tagged("tag-key"))
+        .send()
+        .await
+        .unwrap();
+    let images: Vec<&str> = images
+        .images()
+        .iter()
+        .filter_map(|i| i.image_id())
+        .collect();
+    assert!(images.is_empty(), "copies left: {images:?}");
+    let snapshots = east
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(tagged("tag-key"))
+        .send()
+        .await
+        .unwrap();
+    let snapshots: Vec<&str> = snapshots
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id())
+        .collect();
+    assert!(snapshots.is_empty(), "snapshots left: {snapshots:?}");
+    // The tested image in the build region is kept (it passed its test before the copy began).
+    let home = aws_sdk_ec2::Client::new(&sdk(&lab, REGION, None).await);
+    let kept = home
+        .describe_images()
+        .owners("self")
+        .filters(tagged("tag-key"))
+        .send()
+        .await
+        .unwrap();
+    let kept: Vec<&str> = kept.images().iter().filter_map(|i| i.image_id()).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    lab.assert_nothing_left(&kept, &[]).await;
+}
