@@ -39,6 +39,10 @@ HEALTH_VERIFY_ACTIONS = ("DescribeInstanceInformation", "SendCommand", "GetComma
 # terminate (max_healthy 200, the default where max allows); roll4t: of 4 with max_healthy = 100.
 ROLLOUTS = ("roll1", "roll4", "roll4t")
 ROLLOUT_GOAL = 1.2  # wall(group of 4, max_healthy 200) / wall(group of 1)
+# The distribution row: dist1..dist4 (bench1..bench4 with [distribute] regions = [REGION, us-east-1])
+# baked and copied in one run, at the lab's own copy latency (image_copy, not overridden here).
+DISTRIBUTED = ("dist1", "dist2", "dist3", "dist4")
+DISTRIBUTE_GOAL = 1.3  # wall(4 images x 2 regions) / wall(1 image in 1 region)
 
 
 class Lab(LabProcess):
@@ -168,6 +172,12 @@ def rollouts(lab, bake):
     return rows
 
 
+def copies_made(run):
+    """The copies a `bake -o json ami` run reports as made (outcome `copied`)."""
+    images = json.loads(run["stdout"])["images"]
+    return sum(1 for image in images for copy in image["copies"] if copy["outcome"] == "copied")
+
+
 def summary(walls):
     return {"median": statistics.median(walls), "min": min(walls), "max": max(walls)}
 
@@ -175,6 +185,8 @@ def summary(walls):
 def main():
     if os.environ.get("BENCH_ONLY") == "rollout":
         return main_rollout()
+    if os.environ.get("BENCH_ONLY") == "distribute":
+        return main_distribute()
     ensure_packer()
     lab = Lab()
     try:
@@ -188,6 +200,8 @@ def main():
 
         bake_runs = [timed_run(lab, bake + ["ami", "bench1", "--force"]) for _ in range(BAKE_RUNS)]
         four = timed_run(lab, bake + ["ami", "bench1", "bench2", "bench3", "bench4", "--force"])
+        copy_latency = json.loads(lab.call("latency")).get("image_copy")
+        distributed = timed_run(lab, bake + ["-o", "json", "ami", *DISTRIBUTED, "--force"])
         private_runs = [timed_run(lab, bake + ["ami", "private1", "--force"])
                         for _ in range(PRIVATE_RUNS)]
         packer_runs = [timed_run(lab, ["packer", "build", "-machine-readable", str(work / "packer.json")])
@@ -215,6 +229,8 @@ def main():
             max(b - h for b, h in zip(bake_calls, hv_calls, strict=True)) <= min(packer_calls),
         "wall(4) / wall(1) <= 1.3": ratio <= 1.3,
     }
+    distribute, distribute_checks = distribute_row(distributed, copy_latency, bake_wall["median"])
+    checks.update(distribute_checks)
     checks.update(rollout_checks(rollout_rows))
     results = {
         "latency": LATENCY,
@@ -223,6 +239,7 @@ def main():
                  "detection_lag": bake_lags, "detection_lag_worst": worst},
         "bake_4_images": {"wall": four["wall"], "calls": sum(counts(four).values()),
                           "wall_4_over_1": ratio},
+        "bake_4_images_2_regions": distribute,
         "bake_private": {"runs": PRIVATE_RUNS, "wall": private_wall, "calls": private_calls,
                          "egress_calls": sum(n for a, n in private_by_action.items()
                                              if a in EGRESS_ACTIONS),
@@ -271,6 +288,44 @@ def main_rollout():
     return 0 if all(results["checks"].values()) else 1
 
 
+def distribute_row(distributed, copy_latency, one):
+    """The distribution row and its checks, against `one` (the median wall of 1 image, 1 region)."""
+    row = {"wall": distributed["wall"], "image_copy_latency": copy_latency,
+           "copies": copies_made(distributed), "calls": sum(counts(distributed).values()),
+           "copy_calls": counts(distributed).get("CopyImage", 0), "wall_over_1": distributed["wall"] / one}
+    checks = {
+        f"wall(4 images x 2 regions) / wall(1 image, 1 region) <= {DISTRIBUTE_GOAL}":
+            row["wall_over_1"] <= DISTRIBUTE_GOAL,
+        "4 images x 2 regions: every copy made": row["copies"] == len(DISTRIBUTED),
+    }
+    return row, checks
+
+
+def main_distribute():
+    """`BENCH_ONLY=distribute`: 1 image in 1 region (BAKE_RUNS times) and 4 images x 2 regions in
+    one run, merged into bench/results.json."""
+    lab = Lab()
+    try:
+        lab.call("latency", LATENCY)
+        bake = [str(BAKE), "-c", str(CONFIG)]
+        walls = [timed_run(lab, bake + ["ami", "bench1", "--force"])["wall"] for _ in range(BAKE_RUNS)]
+        copy_latency = json.loads(lab.call("latency")).get("image_copy")
+        distributed = timed_run(lab, bake + ["-o", "json", "ami", *DISTRIBUTED, "--force"])
+    finally:
+        lab.stop()
+    one = statistics.median(walls)
+    row, checks = distribute_row(distributed, copy_latency, one)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"checks": {}}
+    results["bake_4_images_2_regions"] = dict(row, one_image_walls=walls)
+    results["checks"] = {k: v for k, v in results.get("checks", {}).items() if "2 regions" not in k}
+    results["checks"].update(checks)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"1 image, 1 region: {one:.1f} s (median of {BAKE_RUNS}); 4 images x 2 regions (copy latency "
+          f"{copy_latency} s): {row['wall']:.1f} s, {row['wall_over_1']:.2f}; {row['copies']} copies")
+    print("\n".join(f"{'ok  ' if ok else 'FAIL'} {name}" for name, ok in checks.items()))
+    return 0 if all(checks.values()) else 1
+
+
 def rollout_table(rows):
     def probe(row):
         p = row["probe"] or {}
@@ -289,6 +344,7 @@ def rollout_table(rows):
 
 def table(r):
     b, p, f, v = r["bake"], r["packer"], r["bake_4_images"], r["bake_private"]
+    d = r.get("bake_4_images_2_regions")
 
     def w(s):
         return f"{s['median']:.1f} s ({s['min']:.1f}–{s['max']:.1f})"
@@ -304,6 +360,10 @@ def table(r):
         f"{lag.get('instance_running', 0):.2f} / {lag.get('ssm_online', 0):.2f} / "
         f"{lag.get('page_healthy', 0):.2f} / {lag.get('image_available', 0):.2f} s | – |",
         f"| 4 images at once: wall, wall(4)/wall(1) | {f['wall']:.1f} s, {f['wall_4_over_1']:.2f} | – |",
+    ] + ([
+        f"| 4 images x 2 regions (copy latency {d['image_copy_latency']} s): wall, against 1 image in 1 "
+        f"region; copies | {d['wall']:.1f} s, {d['wall_over_1']:.2f}; {d['copies']} ({d['calls']} calls) | – |",
+    ] if d else []) + [
         f"| private builder (SSM health, temporary NAT, endpoints created): wall, wall/public; "
         f"API calls | {w(v['wall'])}, {v['wall_over_public']:.2f}; {max(v['calls'])} (NAT "
         f"{v['egress_calls']}, endpoints {v['endpoint_calls']}) against {max(b['calls'])} | – |",

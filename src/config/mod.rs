@@ -25,8 +25,9 @@ use place::names;
 pub use place::{Error, Location, Source};
 pub use secrets::{SECRET_WORDS, secret_word};
 pub use types::{
-    Access, Alarms, BaseImage, Builder, Capacity, Config, CpuAlarm, Egress, Endpoints, Health,
-    HumanDuration, Image, Os, Refresh, ResourceRef, Rollout, Test, TrafficProbe, Verify, Volume,
+    Access, Alarms, BaseImage, Builder, Capacity, Config, CpuAlarm, Distribute, Egress, Endpoints,
+    Health, HumanDuration, Image, KmsKey, Os, Refresh, ResourceRef, Rollout, Test, TrafficProbe,
+    Verify, Volume,
 };
 
 impl Config {
