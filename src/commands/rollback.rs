@@ -1,5 +1,6 @@
 //! `bake rollback NAME [--to VERSION]`: put `[rollout.NAME]`'s group back on the launch template
-//! version it served before (or VERSION); prints the URL that serves it.
+//! version it served before (or VERSION), in `--region` (required when the rollout has several
+//! regions); prints the URL that serves it.
 
 use super::{Context, Outcome};
 use crate::Error;
@@ -17,6 +18,10 @@ pub struct Args {
     /// the version it runs.
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     pub to: Option<i64>,
+    /// The region whose group goes back: one of the rollout's regions; required when it has
+    /// several, else its one region.
+    #[arg(long)]
+    pub region: Option<String>,
 }
 
 impl std::fmt::Display for RolledBack {
@@ -38,6 +43,25 @@ impl Args {
         let clients = ctx
             .clients(Some(&config), super::rollout::worst_case(target))
             .await?;
+        let regions = config.rollout_regions(&self.target, &clients.region)?;
+        let region = match (&self.region, regions.as_slice()) {
+            (Some(region), _) if regions.contains(region) => region.clone(),
+            (None, [one]) => one.clone(),
+            (given, _) => {
+                return Err(Error::Config(crate::config::Error::Flag {
+                    flag: "--region",
+                    message: format!(
+                        "{}: rollout {} rolls out to {}; name one of them",
+                        given.as_deref().map_or("missing".into(), |r| format!(
+                            "{r} is not one of its regions"
+                        )),
+                        self.target,
+                        regions.join(", ")
+                    ),
+                }));
+            }
+        };
+        let clients = clients.in_region(&region);
         let multi = indicatif::MultiProgress::new();
         let progress = Progress::new(&multi, &self.target);
         rollback::run(&clients, &config, &self.target, target, self.to, &progress)
