@@ -14,6 +14,10 @@ from moto.ssm.models import Parameter, ssm_backends
 from .control import INTERNAL_KEY
 
 WORKSHOP_REGION = "ap-northeast-2"
+# The workshops' VPC-Lab in a second region, for distribution (issue 14): the same Name tags, its own CIDR
+# (the lab's router keys subnet bridges by CIDR, so two regions' subnets must not overlap).
+SECOND_REGION = "us-east-1"
+WORKSHOP_CIDRS = {WORKSHOP_REGION: "10.0", SECOND_REGION: "10.1"}
 BASE_IMAGE_REGIONS = ["ap-northeast-2", "us-east-1", "us-west-2", "eu-west-1"]
 DEBIAN_OWNER = "136693071363"  # the account Debian publishes its official AMIs from
 DEBIAN_PARAMETERS = ["/aws/service/debian/release/bookworm/latest/amd64", "/aws/service/debian/release/12/latest/amd64"]
@@ -33,18 +37,22 @@ def _tag(name: str, kind: str) -> list:
     return [{"ResourceType": kind, "Tags": [{"Key": "Name", "Value": name}]}]
 
 
-def workshop_network(endpoint: str) -> dict:
-    """VPC-Lab as the workshops build it: public subnets A/C via an IGW, private A/C via a NAT gateway."""
-    ec2 = _client(endpoint, "ec2", WORKSHOP_REGION)
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16", TagSpecifications=_tag("VPC-Lab", "vpc"))["Vpc"]["VpcId"]
+def workshop_network(endpoint: str, region: str = WORKSHOP_REGION) -> dict:
+    """VPC-Lab as the workshops build it: public subnets A/C via an IGW, private A/C via a NAT gateway. In
+    ap-northeast-2 it is 10.0.0.0/16, in us-east-1 10.1.0.0/16 (same names, same layout)."""
+    ec2 = _client(endpoint, "ec2", region)
+    net = WORKSHOP_CIDRS[region]
+    vpc = ec2.create_vpc(CidrBlock=f"{net}.0.0/16", TagSpecifications=_tag("VPC-Lab", "vpc"))["Vpc"]["VpcId"]
     ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
     igw = ec2.create_internet_gateway(TagSpecifications=_tag("VPC-Lab-IGW", "internet-gateway"))
     igw = igw["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
     subnets = {}
-    for name, cidr, zone in [("Public subnet A", "10.0.10.0/24", "a"), ("Public subnet C", "10.0.20.0/24", "c"),
-                             ("Private subnet A", "10.0.100.0/24", "a"), ("Private subnet C", "10.0.200.0/24", "c")]:
-        sid = ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=WORKSHOP_REGION + zone,
+    for name, cidr, zone in [("Public subnet A", f"{net}.10.0/24", "a"),
+                             ("Public subnet C", f"{net}.20.0/24", "c"),
+                             ("Private subnet A", f"{net}.100.0/24", "a"),
+                             ("Private subnet C", f"{net}.200.0/24", "c")]:
+        sid = ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=region + zone,
                                 TagSpecifications=_tag(name, "subnet"))["Subnet"]["SubnetId"]
         if name.startswith("Public"):
             ec2.modify_subnet_attribute(SubnetId=sid, MapPublicIpOnLaunch={"Value": True})
@@ -60,7 +68,7 @@ def workshop_network(endpoint: str) -> dict:
     ec2.create_route(RouteTableId=private_rt, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
     for name, sid in subnets.items():
         ec2.associate_route_table(RouteTableId=public_rt if name.startswith("Public") else private_rt, SubnetId=sid)
-    return {"vpc": vpc, "subnets": subnets}
+    return {"vpc": vpc, "subnets": subnets, "region": region, "cidr": f"{net}.0.0/16"}
 
 
 def session_manager_network(endpoint: str) -> dict:

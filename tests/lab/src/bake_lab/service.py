@@ -60,6 +60,8 @@ class LabService:
             self.lab.layers.register(region, ami, [self.lab.layers.base, self.agent_layer])
         s3.publish_agent(self.lab.agent_deb, endpoint.regions())
         self.network = bootstrap.workshop_network(self.endpoint)
+        self.networks = {bootstrap.WORKSHOP_REGION: self.network,
+                         bootstrap.SECOND_REGION: bootstrap.workshop_network(self.endpoint, bootstrap.SECOND_REGION)}
         self.ssm_network = bootstrap.session_manager_network(self.endpoint)
         bootstrap.ssm_instance_profile(self.endpoint)
 
@@ -124,6 +126,7 @@ class LabService:
         return {"index": n.index, "public_range": str(n.public_net), "checkip": n.host_addr,
                 "router_ns": n.router_ns, "state_dir": str(self.lab.state_dir), "debian_images": self.images,
                 "ubuntu_images": self.ubuntu_images, "network": self.network,
+                "networks": self.networks,
                 "ssm_network": self.ssm_network, "apt_proxy": dict(self.lab.apt.stats),
                 "service_address": n.service_addr, "ca_pem": self.lab.authority.ca_pem().decode(),
                 "dns": dict(self.lab.dns.stats), "aws_front": dict(self.lab.front.stats),
