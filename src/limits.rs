@@ -193,6 +193,129 @@ pub fn region(name: &str) -> Result<(), String> {
     }
 }
 
+/// A 12-digit AWS account id (ModifyImageAttribute's `UserId`).
+pub fn account_id(id: &str) -> Result<(), String> {
+    if id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "an account id is 12 digits, like \"111122223333\"; found {id:?}"
+        ))
+    }
+}
+
+/// `arn:PARTITION:organizations::ACCOUNT:` and the rest, or None.
+fn organizations_arn(arn: &str) -> Option<&str> {
+    let rest = ["aws", "aws-cn", "aws-us-gov"]
+        .iter()
+        .find_map(|p| arn.strip_prefix(&format!("arn:{p}:organizations::")))?;
+    let (account, rest) = rest.split_once(':')?;
+    account_id(account).ok()?;
+    Some(rest)
+}
+
+/// `prefix` and then `lengths.0..=lengths.1` lower-case letters or digits.
+fn id_part(part: &str, prefix: &str, lengths: (usize, usize)) -> bool {
+    part.strip_prefix(prefix).is_some_and(|id| {
+        (lengths.0..=lengths.1).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    })
+}
+
+/// An organization's ARN as LaunchPermission's `OrganizationArn` takes it.
+pub fn organization_arn(arn: &str) -> Result<(), String> {
+    let ok = organizations_arn(arn)
+        .and_then(|rest| rest.strip_prefix("organization/"))
+        .is_some_and(|id| id_part(id, "o-", (10, 32)));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "an organization ARN looks like \"arn:aws:organizations::111122223333:organization/o-exampleorgid\"; found {arn:?}"
+        ))
+    }
+}
+
+/// An organizational unit's ARN as LaunchPermission's `OrganizationalUnitArn` takes it.
+pub fn organizational_unit_arn(arn: &str) -> Result<(), String> {
+    let ok = organizations_arn(arn)
+        .and_then(|rest| rest.strip_prefix("ou/"))
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(org, ou)| {
+            id_part(org, "o-", (10, 32))
+                && ou
+                    .strip_prefix("ou-")
+                    .and_then(|s| s.split_once('-'))
+                    .is_some_and(|(root, unit)| {
+                        id_part(root, "", (4, 32)) && id_part(unit, "", (8, 32))
+                    })
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "an organizational unit ARN looks like \"arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-exam-ple12345\"; found {arn:?}"
+        ))
+    }
+}
+
+/// A KMS key as EC2's `KmsKeyId` takes it: `alias/NAME`, a key id (a UUID, or `mrk-` and 32 hex
+/// digits for a multi-Region key), or a key or alias ARN. Answers the region an ARN names.
+pub fn kms_key(key: &str) -> Result<Option<&str>, String> {
+    let alias = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 250
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b))
+    };
+    let key_id = |id: &str| {
+        let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+        let uuid = id.split('-').map(str::len).eq([8, 4, 4, 4, 12]) && hex(&id.replace('-', ""));
+        let mrk = id
+            .strip_prefix("mrk-")
+            .is_some_and(|h| h.len() == 32 && hex(h));
+        uuid || mrk
+    };
+    let shape = if let Some(name) = key.strip_prefix("alias/") {
+        alias(name).then_some(None)
+    } else if let Some(rest) = key.strip_prefix("arn:") {
+        let parts: Vec<&str> = rest.splitn(5, ':').collect();
+        match parts.as_slice() {
+            [partition, "kms", region, account, resource]
+                if partition.starts_with("aws")
+                    && self::region(region).is_ok()
+                    && account_id(account).is_ok() =>
+            {
+                let ok = match resource.split_once('/') {
+                    Some(("key", id)) => key_id(id),
+                    Some(("alias", name)) => alias(name),
+                    _ => false,
+                };
+                ok.then_some(Some(*region))
+            }
+            _ => None,
+        }
+    } else {
+        key_id(key).then_some(None)
+    };
+    shape.ok_or_else(|| {
+        format!(
+            "a KMS key is \"alias/NAME\", a key id or a key or alias ARN \
+             (\"arn:aws:kms:REGION:ACCOUNT:key/ID\"); found {key:?}"
+        )
+    })
+}
+
+/// Whether `key` names an AWS managed key (`alias/aws/...`, such as EBS's default
+/// `alias/aws/ebs`): its policy is AWS's, so no other account can ever be allowed to use it.
+pub fn aws_managed_key(key: &str) -> bool {
+    let alias = key.rsplit_once(':').map_or(key, |(_, resource)| resource);
+    alias.starts_with("alias/aws/")
+}
+
 /// An EC2 instance type: `family.size` in lower case, as in `t3.micro`, `m7i-flex.large`,
 /// `u-6tb1.metal`.
 pub fn instance_type(name: &str) -> Result<(), String> {
@@ -589,6 +712,69 @@ mod tests {
         assert!(root_volume("st1", 500).unwrap_err().contains("boot"));
         assert!(root_volume("floppy", 8).unwrap_err().contains("gp3, gp2"));
         assert!(root_volume("GP3", 8).is_err());
+    }
+
+    #[test]
+    fn accounts_organizations_units_and_keys_have_aws_shapes() {
+        assert!(account_id("111122223333").is_ok());
+        for bad in ["11112222333", "1111222233334", "11112222333x", ""] {
+            assert!(account_id(bad).is_err(), "{bad}");
+        }
+        assert!(
+            organization_arn("arn:aws:organizations::111122223333:organization/o-a1b2c3d4e5")
+                .is_ok()
+        );
+        for bad in [
+            "o-a1b2c3d4e5",
+            "arn:aws:organizations::1111:organization/o-a1b2c3d4e5",
+            "arn:aws:organizations::111122223333:organization/o-short",
+            "arn:aws:organizations::111122223333:ou/o-a1b2c3d4e5/ou-ab12-abcd1234",
+        ] {
+            assert!(organization_arn(bad).is_err(), "{bad}");
+        }
+        assert!(
+            organizational_unit_arn(
+                "arn:aws:organizations::111122223333:ou/o-a1b2c3d4e5/ou-ab12-abcd1234"
+            )
+            .is_ok()
+        );
+        assert!(
+            organizational_unit_arn(
+                "arn:aws:organizations::111122223333:organization/o-a1b2c3d4e5"
+            )
+            .is_err()
+        );
+        assert!(
+            organizational_unit_arn("arn:aws:organizations::111122223333:ou/o-a1b2c3d4e5/ou-ab12")
+                .is_err()
+        );
+        assert_eq!(kms_key("alias/bake"), Ok(None));
+        assert_eq!(kms_key("1234abcd-12ab-34cd-56ef-1234567890ab"), Ok(None));
+        assert_eq!(kms_key("mrk-1234abcd12ab34cd56ef1234567890ab"), Ok(None));
+        assert_eq!(
+            kms_key("arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+            Ok(Some("us-east-1"))
+        );
+        assert_eq!(
+            kms_key("arn:aws:kms:us-east-1:111122223333:alias/bake"),
+            Ok(Some("us-east-1"))
+        );
+        for bad in [
+            "",
+            "alias/",
+            "bake",
+            "1234",
+            "arn:aws:kms:us-east-1:1111:key/x",
+            "alias/a b",
+        ] {
+            assert!(kms_key(bad).is_err(), "{bad}");
+        }
+        assert!(aws_managed_key("alias/aws/ebs"));
+        assert!(aws_managed_key(
+            "arn:aws:kms:us-east-1:111122223333:alias/aws/ebs"
+        ));
+        assert!(!aws_managed_key("alias/bake"));
+        assert!(!aws_managed_key("alias/awsome"));
     }
 
     #[test]

@@ -25,9 +25,9 @@ use place::names;
 pub use place::{Error, Location, Source};
 pub use secrets::{SECRET_WORDS, secret_word};
 pub use types::{
-    Access, Alarms, BaseImage, Builder, Capacity, Config, CpuAlarm, Egress, Endpoints, Health,
-    HumanDuration, Image, Os, Refresh, Regions, ResourceRef, Rollout, Test, TrafficProbe, Verify,
-    Volume,
+    Access, Alarms, BaseImage, Builder, Capacity, Config, CpuAlarm, Distribute, Egress, Endpoints,
+    Health, HumanDuration, Image, KmsKey, Os, Refresh, Regions, ResourceRef, Rollout, Test,
+    TrafficProbe, Verify, Volume,
 };
 
 impl Config {
@@ -99,8 +99,14 @@ impl Config {
     /// The regions `image` is in when it is baked in `build_region`: that region first, then
     /// the regions it is copied to.
     pub fn image_regions(&self, image: &str, build_region: &str) -> Vec<String> {
-        let regions = vec![build_region.to_owned()];
-        let _ = self.image.get(image);
+        let mut regions = vec![build_region.to_owned()];
+        if let Some(image) = self.image.get(image) {
+            for region in &image.distribute.regions {
+                if !regions.contains(region.get_ref()) {
+                    regions.push(region.get_ref().clone());
+                }
+            }
+        }
         regions
     }
 
@@ -268,6 +274,17 @@ mod tests {
         );
         // The image is baked in ap-northeast-2 and copied nowhere: us-east-1 has no copy.
         let msg = error(&list);
+        let copied = list.replace(
+            "[rollout.web]",
+            "[image.web.distribute]\nregions = [\"us-east-1\"]\n\n[rollout.web]",
+        );
+        assert_eq!(
+            parse(&copied)
+                .unwrap()
+                .rollout_regions("web", "ap-northeast-2")
+                .unwrap(),
+            ["ap-northeast-2", "us-east-1"]
+        );
         assert!(
             msg.starts_with("bake.toml:14:10: rollout.web.region: image web is not in us-east-1"),
             "{msg}"

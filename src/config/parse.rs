@@ -28,6 +28,7 @@ const IMAGE_KEYS: &[&str] = &[
     "health",
     "verify",
     "test",
+    "distribute",
 ];
 const ROLLOUT_KEYS: &[&str] = &[
     "image",
@@ -385,6 +386,9 @@ impl<'a> Doc<'a> {
             .optional(t, &path, "verify", &mut ok)
             .unwrap_or_default();
         let test = self.optional(t, &path, "test", &mut ok).unwrap_or_default();
+        let distribute = self
+            .optional(t, &path, "distribute", &mut ok)
+            .unwrap_or_default();
         let mut builder = builder?;
         if builder.allow_cidr.span() == (0..0) {
             let at = self.key_span(&["image", name, "builder"]);
@@ -416,6 +420,7 @@ impl<'a> Doc<'a> {
             health,
             verify,
             test,
+            distribute,
         };
         ok.then_some(image)
     }

@@ -50,6 +50,8 @@ pub struct Image {
     pub health: Health,
     pub verify: Verify,
     pub test: Test,
+    /// Copies to other regions and sharing with other accounts (`[image.NAME.distribute]`).
+    pub distribute: Distribute,
 }
 
 /// The AMI name template when `name` is not given.
@@ -297,6 +299,83 @@ impl Default for Test {
             // SSM agent's registration), so 10 minutes is generous and still ends a bad AMI soon.
             timeout: HumanDuration(Duration::from_secs(10 * 60)),
         }
+    }
+}
+
+/// Where an image's AMI goes once its test passed (`[image.NAME.distribute]`): copies in other
+/// regions, each encrypted with its region's key, and launch permission for other accounts,
+/// organizations and organizational units on the image and every copy (with create-volume
+/// permission on their snapshots for the accounts).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Distribute {
+    /// The regions that get the image; the build region (the run's) always has it, listed or not.
+    pub regions: Vec<Spanned<String>>,
+    /// 12-digit account ids given launch permission (and create-volume permission on the
+    /// snapshots).
+    pub accounts: Vec<Spanned<String>>,
+    /// Organization ARNs (`arn:aws:organizations::ACCOUNT:organization/o-…`) given launch
+    /// permission.
+    pub organizations: Vec<Spanned<String>>,
+    /// Organizational unit ARNs (`arn:aws:organizations::ACCOUNT:ou/o-…/ou-…`) given launch
+    /// permission.
+    pub organizational_units: Vec<Spanned<String>>,
+    /// The KMS key of the images: one for every region, or a table of region to key. In the
+    /// build region it encrypts the builder's volume, so the image; elsewhere each copy.
+    pub kms_key: Option<Spanned<KmsKey>>,
+}
+
+impl Distribute {
+    /// Whether other accounts get launch permission (so the keys must be usable by them).
+    pub fn shares(&self) -> bool {
+        !(self.accounts.is_empty()
+            && self.organizations.is_empty()
+            && self.organizational_units.is_empty())
+    }
+
+    /// The key written for `region`, with its place in the file: the one key, or the table's entry.
+    pub fn key_for(&self, region: &str) -> Option<Spanned<String>> {
+        let key = self.kms_key.as_ref()?;
+        match key.get_ref() {
+            KmsKey::All(id) => Some(Spanned::new(key.span(), id.clone())),
+            KmsKey::PerRegion(table) => table
+                .iter()
+                .find(|(r, _)| r.get_ref() == region)
+                .map(|(_, k)| k.clone()),
+        }
+    }
+}
+
+/// `kms_key`: a key (`alias/NAME`, a key id or an ARN) for every region, or one per region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KmsKey {
+    All(String),
+    PerRegion(BTreeMap<Spanned<String>, Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for KmsKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = KmsKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key (\"alias/NAME\", a key id or ARN) or a table of region = key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KmsKey, E> {
+                Ok(KmsKey::All(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<KmsKey, A::Error> {
+                let mut table = BTreeMap::new();
+                while let Some((region, key)) = map.next_entry()? {
+                    table.insert(region, key);
+                }
+                Ok(KmsKey::PerRegion(table))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 

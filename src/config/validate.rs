@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::parse::{Doc, FieldPath, dotted};
 use super::place::names;
 use super::secrets::secret_word;
-use super::types::{Access, Config, Egress, Endpoints, Image, ResourceRef, Rollout};
+use super::types::{Access, Config, Egress, Endpoints, Image, KmsKey, ResourceRef, Rollout};
 use crate::limits;
 
 /// Validation: every value against the range or shape AWS (or bake) accepts.
@@ -267,6 +267,172 @@ impl Doc<'_> {
             image.test.timeout.0,
             &limits::HEALTH_TIMEOUT,
         );
+        self.distribute(name, image);
+    }
+
+    /// `[image.NAME.distribute]`: regions, accounts, organization and OU ARNs in AWS's shapes, each
+    /// at its place; a per-region key table names exactly the listed regions; and sharing needs a
+    /// key the other accounts can be allowed to use (never an AWS managed one such as
+    /// `alias/aws/ebs`, whose policy no one can change).
+    fn distribute(&self, name: &str, image: &Image) {
+        let d = &image.distribute;
+        let at = |f: &str| dotted(&["image", name, "distribute", f]);
+        let fail = |span: std::ops::Range<usize>, f: &str, rule: String| {
+            self.push(span, format!("{}: {rule}", at(f)));
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for region in &d.regions {
+            if let Err(rule) = limits::region(region.get_ref()) {
+                fail(region.span(), "regions", rule);
+            } else if !seen.insert(region.get_ref().as_str()) {
+                fail(
+                    region.span(),
+                    "regions",
+                    format!("{} is listed twice", region.get_ref()),
+                );
+            }
+        }
+        let lists: [(
+            &str,
+            &Vec<toml::Spanned<String>>,
+            fn(&str) -> Result<(), String>,
+        ); 3] = [
+            ("accounts", &d.accounts, limits::account_id),
+            ("organizations", &d.organizations, limits::organization_arn),
+            (
+                "organizational_units",
+                &d.organizational_units,
+                limits::organizational_unit_arn,
+            ),
+        ];
+        for (field, values, check) in lists {
+            let mut seen = std::collections::BTreeSet::new();
+            for value in values {
+                if let Err(rule) = check(value.get_ref()) {
+                    fail(value.span(), field, rule);
+                } else if !seen.insert(value.get_ref().as_str()) {
+                    fail(
+                        value.span(),
+                        field,
+                        format!("{} is listed twice", value.get_ref()),
+                    );
+                }
+            }
+        }
+        // Each key written, with the region it is for (None: every region).
+        let keys: Vec<(Option<&str>, toml::Spanned<String>)> = match d.kms_key.as_ref() {
+            None => Vec::new(),
+            Some(key) => match key.get_ref() {
+                KmsKey::All(id) => vec![(None, toml::Spanned::new(key.span(), id.clone()))],
+                KmsKey::PerRegion(table) => table
+                    .iter()
+                    .map(|(r, k)| (Some(r.get_ref().as_str()), k.clone()))
+                    .collect(),
+            },
+        };
+        if let Some(KmsKey::PerRegion(table)) = d.kms_key.as_ref().map(|k| k.get_ref()) {
+            for region in table.keys() {
+                if !seen.contains(region.get_ref().as_str()) {
+                    fail(
+                        region.span(),
+                        "kms_key",
+                        format!(
+                            "{} is not in `regions` ({}); a per-region key goes with a listed \
+                             region",
+                            region.get_ref(),
+                            names(
+                                seen.iter()
+                                    .map(|r| (*r).to_owned())
+                                    .collect::<Vec<_>>()
+                                    .iter()
+                            )
+                        ),
+                    );
+                }
+            }
+            for region in &d.regions {
+                if !table.keys().any(|r| r.get_ref() == region.get_ref()) {
+                    fail(
+                        region.span(),
+                        "regions",
+                        format!(
+                            "{} has no key in the kms_key table; give every listed region its \
+                             key (or one kms_key for all)",
+                            region.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+        for (region, key) in &keys {
+            match limits::kms_key(key.get_ref()) {
+                Err(rule) => fail(key.span(), "kms_key", rule),
+                Ok(Some(arn_region)) => {
+                    // A key lives in one region: CopyImage takes only a key of the copy's region.
+                    let wrong = match region {
+                        Some(region) => *region != arn_region,
+                        None => d.regions.iter().any(|r| r.get_ref() != arn_region),
+                    };
+                    if wrong {
+                        fail(
+                            key.span(),
+                            "kms_key",
+                            format!(
+                                "the ARN names a key in {arn_region}, but a key is used only in \
+                                 its own region{}; use \"alias/NAME\" (an alias of that name in \
+                                 each region) or a table of region = key",
+                                region
+                                    .map_or(String::new(), |r| format!(" and this one is for {r}"))
+                            ),
+                        );
+                    }
+                }
+                Ok(None) => {}
+            }
+        }
+        if d.shares() {
+            let reason = "AWS managed keys cannot be shared: their policy is AWS's and allows \
+                          only this account, so the other accounts could not launch the image \
+                          or copy; use a customer managed key whose policy allows them";
+            let to = || {
+                let mut who: Vec<&str> = Vec::new();
+                for (field, values) in [
+                    ("accounts", &d.accounts),
+                    ("organizations", &d.organizations),
+                    ("organizational_units", &d.organizational_units),
+                ] {
+                    if !values.is_empty() {
+                        who.push(field);
+                    }
+                }
+                who.join(" and ")
+            };
+            if keys.is_empty() {
+                let span = self.key_span(&["image", name, "distribute"]);
+                fail(
+                    span,
+                    "kms_key",
+                    format!(
+                        "sharing with {} needs kms_key: without one the images are encrypted \
+                         with the default key alias/aws/ebs, and {reason}",
+                        to()
+                    ),
+                );
+            }
+            for (_, key) in &keys {
+                if limits::aws_managed_key(key.get_ref()) {
+                    fail(
+                        key.span(),
+                        "kms_key",
+                        format!(
+                            "{} cannot be used while sharing with {}: {reason}",
+                            key.get_ref(),
+                            to()
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// `access`, `endpoints`, `egress` and `nat_subnet` together: what only a private builder
@@ -911,6 +1077,156 @@ mod tests {
             msg.contains("unknown field `enable`") && msg.contains("image.web.test"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn distribute_reads_regions_accounts_and_keys_with_their_places() {
+        let text = format!(
+            "{MINIMAL}[image.web.distribute]\nregions = [\"ap-northeast-2\", \"us-east-1\"]\n\
+             accounts = [\"111122223333\"]\nkms_key = {{ ap-northeast-2 = \"alias/bake\", us-east-1 = \"alias/bake-use1\" }}\n"
+        );
+        let config = parse(&text).unwrap();
+        let d = &config.image["web"].distribute;
+        assert!(d.shares());
+        assert_eq!(d.regions.len(), 2);
+        let key = d.key_for("us-east-1").unwrap();
+        assert_eq!(key.get_ref(), "alias/bake-use1");
+        let line = text.lines().count();
+        assert_eq!(config.source.locate(key.span().start).line, line);
+        assert!(d.key_for("eu-west-1").is_none());
+        // One key for every region; nothing to distribute by default.
+        let one = parse(&format!(
+            "{MINIMAL}[image.web.distribute]\nregions = [\"us-east-1\"]\nkms_key = \"alias/bake\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            one.image["web"]
+                .distribute
+                .key_for("eu-west-1")
+                .unwrap()
+                .get_ref(),
+            "alias/bake"
+        );
+        let none = parse(MINIMAL).unwrap();
+        assert!(none.image["web"].distribute.regions.is_empty());
+        assert!(!none.image["web"].distribute.shares());
+    }
+
+    #[test]
+    fn distribute_shapes_are_refused_each_at_its_place() {
+        let text = format!(
+            "{MINIMAL}[image.web.distribute]\n\
+             regions = [\"us-east-1\", \"mars-1\", \"us-east-1\"]\n\
+             accounts = [\"1111\"]\n\
+             organizations = [\"o-abc\"]\n\
+             organizational_units = [\"arn:aws:organizations::111122223333:ou/o-a1b2c3d4e5\"]\n\
+             kms_key = \"alias/bake\"\n"
+        );
+        let first = MINIMAL.lines().count() + 2;
+        let all = problems(&text);
+        let expect = [
+            format!("bake.toml:{first}:25: image.web.distribute.regions: a region code"),
+            format!(
+                "bake.toml:{first}:35: image.web.distribute.regions: us-east-1 is listed twice"
+            ),
+            format!(
+                "bake.toml:{}:13: image.web.distribute.accounts: an account id is 12 digits",
+                first + 1
+            ),
+            format!(
+                "bake.toml:{}:18: image.web.distribute.organizations: an organization ARN",
+                first + 2
+            ),
+            format!(
+                "bake.toml:{}:25: image.web.distribute.organizational_units: an organizational unit ARN",
+                first + 3
+            ),
+        ];
+        assert_eq!(all.len(), expect.len(), "{all:#?}");
+        for (got, want) in all.iter().zip(&expect) {
+            assert!(got.starts_with(want.as_str()), "{got}\nwanted {want}");
+        }
+    }
+
+    #[test]
+    fn a_key_table_names_exactly_the_listed_regions_and_an_arn_stays_in_its_region() {
+        let text = format!(
+            "{MINIMAL}[image.web.distribute]\nregions = [\"us-east-1\", \"eu-west-1\"]\n\
+             kms_key = {{ us-east-1 = \"alias/a\", ap-south-1 = \"alias/b\" }}\n"
+        );
+        let line = MINIMAL.lines().count() + 2;
+        let all = problems(&text);
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert!(
+            all[0].starts_with(&format!(
+                "bake.toml:{line}:25: image.web.distribute.regions: eu-west-1 has no key"
+            )),
+            "{all:#?}"
+        );
+        assert!(
+            all[1].starts_with(&format!(
+                "bake.toml:{}:36: image.web.distribute.kms_key: ap-south-1 is not in `regions`",
+                line + 1
+            )),
+            "{all:#?}"
+        );
+        let arn = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let msg = error(&format!(
+            "{MINIMAL}[image.web.distribute]\nregions = [\"us-east-1\", \"eu-west-1\"]\nkms_key = \"{arn}\"\n"
+        ));
+        assert!(
+            msg.contains(
+                "the ARN names a key in us-east-1, but a key is used only in its own region"
+            ),
+            "{msg}"
+        );
+        let msg = error(&format!(
+            "{MINIMAL}[image.web.distribute]\nregions = [\"eu-west-1\"]\nkms_key = {{ eu-west-1 = \"{arn}\" }}\n"
+        ));
+        assert!(msg.contains("this one is for eu-west-1"), "{msg}");
+        let msg = error(&format!(
+            "{MINIMAL}[image.web.distribute]\nkms_key = \"bake\"\n"
+        ));
+        assert!(
+            msg.contains("image.web.distribute.kms_key: a KMS key is"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn sharing_refuses_no_key_and_the_aws_managed_default_key_with_the_reason() {
+        let text = format!(
+            "{MINIMAL}[image.web.distribute]\nregions = [\"us-east-1\"]\naccounts = [\"111122223333\"]\n"
+        );
+        let msg = error(&text);
+        let line = MINIMAL.lines().count() + 1;
+        assert!(
+            msg.starts_with(&format!("bake.toml:{line}:12: image.web.distribute.kms_key: sharing with accounts needs kms_key")),
+            "{msg}"
+        );
+        assert!(msg.contains("AWS managed keys cannot be shared"), "{msg}");
+        let text = format!("{text}kms_key = \"alias/aws/ebs\"\n");
+        let msg = error(&text);
+        assert!(
+            msg.starts_with(&format!(
+                "bake.toml:{}:11: image.web.distribute.kms_key: alias/aws/ebs cannot be used while sharing with accounts: AWS managed keys cannot be shared",
+                line + 3
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("the other accounts could not launch"), "{msg}");
+        let per_region = format!(
+            "{MINIMAL}[image.web.distribute]\nregions = [\"us-east-1\"]\n\
+             organizations = [\"arn:aws:organizations::111122223333:organization/o-a1b2c3d4e5\"]\n\
+             kms_key = {{ us-east-1 = \"arn:aws:kms:us-east-1:111122223333:alias/aws/ebs\" }}\n"
+        );
+        let msg = error(&per_region);
+        assert!(msg.contains("while sharing with organizations"), "{msg}");
+        // The default key without sharing is fine: the images stay in this account.
+        parse(&format!(
+            "{MINIMAL}[image.web.distribute]\nregions = [\"us-east-1\"]\nkms_key = \"alias/aws/ebs\"\n"
+        ))
+        .unwrap();
     }
 
     #[test]
