@@ -1,6 +1,6 @@
 //! `bake rollback NAME [--to VERSION]`: put `[rollout.NAME]`'s group back on the launch template
 //! version it served before (or VERSION), in `--region` (required when the rollout has several
-//! regions); prints the URL that serves it.
+//! regions; else its one region); prints the URL that serves it.
 
 use super::{Context, Outcome};
 use crate::Error;
@@ -18,10 +18,6 @@ pub struct Args {
     /// the version it runs.
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     pub to: Option<i64>,
-    /// The region whose group goes back: one of the rollout's regions; required when it has
-    /// several, else its one region.
-    #[arg(long)]
-    pub region: Option<String>,
 }
 
 impl std::fmt::Display for RolledBack {
@@ -44,20 +40,26 @@ impl Args {
             .clients(Some(&config), super::rollout::worst_case(target))
             .await?;
         let regions = config.rollout_regions(&self.target, &clients.region)?;
-        let region = match (&self.region, regions.as_slice()) {
+        // The global --region names the region whose group goes back.
+        let region = match (&ctx.region, regions.as_slice()) {
             (Some(region), _) if regions.contains(region) => region.clone(),
             (None, [one]) => one.clone(),
             (given, _) => {
-                return Err(Error::Config(crate::config::Error::Flag {
-                    flag: "--region",
-                    message: format!(
-                        "{}: rollout {} rolls out to {}; name one of them",
-                        given.as_deref().map_or("missing".into(), |r| format!(
-                            "{r} is not one of its regions"
-                        )),
+                let message = match given {
+                    Some(r) => format!(
+                        "{r} is not one of rollout {}'s regions ({})",
                         self.target,
                         regions.join(", ")
                     ),
+                    None => format!(
+                        "rollout {} rolls out to {}: name the region to roll back",
+                        self.target,
+                        regions.join(", ")
+                    ),
+                };
+                return Err(Error::Config(crate::config::Error::Flag {
+                    flag: "--region",
+                    message,
                 }));
             }
         };

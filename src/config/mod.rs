@@ -110,6 +110,23 @@ impl Config {
         regions
     }
 
+    /// Every region the config works in when run in `run_region` (`--all-regions`): that region,
+    /// then the images' distribute regions and the rollouts' regions, each once.
+    pub fn regions(&self, run_region: &str) -> Vec<String> {
+        let mut regions = vec![run_region.to_owned()];
+        let named = self
+            .image
+            .keys()
+            .flat_map(|image| self.image_regions(image, run_region))
+            .chain(self.rollout.values().flat_map(|r| r.regions(run_region)));
+        for region in named {
+            if !regions.contains(&region) {
+                regions.push(region);
+            }
+        }
+        regions
+    }
+
     /// The regions `[rollout.NAME]` rolls out to, in its order, when the run is in
     /// `build_region`; a region the image is not in (neither built nor copied there) is an
     /// error at the rollout's `region`.
