@@ -362,38 +362,51 @@ async fn image_steps(
         };
         publish_in(&clients.in_region(region), baked, &parameter, false, events).await?;
     }
-    let pruned = prune::prune(
-        clients,
-        image,
-        &prune::Options {
-            keep: options.keep,
-            dry_run: false,
-            publish_prefix: options.publish_prefix.clone(),
-        },
-        // This image's rollout just changed what is in use: a census of its own.
-        &mut prune::Census::default(),
-    )
-    .await
-    .map_err(|e| Stop::Failed("prune", e.to_string()))?;
-    let removed: Vec<&str> = pruned.removed.iter().map(|r| r.ami_id.as_str()).collect();
-    let mut message = if removed.is_empty() {
-        format!("nothing to remove; {} kept", pruned.kept.len())
-    } else {
-        format!("removed {}; {} kept", removed.join(", "), pruned.kept.len())
+    let prune_options = prune::Options {
+        keep: options.keep,
+        dry_run: false,
+        publish_prefix: options.publish_prefix.clone(),
     };
-    if !pruned.unread.is_empty() {
-        message.push_str(&format!(
-            "; the published parameter could not be read in {}",
-            pruned.unread.join("; ")
-        ));
+    let pruned = if image_regions.len() > 1 {
+        // The image and its copies as one, in every region it is in.
+        prune::prune_across(clients, &image_regions, image, &prune_options).await
+    } else {
+        // This image's rollout just changed what is in use: a census of its own.
+        let one = prune::prune(
+            clients,
+            image,
+            &prune_options,
+            &mut prune::Census::default(),
+        )
+        .await
+        .map_err(|e| Stop::Failed("prune", e.to_string()))?;
+        vec![one]
+    };
+    for pruned in pruned {
+        let removed: Vec<&str> = pruned.removed.iter().map(|r| r.ami_id.as_str()).collect();
+        let mut message = if removed.is_empty() {
+            format!("nothing to remove; {} kept", pruned.kept.len())
+        } else {
+            format!("removed {}; {} kept", removed.join(", "), pruned.kept.len())
+        };
+        if !pruned.unread.is_empty() {
+            message.push_str(&format!(
+                "; the published parameter could not be read in {}",
+                pruned.unread.join("; ")
+            ));
+        }
+        let status = match (&pruned.error, removed.is_empty()) {
+            (Some(error), _) => {
+                message = format!("{error}; {message}");
+                "failed"
+            }
+            (None, true) => "skipped",
+            (None, false) => "ok",
+        };
+        let mut e = event(image, "prune", status, None, message);
+        e.region = pruned.region.clone();
+        events.emit(e);
     }
-    events.emit(event(
-        image,
-        "prune",
-        if removed.is_empty() { "skipped" } else { "ok" },
-        None,
-        message,
-    ));
     Ok(())
 }
 
