@@ -16,9 +16,10 @@ from moto.core.responses import ActionResult, EmptyResult
 from moto.ec2.models import ec2_backends
 from moto.ec2.utils import parse_user_data
 from moto.elbv2.models import elbv2_backends
-from moto.kms.models import kms_backends
 
+from . import kms
 from .cloudwatch.metrics import GROUP_METRICS
+from .ec2 import sharing
 from .elb import Balancers
 from .limits import query_tags, tags
 from .patching import ACCOUNT, backends, before
@@ -234,20 +235,20 @@ def _all_group_instances() -> set[str]:
 def _kms_denied(region: str, image_id: str) -> bool:
     """True when a snapshot of the image is encrypted with a customer managed KMS key that has no grant
     for the Auto Scaling service-linked role ("Required AWS KMS key policy for use with encrypted
-    volumes"): EC2 then fails the group's launch with Client.InternalError. AWS managed keys
-    (aws/ebs) need no grant."""
+    volumes"), or with a key the group's account may not use at all (another account's key whose policy
+    does not allow it, kms.py): EC2 then fails the group's launch with Client.InternalError. The account's
+    own AWS managed key (aws/ebs) needs no grant."""
     ec2 = ec2_backends[ACCOUNT][region]
-    image = ec2.amis.get(image_id)
+    image = ec2.amis.get(image_id) or sharing.find_image(region, image_id)
     snapshot = getattr(image, "ebs_snapshot", None)
     if snapshot is None or not snapshot.encrypted or not snapshot.kms_key_id:
         return False
-    kms = kms_backends[ACCOUNT][region]
-    ref = snapshot.kms_key_id
-    key = kms.keys.get(ref.rsplit("/", 1)[-1]) or next((k for k in kms.keys.values() if k.arn == ref), None)
-    if key is None or key.key_manager != "CUSTOMER":
+    key = kms.snapshot_key(snapshot, region)
+    if key is None or not kms.usable_by_account(key, ACCOUNT):
+        return True
+    if key.key_manager != "CUSTOMER":
         return False
-    return not any(AUTOSCALING_ROLE in g.grantee_principal for g in key.grants.values())
-
+    return not kms.granted_to(key, AUTOSCALING_ROLE)
 
 
 def _launch(group, ec2, version, instance_type: str, subnet: str | None, zone: str | None, tags: dict) -> None:

@@ -13,6 +13,11 @@ import botocore.exceptions
 from botocore.config import Config
 
 REGION = "ap-northeast-2"
+# Accounts a test can act as (LabClient.as_account): the lab's own is moto's default; B is the one images are
+# shared with, C one nothing is shared with.
+HOME_ACCOUNT = "123456789012"
+ACCOUNT_B = "111122223333"
+ACCOUNT_C = "444455556666"
 START_TIMEOUT = 300  # a first start may build the base image (about a minute here) before serving
 
 
@@ -30,6 +35,20 @@ class LabClient:
         config = Config(retries=retries or {"mode": "standard", "max_attempts": 3})
         client = boto3.client(service, endpoint_url=self.endpoint, region_name=region, config=config,
                               aws_access_key_id="AKIDLABTEST", aws_secret_access_key="secret")
+        if settle:
+            client._make_api_call = _settling(client._make_api_call)
+        return client
+
+    def as_account(self, account: str, service: str, region: str = REGION, settle: bool = True):
+        """An SDK client acting as another account, as on AWS: credentials from STS AssumeRole into a role of
+        that account (moto serves every call signed with them from that account; the role need not exist)."""
+        sts = self.client("sts", region, settle=False)
+        creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/lab-cross-account",
+                                RoleSessionName="lab")["Credentials"]
+        config = Config(retries={"mode": "standard", "max_attempts": 3})
+        client = boto3.client(service, endpoint_url=self.endpoint, region_name=region, config=config,
+                              aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                              aws_session_token=creds["SessionToken"])
         if settle:
             client._make_api_call = _settling(client._make_api_call)
         return client

@@ -8,7 +8,10 @@ import time
 import uuid
 from urllib.parse import parse_qs
 
+from moto.iam.models import get_account_id_from
+
 from . import consistency
+from .ec2 import sharing
 
 INTERNAL_KEY = "LABINTERNAL"  # access key of the lab's own bootstrap calls: never faulted, never logged
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/([^/]+)/([^/]+)/")
@@ -222,7 +225,8 @@ class ControlApp:
 
     def _log(self, req: dict, started: float, status: int, fault: str | None) -> None:
         entry = {"time": started, "service": req["service"], "action": req["action"], "region": req["region"],
-                 "access_key": req["key"], "status": status, "fault": fault is not None, "fault_kind": fault,
+                 "access_key": req["key"], "account": _account_of(req["key"]), "status": status,
+                 "fault": fault is not None, "fault_kind": fault,
                  "duration": round(time.time() - started, 6)}
         with self.lock:
             self.requests.append(entry)
@@ -272,6 +276,14 @@ class ControlApp:
             return 200, api.set_security_groups(body)
         if name == "security-groups":
             return 200, api.security_groups()
+        if (method, name) == ("POST", "copy-failures"):
+            return 200, api.lab.set_copy_failures(body)
+        if name == "copy-failures":
+            return 200, dict(api.lab.copy_failures)
+        if (method, name) == ("POST", "accounts"):
+            return 200, sharing.set_accounts(body)
+        if name == "accounts":
+            return 200, sharing.accounts()
         if name == "checkip":
             return 200, api.checkip() + "\n"
         if name == "requests":
@@ -284,3 +296,9 @@ class ControlApp:
         if name == "info":
             return 200, api.info()
         return 404, {"error": f"no lab endpoint {method} /_lab/{name}"}
+
+
+def _account_of(access_key: str | None) -> str:
+    """The account moto serves a request signed with this key from: STS AssumeRole credentials belong to the
+    role's account, any other key to moto's default account."""
+    return get_account_id_from(access_key or "")

@@ -18,6 +18,9 @@ from .ssm import agent
 
 log = logging.getLogger("lab")
 
+# The StateReason of a copy forced to fail (POST /_lab/copy-failures): EC2's code for an internal failure.
+COPY_FAILED = ("Server.InternalError", "An internal error has occurred while copying the image")
+
 # Default seconds per transition on top of the real work; small so tests are fast, settable per lab.
 DEFAULT_LATENCY = {
     "instance_running": 0.0,  # the container's real boot (~1 s) is the latency
@@ -35,6 +38,9 @@ DEFAULT_LATENCY = {
     # Seconds one 60-s CloudWatch period lasts in the lab: metrics are published, alarms evaluated and scaling
     # cooldowns and warm-ups run on AWS's values scaled by metric_period / 60 (2 s: a 3-period alarm fires in 6 s).
     "metric_period": 2.0,
+    # CopyImage -> pending -> available, per destination region: `image_copy` for every region, `image_copy.REGION`
+    # for one (AWS: minutes to hours, longer across the world; a few seconds keep waiting code honest).
+    "image_copy": 3.0,
 }
 
 
@@ -83,6 +89,7 @@ class Lab:
         self.latency = dict(DEFAULT_LATENCY)
         self.instances: dict[str, Instance] = {}
         self.events: list[dict] = []
+        self.copy_failures: dict[str, int | str] = {}  # region -> copies left to fail, or "all"
         self._lock = threading.Lock()
         self.imds = imds.MetadataService(net.router_ns, self._imds_view)
         self.apt = aptproxy.AptProxy(net.router_ns, cache / "apt-proxy")
@@ -145,6 +152,21 @@ class Lab:
             self.instances[model.id] = inst
         set_state(model, "pending")
         self.background(f"launch {model.id}", self._boot, inst, started, True)
+
+    def refuse_launch(self, model, region: str, code: str, message: str) -> None:
+        """An instance EC2 accepts and then cannot start (its volume's KMS key may not be used): pending, then
+        terminated with that StateReason; no container is made, its public address goes back to the range."""
+        set_state(model, "pending")
+
+        def end():
+            self.sleep_until(time.time(), "instance_running")
+            public = model.nics[0].public_ip if model.nics else None
+            if public:
+                self.net.release_public_ip(public)
+            self.event("instance_terminated", instance_id=model.id, region=region, reason=f"{code}: {message}")
+            model.state_reason = StateReason(f"{code}: {message}", code)
+            set_state(model, "terminated")
+        self.background(f"refuse {model.id}", end)
 
     def _boot(self, inst: Instance, started: float, first: bool) -> None:
         try:
@@ -387,12 +409,63 @@ class Lab:
         self.layers.hold(layers, ami.ebs_snapshot.id)
         self._available(ami, region, started)
 
-    def copy_image(self, src_region: str, src_id: str, dst_region: str, ami) -> None:
+    def set_copy_failures(self, body: dict) -> dict:
+        """{"region": R, "count": N} makes the next N copies into R fail ({"count": 0} clears it);
+        {"region": R, "all": true} makes every copy into R fail until cleared."""
+        region = str(body["region"])
+        if body.get("all"):
+            self.copy_failures[region] = "all"
+        else:
+            count = int(body.get("count", 1))
+            if count < 0:
+                raise ValueError("count must not be negative")
+            if count:
+                self.copy_failures[region] = count
+            else:
+                self.copy_failures.pop(region, None)
+        return dict(self.copy_failures)
+
+    def _forced_copy_failure(self, region: str) -> bool:
+        with self._lock:
+            left = self.copy_failures.get(region)
+            if left is None:
+                return False
+            if left != "all":
+                if left <= 1:
+                    self.copy_failures.pop(region)
+                else:
+                    self.copy_failures[region] = left - 1
+            return True
+
+    def copy_latency(self, region: str) -> float:
+        return float(self.latency.get(f"image_copy.{region}", self.latency.get("image_copy", 0.0)))
+
+    def copy_image(self, src_region: str, src_id: str, dst_region: str, ami,
+                   failure: tuple[str, str] | None = None) -> None:
+        """The copy is pending for the destination region's copy latency, then available, or failed with
+        `failure` (code, message) or a forced failure (POST /_lab/copy-failures)."""
         layers = self.layers.layers_of(src_region, src_id)
         self.layers.register(dst_region, ami.id, layers)
         self.layers.hold(layers, ami.ebs_snapshot.id)
         ami.state = "pending"
-        self.background(f"copy image {ami.id}", self._available, ami, dst_region, time.time())
+        if failure is None and self._forced_copy_failure(dst_region):
+            failure = COPY_FAILED
+        self.background(f"copy image {ami.id}", self._copied, ami, dst_region, time.time(), failure)
+
+    def _copied(self, ami, region: str, started: float, failure: tuple[str, str] | None) -> None:
+        remaining = started + self.copy_latency(region) - time.time()
+        if remaining > 0:
+            time.sleep(remaining)
+        if ami.state != "pending":
+            return
+        if failure is None:
+            self.event("image_available", image_id=ami.id, region=region)
+            ami.state = "available"
+            return
+        code, message = failure
+        self.event("image_failed", image_id=ami.id, region=region, reason=f"{code}: {message}")
+        ami.state_reason = StateReason(message, code)
+        ami.state = "failed"
 
     def _available(self, ami, region: str, started: float) -> None:
         """An AMI whose tree is stored becomes available once its latency has passed (unless deregistered)."""

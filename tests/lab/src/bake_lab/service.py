@@ -10,6 +10,7 @@ from werkzeug.serving import make_server
 
 from . import bootstrap, endpoint, patches, s3
 from .control import ControlApp
+from .ec2 import copies, sharing
 from .host.net import LabNet
 from .lab import DEFAULT_LATENCY, Lab
 from .patching import backends
@@ -77,6 +78,9 @@ class LabService:
             moto_api_backend.reset()
             self.lab.events.clear()
             self.lab.latency = dict(DEFAULT_LATENCY)
+            self.lab.copy_failures.clear()
+            sharing.clear()
+            copies.clear()
             self.set_security_groups({"enforce": self.enforce_sg}, by="launcher")
             self.bootstrap()
 

@@ -9,9 +9,13 @@ from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import EC2Backend, elastic_network_interfaces
 from moto.ec2.responses.amis import AmisResponse
 
+from .. import kms
 from ..lab import Lab
 from ..patching import wrap
-from . import endpoints, natgw, secgroups
+from . import copies, endpoints, natgw, secgroups, sharing
+
+# The StateReason EC2 gives an instance whose encrypted volume's KMS key the launching account may not use.
+KMS_LAUNCH_REFUSED = ("Client.InternalError", "Client error on launch")
 
 _request = threading.local()  # request parameters moto's backend signatures drop (CreateImage's NoReboot)
 
@@ -21,7 +25,15 @@ def install(lab: Lab) -> None:
 
     def after_run(backend, reservation, *a, **kw):
         for instance in reservation.instances:
-            lab.launch(instance, backend.region_name)
+            image = sharing.find_image(backend.region_name, instance.image_id)
+            key = kms.snapshot_key(getattr(image, "ebs_snapshot", None), backend.region_name)
+            encrypted = getattr(getattr(image, "ebs_snapshot", None), "encrypted", False)
+            if encrypted and (key is None or not kms.usable_by_account(key, backend.account_id)):
+                # EC2 accepts the launch; the volume cannot be made with a key the account may not use, so the
+                # instance goes pending -> terminated ("Client.InternalError: Client error on launch").
+                lab.refuse_launch(instance, backend.region_name, *KMS_LAUNCH_REFUSED)
+            else:
+                lab.launch(instance, backend.region_name)
 
     def after_start(backend, pairs, *a, **kw):
         for instance, previous in pairs:
@@ -123,9 +135,6 @@ def install(lab: Lab) -> None:
     AmisResponse.enable_image_deprecation = enable_image_deprecation
     AmisResponse.disable_image_deprecation = disable_image_deprecation
 
-    def after_copy(backend, ami, source_image_id, source_region, *a, **kw):
-        lab.copy_image(source_region, source_image_id, backend.region_name, ami)
-
     def after_deregister(backend, result, ami_id, *a, **kw):
         lab.layers.forget_image(backend.region_name, ami_id)
 
@@ -135,21 +144,8 @@ def install(lab: Lab) -> None:
     secgroups.install(lab)
     natgw.install(lab)
     endpoints.install(lab)
-    wrap(EC2Backend, "copy_image", after_copy)
     wrap(EC2Backend, "deregister_image", after_deregister)
     wrap(EC2Backend, "delete_snapshot", after_delete_snapshot)
 
-    original_copy_image = AmisResponse.copy_image
-
-    def copy_image(self):
-        """CopyImage with Encrypted: the copy's snapshot is encrypted with KmsKeyId (moto drops both),
-        so a launch can meet the key's grants (see asg.py)."""
-        result = original_copy_image(self)
-        if str(self._get_param("Encrypted")).lower() == "true":
-            ami = self.ec2_backend.amis.get(result.result["ImageId"])
-            if ami is not None and getattr(ami, "ebs_snapshot", None) is not None:
-                ami.ebs_snapshot.encrypted = True
-                ami.ebs_snapshot.kms_key_id = self._get_param("KmsKeyId") or "alias/aws/ebs"
-        return result
-
-    AmisResponse.copy_image = copy_image
+    copies.install(lab)
+    sharing.install()

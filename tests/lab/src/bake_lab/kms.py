@@ -1,0 +1,89 @@
+"""KMS keys as EC2 meets them (moto's keys): finding a key by any identifier a client may give, and whether
+an account or a service role may use it for encrypted EBS volumes. EC2 (launches, CopyImage) and Auto Scaling
+share these checks."""
+import fnmatch
+import json
+
+from moto.kms.models import kms_backends
+
+# What another account needs in a key policy to launch from (or copy) snapshots encrypted with the key
+# ("Allow users in other accounts to use a KMS key"; the EBS encryption page lists the same actions).
+CROSS_ACCOUNT_ACTIONS = ("kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncryptFrom",
+                         "kms:GenerateDataKeyWithoutPlaintext")
+
+
+def find_key(account: str, region: str, ref: str | None):
+    """The key `ref` names (key id, key ARN, alias name or alias ARN) in that account and region, None when there
+    is none. A key or alias ARN names its own account and region; `alias/aws/ebs` is made on first use, as the
+    AWS managed key for EBS is."""
+    if not ref:
+        return None
+    if ref.startswith("arn:"):
+        parts = ref.split(":")
+        if len(parts) < 6 or parts[2] != "kms":
+            return None
+        region, account = parts[3], parts[4]
+    backend = kms_backends[account][region]
+    try:
+        return backend.keys.get(backend.any_id_to_key_id(ref))
+    except (KeyError, AttributeError, TypeError):
+        return None
+
+
+def enabled(key) -> bool:
+    return key is not None and getattr(key, "key_state", "Enabled") == "Enabled"
+
+
+def _principals(statement: dict) -> list[str]:
+    principal = statement.get("Principal", {})
+    if principal == "*":
+        return ["*"]
+    found = principal.get("AWS", []) if isinstance(principal, dict) else []
+    return [found] if isinstance(found, str) else list(found)
+
+
+def _actions(statement: dict) -> list[str]:
+    found = statement.get("Action", [])
+    return [found] if isinstance(found, str) else list(found)
+
+
+def usable_by_account(key, account: str) -> bool:
+    """Whether principals of `account` may use the key for EBS: any key of their own account that is enabled;
+    another account's customer managed key only if its key policy allows that account (its root, or "*") every
+    action in CROSS_ACCOUNT_ACTIONS; an AWS managed key (aws/ebs) of another account never (its policy cannot
+    be changed)."""
+    if not enabled(key):
+        return False
+    if key.account_id == account:
+        return True
+    if key.key_manager != "CUSTOMER":
+        return False
+    try:
+        policy = json.loads(key.policy or "{}")
+    except ValueError:
+        return False
+    statements = policy.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+    allowed: set[str] = set()
+    for s in statements:
+        if s.get("Effect") != "Allow":
+            continue
+        who = _principals(s)
+        if not any(p in ("*", account, f"arn:aws:iam::{account}:root") for p in who):
+            continue
+        for wanted in CROSS_ACCOUNT_ACTIONS:
+            if any(fnmatch.fnmatchcase(wanted.lower(), a.lower()) for a in _actions(s)):
+                allowed.add(wanted)
+    return allowed == set(CROSS_ACCOUNT_ACTIONS)
+
+
+def granted_to(key, principal: str) -> bool:
+    """Whether a grant on the key names `principal` (e.g. the Auto Scaling service-linked role) as grantee."""
+    return any(principal in g.grantee_principal for g in key.grants.values())
+
+
+def snapshot_key(snapshot, region: str):
+    """The key an encrypted snapshot records (None for an unencrypted one, or one whose key is gone)."""
+    if snapshot is None or not snapshot.encrypted or not snapshot.kms_key_id:
+        return None
+    return find_key(snapshot.ec2_backend.account_id, region, snapshot.kms_key_id)
