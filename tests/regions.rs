@@ -1,0 +1,400 @@
+//! Across regions against the lab (ap-northeast-2 and us-east-1, each with the workshop network):
+//! a rollout with two regions goes in order and stops at the first failure, the pipeline publishes
+//! in each region with that region's AMI, gc and prune with --all-regions. And, with
+//! aws-smithy-mocks, gc in two regions where one is throttled throughout.
+
+mod support;
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{ImageState, Tag};
+use support::{Lab, REGION, Scratch, quick_config, quick_rollout};
+
+/// The second region: the lab's VPC-Lab is there too.
+const OTHER: &str = "us-east-1";
+
+/// The quick image, copied to us-east-1, and a rollout `web` of it to both regions (in that
+/// order) on `instance_type`.
+fn two_regions(body: &str, instance_type: &str) -> String {
+    format!(
+        "{}\n[image.quick.distribute]\nregions = [\"{OTHER}\"]\n{}",
+        quick_config(&format!("body = {body:?}"), "", ""),
+        quick_rollout("web", instance_type).replace(
+            "image = \"quick\"",
+            &format!("image = \"quick\"\nregion = [\"{REGION}\", \"{OTHER}\"]"),
+        )
+    )
+}
+
+fn run_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Bakes the quick image in the lab's region and copies it to us-east-1 as the copy stage does
+/// (every tag of the source plus bake:source-ami and bake:source-region): (source, copy).
+async fn bake_and_copy(lab: &Lab, scratch: &Scratch) -> (String, String) {
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "-o", "json", "ami", "quick"])
+        .await;
+    run_ok(&out);
+    let baked = json(&out);
+    let source = baked["images"][0]["ami_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no ami_id in {baked}"))
+        .to_owned();
+    let clients = lab.clients().await;
+    let other = clients.in_region(OTHER);
+    // The copy stage may have made it already.
+    if let Ok(found) = bake::rollout::regions::copy_of(&other, &source).await {
+        return (source, found.id);
+    }
+    let described = clients
+        .ec2
+        .describe_images()
+        .image_ids(&source)
+        .send()
+        .await
+        .unwrap();
+    let image = &described.images()[0];
+    let mut tags: Vec<Tag> = image.tags().to_vec();
+    tags.push(bake::tags::tag(bake::tags::SOURCE_AMI, &source));
+    tags.push(bake::tags::tag(bake::tags::SOURCE_REGION, REGION));
+    let copy = other
+        .ec2
+        .copy_image()
+        .source_image_id(&source)
+        .source_region(REGION)
+        .name(image.name().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_owned();
+    other
+        .ec2
+        .create_tags()
+        .resources(&copy)
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .unwrap();
+    lab.wait_for("the copy to be available", Duration::from_secs(120), || {
+        let ec2 = other.ec2.clone();
+        let copy = copy.clone();
+        async move {
+            ec2.describe_images()
+                .image_ids(&copy)
+                .send()
+                .await
+                .ok()
+                .and_then(|o| o.images().first().and_then(|i| i.state().cloned()))
+                == Some(ImageState::Available)
+        }
+    })
+    .await;
+    (source, copy)
+}
+
+/// The regions the lab saw `action` called in, in the order of the calls.
+async fn regions_of(lab: &Lab, action: &str) -> Vec<String> {
+    lab.requests()
+        .await
+        .iter()
+        .filter(|r| r["action"] == action && r["status"].as_u64().is_some_and(|s| s < 300))
+        .map(|r| r["region"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_across_two_regions_goes_in_order_and_stops_at_the_first_failure() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let scratch = Scratch::new(&two_regions("v1", "t3.small"));
+    let (source, copy) = bake_and_copy(&lab, &scratch).await;
+    let config = scratch.config();
+    let rollout = ["-c", config.as_str(), "-o", "json", "rollout", "web"];
+
+    // No t3.small in ap-northeast-2 (its zones only): the first region fails, the second is not
+    // touched.
+    lab.control(
+        "capacity",
+        serde_json::json!({"unavailable": [
+            {"instance_type": "t3.small", "zone": "ap-northeast-2a"},
+            {"instance_type": "t3.small", "zone": "ap-northeast-2c"},
+        ]}),
+    )
+    .await;
+    let failed = lab.run_bake(&rollout).await;
+    lab.control("capacity", serde_json::json!({"unavailable": []}))
+        .await;
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    let result = json(&failed);
+    assert_eq!(result["regions"][0]["region"], REGION);
+    assert_eq!(result["regions"][0]["status"], "failed", "{result}");
+    assert_eq!(result["regions"][1]["region"], OTHER);
+    assert_eq!(result["regions"][1]["status"], "not started", "{result}");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains(&format!("rollout web in {REGION}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        regions_of(&lab, "CreateAutoScalingGroup").await,
+        [REGION],
+        "us-east-1 is untouched"
+    );
+    assert!(
+        regions_of(&lab, "CreateLoadBalancer")
+            .await
+            .iter()
+            .all(|r| r == REGION)
+    );
+
+    // Capacity back: ap-northeast-2 first with the source, then us-east-1 with its copy.
+    let done = lab.run_bake(&rollout).await;
+    run_ok(&done);
+    let result = json(&done);
+    for (n, (region, ami)) in [(REGION, &source), (OTHER, &copy)].into_iter().enumerate() {
+        let r = &result["regions"][n];
+        assert_eq!(r["region"], region, "{result}");
+        assert_eq!(r["status"], "ok", "{result}");
+        assert_eq!(r["result"]["ami_id"], ami.as_str(), "{result}");
+        assert_eq!(r["result"]["region"], region, "{result}");
+    }
+    assert_eq!(
+        regions_of(&lab, "CreateAutoScalingGroup").await,
+        [REGION, REGION, OTHER],
+        "the first region again, then the second"
+    );
+    // Each region's page serves through its own load balancer.
+    for n in 0..2 {
+        let url = result["regions"][n]["result"]["url"].as_str().unwrap();
+        let body = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .unwrap()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.contains("v1"), "{url}: {body}");
+    }
+
+    // Rollback names its region when the rollout has several.
+    let ambiguous = lab.run_bake(&["-c", &config, "rollback", "web"]).await;
+    assert_eq!(ambiguous.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&ambiguous.stderr);
+    assert!(stderr.contains("--region"), "{stderr}");
+
+    // prune across the regions: the source and its copy are one family, in use in both regions.
+    let prune = lab
+        .run_bake(&[
+            "-c",
+            &config,
+            "-o",
+            "json",
+            "prune",
+            "quick",
+            "--keep",
+            "0",
+            "--all-regions",
+            "--dry-run",
+        ])
+        .await;
+    run_ok(&prune);
+    let pruned = json(&prune);
+    let images = pruned["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "{pruned}");
+    for (n, (region, ami)) in [(REGION, &source), (OTHER, &copy)].into_iter().enumerate() {
+        assert_eq!(images[n]["region"], region, "{pruned}");
+        assert_eq!(images[n]["removed"], serde_json::json!([]), "{pruned}");
+        assert_eq!(images[n]["kept"][0]["ami_id"], ami.as_str(), "{pruned}");
+    }
+
+    // gc across the regions: nothing left behind in either, each region listed.
+    let gc = lab
+        .run_bake(&[
+            "-c",
+            &config,
+            "-o",
+            "json",
+            "gc",
+            "--all-regions",
+            "--ttl",
+            "0s",
+            "--dry-run",
+        ])
+        .await;
+    run_ok(&gc);
+    let collected = json(&gc);
+    let regions: Vec<&str> = collected["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(regions, [REGION, OTHER], "{collected}");
+    assert!(
+        lab.requests()
+            .await
+            .iter()
+            .any(|r| r["action"] == "DescribeInstances" && r["region"] == OTHER),
+        "gc looked in us-east-1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_across_regions_removes_a_family_only_when_no_region_uses_it() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let scratch = Scratch::new(&two_regions("v1", "t3.micro"));
+    let (source, copy) = bake_and_copy(&lab, &scratch).await;
+    let config = scratch.config();
+    // The copy is in use in us-east-1 only (an instance launched from it there).
+    let other = lab.clients().await.in_region(OTHER);
+    let subnet = other
+        .ec2
+        .describe_subnets()
+        .filters(bake::resolve::filter("tag:Name", "Private subnet A"))
+        .send()
+        .await
+        .unwrap()
+        .subnets()[0]
+        .subnet_id()
+        .unwrap()
+        .to_owned();
+    let instance = other
+        .ec2
+        .run_instances()
+        .image_id(&copy)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .subnet_id(&subnet)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_owned();
+    let prune = |dry: bool| {
+        let mut args = vec![
+            "-c",
+            config.as_str(),
+            "-o",
+            "json",
+            "--region",
+            REGION,
+            "--region",
+            OTHER,
+            "prune",
+            "quick",
+            "--keep",
+            "0",
+        ];
+        if dry {
+            args.push("--dry-run");
+        }
+        args.iter()
+            .map(|s| (*s).to_owned())
+            .collect::<Vec<String>>()
+    };
+    let args = prune(false);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let kept = lab.run_bake(&args).await;
+    run_ok(&kept);
+    let result = json(&kept);
+    // The source in ap-northeast-2 is used by nothing there, but its copy is used in us-east-1.
+    assert_eq!(result["images"][0]["region"], REGION);
+    assert_eq!(result["images"][0]["kept"][0]["ami_id"], source.as_str());
+    let why = result["images"][0]["kept"][0]["why"].as_str().unwrap();
+    assert!(
+        why.contains(&copy) && why.contains(&instance) && why.contains(OTHER),
+        "{why}"
+    );
+    assert_eq!(result["images"][1]["kept"][0]["ami_id"], copy.as_str());
+
+    // The instance gone, nothing uses the family: both go, each with its snapshots.
+    other
+        .ec2
+        .terminate_instances()
+        .instance_ids(&instance)
+        .send()
+        .await
+        .unwrap();
+    lab.wait_for(
+        "the instance to be terminated",
+        Duration::from_secs(60),
+        || {
+            let ec2 = other.ec2.clone();
+            let instance = instance.clone();
+            async move {
+                ec2.describe_instances()
+                    .instance_ids(&instance)
+                    .send()
+                    .await
+                    .ok()
+                    .and_then(|o| {
+                        o.reservations()
+                            .first()
+                            .and_then(|r| r.instances().first())
+                            .and_then(|i| i.state().and_then(|s| s.name().cloned()))
+                    })
+                    == Some(aws_sdk_ec2::types::InstanceStateName::Terminated)
+            }
+        },
+    )
+    .await;
+    let removed = lab.run_bake(&args).await;
+    run_ok(&removed);
+    let result = json(&removed);
+    assert_eq!(
+        result["images"][0]["removed"][0]["ami_id"],
+        source.as_str(),
+        "{result}"
+    );
+    assert_eq!(
+        result["images"][1]["removed"][0]["ami_id"],
+        copy.as_str(),
+        "{result}"
+    );
+    for (region, ami) in [(REGION, &source), (OTHER, &copy)] {
+        let clients = lab.clients().await.in_region(region);
+        let left = clients
+            .ec2
+            .describe_images()
+            .image_ids(ami.as_str())
+            .send()
+            .await
+            .map(|o| o.images().len())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "{ami} in {region} is deregistered");
+    }
+}
