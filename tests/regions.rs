@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{ImageState, Tag};
+use aws_sdk_ec2::types::ImageState;
 use support::{Lab, REGION, Scratch, quick_config, quick_rollout};
 
 /// The second region: the lab's VPC-Lab is there too.
@@ -71,29 +71,27 @@ async fn bake_and_copy(lab: &Lab, scratch: &Scratch) -> (String, String) {
         .await
         .unwrap();
     let image = &described.images()[0];
-    let mut tags: Vec<Tag> = image.tags().to_vec();
-    tags.push(bake::tags::tag(bake::tags::SOURCE_AMI, &source));
-    tags.push(bake::tags::tag(bake::tags::SOURCE_REGION, REGION));
+    // CopyImageTags carries the source's tags; the two of a copy come with the request.
     let copy = other
         .ec2
         .copy_image()
         .source_image_id(&source)
         .source_region(REGION)
         .name(image.name().unwrap())
+        .copy_image_tags(true)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Image)
+                .tags(bake::tags::tag(bake::tags::SOURCE_AMI, &source))
+                .tags(bake::tags::tag(bake::tags::SOURCE_REGION, REGION))
+                .build(),
+        )
         .send()
         .await
         .unwrap()
         .image_id()
         .unwrap()
         .to_owned();
-    other
-        .ec2
-        .create_tags()
-        .resources(&copy)
-        .set_tags(Some(tags))
-        .send()
-        .await
-        .unwrap();
     lab.wait_for("the copy to be available", Duration::from_secs(120), || {
         let ec2 = other.ec2.clone();
         let copy = copy.clone();
