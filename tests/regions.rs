@@ -339,14 +339,24 @@ async fn prune_across_regions_removes_a_family_only_when_no_region_uses_it() {
     );
     assert_eq!(result["images"][1]["kept"][0]["ami_id"], copy.as_str());
 
-    // The instance gone, nothing uses the family: both go, each with its snapshots.
-    other
-        .ec2
-        .terminate_instances()
-        .instance_ids(&instance)
-        .send()
-        .await
-        .unwrap();
+    // The instance gone, nothing uses the family: both go, each with its snapshots. (A new
+    // instance id may be unknown to EC2's other calls for a while: terminate until it answers.)
+    lab.wait_for(
+        "the instance to be terminating",
+        Duration::from_secs(60),
+        || {
+            let ec2 = other.ec2.clone();
+            let instance = instance.clone();
+            async move {
+                ec2.terminate_instances()
+                    .instance_ids(&instance)
+                    .send()
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
     lab.wait_for(
         "the instance to be terminated",
         Duration::from_secs(60),
