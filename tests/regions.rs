@@ -406,3 +406,131 @@ async fn prune_across_regions_removes_a_family_only_when_no_region_uses_it() {
         assert_eq!(left, 0, "{ami} in {region} is deregistered");
     }
 }
+
+/// A client of `$sdk` in `$region` answered by `rules`.
+macro_rules! mocked {
+    ($sdk:ident, $region:expr, $rules:expr) => {{
+        let mut interceptor = aws_smithy_mocks::MockResponseInterceptor::new()
+            .rule_mode(aws_smithy_mocks::RuleMode::MatchAny);
+        for rule in $rules {
+            interceptor = interceptor.with_rule(rule);
+        }
+        $sdk::Client::from_conf(
+            $sdk::Config::builder()
+                .with_test_defaults()
+                .region($sdk::config::Region::new($region))
+                .http_client(aws_smithy_mocks::create_mock_http_client())
+                .interceptor(interceptor)
+                .build(),
+        )
+    }};
+}
+
+/// Every listing gc makes, answered with nothing.
+macro_rules! empty {
+    ($($sdk:ident :: $op:ident => $output:path),* $(,)?) => {
+        vec![$(aws_smithy_mocks::mock!($sdk::Client::$op).then_output(|| <$output>::builder().build())),*]
+    };
+}
+
+/// One region's clients: EC2 either answers every listing with nothing or throttles every call
+/// (RequestLimitExceeded, as EC2 throttles); the other services answer with nothing.
+fn gc_clients(region: &'static str, throttled: bool) -> bake::aws::Clients {
+    use aws_sdk_autoscaling::operation as asg;
+    use aws_sdk_cloudwatch::operation as cw;
+    use aws_sdk_ec2::operation as ec2;
+    use aws_sdk_elasticloadbalancingv2::operation as elb;
+    let ec2_rules: Vec<aws_smithy_mocks::Rule> = if throttled {
+        macro_rules! throttle {
+            ($($op:ident => $error:path),* $(,)?) => {
+                vec![$(aws_smithy_mocks::mock!(aws_sdk_ec2::Client::$op).then_error(|| {
+                    <$error>::generic(
+                        aws_sdk_ec2::error::ErrorMetadata::builder()
+                            .code("RequestLimitExceeded")
+                            .message("Request limit exceeded.")
+                            .build(),
+                    )
+                })),*]
+            };
+        }
+        throttle![
+            describe_instances => ec2::describe_instances::DescribeInstancesError,
+            describe_security_groups => ec2::describe_security_groups::DescribeSecurityGroupsError,
+            describe_images => ec2::describe_images::DescribeImagesError,
+            describe_snapshots => ec2::describe_snapshots::DescribeSnapshotsError,
+            describe_nat_gateways => ec2::describe_nat_gateways::DescribeNatGatewaysError,
+            describe_vpc_endpoints => ec2::describe_vpc_endpoints::DescribeVpcEndpointsError,
+            describe_launch_templates => ec2::describe_launch_templates::DescribeLaunchTemplatesError,
+            describe_tags => ec2::describe_tags::DescribeTagsError,
+            describe_addresses => ec2::describe_addresses::DescribeAddressesError,
+            describe_route_tables => ec2::describe_route_tables::DescribeRouteTablesError,
+            describe_subnets => ec2::describe_subnets::DescribeSubnetsError,
+            describe_security_group_rules => ec2::describe_security_group_rules::DescribeSecurityGroupRulesError,
+        ]
+    } else {
+        empty![
+            aws_sdk_ec2::describe_instances => ec2::describe_instances::DescribeInstancesOutput,
+            aws_sdk_ec2::describe_security_groups => ec2::describe_security_groups::DescribeSecurityGroupsOutput,
+            aws_sdk_ec2::describe_images => ec2::describe_images::DescribeImagesOutput,
+            aws_sdk_ec2::describe_snapshots => ec2::describe_snapshots::DescribeSnapshotsOutput,
+            aws_sdk_ec2::describe_nat_gateways => ec2::describe_nat_gateways::DescribeNatGatewaysOutput,
+            aws_sdk_ec2::describe_vpc_endpoints => ec2::describe_vpc_endpoints::DescribeVpcEndpointsOutput,
+            aws_sdk_ec2::describe_launch_templates => ec2::describe_launch_templates::DescribeLaunchTemplatesOutput,
+            aws_sdk_ec2::describe_tags => ec2::describe_tags::DescribeTagsOutput,
+            aws_sdk_ec2::describe_addresses => ec2::describe_addresses::DescribeAddressesOutput,
+            aws_sdk_ec2::describe_route_tables => ec2::describe_route_tables::DescribeRouteTablesOutput,
+            aws_sdk_ec2::describe_subnets => ec2::describe_subnets::DescribeSubnetsOutput,
+            aws_sdk_ec2::describe_security_group_rules => ec2::describe_security_group_rules::DescribeSecurityGroupRulesOutput,
+        ]
+    };
+    let asg_rules = empty![
+        aws_sdk_autoscaling::describe_auto_scaling_groups => asg::describe_auto_scaling_groups::DescribeAutoScalingGroupsOutput,
+        aws_sdk_autoscaling::describe_tags => asg::describe_tags::DescribeTagsOutput,
+    ];
+    let elb_rules = empty![
+        aws_sdk_elasticloadbalancingv2::describe_load_balancers => elb::describe_load_balancers::DescribeLoadBalancersOutput,
+        aws_sdk_elasticloadbalancingv2::describe_target_groups => elb::describe_target_groups::DescribeTargetGroupsOutput,
+        aws_sdk_elasticloadbalancingv2::describe_tags => elb::describe_tags::DescribeTagsOutput,
+    ];
+    let cw_rules = empty![
+        aws_sdk_cloudwatch::describe_alarms => cw::describe_alarms::DescribeAlarmsOutput,
+    ];
+    bake::aws::Clients {
+        autoscaling: mocked!(aws_sdk_autoscaling, region, &asg_rules),
+        cloudwatch: mocked!(aws_sdk_cloudwatch, region, &cw_rules),
+        ec2: mocked!(aws_sdk_ec2, region, &ec2_rules),
+        elb: mocked!(aws_sdk_elasticloadbalancingv2, region, &elb_rules),
+        ssm: mocked!(aws_sdk_ssm, region, &[] as &[aws_smithy_mocks::Rule]),
+        iam: mocked!(aws_sdk_iam, region, &[] as &[aws_smithy_mocks::Rule]),
+        region: region.into(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn gc_in_two_regions_reports_a_throttled_region_alone_and_finishes_the_other() {
+    let args = bake::commands::gc::Args {
+        ttl: Duration::from_secs(7200),
+        dry_run: true,
+        all_regions: false,
+    };
+    let done = args
+        .collect_regions(vec![gc_clients(OTHER, true), gc_clients(REGION, false)])
+        .await;
+    // In the order named; the throttled region's error is its own, the other region finished.
+    assert_eq!(done.regions.len(), 2);
+    assert_eq!(done.regions[0].region, OTHER);
+    let error = done.regions[0].error.as_deref().expect("us-east-1 failed");
+    assert!(error.contains("RequestLimitExceeded"), "{error}");
+    assert!(error.contains(OTHER), "{error}");
+    assert_eq!(done.regions[1].region, REGION);
+    assert_eq!(done.regions[1].error, None, "{:?}", done.regions[1]);
+    // The command fails, naming only the throttled region.
+    let failed = bake::commands::Outcome::into_result(done).unwrap_err();
+    assert_eq!(failed.exit_code(), 1);
+    let message = failed.to_string();
+    assert!(
+        message.starts_with(&format!("gc in {OTHER}: ")),
+        "{message}"
+    );
+    assert!(!message.contains(REGION), "{message}");
+}

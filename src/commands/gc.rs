@@ -171,19 +171,25 @@ impl Args {
         if regions.len() <= 1 {
             return self.collect(&clients).await.map(GcResult::One);
         }
-        let this = &self;
-        let clients = &clients;
-        let mut done: Vec<InRegion> = futures_util::stream::iter(regions.iter())
-            .map(|region| async move {
-                let here = clients.in_region(region);
-                match this.collect(&here).await {
+        let each = regions.iter().map(|r| clients.in_region(r)).collect();
+        Ok(GcResult::Regions(self.collect_regions(each).await))
+    }
+
+    /// gc in each of `each` (one region's clients each) at once, at most [`REGION_POOL`] at a
+    /// time; a region's error is its own. In the order given.
+    pub async fn collect_regions(&self, each: Vec<Clients>) -> InRegions {
+        let order: Vec<String> = each.iter().map(|c| c.region.clone()).collect();
+        let mut done: Vec<InRegion> = futures_util::stream::iter(each)
+            .map(|here| async move {
+                let region = here.region.clone();
+                match self.collect(&here).await {
                     Ok(c) => InRegion {
-                        region: region.clone(),
+                        region,
                         resources: c.resources,
                         error: None,
                     },
                     Err(e) => InRegion {
-                        region: region.clone(),
+                        region,
                         resources: Vec::new(),
                         error: Some(e.to_string()),
                     },
@@ -193,11 +199,11 @@ impl Args {
             .collect()
             .await;
         // In the order the regions were named, whichever finished first.
-        done.sort_by_key(|r| regions.iter().position(|n| *n == r.region));
-        Ok(GcResult::Regions(InRegions {
+        done.sort_by_key(|r| order.iter().position(|n| *n == r.region));
+        InRegions {
             dry_run: self.dry_run,
             regions: done,
-        }))
+        }
     }
 
     /// gc in `clients`' region.
