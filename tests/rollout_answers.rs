@@ -76,6 +76,7 @@ fn clients_of(ec2_rules: &[&Rule], autoscaling_rules: &[&Rule], elb_rules: &[&Ru
         elb: mocked!(aws_sdk_elasticloadbalancingv2, elb_rules),
         ssm: mocked!(aws_sdk_ssm, &[] as &[&Rule]),
         iam: mocked!(aws_sdk_iam, &[] as &[&Rule]),
+        kms: mocked!(aws_sdk_kms, &[] as &[&Rule]),
         region: "ap-northeast-2".into(),
     }
 }

@@ -56,6 +56,7 @@ fn account(ssm_rules: &[&Rule], ec2_rules: &[&Rule], autoscaling_rules: &[&Rule]
         elb: mocked!(aws_sdk_elasticloadbalancingv2, none),
         ssm: mocked!(aws_sdk_ssm, ssm_rules),
         iam: mocked!(aws_sdk_iam, none),
+        kms: mocked!(aws_sdk_kms, none),
         region: "ap-northeast-2".into(),
     }
 }

@@ -62,6 +62,12 @@ pub async fn deprecate(clients: &Clients, ami_id: &str, after: Duration) -> Resu
     let at = SystemTime::UNIX_EPOCH
         .checked_add(Duration::from_secs(secs.div_ceil(60).saturating_mul(60)))
         .unwrap_or(SystemTime::UNIX_EPOCH);
+    deprecate_at(clients, ami_id, at).await?;
+    Ok(humantime::format_rfc3339_seconds(at).to_string())
+}
+
+/// Deprecates the AMI at `at` (EnableImageDeprecation).
+pub async fn deprecate_at(clients: &Clients, ami_id: &str, at: SystemTime) -> Result<(), Error> {
     let request = clients
         .ec2
         .enable_image_deprecation()
@@ -71,7 +77,7 @@ pub async fn deprecate(clients: &Clients, ami_id: &str, after: Duration) -> Resu
         .call(|| request.clone().send())
         .or_fail(|| format!("deprecate {ami_id}"))
         .await?;
-    Ok(humantime::format_rfc3339_seconds(at).to_string())
+    Ok(())
 }
 
 /// Creates the AMI from the builder, tags it and its snapshots, and waits until it is available.
@@ -144,6 +150,14 @@ pub async fn create(
         });
     };
     janitor.record(Resource::Image(ami_id.clone()));
+    available(clients, &ami_id, progress).await?;
+    Ok((ami_id, name))
+}
+
+/// Waits until the AMI `ami_id` (just created or copied) is available: unknown to DescribeImages
+/// for a while at first (eventual consistency), pending, then available; a failed image ends the
+/// wait at once.
+pub async fn available(clients: &Clients, ami_id: &str, progress: &Progress) -> Result<(), Error> {
     let step = format!("waiting for {ami_id} to be available");
     progress.step(step.clone());
     let started = Instant::now();
@@ -153,12 +167,7 @@ pub async fn create(
         AVAILABLE_SCHEDULE,
         |seen| progress.detail(&step, seen),
         || async {
-            let out = clients
-                .ec2
-                .describe_images()
-                .image_ids(&ami_id)
-                .send()
-                .await;
+            let out = clients.ec2.describe_images().image_ids(ami_id).send().await;
             let image = match out {
                 Ok(out) => out.images.unwrap_or_default().into_iter().next(),
                 // A new AMI is unknown to DescribeImages for a few seconds (eventual
@@ -184,9 +193,9 @@ pub async fn create(
     )
     .await;
     match result {
-        Ok(()) => Ok((ami_id, name)),
+        Ok(()) => Ok(()),
         Err(PollError::Failed(Ok(reason))) => Err(Error::Failed {
-            ami_id,
+            ami_id: ami_id.to_owned(),
             region: clients.region.clone(),
             reason,
         }),
@@ -194,7 +203,7 @@ pub async fn create(
             Err(clients.failed(format!("describe {ami_id}"), message).into())
         }
         Err(PollError::TimedOut { last }) => Err(Error::TimedOut {
-            ami_id,
+            ami_id: ami_id.to_owned(),
             region: clients.region.clone(),
             waited: AVAILABLE_TIMEOUT,
             last,

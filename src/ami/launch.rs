@@ -190,6 +190,10 @@ pub async fn instance(
                         .volume_size(builder.volume.size as i32)
                         .volume_type(VolumeType::from(builder.volume.kind.as_str()))
                         .encrypted(true)
+                        // The distribution's key for this region, so the image is encrypted
+                        // with a key the accounts it is shared with may use; else the
+                        // account's default EBS key.
+                        .set_kms_key_id(plan.distribute.build_key.clone())
                         .delete_on_termination(true)
                         .build(),
                 )

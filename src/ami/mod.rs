@@ -2,6 +2,8 @@
 //! once, with the builder and test instance cleaned up on every exit (`bake ami`, and the bake and
 //! test steps of `bake pipeline`).
 
+pub mod copy;
+pub mod distribute;
 pub mod egress;
 pub mod endpoints;
 pub mod health;
@@ -21,6 +23,7 @@ use crate::janitor::{self, Janitor};
 use crate::output::{self, Progress};
 use crate::render::{self, Renderer};
 use crate::{signal, tags};
+pub use distribute::{Copy, CopyOutcome};
 use preflight::Plan;
 
 /// How `bake ami` behaves.
@@ -49,6 +52,30 @@ pub struct Baked {
     pub seconds: f64,
     /// The test stage, when this run tested the AMI (none when skipped or `test.enabled = false`).
     pub test: Option<TestReport>,
+    /// One per `distribute.regions` region other than the build region, in config order.
+    pub copies: Vec<Copy>,
+}
+
+impl Baked {
+    /// The image in `region`: this AMI in the build region, the available copy elsewhere; None
+    /// where the copy failed or the image is not distributed to.
+    pub fn ami_in(&self, region: &str) -> Option<&str> {
+        if region == self.region {
+            return Some(&self.ami_id);
+        }
+        self.copies
+            .iter()
+            .find(|c| c.region == region)
+            .and_then(Copy::available)
+    }
+
+    /// The copies that failed.
+    pub fn failed_copies(&self) -> Vec<&Copy> {
+        self.copies
+            .iter()
+            .filter(|c| matches!(c.outcome, CopyOutcome::Failed(_)))
+            .collect()
+    }
 }
 
 impl Baked {
@@ -87,6 +114,8 @@ pub enum Step {
     Image(#[from] image::Error),
     #[error(transparent)]
     Test(#[from] test::Error),
+    #[error(transparent)]
+    Distribute(#[from] distribute::Error),
     #[error("{0}")]
     Cleanup(#[from] janitor::Error),
     #[error("{failure}\nand cleaning up after it failed too: {cleanup}")]
@@ -215,7 +244,7 @@ pub async fn bake(
     progress: &Progress,
 ) -> Result<Baked, Step> {
     let started = Instant::now();
-    let done = |ami: Ami, skipped: bool, test: Option<TestReport>| Baked {
+    let done = |ami: Ami, skipped: bool, test: Option<TestReport>, copies: Vec<Copy>| Baked {
         image: plan.image.clone(),
         ami_id: ami.id,
         ami_name: ami.name,
@@ -226,20 +255,24 @@ pub async fn bake(
         skipped,
         seconds: started.elapsed().as_secs_f64(),
         test,
+        copies,
     };
     if !options.force
         && let Some(found) = image::existing(clients, plan).await?
     {
         let id = found.image_id().unwrap_or_default().to_owned();
+        // A region added to `distribute.regions` since gets its copy without a bake.
+        let copies = distribute(clients, plan, &id, janitor, progress).await?;
         progress.finish(format!(
-            "already baked as {id} (same digest; --force bakes anew)"
+            "already baked as {id} (same digest; --force bakes anew){}",
+            regions(&copies)
         ));
         let ami = Ami {
             id,
             name: found.name().unwrap_or_default().to_owned(),
             deprecation_time: found.deprecation_time().map(str::to_owned),
         };
-        return Ok(done(ami, true, None));
+        return Ok(done(ami, true, None, copies));
     }
     let built = match build(clients, image, plan, janitor, progress).await {
         Ok(built) => tested(clients, image, plan, built, janitor, progress).await,
@@ -254,6 +287,14 @@ pub async fn bake(
                 "terminating the builder"
             });
             janitor.clean_recorded().await?;
+            // After the builder and test instance are gone: they are not kept while copies run.
+            let copies = match distribute(clients, plan, &ami.id, janitor, progress).await {
+                Ok(copies) => copies,
+                Err(e) => {
+                    progress.finish(format!("baked {}, but {e}", ami.id));
+                    return Err(e);
+                }
+            };
             let until = ami
                 .deprecation_time
                 .as_ref()
@@ -267,12 +308,13 @@ pub async fn bake(
                         )
                     });
             progress.finish(format!(
-                "baked {} ({}) in {:.0} s{proof}{until}",
+                "baked {} ({}) in {:.0} s{proof}{until}{}",
                 ami.id,
                 ami.name,
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                regions(&copies)
             ));
-            Ok(done(ami, false, test))
+            Ok(done(ami, false, test, copies))
         }
         Err(failure) if options.keep_on_failure => {
             let kept: Vec<String> = janitor.recorded().iter().map(ToString::to_string).collect();
@@ -324,6 +366,31 @@ pub async fn bake(
             }
         }
     }
+}
+
+/// The copy stage for the tested (or found) AMI `ami_id`.
+async fn distribute(
+    clients: &Clients,
+    plan: &Plan,
+    ami_id: &str,
+    janitor: &Janitor,
+    progress: &Progress,
+) -> Result<Vec<Copy>, Step> {
+    let source = copy::Source {
+        ami_id: ami_id.to_owned(),
+        digest: plan.rendered.digest.clone(),
+        base_ami: plan.base.id.clone(),
+    };
+    Ok(copy::run(clients, &plan.distribute, &source, janitor, progress).await?)
+}
+
+/// `; copies: us-east-1 ami-… copied, ...` for the last line of a bake, or nothing.
+fn regions(copies: &[Copy]) -> String {
+    if copies.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = copies.iter().map(ToString::to_string).collect();
+    format!("; copies: {}", each.join(", "))
 }
 
 /// Tests the built AMI unless `test.enabled = false`: tags it `bake:test=passed`, or

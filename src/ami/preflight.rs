@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::ImageState;
 
-use super::{egress, endpoints};
+use super::{distribute, egress, endpoints};
 use crate::aws::{self, Clients};
 use crate::config::{Access, BaseImage, Config, Egress, Endpoints, Image, Os};
 use crate::output;
@@ -41,6 +41,9 @@ pub struct Plan {
     /// The SSM endpoints a private builder's bake creates, with `builder.endpoints = "create"`
     /// and some missing at preflight.
     pub endpoints: Option<endpoints::Plan>,
+    /// The copies to other regions and the sharing (`[image.NAME.distribute]`), with each
+    /// region's key checked; the build region's key encrypts the builder's volume.
+    pub distribute: distribute::Plan,
 }
 
 /// The resolved base image.
@@ -91,6 +94,7 @@ pub async fn plan(
                 .map_err(at(builder.allow_cidr.span(), "builder.allow_cidr"))
         },
     )?;
+    let distribute = distribute::plan(clients, config, name, image).await?;
     let routing = resolve::routing(clients, &subnet)
         .await
         .map_err(at(builder.subnet.span(), "builder.subnet"))?;
@@ -171,6 +175,7 @@ pub async fn plan(
         ami_name,
         egress,
         endpoints,
+        distribute,
     })
 }
 

@@ -30,6 +30,8 @@ pub struct Clients {
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub ssm: aws_sdk_ssm::Client,
     pub iam: aws_sdk_iam::Client,
+    /// KMS: the distribution's keys, checked at preflight in each region.
+    pub kms: aws_sdk_kms::Client,
     /// The region the clients talk to, for messages.
     pub region: String,
 }
@@ -59,6 +61,7 @@ impl Clients {
             elb: client!(aws_sdk_elasticloadbalancingv2),
             ssm: client!(aws_sdk_ssm),
             iam: client!(aws_sdk_iam),
+            kms: client!(aws_sdk_kms),
             region: sdk.region().map_or_else(String::new, ToString::to_string),
         }
     }
@@ -95,6 +98,7 @@ impl Clients {
             elb: moved!(elb, aws_sdk_elasticloadbalancingv2),
             ssm: self.ssm_in(region),
             iam: self.iam.clone(),
+            kms: moved!(kms, aws_sdk_kms),
             region: region.to_owned(),
         }
     }

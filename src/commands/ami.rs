@@ -58,12 +58,27 @@ pub struct Failure {
 
 impl std::fmt::Display for Bakes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.images.as_slice() {
-            [one] if self.asked == 1 => writeln!(f, "{}", one.ami_id),
-            many => many
-                .iter()
-                .try_for_each(|b| writeln!(f, "{} {}", b.image, b.ami_id)),
+        // One image: its AMI id alone on the first line; several: `IMAGE AMI`. Each copy
+        // follows its image: `[IMAGE] REGION AMI`, or `[IMAGE] REGION failed: why`.
+        let alone = self.asked == 1 && self.images.len() == 1;
+        for b in &self.images {
+            let image = if alone {
+                String::new()
+            } else {
+                format!("{} ", b.image)
+            };
+            writeln!(f, "{image}{}", b.ami_id)?;
+            for copy in &b.copies {
+                match (&copy.outcome, &copy.ami_id) {
+                    (ami::CopyOutcome::Failed(why), _) => {
+                        writeln!(f, "{image}{} failed: {why}", copy.region)?;
+                    }
+                    (_, Some(id)) => writeln!(f, "{image}{} {id}", copy.region)?,
+                    (_, None) => writeln!(f, "{image}{} -", copy.region)?,
+                }
+            }
         }
+        Ok(())
     }
 }
 
@@ -88,7 +103,7 @@ impl Args {
             force: self.force,
             keep_on_failure: self.keep_on_failure,
         };
-        let (images, failed) = ami::bake_all(
+        let (images, mut failed) = ami::bake_all(
             &clients,
             &config,
             &names,
@@ -96,6 +111,17 @@ impl Args {
             &self.checkip.checkip_url,
         )
         .await?;
+        // An image whose copy failed in some region is good where it is: it is printed with
+        // every region's outcome, and the command exits 1 naming the regions that lack it.
+        for baked in &images {
+            let copies: Vec<ami::Copy> = baked.failed_copies().into_iter().cloned().collect();
+            if !copies.is_empty() {
+                failed.push(ami::Error {
+                    image: baked.image.clone(),
+                    step: ami::distribute::Error::CopiesFailed(copies).into(),
+                });
+            }
+        }
         Ok(Bakes {
             images,
             errors: failed
@@ -128,6 +154,11 @@ pub fn worst_case(config: &Config, names: &[String]) -> Duration {
                 )
                 .saturating_add(BAKE_FIXED)
                 .saturating_add(test_worst_case(image))
+                .saturating_add(if image.distribute.regions.is_empty() {
+                    Duration::ZERO
+                } else {
+                    ami::distribute::COPY_FIXED
+                })
         })
     };
     names.iter().map(bake).max().unwrap_or_default()

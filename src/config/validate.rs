@@ -292,11 +292,7 @@ impl Doc<'_> {
                 );
             }
         }
-        let lists: [(
-            &str,
-            &Vec<toml::Spanned<String>>,
-            fn(&str) -> Result<(), String>,
-        ); 3] = [
+        let lists: [(&str, &Vec<toml::Spanned<String>>, Check); 3] = [
             ("accounts", &d.accounts, limits::account_id),
             ("organizations", &d.organizations, limits::organization_arn),
             (
@@ -884,6 +880,9 @@ impl Doc<'_> {
 
 /// A run id as the janitor writes them (`<yyyymmdd>t<hhmmss>-<6 hex digits>`): what the client
 /// token check needs is its length, which tests/config.rs holds to the janitor's.
+/// A shape check of one listed value, answering the rule it breaks.
+type Check = fn(&str) -> Result<(), String>;
+
 const RUN_ID_EXAMPLE: &str = "20250101t000000-000000";
 
 /// A rule for a name, answering with the rule when the name breaks it.
