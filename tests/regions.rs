@@ -502,6 +502,7 @@ fn gc_clients(region: &'static str, throttled: bool) -> bake::aws::Clients {
         elb: mocked!(aws_sdk_elasticloadbalancingv2, region, &elb_rules),
         ssm: mocked!(aws_sdk_ssm, region, &[] as &[aws_smithy_mocks::Rule]),
         iam: mocked!(aws_sdk_iam, region, &[] as &[aws_smithy_mocks::Rule]),
+        kms: mocked!(aws_sdk_kms, region, &[] as &[aws_smithy_mocks::Rule]),
         region: region.into(),
     }
 }

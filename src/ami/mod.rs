@@ -78,14 +78,6 @@ impl Baked {
     }
 }
 
-impl Baked {
-    /// This bake's AMI in `region`: the AMI itself in the build region; elsewhere its available
-    /// copy (none when the copy failed or the image is not distributed there).
-    pub fn ami_in(&self, region: &str) -> Option<&str> {
-        (region == self.region).then_some(self.ami_id.as_str())
-    }
-}
-
 /// The test stage's outcome in a bake's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct TestReport {
