@@ -407,6 +407,174 @@ async fn prune_across_regions_removes_a_family_only_when_no_region_uses_it() {
     }
 }
 
+/// Pipeline events (JSON Lines) as (step, status, region).
+fn steps(out: &std::process::Output) -> Vec<(String, String, String)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .map(|e| {
+            (
+                e["step"].as_str().unwrap().to_owned(),
+                e["status"].as_str().unwrap().to_owned(),
+                e["region"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn step(step: &str, status: &str, region: &str) -> (String, String, String) {
+    (step.to_owned(), status.to_owned(), region.to_owned())
+}
+
+/// The pipeline test's key, in each region.
+const KEY: &str = "alias/bake-regions";
+
+/// `/bake/quick/ami-id[:selector]` in `region`, if it is there.
+async fn parameter(lab: &Lab, region: &str, selector: &str) -> Option<String> {
+    let ssm = lab.clients().await.in_region(region).ssm;
+    ssm.get_parameter()
+        .name(format!("/bake/quick/ami-id{selector}"))
+        .send()
+        .await
+        .ok()
+        .and_then(|o| o.parameter().and_then(|p| p.value()).map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_rolls_out_region_by_region_and_publishes_each_regions_copy() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    // The images are encrypted with a customer managed key in each region that grants the Auto
+    // Scaling service-linked role its use, as Auto Scaling needs of such a key ("Required AWS KMS
+    // key policy for use with encrypted volumes").
+    for region in [REGION, OTHER] {
+        let kms = lab.clients().await.in_region(region).kms;
+        let key = kms.create_key().send().await.unwrap();
+        let key_id = key.key_metadata().unwrap().key_id().to_owned();
+        kms.create_alias()
+            .alias_name(KEY)
+            .target_key_id(&key_id)
+            .send()
+            .await
+            .unwrap();
+        kms.create_grant()
+            .key_id(&key_id)
+            .grantee_principal(
+                "arn:aws:iam::123456789012:role/aws-service-role/autoscaling.amazonaws.com/\
+                 AWSServiceRoleForAutoScaling",
+            )
+            .set_operations(Some(
+                [
+                    "Decrypt",
+                    "GenerateDataKeyWithoutPlaintext",
+                    "ReEncryptFrom",
+                    "ReEncryptTo",
+                    "CreateGrant",
+                    "DescribeKey",
+                ]
+                .into_iter()
+                .map(aws_sdk_kms::types::GrantOperation::from)
+                .collect(),
+            ))
+            .send()
+            .await
+            .unwrap();
+    }
+    let scratch = Scratch::new(&two_regions("v1", "t3.small").replace(
+        "[image.quick.distribute]\n",
+        &format!("[image.quick.distribute]\nkms_key = \"{KEY}\"\n"),
+    ));
+    let config = scratch.config();
+    let args = [
+        "-c",
+        config.as_str(),
+        "-o",
+        "json",
+        "pipeline",
+        "--keep",
+        "5",
+    ];
+
+    // No t3.small in ap-northeast-2: its rollout fails, us-east-1's is not started, and the
+    // parameter is published in neither region.
+    lab.control(
+        "capacity",
+        serde_json::json!({"unavailable": [
+            {"instance_type": "t3.small", "zone": "ap-northeast-2a"},
+            {"instance_type": "t3.small", "zone": "ap-northeast-2c"},
+        ]}),
+    )
+    .await;
+    let first = lab.run_bake(&args).await;
+    lab.control("capacity", serde_json::json!({"unavailable": []}))
+        .await;
+    assert_eq!(
+        first.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(
+        steps(&first),
+        [
+            step("bake", "ok", ""),
+            step("test", "ok", ""),
+            step("rollout", "failed", REGION),
+            step("rollout", "not started", OTHER),
+        ]
+    );
+    assert!(
+        regions_of(&lab, "CreateAutoScalingGroup")
+            .await
+            .iter()
+            .all(|r| r == REGION)
+    );
+    assert_eq!(parameter(&lab, REGION, "").await, None);
+    assert_eq!(parameter(&lab, OTHER, "").await, None);
+
+    // Capacity back: the AMI (baked, tested and copied already) rolls out in ap-northeast-2 and
+    // is published there, then in us-east-1 with its copy.
+    let second = lab.run_bake(&args).await;
+    run_ok(&second);
+    assert_eq!(
+        steps(&second),
+        [
+            step("bake", "skipped", ""),
+            step("test", "skipped", ""),
+            step("rollout", "ok", REGION),
+            step("publish", "ok", REGION),
+            step("rollout", "ok", OTHER),
+            step("publish", "ok", OTHER),
+            step("prune", "skipped", REGION),
+            step("prune", "skipped", OTHER),
+        ]
+    );
+    let clients = lab.clients().await;
+    let source = parameter(&lab, REGION, "")
+        .await
+        .expect("published in ap-northeast-2");
+    let copy = bake::rollout::regions::copy_of(&clients.in_region(OTHER), &source)
+        .await
+        .expect("the copy in us-east-1")
+        .id;
+    assert_ne!(copy, source);
+    // The SSM parameter exists in both regions, each with that region's image, tested and live.
+    for (region, ami) in [(REGION, &source), (OTHER, &copy)] {
+        for selector in ["", ":tested", ":live"] {
+            assert_eq!(
+                parameter(&lab, region, selector).await.as_deref(),
+                Some(ami.as_str()),
+                "{region}{selector}"
+            );
+        }
+    }
+    let order = regions_of(&lab, "PutParameter").await;
+    assert_eq!(order, [REGION, OTHER], "published region by region");
+}
+
 /// A client of `$sdk` in `$region` answered by `rules`.
 macro_rules! mocked {
     ($sdk:ident, $region:expr, $rules:expr) => {{
