@@ -7,17 +7,55 @@ mod support;
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::ImageState;
 use support::{Lab, REGION, Scratch, quick_config, quick_rollout};
 
 /// The second region: the lab's VPC-Lab is there too.
 const OTHER: &str = "us-east-1";
 
-/// The quick image, copied to us-east-1, and a rollout `web` of it to both regions (in that
+/// The images are encrypted with a customer managed key ([`KEY`]) in each region that grants the
+/// Auto Scaling service-linked role its use, as Auto Scaling needs of such a key ("Required AWS
+/// KMS key policy for use with encrypted volumes").
+async fn make_keys(lab: &Lab) {
+    for region in [REGION, OTHER] {
+        let kms = lab.clients().await.in_region(region).kms;
+        let key = kms.create_key().send().await.unwrap();
+        let key_id = key.key_metadata().unwrap().key_id().to_owned();
+        kms.create_alias()
+            .alias_name(KEY)
+            .target_key_id(&key_id)
+            .send()
+            .await
+            .unwrap();
+        kms.create_grant()
+            .key_id(&key_id)
+            .grantee_principal(
+                "arn:aws:iam::123456789012:role/aws-service-role/autoscaling.amazonaws.com/\
+             AWSServiceRoleForAutoScaling",
+            )
+            .set_operations(Some(
+                [
+                    "Decrypt",
+                    "GenerateDataKeyWithoutPlaintext",
+                    "ReEncryptFrom",
+                    "ReEncryptTo",
+                    "CreateGrant",
+                    "DescribeKey",
+                ]
+                .into_iter()
+                .map(aws_sdk_kms::types::GrantOperation::from)
+                .collect(),
+            ))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// The quick image, copied to us-east-1 (encrypted with [`KEY`]), and a rollout `web` of it to both regions (in that
 /// order) on `instance_type`.
 fn two_regions(body: &str, instance_type: &str) -> String {
     format!(
-        "{}\n[image.quick.distribute]\nregions = [\"{OTHER}\"]\n{}",
+        "{}\n[image.quick.distribute]\nregions = [\"{OTHER}\"]\nkms_key = \"{KEY}\"\n{}",
         quick_config(&format!("body = {body:?}"), "", ""),
         quick_rollout("web", instance_type).replace(
             "image = \"quick\"",
@@ -45,8 +83,7 @@ fn json(out: &std::process::Output) -> serde_json::Value {
     })
 }
 
-/// Bakes the quick image in the lab's region and copies it to us-east-1 as the copy stage does
-/// (every tag of the source plus bake:source-ami and bake:source-region): (source, copy).
+/// Bakes the quick image in the lab's region, copied to us-east-1 by the bake: (source, copy).
 async fn bake_and_copy(lab: &Lab, scratch: &Scratch) -> (String, String) {
     let out = lab
         .run_bake(&["-c", &scratch.config(), "-o", "json", "ami", "quick"])
@@ -59,53 +96,11 @@ async fn bake_and_copy(lab: &Lab, scratch: &Scratch) -> (String, String) {
         .to_owned();
     let clients = lab.clients().await;
     let other = clients.in_region(OTHER);
-    // The copy stage may have made it already.
-    if let Ok(found) = bake::rollout::regions::copy_of(&other, &source).await {
-        return (source, found.id);
-    }
-    let described = clients
-        .ec2
-        .describe_images()
-        .image_ids(&source)
-        .send()
+    // `bake ami` copied it (the copy stage), tagged with its source.
+    let copy = bake::rollout::regions::copy_of(&other, &source)
         .await
-        .unwrap();
-    let image = &described.images()[0];
-    // CopyImageTags carries the source's tags; the two of a copy come with the request.
-    let copy = other
-        .ec2
-        .copy_image()
-        .source_image_id(&source)
-        .source_region(REGION)
-        .name(image.name().unwrap())
-        .copy_image_tags(true)
-        .tag_specifications(
-            aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::Image)
-                .tags(bake::tags::tag(bake::tags::SOURCE_AMI, &source))
-                .tags(bake::tags::tag(bake::tags::SOURCE_REGION, REGION))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .image_id()
-        .unwrap()
-        .to_owned();
-    lab.wait_for("the copy to be available", Duration::from_secs(120), || {
-        let ec2 = other.ec2.clone();
-        let copy = copy.clone();
-        async move {
-            ec2.describe_images()
-                .image_ids(&copy)
-                .send()
-                .await
-                .ok()
-                .and_then(|o| o.images().first().and_then(|i| i.state().cloned()))
-                == Some(ImageState::Available)
-        }
-    })
-    .await;
+        .unwrap_or_else(|e| panic!("no copy of {source} in {OTHER}: {e}"))
+        .id;
     (source, copy)
 }
 
@@ -124,6 +119,7 @@ async fn a_rollout_across_two_regions_goes_in_order_and_stops_at_the_first_failu
     let Some(lab) = Lab::start_or_skip().await else {
         return;
     };
+    make_keys(&lab).await;
     let scratch = Scratch::new(&two_regions("v1", "t3.small"));
     let (source, copy) = bake_and_copy(&lab, &scratch).await;
     let config = scratch.config();
@@ -271,6 +267,7 @@ async fn prune_across_regions_removes_a_family_only_when_no_region_uses_it() {
     let Some(lab) = Lab::start_or_skip().await else {
         return;
     };
+    make_keys(&lab).await;
     let scratch = Scratch::new(&two_regions("v1", "t3.micro"));
     let (source, copy) = bake_and_copy(&lab, &scratch).await;
     let config = scratch.config();
@@ -447,46 +444,8 @@ async fn the_pipeline_rolls_out_region_by_region_and_publishes_each_regions_copy
     let Some(lab) = Lab::start_or_skip().await else {
         return;
     };
-    // The images are encrypted with a customer managed key in each region that grants the Auto
-    // Scaling service-linked role its use, as Auto Scaling needs of such a key ("Required AWS KMS
-    // key policy for use with encrypted volumes").
-    for region in [REGION, OTHER] {
-        let kms = lab.clients().await.in_region(region).kms;
-        let key = kms.create_key().send().await.unwrap();
-        let key_id = key.key_metadata().unwrap().key_id().to_owned();
-        kms.create_alias()
-            .alias_name(KEY)
-            .target_key_id(&key_id)
-            .send()
-            .await
-            .unwrap();
-        kms.create_grant()
-            .key_id(&key_id)
-            .grantee_principal(
-                "arn:aws:iam::123456789012:role/aws-service-role/autoscaling.amazonaws.com/\
-                 AWSServiceRoleForAutoScaling",
-            )
-            .set_operations(Some(
-                [
-                    "Decrypt",
-                    "GenerateDataKeyWithoutPlaintext",
-                    "ReEncryptFrom",
-                    "ReEncryptTo",
-                    "CreateGrant",
-                    "DescribeKey",
-                ]
-                .into_iter()
-                .map(aws_sdk_kms::types::GrantOperation::from)
-                .collect(),
-            ))
-            .send()
-            .await
-            .unwrap();
-    }
-    let scratch = Scratch::new(&two_regions("v1", "t3.small").replace(
-        "[image.quick.distribute]\n",
-        &format!("[image.quick.distribute]\nkms_key = \"{KEY}\"\n"),
-    ));
+    make_keys(&lab).await;
+    let scratch = Scratch::new(&two_regions("v1", "t3.small"));
     let config = scratch.config();
     let args = [
         "-c",
