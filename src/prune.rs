@@ -392,12 +392,14 @@ struct Seen {
 /// launch templates, groups and published parameters), and the image's parameter in the
 /// account's other regions still counts. A region that cannot be read is reported for that
 /// region, and then nothing is removed anywhere: an image of a family there may be in use.
-/// One [`Pruned`] per region, in the order of `regions`.
+/// One [`Pruned`] per region, in the order of `regions`; with `only`, every region is read but
+/// that one alone is pruned (and reported).
 pub async fn prune_across(
     run: &Clients,
     regions: &[String],
     image: &str,
     options: &Options,
+    only: Option<&str>,
 ) -> Vec<Pruned> {
     use futures_util::StreamExt;
     let mut seen: Vec<(String, Result<Seen, String>)> = futures_util::stream::iter(regions)
@@ -485,6 +487,9 @@ pub async fn prune_across(
     let kept_new: Vec<&String> = newest.iter().take(options.keep).map(|(f, _)| *f).collect();
     let mut out = Vec::new();
     for (region, s) in seen {
+        if only.is_some_and(|o| o != region) {
+            continue;
+        }
         let mut pruned = Pruned {
             image: image.to_owned(),
             region: Some(region.clone()),

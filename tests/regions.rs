@@ -335,6 +335,31 @@ async fn prune_across_regions_removes_a_family_only_when_no_region_uses_it() {
         "{why}"
     );
     assert_eq!(result["images"][1]["kept"][0]["ami_id"], copy.as_str());
+    // Pruning the run's region alone reads the copies' regions too: the source stays.
+    let here = lab
+        .run_bake(&[
+            "-c",
+            &config,
+            "-o",
+            "json",
+            "prune",
+            "quick",
+            "--keep",
+            "0",
+            "--dry-run",
+        ])
+        .await;
+    run_ok(&here);
+    let result = json(&here);
+    assert_eq!(result["images"].as_array().unwrap().len(), 1, "{result}");
+    assert_eq!(result["images"][0]["region"], REGION, "{result}");
+    assert_eq!(
+        result["images"][0]["removed"],
+        serde_json::json!([]),
+        "{result}"
+    );
+    let why = result["images"][0]["kept"][0]["why"].as_str().unwrap();
+    assert!(why.contains(&instance), "{why}");
 
     // The instance gone, nothing uses the family: both go, each with its snapshots. (A new
     // instance id may be unknown to EC2's other calls for a while: terminate until it answers.)

@@ -369,7 +369,7 @@ async fn image_steps(
     };
     let pruned = if image_regions.len() > 1 {
         // The image and its copies as one, in every region it is in.
-        prune::prune_across(clients, &image_regions, image, &prune_options).await
+        prune::prune_across(clients, &image_regions, image, &prune_options, None).await
     } else {
         // This image's rollout just changed what is in use: a census of its own.
         let one = prune::prune(

@@ -111,7 +111,7 @@ impl Args {
         if regions.len() > 1 {
             let mut images = Vec::new();
             for name in &names {
-                images.extend(prune::prune_across(&clients, &regions, name, &options).await);
+                images.extend(prune::prune_across(&clients, &regions, name, &options, None).await);
             }
             return Ok(Prunes {
                 region: clients.region,
@@ -123,6 +123,14 @@ impl Args {
         let mut census = prune::Census::default();
         let mut images = Vec::new();
         for name in &names {
+            // An image copied to other regions: its copies there hold its AMIs here too (one
+            // family), so every region it is in is read, and this one pruned.
+            let family = config.image_regions(name, &clients.region);
+            if family.len() > 1 {
+                let only = Some(clients.region.as_str());
+                images.extend(prune::prune_across(&clients, &family, name, &options, only).await);
+                continue;
+            }
             images.push(prune::prune(&clients, name, &options, &mut census).await?);
         }
         Ok(Prunes {
