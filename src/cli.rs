@@ -28,8 +28,9 @@ pub struct Cli {
     pub profile: Option<String>,
 
     /// The AWS region; else AWS_REGION, the profile's region, then `region` in the config.
-    #[arg(long, global = true, value_parser = parse_region)]
-    pub region: Option<String>,
+    /// `gc` and `prune` take it more than once, to work in each region named.
+    #[arg(long, global = true, value_parser = parse_region, action = clap::ArgAction::Append)]
+    pub region: Vec<String>,
 
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
@@ -59,7 +60,8 @@ impl Cli {
             format: self.output,
             config: self.config.clone(),
             profile: self.profile.clone(),
-            region: self.region.clone(),
+            region: self.region.first().cloned(),
+            regions: self.region.clone(),
         }
     }
 }

@@ -66,6 +66,9 @@ pub enum Error {
     /// Steps of `bake pipeline` that failed (each also reported as an event).
     #[error("{}", .0.join("\n"))]
     Pipeline(Vec<String>),
+    /// The regions where `gc` or `prune` failed (the others are reported on stdout).
+    #[error("{}", .0.join("\n"))]
+    Regions(Vec<String>),
     #[error(transparent)]
     Lock(#[from] commands::pipeline::LockError),
     #[error(transparent)]
@@ -107,6 +110,7 @@ impl Error {
             Error::Cleanup(_)
             | Error::Prune(_)
             | Error::Pipeline(_)
+            | Error::Regions(_)
             | Error::Lock(_)
             | Error::Output(_) => 1,
         }
@@ -124,6 +128,7 @@ impl Error {
             Error::Rollback { .. } => "rollback",
             Error::Prune(_) => "prune",
             Error::Pipeline(_) => "pipeline",
+            Error::Regions(_) => "regions",
             Error::Lock(_) => "lock",
             Error::Cleanup(_) => "cleanup",
             Error::Interrupted(_) => "interrupted",
@@ -279,6 +284,9 @@ pub fn report(format: output::Format, error: &Error) {
 /// Runs one command line: each command's `run`, then its result printed.
 pub fn run(cli: Cli) -> Result<(), Error> {
     let ctx = cli.context();
+    if !matches!(cli.command, Command::Gc(_) | Command::Prune(_)) {
+        ctx.one_region()?;
+    }
     match cli.command {
         Command::Render(args) => finish(&ctx, args.run(&ctx)),
         Command::Validate(args) => finish(&ctx, args.run(&ctx)),

@@ -1,7 +1,8 @@
 //! `bake prune`: deregister an image's old AMIs and delete their snapshots, keeping the newest ones
 //! and every AMI still in use by an instance, a launch template, an Auto Scaling group (mixed
 //! instances policies too) or published in an SSM parameter (this region's, or the image's
-//! published parameter in any other region).
+//! published parameter in any other region); across regions ([`prune_across`]), an AMI and its
+//! copies as one family.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,13 @@ pub struct Options {
 #[derive(Debug, Clone, Serialize)]
 pub struct Pruned {
     pub image: String,
+    /// The region, when one prune worked in several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Why nothing could be pruned in this region (its AMIs or uses could not be read, or a
+    /// deletion failed), when one prune worked in several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub kept: Vec<Kept>,
     pub removed: Vec<Removed>,
     /// Regions whose published parameter bake may not read (AccessDenied, e.g. a policy that
@@ -113,6 +121,8 @@ pub async fn prune(
     };
     let mut pruned = Pruned {
         image: image.to_owned(),
+        region: None,
+        error: None,
         kept: Vec::new(),
         removed: Vec::new(),
         unread,
@@ -364,4 +374,188 @@ async fn published_elsewhere(
         }
     }
     Ok((used, unread))
+}
+
+/// At most this many regions are read at once; see [`crate::commands::gc::REGION_POOL`].
+const REGION_POOL: usize = 4;
+
+/// One region's AMIs of the image and what holds AMIs there.
+struct Seen {
+    clients: Clients,
+    amis: Vec<Image>,
+    used: BTreeMap<String, String>,
+}
+
+/// Prunes `image` in each of `regions` as one: an AMI and its copies (linked by `bake:source-ami`)
+/// are a family, kept or removed together. The newest `keep` families stay; a family stays
+/// whole while any region still uses any of its images (each region's rules: its instances,
+/// launch templates, groups and published parameters), and the image's parameter in the
+/// account's other regions still counts. A region that cannot be read is reported for that
+/// region, and then nothing is removed anywhere: an image of a family there may be in use.
+/// One [`Pruned`] per region, in the order of `regions`; with `only`, every region is read but
+/// that one alone is pruned (and reported).
+pub async fn prune_across(
+    run: &Clients,
+    regions: &[String],
+    image: &str,
+    options: &Options,
+    only: Option<&str>,
+) -> Vec<Pruned> {
+    use futures_util::StreamExt;
+    let mut seen: Vec<(String, Result<Seen, String>)> = futures_util::stream::iter(regions)
+        .map(|region| async move {
+            let clients = run.in_region(region);
+            let read = async {
+                let amis = baked(&clients, image).await?;
+                let used = in_use(&clients).await?;
+                Ok::<_, CallError>((amis, used))
+            };
+            let seen = match read.await {
+                Ok((amis, used)) => Ok(Seen {
+                    clients,
+                    amis,
+                    used,
+                }),
+                Err(e) => Err(e.to_string()),
+            };
+            (region.clone(), seen)
+        })
+        .buffer_unordered(REGION_POOL)
+        .collect()
+        .await;
+    seen.sort_by_key(|(r, _)| regions.iter().position(|n| n == r));
+    // The image's parameter in the account's regions that are not pruned here.
+    let parameter = parameter_name(&options.publish_prefix, image);
+    let mut elsewhere = BTreeMap::new();
+    let mut unread = Vec::new();
+    let mut blocked: Option<String> = None;
+    match other_regions(run).await {
+        Ok(others) => {
+            let others: Vec<String> = others
+                .into_iter()
+                .filter(|r| !regions.contains(r))
+                .collect();
+            match published_elsewhere(run, &others, &parameter).await {
+                Ok((used, denied)) => {
+                    elsewhere = used;
+                    unread = denied;
+                }
+                Err(e) => blocked = Some(e.to_string()),
+            }
+        }
+        Err(e) => blocked = Some(e.to_string()),
+    }
+    if let Some((region, _)) = seen.iter().find(|(_, s)| s.is_err()) {
+        blocked.get_or_insert_with(|| format!("{region} could not be read"));
+    }
+    // Family (the source AMI's id) -> its oldest creation date (the source's), and why it stays.
+    let family = |ami: &Image| {
+        ami.tags()
+            .iter()
+            .find(|t| t.key() == Some(tags::SOURCE_AMI))
+            .and_then(|t| t.value())
+            .unwrap_or_else(|| ami.image_id().unwrap_or_default())
+            .to_owned()
+    };
+    let mut families: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+    for (region, s) in &seen {
+        let Ok(s) = s else { continue };
+        for ami in &s.amis {
+            let id = ami.image_id().unwrap_or_default();
+            let created = ami.creation_date().unwrap_or_default().to_owned();
+            let entry = families
+                .entry(family(ami))
+                .or_insert_with(|| (created.clone(), None));
+            if created < entry.0 {
+                entry.0 = created;
+            }
+            let why = s
+                .used
+                .get(id)
+                .map(|why| format!("{why} in {region}"))
+                .or_else(|| elsewhere.get(id).cloned());
+            if entry.1.is_none()
+                && let Some(why) = why
+            {
+                entry.1 = Some(format!("{id} of its family: {why}"));
+            }
+        }
+    }
+    // The newest `keep` families, by their source's creation date (ISO 8601 sorts as text).
+    let mut newest: Vec<(&String, &String)> = families.iter().map(|(f, (d, _))| (f, d)).collect();
+    newest.sort_by(|a, b| b.1.cmp(a.1));
+    let kept_new: Vec<&String> = newest.iter().take(options.keep).map(|(f, _)| *f).collect();
+    let mut out = Vec::new();
+    for (region, s) in seen {
+        if only.is_some_and(|o| o != region) {
+            continue;
+        }
+        let mut pruned = Pruned {
+            image: image.to_owned(),
+            region: Some(region.clone()),
+            error: None,
+            kept: Vec::new(),
+            removed: Vec::new(),
+            unread: unread.clone(),
+        };
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                pruned.error = Some(e);
+                out.push(pruned);
+                continue;
+            }
+        };
+        let mut amis = s.amis;
+        amis.sort_by(|a, b| b.creation_date().cmp(&a.creation_date()));
+        for ami in &amis {
+            let id = ami.image_id().unwrap_or_default().to_owned();
+            let name = ami.name().unwrap_or_default().to_owned();
+            let f = family(ami);
+            let why = if kept_new.contains(&&f) {
+                Some(format!(
+                    "its family ({f}) is one of the newest {}",
+                    options.keep
+                ))
+            } else if let Some((_, Some(why))) = families.get(&f) {
+                Some(why.clone())
+            } else {
+                blocked
+                    .as_ref()
+                    .map(|b| format!("not judged: {b}, where an image of its family may be in use"))
+            };
+            match why {
+                Some(why) => pruned.kept.push(Kept {
+                    ami_id: id,
+                    name,
+                    why,
+                }),
+                None => pruned.removed.push(Removed {
+                    ami_id: id,
+                    name,
+                    snapshots: ami
+                        .block_device_mappings()
+                        .iter()
+                        .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+                        .map(str::to_owned)
+                        .collect(),
+                }),
+            }
+        }
+        if !options.dry_run && !pruned.removed.is_empty() {
+            let resources: Vec<Resource> = pruned
+                .removed
+                .iter()
+                .flat_map(|r| {
+                    std::iter::once(Resource::Image(r.ami_id.clone()))
+                        .chain(r.snapshots.iter().cloned().map(Resource::Snapshot))
+                })
+                .collect();
+            if let Err(e) = janitor::delete(&s.clients, &resources).await {
+                pruned.error = Some(e.to_string());
+            }
+        }
+        out.push(pruned);
+    }
+    out
 }

@@ -1,12 +1,16 @@
-//! `bake gc`: delete what killed runs left behind, found by their `bake:run-id` tag.
+//! `bake gc`: delete what killed runs left behind, found by their `bake:run-id` tag, in one region
+//! or (`--region` several times, `--all-regions`) in each region at once.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use super::{Context, DEFAULT_CONFIG, HOUSEKEEPING, Outcome};
+use futures_util::StreamExt;
+
 use crate::Error;
 use crate::ami::{egress, endpoints};
+use crate::aws::Clients;
 use crate::aws::sdk;
 use crate::janitor::{self, Resource};
 use crate::output;
@@ -28,6 +32,89 @@ pub struct Args {
     /// List what would be deleted, delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Work in every region of the config: the run's region, the images' distribute regions and
+    /// the rollouts' regions (each at once, in a bounded pool). `--region` given several times
+    /// names the regions instead.
+    #[arg(long)]
+    pub all_regions: bool,
+}
+
+/// At most this many regions are collected at once: each region's calls are bounded by its own
+/// throttling, and four keeps a run of many regions from holding a connection pool per region
+/// open at once, while a typical two or three regions still run side by side.
+pub const REGION_POOL: usize = 4;
+
+/// What gc did in each region, or why it could not: one region's failure (throttling that
+/// outlasted its retries, a denied call) never stops the others.
+#[derive(Debug, Serialize)]
+pub struct InRegions {
+    pub dry_run: bool,
+    pub regions: Vec<InRegion>,
+}
+
+/// One region's collection.
+#[derive(Debug, Serialize)]
+pub struct InRegion {
+    pub region: String,
+    pub resources: Vec<Resource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl std::fmt::Display for InRegions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = super::verb(self.dry_run, "deleted", "would delete");
+        for r in &self.regions {
+            for resource in &r.resources {
+                writeln!(f, "{}: {verb} {resource}", r.region)?;
+            }
+            if let Some(error) = &r.error {
+                writeln!(f, "{}: failed: {error}", r.region)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Outcome for InRegions {
+    fn into_result(self) -> Result<(), Error> {
+        let failed: Vec<String> = self
+            .regions
+            .iter()
+            .filter_map(|r| r.error.as_ref().map(|e| format!("gc in {}: {e}", r.region)))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Regions(failed))
+        }
+    }
+}
+
+/// gc's result: one region as ever, or per region.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum GcResult {
+    One(Collected),
+    Regions(InRegions),
+}
+
+impl std::fmt::Display for GcResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GcResult::One(c) => c.fmt(f),
+            GcResult::Regions(r) => r.fmt(f),
+        }
+    }
+}
+
+impl Outcome for GcResult {
+    fn into_result(self) -> Result<(), Error> {
+        match self {
+            GcResult::One(c) => c.into_result(),
+            GcResult::Regions(r) => r.into_result(),
+        }
+    }
 }
 
 /// What was (or, with `--dry-run`, would be) deleted.
@@ -50,7 +137,7 @@ impl std::fmt::Display for Collected {
 }
 
 impl Args {
-    pub async fn run(self, ctx: &Context) -> Result<Collected, Error> {
+    pub async fn run(self, ctx: &Context) -> Result<GcResult, Error> {
         // gc works from tags alone; the config only contributes a default region, so gc runs
         // without one when none was named and bake.toml is not here. A named one is always read.
         let config = if ctx.config.is_none() && !ctx.config_path().exists() {
@@ -67,6 +154,61 @@ impl Args {
             ));
         }
         let clients = ctx.clients(config.as_ref(), HOUSEKEEPING).await?;
+        let regions = match (&config, self.all_regions) {
+            (Some(config), true) => config.regions(&clients.region),
+            (None, true) => {
+                return Err(Error::Config(crate::config::Error::Flag {
+                    flag: "--all-regions",
+                    message: format!(
+                        "the regions come from the config, and there is none ({DEFAULT_CONFIG} \
+                         is not here; name one with -c or BAKE_CONFIG, or name the regions \
+                         with --region)"
+                    ),
+                }));
+            }
+            (_, false) => ctx.regions.clone(),
+        };
+        if regions.len() <= 1 {
+            return self.collect(&clients).await.map(GcResult::One);
+        }
+        let each = regions.iter().map(|r| clients.in_region(r)).collect();
+        Ok(GcResult::Regions(self.collect_regions(each).await))
+    }
+
+    /// gc in each of `each` (one region's clients each) at once, at most [`REGION_POOL`] at a
+    /// time; a region's error is its own. In the order given.
+    pub async fn collect_regions(&self, each: Vec<Clients>) -> InRegions {
+        let order: Vec<String> = each.iter().map(|c| c.region.clone()).collect();
+        let mut done: Vec<InRegion> = futures_util::stream::iter(each)
+            .map(|here| async move {
+                let region = here.region.clone();
+                match self.collect(&here).await {
+                    Ok(c) => InRegion {
+                        region,
+                        resources: c.resources,
+                        error: None,
+                    },
+                    Err(e) => InRegion {
+                        region,
+                        resources: Vec::new(),
+                        error: Some(e.to_string()),
+                    },
+                }
+            })
+            .buffer_unordered(REGION_POOL)
+            .collect()
+            .await;
+        // In the order the regions were named, whichever finished first.
+        done.sort_by_key(|r| order.iter().position(|n| *n == r.region));
+        InRegions {
+            dry_run: self.dry_run,
+            regions: done,
+        }
+    }
+
+    /// gc in `clients`' region.
+    async fn collect(&self, clients: &Clients) -> Result<Collected, Error> {
+        let clients = clients.clone();
         // --ttl is at most ten years, so this is a real time; the epoch would mean "everything".
         let cutoff = SystemTime::now()
             .checked_sub(self.ttl)

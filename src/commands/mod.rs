@@ -54,7 +54,27 @@ pub struct Context {
     /// `-c`/`BAKE_CONFIG`, when given.
     pub config: Option<PathBuf>,
     pub profile: Option<String>,
+    /// The first `--region`: the run's region.
     pub region: Option<String>,
+    /// Every `--region` given (only `gc` and `prune` take more than one).
+    pub regions: Vec<String>,
+}
+
+impl Context {
+    /// An error unless `--region` was given at most once (a command that works in one region).
+    pub fn one_region(&self) -> Result<(), Error> {
+        if self.regions.len() > 1 {
+            return Err(Error::Config(crate::config::Error::Flag {
+                flag: "--region",
+                message: format!(
+                    "given {} times ({}); only gc and prune work in several regions",
+                    self.regions.len(),
+                    self.regions.join(", ")
+                ),
+            }));
+        }
+        Ok(())
+    }
 }
 
 impl Context {

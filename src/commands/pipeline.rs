@@ -1,7 +1,8 @@
 //! `bake pipeline`: the cron job. Every image is baked unless its inputs are unchanged, its AMI
-//! tested, rolled out to every rollout of the image, then (only then) published in an SSM parameter
-//! with its version labelled `tested` and `live`, and its old AMIs pruned; one event per step, as
-//! JSON Lines with `--output json`.
+//! tested (and copied to its distribute regions), rolled out to every rollout of the image region
+//! by region, stopping at the first failure, each region then (only then) published in its SSM
+//! parameter with that region's AMI, its version labelled `tested` and `live`, and its old AMIs
+//! pruned; one event per step, as JSON Lines with `--output json`.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -94,12 +95,15 @@ pub struct Event {
     pub image: String,
     /// bake, test, rollout, publish, prune.
     pub step: &'static str,
-    /// ok, skipped (nothing to do), failed.
+    /// ok, skipped (nothing to do), failed, not started (a rollout after one that failed).
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ami_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<String>,
+    /// The region of a rollout or publish step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     pub message: String,
 }
 
@@ -223,9 +227,15 @@ enum Stop {
     Interrupted(u8),
 }
 
-/// Roll out, publish, prune: one image's steps after its bake and test. The AMI is published only
-/// once every rollout of the image serves it: a failed rollout leaves the parameter (and its
-/// `live` label) on the AMI before.
+/// Roll out, publish, prune: one image's steps after its bake and test.
+///
+/// Rollouts go region by region (each rollout's regions in its order; a region's rollouts one
+/// after another), every one preflighted before any is changed, and stop at the first failure:
+/// the rollouts after it are reported `not started`. Each region is published with its own AMI
+/// (the bake's, or its copy there): a region whose rollouts all serve it, as soon as they do
+/// (`tested`, `live`); a region without rollouts only once every rollout of the image succeeded
+/// (`tested`). A failed, or not started, region is not published: its parameter (and `live`)
+/// stays on the AMI before. Old AMIs are pruned only when every rollout succeeded.
 async fn image_steps(
     clients: &Clients,
     config: &Config,
@@ -234,109 +244,213 @@ async fn image_steps(
     events: &mut Emitter,
 ) -> Result<(), Stop> {
     let image = &baked.image;
-    let mut rollouts = 0;
+    let parameter = parameter_name(&options.publish_prefix, image);
+    let build = baked.region.as_str();
+    let image_regions = config.image_regions(image, build);
+    let mut steps: Vec<(String, &String, &crate::config::Rollout)> = Vec::new();
     for (name, target) in config
         .rollout
         .iter()
         .filter(|(_, r)| r.image.get_ref() == image)
     {
-        rollouts += 1;
-        let multi = indicatif::MultiProgress::new();
-        let progress = Progress::new(&multi, name);
-        let rollout_options = rollout::Options {
-            ami: Some(baked.ami_id.clone()),
+        let regions = config
+            .rollout_regions(name, build)
+            .map_err(|e| Stop::Failed("rollout", e.to_string()))?;
+        steps.extend(regions.into_iter().map(|r| (r, name, target)));
+    }
+    // Region by region, in the order the regions first appear; a stable sort keeps each
+    // region's rollouts in their order.
+    let order: Vec<String> = steps.iter().fold(Vec::new(), |mut seen, (r, ..)| {
+        if !seen.contains(r) {
+            seen.push(r.clone());
+        }
+        seen
+    });
+    steps.sort_by_key(|(r, ..)| order.iter().position(|o| o == r));
+    // Signals are taken from the first preflight on (see rollout::run).
+    let mut signal = tokio::spawn(crate::signal::interrupted());
+    let mut planned = Vec::new();
+    for (region, name, target) in &steps {
+        let fail = |message: String| {
+            let mut e = event(image, "rollout", "failed", Some(&baked.ami_id), message);
+            e.rollout = Some((*name).clone());
+            e.region = Some(region.clone());
+            e
         };
-        match rollout::run(clients, config, name, target, &rollout_options, &progress).await {
-            Ok(done) => {
-                let mut e = event(
-                    image,
-                    "rollout",
-                    if done.changed { "ok" } else { "skipped" },
-                    Some(&baked.ami_id),
-                    format!("{} serves {} at {}", done.asg, done.ami_id, done.url),
-                );
-                e.rollout = Some(name.clone());
-                events.emit(e);
-            }
-            Err(step) => {
-                let mut e = event(
-                    image,
-                    "rollout",
-                    "failed",
-                    Some(&baked.ami_id),
-                    format!(
-                        "{step}; {} is not published",
-                        parameter_name(&options.publish_prefix, image)
-                    ),
-                );
-                e.rollout = Some(name.clone());
-                events.emit(e);
-                if let rollout::Step::Interrupted { signal, .. } = step {
-                    return Err(Stop::Interrupted(signal));
-                }
-                // A failed rollout keeps the old AMIs in use and published; publishing and
-                // pruning wait for the next run.
+        let Some(ami) = baked.ami_in(region) else {
+            events.emit(fail(format!(
+                "{image} has no AMI in {region} (its copy failed, or {region} is not in \
+                 [image.{image}.distribute] regions); nothing was rolled out, {parameter} is \
+                 not published"
+            )));
+            return Ok(());
+        };
+        let here = clients.in_region(region);
+        match rollout::preflight::plan(&here, config, name, target, Some(ami)).await {
+            Ok(plan) => planned.push((here, plan, *target)),
+            Err(e) => {
+                events.emit(fail(format!(
+                    "{e}; nothing was rolled out, {parameter} is not published"
+                )));
                 return Ok(());
             }
         }
     }
-    let parameter = parameter_name(&options.publish_prefix, image);
-    let published = publish::publish(clients, &parameter, &baked.ami_id)
+    // Regions whose every rollout so far served the AMI, and the first that failed.
+    let mut failed: Option<String> = None;
+    let mut live: Vec<String> = Vec::new();
+    for (n, (here, plan, target)) in planned.into_iter().enumerate() {
+        let region = here.region.clone();
+        let name = plan.rollout.clone();
+        let ami = plan.ami.id.clone();
+        let mut e = event(image, "rollout", "not started", Some(&ami), String::new());
+        e.rollout = Some(name.clone());
+        e.region = Some(region.clone());
+        if let Some(first) = &failed {
+            e.message = format!("{name} in {first} failed first; {region} is left as it was");
+            events.emit(e);
+            continue;
+        }
+        let multi = indicatif::MultiProgress::new();
+        let progress = Progress::new(&multi, &format!("{name} in {region}"));
+        match rollout::apply(&here, target, plan, &progress, &mut signal).await {
+            Ok(done) => {
+                e.status = if done.changed { "ok" } else { "skipped" };
+                e.message = format!(
+                    "{} serves {} at {} in {region}",
+                    done.asg, done.ami_id, done.url
+                );
+                events.emit(e);
+            }
+            Err(step) => {
+                e.status = "failed";
+                e.message = format!("{step}; {parameter} is not published in {region}");
+                events.emit(e);
+                if let rollout::Step::Interrupted { signal, .. } = step {
+                    return Err(Stop::Interrupted(signal));
+                }
+                failed = Some(region.clone());
+                continue;
+            }
+        }
+        // The region's last rollout: it is live there; publish it now.
+        let last_here = steps[n + 1..].iter().all(|(r, ..)| *r != region);
+        if last_here {
+            publish_in(&here, baked, &parameter, true, events).await?;
+            live.push(region);
+        }
+    }
+    if failed.is_some() {
+        // A failed rollout keeps the old AMIs in use and published where it did not pass;
+        // regions without rollouts and pruning wait for a run where every rollout passed.
+        return Ok(());
+    }
+    for region in image_regions.iter().filter(|r| !live.contains(r)) {
+        let Some(_) = baked.ami_in(region) else {
+            let mut e = event(
+                image,
+                "publish",
+                "failed",
+                None,
+                format!(
+                    "{image} has no AMI in {region} (its copy failed); {parameter} is not published there"
+                ),
+            );
+            e.region = Some(region.clone());
+            events.emit(e);
+            continue;
+        };
+        publish_in(&clients.in_region(region), baked, &parameter, false, events).await?;
+    }
+    let prune_options = prune::Options {
+        keep: options.keep,
+        dry_run: false,
+        publish_prefix: options.publish_prefix.clone(),
+    };
+    let pruned = if image_regions.len() > 1 {
+        // The image and its copies as one, in every region it is in.
+        prune::prune_across(clients, &image_regions, image, &prune_options, None).await
+    } else {
+        // This image's rollout just changed what is in use: a census of its own.
+        let one = prune::prune(
+            clients,
+            image,
+            &prune_options,
+            &mut prune::Census::default(),
+        )
         .await
-        .map_err(|e| Stop::Failed("publish", e.to_string()))?;
-    // `tested` on the version the pipeline published; `live` too once its rollouts serve it.
-    let labels: &[&str] = if rollouts > 0 {
+        .map_err(|e| Stop::Failed("prune", e.to_string()))?;
+        vec![one]
+    };
+    for pruned in pruned {
+        let removed: Vec<&str> = pruned.removed.iter().map(|r| r.ami_id.as_str()).collect();
+        let mut message = if removed.is_empty() {
+            format!("nothing to remove; {} kept", pruned.kept.len())
+        } else {
+            format!("removed {}; {} kept", removed.join(", "), pruned.kept.len())
+        };
+        if !pruned.unread.is_empty() {
+            message.push_str(&format!(
+                "; the published parameter could not be read in {}",
+                pruned.unread.join("; ")
+            ));
+        }
+        let status = match (&pruned.error, removed.is_empty()) {
+            (Some(error), _) => {
+                message = format!("{error}; {message}");
+                "failed"
+            }
+            (None, true) => "skipped",
+            (None, false) => "ok",
+        };
+        let mut e = event(image, "prune", status, None, message);
+        e.region = pruned.region.clone();
+        events.emit(e);
+    }
+    Ok(())
+}
+
+/// Publishes the bake's AMI in `here`'s region (its copy there) as `parameter`, labelled `tested`,
+/// and `live` when the region's rollouts serve it.
+async fn publish_in(
+    here: &Clients,
+    baked: &ami::Baked,
+    parameter: &str,
+    live: bool,
+    events: &mut Emitter,
+) -> Result<(), Stop> {
+    let region = here.region.as_str();
+    let Some(ami) = baked.ami_in(region) else {
+        return Err(Stop::Failed(
+            "publish",
+            format!("{} has no AMI in {region}", baked.image),
+        ));
+    };
+    let failed = |e: crate::aws::CallError| Stop::Failed("publish", e.to_string());
+    let published = publish::publish(here, parameter, ami)
+        .await
+        .map_err(failed)?;
+    let labels: &[&str] = if live {
         &[publish::TESTED, publish::LIVE]
     } else {
         &[publish::TESTED]
     };
-    publish::label(clients, &parameter, published.version, labels)
+    publish::label(here, parameter, published.version, labels)
         .await
-        .map_err(|e| Stop::Failed("publish", e.to_string()))?;
-    events.emit(event(
-        image,
+        .map_err(failed)?;
+    let mut e = event(
+        &baked.image,
         "publish",
         if published.changed { "ok" } else { "skipped" },
-        Some(&baked.ami_id),
+        Some(ami),
         format!(
-            "{parameter} = {} (version {}, labelled {})",
-            baked.ami_id,
+            "{parameter} = {ami} in {region} (version {}, labelled {})",
             published.version,
             labels.join(", ")
         ),
-    ));
-    let pruned = prune::prune(
-        clients,
-        image,
-        &prune::Options {
-            keep: options.keep,
-            dry_run: false,
-            publish_prefix: options.publish_prefix.clone(),
-        },
-        // This image's rollout just changed what is in use: a census of its own.
-        &mut prune::Census::default(),
-    )
-    .await
-    .map_err(|e| Stop::Failed("prune", e.to_string()))?;
-    let removed: Vec<&str> = pruned.removed.iter().map(|r| r.ami_id.as_str()).collect();
-    let mut message = if removed.is_empty() {
-        format!("nothing to remove; {} kept", pruned.kept.len())
-    } else {
-        format!("removed {}; {} kept", removed.join(", "), pruned.kept.len())
-    };
-    if !pruned.unread.is_empty() {
-        message.push_str(&format!(
-            "; the published parameter could not be read in {}",
-            pruned.unread.join("; ")
-        ));
-    }
-    events.emit(event(
-        image,
-        "prune",
-        if removed.is_empty() { "skipped" } else { "ok" },
-        None,
-        message,
-    ));
+    );
+    e.region = Some(region.to_owned());
+    events.emit(e);
     Ok(())
 }
 
@@ -356,6 +470,7 @@ fn event(
         status,
         ami_id: ami_id.map(str::to_owned),
         rollout: None,
+        region: None,
         message,
     }
 }

@@ -1,4 +1,5 @@
-//! `bake prune IMAGE...`: deregister old AMIs of images and delete their snapshots.
+//! `bake prune IMAGE...`: deregister old AMIs of images and delete their snapshots, in one region
+//! or (`--region` several times, `--all-regions`) across regions, an AMI and its copies as one.
 
 use serde::Serialize;
 
@@ -23,6 +24,11 @@ pub struct Args {
     /// any region, is kept.
     #[arg(long, default_value = "/bake")]
     pub publish_prefix: String,
+    /// Prune in every region of the config (the run's region, the images' distribute regions,
+    /// the rollouts' regions) as one: an AMI and its copies go together, only when no region
+    /// uses any of them. `--region` given several times names the regions instead.
+    #[arg(long)]
+    pub all_regions: bool,
 }
 
 /// The help of `IMAGES...` and `--all` here.
@@ -41,7 +47,13 @@ impl std::fmt::Display for Prunes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let verb = super::verb(self.dry_run, "removed", "would remove");
         for pruned in &self.images {
-            let name = &pruned.image;
+            let name = match &pruned.region {
+                Some(region) => format!("{} in {region}", pruned.image),
+                None => pruned.image.clone(),
+            };
+            if let Some(error) = &pruned.error {
+                writeln!(f, "{name}: failed: {error}")?;
+            }
             for r in &pruned.removed {
                 writeln!(f, "{name}: {verb} {} {}", r.ami_id, r.name)?;
             }
@@ -59,7 +71,27 @@ impl std::fmt::Display for Prunes {
     }
 }
 
-impl Outcome for Prunes {}
+impl Outcome for Prunes {
+    /// Pruning across regions is printed region by region, then fails naming the regions that
+    /// failed.
+    fn into_result(self) -> Result<(), Error> {
+        let failed: Vec<String> = self
+            .images
+            .iter()
+            .filter_map(|p| {
+                let region = p.region.as_deref().unwrap_or(&self.region);
+                p.error
+                    .as_ref()
+                    .map(|e| format!("prune {} in {region}: {e}", p.image))
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Regions(failed))
+        }
+    }
+}
 
 impl Args {
     pub async fn run(self, ctx: &Context) -> Result<Prunes, Error> {
@@ -71,10 +103,34 @@ impl Args {
             dry_run: self.dry_run,
             publish_prefix: self.publish_prefix,
         };
+        let regions = if self.all_regions {
+            config.regions(&clients.region)
+        } else {
+            ctx.regions.clone()
+        };
+        if regions.len() > 1 {
+            let mut images = Vec::new();
+            for name in &names {
+                images.extend(prune::prune_across(&clients, &regions, name, &options, None).await);
+            }
+            return Ok(Prunes {
+                region: clients.region,
+                dry_run: options.dry_run,
+                images,
+            });
+        }
         // Pruning one image never changes what holds another's AMIs: one census serves all.
         let mut census = prune::Census::default();
         let mut images = Vec::new();
         for name in &names {
+            // An image copied to other regions: its copies there hold its AMIs here too (one
+            // family), so every region it is in is read, and this one pruned.
+            let family = config.image_regions(name, &clients.region);
+            if family.len() > 1 {
+                let only = Some(clients.region.as_str());
+                images.extend(prune::prune_across(&clients, &family, name, &options, only).await);
+                continue;
+            }
             images.push(prune::prune(&clients, name, &options, &mut census).await?);
         }
         Ok(Prunes {

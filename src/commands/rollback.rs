@@ -1,5 +1,6 @@
 //! `bake rollback NAME [--to VERSION]`: put `[rollout.NAME]`'s group back on the launch template
-//! version it served before (or VERSION); prints the URL that serves it.
+//! version it served before (or VERSION), in `--region` (required when the rollout has several
+//! regions; else its one region); prints the URL that serves it.
 
 use super::{Context, Outcome};
 use crate::Error;
@@ -38,6 +39,31 @@ impl Args {
         let clients = ctx
             .clients(Some(&config), super::rollout::worst_case(target))
             .await?;
+        let regions = config.rollout_regions(&self.target, &clients.region)?;
+        // The global --region names the region whose group goes back.
+        let region = match (&ctx.region, regions.as_slice()) {
+            (Some(region), _) if regions.contains(region) => region.clone(),
+            (None, [one]) => one.clone(),
+            (given, _) => {
+                let message = match given {
+                    Some(r) => format!(
+                        "{r} is not one of rollout {}'s regions ({})",
+                        self.target,
+                        regions.join(", ")
+                    ),
+                    None => format!(
+                        "rollout {} rolls out to {}: name the region to roll back",
+                        self.target,
+                        regions.join(", ")
+                    ),
+                };
+                return Err(Error::Config(crate::config::Error::Flag {
+                    flag: "--region",
+                    message,
+                }));
+            }
+        };
+        let clients = clients.in_region(&region);
         let multi = indicatif::MultiProgress::new();
         let progress = Progress::new(&multi, &self.target);
         rollback::run(&clients, &config, &self.target, target, self.to, &progress)

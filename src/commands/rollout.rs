@@ -1,4 +1,5 @@
-//! `bake rollout NAME`: roll an AMI out to `[rollout.NAME]`; prints the URL that serves it.
+//! `bake rollout NAME`: roll an AMI out to `[rollout.NAME]`, region by region when it names
+//! several; prints the URL that serves it (per region).
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use crate::config;
 use crate::output::Progress;
 use crate::publish::parameter_name;
 use crate::rollout::plan::Planned;
+use crate::rollout::regions::{self, Pick, Regional};
 use crate::rollout::{self, RolledOut};
 
 /// A rollout's stack (ALB, target group, groups, launch template) and a group going away take
@@ -33,12 +35,15 @@ pub struct Args {
     pub publish_prefix: String,
 }
 
-/// A rollout, or with `--plan` what it would do.
+/// A rollout, or with `--plan` what it would do: in one region as ever, or per region for a
+/// rollout with several.
 #[derive(Debug, serde::Serialize)]
 #[serde(untagged)]
 pub enum RolloutResult {
     Done(RolledOut),
     Plan(Planned),
+    Regions(Regional),
+    Plans(Vec<Planned>),
 }
 
 impl std::fmt::Display for RolloutResult {
@@ -46,11 +51,25 @@ impl std::fmt::Display for RolloutResult {
         match self {
             RolloutResult::Done(done) => done.fmt(f),
             RolloutResult::Plan(plan) => plan.fmt(f),
+            RolloutResult::Regions(regions) => regions.fmt(f),
+            RolloutResult::Plans(plans) => plans.iter().try_for_each(|p| p.fmt(f)),
         }
     }
 }
 
-impl Outcome for RolloutResult {}
+impl Outcome for RolloutResult {
+    /// A rollout across regions is printed region by region, then fails with the region that
+    /// failed.
+    fn into_result(self) -> Result<(), Error> {
+        match self {
+            RolloutResult::Regions(Regional {
+                failure: Some(failure),
+                ..
+            }) => Err(Error::Rollout(failure)),
+            _ => Ok(()),
+        }
+    }
+}
 
 impl std::fmt::Display for RolledOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,42 +87,75 @@ impl Args {
         let config = ctx.config()?;
         let target = config.rollout(&self.target)?;
         let clients = ctx.clients(Some(&config), worst_case(target)).await?;
-        let fail = |step| {
-            Error::Rollout(Box::new(rollout::Error {
-                rollout: self.target.clone(),
-                step,
-            }))
+        // Each region the rollout names must hold the image (built or copied there).
+        let regions = config.rollout_regions(&self.target, &clients.region)?;
+        let pick = match self.ami {
+            Some(id) => Pick::Given(id),
+            None => Pick::Newest,
         };
+        let name = &self.target;
         if self.plan {
             let parameter = parameter_name(&self.publish_prefix, target.image.get_ref());
-            return rollout::plan::plan(
-                &clients,
-                &config,
-                &self.target,
-                target,
-                self.ami.as_deref(),
-                &parameter,
-            )
-            .await
-            .map(RolloutResult::Plan)
-            .map_err(fail);
+            let mut plans = Vec::new();
+            for region in &regions {
+                let here = clients.in_region(region);
+                let fail = |step: rollout::Step| {
+                    Error::Rollout(Box::new(rollout::Error {
+                        rollout: regions::in_region(name, region, regions.len()),
+                        step,
+                    }))
+                };
+                let ami = regions::ami_in(&clients, &here, &pick)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                let plan =
+                    rollout::plan::plan(&here, &config, name, target, ami.as_deref(), &parameter)
+                        .await
+                        .map_err(fail)?;
+                plans.push(plan);
+            }
+            return Ok(match <[Planned; 1]>::try_from(plans) {
+                Ok([one]) => RolloutResult::Plan(one),
+                Err(plans) => RolloutResult::Plans(plans),
+            });
         }
-        let multi = indicatif::MultiProgress::new();
-        let progress = Progress::new(&multi, &self.target);
-        let options = rollout::Options { ami: self.ami };
-        rollout::run(&clients, &config, &self.target, target, &options, &progress)
+        // Signals are taken from here on (see rollout::run); preflight in every region first.
+        let mut signal = tokio::spawn(crate::signal::interrupted());
+        let planned = regions::preflight_all(&clients, &config, name, target, &regions, &pick)
             .await
-            .map(RolloutResult::Done)
-            .map_err(fail)
+            .map_err(|e| Error::Rollout(Box::new(e)))?;
+        let multi = indicatif::MultiProgress::new();
+        let several = regions.len() > 1;
+        let progress = |region: &str| {
+            Progress::new(
+                &multi,
+                &regions::in_region(name, region, usize::from(several) + 1),
+            )
+        };
+        let mut done = regions::apply_all(name, target, planned, &mut signal, &progress).await;
+        if several {
+            return Ok(RolloutResult::Regions(done));
+        }
+        match (
+            done.failure.take(),
+            done.regions.pop().and_then(|r| r.result),
+        ) {
+            (Some(failure), _) => Err(Error::Rollout(failure)),
+            (None, Some(result)) => Ok(RolloutResult::Done(result)),
+            (None, None) => unreachable!("a region is rolled out or fails"),
+        }
     }
 }
 
-/// How long rolling out `r` may take at worst: its refresh and a rollback refresh, and the stack.
+/// How long rolling out `r` may take at worst: in each of its regions, its refresh and a
+/// rollback refresh, and the stack.
 pub fn worst_case(r: &config::Rollout) -> Duration {
+    let regions = r.region.as_ref().map_or(1, |g| g.get_ref().0.len().max(1));
     r.refresh
         .get_ref()
         .timeout
         .0
         .saturating_mul(2)
         .saturating_add(ROLLOUT_FIXED)
+        .saturating_mul(u32::try_from(regions).unwrap_or(u32::MAX))
 }

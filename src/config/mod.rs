@@ -26,8 +26,8 @@ pub use place::{Error, Location, Source};
 pub use secrets::{SECRET_WORDS, secret_word};
 pub use types::{
     Access, Alarms, BaseImage, Builder, Capacity, Config, CpuAlarm, Distribute, Egress, Endpoints,
-    Health, HumanDuration, Image, KmsKey, Os, Refresh, ResourceRef, Rollout, Test, TrafficProbe,
-    Verify, Volume,
+    Health, HumanDuration, Image, KmsKey, Os, Refresh, Regions, ResourceRef, Rollout, Test,
+    TrafficProbe, Verify, Volume,
 };
 
 impl Config {
@@ -94,6 +94,76 @@ impl Config {
             name: name.to_owned(),
             known: names(self.rollout.keys()),
         })
+    }
+
+    /// The regions `image` is in when it is baked in `build_region`: that region first, then
+    /// the regions it is copied to.
+    pub fn image_regions(&self, image: &str, build_region: &str) -> Vec<String> {
+        let mut regions = vec![build_region.to_owned()];
+        if let Some(image) = self.image.get(image) {
+            for region in &image.distribute.regions {
+                if !regions.contains(region.get_ref()) {
+                    regions.push(region.get_ref().clone());
+                }
+            }
+        }
+        regions
+    }
+
+    /// Every region the config works in when run in `run_region` (`--all-regions`): that region,
+    /// then the images' distribute regions and the rollouts' regions, each once.
+    pub fn regions(&self, run_region: &str) -> Vec<String> {
+        let mut regions = vec![run_region.to_owned()];
+        let named = self
+            .image
+            .keys()
+            .flat_map(|image| self.image_regions(image, run_region))
+            .chain(self.rollout.values().flat_map(|r| r.regions(run_region)));
+        for region in named {
+            if !regions.contains(&region) {
+                regions.push(region);
+            }
+        }
+        regions
+    }
+
+    /// The regions `[rollout.NAME]` rolls out to, in its order, when the run is in
+    /// `build_region`; a region the image is not in (neither built nor copied there) is an
+    /// error at the rollout's `region`.
+    pub fn rollout_regions(&self, name: &str, build_region: &str) -> Result<Vec<String>, Error> {
+        let rollout = self.rollout(name)?;
+        match (
+            &rollout.region,
+            self.region_missing(name, rollout, build_region),
+        ) {
+            (Some(at), Some(message)) => Err(self.error_at(at.span(), message)),
+            _ => Ok(rollout.regions(build_region)),
+        }
+    }
+
+    /// What is wrong when `[rollout.NAME]` names a region its image is not in, the image baked
+    /// in `build_region`.
+    pub(crate) fn region_missing(
+        &self,
+        name: &str,
+        rollout: &Rollout,
+        build_region: &str,
+    ) -> Option<String> {
+        let image = rollout.image.get_ref();
+        let have = self.image_regions(image, build_region);
+        let missing = rollout
+            .regions(build_region)
+            .into_iter()
+            .find(|r| !have.contains(r))?;
+        Some(format!(
+            "rollout.{name}.region: image {image} is not in {missing}: it is baked in \
+             {build_region} and copied to {} (add {missing} to [image.{image}.distribute] \
+             regions)",
+            match &have[1..] {
+                [] => "no other region".to_owned(),
+                copies => copies.join(", "),
+            }
+        ))
     }
 
     /// The directory of the user's own templates, resolved against the config's directory.
@@ -192,5 +262,76 @@ mod tests {
         };
         assert_eq!(set.max_errors_for(tight), Some(3));
         assert_eq!(set.max_errors_for(roomy), Some(3));
+    }
+
+    #[test]
+    fn a_rollout_takes_one_region_or_a_list_and_defaults_to_the_runs() {
+        use testing::*;
+        let one = parse(&format!(
+            "{MINIMAL}{}",
+            ROLLOUT.replace(
+                "image = \"web\"",
+                "image = \"web\"\nregion = \"ap-northeast-2\""
+            )
+        ))
+        .unwrap();
+        assert_eq!(one.rollout["web"].regions("us-east-1"), ["ap-northeast-2"]);
+        let none = parse(&format!("{MINIMAL}{ROLLOUT}")).unwrap();
+        assert_eq!(none.rollout["web"].regions("us-east-1"), ["us-east-1"]);
+        assert_eq!(
+            none.rollout_regions("web", "eu-west-1").unwrap(),
+            ["eu-west-1"]
+        );
+        let list = format!(
+            "region = \"ap-northeast-2\"\n{MINIMAL}{}",
+            ROLLOUT.replace(
+                "image = \"web\"",
+                "image = \"web\"\nregion = [\"ap-northeast-2\", \"us-east-1\"]"
+            )
+        );
+        // The image is baked in ap-northeast-2 and copied nowhere: us-east-1 has no copy.
+        let msg = error(&list);
+        let copied = list.replace(
+            "[rollout.web]",
+            "[image.web.distribute]\nregions = [\"us-east-1\"]\n\n[rollout.web]",
+        );
+        assert_eq!(
+            parse(&copied)
+                .unwrap()
+                .rollout_regions("web", "ap-northeast-2")
+                .unwrap(),
+            ["ap-northeast-2", "us-east-1"]
+        );
+        assert!(
+            msg.starts_with("bake.toml:14:10: rollout.web.region: image web is not in us-east-1"),
+            "{msg}"
+        );
+        assert!(msg.contains("[image.web.distribute] regions"), "{msg}");
+    }
+
+    #[test]
+    fn a_rollout_region_has_a_region_shape_and_is_listed_once() {
+        use testing::*;
+        for (region, says) in [
+            ("\"mars\"", "a region code looks like"),
+            ("[]", "an empty list"),
+            (
+                "[\"us-east-1\", \"us-east-1\"]",
+                "us-east-1 is listed twice",
+            ),
+            ("3", "a region (\"us-east-1\") or a list of regions"),
+        ] {
+            let text = format!(
+                "{MINIMAL}{}",
+                ROLLOUT.replace(
+                    "image = \"web\"",
+                    &format!("image = \"web\"\nregion = {region}")
+                )
+            );
+            let msg = error(&text);
+            assert!(msg.starts_with("bake.toml:13:10: "), "{region}: {msg}");
+            assert!(msg.contains("rollout.web.region"), "{region}: {msg}");
+            assert!(msg.contains(says), "{region}: {msg}");
+        }
     }
 }

@@ -32,6 +32,7 @@ const IMAGE_KEYS: &[&str] = &[
 ];
 const ROLLOUT_KEYS: &[&str] = &[
     "image",
+    "region",
     "vpc",
     "alb_subnets",
     "instance_subnets",
@@ -439,6 +440,7 @@ impl<'a> Doc<'a> {
         let target_group = self.required(t, &path, "target_group", explained);
         let capacity = self.required(t, &path, "capacity", explained);
         let mut ok = true;
+        let region = self.optional(t, &path, "region", &mut ok);
         let alb_security_group = self.optional(t, &path, "alb_security_group", &mut ok);
         let instance_security_group = self.optional(t, &path, "instance_security_group", &mut ok);
         let alb_allow_cidr = self
@@ -463,6 +465,7 @@ impl<'a> Doc<'a> {
         let tags = self.optional(t, &path, "tags", &mut ok).unwrap_or_default();
         let rollout = Rollout {
             image: image?,
+            region,
             vpc: vpc?,
             alb_subnets: alb_subnets?,
             instance_subnets: instance_subnets?,

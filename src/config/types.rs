@@ -384,6 +384,9 @@ impl<'de> Deserialize<'de> for KmsKey {
 pub struct Rollout {
     /// The `[image.NAME]` whose AMIs this rollout uses.
     pub image: Spanned<String>,
+    /// The regions it rolls out to, one after another in this order (`region = "us-east-1"` or
+    /// a list); not given: the run's region. Each uses the image's copy in that region.
+    pub region: Option<Spanned<Regions>>,
     pub vpc: Spanned<ResourceRef>,
     /// Public subnets for the load balancer (two zones at least).
     pub alb_subnets: Spanned<Vec<ResourceRef>>,
@@ -415,6 +418,47 @@ pub struct Rollout {
     pub probe: Spanned<TrafficProbe>,
     /// Tags for the instances (e.g. `Name = "ASG-Web-Instance"`).
     pub tags: BTreeMap<String, String>,
+}
+
+impl Rollout {
+    /// The regions this rollout rolls out to, in order: its `region`, or `run_region`.
+    pub fn regions(&self, run_region: &str) -> Vec<String> {
+        match &self.region {
+            Some(regions) => regions.get_ref().0.clone(),
+            None => vec![run_region.to_owned()],
+        }
+    }
+}
+
+/// One region or a list of them, as `region = "us-east-1"` or `region = ["a", "b"]` is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Regions(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Regions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OneOrMany;
+        impl<'de> serde::de::Visitor<'de> for OneOrMany {
+            type Value = Regions;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a region (\"us-east-1\") or a list of regions")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Regions, E> {
+                Ok(Regions(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Regions, A::Error> {
+                let mut out = Vec::new();
+                while let Some(region) = seq.next_element::<String>()? {
+                    out.push(region);
+                }
+                Ok(Regions(out))
+            }
+        }
+        d.deserialize_any(OneOrMany)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]

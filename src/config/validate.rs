@@ -675,6 +675,37 @@ impl Doc<'_> {
         }
     }
 
+    /// `[rollout.NAME] region`: one region or a list, each a region code once; with the build
+    /// region in the file (`region`), each one the image is baked or copied in.
+    fn rollout_regions(&self, config: &Config, name: &str, rollout: &Rollout, regions: &[String]) {
+        let path = ["rollout", name, "region"];
+        if regions.is_empty() {
+            self.fail(&path, "an empty list: name one region at least, or leave `region` out for the run's region");
+            return;
+        }
+        let mut shaped = true;
+        for (i, region) in regions.iter().enumerate() {
+            if let Err(rule) = limits::region(region) {
+                self.fail(&path, rule);
+                shaped = false;
+            } else if regions[..i].contains(region) {
+                self.fail(
+                    &path,
+                    format!("{region} is listed twice: a rollout rolls out to each region once"),
+                );
+                shaped = false;
+            }
+        }
+        if !shaped || !config.image.contains_key(rollout.image.get_ref()) {
+            return;
+        }
+        if let Some(build) = &config.region
+            && let Some(message) = config.region_missing(name, rollout, build)
+        {
+            self.push(self.span(&path), message);
+        }
+    }
+
     fn validate_rollout(&self, config: &Config, name: &str, rollout: &Rollout) {
         let at = |f: &[&str]| -> Vec<String> {
             let mut p = vec!["rollout".to_owned(), name.to_owned()];
@@ -703,6 +734,9 @@ impl Doc<'_> {
                     names(config.image.keys())
                 ),
             );
+        }
+        if let Some(regions) = &rollout.region {
+            self.rollout_regions(config, name, rollout, &regions.get_ref().0);
         }
         let c = rollout.capacity.get_ref();
         if c.max > limits::CAPACITY_MAX {

@@ -5,11 +5,13 @@
 pub mod plan;
 pub mod preflight;
 pub mod refresh;
+pub mod regions;
 pub mod rollback;
 pub mod stack;
 pub mod traffic;
 
 use serde::Serialize;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::aws::{CallError, Clients};
@@ -128,7 +130,7 @@ impl Error {
     }
 }
 
-/// Rolls the AMI out to `[rollout.NAME]`.
+/// Rolls the AMI out to `[rollout.NAME]` in `clients`' region.
 pub async fn run(
     clients: &Clients,
     config: &Config,
@@ -137,15 +139,28 @@ pub async fn run(
     options: &Options,
     progress: &Progress,
 ) -> Result<RolledOut, Step> {
-    let started = Instant::now();
     // Signals are taken from here on; each stage ends cleanly before one is acted on, except the
     // refresh, which is rolled back at once.
     let mut signal = tokio::spawn(signal::interrupted());
     progress.step("checking the config's references");
     let plan = preflight::plan(clients, config, name, rollout, options.ami.as_deref()).await?;
+    apply(clients, rollout, plan, progress, &mut signal).await
+}
+
+/// Rolls out what `plan` (its preflight, done) resolved, in `clients`' region; `signal` is the
+/// run's watch for SIGINT/SIGTERM ([`signal::interrupted`], spawned before the preflight).
+pub async fn apply(
+    clients: &Clients,
+    rollout: &Rollout,
+    plan: Plan,
+    progress: &Progress,
+    signal: &mut JoinHandle<u8>,
+) -> Result<RolledOut, Step> {
+    let started = Instant::now();
+    let name = plan.rollout.as_str();
     if signal.is_finished() {
         return Err(Step::Interrupted {
-            signal: (&mut signal).await.unwrap_or(130),
+            signal: signal.await.unwrap_or(130),
             after: "nothing was changed".into(),
         });
     }
@@ -158,7 +173,7 @@ pub async fn run(
     let janitor = Janitor::new(clients.clone(), janitor::new_run_id());
     let built = tokio::select! {
         built = stack::ensure(clients, &plan, rollout, &janitor) => Ok(built),
-        code = &mut signal => Err(code.unwrap_or(130)),
+        code = &mut *signal => Err(code.unwrap_or(130)),
     };
     let stack = match built {
         Ok(built) => built?,
@@ -215,7 +230,7 @@ pub async fn run(
         };
         let mut outcome = tokio::select! {
             result = guarded => result.map_err(Failure::Rollout),
-            code = &mut signal => Err(Failure::Signal(code.unwrap_or(130))),
+            code = &mut *signal => Err(Failure::Signal(code.unwrap_or(130))),
         };
         // The requests sent during the refresh that are still in flight count too.
         if outcome.is_ok()
@@ -250,7 +265,7 @@ pub async fn run(
     }
     tokio::select! {
         served = refresh::serving(&plan, &url, progress) => served.map_err(Step::Serving)?,
-        code = &mut signal => return Err(Step::Interrupted {
+        code = &mut *signal => return Err(Step::Interrupted {
             signal: code.unwrap_or(130),
             after: format!("{} had been rolled out; it was not yet seen through {url}", plan.ami.id),
         }),
