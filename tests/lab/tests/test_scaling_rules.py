@@ -199,3 +199,29 @@ def test_a_snapshot_key_without_a_grant_for_the_auto_scaling_role_fails_the_laun
         lab.post("/_lab/latency", {"launch_retry": 10})
         asg.delete_auto_scaling_group(AutoScalingGroupName="rules-kms", ForceDelete=True)
     ec2.delete_launch_template(LaunchTemplateId=lt)
+
+
+def test_the_aws_managed_ebs_key_needs_no_grant_for_a_group_to_launch(lab, ec2, debian_ami):
+    asg, kms = lab.client("autoscaling"), lab.client("kms")
+    assert kms.describe_key(KeyId="alias/aws/ebs")["KeyMetadata"]["KeyManager"] == "AWS"
+    image = ec2.copy_image(SourceImageId=debian_ami, SourceRegion="ap-northeast-2", Name="rules-aws-ebs",
+                           Encrypted=True)["ImageId"]
+    def available():
+        try:
+            return ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "available"
+        except ClientError as e:  # a new AMI is unknown to DescribeImages for a moment (eventual consistency)
+            if e.response["Error"]["Code"] != "InvalidAMIID.NotFound":
+                raise
+            return False
+    wait_for("the copy available", available, ACTIVITY_WAIT)
+    lt = template(ec2, "rules-aws-ebs", image)
+    try:
+        asg.create_auto_scaling_group(AutoScalingGroupName="rules-aws-ebs", MinSize=1, MaxSize=1,
+                                      DesiredCapacity=1, LaunchTemplate={"LaunchTemplateId": lt, "Version": "1"},
+                                      VPCZoneIdentifier=subnet_id(ec2, "Private subnet A"))
+        wait_for("a launch with no grant", lambda: asg.describe_auto_scaling_groups(
+            AutoScalingGroupNames=["rules-aws-ebs"])["AutoScalingGroups"][0]["Instances"], ACTIVITY_WAIT)
+        assert not failed_activities(asg, "rules-aws-ebs")
+    finally:
+        asg.delete_auto_scaling_group(AutoScalingGroupName="rules-aws-ebs", ForceDelete=True)
+    ec2.delete_launch_template(LaunchTemplateId=lt)

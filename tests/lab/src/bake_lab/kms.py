@@ -4,7 +4,9 @@ share these checks."""
 import fnmatch
 import json
 
-from moto.kms.models import kms_backends
+from moto.kms.models import KmsBackend, kms_backends
+
+from .patching import wrap
 
 # What another account needs in a key policy to launch from (or copy) snapshots encrypted with the key
 # ("Allow users in other accounts to use a KMS key"; the EBS encryption page lists the same actions).
@@ -87,3 +89,14 @@ def snapshot_key(snapshot, region: str):
     if snapshot is None or not snapshot.encrypted or not snapshot.kms_key_id:
         return None
     return find_key(snapshot.ec2_backend.account_id, region, snapshot.kms_key_id)
+
+
+def install() -> None:
+    """The keys behind the reserved aliases (`alias/aws/ebs` and the others), which moto makes on first use as
+    customer managed keys, are AWS managed keys: DescribeKey says `KeyManager` AWS, and nothing asks them for a
+    grant ("AWS managed keys" in the KMS concepts; the Auto Scaling key policy page needs no grant for them)."""
+    def aws_managed(backend, key_id, alias_name):
+        if key_id is not None:
+            backend.keys[key_id].key_manager = "AWS"
+
+    wrap(KmsBackend, "_generate_default_keys", aws_managed)

@@ -4,7 +4,7 @@ alarms and target tracking.
 
 A later patch of the same method wraps an earlier one, so the order is part of the behaviour: the rules refuse
 a request before anything acts, and the consistency windows apply before (and on top of) the lab's own patches."""
-from . import asg, consistency, elb, refresh, tracking
+from . import asg, consistency, elb, kms, refresh, tracking
 from .cloudwatch import alarms
 from .ec2 import consistency as ec2_consistency
 from .ec2 import limits as ec2_limits
@@ -18,6 +18,7 @@ def install(lab) -> None:
     """Patch moto for `lab`, whose `scaling` (scaling.py) is already made."""
     ec2_patches.install(lab)
     ssm_patches.install(lab)
+    kms.install()
 
     ec2_limits.install()
     elb.install_limits()
