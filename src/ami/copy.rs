@@ -216,7 +216,7 @@ async fn copy(
     }
     ledger.record(Resource::Image(id.clone()));
     *made = Some(id.clone());
-    image::available(regional, &id, progress)
+    image::available_on(regional, &id, progress, image::COPY_SCHEDULE)
         .await
         .map_err(|e| {
             regional.failed(format!("copy {} to {region}", source.ami_id), e.to_string())

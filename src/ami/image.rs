@@ -21,6 +21,14 @@ const AVAILABLE_SCHEDULE: Schedule = Schedule::every(Duration::from_millis(800))
     .first_after(Duration::from_secs(20))
     .dense_for(Duration::from_secs(60))
     .growing(1.25, Duration::from_secs(15));
+/// A copy is looked at from 2 s on, then as an image is: its wait is the copy stage, the run's
+/// last step, so a late first look is added whole to the run (in the lab, and for a small image
+/// between near regions, a copy can be ready in seconds); on EC2, where a copy takes minutes, the
+/// early looks cost about 20 DescribeImages more per copy.
+pub const COPY_SCHEDULE: Schedule = Schedule::every(Duration::from_millis(800))
+    .first_after(Duration::from_secs(2))
+    .dense_for(Duration::from_secs(60))
+    .growing(1.25, Duration::from_secs(15));
 /// How many `-2`, `-3`, ... suffixes to try when the name is taken.
 const NAME_SUFFIXES: u32 = 99;
 
@@ -158,13 +166,23 @@ pub async fn create(
 /// for a while at first (eventual consistency), pending, then available; a failed image ends the
 /// wait at once.
 pub async fn available(clients: &Clients, ami_id: &str, progress: &Progress) -> Result<(), Error> {
+    available_on(clients, ami_id, progress, AVAILABLE_SCHEDULE).await
+}
+
+/// [`available`] on another schedule (a copy's, [`COPY_SCHEDULE`]).
+pub async fn available_on(
+    clients: &Clients,
+    ami_id: &str,
+    progress: &Progress,
+    schedule: Schedule,
+) -> Result<(), Error> {
     let step = format!("waiting for {ami_id} to be available");
     progress.step(step.clone());
     let started = Instant::now();
     let result = poll::until(
         &step,
         poll::deadline_after(started, AVAILABLE_TIMEOUT),
-        AVAILABLE_SCHEDULE,
+        schedule,
         |seen| progress.detail(&step, seen),
         || async {
             let out = clients.ec2.describe_images().image_ids(ami_id).send().await;
