@@ -137,6 +137,19 @@ def test_latency_holds_an_instance_pending(lab, ec2, debian_ami):
     wait_state(ec2, iid, "terminated")
 
 
+def test_terminating_an_instance_again_succeeds_while_it_shuts_down_and_once_it_is_gone(ec2, debian_ami):
+    iid = launch(ec2, debian_ami, profile=False)
+    wait_state(ec2, iid, "running")
+    first = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
+    assert first["PreviousState"]["Name"] == "running"
+    again = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
+    assert again["PreviousState"]["Name"] in ("shutting-down", "terminated"), again
+    wait_state(ec2, iid, "terminated")
+    last = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
+    assert last["PreviousState"]["Name"] == "terminated", last
+    assert describe(ec2, iid)["State"]["Name"] == "terminated"
+
+
 def test_reset_removes_containers_and_rebuilds_the_lab(lab, ec2, debian_ami):
     iid = launch(ec2, debian_ami, profile=False)
     wait_state(ec2, iid, "running")

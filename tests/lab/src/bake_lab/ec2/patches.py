@@ -1,23 +1,36 @@
 """EC2 as moto lacks it: the patches that hand instances and images to the lab (run, start, stop, reboot,
 terminate, CreateImage and CopyImage, deprecation, deregistration), each instance's public address from the
 lab's range; security groups, NAT gateways and interface endpoints install theirs from here."""
+import copy
 import datetime
 import threading
 
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import EC2Backend, elastic_network_interfaces
+from moto.ec2.models.instances import Instance
 from moto.ec2.responses.amis import AmisResponse
 
 from .. import kms
 from ..lab import Lab
-from ..patching import wrap
+from ..patching import replace, wrap
 from . import copies, endpoints, natgw, secgroups, sharing
 
 # The StateReason EC2 gives an instance whose encrypted volume's KMS key the launching account may not use.
 KMS_LAUNCH_REFUSED = ("Client.InternalError", "Client error on launch")
 
 _request = threading.local()  # request parameters moto's backend signatures drop (CreateImage's NoReboot)
+
+
+def _terminate_once(original):
+    """TerminateInstances is idempotent: terminating an instance that is shutting down or terminated succeeds
+    and changes nothing (TerminateInstances: "if you terminate an instance more than once, each call
+    succeeds"); moto would delete its network interfaces again and answer InvalidNetworkInterfaceID.NotFound."""
+    def patched(instance):
+        if instance._state.name in ("shutting-down", "terminated"):
+            return copy.copy(instance._state)
+        return original(instance)
+    return patched
 
 
 def install(lab: Lab) -> None:
@@ -64,6 +77,7 @@ def install(lab: Lab) -> None:
     wrap(EC2Backend, "start_instances", after_start)
     wrap(EC2Backend, "stop_instances", after_stop)
     wrap(EC2Backend, "terminate_instances", after_terminate)
+    replace(Instance, "terminate", _terminate_once)
     wrap(EC2Backend, "reboot_instances", after_reboot)
 
     def refuse_taken_name(backend, name) -> None:
