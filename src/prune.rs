@@ -45,6 +45,27 @@ pub struct Pruned {
     pub unread: Vec<String>,
 }
 
+impl Pruned {
+    /// Keeps `ami` for `why`, or (no reason to keep it) marks it for removal with its snapshots.
+    fn judge(&mut self, ami: &Image, why: Option<String>) {
+        let ami_id = ami.image_id().unwrap_or_default().to_owned();
+        let name = ami.name().unwrap_or_default().to_owned();
+        match why {
+            Some(why) => self.kept.push(Kept { ami_id, name, why }),
+            None => self.removed.push(Removed {
+                ami_id,
+                name,
+                snapshots: ami
+                    .block_device_mappings()
+                    .iter()
+                    .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+                    .map(str::to_owned)
+                    .collect(),
+            }),
+        }
+    }
+}
+
 /// An AMI that stays, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Kept {
@@ -128,30 +149,12 @@ pub async fn prune(
         unread,
     };
     for (n, ami) in amis.iter().enumerate() {
-        let id = ami.image_id().unwrap_or_default().to_owned();
-        let name = ami.name().unwrap_or_default().to_owned();
         let why = if n < options.keep {
             Some(format!("one of the newest {}", options.keep))
         } else {
-            in_use.get(&id).cloned()
+            in_use.get(ami.image_id().unwrap_or_default()).cloned()
         };
-        match why {
-            Some(why) => pruned.kept.push(Kept {
-                ami_id: id,
-                name,
-                why,
-            }),
-            None => pruned.removed.push(Removed {
-                ami_id: id,
-                name,
-                snapshots: ami
-                    .block_device_mappings()
-                    .iter()
-                    .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
-                    .map(str::to_owned)
-                    .collect(),
-            }),
-        }
+        pruned.judge(ami, why);
     }
     if !options.dry_run {
         let resources: Vec<Resource> = pruned
@@ -509,8 +512,6 @@ pub async fn prune_across(
         let mut amis = s.amis;
         amis.sort_by(|a, b| b.creation_date().cmp(&a.creation_date()));
         for ami in &amis {
-            let id = ami.image_id().unwrap_or_default().to_owned();
-            let name = ami.name().unwrap_or_default().to_owned();
             let f = family(ami);
             let why = if kept_new.contains(&&f) {
                 Some(format!(
@@ -524,23 +525,7 @@ pub async fn prune_across(
                     .as_ref()
                     .map(|b| format!("not judged: {b}, where an image of its family may be in use"))
             };
-            match why {
-                Some(why) => pruned.kept.push(Kept {
-                    ami_id: id,
-                    name,
-                    why,
-                }),
-                None => pruned.removed.push(Removed {
-                    ami_id: id,
-                    name,
-                    snapshots: ami
-                        .block_device_mappings()
-                        .iter()
-                        .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
-                        .map(str::to_owned)
-                        .collect(),
-                }),
-            }
+            pruned.judge(ami, why);
         }
         if !options.dry_run && !pruned.removed.is_empty() {
             let resources: Vec<Resource> = pruned

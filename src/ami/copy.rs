@@ -68,9 +68,17 @@ pub async fn run(
         async move {
             let regional = clients.in_region(&target.region);
             let ledger = pending.open(&regional, janitor.run_id());
-            copy_to(
-                clients, &regional, target, plan, source, image, &ledger, progress,
-            )
+            Job {
+                home: clients,
+                regional,
+                target,
+                plan,
+                source,
+                image,
+                ledger,
+                progress,
+            }
+            .copy_to()
             .await
         }
     }))
@@ -95,143 +103,152 @@ async fn describe(clients: &Clients, ami_id: &str) -> Result<Image, CallError> {
         .ok_or_else(|| clients.failed(format!("describe {ami_id}"), "no such image"))
 }
 
-/// One region: the copy already there (skip by digest and base), or a new one, waited for,
-/// deprecated as the source and shared; a failure is cleaned up and becomes the outcome.
-#[allow(clippy::too_many_arguments)]
-async fn copy_to(
-    home: &Clients,
-    regional: &Clients,
-    target: &Target,
-    plan: &Plan,
-    source: &Source,
-    image: &Image,
-    ledger: &Janitor,
-    progress: &Progress,
-) -> Copy {
-    let region = target.region.clone();
-    let done = |ami_id: Option<String>, outcome| Copy {
-        region: region.clone(),
-        ami_id,
-        outcome,
-    };
-    let existing = match resolve::baked_ami(regional, &source.digest, Some(&source.base_ami)).await
-    {
-        Ok(found) => found,
-        Err(e) => return done(None, CopyOutcome::Failed(e.to_string())),
-    };
-    // Only a copy of this very AMI counts: after `--force` baked the image anew, its copies are
-    // made anew too rather than leaving an older bake's copy in the other regions.
-    let existing = existing.filter(|found| {
-        found
-            .tags()
-            .iter()
-            .any(|t| t.key() == Some(tags::SOURCE_AMI) && t.value() == Some(&source.ami_id))
-    });
-    if let Some(found) = existing {
-        let id = found.image_id().unwrap_or_default().to_owned();
-        progress.step(format!(
-            "{region}: {id} is there already (a copy of {})",
-            source.ami_id
-        ));
-        // The list of accounts may have grown since that copy was made.
-        return match share(regional, &plan.share, &found).await {
-            Ok(()) => done(Some(id), CopyOutcome::Skipped),
-            Err(e) => done(Some(id), CopyOutcome::Failed(e.to_string())),
-        };
-    }
-    let mut made = None;
-    let result = copy(
-        home, regional, target, plan, source, image, ledger, progress, &mut made,
-    )
-    .await;
-    match (result, made) {
-        (Ok(()), Some(id)) => {
-            ledger.keep(&id);
-            progress.step(format!("{region}: {id} available"));
-            done(Some(id), CopyOutcome::Copied)
-        }
-        (Ok(()), None) => done(None, CopyOutcome::Failed("CopyImage answered no id".into())),
-        (Err(e), made) => {
-            progress.step(format!("{region}: copy failed; cleaning up"));
-            let mut why = e.to_string();
-            if let Err(left) = ledger.clean().await {
-                why.push_str(&format!("; and cleaning up after it: {left}"));
-            }
-            done(made, CopyOutcome::Failed(why))
-        }
-    }
+/// One region's copy: what it is made from, where, and the ledger it is held in while pending.
+struct Job<'a> {
+    home: &'a Clients,
+    regional: Clients,
+    target: &'a Target,
+    plan: &'a Plan,
+    source: &'a Source,
+    image: &'a Image,
+    ledger: Arc<Janitor>,
+    progress: &'a Progress,
 }
 
-/// CopyImage (same name, the source's tags with this run's and the source's, encrypted with the
-/// region's key, a client token of the source and region), then the wait, the deprecation and the
-/// sharing. `made` gets the copy's id as soon as it exists.
-#[allow(clippy::too_many_arguments)]
-async fn copy(
-    home: &Clients,
-    regional: &Clients,
-    target: &Target,
-    plan: &Plan,
-    source: &Source,
-    image: &Image,
-    ledger: &Janitor,
-    progress: &Progress,
-    made: &mut Option<String>,
-) -> Result<(), Error> {
-    let region = &target.region;
-    let name = image.name().unwrap_or_default();
-    let all = copy_tags(image.tags(), &home.region, &source.ami_id, ledger.run_id());
-    let mut request = regional
-        .ec2
-        .copy_image()
-        .source_image_id(&source.ami_id)
-        .source_region(&home.region)
-        .name(name)
-        .encrypted(true)
-        .client_token(client_token(&source.ami_id, region, ledger.run_id()))
-        .tag_specifications(
-            aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(ResourceType::Image)
-                .set_tags(Some(all.clone()))
-                .build(),
-        )
-        .tag_specifications(
-            aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(ResourceType::Snapshot)
-                .set_tags(Some(all))
-                .build(),
-        )
-        .set_kms_key_id(target.kms_key.clone());
-    if let Some(description) = image.description() {
-        request = request.description(description);
+impl Job<'_> {
+    /// One region: the copy already there (skip by digest and base), or a new one, waited for,
+    /// deprecated as the source and shared; a failure is cleaned up and becomes the outcome.
+    async fn copy_to(&self) -> Copy {
+        let Job {
+            regional,
+            target,
+            plan,
+            source,
+            ledger,
+            progress,
+            ..
+        } = self;
+        let region = target.region.clone();
+        let done = |ami_id: Option<String>, outcome| Copy {
+            region: region.clone(),
+            ami_id,
+            outcome,
+        };
+        let existing =
+            match resolve::baked_ami(regional, &source.digest, Some(&source.base_ami)).await {
+                Ok(found) => found,
+                Err(e) => return done(None, CopyOutcome::Failed(e.to_string())),
+            };
+        // Only a copy of this very AMI counts: after `--force` baked the image anew, its copies are
+        // made anew too rather than leaving an older bake's copy in the other regions.
+        let existing = existing.filter(|found| {
+            found
+                .tags()
+                .iter()
+                .any(|t| t.key() == Some(tags::SOURCE_AMI) && t.value() == Some(&source.ami_id))
+        });
+        if let Some(found) = existing {
+            let id = found.image_id().unwrap_or_default().to_owned();
+            progress.step(format!(
+                "{region}: {id} is there already (a copy of {})",
+                source.ami_id
+            ));
+            // The list of accounts may have grown since that copy was made.
+            return match share(regional, &plan.share, &found).await {
+                Ok(()) => done(Some(id), CopyOutcome::Skipped),
+                Err(e) => done(Some(id), CopyOutcome::Failed(e.to_string())),
+            };
+        }
+        let mut made = None;
+        let result = self.copy(&mut made).await;
+        match (result, made) {
+            (Ok(()), Some(id)) => {
+                ledger.keep(&id);
+                progress.step(format!("{region}: {id} available"));
+                done(Some(id), CopyOutcome::Copied)
+            }
+            (Ok(()), None) => done(None, CopyOutcome::Failed("CopyImage answered no id".into())),
+            (Err(e), made) => {
+                progress.step(format!("{region}: copy failed; cleaning up"));
+                let mut why = e.to_string();
+                if let Err(left) = ledger.clean().await {
+                    why.push_str(&format!("; and cleaning up after it: {left}"));
+                }
+                done(made, CopyOutcome::Failed(why))
+            }
+        }
     }
-    progress.step(format!("{region}: copying {} as {name}", source.ami_id));
-    let out = regional
-        .call(|| request.clone().send())
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| format!("copy {} from {} to {region}", source.ami_id, home.region))
-        .await?;
-    let id = out.image_id().unwrap_or_default().to_owned();
-    if id.is_empty() {
-        return Ok(());
-    }
-    ledger.record(Resource::Image(id.clone()));
-    *made = Some(id.clone());
-    image::available_on(regional, &id, progress, image::COPY_SCHEDULE)
-        .await
-        .map_err(|e| {
-            regional.failed(format!("copy {} to {region}", source.ami_id), e.to_string())
-        })?;
-    if let Some(at) = image
-        .deprecation_time()
-        .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
-    {
-        image::deprecate_at(regional, &id, at)
+
+    /// CopyImage (same name, the source's tags with this run's and the source's, encrypted with the
+    /// region's key, a client token of the source and region), then the wait, the deprecation and the
+    /// sharing. `made` gets the copy's id as soon as it exists.
+    async fn copy(&self, made: &mut Option<String>) -> Result<(), Error> {
+        let Job {
+            home,
+            regional,
+            target,
+            plan,
+            source,
+            image,
+            ledger,
+            progress,
+        } = self;
+        let region = &target.region;
+        let name = image.name().unwrap_or_default();
+        let all = copy_tags(image.tags(), &home.region, &source.ami_id, ledger.run_id());
+        let mut request = regional
+            .ec2
+            .copy_image()
+            .source_image_id(&source.ami_id)
+            .source_region(&home.region)
+            .name(name)
+            .encrypted(true)
+            .client_token(client_token(&source.ami_id, region, ledger.run_id()))
+            .tag_specifications(
+                aws_sdk_ec2::types::TagSpecification::builder()
+                    .resource_type(ResourceType::Image)
+                    .set_tags(Some(all.clone()))
+                    .build(),
+            )
+            .tag_specifications(
+                aws_sdk_ec2::types::TagSpecification::builder()
+                    .resource_type(ResourceType::Snapshot)
+                    .set_tags(Some(all))
+                    .build(),
+            )
+            .set_kms_key_id(target.kms_key.clone());
+        if let Some(description) = image.description() {
+            request = request.description(description);
+        }
+        progress.step(format!("{region}: copying {} as {name}", source.ami_id));
+        let out = regional
+            .call(|| request.clone().send())
+            .settle(&aws::THROTTLE_BURST)
+            .or_fail(|| format!("copy {} from {} to {region}", source.ami_id, home.region))
+            .await?;
+        let id = out.image_id().unwrap_or_default().to_owned();
+        if id.is_empty() {
+            return Ok(());
+        }
+        ledger.record(Resource::Image(id.clone()));
+        *made = Some(id.clone());
+        image::available_on(regional, &id, progress, image::COPY_SCHEDULE)
             .await
-            .map_err(|e| regional.failed(format!("deprecate {id}"), e.to_string()))?;
+            .map_err(|e| {
+                regional.failed(format!("copy {} to {region}", source.ami_id), e.to_string())
+            })?;
+        if let Some(at) = image
+            .deprecation_time()
+            .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
+        {
+            image::deprecate_at(regional, &id, at)
+                .await
+                .map_err(|e| regional.failed(format!("deprecate {id}"), e.to_string()))?;
+        }
+        let copy = describe(regional, &id).await?;
+        share(regional, &plan.share, &copy).await?;
+        Ok(())
     }
-    let copy = describe(regional, &id).await?;
-    share(regional, &plan.share, &copy).await?;
-    Ok(())
 }
 
 /// The copy's tags: every tag of the source (Name, bake:image, bake:digest, bake:base-ami,
