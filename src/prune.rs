@@ -46,6 +46,17 @@ pub struct Pruned {
 }
 
 impl Pruned {
+    /// What removing the AMIs marked for removal deletes: each AMI and its snapshots.
+    fn resources(&self) -> Vec<Resource> {
+        self.removed
+            .iter()
+            .flat_map(|r| {
+                std::iter::once(Resource::Image(r.ami_id.clone()))
+                    .chain(r.snapshots.iter().cloned().map(Resource::Snapshot))
+            })
+            .collect()
+    }
+
     /// Keeps `ami` for `why`, or (no reason to keep it) marks it for removal with its snapshots.
     fn judge(&mut self, ami: &Image, why: Option<String>) {
         let ami_id = ami.image_id().unwrap_or_default().to_owned();
@@ -157,14 +168,7 @@ pub async fn prune(
         pruned.judge(ami, why);
     }
     if !options.dry_run {
-        let resources: Vec<Resource> = pruned
-            .removed
-            .iter()
-            .flat_map(|r| {
-                std::iter::once(Resource::Image(r.ami_id.clone()))
-                    .chain(r.snapshots.iter().cloned().map(Resource::Snapshot))
-            })
-            .collect();
+        let resources = pruned.resources();
         janitor::delete(clients, &resources).await?;
     }
     Ok(pruned)
@@ -528,14 +532,7 @@ pub async fn prune_across(
             pruned.judge(ami, why);
         }
         if !options.dry_run && !pruned.removed.is_empty() {
-            let resources: Vec<Resource> = pruned
-                .removed
-                .iter()
-                .flat_map(|r| {
-                    std::iter::once(Resource::Image(r.ami_id.clone()))
-                        .chain(r.snapshots.iter().cloned().map(Resource::Snapshot))
-                })
-                .collect();
+            let resources = pruned.resources();
             if let Err(e) = janitor::delete(&s.clients, &resources).await {
                 pruned.error = Some(e.to_string());
             }

@@ -400,11 +400,7 @@ impl Hold for Pending {
                     }),
                 }
             }
-            if left.is_empty() {
-                Ok(removed)
-            } else {
-                Err(left)
-            }
+            super::share::outcome(removed, left)
         })
     }
 }

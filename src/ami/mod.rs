@@ -530,10 +530,7 @@ async fn build(
             health::through_ssm(clients, &instance_id, &image.health, deadline, progress).await?;
         }
     }
-    let timeout = image
-        .verify
-        .timeout
-        .map_or(verify::DEFAULT_TIMEOUT, |t| t.0);
+    let timeout = verify::timeout_of(&image.verify);
     verify::run(
         clients,
         &instance_id,

@@ -112,10 +112,7 @@ pub async fn run(
         .chain(&image.test.commands)
         .cloned()
         .collect();
-    let timeout = image
-        .verify
-        .timeout
-        .map_or(verify::DEFAULT_TIMEOUT, |t| t.0);
+    let timeout = verify::timeout_of(&image.verify);
     verify::run(
         clients,
         &instance_id,

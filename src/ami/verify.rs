@@ -21,6 +21,11 @@ const COMMAND_SCHEDULE: Schedule = Schedule::every(Duration::from_millis(800))
 /// the config says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How long the verify commands may take: the config's `timeout`, else [`DEFAULT_TIMEOUT`].
+pub fn timeout_of(verify: &crate::config::Verify) -> Duration {
+    verify.timeout.as_ref().map_or(DEFAULT_TIMEOUT, |t| t.0)
+}
+
 /// Why verification failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -13,8 +13,6 @@ use crate::config::Config;
 /// (10 min), the AMI becoming available (60 min) and the builder's termination (10 min), as the
 /// waits in `ami` bound them.
 const BAKE_FIXED: Duration = Duration::from_secs(80 * 60);
-/// A verify step without its own timeout gets `ami`'s default of 10 minutes.
-const VERIFY_DEFAULT: Duration = Duration::from_secs(10 * 60);
 
 /// Bake verified golden AMIs: launch a builder, wait for HTTP health, verify through SSM,
 /// create the AMI, test it on an instance of its own, terminate both. Prints the AMI id.
@@ -145,7 +143,7 @@ pub fn worst_case(config: &Config, names: &[String]) -> Duration {
                 .health
                 .timeout
                 .0
-                .saturating_add(verify_timeout(image))
+                .saturating_add(ami::verify::timeout_of(&image.verify))
                 .saturating_add(BAKE_FIXED)
                 .saturating_add(test_worst_case(image))
                 .saturating_add(if image.distribute.regions.is_empty() {
@@ -158,15 +156,6 @@ pub fn worst_case(config: &Config, names: &[String]) -> Duration {
     names.iter().map(bake).max().unwrap_or_default()
 }
 
-/// The verify commands' timeout, or the default when the config gives none.
-fn verify_timeout(image: &crate::config::Image) -> Duration {
-    image
-        .verify
-        .timeout
-        .as_ref()
-        .map_or(VERIFY_DEFAULT, |t| t.0)
-}
-
 /// The test stage at worst: the instance reaching `running`, its health wait and its commands;
 /// nothing when it is off.
 fn test_worst_case(image: &crate::config::Image) -> Duration {
@@ -175,5 +164,5 @@ fn test_worst_case(image: &crate::config::Image) -> Duration {
     }
     ami::test::TEST_FIXED
         .saturating_add(image.test.timeout.0)
-        .saturating_add(verify_timeout(image))
+        .saturating_add(ami::verify::timeout_of(&image.verify))
 }
