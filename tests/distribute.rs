@@ -1171,9 +1171,8 @@ async fn sigint_while_a_copy_is_pending_removes_the_copy_and_keeps_the_tested_im
             "INT",
             "a CopyImage into us-east-1, the builder's cleanup done",
             Duration::from_secs(300),
-            // Once the builder's cleanup is done (its group deleted): the lab answers a second
-            // TerminateInstances of a shutting-down instance InvalidNetworkInterfaceID.NotFound
-            // (EC2 answers it as done), which this test is not about.
+            // Once the builder's cleanup is done (its group deleted): this test is about the copy
+            // stage, not about an interrupted cleanup of the builder.
             || async {
                 let groups = lab
                     .ec2
@@ -1194,49 +1193,50 @@ async fn sigint_while_a_copy_is_pending_removes_the_copy_and_keeps_the_tested_im
         .await;
     assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
     let east = aws_sdk_ec2::Client::new(&sdk(&lab, "us-east-1", None).await);
-    let tagged = |name: &str| {
-        aws_sdk_ec2::types::Filter::builder()
-            .name(name)
-            .values("bake:run-id")
-            .build()
-    };
     // The copy (pending when interrupted) is deregistered and its snapshot deleted.
-    let images = east
-        .describe_images()
-        .owners("self")
-        .filters(tagged("tag-key"))
-        .send()
-        .await
-        .unwrap();
-    let images: Vec<&str> = images
-        .images()
-        .iter()
-        .filter_map(|i| i.image_id())
-        .collect();
+    let (images, snapshots) = run_tagged(&east).await;
     assert!(images.is_empty(), "copies left: {images:?}");
-    let snapshots = east
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(tagged("tag-key"))
-        .send()
-        .await
-        .unwrap();
-    let snapshots: Vec<&str> = snapshots
-        .snapshots()
-        .iter()
-        .filter_map(|s| s.snapshot_id())
-        .collect();
     assert!(snapshots.is_empty(), "snapshots left: {snapshots:?}");
     // The tested image in the build region is kept (it passed its test before the copy began).
     let home = aws_sdk_ec2::Client::new(&sdk(&lab, REGION, None).await);
-    let kept = home
+    let (kept, _) = run_tagged(&home).await;
+    let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    lab.assert_nothing_left(&kept, &[]).await;
+}
+
+/// The images and snapshots of this account in `ec2`'s region that carry bake's run tag.
+async fn run_tagged(ec2: &aws_sdk_ec2::Client) -> (Vec<String>, Vec<String>) {
+    let tagged = aws_sdk_ec2::types::Filter::builder()
+        .name("tag-key")
+        .values("bake:run-id")
+        .build();
+    let images = ec2
         .describe_images()
         .owners("self")
-        .filters(tagged("tag-key"))
+        .filters(tagged.clone())
         .send()
         .await
         .unwrap();
-    let kept: Vec<&str> = kept.images().iter().filter_map(|i| i.image_id()).collect();
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    lab.assert_nothing_left(&kept, &[]).await;
+    let snapshots = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(tagged)
+        .send()
+        .await
+        .unwrap();
+    (
+        images
+            .images()
+            .iter()
+            .filter_map(|i| i.image_id())
+            .map(str::to_owned)
+            .collect(),
+        snapshots
+            .snapshots()
+            .iter()
+            .filter_map(|s| s.snapshot_id())
+            .map(str::to_owned)
+            .collect(),
+    )
 }

@@ -127,17 +127,7 @@ async fn a_rollout_across_two_regions_goes_in_order_and_stops_at_the_first_failu
 
     // No t3.small in ap-northeast-2 (its zones only): the first region fails, the second is not
     // touched.
-    lab.control(
-        "capacity",
-        serde_json::json!({"unavailable": [
-            {"instance_type": "t3.small", "zone": "ap-northeast-2a"},
-            {"instance_type": "t3.small", "zone": "ap-northeast-2c"},
-        ]}),
-    )
-    .await;
-    let failed = lab.run_bake(&rollout).await;
-    lab.control("capacity", serde_json::json!({"unavailable": []}))
-        .await;
+    let failed = without_t3_small_at_home(&lab, &rollout).await;
     assert_eq!(
         failed.status.code(),
         Some(1),
@@ -484,17 +474,7 @@ async fn the_pipeline_rolls_out_region_by_region_and_publishes_each_regions_copy
 
     // No t3.small in ap-northeast-2: its rollout fails, us-east-1's is not started, and the
     // parameter is published in neither region.
-    lab.control(
-        "capacity",
-        serde_json::json!({"unavailable": [
-            {"instance_type": "t3.small", "zone": "ap-northeast-2a"},
-            {"instance_type": "t3.small", "zone": "ap-northeast-2c"},
-        ]}),
-    )
-    .await;
-    let first = lab.run_bake(&args).await;
-    lab.control("capacity", serde_json::json!({"unavailable": []}))
-        .await;
+    let first = without_t3_small_at_home(&lab, &args).await;
     assert_eq!(
         first.status.code(),
         Some(1),
@@ -686,4 +666,21 @@ async fn gc_in_two_regions_reports_a_throttled_region_alone_and_finishes_the_oth
         "{message}"
     );
     assert!(!message.contains(REGION), "{message}");
+}
+
+/// Runs bake with `args` while ap-northeast-2's zones have no t3.small capacity (us-east-1's
+/// do), then gives the capacity back.
+async fn without_t3_small_at_home(lab: &Lab, args: &[&str]) -> std::process::Output {
+    lab.control(
+        "capacity",
+        serde_json::json!({"unavailable": [
+            {"instance_type": "t3.small", "zone": "ap-northeast-2a"},
+            {"instance_type": "t3.small", "zone": "ap-northeast-2c"},
+        ]}),
+    )
+    .await;
+    let out = lab.run_bake(args).await;
+    lab.control("capacity", serde_json::json!({"unavailable": []}))
+        .await;
+    out
 }

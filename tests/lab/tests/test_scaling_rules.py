@@ -170,14 +170,7 @@ def test_a_snapshot_key_without_a_grant_for_the_auto_scaling_role_fails_the_laun
     key = kms.create_key(Description="rules-kms")["KeyMetadata"]
     image = ec2.copy_image(SourceImageId=debian_ami, SourceRegion="ap-northeast-2", Name="rules-kms",
                            Encrypted=True, KmsKeyId=key["Arn"])["ImageId"]
-    def available():
-        try:
-            return ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "available"
-        except ClientError as e:  # a new AMI is unknown to DescribeImages for a moment (eventual consistency)
-            if e.response["Error"]["Code"] != "InvalidAMIID.NotFound":
-                raise
-            return False
-    wait_for("the copy available", available, ACTIVITY_WAIT)
+    wait_available(ec2, image)
     lt = template(ec2, "rules-kms", image)
     lab.post("/_lab/latency", {"launch_retry": LAUNCH_RETRY})
     try:
@@ -206,14 +199,7 @@ def test_the_aws_managed_ebs_key_needs_no_grant_for_a_group_to_launch(lab, ec2, 
     assert kms.describe_key(KeyId="alias/aws/ebs")["KeyMetadata"]["KeyManager"] == "AWS"
     image = ec2.copy_image(SourceImageId=debian_ami, SourceRegion="ap-northeast-2", Name="rules-aws-ebs",
                            Encrypted=True)["ImageId"]
-    def available():
-        try:
-            return ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "available"
-        except ClientError as e:  # a new AMI is unknown to DescribeImages for a moment (eventual consistency)
-            if e.response["Error"]["Code"] != "InvalidAMIID.NotFound":
-                raise
-            return False
-    wait_for("the copy available", available, ACTIVITY_WAIT)
+    wait_available(ec2, image)
     lt = template(ec2, "rules-aws-ebs", image)
     try:
         asg.create_auto_scaling_group(AutoScalingGroupName="rules-aws-ebs", MinSize=1, MaxSize=1,
@@ -225,3 +211,15 @@ def test_the_aws_managed_ebs_key_needs_no_grant_for_a_group_to_launch(lab, ec2, 
     finally:
         asg.delete_auto_scaling_group(AutoScalingGroupName="rules-aws-ebs", ForceDelete=True)
     ec2.delete_launch_template(LaunchTemplateId=lt)
+
+
+def wait_available(ec2, image: str) -> None:
+    """Waits until a new AMI (a copy) is available."""
+    def available():
+        try:
+            return ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "available"
+        except ClientError as e:  # a new AMI is unknown to DescribeImages for a moment (eventual consistency)
+            if e.response["Error"]["Code"] != "InvalidAMIID.NotFound":
+                raise
+            return False
+    wait_for("the copy available", available, ACTIVITY_WAIT)
