@@ -339,12 +339,17 @@ class Lab:
         self.background(f"terminate {instance_id}", self._terminate, inst)
 
     def _terminate(self, inst: Instance) -> None:
+        """The instance ends terminated even when tearing down its container fails on the host (that failure
+        is reported as the lab's error event): EC2 does not leave an instance shutting down for a host's
+        trouble, and an instance stuck there would hold its security groups for ever."""
         with inst.lock:
             inst.running_at = None
-            if not inst.gone:
-                self._destroy(inst)
-            self.event("instance_terminated", instance_id=inst.id, region=inst.region)
-            set_state(inst.model, "terminated")
+            try:
+                if not inst.gone:
+                    self._destroy(inst)
+            finally:
+                self.event("instance_terminated", instance_id=inst.id, region=inst.region)
+                set_state(inst.model, "terminated")
 
     def _destroy(self, inst: Instance) -> None:
         inst.gone = True
