@@ -142,7 +142,11 @@ impl Args {
         ) {
             (Some(failure), _) => Err(Error::Rollout(failure)),
             (None, Some(result)) => Ok(RolloutResult::Done(result)),
-            (None, None) => unreachable!("a region is rolled out or fails"),
+            // apply_all gives each region a result or a failure; a region with neither is
+            // reported rather than assumed away.
+            (None, None) => Err(Error::Regions(vec![format!(
+                "rollout {name}: no outcome was recorded for its region"
+            )])),
         }
     }
 }
