@@ -64,6 +64,7 @@ fn mocked_clients(ec2: &[&Rule], kms: &[&Rule]) -> Clients {
         ssm: mocked!(aws_sdk_ssm, none),
         iam: mocked!(aws_sdk_iam, none),
         kms: mocked!(aws_sdk_kms, kms),
+        s3: mocked!(aws_sdk_s3, &[] as &[&Rule]),
         region: "ap-northeast-2".into(),
     }
 }

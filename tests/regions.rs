@@ -635,6 +635,7 @@ fn gc_clients(region: &'static str, throttled: bool) -> bake::aws::Clients {
         ssm: mocked!(aws_sdk_ssm, region, &[] as &[aws_smithy_mocks::Rule]),
         iam: mocked!(aws_sdk_iam, region, &[] as &[aws_smithy_mocks::Rule]),
         kms: mocked!(aws_sdk_kms, region, &[] as &[aws_smithy_mocks::Rule]),
+        s3: mocked!(aws_sdk_s3, region, &[] as &[aws_smithy_mocks::Rule]),
         region: region.into(),
     }
 }

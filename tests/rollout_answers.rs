@@ -77,6 +77,7 @@ fn clients_of(ec2_rules: &[&Rule], autoscaling_rules: &[&Rule], elb_rules: &[&Ru
         ssm: mocked!(aws_sdk_ssm, &[] as &[&Rule]),
         iam: mocked!(aws_sdk_iam, &[] as &[&Rule]),
         kms: mocked!(aws_sdk_kms, &[] as &[&Rule]),
+        s3: mocked!(aws_sdk_s3, &[] as &[&Rule]),
         region: "ap-northeast-2".into(),
     }
 }

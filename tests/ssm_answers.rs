@@ -57,6 +57,7 @@ fn account(ssm_rules: &[&Rule], ec2_rules: &[&Rule], autoscaling_rules: &[&Rule]
         ssm: mocked!(aws_sdk_ssm, ssm_rules),
         iam: mocked!(aws_sdk_iam, none),
         kms: mocked!(aws_sdk_kms, none),
+        s3: mocked!(aws_sdk_s3, none),
         region: "ap-northeast-2".into(),
     }
 }

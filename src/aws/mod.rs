@@ -32,6 +32,9 @@ pub struct Clients {
     pub iam: aws_sdk_iam::Client,
     /// KMS: the distribution's keys, checked at preflight in each region.
     pub kms: aws_sdk_kms::Client,
+    /// S3: the config's `[store]` (the cross-machine lease, each image's records). Path-style
+    /// addressing only when an endpoint is configured (a lab or proxy), virtual-hosted on AWS.
+    pub s3: aws_sdk_s3::Client,
     /// The region the clients talk to, for messages.
     pub region: String,
 }
@@ -62,6 +65,12 @@ impl Clients {
             ssm: client!(aws_sdk_ssm),
             iam: client!(aws_sdk_iam),
             kms: client!(aws_sdk_kms),
+            s3: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(sdk)
+                    .force_path_style(sdk.endpoint_url().is_some())
+                    .interceptor(trace::Trace)
+                    .build(),
+            ),
             region: sdk.region().map_or_else(String::new, ToString::to_string),
         }
     }
@@ -99,6 +108,7 @@ impl Clients {
             ssm: self.ssm_in(region),
             iam: self.iam.clone(),
             kms: moved!(kms, aws_sdk_kms),
+            s3: moved!(s3, aws_sdk_s3),
             region: region.to_owned(),
         }
     }
