@@ -2,6 +2,9 @@
 //! a security group held by a lingering network interface, an instance profile still propagating,
 //! an AMI whose deprecation time has passed. (Rollout answers are in tests/rollout_answers.rs.)
 
+#[path = "support/mocks.rs"]
+mod mocks;
+
 use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::create_image::CreateImageOutput;
 use aws_sdk_ec2::operation::delete_security_group::{
@@ -17,7 +20,7 @@ use aws_sdk_ec2::operation::run_instances::{RunInstancesError, RunInstancesOutpu
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Image, ImageState, Instance, Snapshot, StateReason,
 };
-use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
+use aws_smithy_mocks::{Rule, mock};
 
 use bake::ami::preflight::{BaseAmi, Plan};
 use bake::ami::{image, launch};
@@ -27,41 +30,20 @@ use bake::janitor::{self, Janitor};
 use bake::output::Progress;
 use bake::render::Rendered;
 use bake::resolve::{DefaultRoute, Routing, Subnet};
-
-/// A client of `$sdk` answered by `rules` (this SDK version predates `mock_client!`'s defaults).
-macro_rules! mocked {
-    ($sdk:ident, $rules:expr) => {{
-        let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
-        for rule in $rules {
-            interceptor = interceptor.with_rule(rule);
-        }
-        $sdk::Client::from_conf(
-            $sdk::Config::builder()
-                .with_test_defaults()
-                .region($sdk::config::Region::new("ap-northeast-2"))
-                .http_client(create_mock_http_client())
-                .interceptor(interceptor)
-                .build(),
-        )
-    }};
-}
+use mocks::Answers;
 
 fn clients(ec2_rules: &[&Rule]) -> Clients {
     clients_of(ec2_rules, &[], &[])
 }
 
 fn clients_of(ec2_rules: &[&Rule], autoscaling_rules: &[&Rule], elb_rules: &[&Rule]) -> Clients {
-    Clients {
-        autoscaling: mocked!(aws_sdk_autoscaling, autoscaling_rules),
-        cloudwatch: mocked!(aws_sdk_cloudwatch, &[] as &[&Rule]),
-        ec2: mocked!(aws_sdk_ec2, ec2_rules),
-        elb: mocked!(aws_sdk_elasticloadbalancingv2, elb_rules),
-        ssm: mocked!(aws_sdk_ssm, &[] as &[&Rule]),
-        iam: mocked!(aws_sdk_iam, &[] as &[&Rule]),
-        kms: mocked!(aws_sdk_kms, &[] as &[&Rule]),
-        s3: mocked!(aws_sdk_s3, &[] as &[&Rule]),
-        region: "ap-northeast-2".into(),
+    Answers {
+        ec2: ec2_rules,
+        autoscaling: autoscaling_rules,
+        elb: elb_rules,
+        ..Answers::default()
     }
+    .clients("ap-northeast-2")
 }
 
 fn plan() -> Plan {

@@ -25,7 +25,7 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_kms::operation::describe_key::{DescribeKeyError, DescribeKeyOutput};
 use aws_sdk_kms::types::{KeyManagerType, KeyMetadata, KeySpec, KeyState};
-use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
+use aws_smithy_mocks::{Rule, mock};
 
 use bake::ami::copy::{self, Source};
 use bake::ami::distribute::{self, CopyOutcome, Plan, Share, Target};
@@ -33,40 +33,17 @@ use bake::aws::Clients;
 use bake::config::Config;
 use bake::janitor::Janitor;
 use bake::output::Progress;
-
-/// A client of `$sdk` answered by `rules`.
-macro_rules! mocked {
-    ($sdk:ident, $rules:expr) => {{
-        let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
-        for rule in $rules {
-            interceptor = interceptor.with_rule(rule);
-        }
-        $sdk::Client::from_conf(
-            $sdk::Config::builder()
-                .with_test_defaults()
-                .region($sdk::config::Region::new("ap-northeast-2"))
-                .http_client(create_mock_http_client())
-                .interceptor(interceptor)
-                .build(),
-        )
-    }};
-}
+use support::mocks::Answers;
 
 /// Clients in ap-northeast-2 whose EC2 and KMS calls (in every region: `in_region` keeps the
 /// mocks) are answered by the rules.
 fn mocked_clients(ec2: &[&Rule], kms: &[&Rule]) -> Clients {
-    let none: &[&Rule] = &[];
-    Clients {
-        autoscaling: mocked!(aws_sdk_autoscaling, none),
-        cloudwatch: mocked!(aws_sdk_cloudwatch, none),
-        ec2: mocked!(aws_sdk_ec2, ec2),
-        elb: mocked!(aws_sdk_elasticloadbalancingv2, none),
-        ssm: mocked!(aws_sdk_ssm, none),
-        iam: mocked!(aws_sdk_iam, none),
-        kms: mocked!(aws_sdk_kms, kms),
-        s3: mocked!(aws_sdk_s3, &[] as &[&Rule]),
-        region: "ap-northeast-2".into(),
+    Answers {
+        ec2,
+        kms,
+        ..Answers::default()
     }
+    .clients("ap-northeast-2")
 }
 
 fn progress() -> Progress {

@@ -539,25 +539,6 @@ async fn the_pipeline_rolls_out_region_by_region_and_publishes_each_regions_copy
     assert_eq!(order, [REGION, OTHER], "published region by region");
 }
 
-/// A client of `$sdk` in `$region` answered by `rules`.
-macro_rules! mocked {
-    ($sdk:ident, $region:expr, $rules:expr) => {{
-        let mut interceptor = aws_smithy_mocks::MockResponseInterceptor::new()
-            .rule_mode(aws_smithy_mocks::RuleMode::MatchAny);
-        for rule in $rules {
-            interceptor = interceptor.with_rule(rule);
-        }
-        $sdk::Client::from_conf(
-            $sdk::Config::builder()
-                .with_test_defaults()
-                .region($sdk::config::Region::new($region))
-                .http_client(aws_smithy_mocks::create_mock_http_client())
-                .interceptor(interceptor)
-                .build(),
-        )
-    }};
-}
-
 /// Every listing gc makes, answered with nothing.
 macro_rules! empty {
     ($($sdk:ident :: $op:ident => $output:path),* $(,)?) => {
@@ -627,17 +608,17 @@ fn gc_clients(region: &'static str, throttled: bool) -> bake::aws::Clients {
     let cw_rules = empty![
         aws_sdk_cloudwatch::describe_alarms => cw::describe_alarms::DescribeAlarmsOutput,
     ];
-    bake::aws::Clients {
-        autoscaling: mocked!(aws_sdk_autoscaling, region, &asg_rules),
-        cloudwatch: mocked!(aws_sdk_cloudwatch, region, &cw_rules),
-        ec2: mocked!(aws_sdk_ec2, region, &ec2_rules),
-        elb: mocked!(aws_sdk_elasticloadbalancingv2, region, &elb_rules),
-        ssm: mocked!(aws_sdk_ssm, region, &[] as &[aws_smithy_mocks::Rule]),
-        iam: mocked!(aws_sdk_iam, region, &[] as &[aws_smithy_mocks::Rule]),
-        kms: mocked!(aws_sdk_kms, region, &[] as &[aws_smithy_mocks::Rule]),
-        s3: mocked!(aws_sdk_s3, region, &[] as &[aws_smithy_mocks::Rule]),
-        region: region.into(),
+    fn refs(rules: &[aws_smithy_mocks::Rule]) -> Vec<&aws_smithy_mocks::Rule> {
+        rules.iter().collect()
     }
+    support::mocks::Answers {
+        autoscaling: &refs(&asg_rules),
+        cloudwatch: &refs(&cw_rules),
+        ec2: &refs(&ec2_rules),
+        elb: &refs(&elb_rules),
+        ..Default::default()
+    }
+    .clients(region)
 }
 
 #[tokio::test(start_paused = true)]

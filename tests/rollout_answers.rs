@@ -3,6 +3,9 @@
 //! launches that fail, throttled describes inside the watch, and a stack whose removal meets the
 //! load balancer's teardown lag; and which version `bake rollback` goes back to, or why none.
 
+#[path = "support/mocks.rs"]
+mod mocks;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,7 +43,7 @@ use aws_sdk_elasticloadbalancingv2::operation::describe_target_groups::DescribeT
 use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::DescribeTargetHealthOutput;
 use aws_sdk_elasticloadbalancingv2::operation::modify_target_group_attributes::ModifyTargetGroupAttributesOutput;
 use aws_sdk_elasticloadbalancingv2::types::TargetGroup;
-use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
+use aws_smithy_mocks::{Rule, mock};
 use bake::aws::Clients;
 use bake::janitor::{self, Janitor, Resource};
 use bake::output::Progress;
@@ -48,38 +51,17 @@ use bake::resolve::Subnet;
 use bake::rollout::preflight;
 use bake::rollout::stack::{self, Stack};
 use bake::rollout::{refresh, rollback};
+use mocks::Answers;
 use tokio::time::Instant;
 
-/// A client of `$sdk` answered by `rules`.
-macro_rules! mocked {
-    ($sdk:ident, $rules:expr) => {{
-        let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
-        for rule in $rules {
-            interceptor = interceptor.with_rule(rule);
-        }
-        $sdk::Client::from_conf(
-            $sdk::Config::builder()
-                .with_test_defaults()
-                .region($sdk::config::Region::new("ap-northeast-2"))
-                .http_client(create_mock_http_client())
-                .interceptor(interceptor)
-                .build(),
-        )
-    }};
-}
-
 fn clients_of(ec2_rules: &[&Rule], autoscaling_rules: &[&Rule], elb_rules: &[&Rule]) -> Clients {
-    Clients {
-        autoscaling: mocked!(aws_sdk_autoscaling, autoscaling_rules),
-        cloudwatch: mocked!(aws_sdk_cloudwatch, &[] as &[&Rule]),
-        ec2: mocked!(aws_sdk_ec2, ec2_rules),
-        elb: mocked!(aws_sdk_elasticloadbalancingv2, elb_rules),
-        ssm: mocked!(aws_sdk_ssm, &[] as &[&Rule]),
-        iam: mocked!(aws_sdk_iam, &[] as &[&Rule]),
-        kms: mocked!(aws_sdk_kms, &[] as &[&Rule]),
-        s3: mocked!(aws_sdk_s3, &[] as &[&Rule]),
-        region: "ap-northeast-2".into(),
+    Answers {
+        ec2: ec2_rules,
+        autoscaling: autoscaling_rules,
+        elb: elb_rules,
+        ..Answers::default()
     }
+    .clients("ap-northeast-2")
 }
 
 fn progress() -> Progress {
@@ -544,9 +526,12 @@ fn refresh_clients(
             ))
             .build()
     });
-    let mut clients = clients_of(&[], &[start, &group], &[]);
-    clients.cloudwatch = mocked!(aws_sdk_cloudwatch, &[&described]);
-    clients
+    Answers {
+        autoscaling: &[start, &group],
+        cloudwatch: &[&described],
+        ..Answers::default()
+    }
+    .clients("ap-northeast-2")
 }
 
 #[tokio::test]

@@ -4,6 +4,9 @@
 //! and throttles, which the verify wait rides out; prune reads the published parameter in other
 //! regions, warns about a region that denies it and stops at any other failure.
 
+#[path = "support/mocks.rs"]
+mod mocks;
+
 use aws_sdk_ssm::error::ErrorMetadata;
 use aws_sdk_ssm::operation::get_command_invocation::{
     GetCommandInvocationError, GetCommandInvocationOutput,
@@ -13,34 +16,15 @@ use aws_sdk_ssm::operation::get_parameter_history::GetParameterHistoryOutput;
 use aws_sdk_ssm::operation::put_parameter::PutParameterOutput;
 use aws_sdk_ssm::operation::send_command::SendCommandOutput;
 use aws_sdk_ssm::types::{Command, CommandInvocationStatus, Parameter, ParameterHistory};
-use aws_smithy_mocks::{
-    MockResponse, MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock,
-};
+use aws_smithy_mocks::{MockResponse, Rule, mock};
 use bake::ami::verify;
 use bake::aws::Clients;
 use bake::output::Progress;
 use bake::publish;
+use mocks::Answers;
 use std::time::Duration;
 
 const NAME: &str = "/bake/web/ami-id";
-
-/// A client of `$sdk` answered by `rules`.
-macro_rules! mocked {
-    ($sdk:ident, $rules:expr) => {{
-        let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
-        for rule in $rules {
-            interceptor = interceptor.with_rule(rule);
-        }
-        $sdk::Client::from_conf(
-            $sdk::Config::builder()
-                .with_test_defaults()
-                .region($sdk::config::Region::new("ap-northeast-2"))
-                .http_client(create_mock_http_client())
-                .interceptor(interceptor)
-                .build(),
-        )
-    }};
-}
 
 fn clients(ssm_rules: &[&Rule]) -> Clients {
     account(ssm_rules, &[], &[])
@@ -48,18 +32,13 @@ fn clients(ssm_rules: &[&Rule]) -> Clients {
 
 /// Clients whose SSM, EC2 and Auto Scaling calls are answered by the given rules.
 fn account(ssm_rules: &[&Rule], ec2_rules: &[&Rule], autoscaling_rules: &[&Rule]) -> Clients {
-    let none: &[&Rule] = &[];
-    Clients {
-        autoscaling: mocked!(aws_sdk_autoscaling, autoscaling_rules),
-        cloudwatch: mocked!(aws_sdk_cloudwatch, none),
-        ec2: mocked!(aws_sdk_ec2, ec2_rules),
-        elb: mocked!(aws_sdk_elasticloadbalancingv2, none),
-        ssm: mocked!(aws_sdk_ssm, ssm_rules),
-        iam: mocked!(aws_sdk_iam, none),
-        kms: mocked!(aws_sdk_kms, none),
-        s3: mocked!(aws_sdk_s3, none),
-        region: "ap-northeast-2".into(),
+    Answers {
+        ssm: ssm_rules,
+        ec2: ec2_rules,
+        autoscaling: autoscaling_rules,
+        ..Answers::default()
     }
+    .clients("ap-northeast-2")
 }
 
 fn holding(value: &str, version: i64) -> GetParameterOutput {

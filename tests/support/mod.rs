@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod mocks;
 pub mod network;
 
 use std::io::{BufRead, BufReader, Write as _};
