@@ -185,9 +185,9 @@ def test_shared_images_are_found_and_launched_by_the_accounts_named_only(lab, so
     east.deregister_image(ImageId=copy)
 
 
-def b_launch(lab, image_id: str) -> dict:
-    """Launch A's image as account B in us-east-1 and return the instance once it is running or terminated."""
-    b = lab.as_account(ACCOUNT_B, "ec2", EAST)
+def b_launch(lab, image_id: str, region: str = EAST) -> dict:
+    """Launch A's image as account B in `region` and return the instance once it is running or terminated."""
+    b = lab.as_account(ACCOUNT_B, "ec2", region)
     iid = b.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, InstanceType="t3.micro")["Instances"][0]
     iid = iid["InstanceId"]
     done = wait_for(f"{iid} settled", lambda: (d := describe(b, iid))["State"]["Name"] in ("running", "terminated")
@@ -251,3 +251,32 @@ def test_reset_forgets_tokens_forced_failures_and_memberships(lab):
     # The token of a copy made before the reset names nothing now: a new copy is made, and it does not fail.
     copy = east.copy_image(SourceImageId=ami, SourceRegion=HOME, Name="after-reset", ClientToken="dist-copy-1")
     assert settled(east, copy["ImageId"])["State"] == "available"
+
+
+def test_an_image_of_an_encrypted_instance_is_encrypted_with_the_volumes_key(lab, ec2, debian_ami):
+    """CreateImage snapshots the instance's own root volume: its size, and its encryption with the same key, so
+    another account can launch the image only where that key's policy lets it."""
+    kms = lab.client("kms")
+    key = kms.create_key(Description="builder volumes")["KeyMetadata"]
+    root = image(ec2, debian_ami)["RootDeviceName"]
+    iid = launch(ec2, debian_ami, profile=False, BlockDeviceMappings=[
+        {"DeviceName": root, "Ebs": {"VolumeSize": 12, "Encrypted": True, "KmsKeyId": key["KeyId"]}}])
+    plain = launch(ec2, debian_ami, profile=False)
+    wait_state(ec2, iid, "running")
+    wait_state(ec2, plain, "running")
+    made = {}
+    for name, instance in (("cmk", iid), ("plain", plain)):
+        made[name] = ec2.create_image(InstanceId=instance, Name=f"dist-encrypted-{name}", NoReboot=True)["ImageId"]
+    ec2.terminate_instances(InstanceIds=[iid, plain])
+    for ami in made.values():
+        assert settled(ec2, ami)["State"] == "available"
+    mapping = image(ec2, made["cmk"])["BlockDeviceMappings"][0]["Ebs"]
+    assert (mapping["Encrypted"], mapping["VolumeSize"]) == (True, 12), mapping
+    snapshot = ec2.describe_snapshots(SnapshotIds=[mapping["SnapshotId"]])["Snapshots"][0]
+    assert (snapshot["Encrypted"], snapshot["KmsKeyId"]) == (True, key["Arn"]), snapshot
+    assert image(ec2, made["plain"])["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is False
+    # Shared with B, the unencrypted image launches there; the encrypted one needs its key, which B may not use.
+    for ami in made.values():
+        ec2.modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"UserId": ACCOUNT_B}]})
+    assert b_launch(lab, made["cmk"], HOME)["State"]["Name"] == "terminated"
+    assert b_launch(lab, made["plain"], HOME)["State"]["Name"] == "running"

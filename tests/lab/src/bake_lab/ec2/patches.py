@@ -8,6 +8,7 @@ import threading
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import EC2Backend, elastic_network_interfaces
+from moto.ec2.models.amis import Ami
 from moto.ec2.models.instances import Instance
 from moto.ec2.responses.amis import AmisResponse
 
@@ -31,6 +32,28 @@ def _terminate_once(original):
             return copy.copy(instance._state)
         return original(instance)
     return patched
+
+
+def take_root_volume(backend, ami, instance_id: str) -> None:
+    """CreateImage snapshots the instance's own root volume: the snapshot has that volume's size and type, and an
+    encrypted volume gives a snapshot encrypted with the same KMS key (moto snapshots a fresh unencrypted 15 GiB
+    volume instead)."""
+    instance = backend.get_instance(instance_id)
+    # moto attaches a default root volume at /dev/sda1 whatever the image's root device name.
+    root = instance.block_device_mapping.get(instance.root_device_name) or instance.block_device_mapping.get(
+        "/dev/sda1")
+    if root is None:
+        return
+    volume = backend.get_volume(root.volume_id)
+    snapshot = ami.ebs_snapshot
+    snapshot.volume = volume
+    snapshot.lab_delete_on_termination = bool(root.delete_on_termination)
+    snapshot.encrypted = bool(volume.encrypted)
+    # An encrypted volume made without a key id used the account's default EBS key, AWS managed aws/ebs; the
+    # snapshot records the key's ARN.
+    ref = volume.kms_key_id or ("alias/aws/ebs" if volume.encrypted else None)
+    key = kms.find_key(backend.account_id, backend.region_name, ref)
+    snapshot.kms_key_id = key.arn if key is not None else ref
 
 
 def install(lab: Lab) -> None:
@@ -114,12 +137,26 @@ def install(lab: Lab) -> None:
                          for t in spec.get("Tags", [])]
         others = [spec for spec in tag_specifications if spec.get("ResourceType") != "snapshot"]
         ami = original_create_image(backend, instance_id, name, description, others)
+        take_root_volume(backend, ami, instance_id)
         for tag in snapshot_tags:
             ami.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
         lab.create_image(ami, instance_id, backend.region_name, getattr(_request, "no_reboot", False))
         return ami
 
     EC2Backend.create_image = create_image
+
+    def block_device_mappings(ami):
+        # DescribeImages shows each mapping's snapshot with the size, type and encryption of the volume it was
+        # taken from (moto answers a 15 GiB unencrypted "standard" volume for every image).
+        snapshot = ami.ebs_snapshot
+        volume = getattr(snapshot, "volume", None)
+        return [{"DeviceName": ami.root_device_name,
+                 "Ebs": {"SnapshotId": snapshot.id, "VolumeSize": getattr(volume, "size", 15),
+                         "DeleteOnTermination": getattr(snapshot, "lab_delete_on_termination", False),
+                         "VolumeType": getattr(volume, "volume_type", None) or "standard",
+                         "Encrypted": bool(snapshot.encrypted)}}]
+
+    Ami.block_device_mappings = property(block_device_mappings)
 
     response_create_image = AmisResponse.create_image
 
