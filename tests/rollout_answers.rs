@@ -973,3 +973,184 @@ async fn rollback_to_a_version_the_template_lacks_names_it_and_the_region() {
         "launch template Web has no version 9 in ap-northeast-2"
     );
 }
+
+/// An image of ap-northeast-2 whose one snapshot is encrypted with `key` (None: unencrypted).
+fn encrypted_image(key: Option<&'static str>) -> (aws_sdk_ec2::types::Image, Rule) {
+    use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, Image, Snapshot};
+    let image = Image::builder()
+        .image_id("ami-1")
+        .owner_id("123456789012")
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name("/dev/xvda")
+                .ebs(EbsBlockDevice::builder().snapshot_id("snap-1").build())
+                .build(),
+        )
+        .build();
+    let snapshots = mock!(aws_sdk_ec2::Client::describe_snapshots)
+        .match_requests(|r| r.snapshot_ids() == ["snap-1"])
+        .then_output(move || {
+            aws_sdk_ec2::operation::describe_snapshots::DescribeSnapshotsOutput::builder()
+                .snapshots(
+                    Snapshot::builder()
+                        .snapshot_id("snap-1")
+                        .encrypted(key.is_some())
+                        .set_kms_key_id(key.map(str::to_owned))
+                        .build(),
+                )
+                .build()
+        });
+    (image, snapshots)
+}
+
+/// DescribeKey answering a key of `manager` in `state`.
+fn key_described(
+    manager: aws_sdk_kms::types::KeyManagerType,
+    state: aws_sdk_kms::types::KeyState,
+) -> Rule {
+    mock!(aws_sdk_kms::Client::describe_key).then_output(move || {
+        aws_sdk_kms::operation::describe_key::DescribeKeyOutput::builder()
+            .key_metadata(
+                aws_sdk_kms::types::KeyMetadata::builder()
+                    .key_id("k")
+                    .key_manager(manager.clone())
+                    .key_state(state.clone())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+    })
+}
+
+const KEY: &str = "arn:aws:kms:ap-northeast-2:123456789012:key/k";
+const ROLE: &str = "arn:aws:iam::123456789012:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling";
+
+fn grants(grantees: &'static [&'static str]) -> Rule {
+    mock!(aws_sdk_kms::Client::list_grants).then_output(move || {
+        aws_sdk_kms::operation::list_grants::ListGrantsOutput::builder()
+            .set_grants(Some(
+                grantees
+                    .iter()
+                    .map(|g| {
+                        aws_sdk_kms::types::GrantListEntry::builder()
+                            .grantee_principal(*g)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .truncated(false)
+            .build()
+    })
+}
+
+fn key_policy(policy: String) -> Rule {
+    mock!(aws_sdk_kms::Client::get_key_policy).then_output(move || {
+        aws_sdk_kms::operation::get_key_policy::GetKeyPolicyOutput::builder()
+            .policy(policy.clone())
+            .build()
+    })
+}
+
+#[tokio::test]
+async fn a_customer_key_the_auto_scaling_role_may_not_use_stops_the_rollout_before_any_change() {
+    use aws_sdk_kms::types::{KeyManagerType, KeyState};
+    let owner_only = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+         "Action": "kms:*", "Resource": "*"}]})
+    .to_string();
+    let role_allowed = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": [ROLE]},
+         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
+                    "kms:DescribeKey"], "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": ROLE}, "Action": "kms:CreateGrant",
+         "Resource": "*"}]})
+    .to_string();
+    let check = |kms: Vec<Rule>, key: Option<&'static str>| async move {
+        let (image, snapshots) = encrypted_image(key);
+        let kms: Vec<&Rule> = kms.iter().collect();
+        let clients = Answers {
+            ec2: &[&snapshots],
+            kms: &kms,
+            ..Answers::default()
+        }
+        .clients("ap-northeast-2");
+        preflight::check_snapshot_keys(&clients, &image).await
+    };
+
+    // No grant and a key policy naming only the owner: refused, with the grant to create.
+    let refused = check(
+        vec![
+            key_described(KeyManagerType::Customer, KeyState::Enabled),
+            grants(&["arn:aws:iam::123456789012:role/someone-else"]),
+            key_policy(owner_only.clone()),
+        ],
+        Some(KEY),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("ami-1") && refused.contains(KEY),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("AWSServiceRoleForAutoScaling"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&format!("--grantee-principal {ROLE}")),
+        "{refused}"
+    );
+
+    // A grant to the role, or a key policy giving it what the Auto Scaling page lists: fine.
+    check(
+        vec![
+            key_described(KeyManagerType::Customer, KeyState::Enabled),
+            grants(&[ROLE]),
+        ],
+        Some(KEY),
+    )
+    .await
+    .unwrap();
+    check(
+        vec![
+            key_described(KeyManagerType::Customer, KeyState::Enabled),
+            grants(&[]),
+            key_policy(role_allowed.clone()),
+        ],
+        Some(KEY),
+    )
+    .await
+    .unwrap();
+    // The policy without CreateGrant is not enough.
+    let no_grant_action = role_allowed.replace("kms:CreateGrant", "kms:ListGrants");
+    assert!(
+        check(
+            vec![
+                key_described(KeyManagerType::Customer, KeyState::Enabled),
+                grants(&[]),
+                key_policy(no_grant_action),
+            ],
+            Some(KEY),
+        )
+        .await
+        .is_err()
+    );
+    // An AWS managed key and an unencrypted snapshot need nothing (no grant is read: no rule).
+    check(
+        vec![key_described(KeyManagerType::Aws, KeyState::Enabled)],
+        Some(KEY),
+    )
+    .await
+    .unwrap();
+    check(vec![], None).await.unwrap();
+    // A disabled key: refused, saying so.
+    let disabled = check(
+        vec![key_described(KeyManagerType::Customer, KeyState::Disabled)],
+        Some(KEY),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(disabled.contains("is Disabled"), "{disabled}");
+}

@@ -183,6 +183,7 @@ async fn describe_ami(clients: &Clients, id: &str) -> Result<Ami, Error> {
             crate::tags::TEST
         )));
     }
+    check_snapshot_keys(clients, image).await?;
     Ok(Ami {
         id: id.to_owned(),
         name: image.name().unwrap_or_default().to_owned(),
@@ -198,10 +199,237 @@ async fn newest_baked(clients: &Clients, image: &str, digest: &str) -> Result<Am
             digest: digest.to_owned(),
             region: clients.region.clone(),
         })?;
+    check_snapshot_keys(clients, &newest).await?;
     Ok(Ami {
         id: newest.image_id().unwrap_or_default().to_owned(),
         name: newest.name().unwrap_or_default().to_owned(),
     })
+}
+
+/// The Auto Scaling service-linked role: it launches the group's instances, so it must be allowed
+/// to use a customer managed key that encrypts the AMI's snapshots ("Required AWS KMS key policy
+/// for use with encrypted volumes"; AWS managed keys need nothing).
+pub const AUTOSCALING_ROLE: &str = "AWSServiceRoleForAutoScaling";
+
+/// What the role needs of the key, as that page's two key policy statements give it.
+const ROLE_NEEDS: [&str; 7] = [
+    "kms:Encrypt",
+    "kms:Decrypt",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:DescribeKey",
+    "kms:CreateGrant",
+];
+
+/// A group cannot launch from an image whose snapshots' customer managed key lets the Auto
+/// Scaling service-linked role do nothing: EC2 accepts each launch and terminates the instance
+/// ("Client.InternalError: Client error on launch"), which a refresh would only see after minutes
+/// of failed activities. The role may use the key through a grant (the way for another account's
+/// key) or through the key policy (same account). A key bake may not read is not judged.
+pub async fn check_snapshot_keys(
+    clients: &Clients,
+    image: &aws_sdk_ec2::types::Image,
+) -> Result<(), Error> {
+    let ami = image.image_id().unwrap_or_default();
+    let snapshots: Vec<String> = image
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs()?.snapshot_id().map(ToOwned::to_owned))
+        .collect();
+    if snapshots.is_empty() {
+        return Ok(());
+    }
+    let described = clients
+        .call(|| {
+            clients
+                .ec2
+                .describe_snapshots()
+                .set_snapshot_ids(Some(snapshots.clone()))
+                .send()
+        })
+        .or_fail(|| format!("describe the snapshots of {ami}"))
+        .await?;
+    let keys: std::collections::BTreeSet<&str> = described
+        .snapshots()
+        .iter()
+        .filter(|s| s.encrypted() == Some(true))
+        .filter_map(|s| s.kms_key_id())
+        .collect();
+    for key in keys {
+        let Some(metadata) = readable(
+            clients
+                .call(|| clients.kms.describe_key().key_id(key).send())
+                .answer()
+                .await,
+            || format!("describe key {key} of {ami}'s snapshots"),
+        )?
+        .and_then(|out| out.key_metadata) else {
+            continue;
+        };
+        if metadata.key_manager() != Some(&aws_sdk_kms::types::KeyManagerType::Customer) {
+            continue;
+        }
+        let unusable = |detail: String| Error::Lookup {
+            kind: "AMI",
+            reference: ami.to_owned(),
+            region: clients.region.clone(),
+            detail,
+        };
+        if metadata.key_state() != Some(&aws_sdk_kms::types::KeyState::Enabled) {
+            let state = metadata.key_state().map_or("unknown", |s| s.as_str());
+            return Err(unusable(format!(
+                "its snapshots' key {key} is {state}: the group cannot launch from it"
+            )));
+        }
+        if role_may_use(clients, key).await? != Some(false) {
+            continue;
+        }
+        let account = image.owner_id().unwrap_or("ACCOUNT");
+        let role = format!(
+            "arn:aws:iam::{account}:role/aws-service-role/autoscaling.amazonaws.com/{AUTOSCALING_ROLE}"
+        );
+        return Err(unusable(format!(
+            "its snapshots are encrypted with customer managed key {key}, which the Auto Scaling \
+             service-linked role may not use (no grant, and the key policy does not allow it), so \
+             every launch of the group would fail with Client.InternalError. Let the role use the \
+             key in its key policy, or grant it from this account: aws kms create-grant --region \
+             {region} --key-id {key} --grantee-principal {role} --operations Encrypt Decrypt \
+             ReEncryptFrom ReEncryptTo GenerateDataKeyWithoutPlaintext DescribeKey CreateGrant",
+            region = clients.region,
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the Auto Scaling role may use the key: Some(true) through a grant or the key policy,
+/// Some(false) through neither, None where bake may not read the grants or the policy.
+async fn role_may_use(clients: &Clients, key: &str) -> Result<Option<bool>, Error> {
+    let mut marker: Option<String> = None;
+    // A key has at most 50,000 grants; 100 pages of 100 is past any key a group uses.
+    for _ in 0..100 {
+        let Some(page) = readable(
+            clients
+                .call(|| {
+                    clients
+                        .kms
+                        .list_grants()
+                        .key_id(key)
+                        .limit(100)
+                        .set_marker(marker.clone())
+                        .send()
+                })
+                .answer()
+                .await,
+            || format!("list the grants of key {key}"),
+        )?
+        else {
+            return Ok(None);
+        };
+        if page.grants().iter().any(|g| {
+            g.grantee_principal()
+                .is_some_and(|p| p.ends_with(&format!("/{AUTOSCALING_ROLE}")))
+        }) {
+            return Ok(Some(true));
+        }
+        match page.next_marker() {
+            Some(next) if page.truncated() => marker = Some(next.to_owned()),
+            _ => break,
+        }
+    }
+    let Some(policy) = readable(
+        clients
+            .call(|| {
+                clients
+                    .kms
+                    .get_key_policy()
+                    .key_id(key)
+                    .policy_name("default")
+                    .send()
+            })
+            .answer()
+            .await,
+        || format!("read the key policy of {key}"),
+    )?
+    .and_then(|out| out.policy) else {
+        return Ok(None);
+    };
+    Ok(Some(policy_allows_role(&policy)))
+}
+
+/// An answer, None where AWS denied bake the read (AccessDenied: the key is another account's, or
+/// bake's policy does not reach it), else the failure.
+fn readable<T, E>(
+    answer: Result<T, crate::aws::Failed<E>>,
+    action: impl FnOnce() -> String,
+) -> Result<Option<T>, Error>
+where
+    E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match answer {
+        Ok(out) => Ok(Some(out)),
+        Err(e) if e.is(&["AccessDeniedException", "AccessDenied"]) => Ok(None),
+        Err(e) => Err(e.or_fail(action).into()),
+    }
+}
+
+/// Whether the key policy's Allow statements name the Auto Scaling service-linked role and give it
+/// every action in [`ROLE_NEEDS`] (`kms:*` and `kms:ReEncrypt*`-style wildcards count).
+pub fn policy_allows_role(policy: &str) -> bool {
+    use serde_json::Value;
+    let Ok(policy) = serde_json::from_str::<Value>(policy) else {
+        return false;
+    };
+    let list = |v: Option<&Value>| -> Vec<String> {
+        match v {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(all)) => all
+                .iter()
+                .filter_map(|a| a.as_str().map(ToOwned::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let statements = match policy.get("Statement") {
+        Some(Value::Array(all)) => all.clone(),
+        Some(one @ Value::Object(_)) => vec![one.clone()],
+        _ => Vec::new(),
+    };
+    let mut allowed = std::collections::BTreeSet::new();
+    for statement in &statements {
+        if statement.get("Effect").and_then(Value::as_str) != Some("Allow") {
+            continue;
+        }
+        let principals = list(statement.get("Principal").and_then(|p| p.get("AWS")));
+        if !principals.iter().any(|p| {
+            p.ends_with(&format!(
+                ":role/aws-service-role/autoscaling.amazonaws.com/{AUTOSCALING_ROLE}"
+            ))
+        }) {
+            continue;
+        }
+        for pattern in list(statement.get("Action")) {
+            for needed in ROLE_NEEDS {
+                if action_matches(&pattern, needed) {
+                    allowed.insert(needed);
+                }
+            }
+        }
+    }
+    allowed.len() == ROLE_NEEDS.len()
+}
+
+/// IAM action matching: case-insensitive, `*` for any run of characters.
+fn action_matches(pattern: &str, action: &str) -> bool {
+    let (pattern, action) = (pattern.to_ascii_lowercase(), action.to_ascii_lowercase());
+    match pattern.split_once('*') {
+        None => pattern == action,
+        Some((head, tail)) => {
+            action.len() >= head.len() + tail.len()
+                && action.starts_with(head)
+                && action[head.len()..].ends_with(tail)
+        }
+    }
 }
 
 async fn subnets(

@@ -1,6 +1,7 @@
 """EC2 Auto Scaling and ELB refusing and reporting as AWS does: AutoRollback only where a rollback is
 supported, no rollback of an ended refresh, launch failures as failed scaling activities retried with a
 backoff, targets in a zone the load balancer does not cover left unused."""
+import json
 import time
 
 import pytest
@@ -191,6 +192,34 @@ def test_a_snapshot_key_without_a_grant_for_the_auto_scaling_role_fails_the_laun
     finally:
         lab.post("/_lab/latency", {"launch_retry": 10})
         asg.delete_auto_scaling_group(AutoScalingGroupName="rules-kms", ForceDelete=True)
+    ec2.delete_launch_template(LaunchTemplateId=lt)
+
+
+def test_a_key_policy_that_lets_the_auto_scaling_role_use_the_key_needs_no_grant(lab, ec2, debian_ami):
+    asg, kms = lab.client("autoscaling"), lab.client("kms")
+    role = "arn:aws:iam::123456789012:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "owner", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+         "Action": "kms:*", "Resource": "*"},
+        {"Sid": "use", "Effect": "Allow", "Principal": {"AWS": [role]},
+         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"],
+         "Resource": "*"},
+        {"Sid": "grants", "Effect": "Allow", "Principal": {"AWS": [role]}, "Action": "kms:CreateGrant",
+         "Resource": "*", "Condition": {"Bool": {"kms:GrantIsForAWSResource": True}}}]}
+    key = kms.create_key(Description="rules-kms-policy", Policy=json.dumps(policy))["KeyMetadata"]
+    image = ec2.copy_image(SourceImageId=debian_ami, SourceRegion="ap-northeast-2", Name="rules-kms-policy",
+                           Encrypted=True, KmsKeyId=key["Arn"])["ImageId"]
+    wait_available(ec2, image)
+    lt = template(ec2, "rules-kms-policy", image)
+    try:
+        asg.create_auto_scaling_group(AutoScalingGroupName="rules-kms-policy", MinSize=1, MaxSize=1,
+                                      DesiredCapacity=1, LaunchTemplate={"LaunchTemplateId": lt, "Version": "1"},
+                                      VPCZoneIdentifier=subnet_id(ec2, "Private subnet A"))
+        wait_for("a launch the key policy allows", lambda: asg.describe_auto_scaling_groups(
+            AutoScalingGroupNames=["rules-kms-policy"])["AutoScalingGroups"][0]["Instances"], ACTIVITY_WAIT)
+        assert not failed_activities(asg, "rules-kms-policy")
+    finally:
+        asg.delete_auto_scaling_group(AutoScalingGroupName="rules-kms-policy", ForceDelete=True)
     ec2.delete_launch_template(LaunchTemplateId=lt)
 
 

@@ -233,11 +233,12 @@ def _all_group_instances() -> set[str]:
 
 
 def _kms_denied(region: str, image_id: str) -> bool:
-    """True when a snapshot of the image is encrypted with a customer managed KMS key that has no grant
-    for the Auto Scaling service-linked role ("Required AWS KMS key policy for use with encrypted
-    volumes"), or with a key the group's account may not use at all (another account's key whose policy
-    does not allow it, kms.py): EC2 then fails the group's launch with Client.InternalError. The account's
-    own AWS managed key (aws/ebs) needs no grant."""
+    """True when a snapshot of the image is encrypted with a customer managed KMS key that lets the Auto
+    Scaling service-linked role use it neither through a grant nor, for the group's own account's key,
+    through its key policy ("Required AWS KMS key policy for use with encrypted volumes"), or with a key
+    the group's account may not use at all (another account's key whose policy does not allow it,
+    kms.py): EC2 then fails the group's launch with Client.InternalError. The account's own AWS managed
+    key (aws/ebs) needs no grant."""
     ec2 = ec2_backends[ACCOUNT][region]
     image = ec2.amis.get(image_id) or sharing.find_image(region, image_id)
     snapshot = getattr(image, "ebs_snapshot", None)
@@ -248,7 +249,9 @@ def _kms_denied(region: str, image_id: str) -> bool:
         return True
     if key.key_manager != "CUSTOMER":
         return False
-    return not kms.granted_to(key, AUTOSCALING_ROLE)
+    role = f"arn:aws:iam::{ACCOUNT}:role/aws-service-role/autoscaling.amazonaws.com/{AUTOSCALING_ROLE}"
+    return not (kms.granted_to(key, AUTOSCALING_ROLE) or
+                (key.account_id == ACCOUNT and kms.policy_allows_role(key, role)))
 
 
 def _launch(group, ec2, version, instance_type: str, subnet: str | None, zone: str | None, tags: dict) -> None:

@@ -84,6 +84,31 @@ def granted_to(key, principal: str) -> bool:
     return any(principal in g.grantee_principal for g in key.grants.values())
 
 
+# What the Auto Scaling service-linked role needs of a customer managed key, as the two key policy statements of
+# "Required AWS KMS key policy for use with encrypted volumes" give it.
+SERVICE_ROLE_ACTIONS = ("kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo",
+                        "kms:GenerateDataKeyWithoutPlaintext", "kms:DescribeKey", "kms:CreateGrant")
+
+
+def policy_allows_role(key, role_arn: str) -> bool:
+    """Whether the key policy's Allow statements name `role_arn` and give it every action the role needs
+    (SERVICE_ROLE_ACTIONS; wildcards such as kms:ReEncrypt* and kms:* count). Conditions are not read."""
+    try:
+        policy = json.loads(key.policy or "{}")
+    except ValueError:
+        return False
+    statements = policy.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+    allowed: set[str] = set()
+    for s in statements:
+        if s.get("Effect") != "Allow" or role_arn not in _principals(s):
+            continue
+        for wanted in SERVICE_ROLE_ACTIONS:
+            if any(fnmatch.fnmatchcase(wanted.lower(), a.lower()) for a in _actions(s)):
+                allowed.add(wanted)
+    return allowed == set(SERVICE_ROLE_ACTIONS)
+
+
 def snapshot_key(snapshot, region: str):
     """The key an encrypted snapshot records (None for an unencrypted one, or one whose key is gone)."""
     if snapshot is None or not snapshot.encrypted or not snapshot.kms_key_id:
