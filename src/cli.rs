@@ -51,6 +51,10 @@ pub enum Command {
     Prune(commands::prune::Args),
     Pipeline(commands::pipeline::Args),
     Gc(commands::gc::Args),
+    Init(commands::init::Args),
+    Schema(commands::schema::Args),
+    Completions(commands::completions::Args),
+    Man(commands::completions::ManArgs),
 }
 
 impl Cli {
