@@ -29,7 +29,23 @@ pub fn schema() -> serde_json::Value {
     let generator = SchemaSettings::draft07().into_generator();
     let mut schema = generator.into_root_schema_for::<Config>().to_value();
     without_null(&mut schema);
-    schema
+    sorted(schema)
+}
+
+/// `value` with every table's keys in order: the same text whether serde_json keeps insertion
+/// order or not (a dependency may switch its `preserve_order` on), so the committed file stays
+/// equal to the output.
+fn sorted(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
 }
 
 /// Takes `null` out of every type and default in `schema`: schemars lets an `Option` field be
