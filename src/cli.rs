@@ -70,6 +70,15 @@ impl Cli {
     }
 }
 
+/// Answers a shell's completion request and exits, when this process was started by a
+/// completion script (`BAKE_COMPLETE` set, see `bake completions`); otherwise returns at once.
+/// Runs before anything else writes to stdout.
+pub fn answer_completion_request() {
+    clap_complete::env::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command)
+        .var(commands::completions::COMPLETE_VAR)
+        .complete();
+}
+
 /// `--region` must have a region code's shape (as `region` in the config must).
 fn parse_region(text: &str) -> Result<String, String> {
     crate::limits::region(text)?;

@@ -303,7 +303,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Init(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
         Command::Schema(args) => args.run(),
         Command::Completions(args) => args.run(),
-        Command::Man(args) => args.run(),
+        Command::Man(args) => args.run(<Cli as clap::CommandFactory>::command()),
     }
 }
 

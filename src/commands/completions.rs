@@ -6,13 +6,10 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::CommandFactory;
 use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
-use clap_complete::env::{CompleteEnv, Shells};
+use clap_complete::env::Shells;
 
-use super::DEFAULT_CONFIG;
 use crate::Error;
-use crate::cli::Cli;
 
 /// The environment variable through which a shell asks bake for completions (the script sets it
 /// to the shell's name). Not clap's default `COMPLETE`: that name is too common to claim.
@@ -72,9 +69,10 @@ impl Args {
 }
 
 impl ManArgs {
-    pub fn run(&self) -> Result<(), Error> {
+    /// Prints the page of `command` (the whole command line, `Cli::command()`).
+    pub fn run(&self, command: clap::Command) -> Result<(), Error> {
         let mut page = Vec::new();
-        clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+        clap_mangen::Man::new(command).render(&mut page)?;
         let mut out = std::io::stdout().lock();
         out.write_all(&page)?;
         out.flush()?;
@@ -82,32 +80,24 @@ impl ManArgs {
     }
 }
 
-/// Answers a shell's completion request and exits, when this process was started by a
-/// completion script (`BAKE_COMPLETE` set); otherwise returns at once. Runs before anything else
-/// writes to stdout.
-pub fn answer_shell() {
-    CompleteEnv::with_factory(Cli::command)
-        .var(COMPLETE_VAR)
-        .complete();
+/// Completes `[image.NAME]` names from the config (`default_config` when the line names none
+/// and `BAKE_CONFIG` is not set).
+pub fn image_names(default_config: &'static str) -> ArgValueCandidates {
+    ArgValueCandidates::new(move || names("image", default_config))
 }
 
-/// Completes `[image.NAME]` names from the config.
-pub fn image_names() -> ArgValueCandidates {
-    ArgValueCandidates::new(|| names("image"))
-}
-
-/// Completes `[rollout.NAME]` names from the config.
-pub fn rollout_names() -> ArgValueCandidates {
-    ArgValueCandidates::new(|| names("rollout"))
+/// Completes `[rollout.NAME]` names from the config, as [`image_names`].
+pub fn rollout_names(default_config: &'static str) -> ArgValueCandidates {
+    ArgValueCandidates::new(move || names("rollout", default_config))
 }
 
 /// The names of the `[kind.NAME]` tables of the config the command line being completed reads,
 /// each with a short help (an image's template and os, a rollout's image and group). Read
 /// leniently: a config with mistakes elsewhere still completes its names; an unreadable one
 /// completes none.
-fn names(kind: &str) -> Vec<CompletionCandidate> {
+fn names(kind: &str, default_config: &str) -> Vec<CompletionCandidate> {
     let words: Vec<OsString> = std::env::args_os().collect();
-    let path = config_path(&words);
+    let path = config_path(&words, default_config);
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Vec::new();
     };
@@ -138,7 +128,7 @@ fn names(kind: &str) -> Vec<CompletionCandidate> {
 
 /// The config a completion is for: `-c`/`--config` among the words being completed (after the
 /// `--` the script passes them behind), else `$BAKE_CONFIG`, else bake.toml.
-fn config_path(args: &[OsString]) -> PathBuf {
+fn config_path(args: &[OsString], default_config: &str) -> PathBuf {
     let words: Vec<String> = args
         .iter()
         .skip_while(|a| *a != "--")
@@ -163,7 +153,7 @@ fn config_path(args: &[OsString]) -> PathBuf {
         .filter(|f| !f.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("BAKE_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+        .unwrap_or_else(|| PathBuf::from(default_config))
 }
 
 #[cfg(test)]
@@ -172,7 +162,7 @@ mod tests {
 
     fn path(words: &[&str]) -> PathBuf {
         let args: Vec<OsString> = words.iter().map(OsString::from).collect();
-        config_path(&args)
+        config_path(&args, "bake.toml")
     }
 
     #[test]

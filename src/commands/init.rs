@@ -54,7 +54,7 @@ pub enum Error {
     #[error("the workshop network in {region}: {source}")]
     Network {
         region: String,
-        source: resolve::Error,
+        source: Box<resolve::Error>,
     },
     #[error("cannot write {path}: {source}", path = .path.display())]
     Write {
@@ -146,7 +146,7 @@ impl Args {
             .await
             .map_err(|source| Error::Network {
                 region: clients.region.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let text = config_text(self.flow, &clients.region, &network);
         // create_new: a file that appeared since the check above is not overwritten either.

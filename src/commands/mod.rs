@@ -115,7 +115,7 @@ impl Context {
 /// the two their own help (`mut_arg`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Images {
-    #[arg(required_unless_present = "all", add = completions::image_names())]
+    #[arg(required_unless_present = "all", add = completions::image_names(DEFAULT_CONFIG))]
     pub images: Vec<String>,
     #[arg(long, conflicts_with = "images")]
     pub all: bool,
