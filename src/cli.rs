@@ -51,6 +51,10 @@ pub enum Command {
     Prune(commands::prune::Args),
     Pipeline(commands::pipeline::Args),
     Gc(commands::gc::Args),
+    Init(commands::init::Args),
+    Schema(commands::schema::Args),
+    Completions(commands::completions::Args),
+    Man(commands::completions::ManArgs),
 }
 
 impl Cli {
@@ -64,6 +68,15 @@ impl Cli {
             regions: self.region.clone(),
         }
     }
+}
+
+/// Answers a shell's completion request and exits, when this process was started by a
+/// completion script (`BAKE_COMPLETE` set, see `bake completions`); otherwise returns at once.
+/// Runs before anything else writes to stdout.
+pub fn answer_completion_request() {
+    clap_complete::env::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command)
+        .var(commands::completions::COMPLETE_VAR)
+        .complete();
 }
 
 /// `--region` must have a region code's shape (as `region` in the config must).

@@ -73,6 +73,8 @@ pub enum Error {
     Lock(#[from] commands::pipeline::LockError),
     #[error(transparent)]
     Cleanup(#[from] janitor::Error),
+    #[error(transparent)]
+    Init(#[from] commands::init::Error),
     #[error("interrupted by {}; cleaned up what this run created", signal::name(*.0))]
     Interrupted(u8),
     #[error("cannot write the result: {0}")]
@@ -107,6 +109,7 @@ impl Error {
             Error::Rollout(e) => e.exit_code(),
             Error::Rollback { error, .. } => error.exit_code(),
             Error::Interrupted(code) => *code,
+            Error::Init(e) => e.exit_code(),
             Error::Cleanup(_)
             | Error::Prune(_)
             | Error::Pipeline(_)
@@ -131,6 +134,7 @@ impl Error {
             Error::Regions(_) => "regions",
             Error::Lock(_) => "lock",
             Error::Cleanup(_) => "cleanup",
+            Error::Init(_) => "init",
             Error::Interrupted(_) => "interrupted",
             Error::Output(_) => "output",
         }
@@ -296,6 +300,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Prune(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
         Command::Pipeline(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
         Command::Gc(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
+        Command::Init(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
+        Command::Schema(args) => args.run(),
+        Command::Completions(args) => args.run(),
+        Command::Man(args) => args.run(<Cli as clap::CommandFactory>::command()),
     }
 }
 

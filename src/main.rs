@@ -8,6 +8,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // A shell asking for completions (BAKE_COMPLETE set by the script) is answered and exits here.
+    bake::cli::answer_completion_request();
     let cli = match bake::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),

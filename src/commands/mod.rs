@@ -3,12 +3,15 @@
 //! options, the image selection ([`Images`]) and the what's-my-IP service ([`CheckIp`]).
 
 pub mod ami;
+pub mod completions;
 pub mod gc;
+pub mod init;
 pub mod pipeline;
 pub mod prune;
 pub mod render;
 pub mod rollback;
 pub mod rollout;
+pub mod schema;
 pub mod validate;
 
 use std::fmt::Display;
@@ -112,7 +115,7 @@ impl Context {
 /// the two their own help (`mut_arg`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Images {
-    #[arg(required_unless_present = "all")]
+    #[arg(required_unless_present = "all", add = completions::image_names(DEFAULT_CONFIG))]
     pub images: Vec<String>,
     #[arg(long, conflicts_with = "images")]
     pub all: bool,

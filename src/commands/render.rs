@@ -13,6 +13,7 @@ use crate::render::{Rendered, Renderer};
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// An image name from the config (`[image.NAME]`).
+    #[arg(add = super::completions::image_names(super::DEFAULT_CONFIG))]
     pub image: String,
 }
 

@@ -13,6 +13,7 @@ use crate::rollout::rollback::{self, RolledBack};
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// A rollout name from the config (`[rollout.NAME]`).
+    #[arg(add = super::completions::rollout_names(super::DEFAULT_CONFIG))]
     pub target: String,
     /// The launch template version to go back to; by default the one the group served before
     /// the version it runs.

@@ -23,6 +23,7 @@ const ROLLOUT_FIXED: Duration = Duration::from_secs(20 * 60);
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// A rollout name from the config (`[rollout.NAME]`).
+    #[arg(add = super::completions::rollout_names(super::DEFAULT_CONFIG))]
     pub target: String,
     /// The AMI to roll out; by default the newest one baked from the image's current inputs.
     #[arg(long)]

@@ -1,64 +1,95 @@
-//! The config's types as the file spells them (serde), and their defaults.
+//! The config's types as the file spells them (serde), their defaults, and their JSON Schema
+//! (schemars: `bake schema`; each field's doc comment is its description).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Spanned;
 
 use super::place::Source;
 
-/// The whole config file.
-#[derive(Debug)]
+/// bake's config file (bake.toml): images to bake and where to roll them out.
+#[derive(Debug, JsonSchema)]
+#[schemars(title = "bake.toml", deny_unknown_fields)]
 pub struct Config {
     /// Region used when neither `--region` nor the AWS profile sets one.
     pub region: Option<String>,
     /// A directory of the user's own templates; they override or add to the built-in ones.
+    #[schemars(with = "Option<PathBuf>")]
     pub templates_dir: Option<Spanned<PathBuf>>,
-    /// Images to bake, by name.
+    /// Images to bake, by name (`[image.NAME]`).
+    #[schemars(default)]
     pub image: BTreeMap<String, Image>,
-    /// Rollout targets, by name.
+    /// Rollout targets, by name (`[rollout.NAME]`).
+    #[schemars(default)]
     pub rollout: BTreeMap<String, Rollout>,
-    /// Var names that look like secrets but are not (`public_vars = ["pass_rate"]`); see
-    /// [`SECRET_WORDS`](super::SECRET_WORDS).
+    /// Var names that look like secrets but are not (`public_vars = ["pass_rate"]`): a var whose
+    /// name contains a secret word (password, secret, token, key, ...) is refused otherwise.
+    #[schemars(default)]
     pub public_vars: Vec<String>,
     /// Where the file was read from, for messages and relative paths.
+    #[schemars(skip)]
     pub source: Source,
 }
 
 /// One golden image: what to start from, what to run on it, how to check it.
-#[derive(Debug)]
+#[derive(Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Image {
+    /// The AMI the builder starts from: `{ ssm = "..." }`, `{ id = "ami-..." }` or
+    /// `{ name = "pattern-*", owners = [...] }`.
+    #[schemars(with = "BaseImage")]
     pub base: Spanned<BaseImage>,
     /// Template name: `lamp` reads `templates/lamp.sh.j2`.
+    #[schemars(with = "String")]
     pub template: Spanned<String>,
+    /// The operating-system family the template installs packages for.
     pub os: Os,
     /// Values the template sees as `vars.NAME`.
+    #[schemars(with = "BTreeMap<String, serde_json::Value>", default)]
     pub vars: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
     /// AMI name template; sees `image`, `date`, `time` and `digest`. When not given, its span is
     /// the image's name in the file.
+    #[schemars(with = "String", default = "default_ami_name")]
     pub name: Spanned<String>,
     /// Create the image without rebooting the builder (faster, file systems may be inconsistent).
+    #[schemars(default)]
     pub no_reboot: bool,
     /// Deprecate the AMI this long after it is baked (`"90d"`). A deprecated AMI no longer counts
     /// as baked, so the next `bake ami` or `bake pipeline` bakes the image afresh (with the
     /// packages of that day) even when its inputs did not change.
+    #[schemars(with = "Option<HumanDuration>")]
     pub deprecate_after: Option<Spanned<HumanDuration>>,
+    /// The temporary instance the image is baked on (`[image.NAME.builder]`).
     pub builder: Builder,
+    /// The HTTP check that says the user data worked (`[image.NAME.health]`).
+    #[schemars(default)]
     pub health: Health,
+    /// Commands that must pass on the builder before the image is made (`[image.NAME.verify]`).
+    #[schemars(default)]
     pub verify: Verify,
+    /// The new AMI booted without user data and checked again (`[image.NAME.test]`).
+    #[schemars(default)]
     pub test: Test,
     /// Copies to other regions and sharing with other accounts (`[image.NAME.distribute]`).
+    #[schemars(default)]
     pub distribute: Distribute,
 }
 
 /// The AMI name template when `name` is not given.
 pub(super) const DEFAULT_AMI_NAME: &str = "{{ image }}-{{ date }}-{{ digest[:12] }}";
 
+/// [`DEFAULT_AMI_NAME`] as the schema's default.
+fn default_ami_name() -> String {
+    DEFAULT_AMI_NAME.to_owned()
+}
+
 /// Where the base AMI comes from: exactly one of `id`, `ssm`, or `name` (+ `owners`).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BaseImage {
     /// A fixed AMI id.
@@ -73,7 +104,7 @@ pub struct BaseImage {
 }
 
 /// The operating-system family the template installs packages for.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Os {
     /// Amazon Linux 2023 (dnf).
@@ -99,40 +130,50 @@ impl fmt::Display for Os {
 }
 
 /// The temporary instance the image is baked on.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Builder {
+    /// The builder's instance type.
     #[serde(default = "default_instance_type")]
     pub instance_type: String,
+    /// The subnet the builder runs in, by id or tags.
+    #[schemars(with = "ResourceRef")]
     pub subnet: Spanned<ResourceRef>,
     /// Instance profile with AmazonSSMManagedInstanceCore, for the verification commands.
+    #[schemars(with = "String")]
     pub instance_profile: Spanned<String>,
     /// Who may reach the health port: `auto` (this runner's address /32) or a CIDR.
     #[serde(default = "default_allow_cidr")]
+    #[schemars(with = "String")]
     pub allow_cidr: Spanned<String>,
+    /// The builder's root volume (always encrypted).
     #[serde(default)]
     pub volume: Volume,
     /// How the builder is reached: `public` (a public address, the health port open to
     /// `allow_cidr`) or `private` (no public address, no inbound rule: health runs inside it
     /// through SSM). Not given: inferred at preflight from the subnet's route table (a default
     /// route to an internet gateway is public, anything else private).
+    #[schemars(with = "Option<Access>")]
     pub access: Option<Spanned<Access>>,
     /// What a private builder does when its VPC lacks the SSM interface endpoints (`ssm`,
     /// `ssmmessages`, `ec2messages`) and has no NAT route: `require` fails preflight naming
     /// them; `create` makes them for the bake and deletes them after.
     #[serde(default = "default_endpoints")]
+    #[schemars(with = "Endpoints")]
     pub endpoints: Spanned<Endpoints>,
     /// Where a private builder's packages come from: `existing` (whatever route the subnet has),
     /// `nat` (a temporary NAT gateway for the bake), `none` (no internet at all).
     #[serde(default = "default_egress")]
+    #[schemars(with = "Egress")]
     pub egress: Spanned<Egress>,
     /// The public subnet for `egress = "nat"`'s gateway; by default one of the VPC's subnets
     /// whose route table sends 0.0.0.0/0 to an internet gateway.
+    #[schemars(with = "Option<ResourceRef>")]
     pub nat_subnet: Option<Spanned<ResourceRef>>,
 }
 
 /// How the builder is reached (`builder.access`).
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
     /// A public address; the health check comes from the runner through the health port.
@@ -158,7 +199,7 @@ impl fmt::Display for Access {
 }
 
 /// What to do about missing SSM interface endpoints (`builder.endpoints`).
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Endpoints {
     /// Fail preflight naming the missing endpoints and the VPC.
@@ -168,7 +209,7 @@ pub enum Endpoints {
 }
 
 /// A private builder's way to the internet while its user data runs (`builder.egress`).
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Egress {
     /// The subnet's routes as they are.
@@ -217,11 +258,12 @@ fn default_allow_cidr() -> Spanned<String> {
 }
 
 /// The builder's root volume (always encrypted).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Volume {
     /// Size in GiB.
     pub size: u32,
+    /// The EBS volume type (`gp3`, `gp2`, `io1`, ...).
     #[serde(rename = "type")]
     pub kind: String,
 }
@@ -236,23 +278,30 @@ impl Default for Volume {
 }
 
 /// A resource found by id or by tags.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceRef {
+    /// The resource's id (`vpc-…`, `subnet-…`).
     pub id: Option<String>,
+    /// Tags the resource carries, all of them (`{ Name = "Public subnet A" }`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tag: BTreeMap<String, String>,
 }
 
 /// The HTTP check that says the builder's user data worked.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Health {
+    /// The page requested.
+    #[schemars(with = "String")]
     pub path: Spanned<String>,
+    /// The port the server listens on.
     pub port: u16,
+    /// The HTTP status the page must answer with.
     pub expect_status: u16,
     /// A substring the body must contain.
     pub expect_body: Option<String>,
+    /// How long the builder has to serve the page (and be Online in SSM).
     pub timeout: HumanDuration,
 }
 
@@ -270,16 +319,18 @@ impl Default for Health {
 }
 
 /// Commands run on the builder through SSM; all must exit 0.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Verify {
+    /// Shell commands run in order; the first that fails fails the bake.
     pub commands: Vec<String>,
+    /// How long the commands may take together (default 5m).
     pub timeout: Option<HumanDuration>,
 }
 
 /// The test stage: one instance launched from the new AMI with no user data must become healthy
 /// and pass the verify commands and these, or the AMI is failed (`[image.NAME.test]`).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Test {
     /// On by default: `enabled = false` ships the AMI untested.
@@ -306,22 +357,27 @@ impl Default for Test {
 /// regions, each encrypted with its region's key, and launch permission for other accounts,
 /// organizations and organizational units on the image and every copy (with create-volume
 /// permission on their snapshots for the accounts).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Distribute {
     /// The regions that get the image; the build region (the run's) always has it, listed or not.
+    #[schemars(with = "Vec<String>")]
     pub regions: Vec<Spanned<String>>,
     /// 12-digit account ids given launch permission (and create-volume permission on the
     /// snapshots).
+    #[schemars(with = "Vec<String>")]
     pub accounts: Vec<Spanned<String>>,
     /// Organization ARNs (`arn:aws:organizations::ACCOUNT:organization/o-…`) given launch
     /// permission.
+    #[schemars(with = "Vec<String>")]
     pub organizations: Vec<Spanned<String>>,
     /// Organizational unit ARNs (`arn:aws:organizations::ACCOUNT:ou/o-…/ou-…`) given launch
     /// permission.
+    #[schemars(with = "Vec<String>")]
     pub organizational_units: Vec<Spanned<String>>,
     /// The KMS key of the images: one for every region, or a table of region to key. In the
     /// build region it encrypts the builder's volume, so the image; elsewhere each copy.
+    #[schemars(with = "Option<KmsKey>")]
     pub kms_key: Option<Spanned<KmsKey>>,
 }
 
@@ -380,44 +436,80 @@ impl<'de> Deserialize<'de> for KmsKey {
 }
 
 /// Where and how an image is rolled out: ALB, target group, launch template, ASG.
-#[derive(Debug)]
+#[derive(Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Rollout {
     /// The `[image.NAME]` whose AMIs this rollout uses.
+    #[schemars(with = "String")]
     pub image: Spanned<String>,
     /// The regions it rolls out to, one after another in this order (`region = "us-east-1"` or
     /// a list); not given: the run's region. Each uses the image's copy in that region.
+    #[schemars(with = "Option<Regions>")]
     pub region: Option<Spanned<Regions>>,
+    /// The VPC of the load balancer and the instances, by id or tags.
+    #[schemars(with = "ResourceRef")]
     pub vpc: Spanned<ResourceRef>,
     /// Public subnets for the load balancer (two zones at least).
+    #[schemars(with = "Vec<ResourceRef>")]
     pub alb_subnets: Spanned<Vec<ResourceRef>>,
     /// Subnets the Auto Scaling group launches instances in.
+    #[schemars(with = "Vec<ResourceRef>")]
     pub instance_subnets: Spanned<Vec<ResourceRef>>,
+    /// The launch template's name (made when missing; a version is added per AMI).
     pub launch_template: String,
+    /// The Auto Scaling group's name (made when missing).
     pub asg: String,
+    /// The Application Load Balancer's name (made when missing).
     pub alb: String,
+    /// The target group's name (made when missing).
     pub target_group: String,
     /// The load balancer's security group (HTTP from anywhere); default `<alb>-SG`.
     pub alb_security_group: Option<String>,
     /// The instances' security group (HTTP from the ALB's group only); default `<asg>-Inst-SG`.
     pub instance_security_group: Option<String>,
     /// Who may reach the load balancer's listener; an internet-facing ALB serves everyone.
+    #[schemars(with = "String", default = "default_alb_allow_cidr")]
     pub alb_allow_cidr: Spanned<String>,
     /// The listener's port (HTTP).
+    #[schemars(default = "default_alb_port")]
     pub alb_port: u16,
+    /// The instances' type.
+    #[schemars(default = "default_instance_type")]
     pub instance_type: String,
+    /// The instances' instance profile; none when not given.
+    #[schemars(with = "Option<String>")]
     pub instance_profile: Option<Spanned<String>>,
+    /// The group's sizes: `{ min = 2, desired = 2, max = 4 }`.
+    #[schemars(with = "Capacity")]
     pub capacity: Spanned<Capacity>,
     /// Target-tracking average CPU utilisation, percent.
+    #[schemars(with = "Option<f64>")]
     pub cpu_target: Option<Spanned<f64>>,
     /// The target group's alarms (5xx count, response time) that roll a refresh back.
+    #[schemars(with = "Alarms", default = "Alarms::default")]
     pub alarms: Spanned<Alarms>,
     /// The group's high-CPU alarm (seed 002); none when not given.
+    #[schemars(with = "Option<CpuAlarm>")]
     pub cpu_alarm: Option<Spanned<CpuAlarm>>,
+    /// The instance refresh's preferences and deadline.
+    #[schemars(with = "Refresh", default = "Refresh::default")]
     pub refresh: Spanned<Refresh>,
     /// The traffic probe through the load balancer during every refresh.
+    #[schemars(with = "TrafficProbe", default = "TrafficProbe::default")]
     pub probe: Spanned<TrafficProbe>,
     /// Tags for the instances (e.g. `Name = "ASG-Web-Instance"`).
+    #[schemars(default)]
     pub tags: BTreeMap<String, String>,
+}
+
+/// `alb_allow_cidr` when not given (parse.rs writes the same): everyone.
+fn default_alb_allow_cidr() -> String {
+    "0.0.0.0/0".to_owned()
+}
+
+/// `alb_port` when not given (parse.rs writes the same).
+fn default_alb_port() -> u16 {
+    80
 }
 
 impl Rollout {
@@ -461,17 +553,20 @@ impl<'de> Deserialize<'de> for Regions {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Capacity {
+    /// The fewest instances the group keeps.
     pub min: u32,
+    /// The instances the group runs.
     pub desired: u32,
+    /// The most instances the group may run (room above desired lets a refresh launch first).
     pub max: u32,
 }
 
 /// The target group's CloudWatch alarms, evaluated over one-minute periods (the load balancer's
 /// metrics are published every minute).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Alarms {
     /// 5xx answers from the targets in one minute at which a period counts as failing.
@@ -497,10 +592,12 @@ impl Default for Alarms {
 
 /// The group's high-CPU alarm: average CPUUtilization over five-minute periods (EC2's basic
 /// monitoring) at or above `threshold` percent for `periods` periods.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CpuAlarm {
+    /// Average CPU utilisation, percent, at which a period counts as high.
     pub threshold: f64,
+    /// Consecutive high five-minute periods before the alarm goes to ALARM.
     #[serde(default = "default_cpu_periods")]
     pub periods: u32,
 }
@@ -510,7 +607,7 @@ fn default_cpu_periods() -> u32 {
 }
 
 /// Instance refresh preferences (StartInstanceRefresh's `Preferences`).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Refresh {
     /// Percent of desired capacity that must stay healthy during the refresh; by default 90, or
@@ -589,7 +686,7 @@ impl Default for Refresh {
 /// `path`, each expected to answer the health check's status (`expect_status`; the body is not
 /// checked, as old and new versions both serve); more than `max_errors` failed requests roll the
 /// rollout back.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrafficProbe {
     /// Requests a second.
@@ -654,5 +751,63 @@ impl<'de> Deserialize<'de> for HumanDuration {
 impl Serialize for HumanDuration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// The schema of a duration: a string humantime reads (checked by bake, not by the schema).
+impl JsonSchema for HumanDuration {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "examples": ["90s", "15m", "1h 30m", "90d"],
+        })
+    }
+}
+
+/// The schema of `region`: one region or a list of them.
+impl JsonSchema for Regions {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Regions".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [
+                { "type": "string" },
+                { "type": "array", "items": { "type": "string" } },
+            ],
+        })
+    }
+}
+
+/// The schema of `kms_key`: one key, or a table of region to key.
+impl JsonSchema for KmsKey {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "KmsKey".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [
+                { "type": "string" },
+                { "type": "object", "additionalProperties": { "type": "string" } },
+            ],
+        })
     }
 }
