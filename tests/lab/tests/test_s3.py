@@ -3,7 +3,7 @@ or deletes only the object read, 412 otherwise, and of two conditional requests 
 409 ConditionalRequestConflict. Each test makes its own bucket (the lab makes none a client expects)."""
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import botocore.exceptions
@@ -88,4 +88,4 @@ def test_an_answer_carries_s3s_clock_and_the_objects_whole_second_time(bucket):
     date = parsedate_to_datetime(got["ResponseMetadata"]["HTTPHeaders"]["date"])
     modified = got["LastModified"]
     assert abs((date - modified).total_seconds()) < 5
-    assert abs((datetime.now(timezone.utc) - date).total_seconds()) < 5
+    assert abs((datetime.now(UTC) - date).total_seconds()) < 5
