@@ -303,3 +303,136 @@ async fn validate_names_a_missing_bucket_at_its_line() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(lab.calls("RunInstances").await, 0);
 }
+
+// The protocol's answers the lab cannot time: a 409 race, a lease expired by S3's clock (the
+// `Date` header against `Last-Modified`), one still live (aws-smithy-mocks).
+
+mod answers {
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::delete_object::DeleteObjectOutput;
+    use aws_sdk_s3::operation::put_object::{PutObjectError, PutObjectOutput};
+    use aws_smithy_mocks::{Rule, mock};
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+    use bake::config::{HumanDuration, Store};
+    use bake::lease::{self, Taken};
+    use toml::Spanned;
+
+    use super::support::mocks::Answers;
+
+    fn store() -> Store {
+        Store {
+            bucket: Spanned::new(0..0, "bake-state".to_owned()),
+            prefix: Spanned::new(0..0, "bake/".to_owned()),
+            lease_ttl: Spanned::new(0..0, HumanDuration(std::time::Duration::from_secs(15))),
+        }
+    }
+
+    fn failed(code: &'static str) -> impl Fn() -> PutObjectError + Send + Sync + 'static {
+        move || PutObjectError::generic(ErrorMetadata::builder().code(code).build())
+    }
+
+    /// GetObject's answer: a lease of run `other` written at 10:00:00 (TTL 15 s), read at `date`.
+    fn held_lease(date: &'static str) -> Rule {
+        mock!(aws_sdk_s3::Client::get_object).then_http_response(move || {
+            let body = r#"{"run_id":"other","image":"web","host":"runner-b","pid":7,"since":"2026-11-24T09:00:00Z","ttl_seconds":15,"renewals":3}"#;
+            let mut response =
+                HttpResponse::new(StatusCode::try_from(200).unwrap(), SdkBody::from(body));
+            let headers = response.headers_mut();
+            headers.insert("etag", "\"e-other\"");
+            headers.insert("last-modified", "Tue, 24 Nov 2026 10:00:00 GMT");
+            headers.insert("date", date);
+            response
+        })
+    }
+
+    fn release() -> Rule {
+        mock!(aws_sdk_s3::Client::delete_object)
+            .match_requests(|r| r.if_match() == Some("\"e-mine\""))
+            .then_output(|| DeleteObjectOutput::builder().build())
+    }
+
+    #[tokio::test]
+    async fn a_409_race_is_tried_again_and_the_lease_taken() {
+        let put = mock!(aws_sdk_s3::Client::put_object)
+            .match_requests(|r| r.if_none_match() == Some("*"))
+            .sequence()
+            .error(failed("ConditionalRequestConflict"))
+            .output(|| PutObjectOutput::builder().e_tag("\"e-mine\"").build())
+            .build();
+        let release = release();
+        let clients = Answers {
+            s3: &[&put, &release],
+            ..Default::default()
+        }
+        .clients(super::support::REGION);
+        let Taken::Held { lease, previous } = lease::take(&clients, &store(), "web", "mine")
+            .await
+            .unwrap()
+        else {
+            panic!("not taken");
+        };
+        assert!(previous.is_none());
+        assert_eq!(put.num_calls(), 2);
+        lease.release().await.unwrap();
+        assert_eq!(release.num_calls(), 1, "given back with If-Match its ETag");
+    }
+
+    #[tokio::test]
+    async fn a_lease_expired_by_s3s_clock_is_taken_over_on_the_etag_read() {
+        let create = mock!(aws_sdk_s3::Client::put_object)
+            .match_requests(|r| r.if_none_match() == Some("*"))
+            .then_error(failed("PreconditionFailed"));
+        // 18 s after its last write: past the 15 s TTL and the 2 s of rounding.
+        let read = held_lease("Tue, 24 Nov 2026 10:00:18 GMT");
+        let over = mock!(aws_sdk_s3::Client::put_object)
+            .match_requests(|r| r.if_match() == Some("\"e-other\""))
+            .then_output(|| PutObjectOutput::builder().e_tag("\"e-mine\"").build());
+        let release = release();
+        let clients = Answers {
+            s3: &[&create, &read, &over, &release],
+            ..Default::default()
+        }
+        .clients(super::support::REGION);
+        let Taken::Held { lease, previous } = lease::take(&clients, &store(), "web", "mine")
+            .await
+            .unwrap()
+        else {
+            panic!("not taken over");
+        };
+        assert_eq!(previous.unwrap().run_id, "other");
+        assert_eq!(over.num_calls(), 1);
+        lease.release().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_is_busy_whatever_this_machines_clock_says() {
+        let create = mock!(aws_sdk_s3::Client::put_object)
+            .match_requests(|r| r.if_none_match() == Some("*"))
+            .then_error(failed("PreconditionFailed"));
+        // 17 s by S3's clock: within the TTL and its rounding, though this machine's clock
+        // (years later) would call it long expired.
+        let read = held_lease("Tue, 24 Nov 2026 10:00:17 GMT");
+        let over = mock!(aws_sdk_s3::Client::put_object)
+            .match_requests(|r| r.if_match().is_some())
+            .then_output(|| PutObjectOutput::builder().e_tag("\"e-mine\"").build());
+        let clients = Answers {
+            s3: &[&create, &read, &over],
+            ..Default::default()
+        }
+        .clients(super::support::REGION);
+        let Taken::Busy(busy) = lease::take(&clients, &store(), "web", "mine")
+            .await
+            .unwrap()
+        else {
+            panic!("taken");
+        };
+        assert_eq!(
+            busy.to_string(),
+            "held by run other on runner-b since 2026-11-24T09:00:00Z (s3 lease \
+             s3://bake-state/bake/leases/web)"
+        );
+        assert_eq!(over.num_calls(), 0, "no take-over");
+    }
+}
