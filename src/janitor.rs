@@ -341,6 +341,22 @@ fn id_of(r: &Resource) -> &str {
     }
 }
 
+/// How long an image a run left pending (its run ended while EC2 was creating it) may be
+/// adopted by a later run of the same image under its lease (`src/ami/adopt.rs`), and so how long
+/// `bake gc` leaves such an image alone whatever its `--ttl`: two hours, gc's default TTL, which
+/// covers CreateImage's slowest hour and a few missed cron periods, after which the image is
+/// stale and gc removes it as any other unfinished one.
+pub const ADOPTION_WINDOW: Duration = Duration::from_secs(2 * 3600);
+
+/// Whether an image created at `created` (EC2's `CreationDate`) is still within
+/// [`ADOPTION_WINDOW`] at `now`; an unreadable time is not.
+pub fn within_adoption_window(created: Option<&str>, now: SystemTime) -> bool {
+    created
+        .and_then(|d| humantime::parse_rfc3339_weak(d.trim_end_matches('Z')).ok())
+        .and_then(|c| now.duration_since(c).ok().or(Some(Duration::ZERO)))
+        .is_some_and(|age| age <= ADOPTION_WINDOW)
+}
+
 /// Which tagged resources to look for.
 #[derive(Debug, Clone)]
 pub enum Scope {
@@ -435,7 +451,12 @@ async fn find_with_uses(
             .and_then(|d| humantime::parse_rfc3339_weak(d).ok());
         let unfinished = image.state() != Some(&ImageState::Available);
         let kept = image.image_id().is_some_and(|id| keep.contains(id));
-        let doomed = !kept && old_enough(created) && (cutoff.is_none() || unfinished);
+        // A pending image of a dead run may still be adopted (src/ami/adopt.rs): gc leaves it
+        // alone through the adoption window; its own run's cleanup (Scope::Run) does not.
+        let adoptable = cutoff.is_some()
+            && image.state() == Some(&ImageState::Pending)
+            && within_adoption_window(image.creation_date(), SystemTime::now());
+        let doomed = !kept && !adoptable && old_enough(created) && (cutoff.is_none() || unfinished);
         let snapshots = image
             .block_device_mappings()
             .iter()

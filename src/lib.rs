@@ -12,7 +12,7 @@
 //!    AWS calls and answers, waiting, printing, AWS's limits, user data, signals.
 //! 2. [`resolve`], [`probe`], [`tags`]: finding what the config names, the HTTP health probe,
 //!    every tag key.
-//! 3. [`janitor`]: what a run created, and its cleanup.
+//! 3. [`janitor`], [`lease`]: what a run created, and its cleanup; the per-image lease in S3.
 //! 4. [`ami`], [`rollout`], [`prune`], [`publish`]: the work itself.
 //! 5. [`commands`] (one module per subcommand), [`cli`], and this root: the command line, the
 //!    dispatch and the [`Error`] every command returns.
@@ -23,6 +23,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod janitor;
+pub mod lease;
 pub mod limits;
 pub mod output;
 pub mod poll;

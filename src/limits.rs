@@ -84,6 +84,15 @@ pub const INSTANCE_PROFILE_NAME_MAX: usize = 128;
 /// An ALB target group's health-check path: 1 to 1,024 characters.
 pub const HEALTH_PATH_MAX: usize = 1024;
 
+/// A store lease's time to live (`store.lease_ttl`): 15 s to 1 h. The holder renews every third
+/// of it, so 15 s is a renewal every 5 s, and S3's `Last-Modified` and `Date`, which expiry is
+/// judged by, count whole seconds: below 15 s their rounding is a large share of the lease.
+/// Above an hour, a crashed runner holds an image longer than an hourly cron's period.
+pub const LEASE_TTL: RangeInclusive<Duration> = secs(15)..=secs(3600);
+/// S3 object keys are at most 1,024 bytes; bake's keys under the prefix (`records/IMAGE/AMI.json`,
+/// `leases/IMAGE`) take at most a few hundred, so the prefix may take 512.
+pub const STORE_PREFIX_MAX: usize = 512;
+
 const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -569,6 +578,69 @@ pub fn group_name(name: &str, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A general purpose S3 bucket name, by S3's bucket naming rules.
+pub fn bucket_name(name: &str) -> Result<(), String> {
+    let rule = |why: &str| Err(format!("S3 bucket names {why}; found `{name}`"));
+    if !(3..=63).contains(&name.len()) {
+        return rule("are 3 to 63 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return rule("are lowercase letters, digits, dots and hyphens");
+    }
+    let edge = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !edge(name.as_bytes()[0]) || !edge(name.as_bytes()[name.len() - 1]) {
+        return rule("begin and end with a letter or digit");
+    }
+    if name.contains("..") {
+        return rule("contain no two adjacent dots");
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return rule("are not IP addresses");
+    }
+    for prefix in ["xn--", "sthree-", "amzn-s3-demo-"] {
+        if name.starts_with(prefix) {
+            return rule(&format!("do not start with `{prefix}`"));
+        }
+    }
+    for suffix in ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"] {
+        if name.ends_with(suffix) {
+            return rule(&format!("do not end with `{suffix}`"));
+        }
+    }
+    Ok(())
+}
+
+/// The store's key prefix: empty, or S3's safe key characters (letters, digits, `!-_.*'()/`)
+/// ending in `/`, without a leading `/` or an empty level.
+pub fn store_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    if prefix.len() > STORE_PREFIX_MAX {
+        return Err(format!(
+            "the store prefix is at most {STORE_PREFIX_MAX} bytes; found {}",
+            prefix.len()
+        ));
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "!-_.*'()/".contains(*c)))
+    {
+        return Err(format!(
+            "the store prefix is letters, digits and S3's safe characters !-_.*'()/; `{c}` is not              (in `{prefix}`)"
+        ));
+    }
+    if !prefix.ends_with('/') || prefix.starts_with('/') || prefix.contains("//") {
+        return Err(format!(
+            "the store prefix is folder names each followed by `/` (\"bake/\", \"team/bake/\"),              without a leading `/` or an empty folder; found `{prefix}`"
+        ));
+    }
+    Ok(())
+}
+
 /// One level of an SSM parameter hierarchy (what bake puts between slashes).
 pub fn ssm_name_part(part: &str) -> Result<(), String> {
     if !part.is_empty()
@@ -775,6 +847,36 @@ mod tests {
         ));
         assert!(!aws_managed_key("alias/bake"));
         assert!(!aws_managed_key("alias/awsome"));
+    }
+
+    #[test]
+    fn bucket_names_and_store_prefixes_follow_s3s_rules() {
+        for good in ["bake-state", "a.b-c", "abc", &"a".repeat(63)] {
+            bucket_name(good).unwrap();
+        }
+        for (bad, rule) in [
+            ("ab", "3 to 63"),
+            ("Bake", "lowercase"),
+            ("bake_state", "lowercase"),
+            ("-bake", "begin and end"),
+            ("bake.", "begin and end"),
+            ("a..b", "adjacent dots"),
+            ("192.168.5.4", "IP addresses"),
+            ("xn--bake", "`xn--`"),
+            ("sthree-bake", "`sthree-`"),
+            ("bake-s3alias", "`-s3alias`"),
+            ("bake--x-s3", "`--x-s3`"),
+        ] {
+            let e = bucket_name(bad).unwrap_err();
+            assert!(e.contains(rule), "{bad}: {e}");
+        }
+        for good in ["", "bake/", "team-a/bake/"] {
+            store_prefix(good).unwrap();
+        }
+        for bad in ["bake", "/bake/", "a//b/", "a b/", "caf\u{e9}/"] {
+            assert!(store_prefix(bad).is_err(), "{bad}");
+        }
+        assert!(store_prefix(&format!("{}/", "a".repeat(600))).is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("probe", 2),
     ("tags", 2),
     ("janitor", 3),
+    ("lease", 3),
     ("ami", 4),
     ("rollout", 4),
     ("prune", 4),

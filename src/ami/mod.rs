@@ -2,6 +2,7 @@
 //! once, with the builder and test instance cleaned up on every exit (`bake ami`, and the bake and
 //! test steps of `bake pipeline`).
 
+pub mod adopt;
 pub mod copy;
 pub mod distribute;
 pub mod egress;
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 use crate::aws::Clients;
 use crate::config::{Access, Config, Image};
 use crate::janitor::{self, Janitor};
+use crate::lease::{self, Lease};
 use crate::output::{self, Progress};
 use crate::render::{self, Renderer};
 use crate::{signal, tags};
@@ -54,6 +56,9 @@ pub struct Baked {
     pub test: Option<TestReport>,
     /// One per `distribute.regions` region other than the build region, in config order.
     pub copies: Vec<Copy>,
+    /// The run whose interrupted bake this one adopted (its AMI, tested here), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopted_from: Option<String>,
 }
 
 impl Baked {
@@ -108,6 +113,16 @@ pub enum Step {
     Test(#[from] test::Error),
     #[error(transparent)]
     Distribute(#[from] distribute::Error),
+    /// Another run holds the image's lease (`[store]`): nothing was done.
+    #[error("not baked: {0}; that run bakes it")]
+    Held(lease::Busy),
+    #[error(transparent)]
+    Lease(#[from] lease::Error),
+    #[error(transparent)]
+    Adopt(#[from] adopt::Error),
+    /// The lease was lost during the bake, which stopped and cleaned up.
+    #[error("stopped: {0}; cleaned up what this run created")]
+    LeaseLost(String),
     #[error("{0}")]
     Cleanup(#[from] janitor::Error),
     #[error("{failure}\nand cleaning up after it failed too: {cleanup}")]
@@ -149,15 +164,52 @@ pub enum Stopped {
     Interrupted(u8),
 }
 
+/// The leases (`[store]`) of the images a bake ended with, still held: `bake pipeline` keeps each
+/// through its image's rollouts, `bake ami` gives them back at once.
+#[derive(Debug, Default)]
+pub struct Leases(Vec<(String, Lease)>);
+
+impl Leases {
+    /// Why the lease of `image` was lost, if it was (None without a store).
+    pub fn lost(&self, image: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(i, _)| i == image)
+            .and_then(|(_, l)| l.is_lost())
+    }
+
+    /// Gives back the lease of `image`, if held; a failure is only noted (the lease expires).
+    pub async fn release(&mut self, image: &str) {
+        if let Some(at) = self.0.iter().position(|(i, _)| i == image) {
+            let (_, lease) = self.0.swap_remove(at);
+            if let Err(e) = lease.release().await {
+                output::note(&format!("warning: {e}; it expires after its TTL"));
+            }
+        }
+    }
+
+    /// Gives back every lease.
+    pub async fn release_all(self) {
+        let all = self.0.into_iter().map(|(_, lease)| async move {
+            if let Err(e) = lease.release().await {
+                output::note(&format!("warning: {e}; it expires after its TTL"));
+            }
+        });
+        futures_util::future::join_all(all).await;
+    }
+}
+
 /// Bakes the named images at once, after checking all of them. A preflight problem with any
-/// image stops all (nothing is created); a signal cleans up every image's run and stops.
+/// image stops all (nothing is created); a signal cleans up every image's run and stops. With a
+/// `[store]`, each image is baked under its lease: an image whose lease another run holds fails
+/// with [`Step::Held`], and a lease lost mid-bake stops that image's bake ([`Step::LeaseLost`]).
 pub async fn bake_all(
     clients: &Clients,
     config: &Config,
     names: &[String],
     options: &Options,
     checkip_url: &str,
-) -> Result<(Vec<Baked>, Vec<Error>), Stopped> {
+) -> Result<(Vec<Baked>, Vec<Error>, Leases), Stopped> {
     let renderer = Renderer::new(config)?;
     // Every image is checked before anything is created for any of them.
     let plans = futures_util::future::join_all(names.iter().map(|name| {
@@ -185,44 +237,130 @@ pub async fn bake_all(
     if !failed.is_empty() {
         return Err(Stopped::Preflight(failed));
     }
-    let multi = indicatif::MultiProgress::new();
     let janitors: Vec<Janitor> = ready
         .iter()
         .map(|_| Janitor::new(clients.clone(), janitor::new_run_id()))
         .collect();
-    let work =
-        futures_util::future::join_all(ready.iter().zip(&janitors).map(|(plan, janitor)| {
-            let progress = Progress::new(&multi, &plan.image);
-            let image = &config.image[&plan.image];
-            async move { bake(clients, image, plan, options, janitor, &progress).await }
-        }));
+    // The leases, each under its image's run id, before anything is created.
+    let leases: Vec<Option<Lease>> = match &config.store {
+        None => ready.iter().map(|_| None).collect(),
+        Some(store) => {
+            let taken = futures_util::future::join_all(
+                ready
+                    .iter()
+                    .zip(&janitors)
+                    .map(|(plan, j)| lease::take(clients, store, &plan.image, j.run_id())),
+            )
+            .await;
+            let mut held = Vec::new();
+            for (plan, taken) in ready.iter().zip(taken) {
+                let step = match taken {
+                    Ok(lease::Taken::Held { lease, previous }) => {
+                        if let Some(previous) = previous {
+                            output::note(&format!(
+                                "image {}: took over the expired lease of run {} on {}",
+                                plan.image, previous.run_id, previous.host
+                            ));
+                        }
+                        held.push(Some(lease));
+                        continue;
+                    }
+                    Ok(lease::Taken::Busy(busy)) => Step::Held(busy),
+                    Err(e) => Step::Lease(e),
+                };
+                held.push(None);
+                failed.push(Error {
+                    image: plan.image.clone(),
+                    step,
+                });
+            }
+            held
+        }
+    };
+    // Only the images this run may bake: all without a store, those whose lease it holds with one.
+    let store = config.store.is_some();
+    let work: Vec<(&Plan, &Janitor, Option<&Lease>)> = ready
+        .iter()
+        .zip(&janitors)
+        .zip(&leases)
+        .filter(|(_, lease)| !store || lease.is_some())
+        .map(|((plan, janitor), lease)| (plan, janitor, lease.as_ref()))
+        .collect();
+    let multi = indicatif::MultiProgress::new();
+    let bakes = futures_util::future::join_all(work.iter().map(|&(plan, janitor, lease)| {
+        let progress = Progress::new(&multi, &plan.image);
+        let image = &config.image[&plan.image];
+        async move {
+            let baking = bake(clients, image, plan, options, janitor, &progress, lease);
+            let Some(lease) = lease else {
+                return baking.await;
+            };
+            // The bake is dropped (cancelled) before its cleanup begins.
+            let outcome = tokio::select! {
+                result = baking => Ok(result),
+                why = lease.lost() => Err(why),
+            };
+            match outcome {
+                Ok(result) => result,
+                Err(why) => {
+                    progress.step("the lease was lost; cleaning up");
+                    match janitor.clean().await {
+                        Ok(_) => Err(Step::LeaseLost(why)),
+                        Err(cleanup) => Err(Step::CleanupAfter {
+                            failure: Box::new(Step::LeaseLost(why)),
+                            cleanup,
+                        }),
+                    }
+                }
+            }
+        }
+    }));
+    let used: Vec<(&Plan, &Janitor)> = work.iter().map(|&(p, j, _)| (p, j)).collect();
     // The bakes are dropped (cancelled) before the cleanup begins.
     let outcome = tokio::select! {
-        results = work => Ok(results),
+        results = bakes => Ok(results),
         signal = signal::interrupted() => Err(signal),
     };
+    let mut leases: Vec<(String, Lease)> = ready
+        .iter()
+        .zip(leases)
+        .filter_map(|(plan, lease)| Some((plan.image.clone(), lease?)))
+        .collect();
     let results = match outcome {
         Ok(results) => results,
         Err(signal) => {
             output::note("interrupted: cleaning up what this run created");
-            let cleaned = futures_util::future::join_all(janitors.iter().map(Janitor::clean)).await;
+            let cleaned = futures_util::future::join_all(used.iter().map(|(_, j)| j.clean())).await;
             for e in cleaned.into_iter().filter_map(Result::err) {
                 output::note(&format!("error: {e}"));
             }
+            Leases(leases).release_all().await;
             return Err(Stopped::Interrupted(signal));
         }
     };
     let mut baked = Vec::new();
-    for (plan, result) in ready.iter().zip(results) {
+    let mut done = Leases::default();
+    for ((plan, _), result) in used.iter().zip(results) {
+        let lease = leases
+            .iter()
+            .position(|(i, _)| *i == plan.image)
+            .map(|at| leases.swap_remove(at));
         match result {
-            Ok(b) => baked.push(b),
-            Err(step) => failed.push(Error {
-                image: plan.image.clone(),
-                step,
-            }),
+            Ok(b) => {
+                baked.push(b);
+                done.0.extend(lease);
+            }
+            Err(step) => {
+                failed.push(Error {
+                    image: plan.image.clone(),
+                    step,
+                });
+                // A failed image has nothing more to do under its lease.
+                Leases(lease.into_iter().collect()).release_all().await;
+            }
         }
     }
-    Ok((baked, failed))
+    Ok((baked, failed, done))
 }
 
 /// Bakes one planned image: skip when already baked, else build it; the janitor cleans up the
@@ -234,8 +372,10 @@ pub async fn bake(
     options: &Options,
     janitor: &Janitor,
     progress: &Progress,
+    lease: Option<&Lease>,
 ) -> Result<Baked, Step> {
     let started = Instant::now();
+    let adopted_from = std::sync::Mutex::new(None::<String>);
     let done = |ami: Ami, skipped: bool, test: Option<TestReport>, copies: Vec<Copy>| Baked {
         image: plan.image.clone(),
         ami_id: ami.id,
@@ -248,6 +388,7 @@ pub async fn bake(
         seconds: started.elapsed().as_secs_f64(),
         test,
         copies,
+        adopted_from: adopted_from.lock().expect("adopted").clone(),
     };
     if !options.force
         && let Some(found) = image::existing(clients, plan).await?
@@ -266,7 +407,30 @@ pub async fn bake(
         };
         return Ok(done(ami, true, None, copies));
     }
-    let built = match build(clients, image, plan, janitor, progress).await {
+    // Under the lease, an image a run that no longer holds it left half made (pending, or
+    // available but not yet tested) is taken up instead of baking again.
+    let orphan = match lease {
+        Some(_) => adopt::find(clients, plan, janitor.run_id()).await?,
+        None => None,
+    };
+    let made = match orphan {
+        Some(orphan) => {
+            *adopted_from.lock().expect("adopted") = Some(orphan.run_id.clone());
+            adopt::take(clients, image, plan, orphan, janitor, progress)
+                .await
+                .map(|a| Built {
+                    ami: Ami {
+                        id: a.ami_id,
+                        name: a.name,
+                        deprecation_time: a.deprecation_time,
+                    },
+                    group: a.group,
+                })
+                .map_err(Step::from)
+        }
+        None => build(clients, image, plan, janitor, progress).await,
+    };
+    let built = match made {
         Ok(built) => tested(clients, image, plan, built, janitor, progress).await,
         Err(failure) => Err(failure),
     };

@@ -101,7 +101,7 @@ impl Args {
             force: self.force,
             keep_on_failure: self.keep_on_failure,
         };
-        let (images, mut failed) = ami::bake_all(
+        let (images, mut failed, leases) = ami::bake_all(
             &clients,
             &config,
             &names,
@@ -109,6 +109,8 @@ impl Args {
             &self.checkip.checkip_url,
         )
         .await?;
+        // `bake ami` is done with each image once it is baked: its lease goes back at once.
+        leases.release_all().await;
         // An image whose copy failed in some region is good where it is: it is printed with
         // every region's outcome, and the command exits 1 naming the regions that lack it.
         for baked in &images {

@@ -145,7 +145,12 @@ async fn run(
     options: &Args,
     format: Format,
 ) -> Result<Events, Error> {
-    let _lock = lock(config)?;
+    // With a store, the per-image leases (taken by the bake, held through each image's rollouts)
+    // keep runners on other machines apart; without one, a lock file keeps this machine's apart.
+    let _lock = match config.store {
+        Some(_) => None,
+        None => Some(lock(config)?),
+    };
     let mut events = Emitter {
         format,
         emitted: Vec::new(),
@@ -156,10 +161,21 @@ async fn run(
         keep_on_failure: false,
     };
     let checkip_url = &options.checkip.checkip_url;
-    let (baked, failed) =
+    let (baked, failed, mut leases) =
         ami::bake_all(clients, config, &names, &bake_options, checkip_url).await?;
     for failure in &failed {
         match &failure.step {
+            // Another runner holds the image: it bakes and rolls it out; this run has nothing to
+            // do for it, and that is no failure (exit 0), as a cron runner expects.
+            ami::Step::Held(busy) => {
+                events.emit(event(
+                    &failure.image,
+                    "bake",
+                    "skipped",
+                    None,
+                    format!("{busy}; that run bakes and rolls it out"),
+                ));
+            }
             // The bake made an AMI; its test failed it (and it was removed unless kept).
             ami::Step::Test(test) => {
                 let ami_id = test.ami_id();
@@ -189,6 +205,11 @@ async fn run(
         let status = if b.skipped { "skipped" } else { "ok" };
         let message = if b.skipped {
             format!("{} already baked from these inputs", b.ami_id)
+        } else if let Some(run) = &b.adopted_from {
+            format!(
+                "adopted {} ({}), left by run {run}, without launching a builder",
+                b.ami_id, b.ami_name
+            )
         } else {
             format!("baked {} ({}) in {:.0} s", b.ami_id, b.ami_name, b.seconds)
         };
@@ -208,12 +229,24 @@ async fn run(
             ),
         };
         events.emit(event(&b.image, "test", status, Some(&b.ami_id), message));
-        match image_steps(clients, config, options, b, &mut events).await {
+        let steps = match leases.lost(&b.image) {
+            // Another run may hold the image now: it rolls out what it bakes.
+            Some(why) => Err(Stop::Failed(
+                "rollout",
+                format!("{why}; nothing was rolled out or published by this run"),
+            )),
+            None => image_steps(clients, config, options, b, &mut events).await,
+        };
+        leases.release(&b.image).await;
+        match steps {
             Ok(()) => {}
             Err(Stop::Failed(step, message)) => {
                 events.emit(event(&b.image, step, "failed", Some(&b.ami_id), message));
             }
-            Err(Stop::Interrupted(signal)) => return Err(Error::Interrupted(signal)),
+            Err(Stop::Interrupted(signal)) => {
+                leases.release_all().await;
+                return Err(Error::Interrupted(signal));
+            }
         }
     }
     Ok(Events(events.emitted))

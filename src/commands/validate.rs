@@ -1,19 +1,19 @@
 //! `bake validate`: the config, its templates and the references in them, every image rendered;
-//! no AWS call.
+//! no AWS call, except HeadBucket on the `[store]` bucket when the config has one.
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
 use super::render::ImageReport;
-use super::{Context, Outcome};
+use super::{Context, HOUSEKEEPING, Outcome};
 use crate::Error;
 use crate::config::{self, Config};
 use crate::output;
 use crate::render::{Rendered, Renderer};
 
 /// Check the config, its templates and the references in them, rendering every image.
-/// Makes no AWS call.
+/// Makes no AWS call, except that with a `[store]` it checks its bucket is there (HeadBucket).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {}
 
@@ -45,7 +45,25 @@ impl Outcome for Validated {}
 
 impl Args {
     pub fn run(self, ctx: &Context) -> Result<Validated, Error> {
-        validate(&ctx.config()?)
+        let config = ctx.config()?;
+        let validated = validate(&config)?;
+        if let Some(store) = &config.store {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime starts");
+            runtime.block_on(async {
+                let clients = ctx.clients(Some(&config), HOUSEKEEPING).await?;
+                crate::lease::check_bucket(&clients, store)
+                    .await
+                    .map_err(|e| {
+                        Error::Config(
+                            config.error_at(store.bucket.span(), format!("store.bucket: {e}")),
+                        )
+                    })
+            })?;
+        }
+        Ok(validated)
     }
 }
 

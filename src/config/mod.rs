@@ -24,9 +24,10 @@ use toml::de::DeTable;
 use place::names;
 pub use place::{Error, Location, Source};
 pub use secrets::{SECRET_WORDS, secret_word};
+pub use types::DEFAULT_LEASE_TTL;
 pub use types::{
     Access, Alarms, BaseImage, Builder, Capacity, Config, CpuAlarm, Distribute, Egress, Endpoints,
-    Health, HumanDuration, Image, KmsKey, Os, Refresh, Regions, ResourceRef, Rollout, Test,
+    Health, HumanDuration, Image, KmsKey, Os, Refresh, Regions, ResourceRef, Rollout, Store, Test,
     TrafficProbe, Verify, Volume,
 };
 

@@ -11,11 +11,18 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::place::{Error, Source};
-use super::types::{Alarms, Builder, Config, Health, Image, Refresh, Rollout, TrafficProbe};
+use super::types::{Alarms, Builder, Config, Health, Image, Refresh, Rollout, Store, TrafficProbe};
 use super::types::{DEFAULT_AMI_NAME, default_instance_type};
 
 /// The known top-level keys.
-const TOP_KEYS: &[&str] = &["region", "templates_dir", "image", "rollout", "public_vars"];
+const TOP_KEYS: &[&str] = &[
+    "region",
+    "templates_dir",
+    "image",
+    "rollout",
+    "public_vars",
+    "store",
+];
 const IMAGE_KEYS: &[&str] = &[
     "base",
     "template",
@@ -260,12 +267,26 @@ impl<'a> Doc<'a> {
             .unwrap_or_default();
         let image = self.tables("image", |name, t| self.image(name, t), &mut ok);
         let rollout = self.tables("rollout", |name, t| self.rollout(name, t), &mut ok);
+        let store = self
+            .optional::<Store>(self.root, &[], "store", &mut ok)
+            .map(|mut store| {
+                // Defaults point at the table's name, so a message about them has a place.
+                let at = self.key_span(&["store"]);
+                if store.prefix.span() == (0..0) {
+                    store.prefix = Spanned::new(at.clone(), store.prefix.into_inner());
+                }
+                if store.lease_ttl.span() == (0..0) {
+                    store.lease_ttl = Spanned::new(at, store.lease_ttl.into_inner());
+                }
+                store
+            });
         let config = Config {
             region,
             templates_dir,
             image,
             rollout,
             public_vars,
+            store,
             source: Source::default(),
         };
         (config, ok)

@@ -31,6 +31,10 @@ pub struct Config {
     /// name contains a secret word (password, secret, token, key, ...) is refused otherwise.
     #[schemars(default)]
     pub public_vars: Vec<String>,
+    /// Where bake keeps what outlives a run (`[store]`): the per-image lease that keeps two
+    /// runners from baking the same image at once, and the bake records. Without it, bake uses
+    /// a local lock file and keeps no records.
+    pub store: Option<Store>,
     /// Where the file was read from, for messages and relative paths.
     #[schemars(skip)]
     pub source: Source,
@@ -78,6 +82,42 @@ pub struct Image {
     /// Copies to other regions and sharing with other accounts (`[image.NAME.distribute]`).
     #[schemars(default)]
     pub distribute: Distribute,
+}
+
+/// The S3 bucket (in the build region) bake keeps its leases and records in (`[store]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    /// An existing general purpose bucket bake may read and write under `prefix`; bake never
+    /// creates it (`bake validate` checks that it is there).
+    pub bucket: Spanned<String>,
+    /// The key prefix everything bake writes starts with: `PREFIX` `leases/IMAGE`,
+    /// `PREFIX` `records/IMAGE/AMI.json`.
+    #[serde(default = "default_store_prefix")]
+    pub prefix: Spanned<String>,
+    /// How long a lease lasts without a heartbeat: a run renews it every third of this, and a
+    /// crashed holder's lease may be taken over this long after its last renewal.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: Spanned<HumanDuration>,
+}
+
+impl Store {
+    /// The key of the lease of `image`.
+    pub fn lease_key(&self, image: &str) -> String {
+        format!("{}leases/{image}", self.prefix.get_ref())
+    }
+}
+
+fn default_store_prefix() -> Spanned<String> {
+    Spanned::new(0..0, "bake/".to_owned())
+}
+
+/// Five minutes: a heartbeat every 100 s leaves room for two slow renewals, and a crashed
+/// holder delays the next runner (cron, hourly or daily) by a few minutes at most.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5 * 60);
+
+fn default_lease_ttl() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration(DEFAULT_LEASE_TTL))
 }
 
 /// The AMI name template when `name` is not given.

@@ -39,6 +39,19 @@ impl Doc<'_> {
         for (name, rollout) in &config.rollout {
             self.validate_rollout(config, name, rollout);
         }
+        if let Some(store) = &config.store {
+            if let Err(rule) = limits::bucket_name(store.bucket.get_ref()) {
+                self.fail(&["store", "bucket"], rule);
+            }
+            if let Err(rule) = limits::store_prefix(store.prefix.get_ref()) {
+                self.fail(&["store", "prefix"], rule);
+            }
+            self.duration(
+                &["store", "lease_ttl"],
+                store.lease_ttl.get_ref().0,
+                &limits::LEASE_TTL,
+            );
+        }
     }
 
     /// A duration field against its range; the message quotes the value as written.
@@ -1226,6 +1239,38 @@ mod tests {
             "{MINIMAL}[image.web.distribute]\nregions = [\"us-east-1\"]\nkms_key = \"alias/aws/ebs\"\n"
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn the_store_reads_with_its_defaults_and_is_checked_at_its_lines() {
+        let config = parse(&format!("{MINIMAL}[store]\nbucket = \"bake-state\"\n")).unwrap();
+        let store = config.store.unwrap();
+        assert_eq!(store.bucket.get_ref(), "bake-state");
+        assert_eq!(store.prefix.get_ref(), "bake/");
+        assert_eq!(
+            store.lease_ttl.get_ref().0,
+            crate::config::DEFAULT_LEASE_TTL
+        );
+        assert_eq!(store.lease_key("web"), "bake/leases/web");
+        assert!(parse(MINIMAL).unwrap().store.is_none());
+        let line = MINIMAL.lines().count() + 1;
+        let msg = error(&format!(
+            "{MINIMAL}[store]\nbucket = \"Bake_State\"\nprefix = \"/bake\"\nlease_ttl = \"5s\"\n"
+        ));
+        for (offset, field) in [(1, "bucket"), (2, "prefix"), (3, "lease_ttl")] {
+            assert!(
+                msg.contains(&format!("bake.toml:{}:", line + offset)),
+                "{field}: {msg}"
+            );
+            assert!(msg.contains(&format!("store.{field}: ")), "{msg}");
+        }
+        assert!(msg.contains("between 15 seconds and 1 hour"), "{msg}");
+        let msg = error(&format!("{MINIMAL}[store]\nprefix = \"bake/\"\n"));
+        assert!(msg.contains("bucket"), "{msg}");
+        let msg = error(&format!("{MINIMAL}[store]\nbuckett = \"bake-state\"\n"));
+        assert!(msg.contains("unknown field `buckett`"), "{msg}");
+        let msg = error(&format!("{MINIMAL}[stroe]\nbucket = \"bake-state\"\n"));
+        assert!(msg.contains("`store`"), "{msg}");
     }
 
     #[test]

@@ -41,6 +41,9 @@ DEFAULT_LATENCY = {
     # CopyImage -> pending -> available, per destination region: `image_copy` for every region, `image_copy.REGION`
     # for one (AWS: minutes to hours, longer across the world; a few seconds keep waiting code honest).
     "image_copy": 3.0,
+    # A conditional PutObject/DeleteObject (If-None-Match, If-Match) on S3 takes tens of milliseconds; while one
+    # runs, another on the same key is answered 409 ConditionalRequestConflict (s3.py).
+    "s3_conditional_write": 0.05,
 }
 
 

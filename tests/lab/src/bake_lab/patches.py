@@ -4,7 +4,7 @@ alarms and target tracking.
 
 A later patch of the same method wraps an earlier one, so the order is part of the behaviour: the rules refuse
 a request before anything acts, and the consistency windows apply before (and on top of) the lab's own patches."""
-from . import asg, consistency, elb, kms, refresh, tracking
+from . import asg, consistency, elb, kms, refresh, s3, tracking
 from .cloudwatch import alarms
 from .ec2 import consistency as ec2_consistency
 from .ec2 import limits as ec2_limits
@@ -19,6 +19,7 @@ def install(lab) -> None:
     ec2_patches.install(lab)
     ssm_patches.install(lab)
     kms.install()
+    s3.ConditionalWrites(lab).install()
 
     ec2_limits.install()
     elb.install_limits()
