@@ -85,19 +85,22 @@ pub struct Image {
 }
 
 /// The S3 bucket (in the build region) bake keeps its leases and records in (`[store]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Store {
     /// An existing general purpose bucket bake may read and write under `prefix`; bake never
     /// creates it (`bake validate` checks that it is there).
+    #[schemars(with = "String")]
     pub bucket: Spanned<String>,
     /// The key prefix everything bake writes starts with: `PREFIX` `leases/IMAGE`,
     /// `PREFIX` `records/IMAGE/AMI.json`.
     #[serde(default = "default_store_prefix")]
+    #[schemars(with = "String", extend("default" = "bake/"))]
     pub prefix: Spanned<String>,
     /// How long a lease lasts without a heartbeat: a run renews it every third of this, and a
     /// crashed holder's lease may be taken over this long after its last renewal.
     #[serde(default = "default_lease_ttl")]
+    #[schemars(with = "HumanDuration", extend("default" = "5m"))]
     pub lease_ttl: Spanned<HumanDuration>,
 }
 
