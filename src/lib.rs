@@ -10,8 +10,8 @@
 //!
 //! 1. [`config`], [`aws`], [`poll`], [`output`], [`limits`], [`render`], [`signal`]: the config,
 //!    AWS calls and answers, waiting, printing, AWS's limits, user data, signals.
-//! 2. [`resolve`], [`probe`], [`tags`]: finding what the config names, the HTTP health probe,
-//!    every tag key.
+//! 2. [`resolve`], [`probe`], [`tags`], [`records`]: finding what the config names, the HTTP
+//!    health probe, every tag key, the bake records and what changed between two AMIs.
 //! 3. [`janitor`]: what a run created, and its cleanup.
 //! 4. [`ami`], [`rollout`], [`prune`], [`publish`]: the work itself.
 //! 5. [`commands`] (one module per subcommand), [`cli`], and this root: the command line, the
@@ -29,6 +29,7 @@ pub mod poll;
 pub mod probe;
 pub mod prune;
 pub mod publish;
+pub mod records;
 pub mod render;
 pub mod resolve;
 pub mod rollout;

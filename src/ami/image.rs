@@ -304,8 +304,10 @@ async fn names_taken(
 /// What an image says about where it came from.
 fn image_tags(plan: &Plan) -> Vec<Tag> {
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let inputs = plan.rendered.inputs.to_tag();
     tags::list([
         (tags::BASE_AMI, plan.base.id.as_str()),
+        (tags::INPUTS, inputs.as_str()),
         (tags::BASE_NAME, plan.base.name.as_str()),
         (tags::TEMPLATE, plan.template.as_str()),
         (tags::OS, plan.os.as_str()),
