@@ -14,6 +14,8 @@ use crate::render::{INPUT_NAMES, Inputs};
 /// A record larger than this is not a record bake wrote (a manifest of 5,000 packages is about
 /// 250 KB of JSON): reading stops there instead of holding whatever the key holds.
 const RECORD_CAP: usize = 16 * 1024 * 1024;
+/// A package list longer than this, decompressed, is not one (5,000 packages are about 200 KB).
+pub const MANIFEST_CAP: usize = 16 * 1024 * 1024;
 
 /// What one bake made and from what: written after the AMI's test passed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
