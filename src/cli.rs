@@ -51,6 +51,8 @@ pub enum Command {
     Prune(commands::prune::Args),
     Pipeline(commands::pipeline::Args),
     Gc(commands::gc::Args),
+    Diff(commands::diff::Args),
+    Status(commands::status::Args),
 }
 
 impl Cli {

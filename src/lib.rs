@@ -64,6 +64,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Prune(#[from] prune::Error),
+    /// `bake diff` or `bake status` could not read what they compare.
+    #[error(transparent)]
+    Records(#[from] records::Error),
     /// Steps of `bake pipeline` that failed (each also reported as an event).
     #[error("{}", .0.join("\n"))]
     Pipeline(Vec<String>),
@@ -107,6 +110,7 @@ impl Error {
             Error::Ami(errors) => errors.iter().map(ami::Error::exit_code).max().unwrap_or(1),
             Error::Rollout(e) => e.exit_code(),
             Error::Rollback { error, .. } => error.exit_code(),
+            Error::Records(e) => e.exit_code(),
             Error::Interrupted(code) => *code,
             Error::Cleanup(_)
             | Error::Prune(_)
@@ -128,6 +132,7 @@ impl Error {
             Error::Rollout(_) => "rollout",
             Error::Rollback { .. } => "rollback",
             Error::Prune(_) => "prune",
+            Error::Records(_) => "records",
             Error::Pipeline(_) => "pipeline",
             Error::Regions(_) => "regions",
             Error::Lock(_) => "lock",
@@ -297,6 +302,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Prune(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
         Command::Pipeline(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
         Command::Gc(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
+        Command::Diff(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
+        Command::Status(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
     }
 }
 

@@ -48,6 +48,27 @@ pub struct Record {
 pub enum Error {
     #[error(transparent)]
     Api(#[from] CallError),
+    #[error(
+        "{config}: no [store]: bake keeps records (input digests, package manifests) only in a \
+         store's bucket; add [store] bucket = \"...\" and bake again"
+    )]
+    NoStore { config: String },
+    #[error("AMI {ami_id} not found in {region} (DescribeImages, owners self)")]
+    NoAmi { ami_id: String, region: String },
+    #[error("AMI {ami_id} in {region} was not baked by bake: it has no bake:image tag")]
+    NotBaked { ami_id: String, region: String },
+    #[error(
+        "AMI {ami_id} (image {image}) has no record at {url}: baked before records were kept, \
+         by a run without [store] (or another prefix), or its record could not be written"
+    )]
+    NoRecord {
+        ami_id: String,
+        image: String,
+        url: String,
+    },
+    /// `bake status` could not read some of what it shows (each is in its result too).
+    #[error("{}", .0.join("\n"))]
+    Incomplete(Vec<String>),
     #[error("s3://{bucket}/{key} in {region} is not a bake record: {why}")]
     Unreadable {
         bucket: String,
@@ -55,6 +76,16 @@ pub enum Error {
         region: String,
         why: String,
     },
+}
+
+impl Error {
+    /// 2 when there is no store to read (the config), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::NoStore { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// The key of `ami_id`'s record.

@@ -62,6 +62,17 @@ pub async fn existing(clients: &Clients, plan: &Plan) -> Result<Option<Image>, E
 /// The newest available AMI of the `[image.NAME]` `image` this account baked in this region
 /// (tag `bake:image`), whatever its test verdict or deprecation; None before its first.
 pub async fn newest(clients: &Clients, image: &str) -> Result<Option<Image>, CallError> {
+    Ok(of_image(clients, image)
+        .await?
+        .into_iter()
+        // Copies made here from another region carry this image's tag too.
+        .filter(|i| !i.tags().iter().any(|t| t.key() == Some(tags::SOURCE_AMI)))
+        .max_by(|a, b| a.creation_date().cmp(&b.creation_date())))
+}
+
+/// Every available AMI of the `[image.NAME]` `image` in this region (tag `bake:image`): those
+/// baked here and the copies made here.
+pub async fn of_image(clients: &Clients, image: &str) -> Result<Vec<Image>, CallError> {
     let request = clients
         .ec2
         .describe_images()
@@ -71,15 +82,9 @@ pub async fn newest(clients: &Clients, image: &str) -> Result<Option<Image>, Cal
     let out = clients
         .call(|| request.clone().send())
         .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| format!("look up the newest AMI of image {image}"))
+        .or_fail(|| format!("look up the AMIs of image {image}"))
         .await?;
-    Ok(out
-        .images
-        .unwrap_or_default()
-        .into_iter()
-        // Copies made here from another region would carry this image's tag too.
-        .filter(|i| !i.tags().iter().any(|t| t.key() == Some(tags::SOURCE_AMI)))
-        .max_by(|a, b| a.creation_date().cmp(&b.creation_date())))
+    Ok(out.images.unwrap_or_default())
 }
 
 /// Deprecates the AMI `after` from now, rounded up to a whole minute as EC2 keeps it; returns

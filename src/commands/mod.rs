@@ -3,12 +3,14 @@
 //! options, the image selection ([`Images`]) and the what's-my-IP service ([`CheckIp`]).
 
 pub mod ami;
+pub mod diff;
 pub mod gc;
 pub mod pipeline;
 pub mod prune;
 pub mod render;
 pub mod rollback;
 pub mod rollout;
+pub mod status;
 pub mod validate;
 
 use std::fmt::Display;
