@@ -983,6 +983,50 @@ commands = ["systemctl is-active nginx"]
         digest_changes_with_the_expected_status: "path = \"/\"" => "path = \"/\"\nexpect_status = 204";
     }
 
+    fn inputs_of(text: &str) -> Inputs {
+        let config = Config::parse(Path::new("bake.toml"), text.to_owned()).unwrap();
+        let renderer = Renderer::new(&config).unwrap();
+        renderer
+            .render(&config, "web", &config.image["web"])
+            .unwrap()
+            .inputs
+    }
+
+    #[test]
+    fn each_input_has_its_digest_and_a_change_names_the_input() {
+        let before = inputs_of(CONFIG);
+        assert_eq!(before.0.len(), INPUT_NAMES.len());
+        assert!(before.0.values().all(|d| d.len() == INPUT_DIGEST_LEN));
+        assert_eq!(Inputs::from_tag(&before.to_tag()), before);
+        assert!(before.to_tag().len() <= 256, "one EC2 tag value");
+        for (from, to, changed) in [
+            (
+                "message = \"from bake\"",
+                "message = \"from cron\"",
+                vec!["user-data"],
+            ),
+            (
+                "template = \"nginx\"",
+                "template = \"lamp\"",
+                vec!["user-data", "template"],
+            ),
+            ("bookworm/latest", "trixie/latest", vec!["base"]),
+            ("\"t3.micro\"", "\"t3.small\"", vec!["builder"]),
+            ("is-active nginx", "is-enabled nginx", vec!["verify"]),
+            (
+                "expect_body = \"Hello\"",
+                "expect_body = \"Hi\"",
+                vec!["health"],
+            ),
+        ] {
+            let after = inputs_of(&CONFIG.replacen(from, to, 1));
+            assert_eq!(after.changed_since(&before), changed, "{from} -> {to}");
+        }
+        // An older AMI's tag without some inputs: only those it has are compared.
+        let older = Inputs::from_tag("verify=000000000000 junk");
+        assert_eq!(before.changed_since(&older), ["verify"]);
+    }
+
     #[test]
     fn script_ends_by_writing_its_digest_to_the_marker() {
         let config = Config::parse(Path::new("bake.toml"), CONFIG.to_owned()).unwrap();

@@ -213,10 +213,15 @@ fn package_list(os: Os) -> &'static str {
 /// The first manifest script: lists the packages, gzips and base64-encodes them into
 /// [`MANIFEST_FILE`], prints `bake-manifest: SIZE` and the first page.
 pub fn manifest_script(os: Os) -> String {
+    manifest_script_at(os, MANIFEST_FILE)
+}
+
+/// [`manifest_script`] keeping the manifest in `file`.
+fn manifest_script_at(os: Os, file: &str) -> String {
     [
         "set -e".to_owned(),
         "umask 077".to_owned(),
-        format!("f={MANIFEST_FILE}"),
+        format!("f={file}"),
         format!("{{ {}; }} > \"$f.txt\"", package_list(os)),
         "gzip -9c < \"$f.txt\" | base64 | tr -d '\\n' > \"$f\"".to_owned(),
         "rm -f \"$f.txt\"".to_owned(),
@@ -226,10 +231,11 @@ pub fn manifest_script(os: Os) -> String {
     .join("\n")
 }
 
-/// A later page of the manifest, from character `offset`; the last page removes the file.
-fn page_script(offset: usize, last: bool) -> String {
+/// A later page of the manifest in `file`, from character `offset`; the last page removes the
+/// file.
+fn page_script(file: &str, offset: usize, last: bool) -> String {
     let mut lines = vec![
-        format!("f={MANIFEST_FILE}"),
+        format!("f={file}"),
         format!("tail -c +{} \"$f\" | head -c {MANIFEST_PAGE}", offset + 1),
     ];
     if last {
@@ -256,34 +262,15 @@ pub async fn manifest(
     };
     let first =
         manifest_command(clients, instance_id, manifest_script(os), &step, progress).await?;
-    let (header, page) = first
-        .split_once('\n')
-        .ok_or_else(|| fail(format!("no header line in {:?}", head(&first))))?;
-    let size: usize = header
-        .strip_prefix("bake-manifest: ")
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| fail(format!("unexpected header {:?}", head(header))))?;
-    let pages = size.div_ceil(MANIFEST_PAGE);
-    if pages > MANIFEST_PAGES {
-        return Err(fail(format!(
-            "{size} characters compressed: more than {MANIFEST_PAGES} pages of {MANIFEST_PAGE}"
-        )));
-    }
+    let (size, pages, page) = first_page(&first).map_err(fail)?;
     let mut encoded = page.trim_end().to_owned();
     for n in 1..pages {
-        let script = page_script(n * MANIFEST_PAGE, n + 1 == pages);
+        let script = page_script(MANIFEST_FILE, n * MANIFEST_PAGE, n + 1 == pages);
         progress.step(format!("{step} (page {} of {pages})", n + 1));
         let next = manifest_command(clients, instance_id, script, &step, progress).await?;
         encoded.push_str(next.trim_end());
     }
-    if encoded.len() != size {
-        return Err(fail(format!(
-            "read {} of {size} characters (SSM cut the output?)",
-            encoded.len()
-        )));
-    }
-    let text = decode(&encoded).map_err(fail)?;
-    let packages = crate::records::parse_manifest(&text);
+    let packages = manifest_of(&encoded, size).map_err(fail)?;
     if packages.is_empty() {
         return Err(fail(format!(
             "the package list is empty (`{}`)",
@@ -291,6 +278,39 @@ pub async fn manifest(
         )));
     }
     Ok(packages)
+}
+
+/// The first manifest command's output: the size of the whole (base64 characters), how many
+/// pages it takes, and the first page.
+fn first_page(first: &str) -> Result<(usize, usize, &str), String> {
+    let (header, page) = first
+        .split_once('\n')
+        .ok_or_else(|| format!("no header line in {:?}", head(first)))?;
+    let size: usize = header
+        .strip_prefix("bake-manifest: ")
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("unexpected header {:?}", head(header)))?;
+    let pages = size.div_ceil(MANIFEST_PAGE);
+    if pages > MANIFEST_PAGES {
+        return Err(format!(
+            "{size} characters compressed: more than {MANIFEST_PAGES} pages of {MANIFEST_PAGE}"
+        ));
+    }
+    Ok((size, pages, page))
+}
+
+/// The packages from the whole base64 text, which must be `size` characters long.
+fn manifest_of(
+    encoded: &str,
+    size: usize,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    if encoded.len() != size {
+        return Err(format!(
+            "read {} of {size} characters (SSM cut the output?)",
+            encoded.len()
+        ));
+    }
+    Ok(crate::records::parse_manifest(&decode(encoded)?))
 }
 
 /// The first characters of `text`, for an error.
@@ -546,6 +566,7 @@ fn failed_step(stdout: &str, stderr: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
     use std::process::Command;
 
     /// GetCommandInvocation's limits: the first 24,000 characters of stdout, 8,000 of stderr.
@@ -594,6 +615,83 @@ mod tests {
             .standard_output_content(stdout.chars().take(SSM_STDOUT).collect::<String>())
             .standard_error_content(stderr.chars().take(SSM_STDERR).collect::<String>())
             .build()
+    }
+
+    /// Runs a manifest script with `sh`, its stdout cut as SSM cuts it.
+    fn ssm_stdout(script: &str) -> String {
+        let out = Command::new(posix_sh())
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .chars()
+            .take(SSM_STDOUT)
+            .collect()
+    }
+
+    #[test]
+    fn the_manifest_lists_this_machines_packages_and_fits_ssms_output() {
+        if Command::new("dpkg-query")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return; // not a Debian machine: the lab test reads a Debian builder's
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.b64").display().to_string();
+        let first = ssm_stdout(&manifest_script_at(Os::Debian, &file));
+        let (size, pages, page) = first_page(&first).unwrap();
+        let mut encoded = page.trim_end().to_owned();
+        for n in 1..pages {
+            let next = ssm_stdout(&page_script(&file, n * MANIFEST_PAGE, n + 1 == pages));
+            encoded.push_str(next.trim_end());
+        }
+        let packages = manifest_of(&encoded, size).unwrap();
+        assert!(packages.contains_key("dpkg"), "{packages:?}");
+        assert!(packages.values().all(|v| !v.is_empty()));
+    }
+
+    #[test]
+    fn a_manifest_longer_than_a_page_is_read_in_pages_each_inside_ssms_limit() {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        // 3,000 packages with incompressible versions: about 200 KB of base64, 11 pages.
+        let list: String = (0..3000)
+            .map(|i| format!("pkg-{i}\t{:x}\n", Sha256::digest(i.to_string().as_bytes())))
+            .collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(list.as_bytes()).unwrap();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.b64");
+        std::fs::write(&path, &encoded).unwrap();
+        let file = path.display().to_string();
+        let first = format!(
+            "bake-manifest: {}\n{}",
+            encoded.len(),
+            &encoded[..MANIFEST_PAGE.min(encoded.len())]
+        );
+        let (size, pages, page) = first_page(&first).unwrap();
+        assert!(pages > 5, "{pages}");
+        let mut read = page.to_owned();
+        for n in 1..pages {
+            let next = ssm_stdout(&page_script(&file, n * MANIFEST_PAGE, n + 1 == pages));
+            assert!(next.len() <= MANIFEST_PAGE && next.len() < SSM_STDOUT);
+            read.push_str(next.trim_end());
+        }
+        assert!(!path.exists(), "the last page removes the file");
+        let packages = manifest_of(&read, size).unwrap();
+        assert_eq!(packages.len(), 3000);
+        // A page SSM cut short is an error, not a shorter manifest.
+        let err = manifest_of(&read[..read.len() - 10], size).unwrap_err();
+        assert!(err.contains("SSM cut the output"), "{err}");
     }
 
     #[test]
