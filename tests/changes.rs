@@ -151,6 +151,84 @@ async fn a_changed_package_is_named_by_bake_ami_and_listed_by_bake_diff() {
     assert_eq!(json["removed"], serde_json::json!({}));
     assert_eq!(json["base_ami"], serde_json::Value::Null);
 
+    // A new base AMI (a copy of the Debian base, by id): bake ami names it with both ids, and
+    // so does diff.
+    let base = lab
+        .ec2
+        .describe_images()
+        .image_ids(&b)
+        .send()
+        .await
+        .unwrap();
+    let old_base = base.images()[0]
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("bake:base-ami"))
+        .and_then(|t| t.value())
+        .unwrap()
+        .to_owned();
+    let copy = lab
+        .ec2
+        .copy_image()
+        .source_image_id(&old_base)
+        .source_region(&clients.region)
+        .name("debian-base-copy")
+        .send()
+        .await
+        .unwrap()
+        .image_id
+        .unwrap();
+    lab.wait_for(
+        "the base's copy",
+        std::time::Duration::from_secs(120),
+        || {
+            let ec2 = lab.ec2.clone();
+            let copy = copy.clone();
+            async move {
+                let out = ec2.describe_images().image_ids(&copy).send().await;
+                out.ok().and_then(|o| o.images().first()?.state().cloned())
+                    == Some(aws_sdk_ec2::types::ImageState::Available)
+            }
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(dir.path().join("bake.toml"))
+        .unwrap()
+        .replace(
+            "base = { ssm = \"/aws/service/debian/release/bookworm/latest/amd64\" }",
+            &format!("base = {{ id = \"{copy}\" }}"),
+        );
+    std::fs::write(dir.path().join("bake.toml"), text).unwrap();
+    let third = lab
+        .run_bake(&["-c", path, "-o", "json", "ami", "site"])
+        .await;
+    assert!(third.status.success(), "{}", stderr(&third));
+    let said = stderr(&third);
+    assert!(
+        said.contains(&format!(
+            "base changed, base AMI changed ({old_base} -> {copy}) since {b}"
+        )),
+        "{said}"
+    );
+    let third: serde_json::Value = serde_json::from_slice(&third.stdout).unwrap();
+    let c = third["images"][0]["ami_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        third["images"][0]["changed"]["inputs"],
+        serde_json::json!(["base"])
+    );
+    assert_eq!(
+        third["images"][0]["changed"]["base_ami"]["from"],
+        old_base.as_str()
+    );
+    let diff = lab.run_bake(&["-c", path, "diff", &b, &c]).await;
+    assert!(diff.status.success(), "{}", stderr(&diff));
+    let text = stdout(&diff);
+    assert!(
+        text.contains(&format!("base AMI changed ({old_base} -> {copy})")),
+        "{text}"
+    );
+    assert!(text.contains("packages: none changed"), "{text}");
+
     // An AMI without a record (its record removed): named, with why.
     clients
         .s3
@@ -168,7 +246,7 @@ async fn a_changed_package_is_named_by_bake_ami_and_listed_by_bake_diff() {
             && said.contains("baked before records were kept"),
         "{said}"
     );
-    lab.assert_nothing_left(&[&a, &b], &[]).await;
+    lab.assert_nothing_left(&[&a, &b, &c, &copy], &[]).await;
 }
 
 #[test]
