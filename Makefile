@@ -68,7 +68,7 @@ userdata:
 	BAKE_UPDATE_USERDATA=1 $(CARGO) nextest run --locked -E 'test(committed_userdata)'
 
 ## install: bake, its man page and its completions under PREFIX (default /usr/local; DESTDIR
-## for packaging): bin/bake, share/man/man1/bake.1, share/bash-completion/completions/bake,
+## for packaging): bin/bake, share/man/man1/bake.1 (and bake-SUBCOMMAND.1), share/bash-completion/completions/bake,
 ## share/zsh/site-functions/_bake, share/fish/vendor_completions.d/bake.fish
 install:
 	$(CARGO) build --locked --profile $(INSTALL_PROFILE)
@@ -76,11 +76,11 @@ install:
 	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
 	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
 	install -m 0755 $(INSTALL_BIN) $(DESTDIR)$(PREFIX)/bin/bake
-	$(INSTALL_BIN) man > $(DESTDIR)$(PREFIX)/share/man/man1/bake.1
+	$(INSTALL_BIN) man --dir $(DESTDIR)$(PREFIX)/share/man/man1
 	$(INSTALL_BIN) completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/bake
 	$(INSTALL_BIN) completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_bake
 	$(INSTALL_BIN) completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/bake.fish
-	chmod 0644 $(DESTDIR)$(PREFIX)/share/man/man1/bake.1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions/bake \
+	chmod 0644 $(DESTDIR)$(PREFIX)/share/man/man1/bake*.1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions/bake \
 	  $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_bake $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/bake.fish
 
 ## install-check: install into a temporary PREFIX (the dev build), render the man page with
@@ -88,7 +88,7 @@ install:
 install-check: deps
 	@prefix=$$(mktemp -d); trap 'rm -rf "$$prefix"' EXIT; \
 	$(MAKE) --no-print-directory -s install PREFIX="$$prefix" INSTALL_PROFILE=dev >/dev/null; \
-	for f in bin/bake share/man/man1/bake.1 share/bash-completion/completions/bake \
+	for f in bin/bake share/man/man1/bake.1 share/man/man1/bake-ami.1 share/bash-completion/completions/bake \
 	  share/zsh/site-functions/_bake share/fish/vendor_completions.d/bake.fish; do \
 	  test -s "$$prefix/$$f" || { echo "install-check: $$f missing" >&2; exit 1; }; \
 	done; \

@@ -55,6 +55,8 @@ pub enum Command {
     Schema(commands::schema::Args),
     Completions(commands::completions::Args),
     Man(commands::completions::ManArgs),
+    Diff(commands::diff::Args),
+    Status(commands::status::Args),
 }
 
 impl Cli {

@@ -10,8 +10,8 @@
 //!
 //! 1. [`config`], [`aws`], [`poll`], [`output`], [`limits`], [`render`], [`signal`]: the config,
 //!    AWS calls and answers, waiting, printing, AWS's limits, user data, signals.
-//! 2. [`resolve`], [`probe`], [`tags`]: finding what the config names, the HTTP health probe,
-//!    every tag key.
+//! 2. [`resolve`], [`probe`], [`tags`], [`records`]: finding what the config names, the HTTP
+//!    health probe, every tag key, the bake records and what changed between two AMIs.
 //! 3. [`janitor`], [`lease`]: what a run created, and its cleanup; the per-image lease in S3.
 //! 4. [`ami`], [`rollout`], [`prune`], [`publish`]: the work itself.
 //! 5. [`commands`] (one module per subcommand), [`cli`], and this root: the command line, the
@@ -30,6 +30,7 @@ pub mod poll;
 pub mod probe;
 pub mod prune;
 pub mod publish;
+pub mod records;
 pub mod render;
 pub mod resolve;
 pub mod rollout;
@@ -64,6 +65,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Prune(#[from] prune::Error),
+    /// `bake diff` or `bake status` could not read what they compare.
+    #[error(transparent)]
+    Records(#[from] records::Error),
     /// Steps of `bake pipeline` that failed (each also reported as an event).
     #[error("{}", .0.join("\n"))]
     Pipeline(Vec<String>),
@@ -109,6 +113,7 @@ impl Error {
             Error::Ami(errors) => errors.iter().map(ami::Error::exit_code).max().unwrap_or(1),
             Error::Rollout(e) => e.exit_code(),
             Error::Rollback { error, .. } => error.exit_code(),
+            Error::Records(e) => e.exit_code(),
             Error::Interrupted(code) => *code,
             Error::Init(e) => e.exit_code(),
             Error::Cleanup(_)
@@ -131,6 +136,7 @@ impl Error {
             Error::Rollout(_) => "rollout",
             Error::Rollback { .. } => "rollback",
             Error::Prune(_) => "prune",
+            Error::Records(_) => "records",
             Error::Pipeline(_) => "pipeline",
             Error::Regions(_) => "regions",
             Error::Lock(_) => "lock",
@@ -305,6 +311,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Schema(args) => args.run(),
         Command::Completions(args) => args.run(),
         Command::Man(args) => args.run(<Cli as clap::CommandFactory>::command()),
+        Command::Diff(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
+        Command::Status(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
     }
 }
 

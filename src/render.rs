@@ -249,6 +249,65 @@ pub struct Rendered {
     pub compressed: bool,
     /// sha256 (hex) over every input of the image.
     pub digest: String,
+    /// A short digest of each input the whole digest covers, to say which one changed.
+    pub inputs: Inputs,
+}
+
+/// The inputs of an image's digest, by name, as [`Inputs`] keys them: the user data (rendered
+/// with an empty digest), the template (its name and the os it renders for), the base image as
+/// configured, the builder (instance type and volume), verify and health. The resolved base AMI
+/// is not here: it is compared by id (tag `bake:base-ami`).
+pub const INPUT_NAMES: [&str; 6] = [
+    "user-data",
+    "template",
+    "base",
+    "builder",
+    "verify",
+    "health",
+];
+
+/// How many hex digits of an input's sha256 are kept: 48 bits tell a change apart with a
+/// collision chance of 2^-48, and six of them fit one tag value (256 characters) with room.
+pub const INPUT_DIGEST_LEN: usize = 12;
+
+/// A short digest (first [`INPUT_DIGEST_LEN`] hex digits of sha256) per input of an image, keyed
+/// by [`INPUT_NAMES`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Inputs(pub BTreeMap<String, String>);
+
+impl Inputs {
+    /// One line for the AMI's `bake:inputs` tag: `base=… builder=… …` (names sorted).
+    pub fn to_tag(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Reads a `bake:inputs` tag value; parts that are not `name=digest` are left out.
+    pub fn from_tag(value: &str) -> Inputs {
+        Inputs(
+            value
+                .split_whitespace()
+                .filter_map(|part| part.split_once('='))
+                .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+
+    /// The inputs whose digests differ from `before`'s, in [`INPUT_NAMES`] order; an input
+    /// `before` does not know (an older bake's tag) is not counted as changed.
+    pub fn changed_since(&self, before: &Inputs) -> Vec<&'static str> {
+        INPUT_NAMES
+            .into_iter()
+            .filter(|name| match (self.0.get(*name), before.0.get(*name)) {
+                (Some(now), Some(then)) => now != then,
+                _ => false,
+            })
+            .collect()
+    }
 }
 
 /// Renders images' user data from the built-in templates and the user's templates_dir.
@@ -389,6 +448,20 @@ impl Renderer {
             verify: &image.verify,
             health: &image.health,
         });
+        let inputs = Inputs(
+            INPUT_NAMES
+                .into_iter()
+                .zip([
+                    short(&first),
+                    short(&(template_name, image.os)),
+                    short(image.base.get_ref()),
+                    short(&(&image.builder.instance_type, &image.builder.volume)),
+                    short(&image.verify),
+                    short(&image.health),
+                ])
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        );
         context.digest = &digest;
         let script = run(&context)?;
         let (payload, compressed) = fit(&script).map_err(|compressed| Error::TooLarge {
@@ -402,6 +475,7 @@ impl Renderer {
             payload,
             compressed,
             digest,
+            inputs,
         })
     }
 
@@ -763,8 +837,19 @@ fn shell_formatter(
 }
 
 fn digest(inputs: &DigestInputs<'_>) -> String {
-    let json = serde_json::to_vec(inputs).expect("digest inputs serialize to JSON");
-    Sha256::digest(json)
+    sha256_hex(&serde_json::to_vec(inputs).expect("digest inputs serialize to JSON"))
+}
+
+/// One input's short digest: the first [`INPUT_DIGEST_LEN`] hex digits of its JSON's sha256.
+fn short(input: &impl Serialize) -> String {
+    let mut hex = sha256_hex(&serde_json::to_vec(input).expect("inputs serialize to JSON"));
+    hex.truncate(INPUT_DIGEST_LEN);
+    hex
+}
+
+/// sha256 of `bytes` in lower-case hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
         .iter()
         .fold(String::with_capacity(64), |mut hex, byte| {
             let _ = write!(hex, "{byte:02x}");
@@ -896,6 +981,50 @@ commands = ["systemctl is-active nginx"]
         digest_changes_with_the_health_body: "expect_body = \"Hello\"" => "expect_body = \"Hi\"";
         digest_changes_with_the_health_port: "path = \"/\"" => "path = \"/\"\nport = 8080";
         digest_changes_with_the_expected_status: "path = \"/\"" => "path = \"/\"\nexpect_status = 204";
+    }
+
+    fn inputs_of(text: &str) -> Inputs {
+        let config = Config::parse(Path::new("bake.toml"), text.to_owned()).unwrap();
+        let renderer = Renderer::new(&config).unwrap();
+        renderer
+            .render(&config, "web", &config.image["web"])
+            .unwrap()
+            .inputs
+    }
+
+    #[test]
+    fn each_input_has_its_digest_and_a_change_names_the_input() {
+        let before = inputs_of(CONFIG);
+        assert_eq!(before.0.len(), INPUT_NAMES.len());
+        assert!(before.0.values().all(|d| d.len() == INPUT_DIGEST_LEN));
+        assert_eq!(Inputs::from_tag(&before.to_tag()), before);
+        assert!(before.to_tag().len() <= 256, "one EC2 tag value");
+        for (from, to, changed) in [
+            (
+                "message = \"from bake\"",
+                "message = \"from cron\"",
+                vec!["user-data"],
+            ),
+            (
+                "template = \"nginx\"",
+                "template = \"lamp\"",
+                vec!["user-data", "template"],
+            ),
+            ("bookworm/latest", "trixie/latest", vec!["base"]),
+            ("\"t3.micro\"", "\"t3.small\"", vec!["builder"]),
+            ("is-active nginx", "is-enabled nginx", vec!["verify"]),
+            (
+                "expect_body = \"Hello\"",
+                "expect_body = \"Hi\"",
+                vec!["health"],
+            ),
+        ] {
+            let after = inputs_of(&CONFIG.replacen(from, to, 1));
+            assert_eq!(after.changed_since(&before), changed, "{from} -> {to}");
+        }
+        // An older AMI's tag without some inputs: only those it has are compared.
+        let older = Inputs::from_tag("verify=000000000000 junk");
+        assert_eq!(before.changed_since(&older), ["verify"]);
     }
 
     #[test]

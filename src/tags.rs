@@ -113,6 +113,9 @@ pub const BASE_NAME: &str = "bake:base-name";
 pub const TEMPLATE: &str = "bake:template";
 /// The image's operating system.
 pub const OS: &str = "bake:os";
+/// A short digest per input of the image (`base=… builder=… health=… template=… user-data=…
+/// verify=…`, [`crate::render::Inputs`]): a later bake says which input changed without a store.
+pub const INPUTS: &str = "bake:inputs";
 /// The bake version that baked it.
 pub const VERSION: &str = "bake:version";
 /// When it was baked (RFC 3339).

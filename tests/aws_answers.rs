@@ -74,6 +74,7 @@ fn plan() -> Plan {
             payload: b"#!/bin/bash\n".to_vec(),
             compressed: false,
             digest: "d".repeat(64),
+            inputs: Default::default(),
         },
         ami_name: "web-20261122-dddddddddddd".into(),
         egress: None,

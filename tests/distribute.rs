@@ -268,6 +268,7 @@ async fn the_builders_volume_is_encrypted_with_the_build_regions_key() {
             payload: b"#!/bin/bash\n".to_vec(),
             compressed: false,
             digest: "d".repeat(64),
+            inputs: Default::default(),
         },
         ami_name: "web".into(),
         egress: None,

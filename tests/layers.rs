@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("resolve", 2),
     ("probe", 2),
     ("tags", 2),
+    ("records", 2),
     ("janitor", 3),
     ("lease", 3),
     ("ami", 4),

@@ -425,7 +425,7 @@ async fn in_builder(
     )
     .await?;
     match outcome {
-        Ok(()) => Ok(()),
+        Ok(_) => Ok(()),
         Err(Ended::Failed(out)) => Err(ended(instance_id, &url, started, &out)),
         Err(Ended::TimedOut { last }) => Err(Error::Unhealthy {
             instance_id: instance_id.to_owned(),

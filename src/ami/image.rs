@@ -59,6 +59,34 @@ pub async fn existing(clients: &Clients, plan: &Plan) -> Result<Option<Image>, E
     Ok(resolve::baked_ami(clients, &plan.rendered.digest, Some(&plan.base.id)).await?)
 }
 
+/// The newest available AMI of the `[image.NAME]` `image` this account baked in this region
+/// (tag `bake:image`), whatever its test verdict or deprecation; None before its first.
+pub async fn newest(clients: &Clients, image: &str) -> Result<Option<Image>, CallError> {
+    Ok(of_image(clients, image)
+        .await?
+        .into_iter()
+        // Copies made here from another region carry this image's tag too.
+        .filter(|i| !i.tags().iter().any(|t| t.key() == Some(tags::SOURCE_AMI)))
+        .max_by(|a, b| a.creation_date().cmp(&b.creation_date())))
+}
+
+/// Every available AMI of the `[image.NAME]` `image` in this region (tag `bake:image`): those
+/// baked here and the copies made here.
+pub async fn of_image(clients: &Clients, image: &str) -> Result<Vec<Image>, CallError> {
+    let request = clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(tags::filter(tags::IMAGE, image))
+        .filters(resolve::filter("state", "available"));
+    let out = clients
+        .call(|| request.clone().send())
+        .settle(&aws::THROTTLE_BURST)
+        .or_fail(|| format!("look up the AMIs of image {image}"))
+        .await?;
+    Ok(out.images.unwrap_or_default())
+}
+
 /// Deprecates the AMI `after` from now, rounded up to a whole minute as EC2 keeps it; returns
 /// the time (RFC 3339).
 pub async fn deprecate(clients: &Clients, ami_id: &str, after: Duration) -> Result<String, Error> {
@@ -304,8 +332,10 @@ async fn names_taken(
 /// What an image says about where it came from.
 fn image_tags(plan: &Plan) -> Vec<Tag> {
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let inputs = plan.rendered.inputs.to_tag();
     tags::list([
         (tags::BASE_AMI, plan.base.id.as_str()),
+        (tags::INPUTS, inputs.as_str()),
         (tags::BASE_NAME, plan.base.name.as_str()),
         (tags::TEMPLATE, plan.template.as_str()),
         (tags::OS, plan.os.as_str()),

@@ -19,12 +19,12 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::aws::Clients;
-use crate::config::{Access, Config, Image};
+use crate::config::{Access, Config, Image, Store};
 use crate::janitor::{self, Janitor};
 use crate::lease::{self, Lease};
 use crate::output::{self, Progress};
 use crate::render::{self, Renderer};
-use crate::{signal, tags};
+use crate::{records, signal, tags};
 pub use distribute::{Copy, CopyOutcome};
 use preflight::Plan;
 
@@ -59,6 +59,11 @@ pub struct Baked {
     /// The run whose interrupted bake this one adopted (its AMI, tested here), if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adopted_from: Option<String>,
+    /// When it was baked (not skipped): which inputs differ from the image's newest AMI before
+    /// it; none for the image's first AMI.
+    pub changed: Option<records::Since>,
+    /// Where its record was written (`s3://…`), with `[store]`.
+    pub record: Option<String>,
 }
 
 impl Baked {
@@ -291,7 +296,16 @@ pub async fn bake_all(
         let progress = Progress::new(&multi, &plan.image);
         let image = &config.image[&plan.image];
         async move {
-            let baking = bake(clients, image, plan, options, janitor, &progress, lease);
+            let baking = bake(
+                clients,
+                image,
+                plan,
+                options,
+                config.store.as_ref(),
+                janitor,
+                &progress,
+                lease,
+            );
             let Some(lease) = lease else {
                 return baking.await;
             };
@@ -363,13 +377,16 @@ pub async fn bake_all(
     Ok((baked, failed, done))
 }
 
-/// Bakes one planned image: skip when already baked, else build it; the janitor cleans up the
-/// builder on success and everything on failure.
+/// Bakes one planned image: skip when already baked, else build it (saying which inputs changed
+/// since the image's newest AMI); the janitor cleans up the builder on success and everything on
+/// failure. With a `store`, the package manifest is read at verify and the tested AMI's record
+/// written.
 pub async fn bake(
     clients: &Clients,
     image: &Image,
     plan: &Plan,
     options: &Options,
+    store: Option<&Store>,
     janitor: &Janitor,
     progress: &Progress,
     lease: Option<&Lease>,
@@ -389,6 +406,8 @@ pub async fn bake(
         test,
         copies,
         adopted_from: adopted_from.lock().expect("adopted").clone(),
+        changed: None,
+        record: None,
     };
     if !options.force
         && let Some(found) = image::existing(clients, plan).await?
@@ -406,6 +425,19 @@ pub async fn bake(
             deprecation_time: found.deprecation_time().map(str::to_owned),
         };
         return Ok(done(ami, true, None, copies));
+    }
+    let changed = match previous(clients, plan).await {
+        Ok(changed) => changed,
+        Err(e) => {
+            output::note(&format!(
+                "warning: {}: cannot tell which input changed: {e}",
+                plan.image
+            ));
+            None
+        }
+    };
+    if let Some(since) = &changed {
+        progress.step(since.to_string());
     }
     // Under the lease, an image a run that no longer holds it left half made (pending, or
     // available but not yet tested) is taken up instead of baking again.
@@ -425,17 +457,19 @@ pub async fn bake(
                         deprecation_time: a.deprecation_time,
                     },
                     group: a.group,
+                    // The builder is gone: an adopted AMI's packages are not read.
+                    packages: None,
                 })
                 .map_err(Step::from)
         }
-        None => build(clients, image, plan, janitor, progress).await,
+        None => build(clients, image, plan, store, janitor, progress).await,
     };
     let built = match made {
         Ok(built) => tested(clients, image, plan, built, janitor, progress).await,
         Err(failure) => Err(failure),
     };
     match built {
-        Ok((ami, test)) => {
+        Ok((ami, test, packages)) => {
             janitor.keep(&ami.id);
             progress.step(if test.is_some() {
                 "terminating the builder and the test instance"
@@ -467,14 +501,33 @@ pub async fn bake(
                             t.seconds, t.instance_id
                         )
                     });
+            // After the test passed: a record says what a tested AMI is made of. Failing to
+            // write it is reported, not fatal: the AMI is good, only `bake diff` lacks it.
+            let record = match (store, packages) {
+                (Some(store), Some(packages)) => {
+                    let written = write_record(clients, store, plan, &ami, janitor, packages).await;
+                    match written {
+                        Ok(url) => Some(url),
+                        Err(e) => {
+                            output::note(&format!("warning: image {}: {e}", plan.image));
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let since = changed.as_ref().map_or(String::new(), |c| format!("; {c}"));
             progress.finish(format!(
-                "baked {} ({}) in {:.0} s{proof}{until}{}",
+                "baked {} ({}) in {:.0} s{proof}{until}{since}{}",
                 ami.id,
                 ami.name,
                 started.elapsed().as_secs_f64(),
                 regions(&copies)
             ));
-            Ok(done(ami, false, test, copies))
+            let mut baked = done(ami, false, test, copies);
+            baked.changed = changed;
+            baked.record = record;
+            Ok(baked)
         }
         Err(failure) if options.keep_on_failure => {
             let kept: Vec<String> = janitor.recorded().iter().map(ToString::to_string).collect();
@@ -563,11 +616,12 @@ async fn tested(
     built: Built,
     janitor: &Janitor,
     progress: &Progress,
-) -> Result<(Ami, Option<TestReport>), Step> {
+) -> Result<(Ami, Option<TestReport>, Option<Packages>), Step> {
     if !image.test.enabled {
-        return Ok((built.ami, None));
+        return Ok((built.ami, None, built.packages));
     }
     let ami = built.ami;
+    let packages = built.packages;
     let tags = tags::of_run(janitor.run_id(), &plan.image, &plan.rendered.digest);
     let run = test::run(
         clients,
@@ -589,6 +643,7 @@ async fn tested(
                     instance_id: t.instance_id,
                     seconds: t.seconds,
                 }),
+                packages,
             ))
         }
         Err(failure) => {
@@ -604,11 +659,16 @@ async fn tested(
     }
 }
 
-/// What [`build`] made: the AMI, and the builder's security group (the test instance's too).
+/// What [`build`] made: the AMI, the builder's security group (the test instance's too), and
+/// the package manifest read at verify (with `[store]`).
 struct Built {
     ami: Ami,
     group: String,
+    packages: Option<Packages>,
 }
+
+/// Installed packages: name -> version.
+type Packages = std::collections::BTreeMap<String, String>;
 
 /// The AMI a bake ended with.
 struct Ami {
@@ -622,6 +682,7 @@ async fn build(
     clients: &Clients,
     image: &Image,
     plan: &Plan,
+    store: Option<&Store>,
     janitor: &Janitor,
     progress: &Progress,
 ) -> Result<Built, Step> {
@@ -704,6 +765,11 @@ async fn build(
         progress,
     )
     .await?;
+    // The manifest is read before the image: the builder is as the AMI will be.
+    let packages = match store {
+        Some(_) => Some(verify::manifest(clients, &instance_id, image.os, progress).await?),
+        None => None,
+    };
     // An AMI to be tested says so from its creation: until its verdict, nothing takes it.
     let mut image_tags = tags.clone();
     if image.test.enabled {
@@ -731,5 +797,60 @@ async fn build(
             deprecation_time,
         },
         group,
+        packages,
     })
+}
+
+/// Which inputs differ from the image's newest available AMI in this region (its `bake:inputs`
+/// and `bake:base-ami` tags); None when the image has none yet.
+async fn previous(
+    clients: &Clients,
+    plan: &Plan,
+) -> Result<Option<records::Since>, crate::aws::CallError> {
+    let Some(newest) = image::newest(clients, &plan.image).await? else {
+        return Ok(None);
+    };
+    let tag = |key: &str| {
+        newest
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(key))
+            .and_then(|t| t.value())
+    };
+    let then = tag(tags::INPUTS).map(render::Inputs::from_tag);
+    Ok(Some(records::since(
+        newest.image_id().unwrap_or_default(),
+        then.as_ref(),
+        tag(tags::BASE_AMI),
+        &plan.rendered.inputs,
+        &plan.base.id,
+    )))
+}
+
+/// Writes the tested AMI's record to the store; its `s3://` address.
+async fn write_record(
+    clients: &Clients,
+    store: &Store,
+    plan: &Plan,
+    ami: &Ami,
+    janitor: &Janitor,
+    packages: Packages,
+) -> Result<String, records::Error> {
+    let record = records::Record {
+        image: plan.image.clone(),
+        ami_id: ami.id.clone(),
+        ami_name: ami.name.clone(),
+        region: clients.region.clone(),
+        digest: plan.rendered.digest.clone(),
+        inputs: plan.rendered.inputs.clone(),
+        base_ami: plan.base.id.clone(),
+        base_name: plan.base.name.clone(),
+        template: plan.template.clone(),
+        os: plan.os.as_str().to_owned(),
+        run_id: janitor.run_id().to_owned(),
+        recorded_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        packages,
+    };
+    records::write(clients, store, &record).await?;
+    Ok(records::url(store, &plan.image, &ami.id))
 }

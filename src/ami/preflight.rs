@@ -220,7 +220,7 @@ fn access(configured: Option<Access>, table: &Routing) -> (Result<Access, Refusa
     }
 }
 
-async fn resolve_base(clients: &Clients, base: &BaseImage) -> Result<BaseAmi, Error> {
+pub async fn resolve_base(clients: &Clients, base: &BaseImage) -> Result<BaseAmi, Error> {
     let fail = |reference: String, detail: String| Error::Lookup {
         kind: "base image",
         reference,

@@ -6,6 +6,7 @@ use aws_sdk_ssm::types::CommandInvocationStatus;
 use tokio::time::Instant;
 
 use crate::aws::{self, CallError, Clients};
+use crate::config::Os;
 use crate::output::Progress;
 use crate::poll::{self, Check, PollError, Schedule};
 use crate::render::{FAILED_MARKER, READY_MARKER};
@@ -52,6 +53,8 @@ pub enum Error {
         waited: Duration,
         last: String,
     },
+    #[error("reading the package manifest on builder {instance_id} failed: {why}")]
+    Manifest { instance_id: String, why: String },
     #[error(transparent)]
     Api(#[from] CallError),
 }
@@ -173,12 +176,206 @@ pub async fn run(
     )
     .await?;
     match outcome {
-        Ok(()) => Ok(()),
+        Ok(_) => Ok(()),
         Err(Ended::Failed(out)) => Err(failure(instance_id, commands, &out)),
         Err(Ended::TimedOut { last }) => Err(Error::TimedOut {
             instance_id: instance_id.to_owned(),
             waited: started.elapsed(),
             last,
+        }),
+    }
+}
+
+/// The manifest is read in pages of this many characters: with its header line well inside the
+/// 24,000 characters of stdout SSM keeps (GetCommandInvocation's StandardOutputContent).
+pub const MANIFEST_PAGE: usize = 20_000;
+/// At most this many pages (20 MB of base64, over 100,000 packages gzip-compressed): a manifest
+/// longer than that is not a package list.
+const MANIFEST_PAGES: usize = 1_000;
+/// Listing the packages takes a second or two; a page is one `tail | head`.
+const MANIFEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Where the builder keeps the compressed manifest between pages: /run is a tmpfs, so nothing of
+/// it ends up in the image even when a page is the last thing the run does.
+const MANIFEST_FILE: &str = "/run/bake-manifest.b64";
+
+/// The package list of the image's os, one `NAME<TAB>VERSION` per line: installed packages only
+/// (dpkg also lists removed ones whose config files stay).
+fn package_list(os: Os) -> &'static str {
+    match os {
+        Os::Debian => {
+            "dpkg-query -W -f='${Status}\\t${binary:Package}\\t${Version}\\n' \
+             | awk -F '\\t' '$1 == \"install ok installed\" { print $2 \"\\t\" $3 }'"
+        }
+        Os::Al2023 => "rpm -qa --qf '%{NAME}\\t%{VERSION}-%{RELEASE}\\n'",
+    }
+}
+
+/// The first manifest script: lists the packages, gzips and base64-encodes them into
+/// [`MANIFEST_FILE`], prints `bake-manifest: SIZE` and the first page.
+pub fn manifest_script(os: Os) -> String {
+    manifest_script_at(os, MANIFEST_FILE)
+}
+
+/// [`manifest_script`] keeping the manifest in `file`.
+fn manifest_script_at(os: Os, file: &str) -> String {
+    [
+        "set -e".to_owned(),
+        "umask 077".to_owned(),
+        format!("f={file}"),
+        format!("{{ {}; }} > \"$f.txt\"", package_list(os)),
+        "gzip -9c < \"$f.txt\" | base64 | tr -d '\\n' > \"$f\"".to_owned(),
+        "rm -f \"$f.txt\"".to_owned(),
+        "echo \"bake-manifest: $(wc -c < \"$f\" | tr -d ' ')\"".to_owned(),
+        format!("head -c {MANIFEST_PAGE} \"$f\""),
+    ]
+    .join("\n")
+}
+
+/// A later page of the manifest in `file`, from character `offset`; the last page removes the
+/// file.
+fn page_script(file: &str, offset: usize, last: bool) -> String {
+    let mut lines = vec![
+        format!("f={file}"),
+        format!("tail -c +{} \"$f\" | head -c {MANIFEST_PAGE}", offset + 1),
+    ];
+    if last {
+        lines.push("rm -f \"$f\"".to_owned());
+    }
+    lines.join("\n")
+}
+
+/// Reads the installed packages on the builder through SSM (`dpkg-query -W` or `rpm -qa`, by the
+/// image's os): name -> version. The list travels gzip-compressed and base64-encoded, in pages
+/// of [`MANIFEST_PAGE`] characters when it is longer, since SSM keeps only the first 24,000
+/// characters of a command's output.
+pub async fn manifest(
+    clients: &Clients,
+    instance_id: &str,
+    os: Os,
+    progress: &Progress,
+) -> Result<std::collections::BTreeMap<String, String>, Error> {
+    let step = "reading the package manifest".to_owned();
+    progress.step(step.clone());
+    let fail = |why: String| Error::Manifest {
+        instance_id: instance_id.to_owned(),
+        why,
+    };
+    let first =
+        manifest_command(clients, instance_id, manifest_script(os), &step, progress).await?;
+    let (size, pages, page) = first_page(&first).map_err(fail)?;
+    let mut encoded = page.trim_end().to_owned();
+    for n in 1..pages {
+        let script = page_script(MANIFEST_FILE, n * MANIFEST_PAGE, n + 1 == pages);
+        progress.step(format!("{step} (page {} of {pages})", n + 1));
+        let next = manifest_command(clients, instance_id, script, &step, progress).await?;
+        encoded.push_str(next.trim_end());
+    }
+    let packages = manifest_of(&encoded, size).map_err(fail)?;
+    if packages.is_empty() {
+        return Err(fail(format!(
+            "the package list is empty (`{}`)",
+            package_list(os)
+        )));
+    }
+    Ok(packages)
+}
+
+/// The first manifest command's output: the size of the whole (base64 characters), how many
+/// pages it takes, and the first page.
+fn first_page(first: &str) -> Result<(usize, usize, &str), String> {
+    let (header, page) = first
+        .split_once('\n')
+        .ok_or_else(|| format!("no header line in {:?}", head(first)))?;
+    let size: usize = header
+        .strip_prefix("bake-manifest: ")
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("unexpected header {:?}", head(header)))?;
+    let pages = size.div_ceil(MANIFEST_PAGE);
+    if pages > MANIFEST_PAGES {
+        return Err(format!(
+            "{size} characters compressed: more than {MANIFEST_PAGES} pages of {MANIFEST_PAGE}"
+        ));
+    }
+    Ok((size, pages, page))
+}
+
+/// The packages from the whole base64 text, which must be `size` characters long.
+fn manifest_of(
+    encoded: &str,
+    size: usize,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    if encoded.len() != size {
+        return Err(format!(
+            "read {} of {size} characters (SSM cut the output?)",
+            encoded.len()
+        ));
+    }
+    Ok(crate::records::parse_manifest(&decode(encoded)?))
+}
+
+/// The first characters of `text`, for an error.
+fn head(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
+/// base64, then gzip: the manifest as text.
+fn decode(encoded: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(gz.as_slice())
+        .take(crate::records::MANIFEST_CAP as u64)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("not a gzip-compressed text: {e}"))?;
+    Ok(text)
+}
+
+/// One manifest command: its stdout, or an error with its stderr.
+async fn manifest_command(
+    clients: &Clients,
+    instance_id: &str,
+    script: String,
+    step: &str,
+    progress: &Progress,
+) -> Result<String, Error> {
+    let script = Script {
+        instance_id,
+        what: "manifest",
+        sending: format!("send the manifest command to builder {instance_id}"),
+        script,
+        execution_timeout: MANIFEST_TIMEOUT.as_secs(),
+    };
+    let outcome = run_script(
+        clients,
+        script,
+        step,
+        |sent| {
+            poll::deadline_after(
+                sent,
+                MANIFEST_TIMEOUT.saturating_add(Duration::from_secs(60)),
+            )
+        },
+        COMMAND_SCHEDULE,
+        |seen| progress.detail(step, seen),
+    )
+    .await?;
+    match outcome {
+        Ok(out) => Ok(out.standard_output_content().unwrap_or_default().to_owned()),
+        Err(Ended::Failed(out)) => Err(Error::Manifest {
+            instance_id: instance_id.to_owned(),
+            why: format!(
+                "{} (exit {}): {}",
+                out.status().map_or("Failed", |s| s.as_str()),
+                out.response_code(),
+                head(out.standard_error_content().unwrap_or_default())
+            ),
+        }),
+        Err(Ended::TimedOut { last }) => Err(Error::Manifest {
+            instance_id: instance_id.to_owned(),
+            why: format!("no answer within {MANIFEST_TIMEOUT:?} ({last})"),
         }),
     }
 }
@@ -213,7 +410,7 @@ pub(super) async fn run_script(
     deadline: impl FnOnce(Instant) -> Instant,
     schedule: Schedule,
     seen: impl FnMut(&str),
-) -> Result<Result<(), Ended>, CallError> {
+) -> Result<Result<Box<InvocationOutput>, Ended>, CallError> {
     let instance_id = script.instance_id;
     let request = clients
         .ssm
@@ -258,7 +455,7 @@ pub(super) async fn run_script(
         .or_fail(reading)
         .await?;
     let result = match classify(Ok(first)) {
-        Check::Ready(()) => Ok(()),
+        Check::Ready(out) => Ok(out),
         Check::Failed(out) => Err(PollError::Failed(out)),
         Check::Pending(_) => {
             poll::until(step, deadline, schedule, seen, || async {
@@ -268,7 +465,7 @@ pub(super) async fn run_script(
         }
     };
     match result {
-        Ok(()) => Ok(Ok(())),
+        Ok(out) => Ok(Ok(out)),
         Err(PollError::Failed(Ok(out))) => Ok(Err(Ended::Failed(Box::new(out)))),
         Err(PollError::Failed(Err(message))) => Err(clients.failed(reading(), message)),
         Err(PollError::TimedOut { last }) => Ok(Err(Ended::TimedOut { last })),
@@ -282,14 +479,14 @@ pub(super) type InvocationError = aws_sdk_ssm::error::SdkError<
     aws_sdk_ssm::config::http::HttpResponse,
 >;
 
-/// What one GetCommandInvocation answer means for the wait: done, still running, or over. A
-/// throttle or 5xx answer is a reason to look again, not a failure.
+/// What one GetCommandInvocation answer means for the wait: done (its output), still running, or
+/// over. A throttle or 5xx answer is a reason to look again, not a failure.
 pub(super) fn classify(
     answer: Result<InvocationOutput, InvocationError>,
-) -> Check<(), Result<InvocationOutput, String>> {
+) -> Check<Box<InvocationOutput>, Result<InvocationOutput, String>> {
     match answer {
         Ok(out) => match out.status() {
-            Some(CommandInvocationStatus::Success) => Check::Ready(()),
+            Some(CommandInvocationStatus::Success) => Check::Ready(Box::new(out)),
             Some(
                 CommandInvocationStatus::Pending
                 | CommandInvocationStatus::InProgress
@@ -369,6 +566,7 @@ fn failed_step(stdout: &str, stderr: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
     use std::process::Command;
 
     /// GetCommandInvocation's limits: the first 24,000 characters of stdout, 8,000 of stderr.
@@ -417,6 +615,83 @@ mod tests {
             .standard_output_content(stdout.chars().take(SSM_STDOUT).collect::<String>())
             .standard_error_content(stderr.chars().take(SSM_STDERR).collect::<String>())
             .build()
+    }
+
+    /// Runs a manifest script with `sh`, its stdout cut as SSM cuts it.
+    fn ssm_stdout(script: &str) -> String {
+        let out = Command::new(posix_sh())
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .chars()
+            .take(SSM_STDOUT)
+            .collect()
+    }
+
+    #[test]
+    fn the_manifest_lists_this_machines_packages_and_fits_ssms_output() {
+        if Command::new("dpkg-query")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return; // not a Debian machine: the lab test reads a Debian builder's
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.b64").display().to_string();
+        let first = ssm_stdout(&manifest_script_at(Os::Debian, &file));
+        let (size, pages, page) = first_page(&first).unwrap();
+        let mut encoded = page.trim_end().to_owned();
+        for n in 1..pages {
+            let next = ssm_stdout(&page_script(&file, n * MANIFEST_PAGE, n + 1 == pages));
+            encoded.push_str(next.trim_end());
+        }
+        let packages = manifest_of(&encoded, size).unwrap();
+        assert!(packages.contains_key("dpkg"), "{packages:?}");
+        assert!(packages.values().all(|v| !v.is_empty()));
+    }
+
+    #[test]
+    fn a_manifest_longer_than_a_page_is_read_in_pages_each_inside_ssms_limit() {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        // 3,000 packages with incompressible versions: about 200 KB of base64, 11 pages.
+        let list: String = (0..3000)
+            .map(|i| format!("pkg-{i}\t{:x}\n", Sha256::digest(i.to_string().as_bytes())))
+            .collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(list.as_bytes()).unwrap();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.b64");
+        std::fs::write(&path, &encoded).unwrap();
+        let file = path.display().to_string();
+        let first = format!(
+            "bake-manifest: {}\n{}",
+            encoded.len(),
+            &encoded[..MANIFEST_PAGE.min(encoded.len())]
+        );
+        let (size, pages, page) = first_page(&first).unwrap();
+        assert!(pages > 5, "{pages}");
+        let mut read = page.to_owned();
+        for n in 1..pages {
+            let next = ssm_stdout(&page_script(&file, n * MANIFEST_PAGE, n + 1 == pages));
+            assert!(next.len() <= MANIFEST_PAGE && next.len() < SSM_STDOUT);
+            read.push_str(next.trim_end());
+        }
+        assert!(!path.exists(), "the last page removes the file");
+        let packages = manifest_of(&read, size).unwrap();
+        assert_eq!(packages.len(), 3000);
+        // A page SSM cut short is an error, not a shorter manifest.
+        let err = manifest_of(&read[..read.len() - 10], size).unwrap_err();
+        assert!(err.contains("SSM cut the output"), "{err}");
     }
 
     #[test]

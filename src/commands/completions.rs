@@ -49,9 +49,14 @@ impl Shell {
     }
 }
 
-/// Print the man page (roff) on stdout: `bake man > bake.1; man ./bake.1`.
+/// Print the man page (roff) on stdout: `bake man > bake.1; man ./bake.1`; or write bake.1 and a
+/// page per subcommand (bake-ami.1, ..., which bake.1 refers to) into a directory.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ManArgs {}
+pub struct ManArgs {
+    /// Write bake.1 and every subcommand's page (bake-SUBCOMMAND.1) into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+}
 
 impl Args {
     pub fn run(&self) -> Result<(), Error> {
@@ -69,8 +74,12 @@ impl Args {
 }
 
 impl ManArgs {
-    /// Prints the page of `command` (the whole command line, `Cli::command()`).
+    /// Prints the page of `command` (the whole command line, `Cli::command()`), or writes its
+    /// pages into `--dir`.
     pub fn run(&self, command: clap::Command) -> Result<(), Error> {
+        if let Some(dir) = &self.dir {
+            return Ok(clap_mangen::generate_to(command, dir)?);
+        }
         let mut page = Vec::new();
         clap_mangen::Man::new(command).render(&mut page)?;
         let mut out = std::io::stdout().lock();

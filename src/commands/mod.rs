@@ -4,6 +4,7 @@
 
 pub mod ami;
 pub mod completions;
+pub mod diff;
 pub mod gc;
 pub mod init;
 pub mod pipeline;
@@ -12,6 +13,7 @@ pub mod render;
 pub mod rollback;
 pub mod rollout;
 pub mod schema;
+pub mod status;
 pub mod validate;
 
 use std::fmt::Display;

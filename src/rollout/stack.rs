@@ -233,7 +233,7 @@ async fn build(b: &mut Build<'_>, rollout: &Rollout) -> Result<Stack, CallError>
 }
 
 /// The group named `asg`, when it exists.
-pub(super) async fn describe_group(
+pub async fn describe_group(
     clients: &Clients,
     asg: &str,
 ) -> Result<Option<AutoScalingGroup>, CallError> {
@@ -847,7 +847,7 @@ async fn group(
 }
 
 /// Version `spec` (a number, `$Latest` or `$Default`) of a launch template, when it exists.
-pub(super) async fn template_version(
+pub async fn template_version(
     clients: &Clients,
     template_id: &str,
     spec: &str,

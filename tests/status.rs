@@ -1,0 +1,131 @@
+//! `bake status` against the lab: after a rollout and then a new bake, the group is one AMI
+//! behind with a tested AMI waiting (text and `-o json`); the image's inputs changed since its
+//! newest AMI once the config changes; the published value.
+
+mod support;
+
+use support::{Lab, Scratch, quick_config, quick_rollout};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The quick image (its test stage on) and a one-instance rollout of it.
+fn config(body: &str) -> String {
+    let mut text = quick_config(&format!("body = {body:?}"), "", "");
+    text.push_str(&quick_rollout("web", "t3.micro"));
+    text
+}
+
+async fn bake_ami(lab: &Lab, scratch: &Scratch) -> String {
+    let out = lab
+        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_tested_ami_waiting() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let scratch = Scratch::new(&config("first"));
+    let config = scratch.config();
+    // Before any bake: the image has no AMI and the group does not exist.
+    let empty = lab.run_bake(&["-c", &config, "status"]).await;
+    assert!(empty.status.success(), "{}", stderr(&empty));
+    let text = stdout(&empty);
+    assert!(
+        text.contains("image quick (ap-northeast-2): no AMI yet"),
+        "{text}"
+    );
+    assert!(text.contains("group Web-ASG not found"), "{text}");
+
+    let a = bake_ami(&lab, &scratch).await;
+    let rolled = lab.run_bake(&["-c", &config, "rollout", "web"]).await;
+    assert!(rolled.status.success(), "{}", stderr(&rolled));
+    lab.ssm
+        .put_parameter()
+        .name("/bake/quick/ami-id")
+        .value(&a)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .data_type("aws:ec2:image")
+        .send()
+        .await
+        .unwrap();
+
+    std::fs::write(scratch.path().join("bake.toml"), self::config("second")).unwrap();
+    let b = bake_ami(&lab, &scratch).await;
+    assert_ne!(a, b);
+
+    let out = lab.run_bake(&["-c", &config, "status"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("image quick (ap-northeast-2): {b} (")),
+        "{text}"
+    );
+    assert!(
+        text.contains("test passed, not deprecated; inputs unchanged"),
+        "{text}"
+    );
+    let rollout = text
+        .lines()
+        .find(|l| l.starts_with("rollout web (ap-northeast-2): "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        rollout.contains(&format!(
+            "group Web-ASG on launch template version 1 ({a}); 1 instances, 0 on another AMI"
+        )),
+        "{rollout}"
+    );
+    assert!(
+        rollout.contains(&format!("newer tested AMI waiting: {b}")),
+        "{rollout}"
+    );
+    assert!(
+        rollout.contains(&format!("published /bake/quick/ami-id = {a}")),
+        "{rollout}"
+    );
+
+    let json = lab.run_bake(&["-c", &config, "-o", "json", "status"]).await;
+    assert!(json.status.success(), "{}", stderr(&json));
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let image = &json["images"][0];
+    assert_eq!(image["image"], "quick");
+    assert_eq!(image["newest"]["ami_id"], b.as_str());
+    assert_eq!(image["newest"]["test"], "passed");
+    assert_eq!(image["newest"]["deprecated"], false);
+    assert!(image["newest"]["age_seconds"].as_u64().unwrap() < 3600);
+    assert_eq!(image["changed"]["inputs"], serde_json::json!([]));
+    let rollout = &json["rollouts"][0];
+    assert_eq!(rollout["rollout"], "web");
+    assert_eq!(rollout["exists"], true);
+    assert_eq!(rollout["launch_template_version"], 1);
+    assert_eq!(rollout["ami_id"], a.as_str());
+    assert_eq!(rollout["instances"], 1);
+    assert_eq!(rollout["other"], 0);
+    assert_eq!(rollout["waiting"], b.as_str());
+    assert_eq!(rollout["published"], a.as_str());
+
+    // The config changes, nothing is baked: the image's inputs changed since its newest AMI.
+    std::fs::write(scratch.path().join("bake.toml"), self::config("third")).unwrap();
+    let out = lab.run_bake(&["-c", &config, "-o", "json", "status"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["images"][0]["changed"]["inputs"],
+        serde_json::json!(["user-data"])
+    );
+    let out = lab.run_bake(&["-c", &config, "status"]).await;
+    assert!(
+        stdout(&out).contains(&format!("user data changed since {b}")),
+        "{}",
+        stdout(&out)
+    );
+}
