@@ -37,6 +37,14 @@ pub struct Options {
     pub keep_on_failure: bool,
 }
 
+/// What a run has of the config's `[store]` for one image: the store (records) and, when it
+/// holds one, the image's lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Held<'a> {
+    pub store: Option<&'a Store>,
+    pub lease: Option<&'a Lease>,
+}
+
 /// The result of baking one image.
 #[derive(Debug, Clone, Serialize)]
 pub struct Baked {
@@ -301,10 +309,12 @@ pub async fn bake_all(
                 image,
                 plan,
                 options,
-                config.store.as_ref(),
+                Held {
+                    store: config.store.as_ref(),
+                    lease,
+                },
                 janitor,
                 &progress,
-                lease,
             );
             let Some(lease) = lease else {
                 return baking.await;
@@ -386,11 +396,11 @@ pub async fn bake(
     image: &Image,
     plan: &Plan,
     options: &Options,
-    store: Option<&Store>,
+    held: Held<'_>,
     janitor: &Janitor,
     progress: &Progress,
-    lease: Option<&Lease>,
 ) -> Result<Baked, Step> {
+    let Held { store, lease } = held;
     let started = Instant::now();
     let adopted_from = std::sync::Mutex::new(None::<String>);
     let done = |ami: Ami, skipped: bool, test: Option<TestReport>, copies: Vec<Copy>| Baked {
