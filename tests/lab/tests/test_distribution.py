@@ -262,12 +262,14 @@ def test_an_image_of_an_encrypted_instance_is_encrypted_with_the_volumes_key(lab
     iid = launch(ec2, debian_ami, profile=False, BlockDeviceMappings=[
         {"DeviceName": root, "Ebs": {"VolumeSize": 12, "Encrypted": True, "KmsKeyId": key["KeyId"]}}])
     plain = launch(ec2, debian_ami, profile=False)
-    wait_state(ec2, iid, "running")
-    wait_state(ec2, plain, "running")
+    default = launch(ec2, debian_ami, profile=False, BlockDeviceMappings=[
+        {"DeviceName": root, "Ebs": {"VolumeSize": 8, "Encrypted": True}}])
+    for instance in (iid, plain, default):
+        wait_state(ec2, instance, "running")
     made = {}
-    for name, instance in (("cmk", iid), ("plain", plain)):
+    for name, instance in (("cmk", iid), ("plain", plain), ("default", default)):
         made[name] = ec2.create_image(InstanceId=instance, Name=f"dist-encrypted-{name}", NoReboot=True)["ImageId"]
-    ec2.terminate_instances(InstanceIds=[iid, plain])
+    ec2.terminate_instances(InstanceIds=[iid, plain, default])
     for ami in made.values():
         assert settled(ec2, ami)["State"] == "available"
     mapping = image(ec2, made["cmk"])["BlockDeviceMappings"][0]["Ebs"]
@@ -275,8 +277,14 @@ def test_an_image_of_an_encrypted_instance_is_encrypted_with_the_volumes_key(lab
     snapshot = ec2.describe_snapshots(SnapshotIds=[mapping["SnapshotId"]])["Snapshots"][0]
     assert (snapshot["Encrypted"], snapshot["KmsKeyId"]) == (True, key["Arn"]), snapshot
     assert image(ec2, made["plain"])["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is False
+    # A volume encrypted with no key named used the account's default EBS key, the AWS managed aws/ebs.
+    snapshot = image(ec2, made["default"])["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    snapshot = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]
+    described = kms.describe_key(KeyId=snapshot["KmsKeyId"])["KeyMetadata"]
+    assert (snapshot["Encrypted"], described["KeyManager"]) == (True, "AWS"), (snapshot, described)
+    assert kms.describe_key(KeyId="alias/aws/ebs")["KeyMetadata"]["Arn"] == described["Arn"]
     # Shared with B, the unencrypted image launches there; the encrypted one needs its key, which B may not use.
-    for ami in made.values():
+    for ami in (made["cmk"], made["plain"]):
         ec2.modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"UserId": ACCOUNT_B}]})
     assert b_launch(lab, made["cmk"], HOME)["State"]["Name"] == "terminated"
     assert b_launch(lab, made["plain"], HOME)["State"]["Name"] == "running"

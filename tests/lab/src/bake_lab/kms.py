@@ -4,6 +4,7 @@ share these checks."""
 import fnmatch
 import json
 
+from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.kms.models import KmsBackend, kms_backends
 
 from .patching import wrap
@@ -125,3 +126,12 @@ def install() -> None:
             backend.keys[key_id].key_manager = "AWS"
 
     wrap(KmsBackend, "_generate_default_keys", aws_managed)
+
+    def default_ebs_key(ebs, arn):
+        # EC2 makes aws/ebs itself when a volume is encrypted with no key named (moto creates it there as a
+        # customer managed key, bypassing the reserved-alias path above).
+        key = find_key(ebs.account_id, ebs.region_name, arn)
+        if key is not None:
+            key.key_manager = "AWS"
+
+    wrap(EBSBackend, "_create_default_encryption_key", default_ebs_key)
