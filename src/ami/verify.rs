@@ -90,8 +90,14 @@ pub fn script(digest: &str, commands: &[String], wait: Duration) -> String {
         // bash runs the commands where there is one (they were written for it); sh otherwise.
         "if command -v bash >/dev/null 2>&1; then shell=bash; else shell='sh'; fi".into(),
         format!("deadline=$(( $(date +%s) + {} ))", wait.as_secs()),
-        "until [ -s \"$ready\" ] || [ -e \"$failed\" ]; do".into(),
+        // A builder from an image bake made already holds that bake's marker: wait for this
+        // digest, which the user data writes last.
+        format!(
+            "until [ \"$(cat \"$ready\" 2>/dev/null)\" = {} ] || [ -e \"$failed\" ]; do",
+            q(digest)
+        ),
         "  if [ \"$(date +%s)\" -ge \"$deadline\" ]; then".into(),
+        "    [ -s \"$ready\" ] && break".into(),
         "    echo \"bake-verify: user data did not finish: no $ready\" >&2".into(),
         format!("    tail -n 20 \"$log\" 2>/dev/null | tail -c {STEP_STDERR_TAIL} >&2"),
         "    exit 90".into(),
@@ -773,6 +779,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (code, _, stderr) = run_script(dir.path(), Some("d1g3st\n"), &["[[ -n x ]]"]);
         assert_eq!(code, 0, "{stderr}");
+    }
+
+    #[test]
+    fn script_waits_for_its_digest_over_an_earlier_bakes_marker() {
+        // A builder from an AMI bake made boots with that bake's marker; the user data writes
+        // this bake's digest over it when it finishes.
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(600));
+            std::fs::write(ready, "d1g3st\n").unwrap();
+        });
+        let (code, stdout, stderr) = run_script(dir.path(), Some("earl1er\n"), &["true"]);
+        writer.join().unwrap();
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("digest matches"), "{stdout}");
     }
 
     #[test]
