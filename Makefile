@@ -12,8 +12,8 @@ DESTDIR ?=
 INSTALL_PROFILE ?= release
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 INSTALL_BIN := $(TARGET_DIR)/$(if $(filter dev,$(INSTALL_PROFILE)),debug,$(INSTALL_PROFILE))/bake
-# contrib/'s linters (actionlint, cfn-lint) in a venv keyed by their pins, beside the lab's.
-CONTRIB_VENV := $(LAB_CACHE)/contrib-$(shell sha256sum contrib/requirements.txt | cut -c1-12)
+# contrib/'s linters (check-jsonschema, cfn-lint) in a venv keyed by their pins, beside the lab's.
+CONTRIB_VENV = $(LAB_CACHE)/contrib-$(shell sha256sum contrib/requirements.txt | cut -c1-12)
 
 # The lab (a Python package, tests/lab): lab-deps, lab-image, lab-up, lab-down, lab-lint, lab-test; exports
 # LAB_PYTHON for the tests.
