@@ -8,8 +8,9 @@
 //! Modules depend only on modules of their own layer or below, and never in a cycle
 //! (`tests/layers.rs` holds the tree to this):
 //!
-//! 1. [`config`], [`aws`], [`poll`], [`output`], [`limits`], [`render`], [`signal`]: the config,
-//!    AWS calls and answers, waiting, printing, AWS's limits, user data, signals.
+//! 1. [`config`], [`aws`], [`iam`], [`poll`], [`output`], [`limits`], [`render`], [`signal`]: the
+//!    config, AWS calls and answers, the IAM policy as data, waiting, printing, AWS's limits, user
+//!    data, signals.
 //! 2. [`resolve`], [`probe`], [`tags`]: finding what the config names, the HTTP health probe,
 //!    every tag key.
 //! 3. [`janitor`]: what a run created, and its cleanup.
@@ -22,6 +23,7 @@ pub mod aws;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod iam;
 pub mod janitor;
 pub mod limits;
 pub mod output;
@@ -296,6 +298,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Prune(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
         Command::Pipeline(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
         Command::Gc(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
+        Command::IamPolicy(args) => finish(&ctx, args.run(&ctx)),
     }
 }
 

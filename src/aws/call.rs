@@ -447,6 +447,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_refused_call_names_the_iam_actions_its_operation_needs() {
+        let refused = describe(&answer(403, "UnauthorizedOperation"));
+        assert!(
+            refused.starts_with("UnauthorizedOperation: m (")
+                && refused.contains("needs IAM permission ec2:TerminateInstances"),
+            "{refused}"
+        );
+        assert!(!describe(&answer(400, "InvalidInstanceID.NotFound")).contains("IAM"));
+    }
+
     #[tokio::test]
     async fn codes_that_mean_none_answer_none_and_a_star_matches_a_prefix() {
         let none: Option<()> = Call::new("eu-west-1", || async {
