@@ -51,6 +51,7 @@ pub enum Command {
     Prune(commands::prune::Args),
     Pipeline(commands::pipeline::Args),
     Gc(commands::gc::Args),
+    IamPolicy(commands::iam_policy::Args),
 }
 
 impl Cli {

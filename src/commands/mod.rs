@@ -4,6 +4,7 @@
 
 pub mod ami;
 pub mod gc;
+pub mod iam_policy;
 pub mod pipeline;
 pub mod prune;
 pub mod render;
