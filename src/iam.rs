@@ -43,7 +43,8 @@ pub enum When {
     Private,
     /// `[image.X.distribute]`: copies to other regions, sharing, KMS keys.
     Distribute,
-    /// A rollout or pipeline finding its stack already there, or changing a part of it.
+    /// Where a stack is already there: a rollout or pipeline changing it, prune reading the
+    /// launch templates' versions.
     Update,
 }
 
@@ -78,12 +79,10 @@ const AMI: &[Grant] = &[
     grant(
         &[
             "ec2:DescribeSubnets",
-            "ec2:DescribeVpcs",
             "ec2:DescribeRouteTables",
             "iam:GetInstanceProfile",
             "ec2:CreateSecurityGroup",
             "ec2:AuthorizeSecurityGroupIngress",
-            "ec2:DescribeSecurityGroups",
             "ec2:RunInstances",
             "ec2:DescribeInstances",
             "ssm:DescribeInstanceInformation",
@@ -119,6 +118,7 @@ const AMI: &[Grant] = &[
             "ec2:DeregisterImage",
             "ec2:DeleteSnapshot",
             "ec2:DescribeSnapshots",
+            "ec2:DescribeSecurityGroups",
             "ec2:DescribeSecurityGroupRules",
             "ec2:RevokeSecurityGroupIngress",
             "ec2:EnableImageDeprecation",
@@ -183,6 +183,7 @@ const ROLLOUT: &[Grant] = &[
     grant(
         &[
             "ec2:DescribeSubnets",
+            "ec2:DescribeRouteTables",
             "ec2:DescribeVpcs",
             "ec2:DescribeSecurityGroups",
             "ec2:CreateSecurityGroup",
@@ -224,13 +225,15 @@ const ROLLOUT: &[Grant] = &[
                 "CreateSecurityGroup",
                 "CreateLaunchTemplate",
                 "CreateLaunchTemplateVersion",
+                "RunInstances",
             ],
         )),
         when: When::Always,
     },
-    // The group launches instances from the launch template with its profile: EC2 Auto Scaling
-    // calls RunInstances with its service-linked role, but passing the profile's role in the
-    // launch template is checked against the caller ("Launch template support", IAM permissions).
+    // Creating or updating a group with a launch template checks that the caller may launch what
+    // it describes ("Control Amazon EC2 launch template usage in Auto Scaling groups"):
+    // ec2:RunInstances, iam:PassRole for its profile's role, ec2:CreateTags for its instance tags.
+    grant(&["ec2:RunInstances"], When::Always),
     PASS_ROLE,
     grant(
         &[
@@ -277,14 +280,16 @@ const PUBLISH: &[Grant] = &[grant(
 
 /// `bake prune`: what is in use, then old AMIs and their snapshots out.
 const PRUNE: &[Grant] = &[
+    grant(&["ec2:DescribeLaunchTemplateVersions"], When::Update),
     grant(
         &[
             "ec2:DescribeImages",
             "ec2:DescribeInstances",
             "ec2:DescribeLaunchTemplates",
-            "ec2:DescribeLaunchTemplateVersions",
             "autoscaling:DescribeAutoScalingGroups",
             "ssm:GetParametersByPath",
+            // The image's published parameter (`--publish-prefix`), in every region it is in.
+            "ssm:GetParameter",
         ],
         When::Always,
     ),
@@ -463,7 +468,7 @@ pub const OPERATIONS: &[(&str, &str, &[&str])] = &[
         &["autoscaling:CancelInstanceRefresh"],
     ),
     // With Tags: autoscaling:CreateOrUpdateTags ("Tag Auto Scaling groups and instances"); with a
-    // launch template naming a profile, iam:PassRole.
+    // launch template, what launching from it needs (ec2:RunInstances, iam:PassRole, CreateTags).
     (
         "autoscaling",
         "create_auto_scaling_group",
@@ -527,7 +532,12 @@ pub const OPERATIONS: &[(&str, &str, &[&str])] = &[
     (
         "autoscaling",
         "update_auto_scaling_group",
-        &["autoscaling:UpdateAutoScalingGroup", "iam:PassRole"],
+        &[
+            "autoscaling:UpdateAutoScalingGroup",
+            "ec2:RunInstances",
+            "iam:PassRole",
+            "ec2:CreateTags",
+        ],
     ),
     ("cloudwatch", "delete_alarms", &["cloudwatch:DeleteAlarms"]),
     (

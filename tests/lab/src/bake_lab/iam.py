@@ -121,6 +121,35 @@ def required(environ, req: dict, body: bytes) -> list[tuple[str, list[str], dict
                 needs.append(("iam:PassRole", [role], {"iam:PassedToService": "ec2.amazonaws.com"}))
     elif (service, action) in TAGGED_CREATE and _has_tags(params):
         needs.append((TAGGED_CREATE[(service, action)], ["*"], {}))
+    if service == "autoscaling" and action in ("CreateAutoScalingGroup", "UpdateAutoScalingGroup"):
+        needs.extend(_launch_template(params, region))
+    return needs
+
+
+def _launch_template(params: dict, region: str) -> list[tuple[str, list[str], dict]]:
+    """A group created or updated with a launch template: EC2 Auto Scaling checks that the caller may launch what
+    it describes — ec2:RunInstances ("Control Amazon EC2 launch template usage in Auto Scaling groups": "ec2:RunInstances
+    [is] checked when an Auto Scaling group is created or updated using a launch template"), iam:PassRole for its
+    instance profile's role, ec2:CreateTags for its tag specifications."""
+    tid = params.get("LaunchTemplate.LaunchTemplateId")
+    name = params.get("LaunchTemplate.LaunchTemplateName")
+    if not tid and not name:
+        return []
+    backend = ec2_backends[ACCOUNT][region]
+    try:
+        template = backend.get_launch_template(tid) if tid else backend.get_launch_template_by_name(name)
+        data = template.get_version(params.get("LaunchTemplate.Version", "$Default")).data
+    except Exception:  # an unknown template or version: Auto Scaling itself answers it
+        return []
+    needs = [("ec2:RunInstances", ["*"], {})]
+    profile = data.get("IamInstanceProfile") or {}
+    role = _profile_role({"IamInstanceProfile.Name": profile.get("Name"),
+                          "IamInstanceProfile.Arn": profile.get("Arn")})
+    if role:
+        needs.append(("iam:PassRole", [role], {"iam:PassedToService": "ec2.amazonaws.com"}))
+    if data.get("TagSpecification") or data.get("TagSpecifications"):
+        needs.append(("ec2:CreateTags", [f"arn:aws:ec2:{region}:{ACCOUNT}:instance/*"],
+                      {"ec2:CreateAction": "RunInstances"}))
     return needs
 
 
