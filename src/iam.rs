@@ -190,7 +190,6 @@ const ROLLOUT: &[Grant] = &[
             "ec2:AuthorizeSecurityGroupIngress",
             "iam:GetInstanceProfile",
             "ec2:DescribeLaunchTemplates",
-            "ec2:DescribeLaunchTemplateVersions",
             "ec2:CreateLaunchTemplate",
             "elasticloadbalancing:DescribeLoadBalancers",
             "elasticloadbalancing:CreateLoadBalancer",
@@ -206,10 +205,13 @@ const ROLLOUT: &[Grant] = &[
             "autoscaling:CreateOrUpdateTags",
             "autoscaling:DeleteTags",
             "autoscaling:DescribeScalingActivities",
+            "autoscaling:DescribePolicies",
             "autoscaling:EnableMetricsCollection",
             "cloudwatch:DescribeAlarms",
             "cloudwatch:PutMetricAlarm",
             "cloudwatch:TagResource",
+            // The alarms' bake:run-id comes off once the stack is whole.
+            "cloudwatch:UntagResource",
             "elasticloadbalancing:RemoveTags",
             "ec2:DeleteTags",
         ],
@@ -241,8 +243,10 @@ const ROLLOUT: &[Grant] = &[
             "autoscaling:UpdateAutoScalingGroup",
             "autoscaling:StartInstanceRefresh",
             "autoscaling:DescribeInstanceRefreshes",
-            "autoscaling:DescribePolicies",
             "autoscaling:PutScalingPolicy",
+            "ec2:DescribeLaunchTemplateVersions",
+            "elasticloadbalancing:DescribeTags",
+            "cloudwatch:ListTagsForResource",
             "autoscaling:AttachLoadBalancerTargetGroups",
             "elasticloadbalancing:ModifyTargetGroup",
             "ssm:GetParameter",
@@ -267,16 +271,18 @@ const ROLLOUT: &[Grant] = &[
 ];
 
 /// Publishing to Parameter Store (the pipeline): the parameter, its versions and labels.
-const PUBLISH: &[Grant] = &[grant(
-    &[
-        "ssm:GetParameter",
-        "ssm:PutParameter",
-        "ssm:GetParameterHistory",
-        "ssm:LabelParameterVersion",
-        "ssm:AddTagsToResource",
-    ],
-    When::Always,
-)];
+const PUBLISH: &[Grant] = &[
+    grant(
+        &[
+            "ssm:GetParameter",
+            "ssm:PutParameter",
+            "ssm:LabelParameterVersion",
+        ],
+        When::Always,
+    ),
+    // Read only to explain a label that would not stick.
+    grant(&["ssm:GetParameterHistory"], When::Cleanup),
+];
 
 /// `bake prune`: what is in use, then old AMIs and their snapshots out.
 const PRUNE: &[Grant] = &[
@@ -772,12 +778,8 @@ pub const OPERATIONS: &[(&str, &str, &[&str])] = &[
         "label_parameter_version",
         &["ssm:LabelParameterVersion"],
     ),
-    // With Tags: ssm:AddTagsToResource.
-    (
-        "ssm",
-        "put_parameter",
-        &["ssm:PutParameter", "ssm:AddTagsToResource"],
-    ),
+    // bake gives the parameter no Tags (with them, ssm:AddTagsToResource would be needed too).
+    ("ssm", "put_parameter", &["ssm:PutParameter"]),
     ("ssm", "send_command", &["ssm:SendCommand"]),
 ];
 

@@ -263,3 +263,183 @@ async fn prune_runs_with_exactly_its_policy_and_without_deregister_fails_naming_
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipeline_runs_with_exactly_its_policy_and_without_put_parameter_fails_naming_it() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let config_with = |body: &str| {
+        Scratch::new(
+            &(quick_config(&format!("body = {body:?}"), "", "")
+                + NO_TEST_STAGE
+                + &quick_rollout("web", "t3.micro")),
+        )
+    };
+    // The stack is there (made as the lab's admin); the pipeline bakes a changed image, rolls it
+    // out and publishes it.
+    let first = config_with("one");
+    bake_as_admin(&lab, &first.config(), &["ami", "quick"]).await;
+    bake_as_admin(&lab, &first.config(), &["rollout", "web"]).await;
+    let second = config_with("two");
+    let config = second.config();
+    let policy = policy(&config, "pipeline");
+    let out = run_as(&lab, &policy, &["-c", &config, "pipeline"]).await;
+    let (used, denied) = judged(&lab).await;
+    assert!(
+        out.status.success(),
+        "pipeline as the policy's user: {}",
+        stderr(&out)
+    );
+    assert!(denied.is_empty(), "denied: {denied:?}");
+    let granted = actions(&policy);
+    let outside: Vec<_> = used.difference(&granted).collect();
+    assert!(outside.is_empty(), "used outside the policy: {outside:?}");
+    // A pipeline with its stack in place: everything a bake always needs, then a new launch
+    // template version rolled out by a refresh, then the parameter published.
+    let mut expected = always("ami");
+    for action in [
+        "ec2:CreateLaunchTemplateVersion",
+        "autoscaling:UpdateAutoScalingGroup",
+        "autoscaling:StartInstanceRefresh",
+        "ssm:PutParameter",
+        "ssm:LabelParameterVersion",
+    ] {
+        expected.insert(action.to_owned());
+    }
+    let unused: Vec<_> = expected.difference(&used).collect();
+    assert!(
+        unused.is_empty(),
+        "pipeline needs but never used: {unused:?}"
+    );
+
+    let third = config_with("three");
+    let out = run_as(
+        &lab,
+        &without(&policy, "ssm:PutParameter"),
+        &["-c", &third.config(), "pipeline"],
+    )
+    .await;
+    let (_, denied) = judged(&lab).await;
+    assert!(
+        !out.status.success(),
+        "pipeline without ssm:PutParameter succeeded"
+    );
+    assert!(denied.contains("ssm:PutParameter"), "{denied:?}");
+    assert!(
+        stderr(&out).contains("ssm:PutParameter"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A builder and its security group as a killed run leaves them: tagged with its run id.
+async fn leftovers(lab: &Lab, run: &str) {
+    let image = lab
+        .ssm
+        .get_parameter()
+        .name("/aws/service/debian/release/bookworm/latest/amd64")
+        .send()
+        .await
+        .unwrap()
+        .parameter
+        .unwrap()
+        .value
+        .unwrap();
+    let subnet = lab
+        .ec2
+        .describe_subnets()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:Name")
+                .values("Public subnet A")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .subnets()[0]
+        .clone();
+    let tagged = |kind: aws_sdk_ec2::types::ResourceType| {
+        aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(kind)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("bake:run-id")
+                    .value(run)
+                    .build(),
+            )
+            .build()
+    };
+    let group = lab
+        .ec2
+        .create_security_group()
+        .group_name(format!("bake-{run}"))
+        .description("left by a killed run")
+        .vpc_id(subnet.vpc_id().unwrap())
+        .tag_specifications(tagged(aws_sdk_ec2::types::ResourceType::SecurityGroup))
+        .send()
+        .await
+        .unwrap()
+        .group_id
+        .unwrap();
+    lab.ec2
+        .run_instances()
+        .image_id(image)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(subnet.subnet_id().unwrap())
+        .security_group_ids(group)
+        .tag_specifications(tagged(aws_sdk_ec2::types::ResourceType::Instance))
+        .send()
+        .await
+        .unwrap();
+    lab.wait_until_builders_listed().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_runs_with_exactly_its_policy_and_without_terminate_fails_naming_it() {
+    let Some(lab) = Lab::start_or_skip().await else {
+        return;
+    };
+    let scratch = Scratch::new(&quick_config("", "", ""));
+    let config = scratch.config();
+    leftovers(&lab, "20260101t000000-aaaaaa").await;
+    let policy = policy(&config, "gc");
+    let args = ["-c", config.as_str(), "gc", "--ttl", "0s"];
+    let out = run_as(&lab, &policy, &args).await;
+    let (used, denied) = judged(&lab).await;
+    assert!(
+        out.status.success(),
+        "gc as the policy's user: {}",
+        stderr(&out)
+    );
+    assert!(denied.is_empty(), "denied: {denied:?}");
+    let granted = actions(&policy);
+    let outside: Vec<_> = used.difference(&granted).collect();
+    assert!(outside.is_empty(), "used outside the policy: {outside:?}");
+    let mut expected = always("gc");
+    for action in ["ec2:TerminateInstances", "ec2:DeleteSecurityGroup"] {
+        expected.insert(action.to_owned());
+    }
+    let unused: Vec<_> = expected.difference(&used).collect();
+    assert!(
+        unused.is_empty(),
+        "gc always needs but never used: {unused:?}"
+    );
+
+    leftovers(&lab, "20260101t000000-bbbbbb").await;
+    let out = run_as(&lab, &without(&policy, "ec2:TerminateInstances"), &args).await;
+    let (_, denied) = judged(&lab).await;
+    assert!(
+        !out.status.success(),
+        "gc without ec2:TerminateInstances succeeded"
+    );
+    assert!(denied.contains("ec2:TerminateInstances"), "{denied:?}");
+    assert!(
+        stderr(&out).contains("ec2:TerminateInstances"),
+        "{}",
+        stderr(&out)
+    );
+}
