@@ -323,12 +323,18 @@ const GC: &[Grant] = &[
             "ec2:DescribeAddresses",
             "elasticloadbalancing:DescribeLoadBalancers",
             "elasticloadbalancing:DescribeTargetGroups",
-            "elasticloadbalancing:DescribeTags",
             "autoscaling:DescribeAutoScalingGroups",
             "cloudwatch:DescribeAlarms",
-            "cloudwatch:ListTagsForResource",
         ],
         When::Always,
+    ),
+    // The tags of load balancers and alarms there are, to find a stack cut short.
+    grant(
+        &[
+            "elasticloadbalancing:DescribeTags",
+            "cloudwatch:ListTagsForResource",
+        ],
+        When::Cleanup,
     ),
     Grant {
         actions: &["ec2:TerminateInstances"],
