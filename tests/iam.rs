@@ -433,7 +433,10 @@ async fn leftovers(lab: &Lab, run: &str) {
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !listed().await {
-        assert!(std::time::Instant::now() < deadline, "{run}'s builder never listed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{run}'s builder never listed"
+        );
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

@@ -128,9 +128,9 @@ def required(environ, req: dict, body: bytes) -> list[tuple[str, list[str], dict
 
 def _launch_template(params: dict, region: str) -> list[tuple[str, list[str], dict]]:
     """A group created or updated with a launch template: EC2 Auto Scaling checks that the caller may launch what
-    it describes — ec2:RunInstances ("Control Amazon EC2 launch template usage in Auto Scaling groups": "ec2:RunInstances
-    [is] checked when an Auto Scaling group is created or updated using a launch template"), iam:PassRole for its
-    instance profile's role, ec2:CreateTags for its tag specifications."""
+    it describes — ec2:RunInstances ("Control Amazon EC2 launch template usage in Auto Scaling groups":
+    "ec2:RunInstances [is] checked when an Auto Scaling group is created or updated using a launch template"),
+    iam:PassRole for its instance profile's role, ec2:CreateTags for its tag specifications."""
     tid = params.get("LaunchTemplate.LaunchTemplateId")
     name = params.get("LaunchTemplate.LaunchTemplateName")
     if not tid and not name:
