@@ -6,7 +6,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from bake_lab.iam import evaluate
-from conftest import REGION, subnet_id
+from conftest import REGION, subnet_id, wait_state
 
 POLICY = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": ["ec2:Describe*", "ssm:GetParameter", "autoscaling:DescribeAutoScalingGroups"],
@@ -62,6 +62,8 @@ def test_tag_on_create_needs_create_tags_and_terminate_needs_the_tag(lab, ec2, d
         SubnetId=subnet_id(ec2, "Public subnet A"),
         TagSpecifications=[{"ResourceType": "instance", "Tags": tags}] if tags else [],
     )["Instances"][0]["InstanceId"] for tags in ([{"Key": "bake:run-id", "Value": "r1"}], None))
+    for instance in (tagged, untagged):  # known to EC2 (eventual consistency) before the user acts on them
+        wait_state(ec2, instance, "running")
     with pytest.raises(ClientError) as denied:
         user_ec2.terminate_instances(InstanceIds=[untagged])
     assert "ec2:TerminateInstances" in denied.value.response["Error"]["Message"]
