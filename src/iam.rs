@@ -94,14 +94,23 @@ const AMI: &[Grant] = &[
         When::Always,
     ),
     // Tagging on create ("Grant permission to tag Amazon EC2 resources during creation"): the
-    // builder, its security group, the image and its snapshots, and nothing else.
+    // builder, its security group, the image and its snapshots; a private builder's Elastic IP,
+    // NAT gateway and endpoints; a distributed image's copies; nothing else.
     Grant {
         actions: &["ec2:CreateTags"],
         resource: "*",
         condition: Some((
             "StringEquals",
             "ec2:CreateAction",
-            &["RunInstances", "CreateSecurityGroup", "CreateImage"],
+            &[
+                "RunInstances",
+                "CreateSecurityGroup",
+                "CreateImage",
+                "AllocateAddress",
+                "CreateNatGateway",
+                "CreateVpcEndpoint",
+                "CopyImage",
+            ],
         )),
         when: When::Always,
     },
@@ -901,6 +910,26 @@ mod tests {
                     "{client}.{op} needs {action}, in no command's policy"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn every_ec2_call_that_tags_on_create_is_a_create_action_tags_are_allowed_for() {
+        let allowed: BTreeSet<&str> = grants(Command::All)
+            .iter()
+            .filter_map(|g| g.condition)
+            .filter(|(_, key, _)| *key == "ec2:CreateAction")
+            .flat_map(|(_, _, values)| values.iter().copied())
+            .collect();
+        for (client, op, actions) in OPERATIONS {
+            if *client != "ec2" || *op == "create_tags" || !actions.contains(&"ec2:CreateTags") {
+                continue;
+            }
+            let action = actions[0].trim_start_matches("ec2:");
+            assert!(
+                allowed.contains(action),
+                "CreateTags on {action} is never allowed"
+            );
         }
     }
 

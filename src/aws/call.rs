@@ -437,7 +437,8 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "cannot open port 80 on sg-1 in eu-west-1: UnauthorizedOperation: m"
+            "cannot open port 80 on sg-1 in eu-west-1: UnauthorizedOperation: m (the call needs \
+             IAM permission ec2:TerminateInstances; `bake iam-policy` prints the policy)"
         );
         let source = std::error::Error::source(&err).expect("the SDK error is the source");
         assert!(
