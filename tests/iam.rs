@@ -484,3 +484,61 @@ async fn gc_runs_with_exactly_its_policy_and_without_terminate_fails_naming_it()
         stderr(&out)
     );
 }
+
+/// `bake iam-policy` itself (no lab): a policy document in text and JSON alike, `all` the union of
+/// the commands', PassRole narrowed to the config's profiles or `--role`, a bad command exit 2.
+#[test]
+fn iam_policy_prints_one_document_the_union_and_the_roles_it_may_pass() {
+    let scratch = Scratch::new(&quick_config("", "", ""));
+    let config = scratch.config();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bake"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let text = run(&["-c", &config, "iam-policy", "ami"]);
+    assert!(text.status.success(), "{}", stderr(&text));
+    let text: Value = serde_json::from_slice(&text.stdout).unwrap();
+    assert_eq!(
+        text,
+        policy(&config, "ami"),
+        "text and -o json print one document"
+    );
+    assert_eq!(text["Version"], "2012-10-17");
+    let all = actions(&policy(&config, "all"));
+    for command in ["ami", "rollout", "pipeline", "prune", "gc"] {
+        let own = actions(&policy(&config, command));
+        assert!(own.is_subset(&all), "{command}: {:?}", own.difference(&all));
+    }
+    let pass_role = |doc: &Value| {
+        doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s["Action"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a == "iam:PassRole")
+            })
+            .unwrap()["Resource"]
+            .clone()
+    };
+    assert_eq!(pass_role(&text), "arn:aws:iam::*:role/SSMInstanceProfile");
+    let named = run(&[
+        "-c",
+        &config,
+        "-o",
+        "json",
+        "iam-policy",
+        "ami",
+        "--role",
+        "Builder",
+    ]);
+    let named: Value = serde_json::from_slice(&named.stdout).unwrap();
+    assert_eq!(pass_role(&named), "arn:aws:iam::*:role/Builder");
+    let bad = run(&["-c", &config, "iam-policy", "deploy"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}
