@@ -57,6 +57,7 @@ pub enum Command {
     Man(commands::completions::ManArgs),
     Diff(commands::diff::Args),
     Status(commands::status::Args),
+    IamPolicy(commands::iam_policy::Args),
 }
 
 impl Cli {

@@ -8,8 +8,9 @@
 //! Modules depend only on modules of their own layer or below, and never in a cycle
 //! (`tests/layers.rs` holds the tree to this):
 //!
-//! 1. [`config`], [`aws`], [`poll`], [`output`], [`limits`], [`render`], [`signal`]: the config,
-//!    AWS calls and answers, waiting, printing, AWS's limits, user data, signals.
+//! 1. [`config`], [`aws`], [`iam`], [`poll`], [`output`], [`limits`], [`render`], [`signal`]: the
+//!    config, AWS calls and answers, the IAM policy as data, waiting, printing, AWS's limits, user
+//!    data, signals.
 //! 2. [`resolve`], [`probe`], [`tags`], [`records`]: finding what the config names, the HTTP
 //!    health probe, every tag key, the bake records and what changed between two AMIs.
 //! 3. [`janitor`], [`lease`]: what a run created, and its cleanup; the per-image lease in S3.
@@ -22,6 +23,7 @@ pub mod aws;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod iam;
 pub mod janitor;
 pub mod lease;
 pub mod limits;
@@ -313,6 +315,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Man(args) => args.run(<Cli as clap::CommandFactory>::command()),
         Command::Diff(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
         Command::Status(args) => finish(&ctx, runtime().block_on(args.run(&ctx))),
+        Command::IamPolicy(args) => finish(&ctx, args.run(&ctx)),
     }
 }
 

@@ -10,6 +10,7 @@ use std::path::Path;
 const LAYERS: &[(&str, u8)] = &[
     ("config", 1),
     ("aws", 1),
+    ("iam", 1),
     ("poll", 1),
     ("output", 1),
     ("limits", 1),

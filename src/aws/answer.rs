@@ -13,6 +13,31 @@ const EXPIRED: &str = "the AWS credentials expired during the run and cannot be 
     whatever this run created and could not remove is tagged with its bake:run-id; get new \
     credentials and run `bake gc` to delete it";
 
+/// Codes for a request IAM refused (EC2, the query services and S3, the JSON services).
+const DENIED_CODES: &[&str] = &[
+    "UnauthorizedOperation",
+    "AccessDenied",
+    "AccessDeniedException",
+];
+
+/// What a refused call needs, named from the operation bake was calling (its error type names
+/// it): "the call needs IAM permission ec2:RunInstances (with ec2:CreateTags, iam:PassRole)".
+fn denied(error_type: &str) -> String {
+    match crate::iam::needed_by(error_type) {
+        [] => "the credentials lack the IAM permission for this call; `bake iam-policy` prints \
+               the policy bake needs"
+            .to_owned(),
+        [own] => {
+            format!("the call needs IAM permission {own}; `bake iam-policy` prints the policy")
+        }
+        [own, implied @ ..] => format!(
+            "the call needs IAM permission {own}, and with it {} for what it implies (tags on \
+             create, a role passed); `bake iam-policy` prints the policy",
+            implied.join(", ")
+        ),
+    }
+}
+
 /// The service's message for an SDK error, including its code (`InvalidParameterValue: ...`); for
 /// a request that got no answer, which service at which endpoint and what to check. Never a Rust
 /// `Debug` dump.
@@ -31,6 +56,9 @@ where
         };
         return match e.code() {
             Some(code) if EXPIRED_CODES.contains(&code) => format!("{described} ({EXPIRED})"),
+            Some(code) if DENIED_CODES.contains(&code) => {
+                format!("{described} ({})", denied(std::any::type_name::<E>()))
+            }
             _ => described,
         };
     }

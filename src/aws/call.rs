@@ -437,7 +437,8 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "cannot open port 80 on sg-1 in eu-west-1: UnauthorizedOperation: m"
+            "cannot open port 80 on sg-1 in eu-west-1: UnauthorizedOperation: m (the call needs \
+             IAM permission ec2:TerminateInstances; `bake iam-policy` prints the policy)"
         );
         let source = std::error::Error::source(&err).expect("the SDK error is the source");
         assert!(
@@ -445,6 +446,17 @@ mod tests {
                 .downcast_ref::<SdkError<TerminateInstancesError, HttpResponse>>()
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_refused_call_names_the_iam_actions_its_operation_needs() {
+        let refused = describe(&answer(403, "UnauthorizedOperation"));
+        assert!(
+            refused.starts_with("UnauthorizedOperation: m (")
+                && refused.contains("needs IAM permission ec2:TerminateInstances"),
+            "{refused}"
+        );
+        assert!(!describe(&answer(400, "InvalidInstanceID.NotFound")).contains("IAM"));
     }
 
     #[tokio::test]

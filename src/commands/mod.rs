@@ -6,6 +6,7 @@ pub mod ami;
 pub mod completions;
 pub mod diff;
 pub mod gc;
+pub mod iam_policy;
 pub mod init;
 pub mod pipeline;
 pub mod prune;

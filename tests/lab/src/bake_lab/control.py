@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 
 from moto.iam.models import get_account_id_from
 
-from . import consistency
+from . import consistency, iam
 from .ec2 import sharing
 
 INTERNAL_KEY = "LABINTERNAL"  # access key of the lab's own bootstrap calls: never faulted, never logged
@@ -164,10 +164,12 @@ class ControlApp:
         self.faults = Faults()
         self.requests: list[dict] = []
         self.lock = threading.Lock()
+        self.iam = iam.Enforcer(_QUERY_XMLNS)
 
     def clear(self) -> None:
         with self.lock:
             self.requests.clear()
+        self.iam.clear()
         self.faults.set({"rate": 0})
         self.api.lab.consistency.reset()
 
@@ -181,6 +183,14 @@ class ControlApp:
             return self.moto_app(environ, start_response)
         consistency.serving(req["action"])
         started = time.time()
+        if self.iam.enforced(req["key"]):
+            denied = self._authorize(environ, req)
+            if denied:
+                status, headers, body = denied
+                start_response(status, headers + [("Content-Length", str(len(body)))])
+                consistency.serving(None)
+                self._log(req, started, int(status.split()[0]), None)
+                return [body]
         fault = self.faults.pick(req)
         if fault == "lost":
             return self._lose_answer(environ, start_response, req, started)
@@ -200,6 +210,13 @@ class ControlApp:
         finally:
             consistency.serving(None)
             self._log(req, started, seen.get("status", 500), None)
+
+    def _authorize(self, environ, req: dict):
+        """The enforced user's request judged by its policy (reads and restores the body): None or the denial."""
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        return self.iam.check(environ, req, body)
 
     def _lose_answer(self, environ, start_response, req: dict, started: float):
         """Runs the request; a success is replaced by a 500, an error answer is passed on as it is."""
@@ -243,7 +260,7 @@ class ControlApp:
         if isinstance(payload, (dict, list)):
             data, ctype = json.dumps(payload).encode(), "application/json"
         else:
-            data, ctype = payload.encode(), ("application/x-ndjson" if name in ("requests", "events")
+            data, ctype = payload.encode(), ("application/x-ndjson" if name in ("requests", "events", "iam")
                                              else "text/plain")
         start_response(f"{status} {'OK' if status == 200 else 'Error'}",
                        [("Content-Type", ctype), ("Content-Length", str(len(data)))])
@@ -284,6 +301,10 @@ class ControlApp:
             return 200, sharing.set_accounts(body)
         if name == "accounts":
             return 200, sharing.accounts()
+        if (method, name) == ("POST", "iam-user"):
+            return 200, self.iam.set_user(body)
+        if name == "iam":
+            return 200, self.iam.dump()
         if name == "checkip":
             return 200, api.checkip() + "\n"
         if name == "requests":
