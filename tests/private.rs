@@ -353,6 +353,10 @@ async fn sigkill_after_the_endpoints_leaves_them_to_gc_which_removes_them() {
         )
         .await;
     assert_eq!(out.status.code(), None, "killed by a signal");
+    let builder = running_builder(&lab, "web")
+        .await
+        .expect("the killed bake's builder");
+    let builder = builder.instance_id().unwrap_or_default().to_owned();
     let left = endpoints_in(&lab, &vpc).await;
     assert_eq!(
         left.len(),
@@ -367,6 +371,37 @@ async fn sigkill_after_the_endpoints_leaves_them_to_gc_which_removes_them() {
         .run_bake(&["-c", &example(), "gc", "--ttl", "0s", "--dry-run"])
         .await;
     assert!(dry.status.success(), "{}", stderr(&dry));
+    if !stdout(&dry).contains(&builder) {
+        let described = lab
+            .ec2
+            .describe_instances()
+            .instance_ids(&builder)
+            .send()
+            .await;
+        let all = lab.ec2.describe_instances().send().await;
+        let all: Vec<String> = all
+            .iter()
+            .flat_map(|o| o.reservations())
+            .flat_map(|r| r.instances())
+            .map(|i| {
+                format!(
+                    "{:?} {:?} {:?}",
+                    i.instance_id(),
+                    i.state().and_then(|s| s.name()),
+                    i.launch_time()
+                )
+            })
+            .collect();
+        panic!(
+            "gc would leave the builder {builder}: {}\nall instances: {all:?}\n{}\n{}",
+            described.map_or_else(
+                |e| format!("{:?}", aws_sdk_ec2::error::ProvideErrorMetadata::code(&e)),
+                |_| "described".into()
+            ),
+            stdout(&dry),
+            stderr(&dry)
+        );
+    }
     for (id, _, _) in &left {
         assert!(
             stdout(&dry).contains(&format!("would delete VPC endpoint {id}")),
@@ -375,7 +410,24 @@ async fn sigkill_after_the_endpoints_leaves_them_to_gc_which_removes_them() {
         );
     }
     let gc = lab.run_bake(&["-c", &example(), "gc", "--ttl", "0s"]).await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
+    if !gc.status.success() {
+        // This has failed twice under full-suite load (the builder's interface held gc's
+        // security group for 300 s): what the lab did with the instances tells why.
+        let events: Vec<String> = lab
+            .events()
+            .await
+            .iter()
+            .map(ToString::to_string)
+            .filter(|e| e.contains("instance") || e.contains("error"))
+            .collect();
+        panic!(
+            "{}\ngc's stdout:\n{}\nTerminateInstances calls: {}\nlab events:\n{}",
+            stderr(&gc),
+            stdout(&gc),
+            lab.calls("TerminateInstances").await,
+            events.join("\n")
+        );
+    }
     assert_eq!(endpoints_in(&lab, &vpc).await, Vec::new());
     assert_eq!(endpoint_groups(&lab).await, Vec::<String>::new());
     lab.assert_nothing_left(&[], &[]).await;

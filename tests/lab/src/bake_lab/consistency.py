@@ -73,11 +73,12 @@ class Consistency:
             self.balancer_parts.clear()
             self.terminated.clear()
 
-    def created(self, kind: str, resource_id: str) -> None:
+    def created(self, kind: str, resource_id: str, at: float | None = None) -> None:
+        """The id is new from `at` (default now) for its kind's window."""
         if not self.enabled:
             return
         with self.lock:
-            self.born[resource_id] = (time.time(), kind)
+            self.born[resource_id] = (time.time() if at is None else at, kind)
 
     def new(self, resource_id: str) -> bool:
         """Whether the id is still inside its creation window."""

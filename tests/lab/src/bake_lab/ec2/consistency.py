@@ -39,10 +39,13 @@ def _ec2_instances(lab, c: Consistency) -> None:
                 unknown = [g for g in groups if c.new(g)]
                 if unknown:
                     raise ec2_errors.InvalidSecurityGroupNotFoundError(unknown[0])
+            # The window runs from the launch, not from when this call returns: moto's run_instances (and the
+            # lab's launch under it) may take seconds, in which the instance already shows in listings.
+            launched = time.time()
             reservation = original(backend, *args, **kwargs)
             if serving_one_of("RunInstances"):
                 for instance in reservation.instances:
-                    c.created("instance", instance.id)
+                    c.created("instance", instance.id, at=launched)
                 if token and token != "ABCDE":
                     tokens[(backend.region_name, token)] = reservation.id
             return reservation
