@@ -365,8 +365,10 @@ async fn sigkill_after_the_endpoints_leaves_them_to_gc_which_removes_them() {
     );
     assert_eq!(endpoint_groups(&lab).await.len(), 1);
     // Tags and launch times carry whole seconds, and the builder launched just now: let them
-    // be in the past for --ttl 0s.
+    // be in the past for --ttl 0s, and the builder past its first seconds, when EC2's tag
+    // filters may not list it yet (as gc finds it).
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    lab.wait_until_builders_listed().await;
     let dry = lab
         .run_bake(&["-c", &example(), "gc", "--ttl", "0s", "--dry-run"])
         .await;

@@ -16,12 +16,10 @@ from .ssm import patches as ssm_patches
 
 def install(lab) -> None:
     """Patch moto for `lab`, whose `scaling` (scaling.py) is already made."""
-    # First: importing moto's S3 modules after the EC2 patches undid one of them (a killed bake's running
-    # builder then answered InvalidInstanceID.NotFound by id, and gc could not find it); which one is not known.
-    s3.ConditionalWrites(lab).install()
     ec2_patches.install(lab)
     ssm_patches.install(lab)
     kms.install()
+    s3.ConditionalWrites(lab).install()
 
     ec2_limits.install()
     elb.install_limits()
