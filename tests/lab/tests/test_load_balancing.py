@@ -1,6 +1,8 @@
 """The workshops' part 2 in the lab: an ALB in front of an Auto Scaling group, real target health,
 instance refreshes that replace real instances and roll back."""
 import base64
+import concurrent.futures
+import time
 
 from conftest import PAGE_USER_DATA as USER_DATA
 from conftest import http_get, run_command, runner_group, subnet_id, wait_for, wait_online
@@ -118,3 +120,75 @@ def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm,
     elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
     wait_for("the ALB's address to go", lambda: http_get(url, timeout=1) is None, 10)
     lab.post("/_lab/latency", {"refresh_instance_timeout": 60})
+
+
+# The page of PAGE_USER_DATA, but a request for /slow is answered after 5 s, one for /slower after 30 s.
+SLOW_USER_DATA = USER_DATA.replace(
+    "while IFS= read -r line && [",
+    "read -r request\ncase $request in *' /slow '*) sleep 5 ;; *' /slower '*) sleep 30 ;; esac\n"
+    "while IFS= read -r line && [")
+SLOWER = 30
+
+
+def test_a_refresh_drains_a_target_before_terminating_its_instance_within_the_deregistration_delay(
+        lab, ec2, ubuntu_ami):
+    """Auto Scaling deregisters an instance from its target groups before terminating it; ELB sends it no
+    new requests and lets those in flight answer, for up to the deregistration delay."""
+    elb, asg = lab.client("elbv2"), lab.client("autoscaling")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": ["VPC-Lab"]}])["Vpcs"][0]["VpcId"]
+    alb_sg = runner_group(lab, ec2, "drain-alb")
+    sg = ec2.create_security_group(GroupName="drain-web", Description="web", VpcId=vpc)["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "UserIdGroupPairs": [{"GroupId": alb_sg}]}])
+    template = ec2.create_launch_template(
+        LaunchTemplateName="drain-web",
+        LaunchTemplateData=template_data(ubuntu_ami, sg, SLOW_USER_DATA.format(page="v1")))
+    template_id = template["LaunchTemplate"]["LaunchTemplateId"]
+    tg = elb.create_target_group(Name="drain-tg", Protocol="HTTP", Port=80, VpcId=vpc, HealthCheckPath="/",
+                                 HealthyThresholdCount=2,
+                                 UnhealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+        {"Key": "deregistration_delay.timeout_seconds", "Value": "30"}])
+    lb = elb.create_load_balancer(Name="drain-alb", SecurityGroups=[alb_sg],
+                                  Subnets=[subnet_id(ec2, "Public subnet A"),
+                                           subnet_id(ec2, "Public subnet C")])["LoadBalancers"][0]
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName="drain-asg", MinSize=2, MaxSize=4, DesiredCapacity=2, HealthCheckType="ELB",
+        HealthCheckGracePeriod=600, LaunchTemplate={"LaunchTemplateId": template_id, "Version": "1"},
+        VPCZoneIdentifier=",".join([subnet_id(ec2, "Private subnet A"), subnet_id(ec2, "Private subnet C")]),
+        TargetGroupARNs=[tg])
+    url = f"http://{lb['DNSName']}"
+    members = wait_for("two healthy targets", lambda: len(h := healthy(elb, tg)) == 2 and h, HEALTHY_WAIT)
+
+    def refresh_under_slow_requests(version: int, path: str) -> list:
+        """Two slow requests, one on each instance (round robin), in flight while a refresh at 50 % healthy
+        replaces the instances; what each request got."""
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = [pool.submit(http_get, url + path, SLOWER + 10) for _ in range(2)]
+            time.sleep(0.5)
+            refresh = asg.start_instance_refresh(
+                AutoScalingGroupName="drain-asg", Preferences={"MinHealthyPercentage": 50, "InstanceWarmup": 0},
+                DesiredConfiguration={"LaunchTemplate": {"LaunchTemplateId": template_id,
+                                                         "Version": str(version)}})["InstanceRefreshId"]
+            got = [a.result() for a in answers]
+        assert refresh_ends(asg, "drain-asg", refresh, ("Successful", "Failed"))["Status"] == "Successful"
+        return got
+
+    # Within the delay: both requests answered, by the two instances that were there.
+    ec2.create_launch_template_version(LaunchTemplateId=template_id, LaunchTemplateData=template_data(
+        ubuntu_ami, sg, SLOW_USER_DATA.format(page="v2")))
+    got = refresh_under_slow_requests(2, "/slow")
+    assert sorted(got) == sorted((200, f"v1 {m}\n") for m in members), got
+
+    # A delay shorter than the requests: each instance is terminated once it passes, and its request fails.
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+        {"Key": "deregistration_delay.timeout_seconds", "Value": "1"}])
+    ec2.create_launch_template_version(LaunchTemplateId=template_id, LaunchTemplateData=template_data(
+        ubuntu_ami, sg, SLOW_USER_DATA.format(page="v3")))
+    got = refresh_under_slow_requests(3, "/slower")
+    assert [status for status, _page in got] == [502, 502], got
+
+    asg.delete_auto_scaling_group(AutoScalingGroupName="drain-asg", ForceDelete=True)
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])

@@ -156,9 +156,18 @@ class Groups:
                         cause=f"At {iso(now)} an instance was taken out of service in response to an ELB system "
                               f"health check failure.",
                         details={"Availability Zone": state.instance.availability_zone}))
-                backend.ec2_backend.terminate_instances(ids)
-                elbv2_backends[ACCOUNT][region].notify_terminate_instances(ids)
-                backend.notify_terminate_instances(ids)  # the group launches replacements
+                self.terminate(region, group, ids, replace=True)
+
+    def terminate(self, region: str, group, ids: list[str], replace: bool) -> None:
+        """Terminates instances of `group` as Auto Scaling does: drained from the group's target groups first
+        (`Balancers.drain`), then terminated. `replace`: they are still among the group's instances, and the
+        group launches their replacements."""
+        backend = autoscaling_backends[ACCOUNT][region]
+        self.balancers.drain(region, list(group.target_group_arns), ids)
+        backend.ec2_backend.terminate_instances(ids)
+        elbv2_backends[ACCOUNT][region].notify_terminate_instances(ids)
+        if replace:
+            backend.notify_terminate_instances(ids)
 
     # ---- launches and scaling activities --------------------------------------------------------
     def set_capacity(self, body: dict) -> dict:

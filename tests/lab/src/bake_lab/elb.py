@@ -26,6 +26,8 @@ PROBE_TIMEOUT = 2.0  # a lab target that does not answer in 2 s is down
 # The data path waits this long for the scaling loop's lock (held while it probes targets and launches
 # instances, seconds at a time) before it routes on the health it last read.
 ROUTE_WAIT = 0.05
+# A draining target's in-flight requests are checked this often (they are lab HTTP requests: milliseconds).
+DRAIN_POLL = 0.01
 # Elastic Load Balancing CreateLoadBalancer / CreateTargetGroup: up to 32 alphanumerics or hyphens, not starting
 # or ending with a hyphen; a load balancer's name also may not start with "internal-".
 ELB_NAME_MAX = 32
@@ -64,12 +66,19 @@ class Proxy:
 
             def _forward(self):
                 region, lb = proxy.region, proxy.lb_arn
-                targets = proxy.balancers.healthy_targets(region, lb, self.server.server_address[1])
-                if not targets:
+                chosen = proxy.balancers.pick(region, lb, self.server.server_address[1], next(proxy.rr))
+                if chosen is None:
                     # No target chosen: an ELB 503, not in RequestCount (as ELB counts it).
                     proxy.balancers.traffic.elb_error(region, lb, 503)
                     return self._answer(503, "503 Service Temporarily Unavailable\n")
-                ip, port, tg = targets[next(proxy.rr) % len(targets)]
+                try:
+                    self._send(chosen)
+                finally:
+                    proxy.balancers.done(chosen)
+
+            def _send(self, chosen: tuple[str, int, str, str]):
+                region, lb = proxy.region, proxy.lb_arn
+                ip, port, tg, _iid = chosen
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
@@ -163,6 +172,8 @@ class Balancers:
         self.traffic = Traffic()  # what the listeners served, for CloudWatch (cloudwatch/metrics.py)
         self._filtered: tuple = ()  # the listeners and security groups the filter was last built from
         self._routes: dict[tuple[str, str, int], list] = {}  # (region, lb arn, port) -> last healthy targets
+        self._flight = threading.Lock()  # the data path's choice of a target and its count, against `drain`
+        self._in_flight: dict[tuple[str, str], int] = {}  # (tg arn, target id) -> requests awaiting an answer
 
     def clear(self) -> None:
         for proxy in self.proxies.values():
@@ -245,20 +256,57 @@ class Balancers:
             balancers.append(secgroups.Balancer(addresses[arn], ports, groups))
         return balancers
 
-    def healthy_targets(self, region: str, lb_arn: str, port: int) -> list[tuple[str, int, str]]:
-        """Addresses (and target group) of the healthy targets the listener on `port` forwards to. A request
-        does not wait for the scaling loop (an ALB's nodes route on the target health they last heard of):
-        while the loop holds the lock, the targets read last are used, less those deregistered or no longer
-        running since (a deregistered target gets no new requests)."""
+    def pick(self, region: str, lb_arn: str, port: int, turn: int) -> tuple[str, int, str, str] | None:
+        """The target (address, port, target group, id) a request to the listener on `port` goes to, round
+        robin over the healthy ones, counted in flight until `done`. A request does not wait for the scaling
+        loop (an ALB's nodes route on the target health they last heard of): while the loop holds the lock,
+        the targets read last are used. Either way a target deregistered since (draining, see `drain`) or no
+        longer running gets no new requests: that check and the count are taken together under `_flight`."""
         key = (region, lb_arn, port)
-        if not self._lock.acquire(timeout=ROUTE_WAIT):
-            return [(ip, p, tg) for ip, p, tg, iid in self._routes.get(key, []) if self._routable(region, tg, iid)]
-        try:
-            found = self._healthy_targets(region, lb_arn, port)
-            self._routes[key] = found
-            return [(ip, p, tg) for ip, p, tg, _iid in found]
-        finally:
-            self._lock.release()
+        if self._lock.acquire(timeout=ROUTE_WAIT):
+            try:
+                self._routes[key] = self._healthy_targets(region, lb_arn, port)
+            finally:
+                self._lock.release()
+        with self._flight:
+            targets = [t for t in self._routes.get(key, []) if self._routable(region, t[2], t[3])]
+            if not targets:
+                return None
+            chosen = targets[turn % len(targets)]
+            self._in_flight[(chosen[2], chosen[3])] = self._in_flight.get((chosen[2], chosen[3]), 0) + 1
+            return chosen
+
+    def done(self, chosen: tuple[str, int, str, str]) -> None:
+        """A request `pick` sent to `chosen` has its answer (or failed)."""
+        with self._flight:
+            key = (chosen[2], chosen[3])
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
+
+    def drain(self, region: str, target_groups: list[str], instance_ids: list[str]) -> None:
+        """Deregisters the instances from the target groups and returns once their in-flight
+        requests have answered or the group's deregistration delay has passed, as Auto Scaling does before it
+        terminates a group's instance ("Deregistration delay", Application Load Balancers User Guide: ELB
+        stops sending requests to a deregistering target; one with no in-flight requests completes
+        deregistration at once; then the Auto Scaling group's instance can be terminated). Without it, a
+        request already sent to an instance the group terminates would fail with a 502. Called with the
+        scaling loop's lock held: the wait is that of requests already in flight, bounded by the delay."""
+        backend = elbv2_backends[ACCOUNT][region]
+        waits = []
+        with self._flight:
+            for tg in filter(None, map(backend.target_groups.get, target_groups)):
+                for iid in instance_ids:
+                    if tg.targets.pop(iid, None) is not None:
+                        self.lab.event("target_deregistered", target_group=tg.arn, target=iid)
+                        delay = float(tg.attributes.get("deregistration_delay.timeout_seconds", 300))
+                        waits.append(((tg.arn, iid), time.monotonic() + delay))
+        while waits:
+            with self._flight:
+                now = time.monotonic()
+                waits = [(key, until) for key, until in waits if self._in_flight.get(key) and now < until]
+            if waits:
+                time.sleep(DRAIN_POLL)
 
     def _routable(self, region: str, tg_arn: str, target_id: str) -> bool:
         """Still registered in its target group and running (single dict reads: safe without the lock)."""

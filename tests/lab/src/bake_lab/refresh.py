@@ -12,7 +12,6 @@ from moto.autoscaling.responses import AutoScalingResponse
 from moto.cloudwatch.models import cloudwatch_backends
 from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult
-from moto.elbv2.models import elbv2_backends
 
 from .asg import Groups, iso
 from .patching import ACCOUNT
@@ -259,9 +258,7 @@ class Refreshes:
             ids = {s.instance.id for s in states if s.lifecycle_state == "Standby"}
             if ids:
                 group.instance_states = [s for s in group.instance_states if s.instance.id not in ids]
-                backend = autoscaling_backends[ACCOUNT][r.region]
-                backend.ec2_backend.terminate_instances(sorted(ids))
-                elbv2_backends[ACCOUNT][r.region].notify_terminate_instances(sorted(ids))
+                self.groups.terminate(r.region, group, sorted(ids), replace=False)
 
     def _advance(self, region: str, group, r: Refresh) -> None:
         if r.status == "Pending":
@@ -344,12 +341,8 @@ class Refreshes:
         batch = old if not healthy_old else old[:max(room, 1 if in_flight == 0 else 0)]
         batch = batch[:max(cap, 0)]
         if batch:
-            ids = [s.instance.id for s in batch]
-            backend = autoscaling_backends[ACCOUNT][region]
-            backend.ec2_backend.terminate_instances(ids)
-            # As the EC2 API does after TerminateInstances: the group replaces them, ELB drains them.
-            elbv2_backends[ACCOUNT][region].notify_terminate_instances(ids)
-            backend.notify_terminate_instances(ids)
+            # Drained, terminated, and replaced by the group.
+            self.groups.terminate(region, group, [s.instance.id for s in batch], replace=True)
 
     def _launch_then_terminate(self, region: str, group, r: Refresh, old: list, healthy_old: list,
                                ready_others: int, running: int, desired: int, floor: int, cap: int) -> None:
@@ -372,9 +365,7 @@ class Refreshes:
             ids = {s.instance.id for s in gone}
             # Removed from the group first: the refresh launched their replacements already.
             group.instance_states = [s for s in group.instance_states if s.instance.id not in ids]
-            backend = autoscaling_backends[ACCOUNT][region]
-            backend.ec2_backend.terminate_instances(sorted(ids))
-            elbv2_backends[ACCOUNT][region].notify_terminate_instances(sorted(ids))
+            self.groups.terminate(region, group, sorted(ids), replace=False)
             running -= len(gone)
         upper = max(desired + 1, math.floor(desired * r.max_healthy / 100))
         uncovered = (len(old) - len(gone)) - max(running - desired, 0)

@@ -11,7 +11,6 @@ from moto.autoscaling.models import autoscaling_backends
 from moto.autoscaling.responses import AutoScalingResponse
 from moto.cloudwatch.models import cloudwatch_backends
 from moto.core.responses import ActionResult
-from moto.elbv2.models import elbv2_backends
 
 from .asg import Activity, iso
 from .cloudwatch import scale
@@ -169,9 +168,7 @@ class Tracking:
                 details={"Availability Zone": s.instance.availability_zone}))
         group.instance_states = [s for s in group.instance_states if s not in victims]
         if ids:
-            backend = autoscaling_backends[ACCOUNT][region]
-            backend.ec2_backend.terminate_instances(ids)
-            elbv2_backends[ACCOUNT][region].notify_terminate_instances(ids)
+            self.groups.terminate(region, group, ids, replace=False)
 
 
 def _launched(lab, state) -> float:
