@@ -181,6 +181,15 @@ def test_a_refresh_drains_a_target_before_terminating_its_instance_within_the_de
         ubuntu_ami, sg, SLOW_USER_DATA.format(page="v2")))
     got = refresh_under_slow_requests(2, "/slow")
     assert sorted(got) == sorted((200, f"v1 {m}\n") for m in members), got
+    # The terminated instances are shown draining until their delay ends, asked for or not.
+    listed = {d["Target"]["Id"]: d["TargetHealth"]
+              for d in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]}
+    for m in members:
+        assert listed[m] == {"State": "draining", "Reason": "Target.DeregistrationInProgress",
+                             "Description": "Target deregistration is in progress"}, listed
+    asked = elb.describe_target_health(TargetGroupArn=tg, Targets=[{"Id": members[0]}])
+    assert asked["TargetHealthDescriptions"][0]["TargetHealth"]["State"] == "draining"
+    serving = [i for i in listed if i not in members]
 
     # A delay shorter than the requests: each instance is terminated once it passes, and its request fails.
     elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
@@ -189,6 +198,12 @@ def test_a_refresh_drains_a_target_before_terminating_its_instance_within_the_de
         ubuntu_ami, sg, SLOW_USER_DATA.format(page="v3")))
     got = refresh_under_slow_requests(3, "/slower")
     assert [status for status, _page in got] == [502, 502], got
+    # Past its delay a deregistered target is no longer listed, and asked for it is unused.
+    listed = {d["Target"]["Id"]: d["TargetHealth"]["State"]
+              for d in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]}
+    assert not set(listed) & set(serving), listed
+    asked = elb.describe_target_health(TargetGroupArn=tg, Targets=[{"Id": serving[0]}])
+    assert asked["TargetHealthDescriptions"][0]["TargetHealth"]["State"] == "unused", asked
 
     asg.delete_auto_scaling_group(AutoScalingGroupName="drain-asg", ForceDelete=True)
     elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])

@@ -174,6 +174,8 @@ class Balancers:
         self._routes: dict[tuple[str, str, int], list] = {}  # (region, lb arn, port) -> last healthy targets
         self._flight = threading.Lock()  # the data path's choice of a target and its count, against `drain`
         self._in_flight: dict[tuple[str, str], int] = {}  # (tg arn, target id) -> requests awaiting an answer
+        # (tg arn, target id) -> (the target, when its deregistration delay ends): `drain`'s, shown as draining
+        self.draining: dict[tuple[str, str], tuple[dict, float]] = {}
 
     def clear(self) -> None:
         for proxy in self.proxies.values():
@@ -183,6 +185,7 @@ class Balancers:
             self._release(address)
         self.addresses.clear()
         self.probes.clear()
+        self.draining.clear()
         self.traffic.drain()
         self._filtered = ()
 
@@ -297,10 +300,12 @@ class Balancers:
         with self._flight:
             for tg in filter(None, map(backend.target_groups.get, target_groups)):
                 for iid in instance_ids:
-                    if tg.targets.pop(iid, None) is not None:
+                    target = tg.targets.pop(iid, None)
+                    if target is not None:
                         self.lab.event("target_deregistered", target_group=tg.arn, target=iid)
                         delay = float(tg.attributes.get("deregistration_delay.timeout_seconds", 300))
                         waits.append(((tg.arn, iid), time.monotonic() + delay))
+                        self.draining[(tg.arn, iid)] = (target, time.time() + delay)
         while waits:
             with self._flight:
                 now = time.monotonic()
@@ -436,6 +441,16 @@ def install(balancers: Balancers) -> None:
     original_health_for = elb_models.FakeTargetGroup.health_for
 
     def health_for(tg, target, ec2_backend):
+        drained = balancers.draining.get((tg.arn, target["Id"]))
+        if drained is not None and target["Id"] not in tg.targets:
+            # "the status of the target is displayed as draining until the deregistration delay timeout
+            # expires. After the timeout expires, the target transitions to an unused state."
+            if time.time() < drained[1]:
+                return elb_models.FakeHealthStatus(target["Id"], drained[0]["Port"], tg.health_check_port,
+                                                   "draining", "Target.DeregistrationInProgress",
+                                                   "Target deregistration is in progress")
+            return elb_models.FakeHealthStatus(target["Id"], drained[0]["Port"], tg.health_check_port, "unused",
+                                               "Target.NotRegistered", "Target is not registered to the target group")
         status = original_health_for(tg, target, ec2_backend)
         if status.status == "healthy":
             state = balancers.health_for(tg, target["Id"]) or {
@@ -445,6 +460,21 @@ def install(balancers: Balancers) -> None:
         return status
 
     elb_models.FakeTargetGroup.health_for = health_for
+
+    original_describe_target_health = elb_models.ELBv2Backend.describe_target_health
+
+    def describe_target_health(backend, target_group_arn, targets):
+        """Unasked for particular targets, the answer lists the registered ones and those still draining."""
+        found = original_describe_target_health(backend, target_group_arn, targets)
+        if not targets:
+            tg = backend.target_groups[target_group_arn]
+            now = time.time()
+            found += [tg.health_for(target, backend.ec2_backend)
+                      for (arn, iid), (target, until) in list(balancers.draining.items())
+                      if arn == target_group_arn and now < until and iid not in tg.targets]
+        return found
+
+    elb_models.ELBv2Backend.describe_target_health = describe_target_health
 
     original_create_lb = elb_models.ELBv2Backend.create_load_balancer
 
