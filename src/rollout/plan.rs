@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::preflight::{self, Plan};
+use super::preflight::Plan;
 use super::stack::{self, AlarmSpec, CPU_POLICY};
 use crate::aws::{CallError, Clients};
-use crate::config::{Config, Rollout};
+use crate::config::Rollout;
 
 /// What a rollout would do.
 #[derive(Debug, Clone, Serialize)]
@@ -110,18 +110,16 @@ impl std::fmt::Display for Planned {
     }
 }
 
-/// What rolling out `[rollout.NAME]` would do, with `parameter` the published AMI id's name.
+/// What rolling out `[rollout.NAME]` would do, from what its preflight resolved (`plan`), with
+/// `parameter` the published AMI id's name.
 pub async fn plan(
     clients: &Clients,
-    config: &Config,
-    name: &str,
+    plan: &Plan,
     rollout: &Rollout,
-    ami: Option<&str>,
     parameter: &str,
-) -> Result<Planned, super::Step> {
-    let plan = preflight::plan(clients, config, name, rollout, ami).await?;
+) -> Result<Planned, CallError> {
     let mut out = Planned {
-        rollout: name.to_owned(),
+        rollout: plan.rollout.clone(),
         region: clients.region.clone(),
         ami_id: plan.ami.id.clone(),
         ami_name: plan.ami.name.clone(),
@@ -133,7 +131,7 @@ pub async fn plan(
     };
     security_group(
         clients,
-        &plan,
+        plan,
         &plan.names.alb_security_group,
         rollout.alb_port,
         Some(rollout.alb_allow_cidr.get_ref()),
@@ -142,19 +140,19 @@ pub async fn plan(
     .await?;
     security_group(
         clients,
-        &plan,
+        plan,
         &plan.names.instance_security_group,
         plan.health.port,
         None,
         &mut out,
     )
     .await?;
-    let tg_arn = target_group(clients, &plan, &mut out).await?;
-    let alb_arn = load_balancer(clients, &plan, rollout.alb_port, &mut out).await?;
-    group(clients, &plan, rollout, tg_arn.as_deref(), &mut out).await?;
+    let tg_arn = target_group(clients, plan, &mut out).await?;
+    let alb_arn = load_balancer(clients, plan, rollout.alb_port, &mut out).await?;
+    group(clients, plan, rollout, tg_arn.as_deref(), &mut out).await?;
     alarms(
         clients,
-        &plan,
+        plan,
         rollout,
         tg_arn.as_deref(),
         alb_arn.as_deref(),
@@ -280,18 +278,7 @@ async fn group(
 ) -> Result<(), CallError> {
     let asg = &plan.names.asg;
     let template = &plan.names.launch_template;
-    let request = clients
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(asg);
-    let found = clients
-        .call(|| request.clone().send())
-        .or_fail(|| format!("describe Auto Scaling group {asg}"))
-        .await?
-        .auto_scaling_groups
-        .unwrap_or_default()
-        .into_iter()
-        .next();
+    let found = stack::describe_group(clients, asg).await?;
     if stack::find_launch_template(clients, template)
         .await?
         .is_none()
