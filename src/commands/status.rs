@@ -172,11 +172,7 @@ impl Outcome for Status {
                 ))
             }))
             .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(records::Error::Incomplete(errors).into())
-        }
+        super::none_failed(errors, |errors| records::Error::Incomplete(errors).into())
     }
 }
 
