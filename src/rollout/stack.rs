@@ -252,14 +252,21 @@ pub async fn describe_group(
         .next())
 }
 
+/// The launch template the group `asg` names, when the group exists and names one.
+async fn group_template(
+    clients: &Clients,
+    asg: &str,
+) -> Result<Option<LaunchTemplateSpecification>, CallError> {
+    Ok(describe_group(clients, asg)
+        .await?
+        .and_then(|g| g.launch_template))
+}
+
 /// Moves a group on `$Latest` or `$Default` to the version number that names now: an instance
 /// refresh can roll back only to a numbered version ("Undo changes with a manual or auto
 /// rollback"), and the group's own spec stays the one to go back to.
 async fn pin(clients: &Clients, asg: &str) -> Result<(), CallError> {
-    let Some(spec) = describe_group(clients, asg)
-        .await?
-        .and_then(|g| g.launch_template)
-    else {
+    let Some(spec) = group_template(clients, asg).await? else {
         return Ok(());
     };
     let version = spec.version().unwrap_or("$Default");
@@ -297,10 +304,7 @@ async fn current_version(
     clients: &Clients,
     asg: &str,
 ) -> Result<Option<(String, i64, String)>, CallError> {
-    let Some(spec) = describe_group(clients, asg)
-        .await?
-        .and_then(|g| g.launch_template)
-    else {
+    let Some(spec) = group_template(clients, asg).await? else {
         return Ok(None);
     };
     let (Some(id), Some(version)) = (
