@@ -293,18 +293,9 @@ impl Doc<'_> {
         let fail = |span: std::ops::Range<usize>, f: &str, rule: String| {
             self.push(span, format!("{}: {rule}", at(f)));
         };
-        let mut seen = std::collections::BTreeSet::new();
-        for region in &d.regions {
-            if let Err(rule) = limits::region(region.get_ref()) {
-                fail(region.span(), "regions", rule);
-            } else if !seen.insert(region.get_ref().as_str()) {
-                fail(
-                    region.span(),
-                    "regions",
-                    format!("{} is listed twice", region.get_ref()),
-                );
-            }
-        }
+        let seen = listed_once(&d.regions, limits::region, |span, rule| {
+            fail(span, "regions", rule);
+        });
         let lists: [(&str, &Vec<toml::Spanned<String>>, Check); 3] = [
             ("accounts", &d.accounts, limits::account_id),
             ("organizations", &d.organizations, limits::organization_arn),
@@ -315,18 +306,7 @@ impl Doc<'_> {
             ),
         ];
         for (field, values, check) in lists {
-            let mut seen = std::collections::BTreeSet::new();
-            for value in values {
-                if let Err(rule) = check(value.get_ref()) {
-                    fail(value.span(), field, rule);
-                } else if !seen.insert(value.get_ref().as_str()) {
-                    fail(
-                        value.span(),
-                        field,
-                        format!("{} is listed twice", value.get_ref()),
-                    );
-                }
-            }
+            listed_once(values, check, |span, rule| fail(span, field, rule));
         }
         // Each key written, with the region it is for (None: every region).
         let keys: Vec<(Option<&str>, toml::Spanned<String>)> = match d.kms_key.as_ref() {
@@ -891,11 +871,29 @@ impl Doc<'_> {
     }
 }
 
-/// A run id as the janitor writes them (`<yyyymmdd>t<hhmmss>-<6 hex digits>`): what the client
-/// token check needs is its length, which tests/config.rs holds to the janitor's.
 /// A shape check of one listed value, answering the rule it breaks.
 type Check = fn(&str) -> Result<(), String>;
 
+/// Checks each of `values` with `check` and that none is listed twice, each problem told to
+/// `fail` at the value's place; answers the values that pass, once each.
+fn listed_once(
+    values: &[toml::Spanned<String>],
+    check: Check,
+    fail: impl Fn(std::ops::Range<usize>, String),
+) -> std::collections::BTreeSet<&str> {
+    let mut seen = std::collections::BTreeSet::new();
+    for value in values {
+        if let Err(rule) = check(value.get_ref()) {
+            fail(value.span(), rule);
+        } else if !seen.insert(value.get_ref().as_str()) {
+            fail(value.span(), format!("{} is listed twice", value.get_ref()));
+        }
+    }
+    seen
+}
+
+/// A run id as the janitor writes them (`<yyyymmdd>t<hhmmss>-<6 hex digits>`): what the client
+/// token check needs is its length, which tests/config.rs holds to the janitor's.
 const RUN_ID_EXAMPLE: &str = "20250101t000000-000000";
 
 /// A rule for a name, answering with the rule when the name breaks it.
