@@ -248,21 +248,7 @@ async fn load_balancer(
         out.create.push(format!("listener HTTP:{port} on {name}"));
         return Ok(None);
     };
-    let listeners = clients
-        .call(|| {
-            clients
-                .elb
-                .describe_listeners()
-                .load_balancer_arn(&arn)
-                .send()
-        })
-        .or_fail(|| format!("describe the listeners of {name}"))
-        .await?;
-    if !listeners
-        .listeners()
-        .iter()
-        .any(|l| l.port() == Some(port.into()))
-    {
+    if !stack::has_listener(clients, name, &arn, port).await? {
         out.create.push(format!("listener HTTP:{port} on {name}"));
     }
     Ok(Some(arn))
@@ -305,24 +291,16 @@ async fn group(
         return Ok(());
     };
     // The AMI of the version the group runs.
-    let spec = group.launch_template();
-    let running_ami = match spec.and_then(|s| s.launch_template_id().zip(s.version())) {
-        Some((id, version)) => stack::template_version(clients, id, version)
-            .await?
-            .and_then(|v| v.launch_template_data?.image_id),
-        None => None,
-    };
+    let running_ami = stack::group_version(clients, &group)
+        .await?
+        .and_then(|v| v.launch_template_data?.image_id);
     if running_ami.as_deref() != Some(plan.ami.id.as_str()) {
         out.launch_template_version = Some(NewVersion {
             launch_template: template.clone(),
             from_ami: running_ami,
             to_ami: plan.ami.id.clone(),
         });
-        out.replace = group
-            .instances()
-            .iter()
-            .filter_map(|i| i.instance_id().map(str::to_owned))
-            .collect();
+        out.replace = stack::instance_ids(&group);
     }
     let mut diff = Vec::new();
     if group.min_size() != Some(capacity.min as i32)
@@ -366,7 +344,8 @@ async fn group(
     if !stack::metrics_collected(&group) {
         diff.push("enable metrics collection".to_owned());
     }
-    if spec
+    if group
+        .launch_template()
         .and_then(|s| s.version())
         .is_some_and(|v| v.parse::<i64>().is_err())
     {
