@@ -1154,7 +1154,7 @@ pub async fn held_alarms(
         .set_alarm_names(Some(names.iter().map(|n| (*n).clone()).collect()));
     let out = clients
         .call(|| request.clone().send())
-        .or_fail(|| "describe the stack's CloudWatch alarms".into())
+        .or_fail(|| format!("describe the CloudWatch alarms of {}", plan.names.asg))
         .await?;
     Ok(out
         .metric_alarms()
