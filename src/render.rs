@@ -935,13 +935,17 @@ expect_body = "Hello"
 commands = ["systemctl is-active nginx"]
 "#;
 
-    fn digest_of(text: &str) -> String {
+    /// The image `web` of config `text`, rendered.
+    fn rendered(text: &str) -> Rendered {
         let config = Config::parse(Path::new("bake.toml"), text.to_owned()).unwrap();
         let renderer = Renderer::new(&config).unwrap();
         renderer
             .render(&config, "web", &config.image["web"])
             .unwrap()
-            .digest
+    }
+
+    fn digest_of(text: &str) -> String {
+        rendered(text).digest
     }
 
     #[test]
@@ -984,12 +988,7 @@ commands = ["systemctl is-active nginx"]
     }
 
     fn inputs_of(text: &str) -> Inputs {
-        let config = Config::parse(Path::new("bake.toml"), text.to_owned()).unwrap();
-        let renderer = Renderer::new(&config).unwrap();
-        renderer
-            .render(&config, "web", &config.image["web"])
-            .unwrap()
-            .inputs
+        rendered(text).inputs
     }
 
     #[test]

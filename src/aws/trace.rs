@@ -53,15 +53,36 @@ impl Drop for Sent {
     fn drop(&mut self) {
         if !self.ended.load(Ordering::Relaxed) {
             tracing::info!(
-                "{} {}{}{}: no answer awaited (bake stopped waiting; AWS may have acted on it) in {:?}",
-                self.service,
-                self.operation,
-                if self.ids.is_empty() { "" } else { " " },
-                self.ids.join(" "),
+                "{}: no answer awaited (bake stopped waiting; AWS may have acted on it) in {:?}",
+                call_name(&self.service, &self.operation, &self.ids),
                 whole_millis(self.started.elapsed()),
             );
         }
     }
+}
+
+/// A call as its log line names it: `EC2 DescribeInstances i-1 i-2`.
+fn call_name(service: &str, operation: &str, ids: &[String]) -> String {
+    if ids.is_empty() {
+        format!("{service} {operation}")
+    } else {
+        format!("{service} {operation} {}", ids.join(" "))
+    }
+}
+
+/// When the call began and the ids it is about, as stored at its start (now and none when the
+/// start was not seen).
+fn traced(cfg: &ConfigBag) -> (Instant, Vec<String>) {
+    cfg.load::<Traced>()
+        .map_or((Instant::now(), Vec::new()), |t| (t.started, t.ids.clone()))
+}
+
+/// The call's service and operation, `?` where the SDK does not say.
+fn operation(cfg: &ConfigBag) -> (String, String) {
+    cfg.load::<Metadata>()
+        .map_or(("?".to_owned(), "?".to_owned()), |m| {
+            (m.service().to_owned(), m.name().to_owned())
+        })
 }
 
 /// A duration to the millisecond, as the log lines show them.
@@ -110,14 +131,8 @@ impl Intercept for Trace {
         if cfg.load::<Sent>().is_some() || !tracing::enabled!(tracing::Level::INFO) {
             return Ok(());
         }
-        let (started, ids) = cfg
-            .load::<Traced>()
-            .map_or((Instant::now(), Vec::new()), |t| (t.started, t.ids.clone()));
-        let (service, operation) = cfg
-            .load::<Metadata>()
-            .map_or(("?".to_owned(), "?".to_owned()), |m| {
-                (m.service().to_owned(), m.name().to_owned())
-            });
+        let (started, ids) = traced(cfg);
+        let (service, operation) = operation(cfg);
         cfg.interceptor_state().store_put(Sent {
             service,
             operation,
@@ -140,14 +155,8 @@ impl Intercept for Trace {
         if !tracing::enabled!(tracing::Level::INFO) {
             return Ok(());
         }
-        let (took, ids) = cfg
-            .load::<Traced>()
-            .map_or((Duration::ZERO, Vec::new()), |t| {
-                (t.started.elapsed(), t.ids.clone())
-            });
-        let (service, operation) = cfg
-            .load::<Metadata>()
-            .map_or(("?", "?"), |m| (m.service(), m.name()));
+        let (started, ids) = traced(cfg);
+        let (service, operation) = operation(cfg);
         let attempts = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
         let answer = match context.response() {
             Some(response) if response.status().is_success() => "ok".to_owned(),
@@ -161,10 +170,9 @@ impl Intercept for Trace {
             None => "no answer".to_owned(),
         };
         tracing::info!(
-            "{service} {operation}{}{}: {answer} in {:?}{}",
-            if ids.is_empty() { "" } else { " " },
-            ids.join(" "),
-            whole_millis(took),
+            "{}: {answer} in {:?}{}",
+            call_name(&service, &operation, &ids),
+            whole_millis(started.elapsed()),
             match attempts {
                 0 | 1 => String::new(),
                 n => format!(" ({n} attempts)"),

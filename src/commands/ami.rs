@@ -82,11 +82,7 @@ impl std::fmt::Display for Bakes {
 
 impl Outcome for Bakes {
     fn into_result(self) -> Result<(), Error> {
-        if self.failed.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Ami(self.failed))
-        }
+        super::none_failed(self.failed, Error::Ami)
     }
 }
 

@@ -83,11 +83,7 @@ impl Outcome for InRegions {
             .iter()
             .filter_map(|r| r.error.as_ref().map(|e| format!("gc in {}: {e}", r.region)))
             .collect();
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Regions(failed))
-        }
+        super::none_failed(failed, Error::Regions)
     }
 }
 

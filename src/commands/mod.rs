@@ -157,6 +157,16 @@ pub struct CheckIp {
     pub checkip_url: String,
 }
 
+/// The exit of a command whose parts fail one by one: Ok when none failed, else `error` of every
+/// failure, so each is named.
+fn none_failed<T>(failed: Vec<T>, error: impl FnOnce(Vec<T>) -> Error) -> Result<(), Error> {
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(error(failed))
+    }
+}
+
 /// What a listing says was done: `done`, or with `--dry-run` what `would` be.
 fn verb(dry_run: bool, done: &'static str, would: &'static str) -> &'static str {
     if dry_run { would } else { done }

@@ -57,11 +57,7 @@ impl Outcome for Events {
             .filter(|e| e.status == "failed")
             .map(|e| format!("{} {}: {}", e.image, e.step, e.message))
             .collect();
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Pipeline(failed))
-        }
+        super::none_failed(failed, Error::Pipeline)
     }
 }
 

@@ -85,11 +85,7 @@ impl Outcome for Prunes {
                     .map(|e| format!("prune {} in {region}: {e}", p.image))
             })
             .collect();
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Regions(failed))
-        }
+        super::none_failed(failed, Error::Regions)
     }
 }
 

@@ -97,22 +97,23 @@ impl Args {
         let name = &self.target;
         if self.plan {
             let parameter = parameter_name(&self.publish_prefix, target.image.get_ref());
+            let planned = regions::preflight_all(&clients, &config, name, target, &regions, &pick)
+                .await
+                .map_err(|e| Error::Rollout(Box::new(e)))?;
             let mut plans = Vec::new();
-            for region in &regions {
-                let here = clients.in_region(region);
-                let fail = |step: rollout::Step| {
-                    Error::Rollout(Box::new(rollout::Error {
-                        rollout: regions::in_region(name, region, regions.len()),
-                        step,
-                    }))
-                };
-                let ami = regions::ami_in(&clients, &here, &pick)
+            for regions::Planned {
+                clients: here,
+                plan,
+            } in &planned
+            {
+                let plan = rollout::plan::plan(here, plan, target, &parameter)
                     .await
-                    .map_err(|e| fail(e.into()))?;
-                let plan =
-                    rollout::plan::plan(&here, &config, name, target, ami.as_deref(), &parameter)
-                        .await
-                        .map_err(fail)?;
+                    .map_err(|e| {
+                        Error::Rollout(Box::new(rollout::Error {
+                            rollout: regions::in_region(name, &here.region, regions.len()),
+                            step: e.into(),
+                        }))
+                    })?;
                 plans.push(plan);
             }
             return Ok(match <[Planned; 1]>::try_from(plans) {

@@ -172,11 +172,7 @@ impl Outcome for Status {
                 ))
             }))
             .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(records::Error::Incomplete(errors).into())
-        }
+        super::none_failed(errors, |errors| records::Error::Incomplete(errors).into())
     }
 }
 
@@ -360,17 +356,10 @@ async fn fill(
     let mut pinned_created = None;
     if let Some(group) = group {
         status.exists = true;
-        let spec = group.launch_template();
-        if let Some((id, version)) = spec.and_then(|s| s.launch_template_id().zip(s.version())) {
-            let held = stack::template_version(clients, id, version).await?;
-            status.launch_template_version = held.as_ref().and_then(|v| v.version_number());
-            status.ami_id = held.and_then(|v| v.launch_template_data?.image_id);
-        }
-        let ids: Vec<String> = group
-            .instances()
-            .iter()
-            .filter_map(|i| i.instance_id().map(str::to_owned))
-            .collect();
+        let held = stack::group_version(clients, &group).await?;
+        status.launch_template_version = held.as_ref().and_then(|v| v.version_number());
+        status.ami_id = held.and_then(|v| v.launch_template_data?.image_id);
+        let ids = stack::instance_ids(&group);
         status.instances = ids.len();
         for chunk in ids.chunks(INSTANCES_PER_CALL) {
             let request = clients

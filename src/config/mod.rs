@@ -201,6 +201,13 @@ instance_profile = "SSMInstanceProfile"
         parse(text).unwrap_err().to_string()
     }
 
+    /// Asserts that config `text` fails with an error that says `want`.
+    #[track_caller]
+    pub fn assert_error(text: &str, want: &str) {
+        let msg = error(text);
+        assert!(msg.contains(want), "{msg}");
+    }
+
     /// MINIMAL with `lines` added under `[image.web]`'s header line set.
     pub fn with_image(lines: &str) -> String {
         MINIMAL.replace("os = \"debian\"", &format!("os = \"debian\"\n{lines}"))

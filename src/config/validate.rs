@@ -293,18 +293,9 @@ impl Doc<'_> {
         let fail = |span: std::ops::Range<usize>, f: &str, rule: String| {
             self.push(span, format!("{}: {rule}", at(f)));
         };
-        let mut seen = std::collections::BTreeSet::new();
-        for region in &d.regions {
-            if let Err(rule) = limits::region(region.get_ref()) {
-                fail(region.span(), "regions", rule);
-            } else if !seen.insert(region.get_ref().as_str()) {
-                fail(
-                    region.span(),
-                    "regions",
-                    format!("{} is listed twice", region.get_ref()),
-                );
-            }
-        }
+        let seen = listed_once(&d.regions, limits::region, |span, rule| {
+            fail(span, "regions", rule);
+        });
         let lists: [(&str, &Vec<toml::Spanned<String>>, Check); 3] = [
             ("accounts", &d.accounts, limits::account_id),
             ("organizations", &d.organizations, limits::organization_arn),
@@ -315,18 +306,7 @@ impl Doc<'_> {
             ),
         ];
         for (field, values, check) in lists {
-            let mut seen = std::collections::BTreeSet::new();
-            for value in values {
-                if let Err(rule) = check(value.get_ref()) {
-                    fail(value.span(), field, rule);
-                } else if !seen.insert(value.get_ref().as_str()) {
-                    fail(
-                        value.span(),
-                        field,
-                        format!("{} is listed twice", value.get_ref()),
-                    );
-                }
-            }
+            listed_once(values, check, |span, rule| fail(span, field, rule));
         }
         // Each key written, with the region it is for (None: every region).
         let keys: Vec<(Option<&str>, toml::Spanned<String>)> = match d.kms_key.as_ref() {
@@ -891,11 +871,29 @@ impl Doc<'_> {
     }
 }
 
-/// A run id as the janitor writes them (`<yyyymmdd>t<hhmmss>-<6 hex digits>`): what the client
-/// token check needs is its length, which tests/config.rs holds to the janitor's.
 /// A shape check of one listed value, answering the rule it breaks.
 type Check = fn(&str) -> Result<(), String>;
 
+/// Checks each of `values` with `check` and that none is listed twice, each problem told to
+/// `fail` at the value's place; answers the values that pass, once each.
+fn listed_once(
+    values: &[toml::Spanned<String>],
+    check: Check,
+    fail: impl Fn(std::ops::Range<usize>, String),
+) -> std::collections::BTreeSet<&str> {
+    let mut seen = std::collections::BTreeSet::new();
+    for value in values {
+        if let Err(rule) = check(value.get_ref()) {
+            fail(value.span(), rule);
+        } else if !seen.insert(value.get_ref().as_str()) {
+            fail(value.span(), format!("{} is listed twice", value.get_ref()));
+        }
+    }
+    seen
+}
+
+/// A run id as the janitor writes them (`<yyyymmdd>t<hhmmss>-<6 hex digits>`): what the client
+/// token check needs is its length, which tests/config.rs holds to the janitor's.
 const RUN_ID_EXAMPLE: &str = "20250101t000000-000000";
 
 /// A rule for a name, answering with the rule when the name breaks it.
@@ -1033,11 +1031,12 @@ mod tests {
     #[test]
     fn rollout_must_name_an_existing_image_and_sane_capacity() {
         let misnamed = ROLLOUT.replace("image = \"web\"", "image = \"wbe\"");
-        let msg = error(&format!("{MINIMAL}{misnamed}"));
-        assert!(msg.contains("rollout.web.image: no [image.wbe]"), "{msg}");
+        assert_error(
+            &format!("{MINIMAL}{misnamed}"),
+            "rollout.web.image: no [image.wbe]",
+        );
         let bad = ROLLOUT.replace("desired = 1", "desired = 5");
-        let msg = error(&format!("{MINIMAL}{bad}"));
-        assert!(msg.contains("min <= desired <= max"), "{msg}");
+        assert_error(&format!("{MINIMAL}{bad}"), "min <= desired <= max");
     }
 
     #[test]
@@ -1077,12 +1076,9 @@ mod tests {
         let text =
             format!("{MINIMAL}[image.web.test]\nenabled = false\ncommands = [\"true\", \" \"]\n");
         let line = text.lines().count();
-        let msg = error(&text);
-        assert!(
-            msg.contains(&format!(
-                "bake.toml:{line}:12: image.web.test.commands: command 2 is empty"
-            )),
-            "{msg}"
+        assert_error(
+            &text,
+            &format!("bake.toml:{line}:12: image.web.test.commands: command 2 is empty"),
         );
         let msg = error(&format!("{MINIMAL}[image.web.test]\nenable = false\n"));
         assert!(
@@ -1183,25 +1179,21 @@ mod tests {
             "{all:#?}"
         );
         let arn = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
-        let msg = error(&format!(
-            "{MINIMAL}[image.web.distribute]\nregions = [\"us-east-1\", \"eu-west-1\"]\nkms_key = \"{arn}\"\n"
-        ));
-        assert!(
-            msg.contains(
-                "the ARN names a key in us-east-1, but a key is used only in its own region"
+        assert_error(
+            &format!(
+                "{MINIMAL}[image.web.distribute]\nregions = [\"us-east-1\", \"eu-west-1\"]\nkms_key = \"{arn}\"\n"
             ),
-            "{msg}"
+            "the ARN names a key in us-east-1, but a key is used only in its own region",
         );
-        let msg = error(&format!(
-            "{MINIMAL}[image.web.distribute]\nregions = [\"eu-west-1\"]\nkms_key = {{ eu-west-1 = \"{arn}\" }}\n"
-        ));
-        assert!(msg.contains("this one is for eu-west-1"), "{msg}");
-        let msg = error(&format!(
-            "{MINIMAL}[image.web.distribute]\nkms_key = \"bake\"\n"
-        ));
-        assert!(
-            msg.contains("image.web.distribute.kms_key: a KMS key is"),
-            "{msg}"
+        assert_error(
+            &format!(
+                "{MINIMAL}[image.web.distribute]\nregions = [\"eu-west-1\"]\nkms_key = {{ eu-west-1 = \"{arn}\" }}\n"
+            ),
+            "this one is for eu-west-1",
+        );
+        assert_error(
+            &format!("{MINIMAL}[image.web.distribute]\nkms_key = \"bake\"\n"),
+            "image.web.distribute.kms_key: a KMS key is",
         );
     }
 
@@ -1232,8 +1224,7 @@ mod tests {
              organizations = [\"arn:aws:organizations::111122223333:organization/o-a1b2c3d4e5\"]\n\
              kms_key = {{ us-east-1 = \"arn:aws:kms:us-east-1:111122223333:alias/aws/ebs\" }}\n"
         );
-        let msg = error(&per_region);
-        assert!(msg.contains("while sharing with organizations"), "{msg}");
+        assert_error(&per_region, "while sharing with organizations");
         // The default key without sharing is fine: the images stay in this account.
         parse(&format!(
             "{MINIMAL}[image.web.distribute]\nregions = [\"us-east-1\"]\nkms_key = \"alias/aws/ebs\"\n"
@@ -1265,12 +1256,15 @@ mod tests {
             assert!(msg.contains(&format!("store.{field}: ")), "{msg}");
         }
         assert!(msg.contains("between 15 seconds and 1 hour"), "{msg}");
-        let msg = error(&format!("{MINIMAL}[store]\nprefix = \"bake/\"\n"));
-        assert!(msg.contains("bucket"), "{msg}");
-        let msg = error(&format!("{MINIMAL}[store]\nbuckett = \"bake-state\"\n"));
-        assert!(msg.contains("unknown field `buckett`"), "{msg}");
-        let msg = error(&format!("{MINIMAL}[stroe]\nbucket = \"bake-state\"\n"));
-        assert!(msg.contains("`store`"), "{msg}");
+        assert_error(&format!("{MINIMAL}[store]\nprefix = \"bake/\"\n"), "bucket");
+        assert_error(
+            &format!("{MINIMAL}[store]\nbuckett = \"bake-state\"\n"),
+            "unknown field `buckett`",
+        );
+        assert_error(
+            &format!("{MINIMAL}[stroe]\nbucket = \"bake-state\"\n"),
+            "`store`",
+        );
     }
 
     #[test]
@@ -1297,25 +1291,27 @@ mod tests {
                 "image.web.test.timeout",
             ),
         ] {
-            let msg = error(&format!("{MINIMAL}{lines}\n"));
-            assert!(msg.contains(&format!("{field}: must be between")), "{msg}");
+            assert_error(
+                &format!("{MINIMAL}{lines}\n"),
+                &format!("{field}: must be between"),
+            );
         }
-        let msg = error(&with_image("deprecate_after = \"300000000000y\""));
-        assert!(
-            msg.contains("image.web.deprecate_after: must be between 1 minute and 10 years"),
-            "{msg}"
+        assert_error(
+            &with_image("deprecate_after = \"300000000000y\""),
+            "image.web.deprecate_after: must be between 1 minute and 10 years",
         );
-        let msg = error(&with_image("deprecate_after = \"0s\""));
-        assert!(msg.contains("image.web.deprecate_after"), "{msg}");
+        assert_error(
+            &with_image("deprecate_after = \"0s\""),
+            "image.web.deprecate_after",
+        );
         for (refresh, field) in [
             ("{ timeout = \"300000000000y\" }", "timeout"),
             ("{ timeout = \"0s\" }", "timeout"),
             ("{ warmup = \"3601s\" }", "warmup"),
         ] {
-            let msg = error(&format!("{MINIMAL}{ROLLOUT}refresh = {refresh}\n"));
-            assert!(
-                msg.contains(&format!("rollout.web.refresh.{field}: must be between")),
-                "{msg}"
+            assert_error(
+                &format!("{MINIMAL}{ROLLOUT}refresh = {refresh}\n"),
+                &format!("rollout.web.refresh.{field}: must be between"),
             );
         }
         // The ends of the ranges are accepted.
@@ -1345,28 +1341,27 @@ mod tests {
                 ),
             "{msg}"
         );
-        let msg = error(&volume("{ size = 8, type = \"floppy\" }"));
-        assert!(
-            msg.contains("image.web.builder.volume.type: unknown EBS volume type `floppy`"),
-            "{msg}"
+        assert_error(
+            &volume("{ size = 8, type = \"floppy\" }"),
+            "image.web.builder.volume.type: unknown EBS volume type `floppy`",
         );
-        let msg = error(&volume("{ size = 4294967295, type = \"gp3\" }"));
-        assert!(msg.contains("image.web.builder.volume.size"), "{msg}");
-        let msg = error(&volume("{ size = -1, type = \"gp3\" }"));
-        assert!(msg.contains("image.web.builder.volume"), "{msg}");
+        assert_error(
+            &volume("{ size = 4294967295, type = \"gp3\" }"),
+            "image.web.builder.volume.size",
+        );
+        assert_error(
+            &volume("{ size = -1, type = \"gp3\" }"),
+            "image.web.builder.volume",
+        );
         parse(&volume("{ size = 65536, type = \"io2\" }")).unwrap();
-        let msg = error(&format!("{MINIMAL}{ROLLOUT}alb_port = 0\n"));
-        assert!(
-            msg.contains("rollout.web.alb_port: a port is 1 to 65535"),
-            "{msg}"
+        assert_error(
+            &format!("{MINIMAL}{ROLLOUT}alb_port = 0\n"),
+            "rollout.web.alb_port: a port is 1 to 65535",
         );
         for status in [0, 199, 500, 999] {
-            let msg = error(&format!(
-                "{MINIMAL}[image.web.health]\nexpect_status = {status}\n"
-            ));
-            assert!(
-                msg.contains("image.web.health.expect_status: an expected status is 200 to 499"),
-                "{msg}"
+            assert_error(
+                &format!("{MINIMAL}[image.web.health]\nexpect_status = {status}\n"),
+                "image.web.health.expect_status: an expected status is 200 to 499",
             );
         }
         parse(&format!(
@@ -1377,23 +1372,21 @@ mod tests {
 
     #[test]
     fn capacity_stays_inside_auto_scalings_integers_and_consistent() {
-        let msg = error(&format!(
-            "{MINIMAL}{}",
-            ROLLOUT.replace("max = 2", "max = 4294967295")
-        ));
-        assert!(
-            msg.contains("rollout.web.capacity.max: Auto Scaling takes at most 2147483647"),
-            "{msg}"
+        assert_error(
+            &format!(
+                "{MINIMAL}{}",
+                ROLLOUT.replace("max = 2", "max = 4294967295")
+            ),
+            "rollout.web.capacity.max: Auto Scaling takes at most 2147483647",
         );
-        let msg = error(&format!(
-            "{MINIMAL}{}",
-            ROLLOUT
-                .replace("max = 2", "max = 0")
-                .replace("min = 1, desired = 1", "min = 0, desired = 0")
-        ));
-        assert!(
-            msg.contains("rollout.web.capacity: need min <= desired <= max and max > 0"),
-            "{msg}"
+        assert_error(
+            &format!(
+                "{MINIMAL}{}",
+                ROLLOUT
+                    .replace("max = 2", "max = 0")
+                    .replace("min = 1, desired = 1", "min = 0, desired = 0")
+            ),
+            "rollout.web.capacity: need min <= desired <= max and max > 0",
         );
         parse(&format!(
             "{MINIMAL}{}",
@@ -1431,56 +1424,65 @@ mod tests {
             msg.contains("image.web.builder.subnet: ") && msg.contains("empty selector"),
             "{msg}"
         );
-        let msg = error(&MINIMAL.replace(
-            "{ tag = { Name = \"Public subnet A\" } }",
-            "{ tag = { \"\" = \"x\" } }",
-        ));
-        assert!(
-            msg.contains("image.web.builder.subnet: tag keys are 1 to 128"),
-            "{msg}"
+        assert_error(
+            &MINIMAL.replace(
+                "{ tag = { Name = \"Public subnet A\" } }",
+                "{ tag = { \"\" = \"x\" } }",
+            ),
+            "image.web.builder.subnet: tag keys are 1 to 128",
         );
-        let msg = error(&MINIMAL.replace(
-            "{ tag = { Name = \"Public subnet A\" } }",
-            "{ id = \"sg-1\" }",
-        ));
-        assert!(msg.contains("a subnet id is `subnet-`"), "{msg}");
-        let msg = error(&format!("{MINIMAL}{}", ROLLOUT.replace("vpc-0123", "")));
-        assert!(msg.contains("rollout.web.vpc: a vpc id"), "{msg}");
-        let msg = error(&format!(
-            "{MINIMAL}{}",
-            ROLLOUT.replace(
-                "[{ id = \"subnet-a\" }, { id = \"subnet-c\" }]",
-                "[{ id = \"subnet-a\" }, {}]"
-            )
-        ));
-        assert!(msg.contains("rollout.web.alb_subnets: "), "{msg}");
+        assert_error(
+            &MINIMAL.replace(
+                "{ tag = { Name = \"Public subnet A\" } }",
+                "{ id = \"sg-1\" }",
+            ),
+            "a subnet id is `subnet-`",
+        );
+        assert_error(
+            &format!("{MINIMAL}{}", ROLLOUT.replace("vpc-0123", "")),
+            "rollout.web.vpc: a vpc id",
+        );
+        assert_error(
+            &format!(
+                "{MINIMAL}{}",
+                ROLLOUT.replace(
+                    "[{ id = \"subnet-a\" }, { id = \"subnet-c\" }]",
+                    "[{ id = \"subnet-a\" }, {}]"
+                )
+            ),
+            "rollout.web.alb_subnets: ",
+        );
         let msg = error(&format!("region = \"moon-base\"\n{MINIMAL}"));
         assert!(
             msg.starts_with("bake.toml:1:10: region: a region code"),
             "{msg}"
         );
-        let msg = error(&MINIMAL.replace(
-            "instance_profile = ",
-            "instance_type = \"huge\"\ninstance_profile = ",
-        ));
-        assert!(
-            msg.contains("image.web.builder.instance_type: an instance type is `family.size`"),
-            "{msg}"
+        assert_error(
+            &MINIMAL.replace(
+                "instance_profile = ",
+                "instance_type = \"huge\"\ninstance_profile = ",
+            ),
+            "image.web.builder.instance_type: an instance type is `family.size`",
         );
-        let msg = error(&format!("{MINIMAL}{ROLLOUT}instance_type = \"T3.Micro\"\n"));
-        assert!(msg.contains("rollout.web.instance_type"), "{msg}");
-        let msg = error(&MINIMAL.replace("\"SSMInstanceProfile\"", "\"\""));
-        assert!(
-            msg.contains("image.web.builder.instance_profile: instance profile names are 1 to 128"),
-            "{msg}"
+        assert_error(
+            &format!("{MINIMAL}{ROLLOUT}instance_type = \"T3.Micro\"\n"),
+            "rollout.web.instance_type",
         );
-        let msg = error(&MINIMAL.replace(
-            "base = { ssm = \"/aws/service/debian/release/bookworm/latest/amd64\" }",
-            "base = { id = \"\" }",
-        ));
-        assert!(msg.contains("image.web.base.id: an AMI id"), "{msg}");
-        let msg = error(&MINIMAL.replace("template = \"nginx\"", "template = \"\""));
-        assert!(msg.contains("image.web.template: is empty"), "{msg}");
+        assert_error(
+            &MINIMAL.replace("\"SSMInstanceProfile\"", "\"\""),
+            "image.web.builder.instance_profile: instance profile names are 1 to 128",
+        );
+        assert_error(
+            &MINIMAL.replace(
+                "base = { ssm = \"/aws/service/debian/release/bookworm/latest/amd64\" }",
+                "base = { id = \"\" }",
+            ),
+            "image.web.base.id: an AMI id",
+        );
+        assert_error(
+            &MINIMAL.replace("template = \"nginx\"", "template = \"\""),
+            "image.web.template: is empty",
+        );
     }
 
     #[test]
@@ -1490,18 +1492,16 @@ mod tests {
             msg.starts_with("bake.toml:6:10: image.web.vars: a var name is one or more characters"),
             "{msg}"
         );
-        let msg = error(&format!("{MINIMAL}{ROLLOUT}tags = {{ \"\" = \"x\" }}\n"));
-        assert!(
-            msg.contains("rollout.web.tags: tag keys are 1 to 128"),
-            "{msg}"
+        assert_error(
+            &format!("{MINIMAL}{ROLLOUT}tags = {{ \"\" = \"x\" }}\n"),
+            "rollout.web.tags: tag keys are 1 to 128",
         );
-        let msg = error(&format!(
-            "{MINIMAL}{}",
-            ROLLOUT.replace("asg = \"Web-ASG\"", "asg = \"\"")
-        ));
-        assert!(
-            msg.contains("rollout.web.asg: Auto Scaling group names are 1 to 255"),
-            "{msg}"
+        assert_error(
+            &format!(
+                "{MINIMAL}{}",
+                ROLLOUT.replace("asg = \"Web-ASG\"", "asg = \"\"")
+            ),
+            "rollout.web.asg: Auto Scaling group names are 1 to 255",
         );
         let msg = error(&with_image("name = \"web:{{ date }}\""));
         assert!(
@@ -1622,12 +1622,9 @@ mod tests {
         ))
         .unwrap();
         let tight = ROLLOUT.replace("desired = 1, max = 2", "desired = 2, max = 3");
-        let msg = error(&format!(
-            "{MINIMAL}{tight}refresh = {{ max_healthy = 200 }}\n"
-        ));
-        assert!(
-            msg.contains("rollout.web.refresh.max_healthy: 200% of the desired 2 is 4 instances, more than capacity.max 3"),
-            "{msg}"
+        assert_error(
+            &format!("{MINIMAL}{tight}refresh = {{ max_healthy = 200 }}\n"),
+            "rollout.web.refresh.max_healthy: 200% of the desired 2 is 4 instances, more than capacity.max 3",
         );
         // A canary with room for its pauses, and every preference at once.
         parse(&format!(

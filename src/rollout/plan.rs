@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::preflight::{self, Plan};
+use super::preflight::Plan;
 use super::stack::{self, AlarmSpec, CPU_POLICY};
 use crate::aws::{CallError, Clients};
-use crate::config::{Config, Rollout};
+use crate::config::Rollout;
 
 /// What a rollout would do.
 #[derive(Debug, Clone, Serialize)]
@@ -110,18 +110,16 @@ impl std::fmt::Display for Planned {
     }
 }
 
-/// What rolling out `[rollout.NAME]` would do, with `parameter` the published AMI id's name.
+/// What rolling out `[rollout.NAME]` would do, from what its preflight resolved (`plan`), with
+/// `parameter` the published AMI id's name.
 pub async fn plan(
     clients: &Clients,
-    config: &Config,
-    name: &str,
+    plan: &Plan,
     rollout: &Rollout,
-    ami: Option<&str>,
     parameter: &str,
-) -> Result<Planned, super::Step> {
-    let plan = preflight::plan(clients, config, name, rollout, ami).await?;
+) -> Result<Planned, CallError> {
     let mut out = Planned {
-        rollout: name.to_owned(),
+        rollout: plan.rollout.clone(),
         region: clients.region.clone(),
         ami_id: plan.ami.id.clone(),
         ami_name: plan.ami.name.clone(),
@@ -133,7 +131,7 @@ pub async fn plan(
     };
     security_group(
         clients,
-        &plan,
+        plan,
         &plan.names.alb_security_group,
         rollout.alb_port,
         Some(rollout.alb_allow_cidr.get_ref()),
@@ -142,19 +140,19 @@ pub async fn plan(
     .await?;
     security_group(
         clients,
-        &plan,
+        plan,
         &plan.names.instance_security_group,
         plan.health.port,
         None,
         &mut out,
     )
     .await?;
-    let tg_arn = target_group(clients, &plan, &mut out).await?;
-    let alb_arn = load_balancer(clients, &plan, rollout.alb_port, &mut out).await?;
-    group(clients, &plan, rollout, tg_arn.as_deref(), &mut out).await?;
+    let tg_arn = target_group(clients, plan, &mut out).await?;
+    let alb_arn = load_balancer(clients, plan, rollout.alb_port, &mut out).await?;
+    group(clients, plan, rollout, tg_arn.as_deref(), &mut out).await?;
     alarms(
         clients,
-        &plan,
+        plan,
         rollout,
         tg_arn.as_deref(),
         alb_arn.as_deref(),
@@ -250,21 +248,7 @@ async fn load_balancer(
         out.create.push(format!("listener HTTP:{port} on {name}"));
         return Ok(None);
     };
-    let listeners = clients
-        .call(|| {
-            clients
-                .elb
-                .describe_listeners()
-                .load_balancer_arn(&arn)
-                .send()
-        })
-        .or_fail(|| format!("describe the listeners of {name}"))
-        .await?;
-    if !listeners
-        .listeners()
-        .iter()
-        .any(|l| l.port() == Some(port.into()))
-    {
+    if !stack::has_listener(clients, name, &arn, port).await? {
         out.create.push(format!("listener HTTP:{port} on {name}"));
     }
     Ok(Some(arn))
@@ -280,18 +264,7 @@ async fn group(
 ) -> Result<(), CallError> {
     let asg = &plan.names.asg;
     let template = &plan.names.launch_template;
-    let request = clients
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(asg);
-    let found = clients
-        .call(|| request.clone().send())
-        .or_fail(|| format!("describe Auto Scaling group {asg}"))
-        .await?
-        .auto_scaling_groups
-        .unwrap_or_default()
-        .into_iter()
-        .next();
+    let found = stack::describe_group(clients, asg).await?;
     if stack::find_launch_template(clients, template)
         .await?
         .is_none()
@@ -318,24 +291,16 @@ async fn group(
         return Ok(());
     };
     // The AMI of the version the group runs.
-    let spec = group.launch_template();
-    let running_ami = match spec.and_then(|s| s.launch_template_id().zip(s.version())) {
-        Some((id, version)) => stack::template_version(clients, id, version)
-            .await?
-            .and_then(|v| v.launch_template_data?.image_id),
-        None => None,
-    };
+    let running_ami = stack::group_version(clients, &group)
+        .await?
+        .and_then(|v| v.launch_template_data?.image_id);
     if running_ami.as_deref() != Some(plan.ami.id.as_str()) {
         out.launch_template_version = Some(NewVersion {
             launch_template: template.clone(),
             from_ami: running_ami,
             to_ami: plan.ami.id.clone(),
         });
-        out.replace = group
-            .instances()
-            .iter()
-            .filter_map(|i| i.instance_id().map(str::to_owned))
-            .collect();
+        out.replace = stack::instance_ids(&group);
     }
     let mut diff = Vec::new();
     if group.min_size() != Some(capacity.min as i32)
@@ -379,7 +344,8 @@ async fn group(
     if !stack::metrics_collected(&group) {
         diff.push("enable metrics collection".to_owned());
     }
-    if spec
+    if group
+        .launch_template()
         .and_then(|s| s.version())
         .is_some_and(|v| v.parse::<i64>().is_err())
     {

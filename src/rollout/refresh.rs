@@ -151,20 +151,8 @@ async fn group_size(clients: &Clients, plan: &Plan, rollout: &Rollout) -> (u32, 
 /// stack made it) is named in a note and left out, so the refresh still runs, watched by the rest.
 async fn existing_alarms(clients: &Clients, plan: &Plan) -> Result<Vec<String>, CallError> {
     let wanted = [&plan.names.alarm_errors, &plan.names.alarm_latency];
-    let request = clients
-        .cloudwatch
-        .describe_alarms()
-        .set_alarm_names(Some(wanted.iter().map(|n| (*n).clone()).collect()));
-    let found = clients
-        .call(|| request.clone().send())
-        .or_fail(|| format!("describe the alarms of {}", plan.names.asg))
-        .await?;
-    let exist: Vec<String> = found
-        .metric_alarms()
-        .iter()
-        .filter_map(|a| a.alarm_name().map(str::to_owned))
-        .collect();
-    for name in wanted.iter().filter(|n| !exist.contains(n)) {
+    let held = super::stack::held_alarms(clients, plan).await?;
+    for name in wanted.iter().filter(|n| !held.contains_key(n.as_str())) {
         crate::output::note(&format!(
             "{}: CloudWatch alarm {name} does not exist in {}; the refresh is not rolled back on \
              it (`bake rollout` creates it with the stack)",
@@ -173,7 +161,7 @@ async fn existing_alarms(clients: &Clients, plan: &Plan) -> Result<Vec<String>, 
     }
     Ok(wanted
         .into_iter()
-        .filter(|n| exist.contains(n))
+        .filter(|n| held.contains_key(n.as_str()))
         .cloned()
         .collect())
 }

@@ -199,7 +199,14 @@ async fn build(b: &mut Build<'_>, rollout: &Rollout) -> Result<Stack, CallError>
     let target_group_arn = target_group(b).await?;
     let (alb_arn, alb_dns) = load_balancer(b, &alb_sg).await?;
     b.elb_adopt(&alb_arn, &target_group_arn).await?;
-    listener(clients, &alb_arn, rollout.alb_port, &target_group_arn).await?;
+    listener(
+        clients,
+        &plan.names.alb,
+        &alb_arn,
+        rollout.alb_port,
+        &target_group_arn,
+    )
+    .await?;
     // Before the new version exists: `$Latest` would name it.
     pin(clients, &plan.names.asg).await?;
     let current = current_version(clients, &plan.names.asg).await?;
@@ -252,14 +259,21 @@ pub async fn describe_group(
         .next())
 }
 
+/// The launch template the group `asg` names, when the group exists and names one.
+async fn group_template(
+    clients: &Clients,
+    asg: &str,
+) -> Result<Option<LaunchTemplateSpecification>, CallError> {
+    Ok(describe_group(clients, asg)
+        .await?
+        .and_then(|g| g.launch_template))
+}
+
 /// Moves a group on `$Latest` or `$Default` to the version number that names now: an instance
 /// refresh can roll back only to a numbered version ("Undo changes with a manual or auto
 /// rollback"), and the group's own spec stays the one to go back to.
 async fn pin(clients: &Clients, asg: &str) -> Result<(), CallError> {
-    let Some(spec) = describe_group(clients, asg)
-        .await?
-        .and_then(|g| g.launch_template)
-    else {
+    let Some(spec) = group_template(clients, asg).await? else {
         return Ok(());
     };
     let version = spec.version().unwrap_or("$Default");
@@ -297,10 +311,7 @@ async fn current_version(
     clients: &Clients,
     asg: &str,
 ) -> Result<Option<(String, i64, String)>, CallError> {
-    let Some(spec) = describe_group(clients, asg)
-        .await?
-        .and_then(|g| g.launch_template)
-    else {
+    let Some(spec) = group_template(clients, asg).await? else {
         return Ok(None);
     };
     let (Some(id), Some(version)) = (
@@ -593,13 +604,13 @@ async fn load_balancer(
     ))
 }
 
-/// An HTTP listener on `port` forwarding to the target group (it goes with the load balancer).
-async fn listener(
+/// Whether the load balancer `alb` (ARN `alb_arn`) listens on `port`.
+pub(super) async fn has_listener(
     clients: &Clients,
+    alb: &str,
     alb_arn: &str,
     port: u16,
-    target_group_arn: &str,
-) -> Result<(), CallError> {
+) -> Result<bool, CallError> {
     let found = clients
         .call(|| {
             clients
@@ -608,13 +619,24 @@ async fn listener(
                 .load_balancer_arn(alb_arn)
                 .send()
         })
-        .or_fail(|| "describe listeners".into())
+        .or_fail(|| format!("describe the listeners of {alb}"))
         .await?;
-    if found
+    Ok(found
         .listeners()
         .iter()
-        .any(|l| l.port() == Some(port.into()))
-    {
+        .any(|l| l.port() == Some(port.into())))
+}
+
+/// An HTTP listener on `port` forwarding to the target group (it goes with the load balancer
+/// `alb`, ARN `alb_arn`).
+async fn listener(
+    clients: &Clients,
+    alb: &str,
+    alb_arn: &str,
+    port: u16,
+    target_group_arn: &str,
+) -> Result<(), CallError> {
+    if has_listener(clients, alb, alb_arn, port).await? {
         return Ok(());
     }
     let create = clients
@@ -631,7 +653,7 @@ async fn listener(
         );
     clients
         .call(|| create.clone().send())
-        .or_fail(|| format!("create the HTTP:{port} listener"))
+        .or_fail(|| format!("create the HTTP:{port} listener on {alb}"))
         .await?;
     Ok(())
 }
@@ -868,6 +890,28 @@ pub async fn template_version(
         )
         .await?;
     Ok(out.and_then(|out| out.launch_template_versions?.into_iter().next()))
+}
+
+/// The launch template version `group` names (a number, `$Latest` or `$Default`), when it names
+/// one and that version exists.
+pub async fn group_version(
+    clients: &Clients,
+    group: &AutoScalingGroup,
+) -> Result<Option<LaunchTemplateVersion>, CallError> {
+    let spec = group.launch_template();
+    match spec.and_then(|s| s.launch_template_id().zip(s.version())) {
+        Some((id, version)) => template_version(clients, id, version).await,
+        None => Ok(None),
+    }
+}
+
+/// The ids of `group`'s instances.
+pub fn instance_ids(group: &AutoScalingGroup) -> Vec<String> {
+    group
+        .instances()
+        .iter()
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect()
 }
 
 /// The launch template of this name, if there is one.
@@ -1110,7 +1154,7 @@ pub async fn held_alarms(
         .set_alarm_names(Some(names.iter().map(|n| (*n).clone()).collect()));
     let out = clients
         .call(|| request.clone().send())
-        .or_fail(|| "describe the stack's CloudWatch alarms".into())
+        .or_fail(|| format!("describe the CloudWatch alarms of {}", plan.names.asg))
         .await?;
     Ok(out
         .metric_alarms()
