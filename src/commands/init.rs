@@ -283,9 +283,10 @@ fn found(name: &str, subnet: Subnet) -> Found {
 /// The config file for `flow`: the flow's image and rollout, the network written as Name-tag
 /// references (what was found noted beside them), every section commented.
 pub fn config_text(flow: Flow, region: &str, network: &Network) -> String {
-    let (header, image) = match flow {
-        Flow::Lamp => (LAMP_HEADER, LAMP_IMAGE),
-        Flow::Nginx => (NGINX_HEADER, NGINX_IMAGE),
+    // The flow's image, how long its user data may take to serve the page, and its checks.
+    let (header, image, timeout, verify) = match flow {
+        Flow::Lamp => (LAMP_HEADER, LAMP_IMAGE, "15m", LAMP_VERIFY),
+        Flow::Nginx => (NGINX_HEADER, NGINX_IMAGE, "10m", NGINX_VERIFY),
     };
     let subnet_note = |f: &Found| {
         format!(
@@ -326,9 +327,28 @@ pub fn config_text(flow: Flow, region: &str, network: &Network) -> String {
          region = \"{region}\"\n\
          \n\
          {image}\
+         {health}\
+         {verify}\
          {BUILDER}\
          {ROLLOUT}",
         notes = notes.join("\n"),
+        health = health(timeout),
+    )
+}
+
+/// The health section, the same in both flows but for how long the user data may take to serve
+/// the page.
+fn health(timeout: &str) -> String {
+    format!(
+        r#"# How bake knows the user data worked: the page it must serve, and commands run through SSM.
+[image.web.health]
+path = "/"
+port = 80
+expect_status = 200
+expect_body = "Immersion Day"
+timeout = "{timeout}"
+
+"#
     )
 }
 
@@ -361,15 +381,9 @@ name = "web-{{ date }}-{{ digest[:12] }}"
 app_url = "https://static.us-east-1.prod.workshops.aws/88a8dca7-a449-45ef-8175-384d9646aea5/assets/immersion-day-app-php7.zip?Key-Pair-Id=K36Q2WVO3JP7QD&Policy=eyJTdGF0ZW1lbnQiOlt7IlJlc291cmNlIjoiaHR0cHM6Ly9zdGF0aWMudXMtZWFzdC0xLnByb2Qud29ya3Nob3BzLmF3cy84OGE4ZGNhNy1hNDQ5LTQ1ZWYtODE3NS0zODRkOTY0NmFlYTUvKiJ9XX0__&Signature=oxdOakwik-~DrXY6TGdj9BE3qtNd1Xu~bFlFv8xJnQIyhR5utXjmHtJoqn5mGSXhpTM~G~Q8e~5yQiJBveS2UnCzV-aRevi2t0pblyHeUjMQZKHHEZz8Escn1-s34UA-tO6RjY-glibFWpVIKZC3UB95sxvBbis58dx5CTKtqbAXmnwBFYl3R0vBby6zzYRrOKF2c03o3XLF7Y3foSJnDRRBkxwesCEvgc~7nZVP~px9xOqiwZjqBOdTATZNvigL3G9-vrhk3BGN0M67P4O5YbVzMvf~U-0HDBdwdUIgkWSrfE6y5t8qcHJ0bqd4kPvrVY3P32fti9G5Ocm0UD0dRg__"
 php_sdk = true                    # install the AWS SDK for PHP, as the workshop does
 
-# How bake knows the user data worked: the page it must serve, and commands run through SSM.
-[image.web.health]
-path = "/"
-port = 80
-expect_status = 200
-expect_body = "Immersion Day"
-timeout = "15m"
+"#;
 
-[image.web.verify]
+const LAMP_VERIFY: &str = r#"[image.web.verify]
 commands = [
   "systemctl is-active httpd",
   "php -v",
@@ -388,15 +402,9 @@ name = "web-nginx-{{ date }}-{{ digest[:12] }}"
 vars = { app = "flask", title = "AWS Immersion Day", message = "Nginx in front of a Python app, baked by bake." }
 # deprecate_after = "90d"         # bake afresh (that day's packages) once the AMI is this old
 
-# How bake knows the user data worked: the page it must serve, and commands run through SSM.
-[image.web.health]
-path = "/"
-port = 80
-expect_status = 200
-expect_body = "Immersion Day"
-timeout = "10m"
+"#;
 
-[image.web.verify]
+const NGINX_VERIFY: &str = r#"[image.web.verify]
 commands = [
   "systemctl is-active nginx",
   "systemctl is-active bake-app",
