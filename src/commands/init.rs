@@ -283,10 +283,11 @@ fn found(name: &str, subnet: Subnet) -> Found {
 /// The config file for `flow`: the flow's image and rollout, the network written as Name-tag
 /// references (what was found noted beside them), every section commented.
 pub fn config_text(flow: Flow, region: &str, network: &Network) -> String {
-    // The flow's image, how long its user data may take to serve the page, and its checks.
-    let (header, image, timeout, verify) = match flow {
-        Flow::Lamp => (LAMP_HEADER, LAMP_IMAGE, "15m", LAMP_VERIFY),
-        Flow::Nginx => (NGINX_HEADER, NGINX_IMAGE, "10m", NGINX_VERIFY),
+    // The flow's image keys and tables, how long its user data may take to serve the page, and
+    // its checks.
+    let (header, image, vars, timeout, verify) = match flow {
+        Flow::Lamp => (LAMP_HEADER, LAMP_IMAGE, LAMP_VARS, "15m", LAMP_VERIFY),
+        Flow::Nginx => (NGINX_HEADER, NGINX_IMAGE, "", "10m", NGINX_VERIFY),
     };
     let subnet_note = |f: &Found| {
         format!(
@@ -326,7 +327,10 @@ pub fn config_text(flow: Flow, region: &str, network: &Network) -> String {
          # otherwise.\n\
          region = \"{region}\"\n\
          \n\
+         {IMAGE}\
          {image}\
+         {DEPRECATE}\
+         {vars}\
          {health}\
          {verify}\
          {BUILDER}\
@@ -366,16 +370,24 @@ const NGINX_HEADER: &str = "\
 # group \"Web-ASG\").
 ";
 
-const LAMP_IMAGE: &str = r#"# The image: what it starts from, the user-data template that installs the server, and the
+/// The image section's heading, the same in both flows; each flow's `*_IMAGE` keys follow it.
+const IMAGE: &str = r#"# The image: what it starts from, the user-data template that installs the server, and the
 # AMI's name ({{ digest[:12] }} changes with any input).
 [image.web]
-base = { ssm = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64" }
+"#;
+
+/// What ends the `[image.web]` table in both flows, before each flow's other image tables.
+const DEPRECATE: &str = r#"# deprecate_after = "90d"         # bake afresh (that day's packages) once the AMI is this old
+
+"#;
+
+const LAMP_IMAGE: &str = r#"base = { ssm = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64" }
 template = "lamp"                 # bake's built-in LAMP template
 os = "al2023"
 name = "web-{{ date }}-{{ digest[:12] }}"
-# deprecate_after = "90d"         # bake afresh (that day's packages) once the AMI is this old
+"#;
 
-[image.web.vars]
+const LAMP_VARS: &str = r#"[image.web.vars]
 # The workshop's app as a pre-signed URL: '&', '~' and '=' reach the script as one quoted word.
 # A pre-signed URL expires: put your own copy of the app (an S3 object's URL) here when it does.
 app_url = "https://static.us-east-1.prod.workshops.aws/88a8dca7-a449-45ef-8175-384d9646aea5/assets/immersion-day-app-php7.zip?Key-Pair-Id=K36Q2WVO3JP7QD&Policy=eyJTdGF0ZW1lbnQiOlt7IlJlc291cmNlIjoiaHR0cHM6Ly9zdGF0aWMudXMtZWFzdC0xLnByb2Qud29ya3Nob3BzLmF3cy84OGE4ZGNhNy1hNDQ5LTQ1ZWYtODE3NS0zODRkOTY0NmFlYTUvKiJ9XX0__&Signature=oxdOakwik-~DrXY6TGdj9BE3qtNd1Xu~bFlFv8xJnQIyhR5utXjmHtJoqn5mGSXhpTM~G~Q8e~5yQiJBveS2UnCzV-aRevi2t0pblyHeUjMQZKHHEZz8Escn1-s34UA-tO6RjY-glibFWpVIKZC3UB95sxvBbis58dx5CTKtqbAXmnwBFYl3R0vBby6zzYRrOKF2c03o3XLF7Y3foSJnDRRBkxwesCEvgc~7nZVP~px9xOqiwZjqBOdTATZNvigL3G9-vrhk3BGN0M67P4O5YbVzMvf~U-0HDBdwdUIgkWSrfE6y5t8qcHJ0bqd4kPvrVY3P32fti9G5Ocm0UD0dRg__"
@@ -392,16 +404,11 @@ commands = [
 
 "#;
 
-const NGINX_IMAGE: &str = r#"# The image: what it starts from, the user-data template that installs the server, and the
-# AMI's name ({{ digest[:12] }} changes with any input).
-[image.web]
-base = { ssm = "/aws/service/debian/release/bookworm/latest/amd64" }
+const NGINX_IMAGE: &str = r#"base = { ssm = "/aws/service/debian/release/bookworm/latest/amd64" }
 template = "nginx"                # bake's built-in Nginx template
 os = "debian"
 name = "web-nginx-{{ date }}-{{ digest[:12] }}"
 vars = { app = "flask", title = "AWS Immersion Day", message = "Nginx in front of a Python app, baked by bake." }
-# deprecate_after = "90d"         # bake afresh (that day's packages) once the AMI is this old
-
 "#;
 
 const NGINX_VERIFY: &str = r#"[image.web.verify]
