@@ -11,7 +11,7 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_elasticloadbalancingv2::operation::describe_load_balancers::DescribeLoadBalancersOutput;
 use aws_sdk_elasticloadbalancingv2::operation::describe_target_groups::DescribeTargetGroupsOutput;
 
-use super::{Left, Resource};
+use super::{Left, Resource, ids_of};
 use crate::aws::{self, CallError, Clients, Failed};
 use crate::poll::{self, Check, PollError, Schedule};
 use crate::tags;
@@ -388,13 +388,9 @@ pub(super) async fn find(
 /// Removes the marks of a stack under construction ([`tags::STACK_PENDING`]) from `resources`:
 /// the stack is whole, and `bake gc` must leave it alone. Resources of other kinds are skipped.
 pub async fn unmark(clients: &Clients, resources: &[Resource]) -> Result<(), CallError> {
-    let ec2_ids: Vec<String> = resources
-        .iter()
-        .filter_map(|r| match r {
-            Resource::SecurityGroup(id) | Resource::LaunchTemplate(id) => Some(id.clone()),
-            _ => None,
-        })
-        .collect();
+    let ec2_ids = ids_of(resources, |r| {
+        matches!(r, Resource::SecurityGroup(_) | Resource::LaunchTemplate(_))
+    });
     if !ec2_ids.is_empty() {
         let mut request = clients
             .ec2
@@ -409,13 +405,9 @@ pub async fn unmark(clients: &Clients, resources: &[Resource]) -> Result<(), Cal
             .or_fail(|| format!("remove the run's tags from {}", ec2_ids.join(", ")))
             .await?;
     }
-    let arns: Vec<String> = resources
-        .iter()
-        .filter_map(|r| match r {
-            Resource::LoadBalancer(arn) | Resource::TargetGroup(arn) => Some(arn.clone()),
-            _ => None,
-        })
-        .collect();
+    let arns = ids_of(resources, |r| {
+        matches!(r, Resource::LoadBalancer(_) | Resource::TargetGroup(_))
+    });
     if !arns.is_empty() {
         let request = clients
             .elb
@@ -428,20 +420,14 @@ pub async fn unmark(clients: &Clients, resources: &[Resource]) -> Result<(), Cal
             .or_fail(|| format!("remove the run's tags from {}", arns.join(", ")))
             .await?;
     }
-    let groups: Vec<&str> = resources
-        .iter()
-        .filter_map(|r| match r {
-            Resource::AutoScalingGroup(name) => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
+    let groups = ids_of(resources, |r| matches!(r, Resource::AutoScalingGroup(_)));
     if !groups.is_empty() {
         let mut request = clients.autoscaling.delete_tags();
         for group in &groups {
             for key in tags::STACK_PENDING {
                 request = request.tags(
                     aws_sdk_autoscaling::types::Tag::builder()
-                        .resource_id(*group)
+                        .resource_id(group)
                         .resource_type("auto-scaling-group")
                         .key(key)
                         .build(),
@@ -454,13 +440,7 @@ pub async fn unmark(clients: &Clients, resources: &[Resource]) -> Result<(), Cal
             .or_fail(|| format!("remove the run's tags from {}", groups.join(", ")))
             .await?;
     }
-    let alarms: Vec<String> = resources
-        .iter()
-        .filter_map(|r| match r {
-            Resource::Alarm(name) => Some(name.clone()),
-            _ => None,
-        })
-        .collect();
+    let alarms = ids_of(resources, |r| matches!(r, Resource::Alarm(_)));
     if !alarms.is_empty() {
         let request = clients
             .cloudwatch
