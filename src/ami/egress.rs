@@ -869,6 +869,7 @@ async fn live_gateways(clients: &Clients) -> Result<Vec<NatGateway>, CallError> 
     // Pages of up to 1000: bounded by how many gateways a region allows (a few hundred at most).
     let pages = aws::pages::all(
         100,
+        "list bake's NAT gateways",
         |token| {
             let request = clients
                 .ec2
@@ -877,10 +878,7 @@ async fn live_gateways(clients: &Clients) -> Result<Vec<NatGateway>, CallError> 
                 .filter(filter_any("state", &["pending", "available", "deleting"]))
                 .max_results(1000)
                 .set_next_token(token);
-            clients
-                .call(move || request.clone().send())
-                .settle(&aws::THROTTLE_BURST)
-                .or_fail(|| "list bake's NAT gateways".into())
+            clients.call(move || request.clone().send())
         },
         DescribeNatGatewaysOutput::next_token,
     )

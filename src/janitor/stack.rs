@@ -234,16 +234,14 @@ pub(super) async fn find(
         .build();
     let groups = aws::pages::all(
         MAX_PAGES,
+        "list Auto Scaling groups",
         |token| {
             let request = clients
                 .autoscaling
                 .describe_auto_scaling_groups()
                 .filters(key_filter.clone())
                 .set_next_token(token);
-            clients
-                .call(move || request.clone().send())
-                .settle(&aws::THROTTLE_BURST)
-                .or_fail(|| "list Auto Scaling groups".into())
+            clients.call(move || request.clone().send())
         },
         DescribeAutoScalingGroupsOutput::next_token,
     )
@@ -290,12 +288,10 @@ pub(super) async fn find(
     let mut arns: Vec<(String, Option<SystemTime>, bool)> = Vec::new();
     let load_balancers = aws::pages::all(
         MAX_PAGES,
+        "list load balancers",
         |marker| {
             let request = clients.elb.describe_load_balancers().set_marker(marker);
-            clients
-                .call(move || request.clone().send())
-                .settle(&aws::THROTTLE_BURST)
-                .or_fail(|| "list load balancers".into())
+            clients.call(move || request.clone().send())
         },
         DescribeLoadBalancersOutput::next_marker,
     )
@@ -310,12 +306,10 @@ pub(super) async fn find(
     }
     let target_groups = aws::pages::all(
         MAX_PAGES,
+        "list target groups",
         |marker| {
             let request = clients.elb.describe_target_groups().set_marker(marker);
-            clients
-                .call(move || request.clone().send())
-                .settle(&aws::THROTTLE_BURST)
-                .or_fail(|| "list target groups".into())
+            clients.call(move || request.clone().send())
         },
         DescribeTargetGroupsOutput::next_marker,
     )
@@ -357,12 +351,10 @@ pub(super) async fn find(
 
     let alarms = aws::pages::all(
         MAX_PAGES,
+        "list CloudWatch alarms",
         |token| {
             let request = clients.cloudwatch.describe_alarms().set_next_token(token);
-            clients
-                .call(move || request.clone().send())
-                .settle(&aws::THROTTLE_BURST)
-                .or_fail(|| "list CloudWatch alarms".into())
+            clients.call(move || request.clone().send())
         },
         DescribeAlarmsOutput::next_token,
     )
