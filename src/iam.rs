@@ -72,6 +72,16 @@ const fn grant(actions: &'static [&'static str], when: When) -> Grant {
     }
 }
 
+/// ec2:CreateTags only as part of the create calls `actions` (their TagSpecifications).
+const fn tag_on_create(actions: &'static [&'static str]) -> Grant {
+    Grant {
+        actions: &["ec2:CreateTags"],
+        resource: "*",
+        condition: Some(("StringEquals", "ec2:CreateAction", actions)),
+        when: When::Always,
+    }
+}
+
 /// What every call that starts from an image needs: the base image and the AMIs bake made.
 const READ_IMAGES: Grant = grant(&["ec2:DescribeImages", "ssm:GetParameter"], When::Always);
 
@@ -98,24 +108,15 @@ const AMI: &[Grant] = &[
     // Tagging on create ("Grant permission to tag Amazon EC2 resources during creation"): the
     // builder, its security group, the image and its snapshots; a private builder's Elastic IP,
     // NAT gateway and endpoints; a distributed image's copies; nothing else.
-    Grant {
-        actions: &["ec2:CreateTags"],
-        resource: "*",
-        condition: Some((
-            "StringEquals",
-            "ec2:CreateAction",
-            &[
-                "RunInstances",
-                "CreateSecurityGroup",
-                "CreateImage",
-                "AllocateAddress",
-                "CreateNatGateway",
-                "CreateVpcEndpoint",
-                "CopyImage",
-            ],
-        )),
-        when: When::Always,
-    },
+    tag_on_create(&[
+        "RunInstances",
+        "CreateSecurityGroup",
+        "CreateImage",
+        "AllocateAddress",
+        "CreateNatGateway",
+        "CreateVpcEndpoint",
+        "CopyImage",
+    ]),
     // Only the builders bake tagged: a run's own, or a killed run's (gc).
     Grant {
         actions: &["ec2:TerminateInstances"],
@@ -252,21 +253,12 @@ const ROLLOUT: &[Grant] = &[
         ],
         When::Always,
     ),
-    Grant {
-        actions: &["ec2:CreateTags"],
-        resource: "*",
-        condition: Some((
-            "StringEquals",
-            "ec2:CreateAction",
-            &[
-                "CreateSecurityGroup",
-                "CreateLaunchTemplate",
-                "CreateLaunchTemplateVersion",
-                "RunInstances",
-            ],
-        )),
-        when: When::Always,
-    },
+    tag_on_create(&[
+        "CreateSecurityGroup",
+        "CreateLaunchTemplate",
+        "CreateLaunchTemplateVersion",
+        "RunInstances",
+    ]),
     // Creating or updating a group with a launch template checks that the caller may launch what
     // it describes ("Control Amazon EC2 launch template usage in Auto Scaling groups"):
     // ec2:RunInstances, iam:PassRole for its profile's role, ec2:CreateTags for its instance tags.
