@@ -38,16 +38,19 @@ pub const ALARM_SPAN_MAX_SECONDS: u32 = 86_400;
 /// most 4,000 s; an hour on average is never a working page).
 pub const ALARM_LATENCY: RangeInclusive<Duration> = Duration::from_millis(1)..=secs(3600);
 
+/// `Ok` when `ok`, else the rule broken as `why` writes it.
+fn rule(ok: bool, why: impl FnOnce() -> String) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(why()) }
+}
+
 /// `periods` evaluation periods of `period` seconds, as PutMetricAlarm accepts them.
 pub fn alarm_periods(periods: u32, period: i32) -> Result<(), String> {
     let most = ALARM_SPAN_MAX_SECONDS / period.unsigned_abs();
-    if (1..=most).contains(&periods) {
-        Ok(())
-    } else {
-        Err(format!(
+    rule((1..=most).contains(&periods), || {
+        format!(
             "1 to {most} periods of {period} s (CloudWatch evaluates at most a day), found {periods}"
-        ))
-    }
+        )
+    })
 }
 
 /// How long the builder's health check may take: at least 10 s (a first probe needs a booted
@@ -99,15 +102,13 @@ const fn secs(s: u64) -> Duration {
 
 /// A duration against its range, with the rule in words.
 pub fn duration(value: Duration, range: &RangeInclusive<Duration>) -> Result<(), String> {
-    if range.contains(&value) {
-        Ok(())
-    } else {
-        Err(format!(
+    rule(range.contains(&value), || {
+        format!(
             "must be between {} and {}",
             human(*range.start()),
             human(*range.end())
-        ))
-    }
+        )
+    })
 }
 
 /// A duration in words, in the largest unit that divides it (`12 hours`, `10 years`, `0 seconds`).
@@ -193,24 +194,17 @@ pub fn region(name: &str) -> Result<(), String> {
         }
         _ => false,
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "a region code looks like `ap-northeast-2` or `us-gov-west-1`; `{name}` does not"
-        ))
-    }
+    rule(ok, || {
+        format!("a region code looks like `ap-northeast-2` or `us-gov-west-1`; `{name}` does not")
+    })
 }
 
 /// A 12-digit AWS account id (ModifyImageAttribute's `UserId`).
 pub fn account_id(id: &str) -> Result<(), String> {
-    if id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err(format!(
-            "an account id is 12 digits, like \"111122223333\"; found {id:?}"
-        ))
-    }
+    rule(
+        id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()),
+        || format!("an account id is 12 digits, like \"111122223333\"; found {id:?}"),
+    )
 }
 
 /// `arn:PARTITION:organizations::ACCOUNT:` and the rest, or None.
@@ -238,13 +232,11 @@ pub fn organization_arn(arn: &str) -> Result<(), String> {
     let ok = organizations_arn(arn)
         .and_then(|rest| rest.strip_prefix("organization/"))
         .is_some_and(|id| id_part(id, "o-", (10, 32)));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    rule(ok, || {
+        format!(
             "an organization ARN looks like \"arn:aws:organizations::111122223333:organization/o-exampleorgid\"; found {arn:?}"
-        ))
-    }
+        )
+    })
 }
 
 /// An organizational unit's ARN as LaunchPermission's `OrganizationalUnitArn` takes it.
@@ -261,13 +253,11 @@ pub fn organizational_unit_arn(arn: &str) -> Result<(), String> {
                         id_part(root, "", (4, 32)) && id_part(unit, "", (8, 32))
                     })
         });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    rule(ok, || {
+        format!(
             "an organizational unit ARN looks like \"arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-exam-ple12345\"; found {arn:?}"
-        ))
-    }
+        )
+    })
 }
 
 /// A KMS key as EC2's `KmsKeyId` takes it: `alias/NAME`, a key id (a UUID, or `mrk-` and 32 hex
@@ -343,13 +333,9 @@ pub fn instance_type(name: &str) -> Result<(), String> {
             }
             None => false,
         };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "an instance type is `family.size` in lower case, like `t3.micro`; `{name}` is not"
-        ))
-    }
+    rule(ok, || {
+        format!("an instance type is `family.size` in lower case, like `t3.micro`; `{name}` is not")
+    })
 }
 
 /// An IPv4 CIDR block as security group rules take it: a network address (no host bits set)
@@ -385,14 +371,12 @@ pub fn instance_profile_name(name: &str) -> Result<(), String> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    rule(ok, || {
+        format!(
             "instance profile names are 1 to {INSTANCE_PROFILE_NAME_MAX} letters, digits and \
              +=,.@_-; found `{name}`"
-        ))
-    }
+        )
+    })
 }
 
 /// Characters EC2 allows in AMI names besides letters and digits.
@@ -551,15 +535,13 @@ pub fn launch_template_name(name: &str) -> Result<(), String> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "().-/_".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    rule(ok, || {
+        format!(
             "launch template names are {} to {} characters of letters, digits and ().-/_; found `{name}`",
             LAUNCH_TEMPLATE_NAME.start(),
             LAUNCH_TEMPLATE_NAME.end()
-        ))
-    }
+        )
+    })
 }
 
 /// An Auto Scaling group's or security group's name.
