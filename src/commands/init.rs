@@ -331,18 +331,18 @@ pub fn config_text(flow: Flow, region: &str, network: &Network) -> String {
          {image}\
          {DEPRECATE}\
          {vars}\
-         {health}\
-         {verify}\
+         {checks}\
          {BUILDER}\
          {ROLLOUT}",
         notes = notes.join("\n"),
-        health = health(timeout),
+        checks = checks(timeout, verify),
     )
 }
 
-/// The health section, the same in both flows but for how long the user data may take to serve
-/// the page.
-fn health(timeout: &str) -> String {
+/// The health and verify sections, the same in both flows but for how long the user data may take
+/// to serve the page and the commands that check it through SSM.
+fn checks(timeout: &str, commands: &[&str]) -> String {
+    let commands: String = commands.iter().map(|c| format!("  \"{c}\",\n")).collect();
     format!(
         r#"# How bake knows the user data worked: the page it must serve, and commands run through SSM.
 [image.web.health]
@@ -351,6 +351,10 @@ port = 80
 expect_status = 200
 expect_body = "Immersion Day"
 timeout = "{timeout}"
+
+[image.web.verify]
+commands = [
+{commands}]
 
 "#
     )
@@ -395,14 +399,12 @@ php_sdk = true                    # install the AWS SDK for PHP, as the workshop
 
 "#;
 
-const LAMP_VERIFY: &str = r#"[image.web.verify]
-commands = [
-  "systemctl is-active httpd",
-  "php -v",
-  "test -s /var/www/html/index.php",
-]
-
-"#;
+/// What `[image.web.verify]` runs on the LAMP builder through SSM.
+const LAMP_VERIFY: &[&str] = &[
+    "systemctl is-active httpd",
+    "php -v",
+    "test -s /var/www/html/index.php",
+];
 
 const NGINX_IMAGE: &str = r#"base = { ssm = "/aws/service/debian/release/bookworm/latest/amd64" }
 template = "nginx"                # bake's built-in Nginx template
@@ -411,14 +413,12 @@ name = "web-nginx-{{ date }}-{{ digest[:12] }}"
 vars = { app = "flask", title = "AWS Immersion Day", message = "Nginx in front of a Python app, baked by bake." }
 "#;
 
-const NGINX_VERIFY: &str = r#"[image.web.verify]
-commands = [
-  "systemctl is-active nginx",
-  "systemctl is-active bake-app",
-  "curl -fsS http://127.0.0.1/ | grep -q 'Immersion Day'",
-]
-
-"#;
+/// What `[image.web.verify]` runs on the Nginx builder through SSM.
+const NGINX_VERIFY: &[&str] = &[
+    "systemctl is-active nginx",
+    "systemctl is-active bake-app",
+    "curl -fsS http://127.0.0.1/ | grep -q 'Immersion Day'",
+];
 
 const BUILDER: &str = r#"# The temporary instance the image is baked on: a public subnet, the workshop's instance
 # profile (it must exist and hold AmazonSSMManagedInstanceCore), the health port open to this
@@ -462,3 +462,42 @@ cpu_target = 30                   # target tracking on average CPU, percent
 refresh = { min_healthy = 90, warmup = "300s" }
 tags = { Name = "ASG-Web-Instance" }
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(name: &str, id: &str, zone: Option<&str>) -> Found {
+        Found {
+            name: name.to_owned(),
+            id: id.to_owned(),
+            zone: zone.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn each_flows_file_is_a_valid_config_with_its_own_timeout_and_checks() {
+        let network = Network {
+            vpc: found(VPC_NAME, "vpc-1", None),
+            public: vec![found(PUBLIC_SUBNETS[0], "subnet-1", Some("us-east-1a"))],
+            private: vec![found(PRIVATE_SUBNETS[0], "subnet-2", Some("us-east-1a"))],
+            security_groups: vec![found(SECURITY_GROUPS[0], "sg-1", None)],
+        };
+        for (flow, timeout, verify) in [
+            (Flow::Lamp, "15m", LAMP_VERIFY),
+            (Flow::Nginx, "10m", NGINX_VERIFY),
+        ] {
+            let text = config_text(flow, "us-east-1", &network);
+            crate::config::Config::parse(std::path::Path::new("bake.toml"), text.clone())
+                .unwrap_or_else(|e| panic!("{flow:?}: {e}\n{text}"));
+            assert_eq!(text.matches("[image.web.health]").count(), 1, "{text}");
+            assert!(
+                text.contains(&format!("timeout = \"{timeout}\"\n")),
+                "{text}"
+            );
+            for command in verify {
+                assert!(text.contains(&format!("  \"{command}\",\n")), "{text}");
+            }
+        }
+    }
+}
