@@ -740,10 +740,11 @@ mod tests {
 
     #[test]
     fn ssm_names_follow_the_rules() {
-        assert!(ssm_parameter_name("/bake/web_app-1.2/ami-id").is_ok());
-        assert!(ssm_parameter_name("plain").is_ok());
-        assert!(ssm_parameter_name("bake/web").is_err());
-        assert!(ssm_parameter_name("/bake/web app").is_err());
+        sorts(
+            ssm_parameter_name,
+            &["/bake/web_app-1.2/ami-id", "plain"],
+            &["bake/web", "/bake/web app"],
+        );
         let deep: String = (0..16).map(|i| format!("/l{i}")).collect();
         assert!(ssm_parameter_name(&deep).unwrap_err().contains("15"));
         assert!(ssm_parameter_name(&deep[..deep.rfind('/').unwrap()]).is_ok());
@@ -997,10 +998,11 @@ mod tests {
 
     #[test]
     fn instance_profile_names_follow_iam() {
-        assert!(instance_profile_name("SSMInstanceProfile").is_ok());
-        assert!(instance_profile_name("a+=,.@_-1").is_ok());
-        assert!(instance_profile_name("").is_err());
-        assert!(instance_profile_name("my profile").is_err());
+        sorts(
+            instance_profile_name,
+            &["SSMInstanceProfile", "a+=,.@_-1"],
+            &["", "my profile"],
+        );
         assert!(instance_profile_name(&"p".repeat(129)).is_err());
     }
 
