@@ -323,6 +323,7 @@ impl Janitor {
     }
 }
 
+/// A resource's id, name or ARN (a route's table id), whatever its kind.
 fn id_of(r: &Resource) -> &str {
     match r {
         Resource::Instance(id)
@@ -339,6 +340,18 @@ fn id_of(r: &Resource) -> &str {
         | Resource::TargetGroup(id)
         | Resource::LaunchTemplate(id) => id,
     }
+}
+
+/// The ids (names, ARNs) of the resources of the kinds `kind` picks, in their order.
+fn ids_of<'a>(
+    resources: impl IntoIterator<Item = &'a Resource>,
+    kind: impl Fn(&Resource) -> bool,
+) -> Vec<String> {
+    resources
+        .into_iter()
+        .filter(|r| kind(r))
+        .map(|r| id_of(r).to_owned())
+        .collect()
 }
 
 /// How long an image a run left pending (its run ended while EC2 was creating it) may be
@@ -525,13 +538,7 @@ async fn delete_born(
 ) -> Result<(), Error> {
     let mut left: Vec<Left> = Vec::new();
     let window = |r: &Resource, settle: &aws::Settle| born.get(r).map(|at| *at + settle.within);
-    let instances: Vec<String> = resources
-        .iter()
-        .filter_map(|r| match r {
-            Resource::Instance(id) => Some(id.clone()),
-            _ => None,
-        })
-        .collect();
+    let instances = ids_of(resources, |r| matches!(r, Resource::Instance(_)));
     let mut group_schedule = SG_SCHEDULE;
     if !instances.is_empty() {
         group_schedule = SG_AFTER_TERMINATION;
@@ -588,15 +595,12 @@ async fn delete_born(
             });
         }
     }
-    let holders: Vec<String> = left
-        .iter()
-        .filter_map(|l| match &l.resource {
-            Resource::Instance(id)
-            | Resource::AutoScalingGroup(id)
-            | Resource::LoadBalancer(id) => Some(id.clone()),
-            _ => None,
-        })
-        .collect();
+    let holders = ids_of(left.iter().map(|l| &l.resource), |r| {
+        matches!(
+            r,
+            Resource::Instance(_) | Resource::AutoScalingGroup(_) | Resource::LoadBalancer(_)
+        )
+    });
     // Groups of one run may admit each other (a stack's instance group admits its load
     // balancer's): their rules naming each other go first, and the newest group goes first.
     let mut groups: Vec<&Resource> = resources

@@ -38,16 +38,19 @@ pub const ALARM_SPAN_MAX_SECONDS: u32 = 86_400;
 /// most 4,000 s; an hour on average is never a working page).
 pub const ALARM_LATENCY: RangeInclusive<Duration> = Duration::from_millis(1)..=secs(3600);
 
+/// `Ok` when `ok`, else the rule broken as `why` writes it.
+fn rule(ok: bool, why: impl FnOnce() -> String) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(why()) }
+}
+
 /// `periods` evaluation periods of `period` seconds, as PutMetricAlarm accepts them.
 pub fn alarm_periods(periods: u32, period: i32) -> Result<(), String> {
     let most = ALARM_SPAN_MAX_SECONDS / period.unsigned_abs();
-    if (1..=most).contains(&periods) {
-        Ok(())
-    } else {
-        Err(format!(
+    rule((1..=most).contains(&periods), || {
+        format!(
             "1 to {most} periods of {period} s (CloudWatch evaluates at most a day), found {periods}"
-        ))
-    }
+        )
+    })
 }
 
 /// How long the builder's health check may take: at least 10 s (a first probe needs a booted
@@ -99,15 +102,13 @@ const fn secs(s: u64) -> Duration {
 
 /// A duration against its range, with the rule in words.
 pub fn duration(value: Duration, range: &RangeInclusive<Duration>) -> Result<(), String> {
-    if range.contains(&value) {
-        Ok(())
-    } else {
-        Err(format!(
+    rule(range.contains(&value), || {
+        format!(
             "must be between {} and {}",
             human(*range.start()),
             human(*range.end())
-        ))
-    }
+        )
+    })
 }
 
 /// A duration in words, in the largest unit that divides it (`12 hours`, `10 years`, `0 seconds`).
@@ -193,24 +194,17 @@ pub fn region(name: &str) -> Result<(), String> {
         }
         _ => false,
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "a region code looks like `ap-northeast-2` or `us-gov-west-1`; `{name}` does not"
-        ))
-    }
+    rule(ok, || {
+        format!("a region code looks like `ap-northeast-2` or `us-gov-west-1`; `{name}` does not")
+    })
 }
 
 /// A 12-digit AWS account id (ModifyImageAttribute's `UserId`).
 pub fn account_id(id: &str) -> Result<(), String> {
-    if id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err(format!(
-            "an account id is 12 digits, like \"111122223333\"; found {id:?}"
-        ))
-    }
+    rule(
+        id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()),
+        || format!("an account id is 12 digits, like \"111122223333\"; found {id:?}"),
+    )
 }
 
 /// `arn:PARTITION:organizations::ACCOUNT:` and the rest, or None.
@@ -238,13 +232,11 @@ pub fn organization_arn(arn: &str) -> Result<(), String> {
     let ok = organizations_arn(arn)
         .and_then(|rest| rest.strip_prefix("organization/"))
         .is_some_and(|id| id_part(id, "o-", (10, 32)));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    rule(ok, || {
+        format!(
             "an organization ARN looks like \"arn:aws:organizations::111122223333:organization/o-exampleorgid\"; found {arn:?}"
-        ))
-    }
+        )
+    })
 }
 
 /// An organizational unit's ARN as LaunchPermission's `OrganizationalUnitArn` takes it.
@@ -261,13 +253,11 @@ pub fn organizational_unit_arn(arn: &str) -> Result<(), String> {
                         id_part(root, "", (4, 32)) && id_part(unit, "", (8, 32))
                     })
         });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    rule(ok, || {
+        format!(
             "an organizational unit ARN looks like \"arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-exam-ple12345\"; found {arn:?}"
-        ))
-    }
+        )
+    })
 }
 
 /// A KMS key as EC2's `KmsKeyId` takes it: `alias/NAME`, a key id (a UUID, or `mrk-` and 32 hex
@@ -343,13 +333,9 @@ pub fn instance_type(name: &str) -> Result<(), String> {
             }
             None => false,
         };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "an instance type is `family.size` in lower case, like `t3.micro`; `{name}` is not"
-        ))
-    }
+    rule(ok, || {
+        format!("an instance type is `family.size` in lower case, like `t3.micro`; `{name}` is not")
+    })
 }
 
 /// An IPv4 CIDR block as security group rules take it: a network address (no host bits set)
@@ -385,14 +371,12 @@ pub fn instance_profile_name(name: &str) -> Result<(), String> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    rule(ok, || {
+        format!(
             "instance profile names are 1 to {INSTANCE_PROFILE_NAME_MAX} letters, digits and \
              +=,.@_-; found `{name}`"
-        ))
-    }
+        )
+    })
 }
 
 /// Characters EC2 allows in AMI names besides letters and digits.
@@ -551,15 +535,13 @@ pub fn launch_template_name(name: &str) -> Result<(), String> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "().-/_".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    rule(ok, || {
+        format!(
             "launch template names are {} to {} characters of letters, digits and ().-/_; found `{name}`",
             LAUNCH_TEMPLATE_NAME.start(),
             LAUNCH_TEMPLATE_NAME.end()
-        ))
-    }
+        )
+    })
 }
 
 /// An Auto Scaling group's or security group's name.
@@ -725,6 +707,20 @@ pub fn tags<'a>(
 mod tests {
     use super::*;
 
+    /// Asserts that `check` accepts every one of `ok` and refuses every one of `bad`.
+    fn sorts<T: std::fmt::Debug>(
+        check: impl Fn(&str) -> Result<T, String>,
+        ok: &[&str],
+        bad: &[&str],
+    ) {
+        for ok in ok {
+            assert!(check(ok).is_ok(), "{ok}");
+        }
+        for bad in bad {
+            assert!(check(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn client_tokens_are_64_ascii_characters_at_most() {
         assert!(client_token(&"t".repeat(64)).is_ok());
@@ -744,10 +740,11 @@ mod tests {
 
     #[test]
     fn ssm_names_follow_the_rules() {
-        assert!(ssm_parameter_name("/bake/web_app-1.2/ami-id").is_ok());
-        assert!(ssm_parameter_name("plain").is_ok());
-        assert!(ssm_parameter_name("bake/web").is_err());
-        assert!(ssm_parameter_name("/bake/web app").is_err());
+        sorts(
+            ssm_parameter_name,
+            &["/bake/web_app-1.2/ami-id", "plain"],
+            &["bake/web", "/bake/web app"],
+        );
         let deep: String = (0..16).map(|i| format!("/l{i}")).collect();
         assert!(ssm_parameter_name(&deep).unwrap_err().contains("15"));
         assert!(ssm_parameter_name(&deep[..deep.rfind('/').unwrap()]).is_ok());
@@ -788,22 +785,21 @@ mod tests {
 
     #[test]
     fn accounts_organizations_units_and_keys_have_aws_shapes() {
-        assert!(account_id("111122223333").is_ok());
-        for bad in ["11112222333", "1111222233334", "11112222333x", ""] {
-            assert!(account_id(bad).is_err(), "{bad}");
-        }
-        assert!(
-            organization_arn("arn:aws:organizations::111122223333:organization/o-a1b2c3d4e5")
-                .is_ok()
+        sorts(
+            account_id,
+            &["111122223333"],
+            &["11112222333", "1111222233334", "11112222333x", ""],
         );
-        for bad in [
-            "o-a1b2c3d4e5",
-            "arn:aws:organizations::1111:organization/o-a1b2c3d4e5",
-            "arn:aws:organizations::111122223333:organization/o-short",
-            "arn:aws:organizations::111122223333:ou/o-a1b2c3d4e5/ou-ab12-abcd1234",
-        ] {
-            assert!(organization_arn(bad).is_err(), "{bad}");
-        }
+        sorts(
+            organization_arn,
+            &["arn:aws:organizations::111122223333:organization/o-a1b2c3d4e5"],
+            &[
+                "o-a1b2c3d4e5",
+                "arn:aws:organizations::1111:organization/o-a1b2c3d4e5",
+                "arn:aws:organizations::111122223333:organization/o-short",
+                "arn:aws:organizations::111122223333:ou/o-a1b2c3d4e5/ou-ab12-abcd1234",
+            ],
+        );
         assert!(
             organizational_unit_arn(
                 "arn:aws:organizations::111122223333:ou/o-a1b2c3d4e5/ou-ab12-abcd1234"
@@ -870,121 +866,116 @@ mod tests {
             let e = bucket_name(bad).unwrap_err();
             assert!(e.contains(rule), "{bad}: {e}");
         }
-        for good in ["", "bake/", "team-a/bake/"] {
-            store_prefix(good).unwrap();
-        }
-        for bad in ["bake", "/bake/", "a//b/", "a b/", "caf\u{e9}/"] {
-            assert!(store_prefix(bad).is_err(), "{bad}");
-        }
+        sorts(
+            store_prefix,
+            &["", "bake/", "team-a/bake/"],
+            &["bake", "/bake/", "a//b/", "a b/", "caf\u{e9}/"],
+        );
         assert!(store_prefix(&format!("{}/", "a".repeat(600))).is_err());
     }
 
     #[test]
     fn regions_have_aws_shape() {
-        for ok in [
-            "ap-northeast-2",
-            "us-east-1",
-            "us-gov-west-1",
-            "us-isob-east-1",
-            "eu-central-2",
-        ] {
-            assert!(region(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "mars-1",
-            "AP-northeast-2",
-            "us-east",
-            "us-east-1a",
-            "us--east-1",
-            "useast-1",
-            "us-foo-east-1",
-        ] {
-            assert!(region(bad).is_err(), "{bad}");
-        }
+        sorts(
+            region,
+            &[
+                "ap-northeast-2",
+                "us-east-1",
+                "us-gov-west-1",
+                "us-isob-east-1",
+                "eu-central-2",
+            ],
+            &[
+                "",
+                "mars-1",
+                "AP-northeast-2",
+                "us-east",
+                "us-east-1a",
+                "us--east-1",
+                "useast-1",
+                "us-foo-east-1",
+            ],
+        );
     }
 
     #[test]
     fn instance_types_are_family_dot_size() {
-        for ok in [
-            "t3.micro",
-            "m7i-flex.large",
-            "u-6tb1.metal",
-            "c6gn.16xlarge",
-            "mac2-m2pro.metal",
-        ] {
-            assert!(instance_type(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "t3micro",
-            "T3.micro",
-            ".micro",
-            "t3.",
-            "t3..micro",
-            "t3.micro.x",
-            "3t.micro",
-            "t3.mi cro",
-        ] {
-            assert!(instance_type(bad).is_err(), "{bad}");
-        }
+        sorts(
+            instance_type,
+            &[
+                "t3.micro",
+                "m7i-flex.large",
+                "u-6tb1.metal",
+                "c6gn.16xlarge",
+                "mac2-m2pro.metal",
+            ],
+            &[
+                "",
+                "t3micro",
+                "T3.micro",
+                ".micro",
+                "t3.",
+                "t3..micro",
+                "t3.micro.x",
+                "3t.micro",
+                "t3.mi cro",
+            ],
+        );
     }
 
     #[test]
     fn cidrs_carry_no_host_bits_and_plain_lengths() {
-        for ok in [
-            "0.0.0.0/0",
-            "10.0.0.0/8",
-            "203.0.113.7/32",
-            "192.168.1.0/24",
-        ] {
-            assert!(ipv4_cidr(ok).is_ok(), "{ok}");
-        }
+        sorts(
+            ipv4_cidr,
+            &[
+                "0.0.0.0/0",
+                "10.0.0.0/8",
+                "203.0.113.7/32",
+                "192.168.1.0/24",
+            ],
+            &[
+                "10.0.0.0/+8",
+                "10.0.0.0/33",
+                "10.0.0.0",
+                "10.0.0.0/",
+                "300.0.0.0/8",
+                "10.0.0.0/008",
+                "everyone",
+            ],
+        );
         assert!(
             ipv4_cidr("10.0.0.1/8")
                 .unwrap_err()
                 .contains("\"10.0.0.0/8\"")
         );
-        for bad in [
-            "10.0.0.0/+8",
-            "10.0.0.0/33",
-            "10.0.0.0",
-            "10.0.0.0/",
-            "300.0.0.0/8",
-            "10.0.0.0/008",
-            "everyone",
-        ] {
-            assert!(ipv4_cidr(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]
     fn health_paths_are_absolute_url_paths_without_dot_segments() {
-        for ok in [
-            "/",
-            "/health",
-            "/a/b.html",
-            "/%7Euser/",
-            "/status;v=1",
-            "/.well-known/x",
-        ] {
-            assert!(url_path(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "health",
-            "/../etc/passwd",
-            "/a/./b",
-            "/a/%2e%2E/b",
-            "/a%2fb",
-            "/a b",
-            "/a?x=1",
-            "/é",
-            "/%zz",
-            "/%",
-            "/a\"b",
-        ] {
-            assert!(url_path(bad).is_err(), "{bad}");
-        }
+        sorts(
+            url_path,
+            &[
+                "/",
+                "/health",
+                "/a/b.html",
+                "/%7Euser/",
+                "/status;v=1",
+                "/.well-known/x",
+            ],
+            &[
+                "health",
+                "/../etc/passwd",
+                "/a/./b",
+                "/a/%2e%2E/b",
+                "/a%2fb",
+                "/a b",
+                "/a?x=1",
+                "/é",
+                "/%zz",
+                "/%",
+                "/a\"b",
+            ],
+        );
         assert!(url_path(&format!("/{}", "a".repeat(1024))).is_err());
     }
 
@@ -1007,10 +998,11 @@ mod tests {
 
     #[test]
     fn instance_profile_names_follow_iam() {
-        assert!(instance_profile_name("SSMInstanceProfile").is_ok());
-        assert!(instance_profile_name("a+=,.@_-1").is_ok());
-        assert!(instance_profile_name("").is_err());
-        assert!(instance_profile_name("my profile").is_err());
+        sorts(
+            instance_profile_name,
+            &["SSMInstanceProfile", "a+=,.@_-1"],
+            &["", "my profile"],
+        );
         assert!(instance_profile_name(&"p".repeat(129)).is_err());
     }
 

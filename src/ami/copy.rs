@@ -183,27 +183,27 @@ impl Job<'_> {
     /// region's key, a client token of the source and region), then the wait, the deprecation and the
     /// sharing. `made` gets the copy's id as soon as it exists.
     async fn copy(&self, made: &mut Option<String>) -> Result<(), Error> {
-        let Job {
-            home,
-            regional,
-            target,
-            plan,
-            source,
-            image,
-            ledger,
-            progress,
-        } = self;
-        let region = &target.region;
-        let name = image.name().unwrap_or_default();
-        let all = copy_tags(image.tags(), &home.region, &source.ami_id, ledger.run_id());
-        let mut request = regional
+        let region = &self.target.region;
+        let name = self.image.name().unwrap_or_default();
+        let all = copy_tags(
+            self.image.tags(),
+            &self.home.region,
+            &self.source.ami_id,
+            self.ledger.run_id(),
+        );
+        let mut request = self
+            .regional
             .ec2
             .copy_image()
-            .source_image_id(&source.ami_id)
-            .source_region(&home.region)
+            .source_image_id(&self.source.ami_id)
+            .source_region(&self.home.region)
             .name(name)
             .encrypted(true)
-            .client_token(client_token(&source.ami_id, region, ledger.run_id()))
+            .client_token(client_token(
+                &self.source.ami_id,
+                region,
+                self.ledger.run_id(),
+            ))
             .tag_specifications(
                 aws_sdk_ec2::types::TagSpecification::builder()
                     .resource_type(ResourceType::Image)
@@ -216,37 +216,53 @@ impl Job<'_> {
                     .set_tags(Some(all))
                     .build(),
             )
-            .set_kms_key_id(target.kms_key.clone());
-        if let Some(description) = image.description() {
+            .set_kms_key_id(self.target.kms_key.clone());
+        if let Some(description) = self.image.description() {
             request = request.description(description);
         }
-        progress.step(format!("{region}: copying {} as {name}", source.ami_id));
-        let out = regional
+        self.progress.step(format!(
+            "{region}: copying {} as {name}",
+            self.source.ami_id
+        ));
+        let out = self
+            .regional
             .call(|| request.clone().send())
             .settle(&aws::THROTTLE_BURST)
-            .or_fail(|| format!("copy {} from {} to {region}", source.ami_id, home.region))
+            .or_fail(|| {
+                format!(
+                    "copy {} from {} to {region}",
+                    self.source.ami_id, self.home.region
+                )
+            })
             .await?;
         let id = out.image_id().unwrap_or_default().to_owned();
         if id.is_empty() {
             return Ok(());
         }
-        ledger.record(Resource::Image(id.clone()));
+        self.ledger.record(Resource::Image(id.clone()));
         *made = Some(id.clone());
-        image::available_on(regional, &id, progress, image::COPY_SCHEDULE)
+        image::available_on(&self.regional, &id, self.progress, image::COPY_SCHEDULE)
             .await
             .map_err(|e| {
-                regional.failed(format!("copy {} to {region}", source.ami_id), e.to_string())
+                self.regional.failed(
+                    format!("copy {} to {region}", self.source.ami_id),
+                    e.to_string(),
+                )
             })?;
-        if let Some(at) = image
+        if let Some(at) = self
+            .image
             .deprecation_time()
             .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
         {
-            image::deprecate_at(regional, &id, at)
+            image::deprecate_at(&self.regional, &id, at)
                 .await
-                .map_err(|e| regional.failed(format!("deprecate {id}"), e.to_string()))?;
+                .map_err(|e| {
+                    self.regional
+                        .failed(format!("deprecate {id}"), e.to_string())
+                })?;
         }
-        let copy = describe(regional, &id).await?;
-        share(regional, &plan.share, &copy).await?;
+        let copy = describe(&self.regional, &id).await?;
+        share(&self.regional, &self.plan.share, &copy).await?;
         Ok(())
     }
 }

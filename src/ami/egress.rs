@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::operation::describe_nat_gateways::DescribeNatGatewaysOutput;
 use aws_sdk_ec2::types::{
     Address, ConnectivityType, DomainType, NatGateway, NatGatewayState, ResourceType, RouteTable,
     Tag,
@@ -865,47 +866,39 @@ async fn held_addresses(clients: &Clients) -> Result<Vec<String>, CallError> {
 /// bake's temporary gateways that are pending, available or being deleted (they still hold
 /// their address), found by tag (the tag is checked here too).
 async fn live_gateways(clients: &Clients) -> Result<Vec<NatGateway>, CallError> {
-    let mut found = Vec::new();
-    let mut token: Option<String> = None;
     // Pages of up to 1000: bounded by how many gateways a region allows (a few hundred at most).
-    for _ in 0..100 {
-        let request = clients
-            .ec2
-            .describe_nat_gateways()
-            .filter(filter("tag-key", tags::EGRESS))
-            .filter(filter_any("state", &["pending", "available", "deleting"]))
-            .max_results(1000)
-            .set_next_token(token.clone());
-        let out = clients
-            .call(|| request.clone().send())
-            .settle(&aws::THROTTLE_BURST)
-            .or_fail(|| "list bake's NAT gateways".into())
-            .await?;
-        found.extend(
-            out.nat_gateways()
-                .iter()
-                .filter(|n| {
-                    tag_value(n.tags(), tags::EGRESS).is_some()
-                        && matches!(
-                            n.state(),
-                            Some(
-                                NatGatewayState::Pending
-                                    | NatGatewayState::Available
-                                    | NatGatewayState::Deleting
-                            )
-                        )
-                })
-                .cloned(),
-        );
-        token = out
-            .next_token()
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned);
-        if token.is_none() {
-            break;
-        }
-    }
-    Ok(found)
+    let pages = aws::pages::all(
+        100,
+        "list bake's NAT gateways",
+        |token| {
+            let request = clients
+                .ec2
+                .describe_nat_gateways()
+                .filter(filter("tag-key", tags::EGRESS))
+                .filter(filter_any("state", &["pending", "available", "deleting"]))
+                .max_results(1000)
+                .set_next_token(token);
+            clients.call(move || request.clone().send())
+        },
+        DescribeNatGatewaysOutput::next_token,
+    )
+    .await?;
+    Ok(pages
+        .iter()
+        .flat_map(|out| out.nat_gateways())
+        .filter(|n| {
+            tag_value(n.tags(), tags::EGRESS).is_some()
+                && matches!(
+                    n.state(),
+                    Some(
+                        NatGatewayState::Pending
+                            | NatGatewayState::Available
+                            | NatGatewayState::Deleting
+                    )
+                )
+        })
+        .cloned()
+        .collect())
 }
 
 /// Waits until the gateway is available; `failed` ends the wait with AWS's reason.

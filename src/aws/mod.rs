@@ -4,6 +4,7 @@
 
 pub mod answer;
 pub mod call;
+pub mod pages;
 pub mod sdk;
 pub mod trace;
 

@@ -283,9 +283,11 @@ fn found(name: &str, subnet: Subnet) -> Found {
 /// The config file for `flow`: the flow's image and rollout, the network written as Name-tag
 /// references (what was found noted beside them), every section commented.
 pub fn config_text(flow: Flow, region: &str, network: &Network) -> String {
-    let (header, image) = match flow {
-        Flow::Lamp => (LAMP_HEADER, LAMP_IMAGE),
-        Flow::Nginx => (NGINX_HEADER, NGINX_IMAGE),
+    // The flow's image keys and tables, how long its user data may take to serve the page, and
+    // its checks.
+    let (header, image, vars, timeout, verify) = match flow {
+        Flow::Lamp => (LAMP_HEADER, LAMP_IMAGE, LAMP_VARS, "15m", LAMP_VERIFY),
+        Flow::Nginx => (NGINX_HEADER, NGINX_IMAGE, "", "10m", NGINX_VERIFY),
     };
     let subnet_note = |f: &Found| {
         format!(
@@ -325,10 +327,36 @@ pub fn config_text(flow: Flow, region: &str, network: &Network) -> String {
          # otherwise.\n\
          region = \"{region}\"\n\
          \n\
+         {IMAGE}\
          {image}\
+         {DEPRECATE}\
+         {vars}\
+         {checks}\
          {BUILDER}\
          {ROLLOUT}",
         notes = notes.join("\n"),
+        checks = checks(timeout, verify),
+    )
+}
+
+/// The health and verify sections, the same in both flows but for how long the user data may take
+/// to serve the page and the commands that check it through SSM.
+fn checks(timeout: &str, commands: &[&str]) -> String {
+    let commands: String = commands.iter().map(|c| format!("  \"{c}\",\n")).collect();
+    format!(
+        r#"# How bake knows the user data worked: the page it must serve, and commands run through SSM.
+[image.web.health]
+path = "/"
+port = 80
+expect_status = 200
+expect_body = "Immersion Day"
+timeout = "{timeout}"
+
+[image.web.verify]
+commands = [
+{commands}]
+
+"#
     )
 }
 
@@ -346,64 +374,51 @@ const NGINX_HEADER: &str = "\
 # group \"Web-ASG\").
 ";
 
-const LAMP_IMAGE: &str = r#"# The image: what it starts from, the user-data template that installs the server, and the
+/// The image section's heading, the same in both flows; each flow's `*_IMAGE` keys follow it.
+const IMAGE: &str = r#"# The image: what it starts from, the user-data template that installs the server, and the
 # AMI's name ({{ digest[:12] }} changes with any input).
 [image.web]
-base = { ssm = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64" }
+"#;
+
+/// What ends the `[image.web]` table in both flows, before each flow's other image tables.
+const DEPRECATE: &str = r#"# deprecate_after = "90d"         # bake afresh (that day's packages) once the AMI is this old
+
+"#;
+
+const LAMP_IMAGE: &str = r#"base = { ssm = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64" }
 template = "lamp"                 # bake's built-in LAMP template
 os = "al2023"
 name = "web-{{ date }}-{{ digest[:12] }}"
-# deprecate_after = "90d"         # bake afresh (that day's packages) once the AMI is this old
+"#;
 
-[image.web.vars]
+const LAMP_VARS: &str = r#"[image.web.vars]
 # The workshop's app as a pre-signed URL: '&', '~' and '=' reach the script as one quoted word.
 # A pre-signed URL expires: put your own copy of the app (an S3 object's URL) here when it does.
 app_url = "https://static.us-east-1.prod.workshops.aws/88a8dca7-a449-45ef-8175-384d9646aea5/assets/immersion-day-app-php7.zip?Key-Pair-Id=K36Q2WVO3JP7QD&Policy=eyJTdGF0ZW1lbnQiOlt7IlJlc291cmNlIjoiaHR0cHM6Ly9zdGF0aWMudXMtZWFzdC0xLnByb2Qud29ya3Nob3BzLmF3cy84OGE4ZGNhNy1hNDQ5LTQ1ZWYtODE3NS0zODRkOTY0NmFlYTUvKiJ9XX0__&Signature=oxdOakwik-~DrXY6TGdj9BE3qtNd1Xu~bFlFv8xJnQIyhR5utXjmHtJoqn5mGSXhpTM~G~Q8e~5yQiJBveS2UnCzV-aRevi2t0pblyHeUjMQZKHHEZz8Escn1-s34UA-tO6RjY-glibFWpVIKZC3UB95sxvBbis58dx5CTKtqbAXmnwBFYl3R0vBby6zzYRrOKF2c03o3XLF7Y3foSJnDRRBkxwesCEvgc~7nZVP~px9xOqiwZjqBOdTATZNvigL3G9-vrhk3BGN0M67P4O5YbVzMvf~U-0HDBdwdUIgkWSrfE6y5t8qcHJ0bqd4kPvrVY3P32fti9G5Ocm0UD0dRg__"
 php_sdk = true                    # install the AWS SDK for PHP, as the workshop does
 
-# How bake knows the user data worked: the page it must serve, and commands run through SSM.
-[image.web.health]
-path = "/"
-port = 80
-expect_status = 200
-expect_body = "Immersion Day"
-timeout = "15m"
-
-[image.web.verify]
-commands = [
-  "systemctl is-active httpd",
-  "php -v",
-  "test -s /var/www/html/index.php",
-]
-
 "#;
 
-const NGINX_IMAGE: &str = r#"# The image: what it starts from, the user-data template that installs the server, and the
-# AMI's name ({{ digest[:12] }} changes with any input).
-[image.web]
-base = { ssm = "/aws/service/debian/release/bookworm/latest/amd64" }
+/// What `[image.web.verify]` runs on the LAMP builder through SSM.
+const LAMP_VERIFY: &[&str] = &[
+    "systemctl is-active httpd",
+    "php -v",
+    "test -s /var/www/html/index.php",
+];
+
+const NGINX_IMAGE: &str = r#"base = { ssm = "/aws/service/debian/release/bookworm/latest/amd64" }
 template = "nginx"                # bake's built-in Nginx template
 os = "debian"
 name = "web-nginx-{{ date }}-{{ digest[:12] }}"
 vars = { app = "flask", title = "AWS Immersion Day", message = "Nginx in front of a Python app, baked by bake." }
-# deprecate_after = "90d"         # bake afresh (that day's packages) once the AMI is this old
-
-# How bake knows the user data worked: the page it must serve, and commands run through SSM.
-[image.web.health]
-path = "/"
-port = 80
-expect_status = 200
-expect_body = "Immersion Day"
-timeout = "10m"
-
-[image.web.verify]
-commands = [
-  "systemctl is-active nginx",
-  "systemctl is-active bake-app",
-  "curl -fsS http://127.0.0.1/ | grep -q 'Immersion Day'",
-]
-
 "#;
+
+/// What `[image.web.verify]` runs on the Nginx builder through SSM.
+const NGINX_VERIFY: &[&str] = &[
+    "systemctl is-active nginx",
+    "systemctl is-active bake-app",
+    "curl -fsS http://127.0.0.1/ | grep -q 'Immersion Day'",
+];
 
 const BUILDER: &str = r#"# The temporary instance the image is baked on: a public subnet, the workshop's instance
 # profile (it must exist and hold AmazonSSMManagedInstanceCore), the health port open to this
@@ -447,3 +462,42 @@ cpu_target = 30                   # target tracking on average CPU, percent
 refresh = { min_healthy = 90, warmup = "300s" }
 tags = { Name = "ASG-Web-Instance" }
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(name: &str, id: &str, zone: Option<&str>) -> Found {
+        Found {
+            name: name.to_owned(),
+            id: id.to_owned(),
+            zone: zone.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn each_flows_file_is_a_valid_config_with_its_own_timeout_and_checks() {
+        let network = Network {
+            vpc: found(VPC_NAME, "vpc-1", None),
+            public: vec![found(PUBLIC_SUBNETS[0], "subnet-1", Some("us-east-1a"))],
+            private: vec![found(PRIVATE_SUBNETS[0], "subnet-2", Some("us-east-1a"))],
+            security_groups: vec![found(SECURITY_GROUPS[0], "sg-1", None)],
+        };
+        for (flow, timeout, verify) in [
+            (Flow::Lamp, "15m", LAMP_VERIFY),
+            (Flow::Nginx, "10m", NGINX_VERIFY),
+        ] {
+            let text = config_text(flow, "us-east-1", &network);
+            crate::config::Config::parse(std::path::Path::new("bake.toml"), text.clone())
+                .unwrap_or_else(|e| panic!("{flow:?}: {e}\n{text}"));
+            assert_eq!(text.matches("[image.web.health]").count(), 1, "{text}");
+            assert!(
+                text.contains(&format!("timeout = \"{timeout}\"\n")),
+                "{text}"
+            );
+            for command in verify {
+                assert!(text.contains(&format!("  \"{command}\",\n")), "{text}");
+            }
+        }
+    }
+}

@@ -4,10 +4,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsOutput;
+use aws_sdk_cloudwatch::operation::describe_alarms::DescribeAlarmsOutput;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_elasticloadbalancingv2::operation::describe_load_balancers::DescribeLoadBalancersOutput;
+use aws_sdk_elasticloadbalancingv2::operation::describe_target_groups::DescribeTargetGroupsOutput;
 
-use super::{Left, Resource};
+use super::{Left, Resource, ids_of};
 use crate::aws::{self, CallError, Clients, Failed};
 use crate::poll::{self, Check, PollError, Schedule};
 use crate::tags;
@@ -228,35 +232,32 @@ pub(super) async fn find(
         .name("tag-key")
         .values(tags::RUN_ID)
         .build();
-    let mut token = None;
-    for _ in 0..MAX_PAGES {
-        let request = clients
-            .autoscaling
-            .describe_auto_scaling_groups()
-            .filters(key_filter.clone())
-            .set_next_token(token.clone());
-        let out = clients
-            .call(|| request.clone().send())
-            .settle(&aws::THROTTLE_BURST)
-            .or_fail(|| "list Auto Scaling groups".into())
-            .await?;
-        for group in out.auto_scaling_groups() {
-            let tags = tags::map(group.tags().iter().map(|t| (t.key(), t.value())));
-            let at = group
-                .created_time()
-                .and_then(|t| SystemTime::try_from(*t).ok());
-            if marked_by(run, &tags) && old_enough(created(&tags, at)) {
-                found.push(Resource::AutoScalingGroup(
-                    group
-                        .auto_scaling_group_name()
-                        .unwrap_or_default()
-                        .to_owned(),
-                ));
-            }
-        }
-        token = out.next_token().map(str::to_owned);
-        if token.is_none() {
-            break;
+    let groups = aws::pages::all(
+        MAX_PAGES,
+        "list Auto Scaling groups",
+        |token| {
+            let request = clients
+                .autoscaling
+                .describe_auto_scaling_groups()
+                .filters(key_filter.clone())
+                .set_next_token(token);
+            clients.call(move || request.clone().send())
+        },
+        DescribeAutoScalingGroupsOutput::next_token,
+    )
+    .await?;
+    for group in groups.iter().flat_map(|out| out.auto_scaling_groups()) {
+        let tags = tags::map(group.tags().iter().map(|t| (t.key(), t.value())));
+        let at = group
+            .created_time()
+            .and_then(|t| SystemTime::try_from(*t).ok());
+        if marked_by(run, &tags) && old_enough(created(&tags, at)) {
+            found.push(Resource::AutoScalingGroup(
+                group
+                    .auto_scaling_group_name()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ));
         }
     }
 
@@ -285,49 +286,37 @@ pub(super) async fn find(
 
     // ELB lists no tags and filters by none: list, then DescribeTags 20 ARNs at a time.
     let mut arns: Vec<(String, Option<SystemTime>, bool)> = Vec::new();
-    let mut marker = None;
-    for _ in 0..MAX_PAGES {
-        let request = clients
-            .elb
-            .describe_load_balancers()
-            .set_marker(marker.clone());
-        let out = clients
-            .call(|| request.clone().send())
-            .settle(&aws::THROTTLE_BURST)
-            .or_fail(|| "list load balancers".into())
-            .await?;
-        for lb in out.load_balancers() {
-            let at = lb
-                .created_time()
-                .and_then(|t| SystemTime::try_from(*t).ok());
-            if let Some(arn) = lb.load_balancer_arn() {
-                arns.push((arn.to_owned(), at, true));
-            }
-        }
-        marker = out.next_marker().map(str::to_owned);
-        if marker.is_none() {
-            break;
+    let load_balancers = aws::pages::all(
+        MAX_PAGES,
+        "list load balancers",
+        |marker| {
+            let request = clients.elb.describe_load_balancers().set_marker(marker);
+            clients.call(move || request.clone().send())
+        },
+        DescribeLoadBalancersOutput::next_marker,
+    )
+    .await?;
+    for lb in load_balancers.iter().flat_map(|out| out.load_balancers()) {
+        let at = lb
+            .created_time()
+            .and_then(|t| SystemTime::try_from(*t).ok());
+        if let Some(arn) = lb.load_balancer_arn() {
+            arns.push((arn.to_owned(), at, true));
         }
     }
-    let mut marker = None;
-    for _ in 0..MAX_PAGES {
-        let request = clients
-            .elb
-            .describe_target_groups()
-            .set_marker(marker.clone());
-        let out = clients
-            .call(|| request.clone().send())
-            .settle(&aws::THROTTLE_BURST)
-            .or_fail(|| "list target groups".into())
-            .await?;
-        for tg in out.target_groups() {
-            if let Some(arn) = tg.target_group_arn() {
-                arns.push((arn.to_owned(), None, false));
-            }
-        }
-        marker = out.next_marker().map(str::to_owned);
-        if marker.is_none() {
-            break;
+    let target_groups = aws::pages::all(
+        MAX_PAGES,
+        "list target groups",
+        |marker| {
+            let request = clients.elb.describe_target_groups().set_marker(marker);
+            clients.call(move || request.clone().send())
+        },
+        DescribeTargetGroupsOutput::next_marker,
+    )
+    .await?;
+    for tg in target_groups.iter().flat_map(|out| out.target_groups()) {
+        if let Some(arn) = tg.target_group_arn() {
+            arns.push((arn.to_owned(), None, false));
         }
     }
     for chunk in arns.chunks(ELB_TAGS_PER_CALL) {
@@ -360,35 +349,29 @@ pub(super) async fn find(
         }
     }
 
-    let mut token = None;
-    for _ in 0..MAX_PAGES {
-        let request = clients
-            .cloudwatch
-            .describe_alarms()
-            .set_next_token(token.clone());
-        let out = clients
-            .call(|| request.clone().send())
-            .settle(&aws::THROTTLE_BURST)
-            .or_fail(|| "list CloudWatch alarms".into())
-            .await?;
-        for alarm in out.metric_alarms() {
-            let (Some(name), Some(arn)) = (alarm.alarm_name(), alarm.alarm_arn()) else {
-                continue;
-            };
-            if !ALARM_SUFFIXES.iter().any(|s| name.ends_with(s)) {
-                continue;
-            }
-            let tags = alarm_tags(clients, name, arn).await?;
-            let at = alarm
-                .alarm_configuration_updated_timestamp()
-                .and_then(|t| SystemTime::try_from(*t).ok());
-            if marked_by(run, &tags) && old_enough(created(&tags, at)) {
-                found.push(Resource::Alarm(name.to_owned()));
-            }
+    let alarms = aws::pages::all(
+        MAX_PAGES,
+        "list CloudWatch alarms",
+        |token| {
+            let request = clients.cloudwatch.describe_alarms().set_next_token(token);
+            clients.call(move || request.clone().send())
+        },
+        DescribeAlarmsOutput::next_token,
+    )
+    .await?;
+    for alarm in alarms.iter().flat_map(|out| out.metric_alarms()) {
+        let (Some(name), Some(arn)) = (alarm.alarm_name(), alarm.alarm_arn()) else {
+            continue;
+        };
+        if !ALARM_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+            continue;
         }
-        token = out.next_token().map(str::to_owned);
-        if token.is_none() {
-            break;
+        let tags = alarm_tags(clients, name, arn).await?;
+        let at = alarm
+            .alarm_configuration_updated_timestamp()
+            .and_then(|t| SystemTime::try_from(*t).ok());
+        if marked_by(run, &tags) && old_enough(created(&tags, at)) {
+            found.push(Resource::Alarm(name.to_owned()));
         }
     }
     Ok(found)
@@ -397,13 +380,9 @@ pub(super) async fn find(
 /// Removes the marks of a stack under construction ([`tags::STACK_PENDING`]) from `resources`:
 /// the stack is whole, and `bake gc` must leave it alone. Resources of other kinds are skipped.
 pub async fn unmark(clients: &Clients, resources: &[Resource]) -> Result<(), CallError> {
-    let ec2_ids: Vec<String> = resources
-        .iter()
-        .filter_map(|r| match r {
-            Resource::SecurityGroup(id) | Resource::LaunchTemplate(id) => Some(id.clone()),
-            _ => None,
-        })
-        .collect();
+    let ec2_ids = ids_of(resources, |r| {
+        matches!(r, Resource::SecurityGroup(_) | Resource::LaunchTemplate(_))
+    });
     if !ec2_ids.is_empty() {
         let mut request = clients
             .ec2
@@ -418,13 +397,9 @@ pub async fn unmark(clients: &Clients, resources: &[Resource]) -> Result<(), Cal
             .or_fail(|| format!("remove the run's tags from {}", ec2_ids.join(", ")))
             .await?;
     }
-    let arns: Vec<String> = resources
-        .iter()
-        .filter_map(|r| match r {
-            Resource::LoadBalancer(arn) | Resource::TargetGroup(arn) => Some(arn.clone()),
-            _ => None,
-        })
-        .collect();
+    let arns = ids_of(resources, |r| {
+        matches!(r, Resource::LoadBalancer(_) | Resource::TargetGroup(_))
+    });
     if !arns.is_empty() {
         let request = clients
             .elb
@@ -437,20 +412,14 @@ pub async fn unmark(clients: &Clients, resources: &[Resource]) -> Result<(), Cal
             .or_fail(|| format!("remove the run's tags from {}", arns.join(", ")))
             .await?;
     }
-    let groups: Vec<&str> = resources
-        .iter()
-        .filter_map(|r| match r {
-            Resource::AutoScalingGroup(name) => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
+    let groups = ids_of(resources, |r| matches!(r, Resource::AutoScalingGroup(_)));
     if !groups.is_empty() {
         let mut request = clients.autoscaling.delete_tags();
         for group in &groups {
             for key in tags::STACK_PENDING {
                 request = request.tags(
                     aws_sdk_autoscaling::types::Tag::builder()
-                        .resource_id(*group)
+                        .resource_id(group)
                         .resource_type("auto-scaling-group")
                         .key(key)
                         .build(),
@@ -463,13 +432,7 @@ pub async fn unmark(clients: &Clients, resources: &[Resource]) -> Result<(), Cal
             .or_fail(|| format!("remove the run's tags from {}", groups.join(", ")))
             .await?;
     }
-    let alarms: Vec<String> = resources
-        .iter()
-        .filter_map(|r| match r {
-            Resource::Alarm(name) => Some(name.clone()),
-            _ => None,
-        })
-        .collect();
+    let alarms = ids_of(resources, |r| matches!(r, Resource::Alarm(_)));
     if !alarms.is_empty() {
         let request = clients
             .cloudwatch
