@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 
+use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsOutput;
+use aws_sdk_ec2::operation::describe_launch_templates::DescribeLaunchTemplatesOutput;
 use aws_sdk_ec2::types::Image;
+use aws_sdk_ssm::operation::get_parameters_by_path::GetParametersByPathOutput;
 use serde::Serialize;
 
 use crate::aws::{self, CallError, Clients};
@@ -202,14 +205,20 @@ async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError
     }
     // (template id, version) → who refers to it.
     let mut versions: Vec<(String, String, String)> = Vec::new();
-    let templates = clients
-        .call(|| {
-            let pages = clients.ec2.describe_launch_templates().into_paginator();
-            pages.send().try_collect()
-        })
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| "list launch templates".into())
-        .await?;
+    let templates = aws::pages::all(
+        TEMPLATE_PAGES,
+        "list launch templates",
+        |token| {
+            let request = clients
+                .ec2
+                .describe_launch_templates()
+                .max_results(TEMPLATES_PER_PAGE)
+                .set_next_token(token);
+            clients.call(move || request.clone().send())
+        },
+        DescribeLaunchTemplatesOutput::next_token,
+    )
+    .await?;
     for page in templates {
         for template in page.launch_templates() {
             let (Some(id), Some(name)) = (
@@ -232,14 +241,20 @@ async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError
             }
         }
     }
-    let groups = clients
-        .call(|| {
-            let pages = clients.autoscaling.describe_auto_scaling_groups();
-            pages.into_paginator().send().try_collect()
-        })
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| "list Auto Scaling groups".into())
-        .await?;
+    let groups = aws::pages::all(
+        GROUP_PAGES,
+        "list Auto Scaling groups",
+        |token| {
+            let request = clients
+                .autoscaling
+                .describe_auto_scaling_groups()
+                .max_records(GROUPS_PER_PAGE)
+                .set_next_token(token);
+            clients.call(move || request.clone().send())
+        },
+        DescribeAutoScalingGroupsOutput::next_token,
+    )
+    .await?;
     for page in groups {
         for group in page.auto_scaling_groups() {
             let name = group.auto_scaling_group_name().unwrap_or_default();
@@ -309,12 +324,18 @@ async fn published(clients: &Clients) -> Result<BTreeMap<String, String>, CallEr
         .ssm
         .get_parameters_by_path()
         .path("/")
-        .recursive(true);
-    let pages = clients
-        .call(|| listing.clone().into_paginator().send().try_collect())
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| "list SSM parameters".into())
-        .await?;
+        .recursive(true)
+        .max_results(PARAMETERS_PER_PAGE);
+    let pages = aws::pages::all(
+        PARAMETER_PAGES,
+        "list SSM parameters",
+        |token| {
+            let request = listing.clone().set_next_token(token);
+            clients.call(move || request.clone().send())
+        },
+        GetParametersByPathOutput::next_token,
+    )
+    .await?;
     for page in pages {
         for parameter in page.parameters() {
             if let (Some(name), Some(value)) = (parameter.name(), parameter.value())
@@ -383,6 +404,18 @@ async fn published_elsewhere(
     Ok((used, unread))
 }
 
+/// DescribeLaunchTemplates answers up to 200 a page; a region holds at most 5,000 launch
+/// templates (EC2's quota), 25 pages: 50 bounds the listing with room.
+const TEMPLATES_PER_PAGE: i32 = 200;
+const TEMPLATE_PAGES: usize = 50;
+/// DescribeAutoScalingGroups answers up to 100 a page; 100 pages is 10,000 groups, twenty times
+/// Auto Scaling's default quota of 500 a region.
+const GROUPS_PER_PAGE: i32 = 100;
+const GROUP_PAGES: usize = 100;
+/// GetParametersByPath answers at most 10 a page; a region holds at most 100,000 parameters
+/// (10,000 standard, the rest advanced), 10,000 pages.
+const PARAMETERS_PER_PAGE: i32 = 10;
+const PARAMETER_PAGES: usize = 10_000;
 /// At most this many regions are read at once; see [`crate::commands::gc::REGION_POOL`].
 const REGION_POOL: usize = 4;
 

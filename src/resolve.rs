@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
 use aws_sdk_ec2::types::{Filter, Image, Instance, RouteState, RouteTable};
 
 use crate::aws::{self, CallError, Clients};
@@ -180,6 +181,11 @@ pub fn filter_any(name: &str, values: &[&str]) -> Filter {
         .build()
 }
 
+/// DescribeInstances answers up to 1,000 instances a page; 100 pages (100,000 instances) is more
+/// than a region's vCPU quotas let an account run, and bounds the listing.
+const INSTANCES_PER_PAGE: i32 = 1000;
+const INSTANCE_PAGES: usize = 100;
+
 /// The instances `filters` pick that are not terminated or on their way out: they hold their
 /// AMI and security groups.
 pub async fn live_instances(
@@ -191,12 +197,18 @@ pub async fn live_instances(
         .ec2
         .describe_instances()
         .set_filters(Some(filters))
-        .filters(filter_any("instance-state-name", &live));
-    let pages = clients
-        .call(|| listing.clone().into_paginator().send().try_collect())
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| "list instances".into())
-        .await?;
+        .filters(filter_any("instance-state-name", &live))
+        .max_results(INSTANCES_PER_PAGE);
+    let pages = aws::pages::all(
+        INSTANCE_PAGES,
+        "list instances",
+        |token| {
+            let request = listing.clone().set_next_token(token);
+            clients.call(move || request.clone().send())
+        },
+        DescribeInstancesOutput::next_token,
+    )
+    .await?;
     Ok(pages
         .into_iter()
         .flat_map(|page| page.reservations.unwrap_or_default())

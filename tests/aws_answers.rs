@@ -554,3 +554,47 @@ async fn an_ami_past_its_deprecation_time_no_longer_counts_as_baked() {
     let none = image::existing(&clients, &plan()).await.unwrap();
     assert!(none.is_none(), "only a deprecated one: bake anew");
 }
+
+fn page_of(id: &str, next: Option<&str>) -> DescribeInstancesOutput {
+    DescribeInstancesOutput::builder()
+        .reservations(
+            aws_sdk_ec2::types::Reservation::builder()
+                .instances(Instance::builder().instance_id(id).build())
+                .build(),
+        )
+        .set_next_token(next.map(str::to_owned))
+        .build()
+}
+
+#[tokio::test]
+async fn a_paged_listing_reads_every_page_asking_for_each_with_the_last_token() {
+    let first = mock!(aws_sdk_ec2::Client::describe_instances)
+        .match_requests(|r| r.next_token().is_none())
+        .then_output(|| page_of("i-1", Some("page-2")));
+    let second = mock!(aws_sdk_ec2::Client::describe_instances)
+        .match_requests(|r| r.next_token() == Some("page-2"))
+        .then_output(|| page_of("i-2", None));
+    let clients = clients(&[&first, &second]);
+    let found = bake::resolve::live_instances(&clients, Vec::new())
+        .await
+        .unwrap();
+    let ids: Vec<_> = found.iter().filter_map(|i| i.instance_id()).collect();
+    assert_eq!(ids, ["i-1", "i-2"]);
+    assert_eq!((first.num_calls(), second.num_calls()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_listing_longer_than_its_bound_fails_naming_it_rather_than_answer_part() {
+    // Every page says another follows: the listing stops at its bound, and says so, rather than
+    // hand prune or gc part of the account as the whole.
+    let endless = mock!(aws_sdk_ec2::Client::describe_instances)
+        .then_output(|| page_of("i-1", Some("again")));
+    let clients = clients(&[&endless]);
+    let err = bake::resolve::live_instances(&clients, Vec::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("list instances"), "{err}");
+    assert!(err.contains("more than 100 pages"), "{err}");
+    assert_eq!(endless.num_calls(), 100);
+}

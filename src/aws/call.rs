@@ -111,6 +111,11 @@ where
         }
     }
 
+    /// The region the call goes to.
+    pub fn region(&self) -> &'a str {
+        self.region
+    }
+
     /// Asks again while AWS answers one of `window`'s codes or a transient error, until the
     /// window has passed since now.
     pub fn settle(mut self, window: &Settle) -> Self {

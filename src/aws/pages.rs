@@ -11,8 +11,10 @@ use super::{Call, CallError, THROTTLE_BURST};
 /// The pages of a listing, each asked for again through a burst of throttling
 /// ([`THROTTLE_BURST`]): `page(token)` makes the call for one (the first with `None`), `next`
 /// reads the token of the page after it from its answer; none, or an empty one, ends the
-/// listing. At most `max_pages` pages are asked for, whatever the tokens say. `what` names the
-/// listing in the error ("list load balancers").
+/// listing. At most `max_pages` pages are asked for: a listing with more is an error, not a
+/// partial answer (prune must not take a partial "in use" set for the whole one, nor gc a
+/// partial search for "nothing left"). `what` names the listing in the error ("list load
+/// balancers").
 pub async fn all<'a, F, Fut, T, E>(
     max_pages: usize,
     what: &str,
@@ -27,14 +29,25 @@ where
     let mut pages = Vec::new();
     let mut token = None;
     for _ in 0..max_pages {
-        let out = page(token.take())
+        let call = page(token.take());
+        let region = call.region().to_owned();
+        let out = call
             .settle(&THROTTLE_BURST)
             .or_fail(|| what.to_owned())
             .await?;
         token = next(&out).filter(|t| !t.is_empty()).map(str::to_owned);
         pages.push(out);
         if token.is_none() {
-            break;
+            return Ok(pages);
+        }
+        if pages.len() == max_pages {
+            return Err(CallError::new(
+                what,
+                region,
+                format!(
+                    "more than {max_pages} pages; bake stops rather than act on part of the listing"
+                ),
+            ));
         }
     }
     Ok(pages)

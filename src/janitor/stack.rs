@@ -24,7 +24,7 @@ const GROUP_GONE_SCHEDULE: Schedule = Schedule::every(Duration::from_secs(2))
     .dense_for(Duration::from_secs(120))
     .growing(1.2, Duration::from_secs(10));
 /// Listings are paged (50 groups, 400 load balancers, 100 alarms a page); 50 pages is more than
-/// any account bake works in holds, and bounds the loop.
+/// any account bake works in holds, and bounds the loop (a longer listing is an error).
 const MAX_PAGES: usize = 50;
 /// ELB's DescribeTags takes at most 20 ARNs a call.
 const ELB_TAGS_PER_CALL: usize = 20;
