@@ -434,12 +434,8 @@ async fn find_with_uses(
         .or_fail(|| "list security groups".into())
         .await?;
     for group in groups.security_groups() {
-        let created = group
-            .tags()
-            .iter()
-            .find(|t| t.key() == Some(tags::CREATED))
-            .and_then(|t| t.value())
-            .and_then(|v| humantime::parse_rfc3339(v).ok());
+        let created =
+            tags::value(group.tags(), tags::CREATED).and_then(|v| humantime::parse_rfc3339(v).ok());
         if let Some(id) = group.group_id().filter(|_| old_enough(created)) {
             found.push(Resource::SecurityGroup(id.to_owned()));
         }

@@ -490,10 +490,7 @@ pub async fn prune_across(
     }
     // Family (the source AMI's id) -> its oldest creation date (the source's), and why it stays.
     let family = |ami: &Image| {
-        ami.tags()
-            .iter()
-            .find(|t| t.key() == Some(tags::SOURCE_AMI))
-            .and_then(|t| t.value())
+        tags::value(ami.tags(), tags::SOURCE_AMI)
             .unwrap_or_else(|| ami.image_id().unwrap_or_default())
             .to_owned()
     };

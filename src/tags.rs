@@ -56,13 +56,17 @@ pub fn map<'a>(
         .collect()
 }
 
+/// The value of EC2 tag `key` among `tags`, if there is one.
+pub fn value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
 /// The `bake:test` value that makes an AMI unusable (pending or failed), if its tags hold one:
 /// skip-by-digest bakes anew and a rollout does not take it.
 pub fn untested(tags: &[Tag]) -> Option<&str> {
-    tags.iter()
-        .find(|t| t.key() == Some(TEST))
-        .and_then(|t| t.value())
-        .filter(|v| [TEST_PENDING, TEST_FAILED].contains(v))
+    value(tags, TEST).filter(|v| [TEST_PENDING, TEST_FAILED].contains(v))
 }
 /// An EC2 tag.
 pub fn tag(key: &str, value: &str) -> Tag {

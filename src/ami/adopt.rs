@@ -90,11 +90,7 @@ pub fn adoptable(image: &Ec2Image, run_id: &str, now: SystemTime) -> bool {
 }
 
 fn tag<'a>(image: &'a Ec2Image, key: &str) -> Option<&'a str> {
-    image
-        .tags()
-        .iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
+    tags::value(image.tags(), key)
 }
 
 /// Takes up `orphan`: tags it as this run's (so this run's cleanup removes it on failure, and a

@@ -40,7 +40,7 @@ use aws_sdk_ec2::types::{
 };
 use futures_util::future::BoxFuture;
 
-use super::share::{self, Locks, Users, tag_value};
+use super::share::{self, Locks, Users};
 use crate::aws::{self, CallError, Clients, Failed, Settle};
 use crate::config::ResourceRef;
 use crate::janitor::{Hold, Janitor, Left, Resource};
@@ -265,7 +265,7 @@ fn is_public(table: &RouteTable) -> bool {
 
 /// Whether a NAT gateway is one of bake's temporary ones for this route table.
 fn is_ours(nat: &NatGateway, table: &str) -> bool {
-    tag_value(nat.tags(), tags::EGRESS) == Some(table)
+    tags::value(nat.tags(), tags::EGRESS) == Some(table)
 }
 
 fn state_of(nat: &NatGateway) -> &str {
@@ -285,7 +285,7 @@ fn is_live(nat: &NatGateway) -> bool {
 pub(super) async fn is_bakes(clients: &Clients, nat: &str) -> Result<bool, CallError> {
     Ok(describe_nat(clients, nat)
         .await?
-        .is_some_and(|n| tag_value(n.tags(), tags::EGRESS).is_some()))
+        .is_some_and(|n| tags::value(n.tags(), tags::EGRESS).is_some()))
 }
 
 /// The gateway, or None when EC2 does not know it.
@@ -546,7 +546,7 @@ impl Lease {
         let now = describe_nat(clients, &id).await?;
         let closing = now
             .as_ref()
-            .is_none_or(|n| !is_live(n) || tag_value(n.tags(), tags::EGRESS_CLOSING).is_some());
+            .is_none_or(|n| !is_live(n) || tags::value(n.tags(), tags::EGRESS_CLOSING).is_some());
         if closing {
             USERS.leave(clients, &id, &self.run_id).await?;
             self.taken().using.retain(|n| *n != id);
@@ -841,14 +841,14 @@ async fn addresses(clients: &Clients, run: Option<&str>) -> Result<Vec<Address>,
         .unwrap_or_default();
     Ok(addresses
         .into_iter()
-        .filter(|a| tag_value(a.tags(), tags::EGRESS).is_some())
-        .filter(|a| run.is_none_or(|r| tag_value(a.tags(), tags::RUN_ID) == Some(r)))
+        .filter(|a| tags::value(a.tags(), tags::EGRESS).is_some())
+        .filter(|a| run.is_none_or(|r| tags::value(a.tags(), tags::RUN_ID) == Some(r)))
         .collect())
 }
 
 /// Whether the address's `bake:created` tag is at or before `cutoff` (no such tag: not).
 fn allocated_by(address: &Address, cutoff: SystemTime) -> bool {
-    tag_value(address.tags(), tags::CREATED)
+    tags::value(address.tags(), tags::CREATED)
         .and_then(|v| humantime::parse_rfc3339(v).ok())
         .is_some_and(|created| created <= cutoff)
 }
@@ -887,7 +887,7 @@ async fn live_gateways(clients: &Clients) -> Result<Vec<NatGateway>, CallError> 
         .iter()
         .flat_map(|out| out.nat_gateways())
         .filter(|n| {
-            tag_value(n.tags(), tags::EGRESS).is_some()
+            tags::value(n.tags(), tags::EGRESS).is_some()
                 && matches!(
                     n.state(),
                     Some(
@@ -1049,7 +1049,7 @@ pub async fn find_left(clients: &Clients, cutoff: SystemTime) -> Result<Vec<Reso
     let mut found = Vec::new();
     let gateways = left_gateways(clients, cutoff).await?;
     for nat in &gateways {
-        if let Some(table) = tag_value(nat.tags(), tags::EGRESS) {
+        if let Some(table) = tags::value(nat.tags(), tags::EGRESS) {
             let now = read_table(clients, table).await;
             if now.is_ok_and(|t| {
                 resolve::default_route(&t)
@@ -1097,7 +1097,7 @@ async fn left_gateways(
         .filter(|n| {
             let users = USERS.of(n.tags());
             if users.is_empty() {
-                tag_value(n.tags(), tags::CREATED)
+                tags::value(n.tags(), tags::CREATED)
                     .and_then(|v| humantime::parse_rfc3339(v).ok())
                     .is_some_and(|c| c <= cutoff)
             } else {
@@ -1129,7 +1129,7 @@ pub async fn remove_left(
         .map_err(|e| failed("(listing)", e))?;
     for nat in &gateways {
         let id = nat.nat_gateway_id().unwrap_or_default();
-        let Some(table) = tag_value(nat.tags(), tags::EGRESS) else {
+        let Some(table) = tags::value(nat.tags(), tags::EGRESS) else {
             continue;
         };
         let lock = TABLE_LOCKS.of(table);

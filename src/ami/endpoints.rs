@@ -29,7 +29,7 @@ use aws_sdk_ec2::types::{
 };
 use futures_util::future::BoxFuture;
 
-use super::share::{self, Locks, Users, tag_value};
+use super::share::{self, Locks, Users};
 use crate::aws::{self, CallError, Clients};
 use crate::janitor::{Hold, Janitor, Left, Resource, revoke_rules_from};
 use crate::output::Progress;
@@ -261,7 +261,7 @@ impl Share {
             {
                 Some(e) => {
                     let id = e.vpc_endpoint_id().unwrap_or_default().to_owned();
-                    if tag_value(e.tags(), tags::ENDPOINT).is_some() {
+                    if tags::value(e.tags(), tags::ENDPOINT).is_some() {
                         self.join(&id).await?;
                         joined.push(id.clone());
                     }
@@ -400,7 +400,7 @@ impl Share {
                         .into());
                 };
                 let id = found.vpc_endpoint_id().unwrap_or_default().to_owned();
-                if tag_value(found.tags(), tags::ENDPOINT).is_some() {
+                if tags::value(found.tags(), tags::ENDPOINT).is_some() {
                     self.join(&id).await?;
                 }
                 Ok(id)
@@ -658,7 +658,7 @@ async fn remove_unused(
     }
     let ours: Vec<VpcEndpoint> = listed
         .into_iter()
-        .filter(|e| tag_value(e.tags(), tags::ENDPOINT).is_some())
+        .filter(|e| tags::value(e.tags(), tags::ENDPOINT).is_some())
         .filter(|e| !is(e, &["deleted", "deleting"]))
         .collect();
     let unused: Vec<String> = ours
@@ -710,7 +710,7 @@ async fn remove_unused(
     let remaining = endpoints(clients, vpc)
         .await?
         .into_iter()
-        .filter(|e| tag_value(e.tags(), tags::ENDPOINT).is_some())
+        .filter(|e| tags::value(e.tags(), tags::ENDPOINT).is_some())
         .any(|e| !is(&e, &["deleted"]));
     if !remaining && let Some(group) = find_group(clients, vpc).await? {
         let request = clients.ec2.delete_security_group().group_id(&group);
@@ -792,7 +792,7 @@ async fn vpcs_with_endpoints(clients: &Clients) -> Result<Vec<String>, CallError
     let mut vpcs: Vec<String> = out
         .vpc_endpoints()
         .iter()
-        .filter_map(|e| tag_value(e.tags(), tags::ENDPOINT).map(str::to_owned))
+        .filter_map(|e| tags::value(e.tags(), tags::ENDPOINT).map(str::to_owned))
         .collect();
     let groups = clients
         .ec2
@@ -806,7 +806,7 @@ async fn vpcs_with_endpoints(clients: &Clients) -> Result<Vec<String>, CallError
     vpcs.extend(
         out.security_groups()
             .iter()
-            .filter_map(|g| tag_value(g.tags(), tags::ENDPOINT).map(str::to_owned)),
+            .filter_map(|g| tags::value(g.tags(), tags::ENDPOINT).map(str::to_owned)),
     );
     vpcs.sort();
     vpcs.dedup();
@@ -821,7 +821,7 @@ pub async fn find_left(clients: &Clients, cutoff: SystemTime) -> Result<Vec<Reso
         let ours: Vec<VpcEndpoint> = endpoints(clients, &vpc)
             .await?
             .into_iter()
-            .filter(|e| tag_value(e.tags(), tags::ENDPOINT).is_some())
+            .filter(|e| tags::value(e.tags(), tags::ENDPOINT).is_some())
             .filter(|e| !is(e, &["deleted"]))
             .collect();
         let (old, live): (Vec<&VpcEndpoint>, Vec<&VpcEndpoint>) = ours.iter().partition(|e| {
@@ -924,8 +924,8 @@ mod tests {
         let run = tags::of_run("run-1", "web", "d1g3st");
         let shared = shared_tags(&run, "vpc-1", Some("run-1"));
         assert!(shared.iter().all(|t| t.key() != Some(tags::RUN_ID)));
-        assert_eq!(tag_value(&shared, tags::ENDPOINT), Some("vpc-1"));
-        assert!(tag_value(&shared, "bake:endpoint-user:run-1").is_some());
-        assert_eq!(tag_value(&shared, tags::IMAGE), Some("web"));
+        assert_eq!(tags::value(&shared, tags::ENDPOINT), Some("vpc-1"));
+        assert!(tags::value(&shared, "bake:endpoint-user:run-1").is_some());
+        assert_eq!(tags::value(&shared, tags::IMAGE), Some("web"));
     }
 }

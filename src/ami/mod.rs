@@ -820,13 +820,7 @@ async fn previous(
     let Some(newest) = image::newest(clients, &plan.image).await? else {
         return Ok(None);
     };
-    let tag = |key: &str| {
-        newest
-            .tags()
-            .iter()
-            .find(|t| t.key() == Some(key))
-            .and_then(|t| t.value())
-    };
+    let tag = |key: &str| tags::value(newest.tags(), key);
     let then = tag(tags::INPUTS).map(render::Inputs::from_tag);
     Ok(Some(records::since(
         newest.image_id().unwrap_or_default(),

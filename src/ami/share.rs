@@ -124,13 +124,6 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// The value of tag `key`, if there is one.
-pub fn tag_value<'a>(all: &'a [Tag], key: &str) -> Option<&'a str> {
-    all.iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
-}
-
 /// In-process locks, one per scope (a route table, a VPC): takes and releases on one scope by
 /// bakes of this process run one at a time (other processes are handled by the tag protocol).
 #[derive(Default)]
@@ -210,8 +203,8 @@ mod tests {
         let joined = USERS.tag("r3");
         assert_eq!(joined.key(), Some("bake:x-user:r3"));
         assert!(USERS.of(&[joined])[0].1.is_some());
-        assert_eq!(tag_value(&all, "bake:x"), Some("rtb-1"));
-        assert_eq!(tag_value(&all, "bake:y"), None);
+        assert_eq!(crate::tags::value(&all, "bake:x"), Some("rtb-1"));
+        assert_eq!(crate::tags::value(&all, "bake:y"), None);
     }
 
     #[test]

@@ -227,11 +227,7 @@ impl Args {
 
 /// An AMI's tag value.
 fn tag<'a>(image: &'a Image, key: &str) -> Option<&'a str> {
-    image
-        .tags()
-        .iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
+    tags::value(image.tags(), key)
 }
 
 /// When an EC2 time (`2026-11-24T10:00:00.000Z`) is.
