@@ -73,7 +73,7 @@ async fn running_builder(lab: &Lab, image: &str) -> Option<Instance> {
         .filters(filter("instance-state-name", "running"))
         .send()
         .await
-        .ok()?;
+        .unwrap_or_else(|e| panic!("list the {image} builder: {e:?}"));
     out.reservations()
         .iter()
         .flat_map(|r| r.instances())
@@ -353,9 +353,19 @@ async fn sigkill_after_the_endpoints_leaves_them_to_gc_which_removes_them() {
         )
         .await;
     assert_eq!(out.status.code(), None, "killed by a signal");
-    let builder = running_builder(&lab, "web")
-        .await
-        .expect("the killed bake's builder");
+    // The killed bake's builder runs on; a tag-filtered listing can miss an instance for a
+    // moment (EC2's eventual consistency), so it is looked for until it shows, for a minute.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let builder = loop {
+        if let Some(builder) = running_builder(&lab, "web").await {
+            break builder;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the killed bake's builder is not listed as running within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let builder = builder.instance_id().unwrap_or_default().to_owned();
     let left = endpoints_in(&lab, &vpc).await;
     assert_eq!(
