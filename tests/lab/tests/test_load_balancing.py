@@ -41,32 +41,42 @@ def refresh_ends(asg, group: str, refresh: str, states: tuple[str, ...]) -> dict
     return wait_for(f"refresh {refresh} to end", done, REFRESH_WAIT, 0.5)
 
 
-def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm, ubuntu_ami):
+def web_stack(lab, ec2, name: str, ami: str, user_data: str) -> dict:
+    """The workshop's stack under `name`: an internet-facing ALB (its group admitting the runner, as on AWS),
+    a target group checking `/` (2 checks either way), and a group of 2 (up to 4) in the private subnets whose
+    instances' group admits only the balancer's. The grace period (600 s) is longer than a test: the group
+    leaves unhealthy targets to the target group's checks. Returns the ARNs, ids and the balancer."""
     elb, asg = lab.client("elbv2"), lab.client("autoscaling")
     vpc = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": ["VPC-Lab"]}])["Vpcs"][0]["VpcId"]
-    # As on AWS: the balancer's group admits the runner, the instances' group admits the balancer's.
-    alb_sg = runner_group(lab, ec2, "lb-web-alb")
-    sg = ec2.create_security_group(GroupName="lb-web", Description="web", VpcId=vpc)["GroupId"]
+    alb_sg = runner_group(lab, ec2, f"{name}-alb")
+    sg = ec2.create_security_group(GroupName=name, Description="web", VpcId=vpc)["GroupId"]
     ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[
         {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "UserIdGroupPairs": [{"GroupId": alb_sg}]}])
-    template = ec2.create_launch_template(
-        LaunchTemplateName="lb-web", LaunchTemplateData=template_data(ubuntu_ami, sg, USER_DATA.format(page="v1")))
+    template = ec2.create_launch_template(LaunchTemplateName=name,
+                                          LaunchTemplateData=template_data(ami, sg, user_data))
     template_id = template["LaunchTemplate"]["LaunchTemplateId"]
-    tg = elb.create_target_group(Name="lb-web-tg", Protocol="HTTP", Port=80, VpcId=vpc, HealthCheckPath="/",
+    tg = elb.create_target_group(Name=f"{name}-tg", Protocol="HTTP", Port=80, VpcId=vpc, HealthCheckPath="/",
                                  HealthyThresholdCount=2,
                                  UnhealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
-    lb = elb.create_load_balancer(Name="lb-web-alb", SecurityGroups=[alb_sg],
+    lb = elb.create_load_balancer(Name=f"{name}-alb", SecurityGroups=[alb_sg],
                                   Subnets=[subnet_id(ec2, "Public subnet A"),
                                            subnet_id(ec2, "Public subnet C")])["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
     private = [subnet_id(ec2, "Private subnet A"), subnet_id(ec2, "Private subnet C")]
-    # A grace period longer than the test: the group leaves the stopped server below to the target group's checks
-    # (with none, the API's default, it would replace the instance as soon as its target turned unhealthy).
     asg.create_auto_scaling_group(
-        AutoScalingGroupName="lb-web-asg", MinSize=2, MaxSize=4, DesiredCapacity=2, HealthCheckType="ELB",
+        AutoScalingGroupName=f"{name}-asg", MinSize=2, MaxSize=4, DesiredCapacity=2, HealthCheckType="ELB",
         HealthCheckGracePeriod=600, LaunchTemplate={"LaunchTemplateId": template_id, "Version": "1"},
         VPCZoneIdentifier=",".join(private), TargetGroupARNs=[tg])
+    return {"sg": sg, "template_id": template_id, "tg": tg, "lb": lb, "private": private}
+
+
+def test_alb_serves_the_group_and_refreshes_replace_and_roll_back(lab, ec2, ssm, ubuntu_ami):
+    elb, asg = lab.client("elbv2"), lab.client("autoscaling")
+    # The grace period (longer than the test) leaves the stopped server below to the target group's checks (with
+    # none, the API's default, the group would replace the instance as soon as its target turned unhealthy).
+    stack = web_stack(lab, ec2, "lb-web", ubuntu_ami, USER_DATA.format(page="v1"))
+    sg, template_id, tg, lb, private = (stack[k] for k in ("sg", "template_id", "tg", "lb", "private"))
     url = f"http://{lb['DNSName']}/"
     assert lb["DNSName"].startswith("100.64."), lb["DNSName"]
 
@@ -135,30 +145,10 @@ def test_a_refresh_drains_a_target_before_terminating_its_instance_within_the_de
     """Auto Scaling deregisters an instance from its target groups before terminating it; ELB sends it no
     new requests and lets those in flight answer, for up to the deregistration delay."""
     elb, asg = lab.client("elbv2"), lab.client("autoscaling")
-    vpc = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": ["VPC-Lab"]}])["Vpcs"][0]["VpcId"]
-    alb_sg = runner_group(lab, ec2, "drain-alb")
-    sg = ec2.create_security_group(GroupName="drain-web", Description="web", VpcId=vpc)["GroupId"]
-    ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "UserIdGroupPairs": [{"GroupId": alb_sg}]}])
-    template = ec2.create_launch_template(
-        LaunchTemplateName="drain-web",
-        LaunchTemplateData=template_data(ubuntu_ami, sg, SLOW_USER_DATA.format(page="v1")))
-    template_id = template["LaunchTemplate"]["LaunchTemplateId"]
-    tg = elb.create_target_group(Name="drain-tg", Protocol="HTTP", Port=80, VpcId=vpc, HealthCheckPath="/",
-                                 HealthyThresholdCount=2,
-                                 UnhealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
+    stack = web_stack(lab, ec2, "drain", ubuntu_ami, SLOW_USER_DATA.format(page="v1"))
+    sg, template_id, tg, lb = (stack[k] for k in ("sg", "template_id", "tg", "lb"))
     elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
         {"Key": "deregistration_delay.timeout_seconds", "Value": "30"}])
-    lb = elb.create_load_balancer(Name="drain-alb", SecurityGroups=[alb_sg],
-                                  Subnets=[subnet_id(ec2, "Public subnet A"),
-                                           subnet_id(ec2, "Public subnet C")])["LoadBalancers"][0]
-    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
-                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
-    asg.create_auto_scaling_group(
-        AutoScalingGroupName="drain-asg", MinSize=2, MaxSize=4, DesiredCapacity=2, HealthCheckType="ELB",
-        HealthCheckGracePeriod=600, LaunchTemplate={"LaunchTemplateId": template_id, "Version": "1"},
-        VPCZoneIdentifier=",".join([subnet_id(ec2, "Private subnet A"), subnet_id(ec2, "Private subnet C")]),
-        TargetGroupARNs=[tg])
     url = f"http://{lb['DNSName']}"
     members = wait_for("two healthy targets", lambda: len(h := healthy(elb, tg)) == 2 and h, HEALTHY_WAIT)
 
