@@ -13,8 +13,8 @@ use crate::iam::{self, Command, Scope};
 ///
 /// `iam:PassRole` is narrowed to the roles of the config's instance profiles (builders and
 /// rollouts), taken to be the profiles' names as the console makes them; `--role` names the roles
-/// instead. Without a config (none named and no bake.toml here) and without `--role`, any role
-/// may be passed, still only to EC2.
+/// instead (the config's `[store]` still gives its S3 statements). Without a config (none named
+/// and no bake.toml here) and without `--role`, any role may be passed, still only to EC2.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// The command the policy is for; `all` is the union of every command's.
@@ -41,22 +41,24 @@ impl Outcome for Policy {}
 
 impl Args {
     pub fn run(self, ctx: &Context) -> Result<Policy, Error> {
-        let mut store = None;
-        let roles: BTreeSet<String> = if self.roles.is_empty() {
-            // The config is optional, as for gc: named and missing is an error.
-            let config = if ctx.config.is_none() && !ctx.config_path().exists() {
+        // The config is optional, as for gc: named and missing is an error. It gives the store's
+        // S3 statements even when `--role` names the roles.
+        let config = if ctx.config.is_none() && !ctx.config_path().exists() {
+            if self.roles.is_empty() {
                 crate::output::note(&format!(
                     "iam-policy: no config ({DEFAULT_CONFIG} is not here): iam:PassRole allows \
                      any role, to EC2 only; name the roles with --role"
                 ));
-                None
-            } else {
-                Some(ctx.config()?)
-            };
-            store = config
-                .as_ref()
-                .and_then(|c| c.store.as_ref())
-                .map(|s| (s.bucket.get_ref().clone(), s.prefix.get_ref().clone()));
+            }
+            None
+        } else {
+            Some(ctx.config()?)
+        };
+        let store = config
+            .as_ref()
+            .and_then(|c| c.store.as_ref())
+            .map(|s| (s.bucket.get_ref().clone(), s.prefix.get_ref().clone()));
+        let roles: BTreeSet<String> = if self.roles.is_empty() {
             config.map_or_else(BTreeSet::new, |c| {
                 let builders = c
                     .image
