@@ -527,39 +527,35 @@ fn iam_policy_prints_one_document_the_union_and_the_roles_it_may_pass() {
             .clone()
     };
     assert_eq!(pass_role(&text), "arn:aws:iam::*:role/SSMInstanceProfile");
-    let named = run(&[
-        "-c",
-        &config,
-        "-o",
-        "json",
-        "iam-policy",
-        "ami",
-        "--role",
-        "Builder",
-    ]);
-    let named: Value = serde_json::from_slice(&named.stdout).unwrap();
-    assert_eq!(pass_role(&named), "arn:aws:iam::*:role/Builder");
-    // With a [store], --role narrows PassRole and the store's S3 statements stay.
+    // `--role Builder` narrows PassRole to it; with a [store], the store's S3 statements stay.
+    let with_role = |config: &str| {
+        let out = run(&[
+            "-c",
+            config,
+            "-o",
+            "json",
+            "iam-policy",
+            "ami",
+            "--role",
+            "Builder",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(
+        pass_role(&with_role(&config)),
+        "arn:aws:iam::*:role/Builder"
+    );
     let stored = Scratch::new(&format!(
         "{}\n[store]\nbucket = \"bake-state\"\n",
         quick_config("", "", "")
     ));
-    let stored = run(&[
-        "-c",
-        &stored.config(),
-        "-o",
-        "json",
-        "iam-policy",
-        "ami",
-        "--role",
-        "Builder",
-    ]);
-    assert!(stored.status.success(), "{}", stderr(&stored));
-    let stored: Value = serde_json::from_slice(&stored.stdout).unwrap();
+    let stored = with_role(&stored.config());
     assert_eq!(pass_role(&stored), "arn:aws:iam::*:role/Builder");
-    let resources = stored.to_string();
     assert!(
-        resources.contains("arn:aws:s3:::bake-state/bake/*"),
+        stored
+            .to_string()
+            .contains("arn:aws:s3:::bake-state/bake/*"),
         "{stored:#}"
     );
     let bad = run(&["-c", &config, "iam-policy", "deploy"]);
