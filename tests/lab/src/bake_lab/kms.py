@@ -61,6 +61,12 @@ def usable_by_account(key, account: str) -> bool:
         return True
     if key.key_manager != "CUSTOMER":
         return False
+    return _policy_allows(key, {"*", account, f"arn:aws:iam::{account}:root"}, CROSS_ACCOUNT_ACTIONS)
+
+
+def _policy_allows(key, principals: set[str], wanted: tuple[str, ...]) -> bool:
+    """Whether the key policy's Allow statements naming one of `principals` give every action in `wanted`
+    between them (wildcards such as kms:ReEncrypt* and kms:* count). Conditions are not read."""
     try:
         policy = json.loads(key.policy or "{}")
     except ValueError:
@@ -69,15 +75,11 @@ def usable_by_account(key, account: str) -> bool:
     statements = [statements] if isinstance(statements, dict) else statements
     allowed: set[str] = set()
     for s in statements:
-        if s.get("Effect") != "Allow":
+        if s.get("Effect") != "Allow" or not principals & set(_principals(s)):
             continue
-        who = _principals(s)
-        if not any(p in ("*", account, f"arn:aws:iam::{account}:root") for p in who):
-            continue
-        for wanted in CROSS_ACCOUNT_ACTIONS:
-            if any(fnmatch.fnmatchcase(wanted.lower(), a.lower()) for a in _actions(s)):
-                allowed.add(wanted)
-    return allowed == set(CROSS_ACCOUNT_ACTIONS)
+        allowed.update(w for w in wanted
+                       if any(fnmatch.fnmatchcase(w.lower(), a.lower()) for a in _actions(s)))
+    return allowed == set(wanted)
 
 
 def granted_to(key, principal: str) -> bool:
@@ -93,21 +95,8 @@ SERVICE_ROLE_ACTIONS = ("kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:
 
 def policy_allows_role(key, role_arn: str) -> bool:
     """Whether the key policy's Allow statements name `role_arn` and give it every action the role needs
-    (SERVICE_ROLE_ACTIONS; wildcards such as kms:ReEncrypt* and kms:* count). Conditions are not read."""
-    try:
-        policy = json.loads(key.policy or "{}")
-    except ValueError:
-        return False
-    statements = policy.get("Statement", [])
-    statements = [statements] if isinstance(statements, dict) else statements
-    allowed: set[str] = set()
-    for s in statements:
-        if s.get("Effect") != "Allow" or role_arn not in _principals(s):
-            continue
-        for wanted in SERVICE_ROLE_ACTIONS:
-            if any(fnmatch.fnmatchcase(wanted.lower(), a.lower()) for a in _actions(s)):
-                allowed.add(wanted)
-    return allowed == set(SERVICE_ROLE_ACTIONS)
+    (SERVICE_ROLE_ACTIONS)."""
+    return _policy_allows(key, {role_arn}, SERVICE_ROLE_ACTIONS)
 
 
 def snapshot_key(snapshot, region: str):
