@@ -6,8 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsOutput;
-use aws_sdk_ec2::operation::describe_launch_templates::DescribeLaunchTemplatesOutput;
 use aws_sdk_ec2::types::Image;
 use aws_sdk_ssm::operation::get_parameters_by_path::GetParametersByPathOutput;
 use serde::Serialize;
@@ -205,92 +203,60 @@ async fn in_use(clients: &Clients) -> Result<BTreeMap<String, String>, CallError
     }
     // (template id, version) → who refers to it.
     let mut versions: Vec<(String, String, String)> = Vec::new();
-    let templates = aws::pages::all(
-        TEMPLATE_PAGES,
-        "list launch templates",
-        |token| {
-            let request = clients
-                .ec2
-                .describe_launch_templates()
-                .max_results(TEMPLATES_PER_PAGE)
-                .set_next_token(token);
-            clients.call(move || request.clone().send())
-        },
-        DescribeLaunchTemplatesOutput::next_token,
-    )
-    .await?;
-    for page in templates {
-        for template in page.launch_templates() {
-            let (Some(id), Some(name)) = (
-                template.launch_template_id(),
-                template.launch_template_name(),
-            ) else {
-                continue;
-            };
-            for (label, version) in [
-                ("default", template.default_version_number()),
-                ("latest", template.latest_version_number()),
-            ] {
-                if let Some(version) = version {
-                    versions.push((
-                        id.to_owned(),
-                        version.to_string(),
-                        format!("the {label} version ({version}) of launch template {name}"),
-                    ));
-                }
+    for template in resolve::launch_templates(clients, Vec::new()).await? {
+        let (Some(id), Some(name)) = (
+            template.launch_template_id(),
+            template.launch_template_name(),
+        ) else {
+            continue;
+        };
+        for (label, version) in [
+            ("default", template.default_version_number()),
+            ("latest", template.latest_version_number()),
+        ] {
+            if let Some(version) = version {
+                versions.push((
+                    id.to_owned(),
+                    version.to_string(),
+                    format!("the {label} version ({version}) of launch template {name}"),
+                ));
             }
         }
     }
-    let groups = aws::pages::all(
-        GROUP_PAGES,
-        "list Auto Scaling groups",
-        |token| {
-            let request = clients
-                .autoscaling
-                .describe_auto_scaling_groups()
-                .max_records(GROUPS_PER_PAGE)
-                .set_next_token(token);
-            clients.call(move || request.clone().send())
-        },
-        DescribeAutoScalingGroupsOutput::next_token,
-    )
-    .await?;
-    for page in groups {
-        for group in page.auto_scaling_groups() {
-            let name = group.auto_scaling_group_name().unwrap_or_default();
-            // A group launches from its launch template, or from the one of its mixed instances
-            // policy and the overrides' own templates.
-            let mixed = group
-                .mixed_instances_policy()
-                .and_then(|p| p.launch_template());
-            let specs = group
-                .launch_template()
-                .into_iter()
-                .chain(mixed.and_then(|t| t.launch_template_specification()))
-                .chain(
-                    mixed
-                        .map(|t| t.overrides())
-                        .unwrap_or_default()
-                        .iter()
-                        .filter_map(|o| o.launch_template_specification()),
-                );
-            for spec in specs {
-                let version = spec.version().unwrap_or("$Default");
-                let template = spec
-                    .launch_template_id()
-                    .map(|id| (true, id))
-                    .or(spec.launch_template_name().map(|n| (false, n)));
-                if let Some((by_id, template)) = template {
-                    versions.push((
-                        if by_id {
-                            template.to_owned()
-                        } else {
-                            format!("name:{template}")
-                        },
-                        version.to_owned(),
-                        format!("launched by Auto Scaling group {name}"),
-                    ));
-                }
+    for group in resolve::auto_scaling_groups(clients, Vec::new()).await? {
+        let name = group.auto_scaling_group_name().unwrap_or_default();
+        // A group launches from its launch template, or from the one of its mixed instances
+        // policy and the overrides' own templates.
+        let mixed = group
+            .mixed_instances_policy()
+            .and_then(|p| p.launch_template());
+        let specs = group
+            .launch_template()
+            .into_iter()
+            .chain(mixed.and_then(|t| t.launch_template_specification()))
+            .chain(
+                mixed
+                    .map(|t| t.overrides())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|o| o.launch_template_specification()),
+            );
+        for spec in specs {
+            let version = spec.version().unwrap_or("$Default");
+            let template = spec
+                .launch_template_id()
+                .map(|id| (true, id))
+                .or(spec.launch_template_name().map(|n| (false, n)));
+            if let Some((by_id, template)) = template {
+                versions.push((
+                    if by_id {
+                        template.to_owned()
+                    } else {
+                        format!("name:{template}")
+                    },
+                    version.to_owned(),
+                    format!("launched by Auto Scaling group {name}"),
+                ));
             }
         }
     }
@@ -404,14 +370,6 @@ async fn published_elsewhere(
     Ok((used, unread))
 }
 
-/// DescribeLaunchTemplates answers up to 200 a page; a region holds at most 5,000 launch
-/// templates (EC2's quota), 25 pages: 50 bounds the listing with room.
-const TEMPLATES_PER_PAGE: i32 = 200;
-const TEMPLATE_PAGES: usize = 50;
-/// DescribeAutoScalingGroups answers up to 100 a page; 100 pages is 10,000 groups, twenty times
-/// Auto Scaling's default quota of 500 a region.
-const GROUPS_PER_PAGE: i32 = 100;
-const GROUP_PAGES: usize = 100;
 /// GetParametersByPath answers at most 10 a page; a region holds at most 100,000 parameters
 /// (10,000 standard, the rest advanced), 10,000 pages.
 const PARAMETERS_PER_PAGE: i32 = 10;

@@ -7,10 +7,13 @@ use std::future::Future;
 use std::ops::Range;
 use std::time::SystemTime;
 
+use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsOutput;
+use aws_sdk_autoscaling::types::AutoScalingGroup;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
-use aws_sdk_ec2::types::{Filter, Image, Instance, RouteState, RouteTable};
+use aws_sdk_ec2::operation::describe_launch_templates::DescribeLaunchTemplatesOutput;
+use aws_sdk_ec2::types::{Filter, Image, Instance, LaunchTemplate, RouteState, RouteTable};
 
 use crate::aws::{self, CallError, Clients};
 use crate::config::{Config, Location, ResourceRef};
@@ -213,6 +216,68 @@ pub async fn live_instances(
         .into_iter()
         .flat_map(|page| page.reservations.unwrap_or_default())
         .flat_map(|reservation| reservation.instances.unwrap_or_default())
+        .collect())
+}
+
+/// DescribeLaunchTemplates answers up to 200 a page; a region holds at most 5,000 launch
+/// templates (EC2's quota), 25 pages: 50 bounds the listing with room.
+const TEMPLATES_PER_PAGE: i32 = 200;
+const TEMPLATE_PAGES: usize = 50;
+
+/// The launch templates `filters` pick (all of the region's with none).
+pub async fn launch_templates(
+    clients: &Clients,
+    filters: Vec<Filter>,
+) -> Result<Vec<LaunchTemplate>, CallError> {
+    let listing = clients
+        .ec2
+        .describe_launch_templates()
+        .set_filters(Some(filters).filter(|f| !f.is_empty()))
+        .max_results(TEMPLATES_PER_PAGE);
+    let pages = aws::pages::all(
+        TEMPLATE_PAGES,
+        "list launch templates",
+        |token| {
+            let request = listing.clone().set_next_token(token);
+            clients.call(move || request.clone().send())
+        },
+        DescribeLaunchTemplatesOutput::next_token,
+    )
+    .await?;
+    Ok(pages
+        .into_iter()
+        .flat_map(|page| page.launch_templates.unwrap_or_default())
+        .collect())
+}
+
+/// DescribeAutoScalingGroups answers up to 100 a page; 100 pages is 10,000 groups, twenty times
+/// Auto Scaling's default quota of 500 a region.
+const GROUPS_PER_PAGE: i32 = 100;
+const GROUP_PAGES: usize = 100;
+
+/// The Auto Scaling groups `filters` pick (all of the region's with none).
+pub async fn auto_scaling_groups(
+    clients: &Clients,
+    filters: Vec<aws_sdk_autoscaling::types::Filter>,
+) -> Result<Vec<AutoScalingGroup>, CallError> {
+    let listing = clients
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .set_filters(Some(filters).filter(|f| !f.is_empty()))
+        .max_records(GROUPS_PER_PAGE);
+    let pages = aws::pages::all(
+        GROUP_PAGES,
+        "list Auto Scaling groups",
+        |token| {
+            let request = listing.clone().set_next_token(token);
+            clients.call(move || request.clone().send())
+        },
+        DescribeAutoScalingGroupsOutput::next_token,
+    )
+    .await?;
+    Ok(pages
+        .into_iter()
+        .flat_map(|page| page.auto_scaling_groups.unwrap_or_default())
         .collect())
 }
 

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsOutput;
 use aws_sdk_cloudwatch::operation::describe_alarms::DescribeAlarmsOutput;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
@@ -232,21 +231,7 @@ pub(super) async fn find(
         .name("tag-key")
         .values(tags::RUN_ID)
         .build();
-    let groups = aws::pages::all(
-        MAX_PAGES,
-        "list Auto Scaling groups",
-        |token| {
-            let request = clients
-                .autoscaling
-                .describe_auto_scaling_groups()
-                .filters(key_filter.clone())
-                .set_next_token(token);
-            clients.call(move || request.clone().send())
-        },
-        DescribeAutoScalingGroupsOutput::next_token,
-    )
-    .await?;
-    for group in groups.iter().flat_map(|out| out.auto_scaling_groups()) {
+    for group in crate::resolve::auto_scaling_groups(clients, vec![key_filter]).await? {
         let tags = tags::map(group.tags().iter().map(|t| (t.key(), t.value())));
         let at = group
             .created_time()
@@ -261,18 +246,8 @@ pub(super) async fn find(
         }
     }
 
-    let templates = clients
-        .call(|| {
-            clients
-                .ec2
-                .describe_launch_templates()
-                .filters(crate::resolve::filter("tag-key", tags::RUN_ID))
-                .send()
-        })
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| "list launch templates".into())
-        .await?;
-    for template in templates.launch_templates() {
+    let key_filter = crate::resolve::filter("tag-key", tags::RUN_ID);
+    for template in crate::resolve::launch_templates(clients, vec![key_filter]).await? {
         let tags = tags::map(template.tags().iter().map(|t| (t.key(), t.value())));
         let at = template
             .create_time()

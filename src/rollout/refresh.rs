@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use aws_sdk_autoscaling::operation::describe_instance_refreshes::DescribeInstanceRefreshesError;
 use aws_sdk_autoscaling::primitives::DateTime;
 use aws_sdk_autoscaling::types::{
-    AlarmSpecification, DesiredConfiguration, InstanceRefreshStatus, LaunchTemplateSpecification,
-    LifecycleState, RefreshPreferences, RefreshStrategy, ScalingActivityStatusCode,
+    AlarmSpecification, DesiredConfiguration, InstanceRefresh, InstanceRefreshStatus,
+    LaunchTemplateSpecification, LifecycleState, RefreshPreferences, RefreshStrategy,
+    ScalingActivityStatusCode,
 };
 use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 use tokio::time::Instant;
@@ -287,24 +289,17 @@ async fn look(
     let asg = &plan.names.asg;
     let mut since: Option<DateTime> = None;
     let refresh = match refresh_id {
-        Some(id) => {
-            let request = clients
-                .autoscaling
-                .describe_instance_refreshes()
-                .auto_scaling_group_name(asg)
-                .instance_refresh_ids(id);
-            let out = clients.call(|| request.clone().send()).answer().await?;
-            out.instance_refreshes().first().map(|r| {
-                since = r.start_time().copied();
-                (
-                    r.status()
-                        .cloned()
-                        .unwrap_or(InstanceRefreshStatus::Pending),
-                    r.percentage_complete().unwrap_or(0),
-                    reason(r),
-                )
-            })
-        }
+        // A look is asked again by its wait: no settling here.
+        Some(id) => describe_refresh(clients, asg, id, None).await?.map(|r| {
+            since = r.start_time().copied();
+            (
+                r.status()
+                    .cloned()
+                    .unwrap_or(InstanceRefreshStatus::Pending),
+                r.percentage_complete().unwrap_or(0),
+                reason(&r),
+            )
+        }),
         None => None,
     };
     let groups = clients
@@ -677,28 +672,44 @@ pub async fn rollback(
     .await
 }
 
-/// The refresh's status, looked at again through throttling until the refresh timeout.
+/// Refresh `id` of group `asg` as DescribeInstanceRefreshes answers (none: AWS lists no such
+/// refresh), asked again through `settle` when one is given.
+async fn describe_refresh(
+    clients: &Clients,
+    asg: &str,
+    id: &str,
+    settle: Option<&aws::Settle>,
+) -> Result<Option<InstanceRefresh>, Failed<DescribeInstanceRefreshesError>> {
+    let request = clients
+        .autoscaling
+        .describe_instance_refreshes()
+        .auto_scaling_group_name(asg)
+        .instance_refresh_ids(id);
+    let call = clients.call(|| request.clone().send());
+    let call = match settle {
+        Some(window) => call.settle(window),
+        None => call,
+    };
+    Ok(call
+        .answer()
+        .await?
+        .instance_refreshes
+        .unwrap_or_default()
+        .into_iter()
+        .next())
+}
+
+/// The refresh's status; it exists, so only throttling and 5xx answers are asked again.
 async fn refresh_status(
     clients: &Clients,
     plan: &Plan,
     refresh_id: &str,
 ) -> Result<Option<InstanceRefreshStatus>, Error> {
     let asg = &plan.names.asg;
-    let request = clients
-        .autoscaling
-        .describe_instance_refreshes()
-        .auto_scaling_group_name(asg)
-        .instance_refresh_ids(refresh_id);
-    // The refresh exists: only throttling and 5xx answers are asked again.
-    let found = clients
-        .call(|| request.clone().send())
-        .settle(&aws::THROTTLE_BURST)
-        .or_fail(|| format!("describe the refresh of {asg}"))
-        .await?;
-    Ok(found
-        .instance_refreshes()
-        .first()
-        .and_then(|r| r.status().cloned()))
+    let found = describe_refresh(clients, asg, refresh_id, Some(&aws::THROTTLE_BURST))
+        .await
+        .map_err(|e| e.or_fail(|| format!("describe the refresh of {asg}")))?;
+    Ok(found.and_then(|r| r.status))
 }
 
 /// Cancels a refresh bake cannot roll back and waits until it has stopped.
