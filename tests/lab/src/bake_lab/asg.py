@@ -1,8 +1,9 @@
 """EC2 Auto Scaling where moto has none: a group launches as Auto Scaling does (the template version it names,
 spread over its subnets), a launch EC2 refuses is a failed scaling activity tried in other zones and again after
 a backoff, running group instances are registered in the group's target groups, a group with ELB health checks
-replaces the instances its target groups find unhealthy after the grace period, and group metrics are collected
-as EnableMetricsCollection asks; and its moto patches."""
+replaces the instances its target groups find unhealthy after the grace period, an instance leaving the group
+(scale-in, termination, detaching) is drained from its target groups first, and group metrics are collected as
+EnableMetricsCollection asks; and its moto patches."""
 import json
 import threading
 import time
@@ -78,6 +79,9 @@ class Groups:
         self._lock = lock  # the scaling loop's (scaling.py)
         self.balancers = balancers
         self.activities: dict[tuple[str, str], list[Activity]] = {}  # (region, group) -> oldest first
+        # The activities' own: a request recording or describing them never waits for the scaling loop's lock
+        # (held through a drain, up to a deregistration delay).
+        self._activities_lock = threading.Lock()
         # (region, group) -> (failures in a row, when to try launching again)
         self.retries: dict[tuple[str, str], tuple[int, float]] = {}
         # (instance type, zone) -> "unsupported" (not offered there) or "insufficient" (no capacity now)
@@ -87,7 +91,8 @@ class Groups:
 
     def clear(self) -> None:
         self.registered.clear()
-        self.activities.clear()
+        with self._activities_lock:
+            self.activities.clear()
         self.retries.clear()
         self.unavailable.clear()
 
@@ -276,14 +281,15 @@ class Groups:
         return None
 
     def record(self, region: str, activity: Activity) -> None:
-        with self._lock:
+        with self._activities_lock:
             self.activities.setdefault((region, activity.group), []).append(activity)
         if activity.status == "Failed":
             self.lab.event("launch_failed", group=activity.group, reason=activity.message)
 
     def launch_outcome(self, region: str, group: str, failed: bool) -> None:
-        """After a failed launch the group tries again after a backoff; a launch resets it."""
-        with self._lock:
+        """After a failed launch the group tries again after a backoff; a launch resets it. (Under the activities'
+        lock, not the loop's: a request's launch must not wait for the loop's drains.)"""
+        with self._activities_lock:
             key = (region, group)
             if not failed:
                 self.retries.pop(key, None)
@@ -306,7 +312,7 @@ class Groups:
                 group.replace_autoscaling_group_instances(missing, group.get_propagated_tags())
 
     def describe_activities(self, region: str, group_name: str | None, limit: int | None) -> list[dict]:
-        with self._lock:
+        with self._activities_lock:
             found = [a for (r, g), acts in self.activities.items() if r == region
                      and (group_name is None or g == group_name) for a in acts]
         found.sort(key=lambda a: a.start, reverse=True)
