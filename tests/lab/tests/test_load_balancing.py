@@ -329,3 +329,78 @@ def test_deregister_targets_drains_the_target_within_the_deregistration_delay(la
 
     lab.client("autoscaling").delete_auto_scaling_group(AutoScalingGroupName="dereg-asg", ForceDelete=True)
     elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+
+
+def test_every_way_out_of_a_group_drains_and_answers_at_once(lab, ec2, ubuntu_ami):
+    """DetachInstances, TerminateInstanceInAutoScalingGroup (with and without decrementing the desired capacity)
+    and UpdateAutoScalingGroup lowering MaxSize: each answers at once, and each instance leaving the group is
+    deregistered from its target group (draining); a detached one runs on, a terminated one is Terminating
+    until it is terminated; without a decrement the group launches a replacement."""
+    elb, asg = lab.client("elbv2"), lab.client("autoscaling")
+    stack = web_stack(lab, ec2, "leave", ubuntu_ami, SLOW_USER_DATA.format(page="v1"))
+    tg, lb = stack["tg"], stack["lb"]
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+        {"Key": "deregistration_delay.timeout_seconds", "Value": "30"}])
+    asg.update_auto_scaling_group(AutoScalingGroupName="leave-asg", MinSize=0)
+
+    def lifecycle() -> dict[str, str]:
+        group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["leave-asg"])["AutoScalingGroups"][0]
+        return {i["InstanceId"]: i["LifecycleState"] for i in group["Instances"]}
+
+    def at_once(call, **kwargs):
+        started = time.monotonic()
+        call(**kwargs)
+        assert time.monotonic() - started < ANSWERED_AT_ONCE
+
+    def instance_state(iid: str) -> str:
+        return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+    a, b = wait_for("two healthy targets", lambda: len(h := healthy(elb, tg)) == 2 and sorted(h), HEALTHY_WAIT)
+
+    # Detached (no decrement): draining, running on, not registered again; the group replaces it.
+    at_once(asg.detach_instances, AutoScalingGroupName="leave-asg", InstanceIds=[a],
+            ShouldDecrementDesiredCapacity=False)
+    assert a not in lifecycle()
+    assert _asked(elb, tg, a) == DRAINING
+    # Terminated without a decrement, a request in flight on it (the only target left): Terminating and
+    # draining at once, terminated once the request answered; replaced.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(http_get, f"http://{lb['DNSName']}/slow", SLOWER)
+        time.sleep(0.5)
+        at_once(asg.terminate_instance_in_auto_scaling_group, InstanceId=b, ShouldDecrementDesiredCapacity=False)
+        assert lifecycle()[b] == "Terminating"
+        assert _asked(elb, tg, b) == DRAINING
+        assert answer.result() == (200, f"v1 {b}\n")
+    activities = asg.describe_scaling_activities(AutoScalingGroupName="leave-asg")["Activities"]
+    assert any(x["Description"] == f"Terminating EC2 instance: {b}"
+               and "taken out of service in response to a user request." in x["Cause"] for x in activities)
+    wait_for(f"{b} terminated", lambda: instance_state(b) in ("shutting-down", "terminated"), 20, 0.5)
+    wait_for(f"{b} out of the group", lambda: b not in lifecycle(), 20, 0.5)
+    assert instance_state(a) == "running" and _asked(elb, tg, a) == DRAINING
+    kept = wait_for("two healthy replacements", lambda: len(h := healthy(elb, tg)) == 2 and h, HEALTHY_WAIT)
+    assert not {a, b} & set(kept), kept
+    assert asg.describe_auto_scaling_groups(AutoScalingGroupNames=["leave-asg"])[
+        "AutoScalingGroups"][0]["DesiredCapacity"] == 2
+
+    # A lower MaxSize: one instance Terminating and draining at once.
+    at_once(asg.update_auto_scaling_group, AutoScalingGroupName="leave-asg", MaxSize=1)
+    states = lifecycle()
+    activities = asg.describe_scaling_activities(AutoScalingGroupName="leave-asg")["Activities"]
+    picked = next(x["Description"].split(": ")[1] for x in activities
+                  if "a user request update of AutoScalingGroup constraints" in x["Cause"])
+    assert picked in kept and states.get(picked, "Terminating") == "Terminating", (picked, states)
+    last = next(i for i in kept if i != picked)
+    assert states[last] == "InService", states
+    assert _asked(elb, tg, picked) == DRAINING
+
+    # Terminated with a decrement: draining, desired capacity 0, nothing replaces it.
+    at_once(asg.terminate_instance_in_auto_scaling_group, InstanceId=last, ShouldDecrementDesiredCapacity=True)
+    assert _asked(elb, tg, last) == DRAINING
+    wait_for("the group empty", lambda: not lifecycle(), 30, 0.5)
+    time.sleep(2)  # a replacement would be launched by now
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["leave-asg"])["AutoScalingGroups"][0]
+    assert group["DesiredCapacity"] == 0 and not group["Instances"], group
+
+    asg.delete_auto_scaling_group(AutoScalingGroupName="leave-asg", ForceDelete=True)
+    ec2.terminate_instances(InstanceIds=[a])
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
