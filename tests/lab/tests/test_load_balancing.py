@@ -197,3 +197,210 @@ def test_a_refresh_drains_a_target_before_terminating_its_instance_within_the_de
 
     asg.delete_auto_scaling_group(AutoScalingGroupName="drain-asg", ForceDelete=True)
     elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+
+
+def _states(elb, tg: str) -> dict[str, str]:
+    """Target id -> state, as DescribeTargetHealth lists the target group."""
+    return {d["Target"]["Id"]: d["TargetHealth"]["State"]
+            for d in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]}
+
+
+def _asked(elb, tg: str, target: str) -> dict:
+    """The health of one target asked for by id."""
+    found = elb.describe_target_health(TargetGroupArn=tg, Targets=[{"Id": target}])["TargetHealthDescriptions"]
+    return found[0]["TargetHealth"]
+
+
+DRAINING = {"State": "draining", "Reason": "Target.DeregistrationInProgress",
+            "Description": "Target deregistration is in progress"}
+# SetDesiredCapacity and DeregisterTargets are answered at once on AWS: well under the 5 s of a /slow request.
+ANSWERED_AT_ONCE = 3.0
+
+
+def test_a_set_desired_capacity_scale_in_drains_before_terminating_and_answers_at_once(lab, ec2, ubuntu_ami):
+    """SetDesiredCapacity below the instances in service: the one the termination policy picks is Terminating,
+    deregistered (draining) and terminated only once its in-flight request answered, within the delay; with a
+    delay shorter than the request, that request fails with a 502. The call itself does not wait."""
+    elb, asg = lab.client("elbv2"), lab.client("autoscaling")
+    stack = web_stack(lab, ec2, "shrink", ubuntu_ami, SLOW_USER_DATA.format(page="v1"))
+    tg, lb = stack["tg"], stack["lb"]
+    url = f"http://{lb['DNSName']}"
+    asg.update_auto_scaling_group(AutoScalingGroupName="shrink-asg", MinSize=1)
+
+    def scale_in_under_slow_requests(delay: int) -> tuple[str, str, dict]:
+        """Two /slow requests, one on each instance, in flight while the group shrinks from 2 to 1: the
+        instance picked, the one kept, and what each request got (by the instance that answered it, or
+        'cut')."""
+        elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+            {"Key": "deregistration_delay.timeout_seconds", "Value": str(delay)}])
+        members = wait_for("two healthy targets", lambda: len(h := healthy(elb, tg)) == 2 and h, HEALTHY_WAIT)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = [pool.submit(http_get, url + "/slow", SLOWER) for _ in range(2)]
+            time.sleep(0.5)
+            started = time.monotonic()
+            asg.set_desired_capacity(AutoScalingGroupName="shrink-asg", DesiredCapacity=1)
+            assert time.monotonic() - started < ANSWERED_AT_ONCE
+            group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["shrink-asg"])["AutoScalingGroups"][0]
+            lifecycle = {i["InstanceId"]: i["LifecycleState"] for i in group["Instances"]}
+            picked = next(i for i, state in lifecycle.items() if state == "Terminating")
+            kept = next(m for m in members if m != picked)
+            assert lifecycle[kept] == "InService", lifecycle
+            assert _asked(elb, tg, picked) == DRAINING
+            assert _states(elb, tg)[picked] == "draining"
+            got = [a.result() for a in answers]
+        return picked, kept, {(g[1].split()[1] if g and g[0] == 200 else "cut"): g for g in got}
+
+    # Within the delay: the picked instance answers its request, then it is terminated (before the delay ends).
+    picked, kept, got = scale_in_under_slow_requests(30)
+    assert set(got) == {picked, kept}, got
+    state = wait_for(f"{picked} terminated", lambda: (s := ec2.describe_instances(InstanceIds=[picked])[
+        "Reservations"][0]["Instances"][0]["State"]["Name"]) in ("shutting-down", "terminated") and s, 20, 0.5)
+    assert state in ("shutting-down", "terminated")
+    wait_for(f"{picked} out of the group", lambda: picked not in {
+        i["InstanceId"] for i in asg.describe_auto_scaling_groups(AutoScalingGroupNames=["shrink-asg"])[
+            "AutoScalingGroups"][0]["Instances"]}, 20, 0.5)
+    assert _asked(elb, tg, picked) == DRAINING  # until its delay ends
+
+    # A delay shorter than the request: the picked instance's request is cut; the kept one's answers.
+    asg.set_desired_capacity(AutoScalingGroupName="shrink-asg", DesiredCapacity=2)
+    picked, kept, got = scale_in_under_slow_requests(1)
+    assert set(got) == {"cut", kept}, got
+    assert got["cut"] == (502, "502 Bad Gateway\n"), got
+    # Past its delay the target is no longer listed, and asked for it is unused.
+    assert picked not in _states(elb, tg)
+    assert _asked(elb, tg, picked)["State"] == "unused"
+    activities = asg.describe_scaling_activities(AutoScalingGroupName="shrink-asg")["Activities"]
+    assert any(a["Description"] == f"Terminating EC2 instance: {picked}"
+               and "a user request explicitly set group desired capacity" in a["Cause"] for a in activities)
+
+    asg.delete_auto_scaling_group(AutoScalingGroupName="shrink-asg", ForceDelete=True)
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+
+
+def test_deregister_targets_drains_the_target_within_the_deregistration_delay(lab, ec2, ubuntu_ami):
+    """DeregisterTargets: the target gets no new requests at once, its in-flight request answers within the
+    delay (cut with a 502 past it), DescribeTargetHealth shows it draining, then unused; its instance runs on.
+    Registered again while draining, it is a target again (health checks from the start)."""
+    elb = lab.client("elbv2")
+    stack = web_stack(lab, ec2, "dereg", ubuntu_ami, SLOW_USER_DATA.format(page="v1"))
+    tg, lb = stack["tg"], stack["lb"]
+    url = f"http://{lb['DNSName']}"
+
+    def deregister_under_slow_requests(delay: int) -> tuple[str, str, dict]:
+        """Two /slow requests, one on each target, in flight while one target is deregistered: the target
+        deregistered, the one kept, and what each request got (by the instance that answered, or 'cut')."""
+        elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+            {"Key": "deregistration_delay.timeout_seconds", "Value": str(delay)}])
+        members = wait_for("two healthy targets", lambda: len(h := healthy(elb, tg)) == 2 and h, HEALTHY_WAIT)
+        gone, kept = sorted(members)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = [pool.submit(http_get, url + "/slow", SLOWER) for _ in range(2)]
+            time.sleep(0.5)
+            started = time.monotonic()
+            elb.deregister_targets(TargetGroupArn=tg, Targets=[{"Id": gone}])
+            assert time.monotonic() - started < ANSWERED_AT_ONCE
+            assert _asked(elb, tg, gone) == DRAINING
+            assert _states(elb, tg)[gone] == "draining"
+            # New requests go to the other target only.
+            assert pages(url, 4) == {f"v1 {kept}"}
+            got = [a.result() for a in answers]
+        return gone, kept, {(g[1].split()[1] if g and g[0] == 200 else "cut"): g for g in got}
+
+    gone, kept, got = deregister_under_slow_requests(30)
+    assert set(got) == {gone, kept}, got
+    assert _asked(elb, tg, gone) == DRAINING  # its request answered; draining until the delay ends
+    # Nothing registers it again (not its group either), and its instance runs on.
+    time.sleep(2)
+    assert _asked(elb, tg, gone) == DRAINING
+    inst = ec2.describe_instances(InstanceIds=[gone])["Reservations"][0]["Instances"][0]
+    assert inst["State"]["Name"] == "running"
+
+    # Registered again while draining: a target again, from its first health check.
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": gone}])
+    assert _asked(elb, tg, gone)["State"] == "initial"
+
+    # A delay shorter than the request: the deregistered target's request is cut; the other answers.
+    gone, kept, got = deregister_under_slow_requests(1)
+    assert set(got) == {"cut", kept}, got
+    assert got["cut"] == (502, "502 Bad Gateway\n"), got
+    assert gone not in _states(elb, tg)
+    assert _asked(elb, tg, gone) == {"State": "unused", "Reason": "Target.NotRegistered",
+                                     "Description": "Target is not registered to the target group"}
+
+    lab.client("autoscaling").delete_auto_scaling_group(AutoScalingGroupName="dereg-asg", ForceDelete=True)
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+
+
+def test_every_way_out_of_a_group_drains_and_answers_at_once(lab, ec2, ubuntu_ami):
+    """DetachInstances, TerminateInstanceInAutoScalingGroup (with and without decrementing the desired capacity)
+    and UpdateAutoScalingGroup lowering MaxSize: each answers at once, and each instance leaving the group is
+    deregistered from its target group (draining); a detached one runs on, a terminated one is Terminating
+    until it is terminated; without a decrement the group launches a replacement."""
+    elb, asg = lab.client("elbv2"), lab.client("autoscaling")
+    stack = web_stack(lab, ec2, "leave", ubuntu_ami, SLOW_USER_DATA.format(page="v1"))
+    tg, lb = stack["tg"], stack["lb"]
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+        {"Key": "deregistration_delay.timeout_seconds", "Value": "30"}])
+    asg.update_auto_scaling_group(AutoScalingGroupName="leave-asg", MinSize=0)
+
+    def lifecycle() -> dict[str, str]:
+        group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["leave-asg"])["AutoScalingGroups"][0]
+        return {i["InstanceId"]: i["LifecycleState"] for i in group["Instances"]}
+
+    def at_once(call, **kwargs):
+        started = time.monotonic()
+        call(**kwargs)
+        assert time.monotonic() - started < ANSWERED_AT_ONCE
+
+    def instance_state(iid: str) -> str:
+        return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+    a, b = wait_for("two healthy targets", lambda: len(h := healthy(elb, tg)) == 2 and sorted(h), HEALTHY_WAIT)
+
+    # Detached (no decrement): draining, running on, not registered again; the group replaces it.
+    at_once(asg.detach_instances, AutoScalingGroupName="leave-asg", InstanceIds=[a],
+            ShouldDecrementDesiredCapacity=False)
+    assert a not in lifecycle()
+    assert _asked(elb, tg, a) == DRAINING
+    # Terminated without a decrement, a request in flight on it (the only target left): Terminating and
+    # draining at once, terminated once the request answered; replaced.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(http_get, f"http://{lb['DNSName']}/slow", SLOWER)
+        time.sleep(0.5)
+        at_once(asg.terminate_instance_in_auto_scaling_group, InstanceId=b, ShouldDecrementDesiredCapacity=False)
+        assert lifecycle()[b] == "Terminating"
+        assert _asked(elb, tg, b) == DRAINING
+        assert answer.result() == (200, f"v1 {b}\n")
+    activities = asg.describe_scaling_activities(AutoScalingGroupName="leave-asg")["Activities"]
+    assert any(x["Description"] == f"Terminating EC2 instance: {b}"
+               and "taken out of service in response to a user request." in x["Cause"] for x in activities)
+    wait_for(f"{b} terminated", lambda: instance_state(b) in ("shutting-down", "terminated"), 20, 0.5)
+    wait_for(f"{b} out of the group", lambda: b not in lifecycle(), 20, 0.5)
+    assert instance_state(a) == "running" and _asked(elb, tg, a) == DRAINING
+    kept = wait_for("two healthy replacements", lambda: len(h := healthy(elb, tg)) == 2 and h, HEALTHY_WAIT)
+    assert not {a, b} & set(kept), kept
+    assert asg.describe_auto_scaling_groups(AutoScalingGroupNames=["leave-asg"])[
+        "AutoScalingGroups"][0]["DesiredCapacity"] == 2
+
+    # A lower MaxSize: one instance Terminating and draining at once.
+    at_once(asg.update_auto_scaling_group, AutoScalingGroupName="leave-asg", MaxSize=1)
+    states = lifecycle()
+    activities = asg.describe_scaling_activities(AutoScalingGroupName="leave-asg")["Activities"]
+    picked = next(x["Description"].split(": ")[1] for x in activities
+                  if "a user request update of AutoScalingGroup constraints" in x["Cause"])
+    assert picked in kept and states.get(picked, "Terminating") == "Terminating", (picked, states)
+    last = next(i for i in kept if i != picked)
+    assert states[last] == "InService", states
+    assert _asked(elb, tg, picked) == DRAINING
+
+    # Terminated with a decrement: draining, desired capacity 0, nothing replaces it.
+    at_once(asg.terminate_instance_in_auto_scaling_group, InstanceId=last, ShouldDecrementDesiredCapacity=True)
+    assert _asked(elb, tg, last) == DRAINING
+    wait_for("the group empty", lambda: not lifecycle(), 30, 0.5)
+    time.sleep(2)  # a replacement would be launched by now
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["leave-asg"])["AutoScalingGroups"][0]
+    assert group["DesiredCapacity"] == 0 and not group["Instances"], group
+
+    asg.delete_auto_scaling_group(AutoScalingGroupName="leave-asg", ForceDelete=True)
+    ec2.terminate_instances(InstanceIds=[a])
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])

@@ -1,8 +1,9 @@
 """EC2 Auto Scaling where moto has none: a group launches as Auto Scaling does (the template version it names,
 spread over its subnets), a launch EC2 refuses is a failed scaling activity tried in other zones and again after
 a backoff, running group instances are registered in the group's target groups, a group with ELB health checks
-replaces the instances its target groups find unhealthy after the grace period, and group metrics are collected
-as EnableMetricsCollection asks; and its moto patches."""
+replaces the instances its target groups find unhealthy after the grace period, an instance leaving the group
+(scale-in, termination, detaching) is drained from its target groups first, and group metrics are collected as
+EnableMetricsCollection asks; and its moto patches."""
 import json
 import threading
 import time
@@ -10,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from moto.autoscaling import models as asg_models
+from moto.autoscaling.exceptions import ValidationError
 from moto.autoscaling.models import autoscaling_backends
 from moto.autoscaling.responses import AutoScalingResponse
 from moto.core.responses import ActionResult, EmptyResult
@@ -19,6 +21,7 @@ from moto.elbv2.models import elbv2_backends
 
 from . import kms
 from .cloudwatch.metrics import GROUP_METRICS
+from .consistency import serving_one_of
 from .ec2 import sharing
 from .elb import Balancers
 from .limits import query_tags, tags
@@ -76,30 +79,44 @@ class Groups:
         self._lock = lock  # the scaling loop's (scaling.py)
         self.balancers = balancers
         self.activities: dict[tuple[str, str], list[Activity]] = {}  # (region, group) -> oldest first
+        # The activities' own: a request recording or describing them never waits for the scaling loop's lock
+        # (held through a drain, up to a deregistration delay).
+        self._activities_lock = threading.Lock()
         # (region, group) -> (failures in a row, when to try launching again)
         self.retries: dict[tuple[str, str], tuple[int, float]] = {}
         # (instance type, zone) -> "unsupported" (not offered there) or "insufficient" (no capacity now)
         self.unavailable: dict[tuple[str, str], str] = {}
+        # (target group arn, instance id): registered by its group once; one a client deregistered stays so
+        self.registered: set[tuple[str, str]] = set()
 
     def clear(self) -> None:
-        self.activities.clear()
+        self.registered.clear()
+        with self._activities_lock:
+            self.activities.clear()
         self.retries.clear()
         self.unavailable.clear()
 
     # ---- groups --------------------------------------------------------------------------------
     def register_targets(self) -> None:
-        """Registers running group instances in the group's target groups; removes the gone ones."""
+        """Registers running group instances in the group's target groups, each once (as Auto Scaling does when
+        the instance enters service); removes the gone ones."""
         for region, backend in backends(autoscaling_backends):
             elb = elbv2_backends[ACCOUNT][region]
             for group in list(backend.autoscaling_groups.values()):
                 running = {s.instance.id for s in group.instance_states
-                           if s.instance.id in self.lab.instances
+                           if s.instance.id in self.lab.instances and s.lifecycle_state != "Terminating"
                            and self.lab.instances[s.instance.id].state == "running"}
+                # A target group detached from the group registers its instances again once attached again.
+                self.registered -= {(arn, iid) for arn, iid in self.registered
+                                    if iid in running and arn not in group.target_group_arns}
                 for arn in group.target_group_arns:
                     tg = elb.target_groups.get(arn)
                     if tg is None:
                         continue
                     for iid in running - set(tg.targets):
+                        if (arn, iid) in self.registered:
+                            continue  # deregistered since (DeregisterTargets): AWS does not register it again
+                        self.registered.add((arn, iid))
                         tg.targets[iid] = {"Id": iid, "Port": tg.port}
                         self.lab.event("target_registered", target_group=arn, target=iid)
                     members = {s.instance.id for s in group.instance_states}
@@ -161,13 +178,78 @@ class Groups:
     def terminate(self, region: str, group, ids: list[str], replace: bool) -> None:
         """Terminates instances of `group` as Auto Scaling does: drained from the group's target groups first
         (`Balancers.drain`), then terminated. `replace`: they are still among the group's instances, and the
-        group launches their replacements."""
-        backend = autoscaling_backends[ACCOUNT][region]
+        group launches their replacements. The scaling loop's way: it waits, holding its lock."""
         self.balancers.drain(region, list(group.target_group_arns), ids)
+        self._terminated(region, ids, replace)
+
+    def terminate_later(self, region: str, group, states: list) -> None:
+        """Terminates instances of `group` for a request AWS answers at once (SetDesiredCapacity,
+        UpdateAutoScalingGroup, TerminateInstanceInAutoScalingGroup): they are `Terminating` from now on (not
+        counted in the group's capacity, "Amazon EC2 Auto Scaling instance lifecycle"), deregistered from its
+        target groups now, and terminated in the background once drained, as `terminate` does."""
+        ids = [s.instance.id for s in states]
+        for s in states:
+            s.lifecycle_state = "Terminating"
+        waits = self.balancers.deregister(region, list(group.target_group_arns), ids)
+
+        def finish():
+            self.balancers.wait_drained(waits)
+            group.instance_states = [s for s in group.instance_states if s.instance.id not in ids]
+            self._terminated(region, ids, replace=False)
+
+        if ids:
+            self.lab.background(f"terminate {' '.join(ids)}", finish)
+
+    def detach(self, region: str, group, ids: list[str]) -> None:
+        """DetachInstances: "If there are target groups attached to the Auto Scaling group, the instances are
+        deregistered from the target groups"; they drain as any deregistered target (the caller does not
+        wait) and keep running."""
+        waits = self.balancers.deregister(region, list(group.target_group_arns), ids)
+        if waits:
+            self.lab.background(f"drain {' '.join(ids)}", self.balancers.wait_drained, waits)
+
+    def _terminated(self, region: str, ids: list[str], replace: bool) -> None:
+        backend = autoscaling_backends[ACCOUNT][region]
         backend.ec2_backend.terminate_instances(ids)
         elbv2_backends[ACCOUNT][region].notify_terminate_instances(ids)
         if replace:
             backend.notify_terminate_instances(ids)
+
+    def scale_in(self, region: str, group, count: int, cause: str, desired: int, want: int, wait: bool) -> None:
+        """Terminate `count` instances as the default termination policy picks them: from the zone with the most
+        instances, those on an older launch template version first, then the oldest; each a scaling activity
+        whose cause is `cause` and the shrinking from `desired` to `want`. `wait`: drained and terminated before
+        this returns (the scaling loop), else in the background (`terminate_later`, a request's)."""
+        candidates = [s for s in group.instance_states
+                      if s.lifecycle_state == "InService" and not s.protected_from_scale_in]
+        victims = []
+        current = str(group.launch_template_version)
+        for _ in range(min(count, len(candidates))):
+            zones: dict[str, int] = {}
+            for s in candidates:
+                zones[s.instance.availability_zone] = zones.get(s.instance.availability_zone, 0) + 1
+            zone = max(zones, key=lambda z: (zones[z], z))
+            pool = [s for s in candidates if s.instance.availability_zone == zone]
+            pool.sort(key=lambda s: (getattr(s.instance, "lab_lt_version", current) == current,
+                                     launched_at(self.lab, s)))
+            victims.append(pool[0])
+            candidates.remove(pool[0])
+        now = time.time()
+        for s in victims:
+            self.record(region, Activity(
+                group=group.name, status="Successful",
+                description=f"Terminating EC2 instance: {s.instance.id}",
+                cause=cause + f"At {iso(now)} an instance was taken out of service in response to a difference "
+                              f"between desired and actual capacity, shrinking the capacity from {desired} to "
+                              f"{want}.  At {iso(now)} instance {s.instance.id} was selected for termination.",
+                details={"Availability Zone": s.instance.availability_zone}))
+        if not victims:
+            return
+        if wait:
+            group.instance_states = [s for s in group.instance_states if s not in victims]
+            self.terminate(region, group, [s.instance.id for s in victims], replace=False)
+        else:
+            self.terminate_later(region, group, victims)
 
     # ---- launches and scaling activities --------------------------------------------------------
     def set_capacity(self, body: dict) -> dict:
@@ -199,14 +281,15 @@ class Groups:
         return None
 
     def record(self, region: str, activity: Activity) -> None:
-        with self._lock:
+        with self._activities_lock:
             self.activities.setdefault((region, activity.group), []).append(activity)
         if activity.status == "Failed":
             self.lab.event("launch_failed", group=activity.group, reason=activity.message)
 
     def launch_outcome(self, region: str, group: str, failed: bool) -> None:
-        """After a failed launch the group tries again after a backoff; a launch resets it."""
-        with self._lock:
+        """After a failed launch the group tries again after a backoff; a launch resets it. (Under the activities'
+        lock, not the loop's: a request's launch must not wait for the loop's drains.)"""
+        with self._activities_lock:
             key = (region, group)
             if not failed:
                 self.retries.pop(key, None)
@@ -229,11 +312,30 @@ class Groups:
                 group.replace_autoscaling_group_instances(missing, group.get_propagated_tags())
 
     def describe_activities(self, region: str, group_name: str | None, limit: int | None) -> list[dict]:
-        with self._lock:
+        with self._activities_lock:
             found = [a for (r, g), acts in self.activities.items() if r == region
                      and (group_name is None or g == group_name) for a in acts]
         found.sort(key=lambda a: a.start, reverse=True)
         return [a.describe() for a in found[:limit or 100]]
+
+
+def _request_cause(group, desired: int, want: int) -> str:
+    """The start of a scale-in's cause when a client's request changed the desired capacity, as Auto Scaling
+    words it."""
+    now = iso(time.time())
+    if serving_one_of("SetDesiredCapacity"):
+        return (f"At {now} a user request explicitly set group desired capacity changing the desired capacity "
+                f"from {desired} to {want}.  ")
+    if serving_one_of("UpdateAutoScalingGroup"):
+        return (f"At {now} a user request update of AutoScalingGroup constraints to min: {group.min_size}, max: "
+                f"{group.max_size}, desired: {want} changing the desired capacity from {desired} to {want}.  ")
+    return ""
+
+
+def launched_at(lab, state) -> float:
+    """When the instance entered service (its container running; not yet: now)."""
+    inst = lab.instances.get(state.instance.id)
+    return inst.running_at if inst is not None and inst.running_at else time.time()
 
 
 def _all_group_instances() -> set[str]:
@@ -344,6 +446,61 @@ def install(groups: Groups) -> None:
         groups.launch_outcome(region, group.name, failed)
 
     group_cls.replace_autoscaling_group_instances = replace_instances
+
+    original_set_desired_capacity = group_cls.set_desired_capacity
+
+    def set_desired_capacity(group, new_capacity: int | None) -> None:
+        """A desired capacity below the instances in service (SetDesiredCapacity, UpdateAutoScalingGroup, a
+        lower MaxSize): the surplus is picked by the default termination policy, deregistered and drained from
+        the group's target groups and then terminated, in the background: the request is answered at once
+        (`Groups.scale_in`). Moto would terminate its first instances there and then."""
+        want = int(group.min_size if new_capacity is None else new_capacity)
+        desired = int(getattr(group, "desired_capacity", None) or 0)  # unset while moto creates the group
+        surplus = len(group.active_instances()) - want
+        if surplus > 0:
+            group.desired_capacity = want
+            groups.scale_in(group.region, group, surplus, _request_cause(group, desired, want), desired, want,
+                            wait=False)
+        original_set_desired_capacity(group, new_capacity)
+
+    group_cls.set_desired_capacity = set_desired_capacity
+
+    def terminate_instance(backend, instance_id: str, should_decrement: bool):
+        """TerminateInstanceInAutoScalingGroup: the instance is Terminating, drained and then terminated in
+        the background; unless the desired capacity is decremented, the group launches its replacement."""
+        state = next((s for g in backend.autoscaling_groups.values() for s in g.instance_states
+                      if s.instance.id == instance_id), None)
+        if state is None:
+            raise ValidationError(f"Instance Id not found - No managed instance found for instance ID: "
+                                  f"{instance_id}")
+        group = state.instance.autoscaling_group
+        original_size = int(group.desired_capacity or 0)
+        if not state.lifecycle_state.startswith("Terminating"):
+            now = time.time()
+            cause = f"At {iso(now)} instance {instance_id} was taken out of service in response to a user request"
+            if should_decrement:
+                group.desired_capacity = original_size - 1
+                cause += f", shrinking the capacity from {original_size} to {original_size - 1}."
+            groups.record(group.region, Activity(
+                group=group.name, status="Successful", description=f"Terminating EC2 instance: {instance_id}",
+                cause=cause + ("" if should_decrement else "."),
+                details={"Availability Zone": state.instance.availability_zone}))
+            groups.terminate_later(group.region, group, [state])
+            group.set_desired_capacity(group.desired_capacity)
+        return asg_models.TerminateInstanceActivity(state.instance, original_size)
+
+    asg_models.AutoScalingBackend.terminate_instance = terminate_instance
+
+    original_detach_instances = asg_models.AutoScalingBackend.detach_instances
+
+    def detach_instances(backend, group_name: str, instance_ids: list[str], should_decrement: bool):
+        group = backend.autoscaling_groups.get(group_name)
+        if group is not None:
+            members = [s.instance.id for s in group.instance_states if s.instance.id in instance_ids]
+            groups.detach(group.region, group, members)
+        return original_detach_instances(backend, group_name, instance_ids, should_decrement)
+
+    asg_models.AutoScalingBackend.detach_instances = detach_instances
 
     def launch_template(state):
         group = state.auto_scaling_group

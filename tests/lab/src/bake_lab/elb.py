@@ -83,8 +83,11 @@ class Proxy:
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
                 headers["X-Forwarded-For"] = self.client_address[0]
+                sock = None
                 try:
                     sock = socket_in_netns(proxy.balancers.lab.net.router_ns, socket.AF_INET, socket.SOCK_STREAM)
+                    # Counted against the target's drain: closed when its deregistration delay ends.
+                    proxy.balancers.attach(chosen, sock)
                     sock.bind((proxy.address, 0))  # from the balancer, as its security group names it
                     sock.settimeout(10)
                     sock.connect((ip, port))
@@ -97,9 +100,12 @@ class Proxy:
                     elapsed = time.monotonic() - sent
                     data = answer.read()
                     upstream.close()
-                except OSError:
+                except (OSError, http.client.HTTPException):
                     proxy.balancers.traffic.request(region, lb, tg, None, None)
                     return self._answer(502, "502 Bad Gateway\n")
+                finally:
+                    if sock is not None:
+                        proxy.balancers.detach(chosen, sock)
                 proxy.balancers.traffic.request(region, lb, tg, answer.status, elapsed)
                 self.send_response(answer.status, answer.reason)
                 for k, v in answer.getheaders():
@@ -174,6 +180,8 @@ class Balancers:
         self._routes: dict[tuple[str, str, int], list] = {}  # (region, lb arn, port) -> last healthy targets
         self._flight = threading.Lock()  # the data path's choice of a target and its count, against `drain`
         self._in_flight: dict[tuple[str, str], int] = {}  # (tg arn, target id) -> requests awaiting an answer
+        # (tg arn, target id) -> the sockets of its requests in flight, closed when its deregistration delay ends
+        self._upstreams: dict[tuple[str, str], set] = {}
         # (tg arn, target id) -> (the target, when its deregistration delay ends): `drain`'s, shown as draining
         self.draining: dict[tuple[str, str], tuple[dict, float]] = {}
 
@@ -287,6 +295,92 @@ class Balancers:
             if not self._in_flight[key]:
                 del self._in_flight[key]
 
+    def attach(self, chosen: tuple[str, int, str, str], sock: socket.socket) -> None:
+        """The socket of a request `pick` sent to `chosen`; refused (OSError) when the target's deregistration
+        delay has already ended."""
+        key = (chosen[2], chosen[3])
+        with self._flight:
+            drained = self.draining.get(key)
+            if drained is not None and time.time() >= drained[1]:
+                raise ConnectionAbortedError(f"{key[1]} has completed deregistration")
+            self._upstreams.setdefault(key, set()).add(sock)
+
+    def detach(self, chosen: tuple[str, int, str, str], sock: socket.socket) -> None:
+        key = (chosen[2], chosen[3])
+        with self._flight:
+            socks = self._upstreams.get(key)
+            if socks is not None:
+                socks.discard(sock)
+                if not socks:
+                    del self._upstreams[key]
+        sock.close()
+
+    def deregister(self, region: str, target_groups: list[str], instance_ids: list[str]) -> list:
+        """Deregisters the instances from the target groups as Auto Scaling does before they leave the group:
+        each gets no new request from now on and is shown draining for its group's deregistration delay.
+        Returns what `wait_drained` waits for."""
+        backend = elbv2_backends[ACCOUNT][region]
+        found = []
+        with self._flight:
+            for tg in filter(None, map(backend.target_groups.get, target_groups)):
+                for iid in instance_ids:
+                    target = tg.targets.pop(iid, None)
+                    if target is not None:
+                        found.append(self._begin_drain(tg, target))
+        return found
+
+    def _begin_drain(self, tg, target: dict) -> tuple[tuple[str, str], float]:
+        """`target`, just removed from `tg`'s targets, drains until the group's deregistration delay ends
+        (AWS's default 300 s). Called with `_flight` held."""
+        self.lab.event("target_deregistered", target_group=tg.arn, target=target["Id"])
+        delay = float(tg.attributes.get("deregistration_delay.timeout_seconds", 300))
+        self.draining[(tg.arn, target["Id"])] = (target, time.time() + delay)
+        return (tg.arn, target["Id"]), time.monotonic() + delay
+
+    def deregistered(self, tg, targets: list[dict]) -> None:
+        """DeregisterTargets (or DetachLoadBalancerTargetGroups) removed `targets` from `tg`: they drain as
+        any deregistered target does, their in-flight requests cut when the delay ends, without the
+        caller waiting ("the load balancer stops sending requests to targets that are deregistering, but
+        uses connection draining to ensure that in-flight traffic completes", DeregisterTargets)."""
+        with self._flight:
+            waits = [self._begin_drain(tg, t) for t in targets]
+        if waits:
+            self.lab.background(f"drain {tg.arn}", self.wait_drained, waits)
+
+    def reregistered(self, tg, target_ids: list[str]) -> None:
+        """RegisterTargets of a draining target registers it anew: it is no longer draining (its requests in
+        flight are not cut), and its health checks start over (`initial`)."""
+        with self._flight:
+            for iid in target_ids:
+                if self.draining.pop((tg.arn, iid), None) is not None:
+                    self.probes.pop((tg.arn, iid), None)
+
+    def wait_drained(self, waits: list) -> None:
+        """Returns once each deregistered target of `waits` has no request in flight or its deregistration
+        delay has ended; at that end its requests still in flight are cut (their clients get a 502), as the
+        load balancer closes the connections of a target that completed deregistration. A target registered
+        again meanwhile is no longer waited for. Bounded by the longest delay (at most 3600 s)."""
+        while waits:
+            cut = []
+            with self._flight:
+                now = time.monotonic()
+                still = []
+                for key, until in waits:
+                    if key not in self.draining or not self._in_flight.get(key):
+                        continue
+                    if now >= until:
+                        cut += list(self._upstreams.get(key, ()))
+                    else:
+                        still.append((key, until))
+                waits = still
+            for sock in cut:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed by its request
+            if waits:
+                time.sleep(DRAIN_POLL)
+
     def drain(self, region: str, target_groups: list[str], instance_ids: list[str]) -> None:
         """Deregisters the instances from the target groups and returns once their in-flight
         requests have answered or the group's deregistration delay has passed, as Auto Scaling does before it
@@ -295,23 +389,7 @@ class Balancers:
         deregistration at once; then the Auto Scaling group's instance can be terminated). Without it, a
         request already sent to an instance the group terminates would fail with a 502. Called with the
         scaling loop's lock held: the wait is that of requests already in flight, bounded by the delay."""
-        backend = elbv2_backends[ACCOUNT][region]
-        waits = []
-        with self._flight:
-            for tg in filter(None, map(backend.target_groups.get, target_groups)):
-                for iid in instance_ids:
-                    target = tg.targets.pop(iid, None)
-                    if target is not None:
-                        self.lab.event("target_deregistered", target_group=tg.arn, target=iid)
-                        delay = float(tg.attributes.get("deregistration_delay.timeout_seconds", 300))
-                        waits.append(((tg.arn, iid), time.monotonic() + delay))
-                        self.draining[(tg.arn, iid)] = (target, time.time() + delay)
-        while waits:
-            with self._flight:
-                now = time.monotonic()
-                waits = [(key, until) for key, until in waits if self._in_flight.get(key) and now < until]
-            if waits:
-                time.sleep(DRAIN_POLL)
+        self.wait_drained(self.deregister(region, target_groups, instance_ids))
 
     def _routable(self, region: str, tg_arn: str, target_id: str) -> bool:
         """Still registered in its target group and running (single dict reads: safe without the lock)."""
@@ -460,6 +538,24 @@ def install(balancers: Balancers) -> None:
         return status
 
     elb_models.FakeTargetGroup.health_for = health_for
+
+    original_register = elb_models.FakeTargetGroup.register
+    original_deregister = elb_models.FakeTargetGroup.deregister
+
+    def register(tg, targets):
+        original_register(tg, targets)
+        balancers.reregistered(tg, [t["Id"] for t in targets])
+
+    def deregister(tg, targets):
+        """The target leaves `targets` (no new requests) at once and drains (elb.py `Balancers.deregistered`)."""
+        before = dict(tg.targets)
+        try:
+            original_deregister(tg, targets)
+        finally:  # moto stops at an unknown target, the ones before it deregistered
+            balancers.deregistered(tg, [before[iid] for iid in before if iid not in tg.targets])
+
+    elb_models.FakeTargetGroup.register = register
+    elb_models.FakeTargetGroup.deregister = deregister
 
     original_describe_target_health = elb_models.ELBv2Backend.describe_target_health
 

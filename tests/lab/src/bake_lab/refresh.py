@@ -245,6 +245,7 @@ class Refreshes:
         r.to_replace = {s.instance.id for s in states
                         if (not (r.skip_matching or r.rolling_back) or _version_of(s) != target)
                         and not (s.lifecycle_state == "Standby" and r.preferences["StandbyInstances"] != "Wait")
+                        and not s.lifecycle_state.startswith("Terminating")
                         and not (s.protected_from_scale_in
                                  and r.preferences["ScaleInProtectedInstances"] == "Ignore")}
         r.total = len(r.to_replace)

@@ -12,7 +12,7 @@ from moto.autoscaling.responses import AutoScalingResponse
 from moto.cloudwatch.models import cloudwatch_backends
 from moto.core.responses import ActionResult
 
-from .asg import Activity, iso
+from .asg import iso, launched_at
 from .cloudwatch import scale
 from .limits import LimitError
 from .patching import ACCOUNT, before, replace
@@ -109,7 +109,7 @@ class Tracking:
         warmup = float(policy.estimated_instance_warmup or group.default_cooldown or 300) * scale(self.lab)
         now = time.time()
         members = [s for s in group.instance_states if s.lifecycle_state == "InService"]
-        warming = [s for s in members if _launched(self.lab, s) + warmup > now]
+        warming = [s for s in members if launched_at(self.lab, s) + warmup > now]
         desired = int(group.desired_capacity or 0)
         if out:
             # Instances still warming up are not counted: the ready ones' load decides (see FIDELITY.md).
@@ -137,44 +137,7 @@ class Tracking:
             finally:
                 group.lab_cause = ""
         else:
-            self._scale_in(region, group, len(members) - want, cause, desired, want)
-
-    def _scale_in(self, region: str, group, count: int, cause: str, desired: int, want: int) -> None:
-        """Terminate `count` instances as the default termination policy picks them: from the zone with the most
-        instances, those on an older launch template version first, then the oldest."""
-        candidates = [s for s in group.instance_states
-                      if s.lifecycle_state == "InService" and not s.protected_from_scale_in]
-        victims = []
-        current = str(group.launch_template_version)
-        for _ in range(min(count, len(candidates))):
-            zones: dict[str, int] = {}
-            for s in candidates:
-                zones[s.instance.availability_zone] = zones.get(s.instance.availability_zone, 0) + 1
-            zone = max(zones, key=lambda z: (zones[z], z))
-            pool = [s for s in candidates if s.instance.availability_zone == zone]
-            pool.sort(key=lambda s: (getattr(s.instance, "lab_lt_version", current) == current,
-                                     _launched(self.lab, s)))
-            victims.append(pool[0])
-            candidates.remove(pool[0])
-        now = time.time()
-        ids = [s.instance.id for s in victims]
-        for s in victims:
-            self.groups.record(region, Activity(
-                group=group.name, status="Successful",
-                description=f"Terminating EC2 instance: {s.instance.id}",
-                cause=cause + f"At {iso(now)} an instance was taken out of service in response to a difference "
-                              f"between desired and actual capacity, shrinking the capacity from {desired} to "
-                              f"{want}.  At {iso(now)} instance {s.instance.id} was selected for termination.",
-                details={"Availability Zone": s.instance.availability_zone}))
-        group.instance_states = [s for s in group.instance_states if s not in victims]
-        if ids:
-            self.groups.terminate(region, group, ids, replace=False)
-
-
-def _launched(lab, state) -> float:
-    """When the instance entered service (its container running; not yet: now)."""
-    inst = lab.instances.get(state.instance.id)
-    return inst.running_at if inst is not None and inst.running_at else time.time()
+            self.groups.scale_in(region, group, len(members) - want, cause, desired, want, wait=True)
 
 
 def _latest(region: str, alarm) -> float | None:
