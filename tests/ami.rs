@@ -7,15 +7,8 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
 use bake::aws;
+use support::output::{stderr, stdout};
 use support::{Lab, Scratch, quick_config, repo, signal};
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 async fn tag(lab: &Lab, ami: &str, key: &str) -> Option<String> {
     let out = lab

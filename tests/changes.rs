@@ -5,15 +5,8 @@
 
 mod support;
 
+use support::output::{stderr, stdout};
 use support::{Lab, bake_offline, repo};
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 const BUCKET: &str = "bake-records-changes";
 

@@ -6,11 +6,12 @@ mod support;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesError;
 use aws_smithy_mocks::{MockResponseInterceptor, RuleMode, create_mock_http_client, mock};
+use support::output::stderr;
 use support::{Lab, REGION, Scratch, quick_config, repo};
 
 /// bake with nothing from this machine's environment: HOME is `home`, no AWS variable is set.
@@ -24,10 +25,6 @@ fn clean_bake(home: &Path, args: &[&str]) -> Command {
         .env("HOME", home)
         .stdin(std::process::Stdio::null());
     command
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

@@ -705,6 +705,7 @@ async fn a_pending_copy_is_left_to_the_stage_by_the_cleanup_beside_it_and_remove
 
 // The lab: two regions and a second account, as on AWS.
 
+use support::output::{stderr, stdout};
 use support::{Lab, REGION, repo};
 
 /// Account B, which images are shared with; account C, which nothing is shared with (the lab's
@@ -791,10 +792,6 @@ fn distributed_config(dir: &Path, regions: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim().to_owned()
-}
-
 /// The CopyImage calls the lab saw, by destination region.
 async fn copies_into(lab: &Lab, region: &str) -> usize {
     lab.requests()
@@ -841,7 +838,7 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
     let out = lab
         .run_bake(&["-c", &config, "-o", "json", "ami", "web"])
         .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", stderr(&out));
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let baked = &result["images"][0];
     let source = baked["ami_id"].as_str().unwrap().to_owned();
@@ -984,8 +981,8 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
     let before = copies_into(&lab, "us-east-1").await;
     let launches = lab.calls("RunInstances").await;
     let again = lab.run_bake(&["-c", &config, "ami", "web"]).await;
-    assert!(again.status.success(), "{}", text(&again.stderr));
-    assert_eq!(text(&again.stdout), format!("{source}\nus-east-1 {copy}"));
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(stdout(&again), format!("{source}\nus-east-1 {copy}"));
     assert_eq!(
         copies_into(&lab, "us-east-1").await,
         before,
@@ -1004,7 +1001,7 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
         "\"ap-northeast-2\", \"us-east-1\", \"us-west-2\"",
     );
     let third = lab.run_bake(&["-c", &config, "ami", "web"]).await;
-    assert!(third.status.success(), "{}", text(&third.stderr));
+    assert!(third.status.success(), "{}", stderr(&third));
     assert_eq!(copies_into(&lab, "us-east-1").await, before);
     assert_eq!(copies_into(&lab, "us-west-2").await, 1);
     assert_eq!(
@@ -1012,7 +1009,7 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
         launches,
         "nothing baked again"
     );
-    let lines: Vec<String> = text(&third.stdout).lines().map(str::to_owned).collect();
+    let lines: Vec<String> = stdout(&third).lines().map(str::to_owned).collect();
     assert_eq!(lines[..2], [source.clone(), format!("us-east-1 {copy}")]);
     let west = aws_sdk_ec2::Client::new(&sdk(&lab, "us-west-2", None).await);
     let west_images = copy_in(&west, &digest).await;
@@ -1038,14 +1035,14 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
         "\"ap-northeast-2\", \"us-east-1\", \"us-west-2\", \"eu-west-1\"",
     );
     let failed = lab.run_bake(&["-c", &config, "ami", "web"]).await;
-    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
-    let out = text(&failed.stdout);
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    let out = stdout(&failed);
     assert!(
         out.starts_with(&format!("{source}\nus-east-1 {copy}\nus-west-2 ")),
         "{out}"
     );
     assert!(out.contains("eu-west-1 failed: "), "{out}");
-    let err = text(&failed.stderr);
+    let err = stderr(&failed);
     assert!(err.contains("copies failed in eu-west-1"), "{err}");
     let euw = aws_sdk_ec2::Client::new(&sdk(&lab, "eu-west-1", None).await);
     let left = euw.describe_images().owners("self").send().await.unwrap();
@@ -1093,8 +1090,8 @@ async fn a_missing_alias_exits_2_at_preflight_and_the_default_key_with_sharing_a
         .unwrap()
         + 1;
     let out = lab.run_bake(&["-c", &config, "ami", "web"]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
     assert!(
         err.contains(&format!(
             "bake.toml:{line}:11: image.web.distribute.kms_key: KMS key alias/bake-dist in us-east-1: does not exist"
@@ -1114,8 +1111,8 @@ async fn a_missing_alias_exits_2_at_preflight_and_the_default_key_with_sharing_a
     )
     .unwrap();
     let out = lab.run_bake(&["-c", &config, "validate"]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
     assert!(
         err.contains(&format!(
             "bake.toml:{line}:11: image.web.distribute.kms_key: alias/aws/ebs cannot be used while sharing with accounts: AWS managed keys cannot be shared"
@@ -1170,7 +1167,7 @@ async fn sigint_while_a_copy_is_pending_removes_the_copy_and_keeps_the_tested_im
             },
         )
         .await;
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     let east = aws_sdk_ec2::Client::new(&sdk(&lab, "us-east-1", None).await);
     // The copy (pending when interrupted) is deregistered and its snapshot deleted.
     let (images, snapshots) = run_tagged(&east).await;

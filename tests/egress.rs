@@ -20,6 +20,7 @@ use support::network::{
     Network, assert_no_egress_left, bake_addresses, default_route_of, live_nat_gateways,
     nat_gateway, route_default, subnet_named, table_of,
 };
+use support::output::{stderr, stdout};
 use support::{Lab, Scratch};
 
 async fn subnet(clients: &Clients, id: &str) -> Subnet {
@@ -359,14 +360,6 @@ async fn a_joiner_that_finds_the_gateway_closing_waits_for_it_to_go_and_makes_it
             .all(|(id, _)| *id != new),
         "the joiner's gateway is gone"
     );
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// One image on a private builder in the workshop's network with a temporary NAT and the SSM

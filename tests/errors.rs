@@ -7,9 +7,10 @@ mod support;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::output::stderr;
 use support::{REGION, Scratch, quick_config, repo};
 
 /// Words of Rust's `Debug` output that must never reach a person.
@@ -38,10 +39,6 @@ fn bake(home: &Path, args: &[&str]) -> Command {
         .env("AWS_SECRET_ACCESS_KEY", "secret")
         .stdin(std::process::Stdio::null());
     command
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A loopback URL where nothing listens: connections are refused at once.

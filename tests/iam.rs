@@ -8,11 +8,8 @@ use std::collections::BTreeSet;
 use std::process::Output;
 
 use serde_json::{Value, json};
+use support::output::stderr;
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config, quick_rollout};
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// `bake iam-policy COMMAND` for the config, as JSON.
 fn policy(config: &str, command: &str) -> Value {

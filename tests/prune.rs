@@ -4,11 +4,8 @@ mod support;
 
 use std::time::Duration;
 
+use support::output::stderr;
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 async fn bake(lab: &Lab, body: &str) -> String {
     let config = quick_config(&format!("body = {body:?}"), "", "") + NO_TEST_STAGE;

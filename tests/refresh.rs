@@ -7,11 +7,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use support::output::stderr;
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// The quick image serving `body` (its health check on `/healthz` expects `expect`; `vars` adds
 /// to its vars) and a rollout of it on Web-ASG with `capacity` and `refresh`, probed on `/`, shaped

@@ -6,15 +6,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use support::output::{stderr, stdout};
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// The quick image (a page served at boot by systemd) and a rollout of it shaped like the
 /// workshops' part 2: Web-ALB on the public subnets, Web-ASG on the private ones.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use support::output::stderr;
 use support::{Lab, repo};
 
 /// Scale-out needs three CPU periods above the target plus a launch and its warm-up; with the
@@ -17,10 +18,6 @@ const SCALE_OUT_WITHIN: Duration = Duration::from_secs(180);
 const SCALE_IN_WITHIN: Duration = Duration::from_secs(300);
 /// Clients hitting /load at once: more than the two instances' four gunicorn workers.
 const LOAD_CLIENTS: usize = 8;
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// The group's desired capacity and its instances.
 async fn capacity(lab: &Lab) -> (i32, usize) {

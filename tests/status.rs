@@ -4,15 +4,8 @@
 
 mod support;
 
+use support::output::{stderr, stdout};
 use support::{Lab, Scratch, quick_config, quick_rollout};
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// The quick image (its test stage on) and a one-instance rollout of it.
 fn config(body: &str) -> String {

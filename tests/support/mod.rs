@@ -5,6 +5,7 @@
 
 pub mod mocks;
 pub mod network;
+pub mod output;
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
