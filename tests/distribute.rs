@@ -8,7 +8,6 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::copy_image::{CopyImageError, CopyImageOutput};
 use aws_sdk_ec2::operation::delete_snapshot::DeleteSnapshotOutput;
 use aws_sdk_ec2::operation::deregister_image::DeregisterImageOutput;
@@ -32,8 +31,7 @@ use bake::ami::distribute::{self, CopyOutcome, Plan, Share, Target};
 use bake::aws::Clients;
 use bake::config::Config;
 use bake::janitor::Janitor;
-use bake::output::Progress;
-use support::mocks::Answers;
+use support::mocks::{Answers, meta, progress};
 
 /// Clients in ap-northeast-2 whose EC2 and KMS calls (in every region: `in_region` keeps the
 /// mocks) are answered by the rules.
@@ -44,17 +42,6 @@ fn mocked_clients(ec2: &[&Rule], kms: &[&Rule]) -> Clients {
         ..Answers::default()
     }
     .clients("ap-northeast-2")
-}
-
-fn progress() -> Progress {
-    Progress::new(
-        &indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
-        "web",
-    )
-}
-
-fn meta(code: &str, message: &str) -> ErrorMetadata {
-    ErrorMetadata::builder().code(code).message(message).build()
 }
 
 const CONFIG: &str = r#"

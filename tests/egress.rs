@@ -730,7 +730,6 @@ fn mocked(rules: &[&aws_smithy_mocks::Rule]) -> Clients {
 
 #[tokio::test(start_paused = true)]
 async fn gc_releases_the_address_once_the_deleted_gateway_lets_go_of_it() {
-    use aws_sdk_ec2::error::ErrorMetadata;
     use aws_sdk_ec2::operation::delete_nat_gateway::DeleteNatGatewayOutput;
     use aws_sdk_ec2::operation::delete_route::DeleteRouteOutput;
     use aws_sdk_ec2::operation::describe_addresses::DescribeAddressesOutput;
@@ -741,6 +740,7 @@ async fn gc_releases_the_address_once_the_deleted_gateway_lets_go_of_it() {
         NatGateway, NatGatewayAddress, NatGatewayState, Route, RouteTable, Tag,
     };
     use aws_smithy_mocks::mock;
+    use support::mocks::meta;
 
     let gateway = |state: NatGatewayState| {
         NatGateway::builder()
@@ -797,12 +797,10 @@ async fn gc_releases_the_address_once_the_deleted_gateway_lets_go_of_it() {
             .build()
     });
     let in_use = || {
-        ReleaseAddressError::generic(
-            ErrorMetadata::builder()
-                .code("InvalidIPAddress.InUse")
-                .message("Address 100.64.0.9 is in use.")
-                .build(),
-        )
+        ReleaseAddressError::generic(meta(
+            "InvalidIPAddress.InUse",
+            "Address 100.64.0.9 is in use.",
+        ))
     };
     let release = mock!(aws_sdk_ec2::Client::release_address)
         .sequence()

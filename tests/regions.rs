@@ -558,10 +558,7 @@ fn gc_clients(region: &'static str, throttled: bool) -> bake::aws::Clients {
             ($($op:ident => $error:path),* $(,)?) => {
                 vec![$(aws_smithy_mocks::mock!(aws_sdk_ec2::Client::$op).then_error(|| {
                     <$error>::generic(
-                        aws_sdk_ec2::error::ErrorMetadata::builder()
-                            .code("RequestLimitExceeded")
-                            .message("Request limit exceeded.")
-                            .build(),
+                        support::mocks::meta("RequestLimitExceeded", "Request limit exceeded."),
                     )
                 })),*]
             };

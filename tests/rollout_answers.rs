@@ -24,7 +24,6 @@ use aws_sdk_autoscaling::types::{
     Activity, AutoScalingGroup, InstanceRefresh, InstanceRefreshStatus,
     LaunchTemplateSpecification, LifecycleState, ScalingActivityStatusCode,
 };
-use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::authorize_security_group_ingress::AuthorizeSecurityGroupIngressOutput;
 use aws_sdk_ec2::operation::create_security_group::CreateSecurityGroupOutput;
 use aws_sdk_ec2::operation::delete_security_group::{
@@ -46,34 +45,12 @@ use aws_sdk_elasticloadbalancingv2::types::TargetGroup;
 use aws_smithy_mocks::{Rule, mock};
 use bake::aws::Clients;
 use bake::janitor::{self, Janitor, Resource};
-use bake::output::Progress;
 use bake::resolve::Subnet;
 use bake::rollout::preflight;
 use bake::rollout::stack::{self, Stack};
 use bake::rollout::{refresh, rollback};
-use mocks::Answers;
+use mocks::{Answers, clients_of, meta, progress};
 use tokio::time::Instant;
-
-fn clients_of(ec2_rules: &[&Rule], autoscaling_rules: &[&Rule], elb_rules: &[&Rule]) -> Clients {
-    Answers {
-        ec2: ec2_rules,
-        autoscaling: autoscaling_rules,
-        elb: elb_rules,
-        ..Answers::default()
-    }
-    .clients("ap-northeast-2")
-}
-
-fn progress() -> Progress {
-    Progress::new(
-        &indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
-        "web",
-    )
-}
-
-fn meta(code: &str, message: &str) -> ErrorMetadata {
-    ErrorMetadata::builder().code(code).message(message).build()
-}
 
 fn subnet(id: &str, zone: &str) -> Subnet {
     Subnet {
