@@ -130,8 +130,7 @@ async fn nginx_example_bakes_once_and_the_ami_serves_the_page() {
     };
     let example = repo().join("examples/nginx-debian.toml");
     let example = example.to_str().unwrap();
-    let out = lab.run_bake(&["-c", example, "ami", "web"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&["-c", example, "ami", "web"]).await;
     let ami = stdout(&out);
     assert!(ami.starts_with("ami-"), "{ami}");
 
@@ -162,8 +161,7 @@ async fn nginx_example_bakes_once_and_the_ami_serves_the_page() {
 
     // The same inputs again: nothing is launched, the same AMI is printed.
     let launches = lab.calls("RunInstances").await;
-    let again = lab.run_bake(&["-c", example, "ami", "web"]).await;
-    assert!(again.status.success(), "{}", stderr(&again));
+    let again = lab.bake_ok(&["-c", example, "ami", "web"]).await;
     assert_eq!(stdout(&again), ami);
     assert_eq!(
         lab.calls("RunInstances").await,
@@ -180,9 +178,8 @@ async fn nginx_example_bakes_once_and_the_ami_serves_the_page() {
         .replace("[image.web]\n", "[image.web]\ndeprecate_after = \"90d\"\n");
     std::fs::write(&changed, text).unwrap();
     let rebaked = lab
-        .run_bake(&["-c", changed.to_str().unwrap(), "ami", "web"])
+        .bake_ok(&["-c", changed.to_str().unwrap(), "ami", "web"])
         .await;
-    assert!(rebaked.status.success(), "{}", stderr(&rebaked));
     assert_ne!(stdout(&rebaked), ami);
     assert_eq!(
         lab.calls("RunInstances").await,
@@ -445,9 +442,8 @@ async fn sigkill_leaves_resources_that_gc_removes() {
     lab.wait_until_builders_listed().await;
 
     let dry = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s", "--dry-run"])
+        .bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s", "--dry-run"])
         .await;
-    assert!(dry.status.success(), "{}", stderr(&dry));
     assert!(
         stdout(&dry).contains("would delete instance i-"),
         "{}",
@@ -469,10 +465,8 @@ async fn sigkill_leaves_resources_that_gc_removes() {
         stdout(&young)
     );
 
-    let gc = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+    lab.bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
         .await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
     lab.assert_nothing_left(&[], &[]).await;
 }
 
@@ -495,9 +489,8 @@ async fn bake_succeeds_through_throttling_and_503s() {
         "commands = [\"true\"]",
     ));
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     let faulted = lab
         .requests()
         .await
@@ -544,9 +537,8 @@ async fn the_test_stage_boots_the_new_ami_without_user_data_and_reports_its_time
         "commands = [\"grep -q proved /srv/www/index.html\"]",
     ));
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "-o", "json", "ami", "quick"])
+        .bake_ok(&["-c", &scratch.config(), "-o", "json", "ami", "quick"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let baked = &result["images"][0];
     let ami = baked["ami_id"].as_str().unwrap();
@@ -688,10 +680,8 @@ async fn a_failed_test_with_keep_on_failure_keeps_the_ami_tagged_failed_and_neve
         stderr(&newest)
     );
     assert_eq!(lab.calls("CreateLoadBalancer").await, 0);
-    let gc = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+    lab.bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
         .await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
     lab.assert_nothing_left(&[&ami], &[]).await;
 }
 
@@ -724,10 +714,8 @@ async fn keep_on_failure_leaves_the_builder_and_says_how_to_reach_it() {
     let builder = containers[0]["instance_id"].as_str().unwrap();
     let reach = format!("aws ssm start-session --target {builder}");
     assert!(stderr(&out).contains(&reach), "{}", stderr(&out));
-    let gc = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+    lab.bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
         .await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
     lab.assert_nothing_left(&[], &[]).await;
 }
 
@@ -843,9 +831,8 @@ async fn bake_succeeds_under_throttle_bursts_and_leaves_nothing() {
         "commands = [\"true\"]",
     ));
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     let faulted = lab
         .requests()
         .await
@@ -877,9 +864,8 @@ async fn a_lost_create_image_answer_reuses_this_runs_image_instead_of_a_second()
         "commands = [\"true\"]",
     ));
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     let creates: Vec<i64> = lab
         .requests()
         .await
@@ -990,8 +976,7 @@ commands = [
         "",
         "no warning for the built-in template"
     );
-    let out = lab.run_bake(&["-c", path, "ami", "web"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&["-c", path, "ami", "web"]).await;
     let ami = stdout(&out);
     assert!(ami.starts_with("ami-"), "{ami}");
     lab.assert_nothing_left(&[&ami], &[]).await;
@@ -1053,20 +1038,14 @@ async fn the_template_downloads_the_agent_on_debian_and_uses_ubuntus_own() {
         "/aws/service/debian/release/bookworm/latest/amd64",
         "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id",
     ));
-    let out = lab
-        .run_bake(&["-c", &ubuntu.config(), "ami", "quick"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&["-c", &ubuntu.config(), "ami", "quick"]).await;
     assert_eq!(
         endpoint_requests(&lab).await,
         0,
         "Ubuntu's AMI ships the agent: nothing downloaded"
     );
     let ubuntu_ami = stdout(&out);
-    let out = lab
-        .run_bake(&["-c", &debian.config(), "ami", "quick"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&["-c", &debian.config(), "ami", "quick"]).await;
     assert!(
         endpoint_requests(&lab).await >= 1,
         "Debian's AMI has no agent: the user data fetched it from S3"

@@ -438,9 +438,8 @@ async fn the_private_example_installs_its_packages_through_the_temporary_nat_and
     let example = support::repo().join("examples/nginx-flask-private.toml");
     let before = mirror_traffic(&lab).await;
     let out = lab
-        .run_bake(&["-c", example.to_str().unwrap(), "ami", "web"])
+        .bake_ok(&["-c", example.to_str().unwrap(), "ami", "web"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("ami-"), "{}", stdout(&out));
     assert!(
         mirror_traffic(&lab).await > before,
@@ -514,19 +513,16 @@ async fn sigkill_during_the_package_install_leaves_what_gc_removes() {
     lab.wait_until_builders_listed().await;
     // Tags carry whole seconds: let the run's be in the past for --ttl 0s.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let young = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "2h"])
+    lab.bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "2h"])
         .await;
-    assert!(young.status.success(), "{}", stderr(&young));
     assert_eq!(
         live_nat_gateways(&lab).await.len(),
         1,
         "a young run's gateway is kept"
     );
     let dry = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s", "--dry-run"])
+        .bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s", "--dry-run"])
         .await;
-    assert!(dry.status.success(), "{}", stderr(&dry));
     let listed = stdout(&dry);
     assert!(
         listed.contains(&format!("would delete NAT gateway {}", nats[0].0)),
@@ -540,10 +536,8 @@ async fn sigkill_during_the_package_install_leaves_what_gc_removes() {
         listed.contains(&format!("would delete route 0.0.0.0/0 in {table}")),
         "{listed}"
     );
-    let gc = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+    lab.bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
         .await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
     assert_no_egress_left(&lab, &table).await;
     lab.assert_nothing_left(&[], &[]).await;
 }
@@ -566,9 +560,8 @@ async fn two_private_images_baked_at_once_share_one_nat_removed_after_both() {
         private_image("two", "my-subnet-private02", "quick", "private page 2"),
     ]));
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "one", "two"])
+        .bake_ok(&["-c", &scratch.config(), "ami", "one", "two"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     // "IMAGE AMI-ID" a line when several images are asked for.
     let amis: Vec<String> = stdout(&out)
         .lines()

@@ -159,8 +159,7 @@ fn always(command: &str) -> BTreeSet<String> {
 }
 
 async fn bake_as_admin(lab: &Lab, config: &str, args: &[&str]) -> String {
-    let out = lab.run_bake(&[&["-c", config][..], args].concat()).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&[&["-c", config][..], args].concat()).await;
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 

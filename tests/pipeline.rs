@@ -75,14 +75,6 @@ async fn history(ssm: &aws_sdk_ssm::Client) -> Vec<(i64, String, Vec<String>)> {
         .collect()
 }
 
-fn run_ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn pipeline_publishes_only_what_its_rollout_serves_and_moves_the_labels() {
     let Some(lab) = Lab::start_or_skip().await else {
@@ -110,8 +102,7 @@ async fn pipeline_publishes_only_what_its_rollout_serves_and_moves_the_labels() 
     ];
     let ssm = ssm(&lab).await;
 
-    let first = lab.run_bake(&args).await;
-    run_ok(&first);
+    let first = lab.bake_ok(&args).await;
     let run1 = events(&first);
     assert_eq!(
         steps(&run1),
@@ -169,8 +160,7 @@ async fn pipeline_publishes_only_what_its_rollout_serves_and_moves_the_labels() 
 
     // Capacity back: v2 (already baked and tested) rolls out, then is published; both labels
     // move to its version.
-    let third = lab.run_bake(&args).await;
-    run_ok(&third);
+    let third = lab.bake_ok(&args).await;
     let run3 = events(&third);
     assert_eq!(
         steps(&run3),

@@ -4,16 +4,14 @@ mod support;
 
 use std::time::Duration;
 
-use support::output::stderr;
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
 
 async fn bake(lab: &Lab, body: &str) -> String {
     let config = quick_config(&format!("body = {body:?}"), "", "") + NO_TEST_STAGE;
     let scratch = Scratch::new(&config);
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -54,7 +52,7 @@ async fn prune_keeps_the_newest_and_those_in_use_and_removes_the_rest_with_snaps
 
     let config = Scratch::new(&quick_config("", "", ""));
     let dry = lab
-        .run_bake(&[
+        .bake_ok(&[
             "-c",
             &config.config(),
             "-o",
@@ -66,7 +64,6 @@ async fn prune_keeps_the_newest_and_those_in_use_and_removes_the_rest_with_snaps
             "--dry-run",
         ])
         .await;
-    assert!(dry.status.success(), "{}", stderr(&dry));
     let report: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
     let removed: Vec<&str> = report["images"][0]["removed"]
         .as_array()
@@ -88,10 +85,8 @@ async fn prune_keeps_the_newest_and_those_in_use_and_removes_the_rest_with_snaps
     );
     assert!(exists(&lab, &middle).await, "a dry run removes nothing");
 
-    let out = lab
-        .run_bake(&["-c", &config.config(), "prune", "quick", "--keep", "1"])
+    lab.bake_ok(&["-c", &config.config(), "prune", "quick", "--keep", "1"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     assert!(!exists(&lab, &middle).await);
     assert!(exists(&lab, &oldest).await);
     assert!(exists(&lab, &newest).await);
@@ -272,7 +267,7 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
         .unwrap();
     let config = Scratch::new(&quick_config("", "", ""));
     let out = lab
-        .run_bake(&[
+        .bake_ok(&[
             "-c",
             &config.config(),
             "-o",
@@ -283,7 +278,6 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
             "1",
         ])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let removed: Vec<&str> = report["images"][0]["removed"]
         .as_array()

@@ -43,18 +43,16 @@ tags = { Name = "ASG-Web-Instance" }
 
 async fn bake_ami(lab: &Lab, scratch: &Scratch) -> String {
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     stdout(&out)
 }
 
 /// Runs `bake rollout web`, which must succeed, and returns its JSON result.
 async fn roll_out(lab: &Lab, scratch: &Scratch) -> serde_json::Value {
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "-o", "json", "rollout", "web"])
+        .bake_ok(&["-c", &scratch.config(), "-o", "json", "rollout", "web"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -172,7 +170,7 @@ fn changing(requests: &[serde_json::Value]) -> Vec<String> {
 async fn plan(lab: &Lab, scratch: &Scratch) -> serde_json::Value {
     let before = lab.requests().await.len();
     let out = lab
-        .run_bake(&[
+        .bake_ok(&[
             "-c",
             &scratch.config(),
             "-o",
@@ -182,7 +180,6 @@ async fn plan(lab: &Lab, scratch: &Scratch) -> serde_json::Value {
             "--plan",
         ])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     let requests = lab.requests().await;
     assert!(requests.len() > before, "the plan reads the account");
     assert_eq!(changing(&requests[before..]), Vec::<String>::new());
@@ -235,9 +232,8 @@ async fn plan_lists_the_stack_then_nothing_then_a_version_and_its_replacements_c
     assert!(done["launch_template_version"].is_null(), "{done}");
     assert!(done["publish"].is_null(), "{done}");
     let words = lab
-        .run_bake(&["-c", &first.config(), "rollout", "web", "--plan"])
+        .bake_ok(&["-c", &first.config(), "rollout", "web", "--plan"])
         .await;
-    assert!(words.status.success(), "{}", stderr(&words));
     assert!(
         stdout(&words).ends_with("nothing to do"),
         "{}",
@@ -346,9 +342,8 @@ async fn sigkill_during_stack_creation_then_gc_leaves_nothing() {
     assert_eq!(lab.calls("CreateAutoScalingGroup").await, 1);
 
     let gc = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+        .bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
         .await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
     let removed = stdout(&gc);
     for part in [
         "Auto Scaling group Web-ASG",
@@ -442,9 +437,8 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
     assert_eq!(alarms.metric_alarms()[1].threshold(), Some(2.0));
     // So `bake gc` leaves the finished stack alone.
     let gc = lab
-        .run_bake(&["-c", &first.config(), "gc", "--ttl", "0s", "--dry-run"])
+        .bake_ok(&["-c", &first.config(), "gc", "--ttl", "0s", "--dry-run"])
         .await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
     assert!(!stdout(&gc).contains("Web"), "{}", stdout(&gc));
     let zones: BTreeSet<&str> = instances.iter().map(|(_, _, z)| z.as_str()).collect();
     assert_eq!(zones.len(), 2, "spread over both zones: {instances:?}");
@@ -487,9 +481,8 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
     let refreshes = lab.calls("StartInstanceRefresh").await;
     let versions = lab.calls("CreateLaunchTemplateVersion").await;
     let again = lab
-        .run_bake(&["-c", &first.config(), "rollout", "web"])
+        .bake_ok(&["-c", &first.config(), "rollout", "web"])
         .await;
-    assert!(again.status.success(), "{}", stderr(&again));
     let text = stdout(&again);
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some(url.as_str()), "{text}");

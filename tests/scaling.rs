@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use support::output::stderr;
 use support::{Lab, repo};
 
 /// Scale-out needs three CPU periods above the target plus a launch and its warm-up; with the
@@ -42,12 +41,10 @@ async fn a_load_test_through_the_alb_scales_the_group_out_and_back_in() {
     };
     let example = repo().join("examples/nginx-debian.toml");
     let example = example.to_str().unwrap();
-    let baked = lab.run_bake(&["-c", example, "ami", "web"]).await;
-    assert!(baked.status.success(), "{}", stderr(&baked));
+    lab.bake_ok(&["-c", example, "ami", "web"]).await;
     let out = lab
-        .run_bake(&["-c", example, "-o", "json", "rollout", "web"])
+        .bake_ok(&["-c", example, "-o", "json", "rollout", "web"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let scaling = &result["scaling"];
     assert_eq!(scaling["desired"], 2, "{scaling}");

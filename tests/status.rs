@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::output::{stderr, stdout};
+use support::output::stdout;
 use support::{Lab, Scratch, quick_config, quick_rollout};
 
 /// The quick image (its test stage on) and a one-instance rollout of it.
@@ -16,9 +16,8 @@ fn config(body: &str) -> String {
 
 async fn bake_ami(lab: &Lab, scratch: &Scratch) -> String {
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     stdout(&out)
 }
 
@@ -30,8 +29,7 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
     let scratch = Scratch::new(&config("first"));
     let config = scratch.config();
     // Before any bake: the image has no AMI and the group does not exist.
-    let empty = lab.run_bake(&["-c", &config, "status"]).await;
-    assert!(empty.status.success(), "{}", stderr(&empty));
+    let empty = lab.bake_ok(&["-c", &config, "status"]).await;
     let text = stdout(&empty);
     assert!(
         text.contains("image quick (ap-northeast-2): no AMI yet"),
@@ -40,8 +38,7 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
     assert!(text.contains("group Web-ASG not found"), "{text}");
 
     let a = bake_ami(&lab, &scratch).await;
-    let rolled = lab.run_bake(&["-c", &config, "rollout", "web"]).await;
-    assert!(rolled.status.success(), "{}", stderr(&rolled));
+    lab.bake_ok(&["-c", &config, "rollout", "web"]).await;
     lab.ssm
         .put_parameter()
         .name("/bake/quick/ami-id")
@@ -56,8 +53,7 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
     let b = bake_ami(&lab, &scratch).await;
     assert_ne!(a, b);
 
-    let out = lab.run_bake(&["-c", &config, "status"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&["-c", &config, "status"]).await;
     let text = stdout(&out);
     assert!(
         text.contains(&format!("image quick (ap-northeast-2): {b} (")),
@@ -86,8 +82,7 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
         "{rollout}"
     );
 
-    let json = lab.run_bake(&["-c", &config, "-o", "json", "status"]).await;
-    assert!(json.status.success(), "{}", stderr(&json));
+    let json = lab.bake_ok(&["-c", &config, "-o", "json", "status"]).await;
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let image = &json["images"][0];
     assert_eq!(image["image"], "quick");
@@ -108,8 +103,7 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
 
     // The config changes, nothing is baked: the image's inputs changed since its newest AMI.
     std::fs::write(scratch.path().join("bake.toml"), self::config("third")).unwrap();
-    let out = lab.run_bake(&["-c", &config, "-o", "json", "status"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&["-c", &config, "-o", "json", "status"]).await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         json["images"][0]["changed"]["inputs"],

@@ -195,6 +195,13 @@ impl Lab {
             .unwrap()
     }
 
+    /// Runs bake to the end and asserts it succeeded (on failure, showing what it printed).
+    pub async fn bake_ok(&self, args: &[&str]) -> Output {
+        let out = self.run_bake(args).await;
+        output::assert_ok(&out);
+        out
+    }
+
     /// Asserts no builder, security group, image or snapshot of any bake run is left, apart from
     /// the AMIs in `kept`, and no container runs but those of `instances_kept`.
     pub async fn assert_nothing_left(&self, kept: &[&str], instances_kept: &[&str]) {

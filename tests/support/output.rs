@@ -13,3 +13,14 @@ pub fn stdout(out: &Output) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Asserts the command succeeded; on failure the message is everything it printed.
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    );
+}
