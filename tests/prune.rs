@@ -9,10 +9,7 @@ use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
 async fn bake(lab: &Lab, body: &str) -> String {
     let config = quick_config(&format!("body = {body:?}"), "", "") + NO_TEST_STAGE;
     let scratch = Scratch::new(&config);
-    let out = lab
-        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
-        .await;
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    lab.bake_quick(&scratch).await
 }
 
 async fn exists(lab: &Lab, ami: &str) -> bool {

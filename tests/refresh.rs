@@ -51,13 +51,6 @@ tags = {{ Name = "ASG-Web-Instance" }}
     text
 }
 
-async fn bake_ami(lab: &Lab, scratch: &Scratch) -> String {
-    let out = lab
-        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
-        .await;
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// Runs `bake -o json ARGS...`, which must succeed, and returns its JSON result.
 async fn json(lab: &Lab, scratch: &Scratch, args: &[&str]) -> serde_json::Value {
     let config = scratch.config();
@@ -184,7 +177,7 @@ async fn a_group_of_four_launches_before_terminating_and_the_probe_sees_no_failu
     // kept healthy).
     let refresh = r#"{ warmup = "5s", timeout = "8m" }"#;
     let first = Scratch::new(&config("first page", "first", FOUR, refresh));
-    bake_ami(&lab, &first).await;
+    lab.bake_quick(&first).await;
     let created = json(&lab, &first, &["rollout", "web"]).await;
     assert!(
         created["probe"].is_null(),
@@ -199,7 +192,7 @@ async fn a_group_of_four_launches_before_terminating_and_the_probe_sees_no_failu
     .await;
 
     let second = Scratch::new(&config("second page", "second", FOUR, refresh));
-    bake_ami(&lab, &second).await;
+    lab.bake_quick(&second).await;
     let child = lab
         .bake(&["-c", &second.config(), "-o", "json", "rollout", "web"])
         .stdout(std::process::Stdio::piped())
@@ -258,7 +251,7 @@ async fn a_canary_of_a_broken_ami_stops_at_the_first_checkpoint_and_rolls_back()
     let refresh =
         r#"{ checkpoints = [25, 100], checkpoint_delay = "60s", warmup = "5s", timeout = "8m" }"#;
     let good = Scratch::new(&config("good page", "good", FOUR, refresh));
-    bake_ami(&lab, &good).await;
+    lab.bake_quick(&good).await;
     let url = json(&lab, &good, &["rollout", "web"]).await["url"]
         .as_str()
         .unwrap()
@@ -271,7 +264,7 @@ async fn a_canary_of_a_broken_ami_stops_at_the_first_checkpoint_and_rolls_back()
         FOUR,
         refresh,
     ));
-    bake_ami(&lab, &broken).await;
+    lab.bake_quick(&broken).await;
     let out = lab
         .run_bake(&["-c", &broken.config(), "-o", "json", "rollout", "web"])
         .await;
@@ -354,10 +347,10 @@ async fn rollback_after_a_successful_rollout_returns_to_the_previous_version_und
     let two = "{ min = 2, desired = 2, max = 4 }";
     let refresh = r#"{ warmup = "5s", timeout = "8m" }"#;
     let v1 = Scratch::new(&config("page one", "one", two, refresh));
-    let ami1 = bake_ami(&lab, &v1).await;
+    let ami1 = lab.bake_quick(&v1).await;
     json(&lab, &v1, &["rollout", "web"]).await;
     let v2 = Scratch::new(&config("page two", "two", two, refresh));
-    bake_ami(&lab, &v2).await;
+    lab.bake_quick(&v2).await;
     let rolled = json(&lab, &v2, &["rollout", "web"]).await;
     assert_eq!(rolled["version"], 2);
     assert_eq!(
@@ -424,7 +417,7 @@ async fn an_ami_serving_500_on_half_its_requests_is_rolled_back_by_the_alarm_and
         )
     };
     let v1 = Scratch::new(&alarmed(config("calm page", "calm", two, refresh)));
-    bake_ami(&lab, &v1).await;
+    lab.bake_quick(&v1).await;
     json(&lab, &v1, &["rollout", "web"]).await;
     let v2 = Scratch::new(&alarmed(config_with(
         "body = \"noisy page\", fail_every = 2",
@@ -432,7 +425,7 @@ async fn an_ami_serving_500_on_half_its_requests_is_rolled_back_by_the_alarm_and
         two,
         refresh,
     )));
-    bake_ami(&lab, &v2).await;
+    lab.bake_quick(&v2).await;
     let out = lab.run_bake(&["-c", &v2.config(), "rollout", "web"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);

@@ -41,13 +41,6 @@ tags = { Name = "ASG-Web-Instance" }
     text
 }
 
-async fn bake_ami(lab: &Lab, scratch: &Scratch) -> String {
-    let out = lab
-        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
-        .await;
-    stdout(&out)
-}
-
 /// Runs `bake rollout web`, which must succeed, and returns its JSON result.
 async fn roll_out(lab: &Lab, scratch: &Scratch) -> serde_json::Value {
     let out = lab
@@ -192,7 +185,7 @@ async fn plan_lists_the_stack_then_nothing_then_a_version_and_its_replacements_c
         return;
     };
     let first = Scratch::new(&config("first page"));
-    let ami = bake_ami(&lab, &first).await;
+    let ami = lab.bake_quick(&first).await;
 
     // A fresh lab: the whole stack.
     let fresh = plan(&lab, &first).await;
@@ -253,7 +246,7 @@ async fn plan_lists_the_stack_then_nothing_then_a_version_and_its_replacements_c
         .await
         .unwrap();
     let second = Scratch::new(&config("second page"));
-    let next = bake_ami(&lab, &second).await;
+    let next = lab.bake_quick(&second).await;
     let versions = lab.calls("CreateLaunchTemplateVersion").await;
     let new = plan(&lab, &second).await;
     assert_eq!(new["create"], serde_json::json!([]), "{new}");
@@ -281,7 +274,7 @@ async fn sigint_during_stack_creation_removes_what_it_had_created() {
         return;
     };
     let scratch = Scratch::new(&config("page"));
-    let ami = bake_ami(&lab, &scratch).await;
+    let ami = lab.bake_quick(&scratch).await;
     // Auto Scaling throttles the group's creation: the run is inside the stack step, with the
     // security groups, target group, load balancer and launch template made, when the signal comes.
     lab.control(
@@ -318,7 +311,7 @@ async fn sigkill_during_stack_creation_then_gc_leaves_nothing() {
         "cpu_target = 30",
         "cpu_target = 30\ncpu_alarm = { threshold = 70, periods = 2 }",
     ));
-    let ami = bake_ami(&lab, &scratch).await;
+    let ami = lab.bake_quick(&scratch).await;
     // EC2 throttles the last step, taking the run's tags off the finished stack: everything,
     // group and alarms included, exists and still carries the run's tags when the kill comes.
     lab.control(
@@ -365,7 +358,7 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
         return;
     };
     let first = Scratch::new(&config("first page"));
-    let ami = bake_ami(&lab, &first).await;
+    let ami = lab.bake_quick(&first).await;
 
     let result = roll_out(&lab, &first).await;
     assert_eq!(result["ami_id"], ami.as_str());
@@ -514,7 +507,7 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
 
     // A new AMI: a new version, every instance replaced, the new page through the same ALB.
     let second = Scratch::new(&config("second page"));
-    let ami2 = bake_ami(&lab, &second).await;
+    let ami2 = lab.bake_quick(&second).await;
     let result = roll_out(&lab, &second).await;
     assert_eq!(result["ami_id"], ami2.as_str());
     assert_eq!(result["version"], 2);
@@ -611,7 +604,7 @@ async fn rollout_succeeds_under_throttle_bursts_and_light_faults() {
         return;
     };
     let scratch = Scratch::new(&config("steady page"));
-    bake_ami(&lab, &scratch).await;
+    lab.bake_quick(&scratch).await;
     // Every describe/get/list of these services throttled 6 s out of every 30 s (AWS throttles
     // per account and region), and on top of that a few random throttles and 5xx answers.
     lab.control(
@@ -676,7 +669,7 @@ async fn refresh_rolls_back_when_the_new_instances_stay_unhealthy() {
         return;
     };
     let scratch = Scratch::new(&config("good page"));
-    bake_ami(&lab, &scratch).await;
+    lab.bake_quick(&scratch).await;
     let url = roll_out(&lab, &scratch).await["url"]
         .as_str()
         .unwrap()
@@ -865,7 +858,7 @@ async fn sigint_during_the_refresh_rolls_back_and_exits_130() {
         return;
     };
     let first = Scratch::new(&config("first page"));
-    bake_ami(&lab, &first).await;
+    lab.bake_quick(&first).await;
     let url = roll_out(&lab, &first).await["url"]
         .as_str()
         .unwrap()
@@ -874,7 +867,7 @@ async fn sigint_during_the_refresh_rolls_back_and_exits_130() {
     // A long warmup keeps the refresh going while the signal comes.
     let second =
         Scratch::new(&config("second page").replace("warmup = \"5s\"", "warmup = \"30s\""));
-    bake_ami(&lab, &second).await;
+    lab.bake_quick(&second).await;
     let child = lab
         .bake(&["-c", &second.config(), "rollout", "web"])
         .stdout(std::process::Stdio::piped())

@@ -14,13 +14,6 @@ fn config(body: &str) -> String {
     text
 }
 
-async fn bake_ami(lab: &Lab, scratch: &Scratch) -> String {
-    let out = lab
-        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
-        .await;
-    stdout(&out)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_tested_ami_waiting() {
     let Some(lab) = Lab::start_or_skip().await else {
@@ -37,7 +30,7 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
     );
     assert!(text.contains("group Web-ASG not found"), "{text}");
 
-    let a = bake_ami(&lab, &scratch).await;
+    let a = lab.bake_quick(&scratch).await;
     lab.bake_ok(&["-c", &config, "rollout", "web"]).await;
     lab.ssm
         .put_parameter()
@@ -50,7 +43,7 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
         .unwrap();
 
     std::fs::write(scratch.path().join("bake.toml"), self::config("second")).unwrap();
-    let b = bake_ami(&lab, &scratch).await;
+    let b = lab.bake_quick(&scratch).await;
     assert_ne!(a, b);
 
     let out = lab.bake_ok(&["-c", &config, "status"]).await;

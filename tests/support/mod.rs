@@ -202,6 +202,14 @@ impl Lab {
         out
     }
 
+    /// Bakes the quick image of `scratch`'s config and returns its AMI id.
+    pub async fn bake_quick(&self, scratch: &Scratch) -> String {
+        let out = self
+            .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
+            .await;
+        output::stdout(&out)
+    }
+
     /// Asserts no builder, security group, image or snapshot of any bake run is left, apart from
     /// the AMIs in `kept`, and no container runs but those of `instances_kept`.
     pub async fn assert_nothing_left(&self, kept: &[&str], instances_kept: &[&str]) {
