@@ -488,19 +488,9 @@ async fn bake_succeeds_through_throttling_and_503s() {
         "expect_body = \"storm\"",
         "commands = [\"true\"]",
     ));
-    let out = lab
-        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
-        .await;
-    let faulted = lab
-        .requests()
-        .await
-        .iter()
-        .filter(|r| r["fault"] == true)
-        .count();
-    assert!(faulted > 0, "faults were injected");
-    let ami = stdout(&out);
-    lab.control("faults", serde_json::json!({ "rate": 0 }))
-        .await;
+    let ami = lab.bake_quick(&scratch).await;
+    assert!(lab.faulted().await > 0, "faults were injected");
+    lab.faults_off().await;
     lab.assert_nothing_left(&[&ami], &[]).await;
 }
 
@@ -662,18 +652,16 @@ async fn a_failed_test_with_keep_on_failure_keeps_the_ami_tagged_failed_and_neve
     );
     std::fs::write(scratch.path().join("bake.toml"), rollout).unwrap();
     let named = lab
-        .run_bake(&["-c", &scratch.config(), "rollout", "quick", "--ami", &ami])
+        .bake_refused(&["-c", &scratch.config(), "rollout", "quick", "--ami", &ami])
         .await;
-    assert_eq!(named.status.code(), Some(2), "{}", stderr(&named));
     assert!(
         stderr(&named).contains("its test is failed"),
         "{}",
         stderr(&named)
     );
     let newest = lab
-        .run_bake(&["-c", &scratch.config(), "rollout", "quick"])
+        .bake_refused(&["-c", &scratch.config(), "rollout", "quick"])
         .await;
-    assert_eq!(newest.status.code(), Some(2), "{}", stderr(&newest));
     assert!(
         stderr(&newest).contains("no available AMI"),
         "{}",
@@ -830,19 +818,9 @@ async fn bake_succeeds_under_throttle_bursts_and_leaves_nothing() {
         "expect_body = \"bursts\"",
         "commands = [\"true\"]",
     ));
-    let out = lab
-        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
-        .await;
-    let faulted = lab
-        .requests()
-        .await
-        .iter()
-        .filter(|r| r["fault"] == true)
-        .count();
-    assert!(faulted > 0, "the bursts throttled calls");
-    let ami = stdout(&out);
-    lab.control("faults", serde_json::json!({ "rate": 0 }))
-        .await;
+    let ami = lab.bake_quick(&scratch).await;
+    assert!(lab.faulted().await > 0, "the bursts throttled calls");
+    lab.faults_off().await;
     lab.assert_nothing_left(&[&ami], &[]).await;
 }
 
@@ -895,8 +873,7 @@ async fn a_lost_create_image_answer_reuses_this_runs_image_instead_of_a_second()
         .collect();
     assert_eq!(names.len(), 1, "one image, no `-2`: {names:?}");
     assert_eq!(names[0].0, ami);
-    lab.control("faults", serde_json::json!({ "rate": 0 }))
-        .await;
+    lab.faults_off().await;
     lab.assert_nothing_left(&[&ami], &[]).await;
 }
 

@@ -1073,8 +1073,7 @@ async fn a_missing_alias_exits_2_at_preflight_and_the_default_key_with_sharing_a
         .position(|l| l.starts_with("kms_key"))
         .unwrap()
         + 1;
-    let out = lab.run_bake(&["-c", &config, "ami", "web"]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = lab.bake_refused(&["-c", &config, "ami", "web"]).await;
     let err = stderr(&out);
     assert!(
         err.contains(&format!(
@@ -1094,8 +1093,7 @@ async fn a_missing_alias_exits_2_at_preflight_and_the_default_key_with_sharing_a
         text_of.replace("\"alias/bake-dist\"", "\"alias/aws/ebs\""),
     )
     .unwrap();
-    let out = lab.run_bake(&["-c", &config, "validate"]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = lab.bake_refused(&["-c", &config, "validate"]).await;
     let err = stderr(&out);
     assert!(
         err.contains(&format!(

@@ -202,6 +202,28 @@ impl Lab {
         out
     }
 
+    /// Runs bake to the end and asserts it refused the run (exit 2: bad config or input).
+    pub async fn bake_refused(&self, args: &[&str]) -> Output {
+        let out = self.run_bake(args).await;
+        assert_eq!(out.status.code(), Some(2), "{}", output::stderr(&out));
+        out
+    }
+
+    /// Turns every injected fault off (the `faults` control endpoint at rate 0).
+    pub async fn faults_off(&self) {
+        self.control("faults", serde_json::json!({ "rate": 0 }))
+            .await;
+    }
+
+    /// How many calls since reset the lab answered with an injected fault.
+    pub async fn faulted(&self) -> usize {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| r["fault"] == true)
+            .count()
+    }
+
     /// Bakes the quick image of `scratch`'s config and returns its AMI id.
     pub async fn bake_quick(&self, scratch: &Scratch) -> String {
         let out = self
