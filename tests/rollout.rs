@@ -277,12 +277,7 @@ async fn sigint_during_stack_creation_removes_what_it_had_created() {
     let ami = lab.bake_quick(&scratch).await;
     // Auto Scaling throttles the group's creation: the run is inside the stack step, with the
     // security groups, target group, load balancer and launch template made, when the signal comes.
-    lab.control(
-        "faults",
-        serde_json::json!({"rate": 1.0, "kind": "throttle", "services": ["autoscaling"],
-                           "actions": ["CreateAutoScalingGroup"]}),
-    )
-    .await;
+    lab.throttle("autoscaling", "CreateAutoScalingGroup").await;
     let out = lab
         .interrupt_when(
             &["-c", &scratch.config(), "rollout", "web"],
@@ -314,12 +309,7 @@ async fn sigkill_during_stack_creation_then_gc_leaves_nothing() {
     let ami = lab.bake_quick(&scratch).await;
     // EC2 throttles the last step, taking the run's tags off the finished stack: everything,
     // group and alarms included, exists and still carries the run's tags when the kill comes.
-    lab.control(
-        "faults",
-        serde_json::json!({"rate": 1.0, "kind": "throttle", "services": ["ec2"],
-                           "actions": ["DeleteTags"]}),
-    )
-    .await;
+    lab.throttle("ec2", "DeleteTags").await;
     let out = lab
         .interrupt_when(
             &["-c", &scratch.config(), "rollout", "web"],

@@ -209,6 +209,17 @@ impl Lab {
         out
     }
 
+    /// Throttles every `action` call to `service` (as the lab names services) until
+    /// [`Lab::faults_off`].
+    pub async fn throttle(&self, service: &str, action: &str) {
+        self.control(
+            "faults",
+            serde_json::json!({"rate": 1.0, "kind": "throttle", "services": [service],
+                               "actions": [action]}),
+        )
+        .await;
+    }
+
     /// Turns every injected fault off (the `faults` control endpoint at rate 0).
     pub async fn faults_off(&self) {
         self.control("faults", serde_json::json!({ "rate": 0 }))
