@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::output::stderr;
+use support::web::{bodies, web_instances};
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
 
 /// The quick image serving `body` (its health check on `/healthz` expects `expect`; `vars` adds
@@ -64,42 +65,12 @@ async fn json(lab: &Lab, scratch: &Scratch, args: &[&str]) -> serde_json::Value 
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// GETs `url` `n` times and returns the distinct bodies.
-async fn bodies(url: &str, n: usize) -> BTreeSet<String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
-    let mut seen = BTreeSet::new();
-    for _ in 0..n {
-        let response = client.get(url).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{url}");
-        seen.insert(response.text().await.unwrap().trim().to_owned());
-    }
-    seen
-}
-
 /// The group's instances with the launch template version each runs.
 async fn versions(lab: &Lab) -> Vec<(String, String)> {
-    let out = lab
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("Web-ASG")
-        .send()
+    web_instances(lab)
         .await
-        .unwrap();
-    out.auto_scaling_groups()[0]
-        .instances()
-        .iter()
-        .map(|i| {
-            (
-                i.instance_id().unwrap().to_owned(),
-                i.launch_template()
-                    .and_then(|t| t.version())
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
-        })
+        .into_iter()
+        .map(|(id, version, _)| (id, version))
         .collect()
 }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::output::{stderr, stdout};
+use support::web::{bodies, web_group, web_instances};
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
 
 /// The quick image (a page served at boot by systemd) and a rollout of it shaped like the
@@ -49,57 +50,10 @@ async fn roll_out(lab: &Lab, scratch: &Scratch) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// GETs `url` `n` times and returns the distinct bodies.
-async fn bodies(url: &str, n: usize) -> BTreeSet<String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
-    let mut seen = BTreeSet::new();
-    for _ in 0..n {
-        let response = client.get(url).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{url}");
-        seen.insert(response.text().await.unwrap().trim().to_owned());
-    }
-    seen
-}
-
-/// The group's instances and the launch template version each runs.
-async fn group(lab: &Lab) -> Vec<(String, String, String)> {
-    let out = lab
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    out.auto_scaling_groups()[0]
-        .instances()
-        .iter()
-        .map(|i| {
-            (
-                i.instance_id().unwrap().to_owned(),
-                i.launch_template()
-                    .and_then(|t| t.version())
-                    .unwrap_or_default()
-                    .to_owned(),
-                i.availability_zone().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
-
 /// Asserts every part of the rollout's stack is gone: group, load balancer, target group, launch
 /// template and the security groups tagged with the rollout.
 async fn assert_stack_gone(lab: &Lab) {
-    let groups = lab
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    assert!(groups.auto_scaling_groups().is_empty());
+    assert!(web_group(lab).await.is_none());
     assert!(
         lab.elb
             .describe_load_balancers()
@@ -253,7 +207,11 @@ async fn plan_lists_the_stack_then_nothing_then_a_version_and_its_replacements_c
     assert_eq!(new["change"], serde_json::json!([]), "{new}");
     assert_eq!(new["launch_template_version"]["from_ami"], ami.as_str());
     assert_eq!(new["launch_template_version"]["to_ami"], next.as_str());
-    let running: BTreeSet<String> = group(&lab).await.into_iter().map(|(id, ..)| id).collect();
+    let running: BTreeSet<String> = web_instances(&lab)
+        .await
+        .into_iter()
+        .map(|(id, ..)| id)
+        .collect();
     let replaced: BTreeSet<String> = new["replace"]
         .as_array()
         .unwrap()
@@ -358,7 +316,7 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
         bodies(&url, 6).await,
         BTreeSet::from(["first page".to_owned()])
     );
-    let instances = group(&lab).await;
+    let instances = web_instances(&lab).await;
     assert_eq!(instances.len(), 2, "{instances:?}");
     // The scaling state: sizes, in service, the CPU target, metrics, the alarms' states.
     let scaling = &result["scaling"];
@@ -507,7 +465,7 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
         bodies(&url, 6).await,
         BTreeSet::from(["second page".to_owned()])
     );
-    let replaced = group(&lab).await;
+    let replaced = web_instances(&lab).await;
     assert!(
         replaced.iter().all(
             |(id, version, _)| version == "2" && !instances.iter().any(|(old, _, _)| old == id)
@@ -658,7 +616,7 @@ async fn refresh_rolls_back_when_the_new_instances_stay_unhealthy() {
         .as_str()
         .unwrap()
         .to_owned();
-    let before = group(&lab).await;
+    let before = web_instances(&lab).await;
 
     // The Debian base image serves nothing on port 80.
     let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
@@ -684,7 +642,7 @@ async fn refresh_rolls_back_when_the_new_instances_stay_unhealthy() {
         bodies(&url, 6).await,
         BTreeSet::from(["good page".to_owned()])
     );
-    let after = group(&lab).await;
+    let after = web_instances(&lab).await;
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(
         after.iter().all(|(_, version, _)| version == "1"),
@@ -870,7 +828,7 @@ async fn sigint_during_the_refresh_rolls_back_and_exits_130() {
         "{err}"
     );
     assert_eq!(lab.calls("RollbackInstanceRefresh").await, 1);
-    let after = group(&lab).await;
+    let after = web_instances(&lab).await;
     assert!(
         after.iter().all(|(_, version, _)| version == "1"),
         "{after:?}"

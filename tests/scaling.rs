@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use support::web::web_group;
 use support::{Lab, repo};
 
 /// Scale-out needs three CPU periods above the target plus a launch and its warm-up; with the
@@ -20,14 +21,7 @@ const LOAD_CLIENTS: usize = 8;
 
 /// The group's desired capacity and its instances.
 async fn capacity(lab: &Lab) -> (i32, usize) {
-    let out = lab
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    let group = &out.auto_scaling_groups()[0];
+    let group = web_group(lab).await.expect("Web-ASG exists");
     (
         group.desired_capacity().unwrap_or_default(),
         group.instances().len(),
@@ -56,14 +50,8 @@ async fn a_load_test_through_the_alb_scales_the_group_out_and_back_in() {
     );
 
     // Group metrics on, and seed 002's CPU alarm on the group's average CPU.
-    let group = lab
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    let enabled: Vec<&str> = group.auto_scaling_groups()[0]
+    let group = web_group(&lab).await.expect("Web-ASG exists");
+    let enabled: Vec<&str> = group
         .enabled_metrics()
         .iter()
         .filter_map(|m| m.metric())

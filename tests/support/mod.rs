@@ -6,6 +6,7 @@
 pub mod mocks;
 pub mod network;
 pub mod output;
+pub mod web;
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
