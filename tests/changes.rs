@@ -74,9 +74,8 @@ async fn a_changed_package_is_named_by_bake_ami_and_listed_by_bake_diff() {
     let path = path.to_str().unwrap();
 
     let first = lab
-        .bake_ok(&["-c", path, "-o", "json", "ami", "site"])
+        .bake_json(&["-c", path, "-o", "json", "ami", "site"])
         .await;
-    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     let a = first["images"][0]["ami_id"].as_str().unwrap().to_owned();
     assert_eq!(first["images"][0]["changed"], serde_json::Value::Null);
     let record = first["images"][0]["record"].as_str().unwrap().to_owned();
@@ -131,10 +130,9 @@ async fn a_changed_package_is_named_by_bake_ami_and_listed_by_bake_diff() {
         "tree added: {text}"
     );
     assert!(!text.lines().any(|l| l.starts_with("- ")), "{text}");
-    let diff = lab
-        .bake_ok(&["-c", path, "-o", "json", "diff", &a, &b])
+    let json = lab
+        .bake_json(&["-c", path, "-o", "json", "diff", &a, &b])
         .await;
-    let json: serde_json::Value = serde_json::from_slice(&diff.stdout).unwrap();
     assert_eq!(json["inputs"], serde_json::json!(["user-data"]));
     assert!(json["added"]["tree"].is_string(), "{json}");
     assert_eq!(json["removed"], serde_json::json!({}));

@@ -822,10 +822,9 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
     let east_key = shared_key(&lab, "us-east-1", "alias/bake-dist").await;
     let dir = tempfile::tempdir().unwrap();
     let config = distributed_config(dir.path(), "\"ap-northeast-2\", \"us-east-1\"");
-    let out = lab
-        .bake_ok(&["-c", &config, "-o", "json", "ami", "web"])
+    let result = lab
+        .bake_json(&["-c", &config, "-o", "json", "ami", "web"])
         .await;
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let baked = &result["images"][0];
     let source = baked["ami_id"].as_str().unwrap().to_owned();
     let digest = baked["digest"].as_str().unwrap().to_owned();

@@ -48,8 +48,8 @@ async fn prune_keeps_the_newest_and_those_in_use_and_removes_the_rest_with_snaps
         .unwrap();
 
     let config = Scratch::new(&quick_config("", "", ""));
-    let dry = lab
-        .bake_ok(&[
+    let report = lab
+        .bake_json(&[
             "-c",
             &config.config(),
             "-o",
@@ -61,7 +61,6 @@ async fn prune_keeps_the_newest_and_those_in_use_and_removes_the_rest_with_snaps
             "--dry-run",
         ])
         .await;
-    let report: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
     let removed: Vec<&str> = report["images"][0]["removed"]
         .as_array()
         .unwrap()
@@ -263,8 +262,8 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
         .await
         .unwrap();
     let config = Scratch::new(&quick_config("", "", ""));
-    let out = lab
-        .bake_ok(&[
+    let report = lab
+        .bake_json(&[
             "-c",
             &config.config(),
             "-o",
@@ -275,7 +274,6 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
             "1",
         ])
         .await;
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let removed: Vec<&str> = report["images"][0]["removed"]
         .as_array()
         .unwrap()

@@ -36,10 +36,9 @@ async fn a_load_test_through_the_alb_scales_the_group_out_and_back_in() {
     let example = repo().join("examples/nginx-debian.toml");
     let example = example.to_str().unwrap();
     lab.bake_ok(&["-c", example, "ami", "web"]).await;
-    let out = lab
-        .bake_ok(&["-c", example, "-o", "json", "rollout", "web"])
+    let result = lab
+        .bake_json(&["-c", example, "-o", "json", "rollout", "web"])
         .await;
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let scaling = &result["scaling"];
     assert_eq!(scaling["desired"], 2, "{scaling}");
     assert_eq!(scaling["metrics_enabled"], true, "{scaling}");

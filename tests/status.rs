@@ -75,8 +75,9 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
         "{rollout}"
     );
 
-    let json = lab.bake_ok(&["-c", &config, "-o", "json", "status"]).await;
-    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let json = lab
+        .bake_json(&["-c", &config, "-o", "json", "status"])
+        .await;
     let image = &json["images"][0];
     assert_eq!(image["image"], "quick");
     assert_eq!(image["newest"]["ami_id"], b.as_str());
@@ -96,8 +97,9 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
 
     // The config changes, nothing is baked: the image's inputs changed since its newest AMI.
     std::fs::write(scratch.path().join("bake.toml"), self::config("third")).unwrap();
-    let out = lab.bake_ok(&["-c", &config, "-o", "json", "status"]).await;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = lab
+        .bake_json(&["-c", &config, "-o", "json", "status"])
+        .await;
     assert_eq!(
         json["images"][0]["changed"]["inputs"],
         serde_json::json!(["user-data"])

@@ -203,6 +203,15 @@ impl Lab {
         out
     }
 
+    /// Runs bake with `args` (which ask for `-o json`), asserts it succeeded and returns its JSON
+    /// result.
+    pub async fn bake_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.bake_ok(args).await;
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", output::stdout(&out));
+        })
+    }
+
     /// Runs bake to the end and asserts it refused the run (exit 2: bad config or input).
     pub async fn bake_refused(&self, args: &[&str]) -> Output {
         let out = self.run_bake(args).await;
