@@ -12,6 +12,44 @@ async fn bake(lab: &Lab, body: &str) -> String {
     lab.bake_quick(&scratch).await
 }
 
+/// `bake -o json prune quick --keep 1` with `extra` flags for `config`: prune's report.
+async fn prune_keep_one(lab: &Lab, config: &Scratch, extra: &[&str]) -> serde_json::Value {
+    let path = config.config();
+    let mut args = vec![
+        "-c",
+        path.as_str(),
+        "-o",
+        "json",
+        "prune",
+        "quick",
+        "--keep",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    lab.bake_json(&args).await
+}
+
+/// The AMIs a prune report removed.
+fn removed(report: &serde_json::Value) -> Vec<&str> {
+    report["images"][0]["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ami_id"].as_str().unwrap())
+        .collect()
+}
+
+/// Why a prune report kept `ami` (empty where it did not keep it).
+fn why_kept(report: &serde_json::Value, ami: &str) -> String {
+    report["images"][0]["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["ami_id"] == ami)
+        .map(|k| k["why"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
 async fn exists(lab: &Lab, ami: &str) -> bool {
     let out = lab
         .ec2
@@ -48,36 +86,14 @@ async fn prune_keeps_the_newest_and_those_in_use_and_removes_the_rest_with_snaps
         .unwrap();
 
     let config = Scratch::new(&quick_config("", "", ""));
-    let report = lab
-        .bake_json(&[
-            "-c",
-            &config.config(),
-            "-o",
-            "json",
-            "prune",
-            "quick",
-            "--keep",
-            "1",
-            "--dry-run",
-        ])
-        .await;
-    let removed: Vec<&str> = report["images"][0]["removed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["ami_id"].as_str().unwrap())
-        .collect();
+    let report = prune_keep_one(&lab, &config, &["--dry-run"]).await;
+    let removed = removed(&report);
     assert_eq!(removed, [middle.as_str()]);
-    let kept = report["images"][0]["kept"].as_array().unwrap();
-    let why = |ami: &str| {
-        kept.iter()
-            .find(|k| k["ami_id"] == ami)
-            .map(|k| k["why"].as_str().unwrap().to_owned())
-    };
-    assert_eq!(why(&newest).as_deref(), Some("one of the newest 1"));
+    let kept = &report["images"][0]["kept"];
+    assert_eq!(why_kept(&report, &newest), "one of the newest 1");
     assert!(
-        why(&oldest).unwrap().contains("launch template old-web"),
-        "{kept:?}"
+        why_kept(&report, &oldest).contains("launch template old-web"),
+        "{kept}"
     );
     assert!(exists(&lab, &middle).await, "a dry run removes nothing");
 
@@ -262,24 +278,8 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
         .await
         .unwrap();
     let config = Scratch::new(&quick_config("", "", ""));
-    let report = lab
-        .bake_json(&[
-            "-c",
-            &config.config(),
-            "-o",
-            "json",
-            "prune",
-            "quick",
-            "--keep",
-            "1",
-        ])
-        .await;
-    let removed: Vec<&str> = report["images"][0]["removed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["ami_id"].as_str().unwrap())
-        .collect();
+    let report = prune_keep_one(&lab, &config, &[]).await;
+    let removed = removed(&report);
     assert_eq!(
         removed,
         [doomed.as_str()],
@@ -293,27 +293,22 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
                 .contains("parameter"))
             .collect::<Vec<_>>()
     );
-    let kept = report["images"][0]["kept"].as_array().unwrap();
-    let why = |ami: &str| {
-        kept.iter()
-            .find(|k| k["ami_id"] == ami)
-            .map(|k| k["why"].as_str().unwrap().to_owned())
-            .unwrap_or_default()
-    };
+    let kept = &report["images"][0]["kept"];
+    let why = |ami: &str| why_kept(&report, ami);
     assert!(
         why(&published).contains("published in SSM parameter /bake/quick/ami-id"),
-        "{kept:?}"
+        "{kept}"
     );
     assert_eq!(
         why(&mixed),
         "launched by Auto Scaling group mixed-web",
-        "{kept:?}"
+        "{kept}"
     );
     assert_eq!(why(&newest), "one of the newest 1");
     assert_eq!(
         why(&abroad),
         "published in SSM parameter /bake/quick/ami-id in us-east-1",
-        "{kept:?}"
+        "{kept}"
     );
 
     // EC2 refused the snapshots while the AMI released them; prune asked again until it could.
