@@ -5,7 +5,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, InstanceStateName};
+use aws_sdk_ec2::types::InstanceStateName;
 use bake::aws;
 use support::output::{stderr, stdout};
 use support::{Lab, Scratch, quick_config, repo, signal};
@@ -30,19 +30,7 @@ async fn tag(lab: &Lab, ami: &str, key: &str) -> Option<String> {
 /// Launches an instance from `ami` without user data, reachable on port 80 from this runner,
 /// and returns its id and public IP.
 async fn launch_from(lab: &Lab, ami: &str) -> (String, String) {
-    let subnets = lab
-        .ec2
-        .describe_subnets()
-        .filters(
-            Filter::builder()
-                .name("tag:Name")
-                .values("Public subnet A")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let subnet = &subnets.subnets()[0];
+    let subnet = &lab.subnet_named("Public subnet A").await;
     let group = lab
         .ec2
         .create_security_group()
@@ -506,7 +494,7 @@ fn tested_config(vars: &str, test: &str) -> String {
 async fn instances_named(lab: &Lab, name: &str) -> Vec<aws_sdk_ec2::types::Instance> {
     lab.ec2
         .describe_instances()
-        .filters(Filter::builder().name("tag:Name").values(name).build())
+        .filters(support::filter("tag:Name", name))
         .send()
         .await
         .unwrap()

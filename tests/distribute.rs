@@ -792,12 +792,7 @@ async fn copies_into(lab: &Lab, region: &str) -> usize {
 async fn copy_in(ec2: &aws_sdk_ec2::Client, digest: &str) -> Vec<Image> {
     ec2.describe_images()
         .owners("self")
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:bake:digest")
-                .values(digest)
-                .build(),
-        )
+        .filters(support::filter("tag:bake:digest", digest))
         .send()
         .await
         .unwrap()
@@ -1037,12 +1032,7 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
     let snapshots = euw
         .describe_snapshots()
         .owner_ids("self")
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag-key")
-                .values("bake:run-id")
-                .build(),
-        )
+        .filters(support::run_tagged())
         .send()
         .await
         .unwrap();
@@ -1134,12 +1124,7 @@ async fn sigint_while_a_copy_is_pending_removes_the_copy_and_keeps_the_tested_im
                 let groups = lab
                     .ec2
                     .describe_security_groups()
-                    .filters(
-                        aws_sdk_ec2::types::Filter::builder()
-                            .name("tag-key")
-                            .values("bake:run-id")
-                            .build(),
-                    )
+                    .filters(support::run_tagged())
                     .send()
                     .await
                     .map(|out| out.security_groups().len())
@@ -1164,10 +1149,7 @@ async fn sigint_while_a_copy_is_pending_removes_the_copy_and_keeps_the_tested_im
 
 /// The images and snapshots of this account in `ec2`'s region that carry bake's run tag.
 async fn run_tagged(ec2: &aws_sdk_ec2::Client) -> (Vec<String>, Vec<String>) {
-    let tagged = aws_sdk_ec2::types::Filter::builder()
-        .name("tag-key")
-        .values("bake:run-id")
-        .build();
+    let tagged = support::run_tagged();
     let images = ec2
         .describe_images()
         .owners("self")

@@ -342,20 +342,7 @@ async fn leftovers(lab: &Lab, run: &str) {
         .unwrap()
         .value
         .unwrap();
-    let subnet = lab
-        .ec2
-        .describe_subnets()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:Name")
-                .values("Public subnet A")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .subnets()[0]
-        .clone();
+    let subnet = lab.subnet_named("Public subnet A").await;
     let tagged = |kind: aws_sdk_ec2::types::ResourceType| {
         aws_sdk_ec2::types::TagSpecification::builder()
             .resource_type(kind)
@@ -409,12 +396,7 @@ async fn leftovers(lab: &Lab, run: &str) {
         let out = lab
             .ec2
             .describe_instances()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("tag:bake:run-id")
-                    .values(run)
-                    .build(),
-            )
+            .filters(support::filter("tag:bake:run-id", run))
             .filters(
                 aws_sdk_ec2::types::Filter::builder()
                     .name("instance-state-name")

@@ -11,14 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, Instance};
+use aws_sdk_ec2::types::Instance;
 use support::network::vpc_named;
 use support::output::{stderr, stdout};
-use support::{Lab, Scratch, repo};
-
-fn filter(name: &str, value: &str) -> Filter {
-    Filter::builder().name(name).values(value).build()
-}
+use support::{Lab, Scratch, filter, repo};
 
 /// The VPC's interface endpoints that are not deleted, with their state.
 async fn endpoints_in(lab: &Lab, vpc: &str) -> Vec<(String, String, String)> {
@@ -169,12 +165,7 @@ async fn the_private_example_bakes_with_no_address_no_ingress_health_through_ssm
     let tested = lab
         .ec2
         .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("tag:Name")
-                .values("bake test web")
-                .build(),
-        )
+        .filters(filter("tag:Name", "bake test web"))
         .send()
         .await
         .unwrap();

@@ -225,18 +225,8 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
         .await
         .unwrap();
     let subnet = lab
-        .ec2
-        .describe_subnets()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:Name")
-                .values("Public subnet A")
-                .build(),
-        )
-        .send()
+        .subnet_named("Public subnet A")
         .await
-        .unwrap()
-        .subnets()[0]
         .subnet_id()
         .unwrap()
         .to_owned();

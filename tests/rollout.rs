@@ -81,12 +81,7 @@ async fn assert_stack_gone(lab: &Lab) {
     let named = lab
         .ec2
         .describe_security_groups()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag-key")
-                .values("bake:rollout")
-                .build(),
-        )
+        .filters(support::filter("tag-key", "bake:rollout"))
         .send()
         .await
         .unwrap();
@@ -737,12 +732,7 @@ async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
     let vpcs = lab
         .ec2
         .describe_vpcs()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:Name")
-                .values("VPC-Lab")
-                .build(),
-        )
+        .filters(support::filter("tag:Name", "VPC-Lab"))
         .send()
         .await
         .unwrap();

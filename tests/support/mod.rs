@@ -256,10 +256,7 @@ impl Lab {
     /// Asserts no builder, security group, image or snapshot of any bake run is left, apart from
     /// the AMIs in `kept`, and no container runs but those of `instances_kept`.
     pub async fn assert_nothing_left(&self, kept: &[&str], instances_kept: &[&str]) {
-        let tagged = Filter::builder()
-            .name("tag-key")
-            .values("bake:run-id")
-            .build();
+        let tagged = run_tagged();
         let live: Vec<String> = self
             .ec2
             .describe_instances()
@@ -345,6 +342,21 @@ impl Lab {
             .collect()
     }
 
+    /// The lab's subnet named `name` (its Name tag), e.g. "Public subnet A".
+    pub async fn subnet_named(&self, name: &str) -> aws_sdk_ec2::types::Subnet {
+        let out = self
+            .ec2
+            .describe_subnets()
+            .filters(filter("tag:Name", name))
+            .send()
+            .await
+            .unwrap();
+        out.subnets()
+            .first()
+            .unwrap_or_else(|| panic!("no subnet named {name}"))
+            .clone()
+    }
+
     /// Waits until `check` holds, polling every 200 ms for at most `limit`.
     pub async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut check: F)
     where
@@ -371,12 +383,7 @@ impl Lab {
                 let out = self
                     .ec2
                     .describe_instances()
-                    .filters(
-                        aws_sdk_ec2::types::Filter::builder()
-                            .name("tag-key")
-                            .values("bake:run-id")
-                            .build(),
-                    )
+                    .filters(run_tagged())
                     .send()
                     .await
                     .unwrap();
@@ -446,6 +453,16 @@ fn skip() {
         "skipped {test}: LAB_PYTHON is not set, so there is no lab here; `make test` sets up the \
          lab and runs this test"
     );
+}
+
+/// An EC2 filter: `name` (e.g. `tag:Name`, `tag-key`) is `value`.
+pub fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+/// The filter for what any bake run tagged (its `bake:run-id`), as `bake gc` finds it.
+pub fn run_tagged() -> Filter {
+    filter("tag-key", "bake:run-id")
 }
 
 /// Sends a signal (`INT`, `TERM`, `KILL`) to a process.
