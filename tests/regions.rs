@@ -7,7 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Lab, REGION, Scratch, quick_config, quick_rollout};
+use support::output::json_lines;
+use support::{Lab, REGION, Scratch, pipeline_args, quick_config, quick_rollout};
 
 /// The second region: the lab's VPC-Lab is there too.
 const OTHER: &str = "us-east-1";
@@ -405,11 +406,8 @@ async fn prune_across_regions_removes_a_family_only_when_no_region_uses_it() {
 
 /// Pipeline events (JSON Lines) as (step, status, region).
 fn steps(out: &std::process::Output) -> Vec<(String, String, String)> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
-        })
+    json_lines(out)
+        .iter()
         .map(|e| {
             (
                 e["step"].as_str().unwrap().to_owned(),
@@ -446,15 +444,7 @@ async fn the_pipeline_rolls_out_region_by_region_and_publishes_each_regions_copy
     make_keys(&lab).await;
     let scratch = Scratch::new(&two_regions("v1", "t3.small"));
     let config = scratch.config();
-    let args = [
-        "-c",
-        config.as_str(),
-        "-o",
-        "json",
-        "pipeline",
-        "--keep",
-        "5",
-    ];
+    let args = pipeline_args(&config, "5");
 
     // No t3.small in ap-northeast-2: its rollout fails, us-east-1's is not started, and the
     // parameter is published in neither region.

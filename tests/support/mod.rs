@@ -510,6 +510,12 @@ impl Scratch {
     }
 }
 
+/// `bake -c CONFIG -o json pipeline --keep KEEP`: a pipeline run's arguments, its events as JSON
+/// lines.
+pub fn pipeline_args<'a>(config: &'a str, keep: &'a str) -> [&'a str; 7] {
+    ["-c", config, "-o", "json", "pipeline", "--keep", keep]
+}
+
 /// A config for the quick template on the lab's Debian AMI in the workshops' public subnet.
 pub fn quick_config(vars: &str, health: &str, verify: &str) -> String {
     format!(
