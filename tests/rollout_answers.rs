@@ -143,6 +143,30 @@ fn refreshes(status: InstanceRefreshStatus) -> DescribeInstanceRefreshesOutput {
     refresh_of("refresh-1", status)
 }
 
+/// StartInstanceRefresh back to launch template version 1, answered with refresh-2: bake's
+/// restore of a refresh it could not roll back.
+fn restoring_refresh() -> Rule {
+    mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
+        .match_requests(|r| {
+            r.desired_configuration()
+                .and_then(|d| d.launch_template())
+                .and_then(|t| t.version())
+                == Some("1")
+        })
+        .then_output(|| {
+            StartInstanceRefreshOutput::builder()
+                .instance_refresh_id("refresh-2")
+                .build()
+        })
+}
+
+/// The restoring refresh-2, described as Successful.
+fn restored() -> Rule {
+    mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .match_requests(|r| r.instance_refresh_ids() == ["refresh-2"])
+        .then_output(|| refresh_of("refresh-2", InstanceRefreshStatus::Successful))
+}
+
 fn one_old_instance() -> DescribeAutoScalingGroupsOutput {
     DescribeAutoScalingGroupsOutput::builder()
         .auto_scaling_groups(
@@ -335,9 +359,7 @@ async fn a_refresh_that_ends_just_before_the_rollback_call_is_restored_by_a_new_
     let first = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
         .match_requests(|r| r.instance_refresh_ids() == ["refresh-1"])
         .then_output(|| refreshes(InstanceRefreshStatus::InProgress));
-    let restore = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
-        .match_requests(|r| r.instance_refresh_ids() == ["refresh-2"])
-        .then_output(|| refresh_of("refresh-2", InstanceRefreshStatus::Successful));
+    let restore = restored();
     let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh).then_error(|| {
         aws_sdk_autoscaling::operation::rollback_instance_refresh::RollbackInstanceRefreshError::generic(
             meta(
@@ -346,18 +368,7 @@ async fn a_refresh_that_ends_just_before_the_rollback_call_is_restored_by_a_new_
             ),
         )
     });
-    let start = mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
-        .match_requests(|r| {
-            r.desired_configuration()
-                .and_then(|d| d.launch_template())
-                .and_then(|t| t.version())
-                == Some("1")
-        })
-        .then_output(|| {
-            StartInstanceRefreshOutput::builder()
-                .instance_refresh_id("refresh-2")
-                .build()
-        });
+    let start = restoring_refresh();
     let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
         .then_output(one_old_instance);
     let (activities, health) = (no_activities(), no_targets());
@@ -390,25 +401,12 @@ async fn an_active_refresh_aws_cannot_roll_back_is_cancelled_then_restored() {
         .output(|| refreshes(InstanceRefreshStatus::Cancelling))
         .output(|| refreshes(InstanceRefreshStatus::Cancelled))
         .build();
-    let restore = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
-        .match_requests(|r| r.instance_refresh_ids() == ["refresh-2"])
-        .then_output(|| refresh_of("refresh-2", InstanceRefreshStatus::Successful));
+    let restore = restored();
     let cancel = mock!(aws_sdk_autoscaling::Client::cancel_instance_refresh)
         .then_output(|| CancelInstanceRefreshOutput::builder().build());
     let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh)
         .then_output(|| RollbackInstanceRefreshOutput::builder().build());
-    let start = mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
-        .match_requests(|r| {
-            r.desired_configuration()
-                .and_then(|d| d.launch_template())
-                .and_then(|t| t.version())
-                == Some("1")
-        })
-        .then_output(|| {
-            StartInstanceRefreshOutput::builder()
-                .instance_refresh_id("refresh-2")
-                .build()
-        });
+    let start = restoring_refresh();
     let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
         .then_output(one_old_instance);
     let (activities, health) = (no_activities(), no_targets());
