@@ -989,7 +989,7 @@ commands = [
 
 /// How many requests instances sent to AWS's endpoints (the agent's download among them).
 async fn endpoint_requests(lab: &Lab) -> u64 {
-    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    let info = lab.info().await;
     info["aws_front"]["requests"].as_u64().unwrap()
 }
 

@@ -401,7 +401,7 @@ fn private_config(images: &[String]) -> String {
 
 /// The apt proxy's traffic so far (the lab's stand-in for the internet's package mirror).
 async fn mirror_traffic(lab: &Lab) -> u64 {
-    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    let info = lab.info().await;
     let proxy = &info["apt_proxy"];
     ["hits", "mirror_fetches", "passed_through"]
         .iter()

@@ -284,11 +284,8 @@ async fn a_canary_of_a_broken_ami_stops_at_the_first_checkpoint_and_rolls_back()
     );
     assert_eq!(refresh.preferences().unwrap().checkpoint_delay(), Some(60));
     let rolled_back_at = lab
-        .requests()
+        .first_call_time("RollbackInstanceRefresh")
         .await
-        .iter()
-        .find(|r| r["action"] == "RollbackInstanceRefresh")
-        .and_then(|r| r["time"].as_f64())
         .expect("bake rolled the refresh back");
     let registered = lab
         .events()

@@ -488,11 +488,7 @@ async fn a_group_that_cannot_launch_ends_the_rollout_within_a_minute_with_awss_m
         return;
     };
     let scratch = Scratch::new(&config("page"));
-    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
-    let base = info["debian_images"]["ap-northeast-2"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let base = lab.debian_image().await;
     lab.control(
         "capacity",
         serde_json::json!({"unavailable": [
@@ -520,18 +516,12 @@ async fn a_group_that_cannot_launch_ends_the_rollout_within_a_minute_with_awss_m
 
     // bake gave up (and began removing the group) within a minute of the first failed launch.
     let first_failure = lab
-        .events()
+        .first_event_time("launch_failed")
         .await
-        .iter()
-        .find(|e| e["event"] == "launch_failed")
-        .and_then(|e| e["time"].as_f64())
         .expect("the lab recorded the failed launch");
     let removal = lab
-        .requests()
+        .first_call_time("DeleteAutoScalingGroup")
         .await
-        .iter()
-        .find(|r| r["action"] == "DeleteAutoScalingGroup")
-        .and_then(|r| r["time"].as_f64())
         .expect("bake deleted the group");
     assert!(
         removal - first_failure < 60.0,
@@ -614,7 +604,7 @@ async fn refresh_rolls_back_when_the_new_instances_stay_unhealthy() {
     let before = web_instances(&lab).await;
 
     // The Debian base image serves nothing on port 80.
-    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    let info = lab.info().await;
     let base = info["debian_images"]["ap-northeast-2"]
         .as_str()
         .expect("the lab names its Debian AMI")
@@ -657,11 +647,7 @@ async fn a_failed_first_rollout_removes_the_stack_it_created() {
         return;
     };
     let scratch = Scratch::new(&config("page"));
-    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
-    let base = info["debian_images"]["ap-northeast-2"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let base = lab.debian_image().await;
     let out = lab
         .run_bake(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
         .await;
@@ -690,11 +676,7 @@ async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
     );
 
     // Both load balancer subnets in one zone.
-    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
-    let base = info["debian_images"]["ap-northeast-2"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let base = lab.debian_image().await;
     let one_zone = config("page").replace(
         "{ tag = { Name = \"Public subnet C\" } },\n]",
         "{ tag = { Name = \"Public subnet A\" } },\n]",

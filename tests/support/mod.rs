@@ -152,6 +152,37 @@ impl Lab {
         json_lines(&self.get("events").await)
     }
 
+    /// The lab's `info` control endpoint: its images, its stand-ins' traffic.
+    pub async fn info(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("info").await).unwrap()
+    }
+
+    /// The lab's Debian image in its region, for a rollout of an image not baked here.
+    pub async fn debian_image(&self) -> String {
+        self.info().await["debian_images"][REGION]
+            .as_str()
+            .expect("the lab has a Debian image in its region")
+            .to_owned()
+    }
+
+    /// When (the lab's clock, seconds) `action` was first called since reset.
+    pub async fn first_call_time(&self, action: &str) -> Option<f64> {
+        self.requests()
+            .await
+            .iter()
+            .find(|r| r["action"] == action)
+            .and_then(|r| r["time"].as_f64())
+    }
+
+    /// When (the lab's clock, seconds) the lab first reached `event`.
+    pub async fn first_event_time(&self, event: &str) -> Option<f64> {
+        self.events()
+            .await
+            .iter()
+            .find(|e| e["event"] == event)
+            .and_then(|e| e["time"].as_f64())
+    }
+
     /// Live containers (instances) in the lab.
     pub async fn containers(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.get("containers").await).unwrap()
