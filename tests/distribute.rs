@@ -1121,14 +1121,7 @@ async fn sigint_while_a_copy_is_pending_removes_the_copy_and_keeps_the_tested_im
             // Once the builder's cleanup is done (its group deleted): this test is about the copy
             // stage, not about an interrupted cleanup of the builder.
             || async {
-                let groups = lab
-                    .ec2
-                    .describe_security_groups()
-                    .filters(support::run_tagged())
-                    .send()
-                    .await
-                    .map(|out| out.security_groups().len())
-                    .ok();
+                let groups = lab.run_tagged_groups().await.map(|g| g.len());
                 copies_into(&lab, "us-east-1").await > 0 && groups == Some(0)
             },
         )

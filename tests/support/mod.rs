@@ -284,6 +284,24 @@ impl Lab {
         output::stdout(&out)
     }
 
+    /// The security groups a bake run tagged, as EC2 lists them now (`None` where the call
+    /// failed, e.g. throttled).
+    pub async fn run_tagged_groups(&self) -> Option<Vec<String>> {
+        let out = self
+            .ec2
+            .describe_security_groups()
+            .filters(run_tagged())
+            .send()
+            .await
+            .ok()?;
+        Some(
+            out.security_groups()
+                .iter()
+                .map(|g| g.group_id().unwrap().to_owned())
+                .collect(),
+        )
+    }
+
     /// Asserts no builder, security group, image or snapshot of any bake run is left, apart from
     /// the AMIs in `kept`, and no container runs but those of `instances_kept`.
     pub async fn assert_nothing_left(&self, kept: &[&str], instances_kept: &[&str]) {
@@ -302,17 +320,10 @@ impl Lab {
             .map(|i| format!("{} {:?}", i.instance_id().unwrap(), i.state()))
             .collect();
         assert!(live.is_empty(), "builders left: {live:?}");
-        let groups: Vec<String> = self
-            .ec2
-            .describe_security_groups()
-            .filters(tagged.clone())
-            .send()
+        let groups = self
+            .run_tagged_groups()
             .await
-            .unwrap()
-            .security_groups()
-            .iter()
-            .map(|g| g.group_id().unwrap().to_owned())
-            .collect();
+            .expect("EC2 lists the security groups");
         assert!(groups.is_empty(), "security groups left: {groups:?}");
         let images = self
             .ec2
