@@ -34,6 +34,25 @@ fn clients(ec2_rules: &[&Rule]) -> Clients {
     clients_of(ec2_rules, &[], &[])
 }
 
+/// `image::create` of `plan`'s AMI from builder i-builder, with its own name and no extra tags.
+async fn create_image(
+    clients: &Clients,
+    plan: &Plan,
+    janitor: &Janitor,
+) -> Result<(String, String), image::Error> {
+    image::create(
+        clients,
+        plan,
+        "i-builder",
+        &plan.ami_name,
+        false,
+        &[],
+        janitor,
+        &progress(),
+    )
+    .await
+}
+
 fn plan() -> Plan {
     Plan {
         image: "web".into(),
@@ -135,18 +154,7 @@ async fn a_failed_image_is_deregistered_and_its_snapshots_deleted() {
     ]);
     let janitor = Janitor::new(clients.clone(), "run-1".into());
     let plan = plan();
-    let err = image::create(
-        &clients,
-        &plan,
-        "i-builder",
-        &plan.ami_name,
-        false,
-        &[],
-        &janitor,
-        &progress(),
-    )
-    .await
-    .unwrap_err();
+    let err = create_image(&clients, &plan, &janitor).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "AMI ami-new in ap-northeast-2 failed: state failed (snapshot creation failed)"
@@ -389,18 +397,7 @@ async fn create_after_clash(
     let clients = clients(&[&create, &listing, &by_id]);
     let janitor = Janitor::new(clients.clone(), "run-1".into());
     let plan = plan();
-    let (id, name) = image::create(
-        &clients,
-        &plan,
-        "i-builder",
-        &plan.ami_name,
-        false,
-        &[],
-        &janitor,
-        &progress(),
-    )
-    .await
-    .unwrap();
+    let (id, name) = create_image(&clients, &plan, &janitor).await.unwrap();
     let name = name
         .strip_prefix(&plan.ami_name)
         .unwrap_or(&name)

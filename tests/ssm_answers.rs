@@ -55,6 +55,20 @@ fn not_found() -> GetParameterError {
     GetParameterError::generic(meta("ParameterNotFound", "not found"))
 }
 
+/// `verify::run` of one command (`true`) on builder i-1, given a minute.
+async fn verify_true(clients: &Clients) -> Result<(), verify::Error> {
+    let commands = vec!["true".to_owned()];
+    verify::run(
+        clients,
+        "i-1",
+        "d",
+        &commands,
+        Duration::from_secs(60),
+        &progress(),
+    )
+    .await
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_new_parameter_is_read_back_until_validation_has_created_it() {
     // Before PutParameter, then twice during validation: not there; then the new id.
@@ -169,17 +183,7 @@ async fn verify_rides_out_invocation_does_not_exist_and_throttling() {
         .output(|| invocation(CommandInvocationStatus::Success, "Success"))
         .build();
     let clients = clients(&[&send, &get]);
-    let commands = vec!["true".to_owned()];
-    verify::run(
-        &clients,
-        "i-1",
-        "d",
-        &commands,
-        Duration::from_secs(60),
-        &progress(),
-    )
-    .await
-    .unwrap();
+    verify_true(&clients).await.unwrap();
     assert_eq!(get.num_calls(), 5);
 }
 
@@ -189,18 +193,7 @@ async fn an_undeliverable_verify_command_says_so() {
     let get = mock!(aws_sdk_ssm::Client::get_command_invocation)
         .then_output(|| invocation(CommandInvocationStatus::Failed, "Undeliverable"));
     let clients = clients(&[&send, &get]);
-    let commands = vec!["true".to_owned()];
-    let err = verify::run(
-        &clients,
-        "i-1",
-        "d",
-        &commands,
-        Duration::from_secs(60),
-        &progress(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = verify_true(&clients).await.unwrap_err().to_string();
     assert!(
         err.contains("verification on builder i-1 ended Failed: Undeliverable"),
         "{err}"
