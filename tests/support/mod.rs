@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod home;
 pub mod mocks;
 pub mod network;
 pub mod output;
