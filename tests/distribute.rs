@@ -1023,24 +1023,10 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
     let err = stderr(&failed);
     assert!(err.contains("copies failed in eu-west-1"), "{err}");
     let euw = aws_sdk_ec2::Client::new(&sdk(&lab, "eu-west-1", None).await);
-    let left = euw.describe_images().owners("self").send().await.unwrap();
-    assert!(
-        left.images().is_empty(),
-        "the failed copy is deregistered: {left:?}"
-    );
+    let left = support::own_images(&euw, None).await;
+    assert!(left.is_empty(), "the failed copy is deregistered: {left:?}");
     // The copy's snapshot carried the run's tags (TagSpecifications): none is left.
-    let snapshots = euw
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(support::run_tagged())
-        .send()
-        .await
-        .unwrap();
-    let left: Vec<&str> = snapshots
-        .snapshots()
-        .iter()
-        .filter_map(|s| s.snapshot_id())
-        .collect();
+    let left = support::own_snapshots(&euw, Some(support::run_tagged())).await;
     assert!(left.is_empty(), "and its snapshot deleted: {left:?}");
     assert_eq!(copy_in(&east, &digest).await.len(), 1);
     assert_eq!(copy_in(&west, &digest).await.len(), 1);
@@ -1142,33 +1128,8 @@ async fn sigint_while_a_copy_is_pending_removes_the_copy_and_keeps_the_tested_im
 
 /// The images and snapshots of this account in `ec2`'s region that carry bake's run tag.
 async fn run_tagged(ec2: &aws_sdk_ec2::Client) -> (Vec<String>, Vec<String>) {
-    let tagged = support::run_tagged();
-    let images = ec2
-        .describe_images()
-        .owners("self")
-        .filters(tagged.clone())
-        .send()
-        .await
-        .unwrap();
-    let snapshots = ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(tagged)
-        .send()
-        .await
-        .unwrap();
     (
-        images
-            .images()
-            .iter()
-            .filter_map(|i| i.image_id())
-            .map(str::to_owned)
-            .collect(),
-        snapshots
-            .snapshots()
-            .iter()
-            .filter_map(|s| s.snapshot_id())
-            .map(str::to_owned)
-            .collect(),
+        support::own_images(ec2, Some(support::run_tagged())).await,
+        support::own_snapshots(ec2, Some(support::run_tagged())).await,
     )
 }

@@ -102,20 +102,9 @@ async fn prune_keeps_the_newest_and_those_in_use_and_removes_the_rest_with_snaps
     assert!(!exists(&lab, &middle).await);
     assert!(exists(&lab, &oldest).await);
     assert!(exists(&lab, &newest).await);
-    let left = lab
-        .ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .send()
-        .await
-        .unwrap();
-    let left: Vec<&str> = left
-        .snapshots()
-        .iter()
-        .filter_map(|s| s.snapshot_id())
-        .collect();
+    let left = support::own_snapshots(&lab.ec2, None).await;
     for snapshot in &middle_snapshots {
-        assert!(!left.contains(&snapshot.as_str()), "{snapshot} left");
+        assert!(!left.contains(snapshot), "{snapshot} left");
     }
 }
 

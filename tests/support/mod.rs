@@ -326,34 +326,17 @@ impl Lab {
             .await
             .expect("EC2 lists the security groups");
         assert!(groups.is_empty(), "security groups left: {groups:?}");
-        let images = self
-            .ec2
-            .describe_images()
-            .owners("self")
-            .send()
+        let images: Vec<String> = own_images(&self.ec2, None)
             .await
-            .unwrap();
-        let images: Vec<&str> = images
-            .images()
-            .iter()
-            .filter_map(|i| i.image_id())
-            .filter(|id| !kept.contains(id))
+            .into_iter()
+            .filter(|id| !kept.contains(&id.as_str()))
             .collect();
         assert!(images.is_empty(), "images left: {images:?}");
-        let snapshots = self
-            .ec2
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(tagged)
-            .send()
-            .await
-            .unwrap();
         let kept_snapshots = self.snapshots_of(kept).await;
-        let orphans: Vec<&str> = snapshots
-            .snapshots()
-            .iter()
-            .filter_map(|s| s.snapshot_id())
-            .filter(|id| !kept_snapshots.iter().any(|k| k == id))
+        let orphans: Vec<String> = own_snapshots(&self.ec2, Some(tagged))
+            .await
+            .into_iter()
+            .filter(|id| !kept_snapshots.contains(id))
             .collect();
         assert!(orphans.is_empty(), "snapshots left: {orphans:?}");
         let containers: Vec<String> = self
@@ -506,6 +489,38 @@ pub fn filter(name: &str, value: &str) -> Filter {
 /// The filter for what any bake run tagged (its `bake:run-id`), as `bake gc` finds it.
 pub fn run_tagged() -> Filter {
     filter("tag-key", "bake:run-id")
+}
+
+/// The ids of this account's images in `ec2`'s region (those `filter` selects, where given).
+pub async fn own_images(ec2: &aws_sdk_ec2::Client, filter: Option<Filter>) -> Vec<String> {
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .set_filters(filter.map(|f| vec![f]))
+        .send()
+        .await
+        .unwrap();
+    out.images()
+        .iter()
+        .filter_map(|i| i.image_id())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The ids of this account's snapshots in `ec2`'s region (those `filter` selects, where given).
+pub async fn own_snapshots(ec2: &aws_sdk_ec2::Client, filter: Option<Filter>) -> Vec<String> {
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .set_filters(filter.map(|f| vec![f]))
+        .send()
+        .await
+        .unwrap();
+    out.snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Sends a signal (`INT`, `TERM`, `KILL`) to a process.
