@@ -776,13 +776,7 @@ async fn sigint_one_second_after_run_instances_leaves_nothing_running() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
-    let terminates: Vec<i64> = lab
-        .requests()
-        .await
-        .iter()
-        .filter(|r| r["action"] == "TerminateInstances")
-        .map(|r| r["status"].as_i64().unwrap())
-        .collect();
+    let terminates = lab.statuses("TerminateInstances").await;
     // EC2 answered NotFound at first; bake asked again until it knew the instance.
     assert_eq!(terminates.first(), Some(&400), "{terminates:?}");
     assert_eq!(terminates.last(), Some(&200), "{terminates:?}");
@@ -832,13 +826,7 @@ async fn a_lost_create_image_answer_reuses_this_runs_image_instead_of_a_second()
     let out = lab
         .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
         .await;
-    let creates: Vec<i64> = lab
-        .requests()
-        .await
-        .iter()
-        .filter(|r| r["action"] == "CreateImage")
-        .map(|r| r["status"].as_i64().unwrap_or_default())
-        .collect();
+    let creates = lab.statuses("CreateImage").await;
     assert_eq!(creates, [500, 400], "a lost answer, then the name taken");
     let ami = stdout(&out);
     let mine = lab

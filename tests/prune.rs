@@ -108,16 +108,6 @@ async fn prune_keeps_the_newest_and_those_in_use_and_removes_the_rest_with_snaps
     }
 }
 
-/// The requests of one action since the lab started, as (status, time).
-async fn answers(lab: &Lab, action: &str) -> Vec<i64> {
-    lab.requests()
-        .await
-        .iter()
-        .filter(|r| r["action"] == action)
-        .map(|r| r["status"].as_i64().unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instances_amis() {
     let Some(lab) = Lab::start_or_skip().await else {
@@ -291,7 +281,7 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
     );
 
     // EC2 refused the snapshots while the AMI released them; prune asked again until it could.
-    let deletes = answers(&lab, "DeleteSnapshot").await;
+    let deletes = lab.statuses("DeleteSnapshot").await;
     assert_eq!(deletes.first(), Some(&400), "{deletes:?}");
     assert_eq!(deletes.last(), Some(&200), "{deletes:?}");
     assert!(!exists(&lab, &doomed).await);

@@ -166,6 +166,16 @@ impl Lab {
             .to_owned()
     }
 
+    /// The HTTP statuses the lab answered `action` with since reset, in the order of the calls.
+    pub async fn statuses(&self, action: &str) -> Vec<i64> {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| r["action"] == action)
+            .map(|r| r["status"].as_i64().expect("a logged call has a status"))
+            .collect()
+    }
+
     /// When (the lab's clock, seconds) `action` was first called since reset.
     pub async fn first_call_time(&self, action: &str) -> Option<f64> {
         self.requests()
