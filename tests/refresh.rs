@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::output::stderr;
-use support::web::{bodies, web_instances};
+use support::web::{bodies, web_instances, web_newest_refresh};
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
 
 /// The quick image serving `body` (its health check on `/healthz` expects `expect`; `vars` adds
@@ -109,17 +109,7 @@ async fn target_group_arn(lab: &Lab) -> String {
 
 /// The newest refresh's preferences.
 async fn newest_preferences(lab: &Lab) -> aws_sdk_autoscaling::types::RefreshPreferences {
-    let refreshes = lab
-        .autoscaling
-        .describe_instance_refreshes()
-        .auto_scaling_group_name("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    refreshes.instance_refreshes()[0]
-        .preferences()
-        .unwrap()
-        .clone()
+    web_newest_refresh(lab).await.preferences().unwrap().clone()
 }
 
 /// The lab's events since the probe of `report` began, its seconds counted from there (to tell a
@@ -270,14 +260,7 @@ async fn a_canary_of_a_broken_ami_stops_at_the_first_checkpoint_and_rolls_back()
     assert!(failed >= 1, "{counts}");
 
     // The canary never went past its first slice: one instance of four (25%) of version 2.
-    let refreshes = lab
-        .autoscaling
-        .describe_instance_refreshes()
-        .auto_scaling_group_name("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    let refresh = &refreshes.instance_refreshes()[0];
+    let refresh = web_newest_refresh(&lab).await;
     assert_eq!(
         refresh.preferences().unwrap().checkpoint_percentages(),
         &[25, 100]

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::output::{stderr, stdout};
-use support::web::{bodies, web_group, web_instances};
+use support::web::{bodies, web_group, web_instances, web_newest_refresh};
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
 
 /// The quick image (a page served at boot by systemd) and a rollout of it shaped like the
@@ -467,14 +467,7 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
         ),
         "before {instances:?}, after {replaced:?}"
     );
-    let refreshes = lab
-        .autoscaling
-        .describe_instance_refreshes()
-        .auto_scaling_group_name("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    let newest = &refreshes.instance_refreshes()[0];
+    let newest = web_newest_refresh(&lab).await;
     assert_eq!(
         newest.preferences().and_then(|p| p.auto_rollback()),
         Some(true),

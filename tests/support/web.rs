@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use aws_sdk_autoscaling::types::AutoScalingGroup;
+use aws_sdk_autoscaling::types::{AutoScalingGroup, InstanceRefresh};
 
 use super::Lab;
 
@@ -43,6 +43,21 @@ pub async fn web_instances(lab: &Lab) -> Vec<(String, String, String)> {
             )
         })
         .collect()
+}
+
+/// Web-ASG's newest instance refresh (Auto Scaling lists them newest first).
+pub async fn web_newest_refresh(lab: &Lab) -> InstanceRefresh {
+    let out = lab
+        .autoscaling
+        .describe_instance_refreshes()
+        .auto_scaling_group_name(GROUP)
+        .send()
+        .await
+        .unwrap();
+    out.instance_refreshes()
+        .first()
+        .expect("Web-ASG has a refresh")
+        .clone()
 }
 
 /// GETs `url` `n` times, each answered 200, and returns the distinct bodies (trimmed).
