@@ -1,8 +1,13 @@
 //! The SSM agent in user data: the built-in templates install it on Debian from the region's
 //! download location, and `bake validate` warns about a user's Debian template that never does.
 
+#[path = "support/output.rs"]
+mod output;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
+
+use output::{stderr, stdout};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -18,10 +23,6 @@ fn bake(args: &[&str]) -> Output {
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .output()
         .expect("bake runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 const CONFIG: &str = r#"
@@ -56,9 +57,9 @@ const NO_AGENT: &str = "#!/bin/bash\napt-get install -y nginx\n";
 fn the_nginx_example_validates_without_any_warning() {
     let example = repo().join("examples/nginx-debian.toml");
     let out = bake(&["-c", example.to_str().unwrap(), "validate"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stderr), "", "validate printed on stderr");
-    assert!(text(&out.stdout).starts_with("ok web: nginx on debian"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "validate printed on stderr");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok web: nginx on debian"));
 }
 
 #[test]
@@ -68,9 +69,9 @@ fn a_debian_template_without_the_agent_is_warned_about_at_its_line() {
     assert!(
         out.status.success(),
         "a warning is not an error: {}",
-        text(&out.stderr)
+        stderr(&out)
     );
-    let err = text(&out.stderr);
+    let err = stderr(&out);
     assert!(
         err.starts_with(&format!("warning: {config}:5:"))
             && err.contains("image.web.template: template \"mine\" for os = \"debian\"")
@@ -99,8 +100,8 @@ fn templates_that_install_the_agent_or_run_elsewhere_get_no_warning() {
     ] {
         let (_dir, config) = scratch(os, body);
         let out = bake(&["-c", &config, "validate"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        assert_eq!(text(&out.stderr), "", "{os}: {body}");
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{os}: {body}");
     }
 }
 
@@ -108,8 +109,8 @@ fn templates_that_install_the_agent_or_run_elsewhere_get_no_warning() {
 fn debian_user_data_installs_the_agent_from_the_regions_location_with_retries() {
     let example = repo().join("examples/nginx-debian.toml");
     let out = bake(&["-c", example.to_str().unwrap(), "render", "web"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let script = text(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = stdout(&out);
     let install = script.find("\nssm_agent\n").expect("the agent step runs");
     let packages = script.find("pkg_install nginx").unwrap();
     assert!(
@@ -131,7 +132,7 @@ fn debian_user_data_installs_the_agent_from_the_regions_location_with_retries() 
     let al2023 = repo().join("examples/lamp-al2023.toml");
     let out = bake(&["-c", al2023.to_str().unwrap(), "render", "web"]);
     assert!(
-        !text(&out.stdout).contains("amazon-ssm-agent"),
+        !stdout(&out).contains("amazon-ssm-agent"),
         "Amazon Linux ships the agent"
     );
 }

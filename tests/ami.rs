@@ -5,17 +5,10 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, InstanceStateName};
+use aws_sdk_ec2::types::InstanceStateName;
 use bake::aws;
+use support::output::{stderr, stdout};
 use support::{Lab, Scratch, quick_config, repo, signal};
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 async fn tag(lab: &Lab, ami: &str, key: &str) -> Option<String> {
     let out = lab
@@ -37,19 +30,7 @@ async fn tag(lab: &Lab, ami: &str, key: &str) -> Option<String> {
 /// Launches an instance from `ami` without user data, reachable on port 80 from this runner,
 /// and returns its id and public IP.
 async fn launch_from(lab: &Lab, ami: &str) -> (String, String) {
-    let subnets = lab
-        .ec2
-        .describe_subnets()
-        .filters(
-            Filter::builder()
-                .name("tag:Name")
-                .values("Public subnet A")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let subnet = &subnets.subnets()[0];
+    let subnet = &lab.subnet_named("Public subnet A").await;
     let group = lab
         .ec2
         .create_security_group()
@@ -137,8 +118,7 @@ async fn nginx_example_bakes_once_and_the_ami_serves_the_page() {
     };
     let example = repo().join("examples/nginx-debian.toml");
     let example = example.to_str().unwrap();
-    let out = lab.run_bake(&["-c", example, "ami", "web"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&["-c", example, "ami", "web"]).await;
     let ami = stdout(&out);
     assert!(ami.starts_with("ami-"), "{ami}");
 
@@ -169,8 +149,7 @@ async fn nginx_example_bakes_once_and_the_ami_serves_the_page() {
 
     // The same inputs again: nothing is launched, the same AMI is printed.
     let launches = lab.calls("RunInstances").await;
-    let again = lab.run_bake(&["-c", example, "ami", "web"]).await;
-    assert!(again.status.success(), "{}", stderr(&again));
+    let again = lab.bake_ok(&["-c", example, "ami", "web"]).await;
     assert_eq!(stdout(&again), ami);
     assert_eq!(
         lab.calls("RunInstances").await,
@@ -187,9 +166,8 @@ async fn nginx_example_bakes_once_and_the_ami_serves_the_page() {
         .replace("[image.web]\n", "[image.web]\ndeprecate_after = \"90d\"\n");
     std::fs::write(&changed, text).unwrap();
     let rebaked = lab
-        .run_bake(&["-c", changed.to_str().unwrap(), "ami", "web"])
+        .bake_ok(&["-c", changed.to_str().unwrap(), "ami", "web"])
         .await;
-    assert!(rebaked.status.success(), "{}", stderr(&rebaked));
     assert_ne!(stdout(&rebaked), ami);
     assert_eq!(
         lab.calls("RunInstances").await,
@@ -452,9 +430,8 @@ async fn sigkill_leaves_resources_that_gc_removes() {
     lab.wait_until_builders_listed().await;
 
     let dry = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s", "--dry-run"])
+        .bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s", "--dry-run"])
         .await;
-    assert!(dry.status.success(), "{}", stderr(&dry));
     assert!(
         stdout(&dry).contains("would delete instance i-"),
         "{}",
@@ -476,10 +453,8 @@ async fn sigkill_leaves_resources_that_gc_removes() {
         stdout(&young)
     );
 
-    let gc = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+    lab.bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
         .await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
     lab.assert_nothing_left(&[], &[]).await;
 }
 
@@ -501,20 +476,9 @@ async fn bake_succeeds_through_throttling_and_503s() {
         "expect_body = \"storm\"",
         "commands = [\"true\"]",
     ));
-    let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let faulted = lab
-        .requests()
-        .await
-        .iter()
-        .filter(|r| r["fault"] == true)
-        .count();
-    assert!(faulted > 0, "faults were injected");
-    let ami = stdout(&out);
-    lab.control("faults", serde_json::json!({ "rate": 0 }))
-        .await;
+    let ami = lab.bake_quick(&scratch).await;
+    assert!(lab.faulted().await > 0, "faults were injected");
+    lab.faults_off().await;
     lab.assert_nothing_left(&[&ami], &[]).await;
 }
 
@@ -530,7 +494,7 @@ fn tested_config(vars: &str, test: &str) -> String {
 async fn instances_named(lab: &Lab, name: &str) -> Vec<aws_sdk_ec2::types::Instance> {
     lab.ec2
         .describe_instances()
-        .filters(Filter::builder().name("tag:Name").values(name).build())
+        .filters(support::filter("tag:Name", name))
         .send()
         .await
         .unwrap()
@@ -551,9 +515,8 @@ async fn the_test_stage_boots_the_new_ami_without_user_data_and_reports_its_time
         "commands = [\"grep -q proved /srv/www/index.html\"]",
     ));
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "-o", "json", "ami", "quick"])
+        .bake_ok(&["-c", &scratch.config(), "-o", "json", "ami", "quick"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let baked = &result["images"][0];
     let ami = baked["ami_id"].as_str().unwrap();
@@ -677,28 +640,24 @@ async fn a_failed_test_with_keep_on_failure_keeps_the_ami_tagged_failed_and_neve
     );
     std::fs::write(scratch.path().join("bake.toml"), rollout).unwrap();
     let named = lab
-        .run_bake(&["-c", &scratch.config(), "rollout", "quick", "--ami", &ami])
+        .bake_refused(&["-c", &scratch.config(), "rollout", "quick", "--ami", &ami])
         .await;
-    assert_eq!(named.status.code(), Some(2), "{}", stderr(&named));
     assert!(
         stderr(&named).contains("its test is failed"),
         "{}",
         stderr(&named)
     );
     let newest = lab
-        .run_bake(&["-c", &scratch.config(), "rollout", "quick"])
+        .bake_refused(&["-c", &scratch.config(), "rollout", "quick"])
         .await;
-    assert_eq!(newest.status.code(), Some(2), "{}", stderr(&newest));
     assert!(
         stderr(&newest).contains("no available AMI"),
         "{}",
         stderr(&newest)
     );
     assert_eq!(lab.calls("CreateLoadBalancer").await, 0);
-    let gc = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+    lab.bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
         .await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
     lab.assert_nothing_left(&[&ami], &[]).await;
 }
 
@@ -731,10 +690,8 @@ async fn keep_on_failure_leaves_the_builder_and_says_how_to_reach_it() {
     let builder = containers[0]["instance_id"].as_str().unwrap();
     let reach = format!("aws ssm start-session --target {builder}");
     assert!(stderr(&out).contains(&reach), "{}", stderr(&out));
-    let gc = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+    lab.bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
         .await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
     lab.assert_nothing_left(&[], &[]).await;
 }
 
@@ -819,13 +776,7 @@ async fn sigint_one_second_after_run_instances_leaves_nothing_running() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
-    let terminates: Vec<i64> = lab
-        .requests()
-        .await
-        .iter()
-        .filter(|r| r["action"] == "TerminateInstances")
-        .map(|r| r["status"].as_i64().unwrap())
-        .collect();
+    let terminates = lab.statuses("TerminateInstances").await;
     // EC2 answered NotFound at first; bake asked again until it knew the instance.
     assert_eq!(terminates.first(), Some(&400), "{terminates:?}");
     assert_eq!(terminates.last(), Some(&200), "{terminates:?}");
@@ -849,20 +800,9 @@ async fn bake_succeeds_under_throttle_bursts_and_leaves_nothing() {
         "expect_body = \"bursts\"",
         "commands = [\"true\"]",
     ));
-    let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let faulted = lab
-        .requests()
-        .await
-        .iter()
-        .filter(|r| r["fault"] == true)
-        .count();
-    assert!(faulted > 0, "the bursts throttled calls");
-    let ami = stdout(&out);
-    lab.control("faults", serde_json::json!({ "rate": 0 }))
-        .await;
+    let ami = lab.bake_quick(&scratch).await;
+    assert!(lab.faulted().await > 0, "the bursts throttled calls");
+    lab.faults_off().await;
     lab.assert_nothing_left(&[&ami], &[]).await;
 }
 
@@ -884,16 +824,9 @@ async fn a_lost_create_image_answer_reuses_this_runs_image_instead_of_a_second()
         "commands = [\"true\"]",
     ));
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
+        .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let creates: Vec<i64> = lab
-        .requests()
-        .await
-        .iter()
-        .filter(|r| r["action"] == "CreateImage")
-        .map(|r| r["status"].as_i64().unwrap_or_default())
-        .collect();
+    let creates = lab.statuses("CreateImage").await;
     assert_eq!(creates, [500, 400], "a lost answer, then the name taken");
     let ami = stdout(&out);
     let mine = lab
@@ -916,8 +849,7 @@ async fn a_lost_create_image_answer_reuses_this_runs_image_instead_of_a_second()
         .collect();
     assert_eq!(names.len(), 1, "one image, no `-2`: {names:?}");
     assert_eq!(names[0].0, ami);
-    lab.control("faults", serde_json::json!({ "rate": 0 }))
-        .await;
+    lab.faults_off().await;
     lab.assert_nothing_left(&[&ami], &[]).await;
 }
 
@@ -997,8 +929,7 @@ commands = [
         "",
         "no warning for the built-in template"
     );
-    let out = lab.run_bake(&["-c", path, "ami", "web"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&["-c", path, "ami", "web"]).await;
     let ami = stdout(&out);
     assert!(ami.starts_with("ami-"), "{ami}");
     lab.assert_nothing_left(&[&ami], &[]).await;
@@ -1046,7 +977,7 @@ commands = [
 
 /// How many requests instances sent to AWS's endpoints (the agent's download among them).
 async fn endpoint_requests(lab: &Lab) -> u64 {
-    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    let info = lab.info().await;
     info["aws_front"]["requests"].as_u64().unwrap()
 }
 
@@ -1060,20 +991,14 @@ async fn the_template_downloads_the_agent_on_debian_and_uses_ubuntus_own() {
         "/aws/service/debian/release/bookworm/latest/amd64",
         "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id",
     ));
-    let out = lab
-        .run_bake(&["-c", &ubuntu.config(), "ami", "quick"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&["-c", &ubuntu.config(), "ami", "quick"]).await;
     assert_eq!(
         endpoint_requests(&lab).await,
         0,
         "Ubuntu's AMI ships the agent: nothing downloaded"
     );
     let ubuntu_ami = stdout(&out);
-    let out = lab
-        .run_bake(&["-c", &debian.config(), "ami", "quick"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&["-c", &debian.config(), "ami", "quick"]).await;
     assert!(
         endpoint_requests(&lab).await >= 1,
         "Debian's AMI has no agent: the user data fetched it from S3"

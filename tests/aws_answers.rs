@@ -5,7 +5,6 @@
 #[path = "support/mocks.rs"]
 mod mocks;
 
-use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::create_image::CreateImageOutput;
 use aws_sdk_ec2::operation::delete_security_group::{
     DeleteSecurityGroupError, DeleteSecurityGroupOutput,
@@ -27,23 +26,31 @@ use bake::ami::{image, launch};
 use bake::aws::Clients;
 use bake::config::{Access, Builder, Egress, Endpoints, Os, ResourceRef, Volume};
 use bake::janitor::{self, Janitor};
-use bake::output::Progress;
 use bake::render::Rendered;
 use bake::resolve::{DefaultRoute, Routing, Subnet};
-use mocks::Answers;
+use mocks::{clients_of, meta, progress};
 
 fn clients(ec2_rules: &[&Rule]) -> Clients {
     clients_of(ec2_rules, &[], &[])
 }
 
-fn clients_of(ec2_rules: &[&Rule], autoscaling_rules: &[&Rule], elb_rules: &[&Rule]) -> Clients {
-    Answers {
-        ec2: ec2_rules,
-        autoscaling: autoscaling_rules,
-        elb: elb_rules,
-        ..Answers::default()
-    }
-    .clients("ap-northeast-2")
+/// `image::create` of `plan`'s AMI from builder i-builder, with its own name and no extra tags.
+async fn create_image(
+    clients: &Clients,
+    plan: &Plan,
+    janitor: &Janitor,
+) -> Result<(String, String), image::Error> {
+    image::create(
+        clients,
+        plan,
+        "i-builder",
+        &plan.ami_name,
+        false,
+        &[],
+        janitor,
+        &progress(),
+    )
+    .await
 }
 
 fn plan() -> Plan {
@@ -81,13 +88,6 @@ fn plan() -> Plan {
         endpoints: None,
         distribute: Default::default(),
     }
-}
-
-fn progress() -> Progress {
-    Progress::new(
-        &indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
-        "web",
-    )
 }
 
 fn failed_image() -> Image {
@@ -154,18 +154,7 @@ async fn a_failed_image_is_deregistered_and_its_snapshots_deleted() {
     ]);
     let janitor = Janitor::new(clients.clone(), "run-1".into());
     let plan = plan();
-    let err = image::create(
-        &clients,
-        &plan,
-        "i-builder",
-        &plan.ami_name,
-        false,
-        &[],
-        &janitor,
-        &progress(),
-    )
-    .await
-    .unwrap_err();
+    let err = create_image(&clients, &plan, &janitor).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "AMI ami-new in ap-northeast-2 failed: state failed (snapshot creation failed)"
@@ -186,12 +175,10 @@ async fn a_failed_image_is_deregistered_and_its_snapshots_deleted() {
 #[tokio::test(start_paused = true)]
 async fn security_group_delete_is_retried_through_dependency_violation() {
     let violation = || {
-        DeleteSecurityGroupError::generic(
-            ErrorMetadata::builder()
-                .code("DependencyViolation")
-                .message("resource sg-1 has a dependent object")
-                .build(),
-        )
+        DeleteSecurityGroupError::generic(meta(
+            "DependencyViolation",
+            "resource sg-1 has a dependent object",
+        ))
     };
     let delete = mock!(aws_sdk_ec2::Client::delete_security_group)
         .sequence()
@@ -213,14 +200,8 @@ async fn security_group_delete_is_retried_through_dependency_violation() {
 
 #[tokio::test(start_paused = true)]
 async fn security_group_delete_gives_up_on_other_errors_at_once() {
-    let delete = mock!(aws_sdk_ec2::Client::delete_security_group).then_error(|| {
-        DeleteSecurityGroupError::generic(
-            ErrorMetadata::builder()
-                .code("UnauthorizedOperation")
-                .message("no")
-                .build(),
-        )
-    });
+    let delete = mock!(aws_sdk_ec2::Client::delete_security_group)
+        .then_error(|| DeleteSecurityGroupError::generic(meta("UnauthorizedOperation", "no")));
     let clients = clients(&[&delete]);
     let err = janitor::delete_security_group(&clients, "sg-1")
         .await
@@ -250,12 +231,10 @@ fn builder() -> Builder {
 }
 
 fn profile_not_ready() -> RunInstancesError {
-    RunInstancesError::generic(
-        ErrorMetadata::builder()
-            .code("InvalidParameterValue")
-            .message("Value (SSMInstanceProfile) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name")
-            .build(),
-    )
+    RunInstancesError::generic(meta(
+        "InvalidParameterValue",
+        "Value (SSMInstanceProfile) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name",
+    ))
 }
 
 #[tokio::test(start_paused = true)]
@@ -294,12 +273,10 @@ async fn launch_waits_while_a_new_instance_profile_propagates() {
 #[tokio::test(start_paused = true)]
 async fn launch_fails_at_once_on_other_invalid_parameters() {
     let run = mock!(aws_sdk_ec2::Client::run_instances).then_error(|| {
-        RunInstancesError::generic(
-            ErrorMetadata::builder()
-                .code("InvalidParameterValue")
-                .message("Invalid value 't3.mega' for InstanceType")
-                .build(),
-        )
+        RunInstancesError::generic(meta(
+            "InvalidParameterValue",
+            "Invalid value 't3.mega' for InstanceType",
+        ))
     });
     let clients = clients(&[&run]);
     let janitor = Janitor::new(clients.clone(), "run-1".into());
@@ -377,12 +354,10 @@ async fn create_after_clash(
     owner_run: Option<&'static str>,
 ) -> AfterClash {
     let duplicate = || {
-        aws_sdk_ec2::operation::create_image::CreateImageError::generic(
-            ErrorMetadata::builder()
-                .code("InvalidAMIName.Duplicate")
-                .message("AMI name web-20261122-dddddddddddd is already in use by AMI ami-taken0")
-                .build(),
-        )
+        aws_sdk_ec2::operation::create_image::CreateImageError::generic(meta(
+            "InvalidAMIName.Duplicate",
+            "AMI name web-20261122-dddddddddddd is already in use by AMI ami-taken0",
+        ))
     };
     let create = mock!(aws_sdk_ec2::Client::create_image)
         .sequence()
@@ -422,18 +397,7 @@ async fn create_after_clash(
     let clients = clients(&[&create, &listing, &by_id]);
     let janitor = Janitor::new(clients.clone(), "run-1".into());
     let plan = plan();
-    let (id, name) = image::create(
-        &clients,
-        &plan,
-        "i-builder",
-        &plan.ami_name,
-        false,
-        &[],
-        &janitor,
-        &progress(),
-    )
-    .await
-    .unwrap();
+    let (id, name) = create_image(&clients, &plan, &janitor).await.unwrap();
     let name = name
         .strip_prefix(&plan.ami_name)
         .unwrap_or(&name)

@@ -5,15 +5,8 @@
 
 mod support;
 
+use support::output::{stderr, stdout};
 use support::{Lab, bake_offline, repo};
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 const BUCKET: &str = "bake-records-changes";
 
@@ -81,10 +74,8 @@ async fn a_changed_package_is_named_by_bake_ami_and_listed_by_bake_diff() {
     let path = path.to_str().unwrap();
 
     let first = lab
-        .run_bake(&["-c", path, "-o", "json", "ami", "site"])
+        .bake_json(&["-c", path, "-o", "json", "ami", "site"])
         .await;
-    assert!(first.status.success(), "{}", stderr(&first));
-    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     let a = first["images"][0]["ami_id"].as_str().unwrap().to_owned();
     assert_eq!(first["images"][0]["changed"], serde_json::Value::Null);
     let record = first["images"][0]["record"].as_str().unwrap().to_owned();
@@ -121,8 +112,7 @@ async fn a_changed_package_is_named_by_bake_ami_and_listed_by_bake_diff() {
         ),
     )
     .unwrap();
-    let second = lab.run_bake(&["-c", path, "ami", "site"]).await;
-    assert!(second.status.success(), "{}", stderr(&second));
+    let second = lab.bake_ok(&["-c", path, "ami", "site"]).await;
     let b = stdout(&second);
     assert!(b.starts_with("ami-") && b != a, "{b}");
     let said = stderr(&second);
@@ -132,8 +122,7 @@ async fn a_changed_package_is_named_by_bake_ami_and_listed_by_bake_diff() {
     );
     assert!(!said.contains("base AMI changed"), "{said}");
 
-    let diff = lab.run_bake(&["-c", path, "diff", &a, &b]).await;
-    assert!(diff.status.success(), "{}", stderr(&diff));
+    let diff = lab.bake_ok(&["-c", path, "diff", &a, &b]).await;
     let text = stdout(&diff);
     assert!(text.contains("input user data changed"), "{text}");
     assert!(
@@ -141,11 +130,9 @@ async fn a_changed_package_is_named_by_bake_ami_and_listed_by_bake_diff() {
         "tree added: {text}"
     );
     assert!(!text.lines().any(|l| l.starts_with("- ")), "{text}");
-    let diff = lab
-        .run_bake(&["-c", path, "-o", "json", "diff", &a, &b])
+    let json = lab
+        .bake_json(&["-c", path, "-o", "json", "diff", &a, &b])
         .await;
-    assert!(diff.status.success(), "{}", stderr(&diff));
-    let json: serde_json::Value = serde_json::from_slice(&diff.stdout).unwrap();
     assert_eq!(json["inputs"], serde_json::json!(["user-data"]));
     assert!(json["added"]["tree"].is_string(), "{json}");
     assert_eq!(json["removed"], serde_json::json!({}));
@@ -200,9 +187,8 @@ async fn a_changed_package_is_named_by_bake_ami_and_listed_by_bake_diff() {
         );
     std::fs::write(dir.path().join("bake.toml"), text).unwrap();
     let third = lab
-        .run_bake(&["-c", path, "-o", "json", "ami", "site"])
+        .bake_ok(&["-c", path, "-o", "json", "ami", "site"])
         .await;
-    assert!(third.status.success(), "{}", stderr(&third));
     let said = stderr(&third);
     assert!(
         said.contains(&format!(
@@ -220,8 +206,7 @@ async fn a_changed_package_is_named_by_bake_ami_and_listed_by_bake_diff() {
         third["images"][0]["changed"]["base_ami"]["from"],
         old_base.as_str()
     );
-    let diff = lab.run_bake(&["-c", path, "diff", &b, &c]).await;
-    assert!(diff.status.success(), "{}", stderr(&diff));
+    let diff = lab.bake_ok(&["-c", path, "diff", &b, &c]).await;
     let text = stdout(&diff);
     assert!(
         text.contains(&format!("base AMI changed ({old_base} -> {copy})")),

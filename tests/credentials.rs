@@ -6,11 +6,12 @@ mod support;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesError;
 use aws_smithy_mocks::{MockResponseInterceptor, RuleMode, create_mock_http_client, mock};
+use support::mocks::meta;
+use support::output::stderr;
 use support::{Lab, REGION, Scratch, quick_config, repo};
 
 /// bake with nothing from this machine's environment: HOME is `home`, no AWS variable is set.
@@ -24,10 +25,6 @@ fn clean_bake(home: &Path, args: &[&str]) -> Command {
         .env("HOME", home)
         .stdin(std::process::Stdio::null());
     command
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -95,12 +92,10 @@ fn an_unreadable_expiration_is_a_usage_error() {
 #[tokio::test]
 async fn expired_token_during_a_run_names_the_cause_and_the_way_out() {
     let expired = mock!(aws_sdk_ec2::Client::describe_instances).then_error(|| {
-        DescribeInstancesError::generic(
-            ErrorMetadata::builder()
-                .code("ExpiredToken")
-                .message("The security token included in the request is expired")
-                .build(),
-        )
+        DescribeInstancesError::generic(meta(
+            "ExpiredToken",
+            "The security token included in the request is expired",
+        ))
     });
     let ec2 = aws_sdk_ec2::Client::from_conf(
         aws_sdk_ec2::Config::builder()

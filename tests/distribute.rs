@@ -8,7 +8,6 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::copy_image::{CopyImageError, CopyImageOutput};
 use aws_sdk_ec2::operation::delete_snapshot::DeleteSnapshotOutput;
 use aws_sdk_ec2::operation::deregister_image::DeregisterImageOutput;
@@ -32,8 +31,7 @@ use bake::ami::distribute::{self, CopyOutcome, Plan, Share, Target};
 use bake::aws::Clients;
 use bake::config::Config;
 use bake::janitor::Janitor;
-use bake::output::Progress;
-use support::mocks::Answers;
+use support::mocks::{Answers, meta, progress};
 
 /// Clients in ap-northeast-2 whose EC2 and KMS calls (in every region: `in_region` keeps the
 /// mocks) are answered by the rules.
@@ -44,17 +42,6 @@ fn mocked_clients(ec2: &[&Rule], kms: &[&Rule]) -> Clients {
         ..Answers::default()
     }
     .clients("ap-northeast-2")
-}
-
-fn progress() -> Progress {
-    Progress::new(
-        &indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
-        "web",
-    )
-}
-
-fn meta(code: &str, message: &str) -> ErrorMetadata {
-    ErrorMetadata::builder().code(code).message(message).build()
 }
 
 const CONFIG: &str = r#"
@@ -705,6 +692,7 @@ async fn a_pending_copy_is_left_to_the_stage_by_the_cleanup_beside_it_and_remove
 
 // The lab: two regions and a second account, as on AWS.
 
+use support::output::{stderr, stdout};
 use support::{Lab, REGION, repo};
 
 /// Account B, which images are shared with; account C, which nothing is shared with (the lab's
@@ -791,10 +779,6 @@ fn distributed_config(dir: &Path, regions: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim().to_owned()
-}
-
 /// The CopyImage calls the lab saw, by destination region.
 async fn copies_into(lab: &Lab, region: &str) -> usize {
     lab.requests()
@@ -808,12 +792,7 @@ async fn copies_into(lab: &Lab, region: &str) -> usize {
 async fn copy_in(ec2: &aws_sdk_ec2::Client, digest: &str) -> Vec<Image> {
     ec2.describe_images()
         .owners("self")
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:bake:digest")
-                .values(digest)
-                .build(),
-        )
+        .filters(support::filter("tag:bake:digest", digest))
         .send()
         .await
         .unwrap()
@@ -838,11 +817,9 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
     let east_key = shared_key(&lab, "us-east-1", "alias/bake-dist").await;
     let dir = tempfile::tempdir().unwrap();
     let config = distributed_config(dir.path(), "\"ap-northeast-2\", \"us-east-1\"");
-    let out = lab
-        .run_bake(&["-c", &config, "-o", "json", "ami", "web"])
+    let result = lab
+        .bake_json(&["-c", &config, "-o", "json", "ami", "web"])
         .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let baked = &result["images"][0];
     let source = baked["ami_id"].as_str().unwrap().to_owned();
     let digest = baked["digest"].as_str().unwrap().to_owned();
@@ -983,9 +960,8 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
     // Idempotence: again, nothing is baked nor copied.
     let before = copies_into(&lab, "us-east-1").await;
     let launches = lab.calls("RunInstances").await;
-    let again = lab.run_bake(&["-c", &config, "ami", "web"]).await;
-    assert!(again.status.success(), "{}", text(&again.stderr));
-    assert_eq!(text(&again.stdout), format!("{source}\nus-east-1 {copy}"));
+    let again = lab.bake_ok(&["-c", &config, "ami", "web"]).await;
+    assert_eq!(stdout(&again), format!("{source}\nus-east-1 {copy}"));
     assert_eq!(
         copies_into(&lab, "us-east-1").await,
         before,
@@ -1003,8 +979,7 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
         dir.path(),
         "\"ap-northeast-2\", \"us-east-1\", \"us-west-2\"",
     );
-    let third = lab.run_bake(&["-c", &config, "ami", "web"]).await;
-    assert!(third.status.success(), "{}", text(&third.stderr));
+    let third = lab.bake_ok(&["-c", &config, "ami", "web"]).await;
     assert_eq!(copies_into(&lab, "us-east-1").await, before);
     assert_eq!(copies_into(&lab, "us-west-2").await, 1);
     assert_eq!(
@@ -1012,7 +987,7 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
         launches,
         "nothing baked again"
     );
-    let lines: Vec<String> = text(&third.stdout).lines().map(str::to_owned).collect();
+    let lines: Vec<String> = stdout(&third).lines().map(str::to_owned).collect();
     assert_eq!(lines[..2], [source.clone(), format!("us-east-1 {copy}")]);
     let west = aws_sdk_ec2::Client::new(&sdk(&lab, "us-west-2", None).await);
     let west_images = copy_in(&west, &digest).await;
@@ -1038,39 +1013,20 @@ async fn an_image_goes_to_two_regions_and_one_account_once_and_a_failed_copy_lea
         "\"ap-northeast-2\", \"us-east-1\", \"us-west-2\", \"eu-west-1\"",
     );
     let failed = lab.run_bake(&["-c", &config, "ami", "web"]).await;
-    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
-    let out = text(&failed.stdout);
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    let out = stdout(&failed);
     assert!(
         out.starts_with(&format!("{source}\nus-east-1 {copy}\nus-west-2 ")),
         "{out}"
     );
     assert!(out.contains("eu-west-1 failed: "), "{out}");
-    let err = text(&failed.stderr);
+    let err = stderr(&failed);
     assert!(err.contains("copies failed in eu-west-1"), "{err}");
     let euw = aws_sdk_ec2::Client::new(&sdk(&lab, "eu-west-1", None).await);
-    let left = euw.describe_images().owners("self").send().await.unwrap();
-    assert!(
-        left.images().is_empty(),
-        "the failed copy is deregistered: {left:?}"
-    );
+    let left = support::own_images(&euw, None).await;
+    assert!(left.is_empty(), "the failed copy is deregistered: {left:?}");
     // The copy's snapshot carried the run's tags (TagSpecifications): none is left.
-    let snapshots = euw
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag-key")
-                .values("bake:run-id")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let left: Vec<&str> = snapshots
-        .snapshots()
-        .iter()
-        .filter_map(|s| s.snapshot_id())
-        .collect();
+    let left = support::own_snapshots(&euw, Some(support::run_tagged())).await;
     assert!(left.is_empty(), "and its snapshot deleted: {left:?}");
     assert_eq!(copy_in(&east, &digest).await.len(), 1);
     assert_eq!(copy_in(&west, &digest).await.len(), 1);
@@ -1092,9 +1048,8 @@ async fn a_missing_alias_exits_2_at_preflight_and_the_default_key_with_sharing_a
         .position(|l| l.starts_with("kms_key"))
         .unwrap()
         + 1;
-    let out = lab.run_bake(&["-c", &config, "ami", "web"]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let err = text(&out.stderr);
+    let out = lab.bake_refused(&["-c", &config, "ami", "web"]).await;
+    let err = stderr(&out);
     assert!(
         err.contains(&format!(
             "bake.toml:{line}:11: image.web.distribute.kms_key: KMS key alias/bake-dist in us-east-1: does not exist"
@@ -1113,9 +1068,8 @@ async fn a_missing_alias_exits_2_at_preflight_and_the_default_key_with_sharing_a
         text_of.replace("\"alias/bake-dist\"", "\"alias/aws/ebs\""),
     )
     .unwrap();
-    let out = lab.run_bake(&["-c", &config, "validate"]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let err = text(&out.stderr);
+    let out = lab.bake_refused(&["-c", &config, "validate"]).await;
+    let err = stderr(&out);
     assert!(
         err.contains(&format!(
             "bake.toml:{line}:11: image.web.distribute.kms_key: alias/aws/ebs cannot be used while sharing with accounts: AWS managed keys cannot be shared"
@@ -1153,24 +1107,12 @@ async fn sigint_while_a_copy_is_pending_removes_the_copy_and_keeps_the_tested_im
             // Once the builder's cleanup is done (its group deleted): this test is about the copy
             // stage, not about an interrupted cleanup of the builder.
             || async {
-                let groups = lab
-                    .ec2
-                    .describe_security_groups()
-                    .filters(
-                        aws_sdk_ec2::types::Filter::builder()
-                            .name("tag-key")
-                            .values("bake:run-id")
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map(|out| out.security_groups().len())
-                    .ok();
+                let groups = lab.run_tagged_groups().await.map(|g| g.len());
                 copies_into(&lab, "us-east-1").await > 0 && groups == Some(0)
             },
         )
         .await;
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     let east = aws_sdk_ec2::Client::new(&sdk(&lab, "us-east-1", None).await);
     // The copy (pending when interrupted) is deregistered and its snapshot deleted.
     let (images, snapshots) = run_tagged(&east).await;
@@ -1186,36 +1128,8 @@ async fn sigint_while_a_copy_is_pending_removes_the_copy_and_keeps_the_tested_im
 
 /// The images and snapshots of this account in `ec2`'s region that carry bake's run tag.
 async fn run_tagged(ec2: &aws_sdk_ec2::Client) -> (Vec<String>, Vec<String>) {
-    let tagged = aws_sdk_ec2::types::Filter::builder()
-        .name("tag-key")
-        .values("bake:run-id")
-        .build();
-    let images = ec2
-        .describe_images()
-        .owners("self")
-        .filters(tagged.clone())
-        .send()
-        .await
-        .unwrap();
-    let snapshots = ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(tagged)
-        .send()
-        .await
-        .unwrap();
     (
-        images
-            .images()
-            .iter()
-            .filter_map(|i| i.image_id())
-            .map(str::to_owned)
-            .collect(),
-        snapshots
-            .snapshots()
-            .iter()
-            .filter_map(|s| s.snapshot_id())
-            .map(str::to_owned)
-            .collect(),
+        support::own_images(ec2, Some(support::run_tagged())).await,
+        support::own_snapshots(ec2, Some(support::run_tagged())).await,
     )
 }

@@ -20,6 +20,7 @@ use support::network::{
     Network, assert_no_egress_left, bake_addresses, default_route_of, live_nat_gateways,
     nat_gateway, route_default, subnet_named, table_of,
 };
+use support::output::{stderr, stdout};
 use support::{Lab, Scratch};
 
 async fn subnet(clients: &Clients, id: &str) -> Subnet {
@@ -361,14 +362,6 @@ async fn a_joiner_that_finds_the_gateway_closing_waits_for_it_to_go_and_makes_it
     );
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// One image on a private builder in the workshop's network with a temporary NAT and the SSM
 /// endpoints created for the bake: `template` "nginx" installs packages from the mirror, "quick"
 /// none (only the agent, downloaded).
@@ -408,7 +401,7 @@ fn private_config(images: &[String]) -> String {
 
 /// The apt proxy's traffic so far (the lab's stand-in for the internet's package mirror).
 async fn mirror_traffic(lab: &Lab) -> u64 {
-    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    let info = lab.info().await;
     let proxy = &info["apt_proxy"];
     ["hits", "mirror_fetches", "passed_through"]
         .iter()
@@ -445,9 +438,8 @@ async fn the_private_example_installs_its_packages_through_the_temporary_nat_and
     let example = support::repo().join("examples/nginx-flask-private.toml");
     let before = mirror_traffic(&lab).await;
     let out = lab
-        .run_bake(&["-c", example.to_str().unwrap(), "ami", "web"])
+        .bake_ok(&["-c", example.to_str().unwrap(), "ami", "web"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("ami-"), "{}", stdout(&out));
     assert!(
         mirror_traffic(&lab).await > before,
@@ -521,19 +513,16 @@ async fn sigkill_during_the_package_install_leaves_what_gc_removes() {
     lab.wait_until_builders_listed().await;
     // Tags carry whole seconds: let the run's be in the past for --ttl 0s.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let young = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "2h"])
+    lab.bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "2h"])
         .await;
-    assert!(young.status.success(), "{}", stderr(&young));
     assert_eq!(
         live_nat_gateways(&lab).await.len(),
         1,
         "a young run's gateway is kept"
     );
     let dry = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s", "--dry-run"])
+        .bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s", "--dry-run"])
         .await;
-    assert!(dry.status.success(), "{}", stderr(&dry));
     let listed = stdout(&dry);
     assert!(
         listed.contains(&format!("would delete NAT gateway {}", nats[0].0)),
@@ -547,10 +536,8 @@ async fn sigkill_during_the_package_install_leaves_what_gc_removes() {
         listed.contains(&format!("would delete route 0.0.0.0/0 in {table}")),
         "{listed}"
     );
-    let gc = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+    lab.bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
         .await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
     assert_no_egress_left(&lab, &table).await;
     lab.assert_nothing_left(&[], &[]).await;
 }
@@ -573,9 +560,8 @@ async fn two_private_images_baked_at_once_share_one_nat_removed_after_both() {
         private_image("two", "my-subnet-private02", "quick", "private page 2"),
     ]));
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "one", "two"])
+        .bake_ok(&["-c", &scratch.config(), "ami", "one", "two"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     // "IMAGE AMI-ID" a line when several images are asked for.
     let amis: Vec<String> = stdout(&out)
         .lines()
@@ -616,8 +602,9 @@ async fn a_route_table_with_its_own_default_route_is_refused_at_preflight_with_n
         "quick",
         "refused",
     )]));
-    let out = lab.run_bake(&["-c", &scratch.config(), "ami", "web"]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = lab
+        .bake_refused(&["-c", &scratch.config(), "ami", "web"])
+        .await;
     let text = stderr(&out);
     assert!(text.contains(&table), "{text}");
     assert!(text.contains(&nat), "{text}");
@@ -737,7 +724,6 @@ fn mocked(rules: &[&aws_smithy_mocks::Rule]) -> Clients {
 
 #[tokio::test(start_paused = true)]
 async fn gc_releases_the_address_once_the_deleted_gateway_lets_go_of_it() {
-    use aws_sdk_ec2::error::ErrorMetadata;
     use aws_sdk_ec2::operation::delete_nat_gateway::DeleteNatGatewayOutput;
     use aws_sdk_ec2::operation::delete_route::DeleteRouteOutput;
     use aws_sdk_ec2::operation::describe_addresses::DescribeAddressesOutput;
@@ -748,6 +734,7 @@ async fn gc_releases_the_address_once_the_deleted_gateway_lets_go_of_it() {
         NatGateway, NatGatewayAddress, NatGatewayState, Route, RouteTable, Tag,
     };
     use aws_smithy_mocks::mock;
+    use support::mocks::meta;
 
     let gateway = |state: NatGatewayState| {
         NatGateway::builder()
@@ -804,12 +791,10 @@ async fn gc_releases_the_address_once_the_deleted_gateway_lets_go_of_it() {
             .build()
     });
     let in_use = || {
-        ReleaseAddressError::generic(
-            ErrorMetadata::builder()
-                .code("InvalidIPAddress.InUse")
-                .message("Address 100.64.0.9 is in use.")
-                .build(),
-        )
+        ReleaseAddressError::generic(meta(
+            "InvalidIPAddress.InUse",
+            "Address 100.64.0.9 is in use.",
+        ))
     };
     let release = mock!(aws_sdk_ec2::Client::release_address)
         .sequence()

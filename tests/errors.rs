@@ -6,10 +6,11 @@
 mod support;
 
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::home::bake_at_home;
+use support::output::stderr;
 use support::{REGION, Scratch, quick_config, repo};
 
 /// Words of Rust's `Debug` output that must never reach a person.
@@ -23,26 +24,6 @@ const DEBUG_WORDS: &[&str] = &[
     "hyper_util",
     "Error(",
 ];
-
-/// bake with nothing from this machine's environment: HOME is `home`, no AWS variable is set,
-/// dummy static keys.
-fn bake(home: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bake"));
-    command
-        .args(args)
-        .current_dir(home)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .stdin(std::process::Stdio::null());
-    command
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A loopback URL where nothing listens: connections are refused at once.
 fn refusing_endpoint() -> String {
@@ -73,7 +54,7 @@ fn unreachable_endpoint_fails_within_seconds_in_one_paragraph_naming_it() {
     let scratch = scratch();
     let endpoint = refusing_endpoint();
     let started = Instant::now();
-    let out = bake(scratch.path(), &["-c", &scratch.config(), "ami", "quick"])
+    let out = bake_at_home(scratch.path(), &["-c", &scratch.config(), "ami", "quick"])
         .env("AWS_ENDPOINT_URL", &endpoint)
         .output()
         .unwrap();
@@ -104,7 +85,7 @@ fn unreachable_endpoint_fails_within_seconds_in_one_paragraph_naming_it() {
 fn unreachable_endpoint_with_json_output_is_one_json_object_on_stderr() {
     let scratch = scratch();
     let endpoint = refusing_endpoint();
-    let out = bake(
+    let out = bake_at_home(
         scratch.path(),
         &["-c", &scratch.config(), "-o", "json", "ami", "quick"],
     )
@@ -131,7 +112,7 @@ fn unreachable_endpoint_with_json_output_is_one_json_object_on_stderr() {
 #[test]
 fn an_image_named_twice_is_planned_once() {
     let scratch = scratch();
-    let out = bake(
+    let out = bake_at_home(
         scratch.path(),
         &["-c", &scratch.config(), "ami", "quick", "quick"],
     )
@@ -150,7 +131,7 @@ fn json_config_error_names_file_line_and_column() {
     let config = dir.path().join("bake.toml");
     std::fs::write(&config, "region = \"eu-west-1\"\n\n[image.web\n").unwrap();
     let config = config.display().to_string();
-    let out = bake(dir.path(), &["-c", &config, "-o", "json", "validate"])
+    let out = bake_at_home(dir.path(), &["-c", &config, "-o", "json", "validate"])
         .output()
         .unwrap();
     let err = stderr(&out);
@@ -188,7 +169,7 @@ fn json_reports_every_problem_of_validate_with_its_place() {
     )
     .unwrap();
     let config = config.display().to_string();
-    let out = bake(dir.path(), &["-c", &config, "-o", "json", "validate"])
+    let out = bake_at_home(dir.path(), &["-c", &config, "-o", "json", "validate"])
         .output()
         .unwrap();
     let err = stderr(&out);
@@ -222,7 +203,7 @@ fn json_usage_error_is_one_json_object() {
         &["-o", "json", "prune", "web", "--keep", "-1"][..],
         &["prune", "--output=json", "web", "--keep", "-1"][..],
     ] {
-        let out = bake(dir.path(), args).output().unwrap();
+        let out = bake_at_home(dir.path(), args).output().unwrap();
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{err}");
         let json: serde_json::Value = serde_json::from_str(err.trim_end())
@@ -238,7 +219,9 @@ fn json_usage_error_is_one_json_object() {
         );
     }
     // A missing argument says which, on one line.
-    let out = bake(dir.path(), &["-o", "json", "ami"]).output().unwrap();
+    let out = bake_at_home(dir.path(), &["-o", "json", "ami"])
+        .output()
+        .unwrap();
     let json: serde_json::Value = serde_json::from_str(stderr(&out).trim_end()).unwrap();
     assert!(
         json["message"].as_str().unwrap().contains("<IMAGES>"),
@@ -253,7 +236,7 @@ fn negative_keep_says_it_must_be_a_non_negative_number() {
         &["prune", "web", "--keep", "-1"][..],
         &["pipeline", "--keep", "-1"][..],
     ] {
-        let out = bake(dir.path(), args).output().unwrap();
+        let out = bake_at_home(dir.path(), args).output().unwrap();
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains("non-negative"), "{args:?}: {err}");
@@ -268,7 +251,7 @@ fn gc_ttl_past_the_range_is_a_usage_error_not_a_panic() {
     endpoint.set_nonblocking(true).unwrap();
     let url = format!("http://{}", endpoint.local_addr().unwrap());
     for ttl in ["300000000000y", "11y", "18446744073709551615s"] {
-        let out = bake(
+        let out = bake_at_home(
             dir.path(),
             &["--region", REGION, "gc", "--ttl", ttl, "--dry-run"],
         )
@@ -280,7 +263,7 @@ fn gc_ttl_past_the_range_is_a_usage_error_not_a_panic() {
         assert!(!err.contains("panicked"), "{err}");
         assert!(err.contains("--ttl"), "{err}");
     }
-    let out = bake(dir.path(), &["gc", "--ttl", "300000000000y"])
+    let out = bake_at_home(dir.path(), &["gc", "--ttl", "300000000000y"])
         .output()
         .unwrap();
     assert!(
@@ -298,14 +281,14 @@ fn gc_reads_the_config_it_is_told_to_read() {
     endpoint.set_nonblocking(true).unwrap();
     let url = format!("http://{}", endpoint.local_addr().unwrap());
     let missing = dir.path().join("missing.toml").display().to_string();
-    let named = bake(
+    let named = bake_at_home(
         dir.path(),
         &["--region", REGION, "-c", &missing, "gc", "--dry-run"],
     )
     .env("AWS_ENDPOINT_URL", &url)
     .output()
     .unwrap();
-    let by_variable = bake(dir.path(), &["--region", REGION, "gc", "--dry-run"])
+    let by_variable = bake_at_home(dir.path(), &["--region", REGION, "gc", "--dry-run"])
         .env("AWS_ENDPOINT_URL", &url)
         .env("BAKE_CONFIG", &missing)
         .output()
@@ -328,7 +311,7 @@ fn gc_reads_the_config_it_is_told_to_read() {
 fn gc_without_a_config_says_which_region_it_uses_and_why() {
     let dir = tempfile::tempdir().unwrap();
     let endpoint = refusing_endpoint();
-    let out = bake(dir.path(), &["gc", "--dry-run"])
+    let out = bake_at_home(dir.path(), &["gc", "--dry-run"])
         .env("AWS_ENDPOINT_URL", &endpoint)
         .env("AWS_REGION", "eu-north-1")
         .output()
@@ -345,7 +328,7 @@ fn gc_without_a_config_says_which_region_it_uses_and_why() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&endpoint), "{err}");
 
-    let out = bake(dir.path(), &["--region", "eu-south-2", "gc", "--dry-run"])
+    let out = bake_at_home(dir.path(), &["--region", "eu-south-2", "gc", "--dry-run"])
         .env("AWS_ENDPOINT_URL", &endpoint)
         .env("AWS_REGION", "eu-north-1")
         .output()
@@ -361,7 +344,7 @@ fn gc_without_a_config_says_which_region_it_uses_and_why() {
 fn piped_stderr_carries_no_colour_codes() {
     let scratch = scratch();
     // Debug logs from bake and the SDK: tracing colours its level names on a terminal.
-    let out = bake(scratch.path(), &["-c", &scratch.config(), "ami", "quick"])
+    let out = bake_at_home(scratch.path(), &["-c", &scratch.config(), "ami", "quick"])
         .env("AWS_ENDPOINT_URL", refusing_endpoint())
         .env("RUST_LOG", "debug")
         .output()

@@ -8,11 +8,8 @@ use std::collections::BTreeSet;
 use std::process::Output;
 
 use serde_json::{Value, json};
+use support::output::stderr;
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config, quick_rollout};
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// `bake iam-policy COMMAND` for the config, as JSON.
 fn policy(config: &str, command: &str) -> Value {
@@ -162,8 +159,7 @@ fn always(command: &str) -> BTreeSet<String> {
 }
 
 async fn bake_as_admin(lab: &Lab, config: &str, args: &[&str]) -> String {
-    let out = lab.run_bake(&[&["-c", config][..], args].concat()).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&[&["-c", config][..], args].concat()).await;
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -346,20 +342,7 @@ async fn leftovers(lab: &Lab, run: &str) {
         .unwrap()
         .value
         .unwrap();
-    let subnet = lab
-        .ec2
-        .describe_subnets()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:Name")
-                .values("Public subnet A")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .subnets()[0]
-        .clone();
+    let subnet = lab.subnet_named("Public subnet A").await;
     let tagged = |kind: aws_sdk_ec2::types::ResourceType| {
         aws_sdk_ec2::types::TagSpecification::builder()
             .resource_type(kind)
@@ -413,12 +396,7 @@ async fn leftovers(lab: &Lab, run: &str) {
         let out = lab
             .ec2
             .describe_instances()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("tag:bake:run-id")
-                    .values(run)
-                    .build(),
-            )
+            .filters(support::filter("tag:bake:run-id", run))
             .filters(
                 aws_sdk_ec2::types::Filter::builder()
                     .name("instance-state-name")

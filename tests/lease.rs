@@ -8,6 +8,7 @@ mod support;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use support::output::stderr;
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
 
 /// The lease TTL of these tests: the shortest bake allows, so a takeover comes within seconds.
@@ -47,10 +48,6 @@ fn bake_event(out: &Output) -> serde_json::Value {
         .into_iter()
         .find(|e| e["step"] == "bake")
         .unwrap_or_else(|| panic!("no bake event: {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `bake` for `scratch`'s config with its own lock directory (TMPDIR), as on its own machine.

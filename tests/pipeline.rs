@@ -6,14 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Lab, Scratch, quick_config, quick_rollout};
-
-fn events(out: &std::process::Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
+use support::output::json_lines;
+use support::{Lab, Scratch, pipeline_args, quick_config, quick_rollout};
 
 fn steps(events: &[serde_json::Value]) -> Vec<(String, String)> {
     events
@@ -29,19 +23,6 @@ fn steps(events: &[serde_json::Value]) -> Vec<(String, String)> {
 
 fn pair(step: &str, status: &str) -> (String, String) {
     (step.to_owned(), status.to_owned())
-}
-
-async fn ssm(lab: &Lab) -> aws_sdk_ssm::Client {
-    aws_sdk_ssm::Client::new(
-        &aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&lab.endpoint)
-            .region(aws_config::Region::new(support::REGION))
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "test", "test", None, None, "lab",
-            ))
-            .load()
-            .await,
-    )
 }
 
 const PARAMETER: &str = "/bake/quick/ami-id";
@@ -75,14 +56,6 @@ async fn history(ssm: &aws_sdk_ssm::Client) -> Vec<(i64, String, Vec<String>)> {
         .collect()
 }
 
-fn run_ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn pipeline_publishes_only_what_its_rollout_serves_and_moves_the_labels() {
     let Some(lab) = Lab::start_or_skip().await else {
@@ -99,20 +72,11 @@ async fn pipeline_publishes_only_what_its_rollout_serves_and_moves_the_labels() 
     };
     let scratch = Scratch::new(&text("v1"));
     let config = scratch.config();
-    let args = [
-        "-c",
-        config.as_str(),
-        "-o",
-        "json",
-        "pipeline",
-        "--keep",
-        "5",
-    ];
-    let ssm = ssm(&lab).await;
+    let args = pipeline_args(&config, "5");
+    let ssm = &lab.ssm;
 
-    let first = lab.run_bake(&args).await;
-    run_ok(&first);
-    let run1 = events(&first);
+    let first = lab.bake_ok(&args).await;
+    let run1 = json_lines(&first);
     assert_eq!(
         steps(&run1),
         [
@@ -124,8 +88,8 @@ async fn pipeline_publishes_only_what_its_rollout_serves_and_moves_the_labels() 
         ]
     );
     let v1 = run1[0]["ami_id"].as_str().unwrap().to_owned();
-    assert_eq!(selected(&ssm, "tested").await.as_deref(), Some(v1.as_str()));
-    assert_eq!(selected(&ssm, "live").await.as_deref(), Some(v1.as_str()));
+    assert_eq!(selected(ssm, "tested").await.as_deref(), Some(v1.as_str()));
+    assert_eq!(selected(ssm, "live").await.as_deref(), Some(v1.as_str()));
 
     // v2 passes its test, but its rollout cannot launch: rolled back, and nothing is published.
     std::fs::write(scratch.path().join("bake.toml"), text("v2")).unwrap();
@@ -141,7 +105,7 @@ async fn pipeline_publishes_only_what_its_rollout_serves_and_moves_the_labels() 
     lab.control("capacity", serde_json::json!({"unavailable": []}))
         .await;
     assert_eq!(second.status.code(), Some(1));
-    let run2 = events(&second);
+    let run2 = json_lines(&second);
     assert_eq!(
         steps(&run2),
         [
@@ -159,9 +123,9 @@ async fn pipeline_publishes_only_what_its_rollout_serves_and_moves_the_labels() 
             .contains("/bake/quick/ami-id is not published"),
         "{run2:?}"
     );
-    assert_eq!(selected(&ssm, "1").await.as_deref(), Some(v1.as_str()));
+    assert_eq!(selected(ssm, "1").await.as_deref(), Some(v1.as_str()));
     assert_eq!(
-        history(&ssm).await,
+        history(ssm).await,
         [(1, v1.clone(), vec!["tested".to_owned(), "live".to_owned()])],
         "the value and its labels stay on the old AMI"
     );
@@ -169,9 +133,8 @@ async fn pipeline_publishes_only_what_its_rollout_serves_and_moves_the_labels() 
 
     // Capacity back: v2 (already baked and tested) rolls out, then is published; both labels
     // move to its version.
-    let third = lab.run_bake(&args).await;
-    run_ok(&third);
-    let run3 = events(&third);
+    let third = lab.bake_ok(&args).await;
+    let run3 = json_lines(&third);
     assert_eq!(
         steps(&run3),
         [
@@ -184,13 +147,13 @@ async fn pipeline_publishes_only_what_its_rollout_serves_and_moves_the_labels() 
     );
     assert_eq!(run3[0]["ami_id"].as_str(), Some(v2.as_str()));
     assert_eq!(
-        history(&ssm).await,
+        history(ssm).await,
         [
             (1, v1.clone(), vec![]),
             (2, v2.clone(), vec!["tested".to_owned(), "live".to_owned()])
         ]
     );
-    assert_eq!(selected(&ssm, "live").await.as_deref(), Some(v2.as_str()));
+    assert_eq!(selected(ssm, "live").await.as_deref(), Some(v2.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -207,7 +170,7 @@ async fn an_image_that_fails_its_test_is_neither_rolled_out_nor_published() {
         .run_bake(&["-c", &scratch.config(), "-o", "json", "pipeline"])
         .await;
     assert_eq!(out.status.code(), Some(1));
-    let run = events(&out);
+    let run = json_lines(&out);
     assert_eq!(steps(&run), [pair("bake", "ok"), pair("test", "failed")]);
     let message = run[1]["message"].as_str().unwrap();
     assert!(message.contains("did not become healthy"), "{message}");
@@ -229,15 +192,8 @@ async fn pipeline_bakes_publishes_and_prunes_then_has_nothing_to_do() {
     let scratch = Scratch::new(&quick_config("body = \"v1\"", "", ""));
     let config = scratch.config();
 
-    let first = lab
-        .run_bake(&["-c", &config, "-o", "json", "pipeline", "--keep", "1"])
-        .await;
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-    let run1 = events(&first);
+    let first = lab.bake_ok(&pipeline_args(&config, "1")).await;
+    let run1 = json_lines(&first);
     assert_eq!(
         steps(&run1),
         [
@@ -248,7 +204,7 @@ async fn pipeline_bakes_publishes_and_prunes_then_has_nothing_to_do() {
         ]
     );
     let ami = run1[0]["ami_id"].as_str().unwrap().to_owned();
-    let ssm = ssm(&lab).await;
+    let ssm = &lab.ssm;
     let published = ssm
         .get_parameter()
         .name("/bake/quick/ami-id")
@@ -262,12 +218,9 @@ async fn pipeline_bakes_publishes_and_prunes_then_has_nothing_to_do() {
 
     // Same inputs: nothing is launched, written or removed.
     let launches = lab.calls("RunInstances").await;
-    let again = lab
-        .run_bake(&["-c", &config, "-o", "json", "pipeline", "--keep", "1"])
-        .await;
-    assert!(again.status.success());
+    let again = lab.bake_ok(&pipeline_args(&config, "1")).await;
     assert_eq!(
-        steps(&events(&again)),
+        steps(&json_lines(&again)),
         [
             pair("bake", "skipped"),
             pair("test", "skipped"),
@@ -284,11 +237,8 @@ async fn pipeline_bakes_publishes_and_prunes_then_has_nothing_to_do() {
         quick_config("body = \"v2\"", "", ""),
     )
     .unwrap();
-    let third = lab
-        .run_bake(&["-c", &config, "-o", "json", "pipeline", "--keep", "1"])
-        .await;
-    assert!(third.status.success());
-    let run3 = events(&third);
+    let third = lab.bake_ok(&pipeline_args(&config, "1")).await;
+    let run3 = json_lines(&third);
     assert_eq!(
         steps(&run3),
         [

@@ -6,18 +6,48 @@ use std::time::Duration;
 
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 async fn bake(lab: &Lab, body: &str) -> String {
     let config = quick_config(&format!("body = {body:?}"), "", "") + NO_TEST_STAGE;
     let scratch = Scratch::new(&config);
-    let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    lab.bake_quick(&scratch).await
+}
+
+/// `bake -o json prune quick --keep 1` with `extra` flags for `config`: prune's report.
+async fn prune_keep_one(lab: &Lab, config: &Scratch, extra: &[&str]) -> serde_json::Value {
+    let path = config.config();
+    let mut args = vec![
+        "-c",
+        path.as_str(),
+        "-o",
+        "json",
+        "prune",
+        "quick",
+        "--keep",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    lab.bake_json(&args).await
+}
+
+/// The AMIs a prune report removed.
+fn removed(report: &serde_json::Value) -> Vec<&str> {
+    report["images"][0]["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ami_id"].as_str().unwrap())
+        .collect()
+}
+
+/// Why a prune report kept `ami` (empty where it did not keep it).
+fn why_kept(report: &serde_json::Value, ami: &str) -> String {
+    report["images"][0]["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["ami_id"] == ami)
+        .map(|k| k["why"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
 }
 
 async fn exists(lab: &Lab, ami: &str) -> bool {
@@ -56,73 +86,26 @@ async fn prune_keeps_the_newest_and_those_in_use_and_removes_the_rest_with_snaps
         .unwrap();
 
     let config = Scratch::new(&quick_config("", "", ""));
-    let dry = lab
-        .run_bake(&[
-            "-c",
-            &config.config(),
-            "-o",
-            "json",
-            "prune",
-            "quick",
-            "--keep",
-            "1",
-            "--dry-run",
-        ])
-        .await;
-    assert!(dry.status.success(), "{}", stderr(&dry));
-    let report: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
-    let removed: Vec<&str> = report["images"][0]["removed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["ami_id"].as_str().unwrap())
-        .collect();
+    let report = prune_keep_one(&lab, &config, &["--dry-run"]).await;
+    let removed = removed(&report);
     assert_eq!(removed, [middle.as_str()]);
-    let kept = report["images"][0]["kept"].as_array().unwrap();
-    let why = |ami: &str| {
-        kept.iter()
-            .find(|k| k["ami_id"] == ami)
-            .map(|k| k["why"].as_str().unwrap().to_owned())
-    };
-    assert_eq!(why(&newest).as_deref(), Some("one of the newest 1"));
+    let kept = &report["images"][0]["kept"];
+    assert_eq!(why_kept(&report, &newest), "one of the newest 1");
     assert!(
-        why(&oldest).unwrap().contains("launch template old-web"),
-        "{kept:?}"
+        why_kept(&report, &oldest).contains("launch template old-web"),
+        "{kept}"
     );
     assert!(exists(&lab, &middle).await, "a dry run removes nothing");
 
-    let out = lab
-        .run_bake(&["-c", &config.config(), "prune", "quick", "--keep", "1"])
+    lab.bake_ok(&["-c", &config.config(), "prune", "quick", "--keep", "1"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     assert!(!exists(&lab, &middle).await);
     assert!(exists(&lab, &oldest).await);
     assert!(exists(&lab, &newest).await);
-    let left = lab
-        .ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .send()
-        .await
-        .unwrap();
-    let left: Vec<&str> = left
-        .snapshots()
-        .iter()
-        .filter_map(|s| s.snapshot_id())
-        .collect();
+    let left = support::own_snapshots(&lab.ec2, None).await;
     for snapshot in &middle_snapshots {
-        assert!(!left.contains(&snapshot.as_str()), "{snapshot} left");
+        assert!(!left.contains(snapshot), "{snapshot} left");
     }
-}
-
-/// The requests of one action since the lab started, as (status, time).
-async fn answers(lab: &Lab, action: &str) -> Vec<i64> {
-    lab.requests()
-        .await
-        .iter()
-        .filter(|r| r["action"] == action)
-        .map(|r| r["status"].as_i64().unwrap())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -221,18 +204,8 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
         .await
         .unwrap();
     let subnet = lab
-        .ec2
-        .describe_subnets()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:Name")
-                .values("Public subnet A")
-                .build(),
-        )
-        .send()
+        .subnet_named("Public subnet A")
         .await
-        .unwrap()
-        .subnets()[0]
         .subnet_id()
         .unwrap()
         .to_owned();
@@ -274,26 +247,8 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
         .await
         .unwrap();
     let config = Scratch::new(&quick_config("", "", ""));
-    let out = lab
-        .run_bake(&[
-            "-c",
-            &config.config(),
-            "-o",
-            "json",
-            "prune",
-            "quick",
-            "--keep",
-            "1",
-        ])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let removed: Vec<&str> = report["images"][0]["removed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["ami_id"].as_str().unwrap())
-        .collect();
+    let report = prune_keep_one(&lab, &config, &[]).await;
+    let removed = removed(&report);
     assert_eq!(
         removed,
         [doomed.as_str()],
@@ -307,31 +262,26 @@ async fn prune_rides_out_snapshots_in_use_and_keeps_published_and_mixed_instance
                 .contains("parameter"))
             .collect::<Vec<_>>()
     );
-    let kept = report["images"][0]["kept"].as_array().unwrap();
-    let why = |ami: &str| {
-        kept.iter()
-            .find(|k| k["ami_id"] == ami)
-            .map(|k| k["why"].as_str().unwrap().to_owned())
-            .unwrap_or_default()
-    };
+    let kept = &report["images"][0]["kept"];
+    let why = |ami: &str| why_kept(&report, ami);
     assert!(
         why(&published).contains("published in SSM parameter /bake/quick/ami-id"),
-        "{kept:?}"
+        "{kept}"
     );
     assert_eq!(
         why(&mixed),
         "launched by Auto Scaling group mixed-web",
-        "{kept:?}"
+        "{kept}"
     );
     assert_eq!(why(&newest), "one of the newest 1");
     assert_eq!(
         why(&abroad),
         "published in SSM parameter /bake/quick/ami-id in us-east-1",
-        "{kept:?}"
+        "{kept}"
     );
 
     // EC2 refused the snapshots while the AMI released them; prune asked again until it could.
-    let deletes = answers(&lab, "DeleteSnapshot").await;
+    let deletes = lab.statuses("DeleteSnapshot").await;
     assert_eq!(deletes.first(), Some(&400), "{deletes:?}");
     assert_eq!(deletes.last(), Some(&200), "{deletes:?}");
     assert!(!exists(&lab, &doomed).await);

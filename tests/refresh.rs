@@ -7,11 +7,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use support::output::stderr;
+use support::web::{bodies, web_instances, web_newest_refresh};
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// The quick image serving `body` (its health check on `/healthz` expects `expect`; `vars` adds
 /// to its vars) and a rollout of it on Web-ASG with `capacity` and `refresh`, probed on `/`, shaped
@@ -54,14 +52,6 @@ tags = {{ Name = "ASG-Web-Instance" }}
     text
 }
 
-async fn bake_ami(lab: &Lab, scratch: &Scratch) -> String {
-    let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// Runs `bake -o json ARGS...`, which must succeed, and returns its JSON result.
 async fn json(lab: &Lab, scratch: &Scratch, args: &[&str]) -> serde_json::Value {
     let config = scratch.config();
@@ -75,42 +65,12 @@ async fn json(lab: &Lab, scratch: &Scratch, args: &[&str]) -> serde_json::Value 
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// GETs `url` `n` times and returns the distinct bodies.
-async fn bodies(url: &str, n: usize) -> BTreeSet<String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
-    let mut seen = BTreeSet::new();
-    for _ in 0..n {
-        let response = client.get(url).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{url}");
-        seen.insert(response.text().await.unwrap().trim().to_owned());
-    }
-    seen
-}
-
 /// The group's instances with the launch template version each runs.
 async fn versions(lab: &Lab) -> Vec<(String, String)> {
-    let out = lab
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("Web-ASG")
-        .send()
+    web_instances(lab)
         .await
-        .unwrap();
-    out.auto_scaling_groups()[0]
-        .instances()
-        .iter()
-        .map(|i| {
-            (
-                i.instance_id().unwrap().to_owned(),
-                i.launch_template()
-                    .and_then(|t| t.version())
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
-        })
+        .into_iter()
+        .map(|(id, version, _)| (id, version))
         .collect()
 }
 
@@ -149,17 +109,7 @@ async fn target_group_arn(lab: &Lab) -> String {
 
 /// The newest refresh's preferences.
 async fn newest_preferences(lab: &Lab) -> aws_sdk_autoscaling::types::RefreshPreferences {
-    let refreshes = lab
-        .autoscaling
-        .describe_instance_refreshes()
-        .auto_scaling_group_name("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    refreshes.instance_refreshes()[0]
-        .preferences()
-        .unwrap()
-        .clone()
+    web_newest_refresh(lab).await.preferences().unwrap().clone()
 }
 
 /// The lab's events since the probe of `report` began, its seconds counted from there (to tell a
@@ -188,7 +138,7 @@ async fn a_group_of_four_launches_before_terminating_and_the_probe_sees_no_failu
     // kept healthy).
     let refresh = r#"{ warmup = "5s", timeout = "8m" }"#;
     let first = Scratch::new(&config("first page", "first", FOUR, refresh));
-    bake_ami(&lab, &first).await;
+    lab.bake_quick(&first).await;
     let created = json(&lab, &first, &["rollout", "web"]).await;
     assert!(
         created["probe"].is_null(),
@@ -203,7 +153,7 @@ async fn a_group_of_four_launches_before_terminating_and_the_probe_sees_no_failu
     .await;
 
     let second = Scratch::new(&config("second page", "second", FOUR, refresh));
-    bake_ami(&lab, &second).await;
+    lab.bake_quick(&second).await;
     let child = lab
         .bake(&["-c", &second.config(), "-o", "json", "rollout", "web"])
         .stdout(std::process::Stdio::piped())
@@ -262,7 +212,7 @@ async fn a_canary_of_a_broken_ami_stops_at_the_first_checkpoint_and_rolls_back()
     let refresh =
         r#"{ checkpoints = [25, 100], checkpoint_delay = "60s", warmup = "5s", timeout = "8m" }"#;
     let good = Scratch::new(&config("good page", "good", FOUR, refresh));
-    bake_ami(&lab, &good).await;
+    lab.bake_quick(&good).await;
     let url = json(&lab, &good, &["rollout", "web"]).await["url"]
         .as_str()
         .unwrap()
@@ -275,7 +225,7 @@ async fn a_canary_of_a_broken_ami_stops_at_the_first_checkpoint_and_rolls_back()
         FOUR,
         refresh,
     ));
-    bake_ami(&lab, &broken).await;
+    lab.bake_quick(&broken).await;
     let out = lab
         .run_bake(&["-c", &broken.config(), "-o", "json", "rollout", "web"])
         .await;
@@ -310,25 +260,15 @@ async fn a_canary_of_a_broken_ami_stops_at_the_first_checkpoint_and_rolls_back()
     assert!(failed >= 1, "{counts}");
 
     // The canary never went past its first slice: one instance of four (25%) of version 2.
-    let refreshes = lab
-        .autoscaling
-        .describe_instance_refreshes()
-        .auto_scaling_group_name("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    let refresh = &refreshes.instance_refreshes()[0];
+    let refresh = web_newest_refresh(&lab).await;
     assert_eq!(
         refresh.preferences().unwrap().checkpoint_percentages(),
         &[25, 100]
     );
     assert_eq!(refresh.preferences().unwrap().checkpoint_delay(), Some(60));
     let rolled_back_at = lab
-        .requests()
+        .first_call_time("RollbackInstanceRefresh")
         .await
-        .iter()
-        .find(|r| r["action"] == "RollbackInstanceRefresh")
-        .and_then(|r| r["time"].as_f64())
         .expect("bake rolled the refresh back");
     let registered = lab
         .events()
@@ -358,10 +298,10 @@ async fn rollback_after_a_successful_rollout_returns_to_the_previous_version_und
     let two = "{ min = 2, desired = 2, max = 4 }";
     let refresh = r#"{ warmup = "5s", timeout = "8m" }"#;
     let v1 = Scratch::new(&config("page one", "one", two, refresh));
-    let ami1 = bake_ami(&lab, &v1).await;
+    let ami1 = lab.bake_quick(&v1).await;
     json(&lab, &v1, &["rollout", "web"]).await;
     let v2 = Scratch::new(&config("page two", "two", two, refresh));
-    bake_ami(&lab, &v2).await;
+    lab.bake_quick(&v2).await;
     let rolled = json(&lab, &v2, &["rollout", "web"]).await;
     assert_eq!(rolled["version"], 2);
     assert_eq!(
@@ -428,7 +368,7 @@ async fn an_ami_serving_500_on_half_its_requests_is_rolled_back_by_the_alarm_and
         )
     };
     let v1 = Scratch::new(&alarmed(config("calm page", "calm", two, refresh)));
-    bake_ami(&lab, &v1).await;
+    lab.bake_quick(&v1).await;
     json(&lab, &v1, &["rollout", "web"]).await;
     let v2 = Scratch::new(&alarmed(config_with(
         "body = \"noisy page\", fail_every = 2",
@@ -436,7 +376,7 @@ async fn an_ami_serving_500_on_half_its_requests_is_rolled_back_by_the_alarm_and
         two,
         refresh,
     )));
-    bake_ami(&lab, &v2).await;
+    lab.bake_quick(&v2).await;
     let out = lab.run_bake(&["-c", &v2.config(), "rollout", "web"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);

@@ -7,7 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Lab, REGION, Scratch, quick_config, quick_rollout};
+use support::output::json_lines;
+use support::{Lab, REGION, Scratch, pipeline_args, quick_config, quick_rollout};
 
 /// The second region: the lab's VPC-Lab is there too.
 const OTHER: &str = "us-east-1";
@@ -64,15 +65,6 @@ fn two_regions(body: &str, instance_type: &str) -> String {
     )
 }
 
-fn run_ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -86,9 +78,8 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 /// Bakes the quick image in the lab's region, copied to us-east-1 by the bake: (source, copy).
 async fn bake_and_copy(lab: &Lab, scratch: &Scratch) -> (String, String) {
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "-o", "json", "ami", "quick"])
+        .bake_ok(&["-c", &scratch.config(), "-o", "json", "ami", "quick"])
         .await;
-    run_ok(&out);
     let baked = json(&out);
     let source = baked["images"][0]["ami_id"]
         .as_str()
@@ -157,8 +148,7 @@ async fn a_rollout_across_two_regions_goes_in_order_and_stops_at_the_first_failu
     );
 
     // Capacity back: ap-northeast-2 first with the source, then us-east-1 with its copy.
-    let done = lab.run_bake(&rollout).await;
-    run_ok(&done);
+    let done = lab.bake_ok(&rollout).await;
     let result = json(&done);
     for (n, (region, ami)) in [(REGION, &source), (OTHER, &copy)].into_iter().enumerate() {
         let r = &result["regions"][n];
@@ -197,7 +187,7 @@ async fn a_rollout_across_two_regions_goes_in_order_and_stops_at_the_first_failu
 
     // prune across the regions: the source and its copy are one family, in use in both regions.
     let prune = lab
-        .run_bake(&[
+        .bake_ok(&[
             "-c",
             &config,
             "-o",
@@ -210,7 +200,6 @@ async fn a_rollout_across_two_regions_goes_in_order_and_stops_at_the_first_failu
             "--dry-run",
         ])
         .await;
-    run_ok(&prune);
     let pruned = json(&prune);
     let images = pruned["images"].as_array().unwrap();
     assert_eq!(images.len(), 2, "{pruned}");
@@ -222,7 +211,7 @@ async fn a_rollout_across_two_regions_goes_in_order_and_stops_at_the_first_failu
 
     // gc across the regions: nothing left behind in either, each region listed.
     let gc = lab
-        .run_bake(&[
+        .bake_ok(&[
             "-c",
             &config,
             "-o",
@@ -234,7 +223,6 @@ async fn a_rollout_across_two_regions_goes_in_order_and_stops_at_the_first_failu
             "--dry-run",
         ])
         .await;
-    run_ok(&gc);
     let collected = json(&gc);
     let regions: Vec<&str> = collected["regions"]
         .as_array()
@@ -313,8 +301,7 @@ async fn prune_across_regions_removes_a_family_only_when_no_region_uses_it() {
     };
     let args = prune(false);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let kept = lab.run_bake(&args).await;
-    run_ok(&kept);
+    let kept = lab.bake_ok(&args).await;
     let result = json(&kept);
     // The source in ap-northeast-2 is used by nothing there, but its copy is used in us-east-1.
     assert_eq!(result["images"][0]["region"], REGION);
@@ -327,7 +314,7 @@ async fn prune_across_regions_removes_a_family_only_when_no_region_uses_it() {
     assert_eq!(result["images"][1]["kept"][0]["ami_id"], copy.as_str());
     // Pruning the run's region alone reads the copies' regions too: the source stays.
     let here = lab
-        .run_bake(&[
+        .bake_ok(&[
             "-c",
             &config,
             "-o",
@@ -339,7 +326,6 @@ async fn prune_across_regions_removes_a_family_only_when_no_region_uses_it() {
             "--dry-run",
         ])
         .await;
-    run_ok(&here);
     let result = json(&here);
     assert_eq!(result["images"].as_array().unwrap().len(), 1, "{result}");
     assert_eq!(result["images"][0]["region"], REGION, "{result}");
@@ -392,8 +378,7 @@ async fn prune_across_regions_removes_a_family_only_when_no_region_uses_it() {
         },
     )
     .await;
-    let removed = lab.run_bake(&args).await;
-    run_ok(&removed);
+    let removed = lab.bake_ok(&args).await;
     let result = json(&removed);
     assert_eq!(
         result["images"][0]["removed"][0]["ami_id"],
@@ -421,11 +406,8 @@ async fn prune_across_regions_removes_a_family_only_when_no_region_uses_it() {
 
 /// Pipeline events (JSON Lines) as (step, status, region).
 fn steps(out: &std::process::Output) -> Vec<(String, String, String)> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
-        })
+    json_lines(out)
+        .iter()
         .map(|e| {
             (
                 e["step"].as_str().unwrap().to_owned(),
@@ -462,15 +444,7 @@ async fn the_pipeline_rolls_out_region_by_region_and_publishes_each_regions_copy
     make_keys(&lab).await;
     let scratch = Scratch::new(&two_regions("v1", "t3.small"));
     let config = scratch.config();
-    let args = [
-        "-c",
-        config.as_str(),
-        "-o",
-        "json",
-        "pipeline",
-        "--keep",
-        "5",
-    ];
+    let args = pipeline_args(&config, "5");
 
     // No t3.small in ap-northeast-2: its rollout fails, us-east-1's is not started, and the
     // parameter is published in neither region.
@@ -501,8 +475,7 @@ async fn the_pipeline_rolls_out_region_by_region_and_publishes_each_regions_copy
 
     // Capacity back: the AMI (baked, tested and copied already) rolls out in ap-northeast-2 and
     // is published there, then in us-east-1 with its copy.
-    let second = lab.run_bake(&args).await;
-    run_ok(&second);
+    let second = lab.bake_ok(&args).await;
     assert_eq!(
         steps(&second),
         [
@@ -558,10 +531,7 @@ fn gc_clients(region: &'static str, throttled: bool) -> bake::aws::Clients {
             ($($op:ident => $error:path),* $(,)?) => {
                 vec![$(aws_smithy_mocks::mock!(aws_sdk_ec2::Client::$op).then_error(|| {
                     <$error>::generic(
-                        aws_sdk_ec2::error::ErrorMetadata::builder()
-                            .code("RequestLimitExceeded")
-                            .message("Request limit exceeded.")
-                            .build(),
+                        support::mocks::meta("RequestLimitExceeded", "Request limit exceeded."),
                     )
                 })),*]
             };

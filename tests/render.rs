@@ -1,11 +1,15 @@
 //! `bake render` and `bake validate` as a user runs them: examples, committed user data,
 //! shell safety of values, and the errors for bad input.
 
+#[path = "support/output.rs"]
+mod output;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use bake::config::Config;
 use bake::render::Renderer;
+use output::stderr;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -45,10 +49,6 @@ fn pipe(program: &str, args: &[&str], input: &[u8]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {program} ({e}); `make deps` installs it"));
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A scratch directory with a config and its `templates/` (empty unless given templates).

@@ -6,15 +6,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use support::output::{stderr, stdout};
+use support::web::{bodies, web_group, web_instances, web_newest_refresh};
 use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// The quick image (a page served at boot by systemd) and a rollout of it shaped like the
 /// workshops' part 2: Web-ALB on the public subnets, Web-ASG on the private ones.
@@ -48,74 +42,18 @@ tags = { Name = "ASG-Web-Instance" }
     text
 }
 
-async fn bake_ami(lab: &Lab, scratch: &Scratch) -> String {
-    let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    stdout(&out)
-}
-
 /// Runs `bake rollout web`, which must succeed, and returns its JSON result.
 async fn roll_out(lab: &Lab, scratch: &Scratch) -> serde_json::Value {
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "-o", "json", "rollout", "web"])
+        .bake_ok(&["-c", &scratch.config(), "-o", "json", "rollout", "web"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// GETs `url` `n` times and returns the distinct bodies.
-async fn bodies(url: &str, n: usize) -> BTreeSet<String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
-    let mut seen = BTreeSet::new();
-    for _ in 0..n {
-        let response = client.get(url).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{url}");
-        seen.insert(response.text().await.unwrap().trim().to_owned());
-    }
-    seen
-}
-
-/// The group's instances and the launch template version each runs.
-async fn group(lab: &Lab) -> Vec<(String, String, String)> {
-    let out = lab
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    out.auto_scaling_groups()[0]
-        .instances()
-        .iter()
-        .map(|i| {
-            (
-                i.instance_id().unwrap().to_owned(),
-                i.launch_template()
-                    .and_then(|t| t.version())
-                    .unwrap_or_default()
-                    .to_owned(),
-                i.availability_zone().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// Asserts every part of the rollout's stack is gone: group, load balancer, target group, launch
 /// template and the security groups tagged with the rollout.
 async fn assert_stack_gone(lab: &Lab) {
-    let groups = lab
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    assert!(groups.auto_scaling_groups().is_empty());
+    assert!(web_group(lab).await.is_none());
     assert!(
         lab.elb
             .describe_load_balancers()
@@ -143,12 +81,7 @@ async fn assert_stack_gone(lab: &Lab) {
     let named = lab
         .ec2
         .describe_security_groups()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag-key")
-                .values("bake:rollout")
-                .build(),
-        )
+        .filters(support::filter("tag-key", "bake:rollout"))
         .send()
         .await
         .unwrap();
@@ -179,7 +112,7 @@ fn changing(requests: &[serde_json::Value]) -> Vec<String> {
 async fn plan(lab: &Lab, scratch: &Scratch) -> serde_json::Value {
     let before = lab.requests().await.len();
     let out = lab
-        .run_bake(&[
+        .bake_ok(&[
             "-c",
             &scratch.config(),
             "-o",
@@ -189,7 +122,6 @@ async fn plan(lab: &Lab, scratch: &Scratch) -> serde_json::Value {
             "--plan",
         ])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
     let requests = lab.requests().await;
     assert!(requests.len() > before, "the plan reads the account");
     assert_eq!(changing(&requests[before..]), Vec::<String>::new());
@@ -202,7 +134,7 @@ async fn plan_lists_the_stack_then_nothing_then_a_version_and_its_replacements_c
         return;
     };
     let first = Scratch::new(&config("first page"));
-    let ami = bake_ami(&lab, &first).await;
+    let ami = lab.bake_quick(&first).await;
 
     // A fresh lab: the whole stack.
     let fresh = plan(&lab, &first).await;
@@ -242,9 +174,8 @@ async fn plan_lists_the_stack_then_nothing_then_a_version_and_its_replacements_c
     assert!(done["launch_template_version"].is_null(), "{done}");
     assert!(done["publish"].is_null(), "{done}");
     let words = lab
-        .run_bake(&["-c", &first.config(), "rollout", "web", "--plan"])
+        .bake_ok(&["-c", &first.config(), "rollout", "web", "--plan"])
         .await;
-    assert!(words.status.success(), "{}", stderr(&words));
     assert!(
         stdout(&words).ends_with("nothing to do"),
         "{}",
@@ -264,14 +195,18 @@ async fn plan_lists_the_stack_then_nothing_then_a_version_and_its_replacements_c
         .await
         .unwrap();
     let second = Scratch::new(&config("second page"));
-    let next = bake_ami(&lab, &second).await;
+    let next = lab.bake_quick(&second).await;
     let versions = lab.calls("CreateLaunchTemplateVersion").await;
     let new = plan(&lab, &second).await;
     assert_eq!(new["create"], serde_json::json!([]), "{new}");
     assert_eq!(new["change"], serde_json::json!([]), "{new}");
     assert_eq!(new["launch_template_version"]["from_ami"], ami.as_str());
     assert_eq!(new["launch_template_version"]["to_ami"], next.as_str());
-    let running: BTreeSet<String> = group(&lab).await.into_iter().map(|(id, ..)| id).collect();
+    let running: BTreeSet<String> = web_instances(&lab)
+        .await
+        .into_iter()
+        .map(|(id, ..)| id)
+        .collect();
     let replaced: BTreeSet<String> = new["replace"]
         .as_array()
         .unwrap()
@@ -292,15 +227,10 @@ async fn sigint_during_stack_creation_removes_what_it_had_created() {
         return;
     };
     let scratch = Scratch::new(&config("page"));
-    let ami = bake_ami(&lab, &scratch).await;
+    let ami = lab.bake_quick(&scratch).await;
     // Auto Scaling throttles the group's creation: the run is inside the stack step, with the
     // security groups, target group, load balancer and launch template made, when the signal comes.
-    lab.control(
-        "faults",
-        serde_json::json!({"rate": 1.0, "kind": "throttle", "services": ["autoscaling"],
-                           "actions": ["CreateAutoScalingGroup"]}),
-    )
-    .await;
+    lab.throttle("autoscaling", "CreateAutoScalingGroup").await;
     let out = lab
         .interrupt_when(
             &["-c", &scratch.config(), "rollout", "web"],
@@ -310,7 +240,7 @@ async fn sigint_during_stack_creation_removes_what_it_had_created() {
             || async { lab.calls("CreateAutoScalingGroup").await > 0 },
         )
         .await;
-    lab.control("faults", serde_json::json!({"rate": 0})).await;
+    lab.faults_off().await;
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("interrupted by SIGINT"), "{err}");
@@ -329,15 +259,10 @@ async fn sigkill_during_stack_creation_then_gc_leaves_nothing() {
         "cpu_target = 30",
         "cpu_target = 30\ncpu_alarm = { threshold = 70, periods = 2 }",
     ));
-    let ami = bake_ami(&lab, &scratch).await;
+    let ami = lab.bake_quick(&scratch).await;
     // EC2 throttles the last step, taking the run's tags off the finished stack: everything,
     // group and alarms included, exists and still carries the run's tags when the kill comes.
-    lab.control(
-        "faults",
-        serde_json::json!({"rate": 1.0, "kind": "throttle", "services": ["ec2"],
-                           "actions": ["DeleteTags"]}),
-    )
-    .await;
+    lab.throttle("ec2", "DeleteTags").await;
     let out = lab
         .interrupt_when(
             &["-c", &scratch.config(), "rollout", "web"],
@@ -347,15 +272,14 @@ async fn sigkill_during_stack_creation_then_gc_leaves_nothing() {
             || async { lab.calls("DeleteTags").await > 0 },
         )
         .await;
-    lab.control("faults", serde_json::json!({"rate": 0})).await;
+    lab.faults_off().await;
     assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
     assert_eq!(lab.calls("PutMetricAlarm").await, 3, "5xx, latency, CPU");
     assert_eq!(lab.calls("CreateAutoScalingGroup").await, 1);
 
     let gc = lab
-        .run_bake(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
+        .bake_ok(&["-c", &scratch.config(), "gc", "--ttl", "0s"])
         .await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
     let removed = stdout(&gc);
     for part in [
         "Auto Scaling group Web-ASG",
@@ -377,7 +301,7 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
         return;
     };
     let first = Scratch::new(&config("first page"));
-    let ami = bake_ami(&lab, &first).await;
+    let ami = lab.bake_quick(&first).await;
 
     let result = roll_out(&lab, &first).await;
     assert_eq!(result["ami_id"], ami.as_str());
@@ -387,7 +311,7 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
         bodies(&url, 6).await,
         BTreeSet::from(["first page".to_owned()])
     );
-    let instances = group(&lab).await;
+    let instances = web_instances(&lab).await;
     assert_eq!(instances.len(), 2, "{instances:?}");
     // The scaling state: sizes, in service, the CPU target, metrics, the alarms' states.
     let scaling = &result["scaling"];
@@ -449,9 +373,8 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
     assert_eq!(alarms.metric_alarms()[1].threshold(), Some(2.0));
     // So `bake gc` leaves the finished stack alone.
     let gc = lab
-        .run_bake(&["-c", &first.config(), "gc", "--ttl", "0s", "--dry-run"])
+        .bake_ok(&["-c", &first.config(), "gc", "--ttl", "0s", "--dry-run"])
         .await;
-    assert!(gc.status.success(), "{}", stderr(&gc));
     assert!(!stdout(&gc).contains("Web"), "{}", stdout(&gc));
     let zones: BTreeSet<&str> = instances.iter().map(|(_, _, z)| z.as_str()).collect();
     assert_eq!(zones.len(), 2, "spread over both zones: {instances:?}");
@@ -494,9 +417,8 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
     let refreshes = lab.calls("StartInstanceRefresh").await;
     let versions = lab.calls("CreateLaunchTemplateVersion").await;
     let again = lab
-        .run_bake(&["-c", &first.config(), "rollout", "web"])
+        .bake_ok(&["-c", &first.config(), "rollout", "web"])
         .await;
-    assert!(again.status.success(), "{}", stderr(&again));
     let text = stdout(&again);
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some(url.as_str()), "{text}");
@@ -528,7 +450,7 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
 
     // A new AMI: a new version, every instance replaced, the new page through the same ALB.
     let second = Scratch::new(&config("second page"));
-    let ami2 = bake_ami(&lab, &second).await;
+    let ami2 = lab.bake_quick(&second).await;
     let result = roll_out(&lab, &second).await;
     assert_eq!(result["ami_id"], ami2.as_str());
     assert_eq!(result["version"], 2);
@@ -538,21 +460,14 @@ async fn rollout_creates_the_stack_then_replaces_every_instance_through_the_alb(
         bodies(&url, 6).await,
         BTreeSet::from(["second page".to_owned()])
     );
-    let replaced = group(&lab).await;
+    let replaced = web_instances(&lab).await;
     assert!(
         replaced.iter().all(
             |(id, version, _)| version == "2" && !instances.iter().any(|(old, _, _)| old == id)
         ),
         "before {instances:?}, after {replaced:?}"
     );
-    let refreshes = lab
-        .autoscaling
-        .describe_instance_refreshes()
-        .auto_scaling_group_name("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    let newest = &refreshes.instance_refreshes()[0];
+    let newest = web_newest_refresh(&lab).await;
     assert_eq!(
         newest.preferences().and_then(|p| p.auto_rollback()),
         Some(true),
@@ -566,11 +481,7 @@ async fn a_group_that_cannot_launch_ends_the_rollout_within_a_minute_with_awss_m
         return;
     };
     let scratch = Scratch::new(&config("page"));
-    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
-    let base = info["debian_images"]["ap-northeast-2"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let base = lab.debian_image().await;
     lab.control(
         "capacity",
         serde_json::json!({"unavailable": [
@@ -598,18 +509,12 @@ async fn a_group_that_cannot_launch_ends_the_rollout_within_a_minute_with_awss_m
 
     // bake gave up (and began removing the group) within a minute of the first failed launch.
     let first_failure = lab
-        .events()
+        .first_event_time("launch_failed")
         .await
-        .iter()
-        .find(|e| e["event"] == "launch_failed")
-        .and_then(|e| e["time"].as_f64())
         .expect("the lab recorded the failed launch");
     let removal = lab
-        .requests()
+        .first_call_time("DeleteAutoScalingGroup")
         .await
-        .iter()
-        .find(|r| r["action"] == "DeleteAutoScalingGroup")
-        .and_then(|r| r["time"].as_f64())
         .expect("bake deleted the group");
     assert!(
         removal - first_failure < 60.0,
@@ -625,7 +530,7 @@ async fn rollout_succeeds_under_throttle_bursts_and_light_faults() {
         return;
     };
     let scratch = Scratch::new(&config("steady page"));
-    bake_ami(&lab, &scratch).await;
+    lab.bake_quick(&scratch).await;
     // Every describe/get/list of these services throttled 6 s out of every 30 s (AWS throttles
     // per account and region), and on top of that a few random throttles and 5xx answers.
     lab.control(
@@ -643,15 +548,9 @@ async fn rollout_succeeds_under_throttle_bursts_and_light_faults() {
     let out = lab
         .run_bake(&["-c", &scratch.config(), "-o", "json", "rollout", "web"])
         .await;
-    lab.control("faults", serde_json::json!({"rate": 0})).await;
+    lab.faults_off().await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let faulted = lab
-        .requests()
-        .await
-        .iter()
-        .filter(|r| r["fault"] == true)
-        .count();
-    assert!(faulted > 0, "the run met some faults");
+    assert!(lab.faulted().await > 0, "the run met some faults");
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         bodies(result["url"].as_str().unwrap(), 4).await,
@@ -690,15 +589,15 @@ async fn refresh_rolls_back_when_the_new_instances_stay_unhealthy() {
         return;
     };
     let scratch = Scratch::new(&config("good page"));
-    bake_ami(&lab, &scratch).await;
+    lab.bake_quick(&scratch).await;
     let url = roll_out(&lab, &scratch).await["url"]
         .as_str()
         .unwrap()
         .to_owned();
-    let before = group(&lab).await;
+    let before = web_instances(&lab).await;
 
     // The Debian base image serves nothing on port 80.
-    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
+    let info = lab.info().await;
     let base = info["debian_images"]["ap-northeast-2"]
         .as_str()
         .expect("the lab names its Debian AMI")
@@ -721,7 +620,7 @@ async fn refresh_rolls_back_when_the_new_instances_stay_unhealthy() {
         bodies(&url, 6).await,
         BTreeSet::from(["good page".to_owned()])
     );
-    let after = group(&lab).await;
+    let after = web_instances(&lab).await;
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(
         after.iter().all(|(_, version, _)| version == "1"),
@@ -741,11 +640,7 @@ async fn a_failed_first_rollout_removes_the_stack_it_created() {
         return;
     };
     let scratch = Scratch::new(&config("page"));
-    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
-    let base = info["debian_images"]["ap-northeast-2"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let base = lab.debian_image().await;
     let out = lab
         .run_bake(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
         .await;
@@ -765,9 +660,8 @@ async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
     // Nothing baked from these inputs yet.
     let scratch = Scratch::new(&config("never baked"));
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "rollout", "web"])
+        .bake_refused(&["-c", &scratch.config(), "rollout", "web"])
         .await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("run `bake ami quick` first"),
         "{}",
@@ -775,20 +669,15 @@ async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
     );
 
     // Both load balancer subnets in one zone.
-    let info: serde_json::Value = serde_json::from_str(&lab.get("info").await).unwrap();
-    let base = info["debian_images"]["ap-northeast-2"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let base = lab.debian_image().await;
     let one_zone = config("page").replace(
         "{ tag = { Name = \"Public subnet C\" } },\n]",
         "{ tag = { Name = \"Public subnet A\" } },\n]",
     );
     let scratch = Scratch::new(&one_zone);
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
+        .bake_refused(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
         .await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     let line = one_zone
         .lines()
@@ -806,9 +695,8 @@ async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
     );
     let scratch = Scratch::new(&private);
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
+        .bake_refused(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
         .await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("no route to an internet gateway"),
         "{}",
@@ -819,12 +707,7 @@ async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
     let vpcs = lab
         .ec2
         .describe_vpcs()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:Name")
-                .values("VPC-Lab")
-                .build(),
-        )
+        .filters(support::filter("tag:Name", "VPC-Lab"))
         .send()
         .await
         .unwrap();
@@ -846,9 +729,8 @@ async fn rollout_preflight_problems_exit_2_at_their_line_and_change_nothing() {
     assert_ne!(outside, config("page"));
     let scratch = Scratch::new(&outside);
     let out = lab
-        .run_bake(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
+        .bake_refused(&["-c", &scratch.config(), "rollout", "web", "--ami", &base])
         .await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     let line = outside
         .lines()
@@ -879,7 +761,7 @@ async fn sigint_during_the_refresh_rolls_back_and_exits_130() {
         return;
     };
     let first = Scratch::new(&config("first page"));
-    bake_ami(&lab, &first).await;
+    lab.bake_quick(&first).await;
     let url = roll_out(&lab, &first).await["url"]
         .as_str()
         .unwrap()
@@ -888,7 +770,7 @@ async fn sigint_during_the_refresh_rolls_back_and_exits_130() {
     // A long warmup keeps the refresh going while the signal comes.
     let second =
         Scratch::new(&config("second page").replace("warmup = \"5s\"", "warmup = \"30s\""));
-    bake_ami(&lab, &second).await;
+    lab.bake_quick(&second).await;
     let child = lab
         .bake(&["-c", &second.config(), "rollout", "web"])
         .stdout(std::process::Stdio::piped())
@@ -911,7 +793,7 @@ async fn sigint_during_the_refresh_rolls_back_and_exits_130() {
         "{err}"
     );
     assert_eq!(lab.calls("RollbackInstanceRefresh").await, 1);
-    let after = group(&lab).await;
+    let after = web_instances(&lab).await;
     assert!(
         after.iter().all(|(_, version, _)| version == "1"),
         "{after:?}"

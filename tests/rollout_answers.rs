@@ -24,7 +24,6 @@ use aws_sdk_autoscaling::types::{
     Activity, AutoScalingGroup, InstanceRefresh, InstanceRefreshStatus,
     LaunchTemplateSpecification, LifecycleState, ScalingActivityStatusCode,
 };
-use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::authorize_security_group_ingress::AuthorizeSecurityGroupIngressOutput;
 use aws_sdk_ec2::operation::create_security_group::CreateSecurityGroupOutput;
 use aws_sdk_ec2::operation::delete_security_group::{
@@ -46,34 +45,12 @@ use aws_sdk_elasticloadbalancingv2::types::TargetGroup;
 use aws_smithy_mocks::{Rule, mock};
 use bake::aws::Clients;
 use bake::janitor::{self, Janitor, Resource};
-use bake::output::Progress;
 use bake::resolve::Subnet;
 use bake::rollout::preflight;
 use bake::rollout::stack::{self, Stack};
 use bake::rollout::{refresh, rollback};
-use mocks::Answers;
+use mocks::{Answers, clients_of, meta, progress};
 use tokio::time::Instant;
-
-fn clients_of(ec2_rules: &[&Rule], autoscaling_rules: &[&Rule], elb_rules: &[&Rule]) -> Clients {
-    Answers {
-        ec2: ec2_rules,
-        autoscaling: autoscaling_rules,
-        elb: elb_rules,
-        ..Answers::default()
-    }
-    .clients("ap-northeast-2")
-}
-
-fn progress() -> Progress {
-    Progress::new(
-        &indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
-        "web",
-    )
-}
-
-fn meta(code: &str, message: &str) -> ErrorMetadata {
-    ErrorMetadata::builder().code(code).message(message).build()
-}
 
 fn subnet(id: &str, zone: &str) -> Subnet {
     Subnet {
@@ -164,6 +141,30 @@ fn refresh_of(id: &str, status: InstanceRefreshStatus) -> DescribeInstanceRefres
 
 fn refreshes(status: InstanceRefreshStatus) -> DescribeInstanceRefreshesOutput {
     refresh_of("refresh-1", status)
+}
+
+/// StartInstanceRefresh back to launch template version 1, answered with refresh-2: bake's
+/// restore of a refresh it could not roll back.
+fn restoring_refresh() -> Rule {
+    mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
+        .match_requests(|r| {
+            r.desired_configuration()
+                .and_then(|d| d.launch_template())
+                .and_then(|t| t.version())
+                == Some("1")
+        })
+        .then_output(|| {
+            StartInstanceRefreshOutput::builder()
+                .instance_refresh_id("refresh-2")
+                .build()
+        })
+}
+
+/// The restoring refresh-2, described as Successful.
+fn restored() -> Rule {
+    mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
+        .match_requests(|r| r.instance_refresh_ids() == ["refresh-2"])
+        .then_output(|| refresh_of("refresh-2", InstanceRefreshStatus::Successful))
 }
 
 fn one_old_instance() -> DescribeAutoScalingGroupsOutput {
@@ -358,9 +359,7 @@ async fn a_refresh_that_ends_just_before_the_rollback_call_is_restored_by_a_new_
     let first = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
         .match_requests(|r| r.instance_refresh_ids() == ["refresh-1"])
         .then_output(|| refreshes(InstanceRefreshStatus::InProgress));
-    let restore = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
-        .match_requests(|r| r.instance_refresh_ids() == ["refresh-2"])
-        .then_output(|| refresh_of("refresh-2", InstanceRefreshStatus::Successful));
+    let restore = restored();
     let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh).then_error(|| {
         aws_sdk_autoscaling::operation::rollback_instance_refresh::RollbackInstanceRefreshError::generic(
             meta(
@@ -369,18 +368,7 @@ async fn a_refresh_that_ends_just_before_the_rollback_call_is_restored_by_a_new_
             ),
         )
     });
-    let start = mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
-        .match_requests(|r| {
-            r.desired_configuration()
-                .and_then(|d| d.launch_template())
-                .and_then(|t| t.version())
-                == Some("1")
-        })
-        .then_output(|| {
-            StartInstanceRefreshOutput::builder()
-                .instance_refresh_id("refresh-2")
-                .build()
-        });
+    let start = restoring_refresh();
     let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
         .then_output(one_old_instance);
     let (activities, health) = (no_activities(), no_targets());
@@ -413,25 +401,12 @@ async fn an_active_refresh_aws_cannot_roll_back_is_cancelled_then_restored() {
         .output(|| refreshes(InstanceRefreshStatus::Cancelling))
         .output(|| refreshes(InstanceRefreshStatus::Cancelled))
         .build();
-    let restore = mock!(aws_sdk_autoscaling::Client::describe_instance_refreshes)
-        .match_requests(|r| r.instance_refresh_ids() == ["refresh-2"])
-        .then_output(|| refresh_of("refresh-2", InstanceRefreshStatus::Successful));
+    let restore = restored();
     let cancel = mock!(aws_sdk_autoscaling::Client::cancel_instance_refresh)
         .then_output(|| CancelInstanceRefreshOutput::builder().build());
     let rollback = mock!(aws_sdk_autoscaling::Client::rollback_instance_refresh)
         .then_output(|| RollbackInstanceRefreshOutput::builder().build());
-    let start = mock!(aws_sdk_autoscaling::Client::start_instance_refresh)
-        .match_requests(|r| {
-            r.desired_configuration()
-                .and_then(|d| d.launch_template())
-                .and_then(|t| t.version())
-                == Some("1")
-        })
-        .then_output(|| {
-            StartInstanceRefreshOutput::builder()
-                .instance_refresh_id("refresh-2")
-                .build()
-        });
+    let start = restoring_refresh();
     let group = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_groups)
         .then_output(one_old_instance);
     let (activities, health) = (no_activities(), no_targets());

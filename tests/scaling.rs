@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use support::web::web_group;
 use support::{Lab, repo};
 
 /// Scale-out needs three CPU periods above the target plus a launch and its warm-up; with the
@@ -18,20 +19,9 @@ const SCALE_IN_WITHIN: Duration = Duration::from_secs(300);
 /// Clients hitting /load at once: more than the two instances' four gunicorn workers.
 const LOAD_CLIENTS: usize = 8;
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// The group's desired capacity and its instances.
 async fn capacity(lab: &Lab) -> (i32, usize) {
-    let out = lab
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    let group = &out.auto_scaling_groups()[0];
+    let group = web_group(lab).await.expect("Web-ASG exists");
     (
         group.desired_capacity().unwrap_or_default(),
         group.instances().len(),
@@ -45,13 +35,10 @@ async fn a_load_test_through_the_alb_scales_the_group_out_and_back_in() {
     };
     let example = repo().join("examples/nginx-debian.toml");
     let example = example.to_str().unwrap();
-    let baked = lab.run_bake(&["-c", example, "ami", "web"]).await;
-    assert!(baked.status.success(), "{}", stderr(&baked));
-    let out = lab
-        .run_bake(&["-c", example, "-o", "json", "rollout", "web"])
+    lab.bake_ok(&["-c", example, "ami", "web"]).await;
+    let result = lab
+        .bake_json(&["-c", example, "-o", "json", "rollout", "web"])
         .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let scaling = &result["scaling"];
     assert_eq!(scaling["desired"], 2, "{scaling}");
     assert_eq!(scaling["metrics_enabled"], true, "{scaling}");
@@ -62,14 +49,8 @@ async fn a_load_test_through_the_alb_scales_the_group_out_and_back_in() {
     );
 
     // Group metrics on, and seed 002's CPU alarm on the group's average CPU.
-    let group = lab
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("Web-ASG")
-        .send()
-        .await
-        .unwrap();
-    let enabled: Vec<&str> = group.auto_scaling_groups()[0]
+    let group = web_group(&lab).await.expect("Web-ASG exists");
+    let enabled: Vec<&str> = group
         .enabled_metrics()
         .iter()
         .filter_map(|m| m.metric())

@@ -7,7 +7,6 @@
 #[path = "support/mocks.rs"]
 mod mocks;
 
-use aws_sdk_ssm::error::ErrorMetadata;
 use aws_sdk_ssm::operation::get_command_invocation::{
     GetCommandInvocationError, GetCommandInvocationOutput,
 };
@@ -19,9 +18,8 @@ use aws_sdk_ssm::types::{Command, CommandInvocationStatus, Parameter, ParameterH
 use aws_smithy_mocks::{MockResponse, Rule, mock};
 use bake::ami::verify;
 use bake::aws::Clients;
-use bake::output::Progress;
 use bake::publish;
-use mocks::Answers;
+use mocks::{Answers, meta, progress};
 use std::time::Duration;
 
 const NAME: &str = "/bake/web/ami-id";
@@ -54,12 +52,21 @@ fn holding(value: &str, version: i64) -> GetParameterOutput {
 }
 
 fn not_found() -> GetParameterError {
-    GetParameterError::generic(
-        ErrorMetadata::builder()
-            .code("ParameterNotFound")
-            .message("not found")
-            .build(),
+    GetParameterError::generic(meta("ParameterNotFound", "not found"))
+}
+
+/// `verify::run` of one command (`true`) on builder i-1, given a minute.
+async fn verify_true(clients: &Clients) -> Result<(), verify::Error> {
+    let commands = vec!["true".to_owned()];
+    verify::run(
+        clients,
+        "i-1",
+        "d",
+        &commands,
+        Duration::from_secs(60),
+        &progress(),
     )
+    .await
 }
 
 #[tokio::test(start_paused = true)]
@@ -146,13 +153,6 @@ async fn a_parameter_that_already_holds_the_id_is_left_alone() {
     assert_eq!(put.num_calls(), 0);
 }
 
-fn progress() -> Progress {
-    Progress::new(
-        &indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
-        "web",
-    )
-}
-
 fn sent() -> SendCommandOutput {
     SendCommandOutput::builder()
         .command(Command::builder().command_id("c-1").build())
@@ -160,9 +160,7 @@ fn sent() -> SendCommandOutput {
 }
 
 fn invocation_error(code: &'static str) -> impl Fn() -> GetCommandInvocationError {
-    move || {
-        GetCommandInvocationError::generic(ErrorMetadata::builder().code(code).message("m").build())
-    }
+    move || GetCommandInvocationError::generic(meta(code, "m"))
 }
 
 fn invocation(status: CommandInvocationStatus, details: &str) -> GetCommandInvocationOutput {
@@ -185,17 +183,7 @@ async fn verify_rides_out_invocation_does_not_exist_and_throttling() {
         .output(|| invocation(CommandInvocationStatus::Success, "Success"))
         .build();
     let clients = clients(&[&send, &get]);
-    let commands = vec!["true".to_owned()];
-    verify::run(
-        &clients,
-        "i-1",
-        "d",
-        &commands,
-        Duration::from_secs(60),
-        &progress(),
-    )
-    .await
-    .unwrap();
+    verify_true(&clients).await.unwrap();
     assert_eq!(get.num_calls(), 5);
 }
 
@@ -205,18 +193,7 @@ async fn an_undeliverable_verify_command_says_so() {
     let get = mock!(aws_sdk_ssm::Client::get_command_invocation)
         .then_output(|| invocation(CommandInvocationStatus::Failed, "Undeliverable"));
     let clients = clients(&[&send, &get]);
-    let commands = vec!["true".to_owned()];
-    let err = verify::run(
-        &clients,
-        "i-1",
-        "d",
-        &commands,
-        Duration::from_secs(60),
-        &progress(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = verify_true(&clients).await.unwrap_err().to_string();
     assert!(
         err.contains("verification on builder i-1 ended Failed: Undeliverable"),
         "{err}"
@@ -360,12 +337,10 @@ async fn prune_keeps_an_ami_another_regions_parameter_publishes() {
 #[tokio::test(start_paused = true)]
 async fn a_region_that_denies_the_read_is_reported_and_one_that_fails_stops_the_prune() {
     let denied = || {
-        MockResponse::Error(GetParameterError::generic(
-            ErrorMetadata::builder()
-                .code("AccessDeniedException")
-                .message("explicit deny in a service control policy")
-                .build(),
-        ))
+        MockResponse::Error(GetParameterError::generic(meta(
+            "AccessDeniedException",
+            "explicit deny in a service control policy",
+        )))
     };
     let (pruned, _) = prune_with(denied).await;
     let pruned = pruned.unwrap();
@@ -385,12 +360,10 @@ async fn a_region_that_denies_the_read_is_reported_and_one_that_fails_stops_the_
     );
 
     let broken = || {
-        MockResponse::Error(GetParameterError::generic(
-            ErrorMetadata::builder()
-                .code("InvalidKeyId")
-                .message("the parameter's key is disabled")
-                .build(),
-        ))
+        MockResponse::Error(GetParameterError::generic(meta(
+            "InvalidKeyId",
+            "the parameter's key is disabled",
+        )))
     };
     let err = prune_with(broken).await.0.unwrap_err().to_string();
     assert!(

@@ -4,29 +4,14 @@
 
 mod support;
 
+use support::output::stdout;
 use support::{Lab, Scratch, quick_config, quick_rollout};
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// The quick image (its test stage on) and a one-instance rollout of it.
 fn config(body: &str) -> String {
     let mut text = quick_config(&format!("body = {body:?}"), "", "");
     text.push_str(&quick_rollout("web", "t3.micro"));
     text
-}
-
-async fn bake_ami(lab: &Lab, scratch: &Scratch) -> String {
-    let out = lab
-        .run_bake(&["-c", &scratch.config(), "ami", "quick"])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    stdout(&out)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -37,8 +22,7 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
     let scratch = Scratch::new(&config("first"));
     let config = scratch.config();
     // Before any bake: the image has no AMI and the group does not exist.
-    let empty = lab.run_bake(&["-c", &config, "status"]).await;
-    assert!(empty.status.success(), "{}", stderr(&empty));
+    let empty = lab.bake_ok(&["-c", &config, "status"]).await;
     let text = stdout(&empty);
     assert!(
         text.contains("image quick (ap-northeast-2): no AMI yet"),
@@ -46,9 +30,8 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
     );
     assert!(text.contains("group Web-ASG not found"), "{text}");
 
-    let a = bake_ami(&lab, &scratch).await;
-    let rolled = lab.run_bake(&["-c", &config, "rollout", "web"]).await;
-    assert!(rolled.status.success(), "{}", stderr(&rolled));
+    let a = lab.bake_quick(&scratch).await;
+    lab.bake_ok(&["-c", &config, "rollout", "web"]).await;
     lab.ssm
         .put_parameter()
         .name("/bake/quick/ami-id")
@@ -60,11 +43,10 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
         .unwrap();
 
     std::fs::write(scratch.path().join("bake.toml"), self::config("second")).unwrap();
-    let b = bake_ami(&lab, &scratch).await;
+    let b = lab.bake_quick(&scratch).await;
     assert_ne!(a, b);
 
-    let out = lab.run_bake(&["-c", &config, "status"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = lab.bake_ok(&["-c", &config, "status"]).await;
     let text = stdout(&out);
     assert!(
         text.contains(&format!("image quick (ap-northeast-2): {b} (")),
@@ -93,9 +75,9 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
         "{rollout}"
     );
 
-    let json = lab.run_bake(&["-c", &config, "-o", "json", "status"]).await;
-    assert!(json.status.success(), "{}", stderr(&json));
-    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let json = lab
+        .bake_json(&["-c", &config, "-o", "json", "status"])
+        .await;
     let image = &json["images"][0];
     assert_eq!(image["image"], "quick");
     assert_eq!(image["newest"]["ami_id"], b.as_str());
@@ -115,9 +97,9 @@ async fn after_a_rollout_and_a_new_bake_the_group_is_one_ami_behind_with_a_teste
 
     // The config changes, nothing is baked: the image's inputs changed since its newest AMI.
     std::fs::write(scratch.path().join("bake.toml"), self::config("third")).unwrap();
-    let out = lab.run_bake(&["-c", &config, "-o", "json", "status"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = lab
+        .bake_json(&["-c", &config, "-o", "json", "status"])
+        .await;
     assert_eq!(
         json["images"][0]["changed"]["inputs"],
         serde_json::json!(["user-data"])

@@ -1,10 +1,14 @@
 //! `-v` from the real binary: a log line per AWS call with its service, operation, answer,
 //! duration and the SDK's attempts, against a small local EC2 endpoint (no lab needed).
 
+#[path = "support/home.rs"]
+mod home;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
+
+use home::bake_at_home;
 
 /// An EC2 endpoint that answers every listing with nothing, and DescribeImages first with a
 /// throttle (503), so the SDK retries it once. Returns its URL and the actions it was asked.
@@ -104,17 +108,13 @@ fn serve(stream: TcpStream, asked: &Mutex<Vec<String>>) {
 fn dash_v_logs_each_aws_call_with_its_duration_and_attempts() {
     let home = tempfile::tempdir().unwrap();
     let (endpoint, asked) = ec2_endpoint();
-    let out = Command::new(env!("CARGO_BIN_EXE_bake"))
-        .args(["-v", "--region", "ap-northeast-2", "gc", "--dry-run"])
-        .current_dir(home.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home.path())
-        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .output()
-        .unwrap();
+    let out = bake_at_home(
+        home.path(),
+        &["-v", "--region", "ap-northeast-2", "gc", "--dry-run"],
+    )
+    .env("AWS_ENDPOINT_URL", &endpoint)
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let calls: Vec<&str> = stderr
@@ -159,16 +159,13 @@ fn dash_v_logs_each_aws_call_with_its_duration_and_attempts() {
         operations.len() + 1,
         "every call once, one of them retried"
     );
-    let quiet = Command::new(env!("CARGO_BIN_EXE_bake"))
-        .args(["--region", "ap-northeast-2", "gc", "--dry-run"])
-        .current_dir(home.path())
-        .env_clear()
-        .env("HOME", home.path())
-        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .output()
-        .unwrap();
+    let quiet = bake_at_home(
+        home.path(),
+        &["--region", "ap-northeast-2", "gc", "--dry-run"],
+    )
+    .env("AWS_ENDPOINT_URL", &endpoint)
+    .output()
+    .unwrap();
     let quiet = String::from_utf8_lossy(&quiet.stderr);
     assert!(
         !quiet.contains("bake::aws::trace"),

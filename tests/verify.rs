@@ -3,11 +3,8 @@
 
 mod support;
 
+use support::output::stderr;
 use support::{Lab, Scratch, quick_config};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_loud_verify_step_does_not_hide_the_one_that_fails() {

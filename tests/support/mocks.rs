@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client};
+use aws_smithy_types::error::ErrorMetadata;
 use bake::aws::Clients;
+use bake::output::Progress;
 
 /// The rules answering each service's calls.
 #[derive(Default)]
@@ -53,4 +55,29 @@ impl Answers<'_> {
             region: region.into(),
         }
     }
+}
+
+/// The clients of ap-northeast-2 whose EC2, Auto Scaling and load balancing calls are answered by
+/// the given rules (other services answer nothing).
+pub fn clients_of(ec2: &[&Rule], autoscaling: &[&Rule], elb: &[&Rule]) -> Clients {
+    Answers {
+        ec2,
+        autoscaling,
+        elb,
+        ..Answers::default()
+    }
+    .clients("ap-northeast-2")
+}
+
+/// The error an AWS service answers with: its `code` and `message`.
+pub fn meta(code: &str, message: &str) -> ErrorMetadata {
+    ErrorMetadata::builder().code(code).message(message).build()
+}
+
+/// Progress for image `web` that draws nowhere, for driving a module directly.
+pub fn progress() -> Progress {
+    Progress::new(
+        &indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
+        "web",
+    )
 }

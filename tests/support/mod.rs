@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod home;
 pub mod mocks;
 pub mod network;
+pub mod output;
+pub mod web;
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -150,6 +153,47 @@ impl Lab {
         json_lines(&self.get("events").await)
     }
 
+    /// The lab's `info` control endpoint: its images, its stand-ins' traffic.
+    pub async fn info(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("info").await).unwrap()
+    }
+
+    /// The lab's Debian image in its region, for a rollout of an image not baked here.
+    pub async fn debian_image(&self) -> String {
+        self.info().await["debian_images"][REGION]
+            .as_str()
+            .expect("the lab has a Debian image in its region")
+            .to_owned()
+    }
+
+    /// The HTTP statuses the lab answered `action` with since reset, in the order of the calls.
+    pub async fn statuses(&self, action: &str) -> Vec<i64> {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| r["action"] == action)
+            .map(|r| r["status"].as_i64().expect("a logged call has a status"))
+            .collect()
+    }
+
+    /// When (the lab's clock, seconds) `action` was first called since reset.
+    pub async fn first_call_time(&self, action: &str) -> Option<f64> {
+        self.requests()
+            .await
+            .iter()
+            .find(|r| r["action"] == action)
+            .and_then(|r| r["time"].as_f64())
+    }
+
+    /// When (the lab's clock, seconds) the lab first reached `event`.
+    pub async fn first_event_time(&self, event: &str) -> Option<f64> {
+        self.events()
+            .await
+            .iter()
+            .find(|e| e["event"] == event)
+            .and_then(|e| e["time"].as_f64())
+    }
+
     /// Live containers (instances) in the lab.
     pub async fn containers(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.get("containers").await).unwrap()
@@ -194,13 +238,85 @@ impl Lab {
             .unwrap()
     }
 
+    /// Runs bake to the end and asserts it succeeded (on failure, showing what it printed).
+    pub async fn bake_ok(&self, args: &[&str]) -> Output {
+        let out = self.run_bake(args).await;
+        output::assert_ok(&out);
+        out
+    }
+
+    /// Runs bake with `args` (which ask for `-o json`), asserts it succeeded and returns its JSON
+    /// result.
+    pub async fn bake_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.bake_ok(args).await;
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", output::stdout(&out));
+        })
+    }
+
+    /// Runs bake to the end and asserts it refused the run (exit 2: bad config or input).
+    pub async fn bake_refused(&self, args: &[&str]) -> Output {
+        let out = self.run_bake(args).await;
+        assert_eq!(out.status.code(), Some(2), "{}", output::stderr(&out));
+        out
+    }
+
+    /// Throttles every `action` call to `service` (as the lab names services) until
+    /// [`Lab::faults_off`].
+    pub async fn throttle(&self, service: &str, action: &str) {
+        self.control(
+            "faults",
+            serde_json::json!({"rate": 1.0, "kind": "throttle", "services": [service],
+                               "actions": [action]}),
+        )
+        .await;
+    }
+
+    /// Turns every injected fault off (the `faults` control endpoint at rate 0).
+    pub async fn faults_off(&self) {
+        self.control("faults", serde_json::json!({ "rate": 0 }))
+            .await;
+    }
+
+    /// How many calls since reset the lab answered with an injected fault.
+    pub async fn faulted(&self) -> usize {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| r["fault"] == true)
+            .count()
+    }
+
+    /// Bakes the quick image of `scratch`'s config and returns its AMI id.
+    pub async fn bake_quick(&self, scratch: &Scratch) -> String {
+        let out = self
+            .bake_ok(&["-c", &scratch.config(), "ami", "quick"])
+            .await;
+        output::stdout(&out)
+    }
+
+    /// The security groups a bake run tagged, as EC2 lists them now (`None` where the call
+    /// failed, e.g. throttled).
+    pub async fn run_tagged_groups(&self) -> Option<Vec<String>> {
+        let out = self
+            .ec2
+            .describe_security_groups()
+            .filters(run_tagged())
+            .send()
+            .await
+            .ok()?;
+        Some(
+            out.security_groups()
+                .iter()
+                .map(|g| g.group_id().unwrap().to_owned())
+                .collect(),
+        )
+    }
+
     /// Asserts no builder, security group, image or snapshot of any bake run is left, apart from
     /// the AMIs in `kept`, and no container runs but those of `instances_kept`.
     pub async fn assert_nothing_left(&self, kept: &[&str], instances_kept: &[&str]) {
-        let tagged = Filter::builder()
-            .name("tag-key")
-            .values("bake:run-id")
-            .build();
+        let tagged = run_tagged();
         let live: Vec<String> = self
             .ec2
             .describe_instances()
@@ -215,46 +331,22 @@ impl Lab {
             .map(|i| format!("{} {:?}", i.instance_id().unwrap(), i.state()))
             .collect();
         assert!(live.is_empty(), "builders left: {live:?}");
-        let groups: Vec<String> = self
-            .ec2
-            .describe_security_groups()
-            .filters(tagged.clone())
-            .send()
+        let groups = self
+            .run_tagged_groups()
             .await
-            .unwrap()
-            .security_groups()
-            .iter()
-            .map(|g| g.group_id().unwrap().to_owned())
-            .collect();
+            .expect("EC2 lists the security groups");
         assert!(groups.is_empty(), "security groups left: {groups:?}");
-        let images = self
-            .ec2
-            .describe_images()
-            .owners("self")
-            .send()
+        let images: Vec<String> = own_images(&self.ec2, None)
             .await
-            .unwrap();
-        let images: Vec<&str> = images
-            .images()
-            .iter()
-            .filter_map(|i| i.image_id())
-            .filter(|id| !kept.contains(id))
+            .into_iter()
+            .filter(|id| !kept.contains(&id.as_str()))
             .collect();
         assert!(images.is_empty(), "images left: {images:?}");
-        let snapshots = self
-            .ec2
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(tagged)
-            .send()
-            .await
-            .unwrap();
         let kept_snapshots = self.snapshots_of(kept).await;
-        let orphans: Vec<&str> = snapshots
-            .snapshots()
-            .iter()
-            .filter_map(|s| s.snapshot_id())
-            .filter(|id| !kept_snapshots.iter().any(|k| k == id))
+        let orphans: Vec<String> = own_snapshots(&self.ec2, Some(tagged))
+            .await
+            .into_iter()
+            .filter(|id| !kept_snapshots.contains(id))
             .collect();
         assert!(orphans.is_empty(), "snapshots left: {orphans:?}");
         let containers: Vec<String> = self
@@ -286,6 +378,21 @@ impl Lab {
             .collect()
     }
 
+    /// The lab's subnet named `name` (its Name tag), e.g. "Public subnet A".
+    pub async fn subnet_named(&self, name: &str) -> aws_sdk_ec2::types::Subnet {
+        let out = self
+            .ec2
+            .describe_subnets()
+            .filters(filter("tag:Name", name))
+            .send()
+            .await
+            .unwrap();
+        out.subnets()
+            .first()
+            .unwrap_or_else(|| panic!("no subnet named {name}"))
+            .clone()
+    }
+
     /// Waits until `check` holds, polling every 200 ms for at most `limit`.
     pub async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut check: F)
     where
@@ -312,12 +419,7 @@ impl Lab {
                 let out = self
                     .ec2
                     .describe_instances()
-                    .filters(
-                        aws_sdk_ec2::types::Filter::builder()
-                            .name("tag-key")
-                            .values("bake:run-id")
-                            .build(),
-                    )
+                    .filters(run_tagged())
                     .send()
                     .await
                     .unwrap();
@@ -389,6 +491,48 @@ fn skip() {
     );
 }
 
+/// An EC2 filter: `name` (e.g. `tag:Name`, `tag-key`) is `value`.
+pub fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+/// The filter for what any bake run tagged (its `bake:run-id`), as `bake gc` finds it.
+pub fn run_tagged() -> Filter {
+    filter("tag-key", "bake:run-id")
+}
+
+/// The ids of this account's images in `ec2`'s region (those `filter` selects, where given).
+pub async fn own_images(ec2: &aws_sdk_ec2::Client, filter: Option<Filter>) -> Vec<String> {
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .set_filters(filter.map(|f| vec![f]))
+        .send()
+        .await
+        .unwrap();
+    out.images()
+        .iter()
+        .filter_map(|i| i.image_id())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The ids of this account's snapshots in `ec2`'s region (those `filter` selects, where given).
+pub async fn own_snapshots(ec2: &aws_sdk_ec2::Client, filter: Option<Filter>) -> Vec<String> {
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .set_filters(filter.map(|f| vec![f]))
+        .send()
+        .await
+        .unwrap();
+    out.snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Sends a signal (`INT`, `TERM`, `KILL`) to a process.
 pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
@@ -432,6 +576,12 @@ impl Scratch {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// `bake -c CONFIG -o json pipeline --keep KEEP`: a pipeline run's arguments, its events as JSON
+/// lines.
+pub fn pipeline_args<'a>(config: &'a str, keep: &'a str) -> [&'a str; 7] {
+    ["-c", config, "-o", "json", "pipeline", "--keep", keep]
 }
 
 /// A config for the quick template on the lab's Debian AMI in the workshops' public subnet.

@@ -1,7 +1,7 @@
 //! A VPC of a test's own in the lab: an internet gateway, a public subnet routed to it and a
 //! private subnet with a route table of its own (no default route), for the temporary NAT's tests.
 
-use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 
 use super::Lab;
 
@@ -155,12 +155,7 @@ pub async fn bake_addresses(lab: &Lab) -> Vec<String> {
     let out = lab
         .ec2
         .describe_addresses()
-        .filters(
-            Filter::builder()
-                .name("tag-key")
-                .values("bake:egress")
-                .build(),
-        )
+        .filters(super::filter("tag-key", "bake:egress"))
         .send()
         .await
         .unwrap();
@@ -176,7 +171,7 @@ pub async fn subnet_named(lab: &Lab, name: &str) -> aws_sdk_ec2::types::Subnet {
     let out = lab
         .ec2
         .describe_subnets()
-        .filters(Filter::builder().name("tag:Name").values(name).build())
+        .filters(super::filter("tag:Name", name))
         .send()
         .await
         .unwrap();
@@ -189,7 +184,7 @@ pub async fn vpc_named(lab: &Lab, name: &str) -> String {
     let out = lab
         .ec2
         .describe_vpcs()
-        .filters(Filter::builder().name("tag:Name").values(name).build())
+        .filters(super::filter("tag:Name", name))
         .send()
         .await
         .unwrap();
@@ -198,7 +193,7 @@ pub async fn vpc_named(lab: &Lab, name: &str) -> String {
 
 /// The route table a subnet uses (its own, else its VPC's main one).
 pub async fn table_of(lab: &Lab, subnet: &aws_sdk_ec2::types::Subnet) -> String {
-    let by = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
+    let by = |name: &str, value: &str| super::filter(name, value);
     let own = lab
         .ec2
         .describe_route_tables()
