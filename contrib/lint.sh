@@ -78,3 +78,15 @@ echo "contrib: GitHub Actions workflow checked (GitHub's workflow schema)"
 # CloudFormation: cfn-lint with AWS's resource specifications.
 "$venv/bin/cfn-lint" "$here/aws/scheduler-codebuild.yaml"
 echo "contrib: CloudFormation template checked (cfn-lint)"
+
+# Every recipe runs gc (what killed runs left, in every region of the config) before its pipeline.
+for recipe in cron/bake.cron systemd/bake-pipeline.service github/bake-pipeline.yml aws/scheduler-codebuild.yaml; do
+  python3 - "$here/$recipe" <<'PY'
+import sys
+text = open(sys.argv[1]).read()
+gc, pipeline = text.find("gc --all-regions --ttl "), text.find("pipeline --keep ")
+if gc < 0 or pipeline < 0 or gc > pipeline:
+    sys.exit(f"{sys.argv[1]}: no `bake gc --all-regions --ttl ...` before the pipeline")
+PY
+done
+echo "contrib: every recipe runs bake gc before its pipeline"

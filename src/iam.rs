@@ -857,6 +857,38 @@ mod tests {
         }
     }
 
+    /// The recipes in contrib/ run `bake gc` under the pipeline's role before each pipeline: gc
+    /// must need nothing that role's policy does not allow, on the same resources and conditions.
+    #[test]
+    fn gc_needs_nothing_the_pipelines_policy_does_not_allow() {
+        let scope = Scope::default();
+        let allowed = |command| -> BTreeSet<(String, String, String)> {
+            document(command, &scope)["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|s| {
+                    s["Action"].as_array().unwrap().iter().map(|a| {
+                        (
+                            a.as_str().unwrap().to_owned(),
+                            s["Resource"].to_string(),
+                            s["Condition"].to_string(),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let pipeline = allowed(Command::Pipeline);
+        let anywhere = |action: &str| {
+            pipeline.contains(&(action.to_owned(), json!("*").to_string(), "null".to_owned()))
+        };
+        let missing: Vec<_> = allowed(Command::Gc)
+            .into_iter()
+            .filter(|g| !pipeline.contains(g) && !anywhere(&g.0))
+            .collect();
+        assert!(missing.is_empty(), "gc needs more than the pipeline's policy: {missing:?}");
+    }
+
     #[test]
     fn the_store_gets_s3_statements_on_its_bucket_and_prefix_only() {
         let s3 = |doc: &Value| -> Vec<(String, Value)> {

@@ -1,7 +1,9 @@
 //! Finding what the config refers to: EC2 filters, the one resource a reference matches (subnet,
 //! VPC), the checks on them (a public subnet, an instance profile that exists), the AMI baked
 //! from an image's inputs (with the rule for when a deprecated one stops counting), and why a
-//! reference does not resolve, at its place in the config: every preflight problem.
+//! reference does not resolve, at its place in the config: every preflight problem. Also the
+//! region-wide listings of launch templates and Auto Scaling groups (paged and bounded) that
+//! prune and the janitor read.
 
 use std::future::Future;
 use std::ops::Range;

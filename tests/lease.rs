@@ -1,7 +1,8 @@
 //! The cross-machine lease (`[store]`) against the lab: two pipelines on two copies of a config
 //! (two lock dirs, as on two machines) bake an image once; a SIGKILLed holder's lease expires and
-//! the next run takes it over and adopts the AMI left pending, launching no builder; a lease taken
-//! away mid-bake stops the bake, cleaned up; `bake validate` names a missing bucket at its line.
+//! the next run takes it over and adopts the AMI left pending, launching no builder, and records
+//! it; a lease taken away mid-bake stops the bake, cleaned up; `bake validate` names a missing
+//! bucket at its line.
 
 mod support;
 
@@ -68,14 +69,13 @@ async fn output(mut command: std::process::Command) -> Output {
 
 /// The lease object of image `quick`, if there is one.
 async fn lease(lab: &Lab, bucket: &str) -> Option<serde_json::Value> {
+    object(lab, bucket, "bake/leases/quick").await
+}
+
+/// The JSON object at `key` in `bucket`, if there is one.
+async fn object(lab: &Lab, bucket: &str, key: &str) -> Option<serde_json::Value> {
     let s3 = lab.clients().await.s3;
-    let out = s3
-        .get_object()
-        .bucket(bucket)
-        .key("bake/leases/quick")
-        .send()
-        .await
-        .ok()?;
+    let out = s3.get_object().bucket(bucket).key(key).send().await.ok()?;
     let bytes = out.body.collect().await.unwrap().into_bytes();
     Some(serde_json::from_slice(&bytes).unwrap())
 }
@@ -213,6 +213,17 @@ async fn a_killed_holders_lease_expires_and_the_next_run_adopts_its_pending_ami(
         "the adopting run launched its test instance, and no builder"
     );
     assert!(lease(&lab, "lease-takeover").await.is_none(), "given back");
+    // Its record, with the packages read on the test instance, as for any bake.
+    let record = object(&lab, "lease-takeover", &format!("bake/records/quick/{ami}.json"))
+        .await
+        .expect("the adopted AMI's record");
+    assert_eq!(record["ami_id"], ami.as_str(), "{record}");
+    assert!(
+        record["packages"]
+            .as_object()
+            .is_some_and(|p| p.len() > 50 && p.contains_key("dpkg")),
+        "{record}"
+    );
     // The dead run's builder is gc's; the adopted AMI, tested, stays.
     let gc = output(on_machine(&lab, &scratch, &["gc", "--ttl", "0s"])).await;
     assert!(gc.status.success(), "{}", stderr(&gc));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::output::stderr;
 use support::web::{bodies, web_instances, web_newest_refresh};
-use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
+use support::{Lab, NO_TEST_STAGE, Scratch, lab_rollout, quick_config};
 
 /// The quick image serving `body` (its health check on `/healthz` expects `expect`; `vars` adds
 /// to its vars) and a rollout of it on Web-ASG with `capacity` and `refresh`, probed on `/`, shaped
@@ -25,29 +25,12 @@ fn config_with(vars: &str, expect: &str, capacity: &str, refresh: &str) -> Strin
         "",
     );
     text.push_str(NO_TEST_STAGE);
-    text.push_str(&format!(
-        r#"
-[rollout.web]
-image = "quick"
-vpc = {{ tag = {{ Name = "VPC-Lab" }} }}
-alb_subnets = [
-  {{ tag = {{ Name = "Public subnet A" }} }},
-  {{ tag = {{ Name = "Public subnet C" }} }},
-]
-instance_subnets = [
-  {{ tag = {{ Name = "Private subnet A" }} }},
-  {{ tag = {{ Name = "Private subnet C" }} }},
-]
-launch_template = "Web"
-asg = "Web-ASG"
-alb = "Web-ALB"
-target_group = "Web-TG"
-instance_profile = "SSMInstanceProfile"
-capacity = {capacity}
-refresh = {refresh}
-probe = {{ rate = 5, path = "/" }}
-tags = {{ Name = "ASG-Web-Instance" }}
-"#
+    text.push_str(&lab_rollout(
+        "web",
+        &format!(
+            "capacity = {capacity}\nrefresh = {refresh}\nprobe = {{ rate = 5, path = \"/\" }}\n\
+             tags = {{ Name = \"ASG-Web-Instance\" }}"
+        ),
     ));
     text
 }

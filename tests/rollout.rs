@@ -8,37 +8,19 @@ use std::time::Duration;
 
 use support::output::{stderr, stdout};
 use support::web::{bodies, web_group, web_instances, web_newest_refresh};
-use support::{Lab, NO_TEST_STAGE, Scratch, quick_config};
+use support::{Lab, NO_TEST_STAGE, Scratch, lab_rollout, quick_config};
 
 /// The quick image (a page served at boot by systemd) and a rollout of it shaped like the
 /// workshops' part 2: Web-ALB on the public subnets, Web-ASG on the private ones.
 fn config(body: &str) -> String {
     let mut text = quick_config(&format!("body = {body:?}"), "", "");
     text.push_str(NO_TEST_STAGE);
-    text.push_str(
-        r#"
-[rollout.web]
-image = "quick"
-vpc = { tag = { Name = "VPC-Lab" } }
-alb_subnets = [
-  { tag = { Name = "Public subnet A" } },
-  { tag = { Name = "Public subnet C" } },
-]
-instance_subnets = [
-  { tag = { Name = "Private subnet A" } },
-  { tag = { Name = "Private subnet C" } },
-]
-launch_template = "Web"
-asg = "Web-ASG"
-alb = "Web-ALB"
-target_group = "Web-TG"
-instance_profile = "SSMInstanceProfile"
-capacity = { min = 2, desired = 2, max = 4 }
-cpu_target = 30
-refresh = { min_healthy = 50, warmup = "5s", timeout = "5m" }
-tags = { Name = "ASG-Web-Instance" }
-"#,
-    );
+    text.push_str(&lab_rollout(
+        "web",
+        "capacity = { min = 2, desired = 2, max = 4 }\ncpu_target = 30\n\
+         refresh = { min_healthy = 50, warmup = \"5s\", timeout = \"5m\" }\n\
+         tags = { Name = \"ASG-Web-Instance\" }",
+    ));
     text
 }
 

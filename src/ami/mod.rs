@@ -467,7 +467,8 @@ pub async fn bake(
                         deprecation_time: a.deprecation_time,
                     },
                     group: a.group,
-                    // The builder is gone: an adopted AMI's packages are not read.
+                    // The builder is gone: an adopted AMI's packages are read on its test
+                    // instance (see `tested`).
                     packages: None,
                 })
                 .map_err(Step::from)
@@ -475,7 +476,7 @@ pub async fn bake(
         None => build(clients, image, plan, store, janitor, progress).await,
     };
     let built = match made {
-        Ok(built) => tested(clients, image, plan, built, janitor, progress).await,
+        Ok(built) => tested(clients, image, plan, store, built, janitor, progress).await,
         Err(failure) => Err(failure),
     };
     match built {
@@ -618,11 +619,12 @@ fn regions(copies: &[Copy]) -> String {
 
 /// Tests the built AMI unless `test.enabled = false`: tags it `bake:test=passed`, or
 /// `bake:test=failed` and fails (the caller's cleanup then deregisters it unless
-/// `--keep-on-failure`).
+/// `--keep-on-failure`). With a `store`, an adopted AMI's packages are read on the test instance.
 async fn tested(
     clients: &Clients,
     image: &Image,
     plan: &Plan,
+    store: Option<&Store>,
     built: Built,
     janitor: &Janitor,
     progress: &Progress,
@@ -647,6 +649,20 @@ async fn tested(
     match run {
         Ok(t) => {
             test::mark(clients, &ami.id, tags::TEST_PASSED).await?;
+            // An adopted AMI's builder is gone; the test instance runs the AMI as it was made, so
+            // its packages make the record. Not read: no record, which is reported, not fatal.
+            let packages = match packages {
+                None if store.is_some() => {
+                    match verify::manifest(clients, &t.instance_id, image.os, progress).await {
+                        Ok(packages) => Some(packages),
+                        Err(e) => {
+                            output::note(&format!("warning: image {}: no record: {e}", plan.image));
+                            None
+                        }
+                    }
+                }
+                known => known,
+            };
             Ok((
                 ami,
                 Some(TestReport {

@@ -634,14 +634,42 @@ pub fn bake_offline(config: &str, args: &[&str]) -> (tempfile::TempDir, PathBuf,
 }
 
 /// A `[rollout.NAME]` of the quick image shaped like the workshops' part 2 (Web-ALB on the public
-/// subnets, Web-ASG of one instance of `instance_type` on the private ones), to append to
-/// [`quick_config`].
-pub fn quick_rollout(name: &str, instance_type: &str) -> String {
+/// subnets, Web-ASG on the private ones, its instances with SSMInstanceProfile), then `lines`
+/// (capacity, refresh and whatever else the test sets), to append to [`quick_config`].
+pub fn lab_rollout(name: &str, lines: &str) -> String {
     format!(
         r#"
 [rollout.{name}]
 image = "quick"
 vpc = {{ tag = {{ Name = "VPC-Lab" }} }}
+alb_subnets = [
+  {{ tag = {{ Name = "Public subnet A" }} }},
+  {{ tag = {{ Name = "Public subnet C" }} }},
+]
+instance_subnets = [
+  {{ tag = {{ Name = "Private subnet A" }} }},
+  {{ tag = {{ Name = "Private subnet C" }} }},
+]
+launch_template = "Web"
+asg = "Web-ASG"
+alb = "Web-ALB"
+target_group = "Web-TG"
+instance_profile = "SSMInstanceProfile"
+{lines}
+"#
+    )
+}
+
+/// [`lab_rollout`] of one instance of `instance_type`, refreshed with no minimum healthy.
+pub fn quick_rollout(name: &str, instance_type: &str) -> String {
+    lab_rollout(
+        name,
+        &format!(
+            "instance_type = \"{instance_type}\"\ncapacity = {{ min = 1, desired = 1, max = 2 }}\n\
+             refresh = {{ min_healthy = 0, warmup = \"5s\", timeout = \"5m\" }}"
+        ),
+    )
+}
 alb_subnets = [
   {{ tag = {{ Name = "Public subnet A" }} }},
   {{ tag = {{ Name = "Public subnet C" }} }},

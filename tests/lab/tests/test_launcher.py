@@ -1,4 +1,5 @@
-"""The launcher's lifecycle: parallel labs stay apart, SIGTERM removes everything, a killed lab's leftovers go."""
+"""The launcher's lifecycle: parallel labs stay apart, SIGTERM removes everything (however many arrive), a killed
+lab's leftovers go."""
 import signal
 import subprocess
 import sys
@@ -21,6 +22,16 @@ def test_a_second_lab_runs_apart_and_sigterm_removes_all_it_made(lab):
     assert other.stop(signal.SIGTERM) == 0
     assert leftovers(other.info["index"], other.info["state_dir"], [iid]) == {}
     assert lab.client("ec2").describe_vpcs()["Vpcs"]  # the session's lab is untouched
+
+
+def test_a_burst_of_signals_stops_the_lab_once_and_removes_all_it_made():
+    """A supervisor that signals again and again (systemd's stop, a test harness's retry, ^C ^C) must not wedge the
+    lab: each signal lands wherever the main thread is, including inside a lock."""
+    other, iid = running_lab_with_instance()
+    for n in range(50):
+        other.proc.send_signal(signal.SIGINT if n % 2 else signal.SIGTERM)
+    assert other.proc.wait(120) == 0
+    assert leftovers(other.info["index"], other.info["state_dir"], [iid]) == {}
 
 
 def test_cleanup_stale_removes_a_killed_labs_leftovers_only(lab):

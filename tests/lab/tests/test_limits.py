@@ -139,11 +139,49 @@ def test_parameter_labels_follow_awss_rules_and_move_between_versions(ssm):
     ssm.delete_parameter(Name=name)
 
 
+def unchecked(lab, service: str):
+    """A client without boto3's own parameter checks, so the request reaches the lab."""
+    return boto3.client(service, endpoint_url=lab.endpoint, region_name=REGION, aws_access_key_id="AKIDLABTEST",
+                        aws_secret_access_key="secret", config=Config(parameter_validation=False))
+
+
 def test_send_command_timeout_seconds_below_30_is_refused(lab, ssm):
     """boto3 checks the 30 s minimum itself; without that check the lab refuses it as SSM does."""
-    raw = boto3.client("ssm", endpoint_url=lab.endpoint, region_name=REGION, aws_access_key_id="AKIDLABTEST",
-                       aws_secret_access_key="secret", config=Config(parameter_validation=False))
+    raw = unchecked(lab, "ssm")
     with pytest.raises(raw.exceptions.ClientError) as refused:
         raw.send_command(InstanceIds=["i-0123456789abcdef0"], DocumentName="AWS-RunShellScript", TimeoutSeconds=5,
                          Parameters={"commands": ["true"]})
     assert error_code(refused) == "ValidationException" and "timeoutSeconds" in str(refused.value)
+
+
+def test_launch_templates_are_listed_in_pages_of_max_results_with_a_next_token(lab, ec2, debian_ami):
+    # More templates than moto's unasked-for cut of 15: one answer without MaxResults, pages of 5 with it.
+    made = [ec2.create_launch_template(
+        LaunchTemplateName=f"lab-limits-page-{i:02}", LaunchTemplateData={"ImageId": debian_ami},
+        TagSpecifications=[{"ResourceType": "launch-template", "Tags": [{"Key": "lab-limits", "Value": "page"}]}],
+    )["LaunchTemplate"]["LaunchTemplateId"] for i in range(17)]
+    mine = [{"Name": "tag:lab-limits", "Values": ["page"]}]
+    try:
+        whole = ec2.describe_launch_templates(Filters=mine)
+        assert sorted(t["LaunchTemplateId"] for t in whole["LaunchTemplates"]) == sorted(made)
+        assert "NextToken" not in whole
+        pages, token = [], None
+        for _ in range(10):
+            page = ec2.describe_launch_templates(Filters=mine, MaxResults=5, **({"NextToken": token} if token else {}))
+            pages.append([t["LaunchTemplateId"] for t in page["LaunchTemplates"]])
+            token = page.get("NextToken")
+            if token is None:
+                break
+        assert [len(p) for p in pages] == [5, 5, 5, 2]
+        assert sorted(sum(pages, [])) == sorted(made)
+        raw = unchecked(lab, "ec2")
+        for limit in (0, 201):
+            with pytest.raises(raw.exceptions.ClientError) as refused:
+                raw.describe_launch_templates(MaxResults=limit)
+            assert error_code(refused) == "InvalidParameterValue" and "200" in str(refused.value)
+        with pytest.raises(ec2.exceptions.ClientError) as stale:
+            ec2.describe_launch_templates(MaxResults=5, NextToken="not-a-token")
+        assert error_code(stale) == "InvalidPaginationToken"
+    finally:
+        for template in made:
+            ec2.delete_launch_template(LaunchTemplateId=template)

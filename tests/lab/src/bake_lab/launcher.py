@@ -8,13 +8,14 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 from .host import container, image, net, rootfs
 
 log = logging.getLogger("lab")
+# How often the main thread looks for SIGTERM/SIGINT: the lab begins stopping within this.
+STOP_POLL = 0.2
 MAX_LABS = 250  # lab indexes 1..250 map to 100.64.<k>.0/24 and 100.127.<k>.0/30
 
 
@@ -117,15 +118,19 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     # AmazonSSMManagedInstanceCore must exist for the workshops' role; moto loads AWS managed policies on request.
     os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
+    # The handler only appends: it runs on the main thread between bytecodes, so one that took a lock (as
+    # threading.Event.set does) could wait forever for a lock the interrupted main thread holds.
+    stopping: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     cache = Path(args.cache)
     base = image.build(cache)
+    if stopping:  # stopped while the image was built: nothing of this lab exists yet
+        return 0
     reg = take_index()
     # The pid keeps a state dir apart from a later lab that reuses the index (tests check leftovers by path).
     state_dir = Path(args.state_dir or cache / "labs").resolve() / f"lab{reg.index}-{os.getpid()}"
     (reg.dir / "state_dir").write_text(str(state_dir))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     server = None
     lab = None
     try:
@@ -137,11 +142,12 @@ def serve(args: argparse.Namespace) -> int:
         lab = service.lab
         server = service.serve(args.port)
         service.bootstrap()
-        if not stop.is_set():
+        if not stopping:
             print(f"AWS_ENDPOINT_URL=http://127.0.0.1:{server.server_port}", flush=True)
             log.info("lab %d ready: state in %s, public range %s", reg.index, state_dir, lab_net.public_net)
-        stop.wait()
-        log.info("lab %d stopping", reg.index)
+        while not stopping:
+            time.sleep(STOP_POLL)
+        log.info("lab %d stopping (signal %d)", reg.index, stopping[0])
     finally:
         if server is not None:
             server.shutdown()

@@ -11,9 +11,11 @@ from moto.ec2.models import EC2Backend, elastic_network_interfaces
 from moto.ec2.models.amis import Ami
 from moto.ec2.models.instances import Instance
 from moto.ec2.responses.amis import AmisResponse
+from moto.ec2.responses.launch_templates import LaunchTemplates
 
 from .. import kms
 from ..lab import Lab
+from ..limits import LimitError
 from ..patching import replace, wrap
 from . import copies, endpoints, natgw, secgroups, sharing
 
@@ -31,6 +33,43 @@ def _terminate_once(original):
         if instance._state.name in ("shutting-down", "terminated"):
             return copy.copy(instance._state)
         return original(instance)
+    return patched
+
+
+# DescribeLaunchTemplates: MaxResults "can be between 1 and 200"; NextToken asks for the next page.
+LAUNCH_TEMPLATES_PAGE_MAX = 200
+
+
+def _page_launch_templates(original):
+    """DescribeLaunchTemplates answers a page of MaxResults templates and a NextToken while more remain, and every
+    template without MaxResults (moto cuts the answer at 15 with no token, so a caller never sees the rest)."""
+    def patched(self):
+        limit = self._get_param("MaxResults")
+        token = self._get_param("NextToken")
+        if limit is not None and not 1 <= int(limit) <= LAUNCH_TEMPLATES_PAGE_MAX:
+            raise LimitError("InvalidParameterValue",
+                             f"Value ( {limit} ) for parameter maxResults is invalid. Expecting a value between 1 "
+                             f"and {LAUNCH_TEMPLATES_PAGE_MAX}.")
+        if token is not None and not str(token).isdigit():
+            # Error codes for the Amazon EC2 API: InvalidPaginationToken, "The specified pagination token is not valid".
+            raise LimitError("InvalidPaginationToken", "The specified pagination token is not valid or is expired.")
+        moto_int_param = type(self)._get_int_param
+
+        def every_template(name, if_none=None):  # moto's own cut at MaxResults never applies
+            return 10**9 if name == "MaxResults" else moto_int_param(self, name, if_none)
+
+        self._get_int_param = every_template
+        try:
+            answer = original(self).result
+        finally:
+            del self._get_int_param
+        start = int(token or 0)
+        end = len(answer["LaunchTemplates"]) if limit is None else start + int(limit)
+        page = answer["LaunchTemplates"][start:end]
+        result = {"LaunchTemplates": page}
+        if end < len(answer["LaunchTemplates"]):
+            result["NextToken"] = str(end)
+        return ActionResult(result)
     return patched
 
 
@@ -183,6 +222,7 @@ def install(lab: Lab) -> None:
         ami.deprecation_time = None
         return ActionResult({"Return": True})
 
+    replace(LaunchTemplates, "describe_launch_templates", _page_launch_templates)
     AmisResponse.enable_image_deprecation = enable_image_deprecation
     AmisResponse.disable_image_deprecation = disable_image_deprecation
 
