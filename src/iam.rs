@@ -886,7 +886,10 @@ mod tests {
             .into_iter()
             .filter(|g| !pipeline.contains(g) && !anywhere(&g.0))
             .collect();
-        assert!(missing.is_empty(), "gc needs more than the pipeline's policy: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "gc needs more than the pipeline's policy: {missing:?}"
+        );
     }
 
     #[test]

@@ -214,9 +214,13 @@ async fn a_killed_holders_lease_expires_and_the_next_run_adopts_its_pending_ami(
     );
     assert!(lease(&lab, "lease-takeover").await.is_none(), "given back");
     // Its record, with the packages read on the test instance, as for any bake.
-    let record = object(&lab, "lease-takeover", &format!("bake/records/quick/{ami}.json"))
-        .await
-        .expect("the adopted AMI's record");
+    let record = object(
+        &lab,
+        "lease-takeover",
+        &format!("bake/records/quick/{ami}.json"),
+    )
+    .await
+    .expect("the adopted AMI's record");
     assert_eq!(record["ami_id"], ami.as_str(), "{record}");
     assert!(
         record["packages"]

@@ -670,22 +670,3 @@ pub fn quick_rollout(name: &str, instance_type: &str) -> String {
         ),
     )
 }
-alb_subnets = [
-  {{ tag = {{ Name = "Public subnet A" }} }},
-  {{ tag = {{ Name = "Public subnet C" }} }},
-]
-instance_subnets = [
-  {{ tag = {{ Name = "Private subnet A" }} }},
-  {{ tag = {{ Name = "Private subnet C" }} }},
-]
-launch_template = "Web"
-asg = "Web-ASG"
-alb = "Web-ALB"
-target_group = "Web-TG"
-instance_type = "{instance_type}"
-instance_profile = "SSMInstanceProfile"
-capacity = {{ min = 1, desired = 1, max = 2 }}
-refresh = {{ min_healthy = 0, warmup = "5s", timeout = "5m" }}
-"#
-    )
-}
